@@ -1,0 +1,20 @@
+//! Kernel programs of tcptrace: one module per hook.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod retransmit;
+mod set_state;
+mod sock;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the programs never panic: every index is masked and every fallible read is
+    // handled; a panic path that survived would be rejected by the verifier anyway.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

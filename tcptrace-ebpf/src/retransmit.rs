@@ -1,0 +1,122 @@
+//! `raw_tp/tcp_retransmit_skb`: retransmits, counted against the flow's current state.
+//!
+//! Raw tracepoint arguments: `(const struct sock *sk, const struct sk_buff *skb)` before
+//! Linux 6.17, `(…, int err)` from 6.17 on. Userspace reads the prototype from BTF and
+//! attaches `tcp_retransmit_skb_err` only where the third argument exists (the kernel refuses
+//! a raw tracepoint program that reads past the tracepoint's arguments).
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_log_ebpf::warn;
+use tcptrace_common::{
+    event_flags, flow_flags, record_kind, stat, FlowState, RetransmitEvent, Tuple,
+};
+
+use crate::{
+    config,
+    maps::{bump, submit_flags, EVENTS, FLOWS},
+    sock,
+};
+
+const BPF_NOEXIST: u64 = 1;
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    if let Err(err) = try_tcp_retransmit_skb(&ctx, None) {
+        if bump(stat::READ_ERRORS) == 0 {
+            log_read_error(&ctx, err);
+        }
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_err(ctx: RawTracePointContext) -> i32 {
+    let err: i64 = ctx.arg(2);
+    if let Err(err) = try_tcp_retransmit_skb(&ctx, Some(err as i32)) {
+        if bump(stat::READ_ERRORS) == 0 {
+            log_read_error(&ctx, err);
+        }
+    }
+    0
+}
+
+// Out of line, as in set_state: the log's buffers get their own frame.
+#[inline(never)]
+fn log_read_error(ctx: &RawTracePointContext, err: i32) {
+    warn!(
+        ctx,
+        "tcp_retransmit_skb: reading the socket failed ({})", err
+    );
+}
+
+#[inline(always)]
+fn try_tcp_retransmit_skb(ctx: &RawTracePointContext, err: Option<i32>) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let state = sock::state(sk)?;
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    bump(stat::RETRANSMITS);
+
+    let emit = config!(emit_retransmits) != 0;
+    let tuple = if emit {
+        sock::tuple(sk)?
+    } else {
+        Tuple::default()
+    };
+
+    let key = sk as u64;
+    let mut flags = 0u8;
+    let (mut pid, mut comm) = (0u32, [0u8; 16]);
+    match FLOWS.get_ptr_mut(&key) {
+        Some(existing) => {
+            // SAFETY: as in set_state: the entry is valid for this run and the socket lock
+            // serialises writers.
+            let flow = unsafe { &mut *existing };
+            flow.count_retransmit();
+            if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+                flags |= event_flags::OWNER_KNOWN;
+                pid = flow.pid;
+                comm = flow.comm;
+            }
+        }
+        None => {
+            // A flow older than the tracer, not seen changing state yet.
+            let mut flow = FlowState::unseen(state);
+            flow.count_retransmit();
+            bump(stat::FLOWS_SEEN);
+            if FLOWS.insert(&key, &flow, BPF_NOEXIST).is_err() {
+                bump(stat::FLOW_TABLE_FULL);
+                flags |= event_flags::UNTRACKED;
+            }
+        }
+    }
+    if !emit {
+        return Ok(());
+    }
+    if err.is_some() {
+        flags |= event_flags::ERR_VALID;
+    }
+    let wake = submit_flags(config!(wakeup_bytes));
+    match EVENTS.reserve::<RetransmitEvent>(0) {
+        Some(mut entry) => {
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::RETRANSMIT);
+                (&raw mut (*e).state).write(state);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._pad0).write([0; 2]);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).tuple).write(tuple);
+                (&raw mut (*e).err).write(err.unwrap_or(0));
+                (&raw mut (*e).pid).write(pid);
+                (&raw mut (*e).comm).write(comm);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            bump(stat::LOST_RETRANSMIT);
+        }
+    }
+    Ok(())
+}

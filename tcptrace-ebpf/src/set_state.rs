@@ -1,0 +1,203 @@
+//! `raw_tp/inet_sock_set_state`: every TCP state transition.
+//!
+//! Raw tracepoint arguments (the TP_PROTO, the same on every kernel since 4.16):
+//! `(const struct sock *sk, const int oldstate, const int newstate)`.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_log_ebpf::warn;
+use tcptrace_common::{
+    event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state, FlowEndEvent,
+    FlowState, ListenerKey, Owner, TransitionEvent, Tuple,
+};
+
+use crate::{
+    config,
+    maps::{bump, bump_transition, current_owner, submit_flags, EVENTS, FLOWS, LISTENERS},
+    sock,
+};
+
+const BPF_NOEXIST: u64 = 1;
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if let Err(err) = try_inet_sock_set_state(&ctx) {
+        // Logged once per CPU: off the hot path.
+        if bump(stat::READ_ERRORS) == 0 {
+            log_read_error(&ctx, err);
+        }
+    }
+    0
+}
+
+// Out of line: aya-log's formatting buffers get their own stack frame (the verifier allows
+// 512 bytes per call path, and try_inet_sock_set_state needs most of its own).
+#[inline(never)]
+fn log_read_error(ctx: &RawTracePointContext, err: i32) {
+    warn!(
+        ctx,
+        "inet_sock_set_state: reading the socket failed ({})", err
+    );
+}
+
+#[inline(never)]
+fn log_table_full(ctx: &RawTracePointContext) {
+    warn!(
+        ctx,
+        "flow table full: flows beyond --max-flows are counted, not tracked"
+    );
+}
+
+#[inline(never)]
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+
+    if sock::protocol(sk)? != sock::IPPROTO_TCP {
+        return Ok(());
+    }
+    if !(0..i32::from(tcp_state::LIMIT)).contains(&old)
+        || !(0..i32::from(tcp_state::LIMIT)).contains(&new)
+    {
+        return Ok(());
+    }
+    let (old, new) = (old as u8, new as u8);
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    bump(stat::STATE_EVENTS);
+    bump_transition(old, new);
+
+    // Who owns the socket: the current task where the transition runs in the owner's
+    // context, else the listener's owner for a new child, else whatever the flow knows.
+    let owner_here = in_owner_context(old, new).then(current_owner);
+    let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
+    let listener_key = if child || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
+        Some(ListenerKey {
+            netns: sock::netns(sk)?,
+            port: sock::local_port(sk)?,
+            _pad: 0,
+        })
+    } else {
+        None
+    };
+    if let Some(key) = &listener_key {
+        if new == tcp_state::LISTEN {
+            if let Some(owner) = &owner_here {
+                let _ = LISTENERS.insert(key, owner, 0);
+            }
+        } else if new == tcp_state::CLOSE {
+            let _ = LISTENERS.remove(key);
+        }
+    }
+    let inherited: Option<Owner> = match (&listener_key, child) {
+        // SAFETY: the value is copied out at once; a concurrent delete can at worst give a
+        // stale owner, never an invalid read (the verifier checks the pointer).
+        (Some(key), true) => unsafe { LISTENERS.get(key) }.copied(),
+        _ => None,
+    };
+
+    let emit_transitions = config!(emit_transitions) != 0;
+    let ends = new == tcp_state::CLOSE;
+    let tuple = if emit_transitions || ends {
+        sock::tuple(sk)?
+    } else {
+        Tuple::default()
+    };
+
+    let key = sk as u64;
+    let mut flags = 0u8;
+    let mut held = 0u64;
+    let existing = FLOWS.get_ptr_mut(&key);
+    let is_fresh = existing.is_none();
+    let mut fresh = if is_fresh {
+        FlowState::start(old, new, now)
+    } else {
+        FlowState::EMPTY
+    };
+    // SAFETY: either a map value, valid for the program's run (RCU) and written only under
+    // the socket's lock, which serialises this socket's transitions; or `fresh` on our stack.
+    let flow: &mut FlowState = unsafe { &mut *existing.unwrap_or(&raw mut fresh) };
+    if !is_fresh {
+        if let Some(ns) = flow.enter(new, now) {
+            held = ns;
+            flags |= event_flags::OLD_DURATION_KNOWN;
+        }
+    }
+    if let Some(owner) = &owner_here {
+        flow.set_owner(owner, false);
+    } else if let Some(owner) = &inherited {
+        flow.set_owner(owner, true);
+    }
+    if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+        flags |= event_flags::OWNER_KNOWN;
+    }
+    if is_fresh {
+        bump(stat::FLOWS_SEEN);
+    }
+    if is_fresh && !ends {
+        if FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_err() {
+            if bump(stat::FLOW_TABLE_FULL) == 0 {
+                log_table_full(ctx);
+            }
+            flags |= event_flags::UNTRACKED;
+        }
+    }
+    if flow.flags & flow_flags::TRUNCATED != 0 && flow.len as usize == tcptrace_common::PATH_SLOTS {
+        // Counted once per truncating transition.
+        bump(stat::PATH_TRUNCATED);
+    }
+
+    if emit_transitions {
+        let wake = submit_flags(config!(wakeup_bytes));
+        match EVENTS.reserve::<TransitionEvent>(0) {
+            Some(mut entry) => {
+                let e = entry.as_mut_ptr();
+                // SAFETY: `e` is the reserved slot, ours alone until submit; every field is
+                // written in place (no stack copy of the record).
+                unsafe {
+                    (&raw mut (*e).kind).write(record_kind::TRANSITION);
+                    (&raw mut (*e).old_state).write(old);
+                    (&raw mut (*e).new_state).write(new);
+                    (&raw mut (*e).flags).write(flags);
+                    (&raw mut (*e)._pad0).write(0);
+                    (&raw mut (*e).ts_ns).write(now);
+                    (&raw mut (*e).old_state_ns).write(held);
+                    (&raw mut (*e).skaddr).write(key);
+                    (&raw mut (*e).tuple).write(tuple);
+                    (&raw mut (*e).pid).write(flow.pid);
+                    (&raw mut (*e).comm).write(flow.comm);
+                    (&raw mut (*e)._pad1).write([0; 4]);
+                }
+                entry.submit(wake);
+            }
+            None => {
+                bump(stat::LOST_TRANSITION);
+            }
+        }
+    }
+
+    if ends {
+        let wake = submit_flags(config!(wakeup_bytes));
+        match EVENTS.reserve::<FlowEndEvent>(0) {
+            Some(mut entry) => {
+                let e = entry.as_mut_ptr();
+                // SAFETY: as above.
+                unsafe {
+                    (&raw mut (*e).kind).write(record_kind::FLOW_END);
+                    (&raw mut (*e)._pad0).write(0);
+                    (&raw mut (*e).ts_ns).write(now);
+                    (&raw mut (*e).skaddr).write(key);
+                    (&raw mut (*e).tuple).write(tuple);
+                    core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
+                }
+                entry.submit(wake);
+            }
+            None => {
+                bump(stat::LOST_FLOW_END);
+            }
+        }
+        if !is_fresh {
+            let _ = FLOWS.remove(&key);
+        }
+    }
+    Ok(())
+}

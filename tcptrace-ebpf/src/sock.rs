@@ -1,0 +1,58 @@
+//! Reads from `struct sock` at offsets resolved from the running kernel's BTF.
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tcptrace_common::Tuple;
+
+use crate::config;
+
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+#[inline(always)]
+pub fn protocol(sk: *const u8) -> Result<u16, i32> {
+    read::<u16>(sk, config!(offsets.protocol))
+}
+
+#[inline(always)]
+pub fn state(sk: *const u8) -> Result<u8, i32> {
+    read::<u8>(sk, config!(offsets.state))
+}
+
+/// The bound local port (host order).
+#[inline(always)]
+pub fn local_port(sk: *const u8) -> Result<u16, i32> {
+    read::<u16>(sk, config!(offsets.num))
+}
+
+/// The inode number of the socket's network namespace.
+#[inline(always)]
+pub fn netns(sk: *const u8) -> Result<u32, i32> {
+    let net = read::<u64>(sk, config!(offsets.net))? as usize as *const u8;
+    read::<u32>(net, config!(offsets.net_inum))
+}
+
+#[inline(always)]
+pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
+    let family = read::<u16>(sk, config!(offsets.family))?;
+    let mut tuple = Tuple {
+        family,
+        sport: u16::from_be(read::<u16>(sk, config!(offsets.sport))?),
+        dport: u16::from_be(read::<u16>(sk, config!(offsets.dport))?),
+        ..Tuple::default()
+    };
+    if family == AF_INET6 {
+        tuple.saddr = read::<[u8; 16]>(sk, config!(offsets.v6_saddr))?;
+        tuple.daddr = read::<[u8; 16]>(sk, config!(offsets.v6_daddr))?;
+    } else {
+        let saddr = read::<[u8; 4]>(sk, config!(offsets.saddr))?;
+        let daddr = read::<[u8; 4]>(sk, config!(offsets.daddr))?;
+        tuple.saddr[..4].copy_from_slice(&saddr);
+        tuple.daddr[..4].copy_from_slice(&daddr);
+    }
+    Ok(tuple)
+}

@@ -1,0 +1,30 @@
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+/// Builds the kernel programs (tcptrace-ebpf) for bpfel-unknown-none with bpf-linker and puts
+/// the object in OUT_DIR, where `loader.rs` includes it. `cargo xtask setup` installs what
+/// this needs (rust-src, bpf-linker, LLVM).
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "tcptrace-ebpf")
+        .ok_or_else(|| anyhow!("tcptrace-ebpf package not found"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("tcptrace-ebpf has no directory"))?
+        .as_str();
+    aya_build::build_ebpf(
+        [Package {
+            name: "tcptrace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

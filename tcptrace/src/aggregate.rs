@@ -1,0 +1,266 @@
+//! Aggregation for the summary: state-duration histograms, close sides, retransmits by state,
+//! flow counts; kernel counters (exact, kept per CPU in the kernel) are merged in at the end.
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use tcptrace_common::{stat, tcp_state, TRANSITION_SLOTS};
+
+use crate::{
+    decode::{FinishedFlow, Lifecycle},
+    model::{CloseSide, TcpState},
+};
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub stats: [u64; stat::COUNT as usize],
+    /// Indexed `old * tcp_state::LIMIT + new`.
+    pub transitions: Vec<u64>,
+}
+
+impl KernelCounters {
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats[index as usize]
+    }
+
+    /// Records the kernel could not deliver (ring buffer full).
+    pub fn lost(&self) -> u64 {
+        self.stat(stat::LOST_TRANSITION)
+            + self.stat(stat::LOST_FLOW_END)
+            + self.stat(stat::LOST_RETRANSMIT)
+    }
+
+    /// Non-zero transition counts, by (old, new).
+    pub fn transition_counts(&self) -> Vec<(TcpState, TcpState, u64)> {
+        let limit = u32::from(tcp_state::LIMIT);
+        (0..TRANSITION_SLOTS)
+            .filter_map(|i| {
+                let count = *self.transitions.get(i as usize)?;
+                let old = TcpState::try_from((i / limit) as u8).ok()?;
+                let new = TcpState::try_from((i % limit) as u8).ok()?;
+                (count > 0).then_some((old, new, count))
+            })
+            .collect()
+    }
+}
+
+/// Percentiles of one state's hold times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurationStats {
+    pub state: TcpState,
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+/// Everything the summary shows, accumulated as events arrive.
+pub struct Aggregator {
+    held: BTreeMap<TcpState, Histogram<u64>>,
+    close: BTreeMap<CloseSide, u64>,
+    rtx_by_state: BTreeMap<TcpState, u64>,
+    finished: u64,
+    open: u64,
+    decode_errors: u64,
+    delivered: u64,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Aggregator {
+            held: BTreeMap::new(),
+            close: BTreeMap::new(),
+            rtx_by_state: BTreeMap::new(),
+            finished: 0,
+            open: 0,
+            decode_errors: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Any record read from the ring buffer.
+    pub fn delivered(&mut self) {
+        self.delivered += 1;
+    }
+
+    pub fn decode_error(&mut self) {
+        self.decode_errors += 1;
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    fn add_path(&mut self, lifecycle: &Lifecycle) {
+        for step in &lifecycle.path {
+            if let Some(ns) = step.held_ns {
+                self.held
+                    .entry(step.state)
+                    .or_insert_with(|| {
+                        Histogram::new(3).expect("3 significant digits is a valid precision")
+                    })
+                    // Auto-resizing: recording grows the histogram; it cannot fail for u64.
+                    .record(ns.max(1))
+                    .ok();
+            }
+            if step.retransmits > 0 {
+                *self.rtx_by_state.entry(step.state).or_default() += u64::from(step.retransmits);
+            }
+        }
+    }
+
+    pub fn finished_flow(&mut self, flow: &FinishedFlow) {
+        self.finished += 1;
+        *self.close.entry(flow.close).or_default() += 1;
+        self.add_path(&flow.lifecycle);
+    }
+
+    /// A flow still open when tracing stopped: its completed states count, it does not.
+    pub fn open_flow(&mut self, lifecycle: &Lifecycle) {
+        self.open += 1;
+        self.add_path(lifecycle);
+    }
+
+    pub fn finish(&self, kernel: &KernelCounters, elapsed_ns: u64) -> Summary {
+        let durations = self
+            .held
+            .iter()
+            .map(|(&state, h)| DurationStats {
+                state,
+                count: h.len(),
+                p50_ns: h.value_at_quantile(0.50),
+                p90_ns: h.value_at_quantile(0.90),
+                p99_ns: h.value_at_quantile(0.99),
+                max_ns: h.max(),
+            })
+            .collect();
+        Summary {
+            elapsed_ns,
+            state_events: kernel.stat(stat::STATE_EVENTS),
+            transitions: kernel.transition_counts(),
+            durations,
+            flows_seen: kernel.stat(stat::FLOWS_SEEN),
+            flows_finished: self.finished,
+            flows_open: self.open,
+            flows_untracked: kernel.stat(stat::FLOW_TABLE_FULL),
+            close: self.close.iter().map(|(&k, &v)| (k, v)).collect(),
+            retransmits: kernel.stat(stat::RETRANSMITS),
+            rtx_by_state: self.rtx_by_state.iter().map(|(&k, &v)| (k, v)).collect(),
+            lost_transitions: kernel.stat(stat::LOST_TRANSITION),
+            lost_flows: kernel.stat(stat::LOST_FLOW_END),
+            lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+            read_errors: kernel.stat(stat::READ_ERRORS),
+            decode_errors: self.decode_errors,
+            delivered: self.delivered,
+            truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
+        }
+    }
+}
+
+/// The end-of-run summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub elapsed_ns: u64,
+    pub state_events: u64,
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+    pub durations: Vec<DurationStats>,
+    pub flows_seen: u64,
+    pub flows_finished: u64,
+    pub flows_open: u64,
+    pub flows_untracked: u64,
+    pub close: Vec<(CloseSide, u64)>,
+    pub retransmits: u64,
+    pub rtx_by_state: Vec<(TcpState, u64)>,
+    pub lost_transitions: u64,
+    pub lost_flows: u64,
+    pub lost_retransmits: u64,
+    pub read_errors: u64,
+    pub decode_errors: u64,
+    pub delivered: u64,
+    pub truncated_paths: u64,
+}
+
+impl Summary {
+    pub fn lost(&self) -> u64 {
+        self.lost_transitions + self.lost_flows + self.lost_retransmits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode, tests as fixtures, Event};
+    use tcptrace_common::tcp_state as ts;
+
+    fn finished(states: &[u8]) -> FinishedFlow {
+        let raw = fixtures::flow_end(fixtures::client_flow(states), 99);
+        match decode(&fixtures::bytes_of(&raw)).expect("decodes") {
+            Event::FlowEnd(flow) => flow,
+            other => panic!("expected a flow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn summary_counts_flows_durations_and_close_sides() {
+        use ts::*;
+        let mut agg = Aggregator::new();
+        agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
+        agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
+        agg.finished_flow(&finished(&[CLOSE]));
+        let mut open = fixtures::client_flow(&[ESTABLISHED]);
+        open.count_retransmit();
+        agg.open_flow(&Lifecycle::try_from(&open).expect("decodes"));
+
+        let mut kernel = KernelCounters {
+            transitions: vec![0; TRANSITION_SLOTS as usize],
+            ..Default::default()
+        };
+        kernel.stats[stat::FLOWS_SEEN as usize] = 4;
+        kernel.stats[stat::RETRANSMITS as usize] = 1;
+        kernel.stats[stat::LOST_FLOW_END as usize] = 2;
+        kernel.transitions[usize::from(SYN_SENT) * 16 + usize::from(ESTABLISHED)] = 3;
+        let summary = agg.finish(&kernel, 1_000);
+
+        assert_eq!(
+            (
+                summary.flows_finished,
+                summary.flows_open,
+                summary.flows_seen
+            ),
+            (3, 1, 4)
+        );
+        assert_eq!(
+            summary.close,
+            vec![(CloseSide::Active, 2), (CloseSide::ConnectFailed, 1)]
+        );
+        let syn_sent = summary
+            .durations
+            .iter()
+            .find(|d| d.state == TcpState::SynSent)
+            .expect("SYN_SENT durations");
+        // Three finished flows and the open one each held SYN_SENT for 1 ms.
+        assert_eq!(syn_sent.count, 4);
+        assert!(
+            (999_000..=1_001_000).contains(&syn_sent.p50_ns),
+            "{syn_sent:?}"
+        );
+        assert!(syn_sent.max_ns >= syn_sent.p99_ns && syn_sent.p99_ns >= syn_sent.p50_ns);
+        assert!(
+            !summary.durations.iter().any(|d| d.state == TcpState::Close),
+            "CLOSE is final: it has no hold time"
+        );
+        assert_eq!(summary.rtx_by_state, vec![(TcpState::Established, 1)]);
+        assert_eq!(summary.lost(), 2);
+        assert_eq!(
+            summary.transitions,
+            vec![(TcpState::SynSent, TcpState::Established, 3)]
+        );
+    }
+}

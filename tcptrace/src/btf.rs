@@ -1,0 +1,259 @@
+//! Offsets of kernel struct fields and tracepoint prototypes, read from the running kernel's
+//! BTF at start-up: nothing is hard-coded for one kernel.
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, Type};
+use tcptrace_common::SockOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+/// Where a field lives, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: usize,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "{} not found: this kernel has no BTF (it needs CONFIG_DEBUG_INFO_BTF=y)",
+                path.display()
+            );
+        }
+        let btf = Btf::from_file(path)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("cannot parse BTF from {}", path.display()))?;
+        Ok(KernelBtf { btf })
+    }
+
+    fn named_struct(&self, name: &str) -> Result<btf_rs::Struct> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| anyhow!("struct {name} not found in the kernel's BTF"))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("struct {name} not found in the kernel's BTF"))
+    }
+
+    /// Follows typedefs and qualifiers down to the type that has a size.
+    fn concrete(&self, mut ty: Type) -> Result<Type> {
+        for _ in 0..16 {
+            ty = match ty {
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let inner = ty.as_btf_type().ok_or_else(|| anyhow!("bad BTF chain"))?;
+                    self.btf
+                        .resolve_chained_type(inner)
+                        .map_err(|e| anyhow!("{e}"))?
+                }
+                other => return Ok(other),
+            };
+        }
+        bail!("BTF type chain too long")
+    }
+
+    fn size_of(&self, ty: Type) -> Result<usize> {
+        Ok(match self.concrete(ty)? {
+            Type::Int(i) => i.size(),
+            Type::Ptr(_) => 8,
+            Type::Struct(s) | Type::Union(s) => s.size(),
+            Type::Enum(e) => e.size(),
+            Type::Enum64(e) => e.size(),
+            Type::Array(a) => {
+                let elem = self
+                    .btf
+                    .resolve_chained_type(&a)
+                    .map_err(|e| anyhow!("{e}"))?;
+                a.len() * self.size_of(elem)?
+            }
+            other => bail!("cannot size a BTF {}", other.name()),
+        })
+    }
+
+    /// Finds `member` in `st`, looking through anonymous structs and unions.
+    fn find_member(&self, st: &btf_rs::Struct, member: &str) -> Result<Option<(u32, Type)>> {
+        for m in &st.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            if m.bitfield_size().unwrap_or(0) != 0 && name == member {
+                bail!("field {member} is a bitfield on this kernel; tcptrace cannot read it");
+            }
+            let ty = self
+                .btf
+                .resolve_chained_type(m)
+                .map_err(|e| anyhow!("{e}"))?;
+            if name == member {
+                return Ok(Some((m.bit_offset() / 8, ty)));
+            }
+            if name.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = self.concrete(ty)? {
+                    if let Some((off, ty)) = self.find_member(&inner, member)? {
+                        return Ok(Some((m.bit_offset() / 8 + off, ty)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The offset and size of `path` (dot-separated members) inside `struct root`.
+    pub fn field(&self, root: &str, path: &str) -> Result<Field> {
+        let mut st = self.named_struct(root)?;
+        let mut offset = 0u32;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (off, ty) = self
+                .find_member(&st, part)?
+                .ok_or_else(|| anyhow!("field {root}.{path} not found in the kernel's BTF"))?;
+            offset += off;
+            if i + 1 == parts.len() {
+                return Ok(Field {
+                    offset,
+                    size: self.size_of(ty)?,
+                });
+            }
+            st = match self.concrete(ty)? {
+                Type::Struct(s) | Type::Union(s) => s,
+                _ => bail!("{root}.{path}: {part} is not a struct"),
+            };
+        }
+        bail!("empty field path")
+    }
+
+    fn sized_field(&self, root: &str, path: &str, size: usize) -> Result<u32> {
+        let field = self.field(root, path)?;
+        if field.size != size {
+            bail!(
+                "{root}.{path} is {} bytes on this kernel, tcptrace expects {size}",
+                field.size
+            );
+        }
+        Ok(field.offset)
+    }
+
+    /// The `struct sock` offsets the kernel programs need.
+    pub fn sock_offsets(&self) -> Result<SockOffsets> {
+        let common = |f: &str, size| self.sized_field("sock", &format!("__sk_common.{f}"), size);
+        let inet_sk = self.field("inet_sock", "sk")?;
+        if inet_sk.offset != 0 {
+            bail!("inet_sock.sk is not at offset 0 on this kernel");
+        }
+        Ok(SockOffsets {
+            family: common("skc_family", 2)?,
+            protocol: self.sized_field("sock", "sk_protocol", 2)?,
+            state: common("skc_state", 1)?,
+            dport: common("skc_dport", 2)?,
+            sport: self.sized_field("inet_sock", "inet_sport", 2)?,
+            num: common("skc_num", 2)?,
+            daddr: common("skc_daddr", 4)?,
+            saddr: common("skc_rcv_saddr", 4)?,
+            v6_daddr: common("skc_v6_daddr", 16)?,
+            v6_saddr: common("skc_v6_rcv_saddr", 16)?,
+            net: self.sized_field("sock", "__sk_common.skc_net.net", 8)?,
+            net_inum: self.sized_field("net", "ns.inum", 4)?,
+        })
+    }
+
+    /// The number of arguments of a tracepoint (without the leading `void *`), from its
+    /// `btf_trace_<name>` typedef; `None` when the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Option<usize>> {
+        let Ok(types) = self.btf.resolve_types_by_name(&format!("btf_trace_{name}")) else {
+            return Ok(None);
+        };
+        let Some(typedef) = types.into_iter().find(|t| matches!(t, Type::Typedef(_))) else {
+            return Ok(None);
+        };
+        let inner = typedef
+            .as_btf_type()
+            .ok_or_else(|| anyhow!("bad BTF typedef"))?;
+        let ptr = self
+            .btf
+            .resolve_chained_type(inner)
+            .map_err(|e| anyhow!("{e}"))?;
+        let Type::Ptr(ptr) = ptr else {
+            bail!("btf_trace_{name} is not a function pointer");
+        };
+        match self
+            .btf
+            .resolve_chained_type(&ptr)
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            Type::FuncProto(proto) => Ok(Some(proto.parameters.len().saturating_sub(1))),
+            _ => bail!("btf_trace_{name} is not a function pointer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> KernelBtf {
+        KernelBtf::open(Path::new(VMLINUX_BTF)).expect("this machine has kernel BTF")
+    }
+
+    #[test]
+    fn sock_offsets_resolve_and_are_distinct() {
+        let off = kernel().sock_offsets().expect("offsets resolve");
+        // sock_common starts the struct: daddr and rcv_saddr are its first fields.
+        assert_eq!(off.daddr, 0);
+        assert_eq!(off.saddr, 4);
+        assert_eq!(
+            off.dport + 2,
+            off.num,
+            "skc_dport and skc_num share skc_portpair"
+        );
+        assert!(
+            off.protocol > off.v6_saddr,
+            "sk_protocol lies past sock_common"
+        );
+        assert!(off.sport > off.protocol, "inet_sport lies past struct sock");
+    }
+
+    #[test]
+    fn missing_things_are_named() {
+        let btf = kernel();
+        let err = btf
+            .field("sock", "no_such_field")
+            .expect_err("missing field");
+        assert!(err.to_string().contains("sock.no_such_field"), "{err}");
+        let err = btf
+            .field("no_such_struct_xyz", "a")
+            .expect_err("missing struct");
+        assert!(err.to_string().contains("no_such_struct_xyz"), "{err}");
+        let err = btf
+            .sized_field("sock", "__sk_common.skc_family", 4)
+            .expect_err("size");
+        assert!(err.to_string().contains("2 bytes"), "{err}");
+        assert!(KernelBtf::open(Path::new("/nonexistent/vmlinux")).is_err());
+    }
+
+    #[test]
+    fn tracepoint_prototypes_are_read() {
+        let btf = kernel();
+        assert_eq!(
+            btf.tracepoint_args("inet_sock_set_state").expect("reads"),
+            Some(3)
+        );
+        let rtx = btf.tracepoint_args("tcp_retransmit_skb").expect("reads");
+        assert!(matches!(rtx, Some(2 | 3)), "{rtx:?}");
+        assert_eq!(
+            btf.tracepoint_args("no_such_tracepoint").expect("reads"),
+            None
+        );
+    }
+}

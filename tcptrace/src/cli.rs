@@ -1,0 +1,205 @@
+//! Command line → validated [`Config`].
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::btf::VMLINUX_BTF;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = "Trace TCP state transitions, per-flow lifecycles and retransmits with eBPF",
+    after_help = "Without a subcommand, tcptrace prints one line per TCP state transition.\n\
+                  Ctrl-C or SIGTERM stops tracing and prints a summary."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// One line per TCP state transition (the default).
+    States,
+    /// One line per finished flow: every state with the time held, lifetime, close side.
+    Flows,
+    /// One line per retransmitted segment, with the state it happened in.
+    Retrans,
+    /// Transitions, finished flows and retransmits together (most useful with --json).
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Print JSON Lines (one object per record) instead of columns.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring-buffer size: a power of two of at least 4KiB (e.g. 256KiB, 8MiB).
+    #[arg(long, global = true, value_name = "BYTES", default_value = "8MiB", value_parser = parse_size)]
+    pub ring_size: u64,
+    /// Longest time records wait in the ring buffer before they are read (1ms..10s).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Most flows tracked at once in the kernel; flows beyond it are counted as untracked.
+    #[arg(long, global = true, value_name = "N", default_value_t = 262_144)]
+    pub max_flows: u32,
+    /// Do not print the summary on exit.
+    #[arg(long, global = true)]
+    pub no_summary: bool,
+    /// Kernel BTF to read struct offsets and tracepoint prototypes from.
+    #[arg(long, global = true, value_name = "PATH", default_value = VMLINUX_BTF)]
+    pub btf: PathBuf,
+}
+
+/// What the user asked for, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Command,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub ring_size: u32,
+    pub poll_interval: Duration,
+    pub max_flows: u32,
+    pub summary: bool,
+    pub btf: PathBuf,
+}
+
+impl Config {
+    pub fn shows_transitions(&self) -> bool {
+        matches!(self.mode, Command::States | Command::All)
+    }
+    pub fn shows_flows(&self) -> bool {
+        matches!(self.mode, Command::Flows | Command::All)
+    }
+    pub fn shows_retransmits(&self) -> bool {
+        matches!(self.mode, Command::Retrans | Command::All)
+    }
+}
+
+const PAGE: u64 = 4096;
+const MAX_RING: u64 = 1 << 30;
+
+impl TryFrom<Cli> for Config {
+    type Error = anyhow::Error;
+    fn try_from(cli: Cli) -> Result<Config> {
+        let c = cli.common;
+        if !c.ring_size.is_power_of_two() || c.ring_size < PAGE || c.ring_size > MAX_RING {
+            bail!(
+                "--ring-size {} is not a power of two between 4KiB and 1GiB",
+                c.ring_size
+            );
+        }
+        if c.poll_interval < Duration::from_millis(1) || c.poll_interval > Duration::from_secs(10) {
+            bail!("--poll-interval must be between 1ms and 10s");
+        }
+        if c.max_flows == 0 || c.max_flows > 1 << 24 {
+            bail!("--max-flows must be between 1 and 16777216");
+        }
+        if c.duration == Some(Duration::ZERO) {
+            bail!("--duration must be longer than zero");
+        }
+        Ok(Config {
+            mode: cli.command.unwrap_or(Command::States),
+            json: c.json,
+            duration: c.duration,
+            ring_size: c.ring_size as u32,
+            poll_interval: c.poll_interval,
+            max_flows: c.max_flows,
+            summary: !c.no_summary,
+            btf: c.btf,
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// Sizes like `4096`, `256K`, `256KiB`, `8M`, `8MiB`, `1G` (binary multiples).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (examples: 256KiB, 8MiB)"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["tcptrace"];
+        argv.extend_from_slice(args);
+        Config::try_from(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn defaults_trace_transitions() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.mode, Command::States);
+        assert!(c.shows_transitions() && !c.shows_flows() && !c.shows_retransmits());
+        assert_eq!(c.ring_size, 8 << 20);
+        assert!(c.summary && !c.json);
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let c = config(&["flows", "--json", "--duration", "2s"]).expect("valid");
+        assert_eq!((c.mode, c.json), (Command::Flows, true));
+        assert_eq!(c.duration, Some(Duration::from_secs(2)));
+        let c = config(&["--ring-size", "256KiB", "all"]).expect("valid");
+        assert_eq!((c.mode, c.ring_size), (Command::All, 256 << 10));
+        assert!(c.shows_transitions() && c.shows_flows() && c.shows_retransmits());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        for (args, needle) in [
+            (&["--ring-size", "3000"][..], "power of two"),
+            (&["--ring-size", "2GiB"][..], "power of two"),
+            (&["--ring-size", "8Mo"][..], "unknown unit"),
+            (&["--poll-interval", "0ms"][..], "between 1ms and 10s"),
+            (&["--max-flows", "0"][..], "--max-flows"),
+            (&["--duration", "0s"][..], "longer than zero"),
+            (&["--duration", "soon"][..], "examples"),
+            (&["flow"][..], "unrecognized subcommand"),
+        ] {
+            let err = config(args).expect_err("must be refused");
+            assert!(format!("{err:#}").contains(needle), "{args:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) → wall-clock time.
+use std::fmt::Write as _;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// unix_ns = ktime_ns + offset_ns
+    offset_ns: i128,
+    /// Local time = UTC + utc_offset_s (sampled once at start-up).
+    utc_offset_s: i64,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; both clock ids always exist on Linux.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl Clock {
+    /// Samples CLOCK_REALTIME against CLOCK_MONOTONIC and the local UTC offset.
+    pub fn now() -> Clock {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let secs = (real / 1_000_000_000) as libc::time_t;
+        // SAFETY: an all-zero `tm` is a valid value to be overwritten by localtime_r.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for the duration of the call.
+        let local = unsafe { libc::localtime_r(&secs, &mut tm) };
+        let utc_offset_s = if local.is_null() { 0 } else { tm.tm_gmtoff };
+        Clock {
+            offset_ns: real - mono,
+            utc_offset_s,
+        }
+    }
+
+    /// A clock for tests: ktime 0 is `unix_ns`, times shown in UTC.
+    #[cfg(test)]
+    pub fn fixed(unix_ns_at_zero: u64) -> Clock {
+        Clock {
+            offset_ns: i128::from(unix_ns_at_zero),
+            utc_offset_s: 0,
+        }
+    }
+
+    /// The kernel's monotonic time now.
+    pub fn ktime_now() -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC) as u64
+    }
+
+    pub fn unix_ns(&self, ktime_ns: u64) -> u64 {
+        (i128::from(ktime_ns) + self.offset_ns).max(0) as u64
+    }
+
+    /// `HH:MM:SS.micros` in local time.
+    pub fn time_of_day(&self, ktime_ns: u64) -> String {
+        let unix = self.unix_ns(ktime_ns);
+        let local_s = (unix / 1_000_000_000) as i64 + self.utc_offset_s;
+        let day_s = local_s.rem_euclid(86_400);
+        let micros = (unix % 1_000_000_000) / 1_000;
+        format!(
+            "{:02}:{:02}:{:02}.{micros:06}",
+            day_s / 3600,
+            day_s / 60 % 60,
+            day_s % 60
+        )
+    }
+}
+
+/// A duration the way an operator reads it: 42us, 0.5ms, 1.2ms, 176ms, 60.0s, 5m03s, 2h07m.
+pub fn human_duration(ns: u64) -> String {
+    let mut out = String::new();
+    let ms = ns as f64 / 1e6;
+    let s = ns / 1_000_000_000;
+    let _ = if ns < 100_000 {
+        write!(out, "{}us", ns / 1_000)
+    } else if ns < 10_000_000 {
+        write!(out, "{ms:.1}ms")
+    } else if ns < 1_000_000_000 {
+        write!(out, "{ms:.0}ms")
+    } else if s < 100 {
+        write!(out, "{:.1}s", ns as f64 / 1e9)
+    } else if s < 3600 {
+        write!(out, "{}m{:02}s", s / 60, s % 60)
+    } else {
+        write!(out, "{}h{:02}m", s / 3600, s / 60 % 60)
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_examples() {
+        assert_eq!(human_duration(42_000), "42us");
+        assert_eq!(human_duration(500_000), "0.5ms");
+        assert_eq!(human_duration(1_200_000), "1.2ms");
+        assert_eq!(human_duration(176_000_000), "176ms");
+        assert_eq!(human_duration(60_000_000_000), "60.0s");
+        assert_eq!(human_duration(303_000_000_000), "5m03s");
+        assert_eq!(human_duration(7_620_000_000_000), "2h07m");
+    }
+
+    #[test]
+    fn kernel_time_maps_to_wall_time() {
+        // 2026-11-21T16:52:03.123456Z is 1795279923.123456 s after the epoch.
+        let clock = Clock::fixed(1_795_279_923_123_456_000 - 5_000);
+        assert_eq!(clock.unix_ns(5_000), 1_795_279_923_123_456_000);
+        assert_eq!(clock.time_of_day(5_000), "16:52:03.123456");
+    }
+
+    #[test]
+    fn the_real_clock_is_consistent() {
+        let clock = Clock::now();
+        let unix_now = clock.unix_ns(Clock::ktime_now());
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as u64;
+        assert!(
+            unix_now.abs_diff(system) < 1_000_000_000,
+            "{unix_now} vs {system}"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Ring-buffer bytes → typed events. Every record's length is checked, it is read unaligned,
+//! and converted field by field with `TryFrom`; nothing is transmuted.
+use std::mem::size_of;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use tcptrace_common::{
+    event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, RetransmitEvent,
+    TransitionEvent, PATH_SLOTS,
+};
+
+use crate::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Time spent in `old`, when the flow was seen entering it.
+    pub old_held_ns: Option<u64>,
+    pub addrs: FlowAddrs,
+    pub owner: Option<Process>,
+    /// The flow table was full: this flow is not tracked.
+    pub untracked: bool,
+}
+
+/// A flow's path as the kernel kept it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub path: Vec<PathStep>,
+    /// When the first state was entered, if seen.
+    pub start_ns: Option<u64>,
+    /// When the current (last) state was entered.
+    pub last_entered_ns: Option<u64>,
+    pub start_seen: bool,
+    pub truncated: bool,
+    pub retransmits: u32,
+    pub owner: Option<Process>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedFlow {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub addrs: FlowAddrs,
+    pub lifecycle: Lifecycle,
+    pub close: CloseSide,
+}
+
+impl FinishedFlow {
+    /// Total lifetime, when the start was seen.
+    pub fn life_ns(&self) -> Option<u64> {
+        let start = self.lifecycle.start_ns?;
+        self.ts_ns.checked_sub(start)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retransmit {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub state: TcpState,
+    pub addrs: FlowAddrs,
+    pub owner: Option<Process>,
+    pub err: Option<i32>,
+    pub untracked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Transition(Transition),
+    FlowEnd(FinishedFlow),
+    Retransmit(Retransmit),
+}
+
+fn state(raw: u8) -> Result<TcpState> {
+    TcpState::try_from(raw).map_err(|raw| anyhow!("unknown TCP state {raw}"))
+}
+
+fn owner(known: bool, pid: u32, comm: &[u8]) -> Option<Process> {
+    known.then(|| Process {
+        pid,
+        comm: comm_to_string(comm),
+    })
+}
+
+/// Reads a `T` from the front of `bytes` after checking the length.
+fn read_record<T: aya::Pod>(bytes: &[u8], name: &str) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
+        bail!(
+            "{name} record is {} bytes, expected {}",
+            bytes.len(),
+            size_of::<T>()
+        );
+    }
+    // SAFETY: the length was checked above, `read_unaligned` has no alignment requirement,
+    // and `T: Pod` is plain integers for which every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Reads a ring-buffer item.
+pub fn decode(bytes: &[u8]) -> Result<Event> {
+    let kind_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("record of {} bytes has no kind", bytes.len()))?;
+    match u32::from_ne_bytes(kind_bytes) {
+        record_kind::TRANSITION => Ok(Event::Transition(Transition::try_from(
+            &read_record::<RawTransition>(bytes, "transition")?.0,
+        )?)),
+        record_kind::FLOW_END => Ok(Event::FlowEnd(FinishedFlow::try_from(
+            &read_record::<RawFlowEnd>(bytes, "flow")?.0,
+        )?)),
+        record_kind::RETRANSMIT => Ok(Event::Retransmit(Retransmit::try_from(
+            &read_record::<RawRetransmit>(bytes, "retransmit")?.0,
+        )?)),
+        other => bail!("unknown record kind {other}"),
+    }
+}
+
+// Pod wrappers: the common crate implements Pod only for the types userspace passes to maps.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawTransition(TransitionEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawFlowEnd(FlowEndEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawRetransmit(RetransmitEvent);
+// SAFETY: transparent wrappers of #[repr(C)] records made only of integers with explicit
+// padding (sizes asserted in tcptrace-common).
+unsafe impl aya::Pod for RawTransition {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RawFlowEnd {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RawRetransmit {}
+
+impl TryFrom<&TransitionEvent> for Transition {
+    type Error = anyhow::Error;
+    fn try_from(raw: &TransitionEvent) -> Result<Self> {
+        Ok(Transition {
+            ts_ns: raw.ts_ns,
+            skaddr: raw.skaddr,
+            old: state(raw.old_state)?,
+            new: state(raw.new_state)?,
+            old_held_ns: (raw.flags & event_flags::OLD_DURATION_KNOWN != 0)
+                .then_some(raw.old_state_ns),
+            addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+            owner: owner(
+                raw.flags & event_flags::OWNER_KNOWN != 0,
+                raw.pid,
+                &raw.comm,
+            ),
+            untracked: raw.flags & event_flags::UNTRACKED != 0,
+        })
+    }
+}
+
+impl TryFrom<&FlowState> for Lifecycle {
+    type Error = anyhow::Error;
+    fn try_from(raw: &FlowState) -> Result<Self> {
+        let len = usize::from(raw.len);
+        if len == 0 || len > PATH_SLOTS {
+            bail!("flow path length {len} out of range");
+        }
+        let truncated = raw.flags & flow_flags::TRUNCATED != 0;
+        let mut path = Vec::with_capacity(len);
+        for i in 0..len {
+            let entered = raw.entered_ns[i];
+            let next = raw.entered_ns.get(i + 1).copied().filter(|_| i + 1 < len);
+            // With a truncated path, the slot before the last covers the states overwritten
+            // in the last slot: its duration is not its own.
+            let elided = truncated && i + 2 == len;
+            let held_ns = match next {
+                Some(next) if entered != 0 && next >= entered && !elided => Some(next - entered),
+                _ => None,
+            };
+            path.push(PathStep {
+                state: state(raw.states[i]).context("flow path")?,
+                held_ns,
+                retransmits: raw.rtx[i],
+            });
+        }
+        let start_seen = raw.flags & flow_flags::START_SEEN != 0;
+        Ok(Lifecycle {
+            path,
+            start_ns: start_seen.then_some(raw.entered_ns[0]),
+            last_entered_ns: Some(raw.entered_ns[len - 1]).filter(|&ns| ns != 0),
+            start_seen,
+            truncated,
+            retransmits: raw.rtx_total,
+            owner: owner(raw.flags & flow_flags::OWNER_KNOWN != 0, raw.pid, &raw.comm),
+        })
+    }
+}
+
+impl TryFrom<&FlowEndEvent> for FinishedFlow {
+    type Error = anyhow::Error;
+    fn try_from(raw: &FlowEndEvent) -> Result<Self> {
+        let lifecycle = Lifecycle::try_from(&raw.flow)?;
+        let states: Vec<TcpState> = lifecycle.path.iter().map(|step| step.state).collect();
+        Ok(FinishedFlow {
+            ts_ns: raw.ts_ns,
+            skaddr: raw.skaddr,
+            addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+            close: CloseSide::of_path(&states),
+            lifecycle,
+        })
+    }
+}
+
+impl TryFrom<&RetransmitEvent> for Retransmit {
+    type Error = anyhow::Error;
+    fn try_from(raw: &RetransmitEvent) -> Result<Self> {
+        Ok(Retransmit {
+            ts_ns: raw.ts_ns,
+            skaddr: raw.skaddr,
+            state: state(raw.state)?,
+            addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+            owner: owner(
+                raw.flags & event_flags::OWNER_KNOWN != 0,
+                raw.pid,
+                &raw.comm,
+            ),
+            err: (raw.flags & event_flags::ERR_VALID != 0).then_some(raw.err),
+            untracked: raw.flags & event_flags::UNTRACKED != 0,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,237 @@
+use tcptrace_common::{tcp_state as ts, Owner, Tuple};
+
+use super::*;
+
+/// The bytes of a record, as the ring buffer hands them over.
+pub(crate) fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
+    // SAFETY: `T` is one of the #[repr(C)] records with explicit padding: every byte is
+    // initialised, so viewing it as bytes is sound.
+    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
+}
+
+pub(crate) fn v4_tuple(sport: u16, dport: u16) -> Tuple {
+    let mut tuple = Tuple {
+        family: crate::model::AF_INET,
+        sport,
+        dport,
+        ..Default::default()
+    };
+    tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    tuple
+}
+
+pub(crate) fn owner(pid: u32, name: &str) -> Owner {
+    let mut comm = [0u8; 16];
+    comm[..name.len()].copy_from_slice(name.as_bytes());
+    Owner { pid, comm }
+}
+
+/// A client flow: CLOSE→SYN_SENT at 1 ms, then the given states 1 ms apart, owned by curl.
+pub(crate) fn client_flow(states: &[u8]) -> FlowState {
+    let mut flow = FlowState::start(ts::CLOSE, ts::SYN_SENT, 1_000_000);
+    flow.set_owner(&owner(4242, "curl"), false);
+    for (i, &state) in states.iter().enumerate() {
+        flow.enter(state, 1_000_000 * (i as u64 + 2));
+    }
+    flow
+}
+
+pub(crate) fn flow_end(flow: FlowState, end_ns: u64) -> FlowEndEvent {
+    FlowEndEvent {
+        kind: record_kind::FLOW_END,
+        _pad0: 0,
+        ts_ns: end_ns,
+        skaddr: 0xffff_8880_0000_1000,
+        tuple: v4_tuple(51234, 443),
+        flow,
+    }
+}
+
+#[test]
+fn transition_decodes_with_duration_and_owner() {
+    let raw = TransitionEvent {
+        kind: record_kind::TRANSITION,
+        old_state: ts::SYN_SENT,
+        new_state: ts::ESTABLISHED,
+        flags: event_flags::OLD_DURATION_KNOWN | event_flags::OWNER_KNOWN,
+        _pad0: 0,
+        ts_ns: 5,
+        old_state_ns: 1_200_000,
+        skaddr: 0xdead,
+        tuple: v4_tuple(51234, 443),
+        pid: 4242,
+        comm: owner(4242, "curl").comm,
+        _pad1: [0; 4],
+    };
+    let Event::Transition(t) = decode(&bytes_of(&raw)).expect("decodes") else {
+        panic!("expected a transition");
+    };
+    assert_eq!((t.old, t.new), (TcpState::SynSent, TcpState::Established));
+    assert_eq!(t.old_held_ns, Some(1_200_000));
+    assert_eq!(t.owner.expect("owner known").comm, "curl");
+    assert_eq!(t.addrs.remote.to_string(), "127.0.0.1:443");
+}
+
+#[test]
+fn unknown_duration_and_owner_stay_unknown() {
+    let raw = TransitionEvent {
+        kind: record_kind::TRANSITION,
+        old_state: ts::ESTABLISHED,
+        new_state: ts::FIN_WAIT1,
+        flags: 0,
+        _pad0: 0,
+        ts_ns: 5,
+        old_state_ns: 77,
+        skaddr: 1,
+        tuple: v4_tuple(1, 2),
+        pid: 9,
+        comm: [0; 16],
+        _pad1: [0; 4],
+    };
+    let Event::Transition(t) = decode(&bytes_of(&raw)).expect("decodes") else {
+        panic!("expected a transition");
+    };
+    assert_eq!(t.old_held_ns, None);
+    assert_eq!(t.owner, None);
+}
+
+#[test]
+fn short_unknown_and_corrupt_records_are_errors() {
+    let flow = flow_end(client_flow(&[ts::ESTABLISHED, ts::CLOSE]), 9);
+    let bytes = bytes_of(&flow);
+    assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "short record");
+    assert!(decode(&bytes[..3]).is_err(), "no kind");
+    let mut unknown = bytes.clone();
+    unknown[0] = 99;
+    assert!(decode(&unknown).is_err(), "unknown kind");
+    let mut bad_state = flow;
+    bad_state.flow.states[1] = 15;
+    assert!(decode(&bytes_of(&bad_state)).is_err(), "state 15");
+    let mut bad_len = flow;
+    bad_len.flow.len = 0;
+    assert!(decode(&bytes_of(&bad_len)).is_err(), "empty path");
+}
+
+#[test]
+fn client_path_has_durations_and_active_close() {
+    use ts::*;
+    let mut raw2 = client_flow(&[ESTABLISHED]);
+    raw2.count_retransmit();
+    raw2.count_retransmit();
+    raw2.enter(FIN_WAIT1, 3_000_000);
+    raw2.enter(FIN_WAIT2, 4_000_000);
+    raw2.enter(CLOSE, 5_000_000);
+    let Event::FlowEnd(flow) = decode(&bytes_of(&flow_end(raw2, 5_000_000))).expect("decodes")
+    else {
+        panic!("expected a flow");
+    };
+    let states: Vec<_> = flow.lifecycle.path.iter().map(|s| s.state.name()).collect();
+    assert_eq!(
+        states,
+        ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]
+    );
+    let held: Vec<_> = flow.lifecycle.path.iter().map(|s| s.held_ns).collect();
+    assert_eq!(
+        held,
+        [
+            Some(1_000_000),
+            Some(1_000_000),
+            Some(1_000_000),
+            Some(1_000_000),
+            None
+        ]
+    );
+    assert_eq!(flow.lifecycle.path[1].retransmits, 2);
+    assert_eq!(flow.lifecycle.retransmits, 2);
+    assert_eq!(flow.close, CloseSide::Active);
+    assert_eq!(flow.life_ns(), Some(4_000_000));
+    assert_eq!(flow.lifecycle.owner.as_ref().expect("owner").pid, 4242);
+}
+
+#[test]
+fn flow_older_than_the_tracer_has_unknown_start() {
+    use ts::*;
+    let mut raw = FlowState::start(ESTABLISHED, CLOSE_WAIT, 10);
+    raw.enter(LAST_ACK, 20);
+    raw.enter(CLOSE, 30);
+    let Event::FlowEnd(flow) = decode(&bytes_of(&flow_end(raw, 30))).expect("decodes") else {
+        panic!("expected a flow");
+    };
+    assert!(!flow.lifecycle.start_seen);
+    assert_eq!(flow.lifecycle.path[0].state, TcpState::Established);
+    assert_eq!(flow.lifecycle.path[0].held_ns, None, "never invented");
+    assert_eq!(flow.lifecycle.path[1].held_ns, Some(10));
+    assert_eq!(flow.life_ns(), None);
+    assert_eq!(flow.close, CloseSide::Passive);
+}
+
+#[test]
+fn truncated_path_keeps_first_states_and_the_last() {
+    use ts::*;
+    let mut raw = FlowState::start(CLOSE, SYN_SENT, 1);
+    for (i, state) in [
+        ESTABLISHED,
+        FIN_WAIT1,
+        CLOSING,
+        FIN_WAIT1,
+        CLOSING,
+        FIN_WAIT1,
+        CLOSING,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        raw.enter(state, 2 + i as u64);
+    }
+    raw.enter(CLOSE, 100);
+    assert_eq!(raw.flags & flow_flags::TRUNCATED, flow_flags::TRUNCATED);
+    let lifecycle = Lifecycle::try_from(&raw).expect("decodes");
+    assert!(lifecycle.truncated);
+    assert_eq!(lifecycle.path.len(), PATH_SLOTS);
+    assert_eq!(lifecycle.path.last().expect("last").state, TcpState::Close);
+    assert_eq!(lifecycle.path[PATH_SLOTS - 2].held_ns, None);
+}
+
+#[test]
+fn child_owner_from_listener_is_refined_by_process_context() {
+    use ts::*;
+    let mut raw = FlowState::start(LISTEN, SYN_RECV, 1);
+    assert_eq!(raw.flags & flow_flags::START_SEEN, flow_flags::START_SEEN);
+    raw.set_owner(&owner(1, "nginx-master"), true);
+    raw.set_owner(&owner(2, "other-listener"), true);
+    assert_eq!(raw.pid, 1, "an inherited owner never replaces a known one");
+    raw.set_owner(&owner(3, "nginx-worker"), false);
+    assert_eq!(
+        raw.pid, 3,
+        "the process that closes refines an inherited owner"
+    );
+    raw.set_owner(&owner(4, "softirq-victim"), false);
+    assert_eq!(raw.pid, 3, "a process-context owner is kept");
+}
+
+#[test]
+fn retransmit_decodes_err_only_when_valid() {
+    let mut raw = RetransmitEvent {
+        kind: record_kind::RETRANSMIT,
+        state: ts::SYN_SENT,
+        flags: event_flags::ERR_VALID,
+        _pad0: [0; 2],
+        ts_ns: 1,
+        skaddr: 2,
+        tuple: v4_tuple(3, 4),
+        err: -1,
+        pid: 0,
+        comm: [0; 16],
+    };
+    let Event::Retransmit(r) = decode(&bytes_of(&raw)).expect("decodes") else {
+        panic!("expected a retransmit");
+    };
+    assert_eq!((r.state, r.err), (TcpState::SynSent, Some(-1)));
+    raw.flags = 0;
+    let Event::Retransmit(r) = decode(&bytes_of(&raw)).expect("decodes") else {
+        panic!("expected a retransmit");
+    };
+    assert_eq!(r.err, None);
+}

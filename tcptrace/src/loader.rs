@@ -1,0 +1,237 @@
+//! load → attach: preflight checks, BTF offsets, the eBPF object, raw tracepoints; and the
+//! kernel-side state userspace reads back (counters, open flows).
+use std::{io, path::Path};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use tcptrace_common::{stat, FlowState, ProgramConfig, TRANSITION_SLOTS};
+
+use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
+
+/// A loaded and attached tracer.
+pub struct Tracer {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
+    /// The ring buffer, taken out of `ebpf` so the pipeline can own it.
+    pub events: Option<RingBuf<MapData>>,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Human description of the hooks, for the start-up line.
+    pub hooks: Vec<String>,
+}
+
+/// Capability bits from `include/uapi/linux/capability.h`.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn effective_caps() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or_else(|| anyhow!("no CapEff in /proc/self/status"))?;
+    u64::from_str_radix(hex.trim(), 16).context("parsing CapEff")
+}
+
+/// Fails early, with the fix, when the process cannot load BPF programs.
+fn check_privileges() -> Result<()> {
+    let caps = effective_caps()?;
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!(
+        "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
+         (run it as root, or: setcap cap_bpf,cap_perfmon+ep $(which tcptrace))"
+    )
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct passed by pointer; failure is harmless (newer kernels use
+    // memcg accounting) and is logged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Adds the fix to errors whose cause is a missing privilege.
+fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
+    });
+    if denied {
+        err.context(format!(
+            "permission denied while {what}: run as root, or with CAP_BPF and CAP_PERFMON; \
+             kernel lockdown (confidentiality) also forbids tracing"
+        ))
+    } else {
+        err.context(format!("failed while {what}"))
+    }
+}
+
+impl Tracer {
+    pub fn load(config: &Config) -> Result<Tracer> {
+        check_privileges()?;
+        raise_memlock();
+        let btf = KernelBtf::open(Path::new(&config.btf))?;
+        if btf.tracepoint_args("inet_sock_set_state")? != Some(3) {
+            bail!(
+                "tracepoint sock:inet_sock_set_state (sk, oldstate, newstate) not found in this \
+                 kernel's BTF; tcptrace needs Linux 4.16 or newer"
+            );
+        }
+        let retransmit_program = match btf.tracepoint_args("tcp_retransmit_skb")? {
+            Some(2) => "tcp_retransmit_skb",
+            Some(3) => "tcp_retransmit_skb_err",
+            Some(n) => {
+                bail!("tracepoint tcp:tcp_retransmit_skb has {n} arguments; expected 2 or 3")
+            }
+            None => bail!("tracepoint tcp:tcp_retransmit_skb not found in this kernel's BTF"),
+        };
+        let program_config = ProgramConfig {
+            offsets: btf
+                .sock_offsets()
+                .context("resolving struct sock offsets from BTF")?,
+            // Wake the reader once a quarter of the ring is pending; otherwise it polls.
+            wakeup_bytes: u64::from(config.ring_size / 4),
+            emit_transitions: u8::from(config.shows_transitions()),
+            emit_retransmits: u8::from(config.shows_retransmits()),
+            _pad: [0; 6],
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &program_config, true)
+            .map_max_entries("EVENTS", config.ring_size)
+            .map_max_entries("FLOWS", config.max_flows)
+            .load(EBPF_OBJECT)
+            .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
+
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::warn!("kernel-side log unavailable: {e}");
+                None
+            }
+        };
+
+        let mut links = Vec::new();
+        let mut hooks = Vec::new();
+        for (program, tracepoint) in [
+            (SET_STATE_PROGRAM, "inet_sock_set_state"),
+            (retransmit_program, "tcp_retransmit_skb"),
+        ] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {program} is not a raw tracepoint"))?;
+            prog.load()
+                .map_err(|e| explain(e.into(), &format!("loading program {program}")))?;
+            let link = prog.attach(tracepoint).map_err(|e| {
+                explain(e.into(), &format!("attaching raw tracepoint {tracepoint}"))
+            })?;
+            links.push((program, link));
+            hooks.push(format!("raw_tp/{tracepoint}"));
+        }
+
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("map EVENTS missing from the eBPF object"))?,
+        )
+        .context("map EVENTS is not a ring buffer")?;
+
+        Ok(Tracer {
+            ebpf,
+            links,
+            events: Some(events),
+            logger,
+            hooks,
+        })
+    }
+
+    /// Detaches every program: nothing new reaches the maps after this.
+    pub fn detach(&mut self) -> Result<()> {
+        for (program, link) in self.links.drain(..) {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing"))?
+                .try_into()?;
+            prog.detach(link)
+                .with_context(|| format!("detaching program {program}"))?;
+        }
+        Ok(())
+    }
+
+    fn per_cpu_sums(&self, name: &str) -> Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
+            .with_context(|| format!("map {name} is not a per-CPU array"))?;
+        array
+            .iter()
+            .map(|values| {
+                values
+                    .map(|v| v.iter().sum())
+                    .with_context(|| format!("reading map {name}"))
+            })
+            .collect()
+    }
+
+    /// The kernel's per-CPU counters, summed. Transition counts only with `with_transitions`
+    /// (256 lookups; done once at the end).
+    pub fn counters(&self, with_transitions: bool) -> Result<KernelCounters> {
+        let sums = self.per_cpu_sums("STATS")?;
+        let mut stats = [0u64; stat::COUNT as usize];
+        for (slot, value) in stats.iter_mut().zip(sums) {
+            *slot = value;
+        }
+        let transitions = if with_transitions {
+            self.per_cpu_sums("TRANSITIONS")?
+        } else {
+            vec![0; TRANSITION_SLOTS as usize]
+        };
+        Ok(KernelCounters { stats, transitions })
+    }
+
+    /// Flows the kernel still tracks (open when tracing stopped).
+    pub fn open_flows(&self) -> Result<Vec<Lifecycle>> {
+        let map = self
+            .ebpf
+            .map("FLOWS")
+            .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+        let flows: HashMap<&MapData, u64, FlowState> =
+            HashMap::try_from(map).context("map FLOWS is not a hash map")?;
+        let mut open = Vec::new();
+        for entry in flows.iter() {
+            match entry {
+                Ok((_, state)) => open.push(Lifecycle::try_from(&state)?),
+                // A flow removed while we iterate: it was reported as finished.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading map FLOWS"),
+            }
+        }
+        Ok(open)
+    }
+}

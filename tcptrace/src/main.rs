@@ -1,0 +1,51 @@
+//! tcptrace: TCP state transitions, per-flow lifecycles and retransmits, traced with eBPF.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+mod aggregate;
+mod btf;
+mod cli;
+mod clock;
+mod decode;
+mod loader;
+mod model;
+mod pipeline;
+mod render;
+
+/// Parses the command line; usage errors become one line and exit 2, as every other error.
+fn parse() -> Result<cli::Cli, ExitCode> {
+    match cli::Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tcptrace: error: {first} (see tcptrace --help)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let result = cli::Config::try_from(cli).and_then(pipeline::run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcptrace: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

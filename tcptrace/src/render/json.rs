@@ -1,0 +1,385 @@
+//! JSON Lines with stable field names (documented in the README).
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::Render;
+use crate::{
+    aggregate::{KernelCounters, Summary},
+    clock::Clock,
+    decode::{FinishedFlow, Retransmit, Transition},
+    model::{CloseSide, FlowAddrs, Process, TcpState},
+};
+
+pub struct JsonPrinter<W: Write> {
+    out: W,
+    clock: Clock,
+}
+
+#[derive(Serialize)]
+struct Addrs<'a> {
+    family: &'a str,
+    laddr: String,
+    lport: u16,
+    raddr: String,
+    rport: u16,
+}
+
+impl From<&FlowAddrs> for Addrs<'_> {
+    fn from(a: &FlowAddrs) -> Self {
+        Addrs {
+            family: if a.local.addr.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            },
+            laddr: a.local.addr.to_string(),
+            lport: a.local.port,
+            raddr: a.remote.addr.to_string(),
+            rport: a.remote.port,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Owner<'a> {
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+}
+
+impl<'a> From<&'a Option<Process>> for Owner<'a> {
+    fn from(p: &'a Option<Process>) -> Self {
+        Owner {
+            pid: p.as_ref().map(|p| p.pid),
+            comm: p.as_ref().map(|p| p.comm.as_str()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TransitionLine<'a> {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    #[serde(flatten)]
+    owner: Owner<'a>,
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    old: TcpState,
+    new: TcpState,
+    old_held_ns: Option<u64>,
+    untracked: bool,
+    skaddr: String,
+}
+
+#[derive(Serialize)]
+struct Step {
+    state: TcpState,
+    held_ns: Option<u64>,
+    rtx: u16,
+}
+
+#[derive(Serialize)]
+struct FlowLine<'a> {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    #[serde(flatten)]
+    owner: Owner<'a>,
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    path: Vec<Step>,
+    life_ns: Option<u64>,
+    start_seen: bool,
+    truncated: bool,
+    close: CloseSide,
+    rtx: u32,
+    skaddr: String,
+}
+
+#[derive(Serialize)]
+struct RetransmitLine<'a> {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    #[serde(flatten)]
+    owner: Owner<'a>,
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    state: TcpState,
+    err: Option<i32>,
+    untracked: bool,
+    skaddr: String,
+}
+
+#[derive(Serialize)]
+struct Lost {
+    transitions: u64,
+    flows: u64,
+    retransmits: u64,
+    total: u64,
+}
+
+#[derive(Serialize)]
+struct LostLine {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    new: u64,
+    lost: Lost,
+}
+
+#[derive(Serialize)]
+struct TransitionCount {
+    old: TcpState,
+    new: TcpState,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct HeldStats {
+    state: TcpState,
+    count: u64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    max_ns: u64,
+}
+
+#[derive(Serialize)]
+struct Flows {
+    seen: u64,
+    finished: u64,
+    open: u64,
+    untracked: u64,
+}
+
+#[derive(Serialize)]
+struct SummaryLine {
+    r#type: &'static str,
+    elapsed_ns: u64,
+    state_events: u64,
+    retransmits: u64,
+    records_delivered: u64,
+    transitions: Vec<TransitionCount>,
+    held: Vec<HeldStats>,
+    flows: Flows,
+    close: std::collections::BTreeMap<&'static str, u64>,
+    retransmits_by_state: std::collections::BTreeMap<&'static str, u64>,
+    lost: Lost,
+    read_errors: u64,
+    decode_errors: u64,
+    truncated_paths: u64,
+}
+
+fn skaddr(addr: u64) -> String {
+    format!("{addr:#x}")
+}
+
+impl<W: Write> JsonPrinter<W> {
+    pub fn new(out: W, clock: Clock) -> Self {
+        JsonPrinter { out, clock }
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value).map_err(io::Error::from)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+impl<W: Write> Render for JsonPrinter<W> {
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        let line = TransitionLine {
+            r#type: "transition",
+            ts_unix_ns: self.clock.unix_ns(t.ts_ns),
+            owner: (&t.owner).into(),
+            addrs: (&t.addrs).into(),
+            old: t.old,
+            new: t.new,
+            old_held_ns: t.old_held_ns,
+            untracked: t.untracked,
+            skaddr: skaddr(t.skaddr),
+        };
+        self.line(&line)
+    }
+
+    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        let line = FlowLine {
+            r#type: "flow",
+            ts_unix_ns: self.clock.unix_ns(f.ts_ns),
+            owner: (&f.lifecycle.owner).into(),
+            addrs: (&f.addrs).into(),
+            path: f
+                .lifecycle
+                .path
+                .iter()
+                .map(|s| Step {
+                    state: s.state,
+                    held_ns: s.held_ns,
+                    rtx: s.retransmits,
+                })
+                .collect(),
+            life_ns: f.life_ns(),
+            start_seen: f.lifecycle.start_seen,
+            truncated: f.lifecycle.truncated,
+            close: f.close,
+            rtx: f.lifecycle.retransmits,
+            skaddr: skaddr(f.skaddr),
+        };
+        self.line(&line)
+    }
+
+    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+        let line = RetransmitLine {
+            r#type: "retransmit",
+            ts_unix_ns: self.clock.unix_ns(r.ts_ns),
+            owner: (&r.owner).into(),
+            addrs: (&r.addrs).into(),
+            state: r.state,
+            err: r.err,
+            untracked: r.untracked,
+            skaddr: skaddr(r.skaddr),
+        };
+        self.line(&line)
+    }
+
+    fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {
+        use tcptrace_common::stat;
+        let line = LostLine {
+            r#type: "lost",
+            ts_unix_ns: self.clock.unix_ns(now_ns),
+            new: newly_lost,
+            lost: Lost {
+                transitions: kernel.stat(stat::LOST_TRANSITION),
+                flows: kernel.stat(stat::LOST_FLOW_END),
+                retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+                total: kernel.lost(),
+            },
+        };
+        self.line(&line)
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let line = SummaryLine {
+            r#type: "summary",
+            elapsed_ns: s.elapsed_ns,
+            state_events: s.state_events,
+            retransmits: s.retransmits,
+            records_delivered: s.delivered,
+            transitions: s
+                .transitions
+                .iter()
+                .map(|&(old, new, count)| TransitionCount { old, new, count })
+                .collect(),
+            held: s
+                .durations
+                .iter()
+                .map(|d| HeldStats {
+                    state: d.state,
+                    count: d.count,
+                    p50_ns: d.p50_ns,
+                    p90_ns: d.p90_ns,
+                    p99_ns: d.p99_ns,
+                    max_ns: d.max_ns,
+                })
+                .collect(),
+            flows: Flows {
+                seen: s.flows_seen,
+                finished: s.flows_finished,
+                open: s.flows_open,
+                untracked: s.flows_untracked,
+            },
+            close: s.close.iter().map(|(k, n)| (k.name(), *n)).collect(),
+            retransmits_by_state: s.rtx_by_state.iter().map(|(k, n)| (k.name(), *n)).collect(),
+            lost: Lost {
+                transitions: s.lost_transitions,
+                flows: s.lost_flows,
+                retransmits: s.lost_retransmits,
+                total: s.lost(),
+            },
+            read_errors: s.read_errors,
+            decode_errors: s.decode_errors,
+            truncated_paths: s.truncated_paths,
+        };
+        self.line(&line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{aggregate::Aggregator, render::fixtures};
+    use tcptrace_common::{tcp_state as ts, TRANSITION_SLOTS};
+
+    fn lines(p: JsonPrinter<Vec<u8>>) -> Vec<Value> {
+        String::from_utf8(p.into_inner())
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+            .collect()
+    }
+
+    #[test]
+    fn records_have_stable_field_names() {
+        let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
+        p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
+            .expect("write");
+        p.flow(&fixtures::client_flow()).expect("write");
+        p.retransmit(&fixtures::retransmit()).expect("write");
+        let v = lines(p);
+        assert_eq!(v[0]["type"], "transition");
+        assert_eq!(v[0]["ts_unix_ns"], 6_000);
+        assert_eq!(v[0]["pid"], 4242);
+        assert_eq!(v[0]["comm"], "curl");
+        assert_eq!(v[0]["family"], "ipv4");
+        assert_eq!(v[0]["laddr"], "127.0.0.1");
+        assert_eq!(v[0]["lport"], 51234);
+        assert_eq!(v[0]["rport"], 443);
+        assert_eq!(v[0]["old"], "SYN_SENT");
+        assert_eq!(v[0]["new"], "ESTABLISHED");
+        assert!(v[0]["old_held_ns"].is_null(), "unknown, not invented");
+        assert_eq!(v[1]["type"], "flow");
+        assert_eq!(v[1]["close"], "active");
+        assert_eq!(v[1]["life_ns"], 4_000_000);
+        assert_eq!(v[1]["path"][0]["state"], "SYN_SENT");
+        assert_eq!(v[1]["path"][0]["held_ns"], 1_000_000);
+        assert_eq!(v[1]["path"][4]["state"], "CLOSE");
+        assert!(v[1]["path"][4]["held_ns"].is_null());
+        assert_eq!(v[2]["type"], "retransmit");
+        assert_eq!(v[2]["state"], "FIN_WAIT1");
+        assert_eq!(v[2]["err"], 0);
+        assert!(v[2]["pid"].is_null());
+    }
+
+    #[test]
+    fn summary_and_lost_are_objects() {
+        let mut agg = Aggregator::new();
+        agg.finished_flow(&fixtures::client_flow());
+        let mut kernel = KernelCounters {
+            transitions: vec![0; TRANSITION_SLOTS as usize],
+            ..Default::default()
+        };
+        kernel.stats[tcptrace_common::stat::LOST_RETRANSMIT as usize] = 3;
+        let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(0));
+        p.lost(10, 3, &kernel).expect("write");
+        p.summary(&agg.finish(&kernel, 5)).expect("write");
+        let v = lines(p);
+        assert_eq!(v[0]["type"], "lost");
+        assert_eq!(v[0]["lost"]["total"], 3);
+        assert_eq!(v[1]["type"], "summary");
+        assert_eq!(v[1]["flows"]["finished"], 1);
+        assert_eq!(v[1]["close"]["active"], 1);
+        assert_eq!(v[1]["lost"]["retransmits"], 3);
+        let held = v[1]["held"].as_array().expect("held is a list");
+        assert!(held
+            .iter()
+            .any(|h| h["state"] == "ESTABLISHED" && h["p50_ns"].as_u64() > Some(0)));
+    }
+}

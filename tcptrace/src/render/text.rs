@@ -1,0 +1,272 @@
+//! Aligned columns. Address columns start wide enough for any IPv4 endpoint and only ever
+//! grow; when one grows, the header is printed again so that every line stays under it.
+use std::io::{self, Write};
+
+use super::Render;
+use crate::{
+    aggregate::{KernelCounters, Summary},
+    clock::{human_duration, Clock},
+    decode::{FinishedFlow, Retransmit, Transition},
+    model::{FlowAddrs, Process},
+};
+
+/// "255.255.255.255:65535"
+const MIN_ADDR_WIDTH: usize = 21;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    State,
+    Flow,
+    Rtx,
+}
+
+pub struct TextPrinter<W: Write> {
+    out: W,
+    clock: Clock,
+    local_width: usize,
+    remote_width: usize,
+    /// The kind whose header is in force; `None` forces a header before the next line.
+    header: Option<Kind>,
+    /// Several kinds share the output: lines start with their kind and no header is printed.
+    tagged: bool,
+}
+
+fn pid(owner: &Option<Process>) -> String {
+    owner.as_ref().map_or("-".into(), |p| p.pid.to_string())
+}
+
+fn comm(owner: &Option<Process>) -> &str {
+    owner.as_ref().map_or("-", |p| p.comm.as_str())
+}
+
+fn held(ns: Option<u64>) -> String {
+    ns.map_or("?".into(), human_duration)
+}
+
+impl<W: Write> TextPrinter<W> {
+    pub fn new(out: W, clock: Clock, tagged: bool) -> Self {
+        TextPrinter {
+            out,
+            clock,
+            local_width: MIN_ADDR_WIDTH,
+            remote_width: MIN_ADDR_WIDTH,
+            header: None,
+            tagged,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Widens the address columns for `addrs` and prints the header for `kind` if needed.
+    fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<()> {
+        let local = addrs.local.to_string().len();
+        let remote = addrs.remote.to_string().len();
+        if local > self.local_width || remote > self.remote_width {
+            self.local_width = self.local_width.max(local);
+            self.remote_width = self.remote_width.max(remote);
+            self.header = None;
+        }
+        if self.tagged {
+            let tag = match kind {
+                Kind::State => "state",
+                Kind::Flow => "flow ",
+                Kind::Rtx => "rtx  ",
+            };
+            return write!(self.out, "{tag} ");
+        }
+        if self.header == Some(kind) {
+            return Ok(());
+        }
+        self.header = Some(kind);
+        let (lw, rw) = (self.local_width, self.remote_width);
+        match kind {
+            Kind::State => writeln!(
+                self.out,
+                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
+                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD", "NEW", "OLD_HELD"
+            ),
+            Kind::Flow => writeln!(
+                self.out,
+                "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  LIFECYCLE",
+                "TIME", "COMM", "PID", "LOCAL", "REMOTE"
+            ),
+            Kind::Rtx => writeln!(
+                self.out,
+                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
+            ),
+        }
+    }
+}
+
+impl<W: Write> Render for TextPrinter<W> {
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        self.prepare(Kind::State, &t.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}",
+            self.clock.time_of_day(t.ts_ns),
+            pid(&t.owner),
+            comm(&t.owner),
+            t.addrs.local,
+            t.addrs.remote,
+            t.old,
+            t.new,
+            held(t.old_held_ns),
+        )
+    }
+
+    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        self.prepare(Kind::Flow, &f.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        let owner = &f.lifecycle.owner;
+        write!(
+            self.out,
+            "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ",
+            self.clock.time_of_day(f.ts_ns),
+            comm(owner),
+            pid(owner),
+            f.addrs.local,
+            f.addrs.remote,
+        )?;
+        let last = f.lifecycle.path.len().saturating_sub(1);
+        for (i, step) in f.lifecycle.path.iter().enumerate() {
+            if i == last {
+                if f.lifecycle.truncated {
+                    write!(self.out, " > …")?;
+                }
+                write!(self.out, " > {}", step.state)?;
+                if step.retransmits > 0 {
+                    write!(self.out, " (rtx {})", step.retransmits)?;
+                }
+                break;
+            }
+            let sep = if i == 0 { " " } else { " > " };
+            write!(self.out, "{sep}{} {}", step.state, held(step.held_ns))?;
+            if step.retransmits > 0 {
+                write!(self.out, " (rtx {})", step.retransmits)?;
+            }
+        }
+        let life = match f.life_ns() {
+            Some(ns) => human_duration(ns),
+            None => "?".into(),
+        };
+        writeln!(
+            self.out,
+            "  life {life} {} rtx={}",
+            f.close, f.lifecycle.retransmits
+        )
+    }
+
+    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+        self.prepare(Kind::Rtx, &r.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        let err = r.err.map_or("-".into(), |e| e.to_string());
+        writeln!(
+            self.out,
+            "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+            self.clock.time_of_day(r.ts_ns),
+            pid(&r.owner),
+            comm(&r.owner),
+            r.addrs.local,
+            r.addrs.remote,
+            r.state,
+            err,
+        )
+    }
+
+    /// Lost records are reported on stderr by the pipeline; columns carry data only.
+    fn lost(&mut self, _now_ns: u64, _newly_lost: u64, _kernel: &KernelCounters) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let o = &mut self.out;
+        writeln!(o)?;
+        writeln!(
+            o,
+            "--- tcptrace summary: {} traced, {} transitions, {} retransmits, {} lost ---",
+            human_duration(s.elapsed_ns),
+            s.state_events,
+            s.retransmits,
+            s.lost()
+        )?;
+        writeln!(
+            o,
+            "flows: {} seen, {} finished, {} still open, {} untracked (flow table full)",
+            s.flows_seen, s.flows_finished, s.flows_open, s.flows_untracked
+        )?;
+        let close: Vec<String> = s.close.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(
+            o,
+            "close: {}",
+            if close.is_empty() {
+                "-".into()
+            } else {
+                close.join(", ")
+            }
+        )?;
+        let rtx: Vec<String> = s
+            .rtx_by_state
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            o,
+            "retransmits by state: {}",
+            if rtx.is_empty() {
+                "-".into()
+            } else {
+                rtx.join(", ")
+            }
+        )?;
+        writeln!(
+            o,
+            "lost records: {} (transitions {}, flows {}, retransmits {}); read errors {}, decode errors {}",
+            s.lost(),
+            s.lost_transitions,
+            s.lost_flows,
+            s.lost_retransmits,
+            s.read_errors,
+            s.decode_errors
+        )?;
+        if !s.transitions.is_empty() {
+            writeln!(o, "transitions:")?;
+            for (old, new, n) in &s.transitions {
+                writeln!(o, "  {old:>11} -> {new:<11} {n:>10}")?;
+            }
+        }
+        if !s.durations.is_empty() {
+            writeln!(
+                o,
+                "time held per state:  {:>10} {:>8} {:>8} {:>8} {:>8}",
+                "count", "p50", "p90", "p99", "max"
+            )?;
+            for d in &s.durations {
+                writeln!(
+                    o,
+                    "  {:<19} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                    d.state,
+                    d.count,
+                    human_duration(d.p50_ns),
+                    human_duration(d.p90_ns),
+                    human_duration(d.p99_ns),
+                    human_duration(d.max_ns)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+#[path = "text_tests.rs"]
+mod tests;

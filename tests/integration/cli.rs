@@ -1,0 +1,158 @@
+//! The binary as a user meets it: bad input, missing privileges, `| head`, SIGTERM.
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::support::{Tracer, BIN};
+
+/// Runs tcptrace to completion; returns (exit code, stderr).
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert!(out.stdout.is_empty(), "errors never go to stdout");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (code, stderr) = run(args);
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line for {args:?}: {stderr}");
+    assert!(stderr.starts_with("tcptrace: error: "), "{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?} should mention {needle}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_get_one_line_and_exit_2() {
+    assert_one_line_error(&["--ring-size", "3000"], "power of two");
+    assert_one_line_error(&["--no-such-flag"], "--no-such-flag");
+    assert_one_line_error(&["flow"], "flow");
+    assert_one_line_error(&["--duration", "soon"], "--duration");
+    assert_one_line_error(&["--max-flows=lots"], "--max-flows");
+}
+
+#[test]
+fn missing_btf_is_named_with_the_fix() {
+    assert_one_line_error(&["--btf", "/nonexistent/vmlinux"], "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn unprivileged_user_is_told_what_is_needed() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            BIN,
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("root"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "--version"] {
+        let out = Command::new(BIN).arg(flag).output().expect("runs");
+        assert!(out.status.success(), "{flag}");
+        assert!(!out.stdout.is_empty(), "{flag} prints to stdout");
+    }
+}
+
+/// `tcptrace | head -n 3`: the reader goes away; tcptrace exits 0 without an error.
+#[test]
+fn closed_pipe_exits_0_quietly() {
+    let mut child = Command::new(BIN)
+        .args(["--poll-interval", "10ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcptrace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("tcptrace: tracing"), "{line}");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            for _ in 0..5_000 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let c = TcpStream::connect(addr).expect("connect");
+                let (s, _) = listener.accept().expect("accept");
+                drop((c, s));
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let first: Vec<String> = stdout.lines().take(3).map(|l| l.expect("line")).collect();
+    assert_eq!(first.len(), 3);
+    assert!(first[0].starts_with("TIME"), "{first:?}");
+    // `head` exits: the pipe's read end closes here.
+    let status = child.wait().expect("wait");
+    done.store(true, Ordering::Relaxed);
+    traffic.join().expect("traffic thread");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    assert!(status.success(), "exit status {status}; stderr: {rest}");
+    assert!(!rest.contains("error"), "no error message: {rest}");
+}
+
+#[test]
+fn sigterm_detaches_and_prints_the_summary() {
+    let tracer = Tracer::start(&["flows"]);
+    let out = tracer.stop_with(libc::SIGTERM);
+    assert!(!out.stderr.contains("error"), "{}", out.stderr);
+    let summary = out.summary();
+    assert_eq!(summary["lost"]["total"], 0, "{summary}");
+    assert!(summary["elapsed_ns"].as_u64() > Some(0), "{summary}");
+}
+
+#[test]
+fn duration_stops_by_itself() {
+    let out = Command::new(BIN)
+        .args(["--json", "--duration", "500ms"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_string)
+        .expect("a summary line");
+    let summary: serde_json::Value = serde_json::from_str(&last).expect("JSON summary");
+    assert_eq!(summary["type"], "summary");
+}

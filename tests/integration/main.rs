@@ -1,0 +1,9 @@
+//! Integration tests: the real tcptrace binary on the real kernel, as root.
+//!
+//! These never skip: if BPF cannot be loaded, the tracer does not start and every test
+//! here fails with the tracer's own error message.
+mod cli;
+mod lifecycle;
+mod netns;
+mod retransmit;
+mod support;

@@ -1,0 +1,175 @@
+//! Starting and stopping the tracer, and reading its JSON Lines.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+const READY: &str = "tcptrace: tracing";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `tcptrace --json …`.
+pub struct Tracer {
+    child: Child,
+    stdout: thread::JoinHandle<Vec<String>>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What the tracer printed, parsed.
+pub struct Output {
+    pub records: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts the tracer and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let stdout =
+            thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, stderr) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match tracer.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let ready = line.starts_with(READY);
+                    tracer.stderr_seen.push(line);
+                    if ready {
+                        return tracer;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = tracer.child.wait().expect("wait for tracer");
+                    panic!(
+                        "tcptrace exited ({status}) before attaching; BPF must load for these \
+                         tests. stderr:\n{}",
+                        tracer.stderr_seen.join("\n")
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = tracer.child.kill();
+                panic!(
+                    "tcptrace did not attach within {START_TIMEOUT:?}; stderr:\n{}",
+                    tracer.stderr_seen.join("\n")
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal`, waits for exit 0 and returns everything printed.
+    pub fn stop_with(mut self, signal: i32) -> Output {
+        // Let the last records reach the ring buffer and the poll interval pass.
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+        let status = self.child.wait().expect("wait for tracer");
+        let lines = self.stdout.join().expect("stdout reader");
+        self.stderr_seen.extend(self.stderr.try_iter());
+        let stderr = self.stderr_seen.join("\n");
+        assert!(
+            status.success(),
+            "tcptrace exited {status}; stderr:\n{stderr}"
+        );
+        let records = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        Output { records, stderr }
+    }
+
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Output {
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["type"] == kind).collect()
+    }
+
+    pub fn summary(&self) -> &Value {
+        let summaries = self.of_type("summary");
+        assert_eq!(summaries.len(), 1, "exactly one summary, the last record");
+        assert_eq!(
+            self.records.last().map(|r| &r["type"]),
+            Some(&Value::from("summary"))
+        );
+        summaries[0]
+    }
+
+    /// Records of `kind` whose local and remote endpoints are these.
+    pub fn for_tuple(&self, kind: &str, local: (&str, u16), remote: (&str, u16)) -> Vec<&Value> {
+        self.of_type(kind)
+            .into_iter()
+            .filter(|r| {
+                r["laddr"] == local.0
+                    && r["lport"] == local.1
+                    && r["raddr"] == remote.0
+                    && r["rport"] == remote.1
+            })
+            .collect()
+    }
+
+    /// The one flow record for this 4-tuple.
+    pub fn flow(&self, local: (&str, u16), remote: (&str, u16)) -> &Value {
+        let flows = self.for_tuple("flow", local, remote);
+        assert_eq!(
+            flows.len(),
+            1,
+            "one flow for {local:?} -> {remote:?}; got {flows:#?}\nall records: {:#?}",
+            self.records
+        );
+        flows[0]
+    }
+}
+
+/// The state names of a flow record's path.
+pub fn path_states(flow: &Value) -> Vec<String> {
+    flow["path"]
+        .as_array()
+        .expect("path is a list")
+        .iter()
+        .map(|s| s["state"].as_str().expect("state is a string").to_string())
+        .collect()
+}
+
+/// The calling thread's comm, as the kernel reports it.
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .expect("read /proc/thread-self/comm")
+        .trim_end()
+        .to_string()
+}

@@ -1,0 +1,153 @@
+//! `cargo xtask setup | build | run | test | bench`: everything is built and run through here.
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test tcptrace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building needs (rust-src, LLVM 22, bpf-linker) and the test tools
+    /// (iproute2, iptables); does nothing when all is present.
+    Setup,
+    /// Build the eBPF programs and the tcptrace binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run tcptrace with ARGS (as root).
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for tcptrace (after `--`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test: unit tests and, as root on the real kernel, the integration tests.
+    Test {
+        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// PATH with cargo's bin dir and LLVM 22's tools in front (bpf-linker needs both).
+pub fn tool_path() -> OsString {
+    let mut paths = vec![PathBuf::from(setup::LLVM_BIN)];
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    {
+        paths.push(Path::new(&home).join("bin"));
+    }
+    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    env::join_paths(paths).expect("PATH entries contain no separator")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()).env("PATH", tool_path());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    setup::ensure_build_tools()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "tcptrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("tcptrace"))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} needs root (loading eBPF programs, network namespaces): run it as root");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(args: &[OsString]) -> Result<()> {
+    setup::ensure_build_tools()?;
+    setup::ensure_test_tools()?;
+    require_root("cargo xtask test")?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-fail-fast",
+        "--package",
+        "tcptrace-common",
+        "--package",
+        "tcptrace",
+    ]);
+    cmd.arg("--").args(args);
+    run(&mut cmd)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::ensure_build_tools()
+            .and_then(|()| setup::ensure_test_tools())
+            .map(|()| eprintln!("xtask: setup complete: build and test tools are installed")),
+        Task::Build { release } => build(release).map(|bin| {
+            eprintln!("xtask: built {}", bin.display());
+        }),
+        Task::Run { release, args } => build(release).and_then(|bin| {
+            require_root("tcptrace")?;
+            // Replace this process, so that Ctrl-C reaches tcptrace alone and its summary
+            // and exit code are the command's.
+            let err = Command::new(&bin).args(&args).exec();
+            Err(err).with_context(|| format!("cannot start {}", bin.display()))
+        }),
+        Task::Test { args } => test(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
