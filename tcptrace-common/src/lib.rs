@@ -84,11 +84,35 @@ pub mod stat {
     pub const FORCED_WAKEUPS: u32 = 8;
     /// Reads of kernel memory that failed (the event was dropped).
     pub const READ_ERRORS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Records submitted to the ring buffer (all kinds).
+    pub const SUBMITTED: u32 = 10;
+    /// A flow's entry outlived its socket (its CLOSE was missed) and was restarted when the
+    /// address was reused.
+    pub const STALE_FLOWS: u32 = 11;
+    /// A transition left a state the flow was not known to be in (one was missed): the
+    /// missing state was inserted with an unknown start.
+    pub const PATH_GAPS: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
-/// Entries of the per-CPU `TRANSITIONS` array: `old * LIMIT + new`.
+/// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
 pub const TRANSITION_SLOTS: u32 = (tcp_state::LIMIT as u32) * (tcp_state::LIMIT as u32);
+
+/// Slots of [`Counters::stats`] (room to grow past `stat::COUNT`).
+pub const STAT_SLOTS: usize = 16;
+
+/// Every kernel-side counter, in the single entry of the per-CPU `COUNTERS` array: one map
+/// lookup per event serves them all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// Indexed by `stat::*`.
+    pub stats: [u64; STAT_SLOTS],
+    /// Indexed `old * tcp_state::LIMIT + new`.
+    pub transitions: [u64; TRANSITION_SLOTS as usize],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * (16 + 256));
+const _: () = assert!((stat::COUNT as usize) <= STAT_SLOTS);
 
 /// A flow's addresses. Ports are in host order; addresses in network order, IPv4 in the
 /// first four bytes.
@@ -321,6 +345,18 @@ impl FlowState {
         held
     }
 
+    /// The current state.
+    #[inline(always)]
+    pub fn current(&self) -> u8 {
+        self.states[self.last()]
+    }
+
+    /// Records `state` as entered at an unknown time (a transition into it was missed).
+    #[inline(always)]
+    pub fn enter_unseen(&mut self, state: u8) {
+        self.enter(state, 0);
+    }
+
     /// Counts a retransmit against the current state.
     #[inline(always)]
     pub fn count_retransmit(&mut self) {
@@ -382,4 +418,6 @@ mod user {
     unsafe impl aya::Pod for ListenerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above (arrays of u64 only).
+    unsafe impl aya::Pod for Counters {}
 }

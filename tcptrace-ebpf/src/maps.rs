@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    stat, tcp_state, FlowState, ListenerKey, Owner, ProgramConfig, TRANSITION_SLOTS,
+    stat, tcp_state, Counters, FlowState, ListenerKey, Owner, ProgramConfig, STAT_SLOTS,
+    TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -55,7 +56,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Per-socket lifecycle, keyed by the socket's kernel address; removed at CLOSE.
 /// The size is set by the loader (`--max-flows`).
 #[map]
-pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, 0);
 
 /// Owners of listening sockets, so that accepted children (created in softirq) get the
 /// listener's process.
@@ -63,43 +64,60 @@ pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, B
 pub static LISTENERS: HashMap<ListenerKey, Owner> =
     HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
-/// Counters, see `tcptrace_common::stat`.
+/// Scratch space for a flow seen for the first time, before it is inserted into `FLOWS`
+/// (a `FlowState` is too large for the 512-byte stack next to everything else).
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Transition counts indexed `old * LIMIT + new`.
+/// Every counter, one entry per CPU (see `tcptrace_common::Counters`).
 #[map]
-pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Adds one to a counter; returns its previous value on this CPU.
-#[inline(always)]
-pub fn bump(index: u32) -> u64 {
-    match STATS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot, written only by this CPU with preemption disabled.
-        Some(counter) => unsafe {
+/// This CPU's counters, looked up once per event.
+#[derive(Clone, Copy)]
+pub struct Stats(*mut Counters);
+
+impl Stats {
+    #[inline(always)]
+    pub fn get() -> Stats {
+        Stats(COUNTERS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
+    }
+
+    /// Adds one to a counter; returns its previous value on this CPU.
+    #[inline(always)]
+    pub fn bump(self, index: u32) -> u64 {
+        if self.0.is_null() {
+            return 0;
+        }
+        let slot = index as usize & (STAT_SLOTS - 1);
+        // SAFETY: a per-CPU value, written only by this CPU with preemption disabled (the
+        // program runs with migration disabled); the index is masked into the array.
+        unsafe {
+            let counter = &mut (*self.0).stats[slot];
             let previous = *counter;
             *counter = previous + 1;
             previous
-        },
-        None => 0,
+        }
     }
-}
 
-#[inline(always)]
-pub fn bump_transition(old: u8, new: u8) {
-    let index = (u32::from(old) * u32::from(tcp_state::LIMIT) + u32::from(new)) & 0xff;
-    if let Some(counter) = TRANSITIONS.get_ptr_mut(index) {
+    #[inline(always)]
+    pub fn transition(self, old: u8, new: u8) {
+        if self.0.is_null() {
+            return;
+        }
+        let slot = (usize::from(old) * usize::from(tcp_state::LIMIT) + usize::from(new))
+            & (TRANSITION_SLOTS as usize - 1);
         // SAFETY: as in `bump`.
-        unsafe { *counter += 1 };
+        unsafe { (*self.0).transitions[slot] += 1 };
     }
 }
 
 /// Submit flags: no wakeup unless enough data is pending (batched wakeups; userspace also
 /// polls on a bounded interval).
 #[inline(always)]
-pub fn submit_flags(wakeup_bytes: u64) -> u64 {
+pub fn submit_flags(stats: Stats, wakeup_bytes: u64) -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
-        bump(stat::FORCED_WAKEUPS);
+        stats.bump(stat::FORCED_WAKEUPS);
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -1,10 +1,10 @@
-//! `raw_tp/tcp_retransmit_skb`: retransmits, counted against the flow's current state.
+//! `tp_btf/tcp_retransmit_skb`: retransmits, counted against the flow's current state.
 //!
-//! Raw tracepoint arguments: `(const struct sock *sk, const struct sk_buff *skb)` before
+//! Tracepoint arguments: `(const struct sock *sk, const struct sk_buff *skb)` before
 //! Linux 6.17, `(…, int err)` from 6.17 on. Userspace reads the prototype from BTF and
-//! attaches `tcp_retransmit_skb_err` only where the third argument exists (the kernel refuses
-//! a raw tracepoint program that reads past the tracepoint's arguments).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+//! loads `tcp_retransmit_skb_err` only where the third argument exists (the verifier refuses a
+//! program that reads past the tracepoint's arguments).
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
 use tcptrace_common::{
     event_flags, flow_flags, record_kind, stat, FlowState, RetransmitEvent, Tuple,
@@ -12,27 +12,27 @@ use tcptrace_common::{
 
 use crate::{
     config,
-    maps::{bump, submit_flags, EVENTS, FLOWS},
+    maps::{submit_flags, Stats, EVENTS, FLOWS},
     sock,
 };
 
 const BPF_NOEXIST: u64 = 1;
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if let Err(err) = try_tcp_retransmit_skb(&ctx, None) {
-        if bump(stat::READ_ERRORS) == 0 {
+        if Stats::get().bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
     }
     0
 }
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb_err(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_err(ctx: BtfTracePointContext) -> i32 {
     let err: i64 = ctx.arg(2);
     if let Err(err) = try_tcp_retransmit_skb(&ctx, Some(err as i32)) {
-        if bump(stat::READ_ERRORS) == 0 {
+        if Stats::get().bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
     }
@@ -41,7 +41,7 @@ pub fn tcp_retransmit_skb_err(ctx: RawTracePointContext) -> i32 {
 
 // Out of line, as in set_state: the log's buffers get their own frame.
 #[inline(never)]
-fn log_read_error(ctx: &RawTracePointContext, err: i32) {
+fn log_read_error(ctx: &BtfTracePointContext, err: i32) {
     warn!(
         ctx,
         "tcp_retransmit_skb: reading the socket failed ({})", err
@@ -49,12 +49,13 @@ fn log_read_error(ctx: &RawTracePointContext, err: i32) {
 }
 
 #[inline(always)]
-fn try_tcp_retransmit_skb(ctx: &RawTracePointContext, err: Option<i32>) -> Result<(), i32> {
+fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Result<(), i32> {
+    let stats = Stats::get();
     let sk: *const u8 = ctx.arg(0);
     let state = sock::state(sk)?;
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    bump(stat::RETRANSMITS);
+    stats.bump(stat::RETRANSMITS);
 
     let emit = config!(emit_retransmits) != 0;
     let tuple = if emit {
@@ -82,9 +83,9 @@ fn try_tcp_retransmit_skb(ctx: &RawTracePointContext, err: Option<i32>) -> Resul
             // A flow older than the tracer, not seen changing state yet.
             let mut flow = FlowState::unseen(state);
             flow.count_retransmit();
-            bump(stat::FLOWS_SEEN);
+            stats.bump(stat::FLOWS_SEEN);
             if FLOWS.insert(&key, &flow, BPF_NOEXIST).is_err() {
-                bump(stat::FLOW_TABLE_FULL);
+                stats.bump(stat::FLOW_TABLE_FULL);
                 flags |= event_flags::UNTRACKED;
             }
         }
@@ -95,9 +96,10 @@ fn try_tcp_retransmit_skb(ctx: &RawTracePointContext, err: Option<i32>) -> Resul
     if err.is_some() {
         flags |= event_flags::ERR_VALID;
     }
-    let wake = submit_flags(config!(wakeup_bytes));
+    let wake = submit_flags(stats, config!(wakeup_bytes));
     match EVENTS.reserve::<RetransmitEvent>(0) {
         Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
             let e = entry.as_mut_ptr();
             // SAFETY: `e` is the reserved slot, ours alone until submit.
             unsafe {
@@ -115,7 +117,7 @@ fn try_tcp_retransmit_skb(ctx: &RawTracePointContext, err: Option<i32>) -> Resul
             entry.submit(wake);
         }
         None => {
-            bump(stat::LOST_RETRANSMIT);
+            stats.bump(stat::LOST_RETRANSMIT);
         }
     }
     Ok(())

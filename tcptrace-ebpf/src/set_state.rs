@@ -1,27 +1,27 @@
-//! `raw_tp/inet_sock_set_state`: every TCP state transition.
+//! `tp_btf/inet_sock_set_state`: every TCP state transition.
 //!
-//! Raw tracepoint arguments (the TP_PROTO, the same on every kernel since 4.16):
+//! Tracepoint arguments (the TP_PROTO, the same on every kernel since 4.16):
 //! `(const struct sock *sk, const int oldstate, const int newstate)`.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
 use tcptrace_common::{
     event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state, FlowEndEvent,
-    FlowState, ListenerKey, Owner, TransitionEvent, Tuple,
+    FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
     config,
-    maps::{bump, bump_transition, current_owner, submit_flags, EVENTS, FLOWS, LISTENERS},
+    maps::{current_owner, submit_flags, Stats, EVENTS, FLOWS, LISTENERS, SCRATCH},
     sock,
 };
 
 const BPF_NOEXIST: u64 = 1;
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if let Err(err) = try_inet_sock_set_state(&ctx) {
         // Logged once per CPU: off the hot path.
-        if bump(stat::READ_ERRORS) == 0 {
+        if Stats::get().bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
     }
@@ -31,7 +31,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 // Out of line: aya-log's formatting buffers get their own stack frame (the verifier allows
 // 512 bytes per call path, and try_inet_sock_set_state needs most of its own).
 #[inline(never)]
-fn log_read_error(ctx: &RawTracePointContext, err: i32) {
+fn log_read_error(ctx: &BtfTracePointContext, err: i32) {
     warn!(
         ctx,
         "inet_sock_set_state: reading the socket failed ({})", err
@@ -39,15 +39,26 @@ fn log_read_error(ctx: &RawTracePointContext, err: i32) {
 }
 
 #[inline(never)]
-fn log_table_full(ctx: &RawTracePointContext) {
+fn log_table_full(ctx: &BtfTracePointContext) {
     warn!(
         ctx,
         "flow table full: flows beyond --max-flows are counted, not tracked"
     );
 }
 
+/// The listener a transition concerns: its own (LISTEN ↔ CLOSE) or its child's parent.
+#[inline(always)]
+fn listener_key(sk: *const u8) -> Result<ListenerKey, i32> {
+    Ok(ListenerKey {
+        netns: sock::netns(sk)?,
+        port: sock::local_port(sk)?,
+        _pad: 0,
+    })
+}
+
 #[inline(never)]
-fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let stats = Stats::get();
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -63,37 +74,26 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     let (old, new) = (old as u8, new as u8);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    bump(stat::STATE_EVENTS);
-    bump_transition(old, new);
+    stats.bump(stat::STATE_EVENTS);
+    stats.transition(old, new);
 
     // Who owns the socket: the current task where the transition runs in the owner's
     // context, else the listener's owner for a new child, else whatever the flow knows.
     let owner_here = in_owner_context(old, new).then(current_owner);
     let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
-    let listener_key = if child || new == tcp_state::LISTEN || old == tcp_state::LISTEN {
-        Some(ListenerKey {
-            netns: sock::netns(sk)?,
-            port: sock::local_port(sk)?,
-            _pad: 0,
-        })
-    } else {
-        None
-    };
-    if let Some(key) = &listener_key {
-        if new == tcp_state::LISTEN {
-            if let Some(owner) = &owner_here {
-                let _ = LISTENERS.insert(key, owner, 0);
-            }
-        } else if new == tcp_state::CLOSE {
-            let _ = LISTENERS.remove(key);
-        }
-    }
-    let inherited: Option<Owner> = match (&listener_key, child) {
+    let mut inherited: Option<Owner> = None;
+    if child {
+        let key = listener_key(sk)?;
         // SAFETY: the value is copied out at once; a concurrent delete can at worst give a
-        // stale owner, never an invalid read (the verifier checks the pointer).
-        (Some(key), true) => unsafe { LISTENERS.get(key) }.copied(),
-        _ => None,
-    };
+        // stale owner, never an invalid read.
+        inherited = unsafe { LISTENERS.get(&key) }.copied();
+    } else if new == tcp_state::LISTEN {
+        if let Some(owner) = &owner_here {
+            let _ = LISTENERS.insert(&listener_key(sk)?, owner, 0);
+        }
+    } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+        let _ = LISTENERS.remove(&listener_key(sk)?);
+    }
 
     let emit_transitions = config!(emit_transitions) != 0;
     let ends = new == tcp_state::CLOSE;
@@ -108,15 +108,31 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     let mut held = 0u64;
     let existing = FLOWS.get_ptr_mut(&key);
     let is_fresh = existing.is_none();
-    let mut fresh = if is_fresh {
-        FlowState::start(old, new, now)
-    } else {
-        FlowState::EMPTY
+    let flow: &mut FlowState = match existing {
+        // SAFETY: a map value, valid for the program's run (RCU) and written only under the
+        // socket's lock, which serialises this socket's transitions.
+        Some(existing) => unsafe { &mut *existing },
+        None => {
+            let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+            // SAFETY: this CPU's scratch slot; the kernel never runs this program twice at
+            // once on one CPU.
+            let scratch = unsafe { &mut *scratch };
+            *scratch = FlowState::start(old, new, now);
+            scratch
+        }
     };
-    // SAFETY: either a map value, valid for the program's run (RCU) and written only under
-    // the socket's lock, which serialises this socket's transitions; or `fresh` on our stack.
-    let flow: &mut FlowState = unsafe { &mut *existing.unwrap_or(&raw mut fresh) };
-    if !is_fresh {
+    let restarted = !is_fresh && old == tcp_state::CLOSE;
+    if restarted {
+        // A socket leaving CLOSE is new: the entry under its address belonged to an earlier
+        // socket whose CLOSE was missed.
+        stats.bump(stat::STALE_FLOWS);
+        *flow = FlowState::start(old, new, now);
+    } else if !is_fresh {
+        if flow.current() != old {
+            // The transition into `old` was missed: keep the path honest.
+            stats.bump(stat::PATH_GAPS);
+            flow.enter_unseen(old);
+        }
         if let Some(ns) = flow.enter(new, now) {
             held = ns;
             flags |= event_flags::OLD_DURATION_KNOWN;
@@ -130,26 +146,24 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     if flow.flags & flow_flags::OWNER_KNOWN != 0 {
         flags |= event_flags::OWNER_KNOWN;
     }
-    if is_fresh {
-        bump(stat::FLOWS_SEEN);
+    if is_fresh || restarted {
+        stats.bump(stat::FLOWS_SEEN);
     }
-    if is_fresh && !ends {
-        if FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_err() {
-            if bump(stat::FLOW_TABLE_FULL) == 0 {
-                log_table_full(ctx);
-            }
-            flags |= event_flags::UNTRACKED;
+    if is_fresh && !ends && FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_err() {
+        if stats.bump(stat::FLOW_TABLE_FULL) == 0 {
+            log_table_full(ctx);
         }
+        flags |= event_flags::UNTRACKED;
     }
-    if flow.flags & flow_flags::TRUNCATED != 0 && flow.len as usize == tcptrace_common::PATH_SLOTS {
-        // Counted once per truncating transition.
-        bump(stat::PATH_TRUNCATED);
+    if flow.flags & flow_flags::TRUNCATED != 0 && flow.len as usize == PATH_SLOTS {
+        stats.bump(stat::PATH_TRUNCATED);
     }
 
     if emit_transitions {
-        let wake = submit_flags(config!(wakeup_bytes));
+        let wake = submit_flags(stats, config!(wakeup_bytes));
         match EVENTS.reserve::<TransitionEvent>(0) {
             Some(mut entry) => {
+                stats.bump(stat::SUBMITTED);
                 let e = entry.as_mut_ptr();
                 // SAFETY: `e` is the reserved slot, ours alone until submit; every field is
                 // written in place (no stack copy of the record).
@@ -170,15 +184,16 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
                 entry.submit(wake);
             }
             None => {
-                bump(stat::LOST_TRANSITION);
+                stats.bump(stat::LOST_TRANSITION);
             }
         }
     }
 
     if ends {
-        let wake = submit_flags(config!(wakeup_bytes));
+        let wake = submit_flags(stats, config!(wakeup_bytes));
         match EVENTS.reserve::<FlowEndEvent>(0) {
             Some(mut entry) => {
+                stats.bump(stat::SUBMITTED);
                 let e = entry.as_mut_ptr();
                 // SAFETY: as above.
                 unsafe {
@@ -192,7 +207,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
                 entry.submit(wake);
             }
             None => {
-                bump(stat::LOST_FLOW_END);
+                stats.bump(stat::LOST_FLOW_END);
             }
         }
         if !is_fresh {

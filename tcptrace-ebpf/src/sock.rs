@@ -1,4 +1,9 @@
 //! Reads from `struct sock` at offsets resolved from the running kernel's BTF.
+//!
+//! The programs are BTF tracepoints: `sk` is a BTF-typed pointer, so a field is read with a
+//! plain load (the verifier checks it against the kernel's `struct sock`, and the offsets are
+//! constants to it: they live in the frozen, read-only `.rodata`). Only `inet_sport`, which
+//! lies past `struct sock` in `struct inet_sock`, needs `bpf_probe_read_kernel`.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcptrace_common::Tuple;
 
@@ -7,8 +12,17 @@ use crate::config;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
+/// A direct load from a BTF-typed kernel pointer.
 #[inline(always)]
 pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    // SAFETY: `base` is a BTF-typed pointer handed to a tp_btf program; the verifier checks
+    // the access against the type and turns it into a fault-tolerant load.
+    Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
+}
+
+/// A read the verifier cannot type (outside the pointer's BTF type).
+#[inline(always)]
+pub fn probe_read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
 }
@@ -41,7 +55,7 @@ pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
     let family = read::<u16>(sk, config!(offsets.family))?;
     let mut tuple = Tuple {
         family,
-        sport: u16::from_be(read::<u16>(sk, config!(offsets.sport))?),
+        sport: u16::from_be(probe_read::<u16>(sk, config!(offsets.sport))?),
         dport: u16::from_be(read::<u16>(sk, config!(offsets.dport))?),
         ..Tuple::default()
     };

@@ -16,6 +16,8 @@ pub struct KernelCounters {
     pub stats: [u64; stat::COUNT as usize],
     /// Indexed `old * tcp_state::LIMIT + new`.
     pub transitions: Vec<u64>,
+    /// Hook invocations the kernel skipped (recursion misses): events never seen.
+    pub missed: u64,
 }
 
 impl KernelCounters {
@@ -24,10 +26,13 @@ impl KernelCounters {
     }
 
     /// Records the kernel could not deliver (ring buffer full).
+    /// Everything lost: records the ring buffer had no room for, and events the kernel
+    /// never handed to the programs.
     pub fn lost(&self) -> u64 {
         self.stat(stat::LOST_TRANSITION)
             + self.stat(stat::LOST_FLOW_END)
             + self.stat(stat::LOST_RETRANSMIT)
+            + self.missed
     }
 
     /// Non-zero transition counts, by (old, new).
@@ -156,6 +161,10 @@ impl Aggregator {
             lost_transitions: kernel.stat(stat::LOST_TRANSITION),
             lost_flows: kernel.stat(stat::LOST_FLOW_END),
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+            missed_events: kernel.missed,
+            submitted: kernel.stat(stat::SUBMITTED),
+            stale_flows: kernel.stat(stat::STALE_FLOWS),
+            path_gaps: kernel.stat(stat::PATH_GAPS),
             read_errors: kernel.stat(stat::READ_ERRORS),
             decode_errors: self.decode_errors,
             delivered: self.delivered,
@@ -181,6 +190,12 @@ pub struct Summary {
     pub lost_transitions: u64,
     pub lost_flows: u64,
     pub lost_retransmits: u64,
+    /// Events the kernel skipped (recursion misses).
+    pub missed_events: u64,
+    /// Records the kernel submitted to the ring buffer.
+    pub submitted: u64,
+    pub stale_flows: u64,
+    pub path_gaps: u64,
     pub read_errors: u64,
     pub decode_errors: u64,
     pub delivered: u64,
@@ -189,7 +204,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn lost(&self) -> u64 {
-        self.lost_transitions + self.lost_flows + self.lost_retransmits
+        self.lost_transitions + self.lost_flows + self.lost_retransmits + self.missed_events
     }
 }
 

@@ -31,6 +31,12 @@ pub enum Command {
     Retrans,
     /// Transitions, finished flows and retransmits together (most useful with --json).
     All,
+    /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    ReplayBench {
+        #[arg(long, default_value_t = 5_000_000)]
+        records: u64,
+    },
 }
 
 #[derive(Args, Debug)]

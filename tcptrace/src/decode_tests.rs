@@ -235,3 +235,34 @@ fn retransmit_decodes_err_only_when_valid() {
     };
     assert_eq!(r.err, None);
 }
+
+#[test]
+fn a_missed_transition_leaves_a_gap_with_unknown_times() {
+    use ts::*;
+    let mut raw = client_flow(&[ESTABLISHED]);
+    // ESTABLISHED -> FIN_WAIT1 was missed; FIN_WAIT1 -> FIN_WAIT2 arrives.
+    assert_eq!(raw.current(), ESTABLISHED);
+    raw.enter_unseen(FIN_WAIT1);
+    assert_eq!(
+        raw.enter(FIN_WAIT2, 9_000_000),
+        None,
+        "FIN_WAIT1's start is unknown"
+    );
+    raw.enter(CLOSE, 10_000_000);
+    let lifecycle = Lifecycle::try_from(&raw).expect("decodes");
+    let held: Vec<_> = lifecycle
+        .path
+        .iter()
+        .map(|s| (s.state, s.held_ns))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            (TcpState::SynSent, Some(1_000_000)),
+            (TcpState::Established, None),
+            (TcpState::FinWait1, None),
+            (TcpState::FinWait2, Some(1_000_000)),
+            (TcpState::Close, None),
+        ]
+    );
+}

@@ -5,10 +5,10 @@ use std::{io, path::Path};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
     Ebpf, EbpfLoader,
 };
-use tcptrace_common::{stat, FlowState, ProgramConfig, TRANSITION_SLOTS};
+use tcptrace_common::{stat, Counters, FlowState, ProgramConfig, TRANSITION_SLOTS};
 
 use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
 
@@ -19,7 +19,9 @@ const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
 /// A loaded and attached tracer.
 pub struct Tracer {
     ebpf: Ebpf,
-    links: Vec<(&'static str, RawTracePointLinkId)>,
+    links: Vec<(&'static str, BtfTracePointLinkId)>,
+    /// Every program loaded (kept after detaching, to read their counters).
+    programs: Vec<&'static str>,
     /// The ring buffer, taken out of `ebpf` so the pipeline can own it.
     pub events: Option<RingBuf<MapData>>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -133,24 +135,28 @@ impl Tracer {
             }
         };
 
+        let kernel_btf = aya::Btf::parse_file(&config.btf, aya::Endianness::default())
+            .with_context(|| format!("cannot parse BTF from {}", config.btf.display()))?;
         let mut links = Vec::new();
+        let mut programs = Vec::new();
         let mut hooks = Vec::new();
         for (program, tracepoint) in [
             (SET_STATE_PROGRAM, "inet_sock_set_state"),
             (retransmit_program, "tcp_retransmit_skb"),
         ] {
-            let prog: &mut RawTracePoint = ebpf
+            let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
                 .try_into()
-                .with_context(|| format!("program {program} is not a raw tracepoint"))?;
-            prog.load()
+                .with_context(|| format!("program {program} is not a BTF tracepoint"))?;
+            prog.load(tracepoint, &kernel_btf)
                 .map_err(|e| explain(e.into(), &format!("loading program {program}")))?;
-            let link = prog.attach(tracepoint).map_err(|e| {
-                explain(e.into(), &format!("attaching raw tracepoint {tracepoint}"))
+            let link = prog.attach().map_err(|e| {
+                explain(e.into(), &format!("attaching BTF tracepoint {tracepoint}"))
             })?;
             links.push((program, link));
-            hooks.push(format!("raw_tp/{tracepoint}"));
+            programs.push(program);
+            hooks.push(format!("tp_btf/{tracepoint}"));
         }
 
         let events = RingBuf::try_from(
@@ -162,6 +168,7 @@ impl Tracer {
         Ok(Tracer {
             ebpf,
             links,
+            programs,
             events: Some(events),
             logger,
             hooks,
@@ -171,7 +178,7 @@ impl Tracer {
     /// Detaches every program: nothing new reaches the maps after this.
     pub fn detach(&mut self) -> Result<()> {
         for (program, link) in self.links.drain(..) {
-            let prog: &mut RawTracePoint = self
+            let prog: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing"))?
@@ -182,37 +189,56 @@ impl Tracer {
         Ok(())
     }
 
-    fn per_cpu_sums(&self, name: &str) -> Result<Vec<u64>> {
+    /// The kernel's per-CPU counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters> {
         let map = self
             .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .with_context(|| format!("map {name} is not a per-CPU array"))?;
-        array
-            .iter()
-            .map(|values| {
-                values
-                    .map(|v| v.iter().sum())
-                    .with_context(|| format!("reading map {name}"))
-            })
-            .collect()
+            .map("COUNTERS")
+            .ok_or_else(|| anyhow!("map COUNTERS missing from the eBPF object"))?;
+        let array: PerCpuArray<&MapData, Counters> =
+            PerCpuArray::try_from(map).context("map COUNTERS is not a per-CPU array")?;
+        let per_cpu = array.get(&0, 0).context("reading map COUNTERS")?;
+        let mut sum = KernelCounters {
+            stats: [0; stat::COUNT as usize],
+            transitions: vec![0; TRANSITION_SLOTS as usize],
+            missed: 0,
+        };
+        for cpu in per_cpu.iter() {
+            for (total, value) in sum.stats.iter_mut().zip(cpu.stats) {
+                *total += value;
+            }
+            for (total, value) in sum.transitions.iter_mut().zip(cpu.transitions) {
+                *total += value;
+            }
+        }
+        sum.missed = self.missed_events()?;
+        Ok(sum)
     }
 
-    /// The kernel's per-CPU counters, summed. Transition counts only with `with_transitions`
-    /// (256 lookups; done once at the end).
-    pub fn counters(&self, with_transitions: bool) -> Result<KernelCounters> {
-        let sums = self.per_cpu_sums("STATS")?;
-        let mut stats = [0u64; stat::COUNT as usize];
-        for (slot, value) in stats.iter_mut().zip(sums) {
-            *slot = value;
+    /// Events the kernel dropped before our programs ran: a program is not re-entered on a
+    /// CPU where it is already running (a softirq interrupting it), and the kernel only counts
+    /// such misses (`recursion_misses` in the program's fdinfo).
+    pub fn missed_events(&self) -> Result<u64> {
+        let mut missed = 0;
+        for program in &self.programs {
+            let prog: &BtfTracePoint = self
+                .ebpf
+                .program(program)
+                .ok_or_else(|| anyhow!("program {program} missing"))?
+                .try_into()?;
+            let fd = prog.fd().context("program fd")?;
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd))
+            ))
+            .context("reading the program's fdinfo")?;
+            missed += info
+                .lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
         }
-        let transitions = if with_transitions {
-            self.per_cpu_sums("TRANSITIONS")?
-        } else {
-            vec![0; TRANSITION_SLOTS as usize]
-        };
-        Ok(KernelCounters { stats, transitions })
+        Ok(missed)
     }
 
     /// Flows the kernel still tracks (open when tracing stopped).

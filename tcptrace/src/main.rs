@@ -12,6 +12,7 @@ mod loader;
 mod model;
 mod pipeline;
 mod render;
+mod replay;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {
@@ -40,7 +41,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
-    let result = cli::Config::try_from(cli).and_then(pipeline::run);
+    let result = match cli.command {
+        Some(cli::Command::ReplayBench { records }) => replay::run(records),
+        _ => cli::Config::try_from(cli).and_then(pipeline::run),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

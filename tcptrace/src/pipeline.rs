@@ -149,13 +149,16 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = lost_check.tick() => {
-                let kernel = tracer.counters(false)?;
+                let kernel = tracer.counters()?;
                 if kernel.lost() > reported_lost {
                     let newly = kernel.lost() - reported_lost;
                     reported_lost = kernel.lost();
                     eprintln!(
-                        "tcptrace: warning: {newly} records lost (ring buffer full, {reported_lost} \
-                         in all); raise --ring-size or lower --poll-interval"
+                        "tcptrace: warning: {newly} events lost ({reported_lost} in all: {} for a \
+                         full ring buffer, raise --ring-size or lower --poll-interval; {} skipped \
+                         by the kernel while the hook was busy on that CPU)",
+                        kernel.lost() - kernel.missed,
+                        kernel.missed
                     );
                     match printer.lost(Clock::ktime_now(), newly, &kernel) {
                         Ok(()) => {}
@@ -205,13 +208,13 @@ fn finish<W: Write>(
     started_ns: u64,
 ) -> Result<()> {
     while drain(ring, printer, agg, config, DRAIN_BATCH)? {}
-    let kernel = tracer.counters(true)?;
+    let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);
     }
     if kernel.lost() > 0 {
         eprintln!(
-            "tcptrace: warning: {} records lost in all (ring buffer full)",
+            "tcptrace: warning: {} events lost in all (see the summary's lost line)",
             kernel.lost()
         );
     }

@@ -5,5 +5,6 @@
 mod cli;
 mod lifecycle;
 mod netns;
+mod overload;
 mod retransmit;
 mod support;

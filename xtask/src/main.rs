@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 
 #[derive(Parser)]
@@ -36,6 +37,17 @@ enum Task {
         /// Arguments for tcptrace (after `--`).
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Measure connections/s with the tracer off and on, kernel and user cost, memory per
+    /// flow, aggregation throughput, against bpftrace (as root).
+    Bench(bench::BenchArgs),
+    /// Helper of `bench`: holds connections open.
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        ports: String,
     },
     /// Run every test: unit tests and, as root on the real kernel, the integration tests.
     Test {
@@ -142,6 +154,11 @@ fn main() -> ExitCode {
             Err(err).with_context(|| format!("cannot start {}", bin.display()))
         }),
         Task::Test { args } => test(&args),
+        Task::BenchHold { count, ports } => bench::hold(count, &ports),
+        Task::Bench(args) => build(true).and_then(|bin| {
+            require_root("cargo xtask bench")?;
+            bench::run(&args, bin)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,6 +114,7 @@ struct Lost {
     transitions: u64,
     flows: u64,
     retransmits: u64,
+    missed_events: u64,
     total: u64,
 }
 
@@ -157,6 +158,7 @@ struct SummaryLine {
     state_events: u64,
     retransmits: u64,
     records_delivered: u64,
+    records_submitted: u64,
     transitions: Vec<TransitionCount>,
     held: Vec<HeldStats>,
     flows: Flows,
@@ -166,6 +168,8 @@ struct SummaryLine {
     read_errors: u64,
     decode_errors: u64,
     truncated_paths: u64,
+    stale_flows: u64,
+    path_gaps: u64,
 }
 
 fn skaddr(addr: u64) -> String {
@@ -254,6 +258,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 transitions: kernel.stat(stat::LOST_TRANSITION),
                 flows: kernel.stat(stat::LOST_FLOW_END),
                 retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+                missed_events: kernel.missed,
                 total: kernel.lost(),
             },
         };
@@ -267,6 +272,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             state_events: s.state_events,
             retransmits: s.retransmits,
             records_delivered: s.delivered,
+            records_submitted: s.submitted,
             transitions: s
                 .transitions
                 .iter()
@@ -296,11 +302,14 @@ impl<W: Write> Render for JsonPrinter<W> {
                 transitions: s.lost_transitions,
                 flows: s.lost_flows,
                 retransmits: s.lost_retransmits,
+                missed_events: s.missed_events,
                 total: s.lost(),
             },
             read_errors: s.read_errors,
             decode_errors: s.decode_errors,
             truncated_paths: s.truncated_paths,
+            stale_flows: s.stale_flows,
+            path_gaps: s.path_gaps,
         };
         self.line(&line)
     }

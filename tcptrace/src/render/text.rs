@@ -226,13 +226,17 @@ impl<W: Write> Render for TextPrinter<W> {
         )?;
         writeln!(
             o,
-            "lost records: {} (transitions {}, flows {}, retransmits {}); read errors {}, decode errors {}",
+            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}; events the kernel skipped: {}); \
+             read errors {}, decode errors {}, path gaps {}, stale flows {}",
             s.lost(),
             s.lost_transitions,
             s.lost_flows,
             s.lost_retransmits,
+            s.missed_events,
             s.read_errors,
-            s.decode_errors
+            s.decode_errors,
+            s.path_gaps,
+            s.stale_flows
         )?;
         if !s.transitions.is_empty() {
             writeln!(o, "transitions:")?;

@@ -1,0 +1,61 @@
+//! Overload honesty: a deliberately tiny ring buffer under a burst. Every record the kernel
+//! tried to send is either delivered or counted lost, checked against the kernel's counters.
+use std::net::{TcpListener, TcpStream};
+
+use crate::support::Tracer;
+
+#[test]
+fn tiny_ring_buffer_loses_records_and_counts_every_one() {
+    let tracer = Tracer::start(&["all", "--ring-size", "4KiB", "--poll-interval", "2s"]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    for _ in 0..400 {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        drop((client, server));
+    }
+    drop(listener);
+    // Past one live check (every second), so the loss is reported while tracing.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let out = tracer.stop();
+    let s = out.summary();
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("a number: {s}"));
+
+    // What the kernel tried to send in `all` mode: a record per transition, one more per flow
+    // reaching CLOSE, one per retransmit.
+    let closes: u64 = s["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t["new"] == "CLOSE")
+        .map(|t| n(&t["count"]))
+        .sum();
+    let attempted = n(&s["state_events"]) + closes + n(&s["retransmits"]);
+    let lost = &s["lost"];
+    let ring_lost = n(&lost["transitions"]) + n(&lost["flows"]) + n(&lost["retransmits"]);
+    assert!(
+        ring_lost > 0,
+        "a 4 KiB ring under a burst must lose records: {s}"
+    );
+    assert_eq!(
+        n(&s["records_submitted"]) + ring_lost,
+        attempted,
+        "every attempt was submitted or counted lost: {s}"
+    );
+    assert_eq!(
+        n(&s["records_delivered"]),
+        n(&s["records_submitted"]),
+        "everything submitted was delivered: {s}"
+    );
+    assert_eq!(
+        n(&lost["total"]),
+        ring_lost + n(&lost["missed_events"]),
+        "{s}"
+    );
+    // Delivered records are exactly the ones printed before the summary (plus lost reports).
+    let printed = out.records.len() as u64 - 1 - out.of_type("lost").len() as u64;
+    assert_eq!(printed, n(&s["records_delivered"]), "{s}");
+    let live: u64 = out.of_type("lost").iter().map(|l| n(&l["new"])).sum();
+    assert!(live > 0, "losses are reported live too");
+    assert!(live <= n(&lost["total"]), "{live} reported live, {s}");
+}

@@ -1,0 +1,218 @@
+//! A loopback load generator: an epoll server on many ports and client threads doing
+//! connect / optional 1-byte exchange / close, flat out or at a fixed rate.
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Listening ports: many, so that clients never run out of 4-tuples while earlier
+/// connections sit in TIME_WAIT.
+pub const SERVER_PORTS: usize = 64;
+
+pub struct Server {
+    pub ports: Vec<u16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+fn epoll_add(epfd: RawFd, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: valid epoll fd and socket fd; `ev` outlives the call.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+const LISTENER_TOKEN: u64 = 1 << 63;
+
+impl Server {
+    /// Listens on `SERVER_PORTS` loopback ports; accepted connections are answered (one
+    /// byte echoed) when `exchange`, then closed after the client closes.
+    pub fn start(exchange: bool) -> Result<Server> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error()).context("epoll_create1");
+        }
+        // SAFETY: epfd is a fresh, owned descriptor.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
+        let mut listeners = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..SERVER_PORTS {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind server port")?;
+            l.set_nonblocking(true)?;
+            ports.push(l.local_addr()?.port());
+            epoll_add(
+                epfd,
+                l.as_raw_fd(),
+                LISTENER_TOKEN | i as u64,
+                libc::EPOLLIN as u32,
+            )?;
+            listeners.push(l);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || serve(epoll, listeners, exchange, flag));
+        Ok(Server {
+            ports,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(epoll: OwnedFd, listeners: Vec<TcpListener>, exchange: bool, stop: Arc<AtomicBool>) {
+    let epfd = epoll.as_raw_fd();
+    let mut conns: std::collections::HashMap<u64, TcpStream> = Default::default();
+    let mut next = 0u64;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `events` is a valid buffer of the given length.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 50) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token & LISTENER_TOKEN != 0 {
+                let listener = &listeners[(token & !LISTENER_TOKEN) as usize];
+                while let Ok((s, _)) = listener.accept() {
+                    let _ = s.set_nonblocking(true);
+                    next += 1;
+                    if epoll_add(
+                        epfd,
+                        s.as_raw_fd(),
+                        next,
+                        (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                    )
+                    .is_ok()
+                    {
+                        conns.insert(next, s);
+                    }
+                }
+                continue;
+            }
+            let Some(s) = conns.get_mut(&token) else {
+                continue;
+            };
+            let mut buf = [0u8; 64];
+            let done = match s.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => {
+                    if exchange {
+                        let _ = s.write(&buf[..1]);
+                    }
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => true,
+            };
+            if done {
+                // Dropping closes the socket (and removes it from the epoll set).
+                conns.remove(&token);
+            }
+        }
+    }
+}
+
+/// What one load run achieved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadResult {
+    pub connections: u64,
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+impl LoadResult {
+    pub fn rate(&self) -> f64 {
+        self.connections as f64 / self.seconds
+    }
+}
+
+/// Runs `threads` clients against `ports` for `duration`; `rate` paces the total to that many
+/// connections per second (flat out when `None`).
+pub fn run_clients(
+    ports: &[u16],
+    threads: usize,
+    duration: Duration,
+    exchange: bool,
+    rate: Option<f64>,
+) -> Result<LoadResult> {
+    if ports.is_empty() || threads == 0 {
+        bail!("load generator needs ports and threads");
+    }
+    let total = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let ports = ports.to_vec();
+            let (total, errors) = (total.clone(), errors.clone());
+            let per_thread = rate.map(|r| r / threads as f64);
+            thread::spawn(move || {
+                let mut i = t;
+                let mut done = 0u64;
+                loop {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    if let Some(r) = per_thread {
+                        let due = start + Duration::from_secs_f64(done as f64 / r);
+                        if due > now {
+                            thread::sleep(due - now);
+                            continue;
+                        }
+                    }
+                    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[i % ports.len()]));
+                    i += 1;
+                    match TcpStream::connect(addr) {
+                        Ok(mut s) => {
+                            if exchange {
+                                let mut b = [0u8; 1];
+                                if s.write_all(b"x")
+                                    .and_then(|()| s.read_exact(&mut b))
+                                    .is_err()
+                                {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            drop(s);
+                            done += 1;
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                total.fetch_add(done, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    }
+    Ok(LoadResult {
+        connections: total.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

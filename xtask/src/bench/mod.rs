@@ -1,0 +1,484 @@
+//! `cargo xtask bench`: connections/s with the tracer off and on, alternating in one run, for
+//! each output mode; kernel ns per event, userspace CPU per event, peak RSS, lost records;
+//! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
+mod loadgen;
+mod tracer;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use loadgen::{run_clients, LoadResult, Server};
+use tracer::{map_memlock, mount_tracefs, BpfStats, RunningTracer, TracerCost};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Off/on pairs per mode (at least 5 for the README table).
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// Seconds of load per round.
+    #[arg(long, default_value_t = 3.0)]
+    round_secs: f64,
+    /// Client threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Live connections for the memory-per-flow measurement.
+    #[arg(long, default_value_t = 100_000)]
+    live_connections: usize,
+    /// Skip the bpftrace reference row.
+    #[arg(long)]
+    no_bpftrace: bool,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Serialize, Debug)]
+struct ModeRow {
+    mode: String,
+    command: String,
+    pairs: usize,
+    off_conn_per_s: Vec<f64>,
+    on_conn_per_s: Vec<f64>,
+    ratio_median: f64,
+    ratio_min: f64,
+    ratio_max: f64,
+    state_events_per_s: f64,
+    lost: u64,
+    user_cpu_ns_per_event: f64,
+    peak_rss_kib: u64,
+}
+
+#[derive(Serialize, Debug, Default)]
+struct Results {
+    machine: String,
+    kernel: String,
+    modes: Vec<ModeRow>,
+    kernel_ns_per_event: Option<f64>,
+    cpu_percent_at_10k: Option<f64>,
+    bytes_per_tracked_flow: Option<f64>,
+    replay_events_per_s: Option<f64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Numbers from tcptrace's text summary line
+/// `--- tcptrace summary: 3.0s traced, N transitions, R retransmits, L lost ---`, or from the
+/// JSON summary object.
+fn summary_numbers(out: &Path) -> Result<(u64, u64)> {
+    let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    if let Some(line) = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"type\":\"summary\""))
+    {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        return Ok((
+            v["state_events"].as_u64().unwrap_or(0),
+            v["lost"]["total"].as_u64().unwrap_or(0),
+        ));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("--- tcptrace summary:"))
+        .context("no summary in the tracer's output")?;
+    let events = line
+        .split(", ")
+        .find(|p| p.ends_with("transitions"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let lost = line
+        .split(", ")
+        .find(|p| p.contains("lost"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok((events, lost))
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    bin: PathBuf,
+    dir: PathBuf,
+    server: Server,
+}
+
+impl Bench<'_> {
+    fn load(&self, rate: Option<f64>) -> Result<LoadResult> {
+        let r = run_clients(
+            &self.server.ports,
+            self.args.threads,
+            Duration::from_secs_f64(self.args.round_secs),
+            false,
+            rate,
+        )?;
+        if r.errors > r.connections / 100 {
+            bail!(
+                "load generator: {} errors for {} connections",
+                r.errors,
+                r.connections
+            );
+        }
+        Ok(r)
+    }
+
+    fn tcptrace(&self, args: &[&str], out: &Path) -> Result<RunningTracer> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args);
+        RunningTracer::start(cmd, out, "tcptrace: tracing")
+    }
+
+    /// Alternates rounds with the tracer off and on.
+    fn mode(
+        &self,
+        name: &str,
+        start: &dyn Fn(&Path) -> Result<RunningTracer>,
+        command: &str,
+        parse: bool,
+    ) -> Result<ModeRow> {
+        let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut events, mut lost, mut cpu, mut wall, mut rss) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for pair in 0..self.args.pairs {
+            let base = self.load(None)?;
+            let out = self
+                .dir
+                .join(format!("{}-{pair}.out", name.replace(' ', "-")));
+            let tracer = start(&out)?;
+            let loaded = self.load(None)?;
+            let cost: TracerCost = tracer.stop()?;
+            if parse {
+                let (e, l) = summary_numbers(&out)?;
+                events += e;
+                lost += l;
+            } else {
+                events += loaded.connections * 10;
+            }
+            cpu += cost.cpu_ns;
+            wall += cost.wall_ns;
+            rss = rss.max(cost.peak_rss_kib);
+            let _ = fs::remove_file(&out);
+            eprintln!(
+                "xtask bench: {name:<22} pair {}: off {:>8.0} conn/s, on {:>8.0} conn/s ({:.3})",
+                pair + 1,
+                base.rate(),
+                loaded.rate(),
+                loaded.rate() / base.rate()
+            );
+            ratios.push(loaded.rate() / base.rate());
+            off.push(base.rate());
+            on.push(loaded.rate());
+        }
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        Ok(ModeRow {
+            mode: name.into(),
+            command: command.into(),
+            pairs: self.args.pairs,
+            off_conn_per_s: off,
+            on_conn_per_s: on,
+            ratio_median: median(&mut ratios),
+            ratio_min: min,
+            ratio_max: max,
+            state_events_per_s: events as f64 / (wall as f64 / 1e9),
+            lost,
+            user_cpu_ns_per_event: if events > 0 {
+                cpu as f64 / events as f64
+            } else {
+                0.0
+            },
+            peak_rss_kib: rss,
+        })
+    }
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
+    let dir = crate::workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let server = Server::start(false)?;
+    let bench = Bench {
+        args,
+        bin: bin.clone(),
+        dir: dir.clone(),
+        server,
+    };
+    let mut results = Results {
+        machine: format!(
+            "{} cores, {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            first_line(
+                Command::new("sh")
+                    .args(["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"])
+            )
+            .trim()
+        ),
+        kernel: first_line(Command::new("uname").arg("-r")),
+        ..Default::default()
+    };
+    // Warm up: fill TIME_WAIT to its steady state so the first round is not favoured.
+    bench.load(None)?;
+
+    let modes: [(&str, &[&str]); 3] = [
+        ("transitions -> file", &[]),
+        ("flows -> file", &["flows"]),
+        ("json -> file", &["--json"]),
+    ];
+    for (name, mode_args) in modes {
+        let start = |out: &Path| bench.tcptrace(mode_args, out);
+        let command = format!("tcptrace {}", mode_args.join(" "));
+        results
+            .modes
+            .push(bench.mode(name, &start, command.trim(), true)?);
+    }
+
+    if !args.no_bpftrace {
+        install_bpftrace()?;
+        mount_tracefs()?;
+        let start = |out: &Path| {
+            let mut cmd = Command::new("bpftrace");
+            cmd.args([
+                "-e",
+                "tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { printf(\"%d %s %d %d %d %d\\n\", pid, comm, args->sport, args->dport, args->oldstate, args->newstate); }",
+            ]);
+            RunningTracer::start(cmd, out, "Attaching")
+        };
+        results.modes.push(bench.mode(
+            "bpftrace (reference)",
+            &start,
+            "bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf(...) }'",
+            false,
+        )?);
+    }
+
+    // Kernel ns per event (bpf_stats on for this round only), flows mode.
+    {
+        let out = dir.join("bpf-stats.out");
+        let stats = BpfStats::enable()?;
+        let tracer = bench.tcptrace(&["flows"], &out)?;
+        bench.load(None)?;
+        let cost = tracer.stop()?;
+        drop(stats);
+        if cost.bpf_run_cnt > 0 {
+            results.kernel_ns_per_event = Some(cost.bpf_run_ns as f64 / cost.bpf_run_cnt as f64);
+        }
+    }
+
+    // CPU at a fixed 10k connections/s, flows mode.
+    {
+        let out = dir.join("fixed-rate.out");
+        let tracer = bench.tcptrace(&["flows"], &out)?;
+        let r = bench.load(Some(10_000.0))?;
+        let cost = tracer.stop()?;
+        eprintln!("xtask bench: fixed rate achieved {:.0} conn/s", r.rate());
+        results.cpu_percent_at_10k = Some(cost.cpu_ns as f64 / cost.wall_ns as f64 * 100.0);
+    }
+
+    results.bytes_per_tracked_flow = Some(memory_per_flow(&bench, args.live_connections)?);
+    results.replay_events_per_s = Some(replay(&bin)?);
+
+    print_table(&results);
+    let json_path = crate::workspace_root().join(&args.json);
+    if let Some(parent) = json_path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    eprintln!("xtask bench: results written to {}", json_path.display());
+    Ok(())
+}
+
+fn raise_nofile(n: usize) -> Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n as u64,
+        rlim_max: n as u64,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!(
+            "cannot raise RLIMIT_NOFILE to {n}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn install_bpftrace() -> Result<()> {
+    if Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing bpftrace (the benchmark's reference row) with apt-get");
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Connections one helper process holds (the sandbox allows 20,000 open files a process).
+const HOLD_PER_PROCESS: usize = 15_000;
+
+/// Kernel memory of the flow table with `live` flows: live/2 connections whose client ends are
+/// held by helper processes and whose server ends wait, established, in accept queues.
+fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
+    use std::io::{BufRead, BufReader};
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::os::fd::AsRawFd;
+    use std::process::Stdio;
+    let conns = live / 2;
+    let listeners: Vec<TcpListener> = (0..64)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<_>>()?;
+    for l in &listeners {
+        // SAFETY: re-listening on a listening socket only changes its backlog.
+        unsafe { libc::listen(l.as_raw_fd(), 65_535) };
+    }
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port().to_string()))
+        .collect::<std::io::Result<_>>()?;
+    let out = bench.dir.join("memory.out");
+    let tracer = bench.tcptrace(&["flows"], &out)?;
+    let pid = tracer.pid();
+    let empty = map_memlock(pid, 262_144).context("flow table not found in tracer fdinfo")?;
+    let exe = std::env::current_exe()?;
+    let mut helpers = Vec::new();
+    let mut left = conns;
+    while left > 0 {
+        let n = left.min(HOLD_PER_PROCESS);
+        left -= n;
+        let mut child = Command::new(&exe)
+            .args([
+                "bench-hold",
+                "--count",
+                &n.to_string(),
+                "--ports",
+                &ports.join(","),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("connection holder failed: {line}");
+        }
+        helpers.push(child);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let full = map_memlock(pid, 262_144).context("flow table")?;
+    for mut h in helpers {
+        drop(h.stdin.take());
+        h.wait()?;
+    }
+    drop(listeners);
+    tracer.stop()?;
+    let per_flow = (full.saturating_sub(empty)) as f64 / (conns * 2) as f64;
+    eprintln!(
+        "xtask bench: flow table {empty} B empty, {full} B with {} flows: {per_flow:.0} B/flow",
+        conns * 2
+    );
+    Ok(per_flow)
+}
+
+/// `xtask bench-hold`: opens `count` connections round-robin over `ports`, says "ready", and
+/// holds them until stdin closes.
+pub fn hold(count: usize, ports: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpStream};
+    let ports: Vec<u16> = ports.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    raise_nofile(count + 100)?;
+    let held: Vec<TcpStream> = (0..count)
+        .map(|i| TcpStream::connect((Ipv4Addr::LOCALHOST, ports[i % ports.len()])))
+        .collect::<std::io::Result<_>>()
+        .context("open a held connection")?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(held);
+    Ok(())
+}
+
+/// The aggregator alone, on synthetic records, one core.
+fn replay(bin: &Path) -> Result<f64> {
+    let out = Command::new(bin)
+        .args(["replay-bench", "--records", "5000000"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "replay-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["events_per_s"].as_f64().context("events_per_s")
+}
+
+fn print_table(r: &Results) {
+    println!("machine: {} | kernel {}", r.machine, r.kernel);
+    println!(
+        "{:<22} {:>6} {:>9} {:>15} {:>12} {:>6} {:>12} {:>9}",
+        "mode", "pairs", "ratio", "spread", "events/s", "lost", "user ns/ev", "peak RSS"
+    );
+    for m in &r.modes {
+        println!(
+            "{:<22} {:>6} {:>9.3} {:>7.3}..{:<6.3} {:>12.0} {:>6} {:>12.0} {:>6} MiB",
+            m.mode,
+            m.pairs,
+            m.ratio_median,
+            m.ratio_min,
+            m.ratio_max,
+            m.state_events_per_s,
+            m.lost,
+            m.user_cpu_ns_per_event,
+            m.peak_rss_kib / 1024
+        );
+    }
+    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
+    println!(
+        "kernel per event:        {}",
+        opt(r.kernel_ns_per_event, "ns")
+    );
+    println!(
+        "CPU at 10k conn/s:       {}",
+        opt(r.cpu_percent_at_10k, "% of one core")
+    );
+    println!(
+        "memory per tracked flow: {}",
+        opt(r.bytes_per_tracked_flow, "B")
+    );
+    println!(
+        "aggregation (replay):    {}",
+        opt(r.replay_events_per_s.map(|v| v / 1e6), "M events/s")
+    );
+}
