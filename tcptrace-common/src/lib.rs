@@ -421,3 +421,111 @@ mod user {
     // SAFETY: as above (arrays of u64 only).
     unsafe impl aya::Pod for Counters {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcp_state::*;
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: [b'x'; COMM_LEN],
+        }
+    }
+
+    #[test]
+    fn new_sockets_start_with_a_known_start() {
+        let connect = FlowState::start(CLOSE, SYN_SENT, 10);
+        assert_eq!(
+            (connect.len, connect.states[0], connect.entered_ns[0]),
+            (1, SYN_SENT, 10)
+        );
+        assert_eq!(
+            connect.flags & flow_flags::START_SEEN,
+            flow_flags::START_SEEN
+        );
+        let child = FlowState::start(LISTEN, SYN_RECV, 10);
+        assert_eq!((child.len, child.states[0]), (1, SYN_RECV));
+        assert_eq!(child.flags & flow_flags::START_SEEN, flow_flags::START_SEEN);
+    }
+
+    #[test]
+    fn older_flows_start_unknown() {
+        let old = FlowState::start(ESTABLISHED, FIN_WAIT1, 10);
+        assert_eq!(
+            (old.len, old.states[0], old.entered_ns[0]),
+            (2, ESTABLISHED, 0)
+        );
+        assert_eq!(old.flags & flow_flags::START_SEEN, 0);
+        // A listener closing that was open before tracing: not a child.
+        let listener = FlowState::start(LISTEN, CLOSE, 10);
+        assert_eq!((listener.len, listener.states[0]), (2, LISTEN));
+        let unseen = FlowState::unseen(ESTABLISHED);
+        assert_eq!((unseen.len, unseen.current()), (1, ESTABLISHED));
+    }
+
+    #[test]
+    fn enter_returns_the_time_held_and_counts_retransmits_per_state() {
+        let mut flow = FlowState::start(CLOSE, SYN_SENT, 100);
+        flow.count_retransmit();
+        assert_eq!(flow.enter(ESTABLISHED, 350), Some(250));
+        flow.count_retransmit();
+        flow.count_retransmit();
+        assert_eq!(flow.rtx[..2], [1, 2]);
+        assert_eq!(flow.rtx_total, 3);
+        flow.enter_unseen(FIN_WAIT1);
+        assert_eq!(
+            flow.enter(FIN_WAIT2, 500),
+            None,
+            "unseen start, no duration"
+        );
+        assert_eq!(flow.current(), FIN_WAIT2);
+    }
+
+    #[test]
+    fn long_paths_truncate_into_the_last_slot() {
+        let mut flow = FlowState::start(CLOSE, SYN_SENT, 1);
+        for i in 0..20 {
+            flow.enter(if i % 2 == 0 { FIN_WAIT1 } else { CLOSING }, 2 + i);
+        }
+        assert_eq!(flow.len as usize, PATH_SLOTS);
+        assert_eq!(flow.flags & flow_flags::TRUNCATED, flow_flags::TRUNCATED);
+        assert_eq!(flow.current(), CLOSING);
+        assert_eq!(flow.states[0], SYN_SENT, "the start is kept");
+    }
+
+    #[test]
+    fn owners_from_process_context_win() {
+        let mut flow = FlowState::start(LISTEN, SYN_RECV, 1);
+        flow.set_owner(&owner(1), true);
+        assert_eq!(flow.pid, 1);
+        flow.set_owner(&owner(2), false);
+        assert_eq!(
+            (flow.pid, flow.flags & flow_flags::OWNER_FROM_LISTENER),
+            (2, 0)
+        );
+        flow.set_owner(&owner(3), false);
+        flow.set_owner(&owner(4), true);
+        assert_eq!(flow.pid, 2);
+    }
+
+    #[test]
+    fn owner_context_transitions() {
+        assert!(in_owner_context(CLOSE, SYN_SENT));
+        assert!(in_owner_context(ESTABLISHED, FIN_WAIT1));
+        assert!(in_owner_context(CLOSE_WAIT, LAST_ACK));
+        assert!(
+            !in_owner_context(SYN_SENT, ESTABLISHED),
+            "softirq: the SYN-ACK"
+        );
+        assert!(
+            !in_owner_context(LISTEN, SYN_RECV),
+            "softirq: the final ACK"
+        );
+        assert!(
+            !in_owner_context(ESTABLISHED, CLOSE),
+            "a reset may arrive in softirq"
+        );
+    }
+}

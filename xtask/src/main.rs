@@ -121,6 +121,7 @@ unsafe extern "C" {
 }
 
 fn test(args: &[OsString]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
     setup::ensure_build_tools()?;
     setup::ensure_test_tools()?;
     require_root("cargo xtask test")?;
@@ -134,7 +135,36 @@ fn test(args: &[OsString]) -> Result<()> {
         "tcptrace",
     ]);
     cmd.arg("--").args(args);
-    run(&mut cmd)
+    // Pass the output through, adding up every test binary's result line.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split([';', '.'])
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
