@@ -56,7 +56,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Per-socket lifecycle, keyed by the socket's kernel address; removed at CLOSE.
 /// The size is set by the loader (`--max-flows`).
 #[map]
-pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, 0);
+pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// Owners of listening sockets, so that accepted children (created in softirq) get the
 /// listener's process.

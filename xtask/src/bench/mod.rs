@@ -50,7 +50,9 @@ struct ModeRow {
     ratio_min: f64,
     ratio_max: f64,
     state_events_per_s: f64,
-    lost: u64,
+    /// Records lost to a full ring buffer, and events the kernel skipped (None: not measured).
+    lost_ring: Option<u64>,
+    lost_skipped: Option<u64>,
     user_cpu_ns_per_event: f64,
     peak_rss_kib: u64,
 }
@@ -79,7 +81,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Numbers from tcptrace's text summary line
 /// `--- tcptrace summary: 3.0s traced, N transitions, R retransmits, L lost ---`, or from the
 /// JSON summary object.
-fn summary_numbers(out: &Path) -> Result<(u64, u64)> {
+fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
     let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
     if let Some(line) = text
         .lines()
@@ -87,9 +89,14 @@ fn summary_numbers(out: &Path) -> Result<(u64, u64)> {
         .find(|l| l.starts_with("{\"type\":\"summary\""))
     {
         let v: serde_json::Value = serde_json::from_str(line)?;
+        let skipped = v["lost"]["missed_events"].as_u64().unwrap_or(0);
         return Ok((
             v["state_events"].as_u64().unwrap_or(0),
-            v["lost"]["total"].as_u64().unwrap_or(0),
+            v["lost"]["total"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(skipped),
+            skipped,
         ));
     }
     let line = text
@@ -102,13 +109,19 @@ fn summary_numbers(out: &Path) -> Result<(u64, u64)> {
         .and_then(|p| p.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let lost = line
+    let lost: u64 = line
         .split(", ")
         .find(|p| p.contains("lost"))
         .and_then(|p| p.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Ok((events, lost))
+    let skipped = text
+        .lines()
+        .find_map(|l| l.split("events the kernel skipped: ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((events, lost.saturating_sub(skipped), skipped))
 }
 
 struct Bench<'a> {
@@ -152,7 +165,8 @@ impl Bench<'_> {
         parse: bool,
     ) -> Result<ModeRow> {
         let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut events, mut lost, mut cpu, mut wall, mut rss) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut events, mut cpu, mut wall, mut rss) = (0u64, 0u64, 0u64, 0u64);
+        let (mut lost_ring, mut lost_skipped) = (0u64, 0u64);
         for pair in 0..self.args.pairs {
             let base = self.load(None)?;
             let out = self
@@ -162,9 +176,10 @@ impl Bench<'_> {
             let loaded = self.load(None)?;
             let cost: TracerCost = tracer.stop()?;
             if parse {
-                let (e, l) = summary_numbers(&out)?;
+                let (e, ring, skipped) = summary_numbers(&out)?;
                 events += e;
-                lost += l;
+                lost_ring += ring;
+                lost_skipped += skipped;
             } else {
                 events += loaded.connections * 10;
             }
@@ -195,7 +210,8 @@ impl Bench<'_> {
             ratio_min: min,
             ratio_max: max,
             state_events_per_s: events as f64 / (wall as f64 / 1e9),
-            lost,
+            lost_ring: parse.then_some(lost_ring),
+            lost_skipped: parse.then_some(lost_skipped),
             user_cpu_ns_per_event: if events > 0 {
                 cpu as f64 / events as f64
             } else {
@@ -243,8 +259,14 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         kernel: first_line(Command::new("uname").arg("-r")),
         ..Default::default()
     };
-    // Warm up: fill TIME_WAIT to its steady state so the first round is not favoured.
-    bench.load(None)?;
+    // Warm up: bring TIME_WAIT to its steady state so that early rounds are not favoured.
+    run_clients(
+        &bench.server.ports,
+        args.threads,
+        Duration::from_secs(10),
+        false,
+        None,
+    )?;
 
     let modes: [(&str, &[&str]); 3] = [
         ("transitions -> file", &[]),
@@ -447,19 +469,28 @@ fn replay(bin: &Path) -> Result<f64> {
 fn print_table(r: &Results) {
     println!("machine: {} | kernel {}", r.machine, r.kernel);
     println!(
-        "{:<22} {:>6} {:>9} {:>15} {:>12} {:>6} {:>12} {:>9}",
-        "mode", "pairs", "ratio", "spread", "events/s", "lost", "user ns/ev", "peak RSS"
+        "{:<22} {:>6} {:>9} {:>15} {:>12} {:>10} {:>9} {:>12} {:>9}",
+        "mode",
+        "pairs",
+        "ratio",
+        "spread",
+        "events/s",
+        "lost ring",
+        "skipped",
+        "user ns/ev",
+        "peak RSS"
     );
     for m in &r.modes {
         println!(
-            "{:<22} {:>6} {:>9.3} {:>7.3}..{:<6.3} {:>12.0} {:>6} {:>12.0} {:>6} MiB",
+            "{:<22} {:>6} {:>9.3} {:>7.3}..{:<6.3} {:>12.0} {:>10} {:>9} {:>12.0} {:>6} MiB",
             m.mode,
             m.pairs,
             m.ratio_median,
             m.ratio_min,
             m.ratio_max,
             m.state_events_per_s,
-            m.lost,
+            m.lost_ring.map_or("n/a".into(), |v| v.to_string()),
+            m.lost_skipped.map_or("n/a".into(), |v| v.to_string()),
             m.user_cpu_ns_per_event,
             m.peak_rss_kib / 1024
         );

@@ -15,6 +15,8 @@ use anyhow::{bail, Context as _, Result};
 pub struct RunningTracer {
     child: Child,
     started: Instant,
+    /// CPU time spent before it was ready (start-up: BTF parsing, loading, attaching).
+    startup_cpu_ns: u64,
 }
 
 /// What a tracer cost and delivered over one round.
@@ -73,9 +75,11 @@ impl RunningTracer {
         }
         // Keep draining stderr so the tracer never blocks on it.
         thread::spawn(move || for _ in rx {});
+        let startup_cpu_ns = cpu_ns(child.id())?;
         Ok(RunningTracer {
             child,
             started: Instant::now(),
+            startup_cpu_ns,
         })
     }
 
@@ -90,13 +94,7 @@ impl RunningTracer {
             wall_ns: self.started.elapsed().as_nanos() as u64,
             ..Default::default()
         };
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).context("tracer stat")?;
-        // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        cost.cpu_ns = ticks * 1_000_000_000 / clock_ticks();
+        cost.cpu_ns = cpu_ns(pid)?.saturating_sub(self.startup_cpu_ns);
         let status = fs::read_to_string(format!("/proc/{pid}/status")).context("tracer status")?;
         cost.peak_rss_kib = status
             .lines()
@@ -112,6 +110,17 @@ impl RunningTracer {
         }
         Ok(cost)
     }
+}
+
+/// User + system CPU time of a process so far.
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).context("tracer stat")?;
+    // Fields after the parenthesised comm: utime is the 14th field, stime the 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(ticks * 1_000_000_000 / clock_ticks())
 }
 
 /// Sums run_time_ns / run_cnt over the BPF programs a process holds (from fdinfo).
