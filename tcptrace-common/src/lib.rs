@@ -52,6 +52,18 @@ pub mod flow_flags {
     pub const OWNER_FROM_LISTENER: u8 = 1 << 3;
 }
 
+/// Bits of [`FlowState::close_flags`]: what the socket went through before CLOSE.
+pub mod close_flags {
+    /// A reset arrived (tcp:tcp_receive_reset).
+    pub const RESET_RECEIVED: u8 = 1 << 0;
+    /// This socket sent a reset (tcp:tcp_send_reset); `reset_reason` says why.
+    pub const RESET_SENT: u8 = 1 << 1;
+    /// SO_KEEPALIVE was on at CLOSE.
+    pub const KEEPALIVE_ON: u8 = 1 << 2;
+    /// TCP_USER_TIMEOUT was set at CLOSE.
+    pub const USER_TIMEOUT: u8 = 1 << 3;
+}
+
 /// Bits of [`TransitionEvent::flags`] and [`RetransmitEvent::flags`].
 pub mod event_flags {
     /// `old_state_ns` is valid: the flow was seen entering the old state.
@@ -143,10 +155,17 @@ pub struct FlowState {
     /// Valid slots in `states`.
     pub len: u8,
     pub flags: u8,
-    pub _pad0: [u8; 2],
+    /// `sk_err` when the flow reached CLOSE (an errno: 110 ETIMEDOUT, 111 ECONNREFUSED, …).
+    pub err: u8,
+    /// The kernel's reason (`enum sk_rst_reason`) for the last reset this socket sent.
+    pub reset_reason: u8,
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
-    pub _pad1: [u8; 4],
+    /// Keepalive probes sent without answer (`icsk_probes_out`) when the flow reached CLOSE.
+    pub probes: u8,
+    /// Bits of [`close_flags`].
+    pub close_flags: u8,
+    pub _pad1: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 120);
 
@@ -158,10 +177,13 @@ impl FlowState {
         rtx_total: 0,
         len: 0,
         flags: 0,
-        _pad0: [0; 2],
+        err: 0,
+        reset_reason: 0,
         pid: 0,
         comm: [0; COMM_LEN],
-        _pad1: [0; 4],
+        probes: 0,
+        close_flags: 0,
+        _pad1: [0; 2],
     };
 }
 
@@ -244,8 +266,19 @@ pub struct SockOffsets {
     pub net: u32,
     /// `net.ns.inum` (u32).
     pub net_inum: u32,
+    /// `sock.sk_err` (int).
+    pub err: u32,
+    /// `sock.__sk_common.skc_flags` (unsigned long).
+    pub sk_flags: u32,
+    /// The bit of `SOCK_KEEPOPEN` in `skc_flags` (`enum sock_flags`).
+    pub keepopen_bit: u32,
+    /// `inet_connection_sock.icsk_probes_out` (u8).
+    pub probes_out: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (u32).
+    pub user_timeout: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 72);
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
@@ -260,7 +293,7 @@ pub struct ProgramConfig {
     pub emit_retransmits: u8,
     pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 88);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod maps;
+mod reset;
 mod retransmit;
 mod set_state;
 mod sock;

@@ -5,8 +5,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state, FlowEndEvent,
-    FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state,
+    FlowEndEvent, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
@@ -102,6 +102,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else {
         Tuple::default()
     };
+    // What the socket carries at CLOSE decides the close cause (sk_err is set before the
+    // kernel moves the socket to CLOSE).
+    let close_info = if ends {
+        Some(sock::close_info(sk)?)
+    } else {
+        None
+    };
 
     let key = sk as u64;
     let mut flags = 0u8;
@@ -145,6 +152,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     if flow.flags & flow_flags::OWNER_KNOWN != 0 {
         flags |= event_flags::OWNER_KNOWN;
+    }
+    if let Some((err, probes, keepalive, user_timeout)) = close_info {
+        flow.err = err;
+        flow.probes = probes;
+        if keepalive {
+            flow.close_flags |= close_flags::KEEPALIVE_ON;
+        }
+        if user_timeout {
+            flow.close_flags |= close_flags::USER_TIMEOUT;
+        }
     }
     if is_fresh || restarted {
         stats.bump(stat::FLOWS_SEEN);

@@ -70,3 +70,15 @@ pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
     }
     Ok(tuple)
 }
+
+/// What the socket carries when it reaches CLOSE: `(err, probes, keepalive on, user timeout)`.
+#[inline(always)]
+pub fn close_info(sk: *const u8) -> Result<(u8, u8, bool, bool), i32> {
+    let err = read::<i32>(sk, config!(offsets.err))?;
+    let flags = read::<u64>(sk, config!(offsets.sk_flags))?;
+    let keepalive = (flags >> (config!(offsets.keepopen_bit) & 63)) & 1 == 1;
+    // inet_connection_sock lies past struct sock: not typed through `sk`.
+    let probes = probe_read::<u8>(sk, config!(offsets.probes_out))?;
+    let user_timeout = probe_read::<u32>(sk, config!(offsets.user_timeout))? != 0;
+    Ok((err.clamp(0, 255) as u8, probes, keepalive, user_timeout))
+}

@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 use tcptrace_common::{stat, tcp_state, TRANSITION_SLOTS};
 
 use crate::{
+    cause::CloseCause,
     decode::{FinishedFlow, Lifecycle},
     model::{CloseSide, TcpState},
 };
@@ -64,6 +65,7 @@ pub struct DurationStats {
 pub struct Aggregator {
     held: BTreeMap<TcpState, Histogram<u64>>,
     close: BTreeMap<CloseSide, u64>,
+    causes: BTreeMap<CloseCause, u64>,
     rtx_by_state: BTreeMap<TcpState, u64>,
     finished: u64,
     open: u64,
@@ -82,6 +84,7 @@ impl Aggregator {
         Aggregator {
             held: BTreeMap::new(),
             close: BTreeMap::new(),
+            causes: BTreeMap::new(),
             rtx_by_state: BTreeMap::new(),
             finished: 0,
             open: 0,
@@ -124,6 +127,7 @@ impl Aggregator {
     pub fn finished_flow(&mut self, flow: &FinishedFlow) {
         self.finished += 1;
         *self.close.entry(flow.close).or_default() += 1;
+        *self.causes.entry(flow.cause).or_default() += 1;
         self.add_path(&flow.lifecycle);
     }
 
@@ -156,6 +160,7 @@ impl Aggregator {
             flows_open: self.open,
             flows_untracked: kernel.stat(stat::FLOW_TABLE_FULL),
             close: self.close.iter().map(|(&k, &v)| (k, v)).collect(),
+            causes: self.causes.iter().map(|(&k, &v)| (k, v)).collect(),
             retransmits: kernel.stat(stat::RETRANSMITS),
             rtx_by_state: self.rtx_by_state.iter().map(|(&k, &v)| (k, v)).collect(),
             lost_transitions: kernel.stat(stat::LOST_TRANSITION),
@@ -185,6 +190,7 @@ pub struct Summary {
     pub flows_open: u64,
     pub flows_untracked: u64,
     pub close: Vec<(CloseSide, u64)>,
+    pub causes: Vec<(CloseCause, u64)>,
     pub retransmits: u64,
     pub rtx_by_state: Vec<(TcpState, u64)>,
     pub lost_transitions: u64,

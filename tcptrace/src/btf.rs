@@ -165,7 +165,41 @@ impl KernelBtf {
             v6_saddr: common("skc_v6_rcv_saddr", 16)?,
             net: self.sized_field("sock", "__sk_common.skc_net.net", 8)?,
             net_inum: self.sized_field("net", "ns.inum", 4)?,
+            err: self.sized_field("sock", "sk_err", 4)?,
+            sk_flags: common("skc_flags", 8)?,
+            keepopen_bit: self
+                .enum_value("sock_flags", "SOCK_KEEPOPEN")?
+                .ok_or_else(|| anyhow!("SOCK_KEEPOPEN not found in the kernel's BTF"))?,
+            probes_out: self.sized_field("inet_connection_sock", "icsk_probes_out", 1)?,
+            user_timeout: self.sized_field("inet_connection_sock", "icsk_user_timeout", 4)?,
+            _pad: 0,
         })
+    }
+
+    /// The members of `enum name` as (value, name); empty when the kernel has no such enum.
+    pub fn enum_members(&self, name: &str) -> Result<Vec<(u32, String)>> {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return Ok(Vec::new());
+        };
+        let Some(Type::Enum(e)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
+            return Ok(Vec::new());
+        };
+        e.members
+            .iter()
+            .map(|m| {
+                let name = self.btf.resolve_name(m).map_err(|e| anyhow!("{e}"))?;
+                Ok((m.val(), name))
+            })
+            .collect()
+    }
+
+    /// The value of `member` in `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<Option<u32>> {
+        Ok(self
+            .enum_members(name)?
+            .into_iter()
+            .find(|(_, n)| n == member)
+            .map(|(v, _)| v))
     }
 
     /// The number of arguments of a tracepoint (without the leading `void *`), from its
@@ -240,6 +274,24 @@ mod tests {
             .expect_err("size");
         assert!(err.to_string().contains("2 bytes"), "{err}");
         assert!(KernelBtf::open(Path::new("/nonexistent/vmlinux")).is_err());
+    }
+
+    #[test]
+    fn enums_are_read_by_name() {
+        let btf = kernel();
+        assert_eq!(
+            btf.enum_value("sock_flags", "SOCK_KEEPOPEN")
+                .expect("reads"),
+            Some(3)
+        );
+        let reasons = btf.enum_members("sk_rst_reason").expect("reads");
+        assert!(reasons
+            .iter()
+            .any(|(_, n)| n == "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT"));
+        assert!(btf
+            .enum_members("no_such_enum_xyz")
+            .expect("reads")
+            .is_empty());
     }
 
     #[test]

@@ -4,11 +4,14 @@ use std::mem::size_of;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use tcptrace_common::{
-    event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, RetransmitEvent,
+    close_flags, event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, RetransmitEvent,
     TransitionEvent, PATH_SLOTS,
 };
 
-use crate::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState};
+use crate::{
+    cause::{classify, reset_reason_name, CloseCause, CloseEvidence},
+    model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -45,6 +48,8 @@ pub struct FinishedFlow {
     pub addrs: FlowAddrs,
     pub lifecycle: Lifecycle,
     pub close: CloseSide,
+    pub cause: CloseCause,
+    pub evidence: CloseEvidence,
 }
 
 impl FinishedFlow {
@@ -200,11 +205,24 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
     fn try_from(raw: &FlowEndEvent) -> Result<Self> {
         let lifecycle = Lifecycle::try_from(&raw.flow)?;
         let states: Vec<TcpState> = lifecycle.path.iter().map(|step| step.state).collect();
+        let f = &raw.flow;
+        let evidence = CloseEvidence {
+            err: f.err,
+            reset_received: f.close_flags & close_flags::RESET_RECEIVED != 0,
+            reset_sent: (f.close_flags & close_flags::RESET_SENT != 0)
+                .then(|| reset_reason_name(f.reset_reason)),
+            keepalive_on: f.close_flags & close_flags::KEEPALIVE_ON != 0,
+            user_timeout: f.close_flags & close_flags::USER_TIMEOUT != 0,
+            probes: f.probes,
+            retransmits: f.rtx_total,
+        };
         Ok(FinishedFlow {
             ts_ns: raw.ts_ns,
             skaddr: raw.skaddr,
             addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
             close: CloseSide::of_path(&states),
+            cause: classify(&states, &evidence),
+            evidence,
             lifecycle,
         })
     }

@@ -109,6 +109,16 @@ impl Tracer {
             }
             None => bail!("tracepoint tcp:tcp_retransmit_skb not found in this kernel's BTF"),
         };
+        let send_reset_program = match btf.tracepoint_args("tcp_send_reset")? {
+            Some(3) => "tcp_send_reset",
+            Some(2) => "tcp_send_reset_noreason",
+            Some(n) => bail!("tracepoint tcp:tcp_send_reset has {n} arguments; expected 2 or 3"),
+            None => bail!("tracepoint tcp:tcp_send_reset not found in this kernel's BTF"),
+        };
+        if btf.tracepoint_args("tcp_receive_reset")?.is_none() {
+            bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
+        }
+        crate::cause::set_reset_reasons(btf.enum_members("sk_rst_reason")?);
         let program_config = ProgramConfig {
             offsets: btf
                 .sock_offsets()
@@ -143,6 +153,8 @@ impl Tracer {
         for (program, tracepoint) in [
             (SET_STATE_PROGRAM, "inet_sock_set_state"),
             (retransmit_program, "tcp_retransmit_skb"),
+            (send_reset_program, "tcp_send_reset"),
+            ("tcp_receive_reset", "tcp_receive_reset"),
         ] {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)

@@ -5,6 +5,7 @@ use clap::Parser as _;
 
 mod aggregate;
 mod btf;
+mod cause;
 mod cli;
 mod clock;
 mod decode;

@@ -98,6 +98,7 @@ fn client_and_server_paths(bind: &str, shown: &str) {
         strs(&["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"])
     );
     assert_eq!(client["close"], "active");
+    assert_eq!(client["cause"], "normal");
     assert_eq!(client["rtx"], 0);
     assert_durations(client, elapsed);
     assert!(
@@ -132,6 +133,7 @@ fn client_and_server_paths(bind: &str, shown: &str) {
         strs(&["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"])
     );
     assert_eq!(server["close"], "passive");
+    assert_eq!(server["cause"], "normal");
     assert_durations(server, elapsed);
     assert_owner(server, &comm);
     let steps = transitions_of(&out, server);
@@ -208,6 +210,8 @@ fn refused_connection_is_syn_sent_to_close() {
     assert_eq!(flows.len(), 1, "{flows:#?}");
     assert_eq!(path_states(flows[0]), strs(&["SYN_SENT", "CLOSE"]));
     assert_eq!(flows[0]["close"], "connect_failed");
+    assert_eq!(flows[0]["cause"], "refused");
+    assert_eq!(flows[0]["err"], 111, "ECONNREFUSED");
     assert_owner(flows[0], &comm);
     let steps = transitions_of(&out, flows[0]);
     assert_eq!(

@@ -2,6 +2,7 @@
 //!
 //! These never skip: if BPF cannot be loaded, the tracer does not start and every test
 //! here fails with the tracer's own error message.
+mod causes;
 mod cli;
 mod lifecycle;
 mod netns;

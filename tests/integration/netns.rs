@@ -90,6 +90,13 @@ impl NetnsPair {
     }
 }
 
+impl NetnsPair {
+    /// Sets a sysctl inside namespace `ns` (the TCP retry counts are per namespace).
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
+        self.exec(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+}
+
 impl Drop for NetnsPair {
     fn drop(&mut self) {
         for ns in [&self.a, &self.b] {

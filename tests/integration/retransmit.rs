@@ -12,7 +12,7 @@ use crate::{
     support::{path_states, Tracer},
 };
 
-fn abort(stream: TcpStream) {
+pub fn abort(stream: TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -65,6 +65,7 @@ fn established_retransmits_are_counted_on_the_flow() {
     let flow = out.flow((&b, client_port), (&a, server_port));
     assert_eq!(path_states(flow), ["SYN_SENT", "ESTABLISHED", "CLOSE"]);
     assert_eq!(flow["close"], "reset");
+    assert_eq!(flow["cause"], "aborted", "SO_LINGER 0: {flow}");
     assert_eq!(flow["rtx"], rtx.len(), "{flow}");
     assert_eq!(
         flow["path"][1]["rtx"],
@@ -106,6 +107,10 @@ fn syn_retransmits_are_attributed_to_syn_sent() {
     let flow = flows[0];
     assert_eq!(path_states(flow), ["SYN_SENT", "CLOSE"]);
     assert_eq!(flow["close"], "connect_failed");
+    assert_eq!(
+        flow["cause"], "aborted",
+        "connect abandoned by the caller: {flow}"
+    );
     let syn_rtx = flow["path"][0]["rtx"].as_u64().expect("rtx count");
     assert!(syn_rtx >= 1, "SYN retransmitted while in SYN_SENT: {flow}");
     let rtx = out.for_tuple(

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
+    cause::CloseCause,
     clock::Clock,
     decode::{FinishedFlow, Retransmit, Transition},
     model::{CloseSide, FlowAddrs, Process, TcpState},
@@ -91,6 +92,11 @@ struct FlowLine<'a> {
     start_seen: bool,
     truncated: bool,
     close: CloseSide,
+    cause: CloseCause,
+    err: u8,
+    reset_received: bool,
+    reset_reason: Option<&'a str>,
+    probes: u8,
     rtx: u32,
     skaddr: String,
 }
@@ -163,6 +169,7 @@ struct SummaryLine {
     held: Vec<HeldStats>,
     flows: Flows,
     close: std::collections::BTreeMap<&'static str, u64>,
+    causes: std::collections::BTreeMap<&'static str, u64>,
     retransmits_by_state: std::collections::BTreeMap<&'static str, u64>,
     lost: Lost,
     read_errors: u64,
@@ -228,6 +235,11 @@ impl<W: Write> Render for JsonPrinter<W> {
             start_seen: f.lifecycle.start_seen,
             truncated: f.lifecycle.truncated,
             close: f.close,
+            cause: f.cause,
+            err: f.evidence.err,
+            reset_received: f.evidence.reset_received,
+            reset_reason: f.evidence.reset_sent.as_deref(),
+            probes: f.evidence.probes,
             rtx: f.lifecycle.retransmits,
             skaddr: skaddr(f.skaddr),
         };
@@ -297,6 +309,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 untracked: s.flows_untracked,
             },
             close: s.close.iter().map(|(k, n)| (k.name(), *n)).collect(),
+            causes: s.causes.iter().map(|(k, n)| (k.name(), *n)).collect(),
             retransmits_by_state: s.rtx_by_state.iter().map(|(k, n)| (k.name(), *n)).collect(),
             lost: Lost {
                 transitions: s.lost_transitions,
@@ -356,6 +369,9 @@ mod tests {
         assert!(v[0]["old_held_ns"].is_null(), "unknown, not invented");
         assert_eq!(v[1]["type"], "flow");
         assert_eq!(v[1]["close"], "active");
+        assert_eq!(v[1]["cause"], "normal");
+        assert_eq!(v[1]["err"], 0);
+        assert!(v[1]["reset_reason"].is_null());
         assert_eq!(v[1]["life_ns"], 4_000_000);
         assert_eq!(v[1]["path"][0]["state"], "SYN_SENT");
         assert_eq!(v[1]["path"][0]["held_ns"], 1_000_000);
@@ -385,6 +401,7 @@ mod tests {
         assert_eq!(v[1]["type"], "summary");
         assert_eq!(v[1]["flows"]["finished"], 1);
         assert_eq!(v[1]["close"]["active"], 1);
+        assert_eq!(v[1]["causes"]["normal"], 1);
         assert_eq!(v[1]["lost"]["retransmits"], 3);
         let held = v[1]["held"].as_array().expect("held is a list");
         assert!(held

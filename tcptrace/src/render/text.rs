@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
+    cause::CloseCause,
     clock::{human_duration, Clock},
     decode::{FinishedFlow, Retransmit, Transition},
     model::{FlowAddrs, Process},
@@ -155,10 +156,15 @@ impl<W: Write> Render for TextPrinter<W> {
             Some(ns) => human_duration(ns),
             None => "?".into(),
         };
+        let detail = match (&f.evidence.reset_sent, f.cause) {
+            (_, CloseCause::KeepaliveTimeout) => format!(" (probes {})", f.evidence.probes),
+            (Some(reason), CloseCause::ResetSent) => format!(" ({reason})"),
+            _ => String::new(),
+        };
         writeln!(
             self.out,
-            "  life {life} {} rtx={}",
-            f.close, f.lifecycle.retransmits
+            "  life {life} {} cause={}{detail} rtx={}",
+            f.close, f.cause, f.lifecycle.retransmits
         )
     }
 

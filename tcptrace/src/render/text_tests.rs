@@ -88,7 +88,7 @@ fn flow_line_shows_every_state_life_close_and_rtx() {
     assert!(line.contains("> 127.0.0.1:443 "), "{line}");
     assert!(
         line.contains(
-            "SYN_SENT 1.0ms > ESTABLISHED 1.0ms > FIN_WAIT1 1.0ms > FIN_WAIT2 1.0ms > CLOSE  life 4.0ms active rtx=0"
+            "SYN_SENT 1.0ms > ESTABLISHED 1.0ms > FIN_WAIT1 1.0ms > FIN_WAIT2 1.0ms > CLOSE  life 4.0ms active cause=normal rtx=0"
         ),
         "{line}"
     );

@@ -1,0 +1,198 @@
+//! A close cause for every flow, staged for real: keepalive timeout, retransmission timeout,
+//! SYN timeout (two namespaces, iptables DROP, per-namespace sysctls), resets on loopback.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    netns::NetnsPair,
+    retransmit::abort,
+    support::{path_states, Output, Tracer},
+};
+
+fn set_int(stream: &impl AsRawFd, level: i32, name: i32, value: i32) {
+    // SAFETY: setsockopt on an open socket with a valid int.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {level}/{name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn only_flow<'a>(out: &'a Output, local: (&str, u16), remote: (&str, u16)) -> &'a Value {
+    out.flow(local, remote)
+}
+
+#[test]
+fn keepalive_timeout_names_the_cause_and_the_probes() {
+    let pair = NetnsPair::new();
+    let tracer = Tracer::start(&["flows"]);
+    let addr_a = pair.addr_a;
+    let listener = pair.run_in(&pair.a, move || {
+        TcpListener::bind((addr_a, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    let client = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, port)).expect("connect")
+    });
+    let client_port = client.local_addr().expect("addr").port();
+    let (server, _) = listener.accept().expect("accept");
+    set_int(&server, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_int(&server, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
+    set_int(&server, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
+    set_int(&server, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    let started = Instant::now();
+    // 1 s idle + 3 probes 1 s apart, then the reset: about 4-5 s.
+    let mut server = server;
+    let err = server.read(&mut [0u8; 1]).expect_err("killed by keepalive");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let out = tracer.stop();
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let flow = only_flow(&out, (&a, port), (&b, client_port));
+    assert_eq!(path_states(flow), ["SYN_RECV", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(flow["cause"], "keepalive_timeout", "{flow}");
+    assert_eq!(flow["reset_reason"], "TCP_KEEPALIVE_TIMEOUT", "{flow}");
+    assert_eq!(flow["err"], 110, "{flow}");
+    assert_eq!(flow["probes"], 3, "{flow}");
+    assert_eq!(flow["rtx"], 0, "keepalive, not retransmission: {flow}");
+    drop(client);
+}
+
+#[test]
+fn retransmission_timeout_is_rto() {
+    let pair = NetnsPair::new();
+    // retries2 = 2: the kernel gives up after about 1.4 s of silence.
+    pair.sysctl(&pair.b, "net.ipv4.tcp_retries2", "2");
+    let tracer = Tracer::start(&["flows"]);
+    let addr_a = pair.addr_a;
+    let listener = pair.run_in(&pair.a, move || {
+        TcpListener::bind((addr_a, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    let mut client = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, port)).expect("connect")
+    });
+    let client_port = client.local_addr().expect("addr").port();
+    let (_server, _) = listener.accept().expect("accept");
+    pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    client.write_all(b"data in flight").expect("write");
+    let err = client
+        .read(&mut [0u8; 1])
+        .expect_err("retransmissions exhausted");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let out = tracer.stop();
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let flow = only_flow(&out, (&b, client_port), (&a, port));
+    assert_eq!(path_states(flow), ["SYN_SENT", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(flow["cause"], "rto", "{flow}");
+    assert_eq!(flow["err"], 110, "{flow}");
+    assert!(flow["path"][1]["rtx"].as_u64() >= Some(2), "{flow}");
+}
+
+#[test]
+fn unanswered_syns_are_a_syn_timeout() {
+    let pair = NetnsPair::new();
+    pair.sysctl(&pair.b, "net.ipv4.tcp_syn_retries", "1");
+    pair.exec(
+        &pair.a,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "4445", "-j", "DROP",
+        ],
+    );
+    let tracer = Tracer::start(&["flows"]);
+    let addr_a = pair.addr_a;
+    let err = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, 4445)).expect_err("SYNs are dropped")
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let out = tracer.stop();
+    let a = pair.addr_a.to_string();
+    let flows: Vec<&Value> = out
+        .of_type("flow")
+        .into_iter()
+        .filter(|f| f["raddr"] == a.as_str() && f["rport"] == 4445)
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(path_states(flows[0]), ["SYN_SENT", "CLOSE"]);
+    assert_eq!(flows[0]["cause"], "syn_timeout", "{}", flows[0]);
+    assert!(
+        flows[0]["path"][0]["rtx"].as_u64() >= Some(1),
+        "{}",
+        flows[0]
+    );
+}
+
+#[test]
+fn a_reset_is_received_by_one_side_and_sent_by_the_other() {
+    let tracer = Tracer::start(&["flows"]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    let (server, _) = listener.accept().expect("accept");
+    abort(server); // SO_LINGER 0: RST
+    thread::sleep(Duration::from_millis(50));
+    let err = client.read(&mut [0u8; 1]).expect_err("reset");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
+    drop(client);
+    let out = tracer.stop();
+    let server = out.flow(("127.0.0.1", port), ("127.0.0.1", client_port));
+    assert_eq!(server["cause"], "aborted", "{server}");
+    let client = out.flow(("127.0.0.1", client_port), ("127.0.0.1", port));
+    assert_eq!(client["cause"], "reset_received", "{client}");
+    assert_eq!(client["reset_received"], true, "{client}");
+    assert_eq!(client["err"], 104, "{client}");
+    let summary = out.summary();
+    assert_eq!(summary["causes"]["reset_received"], 1, "{summary}");
+    assert!(
+        summary["causes"]["aborted"].as_u64() >= Some(1),
+        "{summary}"
+    );
+}
+
+#[test]
+fn tcp_user_timeout_is_its_own_cause() {
+    let pair = NetnsPair::new();
+    let tracer = Tracer::start(&["flows"]);
+    let addr_a = pair.addr_a;
+    let listener = pair.run_in(&pair.a, move || {
+        TcpListener::bind((addr_a, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    let mut client = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, port)).expect("connect")
+    });
+    let client_port = client.local_addr().expect("addr").port();
+    let (_server, _) = listener.accept().expect("accept");
+    set_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1_000);
+    pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    client.write_all(b"data in flight").expect("write");
+    let err = client.read(&mut [0u8; 1]).expect_err("user timeout");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let out = tracer.stop();
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let flow = out.flow((&b, client_port), (&a, port));
+    assert_eq!(flow["cause"], "user_timeout", "{flow}");
+}
