@@ -38,6 +38,7 @@ pub mod record_kind {
     pub const TRANSITION: u32 = 1;
     pub const FLOW_END: u32 = 2;
     pub const RETRANSMIT: u32 = 3;
+    pub const KEEPALIVE_PROBE: u32 = 4;
 }
 
 /// Bits of [`FlowState::flags`].
@@ -104,7 +105,11 @@ pub mod stat {
     /// A transition left a state the flow was not known to be in (one was missed): the
     /// missing state was inserted with an unknown start.
     pub const PATH_GAPS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Keepalive probes seen going out.
+    pub const KEEPALIVE_PROBES: u32 = 13;
+    /// Ring-buffer reservations that failed for keepalive-probe records.
+    pub const LOST_PROBE: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
@@ -207,6 +212,22 @@ pub struct TransitionEvent {
 }
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 96);
 
+/// Keepalive settings of a socket, in jiffies as the kernel keeps them (0: the sysctl applies).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// `tcp_sock.keepalive_time` (jiffies).
+    pub idle_j: u32,
+    /// `tcp_sock.keepalive_intvl` (jiffies).
+    pub intvl_j: u32,
+    /// `tcp_sock.keepalive_probes`.
+    pub probes: u8,
+    pub _pad: [u8; 3],
+    /// Jiffies since the peer was last heard from (`jiffies - tcp_sock.rcv_tstamp`).
+    pub silent_j: u32,
+}
+const _: () = assert!(core::mem::size_of::<Keepalive>() == 16);
+
 /// A flow reached CLOSE: its whole path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,8 +238,39 @@ pub struct FlowEndEvent {
     pub skaddr: u64,
     pub tuple: Tuple,
     pub flow: FlowState,
+    /// Filled when SO_KEEPALIVE was on at CLOSE.
+    pub keepalive: Keepalive,
 }
-const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 184);
+const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 200);
+
+/// A keepalive probe went out (seen around `tcp_keepalive_timer`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepaliveProbeEvent {
+    pub kind: u32,
+    /// This probe's number (`icsk_probes_out` after the timer ran).
+    pub probe: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 2],
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub tuple: Tuple,
+    pub keepalive: Keepalive,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub _pad1: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<KeepaliveProbeEvent>() == 104);
+
+/// What `timer_expire_entry` saw, for `timer_expire_exit` on the same CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerEntry {
+    pub timer: u64,
+    pub probes_before: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<TimerEntry>() == 16);
 
 /// One retransmitted segment (sent only when live retransmits are requested).
 #[repr(C)]
@@ -276,24 +328,37 @@ pub struct SockOffsets {
     pub probes_out: u32,
     /// `inet_connection_sock.icsk_user_timeout` (u32).
     pub user_timeout: u32,
-    pub _pad: u32,
+    /// `tcp_sock.keepalive_time`, `keepalive_intvl` (u32), `keepalive_probes` (u8).
+    pub keepalive_time: u32,
+    pub keepalive_intvl: u32,
+    pub keepalive_probes: u32,
+    /// `tcp_sock.rcv_tstamp` (u32 jiffies).
+    pub rcv_tstamp: u32,
+    /// `sock.sk_timer` (the keepalive timer) and `timer_list.function`.
+    pub sk_timer: u32,
+    pub timer_function: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 92);
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramConfig {
     pub offsets: SockOffsets,
+    pub _pad0: u32,
+    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    pub keepalive_timer_fn: u64,
     /// Pending bytes in the ring buffer above which a record wakes the reader.
     pub wakeup_bytes: u64,
     /// Send a `TransitionEvent` per transition.
     pub emit_transitions: u8,
     /// Send a `RetransmitEvent` per retransmit.
     pub emit_retransmits: u8,
-    pub _pad: [u8; 6],
+    /// Send a `KeepaliveProbeEvent` per keepalive probe.
+    pub emit_probes: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 120);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]
@@ -453,6 +518,8 @@ mod user {
     unsafe impl aya::Pod for Owner {}
     // SAFETY: as above (arrays of u64 only).
     unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TimerEntry {}
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod keepalive;
 mod maps;
 mod reset;
 mod retransmit;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    stat, tcp_state, Counters, FlowState, ListenerKey, Owner, ProgramConfig, STAT_SLOTS,
-    TRANSITION_SLOTS,
+    stat, tcp_state, Counters, FlowState, ListenerKey, Owner, ProgramConfig, TimerEntry,
+    STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -37,13 +37,26 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         keepopen_bit: 0,
         probes_out: 0,
         user_timeout: 0,
-        _pad: 0,
+        keepalive_time: 0,
+        keepalive_intvl: 0,
+        keepalive_probes: 0,
+        rcv_tstamp: 0,
+        sk_timer: 0,
+        timer_function: 0,
     },
+    // A marker no other constant carries: with an all-zero initializer, LLVM merged an
+    // identical all-zero constant of the same size (FlowState::EMPTY, 120 bytes) into this
+    // static, so flows were initialised from the loader-patched configuration.
+    _pad0: CONFIG_MARKER,
+    keepalive_timer_fn: 0,
     wakeup_bytes: 0,
     emit_transitions: 0,
     emit_retransmits: 0,
-    _pad: [0; 6],
+    emit_probes: 0,
+    _pad: [0; 5],
 };
+
+const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");
 
 /// Reads one field of [`CONFIG`] (volatile, so that the loader-written value is used rather
 /// than the compiled-in default).
@@ -74,6 +87,10 @@ pub static LISTENERS: HashMap<ListenerKey, Owner> =
 /// (a `FlowState` is too large for the 512-byte stack next to everything else).
 #[map]
 pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `timer_expire_entry` saw of a keepalive timer, for `timer_expire_exit`.
+#[map]
+pub static TIMER_ENTRY: PerCpuArray<TimerEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every counter, one entry per CPU (see `tcptrace_common::Counters`).
 #[map]

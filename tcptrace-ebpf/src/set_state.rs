@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use aya_log_ebpf::warn;
 use tcptrace_common::{
     close_flags, event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state,
-    FlowEndEvent, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
@@ -109,6 +109,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else {
         None
     };
+    let keepalive = match close_info {
+        Some((_, _, true, _)) => sock::keepalive(sk)?,
+        _ => Keepalive::default(),
+    };
 
     let key = sk as u64;
     let mut flags = 0u8;
@@ -153,10 +157,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if flow.flags & flow_flags::OWNER_KNOWN != 0 {
         flags |= event_flags::OWNER_KNOWN;
     }
-    if let Some((err, probes, keepalive, user_timeout)) = close_info {
+    if let Some((err, probes, keepalive_on, user_timeout)) = close_info {
         flow.err = err;
         flow.probes = probes;
-        if keepalive {
+        if keepalive_on {
             flow.close_flags |= close_flags::KEEPALIVE_ON;
         }
         if user_timeout {
@@ -220,6 +224,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                     (&raw mut (*e).skaddr).write(key);
                     (&raw mut (*e).tuple).write(tuple);
                     core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
+                    (&raw mut (*e).keepalive).write(keepalive);
                 }
                 entry.submit(wake);
             }

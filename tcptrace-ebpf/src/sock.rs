@@ -82,3 +82,40 @@ pub fn close_info(sk: *const u8) -> Result<(u8, u8, bool, bool), i32> {
     let user_timeout = probe_read::<u32>(sk, config!(offsets.user_timeout))? != 0;
     Ok((err.clamp(0, 255) as u8, probes, keepalive, user_timeout))
 }
+
+/// The socket's keepalive settings and how long the peer has been silent.
+#[inline(always)]
+pub fn keepalive(sk: *const u8) -> Result<tcptrace_common::Keepalive, i32> {
+    // tcp_sock lies past struct sock: not typed through `sk`.
+    let rcv_tstamp = probe_read::<u32>(sk, config!(offsets.rcv_tstamp))?;
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    Ok(tcptrace_common::Keepalive {
+        idle_j: probe_read::<u32>(sk, config!(offsets.keepalive_time))?,
+        intvl_j: probe_read::<u32>(sk, config!(offsets.keepalive_intvl))?,
+        probes: probe_read::<u8>(sk, config!(offsets.keepalive_probes))?,
+        _pad: [0; 3],
+        silent_j: now.wrapping_sub(rcv_tstamp),
+    })
+}
+
+/// The tuple of a socket reached without BTF typing (from a timer): every field through
+/// `bpf_probe_read_kernel`.
+#[inline(always)]
+pub fn probe_tuple(sk: *const u8) -> Result<Tuple, i32> {
+    let family = probe_read::<u16>(sk, config!(offsets.family))?;
+    let mut tuple = Tuple {
+        family,
+        sport: u16::from_be(probe_read::<u16>(sk, config!(offsets.sport))?),
+        dport: u16::from_be(probe_read::<u16>(sk, config!(offsets.dport))?),
+        ..Tuple::default()
+    };
+    if family == AF_INET6 {
+        tuple.saddr = probe_read::<[u8; 16]>(sk, config!(offsets.v6_saddr))?;
+        tuple.daddr = probe_read::<[u8; 16]>(sk, config!(offsets.v6_daddr))?;
+    } else {
+        tuple.saddr[..4].copy_from_slice(&probe_read::<[u8; 4]>(sk, config!(offsets.saddr))?);
+        tuple.daddr[..4].copy_from_slice(&probe_read::<[u8; 4]>(sk, config!(offsets.daddr))?);
+    }
+    Ok(tuple)
+}

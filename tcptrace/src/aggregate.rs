@@ -33,6 +33,7 @@ impl KernelCounters {
         self.stat(stat::LOST_TRANSITION)
             + self.stat(stat::LOST_FLOW_END)
             + self.stat(stat::LOST_RETRANSMIT)
+            + self.stat(stat::LOST_PROBE)
             + self.missed
     }
 
@@ -166,6 +167,8 @@ impl Aggregator {
             lost_transitions: kernel.stat(stat::LOST_TRANSITION),
             lost_flows: kernel.stat(stat::LOST_FLOW_END),
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+            lost_probes: kernel.stat(stat::LOST_PROBE),
+            keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
             missed_events: kernel.missed,
             submitted: kernel.stat(stat::SUBMITTED),
             stale_flows: kernel.stat(stat::STALE_FLOWS),
@@ -196,6 +199,8 @@ pub struct Summary {
     pub lost_transitions: u64,
     pub lost_flows: u64,
     pub lost_retransmits: u64,
+    pub lost_probes: u64,
+    pub keepalive_probes: u64,
     /// Events the kernel skipped (recursion misses).
     pub missed_events: u64,
     /// Records the kernel submitted to the ring buffer.
@@ -210,7 +215,11 @@ pub struct Summary {
 
 impl Summary {
     pub fn lost(&self) -> u64 {
-        self.lost_transitions + self.lost_flows + self.lost_retransmits + self.missed_events
+        self.lost_transitions
+            + self.lost_flows
+            + self.lost_retransmits
+            + self.lost_probes
+            + self.missed_events
     }
 }
 

@@ -172,7 +172,12 @@ impl KernelBtf {
                 .ok_or_else(|| anyhow!("SOCK_KEEPOPEN not found in the kernel's BTF"))?,
             probes_out: self.sized_field("inet_connection_sock", "icsk_probes_out", 1)?,
             user_timeout: self.sized_field("inet_connection_sock", "icsk_user_timeout", 4)?,
-            _pad: 0,
+            keepalive_time: self.sized_field("tcp_sock", "keepalive_time", 4)?,
+            keepalive_intvl: self.sized_field("tcp_sock", "keepalive_intvl", 4)?,
+            keepalive_probes: self.sized_field("tcp_sock", "keepalive_probes", 1)?,
+            rcv_tstamp: self.sized_field("tcp_sock", "rcv_tstamp", 4)?,
+            sk_timer: self.field("sock", "sk_timer")?.offset,
+            timer_function: self.sized_field("timer_list", "function", 8)?,
         })
     }
 

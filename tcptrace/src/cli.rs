@@ -29,7 +29,10 @@ pub enum Command {
     Flows,
     /// One line per retransmitted segment, with the state it happened in.
     Retrans,
-    /// Transitions, finished flows and retransmits together (most useful with --json).
+    /// Only anomalies: keepalive, retransmission, SYN and user timeouts, resets, refused and
+    /// aborted connections, FIN retransmits (half-open peers), keepalive probes.
+    Alerts,
+    /// Transitions, finished flows, retransmits and alerts together (most useful with --json).
     All,
     /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
     #[command(hide = true)]
@@ -86,6 +89,9 @@ impl Config {
     }
     pub fn shows_retransmits(&self) -> bool {
         matches!(self.mode, Command::Retrans | Command::All)
+    }
+    pub fn shows_alerts(&self) -> bool {
+        matches!(self.mode, Command::Alerts | Command::All)
     }
 }
 

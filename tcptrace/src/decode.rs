@@ -4,8 +4,8 @@ use std::mem::size_of;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, RetransmitEvent,
-    TransitionEvent, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, Keepalive,
+    KeepaliveProbeEvent, RetransmitEvent, TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
@@ -50,6 +50,20 @@ pub struct FinishedFlow {
     pub close: CloseSide,
     pub cause: CloseCause,
     pub evidence: CloseEvidence,
+    /// Keepalive settings and the peer's silence at CLOSE, when SO_KEEPALIVE was on.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// A keepalive probe went out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepaliveProbe {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub addrs: FlowAddrs,
+    pub owner: Option<Process>,
+    /// This probe's number (1 for the first unanswered probe).
+    pub probe: u8,
+    pub keepalive: Keepalive,
 }
 
 impl FinishedFlow {
@@ -76,6 +90,7 @@ pub enum Event {
     Transition(Transition),
     FlowEnd(FinishedFlow),
     Retransmit(Retransmit),
+    KeepaliveProbe(KeepaliveProbe),
 }
 
 fn state(raw: u8) -> Result<TcpState> {
@@ -119,6 +134,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         record_kind::RETRANSMIT => Ok(Event::Retransmit(Retransmit::try_from(
             &read_record::<RawRetransmit>(bytes, "retransmit")?.0,
         )?)),
+        record_kind::KEEPALIVE_PROBE => {
+            let raw = read_record::<RawProbe>(bytes, "keepalive probe")?.0;
+            Ok(Event::KeepaliveProbe(KeepaliveProbe {
+                ts_ns: raw.ts_ns,
+                skaddr: raw.skaddr,
+                addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+                owner: owner(
+                    raw.flags & event_flags::OWNER_KNOWN != 0,
+                    raw.pid,
+                    &raw.comm,
+                ),
+                probe: raw.probe,
+                keepalive: raw.keepalive,
+            }))
+        }
         other => bail!("unknown record kind {other}"),
     }
 }
@@ -133,6 +163,11 @@ struct RawFlowEnd(FlowEndEvent);
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct RawRetransmit(RetransmitEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawProbe(KeepaliveProbeEvent);
+// SAFETY: as below.
+unsafe impl aya::Pod for RawProbe {}
 // SAFETY: transparent wrappers of #[repr(C)] records made only of integers with explicit
 // padding (sizes asserted in tcptrace-common).
 unsafe impl aya::Pod for RawTransition {}
@@ -222,6 +257,7 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
             addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
             close: CloseSide::of_path(&states),
             cause: classify(&states, &evidence),
+            keepalive: evidence.keepalive_on.then_some(raw.keepalive),
             evidence,
             lifecycle,
         })

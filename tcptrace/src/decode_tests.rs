@@ -46,6 +46,7 @@ pub(crate) fn flow_end(flow: FlowState, end_ns: u64) -> FlowEndEvent {
         skaddr: 0xffff_8880_0000_1000,
         tuple: v4_tuple(51234, 443),
         flow,
+        keepalive: Default::default(),
     }
 }
 

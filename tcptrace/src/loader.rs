@@ -29,6 +29,24 @@ pub struct Tracer {
     pub hooks: Vec<String>,
 }
 
+/// The address of a kernel function, from /proc/kallsyms.
+fn kernel_symbol(name: &str) -> Result<u64> {
+    let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let addr = syms
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = parts.next()?;
+            let _kind = parts.next()?;
+            (parts.next()? == name).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+        .ok_or_else(|| anyhow!("{name} not found in /proc/kallsyms"))?;
+    if addr == 0 {
+        bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run as root");
+    }
+    Ok(addr)
+}
+
 /// Capability bits from `include/uapi/linux/capability.h`.
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -119,6 +137,11 @@ impl Tracer {
             bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
         }
         crate::cause::set_reset_reasons(btf.enum_members("sk_rst_reason")?);
+        let keepalive_timer_fn = if config.shows_alerts() {
+            kernel_symbol("tcp_keepalive_timer")?
+        } else {
+            0
+        };
         let program_config = ProgramConfig {
             offsets: btf
                 .sock_offsets()
@@ -126,8 +149,11 @@ impl Tracer {
             // Wake the reader once a quarter of the ring is pending; otherwise it polls.
             wakeup_bytes: u64::from(config.ring_size / 4),
             emit_transitions: u8::from(config.shows_transitions()),
-            emit_retransmits: u8::from(config.shows_retransmits()),
-            _pad: [0; 6],
+            emit_retransmits: u8::from(config.shows_retransmits() || config.shows_alerts()),
+            emit_probes: u8::from(config.shows_alerts()),
+            _pad: [0; 5],
+            _pad0: 0,
+            keepalive_timer_fn,
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -150,12 +176,19 @@ impl Tracer {
         let mut links = Vec::new();
         let mut programs = Vec::new();
         let mut hooks = Vec::new();
-        for (program, tracepoint) in [
+        let mut hooked = vec![
             (SET_STATE_PROGRAM, "inet_sock_set_state"),
             (retransmit_program, "tcp_retransmit_skb"),
             (send_reset_program, "tcp_send_reset"),
             ("tcp_receive_reset", "tcp_receive_reset"),
-        ] {
+        ];
+        if config.shows_alerts() {
+            // Keepalive probes, seen around the keepalive timer: only where alerts are shown
+            // (these hooks see every timer on the host).
+            hooked.push(("timer_expire_entry", "timer_expire_entry"));
+            hooked.push(("timer_expire_exit", "timer_expire_exit"));
+        }
+        for (program, tracepoint) in hooked {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?

@@ -4,11 +4,13 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 mod aggregate;
+mod alert;
 mod btf;
 mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod keepalive;
 mod loader;
 mod model;
 mod pipeline;

@@ -14,6 +14,7 @@ use tokio::{
 
 use crate::{
     aggregate::Aggregator,
+    alert::Alert,
     cli::{Command, Config},
     clock::Clock,
     decode::{decode, Event},
@@ -58,8 +59,21 @@ fn drain<W: Write>(
                 if config.shows_flows() {
                     printer.flow(&f)?;
                 }
+                if let Some(alert) = Alert::closed(&f).filter(|_| config.shows_alerts()) {
+                    printer.alert(&alert)?;
+                }
             }
-            Ok(Event::Retransmit(r)) if config.shows_retransmits() => printer.retransmit(&r)?,
+            Ok(Event::Retransmit(r)) => {
+                if config.shows_retransmits() {
+                    printer.retransmit(&r)?;
+                }
+                if let Some(alert) = Alert::retransmit(&r).filter(|_| config.shows_alerts()) {
+                    printer.alert(&alert)?;
+                }
+            }
+            Ok(Event::KeepaliveProbe(p)) if config.shows_alerts() => {
+                printer.alert(&Alert::KeepaliveProbe(&p))?
+            }
             Ok(_) => {}
             Err(e) => {
                 agg.decode_error();

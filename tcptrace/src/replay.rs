@@ -51,6 +51,7 @@ fn synthetic() -> Vec<Vec<u8>> {
         skaddr: 0xffff_8880_0000_0000,
         tuple,
         flow,
+        keepalive: Default::default(),
     };
     let transition = TransitionEvent {
         kind: record_kind::TRANSITION,
@@ -86,7 +87,7 @@ pub fn run(records: u64) -> Result<()> {
                 printer.flow(&f)?;
             }
             Event::Transition(_) => transitions += 1,
-            Event::Retransmit(_) => {}
+            Event::Retransmit(_) | Event::KeepaliveProbe(_) => {}
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -42,7 +42,7 @@ fn only_flow<'a>(out: &'a Output, local: (&str, u16), remote: (&str, u16)) -> &'
 #[test]
 fn keepalive_timeout_names_the_cause_and_the_probes() {
     let pair = NetnsPair::new();
-    let tracer = Tracer::start(&["flows"]);
+    let tracer = Tracer::start(&["all"]);
     let addr_a = pair.addr_a;
     let listener = pair.run_in(&pair.a, move || {
         TcpListener::bind((addr_a, 0)).expect("bind")
@@ -77,6 +77,43 @@ fn keepalive_timeout_names_the_cause_and_the_probes() {
     assert_eq!(flow["err"], 110, "{flow}");
     assert_eq!(flow["probes"], 3, "{flow}");
     assert_eq!(flow["rtx"], 0, "keepalive, not retransmission: {flow}");
+
+    // The probes, live, before the end; then the alert with the settings in force.
+    let alerts = out.for_tuple("alert", (&a, port), (&b, client_port));
+    let probes: Vec<u64> = alerts
+        .iter()
+        .filter(|x| x["kind"] == "keepalive_probe")
+        .map(|x| x["probe"].as_u64().expect("probe number"))
+        .collect();
+    assert_eq!(probes, [1, 2, 3], "{alerts:#?}");
+    let death = alerts
+        .iter()
+        .find(|x| x["kind"] == "keepalive_timeout")
+        .unwrap_or_else(|| panic!("a keepalive alert: {alerts:#?}"));
+    assert_eq!(death["pid"], std::process::id(), "{death}");
+    assert_eq!(death["probes_unanswered"], 3, "{death}");
+    assert_eq!(death["keepalive"]["source"], "socket", "{death}");
+    assert_eq!(death["keepalive"]["idle_ns"], 1_000_000_000u64, "{death}");
+    assert_eq!(death["keepalive"]["intvl_ns"], 1_000_000_000u64, "{death}");
+    assert_eq!(death["keepalive"]["probes"], 3, "{death}");
+    let silent = death["silent_ns"].as_u64().expect("silence known");
+    assert!((3_000_000_000..8_000_000_000).contains(&silent), "{death}");
+    assert!(
+        death["history"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("SYN_RECV")),
+        "{death}"
+    );
+    let last_probe_ts = alerts
+        .iter()
+        .filter(|x| x["kind"] == "keepalive_probe")
+        .map(|x| x["ts_unix_ns"].as_u64().expect("ts"))
+        .max()
+        .expect("probes");
+    assert!(
+        last_probe_ts <= death["ts_unix_ns"].as_u64().expect("ts"),
+        "probes come first"
+    );
     drop(client);
 }
 
@@ -195,4 +232,43 @@ fn tcp_user_timeout_is_its_own_cause() {
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
     let flow = out.flow((&b, client_port), (&a, port));
     assert_eq!(flow["cause"], "user_timeout", "{flow}");
+}
+
+/// Half-open: we closed, the peer is silent: our FIN is retransmitted in FIN_WAIT1, and the
+/// alerts mode says so as it happens.
+#[test]
+fn fin_retransmits_raise_half_open_alerts() {
+    let pair = NetnsPair::new();
+    let tracer = Tracer::start(&["alerts"]);
+    let addr_a = pair.addr_a;
+    let listener = pair.run_in(&pair.a, move || {
+        TcpListener::bind((addr_a, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    let client = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, port)).expect("connect")
+    });
+    let client_port = client.local_addr().expect("addr").port();
+    let (server, _) = listener.accept().expect("accept");
+    pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    drop(client); // FIN into the void
+    thread::sleep(Duration::from_millis(1_500));
+    let out = tracer.stop();
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let alerts = out.for_tuple("alert", (&b, client_port), (&a, port));
+    assert!(
+        alerts.len() >= 2,
+        "FIN retransmitted at 0.2 s and 0.6 s: {alerts:#?}"
+    );
+    for alert in &alerts {
+        assert_eq!(alert["kind"], "fin_retransmit", "{alert}");
+        assert_eq!(alert["state"], "FIN_WAIT1", "{alert}");
+        assert_eq!(alert["pid"], std::process::id(), "{alert}");
+    }
+    assert!(
+        out.of_type("flow").is_empty(),
+        "alerts mode prints alerts only"
+    );
+    assert!(out.of_type("transition").is_empty());
+    drop(server);
 }

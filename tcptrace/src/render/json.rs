@@ -6,9 +6,11 @@ use serde::Serialize;
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
+    alert::{path_text, Alert},
     cause::CloseCause,
     clock::Clock,
     decode::{FinishedFlow, Retransmit, Transition},
+    keepalive::KeepaliveSettings,
     model::{CloseSide, FlowAddrs, Process, TcpState},
 };
 
@@ -116,10 +118,34 @@ struct RetransmitLine<'a> {
 }
 
 #[derive(Serialize)]
+struct AlertLine<'a> {
+    r#type: &'static str,
+    kind: &'static str,
+    ts_unix_ns: u64,
+    #[serde(flatten)]
+    owner: Owner<'a>,
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    detail: String,
+    /// The flow's path so far (`SYN_SENT 1.2ms > ESTABLISHED 5.0s > CLOSE`), for ended flows.
+    history: Option<String>,
+    state: Option<TcpState>,
+    probe: Option<u8>,
+    probes_unanswered: Option<u8>,
+    silent_ns: Option<u64>,
+    keepalive: Option<KeepaliveSettings>,
+    rtx: Option<u32>,
+    err: Option<u8>,
+    reset_reason: Option<&'a str>,
+    skaddr: String,
+}
+
+#[derive(Serialize)]
 struct Lost {
     transitions: u64,
     flows: u64,
     retransmits: u64,
+    probes: u64,
     missed_events: u64,
     total: u64,
 }
@@ -165,6 +191,7 @@ struct SummaryLine {
     retransmits: u64,
     records_delivered: u64,
     records_submitted: u64,
+    keepalive_probes: u64,
     transitions: Vec<TransitionCount>,
     held: Vec<HeldStats>,
     flows: Flows,
@@ -260,6 +287,47 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
+    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+        let (history, state, probe, probes_unanswered, rtx, err, reset_reason, skaddr_raw) = match a
+        {
+            Alert::Closed(f) => (
+                Some(path_text(&f.lifecycle)),
+                None,
+                None,
+                Some(f.evidence.probes),
+                Some(f.lifecycle.retransmits),
+                Some(f.evidence.err),
+                f.evidence.reset_sent.as_deref(),
+                f.skaddr,
+            ),
+            Alert::FinRetransmit(r) => {
+                (None, Some(r.state), None, None, None, None, None, r.skaddr)
+            }
+            Alert::KeepaliveProbe(p) => {
+                (None, None, Some(p.probe), None, None, None, None, p.skaddr)
+            }
+        };
+        let line = AlertLine {
+            r#type: "alert",
+            kind: a.kind(),
+            ts_unix_ns: self.clock.unix_ns(a.ts_ns()),
+            owner: a.owner().into(),
+            addrs: a.addrs().into(),
+            detail: a.detail(),
+            history,
+            state,
+            probe,
+            probes_unanswered,
+            silent_ns: a.silent_ns(),
+            keepalive: a.keepalive(),
+            rtx,
+            err,
+            reset_reason,
+            skaddr: skaddr(skaddr_raw),
+        };
+        self.line(&line)
+    }
+
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {
         use tcptrace_common::stat;
         let line = LostLine {
@@ -270,6 +338,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 transitions: kernel.stat(stat::LOST_TRANSITION),
                 flows: kernel.stat(stat::LOST_FLOW_END),
                 retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+                probes: kernel.stat(stat::LOST_PROBE),
                 missed_events: kernel.missed,
                 total: kernel.lost(),
             },
@@ -285,6 +354,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             retransmits: s.retransmits,
             records_delivered: s.delivered,
             records_submitted: s.submitted,
+            keepalive_probes: s.keepalive_probes,
             transitions: s
                 .transitions
                 .iter()
@@ -315,6 +385,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 transitions: s.lost_transitions,
                 flows: s.lost_flows,
                 retransmits: s.lost_retransmits,
+                probes: s.lost_probes,
                 missed_events: s.missed_events,
                 total: s.lost(),
             },

@@ -9,6 +9,7 @@ pub use text::TextPrinter;
 
 use crate::{
     aggregate::{KernelCounters, Summary},
+    alert::Alert,
     decode::{FinishedFlow, Retransmit, Transition},
 };
 
@@ -17,6 +18,7 @@ pub trait Render {
     fn transition(&mut self, t: &Transition) -> io::Result<()>;
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()>;
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()>;
+    fn alert(&mut self, a: &Alert) -> io::Result<()>;
     /// Records were lost since the last report (`now_ns` is kernel time).
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
@@ -46,6 +48,12 @@ impl<W: Write> Render for Printer<W> {
         match self {
             Printer::Text(p) => p.retransmit(r),
             Printer::Json(p) => p.retransmit(r),
+        }
+    }
+    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.alert(a),
+            Printer::Json(p) => p.alert(a),
         }
     }
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {

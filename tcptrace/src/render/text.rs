@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
+    alert::{path_text, Alert},
     cause::CloseCause,
     clock::{human_duration, Clock},
     decode::{FinishedFlow, Retransmit, Transition},
@@ -19,6 +20,7 @@ enum Kind {
     State,
     Flow,
     Rtx,
+    Alert,
 }
 
 pub struct TextPrinter<W: Write> {
@@ -75,6 +77,7 @@ impl<W: Write> TextPrinter<W> {
                 Kind::State => "state",
                 Kind::Flow => "flow ",
                 Kind::Rtx => "rtx  ",
+                Kind::Alert => "alert",
             };
             return write!(self.out, "{tag} ");
         }
@@ -98,6 +101,11 @@ impl<W: Write> TextPrinter<W> {
                 self.out,
                 "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
                 "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
+            ),
+            Kind::Alert => writeln!(
+                self.out,
+                "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  DETAIL",
+                "TIME", "ALERT", "COMM", "PID", "LOCAL", "REMOTE"
             ),
         }
     }
@@ -134,24 +142,7 @@ impl<W: Write> Render for TextPrinter<W> {
             f.addrs.local,
             f.addrs.remote,
         )?;
-        let last = f.lifecycle.path.len().saturating_sub(1);
-        for (i, step) in f.lifecycle.path.iter().enumerate() {
-            if i == last {
-                if f.lifecycle.truncated {
-                    write!(self.out, " > …")?;
-                }
-                write!(self.out, " > {}", step.state)?;
-                if step.retransmits > 0 {
-                    write!(self.out, " (rtx {})", step.retransmits)?;
-                }
-                break;
-            }
-            let sep = if i == 0 { " " } else { " > " };
-            write!(self.out, "{sep}{} {}", step.state, held(step.held_ns))?;
-            if step.retransmits > 0 {
-                write!(self.out, " (rtx {})", step.retransmits)?;
-            }
-        }
+        write!(self.out, " {}", path_text(&f.lifecycle))?;
         let life = match f.life_ns() {
             Some(ns) => human_duration(ns),
             None => "?".into(),
@@ -182,6 +173,22 @@ impl<W: Write> Render for TextPrinter<W> {
             r.addrs.remote,
             r.state,
             err,
+        )
+    }
+
+    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+        self.prepare(Kind::Alert, a.addrs())?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  {}",
+            self.clock.time_of_day(a.ts_ns()),
+            a.kind(),
+            comm(a.owner()),
+            pid(a.owner()),
+            a.addrs().local,
+            a.addrs().remote,
+            a.detail(),
         )
     }
 

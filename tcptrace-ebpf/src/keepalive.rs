@@ -1,0 +1,116 @@
+//! `tp_btf/timer_expire_entry` and `tp_btf/timer_expire_exit` around `tcp_keepalive_timer`:
+//! a keepalive probe went out exactly when the socket's `icsk_probes_out` grew while the
+//! timer ran. Every other timer costs one load and a compare.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use tcptrace_common::{
+    event_flags, flow_flags, record_kind, stat, tcp_state, KeepaliveProbeEvent, TimerEntry,
+};
+
+use crate::{
+    config,
+    maps::{submit_flags, Stats, EVENTS, FLOWS, TIMER_ENTRY},
+    sock,
+};
+
+/// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
+#[inline(always)]
+fn keepalive_socket(timer: *const u8) -> Option<*const u8> {
+    let function = sock::read::<u64>(timer, config!(offsets.timer_function)).ok()?;
+    if function != config!(keepalive_timer_fn) || function == 0 {
+        return None;
+    }
+    Some(timer.wrapping_sub(config!(offsets.sk_timer) as usize))
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
+    let timer: *const u8 = ctx.arg(0);
+    let Some(sk) = keepalive_socket(timer) else {
+        return 0;
+    };
+    let probes_before = sock::probe_read::<u8>(sk, config!(offsets.probes_out)).unwrap_or(0);
+    if let Some(entry) = TIMER_ENTRY.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the timer's handler runs between entry and exit on this CPU.
+        unsafe {
+            *entry = TimerEntry {
+                timer: timer as u64,
+                probes_before,
+                _pad: [0; 7],
+            }
+        };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_expire_exit")]
+pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
+    let timer: *const u8 = ctx.arg(0);
+    let Some(sk) = keepalive_socket(timer) else {
+        return 0;
+    };
+    let _ = try_probe(sk, timer as u64);
+    0
+}
+
+#[inline(always)]
+fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
+    let entry = TIMER_ENTRY.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: this CPU's slot, written by timer_expire_entry for this timer.
+    let entry = unsafe { &mut *entry };
+    if entry.timer != timer {
+        return Ok(());
+    }
+    entry.timer = 0;
+    let probes = sock::probe_read::<u8>(sk, config!(offsets.probes_out))?;
+    // The socket may be gone (the last probe resets and closes it): only a live,
+    // established socket whose probe count grew sent a probe.
+    if probes <= entry.probes_before
+        || sock::probe_read::<u8>(sk, config!(offsets.state))? != tcp_state::ESTABLISHED
+    {
+        return Ok(());
+    }
+    let stats = Stats::get();
+    stats.bump(stat::KEEPALIVE_PROBES);
+    if config!(emit_probes) == 0 {
+        return Ok(());
+    }
+    let tuple = sock::probe_tuple(sk)?;
+    let keepalive = sock::keepalive(sk)?;
+    let key = sk as u64;
+    let (mut pid, mut comm, mut flags) = (0u32, [0u8; 16], 0u8);
+    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a map value, valid for this run; only read.
+        let flow = unsafe { &*flow };
+        if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+            (pid, comm, flags) = (flow.pid, flow.comm, event_flags::OWNER_KNOWN);
+        }
+    }
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let wake = submit_flags(stats, config!(wakeup_bytes));
+    match EVENTS.reserve::<KeepaliveProbeEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::KEEPALIVE_PROBE);
+                (&raw mut (*e).probe).write(probes);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._pad0).write([0; 2]);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).tuple).write(tuple);
+                (&raw mut (*e).keepalive).write(keepalive);
+                (&raw mut (*e).pid).write(pid);
+                (&raw mut (*e).comm).write(comm);
+                (&raw mut (*e)._pad1).write([0; 4]);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            stats.bump(stat::LOST_PROBE);
+        }
+    }
+    Ok(())
+}
