@@ -34,6 +34,13 @@ pub enum Command {
     Alerts,
     /// Transitions, finished flows, retransmits and alerts together (most useful with --json).
     All,
+    /// Report ESTABLISHED connections idle longer than --min-idle with no keepalive armed,
+    /// grouped by process, and exit (no eBPF needed).
+    Idle {
+        /// Idle time (no data either way) from which a connection is listed.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        min_idle: Duration,
+    },
     /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
     #[command(hide = true)]
     ReplayBench {
@@ -59,6 +66,10 @@ pub struct CommonArgs {
     /// Most flows tracked at once in the kernel; flows beyond it are counted as untracked.
     #[arg(long, global = true, value_name = "N", default_value_t = 262_144)]
     pub max_flows: u32,
+    /// Every INTERVAL, report ESTABLISHED connections idle at least that long with no
+    /// keepalive armed (as `tcptrace idle`), beside the tracing output.
+    #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub idle_report: Option<Duration>,
     /// Do not print the summary on exit.
     #[arg(long, global = true)]
     pub no_summary: bool,
@@ -78,6 +89,7 @@ pub struct Config {
     pub max_flows: u32,
     pub summary: bool,
     pub btf: PathBuf,
+    pub idle_report: Option<Duration>,
 }
 
 impl Config {
@@ -114,6 +126,9 @@ impl TryFrom<Cli> for Config {
         if c.max_flows == 0 || c.max_flows > 1 << 24 {
             bail!("--max-flows must be between 1 and 16777216");
         }
+        if c.idle_report.is_some_and(|d| d < Duration::from_secs(1)) {
+            bail!("--idle-report must be at least 1s");
+        }
         if c.duration == Some(Duration::ZERO) {
             bail!("--duration must be longer than zero");
         }
@@ -126,6 +141,7 @@ impl TryFrom<Cli> for Config {
             max_flows: c.max_flows,
             summary: !c.no_summary,
             btf: c.btf,
+            idle_report: c.idle_report,
         })
     }
 }

@@ -10,6 +10,7 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod idle;
 mod keepalive;
 mod loader;
 mod model;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => replay::run(records),
+        Some(cli::Command::Idle { min_idle }) => pipeline::idle_once(cli.common.json, min_idle),
         _ => cli::Config::try_from(cli).and_then(pipeline::run),
     };
     match result {

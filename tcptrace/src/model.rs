@@ -172,7 +172,7 @@ impl TryFrom<&tcptrace_common::Tuple> for FlowAddrs {
 }
 
 /// The socket's owning process, when known.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Process {
     pub pid: u32,
     pub comm: String,

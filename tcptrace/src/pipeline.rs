@@ -91,6 +91,24 @@ fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// `tcptrace idle`: one report, no eBPF.
+pub fn idle_once(json: bool, min_idle: Duration) -> Result<()> {
+    let report = crate::idle::report(min_idle)?;
+    let out = BufWriter::new(io::stdout().lock());
+    let mut printer = if json {
+        Printer::Json(JsonPrinter::new(out, Clock::now()))
+    } else {
+        Printer::Text(TextPrinter::new(out, Clock::now(), false))
+    };
+    match printer
+        .idle_report(Clock::ktime_now(), &report)
+        .and_then(|()| printer.flush())
+    {
+        Err(e) if !is_broken_pipe(&e) => Err(e).context("writing output"),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(config: Config) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +147,11 @@ async fn trace(config: Config) -> Result<()> {
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut poll = interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick of an interval fires at once: skip it so the first report comes after
+    // one full interval.
+    let mut idle_tick = config
+        .idle_report
+        .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut lost_check = interval(LOST_CHECK);
     lost_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut agg = Aggregator::new();
@@ -179,6 +202,25 @@ async fn trace(config: Config) -> Result<()> {
                         Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
                         Err(e) => return Err(e).context("writing output"),
                     }
+                }
+            }
+            _ = async {
+                match idle_tick.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let min_idle = config.idle_report.unwrap_or_default();
+                match crate::idle::report(min_idle) {
+                    Ok(report) => match printer
+                        .idle_report(Clock::ktime_now(), &report)
+                        .and_then(|()| printer.flush())
+                    {
+                        Ok(()) => {}
+                        Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
+                        Err(e) => return Err(e).context("writing output"),
+                    },
+                    Err(e) => eprintln!("tcptrace: warning: idle report failed: {e:#}"),
                 }
             }
             guard = async {

@@ -10,6 +10,7 @@ use crate::{
     cause::CloseCause,
     clock::Clock,
     decode::{FinishedFlow, Retransmit, Transition},
+    idle::IdleReport,
     keepalive::KeepaliveSettings,
     model::{CloseSide, FlowAddrs, Process, TcpState},
 };
@@ -138,6 +139,32 @@ struct AlertLine<'a> {
     err: Option<u8>,
     reset_reason: Option<&'a str>,
     skaddr: String,
+}
+
+#[derive(Serialize)]
+struct IdleSocketLine<'a> {
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    idle_ns: u64,
+}
+
+#[derive(Serialize)]
+struct IdleGroupLine<'a> {
+    #[serde(flatten)]
+    owner: Owner<'a>,
+    count: usize,
+    max_idle_ns: u64,
+    sockets: Vec<IdleSocketLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct IdleReportLine<'a> {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    min_idle_ns: u64,
+    scanned: usize,
+    total: usize,
+    groups: Vec<IdleGroupLine<'a>>,
 }
 
 #[derive(Serialize)]
@@ -324,6 +351,34 @@ impl<W: Write> Render for JsonPrinter<W> {
             err,
             reset_reason,
             skaddr: skaddr(skaddr_raw),
+        };
+        self.line(&line)
+    }
+
+    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+        let line = IdleReportLine {
+            r#type: "idle_report",
+            ts_unix_ns: self.clock.unix_ns(now_ns),
+            min_idle_ns: r.min_idle.as_nanos() as u64,
+            scanned: r.scanned,
+            total: r.total(),
+            groups: r
+                .groups
+                .iter()
+                .map(|g| IdleGroupLine {
+                    owner: (&g.owner).into(),
+                    count: g.sockets.len(),
+                    max_idle_ns: g.sockets.first().map_or(0, |s| s.idle.as_nanos() as u64),
+                    sockets: g
+                        .sockets
+                        .iter()
+                        .map(|s| IdleSocketLine {
+                            addrs: (&s.addrs).into(),
+                            idle_ns: s.idle.as_nanos() as u64,
+                        })
+                        .collect(),
+                })
+                .collect(),
         };
         self.line(&line)
     }

@@ -11,6 +11,7 @@ use crate::{
     aggregate::{KernelCounters, Summary},
     alert::Alert,
     decode::{FinishedFlow, Retransmit, Transition},
+    idle::IdleReport,
 };
 
 /// What a printer can be asked to print.
@@ -19,6 +20,8 @@ pub trait Render {
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()>;
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()>;
     fn alert(&mut self, a: &Alert) -> io::Result<()>;
+    /// `now_ns` is kernel time.
+    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()>;
     /// Records were lost since the last report (`now_ns` is kernel time).
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
@@ -54,6 +57,12 @@ impl<W: Write> Render for Printer<W> {
         match self {
             Printer::Text(p) => p.alert(a),
             Printer::Json(p) => p.alert(a),
+        }
+    }
+    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.idle_report(now_ns, r),
+            Printer::Json(p) => p.idle_report(now_ns, r),
         }
     }
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {

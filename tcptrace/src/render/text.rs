@@ -9,6 +9,7 @@ use crate::{
     cause::CloseCause,
     clock::{human_duration, Clock},
     decode::{FinishedFlow, Retransmit, Transition},
+    idle::IdleReport,
     model::{FlowAddrs, Process},
 };
 
@@ -190,6 +191,41 @@ impl<W: Write> Render for TextPrinter<W> {
             a.addrs().remote,
             a.detail(),
         )
+    }
+
+    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+        // A block of its own: the next tracing line prints its header again.
+        self.header = None;
+        let o = &mut self.out;
+        writeln!(
+            o,
+            "--- idle report {}: {} of {} ESTABLISHED connections idle >= {} with no keepalive ---",
+            self.clock.time_of_day(now_ns),
+            r.total(),
+            r.scanned,
+            human_duration(r.min_idle.as_nanos() as u64)
+        )?;
+        for g in &r.groups {
+            let max = g.sockets.first().map_or(0, |s| s.idle.as_nanos() as u64);
+            writeln!(
+                o,
+                "{:>7} {:<16} {:>6} connections, idle up to {}",
+                pid(&g.owner),
+                comm(&g.owner),
+                g.sockets.len(),
+                human_duration(max)
+            )?;
+            for s in &g.sockets {
+                writeln!(
+                    o,
+                    "          {} > {}  idle {}",
+                    s.addrs.local,
+                    s.addrs.remote,
+                    human_duration(s.idle.as_nanos() as u64)
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Lost records are reported on stderr by the pipeline; columns carry data only.
