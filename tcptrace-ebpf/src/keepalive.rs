@@ -87,7 +87,7 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     }
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let wake = submit_flags(stats, config!(wakeup_bytes));
+    let wake = submit_flags(stats);
     match EVENTS.reserve::<KeepaliveProbeEvent>(0) {
         Some(mut entry) => {
             stats.bump(stat::SUBMITTED);

@@ -13,7 +13,6 @@ use tcptrace_common::{
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Written by userspace before load (offsets from BTF, output switches). Read field by field
 /// with [`config!`] so that the 64-byte struct is never copied onto the 512-byte stack.
@@ -49,7 +48,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     // static, so flows were initialised from the loader-patched configuration.
     _pad0: CONFIG_MARKER,
     keepalive_timer_fn: 0,
-    wakeup_bytes: 0,
+    wakeup_every: 1,
     emit_transitions: 0,
     emit_retransmits: 0,
     emit_probes: 0,
@@ -123,6 +122,16 @@ impl Stats {
         }
     }
 
+    /// A counter's value on this CPU.
+    #[inline(always)]
+    pub fn value(self, index: u32) -> u64 {
+        if self.0.is_null() {
+            return 0;
+        }
+        // SAFETY: as in `bump`; a read.
+        unsafe { (*self.0).stats[index as usize & (STAT_SLOTS - 1)] }
+    }
+
     #[inline(always)]
     pub fn transition(self, old: u8, new: u8) {
         if self.0.is_null() {
@@ -135,11 +144,13 @@ impl Stats {
     }
 }
 
-/// Submit flags: no wakeup unless enough data is pending (batched wakeups; userspace also
-/// polls on a bounded interval).
+/// Submit flags: no wakeup except every `wakeup_every` records on this CPU (batched
+/// wakeups; userspace also polls on a bounded interval). A per-CPU count, not a
+/// `bpf_ringbuf_query` helper call per record.
 #[inline(always)]
-pub fn submit_flags(stats: Stats, wakeup_bytes: u64) -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
+pub fn submit_flags(stats: Stats) -> u64 {
+    let every = config!(wakeup_every);
+    if every <= 1 || (stats.value(stat::SUBMITTED) + 1) % every == 0 {
         stats.bump(stat::FORCED_WAKEUPS);
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -96,7 +96,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     if err.is_some() {
         flags |= event_flags::ERR_VALID;
     }
-    let wake = submit_flags(stats, config!(wakeup_bytes));
+    let wake = submit_flags(stats);
     match EVENTS.reserve::<RetransmitEvent>(0) {
         Some(mut entry) => {
             stats.bump(stat::SUBMITTED);

@@ -79,7 +79,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
     // Who owns the socket: the current task where the transition runs in the owner's
     // context, else the listener's owner for a new child, else whatever the flow knows.
-    let owner_here = in_owner_context(old, new).then(current_owner);
+    // The current task is the owner only in the owner's context; pid and comm are fetched
+    // only where they are needed.
+    let owner_context = in_owner_context(old, new);
     let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
     let mut inherited: Option<Owner> = None;
     if child {
@@ -88,8 +90,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // stale owner, never an invalid read.
         inherited = unsafe { LISTENERS.get(&key) }.copied();
     } else if new == tcp_state::LISTEN {
-        if let Some(owner) = &owner_here {
-            let _ = LISTENERS.insert(&listener_key(sk)?, owner, 0);
+        if owner_context {
+            let owner = current_owner();
+            let _ = LISTENERS.insert(&listener_key(sk)?, &owner, 0);
         }
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let _ = LISTENERS.remove(&listener_key(sk)?);
@@ -149,8 +152,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             flags |= event_flags::OLD_DURATION_KNOWN;
         }
     }
-    if let Some(owner) = &owner_here {
-        flow.set_owner(owner, false);
+    if owner_context {
+        if flow.wants_owner() {
+            flow.set_owner(&current_owner(), false);
+        }
     } else if let Some(owner) = &inherited {
         flow.set_owner(owner, true);
     }
@@ -181,7 +186,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
 
     if emit_transitions {
-        let wake = submit_flags(stats, config!(wakeup_bytes));
+        let wake = submit_flags(stats);
         match EVENTS.reserve::<TransitionEvent>(0) {
             Some(mut entry) => {
                 stats.bump(stat::SUBMITTED);
@@ -211,7 +216,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
 
     if ends {
-        let wake = submit_flags(stats, config!(wakeup_bytes));
+        let wake = submit_flags(stats);
         match EVENTS.reserve::<FlowEndEvent>(0) {
             Some(mut entry) => {
                 stats.bump(stat::SUBMITTED);

@@ -29,6 +29,12 @@ pub struct Tracer {
     pub hooks: Vec<String>,
 }
 
+/// Records a CPU submits between two wakeups of the reader.
+fn wakeup_every(ring_size: u32) -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (u64::from(ring_size) / 4 / 200 / cpus).max(1)
+}
+
 /// The address of a kernel function, from /proc/kallsyms.
 fn kernel_symbol(name: &str) -> Result<u64> {
     let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
@@ -146,8 +152,9 @@ impl Tracer {
             offsets: btf
                 .sock_offsets()
                 .context("resolving struct sock offsets from BTF")?,
-            // Wake the reader once a quarter of the ring is pending; otherwise it polls.
-            wakeup_bytes: u64::from(config.ring_size / 4),
+            // Wake the reader about once a quarter of the ring is pending (records are
+            // 96-200 bytes; each CPU counts its own); otherwise it polls.
+            wakeup_every: wakeup_every(config.ring_size),
             emit_transitions: u8::from(config.shows_transitions()),
             emit_retransmits: u8::from(config.shows_retransmits() || config.shows_alerts()),
             emit_probes: u8::from(config.shows_alerts()),

@@ -152,8 +152,110 @@ impl LoadResult {
     }
 }
 
+/// Connections each flat-out client thread keeps in flight.
+const IN_FLIGHT: usize = 64;
+
+/// One flat-out client thread: `IN_FLIGHT` non-blocking connections at a time, each
+/// connect → (server closes) → close, driven by one epoll loop.
+fn flat_out_client(ports: &[u16], first: usize, deadline: Instant) -> io::Result<(u64, u64)> {
+    // SAFETY: plain syscall; the fd is owned below.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh, owned descriptor.
+    let _epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
+    let (mut done, mut errors) = (0u64, 0u64);
+    let mut next_port = first;
+    let open = |port: u16| -> io::Result<RawFd> {
+        // SAFETY: plain syscall; the fd is closed when its connection ends.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `addr` is a valid sockaddr_in for the call.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        let err = io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
+            // SAFETY: our own fd.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
+        // The server closes first: wait for its FIN (readable), then close.
+        epoll_add(
+            epfd,
+            fd,
+            fd as u64,
+            (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        )?;
+        Ok(fd)
+    };
+    let mut in_flight = 0usize;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; IN_FLIGHT];
+    loop {
+        let now = Instant::now();
+        while now < deadline && in_flight < IN_FLIGHT {
+            let port = ports[next_port % ports.len()];
+            next_port += 1;
+            match open(port) {
+                Ok(_) => in_flight += 1,
+                Err(_) => {
+                    errors += 1;
+                    break;
+                }
+            }
+        }
+        if in_flight == 0 {
+            break;
+        }
+        // SAFETY: `events` is a valid buffer of the given length.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 100) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let fd = ev.u64 as RawFd;
+            let mut buf = [0u8; 16];
+            // SAFETY: our own fd and a valid buffer.
+            let read = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                continue;
+            }
+            if read < 0 || ev.events & libc::EPOLLERR as u32 != 0 {
+                errors += 1;
+            } else {
+                done += 1;
+            }
+            // SAFETY: our own fd; closing also removes it from the epoll set.
+            unsafe { libc::close(fd) };
+            in_flight -= 1;
+        }
+        if Instant::now() >= deadline && in_flight == 0 {
+            break;
+        }
+    }
+    Ok((done, errors))
+}
+
 /// Runs `threads` clients against `ports` for `duration`; `rate` paces the total to that many
-/// connections per second (flat out when `None`).
+/// connections per second (flat out when `None`: concurrent non-blocking clients).
 pub fn run_clients(
     ports: &[u16],
     threads: usize,
@@ -168,6 +270,28 @@ pub fn run_clients(
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
+    if rate.is_none() && !exchange {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let ports = ports.to_vec();
+                thread::spawn(move || flat_out_client(&ports, t * 7, deadline))
+            })
+            .collect();
+        let (mut done, mut failed) = (0, 0);
+        for h in handles {
+            let (d, e) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+                .context("load generator client")?;
+            done += d;
+            failed += e;
+        }
+        return Ok(LoadResult {
+            connections: done,
+            errors: failed,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let ports = ports.to_vec();

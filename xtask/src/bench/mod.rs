@@ -2,7 +2,10 @@
 //! each output mode; kernel ns per event, userspace CPU per event, peak RSS, lost records;
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
 mod loadgen;
+mod memory;
 mod tracer;
+
+pub use memory::hold;
 
 use std::{
     fs,
@@ -15,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use loadgen::{run_clients, LoadResult, Server};
-use tracer::{map_memlock, mount_tracefs, BpfStats, RunningTracer, TracerCost};
+use tracer::{mount_tracefs, BpfStats, RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -124,11 +127,11 @@ fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
     Ok((events, lost.saturating_sub(skipped), skipped))
 }
 
-struct Bench<'a> {
+pub(crate) struct Bench<'a> {
     args: &'a BenchArgs,
     bin: PathBuf,
-    dir: PathBuf,
-    server: Server,
+    pub(crate) dir: PathBuf,
+    pub(crate) server: Server,
 }
 
 impl Bench<'_> {
@@ -150,7 +153,7 @@ impl Bench<'_> {
         Ok(r)
     }
 
-    fn tcptrace(&self, args: &[&str], out: &Path) -> Result<RunningTracer> {
+    pub(crate) fn tcptrace(&self, args: &[&str], out: &Path) -> Result<RunningTracer> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args);
         RunningTracer::start(cmd, out, "tcptrace: tracing")
@@ -323,7 +326,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         results.cpu_percent_at_10k = Some(cost.cpu_ns as f64 / cost.wall_ns as f64 * 100.0);
     }
 
-    results.bytes_per_tracked_flow = Some(memory_per_flow(&bench, args.live_connections)?);
+    results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
     results.replay_events_per_s = Some(replay(&bin)?);
 
     print_table(&results);
@@ -336,7 +339,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn raise_nofile(n: usize) -> Result<()> {
+pub(crate) fn raise_nofile(n: usize) -> Result<()> {
     let lim = libc::rlimit {
         rlim_cur: n as u64,
         rlim_max: n as u64,
@@ -365,90 +368,6 @@ fn install_bpftrace() -> Result<()> {
             .args(["install", "-y", "-qq", "bpftrace"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-}
-
-/// Connections one helper process holds (the sandbox allows 20,000 open files a process).
-const HOLD_PER_PROCESS: usize = 15_000;
-
-/// Kernel memory of the flow table with `live` flows: live/2 connections whose client ends are
-/// held by helper processes and whose server ends wait, established, in accept queues.
-fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
-    use std::io::{BufRead, BufReader};
-    use std::net::{Ipv4Addr, TcpListener};
-    use std::os::fd::AsRawFd;
-    use std::process::Stdio;
-    let conns = live / 2;
-    let listeners: Vec<TcpListener> = (0..64)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<_>>()?;
-    for l in &listeners {
-        // SAFETY: re-listening on a listening socket only changes its backlog.
-        unsafe { libc::listen(l.as_raw_fd(), 65_535) };
-    }
-    let ports: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port().to_string()))
-        .collect::<std::io::Result<_>>()?;
-    let out = bench.dir.join("memory.out");
-    let tracer = bench.tcptrace(&["flows"], &out)?;
-    let pid = tracer.pid();
-    let empty = map_memlock(pid, 262_144).context("flow table not found in tracer fdinfo")?;
-    let exe = std::env::current_exe()?;
-    let mut helpers = Vec::new();
-    let mut left = conns;
-    while left > 0 {
-        let n = left.min(HOLD_PER_PROCESS);
-        left -= n;
-        let mut child = Command::new(&exe)
-            .args([
-                "bench-hold",
-                "--count",
-                &n.to_string(),
-                "--ports",
-                &ports.join(","),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("connection holder failed: {line}");
-        }
-        helpers.push(child);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let full = map_memlock(pid, 262_144).context("flow table")?;
-    for mut h in helpers {
-        drop(h.stdin.take());
-        h.wait()?;
-    }
-    drop(listeners);
-    tracer.stop()?;
-    let per_flow = (full.saturating_sub(empty)) as f64 / (conns * 2) as f64;
-    eprintln!(
-        "xtask bench: flow table {empty} B empty, {full} B with {} flows: {per_flow:.0} B/flow",
-        conns * 2
-    );
-    Ok(per_flow)
-}
-
-/// `xtask bench-hold`: opens `count` connections round-robin over `ports`, says "ready", and
-/// holds them until stdin closes.
-pub fn hold(count: usize, ports: &str) -> Result<()> {
-    use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, TcpStream};
-    let ports: Vec<u16> = ports.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    raise_nofile(count + 100)?;
-    let held: Vec<TcpStream> = (0..count)
-        .map(|i| TcpStream::connect((Ipv4Addr::LOCALHOST, ports[i % ports.len()])))
-        .collect::<std::io::Result<_>>()
-        .context("open a held connection")?;
-    println!("ready");
-    std::io::stdout().flush()?;
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    drop(held);
-    Ok(())
 }
 
 /// The aggregator alone, on synthetic records, one core.

@@ -1,0 +1,74 @@
+use serde_json::Value;
+
+use super::*;
+use crate::{aggregate::Aggregator, render::fixtures};
+use tcptrace_common::{tcp_state as ts, TRANSITION_SLOTS};
+
+fn lines(p: JsonPrinter<Vec<u8>>) -> Vec<Value> {
+    String::from_utf8(p.into_inner())
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect()
+}
+
+#[test]
+fn records_have_stable_field_names() {
+    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
+    p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
+        .expect("write");
+    p.flow(&fixtures::client_flow()).expect("write");
+    p.retransmit(&fixtures::retransmit()).expect("write");
+    let v = lines(p);
+    assert_eq!(v[0]["type"], "transition");
+    assert_eq!(v[0]["ts_unix_ns"], 6_000);
+    assert_eq!(v[0]["pid"], 4242);
+    assert_eq!(v[0]["comm"], "curl");
+    assert_eq!(v[0]["family"], "ipv4");
+    assert_eq!(v[0]["laddr"], "127.0.0.1");
+    assert_eq!(v[0]["lport"], 51234);
+    assert_eq!(v[0]["rport"], 443);
+    assert_eq!(v[0]["old"], "SYN_SENT");
+    assert_eq!(v[0]["new"], "ESTABLISHED");
+    assert!(v[0]["old_held_ns"].is_null(), "unknown, not invented");
+    assert_eq!(v[1]["type"], "flow");
+    assert_eq!(v[1]["close"], "active");
+    assert_eq!(v[1]["cause"], "normal");
+    assert_eq!(v[1]["err"], 0);
+    assert!(v[1]["reset_reason"].is_null());
+    assert_eq!(v[1]["life_ns"], 4_000_000);
+    assert_eq!(v[1]["path"][0]["state"], "SYN_SENT");
+    assert_eq!(v[1]["path"][0]["held_ns"], 1_000_000);
+    assert_eq!(v[1]["path"][4]["state"], "CLOSE");
+    assert!(v[1]["path"][4]["held_ns"].is_null());
+    assert_eq!(v[2]["type"], "retransmit");
+    assert_eq!(v[2]["state"], "FIN_WAIT1");
+    assert_eq!(v[2]["err"], 0);
+    assert!(v[2]["pid"].is_null());
+}
+
+#[test]
+fn summary_and_lost_are_objects() {
+    let mut agg = Aggregator::new();
+    agg.finished_flow(&fixtures::client_flow());
+    let mut kernel = KernelCounters {
+        transitions: vec![0; TRANSITION_SLOTS as usize],
+        ..Default::default()
+    };
+    kernel.stats[tcptrace_common::stat::LOST_RETRANSMIT as usize] = 3;
+    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(0));
+    p.lost(10, 3, &kernel).expect("write");
+    p.summary(&agg.finish(&kernel, 5)).expect("write");
+    let v = lines(p);
+    assert_eq!(v[0]["type"], "lost");
+    assert_eq!(v[0]["lost"]["total"], 3);
+    assert_eq!(v[1]["type"], "summary");
+    assert_eq!(v[1]["flows"]["finished"], 1);
+    assert_eq!(v[1]["close"]["active"], 1);
+    assert_eq!(v[1]["causes"]["normal"], 1);
+    assert_eq!(v[1]["lost"]["retransmits"], 3);
+    let held = v[1]["held"].as_array().expect("held is a list");
+    assert!(held
+        .iter()
+        .any(|h| h["state"] == "ESTABLISHED" && h["p50_ns"].as_u64() > Some(0)));
+}

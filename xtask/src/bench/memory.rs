@@ -1,0 +1,90 @@
+//! Kernel memory per tracked flow, with many live connections held by helper processes.
+use std::{process::Command, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{raise_nofile, tracer::map_memlock, Bench};
+
+/// Connections one helper process holds (the sandbox allows 20,000 open files a process).
+const HOLD_PER_PROCESS: usize = 15_000;
+
+/// Kernel memory of the flow table with `live` flows: live/2 connections whose client ends are
+/// held by helper processes and whose server ends wait, established, in accept queues.
+pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
+    use std::io::{BufRead, BufReader};
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::os::fd::AsRawFd;
+    use std::process::Stdio;
+    let conns = live / 2;
+    let listeners: Vec<TcpListener> = (0..64)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<_>>()?;
+    for l in &listeners {
+        // SAFETY: re-listening on a listening socket only changes its backlog.
+        unsafe { libc::listen(l.as_raw_fd(), 65_535) };
+    }
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port().to_string()))
+        .collect::<std::io::Result<_>>()?;
+    let out = bench.dir.join("memory.out");
+    let tracer = bench.tcptrace(&["flows"], &out)?;
+    let pid = tracer.pid();
+    let empty = map_memlock(pid, 262_144).context("flow table not found in tracer fdinfo")?;
+    let exe = std::env::current_exe()?;
+    let mut helpers = Vec::new();
+    let mut left = conns;
+    while left > 0 {
+        let n = left.min(HOLD_PER_PROCESS);
+        left -= n;
+        let mut child = Command::new(&exe)
+            .args([
+                "bench-hold",
+                "--count",
+                &n.to_string(),
+                "--ports",
+                &ports.join(","),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("connection holder failed: {line}");
+        }
+        helpers.push(child);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let full = map_memlock(pid, 262_144).context("flow table")?;
+    for mut h in helpers {
+        drop(h.stdin.take());
+        h.wait()?;
+    }
+    drop(listeners);
+    tracer.stop()?;
+    let per_flow = (full.saturating_sub(empty)) as f64 / (conns * 2) as f64;
+    eprintln!(
+        "xtask bench: flow table {empty} B empty, {full} B with {} flows: {per_flow:.0} B/flow",
+        conns * 2
+    );
+    Ok(per_flow)
+}
+
+/// `xtask bench-hold`: opens `count` connections round-robin over `ports`, says "ready", and
+/// holds them until stdin closes.
+pub fn hold(count: usize, ports: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpStream};
+    let ports: Vec<u16> = ports.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    raise_nofile(count + 100)?;
+    let held: Vec<TcpStream> = (0..count)
+        .map(|i| TcpStream::connect((Ipv4Addr::LOCALHOST, ports[i % ports.len()])))
+        .collect::<std::io::Result<_>>()
+        .context("open a held connection")?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(held);
+    Ok(())
+}
