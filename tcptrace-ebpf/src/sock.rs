@@ -50,25 +50,54 @@ pub fn netns(sk: *const u8) -> Result<u32, i32> {
     read::<u32>(net, config!(offsets.net_inum))
 }
 
+/// How a field is read: a direct load (BTF-typed pointer) or `bpf_probe_read_kernel`.
+pub trait Reader {
+    fn read<T>(base: *const u8, offset: u32) -> Result<T, i32>;
+}
+
+/// Direct loads through the tracepoint's BTF-typed `struct sock *`.
+pub struct Typed;
+/// `bpf_probe_read_kernel`, for a socket reached by pointer arithmetic (from a timer).
+pub struct Untyped;
+
+impl Reader for Typed {
+    #[inline(always)]
+    fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+        read(base, offset)
+    }
+}
+
+impl Reader for Untyped {
+    #[inline(always)]
+    fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+        probe_read(base, offset)
+    }
+}
+
+/// The socket's addresses and ports (`inet_sport` lies past `struct sock`: always probed).
 #[inline(always)]
-pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
-    let family = read::<u16>(sk, config!(offsets.family))?;
+pub fn tuple_with<R: Reader>(sk: *const u8) -> Result<Tuple, i32> {
+    let family = R::read::<u16>(sk, config!(offsets.family))?;
     let mut tuple = Tuple {
         family,
         sport: u16::from_be(probe_read::<u16>(sk, config!(offsets.sport))?),
-        dport: u16::from_be(read::<u16>(sk, config!(offsets.dport))?),
+        dport: u16::from_be(R::read::<u16>(sk, config!(offsets.dport))?),
         ..Tuple::default()
     };
     if family == AF_INET6 {
-        tuple.saddr = read::<[u8; 16]>(sk, config!(offsets.v6_saddr))?;
-        tuple.daddr = read::<[u8; 16]>(sk, config!(offsets.v6_daddr))?;
+        tuple.saddr = R::read::<[u8; 16]>(sk, config!(offsets.v6_saddr))?;
+        tuple.daddr = R::read::<[u8; 16]>(sk, config!(offsets.v6_daddr))?;
     } else {
-        let saddr = read::<[u8; 4]>(sk, config!(offsets.saddr))?;
-        let daddr = read::<[u8; 4]>(sk, config!(offsets.daddr))?;
-        tuple.saddr[..4].copy_from_slice(&saddr);
-        tuple.daddr[..4].copy_from_slice(&daddr);
+        tuple.saddr[..4].copy_from_slice(&R::read::<[u8; 4]>(sk, config!(offsets.saddr))?);
+        tuple.daddr[..4].copy_from_slice(&R::read::<[u8; 4]>(sk, config!(offsets.daddr))?);
     }
     Ok(tuple)
+}
+
+/// The tuple of a tracepoint's socket.
+#[inline(always)]
+pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
+    tuple_with::<Typed>(sk)
 }
 
 /// What the socket carries when it reaches CLOSE: `(err, probes, keepalive on, user timeout)`.
@@ -99,23 +128,8 @@ pub fn keepalive(sk: *const u8) -> Result<tcptrace_common::Keepalive, i32> {
     })
 }
 
-/// The tuple of a socket reached without BTF typing (from a timer): every field through
-/// `bpf_probe_read_kernel`.
+/// The tuple of a socket reached without BTF typing (from a timer).
 #[inline(always)]
 pub fn probe_tuple(sk: *const u8) -> Result<Tuple, i32> {
-    let family = probe_read::<u16>(sk, config!(offsets.family))?;
-    let mut tuple = Tuple {
-        family,
-        sport: u16::from_be(probe_read::<u16>(sk, config!(offsets.sport))?),
-        dport: u16::from_be(probe_read::<u16>(sk, config!(offsets.dport))?),
-        ..Tuple::default()
-    };
-    if family == AF_INET6 {
-        tuple.saddr = probe_read::<[u8; 16]>(sk, config!(offsets.v6_saddr))?;
-        tuple.daddr = probe_read::<[u8; 16]>(sk, config!(offsets.v6_daddr))?;
-    } else {
-        tuple.saddr[..4].copy_from_slice(&probe_read::<[u8; 4]>(sk, config!(offsets.saddr))?);
-        tuple.daddr[..4].copy_from_slice(&probe_read::<[u8; 4]>(sk, config!(offsets.daddr))?);
-    }
-    Ok(tuple)
+    tuple_with::<Untyped>(sk)
 }

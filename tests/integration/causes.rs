@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    netns::NetnsPair,
+    netns::{Connected, NetnsPair},
     retransmit::abort,
     support::{path_states, Output, Tracer},
 };
@@ -43,16 +43,13 @@ fn only_flow<'a>(out: &'a Output, local: (&str, u16), remote: (&str, u16)) -> &'
 fn keepalive_timeout_names_the_cause_and_the_probes() {
     let pair = NetnsPair::new();
     let tracer = Tracer::start(&["all"]);
-    let addr_a = pair.addr_a;
-    let listener = pair.run_in(&pair.a, move || {
-        TcpListener::bind((addr_a, 0)).expect("bind")
-    });
-    let port = listener.local_addr().expect("addr").port();
-    let client = pair.run_in(&pair.b, move || {
-        TcpStream::connect((addr_a, port)).expect("connect")
-    });
-    let client_port = client.local_addr().expect("addr").port();
-    let (server, _) = listener.accept().expect("accept");
+    let Connected {
+        listener: _listener,
+        client,
+        server,
+        server_port: port,
+        client_port,
+    } = pair.connect();
     set_int(&server, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     set_int(&server, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
     set_int(&server, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
@@ -123,16 +120,13 @@ fn retransmission_timeout_is_rto() {
     // retries2 = 2: the kernel gives up after about 1.4 s of silence.
     pair.sysctl(&pair.b, "net.ipv4.tcp_retries2", "2");
     let tracer = Tracer::start(&["flows"]);
-    let addr_a = pair.addr_a;
-    let listener = pair.run_in(&pair.a, move || {
-        TcpListener::bind((addr_a, 0)).expect("bind")
-    });
-    let port = listener.local_addr().expect("addr").port();
-    let mut client = pair.run_in(&pair.b, move || {
-        TcpStream::connect((addr_a, port)).expect("connect")
-    });
-    let client_port = client.local_addr().expect("addr").port();
-    let (_server, _) = listener.accept().expect("accept");
+    let Connected {
+        listener: _listener,
+        mut client,
+        server: _server,
+        server_port: port,
+        client_port,
+    } = pair.connect();
     pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
     client.write_all(b"data in flight").expect("write");
     let err = client
@@ -213,16 +207,13 @@ fn a_reset_is_received_by_one_side_and_sent_by_the_other() {
 fn tcp_user_timeout_is_its_own_cause() {
     let pair = NetnsPair::new();
     let tracer = Tracer::start(&["flows"]);
-    let addr_a = pair.addr_a;
-    let listener = pair.run_in(&pair.a, move || {
-        TcpListener::bind((addr_a, 0)).expect("bind")
-    });
-    let port = listener.local_addr().expect("addr").port();
-    let mut client = pair.run_in(&pair.b, move || {
-        TcpStream::connect((addr_a, port)).expect("connect")
-    });
-    let client_port = client.local_addr().expect("addr").port();
-    let (_server, _) = listener.accept().expect("accept");
+    let Connected {
+        listener: _listener,
+        mut client,
+        server: _server,
+        server_port: port,
+        client_port,
+    } = pair.connect();
     set_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1_000);
     pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
     client.write_all(b"data in flight").expect("write");
@@ -240,16 +231,13 @@ fn tcp_user_timeout_is_its_own_cause() {
 fn fin_retransmits_raise_half_open_alerts() {
     let pair = NetnsPair::new();
     let tracer = Tracer::start(&["alerts"]);
-    let addr_a = pair.addr_a;
-    let listener = pair.run_in(&pair.a, move || {
-        TcpListener::bind((addr_a, 0)).expect("bind")
-    });
-    let port = listener.local_addr().expect("addr").port();
-    let client = pair.run_in(&pair.b, move || {
-        TcpStream::connect((addr_a, port)).expect("connect")
-    });
-    let client_port = client.local_addr().expect("addr").port();
-    let (server, _) = listener.accept().expect("accept");
+    let Connected {
+        listener: _listener,
+        client,
+        server,
+        server_port: port,
+        client_port,
+    } = pair.connect();
     pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
     drop(client); // FIN into the void
     thread::sleep(Duration::from_millis(1_500));

@@ -2,6 +2,7 @@
 use std::{
     fs::File,
     net::Ipv4Addr,
+    net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -90,7 +91,37 @@ impl NetnsPair {
     }
 }
 
+/// A connection from namespace B (client) to namespace A (server).
+pub struct Connected {
+    pub listener: TcpListener,
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub server_port: u16,
+    pub client_port: u16,
+}
+
 impl NetnsPair {
+    /// Listens in A, connects from B, accepts.
+    pub fn connect(&self) -> Connected {
+        let addr_a = self.addr_a;
+        let listener = self.run_in(&self.a, move || {
+            TcpListener::bind((addr_a, 0)).expect("bind in A")
+        });
+        let server_port = listener.local_addr().expect("addr").port();
+        let client = self.run_in(&self.b, move || {
+            TcpStream::connect((addr_a, server_port)).expect("connect from B")
+        });
+        let client_port = client.local_addr().expect("addr").port();
+        let (server, _) = listener.accept().expect("accept");
+        Connected {
+            listener,
+            client,
+            server,
+            server_port,
+            client_port,
+        }
+    }
+
     /// Sets a sysctl inside namespace `ns` (the TCP retry counts are per namespace).
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
         self.exec(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")]);

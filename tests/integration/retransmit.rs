@@ -2,13 +2,13 @@
 //! attributed to the state they happened in.
 use std::{
     io::Write,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
 
 use crate::{
-    netns::NetnsPair,
+    netns::{Connected, NetnsPair},
     support::{path_states, Tracer},
 };
 
@@ -35,16 +35,13 @@ pub fn abort(stream: TcpStream) {
 fn established_retransmits_are_counted_on_the_flow() {
     let pair = NetnsPair::new();
     let tracer = Tracer::start(&["all"]);
-    let addr_a = pair.addr_a;
-    let listener = pair.run_in(&pair.a, move || {
-        TcpListener::bind((addr_a, 0)).expect("bind in A")
-    });
-    let server_port = listener.local_addr().expect("addr").port();
-    let mut client = pair.run_in(&pair.b, move || {
-        TcpStream::connect((addr_a, server_port)).expect("connect from B")
-    });
-    let client_port = client.local_addr().expect("addr").port();
-    let (server, _) = listener.accept().expect("accept");
+    let Connected {
+        listener: _listener,
+        mut client,
+        server,
+        server_port,
+        client_port,
+    } = pair.connect();
 
     pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
     client.write_all(b"into the void").expect("write");
