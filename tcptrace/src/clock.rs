@@ -1,5 +1,7 @@
 //! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) → wall-clock time.
-use std::fmt::Write as _;
+use std::fmt;
+
+use crate::stackstr::StackStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {
@@ -55,39 +57,65 @@ impl Clock {
     }
 
     /// `HH:MM:SS.micros` in local time.
-    pub fn time_of_day(&self, ktime_ns: u64) -> String {
+    pub fn time_of_day(&self, ktime_ns: u64) -> TimeOfDay {
         let unix = self.unix_ns(ktime_ns);
         let local_s = (unix / 1_000_000_000) as i64 + self.utc_offset_s;
-        let day_s = local_s.rem_euclid(86_400);
-        let micros = (unix % 1_000_000_000) / 1_000;
-        format!(
-            "{:02}:{:02}:{:02}.{micros:06}",
-            day_s / 3600,
-            day_s / 60 % 60,
-            day_s % 60
-        )
+        TimeOfDay {
+            day_s: local_s.rem_euclid(86_400) as u32,
+            micros: ((unix % 1_000_000_000) / 1_000) as u32,
+        }
+    }
+}
+
+/// A time of day, printed as `HH:MM:SS.micros` without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeOfDay {
+    day_s: u32,
+    micros: u32,
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = StackStr::<16>::format(format_args!(
+            "{:02}:{:02}:{:02}.{:06}",
+            self.day_s / 3600,
+            self.day_s / 60 % 60,
+            self.day_s % 60,
+            self.micros
+        ));
+        f.pad(text.as_str())
     }
 }
 
 /// A duration the way an operator reads it: 42us, 0.5ms, 1.2ms, 176ms, 60.0s, 5m03s, 2h07m.
 pub fn human_duration(ns: u64) -> String {
-    let mut out = String::new();
-    let ms = ns as f64 / 1e6;
-    let s = ns / 1_000_000_000;
-    let _ = if ns < 100_000 {
-        write!(out, "{}us", ns / 1_000)
-    } else if ns < 10_000_000 {
-        write!(out, "{ms:.1}ms")
-    } else if ns < 1_000_000_000 {
-        write!(out, "{ms:.0}ms")
-    } else if s < 100 {
-        write!(out, "{:.1}s", ns as f64 / 1e9)
-    } else if s < 3600 {
-        write!(out, "{}m{:02}s", s / 60, s % 60)
-    } else {
-        write!(out, "{}h{:02}m", s / 3600, s / 60 % 60)
-    };
-    out
+    HumanDuration(ns).to_string()
+}
+
+/// [`human_duration`] without allocating, for the printers' hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub u64);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0;
+        let ms = ns as f64 / 1e6;
+        let s = ns / 1_000_000_000;
+        let text: StackStr<24> = if ns < 100_000 {
+            StackStr::format(format_args!("{}us", ns / 1_000))
+        } else if ns < 10_000_000 {
+            StackStr::format(format_args!("{ms:.1}ms"))
+        } else if ns < 1_000_000_000 {
+            StackStr::format(format_args!("{ms:.0}ms"))
+        } else if s < 100 {
+            StackStr::format(format_args!("{:.1}s", ns as f64 / 1e9))
+        } else if s < 3600 {
+            StackStr::format(format_args!("{}m{:02}s", s / 60, s % 60))
+        } else {
+            StackStr::format(format_args!("{}h{:02}m", s / 3600, s / 60 % 60))
+        };
+        f.pad(text.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -110,7 +138,11 @@ mod tests {
         // 2026-11-21T16:52:03.123456Z is 1795279923.123456 s after the epoch.
         let clock = Clock::fixed(1_795_279_923_123_456_000 - 5_000);
         assert_eq!(clock.unix_ns(5_000), 1_795_279_923_123_456_000);
-        assert_eq!(clock.time_of_day(5_000), "16:52:03.123456");
+        assert_eq!(clock.time_of_day(5_000).to_string(), "16:52:03.123456");
+        assert_eq!(
+            format!("{:>17}", clock.time_of_day(5_000)),
+            "  16:52:03.123456"
+        );
     }
 
     #[test]

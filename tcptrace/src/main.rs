@@ -17,6 +17,7 @@ mod model;
 mod pipeline;
 mod render;
 mod replay;
+mod stackstr;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {

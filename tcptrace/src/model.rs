@@ -5,6 +5,8 @@ use std::{
 };
 
 use serde::Serialize;
+
+use crate::stackstr::StackStr;
 use tcptrace_common::tcp_state;
 
 /// A TCP state, named as the kernel and `ss` name it (without the `TCP_` prefix).
@@ -118,13 +120,19 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// `1.2.3.4:80` or `[::1]:80`, formatted on the stack.
+    pub fn text(&self) -> StackStr<56> {
+        match self.addr {
+            IpAddr::V4(v4) => StackStr::format(format_args!("{v4}:{}", self.port)),
+            IpAddr::V6(v6) => StackStr::format(format_args!("[{v6}]:{}", self.port)),
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self.addr {
-            IpAddr::V4(v4) => format!("{v4}:{}", self.port),
-            IpAddr::V6(v6) => format!("[{v6}]:{}", self.port),
-        };
-        f.pad(&text)
+        f.pad(self.text().as_str())
     }
 }
 

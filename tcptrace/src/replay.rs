@@ -22,7 +22,7 @@ fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
 }
 
 /// A realistic mix: per connection, the client and server flows reaching CLOSE (2 records)
-/// and 10 transitions; flows mode renders the flows, transitions are decoded and counted.
+/// and 10 transitions, all decoded, aggregated and rendered as columns (to a sink).
 fn synthetic() -> Vec<Vec<u8>> {
     let mut tuple = Tuple {
         family: 2,
@@ -86,7 +86,10 @@ pub fn run(records: u64) -> Result<()> {
                 agg.finished_flow(&f);
                 printer.flow(&f)?;
             }
-            Event::Transition(_) => transitions += 1,
+            Event::Transition(t) => {
+                transitions += 1;
+                printer.transition(&t)?;
+            }
             Event::Retransmit(_) | Event::KeepaliveProbe(_) => {}
         }
     }

@@ -1,13 +1,16 @@
 //! Aligned columns. Address columns start wide enough for any IPv4 endpoint and only ever
 //! grow; when one grows, the header is printed again so that every line stays under it.
-use std::io::{self, Write};
+use std::{
+    fmt,
+    io::{self, Write},
+};
 
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
     alert::{path_text, Alert},
     cause::CloseCause,
-    clock::{human_duration, Clock},
+    clock::{human_duration, Clock, HumanDuration},
     decode::{FinishedFlow, Retransmit, Transition},
     idle::IdleReport,
     model::{FlowAddrs, Process},
@@ -35,16 +38,40 @@ pub struct TextPrinter<W: Write> {
     tagged: bool,
 }
 
-fn pid(owner: &Option<Process>) -> String {
-    owner.as_ref().map_or("-".into(), |p| p.pid.to_string())
+/// A pid or `-`, printed without allocating.
+struct Pid(Option<u32>);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => fmt::Display::fmt(&pid, f),
+            None => f.pad("-"),
+        }
+    }
+}
+
+fn pid(owner: &Option<Process>) -> Pid {
+    Pid(owner.as_ref().map(|p| p.pid))
 }
 
 fn comm(owner: &Option<Process>) -> &str {
     owner.as_ref().map_or("-", |p| p.comm.as_str())
 }
 
-fn held(ns: Option<u64>) -> String {
-    ns.map_or("?".into(), human_duration)
+/// A duration or `?` when unknown, printed without allocating.
+struct Held(Option<u64>);
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ns) => fmt::Display::fmt(&HumanDuration(ns), f),
+            None => f.pad("?"),
+        }
+    }
+}
+
+fn held(ns: Option<u64>) -> Held {
+    Held(ns)
 }
 
 impl<W: Write> TextPrinter<W> {
@@ -66,8 +93,8 @@ impl<W: Write> TextPrinter<W> {
 
     /// Widens the address columns for `addrs` and prints the header for `kind` if needed.
     fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<()> {
-        let local = addrs.local.to_string().len();
-        let remote = addrs.remote.to_string().len();
+        let local = addrs.local.text().as_str().len();
+        let remote = addrs.remote.text().as_str().len();
         if local > self.local_width || remote > self.remote_width {
             self.local_width = self.local_width.max(local);
             self.remote_width = self.remote_width.max(remote);
