@@ -69,6 +69,7 @@ struct Results {
     cpu_percent_at_10k: Option<f64>,
     bytes_per_tracked_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
+    replay_render_all_events_per_s: Option<f64>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -327,7 +328,9 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     }
 
     results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
-    results.replay_events_per_s = Some(replay(&bin)?);
+    let (aggregate, render_all) = replay(&bin)?;
+    results.replay_events_per_s = Some(aggregate);
+    results.replay_render_all_events_per_s = Some(render_all);
 
     print_table(&results);
     let json_path = crate::workspace_root().join(&args.json);
@@ -370,8 +373,9 @@ fn install_bpftrace() -> Result<()> {
     )
 }
 
-/// The aggregator alone, on synthetic records, one core.
-fn replay(bin: &Path) -> Result<f64> {
+/// The userspace pipeline alone, on synthetic records, one core: (decode + aggregate, flows
+/// rendered) and (every record rendered as columns), in records/s.
+fn replay(bin: &Path) -> Result<(f64, f64)> {
     let out = Command::new(bin)
         .args(["replay-bench", "--records", "5000000"])
         .output()?;
@@ -382,7 +386,12 @@ fn replay(bin: &Path) -> Result<f64> {
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["events_per_s"].as_f64().context("events_per_s")
+    Ok((
+        v["events_per_s"].as_f64().context("events_per_s")?,
+        v["render_all_events_per_s"]
+            .as_f64()
+            .context("render_all_events_per_s")?,
+    ))
 }
 
 fn print_table(r: &Results) {
@@ -430,5 +439,12 @@ fn print_table(r: &Results) {
     println!(
         "aggregation (replay):    {}",
         opt(r.replay_events_per_s.map(|v| v / 1e6), "M events/s")
+    );
+    println!(
+        "rendering all (replay):  {}",
+        opt(
+            r.replay_render_all_events_per_s.map(|v| v / 1e6),
+            "M events/s"
+        )
     );
 }
