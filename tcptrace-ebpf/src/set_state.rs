@@ -78,9 +78,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     stats.transition(old, new);
 
     // Who owns the socket: the current task where the transition runs in the owner's
-    // context, else the listener's owner for a new child, else whatever the flow knows.
-    // The current task is the owner only in the owner's context; pid and comm are fetched
-    // only where they are needed.
+    // context (pid and comm fetched only where needed), else the listener's owner for a new
+    // child, else whatever the flow knows.
     let owner_context = in_owner_context(old, new);
     let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
     let mut inherited: Option<Owner> = None;
