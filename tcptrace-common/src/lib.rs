@@ -39,6 +39,19 @@ pub mod record_kind {
     pub const FLOW_END: u32 = 2;
     pub const RETRANSMIT: u32 = 3;
     pub const KEEPALIVE_PROBE: u32 = 4;
+    pub const TIME_WAIT: u32 = 5;
+}
+
+/// What a [`TimeWaitEvent`] reports of a timewait socket's timer.
+pub mod time_wait {
+    /// The timer was armed: TIME_WAIT begins (or is re-armed).
+    pub const START: u8 = 1;
+    /// The timer was removed: with an expiry right after, the normal end; alone, an early end.
+    pub const CANCEL: u8 = 2;
+    /// The timer fired: TIME_WAIT ran out.
+    pub const EXPIRE: u8 = 3;
+    /// Flag: the cancel happened inside a connect() of the same task (the 4-tuple was reused).
+    pub const IN_CONNECT: u8 = 1;
 }
 
 /// Bits of [`FlowState::flags`].
@@ -109,7 +122,9 @@ pub mod stat {
     pub const KEEPALIVE_PROBES: u32 = 13;
     /// Ring-buffer reservations that failed for keepalive-probe records.
     pub const LOST_PROBE: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Ring-buffer reservations that failed for TIME_WAIT records.
+    pub const LOST_TIME_WAIT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
@@ -262,6 +277,33 @@ pub struct KeepaliveProbeEvent {
 }
 const _: () = assert!(core::mem::size_of::<KeepaliveProbeEvent>() == 104);
 
+/// A timewait socket's timer (timer:timer_start / timer_cancel / timer_expire_entry for
+/// `tw_timer_handler`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWaitEvent {
+    pub kind: u32,
+    /// `time_wait::START`, `CANCEL` or `EXPIRE`.
+    pub what: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 2],
+    pub ts_ns: u64,
+    /// The timer's address: identifies the timewait socket while it lives.
+    pub timer: u64,
+    /// Filled on START.
+    pub tuple: Tuple,
+}
+const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 64);
+
+/// A connect() in progress on this CPU (set at CLOSE → SYN_SENT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connecting {
+    pub pid_tgid: u64,
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Connecting>() == 16);
+
 /// What `timer_expire_entry` saw, for `timer_expire_exit` on the same CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -337,8 +379,11 @@ pub struct SockOffsets {
     /// `sock.sk_timer` (the keepalive timer) and `timer_list.function`.
     pub sk_timer: u32,
     pub timer_function: u32,
+    /// `inet_timewait_sock.tw_timer` and `tw_sport` (its `sock_common` starts it, like `sock`'s).
+    pub tw_timer: u32,
+    pub tw_sport: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 92);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 100);
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
@@ -348,6 +393,8 @@ pub struct ProgramConfig {
     pub _pad0: u32,
     /// The address of `tcp_keepalive_timer` (from /proc/kallsyms).
     pub keepalive_timer_fn: u64,
+    /// The address of `tw_timer_handler` (from /proc/kallsyms); 0: TIME_WAIT not traced.
+    pub tw_timer_fn: u64,
     /// Every this many records submitted on a CPU, one wakes the reader; the others do not
     /// (the reader also polls on an interval).
     pub wakeup_every: u64,
@@ -359,7 +406,7 @@ pub struct ProgramConfig {
     pub emit_probes: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 120);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 136);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]

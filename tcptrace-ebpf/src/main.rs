@@ -2,12 +2,12 @@
 #![no_std]
 #![no_main]
 
-mod keepalive;
 mod maps;
 mod reset;
 mod retransmit;
 mod set_state;
 mod sock;
+mod timers;
 
 #[cfg(not(test))]
 #[panic_handler]

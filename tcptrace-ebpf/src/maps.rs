@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    stat, tcp_state, Counters, FlowState, ListenerKey, Owner, ProgramConfig, TimerEntry,
-    STAT_SLOTS, TRANSITION_SLOTS,
+    stat, tcp_state, Connecting, Counters, FlowState, ListenerKey, Owner, ProgramConfig,
+    TimerEntry, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -42,12 +42,15 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         rcv_tstamp: 0,
         sk_timer: 0,
         timer_function: 0,
+        tw_timer: 0,
+        tw_sport: 0,
     },
     // A marker no other constant carries: with an all-zero initializer, LLVM merged an
     // identical all-zero constant of the same size (FlowState::EMPTY, 120 bytes) into this
     // static, so flows were initialised from the loader-patched configuration.
     _pad0: CONFIG_MARKER,
     keepalive_timer_fn: 0,
+    tw_timer_fn: 0,
     wakeup_every: 1,
     emit_transitions: 0,
     emit_retransmits: 0,
@@ -90,6 +93,10 @@ pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0)
 /// What `timer_expire_entry` saw of a keepalive timer, for `timer_expire_exit`.
 #[map]
 pub static TIMER_ENTRY: PerCpuArray<TimerEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// A connect() in progress on this CPU, to tell a reused TIME_WAIT from a killed one.
+#[map]
+pub static CONNECTING: PerCpuArray<Connecting> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every counter, one entry per CPU (see `tcptrace_common::Counters`).
 #[map]

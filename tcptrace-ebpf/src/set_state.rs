@@ -2,16 +2,21 @@
 //!
 //! Tracepoint arguments (the TP_PROTO, the same on every kernel since 4.16):
 //! `(const struct sock *sk, const int oldstate, const int newstate)`.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use aya_log_ebpf::warn;
 use tcptrace_common::{
     close_flags, event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state,
-    FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    Connecting, FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent, Tuple,
+    PATH_SLOTS,
 };
 
 use crate::{
     config,
-    maps::{current_owner, submit_flags, Stats, EVENTS, FLOWS, LISTENERS, SCRATCH},
+    maps::{current_owner, submit_flags, Stats, CONNECTING, EVENTS, FLOWS, LISTENERS, SCRATCH},
     sock,
 };
 
@@ -81,6 +86,18 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // context (pid and comm fetched only where needed), else the listener's owner for a new
     // child, else whatever the flow knows.
     let owner_context = in_owner_context(old, new);
+    if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
+        // connect(): a TIME_WAIT it reuses is cancelled by this task in a moment.
+        if let Some(connecting) = CONNECTING.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            unsafe {
+                *connecting = Connecting {
+                    pid_tgid: bpf_get_current_pid_tgid(),
+                    ts_ns: now,
+                }
+            };
+        }
+    }
     let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
     let mut inherited: Option<Owner> = None;
     if child {

@@ -74,13 +74,14 @@ impl Reader for Untyped {
     }
 }
 
-/// The socket's addresses and ports (`inet_sport` lies past `struct sock`: always probed).
+/// The socket's addresses and ports. `sock_common` starts both `struct sock` and
+/// `inet_timewait_sock`; the source port lies past it (`inet_sport` / `tw_sport`): always probed.
 #[inline(always)]
-pub fn tuple_with<R: Reader>(sk: *const u8) -> Result<Tuple, i32> {
+pub fn tuple_with<R: Reader>(sk: *const u8, sport_offset: u32) -> Result<Tuple, i32> {
     let family = R::read::<u16>(sk, config!(offsets.family))?;
     let mut tuple = Tuple {
         family,
-        sport: u16::from_be(probe_read::<u16>(sk, config!(offsets.sport))?),
+        sport: u16::from_be(probe_read::<u16>(sk, sport_offset)?),
         dport: u16::from_be(R::read::<u16>(sk, config!(offsets.dport))?),
         ..Tuple::default()
     };
@@ -97,7 +98,7 @@ pub fn tuple_with<R: Reader>(sk: *const u8) -> Result<Tuple, i32> {
 /// The tuple of a tracepoint's socket.
 #[inline(always)]
 pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
-    tuple_with::<Typed>(sk)
+    tuple_with::<Typed>(sk, config!(offsets.sport))
 }
 
 /// What the socket carries when it reaches CLOSE: `(err, probes, keepalive on, user timeout)`.
@@ -131,5 +132,5 @@ pub fn keepalive(sk: *const u8) -> Result<tcptrace_common::Keepalive, i32> {
 /// The tuple of a socket reached without BTF typing (from a timer).
 #[inline(always)]
 pub fn probe_tuple(sk: *const u8) -> Result<Tuple, i32> {
-    tuple_with::<Untyped>(sk)
+    tuple_with::<Untyped>(sk, config!(offsets.sport))
 }

@@ -9,6 +9,7 @@ use crate::{
     cause::CloseCause,
     decode::{FinishedFlow, Lifecycle},
     model::{CloseSide, TcpState},
+    timewait::TimeWaitSummary,
 };
 
 /// Kernel-side counters summed over CPUs.
@@ -34,6 +35,7 @@ impl KernelCounters {
             + self.stat(stat::LOST_FLOW_END)
             + self.stat(stat::LOST_RETRANSMIT)
             + self.stat(stat::LOST_PROBE)
+            + self.stat(stat::LOST_TIME_WAIT)
             + self.missed
     }
 
@@ -168,6 +170,7 @@ impl Aggregator {
             lost_flows: kernel.stat(stat::LOST_FLOW_END),
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
             lost_probes: kernel.stat(stat::LOST_PROBE),
+            lost_time_wait: kernel.stat(stat::LOST_TIME_WAIT),
             keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
             missed_events: kernel.missed,
             submitted: kernel.stat(stat::SUBMITTED),
@@ -177,6 +180,8 @@ impl Aggregator {
             decode_errors: self.decode_errors,
             delivered: self.delivered,
             truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
+            time_wait: None,
+            time_wait_preexisting: 0,
         }
     }
 }
@@ -200,6 +205,7 @@ pub struct Summary {
     pub lost_flows: u64,
     pub lost_retransmits: u64,
     pub lost_probes: u64,
+    pub lost_time_wait: u64,
     pub keepalive_probes: u64,
     /// Events the kernel skipped (recursion misses).
     pub missed_events: u64,
@@ -211,6 +217,10 @@ pub struct Summary {
     pub decode_errors: u64,
     pub delivered: u64,
     pub truncated_paths: u64,
+    /// TIME_WAIT, where traced.
+    pub time_wait: Option<TimeWaitSummary>,
+    /// Sockets already in TIME_WAIT when tracing started.
+    pub time_wait_preexisting: u64,
 }
 
 impl Summary {
@@ -219,6 +229,7 @@ impl Summary {
             + self.lost_flows
             + self.lost_retransmits
             + self.lost_probes
+            + self.lost_time_wait
             + self.missed_events
     }
 }

@@ -134,6 +134,20 @@ impl<'a> Alert<'a> {
     }
 }
 
+/// A finished flow's path; when TIME_WAIT followed, it ends `> TIME_WAIT 60.0s (expired)`
+/// instead of `> CLOSE`.
+pub fn flow_path_text(flow: &FinishedFlow) -> String {
+    let text = path_text(&flow.lifecycle);
+    match (&flow.time_wait, text.strip_suffix("CLOSE")) {
+        (Some(tw), Some(head)) => format!(
+            "{head}TIME_WAIT {} ({})",
+            human_duration(tw.held_ns),
+            tw.end.name()
+        ),
+        _ => text,
+    }
+}
+
 /// `SYN_SENT 1.2ms > ESTABLISHED 176ms > CLOSE`, with retransmits per state and `?` for
 /// unknown times; `…` marks a truncated path.
 pub fn path_text(lifecycle: &Lifecycle) -> String {

@@ -152,6 +152,12 @@ impl KernelBtf {
         if inet_sk.offset != 0 {
             bail!("inet_sock.sk is not at offset 0 on this kernel");
         }
+        // The timewait socket's address fields are read at sock_common's offsets.
+        if self.field("inet_timewait_sock", "__tw_common")?.offset != 0
+            || self.field("sock", "__sk_common")?.offset != 0
+        {
+            bail!("sock_common does not start sock and inet_timewait_sock on this kernel");
+        }
         Ok(SockOffsets {
             family: common("skc_family", 2)?,
             protocol: self.sized_field("sock", "sk_protocol", 2)?,
@@ -178,6 +184,8 @@ impl KernelBtf {
             rcv_tstamp: self.sized_field("tcp_sock", "rcv_tstamp", 4)?,
             sk_timer: self.field("sock", "sk_timer")?.offset,
             timer_function: self.sized_field("timer_list", "function", 8)?,
+            tw_timer: self.field("inet_timewait_sock", "tw_timer")?.offset,
+            tw_sport: self.sized_field("inet_timewait_sock", "tw_sport", 2)?,
         })
     }
 

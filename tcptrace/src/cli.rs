@@ -34,6 +34,13 @@ pub enum Command {
     Alerts,
     /// Transitions, finished flows, retransmits and alerts together (most useful with --json).
     All,
+    /// TIME_WAIT gauges every --interval: sockets in TIME_WAIT per destination and local
+    /// address, entry rates, the 4-tuple exhaustion forecast, overflows.
+    Timewait {
+        /// How often the gauges are printed.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+        interval: Duration,
+    },
     /// Report ESTABLISHED connections idle longer than --min-idle with no keepalive armed,
     /// grouped by process, and exit (no eBPF needed).
     Idle {
@@ -70,6 +77,9 @@ pub struct CommonArgs {
     /// keepalive armed (as `tcptrace idle`), beside the tracing output.
     #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_duration)]
     pub idle_report: Option<Duration>,
+    /// Do not trace TIME_WAIT (its timer hooks) in the flows and all modes.
+    #[arg(long, global = true)]
+    pub no_time_wait: bool,
     /// Do not print the summary on exit.
     #[arg(long, global = true)]
     pub no_summary: bool,
@@ -90,6 +100,7 @@ pub struct Config {
     pub summary: bool,
     pub btf: PathBuf,
     pub idle_report: Option<Duration>,
+    pub no_time_wait: bool,
 }
 
 impl Config {
@@ -104,6 +115,21 @@ impl Config {
     }
     pub fn shows_alerts(&self) -> bool {
         matches!(self.mode, Command::Alerts | Command::All)
+    }
+    /// TIME_WAIT is traced (timer hooks) where flows or gauges are shown.
+    pub fn traces_time_wait(&self) -> bool {
+        match self.mode {
+            Command::Timewait { .. } => true,
+            Command::Flows | Command::All => !self.no_time_wait,
+            _ => false,
+        }
+    }
+    /// How often TIME_WAIT gauges are printed, in the timewait mode.
+    pub fn gauge_interval(&self) -> Option<Duration> {
+        match self.mode {
+            Command::Timewait { interval } => Some(interval),
+            _ => None,
+        }
     }
 }
 
@@ -129,6 +155,14 @@ impl TryFrom<Cli> for Config {
         if c.idle_report.is_some_and(|d| d < Duration::from_secs(1)) {
             bail!("--idle-report must be at least 1s");
         }
+        if let Some(Command::Timewait { interval }) = cli.command {
+            if interval < Duration::from_millis(100) {
+                bail!("--interval must be at least 100ms");
+            }
+            if c.no_time_wait {
+                bail!("--no-time-wait contradicts the timewait mode");
+            }
+        }
         if c.duration == Some(Duration::ZERO) {
             bail!("--duration must be longer than zero");
         }
@@ -142,6 +176,7 @@ impl TryFrom<Cli> for Config {
             summary: !c.no_summary,
             btf: c.btf,
             idle_report: c.idle_report,
+            no_time_wait: c.no_time_wait,
         })
     }
 }
@@ -215,6 +250,8 @@ mod tests {
             (&["--max-flows", "0"][..], "--max-flows"),
             (&["--duration", "0s"][..], "longer than zero"),
             (&["--duration", "soon"][..], "examples"),
+            (&["timewait", "--interval", "10ms"][..], "--interval"),
+            (&["timewait", "--no-time-wait"][..], "contradicts"),
             (&["flow"][..], "unrecognized subcommand"),
         ] {
             let err = config(args).expect_err("must be refused");

@@ -4,13 +4,14 @@ use std::mem::size_of;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, FlowEndEvent, FlowState, Keepalive,
-    KeepaliveProbeEvent, RetransmitEvent, TransitionEvent, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, record_kind, time_wait, FlowEndEvent, FlowState,
+    Keepalive, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
     cause::{classify, reset_reason_name, CloseCause, CloseEvidence},
     model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState},
+    timewait::TimeWait,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +53,18 @@ pub struct FinishedFlow {
     pub evidence: CloseEvidence,
     /// Keepalive settings and the peer's silence at CLOSE, when SO_KEEPALIVE was on.
     pub keepalive: Option<Keepalive>,
+    /// The TIME_WAIT that followed, when this side closed first (filled by the tracker).
+    pub time_wait: Option<TimeWait>,
+}
+
+/// A timewait socket's timer armed, cancelled or fired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWaitRecord {
+    pub what: u8,
+    pub in_connect: bool,
+    pub ts_ns: u64,
+    pub timer: u64,
+    pub addrs: Option<FlowAddrs>,
 }
 
 /// A keepalive probe went out.
@@ -91,6 +104,7 @@ pub enum Event {
     FlowEnd(FinishedFlow),
     Retransmit(Retransmit),
     KeepaliveProbe(KeepaliveProbe),
+    TimeWait(TimeWaitRecord),
 }
 
 fn state(raw: u8) -> Result<TcpState> {
@@ -149,6 +163,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
                 keepalive: raw.keepalive,
             }))
         }
+        record_kind::TIME_WAIT => {
+            let raw = read_record::<RawTimeWait>(bytes, "time-wait")?.0;
+            if !(time_wait::START..=time_wait::EXPIRE).contains(&raw.what) {
+                bail!("unknown time-wait event {}", raw.what);
+            }
+            Ok(Event::TimeWait(TimeWaitRecord {
+                what: raw.what,
+                in_connect: raw.flags & time_wait::IN_CONNECT != 0,
+                ts_ns: raw.ts_ns,
+                timer: raw.timer,
+                addrs: if raw.what == time_wait::START {
+                    Some(FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?)
+                } else {
+                    None
+                },
+            }))
+        }
         other => bail!("unknown record kind {other}"),
     }
 }
@@ -166,6 +197,11 @@ struct RawRetransmit(RetransmitEvent);
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct RawProbe(KeepaliveProbeEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawTimeWait(TimeWaitEvent);
+// SAFETY: as below.
+unsafe impl aya::Pod for RawTimeWait {}
 // SAFETY: as below.
 unsafe impl aya::Pod for RawProbe {}
 // SAFETY: transparent wrappers of #[repr(C)] records made only of integers with explicit
@@ -258,6 +294,7 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
             close: CloseSide::of_path(&states),
             cause: classify(&states, &evidence),
             keepalive: evidence.keepalive_on.then_some(raw.keepalive),
+            time_wait: None,
             evidence,
             lifecycle,
         })

@@ -3,18 +3,13 @@
 //! `tcp_info` for the idle time and the socket's timer for keepalive.
 use std::{collections::BTreeMap, fs, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags, Timer},
-    SockDiagMessage,
-};
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use anyhow::Result;
+use netlink_packet_sock_diag::inet::StateFlags;
 
-use crate::model::{Endpoint, FlowAddrs, Process};
+use crate::{
+    model::{FlowAddrs, Process},
+    sockdiag,
+};
 
 /// One ESTABLISHED socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,81 +40,6 @@ pub struct IdleReport {
 impl IdleReport {
     pub fn total(&self) -> usize {
         self.groups.iter().map(|g| g.sockets.len()).sum()
-    }
-}
-
-fn dump(family: u8) -> Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("connecting the sock_diag socket")?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states: StateFlags::ESTABLISHED,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket
-        .send(&buf, 0)
-        .context("sending the sock_diag request")?;
-
-    let mut sockets = Vec::new();
-    let mut receive = vec![0u8; 1 << 16];
-    loop {
-        let size = socket
-            .recv(&mut &mut receive[..], 0)
-            .context("reading sock_diag")?;
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
-                .map_err(|e| anyhow::anyhow!("undecodable sock_diag message: {e}"))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(e) => bail!("sock_diag refused the dump: {e:?}"),
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let id = &response.header.socket_id;
-                    let idle_ms = response.nlas.iter().find_map(|nla| match nla {
-                        Nla::TcpInfo(info) => Some(info.last_data_recv.min(info.last_data_sent)),
-                        _ => None,
-                    });
-                    if let Some(idle_ms) = idle_ms {
-                        sockets.push(DiagSocket {
-                            addrs: FlowAddrs {
-                                local: Endpoint::new(id.source_address, id.source_port),
-                                remote: Endpoint::new(id.destination_address, id.destination_port),
-                            },
-                            idle: Duration::from_millis(u64::from(idle_ms)),
-                            keepalive_armed: matches!(
-                                response.header.timer,
-                                Some(Timer::KeepAlive(_))
-                            ),
-                            inode: response.header.inode,
-                        });
-                    }
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
-        }
     }
 }
 
@@ -197,14 +117,24 @@ pub fn group(
 
 /// Scans the host (tcptrace's network namespace) now.
 pub fn report(min_idle: Duration) -> Result<IdleReport> {
-    let mut sockets = dump(AF_INET)?;
-    sockets.extend(dump(AF_INET6)?);
+    let sockets = sockdiag::dump(StateFlags::ESTABLISHED, true)?
+        .into_iter()
+        .filter_map(|s| {
+            Some(DiagSocket {
+                addrs: s.addrs,
+                idle: s.idle?,
+                keepalive_armed: s.keepalive_armed,
+                inode: s.inode,
+            })
+        })
+        .collect();
     Ok(group(sockets, min_idle, &socket_owners()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Endpoint;
 
     fn socket(port: u16, idle_s: u64, keepalive: bool, inode: u32) -> DiagSocket {
         let ep = |p| Endpoint::new("127.0.0.1".parse().expect("ip"), p);

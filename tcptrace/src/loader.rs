@@ -148,6 +148,11 @@ impl Tracer {
         } else {
             0
         };
+        let tw_timer_fn = if config.traces_time_wait() {
+            kernel_symbol("tw_timer_handler")?
+        } else {
+            0
+        };
         let program_config = ProgramConfig {
             offsets: btf
                 .sock_offsets()
@@ -161,6 +166,7 @@ impl Tracer {
             _pad: [0; 5],
             _pad0: 0,
             keepalive_timer_fn,
+            tw_timer_fn,
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -189,11 +195,17 @@ impl Tracer {
             (send_reset_program, "tcp_send_reset"),
             ("tcp_receive_reset", "tcp_receive_reset"),
         ];
-        if config.shows_alerts() {
-            // Keepalive probes, seen around the keepalive timer: only where alerts are shown
-            // (these hooks see every timer on the host).
+        // The timer hooks see every timer on the host: only where they are needed.
+        if config.shows_alerts() || config.traces_time_wait() {
             hooked.push(("timer_expire_entry", "timer_expire_entry"));
+        }
+        if config.shows_alerts() {
+            // Keepalive probes, seen around the keepalive timer.
             hooked.push(("timer_expire_exit", "timer_expire_exit"));
+        }
+        if config.traces_time_wait() {
+            hooked.push(("timer_start", "timer_start"));
+            hooked.push(("timer_cancel", "timer_cancel"));
         }
         for (program, tracepoint) in hooked {
             let prog: &mut BtfTracePoint = ebpf

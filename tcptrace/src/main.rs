@@ -10,14 +10,18 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod forecast;
 mod idle;
 mod keepalive;
 mod loader;
 mod model;
 mod pipeline;
+mod procnet;
 mod render;
 mod replay;
+mod sockdiag;
 mod stackstr;
+mod timewait;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {

@@ -101,7 +101,7 @@ impl fmt::Display for TcpState {
 }
 
 /// One side of a connection. IPv4-mapped IPv6 addresses are shown as IPv4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,

@@ -12,14 +12,20 @@ use tokio::{
     time::{interval, sleep_until, Instant, MissedTickBehavior},
 };
 
+use tcptrace_common::time_wait;
+
 use crate::{
     aggregate::Aggregator,
     alert::Alert,
     cli::{Command, Config},
     clock::Clock,
     decode::{decode, Event},
+    forecast,
     loader::Tracer,
-    render::{JsonPrinter, Printer, Render, TextPrinter},
+    procnet,
+    render::{JsonPrinter, Printer, Render, TextPrinter, TimeWaitView},
+    sockdiag,
+    timewait::{self, Finished, TimeWaitTracker},
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
@@ -36,10 +42,26 @@ enum Stop {
 }
 
 /// Drains up to `limit` records; returns whether more may be pending.
+/// Prints a flow whose TIME_WAIT ended (or a TIME_WAIT whose flow was not seen).
+fn emit_finished<W: Write>(
+    printer: &mut Printer<W>,
+    config: &Config,
+    finished: Finished,
+) -> io::Result<()> {
+    if !config.shows_flows() {
+        return Ok(());
+    }
+    match finished {
+        Finished::Flow(f) => printer.flow(&f),
+        Finished::Orphan(t) => printer.time_wait(&t),
+    }
+}
+
 fn drain<W: Write>(
     ring: &mut RingBuf<MapData>,
     printer: &mut Printer<W>,
     agg: &mut Aggregator,
+    tw: &mut TimeWaitTracker,
     config: &Config,
     limit: usize,
 ) -> io::Result<bool> {
@@ -56,13 +78,32 @@ fn drain<W: Write>(
             Ok(Event::Transition(t)) if config.shows_transitions() => printer.transition(&t)?,
             Ok(Event::FlowEnd(f)) => {
                 agg.finished_flow(&f);
-                if config.shows_flows() {
-                    printer.flow(&f)?;
-                }
                 if let Some(alert) = Alert::closed(&f).filter(|_| config.shows_alerts()) {
                     printer.alert(&alert)?;
                 }
+                // A flow that closed first is printed when its TIME_WAIT ends.
+                let ready = if config.traces_time_wait() {
+                    tw.flow(f)
+                } else {
+                    Some(f)
+                };
+                if let Some(f) = ready.filter(|_| config.shows_flows()) {
+                    printer.flow(&f)?;
+                }
             }
+            Ok(Event::TimeWait(r)) => match r.what {
+                time_wait::START => {
+                    if let Some(addrs) = r.addrs {
+                        tw.start(r.timer, addrs, r.ts_ns);
+                    }
+                }
+                time_wait::CANCEL => tw.cancel(r.timer, r.ts_ns, r.in_connect),
+                _ => {
+                    if let Some(finished) = tw.expire(r.timer, r.ts_ns) {
+                        emit_finished(printer, config, finished)?;
+                    }
+                }
+            },
             Ok(Event::Retransmit(r)) => {
                 if config.shows_retransmits() {
                     printer.retransmit(&r)?;
@@ -82,6 +123,9 @@ fn drain<W: Write>(
                 }
             }
         }
+    }
+    for finished in tw.settle(Clock::ktime_now()) {
+        emit_finished(printer, config, finished)?;
     }
     printer.flush()?;
     Ok(more)
@@ -106,6 +150,27 @@ pub fn idle_once(json: bool, min_idle: Duration) -> Result<()> {
     {
         Err(e) if !is_broken_pipe(&e) => Err(e).context("writing output"),
         _ => Ok(()),
+    }
+}
+
+/// The gauges and, where the port range is known, the exhaustion forecast.
+fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
+    let forecasts = usable_ports.map_or_else(Vec::new, |ports| {
+        let mut rates = tw.entry_rates(now);
+        rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rates
+            .into_iter()
+            .take(10)
+            .map(|((local, remote), rate)| {
+                forecast::forecast(local, remote, rate, ports, timewait::TIME_WAIT_LEN_S)
+            })
+            .collect()
+    });
+    TimeWaitView {
+        gauges: tw.gauges(now),
+        forecasts,
+        overflows: tw.overflows,
+        preexisting: tw.preexisting_count(),
     }
 }
 
@@ -155,6 +220,35 @@ async fn trace(config: Config) -> Result<()> {
     let mut lost_check = interval(LOST_CHECK);
     lost_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut agg = Aggregator::new();
+    let mut tw = TimeWaitTracker::new();
+    let mut tw_overflow_base = procnet::tw_overflow();
+    let usable_ports = match config.gauge_interval() {
+        Some(_) => match forecast::host_usable_ports() {
+            Ok(ports) => Some(ports),
+            Err(e) => {
+                eprintln!("tcptrace: warning: no exhaustion forecast: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    if config.traces_time_wait() {
+        // Sockets already in TIME_WAIT count until their remaining time runs out.
+        let now = Clock::ktime_now();
+        match sockdiag::time_wait() {
+            Ok(sockets) => tw.preexisting(
+                sockets
+                    .into_iter()
+                    .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
+            ),
+            Err(e) => {
+                eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}")
+            }
+        }
+    }
+    let mut gauge_tick = config
+        .gauge_interval()
+        .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut reported_lost = 0u64;
 
     eprintln!(
@@ -171,7 +265,7 @@ async fn trace(config: Config) -> Result<()> {
                 if deadline.is_some() => break Stop::Requested,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                match drain(guard.get_inner_mut(), &mut printer, &mut agg, &config, DRAIN_BATCH) {
+                match drain(guard.get_inner_mut(), &mut printer, &mut agg, &mut tw, &config, DRAIN_BATCH) {
                     Ok(true) => {}
                     Ok(false) => guard.clear_ready(),
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
@@ -179,13 +273,40 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
-                match drain(ring.get_mut(), &mut printer, &mut agg, &config, DRAIN_BATCH) {
+                match drain(ring.get_mut(), &mut printer, &mut agg, &mut tw, &config, DRAIN_BATCH) {
                     Ok(_) => {}
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
                     Err(e) => return Err(e).context("writing output"),
                 }
             }
+            _ = async {
+                match gauge_tick.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Clock::ktime_now();
+                let view = time_wait_view(&tw, now, usable_ports);
+                match printer.time_wait_gauges(now, &view).and_then(|()| printer.flush()) {
+                    Ok(()) => {}
+                    Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
+                    Err(e) => return Err(e).context("writing output"),
+                }
+            }
             _ = lost_check.tick() => {
+                if config.traces_time_wait() {
+                    if let (Some(base), Some(now)) = (tw_overflow_base, procnet::tw_overflow()) {
+                        if now > base {
+                            tw.overflows += now - base;
+                            eprintln!(
+                                "tcptrace: warning: {} TIME_WAITs skipped: net.ipv4.tcp_max_tw_buckets \
+                                 is full (TCPTimeWaitOverflow)",
+                                now - base
+                            );
+                        }
+                        tw_overflow_base = Some(now);
+                    }
+                }
                 let kernel = tracer.counters()?;
                 if kernel.lost() > reported_lost {
                     let newly = kernel.lost() - reported_lost;
@@ -246,6 +367,7 @@ async fn trace(config: Config) -> Result<()> {
         ring.get_mut(),
         &mut printer,
         &mut agg,
+        &mut tw,
         started_ns,
     );
     match result {
@@ -261,9 +383,18 @@ fn finish<W: Write>(
     ring: &mut RingBuf<MapData>,
     printer: &mut Printer<W>,
     agg: &mut Aggregator,
+    tw: &mut TimeWaitTracker,
     started_ns: u64,
 ) -> Result<()> {
-    while drain(ring, printer, agg, config, DRAIN_BATCH)? {}
+    while drain(ring, printer, agg, tw, config, DRAIN_BATCH)? {}
+    // Cancels still waiting for an expiry settle now; what remains is in progress.
+    let now = Clock::ktime_now();
+    for finished in tw.settle(now + 1_000_000_000) {
+        emit_finished(printer, config, finished)?;
+    }
+    for finished in tw.drain_in_progress(now) {
+        emit_finished(printer, config, finished)?;
+    }
     let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);
@@ -276,7 +407,12 @@ fn finish<W: Write>(
     }
     if config.summary {
         let elapsed = Clock::ktime_now().saturating_sub(started_ns);
-        printer.summary(&agg.finish(&kernel, elapsed))?;
+        let mut summary = agg.finish(&kernel, elapsed);
+        if config.traces_time_wait() {
+            summary.time_wait = Some(tw.summary());
+            summary.time_wait_preexisting = tw.preexisting_count();
+        }
+        printer.summary(&summary)?;
         printer.flush()?;
     }
     Ok(())

@@ -10,3 +10,4 @@ mod netns;
 mod overload;
 mod retransmit;
 mod support;
+mod timewait;

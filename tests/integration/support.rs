@@ -3,6 +3,7 @@ use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -10,11 +11,23 @@ use std::{
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+
+/// Tests that generate bursts of connections run alone: under their load the kernel may skip
+/// a hook run (counted, but it would make timing-exact tests flaky). Every other tracer holds
+/// this shared.
+static LOAD: RwLock<()> = RwLock::new(());
+
+/// Held by a test that generates heavy load, for its whole run.
+pub fn heavy_load() -> RwLockWriteGuard<'static, ()> {
+    LOAD.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 const READY: &str = "tcptrace: tracing";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `tcptrace --json …`.
 pub struct Tracer {
+    _shared: Option<RwLockReadGuard<'static, ()>>,
     child: Child,
     stdout: thread::JoinHandle<Vec<String>>,
     stderr: mpsc::Receiver<String>,
@@ -30,7 +43,35 @@ pub struct Output {
 impl Tracer {
     /// Starts the tracer and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(BIN)
+        let shared = LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut tracer = Self::start_with(&[], args);
+        tracer._shared = Some(shared);
+        tracer
+    }
+
+    /// For a test that holds [`heavy_load`].
+    pub fn start_alone(_load: &RwLockWriteGuard<'static, ()>, args: &[&str]) -> Tracer {
+        Self::start_with(&[], args)
+    }
+
+    /// Starts the tracer inside network namespace `ns` (its /proc/net is that namespace's).
+    pub fn start_in(ns: &str, args: &[&str]) -> Tracer {
+        let shared = LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut tracer = Self::start_with(&["ip", "netns", "exec", ns], args);
+        tracer._shared = Some(shared);
+        tracer
+    }
+
+    fn start_with(prefix: &[&str], args: &[&str]) -> Tracer {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
             .arg("--json")
             .stdout(Stdio::piped())
@@ -50,6 +91,7 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer {
+            _shared: None,
             child,
             stdout,
             stderr,

@@ -3,16 +3,22 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::Render;
+use super::{
+    json_summary::{summary_line, Lost},
+    Render,
+};
 use crate::{
     aggregate::{KernelCounters, Summary},
     alert::{path_text, Alert},
     cause::CloseCause,
     clock::Clock,
     decode::{FinishedFlow, Retransmit, Transition},
+    forecast::Forecast,
     idle::IdleReport,
     keepalive::KeepaliveSettings,
     model::{CloseSide, FlowAddrs, Process, TcpState},
+    render::TimeWaitView,
+    timewait::{TimeWait, TimeWaitEnd},
 };
 
 pub struct JsonPrinter<W: Write> {
@@ -101,6 +107,7 @@ struct FlowLine<'a> {
     reset_reason: Option<&'a str>,
     probes: u8,
     rtx: u32,
+    time_wait: Option<TimeWaitField>,
     skaddr: String,
 }
 
@@ -168,13 +175,45 @@ struct IdleReportLine<'a> {
 }
 
 #[derive(Serialize)]
-struct Lost {
-    transitions: u64,
-    flows: u64,
-    retransmits: u64,
-    probes: u64,
-    missed_events: u64,
+struct TimeWaitField {
+    start_unix_ns: u64,
+    held_ns: u64,
+    end: TimeWaitEnd,
+}
+
+#[derive(Serialize)]
+struct TimeWaitLine<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    addrs: Addrs<'a>,
+    #[serde(flatten)]
+    time_wait: TimeWaitField,
+}
+
+#[derive(Serialize)]
+struct DestinationGauge {
+    raddr: String,
+    rport: u16,
+    count: u64,
+    new_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct LocalGauge {
+    laddr: String,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct GaugesLine<'a> {
+    r#type: &'static str,
+    ts_unix_ns: u64,
     total: u64,
+    preexisting: u64,
+    overflows: u64,
+    by_destination: Vec<DestinationGauge>,
+    by_local: Vec<LocalGauge>,
+    forecast: &'a [Forecast],
 }
 
 #[derive(Serialize)]
@@ -183,54 +222,6 @@ struct LostLine {
     ts_unix_ns: u64,
     new: u64,
     lost: Lost,
-}
-
-#[derive(Serialize)]
-struct TransitionCount {
-    old: TcpState,
-    new: TcpState,
-    count: u64,
-}
-
-#[derive(Serialize)]
-struct HeldStats {
-    state: TcpState,
-    count: u64,
-    p50_ns: u64,
-    p90_ns: u64,
-    p99_ns: u64,
-    max_ns: u64,
-}
-
-#[derive(Serialize)]
-struct Flows {
-    seen: u64,
-    finished: u64,
-    open: u64,
-    untracked: u64,
-}
-
-#[derive(Serialize)]
-struct SummaryLine {
-    r#type: &'static str,
-    elapsed_ns: u64,
-    state_events: u64,
-    retransmits: u64,
-    records_delivered: u64,
-    records_submitted: u64,
-    keepalive_probes: u64,
-    transitions: Vec<TransitionCount>,
-    held: Vec<HeldStats>,
-    flows: Flows,
-    close: std::collections::BTreeMap<&'static str, u64>,
-    causes: std::collections::BTreeMap<&'static str, u64>,
-    retransmits_by_state: std::collections::BTreeMap<&'static str, u64>,
-    lost: Lost,
-    read_errors: u64,
-    decode_errors: u64,
-    truncated_paths: u64,
-    stale_flows: u64,
-    path_gaps: u64,
 }
 
 fn skaddr(addr: u64) -> String {
@@ -295,6 +286,11 @@ impl<W: Write> Render for JsonPrinter<W> {
             reset_reason: f.evidence.reset_sent.as_deref(),
             probes: f.evidence.probes,
             rtx: f.lifecycle.retransmits,
+            time_wait: f.time_wait.as_ref().map(|t| TimeWaitField {
+                start_unix_ns: self.clock.unix_ns(t.start_ns),
+                held_ns: t.held_ns,
+                end: t.end,
+            }),
             skaddr: skaddr(f.skaddr),
         };
         self.line(&line)
@@ -383,6 +379,51 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
+    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+        let line = TimeWaitLine {
+            r#type: "time_wait",
+            addrs: (&t.addrs).into(),
+            time_wait: TimeWaitField {
+                start_unix_ns: self.clock.unix_ns(t.start_ns),
+                held_ns: t.held_ns,
+                end: t.end,
+            },
+        };
+        self.line(&line)
+    }
+
+    fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
+        let line = GaugesLine {
+            r#type: "time_wait_gauges",
+            ts_unix_ns: self.clock.unix_ns(now_ns),
+            total: v.gauges.total,
+            preexisting: v.preexisting,
+            overflows: v.overflows,
+            by_destination: v
+                .gauges
+                .by_destination
+                .iter()
+                .map(|(d, (count, rate))| DestinationGauge {
+                    raddr: d.addr.to_string(),
+                    rport: d.port,
+                    count: *count,
+                    new_per_s: *rate,
+                })
+                .collect(),
+            by_local: v
+                .gauges
+                .by_local
+                .iter()
+                .map(|(a, count)| LocalGauge {
+                    laddr: a.to_string(),
+                    count: *count,
+                })
+                .collect(),
+            forecast: &v.forecasts,
+        };
+        self.line(&line)
+    }
+
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {
         use tcptrace_common::stat;
         let line = LostLine {
@@ -394,6 +435,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 flows: kernel.stat(stat::LOST_FLOW_END),
                 retransmits: kernel.stat(stat::LOST_RETRANSMIT),
                 probes: kernel.stat(stat::LOST_PROBE),
+                time_wait: kernel.stat(stat::LOST_TIME_WAIT),
                 missed_events: kernel.missed,
                 total: kernel.lost(),
             },
@@ -402,55 +444,7 @@ impl<W: Write> Render for JsonPrinter<W> {
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
-        let line = SummaryLine {
-            r#type: "summary",
-            elapsed_ns: s.elapsed_ns,
-            state_events: s.state_events,
-            retransmits: s.retransmits,
-            records_delivered: s.delivered,
-            records_submitted: s.submitted,
-            keepalive_probes: s.keepalive_probes,
-            transitions: s
-                .transitions
-                .iter()
-                .map(|&(old, new, count)| TransitionCount { old, new, count })
-                .collect(),
-            held: s
-                .durations
-                .iter()
-                .map(|d| HeldStats {
-                    state: d.state,
-                    count: d.count,
-                    p50_ns: d.p50_ns,
-                    p90_ns: d.p90_ns,
-                    p99_ns: d.p99_ns,
-                    max_ns: d.max_ns,
-                })
-                .collect(),
-            flows: Flows {
-                seen: s.flows_seen,
-                finished: s.flows_finished,
-                open: s.flows_open,
-                untracked: s.flows_untracked,
-            },
-            close: s.close.iter().map(|(k, n)| (k.name(), *n)).collect(),
-            causes: s.causes.iter().map(|(k, n)| (k.name(), *n)).collect(),
-            retransmits_by_state: s.rtx_by_state.iter().map(|(k, n)| (k.name(), *n)).collect(),
-            lost: Lost {
-                transitions: s.lost_transitions,
-                flows: s.lost_flows,
-                retransmits: s.lost_retransmits,
-                probes: s.lost_probes,
-                missed_events: s.missed_events,
-                total: s.lost(),
-            },
-            read_errors: s.read_errors,
-            decode_errors: s.decode_errors,
-            truncated_paths: s.truncated_paths,
-            stale_flows: s.stale_flows,
-            path_gaps: s.path_gaps,
-        };
-        self.line(&line)
+        self.line(&summary_line(s))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -36,6 +36,7 @@ fn records_have_stable_field_names() {
     assert_eq!(v[1]["cause"], "normal");
     assert_eq!(v[1]["err"], 0);
     assert!(v[1]["reset_reason"].is_null());
+    assert!(v[1]["time_wait"].is_null(), "none recorded for this flow");
     assert_eq!(v[1]["life_ns"], 4_000_000);
     assert_eq!(v[1]["path"][0]["state"], "SYN_SENT");
     assert_eq!(v[1]["path"][0]["held_ns"], 1_000_000);

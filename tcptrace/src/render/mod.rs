@@ -1,5 +1,6 @@
 //! Printers: columns or JSON Lines, generic over `W: Write` so they are unit-tested on buffers.
 mod json;
+mod json_summary;
 mod text;
 
 use std::io::{self, Write};
@@ -11,7 +12,9 @@ use crate::{
     aggregate::{KernelCounters, Summary},
     alert::Alert,
     decode::{FinishedFlow, Retransmit, Transition},
+    forecast::Forecast,
     idle::IdleReport,
+    timewait::{Gauges, TimeWait},
 };
 
 /// What a printer can be asked to print.
@@ -22,10 +25,22 @@ pub trait Render {
     fn alert(&mut self, a: &Alert) -> io::Result<()>;
     /// `now_ns` is kernel time.
     fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()>;
+    /// A TIME_WAIT whose flow was not seen.
+    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()>;
+    /// Live TIME_WAIT gauges and the exhaustion forecast.
+    fn time_wait_gauges(&mut self, now_ns: u64, g: &TimeWaitView) -> io::Result<()>;
     /// Records were lost since the last report (`now_ns` is kernel time).
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// What the TIME_WAIT gauges show.
+pub struct TimeWaitView {
+    pub gauges: Gauges,
+    pub forecasts: Vec<Forecast>,
+    pub overflows: u64,
+    pub preexisting: u64,
 }
 
 /// Either printer, chosen at start-up.
@@ -63,6 +78,18 @@ impl<W: Write> Render for Printer<W> {
         match self {
             Printer::Text(p) => p.idle_report(now_ns, r),
             Printer::Json(p) => p.idle_report(now_ns, r),
+        }
+    }
+    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.time_wait(t),
+            Printer::Json(p) => p.time_wait(t),
+        }
+    }
+    fn time_wait_gauges(&mut self, now_ns: u64, g: &TimeWaitView) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.time_wait_gauges(now_ns, g),
+            Printer::Json(p) => p.time_wait_gauges(now_ns, g),
         }
     }
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {

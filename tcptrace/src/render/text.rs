@@ -8,12 +8,14 @@ use std::{
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
-    alert::{path_text, Alert},
+    alert::{flow_path_text, Alert},
     cause::CloseCause,
     clock::{human_duration, Clock, HumanDuration},
     decode::{FinishedFlow, Retransmit, Transition},
     idle::IdleReport,
     model::{FlowAddrs, Process},
+    render::TimeWaitView,
+    timewait::TimeWait,
 };
 
 /// "255.255.255.255:65535"
@@ -170,7 +172,7 @@ impl<W: Write> Render for TextPrinter<W> {
             f.addrs.local,
             f.addrs.remote,
         )?;
-        write!(self.out, " {}", path_text(&f.lifecycle))?;
+        write!(self.out, " {}", flow_path_text(f))?;
         let life = match f.life_ns() {
             Some(ns) => human_duration(ns),
             None => "?".into(),
@@ -255,6 +257,61 @@ impl<W: Write> Render for TextPrinter<W> {
         Ok(())
     }
 
+    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+        self.prepare(Kind::Flow, &t.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}) (flow not seen)",
+            self.clock.time_of_day(t.start_ns),
+            "-",
+            "-",
+            t.addrs.local,
+            t.addrs.remote,
+            HumanDuration(t.held_ns),
+            t.end.name()
+        )
+    }
+
+    fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
+        let o = &mut self.out;
+        writeln!(
+            o,
+            "--- TIME_WAIT {}: {} sockets ({} were there at start), {} skipped (tcp_max_tw_buckets full) ---",
+            self.clock.time_of_day(now_ns),
+            v.gauges.total,
+            v.preexisting,
+            v.overflows
+        )?;
+        writeln!(o, "{:<47} {:>9} {:>8}", "DESTINATION", "TIME_WAIT", "NEW/s")?;
+        let mut dests = v.gauges.by_destination.clone();
+        dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
+        for (dest, (count, rate)) in dests.iter().take(20) {
+            writeln!(o, "{:<47} {:>9} {:>8.1}", dest, count, rate)?;
+        }
+        writeln!(o, "{:<47} {:>9}", "LOCAL ADDRESS", "TIME_WAIT")?;
+        for (addr, count) in &v.gauges.by_local {
+            writeln!(o, "{:<47} {:>9}", addr, count)?;
+        }
+        for f in &v.forecasts {
+            writeln!(
+                o,
+                "forecast {} -> {}:{}: {:.0}/s of {:.0}/s ({:.0}%)",
+                f.laddr,
+                f.raddr,
+                f.rport,
+                f.rate_per_s,
+                f.capacity_per_s,
+                f.utilization * 100.0
+            )?;
+            if let Some(w) = &f.warning {
+                writeln!(o, "WARNING: {w}")?;
+            }
+        }
+        self.header = None;
+        Ok(())
+    }
+
     /// Lost records are reported on stderr by the pipeline; columns carry data only.
     fn lost(&mut self, _now_ns: u64, _newly_lost: u64, _kernel: &KernelCounters) -> io::Result<()> {
         Ok(())
@@ -314,6 +371,42 @@ impl<W: Write> Render for TextPrinter<W> {
             s.path_gaps,
             s.stale_flows
         )?;
+        if let Some(tw) = &s.time_wait {
+            let ends: Vec<String> = tw
+                .ends
+                .iter()
+                .map(|(e, n)| format!("{} {n}", e.name()))
+                .collect();
+            writeln!(
+                o,
+                "time_wait: {} entered ({} by the connecting side, {} by the accepting side), ended: {}; \
+                 {} already there at start; {} skipped (tcp_max_tw_buckets full)",
+                tw.entered,
+                tw.client_side,
+                tw.server_side,
+                if ends.is_empty() { "-".into() } else { ends.join(", ") },
+                s.time_wait_preexisting,
+                tw.overflows
+            )?;
+            if let Some([p50, p90, p99, max]) = tw.held {
+                writeln!(
+                    o,
+                    "time_wait held: p50 {} p90 {} p99 {} max {}",
+                    HumanDuration(p50),
+                    HumanDuration(p90),
+                    HumanDuration(p99),
+                    HumanDuration(max)
+                )?;
+            }
+            let top: Vec<String> = tw
+                .top_destinations
+                .iter()
+                .map(|(d, n)| format!("{d} {n}"))
+                .collect();
+            if !top.is_empty() {
+                writeln!(o, "time_wait top destinations: {}", top.join(", "))?;
+            }
+        }
         if !s.transitions.is_empty() {
             writeln!(o, "transitions:")?;
             for (old, new, n) in &s.transitions {

@@ -133,3 +133,26 @@ fn summary_lists_counts_and_percentiles() {
         .expect("a percentile row for ESTABLISHED");
     assert!(established.contains("1.0ms"), "{out}");
 }
+
+#[test]
+fn a_flow_that_closed_first_ends_with_its_time_wait() {
+    use crate::timewait::{TimeWait, TimeWaitEnd};
+    let mut flow = fixtures::client_flow();
+    flow.time_wait = Some(TimeWait {
+        addrs: flow.addrs,
+        start_ns: flow.ts_ns,
+        held_ns: 60_000_000_000,
+        end: TimeWaitEnd::Expired,
+    });
+    let mut p = printer();
+    p.flow(&flow).expect("write");
+    let out = text(p);
+    assert!(
+        out.contains("FIN_WAIT2 1.0ms > TIME_WAIT 60.0s (expired)  life 4.0ms active"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("> CLOSE"),
+        "TIME_WAIT replaces the final CLOSE: {out}"
+    );
+}

@@ -37,6 +37,13 @@ pub struct BenchArgs {
     /// Skip the bpftrace reference row.
     #[arg(long)]
     no_bpftrace: bool,
+    /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, bpftrace.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "transitions,flows,flows-no-tw,json,bpftrace"
+    )]
+    modes: Vec<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -272,12 +279,21 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &[&str]); 3] = [
-        ("transitions -> file", &[]),
-        ("flows -> file", &["flows"]),
-        ("json -> file", &["--json"]),
+    let modes: [(&str, &str, &[&str]); 4] = [
+        ("transitions", "transitions -> file", &[]),
+        ("flows", "flows -> file", &["flows"]),
+        (
+            "flows-no-tw",
+            "flows, no TIME_WAIT",
+            &["flows", "--no-time-wait"],
+        ),
+        ("json", "json -> file", &["--json"]),
     ];
-    for (name, mode_args) in modes {
+    let wanted = |key: &str| args.modes.iter().any(|m| m == key);
+    for (key, name, mode_args) in modes {
+        if !wanted(key) {
+            continue;
+        }
         let start = |out: &Path| bench.tcptrace(mode_args, out);
         let command = format!("tcptrace {}", mode_args.join(" "));
         results
@@ -285,7 +301,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             .push(bench.mode(name, &start, command.trim(), true)?);
     }
 
-    if !args.no_bpftrace {
+    if !args.no_bpftrace && wanted("bpftrace") {
         install_bpftrace()?;
         mount_tracefs()?;
         let start = |out: &Path| {

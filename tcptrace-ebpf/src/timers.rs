@@ -1,30 +1,116 @@
-//! `tp_btf/timer_expire_entry` and `tp_btf/timer_expire_exit` around `tcp_keepalive_timer`:
-//! a keepalive probe went out exactly when the socket's `icsk_probes_out` grew while the
-//! timer ran. Every other timer costs one load and a compare.
+//! Timer hooks: `tp_btf/timer_start`, `timer_cancel`, `timer_expire_entry`, `timer_expire_exit`.
+//!
+//! - Keepalive probes, around `tcp_keepalive_timer`: a probe went out exactly when the
+//!   socket's `icsk_probes_out` grew while the timer ran.
+//! - TIME_WAIT, through `tw_timer_handler`: armed when the timewait socket takes over, fired
+//!   when it runs out, cancelled when it ends early (reused by a connect(), or killed).
+//!
+//! Every other timer on the host costs a load and two compares.
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, flow_flags, record_kind, stat, tcp_state, KeepaliveProbeEvent, TimerEntry,
+    event_flags, flow_flags, record_kind, stat, tcp_state, time_wait, KeepaliveProbeEvent,
+    TimeWaitEvent, TimerEntry, Tuple,
 };
 
 use crate::{
     config,
-    maps::{submit_flags, Stats, EVENTS, FLOWS, TIMER_ENTRY},
+    maps::{submit_flags, Stats, CONNECTING, EVENTS, FLOWS, TIMER_ENTRY},
     sock,
 };
 
 /// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
 #[inline(always)]
 fn keepalive_socket(timer: *const u8) -> Option<*const u8> {
-    let function = sock::read::<u64>(timer, config!(offsets.timer_function)).ok()?;
-    if function != config!(keepalive_timer_fn) || function == 0 {
+    let keepalive_fn = config!(keepalive_timer_fn);
+    if keepalive_fn == 0 || function(timer) != keepalive_fn {
         return None;
     }
     Some(timer.wrapping_sub(config!(offsets.sk_timer) as usize))
 }
 
+/// The timer's handler, if it is one tcptrace follows.
+#[inline(always)]
+fn function(timer: *const u8) -> u64 {
+    sock::read::<u64>(timer, config!(offsets.timer_function)).unwrap_or(0)
+}
+
+#[inline(always)]
+fn is_time_wait(timer: *const u8) -> bool {
+    let tw_fn = config!(tw_timer_fn);
+    tw_fn != 0 && function(timer) == tw_fn
+}
+
+#[inline(always)]
+fn emit_time_wait(what: u8, flags: u8, timer: *const u8, tuple: Tuple) {
+    let stats = Stats::get();
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<TimeWaitEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::TIME_WAIT);
+                (&raw mut (*e).what).write(what);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._pad0).write([0; 2]);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).timer).write(timer as u64);
+                (&raw mut (*e).tuple).write(tuple);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            stats.bump(stat::LOST_TIME_WAIT);
+        }
+    }
+}
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
+    let timer: *const u8 = ctx.arg(0);
+    if !is_time_wait(timer) {
+        return 0;
+    }
+    let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
+    if let Ok(tuple) = sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)) {
+        emit_time_wait(time_wait::START, 0, timer, tuple);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    let timer: *const u8 = ctx.arg(0);
+    if !is_time_wait(timer) {
+        return 0;
+    }
+    // A connect() reusing the 4-tuple removes the timewait socket from inside the connecting
+    // task, moments after that socket entered SYN_SENT on this CPU.
+    let mut flags = 0;
+    if let Some(connecting) = CONNECTING.get_ptr(0) {
+        // SAFETY: this CPU's slot; only read.
+        let connecting = unsafe { &*connecting };
+        // SAFETY: plain helper calls with no arguments.
+        let (me, now) = unsafe { (bpf_get_current_pid_tgid(), bpf_ktime_get_ns()) };
+        if connecting.pid_tgid == me && now.wrapping_sub(connecting.ts_ns) < 10_000_000 {
+            flags |= time_wait::IN_CONNECT;
+        }
+    }
+    emit_time_wait(time_wait::CANCEL, flags, timer, Tuple::default());
+    0
+}
+
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
+    if is_time_wait(timer) {
+        emit_time_wait(time_wait::EXPIRE, 0, timer, Tuple::default());
+        return 0;
+    }
     let Some(sk) = keepalive_socket(timer) else {
         return 0;
     };

@@ -1,0 +1,34 @@
+//! The kernel's count of TIME_WAITs skipped because net.ipv4.tcp_max_tw_buckets was full
+//! (TcpExt TCPTimeWaitOverflow in /proc/net/netstat).
+
+/// TcpExt TCPTimeWaitOverflow from /proc/net/netstat.
+pub fn parse_tw_overflow(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let index = names
+            .split_whitespace()
+            .position(|n| n == "TCPTimeWaitOverflow")?;
+        return values.split_whitespace().nth(index)?.parse().ok();
+    }
+    None
+}
+
+pub fn tw_overflow() -> Option<u64> {
+    parse_tw_overflow(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_counter_is_found_by_name() {
+        let netstat = "TcpExt: SyncookiesSent TCPTimeWaitOverflow TW\nTcpExt: 0 8300000 5\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_tw_overflow(netstat), Some(8_300_000));
+        assert_eq!(parse_tw_overflow("IpExt: A\nIpExt: 1\n"), None);
+        assert!(tw_overflow().is_some(), "this kernel exposes the counter");
+    }
+}

@@ -1,0 +1,235 @@
+//! TIME_WAIT made visible: measured durations and end causes, pre-existing sockets, gauges
+//! that match `ss`.
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    netns::sh,
+    support::{path_states, Tracer},
+};
+
+/// A loopback connection that the client closes first; returns (client port, server port).
+fn client_closes_first(listener: &TcpListener) -> (u16, u16) {
+    let addr = listener.local_addr().expect("addr");
+    let client = TcpStream::connect(addr).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(client);
+    assert_eq!(server.read(&mut [0u8; 1]).expect("EOF"), 0);
+    drop(server);
+    (client_port, addr.port())
+}
+
+fn time_wait_of(flow: &Value) -> &Value {
+    let tw = &flow["time_wait"];
+    assert!(tw.is_object(), "a time_wait: {flow}");
+    tw
+}
+
+/// One test may wait ~60 s: the real TIME_WAIT, measured end to end.
+#[test]
+fn client_time_wait_lasts_about_60s_and_expires() {
+    let tracer = Tracer::start(&["flows"]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (client_port, server_port) = client_closes_first(&listener);
+    // The timer wheel rounds up: the expiry comes 60-62 s later.
+    thread::sleep(Duration::from_millis(63_500));
+    let out = tracer.stop();
+    let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
+    assert_eq!(
+        path_states(flow)[0],
+        "SYN_SENT",
+        "the client side holds TIME_WAIT"
+    );
+    let tw = time_wait_of(flow);
+    assert_eq!(tw["end"], "expired", "{flow}");
+    let held = tw["held_ns"].as_u64().expect("held");
+    assert!((59_500_000_000..63_000_000_000).contains(&held), "{flow}");
+    let server = out.flow(("127.0.0.1", server_port), ("127.0.0.1", client_port));
+    assert!(
+        server["time_wait"].is_null(),
+        "the passive side has none: {server}"
+    );
+    let s = out.summary();
+    assert!(s["time_wait"]["client_side"].as_u64() >= Some(1), "{s}");
+    assert!(s["time_wait"]["ends"]["expired"].as_u64() >= Some(1), "{s}");
+}
+
+#[test]
+fn early_ends_are_reused_or_killed() {
+    let tracer = Tracer::start(&["flows"]);
+    // Reused: the same 4-tuple connects again (tcp_tw_reuse, 2 = loopback, after 1 s).
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server_port = listener.local_addr().expect("addr").port();
+    let reuse = |_: ()| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket,time\n\
+                     def c():\n  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n  \
+                     s.bind(('127.0.0.1', 0 if not ports else ports[0])); s.connect(('127.0.0.1', {server_port})); return s\n\
+                     ports=[]\ns=c(); ports.append(s.getsockname()[1]); s.close(); time.sleep(1.3)\ns=c(); print(ports[0]); s.close()\n"
+                ),
+            ])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .expect("the reused port")
+    };
+    let acceptor = thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            let _ = s.read(&mut [0u8; 1]);
+        }
+    });
+    let reused_port = reuse(());
+    acceptor.join().expect("acceptor");
+
+    // Killed: the namespace holding a TIME_WAIT goes away.
+    let ns = format!("ttk{}", std::process::id() % 100_000);
+    sh(&["ip", "netns", "add", &ns]);
+    sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    sh(&[
+        "ip", "netns", "exec", &ns, "python3", "-c",
+        "import socket\ns=socket.socket(); s.bind(('127.0.0.1',7777)); s.listen()\n\
+         c=socket.create_connection(('127.0.0.1',7777)); a,_=s.accept(); c.close(); a.recv(1); a.close()",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    sh(&["ip", "netns", "del", &ns]);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop();
+
+    let flows = out.of_type("flow");
+    let reused = flows
+        .iter()
+        .find(|f| {
+            f["lport"] == reused_port && f["rport"] == server_port && f["time_wait"].is_object()
+        })
+        .unwrap_or_else(|| panic!("the first connection's flow: {flows:#?}"));
+    let tw = time_wait_of(reused);
+    assert_eq!(tw["end"], "reused", "{reused}");
+    assert!(
+        (1_000_000_000..5_000_000_000).contains(&tw["held_ns"].as_u64().expect("held")),
+        "{reused}"
+    );
+    let killed = flows
+        .iter()
+        .find(|f| f["rport"] == 7777 && f["time_wait"].is_object())
+        .unwrap_or_else(|| panic!("the namespace's client flow: {flows:#?}"));
+    assert_eq!(time_wait_of(killed)["end"], "killed", "{killed}");
+}
+
+fn last_gauges(out: &crate::support::Output) -> &Value {
+    out.of_type("time_wait_gauges")
+        .into_iter()
+        .last()
+        .expect("gauges were printed")
+}
+
+fn destination_count(gauges: &Value, port: u16) -> u64 {
+    gauges["by_destination"]
+        .as_array()
+        .expect("by_destination")
+        .iter()
+        .filter(|d| d["raddr"] == "127.0.0.1" && d["rport"] == port)
+        .map(|d| d["count"].as_u64().expect("count"))
+        .sum()
+}
+
+#[test]
+fn time_wait_sockets_from_before_tracing_are_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    for _ in 0..5 {
+        client_closes_first(&listener);
+    }
+    let tracer = Tracer::start(&["timewait", "--interval", "500ms"]);
+    thread::sleep(Duration::from_millis(800));
+    let out = tracer.stop();
+    let gauges = last_gauges(&out);
+    assert!(gauges["preexisting"].as_u64() >= Some(5), "{gauges}");
+    assert_eq!(destination_count(gauges, port), 5, "{gauges}");
+    assert!(out.summary()["time_wait"]["preexisting"].as_u64() >= Some(5));
+}
+
+#[test]
+fn burst_gauge_matches_ss_and_forecasts() {
+    let load = crate::support::heavy_load();
+    let tracer = Tracer::start_alone(&load, &["timewait", "--interval", "1s"]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    for _ in 0..2_000 {
+        client_closes_first(&listener);
+    }
+    thread::sleep(Duration::from_millis(1_500));
+    let out = tracer.stop();
+    let ss = Command::new("ss")
+        .args([
+            "-Htan",
+            "state",
+            "time-wait",
+            "dst",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("ss runs");
+    let in_ss = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
+    let gauges = last_gauges(&out);
+    let ours = destination_count(gauges, port);
+    assert!(in_ss >= 1_900, "ss sees the burst: {in_ss}");
+    assert!(
+        ours.abs_diff(in_ss) <= in_ss / 50,
+        "gauge {ours} vs ss {in_ss}: {gauges}"
+    );
+    let forecast = gauges["forecast"]
+        .as_array()
+        .expect("forecast")
+        .iter()
+        .find(|f| f["rport"] == port)
+        .unwrap_or_else(|| panic!("a forecast for the burst's destination: {gauges}"));
+    assert!(
+        forecast["capacity_per_s"].as_f64() > Some(100.0),
+        "{forecast}"
+    );
+    assert!(forecast["rate_per_s"].as_f64() > Some(0.0), "{forecast}");
+}
+
+#[test]
+fn time_waits_skipped_by_a_full_table_are_reported() {
+    let pair = crate::netns::NetnsPair::new();
+    pair.sysctl(&pair.a, "net.ipv4.tcp_max_tw_buckets", "0");
+    let tracer = Tracer::start_in(&pair.a, &["flows"]);
+    let ports = pair.run_in(&pair.a, || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        (0..5)
+            .map(|_| client_closes_first(&listener))
+            .collect::<Vec<_>>()
+    });
+    // The overflow counter is read every second.
+    thread::sleep(Duration::from_millis(1_500));
+    let out = tracer.stop();
+    let s = out.summary();
+    assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");
+    for (client_port, server_port) in ports {
+        let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
+        assert!(
+            flow["time_wait"].is_null(),
+            "no TIME_WAIT was created: {flow}"
+        );
+    }
+}
