@@ -41,6 +41,8 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
         interval: Duration,
     },
+    /// Headless: no per-event output, only the Prometheus metrics (needs --metrics).
+    Metrics,
     /// Report ESTABLISHED connections idle longer than --min-idle with no keepalive armed,
     /// grouped by process, and exit (no eBPF needed).
     Idle {
@@ -77,6 +79,9 @@ pub struct CommonArgs {
     /// keepalive armed (as `tcptrace idle`), beside the tracing output.
     #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_duration)]
     pub idle_report: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595), beside any mode.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Do not trace TIME_WAIT (its timer hooks) in the flows and all modes.
     #[arg(long, global = true)]
     pub no_time_wait: bool,
@@ -101,6 +106,7 @@ pub struct Config {
     pub btf: PathBuf,
     pub idle_report: Option<Duration>,
     pub no_time_wait: bool,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -120,7 +126,7 @@ impl Config {
     pub fn traces_time_wait(&self) -> bool {
         match self.mode {
             Command::Timewait { .. } => true,
-            Command::Flows | Command::All => !self.no_time_wait,
+            Command::Flows | Command::All | Command::Metrics => !self.no_time_wait,
             _ => false,
         }
     }
@@ -163,6 +169,9 @@ impl TryFrom<Cli> for Config {
                 bail!("--no-time-wait contradicts the timewait mode");
             }
         }
+        if cli.command == Some(Command::Metrics) && c.metrics.is_none() {
+            bail!("the metrics mode needs --metrics ADDR (e.g. --metrics 127.0.0.1:9595)");
+        }
         if c.duration == Some(Duration::ZERO) {
             bail!("--duration must be longer than zero");
         }
@@ -177,6 +186,7 @@ impl TryFrom<Cli> for Config {
             btf: c.btf,
             idle_report: c.idle_report,
             no_time_wait: c.no_time_wait,
+            metrics: c.metrics,
         })
     }
 }
@@ -252,6 +262,8 @@ mod tests {
             (&["--duration", "soon"][..], "examples"),
             (&["timewait", "--interval", "10ms"][..], "--interval"),
             (&["timewait", "--no-time-wait"][..], "contradicts"),
+            (&["metrics"][..], "--metrics ADDR"),
+            (&["--metrics", "9595"][..], "--metrics"),
             (&["flow"][..], "unrecognized subcommand"),
         ] {
             let err = config(args).expect_err("must be refused");

@@ -14,6 +14,7 @@ mod forecast;
 mod idle;
 mod keepalive;
 mod loader;
+mod metrics;
 mod model;
 mod pipeline;
 mod procnet;

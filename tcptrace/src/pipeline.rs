@@ -22,10 +22,11 @@ use crate::{
     decode::{decode, Event},
     forecast,
     loader::Tracer,
+    metrics::Metrics,
     procnet,
     render::{JsonPrinter, Printer, Render, TextPrinter, TimeWaitView},
     sockdiag,
-    timewait::{self, Finished, TimeWaitTracker},
+    timewait::{self, Finished, TimeWaitEnd, TimeWaitTracker},
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
@@ -46,8 +47,18 @@ enum Stop {
 fn emit_finished<W: Write>(
     printer: &mut Printer<W>,
     config: &Config,
+    metrics: Option<&Metrics>,
     finished: Finished,
 ) -> io::Result<()> {
+    if let Some(m) = metrics {
+        let held = match &finished {
+            Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
+            Finished::Orphan(t) => Some((t.held_ns, t.end)),
+        };
+        if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress) {
+            m.time_wait_ended(held_ns);
+        }
+    }
     if !config.shows_flows() {
         return Ok(());
     }
@@ -62,6 +73,7 @@ fn drain<W: Write>(
     printer: &mut Printer<W>,
     agg: &mut Aggregator,
     tw: &mut TimeWaitTracker,
+    metrics: Option<&Metrics>,
     config: &Config,
     limit: usize,
 ) -> io::Result<bool> {
@@ -78,6 +90,9 @@ fn drain<W: Write>(
             Ok(Event::Transition(t)) if config.shows_transitions() => printer.transition(&t)?,
             Ok(Event::FlowEnd(f)) => {
                 agg.finished_flow(&f);
+                if let Some(m) = metrics {
+                    m.flow(&f);
+                }
                 if let Some(alert) = Alert::closed(&f).filter(|_| config.shows_alerts()) {
                     printer.alert(&alert)?;
                 }
@@ -100,7 +115,7 @@ fn drain<W: Write>(
                 time_wait::CANCEL => tw.cancel(r.timer, r.ts_ns, r.in_connect),
                 _ => {
                     if let Some(finished) = tw.expire(r.timer, r.ts_ns) {
-                        emit_finished(printer, config, finished)?;
+                        emit_finished(printer, config, metrics, finished)?;
                     }
                 }
             },
@@ -125,7 +140,7 @@ fn drain<W: Write>(
         }
     }
     for finished in tw.settle(Clock::ktime_now()) {
-        emit_finished(printer, config, finished)?;
+        emit_finished(printer, config, metrics, finished)?;
     }
     printer.flush()?;
     Ok(more)
@@ -219,6 +234,11 @@ async fn trace(config: Config) -> Result<()> {
         .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut lost_check = interval(LOST_CHECK);
     lost_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut metrics = config.metrics.map(|_| Metrics::new());
+    if let (Some(addr), Some(m)) = (config.metrics, &metrics) {
+        let listener = crate::metrics::bind(addr).await?;
+        tokio::spawn(Metrics::serve(m.registry(), listener));
+    }
     let mut agg = Aggregator::new();
     let mut tw = TimeWaitTracker::new();
     let mut tw_overflow_base = procnet::tw_overflow();
@@ -265,7 +285,7 @@ async fn trace(config: Config) -> Result<()> {
                 if deadline.is_some() => break Stop::Requested,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                match drain(guard.get_inner_mut(), &mut printer, &mut agg, &mut tw, &config, DRAIN_BATCH) {
+                match drain(guard.get_inner_mut(), &mut printer, &mut agg, &mut tw, metrics.as_ref(), &config, DRAIN_BATCH) {
                     Ok(true) => {}
                     Ok(false) => guard.clear_ready(),
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
@@ -273,7 +293,7 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
-                match drain(ring.get_mut(), &mut printer, &mut agg, &mut tw, &config, DRAIN_BATCH) {
+                match drain(ring.get_mut(), &mut printer, &mut agg, &mut tw, metrics.as_ref(), &config, DRAIN_BATCH) {
                     Ok(_) => {}
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
                     Err(e) => return Err(e).context("writing output"),
@@ -294,6 +314,12 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = lost_check.tick() => {
+                if let Some(m) = metrics.as_mut() {
+                    m.kernel(&tracer.counters()?);
+                    if config.traces_time_wait() {
+                        m.time_wait_gauges(&tw.gauges(Clock::ktime_now()));
+                    }
+                }
                 if config.traces_time_wait() {
                     if let (Some(base), Some(now)) = (tw_overflow_base, procnet::tw_overflow()) {
                         if now > base {
@@ -386,14 +412,15 @@ fn finish<W: Write>(
     tw: &mut TimeWaitTracker,
     started_ns: u64,
 ) -> Result<()> {
-    while drain(ring, printer, agg, tw, config, DRAIN_BATCH)? {}
+    let metrics: Option<&Metrics> = None; // the process is ending: nothing will scrape
+    while drain(ring, printer, agg, tw, metrics, config, DRAIN_BATCH)? {}
     // Cancels still waiting for an expiry settle now; what remains is in progress.
     let now = Clock::ktime_now();
     for finished in tw.settle(now + 1_000_000_000) {
-        emit_finished(printer, config, finished)?;
+        emit_finished(printer, config, metrics, finished)?;
     }
     for finished in tw.drain_in_progress(now) {
-        emit_finished(printer, config, finished)?;
+        emit_finished(printer, config, metrics, finished)?;
     }
     let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {

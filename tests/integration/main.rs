@@ -6,6 +6,7 @@ mod causes;
 mod cli;
 mod idle;
 mod lifecycle;
+mod metrics;
 mod netns;
 mod overload;
 mod retransmit;

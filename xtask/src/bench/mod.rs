@@ -37,11 +37,12 @@ pub struct BenchArgs {
     /// Skip the bpftrace reference row.
     #[arg(long)]
     no_bpftrace: bool,
-    /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, bpftrace.
+    /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
+    /// bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -279,7 +280,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 4] = [
+    let modes: [(&str, &str, &[&str]); 5] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -288,6 +289,11 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             &["flows", "--no-time-wait"],
         ),
         ("json", "json -> file", &["--json"]),
+        (
+            "metrics",
+            "metrics only",
+            &["metrics", "--metrics", "127.0.0.1:0"],
+        ),
     ];
     let wanted = |key: &str| args.modes.iter().any(|m| m == key);
     for (key, name, mode_args) in modes {

@@ -1,0 +1,140 @@
+//! Prometheus metrics scraped over HTTP during real traffic, parsed with a Prometheus
+//! text-format parser, compared with what the tracer saw.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use crate::support::{heavy_load, Tracer};
+
+fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    let lines = BufReader::new(body.as_bytes())
+        .lines()
+        .map(|l| l.map_err(Into::into));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+    (body.to_string(), parsed)
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_are_served_headless_and_match_the_tracer() {
+    let _load = heavy_load();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("a")
+        .port();
+    let tracer = Tracer::start_alone(
+        &_load,
+        &["metrics", "--metrics", &format!("127.0.0.1:{port}")],
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    for _ in 0..50 {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        let _ = server.read(&mut [0u8; 1]);
+    }
+    // Kernel counters reach the metrics every second.
+    thread::sleep(Duration::from_millis(1_500));
+    let (text, scrape) = scrape(port);
+    let out = tracer.stop();
+    assert!(
+        out.records.iter().all(|r| r["type"] == "summary"),
+        "headless: no per-event output"
+    );
+    let summary = out.summary();
+
+    let established = value(
+        &scrape,
+        "tcptrace_transitions_total",
+        &[("from", "SYN_SENT"), ("to", "ESTABLISHED")],
+    );
+    assert!(established >= 50.0, "{text}");
+    let seen_by_tracer = summary["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .find(|t| t["old"] == "SYN_SENT" && t["new"] == "ESTABLISHED")
+        .and_then(|t| t["count"].as_f64())
+        .expect("the tracer counted them");
+    assert!(
+        established <= seen_by_tracer,
+        "{established} scraped, {seen_by_tracer} at exit"
+    );
+    assert!(
+        value(
+            &scrape,
+            "tcptrace_flows_closed_total",
+            &[("cause", "normal")]
+        ) >= 50.0,
+        "{text}"
+    );
+    assert!(
+        value(&scrape, "tcptrace_flows_opened_total", &[]) >= 100.0,
+        "{text}"
+    );
+    assert!(
+        value(&scrape, "tcptrace_time_wait_sockets", &[]) >= 50.0,
+        "TIME_WAIT gauge: {text}"
+    );
+    assert!(
+        value(
+            &scrape,
+            "tcptrace_state_duration_seconds_count",
+            &[("state", "ESTABLISHED")]
+        ) >= 50.0,
+        "{text}"
+    );
+    let types: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    assert_eq!(
+        types.get("tcptrace_transitions"),
+        Some(&"counter"),
+        "{text}"
+    );
+    assert_eq!(
+        types.get("tcptrace_state_duration_seconds"),
+        Some(&"histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        types.get("tcptrace_time_wait_sockets"),
+        Some(&"gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tcptrace_lost_events_total{reason=\"skipped_by_kernel\"}"),
+        "{text}"
+    );
+}
