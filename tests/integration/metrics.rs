@@ -20,9 +20,7 @@ fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("openmetrics-text"), "{head}");
-    let lines = BufReader::new(body.as_bytes())
-        .lines()
-        .map(|l| l.map_err(Into::into));
+    let lines = BufReader::new(body.as_bytes()).lines();
     let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
     (body.to_string(), parsed)
 }
