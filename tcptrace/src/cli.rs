@@ -50,6 +50,12 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         min_idle: Duration,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
     /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
     #[command(hide = true)]
     ReplayBench {
@@ -72,8 +78,9 @@ pub struct CommonArgs {
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
     #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Most flows tracked at once in the kernel; flows beyond it are counted as untracked.
-    #[arg(long, global = true, value_name = "N", default_value_t = 262_144)]
+    /// Most flows tracked at once in the kernel (~190 bytes each, allocated as flows appear);
+    /// flows beyond it are counted as untracked, live and in the summary.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1_048_576)]
     pub max_flows: u32,
     /// Every INTERVAL, report ESTABLISHED connections idle at least that long with no
     /// keepalive armed (as `tcptrace idle`), beside the tracing output.
@@ -221,9 +228,42 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Shell completions for `shell`, generated from the command-line definition.
+pub fn completions(shell: clap_complete::Shell, out: &mut impl std::io::Write) {
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "tcptrace",
+        out,
+    );
+}
+
+/// The man page (roff), generated from the command-line definition.
+pub fn man_page(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completions_and_man_page_come_from_the_definition() {
+        let mut bash = Vec::new();
+        completions(clap_complete::Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).expect("utf-8");
+        assert!(
+            bash.contains("tcptrace") && bash.contains("--ring-size"),
+            "{bash}"
+        );
+        let mut man = Vec::new();
+        man_page(&mut man).expect("renders");
+        let man = String::from_utf8(man).expect("utf-8");
+        assert!(
+            man.contains(".TH tcptrace") && man.contains("ring\\-size"),
+            "{man}"
+        );
+    }
 
     fn config(args: &[&str]) -> Result<Config> {
         let mut argv = vec!["tcptrace"];

@@ -54,6 +54,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => replay::run(records),
         Some(cli::Command::Idle { min_idle }) => pipeline::idle_once(cli.common.json, min_idle),
+        Some(cli::Command::Completions { shell }) => {
+            cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Some(cli::Command::Man) => cli::man_page(&mut std::io::stdout()).map_err(Into::into),
         _ => cli::Config::try_from(cli).and_then(pipeline::run),
     };
     match result {

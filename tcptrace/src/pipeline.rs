@@ -270,6 +270,7 @@ async fn trace(config: Config) -> Result<()> {
         .gauge_interval()
         .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut reported_lost = 0u64;
+    let mut reported_untracked = 0u64;
 
     eprintln!(
         "tcptrace: tracing TCP via {} (Ctrl-C to stop)",
@@ -334,6 +335,15 @@ async fn trace(config: Config) -> Result<()> {
                     }
                 }
                 let kernel = tracer.counters()?;
+                let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
+                if untracked > reported_untracked {
+                    eprintln!(
+                        "tcptrace: warning: {} flows not tracked ({untracked} in all): the flow \
+                         table is full; raise --max-flows",
+                        untracked - reported_untracked
+                    );
+                    reported_untracked = untracked;
+                }
                 if kernel.lost() > reported_lost {
                     let newly = kernel.lost() - reported_lost;
                     reported_lost = kernel.lost();

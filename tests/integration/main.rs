@@ -4,6 +4,7 @@
 //! here fails with the tracer's own error message.
 mod causes;
 mod cli;
+mod deploy;
 mod idle;
 mod lifecycle;
 mod metrics;

@@ -84,3 +84,44 @@ fn tiny_ring_buffer_loses_records_and_counts_every_one() {
     assert!(live > 0, "losses are reported live too");
     assert!(live <= n(&lost["total"]), "{live} reported live, {s}");
 }
+
+/// A flow table of 4 entries under 20 open sockets: the rest are counted as untracked, the
+/// tracer keeps going, and what it does print is right.
+#[test]
+fn a_tiny_flow_table_counts_what_it_cannot_track() {
+    let load = crate::support::heavy_load();
+    let tracer = Tracer::start_alone(&load, &["flows", "--max-flows", "4", "--no-time-wait"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let pairs: Vec<_> = (0..10)
+        .map(|_| {
+            let client = std::net::TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            (client, server)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    drop(pairs);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = tracer.stop();
+    assert!(
+        out.stderr.contains("flows not tracked") && out.stderr.contains("--max-flows"),
+        "reported live: {}",
+        out.stderr
+    );
+    let s = out.summary();
+    let untracked = s["flows"]["untracked"].as_u64().expect("untracked");
+    // 21 sockets (20 + the listener) for 4 entries: at least 17 could not be tracked.
+    assert!(untracked >= 17, "{s}");
+    // The flows it kept are whole.
+    for flow in out.of_type("flow") {
+        if flow["start_seen"] == true {
+            let states = crate::support::path_states(flow);
+            assert!(
+                matches!(states[0].as_str(), "SYN_SENT" | "SYN_RECV" | "LISTEN"),
+                "{flow}"
+            );
+            assert_eq!(states.last().map(String::as_str), Some("CLOSE"), "{flow}");
+        }
+    }
+}

@@ -41,6 +41,16 @@ enum Task {
     /// Measure connections/s with the tracer off and on, kernel and user cost, memory per
     /// flow, aggregation throughput, against bpftrace (as root).
     Bench(bench::BenchArgs),
+    /// Write shell completions (bash, zsh, fish) for tcptrace into DIR.
+    Completions {
+        #[arg(long, default_value = "target/completions")]
+        out: PathBuf,
+    },
+    /// Write the tcptrace(1) man page into DIR.
+    Man {
+        #[arg(long, default_value = "target/man")]
+        out: PathBuf,
+    },
     /// Helper of `bench`: holds connections open.
     #[command(hide = true)]
     BenchHold {
@@ -185,6 +195,37 @@ fn main() -> ExitCode {
         }),
         Task::Test { args } => test(&args),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
+        Task::Completions { out } => build(false).and_then(|bin| {
+            let dir = workspace_root().join(out);
+            std::fs::create_dir_all(&dir)?;
+            for (shell, file) in [
+                ("bash", "tcptrace.bash"),
+                ("zsh", "_tcptrace"),
+                ("fish", "tcptrace.fish"),
+            ] {
+                let output = Command::new(&bin).args(["completions", shell]).output()?;
+                if !output.status.success() {
+                    bail!("tcptrace completions {shell} failed");
+                }
+                std::fs::write(dir.join(file), output.stdout)?;
+            }
+            eprintln!("xtask: completions written to {}", dir.display());
+            Ok(())
+        }),
+        Task::Man { out } => build(false).and_then(|bin| {
+            let dir = workspace_root().join(out);
+            std::fs::create_dir_all(&dir)?;
+            let output = Command::new(&bin).arg("man").output()?;
+            if !output.status.success() {
+                bail!("tcptrace man failed");
+            }
+            std::fs::write(dir.join("tcptrace.1"), output.stdout)?;
+            eprintln!(
+                "xtask: man page written to {}",
+                dir.join("tcptrace.1").display()
+            );
+            Ok(())
+        }),
         Task::Bench(args) => build(true).and_then(|bin| {
             require_root("cargo xtask bench")?;
             bench::run(&args, bin)

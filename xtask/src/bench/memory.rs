@@ -30,7 +30,7 @@ pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
     let out = bench.dir.join("memory.out");
     let tracer = bench.tcptrace(&["flows"], &out)?;
     let pid = tracer.pid();
-    let empty = map_memlock(pid, 262_144).context("flow table not found in tracer fdinfo")?;
+    let empty = map_memlock(pid, 1_048_576).context("flow table not found in tracer fdinfo")?;
     let exe = std::env::current_exe()?;
     let mut helpers = Vec::new();
     let mut left = conns;
@@ -56,7 +56,7 @@ pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
         helpers.push(child);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let full = map_memlock(pid, 262_144).context("flow table")?;
+    let full = map_memlock(pid, 1_048_576).context("flow table")?;
     for mut h in helpers {
         drop(h.stdin.take());
         h.wait()?;
