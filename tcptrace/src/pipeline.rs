@@ -315,8 +315,9 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = lost_check.tick() => {
+                let kernel = tracer.counters()?;
                 if let Some(m) = metrics.as_mut() {
-                    m.kernel(&tracer.counters()?);
+                    m.kernel(&kernel);
                     if config.traces_time_wait() {
                         m.time_wait_gauges(&tw.gauges(Clock::ktime_now()));
                     }
@@ -334,7 +335,6 @@ async fn trace(config: Config) -> Result<()> {
                         tw_overflow_base = Some(now);
                     }
                 }
-                let kernel = tracer.counters()?;
                 let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
                 if untracked > reported_untracked {
                     eprintln!(

@@ -15,8 +15,12 @@ use crate::{
     idle::IdleReport,
     model::{FlowAddrs, Process},
     render::TimeWaitView,
+    stackstr::StackStr,
     timewait::TimeWait,
 };
+
+/// An endpoint formatted on the stack.
+type Endpoints = StackStr<56>;
 
 /// "255.255.255.255:65535"
 const MIN_ADDR_WIDTH: usize = 21;
@@ -93,15 +97,22 @@ impl<W: Write> TextPrinter<W> {
         self.out
     }
 
-    /// Widens the address columns for `addrs` and prints the header for `kind` if needed.
-    fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<()> {
-        let local = addrs.local.text().as_str().len();
-        let remote = addrs.remote.text().as_str().len();
-        if local > self.local_width || remote > self.remote_width {
-            self.local_width = self.local_width.max(local);
-            self.remote_width = self.remote_width.max(remote);
+    /// Widens the address columns for `addrs` and prints the header for `kind` if needed;
+    /// returns the endpoints, formatted once, for the line.
+    fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<(Endpoints, Endpoints)> {
+        let (local, remote) = (addrs.local.text(), addrs.remote.text());
+        let (lw, rw) = (local.as_str().len(), remote.as_str().len());
+        if lw > self.local_width || rw > self.remote_width {
+            self.local_width = self.local_width.max(lw);
+            self.remote_width = self.remote_width.max(rw);
             self.header = None;
         }
+        self.write_header(kind)?;
+        Ok((local, remote))
+    }
+
+    /// The tag (mixed kinds) or, when needed, the header for `kind`.
+    fn write_header(&mut self, kind: Kind) -> io::Result<()> {
         if self.tagged {
             let tag = match kind {
                 Kind::State => "state",
@@ -143,7 +154,7 @@ impl<W: Write> TextPrinter<W> {
 
 impl<W: Write> Render for TextPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.prepare(Kind::State, &t.addrs)?;
+        let (local, remote) = self.prepare(Kind::State, &t.addrs)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         writeln!(
             self.out,
@@ -151,8 +162,8 @@ impl<W: Write> Render for TextPrinter<W> {
             self.clock.time_of_day(t.ts_ns),
             pid(&t.owner),
             comm(&t.owner),
-            t.addrs.local,
-            t.addrs.remote,
+            local.as_str(),
+            remote.as_str(),
             t.old,
             t.new,
             held(t.old_held_ns),
@@ -160,7 +171,7 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        self.prepare(Kind::Flow, &f.addrs)?;
+        let (local, remote) = self.prepare(Kind::Flow, &f.addrs)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let owner = &f.lifecycle.owner;
         write!(
@@ -169,8 +180,8 @@ impl<W: Write> Render for TextPrinter<W> {
             self.clock.time_of_day(f.ts_ns),
             comm(owner),
             pid(owner),
-            f.addrs.local,
-            f.addrs.remote,
+            local.as_str(),
+            remote.as_str(),
         )?;
         write!(self.out, " {}", flow_path_text(f))?;
         let life = match f.life_ns() {
@@ -190,7 +201,7 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        self.prepare(Kind::Rtx, &r.addrs)?;
+        let (local, remote) = self.prepare(Kind::Rtx, &r.addrs)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let err = r.err.map_or("-".into(), |e| e.to_string());
         writeln!(
@@ -199,15 +210,15 @@ impl<W: Write> Render for TextPrinter<W> {
             self.clock.time_of_day(r.ts_ns),
             pid(&r.owner),
             comm(&r.owner),
-            r.addrs.local,
-            r.addrs.remote,
+            local.as_str(),
+            remote.as_str(),
             r.state,
             err,
         )
     }
 
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        self.prepare(Kind::Alert, a.addrs())?;
+        let (local, remote) = self.prepare(Kind::Alert, a.addrs())?;
         let (lw, rw) = (self.local_width, self.remote_width);
         writeln!(
             self.out,
@@ -216,8 +227,8 @@ impl<W: Write> Render for TextPrinter<W> {
             a.kind(),
             comm(a.owner()),
             pid(a.owner()),
-            a.addrs().local,
-            a.addrs().remote,
+            local.as_str(),
+            remote.as_str(),
             a.detail(),
         )
     }
@@ -258,7 +269,7 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
-        self.prepare(Kind::Flow, &t.addrs)?;
+        let (local, remote) = self.prepare(Kind::Flow, &t.addrs)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         writeln!(
             self.out,
@@ -266,8 +277,8 @@ impl<W: Write> Render for TextPrinter<W> {
             self.clock.time_of_day(t.start_ns),
             "-",
             "-",
-            t.addrs.local,
-            t.addrs.remote,
+            local.as_str(),
+            remote.as_str(),
             HumanDuration(t.held_ns),
             t.end.name()
         )
