@@ -132,6 +132,15 @@ fn read_record<T: aya::Pod>(bytes: &[u8], name: &str) -> Result<T> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The bytes of a record, as the ring buffer hands them over (synthetic records for the replay
+/// benchmark and the tests).
+pub(crate) fn record_bytes<T: Copy>(record: &T) -> Vec<u8> {
+    // SAFETY: `T` is one of the #[repr(C)] records of tcptrace-common, with explicit padding:
+    // every byte is initialised, so viewing it as bytes is sound.
+    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
+}
+
 /// Reads a ring-buffer item.
 pub fn decode(bytes: &[u8]) -> Result<Event> {
     let kind_bytes: [u8; 4] = bytes

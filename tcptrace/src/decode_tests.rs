@@ -2,13 +2,7 @@ use tcptrace_common::{tcp_state as ts, Owner, Tuple};
 
 use super::*;
 
-/// The bytes of a record, as the ring buffer hands them over.
-pub(crate) fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
-    // SAFETY: `T` is one of the #[repr(C)] records with explicit padding: every byte is
-    // initialised, so viewing it as bytes is sound.
-    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
-}
+pub(crate) use super::record_bytes as bytes_of;
 
 pub(crate) fn v4_tuple(sport: u16, dport: u16) -> Tuple {
     let mut tuple = Tuple {

@@ -11,15 +11,9 @@ use tcptrace_common::{
 use crate::{
     aggregate::Aggregator,
     clock::Clock,
-    decode::{decode, Event},
+    decode::{decode, record_bytes as bytes_of, Event},
     render::{Printer, Render, TextPrinter},
 };
-
-fn bytes_of<T: Copy>(record: &T) -> Vec<u8> {
-    // SAFETY: the records are #[repr(C)] with explicit padding: every byte is initialised.
-    unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
-}
 
 /// A realistic mix: per connection, the client and server flows reaching CLOSE (2 records)
 /// and 10 transitions.
