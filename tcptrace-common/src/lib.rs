@@ -64,6 +64,9 @@ pub mod flow_flags {
     pub const OWNER_KNOWN: u8 = 1 << 2;
     /// The owner was inherited from the listening socket and may be refined in process context.
     pub const OWNER_FROM_LISTENER: u8 = 1 << 3;
+    /// Entered SYN_SENT before its local port was bound while a local-port filter is in
+    /// force: decided (and its first transition sent) at the flow's next event.
+    pub const FILTER_PENDING: u8 = 1 << 4;
 }
 
 /// Bits of [`FlowState::close_flags`]: what the socket went through before CLOSE.
@@ -124,14 +127,20 @@ pub mod stat {
     pub const LOST_PROBE: u32 = 14;
     /// Ring-buffer reservations that failed for TIME_WAIT records.
     pub const LOST_TIME_WAIT: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Events dropped by the in-kernel filters (nothing was sent or tracked for them).
+    pub const FILTERED: u32 = 16;
+    /// Flows inserted into the flow table, and removed by the kernel at CLOSE: the table
+    /// holds `inserted - removed - evicted` flows.
+    pub const FLOWS_INSERTED: u32 = 17;
+    pub const FLOWS_REMOVED: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
 pub const TRANSITION_SLOTS: u32 = (tcp_state::LIMIT as u32) * (tcp_state::LIMIT as u32);
 
 /// Slots of [`Counters::stats`] (room to grow past `stat::COUNT`).
-pub const STAT_SLOTS: usize = 16;
+pub const STAT_SLOTS: usize = 32;
 
 /// Every kernel-side counter, in the single entry of the per-CPU `COUNTERS` array: one map
 /// lookup per event serves them all.
@@ -143,7 +152,7 @@ pub struct Counters {
     /// Indexed `old * tcp_state::LIMIT + new`.
     pub transitions: [u64; TRANSITION_SLOTS as usize],
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 8 * (16 + 256));
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * (32 + 256));
 const _: () = assert!((stat::COUNT as usize) <= STAT_SLOTS);
 
 /// A flow's addresses. Ports are in host order; addresses in network order, IPv4 in the
@@ -382,8 +391,18 @@ pub struct SockOffsets {
     /// `inet_timewait_sock.tw_timer` and `tw_sport` (its `sock_common` starts it, like `sock`'s).
     pub tw_timer: u32,
     pub tw_sport: u32,
+    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`); 0: not available on this kernel.
+    pub sk_cgroup: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`) and `kernfs_node.id` (u64, the cgroup id).
+    pub cgroup_kn: u32,
+    pub kernfs_id: u32,
+    /// `cgroup.self.parent` (a `struct cgroup_subsys_state *`) and
+    /// `cgroup_subsys_state.cgroup`: the way to the parent cgroup.
+    pub cgroup_parent: u32,
+    pub css_cgroup: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 100);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 124);
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
@@ -405,8 +424,9 @@ pub struct ProgramConfig {
     /// Send a `KeepaliveProbeEvent` per keepalive probe.
     pub emit_probes: u8,
     pub _pad: [u8; 5],
+    pub filter: FilterConfig,
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 136);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]
@@ -427,7 +447,12 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 20);
 
+mod filter;
 mod flow;
+pub use filter::{
+    filter_kind, mapped_v4, port_bits, AddrKey, FilterConfig, TimeWaitKey, CGROUP_MAX_DEPTH,
+    FILTER_SLOTS,
+};
 pub use flow::in_owner_context;
 
 #[cfg(feature = "user")]
@@ -448,4 +473,8 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TimerEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TimeWaitKey {}
 }

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod filter;
 mod maps;
 mod reset;
 mod retransmit;

@@ -2,11 +2,11 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    stat, tcp_state, Connecting, Counters, FlowState, ListenerKey, Owner, ProgramConfig,
-    TimerEntry, STAT_SLOTS, TRANSITION_SLOTS,
+    stat, tcp_state, AddrKey, Connecting, Counters, FilterConfig, FlowState, ListenerKey, Owner,
+    ProgramConfig, TimeWaitKey, TimerEntry, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -44,6 +44,12 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         timer_function: 0,
         tw_timer: 0,
         tw_sport: 0,
+        sk_cgroup: 0,
+        cgroup_kn: 0,
+        kernfs_id: 0,
+        cgroup_parent: 0,
+        css_cgroup: 0,
+        _pad: 0,
     },
     // A marker no other constant carries: with an all-zero initializer, LLVM merged an
     // identical all-zero constant of the same size (FlowState::EMPTY, 120 bytes) into this
@@ -56,6 +62,17 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     emit_retransmits: 0,
     emit_probes: 0,
     _pad: [0; 5],
+    filter: FilterConfig {
+        active: 0,
+        family: 0,
+        pid_count: 0,
+        netns_count: 0,
+        cgroup_count: 0,
+        _pad: [0; 7],
+        pids: [0; FILTER_SLOTS],
+        netns: [0; FILTER_SLOTS],
+        cgroups: [0; FILTER_SLOTS],
+    },
 };
 
 const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");
@@ -84,6 +101,27 @@ pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, B
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, Owner> =
     HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
+
+/// Port filters: one byte per port (host order), bits of `port_bits`. Sized to one entry by
+/// the loader when no port filter is in force.
+#[map]
+pub static PORT_FILTER: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// Address filters (CIDRs), IPv4 stored IPv4-mapped; the value is unused.
+#[map]
+pub static LOCAL_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 0);
+#[map]
+pub static REMOTE_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 0);
+
+/// Traced flows that may leave a timewait socket, by 4-tuple: under pid and cgroup filters a
+/// timewait socket is traced only when its flow was. Sized by the loader.
+#[map]
+pub static TW_PENDING: LruHashMap<TimeWaitKey, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Timewait timers being traced while filters are in force (their cancel and expiry are sent
+/// only when their start was). Sized by the loader.
+#[map]
+pub static TW_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Scratch space for a flow seen for the first time, before it is inserted into `FLOWS`
 /// (a `FlowState` is too large for the 512-byte stack next to everything else).
@@ -127,6 +165,16 @@ impl Stats {
             *counter = previous + 1;
             previous
         }
+    }
+
+    /// Adds `n` to a counter.
+    #[inline(always)]
+    pub fn add(self, index: u32, n: u64) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: as in `bump`.
+        unsafe { (*self.0).stats[index as usize & (STAT_SLOTS - 1)] += n };
     }
 
     /// A counter's value on this CPU.

@@ -12,7 +12,9 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    filter::{self, Verdict},
     maps::{submit_flags, Stats, EVENTS, FLOWS},
+    set_state::release_held_start,
     sock,
 };
 
@@ -55,23 +57,50 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     let state = sock::state(sk)?;
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    stats.bump(stat::RETRANSMITS);
 
     let emit = config!(emit_retransmits) != 0;
-    let tuple = if emit {
+    let key = sk as u64;
+    let existing = FLOWS.get_ptr_mut(&key);
+    let pending = match existing {
+        // SAFETY: a map value, valid for this run; one byte read.
+        Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
+        None => false,
+    };
+    let judged = filter::active() != 0 && (existing.is_none() || pending);
+    let tuple = if emit || judged {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
+    if judged {
+        let owner = match existing {
+            // SAFETY: as above; reads.
+            Some(existing) if (unsafe { (*existing).flags } & flow_flags::OWNER_KNOWN) != 0 => {
+                Some(unsafe { (*existing).pid })
+            }
+            _ => None,
+        };
+        let netns = sock::netns(sk)?;
+        if filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) != Verdict::Match {
+            stats.add(stat::FILTERED, if pending { 2 } else { 1 });
+            if pending && FLOWS.remove(&key).is_ok() {
+                stats.bump(stat::FLOWS_REMOVED);
+            }
+            return Ok(());
+        }
+    }
+    stats.bump(stat::RETRANSMITS);
 
-    let key = sk as u64;
     let mut flags = 0u8;
     let (mut pid, mut comm) = (0u32, [0u8; 16]);
-    match FLOWS.get_ptr_mut(&key) {
+    match existing {
         Some(existing) => {
             // SAFETY: as in set_state: the entry is valid for this run and the socket lock
             // serialises writers.
             let flow = unsafe { &mut *existing };
+            if pending {
+                release_held_start(stats, flow, key, &tuple, config!(emit_transitions) != 0);
+            }
             flow.count_retransmit();
             if flow.flags & flow_flags::OWNER_KNOWN != 0 {
                 flags |= event_flags::OWNER_KNOWN;
@@ -84,7 +113,9 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             let mut flow = FlowState::unseen(state);
             flow.count_retransmit();
             stats.bump(stat::FLOWS_SEEN);
-            if FLOWS.insert(&key, &flow, BPF_NOEXIST).is_err() {
+            if FLOWS.insert(&key, &flow, BPF_NOEXIST).is_ok() {
+                stats.bump(stat::FLOWS_INSERTED);
+            } else {
                 stats.bump(stat::FLOW_TABLE_FULL);
                 flags |= event_flags::UNTRACKED;
             }

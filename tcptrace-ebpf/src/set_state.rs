@@ -9,13 +9,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, in_owner_context, record_kind, stat, tcp_state,
-    Connecting, FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent, Tuple,
-    PATH_SLOTS,
+    close_flags, event_flags, filter_kind, flow_flags, in_owner_context, record_kind, stat,
+    tcp_state, Connecting, FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent,
+    Tuple, PATH_SLOTS,
 };
 
 use crate::{
     config,
+    filter::{self, Verdict},
     maps::{current_owner, submit_flags, Stats, CONNECTING, EVENTS, FLOWS, LISTENERS, SCRATCH},
     sock,
 };
@@ -79,8 +80,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let (old, new) = (old as u8, new as u8);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    stats.bump(stat::STATE_EVENTS);
-    stats.transition(old, new);
 
     // Who owns the socket: the current task where the transition runs in the owner's
     // context (pid and comm fetched only where needed), else the listener's owner for a new
@@ -116,11 +115,74 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
     let emit_transitions = config!(emit_transitions) != 0;
     let ends = new == tcp_state::CLOSE;
-    let tuple = if emit_transitions || ends {
+    let key = sk as u64;
+    let existing = FLOWS.get_ptr_mut(&key);
+    let is_fresh = existing.is_none();
+    let restarted = !is_fresh && old == tcp_state::CLOSE;
+    let pending = match existing {
+        // SAFETY: a map value, valid for this run; one byte read.
+        Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
+        None => false,
+    };
+    let filters = filter::active();
+    // A flow is judged when first seen (or restarted, or still undecided); a flow in the
+    // table already matched.
+    let judged = filters != 0 && (is_fresh || restarted || pending);
+    let tw_states = |s: u8| s == tcp_state::FIN_WAIT2 || s == tcp_state::CLOSING;
+    let tw_bookkeeping =
+        filters & filter_kind::NEEDS_OWNER != 0 && (tw_states(new) || (ends && tw_states(old)));
+    let tuple = if emit_transitions || ends || judged || tw_bookkeeping {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
+    let netns = if judged || tw_bookkeeping {
+        sock::netns(sk)?
+    } else {
+        0
+    };
+    let mut hold = false;
+    if judged {
+        let owner = if owner_context {
+            Some((bpf_get_current_pid_tgid() >> 32) as u32)
+        } else if let Some(owner) = &inherited {
+            Some(owner.pid)
+        } else {
+            match existing {
+                // SAFETY: as above; a read.
+                Some(existing) if (unsafe { (*existing).flags } & flow_flags::OWNER_KNOWN) != 0 => {
+                    Some(unsafe { (*existing).pid })
+                }
+                _ => None,
+            }
+        };
+        match filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) {
+            Verdict::Match => {}
+            Verdict::Pending if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT => {
+                hold = true;
+            }
+            // No match, or still no local port after the flow's first event.
+            _ => {
+                // An undecided flow's held first transition is dropped with this one.
+                stats.add(stat::FILTERED, if pending { 2 } else { 1 });
+                if !is_fresh && FLOWS.remove(&key).is_ok() {
+                    stats.bump(stat::FLOWS_REMOVED);
+                }
+                return Ok(());
+            }
+        }
+    }
+    if !hold {
+        stats.bump(stat::STATE_EVENTS);
+        stats.transition(old, new);
+    }
+    if tw_bookkeeping {
+        if tw_states(new) {
+            filter::expect_time_wait(&tuple, netns);
+        } else {
+            filter::forget_time_wait(&tuple, netns);
+        }
+    }
     // What the socket carries at CLOSE decides the close cause (sk_err is set before the
     // kernel moves the socket to CLOSE).
     let close_info = if ends {
@@ -133,11 +195,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         _ => Keepalive::default(),
     };
 
-    let key = sk as u64;
     let mut flags = 0u8;
     let mut held = 0u64;
-    let existing = FLOWS.get_ptr_mut(&key);
-    let is_fresh = existing.is_none();
     let flow: &mut FlowState = match existing {
         // SAFETY: a map value, valid for the program's run (RCU) and written only under the
         // socket's lock, which serialises this socket's transitions.
@@ -151,7 +210,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             scratch
         }
     };
-    let restarted = !is_fresh && old == tcp_state::CLOSE;
+    if pending {
+        release_held_start(stats, flow, key, &tuple, emit_transitions);
+    }
     if restarted {
         // A socket leaving CLOSE is new: the entry under its address belonged to an earlier
         // socket whose CLOSE was missed.
@@ -188,47 +249,32 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             flow.close_flags |= close_flags::USER_TIMEOUT;
         }
     }
-    if is_fresh || restarted {
+    if hold {
+        flow.flags |= flow_flags::FILTER_PENDING;
+    } else if is_fresh || restarted {
         stats.bump(stat::FLOWS_SEEN);
     }
-    if is_fresh && !ends && FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_err() {
-        if stats.bump(stat::FLOW_TABLE_FULL) == 0 {
-            log_table_full(ctx);
+    if is_fresh && !ends {
+        if FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
+            stats.bump(stat::FLOWS_INSERTED);
+        } else {
+            if stats.bump(stat::FLOW_TABLE_FULL) == 0 {
+                log_table_full(ctx);
+            }
+            flags |= event_flags::UNTRACKED;
         }
-        flags |= event_flags::UNTRACKED;
+    }
+    if hold {
+        return Ok(());
     }
     if flow.flags & flow_flags::TRUNCATED != 0 && flow.len as usize == PATH_SLOTS {
         stats.bump(stat::PATH_TRUNCATED);
     }
 
     if emit_transitions {
-        let wake = submit_flags(stats);
-        match EVENTS.reserve::<TransitionEvent>(0) {
-            Some(mut entry) => {
-                stats.bump(stat::SUBMITTED);
-                let e = entry.as_mut_ptr();
-                // SAFETY: `e` is the reserved slot, ours alone until submit; every field is
-                // written in place (no stack copy of the record).
-                unsafe {
-                    (&raw mut (*e).kind).write(record_kind::TRANSITION);
-                    (&raw mut (*e).old_state).write(old);
-                    (&raw mut (*e).new_state).write(new);
-                    (&raw mut (*e).flags).write(flags);
-                    (&raw mut (*e)._pad0).write(0);
-                    (&raw mut (*e).ts_ns).write(now);
-                    (&raw mut (*e).old_state_ns).write(held);
-                    (&raw mut (*e).skaddr).write(key);
-                    (&raw mut (*e).tuple).write(tuple);
-                    (&raw mut (*e).pid).write(flow.pid);
-                    (&raw mut (*e).comm).write(flow.comm);
-                    (&raw mut (*e)._pad1).write([0; 4]);
-                }
-                entry.submit(wake);
-            }
-            None => {
-                stats.bump(stat::LOST_TRANSITION);
-            }
-        }
+        send_transition(
+            stats, old, new, flags, now, held, key, &tuple, flow.pid, &flow.comm,
+        );
     }
 
     if ends {
@@ -253,9 +299,88 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 stats.bump(stat::LOST_FLOW_END);
             }
         }
-        if !is_fresh {
-            let _ = FLOWS.remove(&key);
+        if !is_fresh && FLOWS.remove(&key).is_ok() {
+            stats.bump(stat::FLOWS_REMOVED);
         }
     }
     Ok(())
+}
+
+/// Sends one `TransitionEvent`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn send_transition(
+    stats: Stats,
+    old: u8,
+    new: u8,
+    flags: u8,
+    ts_ns: u64,
+    held: u64,
+    key: u64,
+    tuple: &Tuple,
+    pid: u32,
+    comm: &[u8; 16],
+) {
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<TransitionEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved slot, ours alone until submit; every field is
+            // written in place (no stack copy of the record).
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::TRANSITION);
+                (&raw mut (*e).old_state).write(old);
+                (&raw mut (*e).new_state).write(new);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._pad0).write(0);
+                (&raw mut (*e).ts_ns).write(ts_ns);
+                (&raw mut (*e).old_state_ns).write(held);
+                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).tuple).write(*tuple);
+                (&raw mut (*e).pid).write(pid);
+                (&raw mut (*e).comm).write(*comm);
+                (&raw mut (*e)._pad1).write([0; 4]);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            stats.bump(stat::LOST_TRANSITION);
+        }
+    }
+}
+
+/// An undecided flow (CLOSE → SYN_SENT before its port was bound) turned out to match: its
+/// first transition is counted and sent now, with the port it got and its own timestamp.
+#[inline(always)]
+pub fn release_held_start(
+    stats: Stats,
+    flow: &mut FlowState,
+    key: u64,
+    tuple: &Tuple,
+    emit_transitions: bool,
+) {
+    flow.flags &= !flow_flags::FILTER_PENDING;
+    stats.bump(stat::STATE_EVENTS);
+    stats.transition(tcp_state::CLOSE, tcp_state::SYN_SENT);
+    stats.bump(stat::FLOWS_SEEN);
+    if emit_transitions {
+        let flags = if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+            event_flags::OWNER_KNOWN
+        } else {
+            0
+        };
+        send_transition(
+            stats,
+            tcp_state::CLOSE,
+            tcp_state::SYN_SENT,
+            flags,
+            flow.entered_ns[0],
+            0,
+            key,
+            tuple,
+            flow.pid,
+            &flow.comm,
+        );
+    }
 }

@@ -50,6 +50,14 @@ pub fn netns(sk: *const u8) -> Result<u32, i32> {
     read::<u32>(net, config!(offsets.net_inum))
 }
 
+/// The inode number of a socket's network namespace, read with `R` (`sock_common` starts
+/// full and timewait sockets alike).
+#[inline(always)]
+pub fn netns_with<R: Reader>(sk: *const u8) -> Result<u32, i32> {
+    let net = R::read::<u64>(sk, config!(offsets.net))? as usize as *const u8;
+    probe_read::<u32>(net, config!(offsets.net_inum))
+}
+
 /// How a field is read: a direct load (BTF-typed pointer) or `bpf_probe_read_kernel`.
 pub trait Reader {
     fn read<T>(base: *const u8, offset: u32) -> Result<T, i32>;

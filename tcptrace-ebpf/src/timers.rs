@@ -9,13 +9,14 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, flow_flags, record_kind, stat, tcp_state, time_wait, KeepaliveProbeEvent,
-    TimeWaitEvent, TimerEntry, Tuple,
+    event_flags, filter_kind, flow_flags, record_kind, stat, tcp_state, time_wait,
+    KeepaliveProbeEvent, TimeWaitEvent, TimerEntry, Tuple,
 };
 
 use crate::{
     config,
-    maps::{submit_flags, Stats, CONNECTING, EVENTS, FLOWS, TIMER_ENTRY},
+    filter::{self, Verdict},
+    maps::{submit_flags, Stats, CONNECTING, EVENTS, FLOWS, TIMER_ENTRY, TW_PENDING, TW_TRACED},
     sock,
 };
 
@@ -69,6 +70,37 @@ fn emit_time_wait(what: u8, flags: u8, timer: *const u8, tuple: Tuple) {
     }
 }
 
+/// Under filters: whether a timewait timer that starts belongs to a traced flow (and is
+/// remembered as traced), judged by the timewait socket's own addresses or, for the filters
+/// that need the owner, by its flow's verdict (`TW_PENDING`).
+#[inline(always)]
+fn time_wait_traced(timer: *const u8, tw: *const u8, tuple: &Tuple) -> bool {
+    let key = timer as u64;
+    // SAFETY: the value is not read.
+    if unsafe { TW_TRACED.get(&key) }.is_some() {
+        return true;
+    }
+    let Ok(netns) = sock::netns_with::<sock::Untyped>(tw) else {
+        return false;
+    };
+    let traced = if filter::active() & filter_kind::NEEDS_OWNER != 0 {
+        let pending = filter::time_wait_key(tuple, netns);
+        TW_PENDING.remove(&pending).is_ok()
+    } else {
+        filter::judge::<sock::Untyped>(None, tuple, netns, None) == Verdict::Match
+    };
+    if traced {
+        let _ = TW_TRACED.insert(&key, &0u8, 0);
+    }
+    traced
+}
+
+/// Under filters: whether a timewait timer that ends was traced (and forgets it).
+#[inline(always)]
+fn time_wait_end_traced(timer: *const u8) -> bool {
+    filter::active() == 0 || TW_TRACED.remove(&(timer as u64)).is_ok()
+}
+
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
@@ -77,6 +109,10 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     }
     let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
     if let Ok(tuple) = sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)) {
+        if filter::active() != 0 && !time_wait_traced(timer, tw, &tuple) {
+            Stats::get().bump(stat::FILTERED);
+            return 0;
+        }
         emit_time_wait(time_wait::START, 0, timer, tuple);
     }
     0
@@ -86,6 +122,10 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
 pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     if !is_time_wait(timer) {
+        return 0;
+    }
+    if !time_wait_end_traced(timer) {
+        Stats::get().bump(stat::FILTERED);
         return 0;
     }
     // A connect() reusing the 4-tuple removes the timewait socket from inside the connecting
@@ -108,7 +148,11 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     if is_time_wait(timer) {
-        emit_time_wait(time_wait::EXPIRE, 0, timer, Tuple::default());
+        if time_wait_end_traced(timer) {
+            emit_time_wait(time_wait::EXPIRE, 0, timer, Tuple::default());
+        } else {
+            Stats::get().bump(stat::FILTERED);
+        }
         return 0;
     }
     let Some(sk) = keepalive_socket(timer) else {
@@ -156,15 +200,24 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
         return Ok(());
     }
     let stats = Stats::get();
+    let key = sk as u64;
+    let flow = FLOWS.get_ptr_mut(&key);
+    let tuple = sock::probe_tuple(sk)?;
+    // A flow in the table matched the filters; another is judged now (its owner unknown).
+    if flow.is_none() && filter::active() != 0 {
+        let netns = sock::netns_with::<sock::Untyped>(sk)?;
+        if filter::judge::<sock::Untyped>(Some(sk), &tuple, netns, None) != Verdict::Match {
+            stats.bump(stat::FILTERED);
+            return Ok(());
+        }
+    }
     stats.bump(stat::KEEPALIVE_PROBES);
     if config!(emit_probes) == 0 {
         return Ok(());
     }
-    let tuple = sock::probe_tuple(sk)?;
     let keepalive = sock::keepalive(sk)?;
-    let key = sk as u64;
     let (mut pid, mut comm, mut flags) = (0u32, [0u8; 16], 0u8);
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    if let Some(flow) = flow {
         // SAFETY: a map value, valid for this run; only read.
         let flow = unsafe { &*flow };
         if flow.flags & flow_flags::OWNER_KNOWN != 0 {

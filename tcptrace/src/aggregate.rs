@@ -175,6 +175,9 @@ impl Aggregator {
             missed_events: kernel.missed,
             submitted: kernel.stat(stat::SUBMITTED),
             stale_flows: kernel.stat(stat::STALE_FLOWS),
+            filtered_events: kernel.stat(stat::FILTERED),
+            filters: None,
+            flows_evicted: 0,
             path_gaps: kernel.stat(stat::PATH_GAPS),
             read_errors: kernel.stat(stat::READ_ERRORS),
             decode_errors: self.decode_errors,
@@ -212,6 +215,12 @@ pub struct Summary {
     /// Records the kernel submitted to the ring buffer.
     pub submitted: u64,
     pub stale_flows: u64,
+    /// Events the in-kernel filters dropped.
+    pub filtered_events: u64,
+    /// The filters in force, in words.
+    pub filters: Option<String>,
+    /// Flows evicted from a nearly full flow table (least recently active first).
+    pub flows_evicted: u64,
     pub path_gaps: u64,
     pub read_errors: u64,
     pub decode_errors: u64,

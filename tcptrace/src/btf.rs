@@ -186,7 +186,28 @@ impl KernelBtf {
             timer_function: self.sized_field("timer_list", "function", 8)?,
             tw_timer: self.field("inet_timewait_sock", "tw_timer")?.offset,
             tw_sport: self.sized_field("inet_timewait_sock", "tw_sport", 2)?,
+            ..self.cgroup_offsets().unwrap_or_default()
         })
+    }
+
+    /// The way from a socket to its cgroup (v2) id and up to the root; zero when the kernel
+    /// has no socket cgroup data (then `--cgroup` is refused, see [`Self::check_cgroups`]).
+    fn cgroup_offsets(&self) -> Result<SockOffsets> {
+        Ok(SockOffsets {
+            sk_cgroup: self.sized_field("sock", "sk_cgrp_data.cgroup", 8)?,
+            cgroup_kn: self.sized_field("cgroup", "kn", 8)?,
+            kernfs_id: self.sized_field("kernfs_node", "id", 8)?,
+            cgroup_parent: self.sized_field("cgroup", "self.parent", 8)?,
+            css_cgroup: self.sized_field("cgroup_subsys_state", "cgroup", 8)?,
+            ..SockOffsets::default()
+        })
+    }
+
+    /// Fails when sockets cannot be filtered by cgroup on this kernel.
+    pub fn check_cgroups(&self) -> Result<()> {
+        self.cgroup_offsets()
+            .map(|_| ())
+            .context("--cgroup needs socket cgroup data (CONFIG_SOCK_CGROUP_DATA) in the kernel")
     }
 
     /// The members of `enum name` as (value, name); empty when the kernel has no such enum.
@@ -269,6 +290,17 @@ mod tests {
             "sk_protocol lies past sock_common"
         );
         assert!(off.sport > off.protocol, "inet_sport lies past struct sock");
+        assert!(
+            off.sk_cgroup > off.protocol,
+            "sk_cgrp_data lies past sock_common"
+        );
+        assert_ne!(off.kernfs_id, 0, "kernfs_node.id is not its first field");
+        btf_check_cgroups_ok(&kernel());
+    }
+
+    fn btf_check_cgroups_ok(btf: &KernelBtf) {
+        btf.check_cgroups()
+            .expect("this kernel has socket cgroup data");
     }
 
     #[test]

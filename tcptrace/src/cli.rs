@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::btf::VMLINUX_BTF;
+use crate::{
+    btf::VMLINUX_BTF,
+    filter::{FilterArgs, FilterSpec},
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,6 +101,8 @@ pub struct CommonArgs {
     /// Kernel BTF to read struct offsets and tracepoint prototypes from.
     #[arg(long, global = true, value_name = "PATH", default_value = VMLINUX_BTF)]
     pub btf: PathBuf,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// What the user asked for, checked.
@@ -114,6 +119,7 @@ pub struct Config {
     pub idle_report: Option<Duration>,
     pub no_time_wait: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub filter: FilterSpec,
 }
 
 impl Config {
@@ -194,6 +200,7 @@ impl TryFrom<Cli> for Config {
             idle_report: c.idle_report,
             no_time_wait: c.no_time_wait,
             metrics: c.metrics,
+            filter: FilterSpec::try_from(c.filter)?,
         })
     }
 }
@@ -305,10 +312,41 @@ mod tests {
             (&["metrics"][..], "--metrics ADDR"),
             (&["--metrics", "9595"][..], "--metrics"),
             (&["flow"][..], "unrecognized subcommand"),
+            (&["-L", "99999"][..], "--local-port '99999'"),
+            (
+                &["flows", "--remote-addr", "10.0.0.0/40"][..],
+                "--remote-addr",
+            ),
+            (&["-4", "-6"][..], "cannot be used with"),
         ] {
             let err = config(args).expect_err("must be refused");
             assert!(format!("{err:#}").contains(needle), "{args:?}: {err:#}");
         }
+    }
+
+    #[test]
+    fn filters_take_bcc_flags_lists_and_repeats() {
+        let c = config(&[
+            "flows",
+            "-L",
+            "80,443",
+            "-L",
+            "8000-8100",
+            "-D",
+            "5432",
+            "-4",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.filter.local_ports,
+            vec![(80, 80), (443, 443), (8000, 8100)]
+        );
+        assert_eq!(c.filter.remote_ports, vec![(5432, 5432)]);
+        assert_eq!(c.filter.family, Some(2));
+        let me = std::process::id().to_string();
+        let c = config(&["-p", &me, "--remote-addr", "127.0.0.1,::1"]).expect("valid");
+        assert_eq!(c.filter.pids, vec![std::process::id()]);
+        assert_eq!(c.filter.remote_addrs.len(), 2);
     }
 
     #[test]

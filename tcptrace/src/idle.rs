@@ -7,6 +7,7 @@ use anyhow::Result;
 use netlink_packet_sock_diag::inet::StateFlags;
 
 use crate::{
+    filter::FilterSpec,
     model::{FlowAddrs, Process},
     sockdiag,
 };
@@ -44,7 +45,7 @@ impl IdleReport {
 }
 
 /// Socket inode → owning process, from /proc/*/fd.
-fn socket_owners() -> BTreeMap<u32, Process> {
+pub fn socket_owners() -> BTreeMap<u32, Process> {
     let mut owners = BTreeMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return owners;
@@ -116,9 +117,11 @@ pub fn group(
 }
 
 /// Scans the host (tcptrace's network namespace) now.
-pub fn report(min_idle: Duration) -> Result<IdleReport> {
+pub fn report(min_idle: Duration, filter: &FilterSpec) -> Result<IdleReport> {
+    let netns = crate::filter::own_netns();
     let sockets = sockdiag::dump(StateFlags::ESTABLISHED, true)?
         .into_iter()
+        .filter(|s| filter.admits_diag(&s.addrs, netns))
         .filter_map(|s| {
             Some(DiagSocket {
                 addrs: s.addrs,
@@ -201,7 +204,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let _client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let report = report(Duration::ZERO).expect("sock_diag dump");
+        let report = report(Duration::ZERO, &FilterSpec::default()).expect("sock_diag dump");
         assert!(report.scanned >= 2, "{report:?}");
     }
 }

@@ -8,7 +8,9 @@ use aya::{
     programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
     Ebpf, EbpfLoader,
 };
-use tcptrace_common::{stat, Counters, FlowState, ProgramConfig, TRANSITION_SLOTS};
+use tcptrace_common::{
+    stat, Counters, FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN, TRANSITION_SLOTS,
+};
 
 use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
 
@@ -33,6 +35,60 @@ pub struct Tracer {
 fn wakeup_every(ring_size: u32) -> u64 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     (u64::from(ring_size) / 4 / 200 / cpus).max(1)
+}
+
+/// Owners of the listening sockets that predate tracing (tcptrace's namespace), so that the
+/// connections they accept get their process (and pass a `--pid` filter). Best effort.
+fn seed_listeners(ebpf: &mut Ebpf) {
+    let listening =
+        match crate::sockdiag::dump(netlink_packet_sock_diag::inet::StateFlags::LISTEN, false) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                log::warn!(
+                    "listening sockets not read (their connections' owner stays unknown): {e:#}"
+                );
+                return;
+            }
+        };
+    let (Some(netns), Some(map)) = (crate::filter::own_netns(), ebpf.map_mut("LISTENERS")) else {
+        return;
+    };
+    let Ok(mut listeners) = HashMap::<&mut MapData, ListenerKey, Owner>::try_from(map) else {
+        return;
+    };
+    let owners = crate::idle::socket_owners();
+    for socket in listening {
+        let Some(process) = owners.get(&socket.inode) else {
+            continue;
+        };
+        let mut comm = [0u8; COMM_LEN];
+        let name = process.comm.as_bytes();
+        let len = name.len().min(COMM_LEN - 1);
+        comm[..len].copy_from_slice(&name[..len]);
+        let key = ListenerKey {
+            netns,
+            port: socket.addrs.local.port,
+            _pad: 0,
+        };
+        let owner = Owner {
+            pid: process.pid,
+            comm,
+        };
+        if let Err(e) = listeners.insert(key, owner, 0) {
+            log::warn!("LISTENERS: {e}");
+            return;
+        }
+    }
+}
+
+/// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
+/// (`tcp_max_tw_buckets`), bounded.
+fn time_wait_capacity() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(262_144)
+        .clamp(1_024, 1 << 22)
 }
 
 /// The address of a kernel function, from /proc/kallsyms.
@@ -143,6 +199,9 @@ impl Tracer {
             bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
         }
         crate::cause::set_reset_reasons(btf.enum_members("sk_rst_reason")?);
+        if !config.filter.cgroups.is_empty() {
+            btf.check_cgroups()?;
+        }
         let keepalive_timer_fn = if config.shows_alerts() {
             kernel_symbol("tcp_keepalive_timer")?
         } else {
@@ -167,14 +226,30 @@ impl Tracer {
             _pad0: 0,
             keepalive_timer_fn,
             tw_timer_fn,
+            filter: config.filter.program_config(),
+        };
+        let filter = &config.filter;
+        // Filter maps take memory only when their filter is in force.
+        let tw_sockets = if filter.is_empty() {
+            1
+        } else {
+            time_wait_capacity()
         };
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &program_config, true)
             .map_max_entries("EVENTS", config.ring_size)
             .map_max_entries("FLOWS", config.max_flows)
+            .map_max_entries("PORT_FILTER", if filter.has_ports() { 1 << 16 } else { 1 })
+            .map_max_entries("TW_TRACED", tw_sockets)
+            .map_max_entries(
+                "TW_PENDING",
+                if filter.needs_owner() { tw_sockets } else { 1 },
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
+        filter.install(&mut ebpf)?;
+        seed_listeners(&mut ebpf);
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),

@@ -10,6 +10,7 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod filter;
 mod forecast;
 mod idle;
 mod keepalive;
@@ -53,7 +54,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => replay::run(records),
-        Some(cli::Command::Idle { min_idle }) => pipeline::idle_once(cli.common.json, min_idle),
+        Some(cli::Command::Idle { min_idle }) => {
+            let json = cli.common.json;
+            filter::FilterSpec::try_from(cli.common.filter)
+                .and_then(|filter| pipeline::idle_once(json, min_idle, &filter))
+        }
         Some(cli::Command::Completions { shell }) => {
             cli::completions(shell, &mut std::io::stdout());
             Ok(())

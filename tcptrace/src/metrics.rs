@@ -69,6 +69,8 @@ pub struct Metrics {
     keepalive_timeouts: Counter,
     lost: Family<Reason, Counter>,
     untracked_flows: Counter,
+    filtered_events: Counter,
+    evicted_flows: Counter,
     /// The kernel counters already added.
     seen: KernelCounters,
 }
@@ -89,6 +91,8 @@ impl Metrics {
             keepalive_timeouts: Counter::default(),
             lost: Family::default(),
             untracked_flows: Counter::default(),
+            filtered_events: Counter::default(),
+            evicted_flows: Counter::default(),
             seen: KernelCounters {
                 transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
                 ..Default::default()
@@ -145,10 +149,25 @@ impl Metrics {
             "Flows not tracked because the flow table was full (--max-flows)",
             m.untracked_flows.clone(),
         );
+        registry.register(
+            "filtered_events",
+            "Events dropped by the in-kernel filters",
+            m.filtered_events.clone(),
+        );
+        registry.register(
+            "evicted_flows",
+            "Flows evicted from the nearly full flow table, least recently active first",
+            m.evicted_flows.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             ..m
         }
+    }
+
+    /// Flows evicted from the flow table by userspace.
+    pub fn evicted(&self, flows: u64) {
+        self.evicted_flows.inc_by(flows);
     }
 
     /// Adds what the kernel counted since the last call.
@@ -183,6 +202,7 @@ impl Metrics {
         add(stat::FLOWS_SEEN, &self.flows_opened);
         add(stat::RETRANSMITS, &self.retransmits);
         add(stat::FLOW_TABLE_FULL, &self.untracked_flows);
+        add(stat::FILTERED, &self.filtered_events);
         for (index, reason) in [
             (stat::LOST_TRANSITION, "ring_full_transition"),
             (stat::LOST_FLOW_END, "ring_full_flow"),

@@ -20,6 +20,7 @@ use crate::{
     cli::{Command, Config},
     clock::Clock,
     decode::{decode, Event},
+    filter::FilterSpec,
     forecast,
     loader::Tracer,
     metrics::Metrics,
@@ -151,8 +152,8 @@ fn is_broken_pipe(e: &io::Error) -> bool {
 }
 
 /// `tcptrace idle`: one report, no eBPF.
-pub fn idle_once(json: bool, min_idle: Duration) -> Result<()> {
-    let report = crate::idle::report(min_idle)?;
+pub fn idle_once(json: bool, min_idle: Duration, filter: &FilterSpec) -> Result<()> {
+    let report = crate::idle::report(min_idle, filter)?;
     let out = BufWriter::new(io::stdout().lock());
     let mut printer = if json {
         Printer::Json(JsonPrinter::new(out, Clock::now()))
@@ -256,11 +257,15 @@ async fn trace(config: Config) -> Result<()> {
         // Sockets already in TIME_WAIT count until their remaining time runs out.
         let now = Clock::ktime_now();
         match sockdiag::time_wait() {
-            Ok(sockets) => tw.preexisting(
-                sockets
-                    .into_iter()
-                    .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
-            ),
+            Ok(sockets) => {
+                let netns = crate::filter::own_netns();
+                tw.preexisting(
+                    sockets
+                        .into_iter()
+                        .filter(|s| config.filter.admits_diag(&s.addrs, netns))
+                        .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
+                )
+            }
             Err(e) => {
                 eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}")
             }
@@ -276,6 +281,9 @@ async fn trace(config: Config) -> Result<()> {
         "tcptrace: tracing TCP via {} (Ctrl-C to stop)",
         tracer.hooks.join(", ")
     );
+    if !config.filter.is_empty() {
+        eprintln!("tcptrace: only {}", config.filter.describe());
+    }
 
     let stop = loop {
         tokio::select! {
@@ -368,7 +376,7 @@ async fn trace(config: Config) -> Result<()> {
                 }
             } => {
                 let min_idle = config.idle_report.unwrap_or_default();
-                match crate::idle::report(min_idle) {
+                match crate::idle::report(min_idle, &config.filter) {
                     Ok(report) => match printer
                         .idle_report(Clock::ktime_now(), &report)
                         .and_then(|()| printer.flush())
@@ -445,6 +453,9 @@ fn finish<W: Write>(
     if config.summary {
         let elapsed = Clock::ktime_now().saturating_sub(started_ns);
         let mut summary = agg.finish(&kernel, elapsed);
+        if !config.filter.is_empty() {
+            summary.filters = Some(config.filter.describe());
+        }
         if config.traces_time_wait() {
             summary.time_wait = Some(tw.summary());
             summary.time_wait_preexisting = tw.preexisting_count();

@@ -47,6 +47,28 @@ fn bad_arguments_get_one_line_and_exit_2() {
 }
 
 #[test]
+fn bad_filters_get_one_line_and_exit_2() {
+    assert_one_line_error(&["-L", "0"], "--local-port '0'");
+    assert_one_line_error(&["flows", "-D", "9000-80"], "backwards");
+    assert_one_line_error(
+        &["--remote-addr", "10.0.0.0/33"],
+        "--remote-addr '10.0.0.0/33'",
+    );
+    assert_one_line_error(&["--local-addr", "localhost"], "--local-addr 'localhost'");
+    assert_one_line_error(&["-p", "999999999"], "no such process");
+    assert_one_line_error(
+        &["--netns", "no-such-netns-xyz"],
+        "--netns 'no-such-netns-xyz'",
+    );
+    assert_one_line_error(&["--netns", "/proc/self/ns/pid"], "not a network namespace");
+    assert_one_line_error(
+        &["--cgroup", "no/such/cgroup-xyz"],
+        "--cgroup 'no/such/cgroup-xyz'",
+    );
+    assert_one_line_error(&["-4", "-6"], "cannot be used with");
+}
+
+#[test]
 fn missing_btf_is_named_with_the_fix() {
     assert_one_line_error(&["--btf", "/nonexistent/vmlinux"], "CONFIG_DEBUG_INFO_BTF");
 }

@@ -64,6 +64,7 @@ struct Flows {
     finished: u64,
     open: u64,
     untracked: u64,
+    evicted: u64,
 }
 
 #[derive(Serialize)]
@@ -87,6 +88,8 @@ struct SummaryLine {
     truncated_paths: u64,
     stale_flows: u64,
     path_gaps: u64,
+    filtered_events: u64,
+    filters: Option<String>,
     time_wait: Option<TimeWaitSummaryLine>,
 }
 
@@ -121,6 +124,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
             finished: s.flows_finished,
             open: s.flows_open,
             untracked: s.flows_untracked,
+            evicted: s.flows_evicted,
         },
         close: s.close.iter().map(|(k, n)| (k.name(), *n)).collect(),
         causes: s.causes.iter().map(|(k, n)| (k.name(), *n)).collect(),
@@ -139,6 +143,8 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         truncated_paths: s.truncated_paths,
         stale_flows: s.stale_flows,
         path_gaps: s.path_gaps,
+        filtered_events: s.filtered_events,
+        filters: s.filters.clone(),
         time_wait: s.time_wait.as_ref().map(|tw| TimeWaitSummaryLine {
             entered: tw.entered,
             client_side: tw.client_side,

@@ -341,9 +341,16 @@ impl<W: Write> Render for TextPrinter<W> {
         )?;
         writeln!(
             o,
-            "flows: {} seen, {} finished, {} still open, {} untracked (flow table full)",
-            s.flows_seen, s.flows_finished, s.flows_open, s.flows_untracked
+            "flows: {} seen, {} finished, {} still open, {} evicted, {} untracked (flow table full)",
+            s.flows_seen, s.flows_finished, s.flows_open, s.flows_evicted, s.flows_untracked
         )?;
+        if let Some(filters) = &s.filters {
+            writeln!(
+                o,
+                "filters: {filters}; {} events filtered out in the kernel",
+                s.filtered_events
+            )?;
+        }
         let close: Vec<String> = s.close.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(
             o,
