@@ -134,6 +134,11 @@ impl Aggregator {
         self.add_path(&flow.lifecycle);
     }
 
+    /// A flow evicted from the kernel's table: like an open one, its completed states count.
+    pub fn evicted_flow(&mut self, lifecycle: &Lifecycle) {
+        self.add_path(lifecycle);
+    }
+
     /// A flow still open when tracing stopped: its completed states count, it does not.
     pub fn open_flow(&mut self, lifecycle: &Lifecycle) {
         self.open += 1;

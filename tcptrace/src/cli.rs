@@ -81,8 +81,9 @@ pub struct CommonArgs {
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
     #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Most flows tracked at once in the kernel (~190 bytes each, allocated as flows appear);
-    /// flows beyond it are counted as untracked, live and in the summary.
+    /// Most flows tracked at once in the kernel (~190 bytes each, allocated as flows appear).
+    /// At 90% full, the least recently active flows are evicted down to 80% (counted, live
+    /// and in the summary); flows arriving faster than that are counted as untracked.
     #[arg(long, global = true, value_name = "N", default_value_t = 1_048_576)]
     pub max_flows: u32,
     /// Every INTERVAL, report ESTABLISHED connections idle at least that long with no

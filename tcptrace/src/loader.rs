@@ -380,6 +380,35 @@ impl Tracer {
         Ok(missed)
     }
 
+    /// Evicts the `n` least recently active flows from the kernel's table; returns the flows
+    /// this call removed (a flow the kernel closed meanwhile is not counted).
+    pub fn evict(&mut self, n: usize) -> Result<Vec<Lifecycle>> {
+        let map = self
+            .ebpf
+            .map_mut("FLOWS")
+            .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+        let mut flows: HashMap<&mut MapData, u64, FlowState> =
+            HashMap::try_from(map).context("map FLOWS is not a hash map")?;
+        let mut activity = Vec::new();
+        for entry in flows.iter() {
+            match entry {
+                Ok((key, state)) => activity.push((key, crate::evict::last_active(&state))),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading map FLOWS"),
+            }
+        }
+        let mut evicted = Vec::new();
+        for key in crate::evict::victims(activity, n) {
+            let Ok(state) = flows.get(&key, 0) else {
+                continue;
+            };
+            if flows.remove(&key).is_ok() {
+                evicted.push(Lifecycle::try_from(&state)?);
+            }
+        }
+        Ok(evicted)
+    }
+
     /// Flows the kernel still tracks (open when tracing stopped).
     pub fn open_flows(&self) -> Result<Vec<Lifecycle>> {
         let map = self

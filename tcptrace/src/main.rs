@@ -10,6 +10,7 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod evict;
 mod filter;
 mod forecast;
 mod idle;

@@ -20,6 +20,7 @@ use crate::{
     cli::{Command, Config},
     clock::Clock,
     decode::{decode, Event},
+    evict::FlowEvictor,
     filter::FilterSpec,
     forecast,
     loader::Tracer,
@@ -275,6 +276,7 @@ async fn trace(config: Config) -> Result<()> {
         .gauge_interval()
         .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut reported_lost = 0u64;
+    let mut evictor = FlowEvictor::new(config.max_flows);
     let mut reported_untracked = 0u64;
 
     eprintln!(
@@ -341,6 +343,27 @@ async fn trace(config: Config) -> Result<()> {
                             );
                         }
                         tw_overflow_base = Some(now);
+                    }
+                }
+                if let Some(due) = evictor.due(&kernel) {
+                    let evicted = tracer.evict(due)?;
+                    let newly = evicted.len() as u64;
+                    evictor.evicted += newly;
+                    for flow in &evicted {
+                        agg.evicted_flow(flow);
+                    }
+                    if let Some(m) = metrics.as_ref() {
+                        m.evicted(newly);
+                    }
+                    eprintln!(
+                        "tcptrace: warning: {newly} least recently active flows evicted ({} in \
+                         all): the flow table (--max-flows {}) was 90% full",
+                        evictor.evicted, config.max_flows
+                    );
+                    match printer.evicted(Clock::ktime_now(), newly, evictor.evicted) {
+                        Ok(()) => {}
+                        Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
+                        Err(e) => return Err(e).context("writing output"),
                     }
                 }
                 let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
@@ -412,7 +435,7 @@ async fn trace(config: Config) -> Result<()> {
         &mut printer,
         &mut agg,
         &mut tw,
-        started_ns,
+        (started_ns, evictor.evicted),
     );
     match result {
         Err(e) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
@@ -428,7 +451,7 @@ fn finish<W: Write>(
     printer: &mut Printer<W>,
     agg: &mut Aggregator,
     tw: &mut TimeWaitTracker,
-    started_ns: u64,
+    (started_ns, evicted): (u64, u64),
 ) -> Result<()> {
     let metrics: Option<&Metrics> = None; // the process is ending: nothing will scrape
     while drain(ring, printer, agg, tw, metrics, config, DRAIN_BATCH)? {}
@@ -453,6 +476,7 @@ fn finish<W: Write>(
     if config.summary {
         let elapsed = Clock::ktime_now().saturating_sub(started_ns);
         let mut summary = agg.finish(&kernel, elapsed);
+        summary.flows_evicted = evicted;
         if !config.filter.is_empty() {
             summary.filters = Some(config.filter.describe());
         }

@@ -125,3 +125,69 @@ fn a_tiny_flow_table_counts_what_it_cannot_track() {
         }
     }
 }
+
+#[test]
+fn a_nearly_full_flow_table_evicts_the_least_recently_active_and_counts_each() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let port = addr.port().to_string();
+    // Only this listener's accepted sockets are tracked: the table's content is known.
+    let tracer = Tracer::start(&["flows", "--no-time-wait", "--max-flows", "16", "-L", &port]);
+    let open = |_| {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        // Distinct activity times: the oldest are the least recently active.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        (client, server)
+    };
+    let mut pairs: Vec<_> = (0..15).map(open).collect();
+    // 15 of 16 entries: the next check (every second) evicts down to 13.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    pairs.push(open(15));
+    let newest = pairs.pop().expect("newest");
+    let newest_port = newest.0.local_addr().expect("addr").port();
+    drop(newest);
+    let oldest = pairs.remove(0);
+    let oldest_port = oldest.0.local_addr().expect("addr").port();
+    drop(oldest);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = tracer.stop();
+    drop(pairs);
+
+    assert!(
+        out.stderr.contains("2 least recently active flows evicted"),
+        "reported live: {}",
+        out.stderr
+    );
+    let evicted = out.of_type("evicted");
+    assert_eq!(evicted.len(), 1, "one pass: {evicted:#?}");
+    assert_eq!((evicted[0]["new"].as_u64(), evicted[0]["total"].as_u64()), (Some(2), Some(2)));
+    let s = out.summary();
+    assert_eq!(s["flows"]["evicted"], 2, "{s}");
+    assert_eq!(s["flows"]["untracked"], 0, "{s}");
+    // 16 inserted, 2 evicted, 1 closed (the newest); the oldest came back when it closed.
+    assert_eq!(s["flows"]["open"], 13, "every eviction counted exactly: {s}");
+
+    let flow_of = |client_port: u16| {
+        let flows: Vec<_> = out
+            .of_type("flow")
+            .into_iter()
+            .filter(|f| f["rport"] == client_port)
+            .collect();
+        assert_eq!(flows.len(), 1, "{flows:#?}");
+        flows[0]
+    };
+    let kept = flow_of(newest_port);
+    assert_eq!(kept["start_seen"], true, "{kept}");
+    assert_eq!(
+        crate::support::path_states(kept),
+        ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
+        "{kept}"
+    );
+    let evicted_flow = flow_of(oldest_port);
+    assert_eq!(
+        evicted_flow["start_seen"], false,
+        "evicted, then seen again: its start is unknown, not invented: {evicted_flow}"
+    );
+    assert_eq!(crate::support::path_states(evicted_flow)[0], "ESTABLISHED");
+}

@@ -217,6 +217,14 @@ struct GaugesLine<'a> {
 }
 
 #[derive(Serialize)]
+struct EvictedLine {
+    r#type: &'static str,
+    ts_unix_ns: u64,
+    new: u64,
+    total: u64,
+}
+
+#[derive(Serialize)]
 struct LostLine {
     r#type: &'static str,
     ts_unix_ns: u64,
@@ -441,6 +449,15 @@ impl<W: Write> Render for JsonPrinter<W> {
             },
         };
         self.line(&line)
+    }
+
+    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
+        self.line(&EvictedLine {
+            r#type: "evicted",
+            ts_unix_ns: self.clock.unix_ns(now_ns),
+            new: newly,
+            total,
+        })
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {

@@ -13,6 +13,16 @@ fn lines(p: JsonPrinter<Vec<u8>>) -> Vec<Value> {
 }
 
 #[test]
+fn evictions_are_a_record() {
+    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
+    p.evicted(5_000, 3, 10).expect("write");
+    let v = lines(p);
+    assert_eq!(v[0]["type"], "evicted");
+    assert_eq!(v[0]["ts_unix_ns"], 6_000);
+    assert_eq!((v[0]["new"].as_u64(), v[0]["total"].as_u64()), (Some(3), Some(10)));
+}
+
+#[test]
 fn records_have_stable_field_names() {
     let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
     p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))

@@ -31,6 +31,8 @@ pub trait Render {
     fn time_wait_gauges(&mut self, now_ns: u64, g: &TimeWaitView) -> io::Result<()>;
     /// Records were lost since the last report (`now_ns` is kernel time).
     fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()>;
+    /// Flows were evicted from the kernel's flow table (`total` since start).
+    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
@@ -96,6 +98,12 @@ impl<W: Write> Render for Printer<W> {
         match self {
             Printer::Text(p) => p.lost(now_ns, newly_lost, kernel),
             Printer::Json(p) => p.lost(now_ns, newly_lost, kernel),
+        }
+    }
+    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.evicted(now_ns, newly, total),
+            Printer::Json(p) => p.evicted(now_ns, newly, total),
         }
     }
     fn summary(&mut self, s: &Summary) -> io::Result<()> {

@@ -328,6 +328,11 @@ impl<W: Write> Render for TextPrinter<W> {
         Ok(())
     }
 
+    // Reported on stderr by the pipeline: stdout's columns carry records only.
+    fn evicted(&mut self, _now_ns: u64, _newly: u64, _total: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let o = &mut self.out;
         writeln!(o)?;
