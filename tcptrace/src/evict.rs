@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn tiny_tables_still_leave_room() {
         let e = FlowEvictor::new(16);
-        assert_eq!(e.due(&counters(15, 0)), Some(3), "15 of 16: down to 12");
+        assert_eq!(e.due(&counters(15, 0)), Some(2), "15 of 16: down to 13");
         let e = FlowEvictor::new(1);
         assert_eq!(e.due(&counters(1, 0)), Some(1));
         assert_eq!(e.due(&counters(0, 0)), None);

@@ -170,20 +170,26 @@ fn sock_diag_sockets_are_judged_by_what_they_show() {
         local: Endpoint::new("127.0.0.1".parse().expect("ip"), 40000),
         remote: Endpoint::new(remote.parse().expect("ip"), port),
     };
-    assert!(s.admits_diag(&addrs("127.0.0.9", 7005), own_netns()));
+    assert!(s.admits_diag(&addrs("127.0.0.9", 7005), own_netns(), None));
     assert!(
-        s.admits_diag(&addrs("::ffff:127.0.0.1", 7000), own_netns()),
+        s.admits_diag(&addrs("::ffff:127.0.0.1", 7000), own_netns(), None),
         "IPv4-mapped IPv6 matches IPv4 networks"
     );
-    assert!(!s.admits_diag(&addrs("127.0.0.9", 7011), own_netns()));
-    assert!(!s.admits_diag(&addrs("10.0.0.1", 7005), own_netns()));
+    assert!(!s.admits_diag(&addrs("127.0.0.9", 7011), own_netns(), None));
+    assert!(!s.admits_diag(&addrs("10.0.0.1", 7005), own_netns(), None));
     let by_pid = spec(FilterArgs {
         pids: vec![std::process::id().to_string()],
         ..FilterArgs::default()
     })
     .expect("valid");
     assert!(
-        !by_pid.admits_diag(&addrs("127.0.0.1", 7000), own_netns()),
+        !by_pid.admits_diag(&addrs("127.0.0.1", 7000), own_netns(), None),
         "owner unknown: not admitted"
     );
+    assert!(by_pid.admits_diag(
+        &addrs("127.0.0.1", 7000),
+        own_netns(),
+        Some(std::process::id())
+    ));
+    assert!(!by_pid.admits_diag(&addrs("127.0.0.1", 7000), own_netns(), Some(1)));
 }

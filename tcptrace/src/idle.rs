@@ -119,9 +119,10 @@ pub fn group(
 /// Scans the host (tcptrace's network namespace) now.
 pub fn report(min_idle: Duration, filter: &FilterSpec) -> Result<IdleReport> {
     let netns = crate::filter::own_netns();
+    let owners = socket_owners();
     let sockets = sockdiag::dump(StateFlags::ESTABLISHED, true)?
         .into_iter()
-        .filter(|s| filter.admits_diag(&s.addrs, netns))
+        .filter(|s| filter.admits_diag(&s.addrs, netns, owners.get(&s.inode).map(|p| p.pid)))
         .filter_map(|s| {
             Some(DiagSocket {
                 addrs: s.addrs,
@@ -131,7 +132,7 @@ pub fn report(min_idle: Duration, filter: &FilterSpec) -> Result<IdleReport> {
             })
         })
         .collect();
-    Ok(group(sockets, min_idle, &socket_owners()))
+    Ok(group(sockets, min_idle, &owners))
 }
 
 #[cfg(test)]

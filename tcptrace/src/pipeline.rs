@@ -263,7 +263,7 @@ async fn trace(config: Config) -> Result<()> {
                 tw.preexisting(
                     sockets
                         .into_iter()
-                        .filter(|s| config.filter.admits_diag(&s.addrs, netns))
+                        .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
                         .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
                 )
             }

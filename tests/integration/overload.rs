@@ -161,12 +161,18 @@ fn a_nearly_full_flow_table_evicts_the_least_recently_active_and_counts_each() {
     );
     let evicted = out.of_type("evicted");
     assert_eq!(evicted.len(), 1, "one pass: {evicted:#?}");
-    assert_eq!((evicted[0]["new"].as_u64(), evicted[0]["total"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (evicted[0]["new"].as_u64(), evicted[0]["total"].as_u64()),
+        (Some(2), Some(2))
+    );
     let s = out.summary();
     assert_eq!(s["flows"]["evicted"], 2, "{s}");
     assert_eq!(s["flows"]["untracked"], 0, "{s}");
     // 16 inserted, 2 evicted, 1 closed (the newest); the oldest came back when it closed.
-    assert_eq!(s["flows"]["open"], 13, "every eviction counted exactly: {s}");
+    assert_eq!(
+        s["flows"]["open"], 13,
+        "every eviction counted exactly: {s}"
+    );
 
     let flow_of = |client_port: u16| {
         let flows: Vec<_> = out

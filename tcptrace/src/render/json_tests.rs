@@ -19,7 +19,10 @@ fn evictions_are_a_record() {
     let v = lines(p);
     assert_eq!(v[0]["type"], "evicted");
     assert_eq!(v[0]["ts_unix_ns"], 6_000);
-    assert_eq!((v[0]["new"].as_u64(), v[0]["total"].as_u64()), (Some(3), Some(10)));
+    assert_eq!(
+        (v[0]["new"].as_u64(), v[0]["total"].as_u64()),
+        (Some(3), Some(10))
+    );
 }
 
 #[test]
