@@ -136,3 +136,49 @@ fn metrics_are_served_headless_and_match_the_tracer() {
         "{text}"
     );
 }
+
+#[test]
+fn evictions_and_filtered_events_are_metrics_too() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("a")
+        .port();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tracer = Tracer::start(&[
+        "metrics",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+        "--max-flows",
+        "16",
+        "-L",
+        &addr.port().to_string(),
+    ]);
+    let pairs: Vec<_> = (0..15)
+        .map(|_| {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            thread::sleep(Duration::from_millis(5));
+            (client, server)
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(2_500));
+    let (text, scrape) = scrape(port);
+    let out = tracer.stop();
+    drop(pairs);
+    let summary = out.summary();
+    assert_eq!(
+        value(&scrape, "tcptrace_evicted_flows_total", &[]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(summary["flows"]["evicted"], 2, "{summary}");
+    let filtered = value(&scrape, "tcptrace_filtered_events_total", &[]);
+    // The 15 clients' own transitions at least (their local ports are not the listener's).
+    assert!(filtered >= 30.0, "{text}");
+    assert!(
+        filtered <= summary["filtered_events"].as_f64().expect("filtered"),
+        "{text}"
+    );
+}
