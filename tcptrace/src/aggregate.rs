@@ -64,12 +64,16 @@ pub struct DurationStats {
     pub max_ns: u64,
 }
 
+const STATES: usize = TcpState::ALL.len();
+const _: () = assert!(TcpState::BoundInactive as usize == STATES - 1);
+
 /// Everything the summary shows, accumulated as events arrive.
 pub struct Aggregator {
-    held: BTreeMap<TcpState, Histogram<u64>>,
+    /// Indexed by `TcpState as usize` (in `TcpState::ALL` order).
+    held: [Option<Histogram<u64>>; STATES],
     close: BTreeMap<CloseSide, u64>,
     causes: BTreeMap<CloseCause, u64>,
-    rtx_by_state: BTreeMap<TcpState, u64>,
+    rtx_by_state: [u64; STATES],
     finished: u64,
     open: u64,
     decode_errors: u64,
@@ -85,10 +89,10 @@ impl Default for Aggregator {
 impl Aggregator {
     pub fn new() -> Self {
         Aggregator {
-            held: BTreeMap::new(),
+            held: std::array::from_fn(|_| None),
             close: BTreeMap::new(),
             causes: BTreeMap::new(),
-            rtx_by_state: BTreeMap::new(),
+            rtx_by_state: [0; STATES],
             finished: 0,
             open: 0,
             decode_errors: 0,
@@ -112,9 +116,8 @@ impl Aggregator {
     fn add_path(&mut self, lifecycle: &Lifecycle) {
         for step in &lifecycle.path {
             if let Some(ns) = step.held_ns {
-                self.held
-                    .entry(step.state)
-                    .or_insert_with(|| {
+                self.held[step.state as usize]
+                    .get_or_insert_with(|| {
                         Histogram::new(3).expect("3 significant digits is a valid precision")
                     })
                     // Auto-resizing: recording grows the histogram; it cannot fail for u64.
@@ -122,7 +125,7 @@ impl Aggregator {
                     .ok();
             }
             if step.retransmits > 0 {
-                *self.rtx_by_state.entry(step.state).or_default() += u64::from(step.retransmits);
+                self.rtx_by_state[step.state as usize] += u64::from(step.retransmits);
             }
         }
     }
@@ -149,7 +152,9 @@ impl Aggregator {
         let durations = self
             .held
             .iter()
-            .map(|(&state, h)| DurationStats {
+            .zip(TcpState::ALL)
+            .filter_map(|(h, state)| Some((state, h.as_ref()?)))
+            .map(|(state, h)| DurationStats {
                 state,
                 count: h.len(),
                 p50_ns: h.value_at_quantile(0.50),
@@ -170,7 +175,12 @@ impl Aggregator {
             close: self.close.iter().map(|(&k, &v)| (k, v)).collect(),
             causes: self.causes.iter().map(|(&k, &v)| (k, v)).collect(),
             retransmits: kernel.stat(stat::RETRANSMITS),
-            rtx_by_state: self.rtx_by_state.iter().map(|(&k, &v)| (k, v)).collect(),
+            rtx_by_state: TcpState::ALL
+                .iter()
+                .zip(self.rtx_by_state)
+                .filter(|&(_, n)| n > 0)
+                .map(|(&state, n)| (state, n))
+                .collect(),
             lost_transitions: kernel.stat(stat::LOST_TRANSITION),
             lost_flows: kernel.stat(stat::LOST_FLOW_END),
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),

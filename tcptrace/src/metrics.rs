@@ -1,7 +1,10 @@
 //! Prometheus metrics (`--metrics ADDR`), with the prometheus-client crate: counters follow
 //! the kernel's per-CPU counters, histograms and close causes follow finished flows, TIME_WAIT
 //! gauges follow the tracker (top destinations plus `other`, so cardinality stays bounded).
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::{Context as _, Result};
 use prometheus_client::{
@@ -19,7 +22,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{aggregate::KernelCounters, decode::FinishedFlow, timewait::Gauges};
+use crate::{aggregate::KernelCounters, decode::FinishedFlow, model::TcpState, timewait::Gauges};
 use tcptrace_common::stat;
 
 /// TIME_WAIT destinations with their own label; the rest are summed under `other`.
@@ -64,6 +67,8 @@ pub struct Metrics {
     flows_closed: Family<Cause, Counter>,
     retransmits: Counter,
     retransmits_by_state: Family<State, Counter>,
+    /// Handles of the per-state series, made on first use (no label hashing per observation).
+    state_handles: [OnceLock<(Histogram, Counter)>; TcpState::ALL.len()],
     time_wait_sockets: Family<Destination, Gauge>,
     time_wait_seconds: Histogram,
     keepalive_timeouts: Counter,
@@ -86,6 +91,7 @@ impl Metrics {
             flows_closed: Family::default(),
             retransmits: Counter::default(),
             retransmits_by_state: Family::default(),
+            state_handles: std::array::from_fn(|_| OnceLock::new()),
             time_wait_sockets: Family::default(),
             time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
             keepalive_timeouts: Counter::default(),
@@ -232,19 +238,23 @@ impl Metrics {
             self.keepalive_timeouts.inc();
         }
         for step in &flow.lifecycle.path {
+            let Some(slot) = self.state_handles.get(step.state as usize) else {
+                continue;
+            };
+            let (seconds, retransmits) = slot.get_or_init(|| {
+                let label = State {
+                    state: step.state.name(),
+                };
+                (
+                    self.state_seconds.get_or_create(&label).clone(),
+                    self.retransmits_by_state.get_or_create(&label).clone(),
+                )
+            });
             if let Some(ns) = step.held_ns {
-                self.state_seconds
-                    .get_or_create(&State {
-                        state: step.state.name(),
-                    })
-                    .observe(ns as f64 / 1e9);
+                seconds.observe(ns as f64 / 1e9);
             }
             if step.retransmits > 0 {
-                self.retransmits_by_state
-                    .get_or_create(&State {
-                        state: step.state.name(),
-                    })
-                    .inc_by(u64::from(step.retransmits));
+                retransmits.inc_by(u64::from(step.retransmits));
             }
         }
     }

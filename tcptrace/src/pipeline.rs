@@ -100,7 +100,7 @@ fn drain<W: Write>(
                 }
                 // A flow that closed first is printed when its TIME_WAIT ends.
                 let ready = if config.traces_time_wait() {
-                    tw.flow(f)
+                    tw.flow(f, config.shows_flows())
                 } else {
                     Some(f)
                 };
@@ -110,8 +110,8 @@ fn drain<W: Write>(
             }
             Ok(Event::TimeWait(r)) => match r.what {
                 time_wait::START => {
-                    if let Some(addrs) = r.addrs {
-                        tw.start(r.timer, addrs, r.ts_ns);
+                    if let Some(ended) = r.addrs.and_then(|a| tw.start(r.timer, a, r.ts_ns)) {
+                        emit_finished(printer, config, metrics, ended)?;
                     }
                 }
                 time_wait::CANCEL => tw.cancel(r.timer, r.ts_ns, r.in_connect),
@@ -317,6 +317,7 @@ async fn trace(config: Config) -> Result<()> {
                 }
             } => {
                 let now = Clock::ktime_now();
+                tw.expire_preexisting(now);
                 let view = time_wait_view(&tw, now, usable_ports);
                 match printer.time_wait_gauges(now, &view).and_then(|()| printer.flush()) {
                     Ok(()) => {}
@@ -329,7 +330,9 @@ async fn trace(config: Config) -> Result<()> {
                 if let Some(m) = metrics.as_mut() {
                     m.kernel(&kernel);
                     if config.traces_time_wait() {
-                        m.time_wait_gauges(&tw.gauges(Clock::ktime_now()));
+                        let now = Clock::ktime_now();
+                        tw.expire_preexisting(now);
+                        m.time_wait_gauges(&tw.gauges(now));
                     }
                 }
                 if config.traces_time_wait() {

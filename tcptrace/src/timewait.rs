@@ -2,10 +2,12 @@
 //! that closed first; live gauges per destination and local address; the 4-tuple exhaustion
 //! forecast.
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::IpAddr,
 };
 
+// A fast hasher with a per-process seed: keys are addresses and ports peers choose.
+use foldhash::HashMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -73,6 +75,9 @@ pub enum Finished {
 #[derive(Default)]
 pub struct TimeWaitTracker {
     active: HashMap<u64, Active>,
+    /// Cancels in the order they came (time, timer): settled from the front, so that a
+    /// settle pass costs what it settles, not the number of sockets in TIME_WAIT.
+    cancels: VecDeque<(u64, u64)>,
     /// START seen, its flow's CLOSE not yet: the flow joins by 4-tuple.
     awaiting_flow: HashMap<FlowAddrs, u64>,
     /// Entry times per (local addr, remote endpoint), for rates.
@@ -81,11 +86,32 @@ pub struct TimeWaitTracker {
     ends: BTreeMap<TimeWaitEnd, u64>,
     /// TIME_WAITs entered per destination, for the summary.
     by_destination: HashMap<Endpoint, u64>,
+    /// Sockets in TIME_WAIT now (those in `active`), kept as they start and end so that the
+    /// gauges cost the number of destinations, not of sockets.
+    live_by_destination: HashMap<Endpoint, u64>,
+    live_by_local: HashMap<IpAddr, u64>,
     client_side: u64,
     server_side: u64,
     pub overflows: u64,
     /// Sockets already in TIME_WAIT at start, with when they expire (kernel time).
-    preexisting: Vec<(FlowAddrs, u64)>,
+    /// In expiry order; counted in the live maps until they expire.
+    preexisting: VecDeque<(FlowAddrs, u64)>,
+    preexisting_total: u64,
+}
+
+/// Entries within the rate window (the queue is in time order).
+fn recent_entries(queue: &VecDeque<u64>, now_ns: u64) -> usize {
+    queue.len() - queue.partition_point(|&t| t + RATE_WINDOW_NS < now_ns)
+}
+
+/// One fewer under `key`; the key goes at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
 }
 
 /// Whether a finished flow is one that enters TIME_WAIT (it closed first and the FIN exchange
@@ -106,16 +132,49 @@ impl TimeWaitTracker {
 
     /// Counts sockets already in TIME_WAIT at start until their remaining time runs out.
     pub fn preexisting(&mut self, sockets: impl IntoIterator<Item = (FlowAddrs, u64)>) {
+        let mut sockets: Vec<(FlowAddrs, u64)> = sockets.into_iter().collect();
+        sockets.sort_unstable_by_key(|&(_, expires)| expires);
+        for (addrs, _) in &sockets {
+            *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+            *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
+        }
+        self.preexisting_total += sockets.len() as u64;
         self.preexisting.extend(sockets);
     }
 
+    /// Sockets already in TIME_WAIT when tracing started.
     pub fn preexisting_count(&self) -> u64 {
-        self.preexisting.len() as u64
+        self.preexisting_total
     }
 
-    pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) {
-        if self.active.contains_key(&timer) {
-            return; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
+    /// Forgets the pre-existing TIME_WAITs whose time ran out by `now_ns`.
+    pub fn expire_preexisting(&mut self, now_ns: u64) {
+        while let Some(&(addrs, expires)) = self.preexisting.front() {
+            if expires > now_ns {
+                break;
+            }
+            self.preexisting.pop_front();
+            decrement(&mut self.live_by_destination, addrs.remote);
+            decrement(&mut self.live_by_local, addrs.local.addr);
+        }
+    }
+
+    /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
+    /// cancelled and had not settled yet (its memory was reused: it ended).
+    pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) -> Option<Finished> {
+        let mut ended = None;
+        if let Some(existing) = self.active.get(&timer) {
+            let Some((cancelled_ns, in_connect)) = existing.cancel else {
+                return None; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
+            };
+            let end = if in_connect {
+                TimeWaitEnd::Reused
+            } else {
+                TimeWaitEnd::Killed
+            };
+            if let Some(old) = self.active.remove(&timer) {
+                ended = Some(self.end(timer, old, cancelled_ns, end));
+            }
         }
         self.active.insert(
             timer,
@@ -136,10 +195,14 @@ impl TimeWaitTracker {
             queue.pop_front();
         }
         *self.by_destination.entry(addrs.remote).or_default() += 1;
+        *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+        *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
+        ended
     }
 
-    /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends.
-    pub fn flow(&mut self, flow: FinishedFlow) -> Option<FinishedFlow> {
+    /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends. Where flows
+    /// are not printed (`keep` false), only its side is counted: nothing is held.
+    pub fn flow(&mut self, flow: FinishedFlow, keep: bool) -> Option<FinishedFlow> {
         if !enters_time_wait(&flow) {
             return Some(flow);
         }
@@ -154,7 +217,9 @@ impl TimeWaitTracker {
                 } else {
                     self.client_side += 1;
                 }
-                active.flow = Some(flow);
+                if keep {
+                    active.flow = Some(flow);
+                }
                 None
             }
             None => Some(flow),
@@ -164,6 +229,7 @@ impl TimeWaitTracker {
     pub fn cancel(&mut self, timer: u64, ts_ns: u64, in_connect: bool) {
         if let Some(active) = self.active.get_mut(&timer) {
             active.cancel = Some((ts_ns, in_connect));
+            self.cancels.push_back((ts_ns, timer));
         }
     }
 
@@ -174,24 +240,33 @@ impl TimeWaitTracker {
 
     /// Ends the TIME_WAITs whose cancel was not followed by an expiry.
     pub fn settle(&mut self, now_ns: u64) -> Vec<Finished> {
-        let done: Vec<u64> = self
-            .active
-            .iter()
-            .filter(|(_, a)| a.cancel.is_some_and(|(t, _)| t + SETTLE_NS < now_ns))
-            .map(|(&timer, _)| timer)
-            .collect();
-        done.into_iter()
-            .filter_map(|timer| {
-                let active = self.active.remove(&timer)?;
-                let (ts, in_connect) = active.cancel?;
-                let end = if in_connect {
-                    TimeWaitEnd::Reused
-                } else {
-                    TimeWaitEnd::Killed
-                };
-                Some(self.end(timer, active, ts, end))
-            })
-            .collect()
+        let mut ended = Vec::new();
+        while let Some(&(ts, timer)) = self.cancels.front() {
+            if ts + SETTLE_NS >= now_ns {
+                break;
+            }
+            self.cancels.pop_front();
+            // Still cancelled at that time (not expired since, nor a new TIME_WAIT on the
+            // same timer address).
+            let current = self
+                .active
+                .get(&timer)
+                .is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
+            if !current {
+                continue;
+            }
+            let Some(active) = self.active.remove(&timer) else {
+                continue;
+            };
+            let in_connect = active.cancel.is_some_and(|(_, c)| c);
+            let end = if in_connect {
+                TimeWaitEnd::Reused
+            } else {
+                TimeWaitEnd::Killed
+            };
+            ended.push(self.end(timer, active, ts, end));
+        }
+        ended
     }
 
     /// Everything still in TIME_WAIT when tracing stops.
@@ -205,6 +280,8 @@ impl TimeWaitTracker {
 
     fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
         let held_ns = end_ns.saturating_sub(active.start_ns);
+        decrement(&mut self.live_by_destination, active.addrs.remote);
+        decrement(&mut self.live_by_local, active.addrs.local.addr);
         if end != TimeWaitEnd::InProgress {
             self.held
                 .get_or_insert_with(|| Histogram::new(3).expect("valid precision"))
@@ -230,27 +307,20 @@ impl TimeWaitTracker {
         }
     }
 
-    /// Sockets in TIME_WAIT now, by destination and by local address.
+    /// Sockets in TIME_WAIT now, by destination and by local address (call
+    /// [`Self::expire_preexisting`] first).
     pub fn gauges(&self, now_ns: u64) -> Gauges {
-        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
-        let mut by_local: BTreeMap<IpAddr, u64> = BTreeMap::new();
-        let live = self.active.values().map(|a| &a.addrs).chain(
-            self.preexisting
-                .iter()
-                .filter(|(_, expires)| *expires > now_ns)
-                .map(|(addrs, _)| addrs),
-        );
-        let mut total = 0;
-        for addrs in live {
-            total += 1;
-            by_destination.entry(addrs.remote).or_default().0 += 1;
-            *by_local.entry(addrs.local.addr).or_default() += 1;
-        }
+        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = self
+            .live_by_destination
+            .iter()
+            .map(|(&d, &n)| (d, (n, 0.0)))
+            .collect();
+        let by_local: BTreeMap<IpAddr, u64> =
+            self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
+        // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
+        let total = (self.active.len() + self.preexisting.len()) as u64;
         for ((_, remote), queue) in &self.entries {
-            let recent = queue
-                .iter()
-                .filter(|&&t| t + RATE_WINDOW_NS >= now_ns)
-                .count();
+            let recent = recent_entries(queue, now_ns);
             by_destination.entry(*remote).or_default().1 +=
                 recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
         }
@@ -269,10 +339,7 @@ impl TimeWaitTracker {
         self.entries
             .iter()
             .map(|(&key, queue)| {
-                let recent = queue
-                    .iter()
-                    .filter(|&&t| t + RATE_WINDOW_NS >= now_ns)
-                    .count();
+                let recent = recent_entries(queue, now_ns);
                 (key, recent as f64 / (RATE_WINDOW_NS as f64 / 1e9))
             })
             .filter(|(_, rate)| *rate > 0.0)

@@ -16,9 +16,15 @@ const S: u64 = 1_000_000_000;
 fn a_flow_is_held_until_its_time_wait_expires() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    tw.start(7, flow.addrs, 4_999_000);
-    assert!(tw.flow(flow.clone()).is_none(), "held until TIME_WAIT ends");
-    tw.start(7, flow.addrs, 30 * S); // re-armed: the start stands
+    assert!(tw.start(7, flow.addrs, 4_999_000).is_none());
+    assert!(
+        tw.flow(flow.clone(), true).is_none(),
+        "held until TIME_WAIT ends"
+    );
+    assert!(
+        tw.start(7, flow.addrs, 30 * S).is_none(),
+        "re-armed: the start stands"
+    );
     tw.cancel(7, 61 * S, false);
     let Some(Finished::Flow(done)) = tw.expire(7, 61 * S + 3_000) else {
         panic!("the flow comes back when the timer fires");
@@ -36,8 +42,8 @@ fn a_flow_is_held_until_its_time_wait_expires() {
 fn early_ends_are_reused_in_connect_else_killed() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    tw.start(1, flow.addrs, 0);
-    assert!(tw.flow(flow.clone()).is_none());
+    assert!(tw.start(1, flow.addrs, 0).is_none());
+    assert!(tw.flow(flow.clone(), true).is_none());
     tw.cancel(1, 2 * S, true);
     assert!(
         tw.settle(2 * S + 1_000).is_empty(),
@@ -52,7 +58,7 @@ fn early_ends_are_reused_in_connect_else_killed() {
 
     let mut other = flow.addrs;
     other.local.port += 1;
-    tw.start(2, other, 0);
+    assert!(tw.start(2, other, 0).is_none());
     tw.cancel(2, S, false);
     let ended = tw.settle(2 * S);
     let [Finished::Orphan(t)] = ended.as_slice() else {
@@ -71,9 +77,9 @@ fn flows_that_do_not_enter_time_wait_pass_through() {
         Ok(Event::FlowEnd(f)) => f,
         other => panic!("fixture: {other:?}"),
     };
-    assert!(tw.flow(passive).is_some());
+    assert!(tw.flow(passive, true).is_some());
     // A closer whose timewait socket never started (tcp_max_tw_buckets full).
-    assert!(tw.flow(client_flow_closing_first()).is_some());
+    assert!(tw.flow(client_flow_closing_first(), true).is_some());
 }
 
 #[test]
@@ -83,7 +89,7 @@ fn gauges_count_per_destination_and_rate() {
     for i in 0..20u64 {
         let mut addrs = flow.addrs;
         addrs.local.port = 40_000 + i as u16;
-        tw.start(100 + i, addrs, i * 100_000_000);
+        assert!(tw.start(100 + i, addrs, i * 100_000_000).is_none());
     }
     let g = tw.gauges(2 * S);
     assert_eq!(g.total, 20);
@@ -94,4 +100,42 @@ fn gauges_count_per_destination_and_rate() {
     assert_eq!(g.by_local, vec![(flow.addrs.local.addr, 20)]);
     let in_progress = tw.drain_in_progress(3 * S);
     assert_eq!(in_progress.len(), 20);
+}
+
+#[test]
+fn a_timer_address_reused_before_its_cancel_settled_ends_the_old_time_wait() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    assert!(tw.start(9, flow.addrs, 0).is_none());
+    tw.cancel(9, S, false);
+    let mut next = flow.addrs;
+    next.local.port += 1;
+    let Some(Finished::Orphan(old)) = tw.start(9, next, S + 1_000) else {
+        panic!("the cancelled TIME_WAIT ends when its address is reused")
+    };
+    assert_eq!((old.end, old.held_ns), (TimeWaitEnd::Killed, S));
+    assert!(
+        tw.settle(10 * S).is_empty(),
+        "its cancel is not settled twice"
+    );
+    assert_eq!(tw.gauges(2 * S).total, 1, "the new one is in TIME_WAIT");
+}
+
+#[test]
+fn preexisting_time_waits_count_until_they_expire() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    let mut other = flow.addrs;
+    other.local.port += 1;
+    tw.preexisting([(other, 30 * S), (flow.addrs, 10 * S)]);
+    assert!(tw.start(5, flow.addrs, S).is_none());
+    tw.expire_preexisting(5 * S);
+    let g = tw.gauges(5 * S);
+    assert_eq!((g.total, g.by_destination[0].1 .0), (3, 3));
+    tw.expire_preexisting(20 * S);
+    assert_eq!(tw.gauges(20 * S).total, 2, "one pre-existing ran out");
+    tw.expire_preexisting(40 * S);
+    let g = tw.gauges(40 * S);
+    assert_eq!((g.total, g.by_local[0].1), (1, 1));
+    assert_eq!(tw.preexisting_count(), 2, "counted as there at start");
 }

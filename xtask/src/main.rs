@@ -52,6 +52,15 @@ enum Task {
         out: PathBuf,
     },
     /// Helper of `bench`: holds connections open.
+    /// Loopback load only (for profiling by hand): connections/s for a while.
+    #[command(hide = true)]
+    BenchLoad {
+        /// Connections per second (default: flat out).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
     #[command(hide = true)]
     BenchHold {
         #[arg(long)]
@@ -195,6 +204,7 @@ fn main() -> ExitCode {
         }),
         Task::Test { args } => test(&args),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
+        Task::BenchLoad { rate, secs } => bench::load_only(rate, secs),
         Task::Completions { out } => build(false).and_then(|bin| {
             let dir = workspace_root().join(out);
             std::fs::create_dir_all(&dir)?;

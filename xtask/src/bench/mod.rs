@@ -364,6 +364,15 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench-load`: the generator alone, for profiling a tracer by hand.
+pub fn load_only(rate: Option<f64>, secs: f64) -> Result<()> {
+    raise_nofile(16_384)?;
+    let server = Server::start(false)?;
+    let r = run_clients(&server.ports, 2, Duration::from_secs_f64(secs), false, rate)?;
+    eprintln!("xtask bench-load: {:.0} conn/s", r.rate());
+    Ok(())
+}
+
 pub(crate) fn raise_nofile(n: usize) -> Result<()> {
     let lim = libc::rlimit {
         rlim_cur: n as u64,
