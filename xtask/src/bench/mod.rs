@@ -3,6 +3,7 @@
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
 mod loadgen;
 mod memory;
+mod steady;
 mod tracer;
 
 pub use memory::hold;
@@ -18,7 +19,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use loadgen::{run_clients, LoadResult, Server};
-use tracer::{mount_tracefs, BpfStats, RunningTracer, TracerCost};
+use tracer::{mount_tracefs, RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -30,7 +31,14 @@ pub struct BenchArgs {
     round_secs: f64,
     /// Client threads of the load generator.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
+    /// Warm-up before the CPU at a fixed rate is measured (longer than TIME_WAIT's 60 s, so
+    /// that the TIME_WAIT population and the tracer's tables stop growing).
+    #[arg(long, default_value_t = 65.0)]
+    warmup_secs: f64,
+    /// How long the CPU at a fixed rate is measured, after the warm-up.
+    #[arg(long, default_value_t = 20.0)]
+    steady_secs: f64,
     /// Live connections for the memory-per-flow measurement.
     #[arg(long, default_value_t = 100_000)]
     live_connections: usize,
@@ -38,11 +46,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// bpftrace.
+    /// filtered, bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,filtered,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -74,7 +82,11 @@ struct Results {
     kernel: String,
     modes: Vec<ModeRow>,
     kernel_ns_per_event: Option<f64>,
+    /// inet_sock_set_state's own cost per transition.
+    kernel_ns_per_transition: Option<f64>,
+    kernel_programs: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
+    steady_cpu: Vec<steady::SteadyCpu>,
     bytes_per_tracked_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
     replay_render_all_events_per_s: Option<f64>,
@@ -137,7 +149,7 @@ fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
 }
 
 pub(crate) struct Bench<'a> {
-    args: &'a BenchArgs,
+    pub(crate) args: &'a BenchArgs,
     bin: PathBuf,
     pub(crate) dir: PathBuf,
     pub(crate) server: Server,
@@ -280,7 +292,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 5] = [
+    let modes: [(&str, &str, &[&str]); 6] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -294,6 +306,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             "metrics only",
             &["metrics", "--metrics", "127.0.0.1:0"],
         ),
+        // Every connection of the load is filtered out in the kernel (remote port 1).
+        ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
     ];
     let wanted = |key: &str| args.modes.iter().any(|m| m == key);
     for (key, name, mode_args) in modes {
@@ -326,28 +340,34 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         )?);
     }
 
-    // Kernel ns per event (bpf_stats on for this round only), flows mode.
-    {
-        let out = dir.join("bpf-stats.out");
-        let stats = BpfStats::enable()?;
-        let tracer = bench.tcptrace(&["flows"], &out)?;
-        bench.load(None)?;
-        let cost = tracer.stop()?;
-        drop(stats);
-        if cost.bpf_run_cnt > 0 {
-            results.kernel_ns_per_event = Some(cost.bpf_run_ns as f64 / cost.bpf_run_cnt as f64);
-        }
+    // Kernel ns per program run (bpf_stats on for this round only), flows mode.
+    let costs = steady::program_costs(&bench, &["flows"])?;
+    let (ns, runs) = costs.iter().fold((0.0, 0u64), |(ns, runs), c| {
+        (ns + c.ns_per_run * c.runs as f64, runs + c.runs)
+    });
+    if runs > 0 {
+        results.kernel_ns_per_event = Some(ns / runs as f64);
     }
+    results.kernel_ns_per_transition = costs
+        .iter()
+        .find(|c| c.program.starts_with("inet_sock_set"))
+        .map(|c| c.ns_per_run);
+    results.kernel_programs = costs;
 
-    // CPU at a fixed 10k connections/s, flows mode.
-    {
-        let out = dir.join("fixed-rate.out");
-        let tracer = bench.tcptrace(&["flows"], &out)?;
-        let r = bench.load(Some(10_000.0))?;
-        let cost = tracer.stop()?;
-        eprintln!("xtask bench: fixed rate achieved {:.0} conn/s", r.rate());
-        results.cpu_percent_at_10k = Some(cost.cpu_ns as f64 / cost.wall_ns as f64 * 100.0);
+    // Tracer CPU at a fixed 10k connections/s, in steady state: flows and metrics-only.
+    let (warmup, steady) = (
+        Duration::from_secs_f64(args.warmup_secs),
+        Duration::from_secs_f64(args.steady_secs),
+    );
+    for mode in [&["flows"][..], &["metrics", "--metrics", "127.0.0.1:0"][..]] {
+        let cpu = steady::steady_cpu(&bench, mode, 10_000.0, warmup, steady)?;
+        eprintln!(
+            "xtask bench: {} at {:.0} conn/s (after {:.0} s): {:.2}% of one core",
+            cpu.mode, cpu.rate_conn_per_s, cpu.warmup_s, cpu.cpu_percent
+        );
+        results.steady_cpu.push(cpu);
     }
+    results.cpu_percent_at_10k = results.steady_cpu.first().map(|c| c.cpu_percent);
 
     results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
     let (aggregate, render_all) = replay(&bin)?;
@@ -456,13 +476,22 @@ fn print_table(r: &Results) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
-        "kernel per event:        {}",
-        opt(r.kernel_ns_per_event, "ns")
+        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state)",
+        opt(r.kernel_ns_per_event, "ns"),
+        opt(r.kernel_ns_per_transition, "ns")
     );
-    println!(
-        "CPU at 10k conn/s:       {}",
-        opt(r.cpu_percent_at_10k, "% of one core")
-    );
+    for p in &r.kernel_programs {
+        println!(
+            "  {:<18} {:>10} runs {:>8.1} ns/run",
+            p.program, p.runs, p.ns_per_run
+        );
+    }
+    for c in &r.steady_cpu {
+        println!(
+            "CPU at {:.0} conn/s:    {:.2} % of one core ({}, after {:.0} s warm-up)",
+            c.rate_conn_per_s, c.cpu_percent, c.mode, c.warmup_s
+        );
+    }
     println!(
         "memory per tracked flow: {}",
         opt(r.bytes_per_tracked_flow, "B")

@@ -1,0 +1,139 @@
+//! Two measurements that need more than a round: the kernel programs' cost per run, by
+//! program (bpf_stats on for that round only), and the tracer's CPU at a fixed 10k
+//! connections/s in steady state (after a warm-up longer than TIME_WAIT, so that the
+//! TIME_WAIT population and the tracer's tables have stopped growing).
+use std::{
+    collections::HashMap,
+    fs, thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{loadgen::run_clients, tracer::BpfStats, Bench};
+
+/// One BPF program's cost over a round.
+#[derive(Serialize, Debug, Clone)]
+pub struct ProgramCost {
+    /// The kernel's name for it (truncated to 15 characters).
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
+/// CPU of one mode at the fixed rate.
+#[derive(Serialize, Debug, Clone)]
+pub struct SteadyCpu {
+    pub mode: String,
+    pub rate_conn_per_s: f64,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+    pub cpu_percent: f64,
+}
+
+/// `(prog_id, run_time_ns, run_cnt)` of every BPF program a process holds (its fdinfo).
+fn held_programs(pid: u32) -> Vec<(u32, u64, u64)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let field = |info: &str, name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    dir.flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            Some((
+                u32::try_from(field(&info, "prog_id:")?).ok()?,
+                field(&info, "run_time_ns:")?,
+                field(&info, "run_cnt:")?,
+            ))
+        })
+        .collect()
+}
+
+/// The kernel programs' cost by program, over one flat-out round of `args` (the tracer's
+/// own hooks only; bpf_stats is on for this round alone).
+pub fn program_costs(bench: &Bench, args: &[&str]) -> Result<Vec<ProgramCost>> {
+    let out = bench.dir.join("bpf-stats.out");
+    let stats = BpfStats::enable()?;
+    let tracer = bench.tcptrace(args, &out)?;
+    let before = held_programs(tracer.pid());
+    bench.load(None)?;
+    let after = held_programs(tracer.pid());
+    // Names while the programs are loaded.
+    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
+        .collect();
+    tracer.stop()?;
+    drop(stats);
+    let mut costs: Vec<ProgramCost> = after
+        .into_iter()
+        .filter_map(|(id, ns, runs)| {
+            let (_, ns0, runs0) = before.iter().find(|(i, ..)| *i == id).copied()?;
+            let runs = runs.saturating_sub(runs0);
+            (runs > 0).then(|| ProgramCost {
+                program: names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id {id}")),
+                runs,
+                ns_per_run: ns.saturating_sub(ns0) as f64 / runs as f64,
+            })
+        })
+        .collect();
+    costs.sort_by_key(|c| std::cmp::Reverse(c.runs));
+    Ok(costs)
+}
+
+/// On-CPU time of every thread of a process, in ns (schedstat: exact, not tick-sampled).
+fn on_cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).context("tracer tasks")? {
+        let path = task?.path().join("schedstat");
+        if let Ok(stat) = fs::read_to_string(&path) {
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// The tracer's CPU at `rate` connections/s, measured for `measure` after `warmup`.
+pub fn steady_cpu(
+    bench: &Bench,
+    mode: &[&str],
+    rate: f64,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<SteadyCpu> {
+    let out = bench.dir.join("steady.out");
+    let tracer = bench.tcptrace(mode, &out)?;
+    let pid = tracer.pid();
+    let ports = bench.server.ports.clone();
+    let threads = bench.args.threads;
+    let load =
+        thread::spawn(move || run_clients(&ports, threads, warmup + measure, false, Some(rate)));
+    thread::sleep(warmup);
+    let (cpu0, t0) = (on_cpu_ns(pid)?, Instant::now());
+    thread::sleep(measure);
+    let (cpu1, elapsed) = (on_cpu_ns(pid)?, t0.elapsed());
+    let achieved = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load generator panicked"))??;
+    tracer.stop()?;
+    Ok(SteadyCpu {
+        mode: format!("tcptrace {}", mode.join(" ")),
+        rate_conn_per_s: achieved.rate(),
+        warmup_s: warmup.as_secs_f64(),
+        measured_s: elapsed.as_secs_f64(),
+        cpu_percent: cpu1.saturating_sub(cpu0) as f64 / elapsed.as_nanos() as f64 * 100.0,
+    })
+}
