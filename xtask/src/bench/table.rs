@@ -1,0 +1,66 @@
+//! The results table printed at the end of `cargo xtask bench`.
+use super::Results;
+
+pub(super) fn print_table(r: &Results) {
+    println!("machine: {} | kernel {}", r.machine, r.kernel);
+    println!(
+        "{:<22} {:>6} {:>9} {:>15} {:>12} {:>10} {:>9} {:>12} {:>9}",
+        "mode",
+        "pairs",
+        "ratio",
+        "spread",
+        "events/s",
+        "lost ring",
+        "skipped",
+        "user ns/ev",
+        "peak RSS"
+    );
+    for m in &r.modes {
+        println!(
+            "{:<22} {:>6} {:>9.3} {:>7.3}..{:<6.3} {:>12.0} {:>10} {:>9} {:>12.0} {:>6} MiB",
+            m.mode,
+            m.pairs,
+            m.ratio_median,
+            m.ratio_min,
+            m.ratio_max,
+            m.state_events_per_s,
+            m.lost_ring.map_or("n/a".into(), |v| v.to_string()),
+            m.lost_skipped.map_or("n/a".into(), |v| v.to_string()),
+            m.user_cpu_ns_per_event,
+            m.peak_rss_kib / 1024
+        );
+    }
+    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
+    println!(
+        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state)",
+        opt(r.kernel_ns_per_event, "ns"),
+        opt(r.kernel_ns_per_transition, "ns")
+    );
+    for p in &r.kernel_programs {
+        println!(
+            "  {:<18} {:>10} runs {:>8.1} ns/run",
+            p.program, p.runs, p.ns_per_run
+        );
+    }
+    for c in &r.steady_cpu {
+        println!(
+            "CPU at {:.0} conn/s:    {:.2} % of one core ({}, after {:.0} s warm-up)",
+            c.rate_conn_per_s, c.cpu_percent, c.mode, c.warmup_s
+        );
+    }
+    println!(
+        "memory per tracked flow: {}",
+        opt(r.bytes_per_tracked_flow, "B")
+    );
+    println!(
+        "aggregation (replay):    {}",
+        opt(r.replay_events_per_s.map(|v| v / 1e6), "M events/s")
+    );
+    println!(
+        "rendering all (replay):  {}",
+        opt(
+            r.replay_render_all_events_per_s.map(|v| v / 1e6),
+            "M events/s"
+        )
+    );
+}
