@@ -88,6 +88,8 @@ struct Results {
     kernel_programs: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
     steady_cpu: Vec<steady::SteadyCpu>,
+    /// Per-transition modes: the highest tried rate with no record lost.
+    lossless: Vec<steady::LosslessRate>,
     bytes_per_tracked_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
     replay_render_all_events_per_s: Option<f64>,
@@ -369,6 +371,20 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         results.steady_cpu.push(cpu);
     }
     results.cpu_percent_at_10k = results.steady_cpu.first().map(|c| c.cpu_percent);
+
+    // Per-transition modes print every transition: the rate they keep up with.
+    let rates = [50_000.0, 40_000.0, 30_000.0, 20_000.0, 10_000.0];
+    for mode in [&[][..], &["--json"][..]] {
+        if wanted(if mode.is_empty() {
+            "transitions"
+        } else {
+            "json"
+        }) {
+            results
+                .lossless
+                .push(steady::lossless_rate(&bench, mode, &rates)?);
+        }
+    }
 
     results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
     let (aggregate, render_all) = replay(&bin)?;

@@ -137,3 +137,44 @@ pub fn steady_cpu(
         cpu_percent: cpu1.saturating_sub(cpu0) as f64 / elapsed.as_nanos() as f64 * 100.0,
     })
 }
+
+/// The highest of the tried fixed rates at which a mode lost no record to a full ring.
+#[derive(Serialize, Debug, Clone)]
+pub struct LosslessRate {
+    pub mode: String,
+    /// Achieved connections/s and state events/s of the first lossless rate, if any.
+    pub conn_per_s: Option<f64>,
+    pub events_per_s: Option<f64>,
+    /// (achieved connections/s, records lost to a full ring) for every rate tried.
+    pub tried: Vec<(f64, u64)>,
+}
+
+/// Tries `rates` (connections/s, highest first) until a round loses nothing.
+pub fn lossless_rate(bench: &Bench, mode: &[&str], rates: &[f64]) -> Result<LosslessRate> {
+    let mut result = LosslessRate {
+        mode: format!("tcptrace {}", mode.join(" ")),
+        conn_per_s: None,
+        events_per_s: None,
+        tried: Vec::new(),
+    };
+    for &rate in rates {
+        let out = bench.dir.join("lossless.out");
+        let tracer = bench.tcptrace(mode, &out)?;
+        let load = bench.load(Some(rate))?;
+        let cost = tracer.stop()?;
+        let (events, lost_ring, _skipped) = super::summary_numbers(&out)?;
+        let _ = fs::remove_file(&out);
+        result.tried.push((load.rate(), lost_ring));
+        eprintln!(
+            "xtask bench: {} at {:.0} conn/s: {lost_ring} records lost",
+            result.mode,
+            load.rate()
+        );
+        if lost_ring == 0 {
+            result.conn_per_s = Some(load.rate());
+            result.events_per_s = Some(events as f64 / (cost.wall_ns as f64 / 1e9));
+            break;
+        }
+    }
+    Ok(result)
+}

@@ -42,6 +42,18 @@ pub(super) fn print_table(r: &Results) {
             p.program, p.runs, p.ns_per_run
         );
     }
+    for l in &r.lossless {
+        match (l.conn_per_s, l.events_per_s) {
+            (Some(c), Some(e)) => println!(
+                "lossless up to:          {c:.0} conn/s, {e:.0} events/s ({})",
+                l.mode
+            ),
+            _ => println!(
+                "lossless up to:          below every rate tried ({})",
+                l.mode
+            ),
+        }
+    }
     for c in &r.steady_cpu {
         println!(
             "CPU at {:.0} conn/s:    {:.2} % of one core ({}, after {:.0} s warm-up)",
