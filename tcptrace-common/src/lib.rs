@@ -133,7 +133,10 @@ pub mod stat {
     /// holds `inserted - removed - evicted` flows.
     pub const FLOWS_INSERTED: u32 = 17;
     pub const FLOWS_REMOVED: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// A connecting socket's first transition, held until its local port is bound (under a
+    /// local-port filter), found the flow table full: that transition was dropped.
+    pub const LOST_UNDECIDED: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// Entries of [`Counters::transitions`]: `old * LIMIT + new`.

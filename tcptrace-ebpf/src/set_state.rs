@@ -257,6 +257,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if is_fresh && !ends {
         if FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
             stats.bump(stat::FLOWS_INSERTED);
+        } else if hold {
+            // Not known to be traced: the flow is judged again at its next event.
+            stats.bump(stat::LOST_UNDECIDED);
         } else {
             if stats.bump(stat::FLOW_TABLE_FULL) == 0 {
                 log_table_full(ctx);

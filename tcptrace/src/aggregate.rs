@@ -36,6 +36,7 @@ impl KernelCounters {
             + self.stat(stat::LOST_RETRANSMIT)
             + self.stat(stat::LOST_PROBE)
             + self.stat(stat::LOST_TIME_WAIT)
+            + self.stat(stat::LOST_UNDECIDED)
             + self.missed
     }
 
@@ -186,6 +187,7 @@ impl Aggregator {
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
             lost_probes: kernel.stat(stat::LOST_PROBE),
             lost_time_wait: kernel.stat(stat::LOST_TIME_WAIT),
+            lost_undecided: kernel.stat(stat::LOST_UNDECIDED),
             keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
             missed_events: kernel.missed,
             submitted: kernel.stat(stat::SUBMITTED),
@@ -224,6 +226,8 @@ pub struct Summary {
     pub lost_retransmits: u64,
     pub lost_probes: u64,
     pub lost_time_wait: u64,
+    /// First transitions held for a local-port filter that found the flow table full.
+    pub lost_undecided: u64,
     pub keepalive_probes: u64,
     /// Events the kernel skipped (recursion misses).
     pub missed_events: u64,
@@ -254,6 +258,7 @@ impl Summary {
             + self.lost_retransmits
             + self.lost_probes
             + self.lost_time_wait
+            + self.lost_undecided
             + self.missed_events
     }
 }

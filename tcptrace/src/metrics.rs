@@ -215,6 +215,7 @@ impl Metrics {
             (stat::LOST_RETRANSMIT, "ring_full_retransmit"),
             (stat::LOST_PROBE, "ring_full_probe"),
             (stat::LOST_TIME_WAIT, "ring_full_time_wait"),
+            (stat::LOST_UNDECIDED, "flow_table_full_undecided"),
         ] {
             add(index, &self.lost.get_or_create(&Reason { reason }));
         }

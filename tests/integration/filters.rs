@@ -328,3 +328,50 @@ fn netns_filter_traces_one_namespace() {
         pair.a
     );
 }
+
+#[test]
+fn a_held_first_transition_that_finds_the_table_full_is_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let ports = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("port range")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .join("-");
+    let dport = addr.port().to_string();
+    let tracer = Tracer::start(&["states", "--max-flows", "1", "-L", &ports, "-D", &dport]);
+    let pairs: Vec<_> = (0..5)
+        .map(|_| {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            (client, server)
+        })
+        .collect();
+    let clients: Vec<u16> = pairs
+        .iter()
+        .map(|(c, _)| c.local_addr().expect("addr").port())
+        .collect();
+    let out = tracer.stop();
+    drop(pairs);
+    let sent_starts = out
+        .of_type("transition")
+        .into_iter()
+        .filter(|t| t["old"] == "CLOSE" && t["new"] == "SYN_SENT")
+        .filter(|t| clients.contains(&port_of(t, "lport")))
+        .count() as u64;
+    let undecided = out.summary()["lost"]["undecided"]
+        .as_u64()
+        .expect("undecided");
+    assert!(
+        undecided >= 1,
+        "a one-entry table cannot hold five: {}",
+        out.summary()
+    );
+    assert_eq!(
+        sent_starts + undecided,
+        5,
+        "every held first transition is either sent or counted: {}",
+        out.summary()
+    );
+}

@@ -444,6 +444,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 retransmits: kernel.stat(stat::LOST_RETRANSMIT),
                 probes: kernel.stat(stat::LOST_PROBE),
                 time_wait: kernel.stat(stat::LOST_TIME_WAIT),
+                undecided: kernel.stat(stat::LOST_UNDECIDED),
                 missed_events: kernel.missed,
                 total: kernel.lost(),
             },

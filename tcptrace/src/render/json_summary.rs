@@ -10,6 +10,7 @@ pub(super) struct Lost {
     pub(super) retransmits: u64,
     pub(super) probes: u64,
     pub(super) time_wait: u64,
+    pub(super) undecided: u64,
     pub(super) missed_events: u64,
     pub(super) total: u64,
 }
@@ -135,6 +136,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
             retransmits: s.lost_retransmits,
             probes: s.lost_probes,
             time_wait: s.lost_time_wait,
+            undecided: s.lost_undecided,
             missed_events: s.missed_events,
             total: s.lost(),
         },

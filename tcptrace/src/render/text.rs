@@ -382,12 +382,16 @@ impl<W: Write> Render for TextPrinter<W> {
         )?;
         writeln!(
             o,
-            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}; events the kernel skipped: {}); \
+            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}; \
+             held first transitions (flow table full) {}; events the kernel skipped: {}); \
              read errors {}, decode errors {}, path gaps {}, stale flows {}",
             s.lost(),
             s.lost_transitions,
             s.lost_flows,
             s.lost_retransmits,
+            s.lost_probes,
+            s.lost_time_wait,
+            s.lost_undecided,
             s.missed_events,
             s.read_errors,
             s.decode_errors,
