@@ -3,6 +3,7 @@
 #![no_main]
 
 mod filter;
+mod floor;
 mod maps;
 mod reset;
 mod retransmit;

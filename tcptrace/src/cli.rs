@@ -59,6 +59,10 @@ pub enum Command {
     /// Print the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
+    /// Attach only an empty program to inet_sock_set_state (the hook's own cost, for
+    /// `cargo xtask bench`).
+    #[command(hide = true)]
+    HookFloor,
     /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
     #[command(hide = true)]
     ReplayBench {

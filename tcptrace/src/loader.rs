@@ -14,7 +14,8 @@ use tcptrace_common::{
 
 use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
 

@@ -12,6 +12,7 @@ mod clock;
 mod decode;
 mod evict;
 mod filter;
+mod floor;
 mod forecast;
 mod idle;
 mod keepalive;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => replay::run(records),
+        Some(cli::Command::HookFloor) => floor::run(&cli.common.btf),
         Some(cli::Command::Idle { min_idle }) => {
             let json = cli.common.json;
             filter::FilterSpec::try_from(cli.common.filter)

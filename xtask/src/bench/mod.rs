@@ -47,11 +47,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// filtered, bpftrace.
+    /// filtered, floor, bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,filtered,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,filtered,floor,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -295,7 +295,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 6] = [
+    let modes: [(&str, &str, &[&str]); 7] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -311,6 +311,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         ),
         // Every connection of the load is filtered out in the kernel (remote port 1).
         ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
+        // An empty program on the same tracepoint: the floor any hook pays here.
+        ("floor", "empty hook (floor)", &["hook-floor"]),
     ];
     let wanted = |key: &str| args.modes.iter().any(|m| m == key);
     for (key, name, mode_args) in modes {
@@ -321,7 +323,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         let command = format!("tcptrace {}", mode_args.join(" "));
         results
             .modes
-            .push(bench.mode(name, &start, command.trim(), true)?);
+            .push(bench.mode(name, &start, command.trim(), key != "floor")?);
     }
 
     if !args.no_bpftrace && wanted("bpftrace") {
