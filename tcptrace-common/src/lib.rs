@@ -426,7 +426,9 @@ pub struct ProgramConfig {
     pub emit_retransmits: u8,
     /// Send a `KeepaliveProbeEvent` per keepalive probe.
     pub emit_probes: u8,
-    pub _pad: [u8; 5],
+    /// Use the preallocated flow table (`FLOWS_PREALLOC`) instead of `FLOWS`.
+    pub prealloc_flows: u8,
+    pub _pad: [u8; 4],
     pub filter: FilterConfig,
 }
 const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144);

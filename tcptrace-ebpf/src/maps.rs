@@ -61,7 +61,8 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     emit_transitions: 0,
     emit_retransmits: 0,
     emit_probes: 0,
-    _pad: [0; 5],
+    prealloc_flows: 0,
+    _pad: [0; 4],
     filter: FilterConfig {
         active: 0,
         family: 0,
@@ -95,6 +96,49 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// The size is set by the loader (`--max-flows`).
 #[map]
 pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
+/// The same table, preallocated (`--prealloc-flows`): no allocation when a flow is first
+/// seen. The loader sizes the one in use and shrinks the other to one entry.
+#[map]
+pub static FLOWS_PREALLOC: HashMap<u64, FlowState> = HashMap::with_max_entries(1, 0);
+
+/// The flow table in use (a constant to the verifier, which prunes the other branch).
+pub struct FlowTable;
+pub static FLOW_TABLE: FlowTable = FlowTable;
+
+impl FlowTable {
+    #[inline(always)]
+    fn preallocated() -> bool {
+        config!(prealloc_flows) != 0
+    }
+
+    #[inline(always)]
+    pub fn get_ptr_mut(&self, key: &u64) -> Option<*mut FlowState> {
+        if Self::preallocated() {
+            FLOWS_PREALLOC.get_ptr_mut(key)
+        } else {
+            FLOWS.get_ptr_mut(key)
+        }
+    }
+
+    #[inline(always)]
+    pub fn insert(&self, key: &u64, value: &FlowState, flags: u64) -> Result<(), i32> {
+        if Self::preallocated() {
+            FLOWS_PREALLOC.insert(key, value, flags)
+        } else {
+            FLOWS.insert(key, value, flags)
+        }
+    }
+
+    #[inline(always)]
+    pub fn remove(&self, key: &u64) -> Result<(), i32> {
+        if Self::preallocated() {
+            FLOWS_PREALLOC.remove(key)
+        } else {
+            FLOWS.remove(key)
+        }
+    }
+}
 
 /// Owners of listening sockets, so that accepted children (created in softirq) get the
 /// listener's process.

@@ -6,14 +6,14 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{close_flags, FlowState};
 
-use crate::maps::FLOWS;
+use crate::maps::FLOW_TABLE;
 
 #[inline(always)]
 fn with_flow(sk: *const u8, f: impl FnOnce(&mut FlowState)) {
     if sk.is_null() {
         return;
     }
-    if let Some(flow) = FLOWS.get_ptr_mut(&(sk as u64)) {
+    if let Some(flow) = FLOW_TABLE.get_ptr_mut(&(sk as u64)) {
         // SAFETY: a map value, valid for this run (RCU); resets are handled under the socket's
         // lock, like its transitions.
         f(unsafe { &mut *flow });

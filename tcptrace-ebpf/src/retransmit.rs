@@ -13,7 +13,7 @@ use tcptrace_common::{
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{submit_flags, Stats, EVENTS, FLOWS},
+    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE},
     set_state::release_held_start,
     sock,
 };
@@ -60,7 +60,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
 
     let emit = config!(emit_retransmits) != 0;
     let key = sk as u64;
-    let existing = FLOWS.get_ptr_mut(&key);
+    let existing = FLOW_TABLE.get_ptr_mut(&key);
     let pending = match existing {
         // SAFETY: a map value, valid for this run; one byte read.
         Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
@@ -83,7 +83,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         let netns = sock::netns(sk)?;
         if filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) != Verdict::Match {
             stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-            if pending && FLOWS.remove(&key).is_ok() {
+            if pending && FLOW_TABLE.remove(&key).is_ok() {
                 stats.bump(stat::FLOWS_REMOVED);
             }
             return Ok(());
@@ -113,7 +113,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             let mut flow = FlowState::unseen(state);
             flow.count_retransmit();
             stats.bump(stat::FLOWS_SEEN);
-            if FLOWS.insert(&key, &flow, BPF_NOEXIST).is_ok() {
+            if FLOW_TABLE.insert(&key, &flow, BPF_NOEXIST).is_ok() {
                 stats.bump(stat::FLOWS_INSERTED);
             } else {
                 stats.bump(stat::FLOW_TABLE_FULL);

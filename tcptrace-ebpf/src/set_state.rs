@@ -17,7 +17,9 @@ use tcptrace_common::{
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{current_owner, submit_flags, Stats, CONNECTING, EVENTS, FLOWS, LISTENERS, SCRATCH},
+    maps::{
+        current_owner, submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, LISTENERS, SCRATCH,
+    },
     sock,
 };
 
@@ -116,7 +118,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let emit_transitions = config!(emit_transitions) != 0;
     let ends = new == tcp_state::CLOSE;
     let key = sk as u64;
-    let existing = FLOWS.get_ptr_mut(&key);
+    let existing = FLOW_TABLE.get_ptr_mut(&key);
     let is_fresh = existing.is_none();
     let restarted = !is_fresh && old == tcp_state::CLOSE;
     let pending = match existing {
@@ -165,7 +167,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             _ => {
                 // An undecided flow's held first transition is dropped with this one.
                 stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-                if !is_fresh && FLOWS.remove(&key).is_ok() {
+                if !is_fresh && FLOW_TABLE.remove(&key).is_ok() {
                     stats.bump(stat::FLOWS_REMOVED);
                 }
                 return Ok(());
@@ -255,7 +257,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         stats.bump(stat::FLOWS_SEEN);
     }
     if is_fresh && !ends {
-        if FLOWS.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
+        if FLOW_TABLE.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
             stats.bump(stat::FLOWS_INSERTED);
         } else if hold {
             // Not known to be traced: the flow is judged again at its next event.
@@ -302,7 +304,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 stats.bump(stat::LOST_FLOW_END);
             }
         }
-        if !is_fresh && FLOWS.remove(&key).is_ok() {
+        if !is_fresh && FLOW_TABLE.remove(&key).is_ok() {
             stats.bump(stat::FLOWS_REMOVED);
         }
     }

@@ -16,7 +16,9 @@ use tcptrace_common::{
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{submit_flags, Stats, CONNECTING, EVENTS, FLOWS, TIMER_ENTRY, TW_PENDING, TW_TRACED},
+    maps::{
+        submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, TIMER_ENTRY, TW_PENDING, TW_TRACED,
+    },
     sock,
 };
 
@@ -201,7 +203,7 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     }
     let stats = Stats::get();
     let key = sk as u64;
-    let flow = FLOWS.get_ptr_mut(&key);
+    let flow = FLOW_TABLE.get_ptr_mut(&key);
     let tuple = sock::probe_tuple(sk)?;
     // A flow in the table matched the filters; another is judged now (its owner unknown).
     if flow.is_none() && filter::active() != 0 {

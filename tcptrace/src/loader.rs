@@ -18,6 +18,8 @@ pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
+const FLOWS: &str = "FLOWS";
+const FLOWS_PREALLOC: &str = "FLOWS_PREALLOC";
 
 /// A loaded and attached tracer.
 pub struct Tracer {
@@ -30,6 +32,8 @@ pub struct Tracer {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Human description of the hooks, for the start-up line.
     pub hooks: Vec<String>,
+    /// The flow table in use (`FLOWS` or `FLOWS_PREALLOC`).
+    flow_table: &'static str,
 }
 
 /// Records a CPU submits between two wakeups of the reader.
@@ -223,7 +227,8 @@ impl Tracer {
             emit_transitions: u8::from(config.shows_transitions()),
             emit_retransmits: u8::from(config.shows_retransmits() || config.shows_alerts()),
             emit_probes: u8::from(config.shows_alerts()),
-            _pad: [0; 5],
+            prealloc_flows: u8::from(config.prealloc_flows),
+            _pad: [0; 4],
             _pad0: 0,
             keepalive_timer_fn,
             tw_timer_fn,
@@ -240,7 +245,22 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &program_config, true)
             .map_max_entries("EVENTS", config.ring_size)
-            .map_max_entries("FLOWS", config.max_flows)
+            .map_max_entries(
+                FLOWS,
+                if config.prealloc_flows {
+                    1
+                } else {
+                    config.max_flows
+                },
+            )
+            .map_max_entries(
+                FLOWS_PREALLOC,
+                if config.prealloc_flows {
+                    config.max_flows
+                } else {
+                    1
+                },
+            )
             .map_max_entries("PORT_FILTER", if filter.has_ports() { 1 << 16 } else { 1 })
             .map_max_entries("TW_TRACED", tw_sockets)
             .map_max_entries(
@@ -312,6 +332,11 @@ impl Tracer {
             events: Some(events),
             logger,
             hooks,
+            flow_table: if config.prealloc_flows {
+                FLOWS_PREALLOC
+            } else {
+                FLOWS
+            },
         })
     }
 
@@ -386,8 +411,8 @@ impl Tracer {
     pub fn evict(&mut self, n: usize) -> Result<Vec<Lifecycle>> {
         let map = self
             .ebpf
-            .map_mut("FLOWS")
-            .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+            .map_mut(self.flow_table)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
         let mut flows: HashMap<&mut MapData, u64, FlowState> =
             HashMap::try_from(map).context("map FLOWS is not a hash map")?;
         let mut activity = Vec::new();
@@ -414,8 +439,8 @@ impl Tracer {
     pub fn open_flows(&self) -> Result<Vec<Lifecycle>> {
         let map = self
             .ebpf
-            .map("FLOWS")
-            .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+            .map(self.flow_table)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
         let flows: HashMap<&MapData, u64, FlowState> =
             HashMap::try_from(map).context("map FLOWS is not a hash map")?;
         let mut open = Vec::new();

@@ -128,11 +128,22 @@ fn a_tiny_flow_table_counts_what_it_cannot_track() {
 
 #[test]
 fn a_nearly_full_flow_table_evicts_the_least_recently_active_and_counts_each() {
+    evicts_and_counts(&[]);
+}
+
+#[test]
+fn a_preallocated_flow_table_evicts_and_counts_the_same() {
+    evicts_and_counts(&["--prealloc-flows"]);
+}
+
+fn evicts_and_counts(extra: &[&str]) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let port = addr.port().to_string();
     // Only this listener's accepted sockets are tracked: the table's content is known.
-    let tracer = Tracer::start(&["flows", "--no-time-wait", "--max-flows", "16", "-L", &port]);
+    let mut args = vec!["flows", "--no-time-wait", "--max-flows", "16", "-L", &port];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start(&args);
     let open = |_| {
         let client = TcpStream::connect(addr).expect("connect");
         let (server, _) = listener.accept().expect("accept");

@@ -47,11 +47,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// filtered, floor, bpftrace.
+    /// flows-prealloc, metrics-prealloc, filtered, floor, bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,filtered,floor,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,flows-prealloc,metrics-prealloc,filtered,floor,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -85,6 +85,8 @@ struct Results {
     kernel_ns_per_event: Option<f64>,
     /// inet_sock_set_state's own cost per transition.
     kernel_ns_per_transition: Option<f64>,
+    /// The same with the preallocated flow table.
+    kernel_ns_per_transition_prealloc: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
     steady_cpu: Vec<steady::SteadyCpu>,
@@ -295,7 +297,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 7] = [
+    let modes: [(&str, &str, &[&str]); 9] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -308,6 +310,23 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             "metrics",
             "metrics only",
             &["metrics", "--metrics", "127.0.0.1:0"],
+        ),
+        (
+            "flows-prealloc",
+            "flows, preallocated table",
+            &["flows", "--prealloc-flows", "--max-flows", "262144"],
+        ),
+        (
+            "metrics-prealloc",
+            "metrics, preallocated",
+            &[
+                "metrics",
+                "--metrics",
+                "127.0.0.1:0",
+                "--prealloc-flows",
+                "--max-flows",
+                "262144",
+            ],
         ),
         // Every connection of the load is filtered out in the kernel (remote port 1).
         ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
@@ -358,6 +377,13 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         .find(|c| c.program.starts_with("inet_sock_set"))
         .map(|c| c.ns_per_run);
     results.kernel_programs = costs;
+    results.kernel_ns_per_transition_prealloc = steady::program_costs(
+        &bench,
+        &["flows", "--prealloc-flows", "--max-flows", "262144"],
+    )?
+    .iter()
+    .find(|c| c.program.starts_with("inet_sock_set"))
+    .map(|c| c.ns_per_run);
 
     // Tracer CPU at a fixed 10k connections/s, in steady state: flows and metrics-only.
     let (warmup, steady) = (

@@ -32,9 +32,10 @@ pub(super) fn print_table(r: &Results) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
-        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state)",
+        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state), {} with --prealloc-flows",
         opt(r.kernel_ns_per_event, "ns"),
-        opt(r.kernel_ns_per_transition, "ns")
+        opt(r.kernel_ns_per_transition, "ns"),
+        opt(r.kernel_ns_per_transition_prealloc, "ns")
     );
     for p in &r.kernel_programs {
         println!(
