@@ -14,27 +14,57 @@ impl FlowState {
     #[inline(always)]
     pub fn start(old: u8, new: u8, now: u64) -> FlowState {
         let mut flow = FlowState::EMPTY;
-        if old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV) {
-            flow.states[0] = new;
-            flow.entered_ns[0] = now;
-            flow.len = 1;
-            flow.flags = flow_flags::START_SEEN;
-        } else {
-            flow.states[0] = old;
-            flow.states[1] = new;
-            flow.entered_ns[1] = now;
-            flow.len = 2;
-        }
+        flow.restart(old, new, now);
         flow
+    }
+
+    /// [`FlowState::start`] written in place (the kernel programs' 512-byte stack has no room
+    /// for a 120-byte temporary).
+    #[inline(always)]
+    pub fn restart(&mut self, old: u8, new: u8, now: u64) {
+        self.clear();
+        if old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV) {
+            self.states[0] = new;
+            self.entered_ns[0] = now;
+            self.len = 1;
+            self.flags = flow_flags::START_SEEN;
+        } else {
+            self.states[0] = old;
+            self.states[1] = new;
+            self.entered_ns[1] = now;
+            self.len = 2;
+        }
     }
 
     /// A flow first seen in `state` (by a retransmit) with no transition observed yet.
     #[inline(always)]
     pub fn unseen(state: u8) -> FlowState {
         let mut flow = FlowState::EMPTY;
-        flow.states[0] = state;
-        flow.len = 1;
+        flow.restart_unseen(state);
         flow
+    }
+
+    /// [`FlowState::unseen`] written in place.
+    #[inline(always)]
+    pub fn restart_unseen(&mut self, state: u8) {
+        self.clear();
+        self.states[0] = state;
+        self.len = 1;
+    }
+
+    /// Every byte zero, in place, a word at a time. Volatile stores: LLVM would otherwise
+    /// fold them into a `memset` call, which in a kernel program is a byte-wise loop in a
+    /// subprogram of its own (and a call deeper on the kernel's 512-byte stack budget).
+    #[inline(always)]
+    fn clear(&mut self) {
+        const WORDS: usize = core::mem::size_of::<FlowState>() / 8;
+        let words = (self as *mut FlowState).cast::<u64>();
+        let mut i = 0;
+        while i < WORDS {
+            // SAFETY: FlowState is 8-aligned, a multiple of 8 bytes, and all integers.
+            unsafe { words.add(i).write_volatile(0) };
+            i += 1;
+        }
     }
 
     /// The index of the current state.

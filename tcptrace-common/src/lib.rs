@@ -200,6 +200,7 @@ pub struct FlowState {
     pub _pad1: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 120);
+const _: () = assert!(core::mem::align_of::<FlowState>() == 8);
 
 impl FlowState {
     pub const EMPTY: FlowState = FlowState {

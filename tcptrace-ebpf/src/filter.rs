@@ -2,14 +2,13 @@
 //! flows already in `FLOWS` matched, so the filters cost nothing on their later events.
 //! Every filter is off unless the loader set its bit in the frozen `.rodata` configuration,
 //! and the verifier prunes the code of the filters that are off.
-use aya_ebpf::maps::lpm_trie::Key;
 use tcptrace_common::{
-    filter_kind, mapped_v4, port_bits, AddrKey, TimeWaitKey, Tuple, CGROUP_MAX_DEPTH, FILTER_SLOTS,
+    filter_kind, mapped_v4, port_bits, TimeWaitKey, Tuple, CGROUP_MAX_DEPTH, FILTER_SLOTS,
 };
 
 use crate::{
     config,
-    maps::{LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, TW_PENDING},
+    maps::{FILTER_KEY, LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, TW_PENDING},
     sock::{self, Reader, AF_INET6},
 };
 
@@ -38,16 +37,22 @@ fn port_allowed(port: u16, bit: u8) -> bool {
 
 #[inline(always)]
 fn addr_allowed(local: bool, family: u16, addr: &[u8; 16]) -> bool {
-    let data = if family == AF_INET6 {
+    // The key is built in a per-CPU slot: the stack is shared with the callers' frames.
+    let Some(key) = FILTER_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, ours for this run.
+    let key = unsafe { &mut *key };
+    key.prefix_len = 128;
+    key.data.addr = if family == AF_INET6 {
         *addr
     } else {
         mapped_v4([addr[0], addr[1], addr[2], addr[3]])
     };
-    let key = Key::new(128, AddrKey { addr: data });
     if local {
-        LOCAL_ADDRS.get(&key).is_some()
+        LOCAL_ADDRS.get(&*key).is_some()
     } else {
-        REMOTE_ADDRS.get(&key).is_some()
+        REMOTE_ADDRS.get(&*key).is_some()
     }
 }
 

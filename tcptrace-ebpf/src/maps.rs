@@ -1,8 +1,8 @@
 //! Maps, counters and the loader-written configuration shared by every hook.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
     stat, tcp_state, AddrKey, Connecting, Counters, FilterConfig, FlowState, ListenerKey, Owner,
@@ -157,6 +157,10 @@ pub static LOCAL_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 
 #[map]
 pub static REMOTE_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 0);
 
+/// Where an address-trie key is built (per CPU: not on the stack).
+#[map]
+pub static FILTER_KEY: PerCpuArray<Key<AddrKey>> = PerCpuArray::with_max_entries(1, 0);
+
 /// Traced flows that may leave a timewait socket, by 4-tuple: under pid and cgroup filters a
 /// timewait socket is traced only when its flow was. Sized by the loader.
 #[map]
@@ -262,6 +266,26 @@ pub fn submit_flags(stats: Stats) -> u64 {
 pub fn current_owner() -> Owner {
     Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: current_comm(),
     }
+}
+
+/// The current task's comm (the helper fills all 16 bytes: the name, NUL-padded, or zeroes
+/// on failure). The buffer is not zeroed first: zeroing makes LLVM call a byte-wise `memset`
+/// subprogram, and a call from the main handler would break the 512-byte stack budget of
+/// kernels before 6.13.
+#[inline(always)]
+fn current_comm() -> [u8; 16] {
+    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper takes uninitialised memory (ARG_PTR_TO_UNINIT_MEM) and writes all
+    // 16 bytes on success and on failure.
+    let words = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(words.as_mut_ptr().cast(), 16);
+        words.assume_init()
+    };
+    let (a, b) = (words[0].to_ne_bytes(), words[1].to_ne_bytes());
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+        b[7],
+    ]
 }

@@ -6,14 +6,12 @@
 //! program that reads past the tracepoint's arguments).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use tcptrace_common::{
-    event_flags, flow_flags, record_kind, stat, FlowState, RetransmitEvent, Tuple,
-};
+use tcptrace_common::{event_flags, flow_flags, record_kind, stat, RetransmitEvent, Tuple};
 
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE},
+    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE, SCRATCH},
     set_state::release_held_start,
     sock,
 };
@@ -110,10 +108,14 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         }
         None => {
             // A flow older than the tracer, not seen changing state yet.
-            let mut flow = FlowState::unseen(state);
+            let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+            // SAFETY: this CPU's scratch slot (no 120-byte temporary on the stack); the
+            // kernel never runs two of our programs at once on one CPU.
+            let flow = unsafe { &mut *scratch };
+            flow.restart_unseen(state);
             flow.count_retransmit();
             stats.bump(stat::FLOWS_SEEN);
-            if FLOW_TABLE.insert(&key, &flow, BPF_NOEXIST).is_ok() {
+            if FLOW_TABLE.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
                 stats.bump(stat::FLOWS_INSERTED);
             } else {
                 stats.bump(stat::FLOW_TABLE_FULL);

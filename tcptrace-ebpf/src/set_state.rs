@@ -25,19 +25,113 @@ use crate::{
 
 const BPF_NOEXIST: u64 = 1;
 
+/// What the filters said before the transition is handled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prejudged {
+    /// No filter in force, or a flow already tracked (it matched when first seen).
+    NotJudged,
+    Match,
+    /// Matches but for its local port, not bound yet: held until its next event.
+    Hold,
+    /// Filtered out (counted): only the bookkeeping of listeners and connects is done.
+    Dropped,
+}
+
+// The filters are judged in their own call, not inside try_inet_sock_set_state: before
+// Linux 6.13 the verifier allows 512 bytes of stack along a whole call chain, and the main
+// handler needs most of it (see the tests run on Debian's 6.1 and 6.12 kernels).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    if let Err(err) = try_inet_sock_set_state(&ctx) {
+    let prejudged = if filter::active() != 0 {
+        prejudge(&ctx)
+    } else {
+        Prejudged::NotJudged
+    };
+    let stats = Stats::get();
+    let full_before = stats.value(stat::FLOW_TABLE_FULL);
+    let result = match try_inet_sock_set_state(&ctx, prejudged) {
+        Ok(Ending::No) => Ok(()),
+        Ok(ending) => finish_flow(&ctx, ending),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = result {
         // Logged once per CPU: off the hot path.
-        if Stats::get().bump(stat::READ_ERRORS) == 0 {
+        if stats.bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
+    }
+    if full_before == 0 && stats.value(stat::FLOW_TABLE_FULL) != 0 {
+        log_table_full(&ctx);
     }
     0
 }
 
-// Out of line: aya-log's formatting buffers get their own stack frame (the verifier allows
-// 512 bytes per call path, and try_inet_sock_set_state needs most of its own).
+/// The filters' verdict on a flow seen for the first time (or restarted, or undecided).
+#[inline(never)]
+fn prejudge(ctx: &BtfTracePointContext) -> Prejudged {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let limit = i32::from(tcp_state::LIMIT);
+    if sock::protocol(sk) != Ok(sock::IPPROTO_TCP)
+        || !(0..limit).contains(&old)
+        || !(0..limit).contains(&new)
+    {
+        return Prejudged::NotJudged; // not a transition the handler takes
+    }
+    let (old, new) = (old as u8, new as u8);
+    let stats = Stats::get();
+    let key = sk as u64;
+    let existing = FLOW_TABLE.get_ptr_mut(&key);
+    let (pending, owner_known, known_pid) = match existing {
+        // SAFETY: a map value, valid for this run; reads.
+        Some(flow) => unsafe {
+            (
+                (*flow).flags & flow_flags::FILTER_PENDING != 0,
+                (*flow).flags & flow_flags::OWNER_KNOWN != 0,
+                (*flow).pid,
+            )
+        },
+        None => (false, false, 0),
+    };
+    let restarted = existing.is_some() && old == tcp_state::CLOSE;
+    if existing.is_some() && !restarted && !pending {
+        return Prejudged::NotJudged;
+    }
+    let (Ok(tuple), Ok(netns)) = (sock::tuple(sk), sock::netns(sk)) else {
+        stats.bump(stat::READ_ERRORS);
+        return Prejudged::Dropped;
+    };
+    let owner = if in_owner_context(old, new) {
+        Some((bpf_get_current_pid_tgid() >> 32) as u32)
+    } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+        // SAFETY: the value is copied out at once.
+        listener_key(sk)
+            .ok()
+            .and_then(|k| unsafe { LISTENERS.get(&k) }.map(|o| o.pid))
+    } else if owner_known {
+        Some(known_pid)
+    } else {
+        None
+    };
+    match filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) {
+        Verdict::Match => Prejudged::Match,
+        Verdict::Pending if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT => {
+            Prejudged::Hold
+        }
+        // No match, or still no local port after the flow's first event.
+        _ => {
+            // An undecided flow's held first transition is dropped with this one.
+            stats.add(stat::FILTERED, if pending { 2 } else { 1 });
+            if existing.is_some() && FLOW_TABLE.remove(&key).is_ok() {
+                stats.bump(stat::FLOWS_REMOVED);
+            }
+            Prejudged::Dropped
+        }
+    }
+}
+
+// Out of line: aya-log's formatting buffers get their own stack frame.
 #[inline(never)]
 fn log_read_error(ctx: &BtfTracePointContext, err: i32) {
     warn!(
@@ -64,20 +158,25 @@ fn listener_key(sk: *const u8) -> Result<ListenerKey, i32> {
     })
 }
 
+/// Handles one transition. It calls no other function: before Linux 6.13 its frame and a
+/// callee's would have to fit in 512 bytes together.
 #[inline(never)]
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_inet_sock_set_state(
+    ctx: &BtfTracePointContext,
+    prejudged: Prejudged,
+) -> Result<Ending, i32> {
     let stats = Stats::get();
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
 
     if sock::protocol(sk)? != sock::IPPROTO_TCP {
-        return Ok(());
+        return Ok(Ending::No);
     }
     if !(0..i32::from(tcp_state::LIMIT)).contains(&old)
         || !(0..i32::from(tcp_state::LIMIT)).contains(&new)
     {
-        return Ok(());
+        return Ok(Ending::No);
     }
     let (old, new) = (old as u8, new as u8);
     // SAFETY: a plain helper call with no arguments.
@@ -114,6 +213,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let _ = LISTENERS.remove(&listener_key(sk)?);
     }
+    if prejudged == Prejudged::Dropped {
+        return Ok(Ending::No);
+    }
 
     let emit_transitions = config!(emit_transitions) != 0;
     let ends = new == tcp_state::CLOSE;
@@ -126,54 +228,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
         None => false,
     };
-    let filters = filter::active();
-    // A flow is judged when first seen (or restarted, or still undecided); a flow in the
-    // table already matched.
-    let judged = filters != 0 && (is_fresh || restarted || pending);
+    let hold = prejudged == Prejudged::Hold;
     let tw_states = |s: u8| s == tcp_state::FIN_WAIT2 || s == tcp_state::CLOSING;
-    let tw_bookkeeping =
-        filters & filter_kind::NEEDS_OWNER != 0 && (tw_states(new) || (ends && tw_states(old)));
-    let tuple = if emit_transitions || ends || judged || tw_bookkeeping {
+    let tw_bookkeeping = filter::active() & filter_kind::NEEDS_OWNER != 0
+        && (tw_states(new) || (ends && tw_states(old)));
+    let tuple = if emit_transitions || ends || pending || tw_bookkeeping {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
-    let netns = if judged || tw_bookkeeping {
-        sock::netns(sk)?
-    } else {
-        0
-    };
-    let mut hold = false;
-    if judged {
-        let owner = if owner_context {
-            Some((bpf_get_current_pid_tgid() >> 32) as u32)
-        } else if let Some(owner) = &inherited {
-            Some(owner.pid)
-        } else {
-            match existing {
-                // SAFETY: as above; a read.
-                Some(existing) if (unsafe { (*existing).flags } & flow_flags::OWNER_KNOWN) != 0 => {
-                    Some(unsafe { (*existing).pid })
-                }
-                _ => None,
-            }
-        };
-        match filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) {
-            Verdict::Match => {}
-            Verdict::Pending if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT => {
-                hold = true;
-            }
-            // No match, or still no local port after the flow's first event.
-            _ => {
-                // An undecided flow's held first transition is dropped with this one.
-                stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-                if !is_fresh && FLOW_TABLE.remove(&key).is_ok() {
-                    stats.bump(stat::FLOWS_REMOVED);
-                }
-                return Ok(());
-            }
-        }
-    }
+    let netns = if tw_bookkeeping { sock::netns(sk)? } else { 0 };
     if !hold {
         stats.bump(stat::STATE_EVENTS);
         stats.transition(old, new);
@@ -185,17 +249,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             filter::forget_time_wait(&tuple, netns);
         }
     }
-    // What the socket carries at CLOSE decides the close cause (sk_err is set before the
-    // kernel moves the socket to CLOSE).
-    let close_info = if ends {
-        Some(sock::close_info(sk)?)
-    } else {
-        None
-    };
-    let keepalive = match close_info {
-        Some((_, _, true, _)) => sock::keepalive(sk)?,
-        _ => Keepalive::default(),
-    };
 
     let mut flags = 0u8;
     let mut held = 0u64;
@@ -208,7 +261,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             // SAFETY: this CPU's scratch slot; the kernel never runs this program twice at
             // once on one CPU.
             let scratch = unsafe { &mut *scratch };
-            *scratch = FlowState::start(old, new, now);
+            scratch.restart(old, new, now);
             scratch
         }
     };
@@ -219,7 +272,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // A socket leaving CLOSE is new: the entry under its address belonged to an earlier
         // socket whose CLOSE was missed.
         stats.bump(stat::STALE_FLOWS);
-        *flow = FlowState::start(old, new, now);
+        flow.restart(old, new, now);
     } else if !is_fresh {
         if flow.current() != old {
             // The transition into `old` was missed: keep the path honest.
@@ -241,16 +294,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if flow.flags & flow_flags::OWNER_KNOWN != 0 {
         flags |= event_flags::OWNER_KNOWN;
     }
-    if let Some((err, probes, keepalive_on, user_timeout)) = close_info {
-        flow.err = err;
-        flow.probes = probes;
-        if keepalive_on {
-            flow.close_flags |= close_flags::KEEPALIVE_ON;
-        }
-        if user_timeout {
-            flow.close_flags |= close_flags::USER_TIMEOUT;
-        }
-    }
     if hold {
         flow.flags |= flow_flags::FILTER_PENDING;
     } else if is_fresh || restarted {
@@ -263,14 +306,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             // Not known to be traced: the flow is judged again at its next event.
             stats.bump(stat::LOST_UNDECIDED);
         } else {
-            if stats.bump(stat::FLOW_TABLE_FULL) == 0 {
-                log_table_full(ctx);
-            }
+            stats.bump(stat::FLOW_TABLE_FULL);
             flags |= event_flags::UNTRACKED;
         }
     }
     if hold {
-        return Ok(());
+        return Ok(Ending::No);
     }
     if flow.flags & flow_flags::TRUNCATED != 0 && flow.len as usize == PATH_SLOTS {
         stats.bump(stat::PATH_TRUNCATED);
@@ -283,30 +324,83 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
 
     if ends {
-        let wake = submit_flags(stats);
-        match EVENTS.reserve::<FlowEndEvent>(0) {
-            Some(mut entry) => {
-                stats.bump(stat::SUBMITTED);
-                let e = entry.as_mut_ptr();
-                // SAFETY: as above.
-                unsafe {
-                    (&raw mut (*e).kind).write(record_kind::FLOW_END);
-                    (&raw mut (*e)._pad0).write(0);
-                    (&raw mut (*e).ts_ns).write(now);
-                    (&raw mut (*e).skaddr).write(key);
-                    (&raw mut (*e).tuple).write(tuple);
-                    core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
-                    (&raw mut (*e).keepalive).write(keepalive);
-                }
-                entry.submit(wake);
+        // The flow end is sent by `finish_flow`, in its own call (stack).
+        return Ok(if is_fresh {
+            Ending::Scratch
+        } else {
+            Ending::Table
+        });
+    }
+    Ok(Ending::No)
+}
+
+/// Where a flow that reached CLOSE is, for [`finish_flow`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    No,
+    /// In the flow table.
+    Table,
+    /// Seen for the first time at CLOSE: in this CPU's scratch slot, never inserted.
+    Scratch,
+}
+
+/// A flow reached CLOSE: what the socket carries decides its close cause (sk_err is set
+/// before the kernel moves the socket to CLOSE); the whole path is sent and the entry
+/// removed.
+#[inline(never)]
+fn finish_flow(ctx: &BtfTracePointContext, ending: Ending) -> Result<(), i32> {
+    let stats = Stats::get();
+    let sk: *const u8 = ctx.arg(0);
+    let key = sk as u64;
+    let slot = if ending == Ending::Table {
+        FLOW_TABLE.get_ptr_mut(&key)
+    } else {
+        SCRATCH.get_ptr_mut(0)
+    };
+    let flow = slot.ok_or(-1)?;
+    // SAFETY: a map value (the flow's entry, or this CPU's scratch slot written by this
+    // run's handler), valid for this run; the socket's lock serialises its transitions.
+    let flow = unsafe { &mut *flow };
+    let (err, probes, keepalive_on, user_timeout) = sock::close_info(sk)?;
+    flow.err = err;
+    flow.probes = probes;
+    if keepalive_on {
+        flow.close_flags |= close_flags::KEEPALIVE_ON;
+    }
+    if user_timeout {
+        flow.close_flags |= close_flags::USER_TIMEOUT;
+    }
+    let keepalive = if keepalive_on {
+        sock::keepalive(sk)?
+    } else {
+        Keepalive::default()
+    };
+    let tuple = sock::tuple(sk)?;
+    // The time the flow entered CLOSE, as the handler recorded it.
+    let now = flow.entered_ns[flow.last()];
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<FlowEndEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::FLOW_END);
+                (&raw mut (*e)._pad0).write(0);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).tuple).write(tuple);
+                core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
+                (&raw mut (*e).keepalive).write(keepalive);
             }
-            None => {
-                stats.bump(stat::LOST_FLOW_END);
-            }
+            entry.submit(wake);
         }
-        if !is_fresh && FLOW_TABLE.remove(&key).is_ok() {
-            stats.bump(stat::FLOWS_REMOVED);
+        None => {
+            stats.bump(stat::LOST_FLOW_END);
         }
+    }
+    if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
+        stats.bump(stat::FLOWS_REMOVED);
     }
     Ok(())
 }
