@@ -11,7 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod oldkernels;
 mod setup;
+mod stackcheck;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test tcptrace")]
@@ -69,6 +71,9 @@ enum Task {
         ports: String,
     },
     /// Run every test: unit tests and, as root on the real kernel, the integration tests.
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu with tcptrace inside and check what it
+    /// traces (a few minutes; `test` checks the stack budget those kernels enforce).
+    OldKernels,
     Test {
         /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
         #[arg(last = true)]
@@ -152,6 +157,8 @@ fn test(args: &[OsString]) -> Result<()> {
         "tcptrace-common",
         "--package",
         "tcptrace",
+        "--package",
+        "xtask",
     ]);
     cmd.arg("--").args(args);
     // Pass the output through, adding up every test binary's result line.
@@ -176,6 +183,16 @@ fn test(args: &[OsString]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    match stackcheck::built_object("debug").and_then(|object| stackcheck::check(&object)) {
+        Ok(()) => {
+            println!("test kernel programs fit the 512-byte stack of kernels before 6.13 ... ok");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("test kernel programs fit the stack of kernels before 6.13 ... FAILED: {e:#}");
+            failed += 1;
+        }
+    }
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() || failed > 0 {
         bail!("tests failed ({status})");
@@ -203,6 +220,10 @@ fn main() -> ExitCode {
             Err(err).with_context(|| format!("cannot start {}", bin.display()))
         }),
         Task::Test { args } => test(&args),
+        Task::OldKernels => build(false).and_then(|bin| {
+            require_root("cargo xtask old-kernels")?;
+            oldkernels::test(&bin)
+        }),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
         Task::BenchLoad { rate, secs } => bench::load_only(rate, secs),
         Task::Completions { out } => build(false).and_then(|bin| {

@@ -129,6 +129,14 @@ pub fn ensure_build_tools() -> Result<()> {
     ensure_bpf_linker()
 }
 
+/// qemu, busybox and cpio: the tests boot Debian's older kernels with tcptrace inside.
+pub fn ensure_vm_tools() -> Result<()> {
+    apt_install(
+        &["qemu-system-x86", "busybox-static", "cpio"],
+        "the tests boot Debian's 6.1 and 6.12 kernels under qemu",
+    )
+}
+
 /// iproute2 and iptables: the integration tests stage drops in network namespaces.
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(
