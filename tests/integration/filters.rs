@@ -32,6 +32,15 @@ fn connect_n(listener: &TcpListener, to: SocketAddr, n: usize) -> Vec<(u16, u16)
         .collect()
 }
 
+/// The host's ephemeral port range as a `-L` value (`32768-60999`).
+fn ephemeral_ports() -> String {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("port range")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 fn flows(out: &Output) -> Vec<&Value> {
     out.of_type("flow")
 }
@@ -106,12 +115,7 @@ fn port_filters_trace_matching_ports_only_and_filtered_traffic_sends_nothing() {
 fn a_local_port_is_judged_once_connect_binds_it() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let ports = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .expect("port range")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .join("-");
+    let ports = ephemeral_ports();
     let dport = addr.port().to_string();
     let tracer = Tracer::start(&["states", "-L", &ports, "-D", &dport]);
     let clients = connect_n(&listener, addr, 3);
@@ -333,12 +337,7 @@ fn netns_filter_traces_one_namespace() {
 fn a_held_first_transition_that_finds_the_table_full_is_counted() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let ports = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .expect("port range")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .join("-");
+    let ports = ephemeral_ports();
     let dport = addr.port().to_string();
     let tracer = Tracer::start(&["states", "--max-flows", "1", "-L", &ports, "-D", &dport]);
     let pairs: Vec<_> = (0..5)
