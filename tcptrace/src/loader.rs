@@ -158,8 +158,15 @@ fn raise_memlock() {
     }
 }
 
-/// Adds the fix to errors whose cause is a missing privilege.
+/// Adds the fix to errors whose cause is a missing privilege. The kernel also answers EACCES
+/// when its verifier rejects a program: that is said as such, with the verifier's log.
 fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
+    if format!("{err:#}").contains("Verifier output") {
+        return err.context(format!(
+            "the kernel's verifier rejected the program while {what} (please report it with \
+             the kernel version)"
+        ));
+    }
     let denied = err.chain().any(|cause| {
         cause
             .downcast_ref::<io::Error>()

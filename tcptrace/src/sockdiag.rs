@@ -79,7 +79,19 @@ fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSoc
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(e) => bail!("sock_diag refused the dump: {e:?}"),
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| -c.get());
+                    if code == libc::ENOENT {
+                        bail!(
+                            "sock_diag has no TCP support in this kernel: the tcp_diag module \
+                             is not loaded (modprobe tcp_diag)"
+                        );
+                    }
+                    bail!(
+                        "sock_diag refused the dump: {}",
+                        std::io::Error::from_raw_os_error(code)
+                    )
+                }
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     // The parsed timer keeps no time for TIME_WAIT: read idiag_expires (ms)
                     // from the crate's view of the raw response.
