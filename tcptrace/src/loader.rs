@@ -42,6 +42,23 @@ fn wakeup_every(ring_size: u32) -> u64 {
     (u64::from(ring_size) / 4 / 200 / cpus).max(1)
 }
 
+/// Calls `f` with every entry of the flow table `table`; an entry removed while the table is
+/// read (its flow ended and was reported) is skipped.
+fn each_flow<T: std::borrow::Borrow<MapData>>(
+    flows: &HashMap<T, u64, FlowState>,
+    table: &str,
+    mut f: impl FnMut(u64, &FlowState) -> Result<()>,
+) -> Result<()> {
+    for entry in flows.iter() {
+        match entry {
+            Ok((key, state)) => f(key, &state)?,
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading map {table}")),
+        }
+    }
+    Ok(())
+}
+
 /// Owners of the listening sockets that predate tracing (tcptrace's namespace), so that the
 /// connections they accept get their process (and pass a `--pid` filter). Best effort.
 fn seed_listeners(ebpf: &mut Ebpf) {
@@ -420,16 +437,13 @@ impl Tracer {
             .ebpf
             .map_mut(self.flow_table)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
-        let mut flows: HashMap<&mut MapData, u64, FlowState> =
-            HashMap::try_from(map).context("map FLOWS is not a hash map")?;
+        let mut flows: HashMap<&mut MapData, u64, FlowState> = HashMap::try_from(map)
+            .with_context(|| format!("map {} is not a hash map", self.flow_table))?;
         let mut activity = Vec::new();
-        for entry in flows.iter() {
-            match entry {
-                Ok((key, state)) => activity.push((key, crate::evict::last_active(&state))),
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading map FLOWS"),
-            }
-        }
+        each_flow(&flows, self.flow_table, |key, state| {
+            activity.push((key, crate::evict::last_active(state)));
+            Ok(())
+        })?;
         let mut evicted = Vec::new();
         for key in crate::evict::victims(activity, n) {
             let Ok(state) = flows.get(&key, 0) else {
@@ -448,17 +462,13 @@ impl Tracer {
             .ebpf
             .map(self.flow_table)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
-        let flows: HashMap<&MapData, u64, FlowState> =
-            HashMap::try_from(map).context("map FLOWS is not a hash map")?;
+        let flows: HashMap<&MapData, u64, FlowState> = HashMap::try_from(map)
+            .with_context(|| format!("map {} is not a hash map", self.flow_table))?;
         let mut open = Vec::new();
-        for entry in flows.iter() {
-            match entry {
-                Ok((_, state)) => open.push(Lifecycle::try_from(&state)?),
-                // A flow removed while we iterate: it was reported as finished.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading map FLOWS"),
-            }
-        }
+        each_flow(&flows, self.flow_table, |_, state| {
+            open.push(Lifecycle::try_from(state)?);
+            Ok(())
+        })?;
         Ok(open)
     }
 }

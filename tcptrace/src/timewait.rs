@@ -38,6 +38,16 @@ pub enum TimeWaitEnd {
 }
 
 impl TimeWaitEnd {
+    /// A TIME_WAIT cancelled before its expiry: reused when the cancel came from inside a
+    /// connect() of the same task, killed otherwise.
+    fn early(in_connect: bool) -> TimeWaitEnd {
+        if in_connect {
+            TimeWaitEnd::Reused
+        } else {
+            TimeWaitEnd::Killed
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TimeWaitEnd::Expired => "expired",
@@ -167,11 +177,7 @@ impl TimeWaitTracker {
             let Some((cancelled_ns, in_connect)) = existing.cancel else {
                 return None; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
             };
-            let end = if in_connect {
-                TimeWaitEnd::Reused
-            } else {
-                TimeWaitEnd::Killed
-            };
+            let end = TimeWaitEnd::early(in_connect);
             if let Some(old) = self.active.remove(&timer) {
                 ended = Some(self.end(timer, old, cancelled_ns, end));
             }
@@ -258,12 +264,7 @@ impl TimeWaitTracker {
             let Some(active) = self.active.remove(&timer) else {
                 continue;
             };
-            let in_connect = active.cancel.is_some_and(|(_, c)| c);
-            let end = if in_connect {
-                TimeWaitEnd::Reused
-            } else {
-                TimeWaitEnd::Killed
-            };
+            let end = TimeWaitEnd::early(active.cancel.is_some_and(|(_, c)| c));
             ended.push(self.end(timer, active, ts, end));
         }
         ended
