@@ -1,10 +1,13 @@
 //! The operator's view: only anomalies, each with the flow's short history on one line.
+use std::fmt;
+
 use crate::{
     cause::CloseCause,
-    clock::human_duration,
+    clock::{human_duration, HumanDuration},
     decode::{FinishedFlow, KeepaliveProbe, Lifecycle, Retransmit},
     keepalive::{self, KeepaliveSettings},
     model::{FlowAddrs, Process, TcpState},
+    timewait::TimeWait,
 };
 
 pub enum Alert<'a> {
@@ -134,40 +137,66 @@ impl<'a> Alert<'a> {
     }
 }
 
-/// A finished flow's path; when TIME_WAIT followed, it ends `> TIME_WAIT 60.0s (expired)`
-/// instead of `> CLOSE`.
-pub fn flow_path_text(flow: &FinishedFlow) -> String {
-    let text = path_text(&flow.lifecycle);
-    match (&flow.time_wait, text.strip_suffix("CLOSE")) {
-        (Some(tw), Some(head)) => format!(
-            "{head}TIME_WAIT {} ({})",
-            human_duration(tw.held_ns),
-            tw.end.name()
-        ),
-        _ => text,
+/// A finished flow's path, printed without allocating; when TIME_WAIT followed, it ends
+/// `> TIME_WAIT 60.0s (expired)` instead of `> CLOSE`.
+pub struct FlowPath<'a>(pub &'a FinishedFlow);
+
+impl fmt::Display for FlowPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flow = self.0;
+        write_path(f, &flow.lifecycle, flow.time_wait.as_ref())
     }
 }
 
 /// `SYN_SENT 1.2ms > ESTABLISHED 176ms > CLOSE`, with retransmits per state and `?` for
 /// unknown times; `…` marks a truncated path.
 pub fn path_text(lifecycle: &Lifecycle) -> String {
-    let mut out = String::new();
+    Path(lifecycle).to_string()
+}
+
+/// [`path_text`] without allocating.
+pub struct Path<'a>(pub &'a Lifecycle);
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_path(f, self.0, None)
+    }
+}
+
+/// The path; a final `CLOSE` (with no retransmits) becomes the TIME_WAIT that followed, if any.
+fn write_path(
+    f: &mut fmt::Formatter<'_>,
+    lifecycle: &Lifecycle,
+    time_wait: Option<&TimeWait>,
+) -> fmt::Result {
     let last = lifecycle.path.len().saturating_sub(1);
     for (i, step) in lifecycle.path.iter().enumerate() {
         if i > 0 {
-            out.push_str(" > ");
+            f.write_str(" > ")?;
         }
         if i == last && lifecycle.truncated {
-            out.push_str("… > ");
+            f.write_str("… > ")?;
         }
-        out.push_str(step.state.name());
+        match time_wait {
+            Some(tw) if i == last && step.state == TcpState::Close && step.retransmits == 0 => {
+                return write!(
+                    f,
+                    "TIME_WAIT {} ({})",
+                    HumanDuration(tw.held_ns),
+                    tw.end.name()
+                );
+            }
+            _ => f.write_str(step.state.name())?,
+        }
         if i != last {
-            out.push(' ');
-            out.push_str(&step.held_ns.map_or("?".into(), human_duration));
+            match step.held_ns {
+                Some(ns) => write!(f, " {}", HumanDuration(ns))?,
+                None => f.write_str(" ?")?,
+            }
         }
         if step.retransmits > 0 {
-            out.push_str(&format!(" (rtx {})", step.retransmits));
+            write!(f, " (rtx {})", step.retransmits)?;
         }
     }
-    out
+    Ok(())
 }

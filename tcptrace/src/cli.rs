@@ -85,16 +85,23 @@ pub struct CommonArgs {
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
     #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Most flows tracked at once in the kernel (~190 bytes each, allocated as flows appear).
-    /// At 90% full, the least recently active flows are evicted down to 80% (counted, live
-    /// and in the summary); flows arriving faster than that are counted as untracked.
-    #[arg(long, global = true, value_name = "N", default_value_t = 1_048_576)]
+    /// Most flows tracked at once in the kernel (~190 bytes each). At 90% full, the least
+    /// recently active flows are evicted down to 80% (counted, live and in the summary);
+    /// flows arriving faster than that are counted as untracked.
+    #[arg(long, global = true, value_name = "N", default_value_t = 131_072)]
     pub max_flows: u32,
-    /// Allocate the whole flow table at start (~190 bytes × --max-flows of kernel memory,
-    /// e.g. 12 MB for 65536): a fixed ceiling, and about a third less kernel time per
-    /// transition than allocating flows as they appear.
-    #[arg(long, global = true)]
-    pub prealloc_flows: bool,
+    /// When the kernel's flow table takes its memory: `prealloc`, all at start (~190 bytes ×
+    /// --max-flows, 25 MB for the default: a fixed ceiling and the least kernel time per
+    /// transition) or `on-demand`, as flows appear (about 40% more kernel time per
+    /// transition, for a high --max-flows that is rarely reached).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "prealloc"
+    )]
+    pub flow_memory: FlowMemory,
     /// Every INTERVAL, report ESTABLISHED connections idle at least that long with no
     /// keepalive armed (as `tcptrace idle`), beside the tracing output.
     #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_duration)]
@@ -113,6 +120,15 @@ pub struct CommonArgs {
     pub btf: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// When the kernel's flow table takes its memory (`--flow-memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowMemory {
+    /// All of it at start.
+    Prealloc,
+    /// As flows appear.
+    OnDemand,
 }
 
 /// What the user asked for, checked.
@@ -206,7 +222,7 @@ impl TryFrom<Cli> for Config {
             ring_size: c.ring_size as u32,
             poll_interval: c.poll_interval,
             max_flows: c.max_flows,
-            prealloc_flows: c.prealloc_flows,
+            prealloc_flows: c.flow_memory == FlowMemory::Prealloc,
             summary: !c.no_summary,
             btf: c.btf,
             idle_report: c.idle_report,
@@ -297,6 +313,9 @@ mod tests {
         assert!(c.shows_transitions() && !c.shows_flows() && !c.shows_retransmits());
         assert_eq!(c.ring_size, 8 << 20);
         assert!(c.summary && !c.json);
+        assert!(c.prealloc_flows && c.max_flows == 131_072);
+        let c = config(&["--flow-memory", "on-demand"]).expect("valid");
+        assert!(!c.prealloc_flows);
     }
 
     #[test]
@@ -317,6 +336,7 @@ mod tests {
             (&["--ring-size", "8Mo"][..], "unknown unit"),
             (&["--poll-interval", "0ms"][..], "between 1ms and 10s"),
             (&["--max-flows", "0"][..], "--max-flows"),
+            (&["--flow-memory", "lazy"][..], "--flow-memory"),
             (&["--duration", "0s"][..], "longer than zero"),
             (&["--duration", "soon"][..], "examples"),
             (&["timewait", "--interval", "10ms"][..], "--interval"),

@@ -98,17 +98,19 @@ pub struct HumanDuration(pub u64);
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Integer arithmetic only (rounded half up): no float formatting on the hot path.
         let ns = self.0;
-        let ms = ns as f64 / 1e6;
         let s = ns / 1_000_000_000;
         let text: StackStr<24> = if ns < 100_000 {
             StackStr::format(format_args!("{}us", ns / 1_000))
-        } else if ns < 10_000_000 {
-            StackStr::format(format_args!("{ms:.1}ms"))
-        } else if ns < 1_000_000_000 {
-            StackStr::format(format_args!("{ms:.0}ms"))
-        } else if s < 100 {
-            StackStr::format(format_args!("{:.1}s", ns as f64 / 1e9))
+        } else if ns < 9_950_000 {
+            let tenths = (ns + 50_000) / 100_000;
+            StackStr::format(format_args!("{}.{}ms", tenths / 10, tenths % 10))
+        } else if ns < 999_500_000 {
+            StackStr::format(format_args!("{}ms", (ns + 500_000) / 1_000_000))
+        } else if ns < 99_950_000_000 {
+            let tenths = (ns + 50_000_000) / 100_000_000;
+            StackStr::format(format_args!("{}.{}s", tenths / 10, tenths % 10))
         } else if s < 3600 {
             StackStr::format(format_args!("{}m{:02}s", s / 60, s % 60))
         } else {
@@ -131,6 +133,20 @@ mod tests {
         assert_eq!(human_duration(60_000_000_000), "60.0s");
         assert_eq!(human_duration(303_000_000_000), "5m03s");
         assert_eq!(human_duration(7_620_000_000_000), "2h07m");
+    }
+
+    #[test]
+    fn durations_round_half_up_and_change_unit_at_the_rounded_boundary() {
+        assert_eq!(human_duration(99_999), "99us");
+        assert_eq!(human_duration(100_000), "0.1ms");
+        assert_eq!(human_duration(1_250_000), "1.3ms");
+        assert_eq!(human_duration(9_949_999), "9.9ms");
+        assert_eq!(human_duration(9_950_000), "10ms");
+        assert_eq!(human_duration(999_499_999), "999ms");
+        assert_eq!(human_duration(999_500_000), "1.0s");
+        assert_eq!(human_duration(59_960_000_000), "60.0s");
+        assert_eq!(human_duration(99_949_999_999), "99.9s");
+        assert_eq!(human_duration(100_000_000_000), "1m40s");
     }
 
     #[test]

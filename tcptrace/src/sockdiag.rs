@@ -157,7 +157,12 @@ mod tests {
         let ours = tw
             .iter()
             .find(|s| s.addrs.local.port == port && s.addrs.remote.port == addr.port())
-            .unwrap_or_else(|| panic!("our TIME_WAIT socket in {tw:?}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "our TIME_WAIT socket (:{port}) among the {} listed (tcp_max_tw_buckets reached by other load?)",
+                    tw.len()
+                )
+            });
         assert!(ours.expires > Duration::from_secs(50), "{ours:?}");
         assert!(ours.expires <= Duration::from_secs(63), "{ours:?}");
     }

@@ -132,8 +132,8 @@ fn a_nearly_full_flow_table_evicts_the_least_recently_active_and_counts_each() {
 }
 
 #[test]
-fn a_preallocated_flow_table_evicts_and_counts_the_same() {
-    evicts_and_counts(&["--prealloc-flows"]);
+fn a_flow_table_allocated_on_demand_evicts_and_counts_the_same() {
+    evicts_and_counts(&["--flow-memory", "on-demand"]);
 }
 
 fn evicts_and_counts(extra: &[&str]) {

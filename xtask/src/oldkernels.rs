@@ -34,10 +34,10 @@ const SCENARIOS: [(&str, &str, Check); 4] = [
     ("pid", "flows -p 1 --no-time-wait", |exit, flows, _| {
         exit == 0 && flows == 0
     }),
-    // A cgroup filter (the root: everything) with a preallocated flow table.
+    // A cgroup filter (the root: everything) with a flow table allocated on demand.
     (
-        "cgroup-prealloc",
-        "flows --cgroup / --prealloc-flows --max-flows 1024",
+        "cgroup-on-demand",
+        "flows --cgroup / --flow-memory on-demand --max-flows 1024",
         |exit, flows, _| exit == 0 && flows >= 12,
     ),
 ];

@@ -8,7 +8,7 @@ use std::{
 use super::Render;
 use crate::{
     aggregate::{KernelCounters, Summary},
-    alert::{flow_path_text, Alert},
+    alert::{Alert, FlowPath},
     cause::CloseCause,
     clock::{human_duration, Clock, HumanDuration},
     decode::{FinishedFlow, Retransmit, Transition},
@@ -183,21 +183,22 @@ impl<W: Write> Render for TextPrinter<W> {
             local.as_str(),
             remote.as_str(),
         )?;
-        write!(self.out, " {}", flow_path_text(f))?;
-        let life = match f.life_ns() {
-            Some(ns) => human_duration(ns),
-            None => "?".into(),
-        };
-        let detail = match (&f.evidence.reset_sent, f.cause) {
-            (_, CloseCause::KeepaliveTimeout) => format!(" (probes {})", f.evidence.probes),
-            (Some(reason), CloseCause::ResetSent) => format!(" ({reason})"),
-            _ => String::new(),
-        };
-        writeln!(
+        write!(
             self.out,
-            "  life {life} {} cause={}{detail} rtx={}",
-            f.close, f.cause, f.lifecycle.retransmits
-        )
+            " {}  life {} {} cause={}",
+            FlowPath(f),
+            held(f.life_ns()),
+            f.close,
+            f.cause
+        )?;
+        match (&f.evidence.reset_sent, f.cause) {
+            (_, CloseCause::KeepaliveTimeout) => {
+                write!(self.out, " (probes {})", f.evidence.probes)?
+            }
+            (Some(reason), CloseCause::ResetSent) => write!(self.out, " ({reason})")?,
+            _ => {}
+        }
+        writeln!(self.out, " rtx={}", f.lifecycle.retransmits)
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {

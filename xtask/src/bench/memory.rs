@@ -8,7 +8,21 @@ use super::{raise_nofile, tracer::map_memlock, Bench};
 /// Connections one helper process holds (the sandbox allows 20,000 open files a process).
 const HOLD_PER_PROCESS: usize = 15_000;
 
-/// Kernel memory of the flow table with `live` flows: live/2 connections whose client ends are
+/// Kernel memory of the default (preallocated) flow table per slot.
+pub(crate) fn preallocated_bytes_per_slot(bench: &Bench) -> Result<f64> {
+    const DEFAULT_MAX_FLOWS: u32 = 131_072;
+    let tracer = bench.tcptrace(&["flows"], &bench.dir.join("prealloc.out"))?;
+    let bytes = map_memlock(tracer.pid(), DEFAULT_MAX_FLOWS)
+        .context("preallocated flow table not found in tracer fdinfo")?;
+    tracer.stop()?;
+    let per_slot = bytes as f64 / f64::from(DEFAULT_MAX_FLOWS);
+    eprintln!(
+        "xtask bench: preallocated flow table {bytes} B for {DEFAULT_MAX_FLOWS} flows: {per_slot:.0} B/flow"
+    );
+    Ok(per_slot)
+}
+
+/// Kernel memory of the flow table (allocated on demand) with `live` flows: live/2 connections whose client ends are
 /// held by helper processes and whose server ends wait, established, in accept queues.
 pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
     use std::io::{BufRead, BufReader};
@@ -28,7 +42,17 @@ pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
         .map(|l| l.local_addr().map(|a| a.port().to_string()))
         .collect::<std::io::Result<_>>()?;
     let out = bench.dir.join("memory.out");
-    let tracer = bench.tcptrace(&["flows"], &out)?;
+    // Allocated on demand: the table grows by what a flow costs.
+    let tracer = bench.tcptrace(
+        &[
+            "flows",
+            "--flow-memory",
+            "on-demand",
+            "--max-flows",
+            "1048576",
+        ],
+        &out,
+    )?;
     let pid = tracer.pid();
     let empty = map_memlock(pid, 1_048_576).context("flow table not found in tracer fdinfo")?;
     let exe = std::env::current_exe()?;

@@ -47,11 +47,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// flows-prealloc, metrics-prealloc, filtered, floor, bpftrace.
+    /// flows-on-demand, metrics-on-demand, filtered, floor, bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,flows-prealloc,metrics-prealloc,filtered,floor,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,flows-on-demand,metrics-on-demand,filtered,floor,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -85,14 +85,16 @@ struct Results {
     kernel_ns_per_event: Option<f64>,
     /// inet_sock_set_state's own cost per transition.
     kernel_ns_per_transition: Option<f64>,
-    /// The same with the preallocated flow table.
-    kernel_ns_per_transition_prealloc: Option<f64>,
+    /// The same with the flow table allocated on demand.
+    kernel_ns_per_transition_on_demand: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
     steady_cpu: Vec<steady::SteadyCpu>,
     /// Per-transition modes: the highest tried rate with no record lost.
     lossless: Vec<steady::LosslessRate>,
     bytes_per_tracked_flow: Option<f64>,
+    /// The default table: preallocated kernel memory per slot of --max-flows.
+    bytes_per_preallocated_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
     replay_render_all_events_per_s: Option<f64>,
 }
@@ -312,20 +314,27 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             &["metrics", "--metrics", "127.0.0.1:0"],
         ),
         (
-            "flows-prealloc",
-            "flows, preallocated table",
-            &["flows", "--prealloc-flows", "--max-flows", "262144"],
+            "flows-on-demand",
+            "flows, table on demand",
+            &[
+                "flows",
+                "--flow-memory",
+                "on-demand",
+                "--max-flows",
+                "1048576",
+            ],
         ),
         (
-            "metrics-prealloc",
-            "metrics, preallocated",
+            "metrics-on-demand",
+            "metrics, table on demand",
             &[
                 "metrics",
                 "--metrics",
                 "127.0.0.1:0",
-                "--prealloc-flows",
+                "--flow-memory",
+                "on-demand",
                 "--max-flows",
-                "262144",
+                "1048576",
             ],
         ),
         // Every connection of the load is filtered out in the kernel (remote port 1).
@@ -377,9 +386,15 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         .find(|c| c.program.starts_with("inet_sock_set"))
         .map(|c| c.ns_per_run);
     results.kernel_programs = costs;
-    results.kernel_ns_per_transition_prealloc = steady::program_costs(
+    results.kernel_ns_per_transition_on_demand = steady::program_costs(
         &bench,
-        &["flows", "--prealloc-flows", "--max-flows", "262144"],
+        &[
+            "flows",
+            "--flow-memory",
+            "on-demand",
+            "--max-flows",
+            "1048576",
+        ],
     )?
     .iter()
     .find(|c| c.program.starts_with("inet_sock_set"))
@@ -415,6 +430,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     }
 
     results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
+    results.bytes_per_preallocated_flow = Some(memory::preallocated_bytes_per_slot(&bench)?);
     let (aggregate, render_all) = replay(&bin)?;
     results.replay_events_per_s = Some(aggregate);
     results.replay_render_all_events_per_s = Some(render_all);

@@ -32,10 +32,10 @@ pub(super) fn print_table(r: &Results) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
-        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state), {} with --prealloc-flows",
+        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state), {} with --flow-memory on-demand",
         opt(r.kernel_ns_per_event, "ns"),
         opt(r.kernel_ns_per_transition, "ns"),
-        opt(r.kernel_ns_per_transition_prealloc, "ns")
+        opt(r.kernel_ns_per_transition_on_demand, "ns")
     );
     for p in &r.kernel_programs {
         println!(
@@ -62,8 +62,9 @@ pub(super) fn print_table(r: &Results) {
         );
     }
     println!(
-        "memory per tracked flow: {}",
-        opt(r.bytes_per_tracked_flow, "B")
+        "memory per tracked flow: {} (table on demand, 100k live flows); {} per slot preallocated (default)",
+        opt(r.bytes_per_tracked_flow, "B"),
+        opt(r.bytes_per_preallocated_flow, "B")
     );
     println!(
         "aggregation (replay):    {}",
