@@ -59,6 +59,9 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_01, 4.0, 15)
 }
 
+/// How many close causes there are (`CloseCause` is fieldless, `Unknown` last).
+const CLOSE_CAUSES: usize = crate::cause::CloseCause::Unknown as usize + 1;
+
 pub struct Metrics {
     registry: Arc<Registry>,
     transitions: Family<Transition, Counter>,
@@ -69,6 +72,8 @@ pub struct Metrics {
     retransmits_by_state: Family<State, Counter>,
     /// Handles of the per-state series, made on first use (no label hashing per observation).
     state_handles: [OnceLock<(Histogram, Counter)>; TcpState::ALL.len()],
+    /// Handles of the per-cause series, likewise.
+    cause_handles: [OnceLock<Counter>; CLOSE_CAUSES],
     time_wait_sockets: Family<Destination, Gauge>,
     time_wait_seconds: Histogram,
     keepalive_timeouts: Counter,
@@ -92,6 +97,7 @@ impl Metrics {
             retransmits: Counter::default(),
             retransmits_by_state: Family::default(),
             state_handles: std::array::from_fn(|_| OnceLock::new()),
+            cause_handles: std::array::from_fn(|_| OnceLock::new()),
             time_wait_sockets: Family::default(),
             time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
             keepalive_timeouts: Counter::default(),
@@ -230,11 +236,11 @@ impl Metrics {
     }
 
     pub fn flow(&self, flow: &FinishedFlow) {
-        self.flows_closed
-            .get_or_create(&Cause {
-                cause: flow.cause.name(),
-            })
-            .inc();
+        let closed = match self.cause_handles.get(flow.cause as usize) {
+            Some(slot) => slot.get_or_init(|| self.flows_closed_by(flow.cause)),
+            None => &self.flows_closed_by(flow.cause),
+        };
+        closed.inc();
         if flow.cause == crate::cause::CloseCause::KeepaliveTimeout {
             self.keepalive_timeouts.inc();
         }
@@ -258,6 +264,14 @@ impl Metrics {
                 retransmits.inc_by(u64::from(step.retransmits));
             }
         }
+    }
+
+    fn flows_closed_by(&self, cause: crate::cause::CloseCause) -> Counter {
+        self.flows_closed
+            .get_or_create(&Cause {
+                cause: cause.name(),
+            })
+            .clone()
     }
 
     pub fn time_wait_ended(&self, held_ns: u64) {

@@ -327,6 +327,9 @@ async fn trace(config: Config) -> Result<()> {
             }
             _ = lost_check.tick() => {
                 let kernel = tracer.counters()?;
+                if config.traces_time_wait() {
+                    tw.prune_entry_rates(Clock::ktime_now());
+                }
                 if let Some(m) = metrics.as_mut() {
                     m.kernel(&kernel);
                     if config.traces_time_wait() {

@@ -285,7 +285,7 @@ impl TimeWaitTracker {
         decrement(&mut self.live_by_local, active.addrs.local.addr);
         if end != TimeWaitEnd::InProgress {
             self.held
-                .get_or_insert_with(|| Histogram::new(3).expect("valid precision"))
+                .get_or_insert_with(|| Histogram::new(2).expect("valid precision"))
                 .record(held_ns.max(1))
                 .ok();
             *self.ends.entry(end).or_default() += 1;
@@ -333,6 +333,18 @@ impl TimeWaitTracker {
                 .collect(),
             by_local: by_local.into_iter().collect(),
         }
+    }
+
+    /// Forgets the entry times that left the rate window, and the pairs left with none (a
+    /// server's TIME_WAITs are keyed by each client's ephemeral port: without this the pairs
+    /// would accumulate, and every gauge would visit them all).
+    pub fn prune_entry_rates(&mut self, now_ns: u64) {
+        self.entries.retain(|_, queue| {
+            while queue.front().is_some_and(|&t| t + RATE_WINDOW_NS < now_ns) {
+                queue.pop_front();
+            }
+            !queue.is_empty()
+        });
     }
 
     /// New TIME_WAITs per second for each (local addr, remote addr:port).

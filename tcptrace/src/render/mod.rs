@@ -1,4 +1,5 @@
 //! Printers: columns or JSON Lines, generic over `W: Write` so they are unit-tested on buffers.
+mod columns;
 mod json;
 mod json_summary;
 mod text;

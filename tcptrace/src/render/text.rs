@@ -1,11 +1,14 @@
 //! Aligned columns. Address columns start wide enough for any IPv4 endpoint and only ever
 //! grow; when one grows, the header is printed again so that every line stays under it.
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     io::{self, Write},
 };
 
-use super::Render;
+use super::{
+    columns::{self, comm, held, pid},
+    Render,
+};
 use crate::{
     aggregate::{KernelCounters, Summary},
     alert::{Alert, FlowPath},
@@ -13,7 +16,7 @@ use crate::{
     clock::{human_duration, Clock, HumanDuration},
     decode::{FinishedFlow, Retransmit, Transition},
     idle::IdleReport,
-    model::{FlowAddrs, Process},
+    model::FlowAddrs,
     render::TimeWaitView,
     stackstr::StackStr,
     timewait::TimeWait,
@@ -42,42 +45,14 @@ pub struct TextPrinter<W: Write> {
     header: Option<Kind>,
     /// Several kinds share the output: lines start with their kind and no header is printed.
     tagged: bool,
+    /// The line being formatted: padding and small pieces go into it, and the line reaches
+    /// the writer in one piece.
+    line: String,
 }
 
-/// A pid or `-`, printed without allocating.
-struct Pid(Option<u32>);
-
-impl fmt::Display for Pid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(pid) => fmt::Display::fmt(&pid, f),
-            None => f.pad("-"),
-        }
-    }
-}
-
-fn pid(owner: &Option<Process>) -> Pid {
-    Pid(owner.as_ref().map(|p| p.pid))
-}
-
-fn comm(owner: &Option<Process>) -> &str {
-    owner.as_ref().map_or("-", |p| p.comm.as_str())
-}
-
-/// A duration or `?` when unknown, printed without allocating.
-struct Held(Option<u64>);
-
-impl fmt::Display for Held {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(ns) => fmt::Display::fmt(&HumanDuration(ns), f),
-            None => f.pad("?"),
-        }
-    }
-}
-
-fn held(ns: Option<u64>) -> Held {
-    Held(ns)
+/// A `Display` impl failed while a line was formatted.
+fn fmt_failed(_: fmt::Error) -> io::Error {
+    io::Error::other("formatting an output line failed")
 }
 
 impl<W: Write> TextPrinter<W> {
@@ -89,6 +64,7 @@ impl<W: Write> TextPrinter<W> {
             remote_width: MIN_ADDR_WIDTH,
             header: None,
             tagged,
+            line: String::with_capacity(256),
         }
     }
 
@@ -155,50 +131,74 @@ impl<W: Write> TextPrinter<W> {
 impl<W: Write> Render for TextPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let (local, remote) = self.prepare(Kind::State, &t.addrs)?;
+        // "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
         let (lw, rw) = (self.local_width, self.remote_width);
-        writeln!(
-            self.out,
-            "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}",
-            self.clock.time_of_day(t.ts_ns),
-            pid(&t.owner),
-            comm(&t.owner),
-            local.as_str(),
-            remote.as_str(),
-            t.old,
-            t.new,
-            held(t.old_held_ns),
-        )
+        let line = &mut self.line;
+        line.clear();
+        columns::left(
+            line,
+            columns::text::<16>(self.clock.time_of_day(t.ts_ns)).as_str(),
+            15,
+        );
+        line.push(' ');
+        columns::right(line, columns::text::<12>(pid(&t.owner)).as_str(), 7);
+        line.push(' ');
+        columns::left(line, comm(&t.owner), 16);
+        line.push(' ');
+        columns::left(line, local.as_str(), lw);
+        line.push(' ');
+        columns::left(line, remote.as_str(), rw);
+        line.push(' ');
+        columns::right(line, t.old.name(), 11);
+        line.push_str(" -> ");
+        columns::left(line, t.new.name(), 11);
+        line.push(' ');
+        columns::right(line, columns::text::<24>(held(t.old_held_ns)).as_str(), 8);
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
         let (local, remote) = self.prepare(Kind::Flow, &f.addrs)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let owner = &f.lifecycle.owner;
+        // "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ", padded by hand.
+        let line = &mut self.line;
+        line.clear();
+        columns::left(
+            line,
+            columns::text::<16>(self.clock.time_of_day(f.ts_ns)).as_str(),
+            15,
+        );
+        line.push(' ');
+        columns::left(line, comm(owner), 16);
+        line.push(' ');
+        columns::right(line, columns::text::<12>(pid(owner)).as_str(), 7);
+        line.push_str("  ");
+        columns::left(line, local.as_str(), lw);
+        line.push_str(" > ");
+        columns::left(line, remote.as_str(), rw);
+        line.push(' ');
         write!(
-            self.out,
-            "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ",
-            self.clock.time_of_day(f.ts_ns),
-            comm(owner),
-            pid(owner),
-            local.as_str(),
-            remote.as_str(),
-        )?;
-        write!(
-            self.out,
+            self.line,
             " {}  life {} {} cause={}",
             FlowPath(f),
             held(f.life_ns()),
             f.close,
             f.cause
-        )?;
+        )
+        .map_err(fmt_failed)?;
         match (&f.evidence.reset_sent, f.cause) {
             (_, CloseCause::KeepaliveTimeout) => {
-                write!(self.out, " (probes {})", f.evidence.probes)?
+                write!(self.line, " (probes {})", f.evidence.probes).map_err(fmt_failed)?
             }
-            (Some(reason), CloseCause::ResetSent) => write!(self.out, " ({reason})")?,
+            (Some(reason), CloseCause::ResetSent) => {
+                write!(self.line, " ({reason})").map_err(fmt_failed)?
+            }
             _ => {}
         }
-        writeln!(self.out, " rtx={}", f.lifecycle.retransmits)
+        writeln!(self.line, " rtx={}", f.lifecycle.retransmits).map_err(fmt_failed)?;
+        self.out.write_all(self.line.as_bytes())
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {

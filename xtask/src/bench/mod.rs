@@ -90,7 +90,7 @@ struct Results {
     kernel_programs: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
     steady_cpu: Vec<steady::SteadyCpu>,
-    /// Per-transition modes: the highest tried rate with no record lost.
+    /// Each mode: the highest tried rate with nothing lost (ring or kernel-skipped).
     lossless: Vec<steady::LosslessRate>,
     bytes_per_tracked_flow: Option<f64>,
     /// The default table: preallocated kernel memory per slot of --max-flows.
@@ -415,14 +415,17 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     }
     results.cpu_percent_at_10k = results.steady_cpu.first().map(|c| c.cpu_percent);
 
-    // Per-transition modes print every transition: the rate they keep up with.
-    let rates = [50_000.0, 40_000.0, 30_000.0, 20_000.0, 10_000.0];
-    for mode in [&[][..], &["--json"][..]] {
-        if wanted(if mode.is_empty() {
-            "transitions"
-        } else {
-            "json"
-        }) {
+    // The highest rate each mode keeps up with, losing nothing (neither records to a full
+    // ring nor events the kernel skipped).
+    let rates = [60_000.0, 50_000.0, 40_000.0, 30_000.0, 20_000.0, 10_000.0];
+    let lossless_modes: [(&str, &[&str]); 4] = [
+        ("metrics", &["metrics", "--metrics", "127.0.0.1:0"]),
+        ("flows", &["flows"]),
+        ("transitions", &[]),
+        ("json", &["--json"]),
+    ];
+    for (key, mode) in lossless_modes {
+        if wanted(key) {
             results
                 .lossless
                 .push(steady::lossless_rate(&bench, mode, &rates)?);

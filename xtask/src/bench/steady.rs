@@ -145,11 +145,13 @@ pub struct LosslessRate {
     /// Achieved connections/s and state events/s of the first lossless rate, if any.
     pub conn_per_s: Option<f64>,
     pub events_per_s: Option<f64>,
-    /// (achieved connections/s, records lost to a full ring) for every rate tried.
-    pub tried: Vec<(f64, u64)>,
+    /// (achieved connections/s, records lost to a full ring, events the kernel skipped) for
+    /// every rate tried.
+    pub tried: Vec<(f64, u64, u64)>,
 }
 
-/// Tries `rates` (connections/s, highest first) until a round loses nothing.
+/// Tries `rates` (connections/s, highest first) until a round loses nothing: no record lost
+/// to a full ring and no event skipped by the kernel.
 pub fn lossless_rate(bench: &Bench, mode: &[&str], rates: &[f64]) -> Result<LosslessRate> {
     let mut result = LosslessRate {
         mode: format!("tcptrace {}", mode.join(" ")),
@@ -162,15 +164,15 @@ pub fn lossless_rate(bench: &Bench, mode: &[&str], rates: &[f64]) -> Result<Loss
         let tracer = bench.tcptrace(mode, &out)?;
         let load = bench.load(Some(rate))?;
         let cost = tracer.stop()?;
-        let (events, lost_ring, _skipped) = super::summary_numbers(&out)?;
+        let (events, lost_ring, skipped) = super::summary_numbers(&out)?;
         let _ = fs::remove_file(&out);
-        result.tried.push((load.rate(), lost_ring));
+        result.tried.push((load.rate(), lost_ring, skipped));
         eprintln!(
-            "xtask bench: {} at {:.0} conn/s: {lost_ring} records lost",
+            "xtask bench: {} at {:.0} conn/s: {lost_ring} records lost, {skipped} events skipped by the kernel",
             result.mode,
             load.rate()
         );
-        if lost_ring == 0 {
+        if lost_ring == 0 && skipped == 0 {
             result.conn_per_s = Some(load.rate());
             result.events_per_s = Some(events as f64 / (cost.wall_ns as f64 / 1e9));
             break;
