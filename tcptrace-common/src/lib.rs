@@ -136,7 +136,30 @@ pub mod stat {
     /// A connecting socket's first transition, held until its local port is bound (under a
     /// local-port filter), found the flow table full: that transition was dropped.
     pub const LOST_UNDECIDED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Transitions the kernel skipped for the main `inet_sock_set_state` program (it was
+    /// interrupted on that CPU) and its second program handled: not lost, though the
+    /// kernel counts them as the main program's misses.
+    pub const NESTED_HANDLED: u32 = 20;
+    pub const COUNT: u32 = 21;
+}
+
+/// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program
+/// uses: one per program, so that a program interrupted on its CPU by another (a softirq) never
+/// shares a counter or a scratch slot with it. Userspace sums every entry.
+pub mod slot {
+    pub const SET_STATE: u32 = 0;
+    /// The second `inet_sock_set_state` program: runs only while the first is interrupted.
+    pub const SET_STATE_NESTED: u32 = 1;
+    pub const RETRANSMIT: u32 = 2;
+    pub const TIMER_START: u32 = 3;
+    pub const TIMER_CANCEL: u32 = 4;
+    pub const TIMER_EXPIRE: u32 = 5;
+    pub const SEND_RESET: u32 = 6;
+    pub const RECEIVE_RESET: u32 = 7;
+    /// Entries of `COUNTERS` and `FILTER_KEY` (a power of two: indices are masked).
+    pub const COUNT: u32 = 8;
+    /// Entries of `SCRATCH` (the programs that build a new flow).
+    pub const SCRATCH: u32 = 4;
 }
 
 /// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
@@ -145,8 +168,8 @@ pub const TRANSITION_SLOTS: u32 = (tcp_state::LIMIT as u32) * (tcp_state::LIMIT 
 /// Slots of [`Counters::stats`] (room to grow past `stat::COUNT`).
 pub const STAT_SLOTS: usize = 32;
 
-/// Every kernel-side counter, in the single entry of the per-CPU `COUNTERS` array: one map
-/// lookup per event serves them all.
+/// Every kernel-side counter, in one entry per program (see [`slot`]) of the per-CPU
+/// `COUNTERS` array: one map lookup per event serves them all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {

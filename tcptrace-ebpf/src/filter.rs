@@ -3,7 +3,7 @@
 //! Every filter is off unless the loader set its bit in the frozen `.rodata` configuration,
 //! and the verifier prunes the code of the filters that are off.
 use tcptrace_common::{
-    filter_kind, mapped_v4, port_bits, TimeWaitKey, Tuple, CGROUP_MAX_DEPTH, FILTER_SLOTS,
+    filter_kind, mapped_v4, port_bits, slot, TimeWaitKey, Tuple, CGROUP_MAX_DEPTH, FILTER_SLOTS,
 };
 
 use crate::{
@@ -36,9 +36,10 @@ fn port_allowed(port: u16, bit: u8) -> bool {
 }
 
 #[inline(always)]
-fn addr_allowed(local: bool, family: u16, addr: &[u8; 16]) -> bool {
-    // The key is built in a per-CPU slot: the stack is shared with the callers' frames.
-    let Some(key) = FILTER_KEY.get_ptr_mut(0) else {
+fn addr_allowed(slot: u32, local: bool, family: u16, addr: &[u8; 16]) -> bool {
+    // The key is built in a per-CPU slot of this program: the stack is shared with the
+    // callers' frames.
+    let Some(key) = FILTER_KEY.get_ptr_mut(slot & (slot::COUNT - 1)) else {
         return false;
     };
     // SAFETY: this CPU's slot, ours for this run.
@@ -157,8 +158,10 @@ fn cgroup_allowed<R: Reader>(sk: *const u8) -> bool {
 
 /// Judges a socket (`sk`, read with `R`) whose addresses are `tuple`, in namespace `netns`,
 /// owned by `owner` (a pid) when known. `sk` is `None` for a timewait socket (no cgroup).
+/// `slot` is the calling program's (`tcptrace_common::slot`).
 #[inline(always)]
 pub fn judge<R: Reader>(
+    slot: u32,
     sk: Option<*const u8>,
     tuple: &Tuple,
     netns: u32,
@@ -166,7 +169,7 @@ pub fn judge<R: Reader>(
 ) -> Verdict {
     let sk = sk.unwrap_or(core::ptr::null());
     let owner = owner.map_or(NO_OWNER, u64::from);
-    match judge_out_of_line::<R>(sk, tuple, netns, owner) {
+    match judge_out_of_line::<R>(slot, sk, tuple, netns, owner) {
         MATCH => Verdict::Match,
         PENDING => Verdict::Pending,
         _ => Verdict::NoMatch,
@@ -180,8 +183,14 @@ const PENDING: u32 = 2;
 
 // Out of line: its own stack frame (the address-trie keys), away from the callers' records.
 #[inline(never)]
-fn judge_out_of_line<R: Reader>(sk: *const u8, tuple: &Tuple, netns: u32, owner: u64) -> u32 {
-    match judge_inline::<R>(sk, tuple, netns, owner) {
+fn judge_out_of_line<R: Reader>(
+    slot: u32,
+    sk: *const u8,
+    tuple: &Tuple,
+    netns: u32,
+    owner: u64,
+) -> u32 {
+    match judge_inline::<R>(slot, sk, tuple, netns, owner) {
         Verdict::Match => MATCH,
         Verdict::NoMatch => NO_MATCH,
         Verdict::Pending => PENDING,
@@ -189,7 +198,13 @@ fn judge_out_of_line<R: Reader>(sk: *const u8, tuple: &Tuple, netns: u32, owner:
 }
 
 #[inline(always)]
-fn judge_inline<R: Reader>(sk: *const u8, tuple: &Tuple, netns: u32, owner: u64) -> Verdict {
+fn judge_inline<R: Reader>(
+    slot: u32,
+    sk: *const u8,
+    tuple: &Tuple,
+    netns: u32,
+    owner: u64,
+) -> Verdict {
     let active = active();
     if active & filter_kind::FAMILY != 0 && tuple.family != config!(filter.family) {
         return Verdict::NoMatch;
@@ -200,10 +215,14 @@ fn judge_inline<R: Reader>(sk: *const u8, tuple: &Tuple, netns: u32, owner: u64)
     if active & filter_kind::REMOTE_PORT != 0 && !port_allowed(tuple.dport, port_bits::REMOTE) {
         return Verdict::NoMatch;
     }
-    if active & filter_kind::REMOTE_ADDR != 0 && !addr_allowed(false, tuple.family, &tuple.daddr) {
+    if active & filter_kind::REMOTE_ADDR != 0
+        && !addr_allowed(slot, false, tuple.family, &tuple.daddr)
+    {
         return Verdict::NoMatch;
     }
-    if active & filter_kind::LOCAL_ADDR != 0 && !addr_allowed(true, tuple.family, &tuple.saddr) {
+    if active & filter_kind::LOCAL_ADDR != 0
+        && !addr_allowed(slot, true, tuple.family, &tuple.saddr)
+    {
         return Verdict::NoMatch;
     }
     if active & filter_kind::PID != 0 && (owner == NO_OWNER || !pid_allowed(owner as u32)) {

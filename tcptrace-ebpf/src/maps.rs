@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    stat, tcp_state, AddrKey, Connecting, Counters, FilterConfig, FlowState, ListenerKey, Owner,
-    ProgramConfig, TimeWaitKey, TimerEntry, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    slot, stat, tcp_state, AddrKey, Connecting, Counters, FilterConfig, FlowState, ListenerKey,
+    Owner, ProgramConfig, TimeWaitKey, TimerEntry, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -157,9 +157,9 @@ pub static LOCAL_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 
 #[map]
 pub static REMOTE_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 0);
 
-/// Where an address-trie key is built (per CPU: not on the stack).
+/// Where an address-trie key is built (per CPU and per program: not on the stack).
 #[map]
-pub static FILTER_KEY: PerCpuArray<Key<AddrKey>> = PerCpuArray::with_max_entries(1, 0);
+pub static FILTER_KEY: PerCpuArray<Key<AddrKey>> = PerCpuArray::with_max_entries(slot::COUNT, 0);
 
 /// Traced flows that may leave a timewait socket, by 4-tuple: under pid and cgroup filters a
 /// timewait socket is traced only when its flow was. Sized by the loader.
@@ -172,9 +172,16 @@ pub static TW_PENDING: LruHashMap<TimeWaitKey, u8> = LruHashMap::with_max_entrie
 pub static TW_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Scratch space for a flow seen for the first time, before it is inserted into `FLOWS`
-/// (a `FlowState` is too large for the 512-byte stack next to everything else).
+/// (a `FlowState` is too large for the 512-byte stack next to everything else); one entry
+/// per program that builds flows (see `slot`).
 #[map]
-pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(slot::SCRATCH, 0);
+
+/// Set while the main `inet_sock_set_state` program runs on this CPU: a transition arriving
+/// meanwhile (a softirq interrupting it) is skipped by the kernel for that program and
+/// handled by the second one, which runs only then.
+#[map]
+pub static SET_STATE_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// What `timer_expire_entry` saw of a keepalive timer, for `timer_expire_exit`.
 #[map]
@@ -184,18 +191,23 @@ pub static TIMER_ENTRY: PerCpuArray<TimerEntry> = PerCpuArray::with_max_entries(
 #[map]
 pub static CONNECTING: PerCpuArray<Connecting> = PerCpuArray::with_max_entries(1, 0);
 
-/// Every counter, one entry per CPU (see `tcptrace_common::Counters`).
+/// Every counter, per CPU and per program (see `tcptrace_common::Counters` and `slot`).
 #[map]
-pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(slot::COUNT, 0);
 
-/// This CPU's counters, looked up once per event.
+/// This CPU's counters for one program, looked up once per event.
 #[derive(Clone, Copy)]
 pub struct Stats(*mut Counters);
 
 impl Stats {
+    /// The counters of the program whose `slot` this is.
     #[inline(always)]
-    pub fn get() -> Stats {
-        Stats(COUNTERS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
+    pub fn at(slot: u32) -> Stats {
+        Stats(
+            COUNTERS
+                .get_ptr_mut(slot & (slot::COUNT - 1))
+                .unwrap_or(core::ptr::null_mut()),
+        )
     }
 
     /// Adds one to a counter; returns its previous value on this CPU.
@@ -288,4 +300,10 @@ fn current_comm() -> [u8; 16] {
         a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
         b[7],
     ]
+}
+
+/// This CPU's scratch flow for the program whose `slot` this is.
+#[inline(always)]
+pub fn scratch(slot: u32) -> Option<*mut FlowState> {
+    SCRATCH.get_ptr_mut(slot & (slot::SCRATCH - 1))
 }

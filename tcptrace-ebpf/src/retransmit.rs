@@ -6,12 +6,12 @@
 //! program that reads past the tracepoint's arguments).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use tcptrace_common::{event_flags, flow_flags, record_kind, stat, RetransmitEvent, Tuple};
+use tcptrace_common::{event_flags, flow_flags, record_kind, slot, stat, RetransmitEvent, Tuple};
 
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE, SCRATCH},
+    maps::{scratch, submit_flags, Stats, EVENTS, FLOW_TABLE},
     set_state::release_held_start,
     sock,
 };
@@ -21,7 +21,7 @@ const BPF_NOEXIST: u64 = 1;
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if let Err(err) = try_tcp_retransmit_skb(&ctx, None) {
-        if Stats::get().bump(stat::READ_ERRORS) == 0 {
+        if Stats::at(slot::RETRANSMIT).bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
     }
@@ -32,7 +32,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_retransmit_skb_err(ctx: BtfTracePointContext) -> i32 {
     let err: i64 = ctx.arg(2);
     if let Err(err) = try_tcp_retransmit_skb(&ctx, Some(err as i32)) {
-        if Stats::get().bump(stat::READ_ERRORS) == 0 {
+        if Stats::at(slot::RETRANSMIT).bump(stat::READ_ERRORS) == 0 {
             log_read_error(&ctx, err);
         }
     }
@@ -50,7 +50,7 @@ fn log_read_error(ctx: &BtfTracePointContext, err: i32) {
 
 #[inline(always)]
 fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Result<(), i32> {
-    let stats = Stats::get();
+    let stats = Stats::at(slot::RETRANSMIT);
     let sk: *const u8 = ctx.arg(0);
     let state = sock::state(sk)?;
     // SAFETY: a plain helper call with no arguments.
@@ -79,7 +79,9 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             _ => None,
         };
         let netns = sock::netns(sk)?;
-        if filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) != Verdict::Match {
+        if filter::judge::<sock::Typed>(slot::RETRANSMIT, Some(sk), &tuple, netns, owner)
+            != Verdict::Match
+        {
             stats.add(stat::FILTERED, if pending { 2 } else { 1 });
             if pending && FLOW_TABLE.remove(&key).is_ok() {
                 stats.bump(stat::FLOWS_REMOVED);
@@ -108,9 +110,9 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         }
         None => {
             // A flow older than the tracer, not seen changing state yet.
-            let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
-            // SAFETY: this CPU's scratch slot (no 120-byte temporary on the stack); the
-            // kernel never runs two of our programs at once on one CPU.
+            let scratch = scratch(slot::RETRANSMIT).ok_or(-1)?;
+            // SAFETY: this CPU's scratch slot of this program (no 120-byte temporary on the
+            // stack); the kernel never runs one program twice at once on one CPU.
             let flow = unsafe { &mut *scratch };
             flow.restart_unseen(state);
             flow.count_retransmit();

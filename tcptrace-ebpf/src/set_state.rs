@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    close_flags, event_flags, filter_kind, flow_flags, in_owner_context, record_kind, stat,
+    close_flags, event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, stat,
     tcp_state, Connecting, FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent,
     Tuple, PATH_SLOTS,
 };
@@ -18,7 +18,8 @@ use crate::{
     config,
     filter::{self, Verdict},
     maps::{
-        current_owner, submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, LISTENERS, SCRATCH,
+        current_owner, scratch, submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, LISTENERS,
+        SET_STATE_RUNNING,
     },
     sock,
 };
@@ -42,33 +43,65 @@ enum Prejudged {
 // handler needs most of it (see the tests run on Debian's 6.1 and 6.12 kernels).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let running = SET_STATE_RUNNING.get_ptr_mut(0);
+    if let Some(flag) = running {
+        // SAFETY: this CPU's flag; tracepoint programs run with preemption disabled.
+        unsafe { core::ptr::write_volatile(flag, 1) };
+    }
+    handle(&ctx, slot::SET_STATE);
+    if let Some(flag) = running {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(flag, 0) };
+    }
+    0
+}
+
+/// A transition that arrives while the main program runs on this CPU (a softirq interrupting
+/// it in process context) is skipped by the kernel for that program, which is not re-entered:
+/// this second program on the same tracepoint handles exactly those, with its own counters and
+/// scratch slots; otherwise it returns at once.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: this CPU's flag, read once.
+    let nested = SET_STATE_RUNNING
+        .get_ptr(0)
+        .is_some_and(|flag| unsafe { core::ptr::read_volatile(flag) } != 0);
+    if nested {
+        Stats::at(slot::SET_STATE_NESTED).bump(stat::NESTED_HANDLED);
+        handle(&ctx, slot::SET_STATE_NESTED);
+    }
+    0
+}
+
+/// One transition, handled by the program whose `slot` this is.
+#[inline(always)]
+fn handle(ctx: &BtfTracePointContext, slot: u32) {
     let prejudged = if filter::active() != 0 {
-        prejudge(&ctx)
+        prejudge(ctx, slot)
     } else {
         Prejudged::NotJudged
     };
-    let stats = Stats::get();
+    let stats = Stats::at(slot);
     let full_before = stats.value(stat::FLOW_TABLE_FULL);
-    let result = match try_inet_sock_set_state(&ctx, prejudged) {
+    let result = match try_inet_sock_set_state(ctx, prejudged, slot) {
         Ok(Ending::No) => Ok(()),
-        Ok(ending) => finish_flow(&ctx, ending),
+        Ok(ending) => finish_flow(ctx, ending, slot),
         Err(err) => Err(err),
     };
     if let Err(err) = result {
         // Logged once per CPU: off the hot path.
         if stats.bump(stat::READ_ERRORS) == 0 {
-            log_read_error(&ctx, err);
+            log_read_error(ctx, err);
         }
     }
     if full_before == 0 && stats.value(stat::FLOW_TABLE_FULL) != 0 {
-        log_table_full(&ctx);
+        log_table_full(ctx);
     }
-    0
 }
 
 /// The filters' verdict on a flow seen for the first time (or restarted, or undecided).
 #[inline(never)]
-fn prejudge(ctx: &BtfTracePointContext) -> Prejudged {
+fn prejudge(ctx: &BtfTracePointContext, slot: u32) -> Prejudged {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -80,7 +113,7 @@ fn prejudge(ctx: &BtfTracePointContext) -> Prejudged {
         return Prejudged::NotJudged; // not a transition the handler takes
     }
     let (old, new) = (old as u8, new as u8);
-    let stats = Stats::get();
+    let stats = Stats::at(slot);
     let key = sk as u64;
     let existing = FLOW_TABLE.get_ptr_mut(&key);
     let (pending, owner_known, known_pid) = match existing {
@@ -114,7 +147,7 @@ fn prejudge(ctx: &BtfTracePointContext) -> Prejudged {
     } else {
         None
     };
-    match filter::judge::<sock::Typed>(Some(sk), &tuple, netns, owner) {
+    match filter::judge::<sock::Typed>(slot, Some(sk), &tuple, netns, owner) {
         Verdict::Match => Prejudged::Match,
         Verdict::Pending if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT => {
             Prejudged::Hold
@@ -164,8 +197,9 @@ fn listener_key(sk: *const u8) -> Result<ListenerKey, i32> {
 fn try_inet_sock_set_state(
     ctx: &BtfTracePointContext,
     prejudged: Prejudged,
+    slot: u32,
 ) -> Result<Ending, i32> {
-    let stats = Stats::get();
+    let stats = Stats::at(slot);
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -257,9 +291,9 @@ fn try_inet_sock_set_state(
         // socket's lock, which serialises this socket's transitions.
         Some(existing) => unsafe { &mut *existing },
         None => {
-            let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
-            // SAFETY: this CPU's scratch slot; the kernel never runs this program twice at
-            // once on one CPU.
+            let scratch = scratch(slot).ok_or(-1)?;
+            // SAFETY: this CPU's scratch slot of this program; the kernel never runs one
+            // program twice at once on one CPU.
             let scratch = unsafe { &mut *scratch };
             scratch.restart(old, new, now);
             scratch
@@ -348,14 +382,14 @@ enum Ending {
 /// before the kernel moves the socket to CLOSE); the whole path is sent and the entry
 /// removed.
 #[inline(never)]
-fn finish_flow(ctx: &BtfTracePointContext, ending: Ending) -> Result<(), i32> {
-    let stats = Stats::get();
+fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Result<(), i32> {
+    let stats = Stats::at(slot);
     let sk: *const u8 = ctx.arg(0);
     let key = sk as u64;
     let slot = if ending == Ending::Table {
         FLOW_TABLE.get_ptr_mut(&key)
     } else {
-        SCRATCH.get_ptr_mut(0)
+        scratch(slot)
     };
     let flow = slot.ok_or(-1)?;
     // SAFETY: a map value (the flow's entry, or this CPU's scratch slot written by this

@@ -9,7 +9,7 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, record_kind, stat, tcp_state, time_wait,
+    event_flags, filter_kind, flow_flags, record_kind, slot, stat, tcp_state, time_wait,
     KeepaliveProbeEvent, TimeWaitEvent, TimerEntry, Tuple,
 };
 
@@ -45,8 +45,8 @@ fn is_time_wait(timer: *const u8) -> bool {
 }
 
 #[inline(always)]
-fn emit_time_wait(what: u8, flags: u8, timer: *const u8, tuple: Tuple) {
-    let stats = Stats::get();
+fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple) {
+    let stats = Stats::at(slot);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let wake = submit_flags(stats);
@@ -89,7 +89,8 @@ fn time_wait_traced(timer: *const u8, tw: *const u8, tuple: &Tuple) -> bool {
         let pending = filter::time_wait_key(tuple, netns);
         TW_PENDING.remove(&pending).is_ok()
     } else {
-        filter::judge::<sock::Untyped>(None, tuple, netns, None) == Verdict::Match
+        filter::judge::<sock::Untyped>(slot::TIMER_START, None, tuple, netns, None)
+            == Verdict::Match
     };
     if traced {
         let _ = TW_TRACED.insert(&key, &0u8, 0);
@@ -112,10 +113,10 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
     if let Ok(tuple) = sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)) {
         if filter::active() != 0 && !time_wait_traced(timer, tw, &tuple) {
-            Stats::get().bump(stat::FILTERED);
+            Stats::at(slot::TIMER_START).bump(stat::FILTERED);
             return 0;
         }
-        emit_time_wait(time_wait::START, 0, timer, tuple);
+        emit_time_wait(slot::TIMER_START, time_wait::START, 0, timer, tuple);
     }
     0
 }
@@ -127,7 +128,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     if !time_wait_end_traced(timer) {
-        Stats::get().bump(stat::FILTERED);
+        Stats::at(slot::TIMER_CANCEL).bump(stat::FILTERED);
         return 0;
     }
     // A connect() reusing the 4-tuple removes the timewait socket from inside the connecting
@@ -142,7 +143,13 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
             flags |= time_wait::IN_CONNECT;
         }
     }
-    emit_time_wait(time_wait::CANCEL, flags, timer, Tuple::default());
+    emit_time_wait(
+        slot::TIMER_CANCEL,
+        time_wait::CANCEL,
+        flags,
+        timer,
+        Tuple::default(),
+    );
     0
 }
 
@@ -151,9 +158,15 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     if is_time_wait(timer) {
         if time_wait_end_traced(timer) {
-            emit_time_wait(time_wait::EXPIRE, 0, timer, Tuple::default());
+            emit_time_wait(
+                slot::TIMER_EXPIRE,
+                time_wait::EXPIRE,
+                0,
+                timer,
+                Tuple::default(),
+            );
         } else {
-            Stats::get().bump(stat::FILTERED);
+            Stats::at(slot::TIMER_EXPIRE).bump(stat::FILTERED);
         }
         return 0;
     }
@@ -201,14 +214,16 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     {
         return Ok(());
     }
-    let stats = Stats::get();
+    let stats = Stats::at(slot::TIMER_EXPIRE);
     let key = sk as u64;
     let flow = FLOW_TABLE.get_ptr_mut(&key);
     let tuple = sock::probe_tuple(sk)?;
     // A flow in the table matched the filters; another is judged now (its owner unknown).
     if flow.is_none() && filter::active() != 0 {
         let netns = sock::netns_with::<sock::Untyped>(sk)?;
-        if filter::judge::<sock::Untyped>(Some(sk), &tuple, netns, None) != Verdict::Match {
+        if filter::judge::<sock::Untyped>(slot::TIMER_EXPIRE, Some(sk), &tuple, netns, None)
+            != Verdict::Match
+        {
             stats.bump(stat::FILTERED);
             return Ok(());
         }

@@ -198,6 +198,7 @@ impl Aggregator {
             filters: None,
             flows_evicted: 0,
             path_gaps: kernel.stat(stat::PATH_GAPS),
+            nested_events: kernel.stat(stat::NESTED_HANDLED),
             read_errors: kernel.stat(stat::READ_ERRORS),
             decode_errors: self.decode_errors,
             delivered: self.delivered,
@@ -243,6 +244,9 @@ pub struct Summary {
     /// Flows evicted from a nearly full flow table (least recently active first).
     pub flows_evicted: u64,
     pub path_gaps: u64,
+    /// Transitions that arrived while the main program ran on their CPU, handled by the
+    /// second program (the kernel skips them for the first).
+    pub nested_events: u64,
     pub read_errors: u64,
     pub decode_errors: u64,
     pub delivered: u64,

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    stat, Counters, FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN, TRANSITION_SLOTS,
+    slot, stat, Counters, FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN, TRANSITION_SLOTS,
 };
 
 use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
@@ -18,6 +18,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
+const SET_STATE_NESTED_PROGRAM: &str = "inet_sock_set_state_nested";
 const FLOWS: &str = "FLOWS";
 const FLOWS_PREALLOC: &str = "FLOWS_PREALLOC";
 
@@ -311,6 +312,8 @@ impl Tracer {
         let mut hooks = Vec::new();
         let mut hooked = vec![
             (SET_STATE_PROGRAM, "inet_sock_set_state"),
+            // Handles the transitions the first misses while interrupted on its CPU.
+            (SET_STATE_NESTED_PROGRAM, "inet_sock_set_state"),
             (retransmit_program, "tcp_retransmit_skb"),
             (send_reset_program, "tcp_send_reset"),
             ("tcp_receive_reset", "tcp_receive_reset"),
@@ -340,7 +343,10 @@ impl Tracer {
             })?;
             links.push((program, link));
             programs.push(program);
-            hooks.push(format!("tp_btf/{tracepoint}"));
+            let hook = format!("tp_btf/{tracepoint}");
+            if !hooks.contains(&hook) {
+                hooks.push(hook);
+            }
         }
 
         let events = RingBuf::try_from(
@@ -386,30 +392,43 @@ impl Tracer {
             .ok_or_else(|| anyhow!("map COUNTERS missing from the eBPF object"))?;
         let array: PerCpuArray<&MapData, Counters> =
             PerCpuArray::try_from(map).context("map COUNTERS is not a per-CPU array")?;
-        let per_cpu = array.get(&0, 0).context("reading map COUNTERS")?;
+        // Misses first: the kernel counts a miss before the second program handles it, so the
+        // handled count read after them is never behind (no transient false loss).
+        let misses = self.missed_events()?;
         let mut sum = KernelCounters {
             stats: [0; stat::COUNT as usize],
             transitions: vec![0; TRANSITION_SLOTS as usize],
             missed: 0,
         };
-        for cpu in per_cpu.iter() {
-            for (total, value) in sum.stats.iter_mut().zip(cpu.stats) {
-                *total += value;
-            }
-            for (total, value) in sum.transitions.iter_mut().zip(cpu.transitions) {
-                *total += value;
+        // One entry per program (tcptrace_common::slot), each per CPU.
+        for index in 0..slot::COUNT {
+            let per_cpu = array.get(&index, 0).context("reading map COUNTERS")?;
+            for cpu in per_cpu.iter() {
+                for (total, value) in sum.stats.iter_mut().zip(cpu.stats) {
+                    *total += value;
+                }
+                for (total, value) in sum.transitions.iter_mut().zip(cpu.transitions) {
+                    *total += value;
+                }
             }
         }
-        sum.missed = self.missed_events()?;
+        // The kernel counts a transition the second program handled as the first one's miss.
+        sum.missed = misses.saturating_sub(sum.stats[stat::NESTED_HANDLED as usize]);
         Ok(sum)
     }
 
     /// Events the kernel dropped before our programs ran: a program is not re-entered on a
     /// CPU where it is already running (a softirq interrupting it), and the kernel only counts
-    /// such misses (`recursion_misses` in the program's fdinfo).
+    /// such misses (`recursion_misses` in the program's fdinfo). The second
+    /// `inet_sock_set_state` program's own misses are not counted: it misses an event only
+    /// while it runs for one the first program has finished, which the first then handles
+    /// (softirqs do not nest: nothing interrupts it while it handles a nested one).
     pub fn missed_events(&self) -> Result<u64> {
         let mut missed = 0;
         for program in &self.programs {
+            if *program == SET_STATE_NESTED_PROGRAM {
+                continue;
+            }
             let prog: &BtfTracePoint = self
                 .ebpf
                 .program(program)

@@ -89,6 +89,7 @@ struct SummaryLine {
     truncated_paths: u64,
     stale_flows: u64,
     path_gaps: u64,
+    nested_events: u64,
     filtered_events: u64,
     filters: Option<String>,
     time_wait: Option<TimeWaitSummaryLine>,
@@ -145,6 +146,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         truncated_paths: s.truncated_paths,
         stale_flows: s.stale_flows,
         path_gaps: s.path_gaps,
+        nested_events: s.nested_events,
         filtered_events: s.filtered_events,
         filters: s.filters.clone(),
         time_wait: s.time_wait.as_ref().map(|tw| TimeWaitSummaryLine {
