@@ -32,7 +32,7 @@ pub(super) fn print_table(r: &Results) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
-        "kernel per event:        {} (all hooks); {} per transition (inet_sock_set_state), {} with --flow-memory on-demand",
+        "kernel per event:        {} (all hooks); {} per transition (both inet_sock_set_state programs), {} with --flow-memory on-demand",
         opt(r.kernel_ns_per_event, "ns"),
         opt(r.kernel_ns_per_transition, "ns"),
         opt(r.kernel_ns_per_transition_on_demand, "ns")
