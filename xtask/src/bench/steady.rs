@@ -160,21 +160,31 @@ pub fn lossless_rate(bench: &Bench, mode: &[&str], rates: &[f64]) -> Result<Loss
         tried: Vec::new(),
     };
     for &rate in rates {
-        let out = bench.dir.join("lossless.out");
-        let tracer = bench.tcptrace(mode, &out)?;
-        let load = bench.load(Some(rate))?;
-        let cost = tracer.stop()?;
-        let (events, lost_ring, skipped) = super::summary_numbers(&out)?;
-        let _ = fs::remove_file(&out);
-        result.tried.push((load.rate(), lost_ring, skipped));
-        eprintln!(
-            "xtask bench: {} at {:.0} conn/s: {lost_ring} records lost, {skipped} events skipped by the kernel",
-            result.mode,
-            load.rate()
-        );
-        if lost_ring == 0 && skipped == 0 {
-            result.conn_per_s = Some(load.rate());
-            result.events_per_s = Some(events as f64 / (cost.wall_ns as f64 / 1e9));
+        // A round counts only if the load reached 90% of the rate asked for: the first round
+        // after a tracer starts sometimes falls short; it is tried once more.
+        for attempt in 0..2 {
+            let out = bench.dir.join("lossless.out");
+            let tracer = bench.tcptrace(mode, &out)?;
+            let load = bench.load(Some(rate))?;
+            let cost = tracer.stop()?;
+            let (events, lost_ring, skipped) = super::summary_numbers(&out)?;
+            let _ = fs::remove_file(&out);
+            result.tried.push((load.rate(), lost_ring, skipped));
+            let reached = load.rate() >= 0.9 * rate;
+            eprintln!(
+                "xtask bench: {} at {:.0} conn/s (asked {rate:.0}): {lost_ring} records lost, {skipped} events skipped by the kernel{}",
+                result.mode,
+                load.rate(),
+                if reached { "" } else { " (rate not reached)" }
+            );
+            if !reached && attempt == 0 {
+                continue;
+            }
+            if reached && lost_ring == 0 && skipped == 0 {
+                result.conn_per_s = Some(load.rate());
+                result.events_per_s = Some(events as f64 / (cost.wall_ns as f64 / 1e9));
+                return Ok(result);
+            }
             break;
         }
     }
