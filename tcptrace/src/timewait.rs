@@ -114,6 +114,13 @@ fn recent_entries(queue: &VecDeque<u64>, now_ns: u64) -> usize {
     queue.len() - queue.partition_point(|&t| t + RATE_WINDOW_NS < now_ns)
 }
 
+/// Drops the entry times that left the rate window (the queue is in time order).
+fn forget_old_entries(queue: &mut VecDeque<u64>, now_ns: u64) {
+    while queue.front().is_some_and(|&t| t + RATE_WINDOW_NS < now_ns) {
+        queue.pop_front();
+    }
+}
+
 /// One fewer under `key`; the key goes at zero.
 fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K) {
     if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
@@ -197,9 +204,7 @@ impl TimeWaitTracker {
             .entry((addrs.local.addr, addrs.remote))
             .or_default();
         queue.push_back(ts_ns);
-        while queue.front().is_some_and(|&t| t + RATE_WINDOW_NS < ts_ns) {
-            queue.pop_front();
-        }
+        forget_old_entries(queue, ts_ns);
         *self.by_destination.entry(addrs.remote).or_default() += 1;
         *self.live_by_destination.entry(addrs.remote).or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
@@ -340,9 +345,7 @@ impl TimeWaitTracker {
     /// would accumulate, and every gauge would visit them all).
     pub fn prune_entry_rates(&mut self, now_ns: u64) {
         self.entries.retain(|_, queue| {
-            while queue.front().is_some_and(|&t| t + RATE_WINDOW_NS < now_ns) {
-                queue.pop_front();
-            }
+            forget_old_entries(queue, now_ns);
             !queue.is_empty()
         });
     }

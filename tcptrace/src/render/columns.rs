@@ -2,7 +2,7 @@
 //! character at a time (the larger part of the cost of a line at line rate).
 use std::fmt;
 
-use crate::{clock::HumanDuration, model::Process, stackstr::StackStr};
+use crate::{clock::HumanDuration, model::Process};
 
 const SPACES: &str = "                                                                ";
 
@@ -24,11 +24,6 @@ fn spaces(line: &mut String, mut n: usize) {
         line.push_str(&SPACES[..k]);
         n -= k;
     }
-}
-
-/// A value formatted on the stack, to be placed with [`left`] or [`right`].
-pub fn text<const N: usize>(value: impl fmt::Display) -> StackStr<N> {
-    StackStr::format(value)
 }
 
 /// A pid or `-`, printed without allocating.

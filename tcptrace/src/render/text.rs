@@ -137,11 +137,11 @@ impl<W: Write> Render for TextPrinter<W> {
         line.clear();
         columns::left(
             line,
-            columns::text::<16>(self.clock.time_of_day(t.ts_ns)).as_str(),
+            StackStr::<16>::format(self.clock.time_of_day(t.ts_ns)).as_str(),
             15,
         );
         line.push(' ');
-        columns::right(line, columns::text::<12>(pid(&t.owner)).as_str(), 7);
+        columns::right(line, StackStr::<12>::format(pid(&t.owner)).as_str(), 7);
         line.push(' ');
         columns::left(line, comm(&t.owner), 16);
         line.push(' ');
@@ -153,7 +153,11 @@ impl<W: Write> Render for TextPrinter<W> {
         line.push_str(" -> ");
         columns::left(line, t.new.name(), 11);
         line.push(' ');
-        columns::right(line, columns::text::<24>(held(t.old_held_ns)).as_str(), 8);
+        columns::right(
+            line,
+            StackStr::<24>::format(held(t.old_held_ns)).as_str(),
+            8,
+        );
         line.push('\n');
         self.out.write_all(line.as_bytes())
     }
@@ -167,13 +171,13 @@ impl<W: Write> Render for TextPrinter<W> {
         line.clear();
         columns::left(
             line,
-            columns::text::<16>(self.clock.time_of_day(f.ts_ns)).as_str(),
+            StackStr::<16>::format(self.clock.time_of_day(f.ts_ns)).as_str(),
             15,
         );
         line.push(' ');
         columns::left(line, comm(owner), 16);
         line.push(' ');
-        columns::right(line, columns::text::<12>(pid(owner)).as_str(), 7);
+        columns::right(line, StackStr::<12>::format(pid(owner)).as_str(), 7);
         line.push_str("  ");
         columns::left(line, local.as_str(), lw);
         line.push_str(" > ");
