@@ -44,6 +44,11 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
         interval: Duration,
     },
+    /// A live full-screen view, refreshed every second: rates, flows open by state,
+    /// TIME_WAIT, destinations or local services (connections/s, open, TIME_WAIT, exhaustion
+    /// forecast, retransmits, resets, keepalive timeouts, p99 connect time) and the latest
+    /// alerts. Keys: q quit, t destinations/services, 1-9 sort, r reverse, / filter.
+    Top,
     /// Headless: no per-event output, only the Prometheus metrics (needs --metrics).
     Metrics,
     /// Report ESTABLISHED connections idle longer than --min-idle with no keepalive armed,
@@ -162,11 +167,19 @@ impl Config {
     pub fn shows_alerts(&self) -> bool {
         matches!(self.mode, Command::Alerts | Command::All)
     }
+    /// The kernel sends a record per transition (printed, or counted per destination).
+    pub fn emits_transitions(&self) -> bool {
+        self.shows_transitions() || self.mode == Command::Top
+    }
+    /// The kernel sends a record per retransmitted segment.
+    pub fn emits_retransmits(&self) -> bool {
+        self.shows_retransmits() || self.shows_alerts() || self.mode == Command::Top
+    }
     /// TIME_WAIT is traced (timer hooks) where flows or gauges are shown.
     pub fn traces_time_wait(&self) -> bool {
         match self.mode {
             Command::Timewait { .. } => true,
-            Command::Flows | Command::All | Command::Metrics => !self.no_time_wait,
+            Command::Flows | Command::All | Command::Metrics | Command::Top => !self.no_time_wait,
             _ => false,
         }
     }
@@ -208,6 +221,9 @@ impl TryFrom<Cli> for Config {
             if c.no_time_wait {
                 bail!("--no-time-wait contradicts the timewait mode");
             }
+        }
+        if cli.command == Some(Command::Top) && c.json {
+            bail!("top draws a screen; --json is for the line modes (flows, alerts, timewait, …)");
         }
         if cli.command == Some(Command::Metrics) && c.metrics.is_none() {
             bail!("the metrics mode needs --metrics ADDR (e.g. --metrics 127.0.0.1:9595)");
@@ -342,6 +358,7 @@ mod tests {
             (&["timewait", "--interval", "10ms"][..], "--interval"),
             (&["timewait", "--no-time-wait"][..], "contradicts"),
             (&["metrics"][..], "--metrics ADDR"),
+            (&["top", "--json"][..], "draws a screen"),
             (&["--metrics", "9595"][..], "--metrics"),
             (&["flow"][..], "unrecognized subcommand"),
             (&["-L", "99999"][..], "--local-port '99999'"),

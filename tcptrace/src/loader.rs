@@ -249,8 +249,8 @@ impl Tracer {
             // Wake the reader about once a quarter of the ring is pending (records are
             // 96-200 bytes; each CPU counts its own); otherwise it polls.
             wakeup_every: wakeup_every(config.ring_size),
-            emit_transitions: u8::from(config.shows_transitions()),
-            emit_retransmits: u8::from(config.shows_retransmits() || config.shows_alerts()),
+            emit_transitions: u8::from(config.emits_transitions()),
+            emit_retransmits: u8::from(config.emits_retransmits()),
             emit_probes: u8::from(config.shows_alerts()),
             prealloc_flows: u8::from(config.prealloc_flows),
             _pad: [0; 4],

@@ -10,6 +10,7 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod drain;
 mod evict;
 mod filter;
 mod floor;
@@ -26,6 +27,7 @@ mod replay;
 mod sockdiag;
 mod stackstr;
 mod timewait;
+mod top;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {

@@ -22,7 +22,12 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{aggregate::KernelCounters, decode::FinishedFlow, model::TcpState, timewait::Gauges};
+use crate::{
+    aggregate::KernelCounters,
+    decode::FinishedFlow,
+    model::{Endpoint, TcpState},
+    timewait::Gauges,
+};
 use tcptrace_common::stat;
 
 /// TIME_WAIT destinations with their own label; the rest are summed under `other`.
@@ -54,6 +59,12 @@ struct Destination {
     destination: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FourTupleSpace {
+    local: String,
+    destination: String,
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     // 10 us .. ~2.9 h
     exponential_buckets(0.000_01, 4.0, 15)
@@ -76,6 +87,8 @@ pub struct Metrics {
     cause_handles: [OnceLock<Counter>; CLOSE_CAUSES],
     time_wait_sockets: Family<Destination, Gauge>,
     time_wait_seconds: Histogram,
+    time_wait_forecast: Family<FourTupleSpace, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    time_wait_overflows: Counter,
     keepalive_timeouts: Counter,
     lost: Family<Reason, Counter>,
     untracked_flows: Counter,
@@ -100,6 +113,8 @@ impl Metrics {
             cause_handles: std::array::from_fn(|_| OnceLock::new()),
             time_wait_sockets: Family::default(),
             time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
+            time_wait_forecast: Family::default(),
+            time_wait_overflows: Counter::default(),
             keepalive_timeouts: Counter::default(),
             lost: Family::default(),
             untracked_flows: Counter::default(),
@@ -149,6 +164,17 @@ impl Metrics {
             "time_wait_duration_seconds",
             "How long TIME_WAITs lasted",
             m.time_wait_seconds.clone(),
+        );
+        registry.register(
+            "time_wait_forecast_ratio",
+            "4-tuple exhaustion forecast: new connections per second over what the ephemeral \
+             ports sustain with 60 s of TIME_WAIT, per (local address, destination); top 10",
+            m.time_wait_forecast.clone(),
+        );
+        registry.register(
+            "time_wait_overflows",
+            "TIME_WAITs the kernel skipped because net.ipv4.tcp_max_tw_buckets was full",
+            m.time_wait_overflows.clone(),
         );
         registry.register(
             "keepalive_timeouts",
@@ -299,6 +325,24 @@ impl Metrics {
                 destination: "other".into(),
             })
             .set(other as i64);
+    }
+
+    /// The exhaustion forecast's busiest 4-tuple spaces (the caller passes the top ones).
+    pub fn time_wait_forecasts(&self, forecasts: &[crate::forecast::Forecast]) {
+        self.time_wait_forecast.clear();
+        for f in forecasts {
+            self.time_wait_forecast
+                .get_or_create(&FourTupleSpace {
+                    local: f.laddr.to_string(),
+                    destination: Endpoint::new(f.raddr, f.rport).to_string(),
+                })
+                .set(f.utilization);
+        }
+    }
+
+    /// TIME_WAITs skipped by a full tcp_max_tw_buckets since the last call.
+    pub fn time_wait_overflowed(&self, newly: u64) {
+        self.time_wait_overflows.inc_by(newly);
     }
 
     /// The exposition text.

@@ -12,14 +12,11 @@ use tokio::{
     time::{interval, sleep_until, Instant, MissedTickBehavior},
 };
 
-use tcptrace_common::time_wait;
-
 use crate::{
     aggregate::Aggregator,
-    alert::Alert,
     cli::{Command, Config},
     clock::Clock,
-    decode::{decode, Event},
+    drain::{drain, emit_finished, Sinks},
     evict::FlowEvictor,
     filter::FilterSpec,
     forecast,
@@ -28,15 +25,13 @@ use crate::{
     procnet,
     render::{JsonPrinter, Printer, Render, TextPrinter, TimeWaitView},
     sockdiag,
-    timewait::{self, Finished, TimeWaitEnd, TimeWaitTracker},
+    timewait::{self, TimeWaitTracker},
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
-const DRAIN_BATCH: usize = 16_384;
+pub const DRAIN_BATCH: usize = 16_384;
 /// How often lost-record counters are checked.
 const LOST_CHECK: Duration = Duration::from_secs(1);
-/// At most this many decode errors are logged one by one.
-const DECODE_ERRORS_LOGGED: u64 = 5;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Stop {
@@ -44,111 +39,7 @@ enum Stop {
     BrokenPipe,
 }
 
-/// Drains up to `limit` records; returns whether more may be pending.
-/// Prints a flow whose TIME_WAIT ended (or a TIME_WAIT whose flow was not seen).
-fn emit_finished<W: Write>(
-    printer: &mut Printer<W>,
-    config: &Config,
-    metrics: Option<&Metrics>,
-    finished: Finished,
-) -> io::Result<()> {
-    if let Some(m) = metrics {
-        let held = match &finished {
-            Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
-            Finished::Orphan(t) => Some((t.held_ns, t.end)),
-        };
-        if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress) {
-            m.time_wait_ended(held_ns);
-        }
-    }
-    if !config.shows_flows() {
-        return Ok(());
-    }
-    match finished {
-        Finished::Flow(f) => printer.flow(&f),
-        Finished::Orphan(t) => printer.time_wait(&t),
-    }
-}
-
-fn drain<W: Write>(
-    ring: &mut RingBuf<MapData>,
-    printer: &mut Printer<W>,
-    agg: &mut Aggregator,
-    tw: &mut TimeWaitTracker,
-    metrics: Option<&Metrics>,
-    config: &Config,
-    limit: usize,
-) -> io::Result<bool> {
-    let mut more = true;
-    for _ in 0..limit {
-        let Some(item) = ring.next() else {
-            more = false;
-            break;
-        };
-        agg.delivered();
-        let decoded = decode(&item);
-        drop(item);
-        match decoded {
-            Ok(Event::Transition(t)) if config.shows_transitions() => printer.transition(&t)?,
-            Ok(Event::FlowEnd(f)) => {
-                agg.finished_flow(&f);
-                if let Some(m) = metrics {
-                    m.flow(&f);
-                }
-                if let Some(alert) = Alert::closed(&f).filter(|_| config.shows_alerts()) {
-                    printer.alert(&alert)?;
-                }
-                // A flow that closed first is printed when its TIME_WAIT ends.
-                let ready = if config.traces_time_wait() {
-                    tw.flow(f, config.shows_flows())
-                } else {
-                    Some(f)
-                };
-                if let Some(f) = ready.filter(|_| config.shows_flows()) {
-                    printer.flow(&f)?;
-                }
-            }
-            Ok(Event::TimeWait(r)) => match r.what {
-                time_wait::START => {
-                    if let Some(ended) = r.addrs.and_then(|a| tw.start(r.timer, a, r.ts_ns)) {
-                        emit_finished(printer, config, metrics, ended)?;
-                    }
-                }
-                time_wait::CANCEL => tw.cancel(r.timer, r.ts_ns, r.in_connect),
-                _ => {
-                    if let Some(finished) = tw.expire(r.timer, r.ts_ns) {
-                        emit_finished(printer, config, metrics, finished)?;
-                    }
-                }
-            },
-            Ok(Event::Retransmit(r)) => {
-                if config.shows_retransmits() {
-                    printer.retransmit(&r)?;
-                }
-                if let Some(alert) = Alert::retransmit(&r).filter(|_| config.shows_alerts()) {
-                    printer.alert(&alert)?;
-                }
-            }
-            Ok(Event::KeepaliveProbe(p)) if config.shows_alerts() => {
-                printer.alert(&Alert::KeepaliveProbe(&p))?
-            }
-            Ok(_) => {}
-            Err(e) => {
-                agg.decode_error();
-                if agg.decode_errors() <= DECODE_ERRORS_LOGGED {
-                    log::warn!("undecodable record: {e:#}");
-                }
-            }
-        }
-    }
-    for finished in tw.settle(Clock::ktime_now()) {
-        emit_finished(printer, config, metrics, finished)?;
-    }
-    printer.flush()?;
-    Ok(more)
-}
-
-fn is_broken_pipe(e: &io::Error) -> bool {
+pub fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
@@ -170,9 +61,10 @@ pub fn idle_once(json: bool, min_idle: Duration, filter: &FilterSpec) -> Result<
     }
 }
 
-/// The gauges and, where the port range is known, the exhaustion forecast.
-fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
-    let forecasts = usable_ports.map_or_else(Vec::new, |ports| {
+/// The exhaustion forecast of the 10 busiest (local address, destination) pairs, where the
+/// port range is known.
+fn forecasts(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> Vec<forecast::Forecast> {
+    usable_ports.map_or_else(Vec::new, |ports| {
         let mut rates = tw.entry_rates(now);
         rates.sort_by(|a, b| b.1.total_cmp(&a.1));
         rates
@@ -182,16 +74,66 @@ fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> 
                 forecast::forecast(local, remote, rate, ports, timewait::TIME_WAIT_LEN_S)
             })
             .collect()
-    });
+    })
+}
+
+/// The gauges and, where the port range is known, the exhaustion forecast.
+fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
     TimeWaitView {
         gauges: tw.gauges(now),
-        forecasts,
+        forecasts: forecasts(tw, now, usable_ports),
         overflows: tw.overflows,
         preexisting: tw.preexisting_count(),
     }
 }
 
+/// Sockets already in TIME_WAIT count until their remaining time runs out.
+pub fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
+    let now = Clock::ktime_now();
+    match sockdiag::time_wait() {
+        Ok(sockets) => {
+            let netns = crate::filter::own_netns();
+            tw.preexisting(
+                sockets
+                    .into_iter()
+                    .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
+                    .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
+            )
+        }
+        Err(e) => eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}"),
+    }
+}
+
+/// An eviction pass when the kernel's flow table is nearly full: returns how many flows it
+/// evicted (said on stderr; their completed states count in the summary).
+pub fn evict_if_due(
+    tracer: &mut Tracer,
+    evictor: &mut FlowEvictor,
+    kernel: &crate::aggregate::KernelCounters,
+    agg: &mut Aggregator,
+    config: &Config,
+) -> Result<Option<u64>> {
+    let Some(due) = evictor.due(kernel) else {
+        return Ok(None);
+    };
+    let evicted = tracer.evict(due)?;
+    let newly = evicted.len() as u64;
+    evictor.evicted += newly;
+    for flow in &evicted {
+        agg.evicted_flow(flow);
+    }
+    eprintln!(
+        "tcptrace: warning: {newly} least recently active flows evicted ({} in all): the flow \
+         table (--max-flows {}) was 90% full",
+        evictor.evicted, config.max_flows
+    );
+    Ok(Some(newly))
+}
+
 pub fn run(config: Config) -> Result<()> {
+    if config.mode == Command::Top {
+        return crate::top::run(config);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -244,8 +186,10 @@ async fn trace(config: Config) -> Result<()> {
     let mut agg = Aggregator::new();
     let mut tw = TimeWaitTracker::new();
     let mut tw_overflow_base = procnet::tw_overflow();
-    let usable_ports = match config.gauge_interval() {
-        Some(_) => match forecast::host_usable_ports() {
+    let forecast_shown = config.gauge_interval().is_some()
+        || (config.metrics.is_some() && config.traces_time_wait());
+    let usable_ports = match forecast_shown.then_some(()) {
+        Some(()) => match forecast::host_usable_ports() {
             Ok(ports) => Some(ports),
             Err(e) => {
                 eprintln!("tcptrace: warning: no exhaustion forecast: {e:#}");
@@ -255,22 +199,7 @@ async fn trace(config: Config) -> Result<()> {
         None => None,
     };
     if config.traces_time_wait() {
-        // Sockets already in TIME_WAIT count until their remaining time runs out.
-        let now = Clock::ktime_now();
-        match sockdiag::time_wait() {
-            Ok(sockets) => {
-                let netns = crate::filter::own_netns();
-                tw.preexisting(
-                    sockets
-                        .into_iter()
-                        .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
-                        .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
-                )
-            }
-            Err(e) => {
-                eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}")
-            }
-        }
+        seed_time_wait(&config, &mut tw);
     }
     let mut gauge_tick = config
         .gauge_interval()
@@ -296,7 +225,8 @@ async fn trace(config: Config) -> Result<()> {
                 if deadline.is_some() => break Stop::Requested,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                match drain(guard.get_inner_mut(), &mut printer, &mut agg, &mut tw, metrics.as_ref(), &config, DRAIN_BATCH) {
+                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), top: None };
+                match drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH) {
                     Ok(true) => {}
                     Ok(false) => guard.clear_ready(),
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
@@ -304,7 +234,8 @@ async fn trace(config: Config) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
-                match drain(ring.get_mut(), &mut printer, &mut agg, &mut tw, metrics.as_ref(), &config, DRAIN_BATCH) {
+                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), top: None };
+                match drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH) {
                     Ok(_) => {}
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
                     Err(e) => return Err(e).context("writing output"),
@@ -336,12 +267,16 @@ async fn trace(config: Config) -> Result<()> {
                         let now = Clock::ktime_now();
                         tw.expire_preexisting(now);
                         m.time_wait_gauges(&tw.gauges(now));
+                        m.time_wait_forecasts(&forecasts(&tw, now, usable_ports));
                     }
                 }
                 if config.traces_time_wait() {
                     if let (Some(base), Some(now)) = (tw_overflow_base, procnet::tw_overflow()) {
                         if now > base {
                             tw.overflows += now - base;
+                            if let Some(m) = metrics.as_ref() {
+                                m.time_wait_overflowed(now - base);
+                            }
                             eprintln!(
                                 "tcptrace: warning: {} TIME_WAITs skipped: net.ipv4.tcp_max_tw_buckets \
                                  is full (TCPTimeWaitOverflow)",
@@ -351,21 +286,10 @@ async fn trace(config: Config) -> Result<()> {
                         tw_overflow_base = Some(now);
                     }
                 }
-                if let Some(due) = evictor.due(&kernel) {
-                    let evicted = tracer.evict(due)?;
-                    let newly = evicted.len() as u64;
-                    evictor.evicted += newly;
-                    for flow in &evicted {
-                        agg.evicted_flow(flow);
-                    }
+                if let Some(newly) = evict_if_due(&mut tracer, &mut evictor, &kernel, &mut agg, &config)? {
                     if let Some(m) = metrics.as_ref() {
                         m.evicted(newly);
                     }
-                    eprintln!(
-                        "tcptrace: warning: {newly} least recently active flows evicted ({} in \
-                         all): the flow table (--max-flows {}) was 90% full",
-                        evictor.evicted, config.max_flows
-                    );
                     match printer.evicted(Clock::ktime_now(), newly, evictor.evicted) {
                         Ok(()) => {}
                         Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
@@ -450,7 +374,7 @@ async fn trace(config: Config) -> Result<()> {
 }
 
 /// After detaching: the last records, open flows, the summary.
-fn finish<W: Write>(
+pub fn finish<W: Write>(
     config: &Config,
     tracer: &Tracer,
     ring: &mut RingBuf<MapData>,
@@ -459,16 +383,26 @@ fn finish<W: Write>(
     tw: &mut TimeWaitTracker,
     (started_ns, evicted): (u64, u64),
 ) -> Result<()> {
-    let metrics: Option<&Metrics> = None; // the process is ending: nothing will scrape
-    while drain(ring, printer, agg, tw, metrics, config, DRAIN_BATCH)? {}
+    // The process is ending: nothing will scrape or look at the screen.
+    let mut sinks = Sinks {
+        printer,
+        agg,
+        tw,
+        metrics: None,
+        top: None,
+    };
+    while drain(ring, &mut sinks, config, DRAIN_BATCH)? {}
     // Cancels still waiting for an expiry settle now; what remains is in progress.
     let now = Clock::ktime_now();
-    for finished in tw.settle(now + 1_000_000_000) {
-        emit_finished(printer, config, metrics, finished)?;
+    for finished in sinks.tw.settle(now + 1_000_000_000) {
+        emit_finished(&mut sinks, config, finished)?;
     }
-    for finished in tw.drain_in_progress(now) {
-        emit_finished(printer, config, metrics, finished)?;
+    for finished in sinks.tw.drain_in_progress(now) {
+        emit_finished(&mut sinks, config, finished)?;
     }
+    let Sinks {
+        printer, agg, tw, ..
+    } = sinks;
     let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);

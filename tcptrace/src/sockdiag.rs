@@ -23,6 +23,8 @@ const NETLINK_HEADER_LEN: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {
     pub addrs: FlowAddrs,
+    /// The kernel's TCP state number.
+    pub state: u8,
     pub keepalive_armed: bool,
     /// The socket's pending timer fires in this long (for TIME_WAIT: its remaining time).
     pub expires: Duration,
@@ -105,6 +107,7 @@ fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSoc
                             local: Endpoint::new(id.source_address, id.source_port),
                             remote: Endpoint::new(id.destination_address, id.destination_port),
                         },
+                        state: response.header.state,
                         keepalive_armed: matches!(response.header.timer, Some(Timer::KeepAlive(_))),
                         expires: Duration::from_millis(u64::from(expires_ms)),
                         idle: response.nlas.iter().find_map(|nla| match nla {
@@ -131,6 +134,23 @@ pub fn dump(states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
     let mut sockets = dump_family(AF_INET, states, info)?;
     sockets.extend(dump_family(AF_INET6, states, info)?);
     Ok(sockets)
+}
+
+/// Open TCP sockets (every state a full socket can hold, listeners included; not TIME_WAIT,
+/// not request sockets).
+pub fn open_sockets() -> Result<Vec<DiagSocket>> {
+    dump(
+        StateFlags::ESTABLISHED
+            | StateFlags::SYN_SENT
+            | StateFlags::SYN_RECV
+            | StateFlags::FIN_WAIT1
+            | StateFlags::FIN_WAIT2
+            | StateFlags::CLOSE_WAIT
+            | StateFlags::LAST_ACK
+            | StateFlags::LISTEN
+            | StateFlags::CLOSING,
+        false,
+    )
 }
 
 /// Sockets in TIME_WAIT now, with their remaining time.
@@ -165,5 +185,27 @@ mod tests {
             });
         assert!(ours.expires > Duration::from_secs(50), "{ours:?}");
         assert!(ours.expires <= Duration::from_secs(63), "{ours:?}");
+    }
+
+    #[test]
+    fn open_sockets_come_with_their_state() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let cport = client.local_addr().expect("addr").port();
+        let open = open_sockets().expect("sock_diag dump");
+        let state_of = |local: u16, remote: u16| {
+            open.iter()
+                .find(|s| s.addrs.local.port == local && s.addrs.remote.port == remote)
+                .map(|s| s.state)
+        };
+        assert_eq!(state_of(port, 0), Some(tcptrace_common::tcp_state::LISTEN));
+        assert_eq!(
+            state_of(cport, port),
+            Some(tcptrace_common::tcp_state::ESTABLISHED)
+        );
+        assert!(open
+            .iter()
+            .all(|s| s.state != tcptrace_common::tcp_state::TIME_WAIT));
     }
 }

@@ -176,6 +176,21 @@ impl TimeWaitTracker {
         }
     }
 
+    /// Whether a start at `timer` re-arms a TIME_WAIT already running there (a FIN
+    /// retransmitted into TIME_WAIT) rather than starting a new one.
+    pub fn rearms(&self, timer: u64) -> bool {
+        self.active.get(&timer).is_some_and(|a| a.cancel.is_none())
+    }
+
+    /// The 4-tuples of every socket in TIME_WAIT now, those from before tracing included
+    /// (call [`Self::expire_preexisting`] first).
+    pub fn live_addrs(&self) -> impl Iterator<Item = &FlowAddrs> {
+        self.active
+            .values()
+            .map(|a| &a.addrs)
+            .chain(self.preexisting.iter().map(|(addrs, _)| addrs))
+    }
+
     /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
     /// cancelled and had not settled yet (its memory was reused: it ended).
     pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) -> Option<Finished> {

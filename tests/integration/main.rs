@@ -11,6 +11,8 @@ mod lifecycle;
 mod metrics;
 mod netns;
 mod overload;
+mod prometheus;
 mod retransmit;
 mod support;
 mod timewait;
+mod top;

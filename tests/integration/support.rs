@@ -22,6 +22,11 @@ pub fn heavy_load() -> RwLockWriteGuard<'static, ()> {
     LOAD.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+/// Held by a test that runs a tracer of its own (not through [`Tracer`]).
+pub fn shared_load() -> RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const READY: &str = "tcptrace: tracing";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

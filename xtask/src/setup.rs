@@ -137,10 +137,12 @@ pub fn ensure_vm_tools() -> Result<()> {
     )
 }
 
-/// iproute2 and iptables: the integration tests stage drops in network namespaces.
+/// iproute2 and iptables: the integration tests stage drops in network namespaces;
+/// prometheus (with promtool): a real server scrapes tcptrace and checks the shipped rules and
+/// dashboard.
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(
-        &["iproute2", "iptables"],
-        "the integration tests use network namespaces and DROP rules",
+        &["iproute2", "iptables", "prometheus"],
+        "the integration tests use network namespaces, DROP rules and a real Prometheus",
     )
 }

@@ -1,0 +1,166 @@
+//! drain → decode → aggregate → render: the records read from the ring buffer go to every
+//! consumer the mode has (printer, summary, TIME_WAIT tracker, metrics, the live view).
+use std::io::{self, Write};
+
+use aya::maps::{MapData, RingBuf};
+
+use tcptrace_common::time_wait;
+
+use crate::{
+    aggregate::Aggregator,
+    alert::Alert,
+    cli::Config,
+    clock::Clock,
+    decode::{decode, Event},
+    metrics::Metrics,
+    render::{Printer, Render},
+    timewait::{Finished, TimeWaitEnd, TimeWaitTracker},
+    top::TopModel,
+};
+
+/// At most this many decode errors are logged one by one.
+const DECODE_ERRORS_LOGGED: u64 = 5;
+
+/// Where decoded records go.
+pub struct Sinks<'a, W: Write> {
+    pub printer: &'a mut Printer<W>,
+    pub agg: &'a mut Aggregator,
+    pub tw: &'a mut TimeWaitTracker,
+    pub metrics: Option<&'a Metrics>,
+    /// `tcptrace top`'s model.
+    pub top: Option<&'a mut TopModel>,
+}
+
+/// Prints a flow whose TIME_WAIT ended (or a TIME_WAIT whose flow was not seen).
+pub fn emit_finished<W: Write>(
+    sinks: &mut Sinks<W>,
+    config: &Config,
+    finished: Finished,
+) -> io::Result<()> {
+    if let Some(m) = sinks.metrics {
+        let held = match &finished {
+            Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
+            Finished::Orphan(t) => Some((t.held_ns, t.end)),
+        };
+        if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress) {
+            m.time_wait_ended(held_ns);
+        }
+    }
+    if !config.shows_flows() {
+        return Ok(());
+    }
+    match finished {
+        Finished::Flow(f) => sinks.printer.flow(&f),
+        Finished::Orphan(t) => sinks.printer.time_wait(&t),
+    }
+}
+
+/// Drains up to `limit` records; returns whether more may be pending.
+pub fn drain<W: Write>(
+    ring: &mut RingBuf<MapData>,
+    sinks: &mut Sinks<W>,
+    config: &Config,
+    limit: usize,
+) -> io::Result<bool> {
+    let mut more = true;
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            more = false;
+            break;
+        };
+        sinks.agg.delivered();
+        let decoded = decode(&item);
+        drop(item);
+        match decoded {
+            Ok(event) => handle(sinks, config, event)?,
+            Err(e) => {
+                sinks.agg.decode_error();
+                if sinks.agg.decode_errors() <= DECODE_ERRORS_LOGGED {
+                    log::warn!("undecodable record: {e:#}");
+                }
+            }
+        }
+    }
+    for finished in sinks.tw.settle(Clock::ktime_now()) {
+        emit_finished(sinks, config, finished)?;
+    }
+    sinks.printer.flush()?;
+    Ok(more)
+}
+
+fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::Result<()> {
+    match event {
+        Event::Transition(t) => {
+            if let Some(top) = sinks.top.as_deref_mut() {
+                top.transition(&t);
+            }
+            if config.shows_transitions() {
+                sinks.printer.transition(&t)?;
+            }
+        }
+        Event::FlowEnd(f) => {
+            sinks.agg.finished_flow(&f);
+            if let Some(m) = sinks.metrics {
+                m.flow(&f);
+            }
+            if let Some(top) = sinks.top.as_deref_mut() {
+                top.flow_end(&f);
+                if let Some(alert) = Alert::closed(&f) {
+                    top.alert(&alert);
+                }
+            }
+            if let Some(alert) = Alert::closed(&f).filter(|_| config.shows_alerts()) {
+                sinks.printer.alert(&alert)?;
+            }
+            // A flow that closed first is printed when its TIME_WAIT ends.
+            let ready = if config.traces_time_wait() {
+                sinks.tw.flow(f, config.shows_flows())
+            } else {
+                Some(f)
+            };
+            if let Some(f) = ready.filter(|_| config.shows_flows()) {
+                sinks.printer.flow(&f)?;
+            }
+        }
+        Event::TimeWait(r) => match r.what {
+            time_wait::START => {
+                if let Some(addrs) = r.addrs {
+                    if let Some(top) = sinks.top.as_deref_mut() {
+                        if !sinks.tw.rearms(r.timer) {
+                            top.time_wait_entered(&addrs, r.ts_ns);
+                        }
+                    }
+                    if let Some(ended) = sinks.tw.start(r.timer, addrs, r.ts_ns) {
+                        emit_finished(sinks, config, ended)?;
+                    }
+                }
+            }
+            time_wait::CANCEL => sinks.tw.cancel(r.timer, r.ts_ns, r.in_connect),
+            _ => {
+                if let Some(finished) = sinks.tw.expire(r.timer, r.ts_ns) {
+                    emit_finished(sinks, config, finished)?;
+                }
+            }
+        },
+        Event::Retransmit(r) => {
+            if config.shows_retransmits() {
+                sinks.printer.retransmit(&r)?;
+            }
+            let alert = Alert::retransmit(&r);
+            if let Some(top) = sinks.top.as_deref_mut() {
+                top.retransmit(&r);
+                if let Some(alert) = &alert {
+                    top.alert(alert);
+                }
+            }
+            if let Some(alert) = alert.filter(|_| config.shows_alerts()) {
+                sinks.printer.alert(&alert)?;
+            }
+        }
+        Event::KeepaliveProbe(p) if config.shows_alerts() => {
+            sinks.printer.alert(&Alert::KeepaliveProbe(&p))?
+        }
+        Event::KeepaliveProbe(_) => {}
+    }
+    Ok(())
+}
