@@ -342,6 +342,21 @@ impl TopModel {
             .owner()
             .as_ref()
             .map_or(String::new(), |p| format!(" {} {}", p.comm, p.pid));
+        // What was found first, the flow's history after it: on a narrow screen the
+        // history is what gets cut.
+        let detail = alert.detail();
+        let detail = match alert {
+            Alert::Closed(f) => {
+                let history = crate::alert::path_text(&f.lifecycle);
+                match detail.strip_prefix(history.as_str()) {
+                    Some(rest) if !rest.is_empty() => {
+                        format!("{} — {history}", rest.trim_start_matches("; "))
+                    }
+                    _ => detail,
+                }
+            }
+            _ => detail,
+        };
         self.alerts.push_front(AlertLine {
             ts_ns: alert.ts_ns(),
             kind: alert.kind(),
@@ -350,7 +365,7 @@ impl TopModel {
                 addrs.local.text().as_str(),
                 addrs.remote.text().as_str()
             ),
-            detail: alert.detail(),
+            detail,
         });
         self.alerts.truncate(ALERTS_KEPT);
     }

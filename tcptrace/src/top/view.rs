@@ -286,7 +286,7 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let [header, table, alerts, help] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Min(6),
-        Constraint::Length(8),
+        Constraint::Percentage(40),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -340,17 +340,21 @@ fn draw_table(frame: &mut Frame, view: &ViewState, s: &Snapshot, area: Rect) {
 }
 
 fn draw_alerts(frame: &mut Frame, s: &Snapshot, area: Rect) {
+    // Two lines an alert: when, what and which flow; then what was found.
     let lines: Vec<Line> = s
         .alerts
         .iter()
-        .take(usize::from(area.height.saturating_sub(1)))
-        .map(|a| {
+        .take(usize::from(area.height.saturating_sub(1)) / 2)
+        .flat_map(|a| {
             let time = s.clock.time_of_day(a.ts_ns).to_string();
-            Line::from(vec![
-                Span::raw(format!("{} ", &time[..8.min(time.len())])),
-                Span::styled(a.kind, Style::default().add_modifier(Modifier::BOLD)),
-                Span::raw(format!(" {}  {}", a.flow, a.detail)),
-            ])
+            [
+                Line::from(vec![
+                    Span::raw(format!("{} ", &time[..8.min(time.len())])),
+                    Span::styled(a.kind, Style::default().add_modifier(Modifier::BOLD)),
+                    Span::raw(format!(" {}", a.flow)),
+                ]),
+                Line::from(format!("  {}", a.detail)),
+            ]
         })
         .collect();
     let title = format!(" alerts, newest first: {} ", s.alerts.len());

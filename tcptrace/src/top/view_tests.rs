@@ -135,6 +135,10 @@ fn the_screen_fits_80_by_24_with_header_table_alerts_and_keys() {
     let (ka_at, ka) = line_with(&screen, "keepalive_timeout");
     assert!(alerts_at < reset_at && reset_at < ka_at, "{text}");
     assert!(ka.contains("10.0.0.1:0 > 10.0.0.9:5432"), "{ka}");
+    // What was found comes first on the alert's second line, before the flow's history.
+    let found = &screen[ka_at + 1];
+    assert!(found.starts_with("  peer silent"), "{text}");
+    assert!(found.contains("3 probes unanswered"), "{found}");
     assert!(screen[23].starts_with("q quit"), "{text}");
     assert!(screen.iter().all(|l| l.chars().count() == 80));
 }
