@@ -14,6 +14,11 @@ pub const COMM_LEN: usize = 16;
 /// [`flow_flags::TRUNCATED`] is set.
 pub const PATH_SLOTS: usize = 8;
 
+/// The version of the ring records' layout (`TransitionEvent`, `FlowEndEvent`, …): raised
+/// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
+/// understands it.
+pub const RECORD_LAYOUT_VERSION: u32 = 1;
+
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Kernel-side counters summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     pub stats: [u64; stat::COUNT as usize],
     /// Indexed `old * tcp_state::LIMIT + new`.

@@ -24,7 +24,7 @@ pub struct Cli {
     pub common: CommonArgs,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// One line per TCP state transition (the default).
     States,
@@ -49,6 +49,31 @@ pub enum Command {
     /// forecast, retransmits, resets, keepalive timeouts, p99 connect time) and the latest
     /// alerts. Keys: q quit, t destinations/services, 1-9 sort, r reverse, / filter.
     Top,
+    /// Record the raw event stream (every transition, flow, retransmit, keepalive probe and
+    /// TIME_WAIT) to a file at ring-buffer speed, to render later with `tcptrace report`.
+    Record {
+        /// The file to write (`--max-size` rotates it to FILE.1, FILE.2, …).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: PathBuf,
+        /// Start a new file when this one reaches this size (e.g. 100MiB); the oldest beyond
+        /// --max-files is removed, so at most SIZE × N of disk is used.
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Files kept when rotating (FILE and FILE.1 … FILE.N-1).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        max_files: u32,
+    },
+    /// Render a recording (`tcptrace record`) in any line mode, with --json if wanted.
+    Report {
+        /// The recording.
+        file: PathBuf,
+        /// What to render.
+        #[arg(long, value_enum, default_value = "states")]
+        mode: ReportMode,
+        /// How often TIME_WAIT gauges are printed, in recorded time (--mode timewait).
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+        interval: Duration,
+    },
     /// Headless: no per-event output, only the Prometheus metrics (needs --metrics).
     Metrics,
     /// Report ESTABLISHED connections idle longer than --min-idle with no keepalive armed,
@@ -127,6 +152,17 @@ pub struct CommonArgs {
     pub filter: FilterArgs,
 }
 
+/// The line modes a recording renders in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportMode {
+    States,
+    Flows,
+    Retrans,
+    Alerts,
+    All,
+    Timewait,
+}
+
 /// When the kernel's flow table takes its memory (`--flow-memory`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FlowMemory {
@@ -152,6 +188,8 @@ pub struct Config {
     pub no_time_wait: bool,
     pub metrics: Option<std::net::SocketAddr>,
     pub filter: FilterSpec,
+    /// `tcptrace record`: where the raw records go.
+    pub record: Option<crate::recording::RecordOptions>,
 }
 
 impl Config {
@@ -167,19 +205,34 @@ impl Config {
     pub fn shows_alerts(&self) -> bool {
         matches!(self.mode, Command::Alerts | Command::All)
     }
-    /// The kernel sends a record per transition (printed, or counted per destination).
+    fn records(&self) -> bool {
+        matches!(self.mode, Command::Record { .. })
+    }
+    /// The kernel sends a record per transition (printed, recorded, or counted per
+    /// destination).
     pub fn emits_transitions(&self) -> bool {
-        self.shows_transitions() || self.mode == Command::Top
+        self.shows_transitions() || self.mode == Command::Top || self.records()
     }
     /// The kernel sends a record per retransmitted segment.
     pub fn emits_retransmits(&self) -> bool {
-        self.shows_retransmits() || self.shows_alerts() || self.mode == Command::Top
+        self.shows_retransmits()
+            || self.shows_alerts()
+            || self.mode == Command::Top
+            || self.records()
+    }
+    /// Keepalive probes are traced (timer hooks around the keepalive timer).
+    pub fn traces_keepalive_probes(&self) -> bool {
+        self.shows_alerts() || self.records()
     }
     /// TIME_WAIT is traced (timer hooks) where flows or gauges are shown.
     pub fn traces_time_wait(&self) -> bool {
         match self.mode {
             Command::Timewait { .. } => true,
-            Command::Flows | Command::All | Command::Metrics | Command::Top => !self.no_time_wait,
+            Command::Flows
+            | Command::All
+            | Command::Metrics
+            | Command::Top
+            | Command::Record { .. } => !self.no_time_wait,
             _ => false,
         }
     }
@@ -231,6 +284,14 @@ impl TryFrom<Cli> for Config {
         if c.duration == Some(Duration::ZERO) {
             bail!("--duration must be longer than zero");
         }
+        let record = match &cli.command {
+            Some(Command::Record {
+                output,
+                max_size,
+                max_files,
+            }) => Some(record_options(output, *max_size, *max_files, c.json)?),
+            _ => None,
+        };
         Ok(Config {
             mode: cli.command.unwrap_or(Command::States),
             json: c.json,
@@ -245,7 +306,91 @@ impl TryFrom<Cli> for Config {
             no_time_wait: c.no_time_wait,
             metrics: c.metrics,
             filter: FilterSpec::try_from(c.filter)?,
+            record,
         })
+    }
+}
+
+/// `tcptrace report`: the flags that shape rendering are taken; those that shape tracing are
+/// refused (they applied when recording).
+pub fn report_config(cli: &Cli, mode: ReportMode, interval: Duration) -> Result<Config> {
+    let c = &cli.common;
+    if !c.filter.is_empty() {
+        bail!("report renders what was recorded: give filters to `tcptrace record`");
+    }
+    if c.metrics.is_some() || c.idle_report.is_some() || c.duration.is_some() {
+        bail!("--metrics, --idle-report and --duration apply to live tracing, not to report");
+    }
+    if mode == ReportMode::Timewait && interval < Duration::from_millis(100) {
+        bail!("--interval must be at least 100ms");
+    }
+    Ok(Config::for_report(mode, interval, c.json, !c.no_summary))
+}
+
+/// Smallest rotation size: a header and a few thousand records.
+const MIN_RECORDING: u64 = 1 << 20;
+
+fn record_options(
+    output: &std::path::Path,
+    max_size: Option<u64>,
+    max_files: u32,
+    json: bool,
+) -> Result<crate::recording::RecordOptions> {
+    if json {
+        bail!("record writes a binary file; --json is for `tcptrace report FILE --json`");
+    }
+    if output.as_os_str().is_empty() || output.is_dir() {
+        bail!("-o {}: give a file to record into", output.display());
+    }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "-o {}: the directory {} does not exist",
+                output.display(),
+                parent.display()
+            );
+        }
+    }
+    if max_size.is_some_and(|m| m < MIN_RECORDING) {
+        bail!("--max-size must be at least 1MiB");
+    }
+    if max_files == 0 || max_files > 1000 {
+        bail!("--max-files must be between 1 and 1000");
+    }
+    Ok(crate::recording::RecordOptions {
+        path: output.to_path_buf(),
+        max_size,
+        max_files,
+    })
+}
+
+impl Config {
+    /// What `tcptrace report` renders with: the mode asked for, nothing traced.
+    pub fn for_report(mode: ReportMode, interval: Duration, json: bool, summary: bool) -> Config {
+        let mode = match mode {
+            ReportMode::States => Command::States,
+            ReportMode::Flows => Command::Flows,
+            ReportMode::Retrans => Command::Retrans,
+            ReportMode::Alerts => Command::Alerts,
+            ReportMode::All => Command::All,
+            ReportMode::Timewait => Command::Timewait { interval },
+        };
+        Config {
+            mode,
+            json,
+            duration: None,
+            ring_size: PAGE as u32,
+            poll_interval: Duration::from_millis(100),
+            max_flows: 1,
+            prealloc_flows: false,
+            summary,
+            btf: PathBuf::new(),
+            idle_report: None,
+            no_time_wait: false,
+            metrics: None,
+            filter: FilterSpec::default(),
+            record: None,
+        }
     }
 }
 
@@ -340,7 +485,7 @@ mod tests {
         assert_eq!((c.mode, c.json), (Command::Flows, true));
         assert_eq!(c.duration, Some(Duration::from_secs(2)));
         let c = config(&["--ring-size", "256KiB", "all"]).expect("valid");
-        assert_eq!((c.mode, c.ring_size), (Command::All, 256 << 10));
+        assert_eq!((&c.mode, c.ring_size), (&Command::All, 256 << 10));
         assert!(c.shows_transitions() && c.shows_flows() && c.shows_retransmits());
     }
 

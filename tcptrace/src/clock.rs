@@ -38,6 +38,19 @@ impl Clock {
         }
     }
 
+    /// (unix_ns − ktime_ns, local UTC offset in seconds): what a recording keeps.
+    pub fn parts(&self) -> (i64, i64) {
+        (self.offset_ns as i64, self.utc_offset_s)
+    }
+
+    /// The clock of a recording (see [`Clock::parts`]).
+    pub fn from_parts(offset_ns: i64, utc_offset_s: i64) -> Clock {
+        Clock {
+            offset_ns: i128::from(offset_ns),
+            utc_offset_s,
+        }
+    }
+
     /// A clock for tests: ktime 0 is `unix_ns`, times shown in UTC.
     #[cfg(test)]
     pub fn fixed(unix_ns_at_zero: u64) -> Clock {

@@ -107,6 +107,19 @@ pub enum Event {
     TimeWait(TimeWaitRecord),
 }
 
+impl Event {
+    /// When it happened (kernel time).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Transition(t) => t.ts_ns,
+            Event::FlowEnd(f) => f.ts_ns,
+            Event::Retransmit(r) => r.ts_ns,
+            Event::KeepaliveProbe(p) => p.ts_ns,
+            Event::TimeWait(t) => t.ts_ns,
+        }
+    }
+}
+
 fn state(raw: u8) -> Result<TcpState> {
     TcpState::try_from(raw).map_err(|raw| anyhow!("unknown TCP state {raw}"))
 }

@@ -68,24 +68,43 @@ pub fn drain<W: Write>(
             more = false;
             break;
         };
-        sinks.agg.delivered();
-        let decoded = decode(&item);
-        drop(item);
-        match decoded {
-            Ok(event) => handle(sinks, config, event)?,
-            Err(e) => {
-                sinks.agg.decode_error();
-                if sinks.agg.decode_errors() <= DECODE_ERRORS_LOGGED {
-                    log::warn!("undecodable record: {e:#}");
-                }
-            }
-        }
+        consume(sinks, config, &item)?;
     }
-    for finished in sinks.tw.settle(Clock::ktime_now()) {
-        emit_finished(sinks, config, finished)?;
-    }
+    settle(sinks, config, Clock::ktime_now())?;
     sinks.printer.flush()?;
     Ok(more)
+}
+
+/// One record as the kernel wrote it: decoded and handed to every consumer. Returns its
+/// kernel timestamp, when it decoded.
+pub fn consume<W: Write>(
+    sinks: &mut Sinks<W>,
+    config: &Config,
+    record: &[u8],
+) -> io::Result<Option<u64>> {
+    sinks.agg.delivered();
+    match decode(record) {
+        Ok(event) => {
+            let ts = event.ts_ns();
+            handle(sinks, config, event)?;
+            Ok(Some(ts))
+        }
+        Err(e) => {
+            sinks.agg.decode_error();
+            if sinks.agg.decode_errors() <= DECODE_ERRORS_LOGGED {
+                log::warn!("undecodable record: {e:#}");
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// TIME_WAITs cancelled long enough before `now_ns` ended early.
+pub fn settle<W: Write>(sinks: &mut Sinks<W>, config: &Config, now_ns: u64) -> io::Result<()> {
+    for finished in sinks.tw.settle(now_ns) {
+        emit_finished(sinks, config, finished)?;
+    }
+    Ok(())
 }
 
 fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::Result<()> {

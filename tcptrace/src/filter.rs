@@ -87,6 +87,21 @@ pub struct FilterArgs {
     pub ipv6: bool,
 }
 
+impl FilterArgs {
+    /// No filter flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+            && self.local_ports.is_empty()
+            && self.remote_ports.is_empty()
+            && self.local_addrs.is_empty()
+            && self.remote_addrs.is_empty()
+            && self.cgroups.is_empty()
+            && self.netns.is_empty()
+            && !self.ipv4
+            && !self.ipv6
+    }
+}
+
 /// Validated filters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FilterSpec {

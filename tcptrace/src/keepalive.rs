@@ -15,9 +15,23 @@ pub struct KeepaliveSettings {
     pub source: &'static str,
 }
 
+static HZ: OnceLock<Option<u64>> = OnceLock::new();
+/// tcp_keepalive_time, _intvl and _probes of the machine that recorded (`tcptrace report`).
+static RECORDED_SYSCTLS: OnceLock<[Option<u64>; 3]> = OnceLock::new();
+const SYSCTLS: [&str; 3] = [
+    "tcp_keepalive_time",
+    "tcp_keepalive_intvl",
+    "tcp_keepalive_probes",
+];
+
+/// A report renders with the recording machine's HZ and keepalive sysctls, not this one's.
+pub fn use_recorded(hz: Option<u64>, sysctls: [Option<u64>; 3]) {
+    let _ = HZ.set(hz);
+    let _ = RECORDED_SYSCTLS.set(sysctls);
+}
+
 /// The kernel's tick rate (CONFIG_HZ), from /proc/config.gz or /boot/config-$(uname -r).
 pub fn hz() -> Option<u64> {
-    static HZ: OnceLock<Option<u64>> = OnceLock::new();
     *HZ.get_or_init(|| {
         let mut text = String::new();
         if let Ok(file) = std::fs::File::open("/proc/config.gz") {
@@ -40,6 +54,12 @@ fn config_hz(config: &str) -> Option<u64> {
 }
 
 fn sysctl(name: &str) -> Option<u64> {
+    if let (Some(recorded), Some(i)) = (
+        RECORDED_SYSCTLS.get(),
+        SYSCTLS.iter().position(|&s| s == name),
+    ) {
+        return recorded[i];
+    }
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
         .ok()?
         .trim()

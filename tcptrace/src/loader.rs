@@ -35,6 +35,8 @@ pub struct Tracer {
     pub hooks: Vec<String>,
     /// The flow table in use (`FLOWS` or `FLOWS_PREALLOC`).
     flow_table: &'static str,
+    /// The kernel's reset reasons (enum sk_rst_reason), by value.
+    pub reset_reasons: Vec<(u32, String)>,
 }
 
 /// Records a CPU submits between two wakeups of the reader.
@@ -228,11 +230,12 @@ impl Tracer {
         if btf.tracepoint_args("tcp_receive_reset")?.is_none() {
             bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
         }
-        crate::cause::set_reset_reasons(btf.enum_members("sk_rst_reason")?);
+        let reset_reasons = btf.enum_members("sk_rst_reason")?;
+        crate::cause::set_reset_reasons(reset_reasons.clone());
         if !config.filter.cgroups.is_empty() {
             btf.check_cgroups()?;
         }
-        let keepalive_timer_fn = if config.shows_alerts() {
+        let keepalive_timer_fn = if config.traces_keepalive_probes() {
             kernel_symbol("tcp_keepalive_timer")?
         } else {
             0
@@ -251,7 +254,7 @@ impl Tracer {
             wakeup_every: wakeup_every(config.ring_size),
             emit_transitions: u8::from(config.emits_transitions()),
             emit_retransmits: u8::from(config.emits_retransmits()),
-            emit_probes: u8::from(config.shows_alerts()),
+            emit_probes: u8::from(config.traces_keepalive_probes()),
             prealloc_flows: u8::from(config.prealloc_flows),
             _pad: [0; 4],
             _pad0: 0,
@@ -319,10 +322,10 @@ impl Tracer {
             ("tcp_receive_reset", "tcp_receive_reset"),
         ];
         // The timer hooks see every timer on the host: only where they are needed.
-        if config.shows_alerts() || config.traces_time_wait() {
+        if config.traces_keepalive_probes() || config.traces_time_wait() {
             hooked.push(("timer_expire_entry", "timer_expire_entry"));
         }
-        if config.shows_alerts() {
+        if config.traces_keepalive_probes() {
             // Keepalive probes, seen around the keepalive timer.
             hooked.push(("timer_expire_exit", "timer_expire_exit"));
         }
@@ -367,6 +370,7 @@ impl Tracer {
             } else {
                 FLOWS
             },
+            reset_reasons,
         })
     }
 

@@ -22,6 +22,7 @@ mod metrics;
 mod model;
 mod pipeline;
 mod procnet;
+mod recording;
 mod render;
 mod replay;
 mod sockdiag;
@@ -69,6 +70,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(cli::Command::Man) => cli::man_page(&mut std::io::stdout()).map_err(Into::into),
+        Some(cli::Command::Report {
+            ref file,
+            mode,
+            interval,
+        }) => cli::report_config(&cli, mode, interval)
+            .and_then(|config| recording::report(file, &config)),
         _ => cli::Config::try_from(cli).and_then(pipeline::run),
     };
     match result {

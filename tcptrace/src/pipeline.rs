@@ -78,7 +78,7 @@ fn forecasts(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> Vec<f
 }
 
 /// The gauges and, where the port range is known, the exhaustion forecast.
-fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
+pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
     TimeWaitView {
         gauges: tw.gauges(now),
         forecasts: forecasts(tw, now, usable_ports),
@@ -133,6 +133,13 @@ pub fn evict_if_due(
 pub fn run(config: Config) -> Result<()> {
     if config.mode == Command::Top {
         return crate::top::run(config);
+    }
+    if let Some(options) = config.record.clone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        return runtime.block_on(crate::recording::record(config, options));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,147 @@
+use super::*;
+
+pub fn header() -> RecordingHeader {
+    RecordingHeader {
+        tcptrace_version: "0.1.0".into(),
+        layout: Layout::this_build(),
+        kernel: "6.18.0-test".into(),
+        hostname: "host".into(),
+        clock_offset_ns: 1_700_000_000_000_000_000,
+        utc_offset_s: 0,
+        started_ktime_ns: 5,
+        hz: Some(250),
+        keepalive_sysctls: [Some(7200), Some(75), Some(9)],
+        reset_reasons: vec![(15, "TCP_KEEPALIVE_TIMEOUT".into())],
+        usable_ports: Some(28_232),
+        filters: None,
+        time_wait: true,
+        part: 0,
+    }
+}
+
+/// A whole recording in memory: the header, `records`, a counters frame, the end frame.
+pub fn recording(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &header()).expect("in memory");
+    for r in records {
+        write_frame(&mut bytes, frame::RECORD, r).expect("in memory");
+    }
+    let counters = KernelCounters {
+        transitions: vec![0; 256],
+        missed: 3,
+        ..Default::default()
+    };
+    write_frame(&mut bytes, frame::COUNTERS, &counters_payload(&counters)).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    bytes
+}
+
+fn read_all(bytes: &[u8]) -> Result<(RecordingHeader, Vec<Frame>)> {
+    let mut reader = RecordingReader::new(bytes, Path::new("t.rec"))?;
+    let mut frames = Vec::new();
+    while let Some(f) = reader.next_frame()? {
+        frames.push(f);
+    }
+    Ok((reader.header, frames))
+}
+
+#[test]
+fn frames_round_trip() {
+    let bytes = recording(&[vec![1, 0, 0, 0, 9], vec![2, 0, 0, 0]]);
+    let (h, frames) = read_all(&bytes).expect("reads back");
+    assert_eq!(h, header());
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames[0], Frame::Record(vec![1, 0, 0, 0, 9]));
+    assert!(matches!(&frames[2], Frame::Counters(c) if c.missed == 3));
+    assert_eq!(frames[3], Frame::End);
+}
+
+#[test]
+fn every_truncation_is_an_error_naming_an_offset() {
+    let bytes = recording(&[vec![1, 0, 0, 0, 9, 9, 9, 9]]);
+    for cut in 0..bytes.len() {
+        let err = read_all(&bytes[..cut]).expect_err("a cut file is refused");
+        let text = format!("{err:#}");
+        assert!(text.starts_with("t.rec"), "cut at {cut}: {text}");
+        assert!(
+            text.contains("offset") || text.contains("magic"),
+            "cut at {cut}: {text}"
+        );
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+    }
+}
+
+#[test]
+fn foreign_and_corrupt_files_are_refused_with_the_reason() {
+    let good = recording(&[vec![1, 0, 0, 0]]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GIF89a....".to_vec(), "not a tcptrace recording"),
+        (
+            {
+                let mut b = good.clone();
+                b[8] = 9;
+                b
+            },
+            "format version 9",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+                b
+            },
+            "header length",
+        ),
+        (
+            {
+                let mut b = Vec::new();
+                let mut h = header();
+                h.layout.transition += 8;
+                write_header(&mut b, &h).expect("in memory");
+                b
+            },
+            "record layout",
+        ),
+        (
+            {
+                let mut b = Vec::new();
+                write_header(&mut b, &header()).expect("in memory");
+                write_frame(&mut b, 77, &[1]).expect("in memory");
+                b
+            },
+            "unknown frame kind 77",
+        ),
+        (
+            {
+                let mut b = Vec::new();
+                write_header(&mut b, &header()).expect("in memory");
+                b.extend_from_slice(&u32::MAX.to_le_bytes());
+                b.extend_from_slice(&1u32.to_le_bytes());
+                b
+            },
+            "claims",
+        ),
+        (
+            {
+                let mut b = Vec::new();
+                write_header(&mut b, &header()).expect("in memory");
+                write_frame(&mut b, frame::COUNTERS, b"{nope").expect("in memory");
+                b
+            },
+            "counters frame at offset",
+        ),
+        (
+            {
+                let mut b = Vec::new();
+                write_header(&mut b, &header()).expect("in memory");
+                write_frame(&mut b, frame::RECORD, &[1, 0, 0, 0]).expect("in memory");
+                b
+            },
+            "without an end frame",
+        ),
+    ];
+    for (bytes, needle) in cases {
+        let err = read_all(&bytes).expect_err(needle);
+        assert!(format!("{err:#}").contains(needle), "{needle}: {err:#}");
+    }
+}

@@ -1,0 +1,8 @@
+//! `tcptrace record` and `tcptrace report`: the raw event stream to a file at ring-buffer
+//! speed, rendered later in any line mode (like `perf record` / `perf report`).
+pub mod format;
+mod record;
+mod report;
+
+pub use record::{record, RecordOptions};
+pub use report::run as report;
