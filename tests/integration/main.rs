@@ -12,6 +12,7 @@ mod metrics;
 mod netns;
 mod overload;
 mod prometheus;
+mod recording;
 mod retransmit;
 mod support;
 mod timewait;

@@ -160,6 +160,9 @@ impl<R: Read> RecordingReader<R> {
         let name = path.display();
         let mut start = [0u8; 16];
         let got = read_full(&mut input, &mut start).with_context(|| format!("reading {name}"))?;
+        if got == 0 {
+            bail!("{name} is empty (offset 0): not a tcptrace recording");
+        }
         if got < 8 || &start[..8] != MAGIC {
             bail!("{name} is not a tcptrace recording (no TCPTRACE magic at offset 0)");
         }
@@ -269,7 +272,9 @@ impl FrameWriter {
         let file = File::create(path)
             .with_context(|| format!("cannot create the recording {}", path.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
+        // On disk at once: a recorder killed at any point leaves a file that says what it is.
         let size = write_header(&mut out, header)
+            .and_then(|size| out.flush().map(|()| size))
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(FrameWriter { out, size })
     }

@@ -189,6 +189,9 @@ pub async fn record(config: Config, options: RecordOptions) -> Result<()> {
             _ = tick.tick() => {
                 let counters = tracer.counters()?;
                 recorder.write(frame::COUNTERS, &counters_payload(&counters))?;
+                // At most a second of records is lost if the recorder is killed.
+                recorder.writer.out.flush()
+                    .with_context(|| format!("writing {}", recorder.options.path.display()))?;
                 if counters.lost() > reported_lost {
                     eprintln!(
                         "tcptrace: warning: {} events lost ({} in all; see the report's summary)",

@@ -1,0 +1,284 @@
+//! `tcptrace record` and `tcptrace report` on real connections: the report renders exactly what
+//! the live tool printed beside it, rotation caps the disk used, and a recorder killed
+//! mid-write leaves a file that reports up to the cut and says where.
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::{heavy_load, shared_load, Tracer, BIN};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// A running `tcptrace record`, attached.
+struct Recorder {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Recorder {
+    fn start(args: &[&str]) -> Recorder {
+        let mut child = Command::new(BIN)
+            .arg("record")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, stderr) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("tcptrace: tracing") => break,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "tcptrace record exited before attaching: {:?}",
+                        child.wait()
+                    )
+                }
+            }
+            assert!(Instant::now() < deadline, "tcptrace record did not attach");
+        }
+        Recorder { child, stderr }
+    }
+
+    /// Stops with `signal`; returns the exit status and the rest of stderr.
+    fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().expect("wait for the recorder");
+        let rest: Vec<String> = self.stderr.iter().collect();
+        (status, rest.join("\n"))
+    }
+}
+
+fn report(file: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("report")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run tcptrace report")
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// What a flow record says that does not depend on which tracer measured it (each tracer's
+/// programs read the clock themselves: durations differ by nanoseconds).
+fn comparable(flow: &Value) -> String {
+    let path: Vec<&Value> = flow["path"]
+        .as_array()
+        .expect("a path")
+        .iter()
+        .map(|step| &step["state"])
+        .collect();
+    let fields = [
+        "laddr",
+        "lport",
+        "raddr",
+        "rport",
+        "pid",
+        "comm",
+        "close",
+        "cause",
+        "err",
+        "probes",
+        "rtx",
+        "start_seen",
+        "reset_received",
+        "skaddr",
+    ]
+    .map(|f| format!("{f}={}", flow[f]));
+    let time_wait = &flow["time_wait"]["end"];
+    format!("{} path={path:?} time_wait={time_wait}", fields.join(" "))
+}
+
+fn connections(listener: &TcpListener, n: usize, client_first: bool) {
+    let port = listener.local_addr().expect("addr").port();
+    for _ in 0..n {
+        let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        if client_first {
+            client.shutdown(Shutdown::Write).expect("client FIN");
+            let _ = server.read(&mut [0u8; 1]);
+        }
+        drop(server);
+        drop(client);
+    }
+}
+
+#[test]
+fn report_renders_what_the_live_tool_printed() {
+    let dir = temp_dir("record");
+    let file = dir.join("live.rec");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let filter = format!("{port},{refused}");
+    // (Tracer holds the shared load lock for the recorder too.)
+    let live = Tracer::start(&["flows", "-D", &filter]);
+    let recorder = Recorder::start(&["-o", file.to_str().expect("utf-8 path"), "-D", &filter]);
+    connections(&listener, 20, true);
+    connections(&listener, 5, false);
+    assert!(TcpStream::connect(("127.0.0.1", refused)).is_err());
+    let (status, said) = recorder.stop_with(libc::SIGINT);
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("recorded") && said.contains("0 lost"),
+        "{said}"
+    );
+    let live = live.stop();
+
+    let out = report(&file, &["--mode", "flows", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = json_lines(&out);
+    let flows = |records: &[Value]| -> Vec<String> {
+        let mut flows: Vec<String> = records
+            .iter()
+            .filter(|r| r["type"] == "flow")
+            .map(comparable)
+            .collect();
+        flows.sort();
+        flows
+    };
+    let (reported, printed) = (flows(&records), flows(&live.records));
+    assert_eq!(
+        reported.len(),
+        26,
+        "20 + 5 client flows and the refused connect"
+    );
+    assert_eq!(reported.len(), printed.len());
+    for (r, p) in reported.iter().zip(&printed) {
+        assert_eq!(r, p, "the report equals the live flow");
+    }
+    let summary = records.last().expect("a summary");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["transitions"], live.summary()["transitions"]);
+    assert_eq!(summary["causes"], live.summary()["causes"]);
+
+    // Every mode renders, in text too.
+    for mode in ["states", "flows", "retrans", "alerts", "all", "timewait"] {
+        let out = report(&file, &["--mode", mode]);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("--- tcptrace summary:"), "{mode}: {text}");
+    }
+    let alerts = String::from_utf8_lossy(&report(&file, &["--mode", "alerts"]).stdout).into_owned();
+    assert!(alerts.contains("refused"), "{alerts}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn max_size_rotates_and_caps_the_disk_used() {
+    let dir = temp_dir("rotate");
+    let file = dir.join("burst.rec");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let load = heavy_load();
+    let recorder = Recorder::start(&[
+        "-o",
+        file.to_str().expect("utf-8 path"),
+        "--max-size",
+        "1MiB",
+        "--max-files",
+        "2",
+        "-D",
+        &port,
+    ]);
+    // ~700 bytes a connection (client side only): ~4 MB in all, four times the cap.
+    connections(&listener, 6_000, true);
+    let (status, said) = recorder.stop_with(libc::SIGTERM);
+    drop(load);
+    assert!(status.success(), "{said}");
+    assert!(said.contains("rotations"), "{said}");
+    let older = dir.join("burst.rec.1");
+    assert!(
+        !dir.join("burst.rec.2").exists(),
+        "at most --max-files files"
+    );
+    let mut flows = 0;
+    for part in [&file, &older] {
+        let size = std::fs::metadata(part).expect("the file").len();
+        assert!(size <= 1 << 20, "{}: {size} bytes", part.display());
+        let out = report(part, &["--mode", "flows", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            part.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        flows += json_lines(&out)
+            .iter()
+            .filter(|r| r["type"] == "flow")
+            .count();
+    }
+    assert!(
+        (1_000..6_000).contains(&flows),
+        "{flows} flows in the two newest files"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_recorder_leaves_a_file_that_reports_up_to_the_cut() {
+    let dir = temp_dir("killed");
+    let file = dir.join("cut.rec");
+    let _shared = shared_load();
+    let recorder = Recorder::start(&["-o", file.to_str().expect("utf-8 path"), "-D", "1"]);
+    let (status, _) = recorder.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    let out = report(&file, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with(errors[0]),
+        "the error is the last line: {stderr}"
+    );
+    assert!(
+        stderr.contains("without an end frame") || stderr.contains("truncated at offset"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("offset"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
