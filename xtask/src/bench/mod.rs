@@ -3,6 +3,7 @@
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
 mod loadgen;
 mod memory;
+mod recording;
 mod steady;
 mod table;
 mod tracer;
@@ -47,11 +48,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// flows-on-demand, metrics-on-demand, filtered, floor, bpftrace.
+    /// record, flows-on-demand, metrics-on-demand, filtered, floor, bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,flows-on-demand,metrics-on-demand,filtered,floor,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,filtered,floor,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -97,6 +98,12 @@ struct Results {
     bytes_per_preallocated_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
     replay_render_all_events_per_s: Option<f64>,
+    /// `tcptrace report` of the record row's files: records/s rendered as flows, and with
+    /// every record printed (states), one core.
+    report_flows_records_per_s: Option<f64>,
+    report_states_records_per_s: Option<f64>,
+    /// Bytes the record row wrote per record.
+    record_bytes_per_record: Option<f64>,
 }
 
 /// Kernel time per transition: both `inet_sock_set_state` programs run for each (the second
@@ -125,7 +132,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Numbers from tcptrace's text summary line
 /// `--- tcptrace summary: 3.0s traced, N transitions, R retransmits, L lost ---`, or from the
 /// JSON summary object.
-fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
+pub(crate) fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
     let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
     if let Some(line) = text
         .lines()
@@ -200,13 +207,14 @@ impl Bench<'_> {
         RunningTracer::start(cmd, out, "tcptrace: tracing")
     }
 
-    /// Alternates rounds with the tracer off and on.
+    /// Alternates rounds with the tracer off and on. `parse` reads (events, lost to a full
+    /// ring, skipped by the kernel) from the tracer's output.
     fn mode(
         &self,
         name: &str,
         start: &dyn Fn(&Path) -> Result<RunningTracer>,
         command: &str,
-        parse: bool,
+        parse: Option<&dyn Fn(&Path) -> Result<(u64, u64, u64)>>,
     ) -> Result<ModeRow> {
         let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut events, mut cpu, mut wall, mut rss) = (0u64, 0u64, 0u64, 0u64);
@@ -219,8 +227,8 @@ impl Bench<'_> {
             let tracer = start(&out)?;
             let loaded = self.load(None)?;
             let cost: TracerCost = tracer.stop()?;
-            if parse {
-                let (e, ring, skipped) = summary_numbers(&out)?;
+            if let Some(parse) = parse {
+                let (e, ring, skipped) = parse(&out)?;
                 events += e;
                 lost_ring += ring;
                 lost_skipped += skipped;
@@ -254,8 +262,8 @@ impl Bench<'_> {
             ratio_min: min,
             ratio_max: max,
             state_events_per_s: events as f64 / (wall as f64 / 1e9),
-            lost_ring: parse.then_some(lost_ring),
-            lost_skipped: parse.then_some(lost_skipped),
+            lost_ring: parse.map(|_| lost_ring),
+            lost_skipped: parse.map(|_| lost_skipped),
             user_cpu_ns_per_event: if events > 0 {
                 cpu as f64 / events as f64
             } else {
@@ -362,9 +370,32 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         }
         let start = |out: &Path| bench.tcptrace(mode_args, out);
         let command = format!("tcptrace {}", mode_args.join(" "));
-        results
-            .modes
-            .push(bench.mode(name, &start, command.trim(), key != "floor")?);
+        let parse: &dyn Fn(&Path) -> Result<(u64, u64, u64)> = &summary_numbers;
+        results.modes.push(bench.mode(
+            name,
+            &start,
+            command.trim(),
+            (key != "floor").then_some(parse),
+        )?);
+    }
+    if wanted("record") {
+        let reports = std::cell::RefCell::new(recording::Reports::default());
+        let start = |out: &Path| {
+            let file = out.with_extension("rec");
+            bench.tcptrace(&["record", "-o", &file.to_string_lossy()], out)
+        };
+        let parse =
+            |out: &Path| recording::report_rates(&bin, &out.with_extension("rec"), &reports);
+        results.modes.push(bench.mode(
+            "record -> file",
+            &start,
+            "tcptrace record -o FILE",
+            Some(&parse),
+        )?);
+        let reports = reports.into_inner();
+        results.report_flows_records_per_s = reports.flows_per_s();
+        results.report_states_records_per_s = reports.states_per_s();
+        results.record_bytes_per_record = reports.bytes_per_record();
     }
 
     if !args.no_bpftrace && wanted("bpftrace") {
@@ -382,7 +413,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             "bpftrace (reference)",
             &start,
             "bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf(...) }'",
-            false,
+            None,
         )?);
     }
 

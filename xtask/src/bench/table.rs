@@ -71,6 +71,16 @@ pub(super) fn print_table(r: &Results) {
         opt(r.replay_events_per_s.map(|v| v / 1e6), "M events/s")
     );
     println!(
+        "report of a recording:   {} as flows, {} printing every record ({} B per record on disk)",
+        opt(r.report_flows_records_per_s.map(|v| v / 1e6), "M records/s"),
+        opt(
+            r.report_states_records_per_s.map(|v| v / 1e6),
+            "M records/s"
+        ),
+        r.record_bytes_per_record
+            .map_or("n/a".into(), |v| format!("{v:.0}"))
+    );
+    println!(
         "rendering all (replay):  {}",
         opt(
             r.replay_render_all_events_per_s.map(|v| v / 1e6),
