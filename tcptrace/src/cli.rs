@@ -351,6 +351,13 @@ fn record_options(
             );
         }
     }
+    // Writable now, before anything is loaded (the recorder truncates it again at start).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(output)
+        .map_err(|e| anyhow::anyhow!("-o {}: cannot write there: {e}", output.display()))?;
     if max_size.is_some_and(|m| m < MIN_RECORDING) {
         bail!("--max-size must be at least 1MiB");
     }

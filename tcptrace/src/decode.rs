@@ -10,8 +10,7 @@ use tcptrace_common::{
 
 use crate::{
     cause::{classify, reset_reason_name, CloseCause, CloseEvidence},
-    model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState},
-    timewait::TimeWait,
+    model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]

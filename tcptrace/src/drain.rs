@@ -11,12 +11,22 @@ use crate::{
     alert::Alert,
     cli::Config,
     clock::Clock,
-    decode::{decode, Event},
+    decode::{decode, Event, FinishedFlow, Retransmit, Transition},
     metrics::Metrics,
+    model::FlowAddrs,
     render::{Printer, Render},
     timewait::{Finished, TimeWaitEnd, TimeWaitTracker},
-    top::TopModel,
 };
+
+/// Watches the decoded events beside the printer (`tcptrace top`'s model).
+pub trait Observer {
+    fn transition(&mut self, t: &Transition);
+    fn flow_end(&mut self, f: &FinishedFlow);
+    fn retransmit(&mut self, r: &Retransmit);
+    /// A new TIME_WAIT (not a re-armed one).
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64);
+    fn alert(&mut self, alert: &Alert);
+}
 
 /// At most this many decode errors are logged one by one.
 const DECODE_ERRORS_LOGGED: u64 = 5;
@@ -28,7 +38,7 @@ pub struct Sinks<'a, W: Write> {
     pub tw: &'a mut TimeWaitTracker,
     pub metrics: Option<&'a Metrics>,
     /// `tcptrace top`'s model.
-    pub top: Option<&'a mut TopModel>,
+    pub observer: Option<&'a mut dyn Observer>,
 }
 
 /// Prints a flow whose TIME_WAIT ended (or a TIME_WAIT whose flow was not seen).
@@ -55,8 +65,52 @@ pub fn emit_finished<W: Write>(
     }
 }
 
-/// Drains up to `limit` records; returns whether more may be pending.
+/// A bug met while handling records (a panic, caught): the caller detaches, sums up what it
+/// has and exits with the error.
+#[derive(Debug)]
+pub struct InternalError(String);
+
+impl std::fmt::Display for InternalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "internal error while handling records: {}", self.0)
+    }
+}
+
+impl std::error::Error for InternalError {}
+
+pub fn is_internal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<InternalError>())
+}
+
+/// `TCPTRACE_TEST_PANIC_IN_DRAIN=1` makes the drain panic: how the tests check that a bug
+/// there still detaches every program and prints the summary.
+fn panic_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var_os("TCPTRACE_TEST_PANIC_IN_DRAIN").is_some())
+}
+
+/// Drains up to `limit` records; returns whether more may be pending. A panic while handling
+/// them comes back as an [`InternalError`].
 pub fn drain<W: Write>(
+    ring: &mut RingBuf<MapData>,
+    sinks: &mut Sinks<W>,
+    config: &Config,
+    limit: usize,
+) -> io::Result<bool> {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drain_batch(ring, sinks, config, limit)
+    }));
+    caught.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(io::Error::other(InternalError(what)))
+    })
+}
+
+fn drain_batch<W: Write>(
     ring: &mut RingBuf<MapData>,
     sinks: &mut Sinks<W>,
     config: &Config,
@@ -68,6 +122,9 @@ pub fn drain<W: Write>(
             more = false;
             break;
         };
+        if panic_requested() {
+            panic!("TCPTRACE_TEST_PANIC_IN_DRAIN is set");
+        }
         consume(sinks, config, &item)?;
     }
     settle(sinks, config, Clock::ktime_now())?;
@@ -110,7 +167,7 @@ pub fn settle<W: Write>(sinks: &mut Sinks<W>, config: &Config, now_ns: u64) -> i
 fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::Result<()> {
     match event {
         Event::Transition(t) => {
-            if let Some(top) = sinks.top.as_deref_mut() {
+            if let Some(top) = sinks.observer.as_deref_mut() {
                 top.transition(&t);
             }
             if config.shows_transitions() {
@@ -122,7 +179,7 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
             if let Some(m) = sinks.metrics {
                 m.flow(&f);
             }
-            if let Some(top) = sinks.top.as_deref_mut() {
+            if let Some(top) = sinks.observer.as_deref_mut() {
                 top.flow_end(&f);
                 if let Some(alert) = Alert::closed(&f) {
                     top.alert(&alert);
@@ -144,7 +201,7 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
         Event::TimeWait(r) => match r.what {
             time_wait::START => {
                 if let Some(addrs) = r.addrs {
-                    if let Some(top) = sinks.top.as_deref_mut() {
+                    if let Some(top) = sinks.observer.as_deref_mut() {
                         if !sinks.tw.rearms(r.timer) {
                             top.time_wait_entered(&addrs, r.ts_ns);
                         }
@@ -166,7 +223,7 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
                 sinks.printer.retransmit(&r)?;
             }
             let alert = Alert::retransmit(&r);
-            if let Some(top) = sinks.top.as_deref_mut() {
+            if let Some(top) = sinks.observer.as_deref_mut() {
                 top.retransmit(&r);
                 if let Some(alert) = &alert {
                     top.alert(alert);

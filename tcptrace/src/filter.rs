@@ -431,8 +431,8 @@ pub fn own_netns() -> Option<u32> {
 
 #[path = "filter_parse.rs"]
 mod parse;
-use parse::{cgroup_id, limited, netns_inode, parse_pid};
-pub use parse::{parse_cidr, parse_ports};
+use parse::{cgroup_id, limited, netns_inode};
+pub use parse::{parse_cidr, parse_pid, parse_ports};
 
 #[cfg(test)]
 #[path = "filter_tests.rs"]

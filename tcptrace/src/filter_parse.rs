@@ -22,7 +22,7 @@ pub(super) fn limited<T>(flag: &str, list: Vec<T>) -> Result<Vec<T>> {
     Ok(list)
 }
 
-pub(super) fn parse_pid(text: &str) -> Result<u32> {
+pub fn parse_pid(text: &str) -> Result<u32> {
     let pid: u32 = text
         .trim()
         .parse()

@@ -129,7 +129,21 @@ fn kernel_symbol(name: &str) -> Result<u64> {
         })
         .ok_or_else(|| anyhow!("{name} not found in /proc/kallsyms"))?;
     if addr == 0 {
-        bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run as root");
+        let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if restrict == "2" {
+            bail!(
+                "/proc/kallsyms hides every address (kernel.kptr_restrict = 2, even from root): \
+                 set it to 1 (sysctl -w kernel.kptr_restrict=1), or use --no-time-wait and a \
+                 mode without alerts"
+            );
+        }
+        bail!(
+            "/proc/kallsyms hides addresses (kernel.kptr_restrict = {restrict}): run as root or \
+             with CAP_SYSLOG"
+        );
     }
     Ok(addr)
 }

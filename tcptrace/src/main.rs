@@ -15,6 +15,8 @@ mod evict;
 mod filter;
 mod floor;
 mod forecast;
+#[cfg(test)]
+mod fuzz_tests;
 mod idle;
 mod keepalive;
 mod loader;
@@ -40,10 +42,22 @@ fn parse() -> Result<cli::Cli, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
+            // The message up to clap's usage block, on one line ("…not provided: --output
+            // <FILE>").
             let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("tcptrace: error: {first} (see tcptrace --help)");
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let message = if message.is_empty() {
+                "invalid arguments"
+            } else {
+                message
+            };
+            eprintln!("tcptrace: error: {message} (see tcptrace --help)");
             Err(ExitCode::from(2))
         }
     }
@@ -76,7 +90,15 @@ fn main() -> ExitCode {
             interval,
         }) => cli::report_config(&cli, mode, interval)
             .and_then(|config| recording::report(file, &config)),
-        _ => cli::Config::try_from(cli).and_then(pipeline::run),
+        _ => cli::Config::try_from(cli).and_then(|config| {
+            if config.mode == cli::Command::Top {
+                top::run(config)
+            } else if let Some(options) = config.record.clone() {
+                recording::record(config, options)
+            } else {
+                pipeline::run(config)
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -256,6 +256,50 @@ impl fmt::Display for CloseSide {
     }
 }
 
+/// How a TIME_WAIT ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeWaitEnd {
+    /// The timer ran out.
+    Expired,
+    /// A new connection took the 4-tuple (tcp_tw_reuse).
+    Reused,
+    /// Removed early: RST or SYN in TIME_WAIT, the socket destroyed, the namespace gone.
+    Killed,
+    /// Still running when tracing stopped.
+    InProgress,
+}
+
+impl TimeWaitEnd {
+    /// A TIME_WAIT cancelled before its expiry: reused when the cancel came from inside a
+    /// connect() of the same task, killed otherwise.
+    pub(crate) fn early(in_connect: bool) -> TimeWaitEnd {
+        if in_connect {
+            TimeWaitEnd::Reused
+        } else {
+            TimeWaitEnd::Killed
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeWaitEnd::Expired => "expired",
+            TimeWaitEnd::Reused => "reused",
+            TimeWaitEnd::Killed => "killed",
+            TimeWaitEnd::InProgress => "in_progress",
+        }
+    }
+}
+
+/// One TIME_WAIT, measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWait {
+    pub addrs: FlowAddrs,
+    pub start_ns: u64,
+    pub held_ns: u64,
+    pub end: TimeWaitEnd,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use crate::{
     aggregate::Aggregator,
     cli::{Command, Config},
     clock::Clock,
-    drain::{drain, emit_finished, Sinks},
+    drain::{drain, emit_finished, is_internal, Sinks},
     evict::FlowEvictor,
     filter::FilterSpec,
     forecast,
@@ -33,9 +33,11 @@ pub const DRAIN_BATCH: usize = 16_384;
 /// How often lost-record counters are checked.
 const LOST_CHECK: Duration = Duration::from_secs(1);
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Stop {
     Requested,
+    /// Handling records failed (a bug: a panic caught in the drain).
+    Failed(anyhow::Error),
     BrokenPipe,
 }
 
@@ -131,16 +133,6 @@ pub fn evict_if_due(
 }
 
 pub fn run(config: Config) -> Result<()> {
-    if config.mode == Command::Top {
-        return crate::top::run(config);
-    }
-    if let Some(options) = config.record.clone() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?;
-        return runtime.block_on(crate::recording::record(config, options));
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -175,6 +167,7 @@ async fn trace(config: Config) -> Result<()> {
     };
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut poll = interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -228,23 +221,26 @@ async fn trace(config: Config) -> Result<()> {
             biased;
             _ = sigint.recv() => break Stop::Requested,
             _ = sigterm.recv() => break Stop::Requested,
+            _ = sighup.recv() => break Stop::Requested,
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
                 if deadline.is_some() => break Stop::Requested,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), top: None };
+                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), observer: None };
                 match drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH) {
                     Ok(true) => {}
                     Ok(false) => guard.clear_ready(),
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
+                    Err(e) if is_internal(&e) => break Stop::Failed(e.into()),
                     Err(e) => return Err(e).context("writing output"),
                 }
             }
             _ = poll.tick() => {
-                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), top: None };
+                let mut sinks = Sinks { printer: &mut printer, agg: &mut agg, tw: &mut tw, metrics: metrics.as_ref(), observer: None };
                 match drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH) {
                     Ok(_) => {}
                     Err(e) if is_broken_pipe(&e) => break Stop::BrokenPipe,
+                    Err(e) if is_internal(&e) => break Stop::Failed(e.into()),
                     Err(e) => return Err(e).context("writing output"),
                 }
             }
@@ -362,25 +358,53 @@ async fn trace(config: Config) -> Result<()> {
     };
 
     tracer.detach()?;
-    if stop == Stop::BrokenPipe {
-        return Ok(());
-    }
-    let result = finish(
-        &config,
-        &tracer,
-        ring.get_mut(),
-        &mut printer,
-        &mut agg,
-        &mut tw,
-        (started_ns, evictor.evicted),
-    );
-    match result {
-        Err(e) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
-        other => other,
+    let ends = (started_ns, evictor.evicted);
+    match stop {
+        Stop::Requested => {
+            let result = finish(
+                &config,
+                &tracer,
+                ring.get_mut(),
+                &mut printer,
+                &mut agg,
+                &mut tw,
+                ends,
+            );
+            match result {
+                Err(e) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
+                other => other,
+            }
+        }
+        // Nothing more can be printed: the last records are counted, the summary goes to
+        // stderr.
+        Stop::BrokenPipe => {
+            let mut quiet = Printer::Text(TextPrinter::new(io::sink(), clock, false));
+            drain_rest(&config, ring.get_mut(), &mut quiet, &mut agg, &mut tw)?;
+            if config.summary {
+                let summary = summary(&config, &tracer, &mut agg, &tw, ends)?;
+                let mut stderr = Printer::Text(TextPrinter::new(io::stderr().lock(), clock, false));
+                stderr.summary(&summary)?;
+                stderr.flush()?;
+            }
+            Ok(())
+        }
+        // Detached; what was gathered is still summed up, then the error is said.
+        Stop::Failed(error) => {
+            let _ = finish(
+                &config,
+                &tracer,
+                ring.get_mut(),
+                &mut printer,
+                &mut agg,
+                &mut tw,
+                ends,
+            );
+            Err(error)
+        }
     }
 }
 
-/// After detaching: the last records, open flows, the summary.
+/// After detaching: the last records (settled), open flows, the summary.
 pub fn finish<W: Write>(
     config: &Config,
     tracer: &Tracer,
@@ -388,7 +412,25 @@ pub fn finish<W: Write>(
     printer: &mut Printer<W>,
     agg: &mut Aggregator,
     tw: &mut TimeWaitTracker,
-    (started_ns, evicted): (u64, u64),
+    ends: (u64, u64),
+) -> Result<()> {
+    drain_rest(config, ring, printer, agg, tw)?;
+    if config.summary {
+        let summary = summary(config, tracer, agg, tw, ends)?;
+        printer.summary(&summary)?;
+        printer.flush()?;
+    }
+    Ok(())
+}
+
+/// The records still in the ring after detaching; cancels still waiting for an expiry settle
+/// now and what remains in TIME_WAIT is in progress.
+fn drain_rest<W: Write>(
+    config: &Config,
+    ring: &mut RingBuf<MapData>,
+    printer: &mut Printer<W>,
+    agg: &mut Aggregator,
+    tw: &mut TimeWaitTracker,
 ) -> Result<()> {
     // The process is ending: nothing will scrape or look at the screen.
     let mut sinks = Sinks {
@@ -396,10 +438,9 @@ pub fn finish<W: Write>(
         agg,
         tw,
         metrics: None,
-        top: None,
+        observer: None,
     };
     while drain(ring, &mut sinks, config, DRAIN_BATCH)? {}
-    // Cancels still waiting for an expiry settle now; what remains is in progress.
     let now = Clock::ktime_now();
     for finished in sinks.tw.settle(now + 1_000_000_000) {
         emit_finished(&mut sinks, config, finished)?;
@@ -407,9 +448,19 @@ pub fn finish<W: Write>(
     for finished in sinks.tw.drain_in_progress(now) {
         emit_finished(&mut sinks, config, finished)?;
     }
-    let Sinks {
-        printer, agg, tw, ..
-    } = sinks;
+    sinks.printer.flush()?;
+    Ok(())
+}
+
+/// The summary: what was aggregated, the open flows left in the kernel's table and the
+/// kernel's counters (losses are also said on stderr).
+fn summary(
+    config: &Config,
+    tracer: &Tracer,
+    agg: &mut Aggregator,
+    tw: &TimeWaitTracker,
+    (started_ns, evicted): (u64, u64),
+) -> Result<crate::aggregate::Summary> {
     let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);
@@ -420,19 +471,15 @@ pub fn finish<W: Write>(
             kernel.lost()
         );
     }
-    if config.summary {
-        let elapsed = Clock::ktime_now().saturating_sub(started_ns);
-        let mut summary = agg.finish(&kernel, elapsed);
-        summary.flows_evicted = evicted;
-        if !config.filter.is_empty() {
-            summary.filters = Some(config.filter.describe());
-        }
-        if config.traces_time_wait() {
-            summary.time_wait = Some(tw.summary());
-            summary.time_wait_preexisting = tw.preexisting_count();
-        }
-        printer.summary(&summary)?;
-        printer.flush()?;
+    let elapsed = Clock::ktime_now().saturating_sub(started_ns);
+    let mut summary = agg.finish(&kernel, elapsed);
+    summary.flows_evicted = evicted;
+    if !config.filter.is_empty() {
+        summary.filters = Some(config.filter.describe());
     }
-    Ok(())
+    if config.traces_time_wait() {
+        summary.time_wait = Some(tw.summary());
+        summary.time_wait_preexisting = tw.preexisting_count();
+    }
+    Ok(summary)
 }

@@ -73,60 +73,70 @@ fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSoc
         let size = socket
             .recv(&mut &mut receive[..], 0)
             .context("reading sock_diag")?;
-        let mut offset = 0;
-        while offset < size {
-            let bytes = &receive[offset..size];
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
-                .map_err(|e| anyhow!("undecodable sock_diag message: {e}"))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(e) => {
-                    let code = e.code.map_or(0, |c| -c.get());
-                    if code == libc::ENOENT {
-                        bail!(
-                            "sock_diag has no TCP support in this kernel: the tcp_diag module \
-                             is not loaded (modprobe tcp_diag)"
-                        );
-                    }
-                    bail!(
-                        "sock_diag refused the dump: {}",
-                        std::io::Error::from_raw_os_error(code)
-                    )
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    // The parsed timer keeps no time for TIME_WAIT: read idiag_expires (ms)
-                    // from the crate's view of the raw response.
-                    let expires_ms = bytes
-                        .get(NETLINK_HEADER_LEN..length)
-                        .and_then(|raw| InetResponseBuffer::new_checked(raw).ok())
-                        .map_or(0, |raw| raw.expires());
-                    let id = &response.header.socket_id;
-                    sockets.push(DiagSocket {
-                        addrs: FlowAddrs {
-                            local: Endpoint::new(id.source_address, id.source_port),
-                            remote: Endpoint::new(id.destination_address, id.destination_port),
-                        },
-                        state: response.header.state,
-                        keepalive_armed: matches!(response.header.timer, Some(Timer::KeepAlive(_))),
-                        expires: Duration::from_millis(u64::from(expires_ms)),
-                        idle: response.nlas.iter().find_map(|nla| match nla {
-                            Nla::TcpInfo(i) => Some(Duration::from_millis(u64::from(
-                                i.last_data_recv.min(i.last_data_sent),
-                            ))),
-                            _ => None,
-                        }),
-                        inode: response.header.inode,
-                    });
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        if parse_batch(&receive[..size], &mut sockets)? {
+            return Ok(sockets);
         }
     }
+}
+
+/// The sock_diag messages of one receive buffer: sockets are appended; true once the dump's
+/// final message came. Whatever the bytes: an error, never a panic.
+pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool> {
+    let size = receive.len();
+    let mut offset = 0;
+    while offset < size {
+        let bytes = &receive[offset..size];
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+            .map_err(|e| anyhow!("undecodable sock_diag message: {e}"))?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                let code = e.code.map_or(0, |c| -c.get());
+                if code == libc::ENOENT {
+                    bail!(
+                        "sock_diag has no TCP support in this kernel: the tcp_diag module \
+                         is not loaded (modprobe tcp_diag)"
+                    );
+                }
+                bail!(
+                    "sock_diag refused the dump: {}",
+                    std::io::Error::from_raw_os_error(code)
+                )
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                // The parsed timer keeps no time for TIME_WAIT: read idiag_expires (ms)
+                // from the crate's view of the raw response.
+                let expires_ms = bytes
+                    .get(NETLINK_HEADER_LEN..length)
+                    .and_then(|raw| InetResponseBuffer::new_checked(raw).ok())
+                    .map_or(0, |raw| raw.expires());
+                let id = &response.header.socket_id;
+                sockets.push(DiagSocket {
+                    addrs: FlowAddrs {
+                        local: Endpoint::new(id.source_address, id.source_port),
+                        remote: Endpoint::new(id.destination_address, id.destination_port),
+                    },
+                    state: response.header.state,
+                    keepalive_armed: matches!(response.header.timer, Some(Timer::KeepAlive(_))),
+                    expires: Duration::from_millis(u64::from(expires_ms)),
+                    idle: response.nlas.iter().find_map(|nla| match nla {
+                        Nla::TcpInfo(i) => Some(Duration::from_millis(u64::from(
+                            i.last_data_recv.min(i.last_data_sent),
+                        ))),
+                        _ => None,
+                    }),
+                    inode: response.header.inode,
+                });
+            }
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(false)
 }
 
 /// TCP sockets in `states`, IPv4 and IPv6, in tcptrace's network namespace.

@@ -9,7 +9,6 @@ use std::{
 // A fast hasher with a per-process seed: keys are addresses and ports peers choose.
 use foldhash::HashMap;
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::{
     decode::FinishedFlow,
@@ -23,49 +22,9 @@ pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
 /// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN).
 pub const TIME_WAIT_LEN_S: f64 = 60.0;
 
-/// How a TIME_WAIT ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeWaitEnd {
-    /// The timer ran out.
-    Expired,
-    /// A new connection took the 4-tuple (tcp_tw_reuse).
-    Reused,
-    /// Removed early: RST or SYN in TIME_WAIT, the socket destroyed, the namespace gone.
-    Killed,
-    /// Still running when tracing stopped.
-    InProgress,
-}
-
-impl TimeWaitEnd {
-    /// A TIME_WAIT cancelled before its expiry: reused when the cancel came from inside a
-    /// connect() of the same task, killed otherwise.
-    fn early(in_connect: bool) -> TimeWaitEnd {
-        if in_connect {
-            TimeWaitEnd::Reused
-        } else {
-            TimeWaitEnd::Killed
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TimeWaitEnd::Expired => "expired",
-            TimeWaitEnd::Reused => "reused",
-            TimeWaitEnd::Killed => "killed",
-            TimeWaitEnd::InProgress => "in_progress",
-        }
-    }
-}
-
-/// One TIME_WAIT, measured.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeWait {
-    pub addrs: FlowAddrs,
-    pub start_ns: u64,
-    pub held_ns: u64,
-    pub end: TimeWaitEnd,
-}
+// The types a TIME_WAIT is described with live beside the other typed views (decode uses
+// them too), so decode and this module do not import each other.
+pub use crate::model::{TimeWait, TimeWaitEnd};
 
 struct Active {
     addrs: FlowAddrs,

@@ -5,6 +5,7 @@
 mod causes;
 mod cli;
 mod deploy;
+mod exits;
 mod filters;
 mod idle;
 mod lifecycle;

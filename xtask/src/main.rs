@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod oldkernels;
 mod setup;
+mod soak;
 mod stackcheck;
 
 #[derive(Parser)]
@@ -70,11 +71,22 @@ enum Task {
         #[arg(long)]
         ports: String,
     },
+    /// tcptrace under steady load, a burst and idle for --minutes (default 10), sampled;
+    /// exits non-zero on any drift (flows vs connections, TIME_WAIT vs the kernel, memory,
+    /// fds).
+    Soak(soak::SoakArgs),
     /// Run every test: unit tests and, as root on the real kernel, the integration tests.
     /// Boot Debian's 6.1 and 6.12 kernels under qemu with tcptrace inside and check what it
     /// traces (a few minutes; `test` checks the stack budget those kernels enforce).
     OldKernels,
     Test {
+        /// Only the fuzz targets (record decoder, recording reader, sock_diag parser, filter
+        /// values), each for --fuzz-secs, optimised.
+        #[arg(long)]
+        fuzz: bool,
+        /// How long each fuzz target runs with --fuzz.
+        #[arg(long, default_value_t = 60, requires = "fuzz")]
+        fuzz_secs: u64,
         /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -193,6 +205,18 @@ fn test(args: &[OsString]) -> Result<()> {
             failed += 1;
         }
     }
+    // The short soak: the debug build under 60 s of load, a burst and idle.
+    let soak_args = soak::SoakArgs::short(3_000.0);
+    match soak::run(&soak_args, &workspace_root().join("target/debug/tcptrace")) {
+        Ok(()) => {
+            println!("test soak (60 s: steady, burst, idle; flows, memory, fds) ... ok");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("test soak (60 s) ... FAILED: {e:#}");
+            failed += 1;
+        }
+    }
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() || failed > 0 {
         bail!("tests failed ({status})");
@@ -201,6 +225,26 @@ fn test(args: &[OsString]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// `cargo xtask test --fuzz`: each fuzz target for `secs`, in an optimised build.
+fn fuzz(secs: u64) -> Result<()> {
+    setup::ensure_build_tools()?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tcptrace",
+            "--bin",
+            "tcptrace",
+            "fuzz_tests::",
+            "--",
+            "--nocapture",
+            "--test-threads",
+            "2",
+        ])
+        .env("TCPTRACE_FUZZ_SECS", secs.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -219,7 +263,16 @@ fn main() -> ExitCode {
             let err = Command::new(&bin).args(&args).exec();
             Err(err).with_context(|| format!("cannot start {}", bin.display()))
         }),
-        Task::Test { args } => test(&args),
+        Task::Test {
+            fuzz: true,
+            fuzz_secs,
+            ..
+        } => fuzz(fuzz_secs),
+        Task::Test { args, .. } => test(&args),
+        Task::Soak(args) => build(true).and_then(|bin| {
+            require_root("cargo xtask soak")?;
+            soak::run(&args, &bin)
+        }),
         Task::OldKernels => build(false).and_then(|bin| {
             require_root("cargo xtask old-kernels")?;
             oldkernels::test(&bin)

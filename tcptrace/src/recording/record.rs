@@ -145,7 +145,15 @@ fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
 }
 
 /// Records until Ctrl-C, SIGTERM, SIGHUP or --duration.
-pub async fn record(config: Config, options: RecordOptions) -> Result<()> {
+pub fn record(config: Config, options: RecordOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(record_until_stopped(config, options))
+}
+
+async fn record_until_stopped(config: Config, options: RecordOptions) -> Result<()> {
     let mut tracer = Tracer::load(&config)?;
     let clock = Clock::now();
     let mut recorder = Recorder::create(options, header(&config, &tracer, &clock))?;

@@ -61,7 +61,7 @@ fn render<W: Write>(
         agg: &mut agg,
         tw: &mut tw,
         metrics: None,
-        top: None,
+        observer: None,
     };
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);

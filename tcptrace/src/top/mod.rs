@@ -19,12 +19,15 @@ use tokio::{
 
 use crate::{
     aggregate::Aggregator,
+    alert::Alert,
     cli::Config,
     clock::Clock,
-    drain::{drain, Sinks},
+    decode::{FinishedFlow, Retransmit, Transition},
+    drain::{drain, Observer, Sinks},
     evict::FlowEvictor,
     forecast,
     loader::Tracer,
+    model::FlowAddrs,
     pipeline::{evict_if_due, finish, seed_time_wait, DRAIN_BATCH},
     procnet,
     render::{Printer, TextPrinter},
@@ -35,8 +38,26 @@ use crate::{
 mod model;
 mod view;
 
-pub use model::TopModel;
+use model::TopModel;
 use view::{KeyOutcome, Snapshot, ViewState};
+
+impl Observer for TopModel {
+    fn transition(&mut self, t: &Transition) {
+        TopModel::transition(self, t);
+    }
+    fn flow_end(&mut self, f: &FinishedFlow) {
+        TopModel::flow_end(self, f);
+    }
+    fn retransmit(&mut self, r: &Retransmit) {
+        TopModel::retransmit(self, r);
+    }
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) {
+        TopModel::time_wait_entered(self, addrs, ts_ns);
+    }
+    fn alert(&mut self, alert: &Alert) {
+        TopModel::alert(self, alert);
+    }
+}
 
 /// How often the screen is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -195,13 +216,13 @@ async fn trace(config: Config) -> Result<()> {
             },
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, top: Some(&mut top) };
+                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
                 if !drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH)? {
                     guard.clear_ready();
                 }
             }
             _ = poll.tick() => {
-                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, top: Some(&mut top) };
+                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
                 drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH)?;
             }
             _ = refresh.tick() => {

@@ -20,7 +20,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use loadgen::{run_clients, LoadResult, Server};
+use loadgen::LoadResult;
+pub use loadgen::{run_clients, Server};
 use tracer::{mount_tracefs, RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]

@@ -1,0 +1,418 @@
+//! `cargo xtask soak [--minutes N | --short]`: tcptrace (flows + metrics) under steady load,
+//! then a burst above it, then idle; every sample the tracer's RSS, kernel map memory, open
+//! fds and lost events; at the end the flows it printed against the connections the load
+//! generator made, TIME_WAIT expiries against the kernel's TcpExtTW, and memory after idle
+//! against after warm-up. Any drift exits non-zero.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::bench::{run_clients, Server};
+
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// Length of the soak (at least 5: warm-up and idle each outlast TIME_WAIT's 60 s).
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// 60 s instead (run by `cargo xtask test`): TIME_WAIT not traced, so that memory is
+    /// stable within a minute; the TIME_WAIT check needs the full soak.
+    #[arg(long)]
+    short: bool,
+    /// Steady connections per second (default: the flows mode's lossless rate from
+    /// target/bench/results.json, else 10,000).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+impl SoakArgs {
+    /// The 60-second soak at `rate`.
+    pub fn short(rate: f64) -> SoakArgs {
+        SoakArgs {
+            minutes: 1,
+            short: true,
+            rate: Some(rate),
+        }
+    }
+}
+
+struct Phases {
+    warm_up: u64,
+    steady: u64,
+    burst: u64,
+    idle: u64,
+    sample: u64,
+}
+
+/// One sample of the tracer.
+#[derive(Clone, Debug)]
+struct Sample {
+    at_s: u64,
+    phase: &'static str,
+    conn_per_s: f64,
+    rss_kib: u64,
+    map_kib: u64,
+    fds: usize,
+    lost: u64,
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kernel memory of the tracer's maps (the `memlock` of each map fd).
+fn map_kib(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.map_while(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("map_id:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        / 1024
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The kernel's TcpExtTW: TIME_WAITs that ran out (tw_timer_handler).
+fn tcp_ext_tw() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").context("read /proc/net/netstat")?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next(), lines.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no TcpExt in /proc/net/netstat");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find_map(|(n, v)| (n == "TW").then(|| v.parse().ok()).flatten())
+        .context("no TcpExt TW counter")
+}
+
+fn scrape_lost(port: u16) -> u64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with("tcptrace_lost_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What the tracer printed: flow lines counted, the summary kept.
+struct Output {
+    flows: u64,
+    summary: Option<serde_json::Value>,
+}
+
+fn start_tracer(
+    bin: &Path,
+    ports: &[u16],
+    metrics: u16,
+    time_wait: bool,
+) -> Result<(Child, Arc<Mutex<Output>>)> {
+    let ports = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "flows",
+        "--json",
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+        "-L",
+        &ports,
+    ]);
+    if !time_wait {
+        cmd.arg("--no-time-wait");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut lines = stderr.lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("tcptrace: tracing") => break,
+            Some(Ok(line)) => eprintln!("{line}"),
+            _ => bail!("tcptrace exited before attaching: {:?}", child.wait()),
+        }
+    }
+    thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let output = Arc::new(Mutex::new(Output {
+        flows: 0,
+        summary: None,
+    }));
+    let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().context("stdout")?);
+    let sink = output.clone();
+    thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if line.starts_with("{\"type\":\"flow\"") {
+                out.flows += 1;
+            } else if line.starts_with("{\"type\":\"summary\"") {
+                out.summary = serde_json::from_str(&line).ok();
+            }
+        }
+    });
+    Ok((child, output))
+}
+
+fn default_rate() -> f64 {
+    let path = crate::workspace_root().join("target/bench/results.json");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["lossless"]
+                .as_array()?
+                .iter()
+                .find(|l| l["mode"].as_str().is_some_and(|m| m.starts_with("flows")))?["conn_per_s"]
+                .as_f64()
+        })
+        .unwrap_or(10_000.0)
+}
+
+/// Waits until no socket is in TIME_WAIT (at most 65 s), so every expiry counted by the
+/// kernel from here on belongs to a TIME_WAIT the tracer saw start.
+fn wait_for_no_time_wait() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(65);
+    loop {
+        let out = Command::new("ss")
+            .args(["-tanH", "state", "time-wait"])
+            .output()?;
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{n} sockets still in TIME_WAIT after 65 s");
+        }
+        eprintln!("xtask soak: waiting for {n} TIME_WAITs from before to run out");
+        thread::sleep(Duration::from_secs(5));
+    }
+}
+
+pub fn run(args: &SoakArgs, bin: &Path) -> Result<()> {
+    let phases = if args.short {
+        Phases {
+            warm_up: 15,
+            steady: 25,
+            burst: 10,
+            idle: 10,
+            sample: 5,
+        }
+    } else {
+        if args.minutes < 5 {
+            bail!("--minutes must be at least 5 (or use --short)");
+        }
+        let total = args.minutes * 60;
+        Phases {
+            warm_up: 90,
+            steady: total - 90 - 30 - 70,
+            burst: 30,
+            idle: 70,
+            sample: 60,
+        }
+    };
+    let time_wait = !args.short;
+    let rate = args.rate.unwrap_or_else(default_rate);
+    crate::bench::raise_nofile(16_384)?;
+    if time_wait {
+        wait_for_no_time_wait()?;
+    }
+    let server = Server::start(false)?;
+    let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tw_before = tcp_ext_tw()?;
+    let (mut tracer, output) = start_tracer(bin, &server.ports, metrics, time_wait)?;
+    let pid = tracer.id();
+    eprintln!(
+        "xtask soak: {} s steady at {rate:.0} conn/s, {} s burst flat out, {} s idle; tracer pid {pid}",
+        phases.warm_up + phases.steady,
+        phases.burst,
+        phases.idle
+    );
+    let (mut made, mut errors, mut at) = (0u64, 0u64, 0u64);
+    let mut samples: Vec<Sample> = Vec::new();
+    let plan = [
+        ("warm-up", phases.warm_up, Some(rate)),
+        ("steady", phases.steady, Some(rate)),
+        ("burst", phases.burst, None),
+        ("idle", phases.idle, Some(0.0)),
+    ];
+    println!(
+        "{:>6} {:<8} {:>9} {:>9} {:>9} {:>5} {:>8}",
+        "t (s)", "phase", "conn/s", "RSS MiB", "maps KiB", "fds", "lost"
+    );
+    for (phase, secs, phase_rate) in plan {
+        let mut left = secs;
+        while left > 0 {
+            let chunk = left.min(phases.sample);
+            let conn_per_s = if phase_rate == Some(0.0) {
+                thread::sleep(Duration::from_secs(chunk));
+                0.0
+            } else {
+                let r = run_clients(
+                    &server.ports,
+                    2,
+                    Duration::from_secs(chunk),
+                    false,
+                    phase_rate,
+                )?;
+                made += r.connections;
+                errors += r.errors;
+                r.rate()
+            };
+            left -= chunk;
+            at += chunk;
+            let sample = Sample {
+                at_s: at,
+                phase,
+                conn_per_s,
+                rss_kib: status_kib(pid, "VmRSS:"),
+                map_kib: map_kib(pid),
+                fds: open_fds(pid),
+                lost: scrape_lost(metrics),
+            };
+            println!(
+                "{:>6} {:<8} {:>9.0} {:>9.1} {:>9} {:>5} {:>8}",
+                sample.at_s,
+                sample.phase,
+                sample.conn_per_s,
+                sample.rss_kib as f64 / 1024.0,
+                sample.map_kib,
+                sample.fds,
+                sample.lost
+            );
+            samples.push(sample);
+        }
+    }
+    let tw_at_stop = tcp_ext_tw()?;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = tracer.wait()?;
+    let tw_after = tcp_ext_tw()?;
+    thread::sleep(Duration::from_millis(500));
+    let out = output.lock().unwrap_or_else(|p| p.into_inner());
+    let summary = out.summary.clone().context("no summary from tcptrace")?;
+    check(&Checks {
+        status_ok: status.success(),
+        made,
+        errors,
+        printed: out.flows,
+        summary: &summary,
+        samples: &samples,
+        time_wait: time_wait.then_some((tw_at_stop - tw_before, tw_after - tw_before)),
+    })
+}
+
+struct Checks<'a> {
+    status_ok: bool,
+    made: u64,
+    errors: u64,
+    printed: u64,
+    summary: &'a serde_json::Value,
+    samples: &'a [Sample],
+    /// TcpExtTW since start, read before and after the tracer stopped.
+    time_wait: Option<(u64, u64)>,
+}
+
+fn check(c: &Checks) -> Result<()> {
+    let mut drift = Vec::new();
+    let lost_flows = c.summary["lost"]["flows"].as_u64().unwrap_or(0);
+    let untracked = c.summary["flows"]["untracked"].as_u64().unwrap_or(0);
+    let lost = c.summary["lost"]["total"].as_u64().unwrap_or(0);
+    println!(
+        "connections made {} ({} failed); flows printed {} + lost {} + untracked {}",
+        c.made, c.errors, c.printed, lost_flows, untracked
+    );
+    if !c.status_ok {
+        drift.push("tcptrace did not exit 0".to_string());
+    }
+    // Every connection's server side is printed once, unless its record was lost (counted):
+    // exact when nothing is lost.
+    let accounted = c.printed + lost;
+    if c.printed > c.made + c.errors || accounted + c.errors < c.made {
+        drift.push(format!(
+            "{} flows printed ({lost} events lost) for {} connections made ({} failed)",
+            c.printed, c.made, c.errors
+        ));
+    }
+    if lost == 0 && c.errors == 0 && c.printed != c.made {
+        drift.push(format!(
+            "{} flows printed for {} connections, nothing lost",
+            c.printed, c.made
+        ));
+    }
+    if let Some((at_stop, after)) = c.time_wait {
+        let expired = c.summary["time_wait"]["ends"]["expired"]
+            .as_u64()
+            .unwrap_or(0);
+        println!("TIME_WAIT expired: tcptrace {expired}, kernel TcpExtTW {at_stop}..{after}");
+        if !(at_stop..=after).contains(&expired) {
+            drift.push(format!(
+                "tcptrace counted {expired} TIME_WAIT expiries, the kernel {at_stop}..{after}"
+            ));
+        }
+    }
+    let warm = c.samples.iter().rfind(|s| s.phase == "warm-up");
+    let end = c.samples.last();
+    if let (Some(warm), Some(end)) = (warm, end) {
+        println!(
+            "after warm-up: RSS {:.1} MiB, maps {} KiB, {} fds; after idle: RSS {:.1} MiB, maps {} KiB, {} fds; lost {lost}",
+            warm.rss_kib as f64 / 1024.0, warm.map_kib, warm.fds,
+            end.rss_kib as f64 / 1024.0, end.map_kib, end.fds
+        );
+        if end.rss_kib as f64 > warm.rss_kib as f64 * 1.05 {
+            drift.push(format!(
+                "RSS grew from {} to {} KiB (more than 5%)",
+                warm.rss_kib, end.rss_kib
+            ));
+        }
+        if end.map_kib != warm.map_kib {
+            drift.push(format!(
+                "kernel map memory went from {} to {} KiB",
+                warm.map_kib, end.map_kib
+            ));
+        }
+        if end.fds != warm.fds {
+            drift.push(format!("open fds went from {} to {}", warm.fds, end.fds));
+        }
+    }
+    if drift.is_empty() {
+        println!("soak: no drift");
+        Ok(())
+    } else {
+        bail!("soak: {}", drift.join("; "))
+    }
+}
