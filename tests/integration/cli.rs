@@ -190,6 +190,8 @@ fn duration_stops_by_itself() {
 /// cause, exit 2 — never a panic or a backtrace.
 #[test]
 fn every_bad_input_is_one_line_naming_the_cause() {
+    // Some of these load the programs before failing: not while kallsyms is hidden.
+    let _shared = crate::support::shared_load();
     let dir = std::env::temp_dir().join(format!("tcptrace-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let empty_btf = dir.join("empty-btf");
