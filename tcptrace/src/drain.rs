@@ -82,11 +82,19 @@ pub fn is_internal(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<InternalError>())
 }
 
-/// `TCPTRACE_TEST_PANIC_IN_DRAIN=1` makes the drain panic: how the tests check that a bug
-/// there still detaches every program and prints the summary.
+/// `TCPTRACE_TEST_PANIC_IN_DRAIN=1` makes the drain panic once, at its first record: how the
+/// tests check that a bug there still detaches every program and prints the summary.
 fn panic_requested() -> bool {
-    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REQUESTED.get_or_init(|| std::env::var_os("TCPTRACE_TEST_PANIC_IN_DRAIN").is_some())
+    static REQUESTED: std::sync::OnceLock<std::sync::atomic::AtomicBool> =
+        std::sync::OnceLock::new();
+    let requested = REQUESTED.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(
+            std::env::var_os("TCPTRACE_TEST_PANIC_IN_DRAIN").is_some(),
+        )
+    });
+    // A plain load on every record; the swap only the once.
+    requested.load(std::sync::atomic::Ordering::Relaxed)
+        && requested.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Drains up to `limit` records; returns whether more may be pending. A panic while handling

@@ -64,12 +64,17 @@ fn pty() -> (OwnedFd, OwnedFd) {
 
 impl TopUnderPty {
     fn start(args: &[&str]) -> TopUnderPty {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TopUnderPty {
         let shared = shared_load();
         let (master, slave) = pty();
         let mut command = Command::new(BIN);
         command
             .arg("top")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::from(slave.try_clone().expect("dup slave")))
             .stdout(Stdio::from(slave.try_clone().expect("dup slave")))
             .stderr(Stdio::from(slave));
@@ -150,7 +155,14 @@ impl TopUnderPty {
     }
 
     /// Waits for exit 0; returns everything written and whether the screen is the main one.
-    fn finish(mut self) -> (String, bool) {
+    fn finish(self) -> (String, bool) {
+        let (code, written, main_screen) = self.exit();
+        assert_eq!(code, Some(0), "tcptrace top exited {code:?}:\n{written}");
+        (written, main_screen)
+    }
+
+    /// Waits for the exit: (exit code, everything written, whether the screen is the main one).
+    fn exit(mut self) -> (Option<i32>, String, bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -165,8 +177,7 @@ impl TopUnderPty {
         }
         let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         let text = String::from_utf8_lossy(&out.0).into_owned();
-        assert!(status.success(), "tcptrace top exited {status}:\n{text}");
-        (text, !out.1.screen().alternate_screen())
+        (status.code(), text, !out.1.screen().alternate_screen())
     }
 }
 
@@ -271,6 +282,25 @@ fn top_on_sigterm_restores_the_terminal_and_prints_the_summary() {
     let (written, main_screen) = top.finish();
     assert!(main_screen, "{written}");
     assert!(written.contains("--- tcptrace summary:"), "{written}");
+}
+
+#[test]
+fn a_panic_while_handling_records_restores_the_terminal_and_sums_up() {
+    let mut top =
+        TopUnderPty::start_with_env(&["-D", "9"], &[("TCPTRACE_TEST_PANIC_IN_DRAIN", "1")]);
+    top.wait_for("the header", |s| s.contains("tcptrace top"));
+    // A record to handle: a refused connect to the filtered port.
+    let _ = TcpStream::connect("127.0.0.1:9");
+    let (code, written, main_screen) = top.exit();
+    assert_eq!(code, Some(2), "{written}");
+    assert!(main_screen, "{written}");
+    assert!(written.contains("\x1b[?1049l"), "left the alternate screen");
+    assert!(written.contains("--- tcptrace summary:"), "{written}");
+    assert!(
+        written
+            .contains("tcptrace: error: handling records: internal error while handling records"),
+        "{written}"
+    );
 }
 
 #[test]

@@ -194,17 +194,19 @@ async fn trace(config: Config) -> Result<()> {
     let mut keys = terminal_events();
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let restore = RestoreTerminal;
-    loop {
+    // A failure while handling records (a bug: a caught panic) ends the view like q does,
+    // with the summary, then the error.
+    let failed = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
+            _ = sigint.recv() => break None,
+            _ = sigterm.recv() => break None,
+            _ = sighup.recv() => break None,
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
-                if deadline.is_some() => break,
+                if deadline.is_some() => break None,
             key = keys.recv() => match key {
                 Some(TermEvent::Key(key)) => match view.handle_key(key) {
-                    KeyOutcome::Quit => break,
+                    KeyOutcome::Quit => break None,
                     KeyOutcome::Redraw => redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?,
                     KeyOutcome::Ignored => {}
                 },
@@ -212,18 +214,22 @@ async fn trace(config: Config) -> Result<()> {
                     redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?
                 }
                 Some(_) => {}
-                None => break, // the terminal is gone
+                None => break None, // the terminal is gone
             },
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
-                if !drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH)? {
-                    guard.clear_ready();
+                match drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH) {
+                    Ok(true) => {}
+                    Ok(false) => guard.clear_ready(),
+                    Err(e) => break Some(e),
                 }
             }
             _ = poll.tick() => {
                 let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
-                drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH)?;
+                if let Err(e) = drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH) {
+                    break Some(e);
+                }
             }
             _ = refresh.tick() => {
                 let kernel = tracer.counters()?;
@@ -240,7 +246,7 @@ async fn trace(config: Config) -> Result<()> {
                 redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?;
             }
         }
-    }
+    };
     let _ = terminal.show_cursor();
     drop(restore);
     tracer.detach()?;
@@ -255,6 +261,9 @@ async fn trace(config: Config) -> Result<()> {
         &mut tw,
         (started_ns, evictor.evicted),
     );
+    if let Some(error) = failed {
+        return Err(error).context("handling records");
+    }
     match result {
         Err(e)
             if e.downcast_ref::<io::Error>()
