@@ -98,9 +98,19 @@ fn time_wait_traced(timer: *const u8, tw: *const u8, tuple: &Tuple) -> bool {
     traced
 }
 
-/// Under filters: whether a timewait timer that ends was traced (and forgets it).
+/// Under filters: whether a timewait timer that is cancelled was traced. It is not
+/// forgotten here: the kernel also reports a cancel for every timer that runs out, just before
+/// it expires (`detach_timer`); an expiry forgets it, and the entry of a TIME_WAIT that ends
+/// early (killed, reused) goes with the LRU or when its timer address starts another.
 #[inline(always)]
-fn time_wait_end_traced(timer: *const u8) -> bool {
+fn time_wait_cancel_traced(timer: *const u8) -> bool {
+    // SAFETY: the value is not read.
+    filter::active() == 0 || unsafe { TW_TRACED.get(&(timer as u64)) }.is_some()
+}
+
+/// Under filters: whether a timewait timer that runs out was traced (and forgets it).
+#[inline(always)]
+fn time_wait_expiry_traced(timer: *const u8) -> bool {
     filter::active() == 0 || TW_TRACED.remove(&(timer as u64)).is_ok()
 }
 
@@ -127,7 +137,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
     if !is_time_wait(timer) {
         return 0;
     }
-    if !time_wait_end_traced(timer) {
+    if !time_wait_cancel_traced(timer) {
         Stats::at(slot::TIMER_CANCEL).bump(stat::FILTERED);
         return 0;
     }
@@ -157,7 +167,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     if is_time_wait(timer) {
-        if time_wait_end_traced(timer) {
+        if time_wait_expiry_traced(timer) {
             emit_time_wait(
                 slot::TIMER_EXPIRE,
                 time_wait::EXPIRE,

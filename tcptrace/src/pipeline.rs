@@ -89,6 +89,16 @@ pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>)
     }
 }
 
+/// Hands memory freed by shrunk maps back to the system (glibc keeps freed heap pages
+/// otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Sockets already in TIME_WAIT count until their remaining time runs out.
 pub fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
     let now = Clock::ktime_now();
@@ -263,6 +273,9 @@ async fn trace(config: Config) -> Result<()> {
                 let kernel = tracer.counters()?;
                 if config.traces_time_wait() {
                     tw.prune_entry_rates(Clock::ktime_now());
+                    if tw.shrink_sparse_maps() {
+                        release_free_memory();
+                    }
                 }
                 if let Some(m) = metrics.as_mut() {
                     m.kernel(&kernel);

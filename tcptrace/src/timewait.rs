@@ -80,6 +80,19 @@ fn forget_old_entries(queue: &mut VecDeque<u64>, now_ns: u64) {
     }
 }
 
+/// Maps smaller than this are left as they are.
+const SPARSE_FROM: usize = 4096;
+
+/// Shrinks a map to twice its length when it is under a quarter full.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    if map.capacity() > SPARSE_FROM && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+        true
+    } else {
+        false
+    }
+}
+
 /// One fewer under `key`; the key goes at zero.
 fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K) {
     if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
@@ -322,6 +335,24 @@ impl TimeWaitTracker {
             forget_old_entries(queue, now_ns);
             !queue.is_empty()
         });
+    }
+
+    /// Gives memory back after a burst: the maps that a burst grew and that are now mostly
+    /// empty are shrunk (a hash map keeps its capacity otherwise: a server's burst of
+    /// TIME_WAITs keyed by client ports left ~90 MB behind in the soak). Returns whether any
+    /// was.
+    pub fn shrink_sparse_maps(&mut self) -> bool {
+        let mut shrunk = shrink_if_sparse(&mut self.entries);
+        shrunk |= shrink_if_sparse(&mut self.active);
+        shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
+        shrunk |= shrink_if_sparse(&mut self.live_by_destination);
+        shrunk |= shrink_if_sparse(&mut self.live_by_local);
+        if self.cancels.capacity() > SPARSE_FROM && self.cancels.len() < self.cancels.capacity() / 4
+        {
+            self.cancels.shrink_to(self.cancels.len() * 2);
+            shrunk = true;
+        }
+        shrunk
     }
 
     /// New TIME_WAITs per second for each (local addr, remote addr:port).

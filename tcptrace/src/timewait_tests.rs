@@ -139,3 +139,27 @@ fn preexisting_time_waits_count_until_they_expire() {
     assert_eq!((g.total, g.by_local[0].1), (1, 1));
     assert_eq!(tw.preexisting_count(), 2, "counted as there at start");
 }
+
+#[test]
+fn a_burst_of_server_side_time_waits_gives_its_memory_back() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    // A server's burst: 50,000 TIME_WAITs, each keyed by a client's ephemeral port.
+    for i in 0..50_000u64 {
+        let mut addrs = flow.addrs;
+        addrs.remote.port = 1 + (i % 60_000) as u16;
+        addrs.remote.addr = std::net::IpAddr::from([10, 0, (i / 60_000) as u8, 1]);
+        assert!(tw.start(1_000 + i, addrs, i * 10_000).is_none());
+    }
+    let grown = (tw.entries.capacity(), tw.active.capacity());
+    assert!(grown.0 >= 50_000 && grown.1 >= 50_000, "{grown:?}");
+    assert!(!tw.shrink_sparse_maps(), "full maps are left alone");
+    // They run out; their entry times leave the rate window.
+    for i in 0..50_000u64 {
+        assert!(tw.expire(1_000 + i, 61 * S).is_some());
+    }
+    tw.prune_entry_rates(80 * S);
+    assert!(tw.shrink_sparse_maps(), "the emptied maps are shrunk");
+    assert!(tw.entries.capacity() < 4_096 && tw.active.capacity() < 4_096);
+    assert!(!tw.shrink_sparse_maps(), "once");
+}

@@ -54,6 +54,12 @@ impl Tracer {
         tracer
     }
 
+    /// A second tracer beside `first` in the same test: `first` holds the shared load lock
+    /// for both (taking it twice could deadlock behind a waiting heavy test).
+    pub fn start_beside(_first: &Tracer, args: &[&str]) -> Tracer {
+        Self::start_with(&[], args)
+    }
+
     /// For a test that holds [`heavy_load`].
     pub fn start_alone(_load: &RwLockWriteGuard<'static, ()>, args: &[&str]) -> Tracer {
         Self::start_with(&[], args)

@@ -38,6 +38,10 @@ fn time_wait_of(flow: &Value) -> &Value {
 fn client_time_wait_lasts_about_60s_and_expires() {
     let tracer = Tracer::start(&["flows"]);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    // The same under a filter (the timer's expiry is traced through its start's verdict;
+    // the kernel reports a cancel just before every expiry).
+    let filtered = Tracer::start_beside(&tracer, &["flows", "-D", &port]);
     let (client_port, server_port) = client_closes_first(&listener);
     // The timer wheel rounds up: the expiry comes 60-62 s later.
     thread::sleep(Duration::from_millis(63_500));
@@ -60,6 +64,12 @@ fn client_time_wait_lasts_about_60s_and_expires() {
     let s = out.summary();
     assert!(s["time_wait"]["client_side"].as_u64() >= Some(1), "{s}");
     assert!(s["time_wait"]["ends"]["expired"].as_u64() >= Some(1), "{s}");
+
+    let out = filtered.stop();
+    let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
+    assert_eq!(time_wait_of(flow)["end"], "expired", "under -D: {flow}");
+    let s = out.summary();
+    assert_eq!(s["time_wait"]["ends"]["expired"].as_u64(), Some(1), "{s}");
 }
 
 #[test]

@@ -236,6 +236,9 @@ async fn trace(config: Config) -> Result<()> {
                 let now = Clock::ktime_now();
                 tw.expire_preexisting(now);
                 tw.prune_entry_rates(now);
+                if tw.shrink_sparse_maps() {
+                    crate::pipeline::release_free_memory();
+                }
                 if let (Some(base), Some(total)) = (tw_overflow_base, procnet::tw_overflow()) {
                     tw.overflows += total.saturating_sub(base);
                     tw_overflow_base = Some(total);
