@@ -304,7 +304,10 @@ impl Tracer {
                 },
             )
             .map_max_entries("PORT_FILTER", if filter.has_ports() { 1 << 16 } else { 1 })
-            .map_max_entries("TW_TRACED", tw_sockets)
+            // Twice the kernel's ceiling: an LRU map evicts before it is full, and the timers
+            // of TIME_WAITs that ended early stay until evicted (their cancel cannot tell them
+            // from an expiry, which the kernel precedes by a cancel).
+            .map_max_entries("TW_TRACED", tw_sockets.saturating_mul(2))
             .map_max_entries(
                 "TW_PENDING",
                 if filter.needs_owner() { tw_sockets } else { 1 },
