@@ -133,9 +133,19 @@ fn scrape_lost(port: u16) -> u64 {
 
 /// What the tracer printed: flow lines counted, the summary kept.
 struct Output {
-    flows: u64,
+    /// Flows whose remote port is one of the load's server ports (the clients' side), and
+    /// whose local port is (the server's side).
+    client_flows: u64,
+    server_flows: u64,
     summary: Option<serde_json::Value>,
     lost: u64,
+}
+
+/// The number after `"field":` in a JSON line.
+fn json_number(line: &str, field: &str) -> Option<u16> {
+    let rest = line.split(field).nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Events lost so far, from the tracer's warnings ("… events lost (N in all: …").
@@ -146,23 +156,18 @@ fn lost_in_all(line: &str) -> Option<u64> {
 
 fn start_tracer(
     bin: &Path,
-    ports: &[u16],
+    server_ports: &[u16],
     metrics: u16,
     time_wait: bool,
 ) -> Result<(Child, Arc<Mutex<Output>>)> {
-    let ports = ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    // Unfiltered: both sides of every connection (either may close first under this load,
+    // and TcpExtTW counts every TIME_WAIT on the host).
     let mut cmd = Command::new(bin);
     cmd.args([
         "flows",
         "--json",
         "--metrics",
         &format!("127.0.0.1:{metrics}"),
-        "-L",
-        &ports,
     ]);
     if !time_wait {
         cmd.arg("--no-time-wait");
@@ -182,7 +187,8 @@ fn start_tracer(
         }
     }
     let output = Arc::new(Mutex::new(Output {
-        flows: 0,
+        client_flows: 0,
+        server_flows: 0,
         summary: None,
         lost: 0,
     }));
@@ -197,11 +203,21 @@ fn start_tracer(
     });
     let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().context("stdout")?);
     let sink = output.clone();
+    let mut server_ports = server_ports.to_vec();
+    server_ports.sort_unstable();
     thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
             let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
             if line.starts_with("{\"type\":\"flow\"") {
-                out.flows += 1;
+                let is_server_port = |field| {
+                    json_number(&line, field)
+                        .is_some_and(|p| server_ports.binary_search(&p).is_ok())
+                };
+                if is_server_port("\"rport\":") {
+                    out.client_flows += 1;
+                } else if is_server_port("\"lport\":") {
+                    out.server_flows += 1;
+                }
             } else if line.starts_with("{\"type\":\"summary\"") {
                 out.summary = serde_json::from_str(&line).ok();
             }
@@ -356,7 +372,7 @@ pub fn run(args: &SoakArgs, bin: &Path) -> Result<()> {
         status_ok: status.success(),
         made,
         errors,
-        printed: out.flows,
+        printed: (out.client_flows, out.server_flows),
         summary: &summary,
         samples: &samples,
         time_wait: time_wait.then_some((tw_at_stop - tw_before, tw_after - tw_before)),
@@ -367,7 +383,8 @@ struct Checks<'a> {
     status_ok: bool,
     made: u64,
     errors: u64,
-    printed: u64,
+    /// Flows printed: (clients' side, server's side).
+    printed: (u64, u64),
     summary: &'a serde_json::Value,
     samples: &'a [Sample],
     /// TcpExtTW since start, read before and after the tracer stopped.
@@ -380,26 +397,29 @@ fn check(c: &Checks) -> Result<()> {
     let untracked = c.summary["flows"]["untracked"].as_u64().unwrap_or(0);
     let lost = c.summary["lost"]["total"].as_u64().unwrap_or(0);
     println!(
-        "connections made {} ({} failed); flows printed {} + lost {} + untracked {}",
-        c.made, c.errors, c.printed, lost_flows, untracked
+        "connections made {} ({} failed); flows printed: {} clients' and {} servers' sides; \
+         lost flow records {lost_flows}, untracked {untracked}, events lost {lost}",
+        c.made, c.errors, c.printed.0, c.printed.1
     );
     if !c.status_ok {
         drift.push("tcptrace did not exit 0".to_string());
     }
-    // Every connection's server side is printed once, unless its record was lost (counted):
+    // Each side of every connection is printed once, unless its record was lost (counted):
     // exact when nothing is lost.
-    let accounted = c.printed + lost;
-    if c.printed > c.made + c.errors || accounted + c.errors < c.made {
-        drift.push(format!(
-            "{} flows printed ({lost} events lost) for {} connections made ({} failed)",
-            c.printed, c.made, c.errors
-        ));
-    }
-    if lost == 0 && c.errors == 0 && c.printed != c.made {
-        drift.push(format!(
-            "{} flows printed for {} connections, nothing lost",
-            c.printed, c.made
-        ));
+    for (side, printed) in [("clients'", c.printed.0), ("servers'", c.printed.1)] {
+        if printed > c.made + c.errors || printed + lost + c.errors < c.made {
+            drift.push(format!(
+                "{printed} flows of the {side} side printed ({lost} events lost) for {} \
+                 connections made ({} failed)",
+                c.made, c.errors
+            ));
+        }
+        if lost == 0 && c.errors == 0 && printed != c.made {
+            drift.push(format!(
+                "{printed} flows of the {side} side printed for {} connections, nothing lost",
+                c.made
+            ));
+        }
     }
     if let Some((at_stop, after)) = c.time_wait {
         // TcpExtTW counts every TIME_WAIT that ended (expired, killed or reused; measured:
