@@ -218,7 +218,7 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
             time_wait::START => {
                 if let Some(addrs) = r.addrs {
                     if let Some(top) = sinks.observer.as_deref_mut() {
-                        if !sinks.tw.rearms(r.timer) {
+                        if !sinks.tw.rearms(r.timer, &addrs, r.ts_ns) {
                             top.time_wait_entered(&addrs, r.ts_ns);
                         }
                     }

@@ -80,6 +80,20 @@ fn forget_old_entries(queue: &mut VecDeque<u64>, now_ns: u64) {
     }
 }
 
+/// A start this soon after a cancel of the same timer, for the same 4-tuple and not inside a
+/// connect(), is the same TIME_WAIT re-armed (mod_timer), not a new one.
+const REARM_NS: u64 = 1_000_000;
+
+fn is_rearm(
+    a: &Active,
+    addrs: &FlowAddrs,
+    cancelled_ns: u64,
+    in_connect: bool,
+    ts_ns: u64,
+) -> bool {
+    !in_connect && a.addrs == *addrs && ts_ns.saturating_sub(cancelled_ns) < REARM_NS
+}
+
 /// Maps smaller than this are left as they are.
 const SPARSE_FROM: usize = 4096;
 
@@ -150,8 +164,11 @@ impl TimeWaitTracker {
 
     /// Whether a start at `timer` re-arms a TIME_WAIT already running there (a FIN
     /// retransmitted into TIME_WAIT) rather than starting a new one.
-    pub fn rearms(&self, timer: u64) -> bool {
-        self.active.get(&timer).is_some_and(|a| a.cancel.is_none())
+    pub fn rearms(&self, timer: u64, addrs: &FlowAddrs, ts_ns: u64) -> bool {
+        self.active.get(&timer).is_some_and(|a| match a.cancel {
+            None => true,
+            Some((cancelled_ns, in_connect)) => is_rearm(a, addrs, cancelled_ns, in_connect, ts_ns),
+        })
     }
 
     /// The 4-tuples of every socket in TIME_WAIT now, those from before tracing included
@@ -167,10 +184,16 @@ impl TimeWaitTracker {
     /// cancelled and had not settled yet (its memory was reused: it ended).
     pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) -> Option<Finished> {
         let mut ended = None;
-        if let Some(existing) = self.active.get(&timer) {
+        if let Some(existing) = self.active.get_mut(&timer) {
             let Some((cancelled_ns, in_connect)) = existing.cancel else {
                 return None; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
             };
+            if is_rearm(existing, &addrs, cancelled_ns, in_connect, ts_ns) {
+                // mod_timer on a pending timer: the kernel reports a cancel, then the start
+                // (FIN_WAIT2 becoming TIME_WAIT, a FIN retransmitted into it). It goes on.
+                existing.cancel = None;
+                return None;
+            }
             let end = TimeWaitEnd::early(in_connect);
             if let Some(old) = self.active.remove(&timer) {
                 ended = Some(self.end(timer, old, cancelled_ns, end));

@@ -163,3 +163,34 @@ fn a_burst_of_server_side_time_waits_gives_its_memory_back() {
     assert!(tw.entries.capacity() < 4_096 && tw.active.capacity() < 4_096);
     assert!(!tw.shrink_sparse_maps(), "once");
 }
+
+#[test]
+fn a_timer_re_armed_by_mod_timer_is_the_same_time_wait() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    assert!(tw.start(7, flow.addrs, S).is_none());
+    // mod_timer: a cancel, then the start, microseconds apart.
+    tw.cancel(7, S + 1_000, false);
+    assert!(tw.rearms(7, &flow.addrs, S + 3_000));
+    assert!(tw.start(7, flow.addrs, S + 3_000).is_none());
+    assert!(tw.settle(S + S).is_empty(), "not ended early");
+    let Some(Finished::Orphan(t)) = tw.expire(7, 61 * S) else {
+        panic!("the TIME_WAIT runs out once")
+    };
+    assert_eq!(
+        (t.end, t.held_ns),
+        (TimeWaitEnd::Expired, 60 * S),
+        "from the first start"
+    );
+    let summary = tw.summary();
+    assert_eq!(
+        (summary.entered, summary.ends.clone()),
+        (1, vec![(TimeWaitEnd::Expired, 1)])
+    );
+    // A start at the same address for another 4-tuple is a new TIME_WAIT.
+    assert!(tw.start(8, flow.addrs, 70 * S).is_none());
+    tw.cancel(8, 71 * S, false);
+    let mut other = flow.addrs;
+    other.local.port += 1;
+    assert!(!tw.rearms(8, &other, 71 * S + 1_000));
+}
