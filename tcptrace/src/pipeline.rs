@@ -99,6 +99,44 @@ pub fn release_free_memory() {
     }
 }
 
+/// The ring buffer, taken from the tracer and registered with tokio.
+pub fn async_ring(tracer: &mut Tracer) -> Result<AsyncFd<RingBuf<MapData>>> {
+    let ring = tracer.events.take().context("ring buffer already taken")?;
+    // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
+    // AsyncFd that owns the ring buffer is dropped.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with tokio")
+}
+
+/// SIGINT, SIGTERM and SIGHUP: each stops tracing, with the summary.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> Result<StopSignals> {
+        let install =
+            |kind, name| signal(kind).with_context(|| format!("installing the {name} handler"));
+        Ok(StopSignals {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for any of them.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
 /// Sockets already in TIME_WAIT count until their remaining time runs out.
 pub fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
     let now = Clock::ktime_now();
@@ -160,12 +198,7 @@ async fn trace(config: Config) -> Result<()> {
     } else {
         Printer::Text(TextPrinter::new(out, clock, config.mode == Command::All))
     };
-    let ring = tracer.events.take().context("ring buffer already taken")?;
-    // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
-    // AsyncFd that owns the ring buffer is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with tokio")?;
+    let mut ring = async_ring(&mut tracer)?;
     let mut logger = match tracer.logger.take() {
         // SAFETY: as above: the logger owns its ring-buffer fd for its whole life.
         Some(l) => Some(
@@ -175,9 +208,7 @@ async fn trace(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut stops = StopSignals::install()?;
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut poll = interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -229,9 +260,7 @@ async fn trace(config: Config) -> Result<()> {
     let stop = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => break Stop::Requested,
-            _ = sigterm.recv() => break Stop::Requested,
-            _ = sighup.recv() => break Stop::Requested,
+            _ = stops.recv() => break Stop::Requested,
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
                 if deadline.is_some() => break Stop::Requested,
             guard = ring.readable_mut() => {

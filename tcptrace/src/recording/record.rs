@@ -8,15 +8,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-    time::{interval, sleep_until, Instant, MissedTickBehavior},
-};
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
 use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
-    aggregate::KernelCounters, cli::Config, clock::Clock, forecast, keepalive, loader::Tracer,
+    aggregate::KernelCounters,
+    cli::Config,
+    clock::Clock,
+    forecast, keepalive,
+    loader::Tracer,
+    pipeline::{async_ring, StopSignals},
 };
 
 /// Where and how much to write.
@@ -157,15 +158,8 @@ async fn record_until_stopped(config: Config, options: RecordOptions) -> Result<
     let mut tracer = Tracer::load(&config)?;
     let clock = Clock::now();
     let mut recorder = Recorder::create(options, header(&config, &tracer, &clock))?;
-    let ring = tracer.events.take().context("ring buffer already taken")?;
-    // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
-    // AsyncFd that owns the ring buffer is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with tokio")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut ring = async_ring(&mut tracer)?;
+    let mut stops = StopSignals::install()?;
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut poll = interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -180,9 +174,7 @@ async fn record_until_stopped(config: Config, options: RecordOptions) -> Result<
     loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
+            _ = stops.recv() => break,
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
                 if deadline.is_some() => break,
             guard = ring.readable_mut() => {

@@ -11,8 +11,6 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use ratatui::{crossterm::event::Event as TermEvent, DefaultTerminal};
 use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
     sync::mpsc,
     time::{interval, sleep_until, Instant, MissedTickBehavior},
 };
@@ -28,7 +26,7 @@ use crate::{
     forecast,
     loader::Tracer,
     model::FlowAddrs,
-    pipeline::{evict_if_due, finish, seed_time_wait, DRAIN_BATCH},
+    pipeline::{async_ring, evict_if_due, finish, seed_time_wait, StopSignals, DRAIN_BATCH},
     procnet,
     render::{Printer, TextPrinter},
     sockdiag,
@@ -149,17 +147,10 @@ async fn trace(config: Config) -> Result<()> {
     let mut tracer = Tracer::load(&config)?;
     let clock = Clock::now();
     let started_ns = Clock::ktime_now();
-    let ring = tracer.events.take().context("ring buffer already taken")?;
-    // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
-    // AsyncFd that owns the ring buffer is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with tokio")?;
+    let mut ring = async_ring(&mut tracer)?;
     // Kernel-side log lines would be written across the screen: not read here.
     drop(tracer.logger.take());
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut stops = StopSignals::install()?;
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut poll = interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -199,9 +190,7 @@ async fn trace(config: Config) -> Result<()> {
     let failed = loop {
         tokio::select! {
             biased;
-            _ = sigint.recv() => break None,
-            _ = sigterm.recv() => break None,
-            _ = sighup.recv() => break None,
+            _ = stops.recv() => break None,
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
                 if deadline.is_some() => break None,
             key = keys.recv() => match key {
