@@ -231,6 +231,9 @@ impl TimeWaitTracker {
             return Some(flow); // no timewait socket: tcp_max_tw_buckets overflow, or untraced
         };
         match self.active.get_mut(&timer) {
+            // That TIME_WAIT holds a flow already (its timer address and 4-tuple came back
+            // before its end was seen): this one is printed now rather than replace it.
+            Some(active) if active.flow.is_some() => Some(flow),
             Some(active) => {
                 let first = flow.lifecycle.path.first().map(|s| s.state);
                 if first == Some(TcpState::SynRecv) {

@@ -194,3 +194,29 @@ fn a_timer_re_armed_by_mod_timer_is_the_same_time_wait() {
     other.local.port += 1;
     assert!(!tw.rearms(8, &other, 71 * S + 1_000));
 }
+
+#[test]
+fn a_second_flow_for_a_time_wait_that_holds_one_is_printed_not_lost() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    assert!(tw.start(7, flow.addrs, S).is_none());
+    assert!(
+        tw.flow(flow.clone(), true).is_none(),
+        "held for its TIME_WAIT"
+    );
+    // The same timer address and 4-tuple start again at once (a cancel inside connect() that
+    // was not recognised as such), and a second flow closes into it.
+    tw.cancel(7, S + 1_000, false);
+    assert!(tw.start(7, flow.addrs, S + 2_000).is_none());
+    let mut second = flow.clone();
+    second.ts_ns += 1;
+    assert_eq!(
+        tw.flow(second.clone(), true),
+        Some(second),
+        "printed at once"
+    );
+    let Some(Finished::Flow(first)) = tw.expire(7, 61 * S) else {
+        panic!("the first flow ends with the TIME_WAIT")
+    };
+    assert_eq!(first.ts_ns, flow.ts_ns);
+}
