@@ -4,7 +4,7 @@
 //! the summary. Two tracers at once work independently.
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{shared_load, Tracer, BIN};
+use crate::support::{shared_load, spawn_attached, Tracer, BIN};
 
 /// The kernel ids of a process's BPF objects: (programs, links, maps).
 type BpfIds = (BTreeSet<u32>, BTreeSet<u32>, BTreeSet<u32>);
@@ -90,33 +90,12 @@ struct Run {
 
 impl Run {
     fn start(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Run {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let err = child.stderr.take().expect("piped stderr");
-        let (tx, stderr) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match stderr.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("tcptrace: tracing") => break,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("tcptrace exited before attaching: {:?}", child.wait())
-                }
-            }
-            assert!(Instant::now() < deadline, "tcptrace did not attach");
-        }
+        let (child, stderr) = spawn_attached(
+            Command::new(BIN)
+                .args(args)
+                .envs(env.iter().copied())
+                .stdout(stdout),
+        );
         let ids = bpf_ids_of(child.id());
         assert!(
             ids.0.len() >= 5 && !ids.1.is_empty() && !ids.2.is_empty(),

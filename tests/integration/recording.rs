@@ -2,18 +2,18 @@
 //! the live tool printed beside it, rotation caps the disk used, and a recorder killed
 //! mid-write leaves a file that reports up to the cut and says where.
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{Shutdown, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::support::{heavy_load, shared_load, Tracer, BIN};
+use crate::support::{heavy_load, shared_load, spawn_attached, Tracer, BIN};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
@@ -30,36 +30,12 @@ struct Recorder {
 
 impl Recorder {
     fn start(args: &[&str]) -> Recorder {
-        let mut child = Command::new(BIN)
-            .arg("record")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let err = child.stderr.take().expect("piped stderr");
-        let (tx, stderr) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match stderr.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("tcptrace: tracing") => break,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "tcptrace record exited before attaching: {:?}",
-                        child.wait()
-                    )
-                }
-            }
-            assert!(Instant::now() < deadline, "tcptrace record did not attach");
-        }
+        let (child, stderr) = spawn_attached(
+            Command::new(BIN)
+                .arg("record")
+                .args(args)
+                .stdout(Stdio::null()),
+        );
         Recorder { child, stderr }
     }
 

@@ -27,6 +27,41 @@ pub fn shared_load() -> RwLockReadGuard<'static, ()> {
     LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Reads a child's stderr line by line on a thread of its own.
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Spawns `command` (stderr piped) and waits until tcptrace says it is tracing; returns the
+/// child and the rest of its stderr.
+pub fn spawn_attached(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let stderr = stderr_lines(&mut child);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match stderr.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.starts_with(READY) => return (child, stderr),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("{command:?} exited before attaching: {:?}", child.wait())
+            }
+        }
+        assert!(Instant::now() < deadline, "{command:?} did not attach");
+    }
+}
+
 const READY: &str = "tcptrace: tracing";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -92,15 +127,7 @@ impl Tracer {
         let out = child.stdout.take().expect("piped stdout");
         let stdout =
             thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
-        let err = child.stderr.take().expect("piped stderr");
-        let (tx, stderr) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = stderr_lines(&mut child);
         let mut tracer = Tracer {
             _shared: None,
             child,
