@@ -12,7 +12,9 @@ use tcptrace_common::{
     slot, stat, Counters, FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN, TRANSITION_SLOTS,
 };
 
-use crate::{aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle};
+use crate::{
+    aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle, load_error::explain,
+};
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -189,30 +191,6 @@ fn raise_memlock() {
             "setrlimit(RLIMIT_MEMLOCK) failed: {}",
             io::Error::last_os_error()
         );
-    }
-}
-
-/// Adds the fix to errors whose cause is a missing privilege. The kernel also answers EACCES
-/// when its verifier rejects a program: that is said as such, with the verifier's log.
-fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
-    if format!("{err:#}").contains("Verifier output") {
-        return err.context(format!(
-            "the kernel's verifier rejected the program while {what} (please report it with \
-             the kernel version)"
-        ));
-    }
-    let denied = err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
-    });
-    if denied {
-        err.context(format!(
-            "permission denied while {what}: run as root, or with CAP_BPF and CAP_PERFMON; \
-             kernel lockdown (confidentiality) also forbids tracing"
-        ))
-    } else {
-        err.context(format!("failed while {what}"))
     }
 }
 

@@ -19,6 +19,7 @@ mod forecast;
 mod fuzz_tests;
 mod idle;
 mod keepalive;
+mod load_error;
 mod loader;
 mod metrics;
 mod model;

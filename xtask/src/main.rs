@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod guest;
 mod oldkernels;
 mod setup;
 mod soak;
@@ -75,10 +76,17 @@ enum Task {
     /// exits non-zero on any drift (flows vs connections, TIME_WAIT vs the kernel, memory,
     /// fds).
     Soak(soak::SoakArgs),
-    /// Run every test: unit tests and, as root on the real kernel, the integration tests.
-    /// Boot Debian's 6.1 and 6.12 kernels under qemu with tcptrace inside and check what it
-    /// traces (a few minutes; `test` checks the stack budget those kernels enforce).
+    /// Boot Debian's 6.1, 6.12 and newest kernels under qemu with tcptrace inside: loading,
+    /// filters, and keepalive timeout, half-open, SYN timeout and TIME_WAIT expiry staged with
+    /// iptables (~10 minutes; `test` checks the stack budget the older kernels enforce).
     OldKernels,
+    /// Inside an `old-kernels` guest: the failure scenarios under one tracer.
+    #[command(hide = true)]
+    GuestScenarios {
+        #[arg(long)]
+        tcptrace: PathBuf,
+    },
+    /// Run every test: unit tests and, as root on the real kernel, the integration tests.
     Test {
         /// Only the fuzz targets (record decoder, recording reader, sock_diag parser, filter
         /// values), each for --fuzz-secs, optimised.
@@ -277,6 +285,7 @@ fn main() -> ExitCode {
             require_root("cargo xtask old-kernels")?;
             oldkernels::test(&bin)
         }),
+        Task::GuestScenarios { tcptrace } => guest::run(&tcptrace),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
         Task::BenchLoad { rate, secs } => bench::load_only(rate, secs),
         Task::Completions { out } => build(false).and_then(|bin| {

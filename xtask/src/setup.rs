@@ -129,11 +129,19 @@ pub fn ensure_build_tools() -> Result<()> {
     ensure_bpf_linker()
 }
 
-/// qemu, busybox and cpio: the tests boot Debian's older kernels with tcptrace inside.
+/// qemu, busybox, cpio, curl and the decompressors: `old-kernels` boots Debian's kernels
+/// (6.1, 6.12 and the newest, fetched from deb.debian.org) with tcptrace inside.
 pub fn ensure_vm_tools() -> Result<()> {
     apt_install(
-        &["qemu-system-x86", "busybox-static", "cpio"],
-        "the tests boot Debian's 6.1 and 6.12 kernels under qemu",
+        &[
+            "qemu-system-x86",
+            "busybox-static",
+            "cpio",
+            "curl",
+            "xz-utils",
+            "zstd",
+        ],
+        "old-kernels boots Debian's 6.1, 6.12 and newest kernels under qemu",
     )
 }
 

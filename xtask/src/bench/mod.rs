@@ -130,6 +130,9 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Reads (transitions, retransmits, lost) from a tracer's output file ([`summary_numbers`]).
+type SummaryParser<'a> = dyn Fn(&Path) -> Result<(u64, u64, u64)> + 'a;
+
 /// Numbers from tcptrace's text summary line
 /// `--- tcptrace summary: 3.0s traced, N transitions, R retransmits, L lost ---`, or from the
 /// JSON summary object.
@@ -215,7 +218,7 @@ impl Bench<'_> {
         name: &str,
         start: &dyn Fn(&Path) -> Result<RunningTracer>,
         command: &str,
-        parse: Option<&dyn Fn(&Path) -> Result<(u64, u64, u64)>>,
+        parse: Option<&SummaryParser<'_>>,
     ) -> Result<ModeRow> {
         let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut events, mut cpu, mut wall, mut rss) = (0u64, 0u64, 0u64, 0u64);
@@ -371,7 +374,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         }
         let start = |out: &Path| bench.tcptrace(mode_args, out);
         let command = format!("tcptrace {}", mode_args.join(" "));
-        let parse: &dyn Fn(&Path) -> Result<(u64, u64, u64)> = &summary_numbers;
+        let parse: &SummaryParser<'_> = &summary_numbers;
         results.modes.push(bench.mode(
             name,
             &start,
