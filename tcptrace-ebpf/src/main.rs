@@ -9,6 +9,7 @@ mod reset;
 mod retransmit;
 mod set_state;
 mod sock;
+mod storage_probe;
 mod timers;
 
 #[cfg(not(test))]

@@ -90,9 +90,12 @@ pub enum Command {
     #[command(hide = true)]
     Man,
     /// Attach only an empty program to inet_sock_set_state (the hook's own cost, for
-    /// `cargo xtask bench`).
+    /// `cargo xtask bench`), or one that keeps a small flow state (`--variant`).
     #[command(hide = true)]
-    HookFloor,
+    HookFloor {
+        #[arg(long, value_enum, default_value_t = crate::floor::Variant::Empty)]
+        variant: crate::floor::Variant,
+    },
     /// Benchmark the userspace pipeline on synthetic records (used by `cargo xtask bench`).
     #[command(hide = true)]
     ReplayBench {

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => replay::run(records),
-        Some(cli::Command::HookFloor) => floor::run(&cli.common.btf),
+        Some(cli::Command::HookFloor { variant }) => floor::run(&cli.common.btf, variant),
         Some(cli::Command::Idle { min_idle }) => {
             let json = cli.common.json;
             filter::FilterSpec::try_from(cli.common.filter)

@@ -49,11 +49,12 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// record, flows-on-demand, metrics-on-demand, filtered, floor, bpftrace.
+    /// record, flows-on-demand, metrics-on-demand, filtered, floor, storage (flow-state
+    /// probes), bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,filtered,floor,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,filtered,floor,storage,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -90,6 +91,8 @@ struct Results {
     /// The same with the flow table allocated on demand.
     kernel_ns_per_transition_on_demand: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
+    /// ns per run of an empty hook and of the flow-state probes (sk_storage, hash).
+    flow_state_probes: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
     steady_cpu: Vec<steady::SteadyCpu>,
     /// Each mode: the highest tried rate with nothing lost (ring or kernel-skipped).
@@ -324,7 +327,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 9] = [
+    let modes: [(&str, &str, &[&str]); 11] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -366,6 +369,18 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
         // An empty program on the same tracepoint: the floor any hook pays here.
         ("floor", "empty hook (floor)", &["hook-floor"]),
+        // Only a small flow state, kept in socket-local storage or in a global hash: what
+        // the place a flow's state lives costs (no records, no filters).
+        (
+            "storage",
+            "state in sk_storage (probe)",
+            &["hook-floor", "--variant", "sk-storage"],
+        ),
+        (
+            "storage",
+            "state in a hash (probe)",
+            &["hook-floor", "--variant", "hash"],
+        ),
     ];
     let wanted = |key: &str| args.modes.iter().any(|m| m == key);
     for (key, name, mode_args) in modes {
@@ -379,7 +394,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             name,
             &start,
             command.trim(),
-            (key != "floor").then_some(parse),
+            (key != "floor" && key != "storage").then_some(parse),
         )?);
     }
     if wanted("record") {
@@ -442,6 +457,20 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         ],
     )?;
     results.kernel_ns_per_transition_on_demand = per_transition(&on_demand);
+
+    // Kernel ns per transition of the flow-state probes, beside the empty hook's.
+    if wanted("storage") {
+        for variant in ["empty", "sk-storage", "hash"] {
+            // The kernel keeps 15 characters of a program's name: named by variant instead.
+            let costs = steady::program_costs(&bench, &["hook-floor", "--variant", variant])?;
+            results
+                .flow_state_probes
+                .extend(costs.into_iter().map(|c| steady::ProgramCost {
+                    program: format!("--variant {variant}"),
+                    ..c
+                }));
+        }
+    }
 
     // Tracer CPU at a fixed 10k connections/s, in steady state: flows and metrics-only.
     let (warmup, steady) = (

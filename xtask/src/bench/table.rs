@@ -43,6 +43,15 @@ pub(super) fn print_table(r: &Results) {
             p.program, p.runs, p.ns_per_run
         );
     }
+    if !r.flow_state_probes.is_empty() {
+        println!("flow state alone (probes, flat out; empty hook first):");
+        for p in &r.flow_state_probes {
+            println!(
+                "  {:<32} {:>10} runs {:>8.1} ns/run",
+                p.program, p.runs, p.ns_per_run
+            );
+        }
+    }
     for l in &r.lossless {
         match (l.conn_per_s, l.events_per_s) {
             (Some(c), Some(e)) => println!(

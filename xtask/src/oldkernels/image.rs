@@ -394,3 +394,42 @@ pub fn initramfs(tcptrace: &Path, kernel: &Kernel, init: &str, dir: &Path) -> Re
         .current_dir(&root))?;
     Ok(image)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_dependencies_include_soft_ones() {
+        let modinfo = b"\0license=GPL\0softdep=pre: crc32c\0depends=\0name=libcrc32c\0";
+        assert_eq!(depends(modinfo), ["crc32c"]);
+        let modinfo = b"\0depends=nfnetlink,libcrc32c\0name=nf_tables\0";
+        assert_eq!(depends(modinfo), ["nfnetlink", "libcrc32c"]);
+        let modinfo = b"\0softdep=pre: a b post: c\0depends=x\0";
+        assert_eq!(depends(modinfo), ["x", "a", "b"]);
+        assert!(depends(b"no modinfo here").is_empty());
+    }
+
+    #[test]
+    fn kernel_versions_order_numerically() {
+        let mut names = [
+            "linux-image-7.2.13+deb14-amd64",
+            "linux-image-7.10.1+deb14-amd64",
+            "linux-image-7.2.9+deb14-amd64",
+        ];
+        names.sort_by_key(|n| version_key(n));
+        assert_eq!(names[2], "linux-image-7.10.1+deb14-amd64");
+        assert_eq!(names[0], "linux-image-7.2.9+deb14-amd64");
+    }
+
+    #[test]
+    fn a_package_names_its_series() {
+        let kernel = |package: &str| Kernel {
+            package: package.into(),
+            vmlinuz: PathBuf::new(),
+            modules: PathBuf::new(),
+        };
+        assert_eq!(kernel("linux-image-6.1.0-57-amd64").series(), "6.1");
+        assert_eq!(kernel("linux-image-7.2.13+deb14-amd64").series(), "7.2");
+    }
+}

@@ -203,7 +203,11 @@ fn check(series: &str, log: &str) -> Result<String> {
         .lines()
         .find_map(|l| l.split_once("KERNEL ").map(|(_, k)| k.trim()))
         .with_context(|| format!("{series}: the guest did not start (see its log)"))?;
-    if !kernel.starts_with(series) {
+    // 6.1 is not 6.12: the series must end where a version part ends.
+    let of_series = kernel
+        .strip_prefix(series)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()));
+    if !of_series {
         bail!("{series}: booted {kernel}");
     }
     // What tcptrace said in one scenario: the STDERR lines from its STOPPED line to the next
@@ -321,7 +325,7 @@ pub fn test(bin: &Path) -> Result<()> {
     for (label, kernel, initrd, expect) in images {
         let log_path = dir.join(format!("{label}.log"));
         eprintln!(
-            "xtask: booting {} under qemu (software emulation, ~5 minutes)",
+            "xtask: booting {} under qemu (software emulation, ~4 minutes)",
             kernel.package
         );
         let child = boot(&kernel.vmlinuz, &initrd, &log_path)?;
@@ -355,4 +359,61 @@ pub fn test(bin: &Path) -> Result<()> {
         bail!("other kernels: {}", failures.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFUSED_LOG: &str = "KERNEL 5.10.0-32-amd64\nSTDERR tcptrace: error: Linux \
+        5.10.0-32-amd64 is older than the oldest kernel tcptrace runs on (6.1): …\nRESULT \
+        refused exit=2 lines=1\nDONE\n";
+
+    #[test]
+    fn a_refusal_must_be_one_line_naming_the_kernel() {
+        check_refused("5.10", REFUSED_LOG).expect("the expected refusal");
+        let two_lines = REFUSED_LOG.replace("lines=1", "lines=2");
+        assert!(check_refused("5.10", &two_lines).is_err());
+        let other = REFUSED_LOG.replace("older than the oldest kernel", "something else");
+        assert!(check_refused("5.10", &other).is_err());
+        let loaded = REFUSED_LOG.replace("exit=2", "exit=0");
+        assert!(check_refused("5.10", &loaded).is_err());
+    }
+
+    /// A guest log where every scenario passed, on `kernel`.
+    fn passing_log(kernel: &str) -> String {
+        let mut log = format!("KERNEL {kernel}\n");
+        for (name, ..) in SCENARIOS {
+            log.push_str(&format!(
+                "STOPPED {name} in 0 s\nRESULT {name} exit=0 flows="
+            ));
+            log.push_str(match name {
+                "remote-port" => "3 to7000=3\n",
+                "pid" => "0 to7000=0\n",
+                _ => "18 to7000=3\n",
+            });
+        }
+        log.push_str("STOPPED scenarios in 0 s\n");
+        for name in guest::SCENARIOS {
+            log.push_str(&format!("RESULT {name} ok\n"));
+        }
+        log
+    }
+
+    #[test]
+    fn every_scenario_must_pass_on_the_series_booted() {
+        check("6.12", &passing_log("6.12.117+deb12-amd64")).expect("all passed");
+        assert!(check("6.1", &passing_log("6.12.117+deb12-amd64")).is_err());
+        let failed = passing_log("6.1.0-57-amd64").replace(
+            "RESULT syn-timeout ok",
+            "RESULT syn-timeout FAIL expected …",
+        );
+        let err = check("6.1", &failed).expect_err("a failure scenario failed");
+        assert!(format!("{err}").contains("syn-timeout"), "{err}");
+        let missing = passing_log("6.1.0-57-amd64").replace("RESULT time-wait-expiry ok\n", "");
+        assert!(check("6.1", &missing).is_err());
+        let filtered =
+            passing_log("6.1.0-57-amd64").replace("flows=3 to7000=3", "flows=6 to7000=3");
+        assert!(check("6.1", &filtered).is_err());
+    }
 }
