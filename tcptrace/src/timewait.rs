@@ -53,8 +53,12 @@ pub struct TimeWaitTracker {
     entries: HashMap<(IpAddr, Endpoint), VecDeque<u64>>,
     held: Option<Histogram<u64>>,
     ends: BTreeMap<TimeWaitEnd, u64>,
-    /// TIME_WAITs entered per destination, for the summary.
+    /// TIME_WAITs entered per destination, for the summary. A TIME_WAIT held by the
+    /// accepting side leaves it (and `entries`) once its flow says so: its remote endpoint is
+    /// a client's ephemeral port, and counting every one would grow without bound on a server
+    /// that closes first.
     by_destination: HashMap<Endpoint, u64>,
+    entered: u64,
     /// Sockets in TIME_WAIT now (those in `active`), kept as they start and end so that the
     /// gauges cost the number of destinations, not of sockets.
     live_by_destination: HashMap<Endpoint, u64>,
@@ -216,6 +220,7 @@ impl TimeWaitTracker {
         queue.push_back(ts_ns);
         forget_old_entries(queue, ts_ns);
         *self.by_destination.entry(addrs.remote).or_default() += 1;
+        self.entered += 1;
         *self.live_by_destination.entry(addrs.remote).or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         ended
@@ -236,18 +241,37 @@ impl TimeWaitTracker {
             Some(active) if active.flow.is_some() => Some(flow),
             Some(active) => {
                 let first = flow.lifecycle.path.first().map(|s| s.state);
-                if first == Some(TcpState::SynRecv) {
-                    self.server_side += 1;
-                } else {
-                    self.client_side += 1;
-                }
+                let accepted = first == Some(TcpState::SynRecv);
+                let (addrs, start_ns) = (active.addrs, active.start_ns);
                 if keep {
                     active.flow = Some(flow);
+                }
+                if accepted {
+                    self.server_side += 1;
+                    self.not_a_destination(&addrs, start_ns);
+                } else {
+                    self.client_side += 1;
                 }
                 None
             }
             None => Some(flow),
         }
+    }
+
+    /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
+    /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
+    /// out). It stays in the live gauges until it ends.
+    fn not_a_destination(&mut self, addrs: &FlowAddrs, start_ns: u64) {
+        let key = (addrs.local.addr, addrs.remote);
+        if let Some(queue) = self.entries.get_mut(&key) {
+            if let Some(at) = queue.iter().rposition(|&t| t == start_ns) {
+                queue.remove(at);
+            }
+            if queue.is_empty() {
+                self.entries.remove(&key);
+            }
+        }
+        decrement(&mut self.by_destination, addrs.remote);
     }
 
     pub fn cancel(&mut self, timer: u64, ts_ns: u64, in_connect: bool) {
@@ -372,6 +396,7 @@ impl TimeWaitTracker {
         shrunk |= shrink_if_sparse(&mut self.active);
         shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
         shrunk |= shrink_if_sparse(&mut self.live_by_destination);
+        shrunk |= shrink_if_sparse(&mut self.by_destination);
         shrunk |= shrink_if_sparse(&mut self.live_by_local);
         if self.cancels.capacity() > SPARSE_FROM && self.cancels.len() < self.cancels.capacity() / 4
         {
@@ -400,7 +425,7 @@ impl TimeWaitTracker {
         top.truncate(10);
         let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         TimeWaitSummary {
-            entered: self.by_destination.values().sum(),
+            entered: self.entered,
             client_side: self.client_side,
             server_side: self.server_side,
             ends: self.ends.iter().map(|(&k, &v)| (k, v)).collect(),

@@ -220,3 +220,47 @@ fn a_second_flow_for_a_time_wait_that_holds_one_is_printed_not_lost() {
     };
     assert_eq!(first.ts_ns, flow.ts_ns);
 }
+
+/// A server's flow to `client_port` that closed first (its TIME_WAIT is the server's).
+fn server_flow_closing_first(client_port: u16) -> FinishedFlow {
+    let mut flow = tcptrace_common::FlowState::start(ts::LISTEN, ts::SYN_RECV, 1_000_000);
+    for (i, &state) in [ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]
+        .iter()
+        .enumerate()
+    {
+        flow.enter(state, 1_000_000 * (i as u64 + 2));
+    }
+    let mut end = raw::flow_end(flow, 5_000_000);
+    end.tuple = raw::v4_tuple(443, client_port);
+    match decode(&raw::bytes_of(&end)) {
+        Ok(Event::FlowEnd(f)) => f,
+        other => panic!("fixture: {other:?}"),
+    }
+}
+
+#[test]
+fn the_accepting_side_s_time_waits_are_not_destinations() {
+    let mut tw = TimeWaitTracker::new();
+    // A server closing first: one TIME_WAIT per client port, which must not each become a
+    // destination (entry rates, the summary's counts): that grew without bound.
+    for port in 1..=1_000u16 {
+        let flow = server_flow_closing_first(30_000 + port);
+        assert!(tw.start(u64::from(port), flow.addrs, S).is_none());
+        assert!(tw.flow(flow, false).is_none(), "counted, not held");
+    }
+    assert!(tw.entries.is_empty(), "no entry rate per client port");
+    assert!(tw.by_destination.is_empty(), "no count per client port");
+    let s = tw.summary();
+    assert_eq!((s.entered, s.server_side, s.client_side), (1_000, 1_000, 0));
+    assert!(s.top_destinations.is_empty(), "{:?}", s.top_destinations);
+    assert_eq!(tw.gauges(S).total, 1_000, "still in TIME_WAIT");
+
+    // The connecting side's TIME_WAIT is a destination's.
+    let client = client_flow_closing_first();
+    assert!(tw.start(5_000, client.addrs, S).is_none());
+    assert!(tw.flow(client.clone(), false).is_none());
+    let s = tw.summary();
+    assert_eq!(s.top_destinations, vec![(client.addrs.remote, 1)]);
+    assert_eq!((s.entered, s.client_side), (1_001, 1));
+    assert_eq!(tw.entry_rates(S).len(), 1);
+}
