@@ -401,22 +401,10 @@ async fn trace(config: Config) -> Result<()> {
 
     tracer.detach()?;
     let ends = (started_ns, evictor.evicted);
-    match stop {
-        Stop::Requested => {
-            let result = finish(
-                &config,
-                &tracer,
-                ring.get_mut(),
-                &mut printer,
-                &mut agg,
-                &mut tw,
-                ends,
-            );
-            match result {
-                Err(e) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
-                other => other,
-            }
-        }
+    let failed = match stop {
+        Stop::Requested => None,
+        // Detached; what was gathered is still summed up, then the error is said.
+        Stop::Failed(error) => Some(error),
         // Nothing more can be printed: the last records are counted, the summary goes to
         // stderr.
         Stop::BrokenPipe => {
@@ -428,21 +416,22 @@ async fn trace(config: Config) -> Result<()> {
                 stderr.summary(&summary)?;
                 stderr.flush()?;
             }
-            Ok(())
+            return Ok(());
         }
-        // Detached; what was gathered is still summed up, then the error is said.
-        Stop::Failed(error) => {
-            let _ = finish(
-                &config,
-                &tracer,
-                ring.get_mut(),
-                &mut printer,
-                &mut agg,
-                &mut tw,
-                ends,
-            );
-            Err(error)
-        }
+    };
+    let result = finish(
+        &config,
+        &tracer,
+        ring.get_mut(),
+        &mut printer,
+        &mut agg,
+        &mut tw,
+        ends,
+    );
+    match (failed, result) {
+        (Some(error), _) => Err(error),
+        (None, Err(e)) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
+        (None, other) => other,
     }
 }
 
