@@ -401,6 +401,19 @@ fn check(c: &Checks) -> Result<()> {
          lost flow records {lost_flows}, untracked {untracked}, events lost {lost}",
         c.made, c.errors, c.printed.0, c.printed.1
     );
+    // What the summary says went wrong without being lost, to tell a shortfall's cause.
+    let anomalies: Vec<String> = [
+        "read_errors",
+        "decode_errors",
+        "stale_flows",
+        "path_gaps",
+        "truncated_paths",
+        "nested_events",
+    ]
+    .iter()
+    .map(|k| format!("{k} {}", c.summary[k]))
+    .collect();
+    println!("tcptrace's summary: {}", anomalies.join(", "));
     if !c.status_ok {
         drift.push("tcptrace did not exit 0".to_string());
     }
