@@ -127,7 +127,7 @@ fn prejudge(ctx: &BtfTracePointContext, slot: u32) -> Prejudged {
         },
         None => (false, false, 0),
     };
-    let restarted = existing.is_some() && old == tcp_state::CLOSE;
+    let restarted = existing.is_some() && starts_a_socket(old, new);
     if existing.is_some() && !restarted && !pending {
         return Prejudged::NotJudged;
     }
@@ -179,6 +179,14 @@ fn log_table_full(ctx: &BtfTracePointContext) {
         ctx,
         "flow table full: flows beyond --max-flows are counted, not tracked"
     );
+}
+
+/// A socket's first transition: leaving CLOSE (connect, listen), or an accepted child's
+/// LISTEN → SYN_RECV. An entry already under its address belonged to an earlier socket whose
+/// CLOSE was missed (a child's was otherwise merged into it, as a path gap).
+#[inline(always)]
+fn starts_a_socket(old: u8, new: u8) -> bool {
+    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
 /// The listener a transition concerns: its own (LISTEN ↔ CLOSE) or its child's parent.
@@ -256,7 +264,7 @@ fn try_inet_sock_set_state(
     let key = sk as u64;
     let existing = FLOW_TABLE.get_ptr_mut(&key);
     let is_fresh = existing.is_none();
-    let restarted = !is_fresh && old == tcp_state::CLOSE;
+    let restarted = !is_fresh && starts_a_socket(old, new);
     let pending = match existing {
         // SAFETY: a map value, valid for this run; one byte read.
         Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
@@ -303,8 +311,8 @@ fn try_inet_sock_set_state(
         release_held_start(stats, flow, key, &tuple, emit_transitions);
     }
     if restarted {
-        // A socket leaving CLOSE is new: the entry under its address belonged to an earlier
-        // socket whose CLOSE was missed.
+        // A socket starting (see `starts_a_socket`) is new: the entry under its address
+        // belonged to an earlier socket whose CLOSE was missed.
         stats.bump(stat::STALE_FLOWS);
         flow.restart(old, new, now);
     } else if !is_fresh {
