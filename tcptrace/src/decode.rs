@@ -153,6 +153,24 @@ pub(crate) fn record_bytes<T: Copy>(record: &T) -> Vec<u8> {
         .to_vec()
 }
 
+/// For a transition record: checks it as [`decode`] would and returns only its time, for
+/// consumers that do not look at transitions (a report of a recording as flows reads every
+/// transition of the file). `None` for any other record.
+pub fn transition_time(bytes: &[u8]) -> Option<Result<u64>> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if kind != record_kind::TRANSITION {
+        return None;
+    }
+    Some(
+        read_record::<RawTransition>(bytes, "transition").and_then(|RawTransition(raw)| {
+            state(raw.old_state)?;
+            state(raw.new_state)?;
+            FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?;
+            Ok(raw.ts_ns)
+        }),
+    )
+}
+
 /// Reads a ring-buffer item.
 pub fn decode(bytes: &[u8]) -> Result<Event> {
     let kind_bytes: [u8; 4] = bytes

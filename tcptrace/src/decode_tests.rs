@@ -70,6 +70,49 @@ fn transition_decodes_with_duration_and_owner() {
 }
 
 #[test]
+fn a_transition_checked_for_its_time_only_fails_where_decoding_fails() {
+    let raw = TransitionEvent {
+        kind: record_kind::TRANSITION,
+        old_state: ts::SYN_SENT,
+        new_state: ts::ESTABLISHED,
+        flags: event_flags::OWNER_KNOWN,
+        _pad0: 0,
+        ts_ns: 77,
+        old_state_ns: 0,
+        skaddr: 0xdead,
+        tuple: v4_tuple(51234, 443),
+        pid: 4242,
+        comm: owner(4242, "curl").comm,
+        _pad1: [0; 4],
+    };
+    let good = bytes_of(&raw);
+    assert_eq!(
+        transition_time(&good)
+            .expect("a transition")
+            .expect("valid"),
+        77
+    );
+    let bad_state = bytes_of(&TransitionEvent {
+        new_state: 200,
+        ..raw
+    });
+    let bad_family = bytes_of(&TransitionEvent {
+        tuple: Tuple {
+            family: 99,
+            ..raw.tuple
+        },
+        ..raw
+    });
+    for bad in [&good[..good.len() - 1], &bad_state[..], &bad_family[..]] {
+        let checked = transition_time(bad).expect("a transition");
+        assert!(checked.is_err() && decode(bad).is_err(), "{checked:?}");
+    }
+    let flow = bytes_of(&flow_end(client_flow(&[ts::ESTABLISHED]), 9));
+    assert!(transition_time(&flow).is_none(), "not a transition");
+    assert!(transition_time(&[1, 0]).is_none(), "no kind");
+}
+
+#[test]
 fn unknown_duration_and_owner_stay_unknown() {
     let raw = TransitionEvent {
         kind: record_kind::TRANSITION,

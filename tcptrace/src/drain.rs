@@ -11,7 +11,7 @@ use crate::{
     alert::Alert,
     cli::Config,
     clock::Clock,
-    decode::{decode, Event, FinishedFlow, Retransmit, Transition},
+    decode::{decode, transition_time, Event, FinishedFlow, Retransmit, Transition},
     metrics::Metrics,
     model::FlowAddrs,
     render::{Printer, Render},
@@ -156,7 +156,17 @@ pub fn consume<W: Write>(
     record: &[u8],
 ) -> io::Result<Option<u64>> {
     sinks.agg.delivered();
-    match decode(record) {
+    // Transitions nobody looks at are only checked (a recording holds one per transition).
+    let decoded = if sinks.observer.is_none() && !config.shows_transitions() {
+        match transition_time(record) {
+            Some(Ok(ts)) => return Ok(Some(ts)),
+            Some(Err(e)) => Err(e),
+            None => decode(record),
+        }
+    } else {
+        decode(record)
+    };
+    match decoded {
         Ok(event) => {
             let ts = event.ts_ns();
             handle(sinks, config, event)?;

@@ -139,7 +139,7 @@ fn fuzz_recording_reader() {
             RecordingReader::new(bytes.as_slice(), Path::new("f.rec")).and_then(|mut reader| {
                 while let Some(frame) = reader.next_frame()? {
                     if let crate::recording::format::Frame::Record(r) = frame {
-                        let _ = decode(&r);
+                        let _ = decode(r);
                     }
                 }
                 Ok(())

@@ -317,19 +317,29 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     // Two scrapes after the last connection.
     thread::sleep(Duration::from_secs(3));
     let count = |promql: &str| prometheus.value(promql);
-    assert_eq!(
-        count("tcptrace_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"}"),
-        n
-    );
-    assert_eq!(count("tcptrace_flows_closed_total{cause=\"normal\"}"), n);
-    assert_eq!(count("tcptrace_flows_closed_total{cause=\"refused\"}"), 3.0);
-    assert_eq!(count("tcptrace_flows_opened_total"), n + 3.0);
-    assert_eq!(
-        count(&format!(
-            "sum(tcptrace_time_wait_sockets{{destination=\"127.0.0.1:{load_port}\"}})"
-        )),
+    // Every event the kernel skipped or could not queue is counted (host-wide: other tests'
+    // traffic runs beside this one): the counts are exact when nothing was lost, and short by
+    // at most what was.
+    let lost = count("sum(tcptrace_lost_events_total)");
+    let counted = |promql: &str, expected: f64| {
+        let got = count(promql);
+        assert!(
+            got <= expected && got + lost >= expected,
+            "{promql}: {got}, expected {expected} ({lost} events lost: {:?})",
+            prometheus.query_at("tcptrace_lost_events_total > 0", None)
+        );
+    };
+    counted(
+        "tcptrace_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"}",
         n,
-        "every client is in TIME_WAIT (60 s)"
+    );
+    counted("tcptrace_flows_closed_total{cause=\"normal\"}", n);
+    counted("tcptrace_flows_closed_total{cause=\"refused\"}", 3.0);
+    counted("tcptrace_flows_opened_total", n + 3.0);
+    // Every client is in TIME_WAIT (60 s).
+    counted(
+        &format!("sum(tcptrace_time_wait_sockets{{destination=\"127.0.0.1:{load_port}\"}})"),
+        n,
     );
     assert_eq!(
         count("sum(tcptrace_lost_events_total{reason=~\"ring_full.*\"})"),

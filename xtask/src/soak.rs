@@ -137,6 +137,10 @@ struct Output {
     /// whose local port is (the server's side).
     client_flows: u64,
     server_flows: u64,
+    /// Flows on neither side (another program's connections), and the first few of them:
+    /// a flow of the load printed with the wrong addresses would show here.
+    other_flows: u64,
+    other_samples: Vec<String>,
     summary: Option<serde_json::Value>,
     lost: u64,
 }
@@ -189,6 +193,8 @@ fn start_tracer(
     let output = Arc::new(Mutex::new(Output {
         client_flows: 0,
         server_flows: 0,
+        other_flows: 0,
+        other_samples: Vec::new(),
         summary: None,
         lost: 0,
     }));
@@ -217,6 +223,11 @@ fn start_tracer(
                     out.client_flows += 1;
                 } else if is_server_port("\"lport\":") {
                     out.server_flows += 1;
+                } else {
+                    out.other_flows += 1;
+                    if out.other_samples.len() < 5 {
+                        out.other_samples.push(line);
+                    }
                 }
             } else if line.starts_with("{\"type\":\"summary\"") {
                 out.summary = serde_json::from_str(&line).ok();
@@ -368,11 +379,13 @@ pub fn run(args: &SoakArgs, bin: &Path) -> Result<()> {
     let out = output.lock().unwrap_or_else(|p| p.into_inner());
     let summary = out.summary.clone().context("no summary from tcptrace")?;
     println!("lost events scraped from /metrics at the end: {scraped_lost}");
+
     check(&Checks {
         status_ok: status.success(),
         made,
         errors,
         printed: (out.client_flows, out.server_flows),
+        others: (out.other_flows, &out.other_samples),
         summary: &summary,
         samples: &samples,
         time_wait: time_wait.then_some((tw_at_stop - tw_before, tw_after - tw_before)),
@@ -385,6 +398,8 @@ struct Checks<'a> {
     errors: u64,
     /// Flows printed: (clients' side, server's side).
     printed: (u64, u64),
+    /// Flows of other connections (the /metrics scrape's two sides), and the first few.
+    others: (u64, &'a [String]),
     summary: &'a serde_json::Value,
     samples: &'a [Sample],
     /// TcpExtTW since start, read before and after the tracer stopped.
@@ -481,6 +496,14 @@ fn check(c: &Checks) -> Result<()> {
         if end.fds != warm.fds {
             drift.push(format!("open fds went from {} to {}", warm.fds, end.fds));
         }
+    }
+    if !drift.is_empty() && c.others.0 > 0 {
+        // A flow of the load printed with the wrong addresses would be among them.
+        println!(
+            "{} flows of other connections printed; the first:\n{}",
+            c.others.0,
+            c.others.1.join("\n")
+        );
     }
     if drift.is_empty() {
         println!("soak: no drift");

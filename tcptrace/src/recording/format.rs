@@ -118,8 +118,9 @@ pub fn counters_payload(counters: &KernelCounters) -> Vec<u8> {
 
 /// One frame read back.
 #[derive(Debug, PartialEq)]
-pub enum Frame {
-    Record(Vec<u8>),
+pub enum Frame<'a> {
+    /// A ring-buffer record, borrowed from the reader until its next frame.
+    Record(&'a [u8]),
     Counters(KernelCounters),
     End,
 }
@@ -132,6 +133,8 @@ pub struct RecordingReader<R> {
     /// Where the next frame starts.
     pub offset: u64,
     ended: bool,
+    /// The last frame's payload: one buffer for every frame (no allocation per record).
+    payload: Vec<u8>,
 }
 
 impl RecordingReader<BufReader<File>> {
@@ -206,12 +209,13 @@ impl<R: Read> RecordingReader<R> {
             header,
             offset: 16 + u64::from(len),
             ended: false,
+            payload: Vec::with_capacity(256),
         })
     }
 
     /// The next frame; `None` after the end frame. A file cut short (a recorder killed
     /// before it wrote its end frame) is an error naming the offset.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         if self.ended {
             return Ok(None);
         }
@@ -237,9 +241,9 @@ impl<R: Read> RecordingReader<R> {
         if len > MAX_FRAME {
             bail!("{name}: frame at offset {at} claims {len} bytes (corrupt file)");
         }
-        let mut payload = vec![0u8; len as usize];
-        let got =
-            read_full(&mut self.input, &mut payload).with_context(|| format!("reading {name}"))?;
+        let payload = &mut self.payload;
+        payload.resize(len as usize, 0);
+        let got = read_full(&mut self.input, payload).with_context(|| format!("reading {name}"))?;
         if got < payload.len() {
             bail!(
                 "{name} is truncated at offset {}: the frame at offset {at} needs {len} bytes",
@@ -249,7 +253,7 @@ impl<R: Read> RecordingReader<R> {
         self.offset = at + 8 + u64::from(len);
         match kind {
             frame::RECORD => Ok(Some(Frame::Record(payload))),
-            frame::COUNTERS => serde_json::from_slice(&payload)
+            frame::COUNTERS => serde_json::from_slice(payload)
                 .map(|c| Some(Frame::Counters(c)))
                 .with_context(|| format!("{name}: counters frame at offset {at} is not valid")),
             frame::END => {

@@ -36,11 +36,23 @@ pub fn recording(records: &[Vec<u8>]) -> Vec<u8> {
     bytes
 }
 
-fn read_all(bytes: &[u8]) -> Result<(RecordingHeader, Vec<Frame>)> {
+/// A frame as read, owned.
+#[derive(Debug, PartialEq)]
+enum Read {
+    Record(Vec<u8>),
+    Counters(KernelCounters),
+    End,
+}
+
+fn read_all(bytes: &[u8]) -> Result<(RecordingHeader, Vec<Read>)> {
     let mut reader = RecordingReader::new(bytes, Path::new("t.rec"))?;
     let mut frames = Vec::new();
     while let Some(f) = reader.next_frame()? {
-        frames.push(f);
+        frames.push(match f {
+            Frame::Record(r) => Read::Record(r.to_vec()),
+            Frame::Counters(c) => Read::Counters(c),
+            Frame::End => Read::End,
+        });
     }
     Ok((reader.header, frames))
 }
@@ -51,9 +63,10 @@ fn frames_round_trip() {
     let (h, frames) = read_all(&bytes).expect("reads back");
     assert_eq!(h, header());
     assert_eq!(frames.len(), 4);
-    assert_eq!(frames[0], Frame::Record(vec![1, 0, 0, 0, 9]));
-    assert!(matches!(&frames[2], Frame::Counters(c) if c.missed == 3));
-    assert_eq!(frames[3], Frame::End);
+    assert_eq!(frames[0], Read::Record(vec![1, 0, 0, 0, 9]));
+    assert_eq!(frames[1], Read::Record(vec![2, 0, 0, 0]));
+    assert!(matches!(&frames[2], Read::Counters(c) if c.missed == 3));
+    assert_eq!(frames[3], Read::End);
 }
 
 #[test]

@@ -66,11 +66,16 @@ fn render<W: Write>(
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);
     let (mut now, mut settled) = (header.started_ktime_ns, header.started_ktime_ns);
-    while let Some(frame) = reader.next_frame()? {
+    loop {
+        let start = reader.offset;
+        let Some(frame) = reader.next_frame()? else {
+            break;
+        };
         match frame {
             Frame::Record(bytes) => {
-                let at = reader.offset;
-                match consume(&mut sinks, config, &bytes)? {
+                // Where the record ends (the frame's 8-byte head, then the record).
+                let at = start + 8 + bytes.len() as u64;
+                match consume(&mut sinks, config, bytes)? {
                     Some(ts) => now = now.max(ts),
                     None if sinks.agg.decode_errors() == 1 => {
                         eprintln!("tcptrace: warning: undecodable record before offset {at}")
