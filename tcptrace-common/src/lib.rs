@@ -86,6 +86,17 @@ pub mod close_flags {
     pub const USER_TIMEOUT: u8 = 1 << 3;
 }
 
+/// Values of [`ProgramConfig::emit_flow_ends`].
+pub mod emit_flow_ends {
+    /// Every flow (flows are printed, recorded, or aggregated by userspace).
+    pub const ALL: u8 = 0;
+    /// Only the flows that enter TIME_WAIT (their side and 4-tuple join the TIME_WAIT
+    /// tracker); everything else is counted in the kernel.
+    pub const TIME_WAIT: u8 = 1;
+    /// None.
+    pub const NONE: u8 = 2;
+}
+
 /// Bits of [`TransitionEvent::flags`] and [`RetransmitEvent::flags`].
 pub mod event_flags {
     /// `old_state_ns` is valid: the flow was seen entering the old state.
@@ -97,94 +108,6 @@ pub mod event_flags {
     /// The flow could not be tracked (flow table full): durations are unknown.
     pub const UNTRACKED: u8 = 1 << 3;
 }
-
-/// Indexes into the per-CPU `STATS` array.
-pub mod stat {
-    /// TCP state transitions seen by the kernel program.
-    pub const STATE_EVENTS: u32 = 0;
-    /// Retransmits seen by the kernel program.
-    pub const RETRANSMITS: u32 = 1;
-    /// Ring-buffer reservations that failed, by record kind.
-    pub const LOST_TRANSITION: u32 = 2;
-    pub const LOST_FLOW_END: u32 = 3;
-    pub const LOST_RETRANSMIT: u32 = 4;
-    /// A new flow could not be inserted into the flow table (full): it is not tracked.
-    pub const FLOW_TABLE_FULL: u32 = 5;
-    /// Paths longer than `PATH_SLOTS`.
-    pub const PATH_TRUNCATED: u32 = 6;
-    /// Flows seen for the first time (tracked or not).
-    pub const FLOWS_SEEN: u32 = 7;
-    /// Records submitted with a forced wakeup (the pending data passed the threshold).
-    pub const FORCED_WAKEUPS: u32 = 8;
-    /// Reads of kernel memory that failed (the event was dropped).
-    pub const READ_ERRORS: u32 = 9;
-    /// Records submitted to the ring buffer (all kinds).
-    pub const SUBMITTED: u32 = 10;
-    /// A flow's entry outlived its socket (its CLOSE was missed) and was restarted when the
-    /// address was reused.
-    pub const STALE_FLOWS: u32 = 11;
-    /// A transition left a state the flow was not known to be in (one was missed): the
-    /// missing state was inserted with an unknown start.
-    pub const PATH_GAPS: u32 = 12;
-    /// Keepalive probes seen going out.
-    pub const KEEPALIVE_PROBES: u32 = 13;
-    /// Ring-buffer reservations that failed for keepalive-probe records.
-    pub const LOST_PROBE: u32 = 14;
-    /// Ring-buffer reservations that failed for TIME_WAIT records.
-    pub const LOST_TIME_WAIT: u32 = 15;
-    /// Events dropped by the in-kernel filters (nothing was sent or tracked for them).
-    pub const FILTERED: u32 = 16;
-    /// Flows inserted into the flow table, and removed by the kernel at CLOSE: the table
-    /// holds `inserted - removed - evicted` flows.
-    pub const FLOWS_INSERTED: u32 = 17;
-    pub const FLOWS_REMOVED: u32 = 18;
-    /// A connecting socket's first transition, held until its local port is bound (under a
-    /// local-port filter), found the flow table full: that transition was dropped.
-    pub const LOST_UNDECIDED: u32 = 19;
-    /// Transitions the kernel skipped for the main `inet_sock_set_state` program (it was
-    /// interrupted on that CPU) and its second program handled: not lost, though the
-    /// kernel counts them as the main program's misses.
-    pub const NESTED_HANDLED: u32 = 20;
-    pub const COUNT: u32 = 21;
-}
-
-/// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program
-/// uses: one per program, so that a program interrupted on its CPU by another (a softirq) never
-/// shares a counter or a scratch slot with it. Userspace sums every entry.
-pub mod slot {
-    pub const SET_STATE: u32 = 0;
-    /// The second `inet_sock_set_state` program: runs only while the first is interrupted.
-    pub const SET_STATE_NESTED: u32 = 1;
-    pub const RETRANSMIT: u32 = 2;
-    pub const TIMER_START: u32 = 3;
-    pub const TIMER_CANCEL: u32 = 4;
-    pub const TIMER_EXPIRE: u32 = 5;
-    pub const SEND_RESET: u32 = 6;
-    pub const RECEIVE_RESET: u32 = 7;
-    /// Entries of `COUNTERS` and `FILTER_KEY` (a power of two: indices are masked).
-    pub const COUNT: u32 = 8;
-    /// Entries of `SCRATCH` (the programs that build a new flow).
-    pub const SCRATCH: u32 = 4;
-}
-
-/// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
-pub const TRANSITION_SLOTS: u32 = (tcp_state::LIMIT as u32) * (tcp_state::LIMIT as u32);
-
-/// Slots of [`Counters::stats`] (room to grow past `stat::COUNT`).
-pub const STAT_SLOTS: usize = 32;
-
-/// Every kernel-side counter, in one entry per program (see [`slot`]) of the per-CPU
-/// `COUNTERS` array: one map lookup per event serves them all.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counters {
-    /// Indexed by `stat::*`.
-    pub stats: [u64; STAT_SLOTS],
-    /// Indexed `old * tcp_state::LIMIT + new`.
-    pub transitions: [u64; TRANSITION_SLOTS as usize],
-}
-const _: () = assert!(core::mem::size_of::<Counters>() == 8 * (32 + 256));
-const _: () = assert!((stat::COUNT as usize) <= STAT_SLOTS);
 
 /// A flow's addresses. Ports are in host order; addresses in network order, IPv4 in the
 /// first four bytes.
@@ -457,7 +380,11 @@ pub struct ProgramConfig {
     pub emit_probes: u8,
     /// Use the preallocated flow table (`FLOWS_PREALLOC`) instead of `FLOWS`.
     pub prealloc_flows: u8,
-    pub _pad: [u8; 4],
+    /// Which flows send a `FlowEndEvent` (the kernel counts every flow's close either way).
+    pub emit_flow_ends: u8,
+    /// The running kernel's `TCP_KEEPALIVE_TIMEOUT` reset reason, or [`NO_RESET_REASON`].
+    pub keepalive_reset_reason: u8,
+    pub _pad: [u8; 2],
     pub filter: FilterConfig,
 }
 const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144);
@@ -481,8 +408,16 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 20);
 
+mod aggregate;
+mod counters;
 mod filter;
 mod flow;
+pub use aggregate::{
+    bucket_bounds, close_cause, close_side, duration_bucket, side_of_path, CloseFacts,
+    DurationHistogram, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, NO_RESET_REASON,
+    SUB_BUCKET_BITS,
+};
+pub use counters::{slot, stat, Counters, STAT_SLOTS, TRANSITION_SLOTS};
 pub use filter::{
     filter_kind, mapped_v4, port_bits, AddrKey, FilterConfig, TimeWaitKey, CGROUP_MAX_DEPTH,
     FILTER_SLOTS,
@@ -507,6 +442,8 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TimerEntry {}
+    // SAFETY: as above (arrays of u64 only).
+    unsafe impl aya::Pod for DurationHistogram {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AddrKey {}
     // SAFETY: as above.

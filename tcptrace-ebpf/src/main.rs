@@ -4,6 +4,7 @@
 
 mod filter;
 mod floor;
+mod flow_end;
 mod maps;
 mod reset;
 mod retransmit;

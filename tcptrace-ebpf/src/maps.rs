@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    slot, stat, tcp_state, AddrKey, Connecting, Counters, FilterConfig, FlowState, ListenerKey,
-    Owner, ProgramConfig, TimeWaitKey, TimerEntry, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    duration_bucket, slot, stat, tcp_state, AddrKey, Connecting, Counters, DurationHistogram,
+    FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, TimeWaitKey, TimerEntry,
+    CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -62,7 +63,9 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     emit_retransmits: 0,
     emit_probes: 0,
     prealloc_flows: 0,
-    _pad: [0; 4],
+    emit_flow_ends: 0,
+    keepalive_reset_reason: tcptrace_common::NO_RESET_REASON,
+    _pad: [0; 2],
     filter: FilterConfig {
         active: 0,
         family: 0,
@@ -256,6 +259,57 @@ impl Stats {
             & (TRANSITION_SLOTS as usize - 1);
         // SAFETY: as in `bump`.
         unsafe { (*self.0).transitions[slot] += 1 };
+    }
+
+    /// A flow reached CLOSE: its `close_cause` and `close_side`.
+    #[inline(always)]
+    pub fn closed(self, cause: u8, side: u8) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: as in `bump`; the indices are masked into the arrays.
+        unsafe {
+            (*self.0).closes[usize::from(cause) & (CLOSE_SLOTS - 1)] += 1;
+            (*self.0).sides[usize::from(side) & (CLOSE_SLOTS - 1)] += 1;
+        }
+    }
+
+    /// A segment was retransmitted in `state`.
+    #[inline(always)]
+    pub fn retransmit_in(self, state: u8) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: as in `bump`; the index is masked into the array.
+        unsafe {
+            (*self.0).rtx_by_state[usize::from(state) & (tcp_state::LIMIT as usize - 1)] += 1
+        };
+    }
+}
+
+/// How long flows held each state, per CPU: one histogram per (program, state), so that a
+/// program interrupted by the other on its CPU never has its update lost.
+#[map]
+pub static DURATIONS: PerCpuArray<DurationHistogram> =
+    PerCpuArray::with_max_entries(DURATION_ENTRIES, 0);
+
+/// Counts `ns` held in `state` into this CPU's histogram for the program whose `slot` this is
+/// (the two `inet_sock_set_state` programs).
+#[inline(always)]
+pub fn observe_duration(slot: u32, state: u8, ns: u64) {
+    let index = (slot & 1) * u32::from(tcp_state::LIMIT)
+        + (u32::from(state) & (u32::from(tcp_state::LIMIT) - 1));
+    if let Some(h) = DURATIONS.get_ptr_mut(index) {
+        let bucket = duration_bucket(ns) & (DURATION_BUCKETS - 1);
+        // SAFETY: this CPU's value, written only by this program on this CPU (the kernel
+        // never runs one program twice at once on a CPU); the index is masked.
+        unsafe {
+            (*h).buckets[bucket] += 1;
+            (*h).sum_ns += ns;
+            if ns > (*h).max_ns {
+                (*h).max_ns = ns;
+            }
+        }
     }
 }
 

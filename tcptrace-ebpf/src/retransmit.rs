@@ -90,6 +90,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         }
     }
     stats.bump(stat::RETRANSMITS);
+    stats.retransmit_in(state);
 
     let mut flags = 0u8;
     let (mut pid, mut comm) = (0u32, [0u8; 16]);

@@ -9,17 +9,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    close_flags, event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, stat,
-    tcp_state, Connecting, FlowEndEvent, FlowState, Keepalive, ListenerKey, Owner, TransitionEvent,
-    Tuple, PATH_SLOTS,
+    event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, stat, tcp_state,
+    Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
+    flow_end::{finish_flow, Ending},
     maps::{
-        current_owner, scratch, submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, LISTENERS,
-        SET_STATE_RUNNING,
+        current_owner, observe_duration, scratch, submit_flags, Stats, CONNECTING, EVENTS,
+        FLOW_TABLE, LISTENERS, SET_STATE_RUNNING,
     },
     sock,
 };
@@ -324,6 +324,7 @@ fn try_inet_sock_set_state(
         if let Some(ns) = flow.enter(new, now) {
             held = ns;
             flags |= event_flags::OLD_DURATION_KNOWN;
+            observe_duration(slot, old, ns);
         }
     }
     if owner_context {
@@ -374,77 +375,6 @@ fn try_inet_sock_set_state(
         });
     }
     Ok(Ending::No)
-}
-
-/// Where a flow that reached CLOSE is, for [`finish_flow`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    No,
-    /// In the flow table.
-    Table,
-    /// Seen for the first time at CLOSE: in this CPU's scratch slot, never inserted.
-    Scratch,
-}
-
-/// A flow reached CLOSE: what the socket carries decides its close cause (sk_err is set
-/// before the kernel moves the socket to CLOSE); the whole path is sent and the entry
-/// removed.
-#[inline(never)]
-fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Result<(), i32> {
-    let stats = Stats::at(slot);
-    let sk: *const u8 = ctx.arg(0);
-    let key = sk as u64;
-    let slot = if ending == Ending::Table {
-        FLOW_TABLE.get_ptr_mut(&key)
-    } else {
-        scratch(slot)
-    };
-    let flow = slot.ok_or(-1)?;
-    // SAFETY: a map value (the flow's entry, or this CPU's scratch slot written by this
-    // run's handler), valid for this run; the socket's lock serialises its transitions.
-    let flow = unsafe { &mut *flow };
-    let (err, probes, keepalive_on, user_timeout) = sock::close_info(sk)?;
-    flow.err = err;
-    flow.probes = probes;
-    if keepalive_on {
-        flow.close_flags |= close_flags::KEEPALIVE_ON;
-    }
-    if user_timeout {
-        flow.close_flags |= close_flags::USER_TIMEOUT;
-    }
-    let keepalive = if keepalive_on {
-        sock::keepalive(sk)?
-    } else {
-        Keepalive::default()
-    };
-    let tuple = sock::tuple(sk)?;
-    // The time the flow entered CLOSE, as the handler recorded it.
-    let now = flow.entered_ns[flow.last()];
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<FlowEndEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: `e` is the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::FLOW_END);
-                (&raw mut (*e)._pad0).write(0);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(key);
-                (&raw mut (*e).tuple).write(tuple);
-                core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
-                (&raw mut (*e).keepalive).write(keepalive);
-            }
-            entry.submit(wake);
-        }
-        None => {
-            stats.bump(stat::LOST_FLOW_END);
-        }
-    }
-    if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
-        stats.bump(stat::FLOWS_REMOVED);
-    }
-    Ok(())
 }
 
 /// Sends one `TransitionEvent`.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use tcptrace_common::{stat, tcp_state, TRANSITION_SLOTS};
+use tcptrace_common::{bucket_bounds, stat, tcp_state, DurationHistogram, TRANSITION_SLOTS};
 
 use crate::{
     cause::CloseCause,
@@ -20,6 +20,14 @@ pub struct KernelCounters {
     pub transitions: Vec<u64>,
     /// Hook invocations the kernel skipped (recursion misses): events never seen.
     pub missed: u64,
+    /// Flows closed, by the kernel's close cause and close side numbers.
+    #[serde(default)]
+    pub closes: Vec<u64>,
+    #[serde(default)]
+    pub sides: Vec<u64>,
+    /// Retransmits by the kernel's state number.
+    #[serde(default)]
+    pub rtx_by_state: Vec<u64>,
 }
 
 impl KernelCounters {
@@ -79,6 +87,9 @@ pub struct Aggregator {
     open: u64,
     decode_errors: u64,
     delivered: u64,
+    /// The kernel counts durations, causes, sides and retransmits itself (`tcptrace metrics`):
+    /// flow records are not aggregated again, and its histograms are set before `finish`.
+    in_kernel: Option<Vec<DurationHistogram>>,
 }
 
 impl Default for Aggregator {
@@ -98,6 +109,19 @@ impl Aggregator {
             open: 0,
             decode_errors: 0,
             delivered: 0,
+            in_kernel: None,
+        }
+    }
+
+    /// Durations, causes, sides and retransmits come from the kernel's counts.
+    pub fn count_in_kernel(&mut self) {
+        self.in_kernel = Some(Vec::new());
+    }
+
+    /// The kernel's duration histograms (by kernel state number), for `finish`.
+    pub fn kernel_durations(&mut self, durations: Vec<DurationHistogram>) {
+        if self.in_kernel.is_some() {
+            self.in_kernel = Some(durations);
         }
     }
 
@@ -134,6 +158,9 @@ impl Aggregator {
     }
 
     pub fn finished_flow(&mut self, flow: &FinishedFlow) {
+        if self.in_kernel.is_some() {
+            return; // counted in the kernel
+        }
         self.finished += 1;
         *self.close.entry(flow.close).or_default() += 1;
         *self.causes.entry(flow.cause).or_default() += 1;
@@ -142,18 +169,36 @@ impl Aggregator {
 
     /// A flow evicted from the kernel's table: like an open one, its completed states count.
     pub fn evicted_flow(&mut self, lifecycle: &Lifecycle) {
-        self.add_path(lifecycle);
+        if self.in_kernel.is_none() {
+            self.add_path(lifecycle);
+        }
     }
 
     /// A flow still open when tracing stopped: its completed states count, it does not.
     pub fn open_flow(&mut self, lifecycle: &Lifecycle) {
         self.open += 1;
-        self.add_path(lifecycle);
+        if self.in_kernel.is_none() {
+            self.add_path(lifecycle);
+        }
     }
 
     pub fn finish(&self, kernel: &KernelCounters, elapsed_ns: u64) -> Summary {
-        let durations = self
-            .held
+        let mut summary = match &self.in_kernel {
+            Some(durations) => self.summary(kernel, elapsed_ns, durations_in_kernel(durations)),
+            None => self.summary(kernel, elapsed_ns, self.durations()),
+        };
+        if self.in_kernel.is_some() {
+            summary.flows_finished = kernel.closes.iter().sum();
+            summary.close = count_by(&kernel.sides, |raw| Some(CloseSide::from_kernel(raw)));
+            summary.causes = count_by(&kernel.closes, |raw| Some(CloseCause::from_kernel(raw)));
+            summary.rtx_by_state =
+                count_by(&kernel.rtx_by_state, |raw| TcpState::try_from(raw).ok());
+        }
+        summary
+    }
+
+    fn durations(&self) -> Vec<DurationStats> {
+        self.held
             .iter()
             .zip(TcpState::ALL)
             .filter_map(|(h, state)| Some((state, h.as_ref()?)))
@@ -165,7 +210,15 @@ impl Aggregator {
                 p99_ns: h.value_at_quantile(0.99),
                 max_ns: h.max(),
             })
-            .collect();
+            .collect()
+    }
+
+    fn summary(
+        &self,
+        kernel: &KernelCounters,
+        elapsed_ns: u64,
+        durations: Vec<DurationStats>,
+    ) -> Summary {
         Summary {
             elapsed_ns,
             state_events: kernel.stat(stat::STATE_EVENTS),
@@ -207,6 +260,55 @@ impl Aggregator {
             time_wait_preexisting: 0,
         }
     }
+}
+
+/// Non-zero counts indexed by a kernel number, named by `name` (in the kernel's order; a
+/// number with no name is left out).
+fn count_by<K: Ord, F: Fn(u8) -> Option<K>>(counts: &[u64], name: F) -> Vec<(K, u64)> {
+    let mut named: BTreeMap<K, u64> = BTreeMap::new();
+    for (raw, &n) in counts.iter().enumerate() {
+        if let (true, Some(key)) = (n > 0, u8::try_from(raw).ok().and_then(&name)) {
+            *named.entry(key).or_default() += n;
+        }
+    }
+    named.into_iter().collect()
+}
+
+/// Percentiles of the kernel's log-linear histograms: a quantile is reported at the middle
+/// of its bucket (within ~6%), never above the largest duration seen.
+fn durations_in_kernel(histograms: &[DurationHistogram]) -> Vec<DurationStats> {
+    TcpState::ALL
+        .iter()
+        .filter_map(|&state| {
+            let h = histograms.get(usize::from(state.raw()))?;
+            let count: u64 = h.buckets.iter().sum();
+            (count > 0).then(|| {
+                let at = |q: f64| quantile(&h.buckets, count, q).min(h.max_ns);
+                DurationStats {
+                    state,
+                    count,
+                    p50_ns: at(0.50),
+                    p90_ns: at(0.90),
+                    p99_ns: at(0.99),
+                    max_ns: h.max_ns,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The `q` quantile of `count` durations counted in log-linear `buckets`.
+pub fn quantile(buckets: &[u64], count: u64, q: f64) -> u64 {
+    let rank = ((q * count as f64).ceil() as u64).clamp(1, count.max(1));
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let (low, high) = bucket_bounds(i);
+            return low + (high - low) / 2;
+        }
+    }
+    0
 }
 
 /// The end-of-run summary.
@@ -270,74 +372,5 @@ impl Summary {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decode::{decode, tests as fixtures, Event};
-    use tcptrace_common::tcp_state as ts;
-
-    fn finished(states: &[u8]) -> FinishedFlow {
-        let raw = fixtures::flow_end(fixtures::client_flow(states), 99);
-        match decode(&fixtures::bytes_of(&raw)).expect("decodes") {
-            Event::FlowEnd(flow) => flow,
-            other => panic!("expected a flow, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn summary_counts_flows_durations_and_close_sides() {
-        use ts::*;
-        let mut agg = Aggregator::new();
-        agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
-        agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
-        agg.finished_flow(&finished(&[CLOSE]));
-        let mut open = fixtures::client_flow(&[ESTABLISHED]);
-        open.count_retransmit();
-        agg.open_flow(&Lifecycle::try_from(&open).expect("decodes"));
-
-        let mut kernel = KernelCounters {
-            transitions: vec![0; TRANSITION_SLOTS as usize],
-            ..Default::default()
-        };
-        kernel.stats[stat::FLOWS_SEEN as usize] = 4;
-        kernel.stats[stat::RETRANSMITS as usize] = 1;
-        kernel.stats[stat::LOST_FLOW_END as usize] = 2;
-        kernel.transitions[usize::from(SYN_SENT) * 16 + usize::from(ESTABLISHED)] = 3;
-        let summary = agg.finish(&kernel, 1_000);
-
-        assert_eq!(
-            (
-                summary.flows_finished,
-                summary.flows_open,
-                summary.flows_seen
-            ),
-            (3, 1, 4)
-        );
-        assert_eq!(
-            summary.close,
-            vec![(CloseSide::Active, 2), (CloseSide::ConnectFailed, 1)]
-        );
-        let syn_sent = summary
-            .durations
-            .iter()
-            .find(|d| d.state == TcpState::SynSent)
-            .expect("SYN_SENT durations");
-        // Three finished flows and the open one each held SYN_SENT for 1 ms.
-        assert_eq!(syn_sent.count, 4);
-        assert!(
-            // Histograms keep 2 significant digits: within 1%.
-            (990_000..=1_010_000).contains(&syn_sent.p50_ns),
-            "{syn_sent:?}"
-        );
-        assert!(syn_sent.max_ns >= syn_sent.p99_ns && syn_sent.p99_ns >= syn_sent.p50_ns);
-        assert!(
-            !summary.durations.iter().any(|d| d.state == TcpState::Close),
-            "CLOSE is final: it has no hold time"
-        );
-        assert_eq!(summary.rtx_by_state, vec![(TcpState::Established, 1)]);
-        assert_eq!(summary.lost(), 2);
-        assert_eq!(
-            summary.transitions,
-            vec![(TcpState::SynSent, TcpState::Established, 3)]
-        );
-    }
-}
+#[path = "aggregate_tests.rs"]
+mod tests;

@@ -6,9 +6,15 @@ use serde::Serialize;
 
 use crate::model::TcpState;
 
+use tcptrace_common::{close_cause, CloseFacts};
+
+#[cfg(test)]
 const EPIPE: u8 = 32;
+#[cfg(test)]
 const ECONNRESET: u8 = 104;
+#[cfg(test)]
 const ETIMEDOUT: u8 = 110;
+#[cfg(test)]
 const ECONNREFUSED: u8 = 111;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -82,48 +88,46 @@ pub struct CloseEvidence {
     pub retransmits: u32,
 }
 
-/// Classifies a finished path (its last state is CLOSE).
+/// Classifies a finished path (its last state is CLOSE), with the kernel programs' own code
+/// (`tcptrace_common::CloseFacts`): a flow's cause is the same whether the kernel counted it
+/// or userspace read its record.
 pub fn classify(states: &[TcpState], ev: &CloseEvidence) -> CloseCause {
-    use TcpState::*;
-    let before = states.len().checked_sub(2).map(|i| states[i]);
-    if before == Some(Listen) {
-        return CloseCause::ListenerClosed;
-    }
-    match ev.err {
-        ECONNREFUSED => return CloseCause::Refused,
-        ETIMEDOUT => {
-            return if before == Some(SynSent) {
-                CloseCause::SynTimeout
-            } else if ev.reset_sent.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT") {
-                CloseCause::KeepaliveTimeout
-            } else if ev.user_timeout {
-                CloseCause::UserTimeout
-            } else if ev.keepalive_on && ev.retransmits == 0 && ev.probes > 0 {
-                // Kernels without reset reasons: probes went out, nothing was retransmitted.
-                CloseCause::KeepaliveTimeout
-            } else {
-                CloseCause::Rto
-            };
-        }
-        ECONNRESET | EPIPE => return CloseCause::ResetReceived,
-        _ => {}
-    }
-    if ev.reset_received {
-        return CloseCause::ResetReceived;
-    }
-    match before {
-        // The FIN exchange completed (TIME_WAIT follows FIN_WAIT2 / CLOSING).
-        Some(FinWait2 | Closing | LastAck | TimeWait) => CloseCause::Normal,
-        // Straight to CLOSE from an open state with no error: a local abort (SO_LINGER 0,
-        // unread data, or an abandoned connect), which sends a reset after CLOSE.
-        Some(Established | CloseWait | SynRecv | SynSent | FinWait1) => {
-            if ev.reset_sent.is_some() {
-                CloseCause::ResetSent
-            } else {
-                CloseCause::Aborted
-            }
-        }
-        _ => CloseCause::Unknown,
+    let facts = CloseFacts {
+        before: states.len().checked_sub(2).map(|i| states[i].raw()),
+        err: ev.err,
+        reset_received: ev.reset_received,
+        reset_sent: ev.reset_sent.is_some(),
+        reset_was_keepalive: ev.reset_sent.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT"),
+        keepalive_on: ev.keepalive_on,
+        user_timeout: ev.user_timeout,
+        probes: ev.probes,
+        retransmits: ev.retransmits,
+    };
+    CloseCause::from_kernel(facts.cause())
+}
+
+impl CloseCause {
+    /// Every cause, in the kernel's numbering (`tcptrace_common::close_cause`).
+    pub const ALL: [CloseCause; close_cause::COUNT] = [
+        CloseCause::Normal,
+        CloseCause::ResetReceived,
+        CloseCause::ResetSent,
+        CloseCause::Refused,
+        CloseCause::SynTimeout,
+        CloseCause::Rto,
+        CloseCause::KeepaliveTimeout,
+        CloseCause::UserTimeout,
+        CloseCause::Aborted,
+        CloseCause::ListenerClosed,
+        CloseCause::Unknown,
+    ];
+
+    /// The cause the kernel numbered `raw` (`Unknown` for a number it does not have).
+    pub fn from_kernel(raw: u8) -> CloseCause {
+        Self::ALL
+            .get(usize::from(raw))
+            .copied()
+            .unwrap_or(CloseCause::Unknown)
     }
 }
 
@@ -220,6 +224,22 @@ mod tests {
         for (path, evidence, expected) in cases {
             assert_eq!(classify(path, &evidence), expected, "{path:?} {evidence:?}");
         }
+    }
+
+    #[test]
+    fn the_kernels_numbers_name_the_same_causes() {
+        for (raw, cause) in CloseCause::ALL.iter().enumerate() {
+            assert_eq!(CloseCause::from_kernel(raw as u8), *cause);
+            assert_eq!(
+                *cause as usize, raw,
+                "declaration order is the kernel's numbering"
+            );
+        }
+        assert_eq!(
+            CloseCause::from_kernel(close_cause::KEEPALIVE_TIMEOUT),
+            CloseCause::KeepaliveTimeout
+        );
+        assert_eq!(CloseCause::from_kernel(200), CloseCause::Unknown);
     }
 
     #[test]

@@ -223,6 +223,22 @@ impl Config {
             || self.mode == Command::Top
             || self.records()
     }
+    /// Which flows the kernel sends a record for when they close. `tcptrace metrics` counts
+    /// closes, durations and retransmits in the kernel, and needs only the flows whose
+    /// TIME_WAIT it follows; every other mode prints, records or aggregates every flow.
+    pub fn flow_ends(&self) -> u8 {
+        use tcptrace_common::emit_flow_ends;
+        match self.mode {
+            Command::Metrics if self.traces_time_wait() => emit_flow_ends::TIME_WAIT,
+            Command::Metrics => emit_flow_ends::NONE,
+            _ => emit_flow_ends::ALL,
+        }
+    }
+    /// The summary's durations, close causes and sides, and retransmits by state come from
+    /// the kernel's counts (no record per flow), not from the flows read.
+    pub fn aggregates_in_kernel(&self) -> bool {
+        self.flow_ends() != tcptrace_common::emit_flow_ends::ALL
+    }
     /// Keepalive probes are traced (timer hooks around the keepalive timer).
     pub fn traces_keepalive_probes(&self) -> bool {
         self.shows_alerts() || self.records()

@@ -202,9 +202,6 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
         }
         Event::FlowEnd(f) => {
             sinks.agg.finished_flow(&f);
-            if let Some(m) = sinks.metrics {
-                m.flow(&f);
-            }
             if let Some(top) = sinks.observer.as_deref_mut() {
                 top.flow_end(&f);
                 if let Some(alert) = Alert::closed(&f) {

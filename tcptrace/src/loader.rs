@@ -4,17 +4,13 @@ use std::{io, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
     Ebpf, EbpfLoader,
 };
-use tcptrace_common::{
-    slot, stat, Counters, FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN, TRANSITION_SLOTS,
-};
+use tcptrace_common::{FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN};
 
-use crate::{
-    aggregate::KernelCounters, btf::KernelBtf, cli::Config, decode::Lifecycle, load_error::explain,
-};
+use crate::{btf::KernelBtf, cli::Config, decode::Lifecycle, load_error::explain};
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -23,6 +19,19 @@ const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
 const SET_STATE_NESTED_PROGRAM: &str = "inet_sock_set_state_nested";
 const FLOWS: &str = "FLOWS";
 const FLOWS_PREALLOC: &str = "FLOWS_PREALLOC";
+
+mod counters;
+
+/// The running kernel's number for the reset it sends when keepalive gives up
+/// (`SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`, Linux 6.10+), for the kernel's close causes.
+fn keepalive_reset_reason(reasons: &[(u32, String)]) -> u8 {
+    reasons
+        .iter()
+        .find(|(_, name)| name == "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT")
+        .and_then(|&(value, _)| u8::try_from(value).ok())
+        .filter(|&v| v != tcptrace_common::NO_RESET_REASON)
+        .unwrap_or(tcptrace_common::NO_RESET_REASON)
+}
 
 /// A loaded and attached tracer.
 pub struct Tracer {
@@ -248,7 +257,9 @@ impl Tracer {
             emit_retransmits: u8::from(config.emits_retransmits()),
             emit_probes: u8::from(config.traces_keepalive_probes()),
             prealloc_flows: u8::from(config.prealloc_flows),
-            _pad: [0; 4],
+            emit_flow_ends: config.flow_ends(),
+            keepalive_reset_reason: keepalive_reset_reason(&reset_reasons),
+            _pad: [0; 2],
             _pad0: 0,
             keepalive_timer_fn,
             tw_timer_fn,
@@ -381,71 +392,6 @@ impl Tracer {
                 .with_context(|| format!("detaching program {program}"))?;
         }
         Ok(())
-    }
-
-    /// The kernel's per-CPU counters, summed over CPUs.
-    pub fn counters(&self) -> Result<KernelCounters> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or_else(|| anyhow!("map COUNTERS missing from the eBPF object"))?;
-        let array: PerCpuArray<&MapData, Counters> =
-            PerCpuArray::try_from(map).context("map COUNTERS is not a per-CPU array")?;
-        // Misses first: the kernel counts a miss before the second program handles it, so the
-        // handled count read after them is never behind (no transient false loss).
-        let misses = self.missed_events()?;
-        let mut sum = KernelCounters {
-            stats: [0; stat::COUNT as usize],
-            transitions: vec![0; TRANSITION_SLOTS as usize],
-            missed: 0,
-        };
-        // One entry per program (tcptrace_common::slot), each per CPU.
-        for index in 0..slot::COUNT {
-            let per_cpu = array.get(&index, 0).context("reading map COUNTERS")?;
-            for cpu in per_cpu.iter() {
-                for (total, value) in sum.stats.iter_mut().zip(cpu.stats) {
-                    *total += value;
-                }
-                for (total, value) in sum.transitions.iter_mut().zip(cpu.transitions) {
-                    *total += value;
-                }
-            }
-        }
-        // The kernel counts a transition the second program handled as the first one's miss.
-        sum.missed = misses.saturating_sub(sum.stats[stat::NESTED_HANDLED as usize]);
-        Ok(sum)
-    }
-
-    /// Events the kernel dropped before our programs ran: a program is not re-entered on a
-    /// CPU where it is already running (a softirq interrupting it), and the kernel only counts
-    /// such misses (`recursion_misses` in the program's fdinfo). The second
-    /// `inet_sock_set_state` program's own misses are not counted: it misses an event only
-    /// while it runs for one the first program has finished, which the first then handles
-    /// (softirqs do not nest: nothing interrupts it while it handles a nested one).
-    pub fn missed_events(&self) -> Result<u64> {
-        let mut missed = 0;
-        for program in &self.programs {
-            if *program == SET_STATE_NESTED_PROGRAM {
-                continue;
-            }
-            let prog: &BtfTracePoint = self
-                .ebpf
-                .program(program)
-                .ok_or_else(|| anyhow!("program {program} missing"))?
-                .try_into()?;
-            let fd = prog.fd().context("program fd")?;
-            let info = std::fs::read_to_string(format!(
-                "/proc/self/fdinfo/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd))
-            ))
-            .context("reading the program's fdinfo")?;
-            missed += info
-                .lines()
-                .find_map(|l| l.strip_prefix("recursion_misses:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        Ok(missed)
     }
 
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows

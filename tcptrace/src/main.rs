@@ -19,6 +19,7 @@ mod forecast;
 mod fuzz_tests;
 mod idle;
 mod keepalive;
+mod kernel_histogram;
 mod load_error;
 mod loader;
 mod metrics;

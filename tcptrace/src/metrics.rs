@@ -1,10 +1,8 @@
-//! Prometheus metrics (`--metrics ADDR`), with the prometheus-client crate: counters follow
-//! the kernel's per-CPU counters, histograms and close causes follow finished flows, TIME_WAIT
-//! gauges follow the tracker (top destinations plus `other`, so cardinality stays bounded).
-use std::{
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-};
+//! Prometheus metrics (`--metrics ADDR`), with the prometheus-client crate: counters, close
+//! causes, retransmits by state and state-duration histograms follow what the kernel counts
+//! per CPU (no record per flow is needed for them); TIME_WAIT gauges follow the tracker (top
+//! destinations plus `other`, so cardinality stays bounded).
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use prometheus_client::{
@@ -24,11 +22,12 @@ use tokio::{
 
 use crate::{
     aggregate::KernelCounters,
-    decode::FinishedFlow,
+    cause::CloseCause,
+    kernel_histogram::KernelHistogram,
     model::{Endpoint, TcpState},
     timewait::Gauges,
 };
-use tcptrace_common::stat;
+use tcptrace_common::{close_cause, stat, DurationHistogram};
 
 /// TIME_WAIT destinations with their own label; the rest are summed under `other`.
 const TOP_DESTINATIONS: usize = 10;
@@ -65,26 +64,14 @@ struct FourTupleSpace {
     destination: String,
 }
 
-fn seconds_buckets() -> impl Iterator<Item = f64> {
-    // 10 us .. ~2.9 h
-    exponential_buckets(0.000_01, 4.0, 15)
-}
-
-/// How many close causes there are (`CloseCause` is fieldless, `Unknown` last).
-const CLOSE_CAUSES: usize = crate::cause::CloseCause::Unknown as usize + 1;
-
 pub struct Metrics {
     registry: Arc<Registry>,
     transitions: Family<Transition, Counter>,
-    state_seconds: Family<State, Histogram>,
+    state_seconds: Family<State, KernelHistogram>,
     flows_opened: Counter,
     flows_closed: Family<Cause, Counter>,
     retransmits: Counter,
     retransmits_by_state: Family<State, Counter>,
-    /// Handles of the per-state series, made on first use (no label hashing per observation).
-    state_handles: [OnceLock<(Histogram, Counter)>; TcpState::ALL.len()],
-    /// Handles of the per-cause series, likewise.
-    cause_handles: [OnceLock<Counter>; CLOSE_CAUSES],
     time_wait_sockets: Family<Destination, Gauge>,
     time_wait_seconds: Histogram,
     time_wait_forecast: Family<FourTupleSpace, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -104,13 +91,11 @@ impl Metrics {
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             transitions: Family::default(),
-            state_seconds: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+            state_seconds: Family::default(),
             flows_opened: Counter::default(),
             flows_closed: Family::default(),
             retransmits: Counter::default(),
             retransmits_by_state: Family::default(),
-            state_handles: std::array::from_fn(|_| OnceLock::new()),
-            cause_handles: std::array::from_fn(|_| OnceLock::new()),
             time_wait_sockets: Family::default(),
             time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
             time_wait_forecast: Family::default(),
@@ -122,6 +107,8 @@ impl Metrics {
             evicted_flows: Counter::default(),
             seen: KernelCounters {
                 transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
+                closes: vec![0; close_cause::COUNT],
+                rtx_by_state: vec![0; usize::from(tcptrace_common::tcp_state::LIMIT)],
                 ..Default::default()
             },
         };
@@ -152,7 +139,7 @@ impl Metrics {
         );
         registry.register(
             "flow_retransmits",
-            "Retransmits of finished flows, by the state they happened in",
+            "Retransmits, by the state the connection was in",
             m.retransmits_by_state.clone(),
         );
         registry.register(
@@ -197,6 +184,16 @@ impl Metrics {
             "Flows evicted from the nearly full flow table, least recently active first",
             m.evicted_flows.clone(),
         );
+        // Every cause and state from the start, at zero: a rate over a series that does not
+        // exist yet is no answer at all (a dashboard's "retransmits by state" stayed empty).
+        for cause in CloseCause::ALL {
+            m.flows_closed_by(cause);
+        }
+        for state in TcpState::ALL {
+            let _ = m.retransmits_by_state.get_or_create(&State {
+                state: state.name(),
+            });
+        }
         Metrics {
             registry: Arc::new(registry),
             ..m
@@ -251,6 +248,34 @@ impl Metrics {
         ] {
             add(index, &self.lost.get_or_create(&Reason { reason }));
         }
+        for (raw, &total) in now.closes.iter().enumerate() {
+            let seen = self.seen.closes.get(raw).copied().unwrap_or(0);
+            if total > seen {
+                let cause = CloseCause::from_kernel(raw as u8);
+                self.flows_closed_by(cause).inc_by(total - seen);
+                if raw == usize::from(close_cause::KEEPALIVE_TIMEOUT) {
+                    self.keepalive_timeouts.inc_by(total - seen);
+                }
+            }
+        }
+        self.seen.closes.clone_from(&now.closes);
+        for (raw, (&total, seen)) in now
+            .rtx_by_state
+            .iter()
+            .zip(&mut self.seen.rtx_by_state)
+            .enumerate()
+        {
+            if total > *seen {
+                if let Ok(state) = TcpState::try_from(raw as u8) {
+                    self.retransmits_by_state
+                        .get_or_create(&State {
+                            state: state.name(),
+                        })
+                        .inc_by(total - *seen);
+                }
+                *seen = total;
+            }
+        }
         let skipped = now.missed.saturating_sub(self.seen.missed);
         self.lost
             .get_or_create(&Reason {
@@ -261,38 +286,23 @@ impl Metrics {
         self.seen.missed = now.missed;
     }
 
-    pub fn flow(&self, flow: &FinishedFlow) {
-        let closed = match self.cause_handles.get(flow.cause as usize) {
-            Some(slot) => slot.get_or_init(|| self.flows_closed_by(flow.cause)),
-            None => &self.flows_closed_by(flow.cause),
-        };
-        closed.inc();
-        if flow.cause == crate::cause::CloseCause::KeepaliveTimeout {
-            self.keepalive_timeouts.inc();
-        }
-        for step in &flow.lifecycle.path {
-            let Some(slot) = self.state_handles.get(step.state as usize) else {
+    /// The kernel's state-duration histograms (by kernel state number), summed over CPUs.
+    pub fn durations(&self, histograms: &[DurationHistogram]) {
+        for state in TcpState::ALL {
+            let Some(h) = histograms.get(usize::from(state.raw())) else {
                 continue;
             };
-            let (seconds, retransmits) = slot.get_or_init(|| {
-                let label = State {
-                    state: step.state.name(),
-                };
-                (
-                    self.state_seconds.get_or_create(&label).clone(),
-                    self.retransmits_by_state.get_or_create(&label).clone(),
-                )
-            });
-            if let Some(ns) = step.held_ns {
-                seconds.observe(ns as f64 / 1e9);
-            }
-            if step.retransmits > 0 {
-                retransmits.inc_by(u64::from(step.retransmits));
+            if h.buckets.iter().any(|&n| n > 0) {
+                self.state_seconds
+                    .get_or_create(&State {
+                        state: state.name(),
+                    })
+                    .set(h);
             }
         }
     }
 
-    fn flows_closed_by(&self, cause: crate::cause::CloseCause) -> Counter {
+    fn flows_closed_by(&self, cause: CloseCause) -> Counter {
         self.flows_closed
             .get_or_create(&Cause {
                 cause: cause.name(),
@@ -408,47 +418,59 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, tests as raw, Event};
     use tcptrace_common::tcp_state as ts;
 
     #[test]
-    fn counters_follow_kernel_deltas_and_flows() {
+    fn counters_and_histograms_follow_the_kernels_counts() {
         let mut m = Metrics::new();
         let mut k = KernelCounters {
             transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
+            closes: vec![0; close_cause::COUNT],
+            rtx_by_state: vec![0; 16],
             ..Default::default()
         };
         k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 3;
         k.stats[stat::FLOWS_SEEN as usize] = 4;
+        k.closes[usize::from(close_cause::NORMAL)] = 1;
         k.missed = 2;
         m.kernel(&k);
         k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 5;
+        k.closes[usize::from(close_cause::NORMAL)] = 3;
+        k.closes[usize::from(close_cause::KEEPALIVE_TIMEOUT)] = 2;
+        k.rtx_by_state[usize::from(ts::FIN_WAIT1)] = 7;
         m.kernel(&k);
-        let flow = match decode(&raw::bytes_of(&raw::flow_end(
-            raw::client_flow(&[ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]),
-            5_000_000,
-        ))) {
-            Ok(Event::FlowEnd(f)) => f,
-            other => panic!("fixture: {other:?}"),
+        let mut established = DurationHistogram {
+            buckets: [0; tcptrace_common::DURATION_BUCKETS],
+            sum_ns: 3_000_000,
+            max_ns: 2_000_000,
         };
-        m.flow(&flow);
+        established.buckets[tcptrace_common::duration_bucket(1_000_000)] = 1;
+        established.buckets[tcptrace_common::duration_bucket(2_000_000)] = 1;
+        let mut histograms = vec![established; 16];
+        histograms[usize::from(ts::SYN_SENT)].buckets = [0; tcptrace_common::DURATION_BUCKETS];
+        m.durations(&histograms);
         let text = m.render();
+        for expected in [
+            r#"tcptrace_transitions_total{from="SYN_SENT",to="ESTABLISHED"} 5"#,
+            "tcptrace_flows_opened_total 4",
+            r#"tcptrace_flows_closed_total{cause="normal"} 3"#,
+            r#"tcptrace_flows_closed_total{cause="keepalive_timeout"} 2"#,
+            "tcptrace_keepalive_timeouts_total 2",
+            r#"tcptrace_flow_retransmits_total{state="FIN_WAIT1"} 7"#,
+            r#"tcptrace_lost_events_total{reason="skipped_by_kernel"} 2"#,
+            r#"tcptrace_state_duration_seconds_count{state="ESTABLISHED"} 2"#,
+            r#"tcptrace_state_duration_seconds_sum{state="ESTABLISHED"} 0.003"#,
+            r#"tcptrace_state_duration_seconds_bucket{le="0.002097152",state="ESTABLISHED"} 2"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
         assert!(
-            text.contains(r#"tcptrace_transitions_total{from="SYN_SENT",to="ESTABLISHED"} 5"#),
-            "{text}"
+            !text.contains(r#"tcptrace_state_duration_seconds_count{state="SYN_SENT"}"#),
+            "no histogram for a state never held"
         );
-        assert!(text.contains("tcptrace_flows_opened_total 4"), "{text}");
         assert!(
-            text.contains(r#"tcptrace_flows_closed_total{cause="normal"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tcptrace_lost_events_total{reason="skipped_by_kernel"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tcptrace_state_duration_seconds_count{state="ESTABLISHED"} 1"#),
-            "{text}"
+            text.contains(r#"tcptrace_flows_closed_total{cause="rto"} 0"#),
+            "every cause from the start"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -220,6 +220,24 @@ pub enum CloseSide {
 }
 
 impl CloseSide {
+    /// Every side, in the kernel's numbering (`tcptrace_common::close_side`).
+    pub const ALL: [CloseSide; tcptrace_common::close_side::COUNT] = [
+        CloseSide::Active,
+        CloseSide::Passive,
+        CloseSide::Reset,
+        CloseSide::ConnectFailed,
+        CloseSide::Listener,
+        CloseSide::Unknown,
+    ];
+
+    /// The side the kernel numbered `raw` (`Unknown` for a number it does not have).
+    pub fn from_kernel(raw: u8) -> CloseSide {
+        Self::ALL
+            .get(usize::from(raw))
+            .copied()
+            .unwrap_or(CloseSide::Unknown)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CloseSide::Active => "active",
@@ -304,6 +322,49 @@ pub struct TimeWait {
 mod tests {
     use super::*;
     use TcpState::*;
+
+    /// Every path of up to four states (CLOSE last) over the states that matter: the kernel's
+    /// count by side agrees with the side userspace gives a flow record.
+    #[test]
+    fn the_kernel_and_userspace_give_a_path_the_same_side() {
+        let states = [
+            SynSent,
+            SynRecv,
+            Established,
+            FinWait1,
+            FinWait2,
+            CloseWait,
+            Listen,
+            Closing,
+        ];
+        let mut paths: Vec<Vec<TcpState>> = vec![vec![]];
+        for _ in 0..3 {
+            let longer: Vec<Vec<TcpState>> = paths
+                .iter()
+                .flat_map(|p| states.iter().map(move |&s| [p.clone(), vec![s]].concat()))
+                .collect();
+            paths.extend(longer);
+        }
+        for mut path in paths {
+            path.push(Close);
+            let mut raw = [0u8; tcptrace_common::PATH_SLOTS];
+            for (slot, state) in raw.iter_mut().zip(&path) {
+                *slot = state.raw();
+            }
+            let kernel = tcptrace_common::side_of_path(&raw, path.len());
+            assert_eq!(
+                CloseSide::from_kernel(kernel),
+                CloseSide::of_path(&path),
+                "{path:?}"
+            );
+        }
+        for (raw, side) in CloseSide::ALL.iter().enumerate() {
+            assert_eq!(
+                *side as usize, raw,
+                "declaration order is the kernel's numbering"
+            );
+        }
+    }
 
     #[test]
     fn states_round_trip_and_reject_unknown_numbers() {

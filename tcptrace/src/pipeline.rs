@@ -225,6 +225,9 @@ async fn trace(config: Config) -> Result<()> {
         tokio::spawn(Metrics::serve(m.registry(), listener));
     }
     let mut agg = Aggregator::new();
+    if config.aggregates_in_kernel() {
+        agg.count_in_kernel();
+    }
     let mut tw = TimeWaitTracker::new();
     let mut tw_overflow_base = procnet::tw_overflow();
     let forecast_shown = config.gauge_interval().is_some()
@@ -308,6 +311,7 @@ async fn trace(config: Config) -> Result<()> {
                 }
                 if let Some(m) = metrics.as_mut() {
                     m.kernel(&kernel);
+                    m.durations(&tracer.durations()?);
                     if config.traces_time_wait() {
                         let now = Clock::ktime_now();
                         tw.expire_preexisting(now);
@@ -495,6 +499,9 @@ fn summary(
     let kernel = tracer.counters()?;
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);
+    }
+    if config.aggregates_in_kernel() {
+        agg.kernel_durations(tracer.durations()?);
     }
     if kernel.lost() > 0 {
         eprintln!(

@@ -182,3 +182,117 @@ fn evictions_and_filtered_events_are_metrics_too() {
         "{text}"
     );
 }
+
+/// SO_LINGER 0: close() resets the connection.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a valid `linger` of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// `tcptrace metrics` counts closes, close sides, state durations and retransmits in the
+/// kernel and sends no record per flow; its summary must say what `tcptrace flows` (a record
+/// per flow, aggregated in userspace) says of the same connections, traced at the same time.
+#[test]
+fn metrics_counted_in_the_kernel_match_the_flows_read() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refused = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let filter = format!("{},{refused}", addr.port());
+    let endpoint = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let args = ["--no-time-wait", "-D", filter.as_str()];
+    let flows = Tracer::start(&[&["flows"][..], &args].concat());
+    let metrics = Tracer::start_beside(
+        &flows,
+        &[&["metrics", "--metrics", endpoint.as_str()][..], &args].concat(),
+    );
+    // Normal closes (the client first), resets received, local aborts, refused connects.
+    for _ in 0..10 {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        let _ = server.read(&mut [0u8; 1]);
+    }
+    for _ in 0..3 {
+        let mut client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        reset_on_close(&server);
+        drop(server);
+        let _ = client.read(&mut [0u8; 1]);
+    }
+    for _ in 0..2 {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        reset_on_close(&client);
+        drop(client);
+    }
+    for _ in 0..3 {
+        assert!(TcpStream::connect(("127.0.0.1", refused)).is_err());
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (metrics, flows) = (metrics.stop(), flows.stop());
+    assert!(
+        metrics.records.iter().all(|r| r["type"] == "summary"),
+        "headless"
+    );
+    let (m, f) = (metrics.summary(), flows.summary());
+    assert_eq!(m["records_submitted"], 0, "no record per flow: {m}");
+    assert_eq!(f["flows"]["finished"], 18, "{f}");
+    assert_eq!(m["flows"]["finished"], f["flows"]["finished"], "{m}");
+    assert_eq!(m["causes"], f["causes"], "close causes");
+    assert_eq!(
+        f["causes"],
+        serde_json::json!({"normal": 10, "reset_received": 3, "aborted": 2, "refused": 3}),
+        "{f}"
+    );
+    assert_eq!(m["close"], f["close"], "close sides");
+    assert_eq!(m["retransmits_by_state"], f["retransmits_by_state"]);
+    // The same states held, as often; quantiles within the kernel's buckets (1/8) — and
+    // within 20 µs: each tracer's programs read the clock themselves, one after the other.
+    let held = |s: &serde_json::Value| {
+        s["held"]
+            .as_array()
+            .expect("held")
+            .iter()
+            .map(|h| (h["state"].to_string(), h.clone()))
+            .collect::<HashMap<_, _>>()
+    };
+    let (m_held, f_held) = (held(m), held(f));
+    assert_eq!(
+        m_held.keys().collect::<std::collections::BTreeSet<_>>(),
+        f_held.keys().collect(),
+        "{m}\n{f}"
+    );
+    for (state, fh) in &f_held {
+        let mh = &m_held[state];
+        assert_eq!(mh["count"], fh["count"], "{state}: {mh} vs {fh}");
+        for q in ["p50_ns", "max_ns"] {
+            let (mv, fv) = (
+                mh[q].as_f64().expect("a duration"),
+                fh[q].as_f64().expect("a duration"),
+            );
+            assert!(
+                (mv - fv).abs() <= (fv / 8.0).max(20_000.0),
+                "{state} {q}: {mv} counted in the kernel, {fv} from the flows"
+            );
+        }
+    }
+}

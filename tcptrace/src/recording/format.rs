@@ -121,7 +121,7 @@ pub fn counters_payload(counters: &KernelCounters) -> Vec<u8> {
 pub enum Frame<'a> {
     /// A ring-buffer record, borrowed from the reader until its next frame.
     Record(&'a [u8]),
-    Counters(KernelCounters),
+    Counters(Box<KernelCounters>),
     End,
 }
 

@@ -40,7 +40,7 @@ pub fn recording(records: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug, PartialEq)]
 enum Read {
     Record(Vec<u8>),
-    Counters(KernelCounters),
+    Counters(Box<KernelCounters>),
     End,
 }
 

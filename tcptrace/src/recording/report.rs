@@ -83,7 +83,7 @@ fn render<W: Write>(
                     None => {}
                 }
             }
-            Frame::Counters(c) => counters = c,
+            Frame::Counters(c) => counters = *c,
             Frame::End => break,
         }
         if now >= settled + SETTLE_EVERY_NS {

@@ -65,24 +65,32 @@ const KERNELS: [(&str, Source, Expect); 4] = [
 
 /// Each scenario the guest runs: (name, tcptrace arguments, check on (exit, flows, flows to
 /// port 7000)). Every scenario makes 3 connections to port 7000 and 3 to port 7001.
-type Check = fn(u32, u32, u32) -> bool;
-const SCENARIOS: [(&str, &str, Check); 4] = [
+/// `(exit code, flows printed, of which to port 7000, flows the summary says finished)`.
+type Check = fn(u32, u32, u32, u32) -> bool;
+const SCENARIOS: [(&str, &str, Check); 5] = [
     // Every program (transitions, flows, retransmits, alerts, TIME_WAIT): both sides of the
     // 6 connections and the 6 listeners.
-    ("all", "all", |exit, flows, _| exit == 0 && flows >= 12),
+    ("all", "all", |exit, flows, _, _| exit == 0 && flows >= 12),
     // A remote-port filter: the 3 clients of port 7000 only.
-    ("remote-port", "flows -D 7000", |exit, flows, to| {
+    ("remote-port", "flows -D 7000", |exit, flows, to, _| {
         exit == 0 && flows == 3 && to == 3
     }),
     // A pid filter that matches nothing here (pid 1 makes no connection).
-    ("pid", "flows -p 1 --no-time-wait", |exit, flows, _| {
+    ("pid", "flows -p 1 --no-time-wait", |exit, flows, _, _| {
         exit == 0 && flows == 0
     }),
     // A cgroup filter (the root: everything) with a flow table allocated on demand.
     (
         "cgroup-on-demand",
         "flows --cgroup / --flow-memory on-demand --max-flows 1024",
-        |exit, flows, _| exit == 0 && flows >= 12,
+        |exit, flows, _, _| exit == 0 && flows >= 12,
+    ),
+    // Counted in the kernel (the programs' metrics-only branches, which the verifier only
+    // checks where they run): no flow printed, every flow closed in the summary.
+    (
+        "metrics",
+        "metrics --metrics 127.0.0.1:9595",
+        |exit, flows, _, closed| exit == 0 && flows == 0 && (12..u32::MAX).contains(&closed),
     ),
 ];
 
@@ -133,7 +141,8 @@ scenario() {
   sed 's/^/STDERR /' /tmp/err.txt
   flows=$(grep -c '"type":"flow"' /tmp/out.json)
   to=$(grep '"type":"flow"' /tmp/out.json | grep -c '"rport":7000')
-  echo "RESULT $name exit=$code flows=$flows to7000=$to"
+  closed=$(grep '"type":"summary"' /tmp/out.json | grep -o '"finished":[0-9]*' | head -1 | cut -d: -f2)
+  echo "RESULT $name exit=$code flows=$flows to7000=$to closed=$closed"
 }
 "#;
 
@@ -252,10 +261,11 @@ fn check(series: &str, log: &str) -> Result<()> {
                 .unwrap_or(u32::MAX)
         };
         let (exit, flows, to) = (field("exit="), field("flows="), field("to7000="));
-        if !ok(exit, flows, to) {
+        let closed = field("closed=");
+        if !ok(exit, flows, to, closed) {
             bail!(
-                "on {kernel}: tcptrace {args}: exit {exit}, {flows} flows ({to} to port 7000); \
-                 tcptrace said: {}",
+                "on {kernel}: tcptrace {args}: exit {exit}, {flows} flows ({to} to port 7000), \
+                 {closed} closed in its summary; tcptrace said: {}",
                 stderr(scenario)
             );
         }
@@ -389,9 +399,10 @@ mod tests {
                 "STOPPED {name} in 0 s\nRESULT {name} exit=0 flows="
             ));
             log.push_str(match name {
-                "remote-port" => "3 to7000=3\n",
-                "pid" => "0 to7000=0\n",
-                _ => "18 to7000=3\n",
+                "remote-port" => "3 to7000=3 closed=3\n",
+                "pid" => "0 to7000=0 closed=0\n",
+                "metrics" => "0 to7000=0 closed=18\n",
+                _ => "18 to7000=3 closed=18\n",
             });
         }
         log.push_str("STOPPED scenarios in 0 s\n");
@@ -416,5 +427,12 @@ mod tests {
         let filtered =
             passing_log("6.1.0-57-amd64").replace("flows=3 to7000=3", "flows=6 to7000=3");
         assert!(check("6.1", &filtered).is_err());
+        // Metrics-only must count every flow in the kernel and print none.
+        let uncounted = passing_log("6.1.0-57-amd64").replace(
+            "RESULT metrics exit=0 flows=0 to7000=0 closed=18",
+            "RESULT metrics exit=0 flows=0 to7000=0 closed=",
+        );
+        let err = check("6.1", &uncounted).expect_err("nothing counted");
+        assert!(format!("{err}").contains("closed in its summary"), "{err}");
     }
 }

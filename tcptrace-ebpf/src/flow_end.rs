@@ -1,0 +1,111 @@
+//! The CLOSE half of `tp_btf/inet_sock_set_state`: a flow that reached CLOSE is counted
+//! (close cause, close side) and, where userspace wants it, sent whole.
+use aya_ebpf::programs::BtfTracePointContext;
+use tcptrace_common::{
+    close_flags, emit_flow_ends, record_kind, side_of_path, stat, tcp_state, CloseFacts,
+    FlowEndEvent, FlowState, Keepalive, PATH_SLOTS,
+};
+
+use crate::{
+    config,
+    maps::{scratch, submit_flags, Stats, EVENTS, FLOW_TABLE},
+    sock,
+};
+
+/// Where a flow that reached CLOSE is, for [`finish_flow`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    No,
+    /// In the flow table.
+    Table,
+    /// Seen for the first time at CLOSE: in this CPU's scratch slot, never inserted.
+    Scratch,
+}
+
+/// A flow reached CLOSE: what the socket carries decides its close cause (sk_err is set
+/// before the kernel moves the socket to CLOSE), counted here; the whole path is sent where
+/// userspace wants it (`emit_flow_ends`), and the entry removed.
+#[inline(never)]
+pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Result<(), i32> {
+    let stats = Stats::at(slot);
+    let sk: *const u8 = ctx.arg(0);
+    let key = sk as u64;
+    let slot = if ending == Ending::Table {
+        FLOW_TABLE.get_ptr_mut(&key)
+    } else {
+        scratch(slot)
+    };
+    let flow = slot.ok_or(-1)?;
+    // SAFETY: a map value (the flow's entry, or this CPU's scratch slot written by this
+    // run's handler), valid for this run; the socket's lock serialises its transitions.
+    let flow = unsafe { &mut *flow };
+    let (err, probes, keepalive_on, user_timeout) = sock::close_info(sk)?;
+    flow.err = err;
+    flow.probes = probes;
+    if keepalive_on {
+        flow.close_flags |= close_flags::KEEPALIVE_ON;
+    }
+    if user_timeout {
+        flow.close_flags |= close_flags::USER_TIMEOUT;
+    }
+    let keepalive = if keepalive_on {
+        sock::keepalive(sk)?
+    } else {
+        Keepalive::default()
+    };
+    // Counted here whatever is sent: metrics need no record per flow.
+    let side = side_of_path(&flow.states, flow.len as usize);
+    stats.closed(
+        CloseFacts::of(flow, config!(keepalive_reset_reason)).cause(),
+        side,
+    );
+    let sent = match config!(emit_flow_ends) {
+        emit_flow_ends::ALL => true,
+        // Its side and 4-tuple join the TIME_WAIT that follows (a flow that closed first).
+        emit_flow_ends::TIME_WAIT => enters_time_wait(flow),
+        _ => false,
+    };
+    if !sent {
+        if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
+            stats.bump(stat::FLOWS_REMOVED);
+        }
+        return Ok(());
+    }
+    let tuple = sock::tuple(sk)?;
+    // The time the flow entered CLOSE, as the handler recorded it.
+    let now = flow.entered_ns[flow.last()];
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<FlowEndEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::FLOW_END);
+                (&raw mut (*e)._pad0).write(0);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).tuple).write(tuple);
+                core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
+                (&raw mut (*e).keepalive).write(keepalive);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            stats.bump(stat::LOST_FLOW_END);
+        }
+    }
+    if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
+        stats.bump(stat::FLOWS_REMOVED);
+    }
+    Ok(())
+}
+
+/// Whether a flow that reached CLOSE leaves a TIME_WAIT behind (it left FIN_WAIT2 or CLOSING).
+#[inline(always)]
+fn enters_time_wait(flow: &FlowState) -> bool {
+    let len = flow.len as usize;
+    // Read first, masked (see `CloseFacts::of`).
+    let before = flow.states[len.wrapping_sub(2) & (PATH_SLOTS - 1)];
+    len >= 2 && (before == tcp_state::FIN_WAIT2 || before == tcp_state::CLOSING)
+}
