@@ -205,6 +205,7 @@ fn raise_memlock() {
 
 impl Tracer {
     pub fn load(config: &Config) -> Result<Tracer> {
+        crate::load_error::check_release(&crate::load_error::running_release())?;
         check_privileges()?;
         raise_memlock();
         let btf = KernelBtf::open(Path::new(&config.btf))?;
