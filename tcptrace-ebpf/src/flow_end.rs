@@ -48,11 +48,6 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
     if user_timeout {
         flow.close_flags |= close_flags::USER_TIMEOUT;
     }
-    let keepalive = if keepalive_on {
-        sock::keepalive(sk)?
-    } else {
-        Keepalive::default()
-    };
     // Counted here whatever is sent: metrics need no record per flow.
     let side = side_of_path(&flow.states, flow.len as usize);
     stats.closed(
@@ -71,6 +66,11 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
         }
         return Ok(());
     }
+    let keepalive = if keepalive_on {
+        sock::keepalive(sk)?
+    } else {
+        Keepalive::default()
+    };
     let tuple = sock::tuple(sk)?;
     // The time the flow entered CLOSE, as the handler recorded it.
     let now = flow.entered_ns[flow.last()];
