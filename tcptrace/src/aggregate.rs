@@ -183,18 +183,16 @@ impl Aggregator {
     }
 
     pub fn finish(&self, kernel: &KernelCounters, elapsed_ns: u64) -> Summary {
-        let mut summary = match &self.in_kernel {
-            Some(durations) => self.summary(kernel, elapsed_ns, durations_in_kernel(durations)),
-            None => self.summary(kernel, elapsed_ns, self.durations()),
+        let Some(durations) = &self.in_kernel else {
+            return self.summary(kernel, elapsed_ns, self.durations());
         };
-        if self.in_kernel.is_some() {
-            summary.flows_finished = kernel.closes.iter().sum();
-            summary.close = count_by(&kernel.sides, |raw| Some(CloseSide::from_kernel(raw)));
-            summary.causes = count_by(&kernel.closes, |raw| Some(CloseCause::from_kernel(raw)));
-            summary.rtx_by_state =
-                count_by(&kernel.rtx_by_state, |raw| TcpState::try_from(raw).ok());
+        Summary {
+            flows_finished: kernel.closes.iter().sum(),
+            close: count_by(&kernel.sides, |raw| Some(CloseSide::from_kernel(raw))),
+            causes: count_by(&kernel.closes, |raw| Some(CloseCause::from_kernel(raw))),
+            rtx_by_state: count_by(&kernel.rtx_by_state, |raw| TcpState::try_from(raw).ok()),
+            ..self.summary(kernel, elapsed_ns, durations_in_kernel(durations))
         }
-        summary
     }
 
     fn durations(&self) -> Vec<DurationStats> {

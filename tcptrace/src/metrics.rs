@@ -105,12 +105,7 @@ impl Metrics {
             untracked_flows: Counter::default(),
             filtered_events: Counter::default(),
             evicted_flows: Counter::default(),
-            seen: KernelCounters {
-                transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
-                closes: vec![0; close_cause::COUNT],
-                rtx_by_state: vec![0; usize::from(tcptrace_common::tcp_state::LIMIT)],
-                ..Default::default()
-            },
+            seen: KernelCounters::default(),
         };
         registry.register(
             "transitions",
@@ -207,27 +202,19 @@ impl Metrics {
 
     /// Adds what the kernel counted since the last call.
     pub fn kernel(&mut self, now: &KernelCounters) {
-        for (i, (&total, seen)) in now
-            .transitions
-            .iter()
-            .zip(&mut self.seen.transitions)
-            .enumerate()
-        {
-            if total > *seen {
-                let limit = usize::from(tcptrace_common::tcp_state::LIMIT);
-                let states = (
-                    crate::model::TcpState::try_from((i / limit) as u8),
-                    crate::model::TcpState::try_from((i % limit) as u8),
-                );
-                if let (Ok(from), Ok(to)) = states {
-                    self.transitions
-                        .get_or_create(&Transition {
-                            from: from.name(),
-                            to: to.name(),
-                        })
-                        .inc_by(total - *seen);
-                }
-                *seen = total;
+        let limit = usize::from(tcptrace_common::tcp_state::LIMIT);
+        for (i, delta) in growth(&now.transitions, &mut self.seen.transitions) {
+            let states = (
+                TcpState::try_from((i / limit) as u8),
+                TcpState::try_from((i % limit) as u8),
+            );
+            if let (Ok(from), Ok(to)) = states {
+                self.transitions
+                    .get_or_create(&Transition {
+                        from: from.name(),
+                        to: to.name(),
+                    })
+                    .inc_by(delta);
             }
         }
         let add = |index: u32, counter: &Counter| {
@@ -248,32 +235,20 @@ impl Metrics {
         ] {
             add(index, &self.lost.get_or_create(&Reason { reason }));
         }
-        for (raw, &total) in now.closes.iter().enumerate() {
-            let seen = self.seen.closes.get(raw).copied().unwrap_or(0);
-            if total > seen {
-                let cause = CloseCause::from_kernel(raw as u8);
-                self.flows_closed_by(cause).inc_by(total - seen);
-                if raw == usize::from(close_cause::KEEPALIVE_TIMEOUT) {
-                    self.keepalive_timeouts.inc_by(total - seen);
-                }
+        for (raw, delta) in growth(&now.closes, &mut self.seen.closes) {
+            self.flows_closed_by(CloseCause::from_kernel(raw as u8))
+                .inc_by(delta);
+            if raw == usize::from(close_cause::KEEPALIVE_TIMEOUT) {
+                self.keepalive_timeouts.inc_by(delta);
             }
         }
-        self.seen.closes.clone_from(&now.closes);
-        for (raw, (&total, seen)) in now
-            .rtx_by_state
-            .iter()
-            .zip(&mut self.seen.rtx_by_state)
-            .enumerate()
-        {
-            if total > *seen {
-                if let Ok(state) = TcpState::try_from(raw as u8) {
-                    self.retransmits_by_state
-                        .get_or_create(&State {
-                            state: state.name(),
-                        })
-                        .inc_by(total - *seen);
-                }
-                *seen = total;
+        for (raw, delta) in growth(&now.rtx_by_state, &mut self.seen.rtx_by_state) {
+            if let Ok(state) = TcpState::try_from(raw as u8) {
+                self.retransmits_by_state
+                    .get_or_create(&State {
+                        state: state.name(),
+                    })
+                    .inc_by(delta);
             }
         }
         let skipped = now.missed.saturating_sub(self.seen.missed);
@@ -406,6 +381,21 @@ impl Metrics {
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
     }
+}
+
+/// The entries of `now` that grew since `seen`, with how much (`seen` becomes `now`): what
+/// a per-index kernel counter adds to its Prometheus counter.
+fn growth(now: &[u64], seen: &mut Vec<u64>) -> Vec<(usize, u64)> {
+    seen.resize(now.len(), 0);
+    let grown = now
+        .iter()
+        .zip(seen.iter())
+        .enumerate()
+        .filter(|(_, (total, before))| total > before)
+        .map(|(i, (total, before))| (i, total - before))
+        .collect();
+    seen.copy_from_slice(now);
+    grown
 }
 
 /// Binds the metrics endpoint (errors name the address).
