@@ -95,6 +95,12 @@ impl CloseFacts {
         }
     }
 
+    /// Whether a TIME_WAIT follows (the flow closed first: it left FIN_WAIT2 or CLOSING).
+    #[inline(always)]
+    pub fn enters_time_wait(&self) -> bool {
+        matches!(self.before, Some(tcp_state::FIN_WAIT2 | tcp_state::CLOSING))
+    }
+
     /// Why the flow ended (a [`close_cause`]).
     #[inline(always)]
     pub fn cause(&self) -> u8 {
@@ -314,7 +320,19 @@ mod tests {
         for (path, side) in cases {
             let f = flow(path);
             assert_eq!(side_of_path(&f.states, f.len as usize), side, "{path:?}");
+            // Only the side that closed first and finished the FIN exchange holds TIME_WAIT.
+            let time_wait = CloseFacts::of(&f, NO_RESET_REASON).enters_time_wait();
+            assert_eq!(
+                time_wait,
+                path.len() == 5 && path[2] == FIN_WAIT1,
+                "{path:?}"
+            );
         }
+        assert!(CloseFacts::of(
+            &flow(&[SYN_SENT, ESTABLISHED, FIN_WAIT1, CLOSING, CLOSE]),
+            0
+        )
+        .enters_time_wait());
     }
 
     #[test]

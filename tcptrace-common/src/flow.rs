@@ -23,7 +23,7 @@ impl FlowState {
     #[inline(always)]
     pub fn restart(&mut self, old: u8, new: u8, now: u64) {
         self.clear();
-        if old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV) {
+        if starts_a_socket(old, new) {
             self.states[0] = new;
             self.entered_ns[0] = now;
             self.len = 1;
@@ -144,6 +144,14 @@ impl FlowState {
         self.pid = owner.pid;
         self.comm = owner.comm;
     }
+}
+
+/// A socket's first transition: leaving CLOSE (connect, listen), or an accepted child's
+/// LISTEN → SYN_RECV. A flow seen first there has a known start; an entry already under the
+/// socket's address belonged to an earlier socket whose CLOSE was missed.
+#[inline(always)]
+pub fn starts_a_socket(old: u8, new: u8) -> bool {
+    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
 /// Transitions that only happen in the owning process's context (connect, listen, close,

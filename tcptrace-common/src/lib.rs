@@ -422,7 +422,7 @@ pub use filter::{
     filter_kind, mapped_v4, port_bits, AddrKey, FilterConfig, TimeWaitKey, CGROUP_MAX_DEPTH,
     FILTER_SLOTS,
 };
-pub use flow::in_owner_context;
+pub use flow::{in_owner_context, starts_a_socket};
 
 #[cfg(feature = "user")]
 mod user {

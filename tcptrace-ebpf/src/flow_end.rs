@@ -2,8 +2,8 @@
 //! (close cause, close side) and, where userspace wants it, sent whole.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
-    close_flags, emit_flow_ends, record_kind, side_of_path, stat, tcp_state, CloseFacts,
-    FlowEndEvent, FlowState, Keepalive, PATH_SLOTS,
+    close_flags, emit_flow_ends, record_kind, side_of_path, stat, CloseFacts, FlowEndEvent,
+    Keepalive,
 };
 
 use crate::{
@@ -49,15 +49,12 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
         flow.close_flags |= close_flags::USER_TIMEOUT;
     }
     // Counted here whatever is sent: metrics need no record per flow.
-    let side = side_of_path(&flow.states, flow.len as usize);
-    stats.closed(
-        CloseFacts::of(flow, config!(keepalive_reset_reason)).cause(),
-        side,
-    );
+    let facts = CloseFacts::of(flow, config!(keepalive_reset_reason));
+    stats.closed(facts.cause(), side_of_path(&flow.states, flow.len as usize));
     let sent = match config!(emit_flow_ends) {
         emit_flow_ends::ALL => true,
         // Its side and 4-tuple join the TIME_WAIT that follows (a flow that closed first).
-        emit_flow_ends::TIME_WAIT => enters_time_wait(flow),
+        emit_flow_ends::TIME_WAIT => facts.enters_time_wait(),
         _ => false,
     };
     if !sent {
@@ -99,13 +96,4 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
         stats.bump(stat::FLOWS_REMOVED);
     }
     Ok(())
-}
-
-/// Whether a flow that reached CLOSE leaves a TIME_WAIT behind (it left FIN_WAIT2 or CLOSING).
-#[inline(always)]
-fn enters_time_wait(flow: &FlowState) -> bool {
-    let len = flow.len as usize;
-    // Read first, masked (see `CloseFacts::of`).
-    let before = flow.states[len.wrapping_sub(2) & (PATH_SLOTS - 1)];
-    len >= 2 && (before == tcp_state::FIN_WAIT2 || before == tcp_state::CLOSING)
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, stat, tcp_state,
-    Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, starts_a_socket,
+    stat, tcp_state, Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
@@ -179,14 +179,6 @@ fn log_table_full(ctx: &BtfTracePointContext) {
         ctx,
         "flow table full: flows beyond --max-flows are counted, not tracked"
     );
-}
-
-/// A socket's first transition: leaving CLOSE (connect, listen), or an accepted child's
-/// LISTEN → SYN_RECV. An entry already under its address belonged to an earlier socket whose
-/// CLOSE was missed (a child's was otherwise merged into it, as a path gap).
-#[inline(always)]
-fn starts_a_socket(old: u8, new: u8) -> bool {
-    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
 /// The listener a transition concerns: its own (LISTEN ↔ CLOSE) or its child's parent.
