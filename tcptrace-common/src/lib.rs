@@ -45,6 +45,9 @@ pub mod record_kind {
     pub const RETRANSMIT: u32 = 3;
     pub const KEEPALIVE_PROBE: u32 = 4;
     pub const TIME_WAIT: u32 = 5;
+    /// A flow entering TIME_WAIT, in brief ([`TimeWaitFlowEvent`]): sent instead of a
+    /// `FLOW_END` when userspace asked only for those (`emit_flow_ends::TIME_WAIT`).
+    pub const TIME_WAIT_FLOW: u32 = 6;
 }
 
 /// What a [`TimeWaitEvent`] reports of a timewait socket's timer.
@@ -90,8 +93,8 @@ pub mod close_flags {
 pub mod emit_flow_ends {
     /// Every flow (flows are printed, recorded, or aggregated by userspace).
     pub const ALL: u8 = 0;
-    /// Only the flows that enter TIME_WAIT (their side and 4-tuple join the TIME_WAIT
-    /// tracker); everything else is counted in the kernel.
+    /// Only the flows that enter TIME_WAIT, as a [`super::TimeWaitFlowEvent`] (their side and
+    /// 4-tuple join the TIME_WAIT tracker); everything else is counted in the kernel.
     pub const TIME_WAIT: u8 = 1;
     /// None.
     pub const NONE: u8 = 2;
@@ -221,6 +224,29 @@ pub struct FlowEndEvent {
     pub keepalive: Keepalive,
 }
 const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 200);
+
+/// A flow reached CLOSE and a TIME_WAIT follows: what the TIME_WAIT tracker needs of it (its
+/// 4-tuple, and whether it was the accepting side), when userspace counts nothing else per
+/// flow (`tcptrace metrics`). Never in a recording: `record` asks for every flow whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWaitFlowEvent {
+    pub kind: u32,
+    /// Bits of [`time_wait_flow`].
+    pub flags: u8,
+    pub _pad0: [u8; 3],
+    /// When the flow entered CLOSE.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub tuple: Tuple,
+}
+const _: () = assert!(core::mem::size_of::<TimeWaitFlowEvent>() == 64);
+
+/// Bits of [`TimeWaitFlowEvent::flags`].
+pub mod time_wait_flow {
+    /// The flow's path began in SYN_RECV: the accepting (server) side.
+    pub const ACCEPTED: u8 = 1 << 0;
+}
 
 /// A keepalive probe went out (seen around `tcp_keepalive_timer`).
 #[repr(C)]

@@ -1,9 +1,10 @@
 //! The CLOSE half of `tp_btf/inet_sock_set_state`: a flow that reached CLOSE is counted
-//! (close cause, close side) and, where userspace wants it, sent whole.
+//! (close cause, close side) and, where userspace wants it, sent whole or, for
+//! `tcptrace metrics`, in brief when a TIME_WAIT follows.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
-    close_flags, emit_flow_ends, record_kind, side_of_path, stat, CloseFacts, FlowEndEvent,
-    Keepalive,
+    close_flags, emit_flow_ends, record_kind, side_of_path, stat, tcp_state, time_wait_flow,
+    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
 };
 
 use crate::{
@@ -23,7 +24,7 @@ pub enum Ending {
 }
 
 /// A flow reached CLOSE: what the socket carries decides its close cause (sk_err is set
-/// before the kernel moves the socket to CLOSE), counted here; the whole path is sent where
+/// before the kernel moves the socket to CLOSE), counted here; the flow is sent as
 /// userspace wants it (`emit_flow_ends`), and the entry removed.
 #[inline(never)]
 pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Result<(), i32> {
@@ -51,18 +52,28 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
     // Counted here whatever is sent: metrics need no record per flow.
     let facts = CloseFacts::of(flow, config!(keepalive_reset_reason));
     stats.closed(facts.cause(), side_of_path(&flow.states, flow.len as usize));
-    let sent = match config!(emit_flow_ends) {
-        emit_flow_ends::ALL => true,
+    match config!(emit_flow_ends) {
+        emit_flow_ends::ALL => send_flow_end(sk, flow, keepalive_on, stats)?,
         // Its side and 4-tuple join the TIME_WAIT that follows (a flow that closed first).
-        emit_flow_ends::TIME_WAIT => facts.enters_time_wait(),
-        _ => false,
-    };
-    if !sent {
-        if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
-            stats.bump(stat::FLOWS_REMOVED);
+        emit_flow_ends::TIME_WAIT if facts.enters_time_wait() => {
+            send_time_wait_flow(sk, flow, stats)?
         }
-        return Ok(());
+        _ => {}
     }
+    if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
+        stats.bump(stat::FLOWS_REMOVED);
+    }
+    Ok(())
+}
+
+/// The flow whole: its path, the socket's 4-tuple and keepalive settings.
+#[inline(always)]
+fn send_flow_end(
+    sk: *const u8,
+    flow: &FlowState,
+    keepalive_on: bool,
+    stats: Stats,
+) -> Result<(), i32> {
     let keepalive = if keepalive_on {
         sock::keepalive(sk)?
     } else {
@@ -81,9 +92,9 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
                 (&raw mut (*e).kind).write(record_kind::FLOW_END);
                 (&raw mut (*e)._pad0).write(0);
                 (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(key);
+                (&raw mut (*e).skaddr).write(sk as u64);
                 (&raw mut (*e).tuple).write(tuple);
-                core::ptr::copy_nonoverlapping(&raw const *flow, &raw mut (*e).flow, 1);
+                core::ptr::copy_nonoverlapping(flow, &raw mut (*e).flow, 1);
                 (&raw mut (*e).keepalive).write(keepalive);
             }
             entry.submit(wake);
@@ -92,8 +103,38 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
             stats.bump(stat::LOST_FLOW_END);
         }
     }
-    if ending == Ending::Table && FLOW_TABLE.remove(&key).is_ok() {
-        stats.bump(stat::FLOWS_REMOVED);
+    Ok(())
+}
+
+/// A flow entering TIME_WAIT, in brief: its 4-tuple and whether it was the accepting side.
+#[inline(always)]
+fn send_time_wait_flow(sk: *const u8, flow: &FlowState, stats: Stats) -> Result<(), i32> {
+    let tuple = sock::tuple(sk)?;
+    let flags = if flow.states[0] == tcp_state::SYN_RECV {
+        time_wait_flow::ACCEPTED
+    } else {
+        0
+    };
+    let now = flow.entered_ns[flow.last()];
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<TimeWaitFlowEvent>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved slot, ours alone until submit.
+            unsafe {
+                (&raw mut (*e).kind).write(record_kind::TIME_WAIT_FLOW);
+                (&raw mut (*e).flags).write(flags);
+                (&raw mut (*e)._pad0).write([0; 3]);
+                (&raw mut (*e).ts_ns).write(now);
+                (&raw mut (*e).skaddr).write(sk as u64);
+                (&raw mut (*e).tuple).write(tuple);
+            }
+            entry.submit(wake);
+        }
+        None => {
+            stats.bump(stat::LOST_FLOW_END);
+        }
     }
     Ok(())
 }

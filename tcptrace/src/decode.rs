@@ -4,8 +4,9 @@ use std::mem::size_of;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, time_wait, FlowEndEvent, FlowState,
-    Keepalive, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TransitionEvent, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
+    FlowState, Keepalive, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TimeWaitFlowEvent,
+    TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
@@ -66,6 +67,17 @@ pub struct TimeWaitRecord {
     pub addrs: Option<FlowAddrs>,
 }
 
+/// A flow reached CLOSE and enters TIME_WAIT, in brief (`tcptrace metrics`, which counts
+/// everything else in the kernel).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWaitFlow {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub addrs: FlowAddrs,
+    /// The accepting (server) side: its path began in SYN_RECV.
+    pub accepted: bool,
+}
+
 /// A keepalive probe went out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepaliveProbe {
@@ -104,6 +116,7 @@ pub enum Event {
     Retransmit(Retransmit),
     KeepaliveProbe(KeepaliveProbe),
     TimeWait(TimeWaitRecord),
+    TimeWaitFlow(TimeWaitFlow),
 }
 
 impl Event {
@@ -115,6 +128,7 @@ impl Event {
             Event::Retransmit(r) => r.ts_ns,
             Event::KeepaliveProbe(p) => p.ts_ns,
             Event::TimeWait(t) => t.ts_ns,
+            Event::TimeWaitFlow(f) => f.ts_ns,
         }
     }
 }
@@ -219,6 +233,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
                 },
             }))
         }
+        record_kind::TIME_WAIT_FLOW => {
+            let raw = read_record::<RawTimeWaitFlow>(bytes, "time-wait flow")?.0;
+            if raw.flags & !time_wait_flow::ACCEPTED != 0 {
+                bail!("unknown time-wait flow flags {:#x}", raw.flags);
+            }
+            Ok(Event::TimeWaitFlow(TimeWaitFlow {
+                ts_ns: raw.ts_ns,
+                skaddr: raw.skaddr,
+                addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+                accepted: raw.flags & time_wait_flow::ACCEPTED != 0,
+            }))
+        }
         other => bail!("unknown record kind {other}"),
     }
 }
@@ -239,6 +265,11 @@ struct RawProbe(KeepaliveProbeEvent);
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct RawTimeWait(TimeWaitEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawTimeWaitFlow(TimeWaitFlowEvent);
+// SAFETY: as below.
+unsafe impl aya::Pod for RawTimeWaitFlow {}
 // SAFETY: as below.
 unsafe impl aya::Pod for RawTimeWait {}
 // SAFETY: as below.

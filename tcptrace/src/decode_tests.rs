@@ -304,3 +304,38 @@ fn a_missed_transition_leaves_a_gap_with_unknown_times() {
         ]
     );
 }
+
+#[test]
+fn a_flow_entering_time_wait_in_brief_decodes_its_side_and_addresses() {
+    let raw = tcptrace_common::TimeWaitFlowEvent {
+        kind: record_kind::TIME_WAIT_FLOW,
+        flags: time_wait_flow::ACCEPTED,
+        _pad0: [0; 3],
+        ts_ns: 7_000,
+        skaddr: 0xffff_8880_0000_2000,
+        tuple: v4_tuple(8080, 51234),
+    };
+    let bytes = bytes_of(&raw);
+    let Ok(Event::TimeWaitFlow(f)) = decode(&bytes) else {
+        panic!("not a time-wait flow: {:?}", decode(&bytes));
+    };
+    assert!(f.accepted, "the accepting side");
+    assert_eq!((f.ts_ns, f.skaddr), (7_000, 0xffff_8880_0000_2000));
+    assert_eq!((f.addrs.local.port, f.addrs.remote.port), (8080, 51234));
+    let client = tcptrace_common::TimeWaitFlowEvent { flags: 0, ..raw };
+    let Ok(Event::TimeWaitFlow(f)) = decode(&bytes_of(&client)) else {
+        panic!("the client's record did not decode");
+    };
+    assert!(!f.accepted, "the connecting side");
+    let e = decode(&bytes[..bytes.len() - 1]).expect_err("a short record");
+    assert_eq!(
+        format!("{e:#}"),
+        "time-wait flow record is 63 bytes, expected 64"
+    );
+    let unknown = tcptrace_common::TimeWaitFlowEvent { flags: 0x80, ..raw };
+    let e = decode(&bytes_of(&unknown)).expect_err("unknown flags");
+    assert_eq!(format!("{e:#}"), "unknown time-wait flow flags 0x80");
+    let mut bad_family = raw;
+    bad_family.tuple.family = 99;
+    assert!(decode(&bytes_of(&bad_family)).is_err(), "family 99");
+}

@@ -221,6 +221,12 @@ fn handle<W: Write>(sinks: &mut Sinks<W>, config: &Config, event: Event) -> io::
                 sinks.printer.flow(&f)?;
             }
         }
+        // Sent only where flows are counted in the kernel: the side of a TIME_WAIT.
+        Event::TimeWaitFlow(f) => {
+            if config.traces_time_wait() {
+                sinks.tw.brief_flow(&f);
+            }
+        }
         Event::TimeWait(r) => match r.what {
             time_wait::START => {
                 if let Some(addrs) = r.addrs {

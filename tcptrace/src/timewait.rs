@@ -11,7 +11,7 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::{
-    decode::FinishedFlow,
+    decode::{FinishedFlow, TimeWaitFlow},
     model::{Endpoint, FlowAddrs, TcpState},
 };
 
@@ -232,30 +232,41 @@ impl TimeWaitTracker {
         if !enters_time_wait(&flow) {
             return Some(flow);
         }
-        let Some(timer) = self.awaiting_flow.remove(&flow.addrs) else {
-            return Some(flow); // no timewait socket: tcp_max_tw_buckets overflow, or untraced
+        let accepted = flow.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynRecv);
+        let Some(timer) = self.join(&flow.addrs, accepted) else {
+            return Some(flow);
         };
-        match self.active.get_mut(&timer) {
-            // That TIME_WAIT holds a flow already (its timer address and 4-tuple came back
-            // before its end was seen): this one is printed now rather than replace it.
-            Some(active) if active.flow.is_some() => Some(flow),
-            Some(active) => {
-                let first = flow.lifecycle.path.first().map(|s| s.state);
-                let accepted = first == Some(TcpState::SynRecv);
-                let (addrs, start_ns) = (active.addrs, active.start_ns);
-                if keep {
-                    active.flow = Some(flow);
-                }
-                if accepted {
-                    self.server_side += 1;
-                    self.not_a_destination(&addrs, start_ns);
-                } else {
-                    self.client_side += 1;
-                }
-                None
+        if keep {
+            if let Some(active) = self.active.get_mut(&timer) {
+                active.flow = Some(flow);
             }
-            None => Some(flow),
         }
+        None
+    }
+
+    /// A flow entering TIME_WAIT, sent in brief (`tcptrace metrics`): its side is counted.
+    pub fn brief_flow(&mut self, flow: &TimeWaitFlow) {
+        let _ = self.join(&flow.addrs, flow.accepted);
+    }
+
+    /// Joins a flow entering TIME_WAIT to its timewait socket: `None` when there is none to
+    /// join (no timewait socket: tcp_max_tw_buckets overflow, or untraced; or that TIME_WAIT
+    /// holds a flow already — its timer address and 4-tuple came back before its end was
+    /// seen — and this one is printed now rather than replace it), else the TIME_WAIT's timer.
+    fn join(&mut self, addrs: &FlowAddrs, accepted: bool) -> Option<u64> {
+        let timer = self.awaiting_flow.remove(addrs)?;
+        let active = self.active.get_mut(&timer)?;
+        if active.flow.is_some() {
+            return None;
+        }
+        let (addrs, start_ns) = (active.addrs, active.start_ns);
+        if accepted {
+            self.server_side += 1;
+            self.not_a_destination(&addrs, start_ns);
+        } else {
+            self.client_side += 1;
+        }
+        Some(timer)
     }
 
     /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination

@@ -264,3 +264,41 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
     assert_eq!((s.entered, s.client_side), (1_001, 1));
     assert_eq!(tw.entry_rates(S).len(), 1);
 }
+
+/// A flow sent in brief (`tcptrace metrics`) joins its TIME_WAIT as the whole flow does.
+fn in_brief(flow: &FinishedFlow) -> TimeWaitFlow {
+    let accepted = flow.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynRecv);
+    TimeWaitFlow {
+        ts_ns: flow.ts_ns,
+        skaddr: flow.skaddr,
+        addrs: flow.addrs,
+        accepted,
+    }
+}
+
+#[test]
+fn flows_in_brief_count_their_side_as_whole_flows_do() {
+    let (mut whole, mut brief) = (TimeWaitTracker::new(), TimeWaitTracker::new());
+    let mut flows: Vec<FinishedFlow> = (1..=20u16).map(server_flow_closing_first).collect();
+    flows.push(client_flow_closing_first());
+    for (timer, flow) in flows.iter().enumerate() {
+        let timer = timer as u64 + 1;
+        whole.start(timer, flow.addrs, S);
+        brief.start(timer, flow.addrs, S);
+        assert!(whole.flow(flow.clone(), false).is_none(), "joined");
+        brief.brief_flow(&in_brief(flow));
+    }
+    // A flow without a timewait socket (tcp_max_tw_buckets overflow) joins nothing.
+    let orphan = server_flow_closing_first(9_999);
+    assert!(whole.flow(orphan.clone(), false).is_some());
+    brief.brief_flow(&in_brief(&orphan));
+    let (w, b) = (whole.summary(), brief.summary());
+    assert_eq!((b.entered, b.server_side, b.client_side), (21, 20, 1));
+    assert_eq!(
+        (w.entered, w.server_side, w.client_side),
+        (b.entered, b.server_side, b.client_side)
+    );
+    assert_eq!(w.top_destinations, b.top_destinations);
+    assert_eq!(whole.gauges(S).total, brief.gauges(S).total);
+    assert_eq!(whole.entry_rates(S), brief.entry_rates(S));
+}
