@@ -360,10 +360,11 @@ fn try_inet_sock_set_state(
 
     if ends {
         // The flow end is sent by `finish_flow`, in its own call (stack).
+        let flow: *mut FlowState = flow;
         return Ok(if is_fresh {
-            Ending::Scratch
+            Ending::Scratch(flow)
         } else {
-            Ending::Table
+            Ending::Table(flow)
         });
     }
     Ok(Ending::No)
