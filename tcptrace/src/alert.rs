@@ -5,6 +5,7 @@ use crate::{
     cause::CloseCause,
     clock::{human_duration, HumanDuration},
     decode::{FinishedFlow, KeepaliveProbe, Lifecycle, Retransmit},
+    digits::number,
     keepalive::{self, KeepaliveSettings},
     model::{FlowAddrs, Process, TcpState},
     timewait::TimeWait,
@@ -137,17 +138,6 @@ impl<'a> Alert<'a> {
     }
 }
 
-/// A finished flow's path, printed without allocating; when TIME_WAIT followed, it ends
-/// `> TIME_WAIT 60.0s (expired)` instead of `> CLOSE`.
-pub struct FlowPath<'a>(pub &'a FinishedFlow);
-
-impl fmt::Display for FlowPath<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let flow = self.0;
-        write_path(f, &flow.lifecycle, flow.time_wait.as_ref())
-    }
-}
-
 /// `SYN_SENT 1.2ms > ESTABLISHED 176ms > CLOSE`, with retransmits per state and `?` for
 /// unknown times; `…` marks a truncated path.
 pub fn path_text(lifecycle: &Lifecycle) -> String {
@@ -163,9 +153,11 @@ impl fmt::Display for Path<'_> {
     }
 }
 
-/// The path; a final `CLOSE` (with no retransmits) becomes the TIME_WAIT that followed, if any.
-fn write_path(
-    f: &mut fmt::Formatter<'_>,
+/// The path; a final `CLOSE` (with no retransmits) becomes the TIME_WAIT that followed, if any
+/// (`> TIME_WAIT 60.0s (expired)`).
+/// Written without `core::fmt`'s machinery (the printers' hot path).
+pub fn write_path<W: fmt::Write + ?Sized>(
+    f: &mut W,
     lifecycle: &Lifecycle,
     time_wait: Option<&TimeWait>,
 ) -> fmt::Result {
@@ -179,23 +171,27 @@ fn write_path(
         }
         match time_wait {
             Some(tw) if i == last && step.state == TcpState::Close && step.retransmits == 0 => {
-                return write!(
-                    f,
-                    "TIME_WAIT {} ({})",
-                    HumanDuration(tw.held_ns),
-                    tw.end.name()
-                );
+                f.write_str("TIME_WAIT ")?;
+                HumanDuration(tw.held_ns).write_to(f)?;
+                f.write_str(" (")?;
+                f.write_str(tw.end.name())?;
+                return f.write_char(')');
             }
             _ => f.write_str(step.state.name())?,
         }
         if i != last {
             match step.held_ns {
-                Some(ns) => write!(f, " {}", HumanDuration(ns))?,
+                Some(ns) => {
+                    f.write_char(' ')?;
+                    HumanDuration(ns).write_to(f)?;
+                }
                 None => f.write_str(" ?")?,
             }
         }
         if step.retransmits > 0 {
-            write!(f, " (rtx {})", step.retransmits)?;
+            f.write_str(" (rtx ")?;
+            number(f, step.retransmits)?;
+            f.write_char(')')?;
         }
     }
     Ok(())

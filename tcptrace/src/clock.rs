@@ -1,7 +1,10 @@
 //! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) → wall-clock time.
 use std::fmt;
 
-use crate::stackstr::StackStr;
+use crate::{
+    digits::{number, zero_padded},
+    stackstr::StackStr,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {
@@ -87,15 +90,30 @@ pub struct TimeOfDay {
     micros: u32,
 }
 
+impl TimeOfDay {
+    /// The text, built without `core::fmt`.
+    pub fn text(self) -> StackStr<16> {
+        let mut text = StackStr::new();
+        let _ = self.write_to(&mut text);
+        text
+    }
+
+    /// `HH:MM:SS.micros`, written without `core::fmt` (the printers' hot path).
+    pub fn write_to<W: fmt::Write + ?Sized>(self, w: &mut W) -> fmt::Result {
+        zero_padded(w, self.day_s / 3600, 2)?;
+        w.write_char(':')?;
+        zero_padded(w, self.day_s / 60 % 60, 2)?;
+        w.write_char(':')?;
+        zero_padded(w, self.day_s % 60, 2)?;
+        w.write_char('.')?;
+        zero_padded(w, self.micros, 6)
+    }
+}
+
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = StackStr::<16>::format(format_args!(
-            "{:02}:{:02}:{:02}.{:06}",
-            self.day_s / 3600,
-            self.day_s / 60 % 60,
-            self.day_s % 60,
-            self.micros
-        ));
+        let mut text = StackStr::<16>::new();
+        self.write_to(&mut text)?;
         f.pad(text.as_str())
     }
 }
@@ -109,26 +127,48 @@ pub fn human_duration(ns: u64) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub u64);
 
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Integer arithmetic only (rounded half up): no float formatting on the hot path.
+impl HumanDuration {
+    /// The duration, written without `core::fmt` (the printers' hot path). Integer
+    /// arithmetic only, rounded half up.
+    pub fn write_to<W: fmt::Write + ?Sized>(self, w: &mut W) -> fmt::Result {
         let ns = self.0;
         let s = ns / 1_000_000_000;
-        let text: StackStr<24> = if ns < 100_000 {
-            StackStr::format(format_args!("{}us", ns / 1_000))
+        if ns < 100_000 {
+            number(w, ns / 1_000)?;
+            w.write_str("us")
         } else if ns < 9_950_000 {
             let tenths = (ns + 50_000) / 100_000;
-            StackStr::format(format_args!("{}.{}ms", tenths / 10, tenths % 10))
+            number(w, tenths / 10)?;
+            w.write_char('.')?;
+            number(w, tenths % 10)?;
+            w.write_str("ms")
         } else if ns < 999_500_000 {
-            StackStr::format(format_args!("{}ms", (ns + 500_000) / 1_000_000))
+            number(w, (ns + 500_000) / 1_000_000)?;
+            w.write_str("ms")
         } else if ns < 99_950_000_000 {
             let tenths = (ns + 50_000_000) / 100_000_000;
-            StackStr::format(format_args!("{}.{}s", tenths / 10, tenths % 10))
+            number(w, tenths / 10)?;
+            w.write_char('.')?;
+            number(w, tenths % 10)?;
+            w.write_char('s')
         } else if s < 3600 {
-            StackStr::format(format_args!("{}m{:02}s", s / 60, s % 60))
+            number(w, s / 60)?;
+            w.write_char('m')?;
+            zero_padded(w, (s % 60) as u32, 2)?;
+            w.write_char('s')
         } else {
-            StackStr::format(format_args!("{}h{:02}m", s / 3600, s / 60 % 60))
-        };
+            number(w, s / 3600)?;
+            w.write_char('h')?;
+            zero_padded(w, (s / 60 % 60) as u32, 2)?;
+            w.write_char('m')
+        }
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = StackStr::<24>::new();
+        self.write_to(&mut text)?;
         f.pad(text.as_str())
     }
 }

@@ -10,6 +10,7 @@ mod cause;
 mod cli;
 mod clock;
 mod decode;
+mod digits;
 mod drain;
 mod evict;
 mod filter;

@@ -16,8 +16,10 @@ impl<const N: usize> StackStr<N> {
     }
 
     pub fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever appended, so the bytes are valid UTF-8.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        // SAFETY: only whole `&str`s are ever appended (`write_str`, which appends all of one
+        // or nothing), so the first `len` bytes are valid UTF-8. (Checking them again on
+        // every read was ~4% of the flows mode's CPU.)
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) }
     }
 
     /// Formats `value` into a new buffer.

@@ -2,7 +2,7 @@
 //! character at a time (the larger part of the cost of a line at line rate).
 use std::fmt;
 
-use crate::{clock::HumanDuration, model::Process};
+use crate::{clock::HumanDuration, digits::number, model::Process, stackstr::StackStr};
 
 const SPACES: &str = "                                                                ";
 
@@ -38,6 +38,18 @@ impl fmt::Display for Pid {
     }
 }
 
+impl Pid {
+    /// The text, built without `core::fmt`.
+    pub fn text(&self) -> StackStr<12> {
+        let mut text = StackStr::new();
+        let _ = match self.0 {
+            Some(pid) => number(&mut text, pid),
+            None => fmt::Write::write_str(&mut text, "-"),
+        };
+        text
+    }
+}
+
 pub fn pid(owner: &Option<Process>) -> Pid {
     Pid(owner.as_ref().map(|p| p.pid))
 }
@@ -55,6 +67,18 @@ impl fmt::Display for Held {
             Some(ns) => fmt::Display::fmt(&HumanDuration(ns), f),
             None => f.pad("?"),
         }
+    }
+}
+
+impl Held {
+    /// The text, built without `core::fmt`.
+    pub fn text(&self) -> StackStr<24> {
+        let mut text = StackStr::new();
+        let _ = match self.0 {
+            Some(ns) => HumanDuration(ns).write_to(&mut text),
+            None => fmt::Write::write_str(&mut text, "?"),
+        };
+        text
     }
 }
 
@@ -81,5 +105,15 @@ mod tests {
                 "ab", "7", "héllo", "toolong", ""
             )
         );
+    }
+
+    #[test]
+    fn texts_built_by_hand_read_as_their_display() {
+        for p in [Pid(None), Pid(Some(0)), Pid(Some(4_194_304))] {
+            assert_eq!(p.text().as_str(), p.to_string());
+        }
+        for ns in [None, Some(0), Some(99_999), Some(1_250_000), Some(7_620_000_000_000)] {
+            assert_eq!(Held(ns).text().as_str(), Held(ns).to_string());
+        }
     }
 }

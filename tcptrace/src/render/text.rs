@@ -11,10 +11,11 @@ use super::{
 };
 use crate::{
     aggregate::{KernelCounters, Summary},
-    alert::{Alert, FlowPath},
+    alert::{write_path, Alert},
     cause::CloseCause,
     clock::{human_duration, Clock, HumanDuration},
     decode::{FinishedFlow, Retransmit, Transition},
+    digits::number,
     idle::IdleReport,
     model::FlowAddrs,
     render::TimeWaitView,
@@ -135,13 +136,9 @@ impl<W: Write> Render for TextPrinter<W> {
         let (lw, rw) = (self.local_width, self.remote_width);
         let line = &mut self.line;
         line.clear();
-        columns::left(
-            line,
-            StackStr::<16>::format(self.clock.time_of_day(t.ts_ns)).as_str(),
-            15,
-        );
+        columns::left(line, self.clock.time_of_day(t.ts_ns).text().as_str(), 15);
         line.push(' ');
-        columns::right(line, StackStr::<12>::format(pid(&t.owner)).as_str(), 7);
+        columns::right(line, pid(&t.owner).text().as_str(), 7);
         line.push(' ');
         columns::left(line, comm(&t.owner), 16);
         line.push(' ');
@@ -153,11 +150,7 @@ impl<W: Write> Render for TextPrinter<W> {
         line.push_str(" -> ");
         columns::left(line, t.new.name(), 11);
         line.push(' ');
-        columns::right(
-            line,
-            StackStr::<24>::format(held(t.old_held_ns)).as_str(),
-            8,
-        );
+        columns::right(line, held(t.old_held_ns).text().as_str(), 8);
         line.push('\n');
         self.out.write_all(line.as_bytes())
     }
@@ -169,29 +162,23 @@ impl<W: Write> Render for TextPrinter<W> {
         // "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ", padded by hand.
         let line = &mut self.line;
         line.clear();
-        columns::left(
-            line,
-            StackStr::<16>::format(self.clock.time_of_day(f.ts_ns)).as_str(),
-            15,
-        );
+        columns::left(line, self.clock.time_of_day(f.ts_ns).text().as_str(), 15);
         line.push(' ');
         columns::left(line, comm(owner), 16);
         line.push(' ');
-        columns::right(line, StackStr::<12>::format(pid(owner)).as_str(), 7);
+        columns::right(line, pid(owner).text().as_str(), 7);
         line.push_str("  ");
         columns::left(line, local.as_str(), lw);
         line.push_str(" > ");
         columns::left(line, remote.as_str(), rw);
+        line.push_str("  ");
+        write_path(line, &f.lifecycle, f.time_wait.as_ref()).map_err(fmt_failed)?;
+        line.push_str("  life ");
+        line.push_str(held(f.life_ns()).text().as_str());
         line.push(' ');
-        write!(
-            self.line,
-            " {}  life {} {} cause={}",
-            FlowPath(f),
-            held(f.life_ns()),
-            f.close,
-            f.cause
-        )
-        .map_err(fmt_failed)?;
+        line.push_str(f.close.name());
+        line.push_str(" cause=");
+        line.push_str(f.cause.name());
         match (&f.evidence.reset_sent, f.cause) {
             (_, CloseCause::KeepaliveTimeout) => {
                 write!(self.line, " (probes {})", f.evidence.probes).map_err(fmt_failed)?
@@ -201,7 +188,9 @@ impl<W: Write> Render for TextPrinter<W> {
             }
             _ => {}
         }
-        writeln!(self.line, " rtx={}", f.lifecycle.retransmits).map_err(fmt_failed)?;
+        self.line.push_str(" rtx=");
+        number(&mut self.line, f.lifecycle.retransmits).map_err(fmt_failed)?;
+        self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
     }
 
