@@ -112,9 +112,12 @@ pub struct CommonArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring-buffer size: a power of two of at least 4KiB (e.g. 256KiB, 8MiB).
-    #[arg(long, global = true, value_name = "BYTES", default_value = "8MiB", value_parser = parse_size)]
-    pub ring_size: u64,
+    /// Ring-buffer size: a power of two of at least 4KiB (e.g. 256KiB, 8MiB). Default: about
+    /// a second of records at 25k connections/s — 32MiB where every transition is a record
+    /// (states, all, top, record), 16MiB for flows, retrans, alerts and timewait, 8MiB for
+    /// metrics.
+    #[arg(long, global = true, value_name = "BYTES", value_parser = parse_size)]
+    pub ring_size: Option<u64>,
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
     #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -216,6 +219,19 @@ impl Config {
     pub fn emits_transitions(&self) -> bool {
         self.shows_transitions() || self.mode == Command::Top || self.records()
     }
+    /// The ring buffer when `--ring-size` is not given: about a second of this mode's records
+    /// at 25k connections/s (a record per transition is ~13 records per connection, ~120
+    /// bytes each; flows ~5; metrics ~3 of 64 bytes), so that a reader held off the CPU for a
+    /// moment by a saturating load loses nothing.
+    fn default_ring_size(&self) -> u64 {
+        if self.emits_transitions() {
+            32 << 20
+        } else if self.mode == Command::Metrics {
+            8 << 20
+        } else {
+            16 << 20
+        }
+    }
     /// The kernel sends a record per retransmitted segment.
     pub fn emits_retransmits(&self) -> bool {
         self.shows_retransmits()
@@ -271,11 +287,10 @@ impl TryFrom<Cli> for Config {
     type Error = anyhow::Error;
     fn try_from(cli: Cli) -> Result<Config> {
         let c = cli.common;
-        if !c.ring_size.is_power_of_two() || c.ring_size < PAGE || c.ring_size > MAX_RING {
-            bail!(
-                "--ring-size {} is not a power of two between 4KiB and 1GiB",
-                c.ring_size
-            );
+        if let Some(size) = c.ring_size {
+            if !size.is_power_of_two() || !(PAGE..=MAX_RING).contains(&size) {
+                bail!("--ring-size {size} is not a power of two between 4KiB and 1GiB");
+            }
         }
         if c.poll_interval < Duration::from_millis(1) || c.poll_interval > Duration::from_secs(10) {
             bail!("--poll-interval must be between 1ms and 10s");
@@ -311,11 +326,11 @@ impl TryFrom<Cli> for Config {
             }) => Some(record_options(output, *max_size, *max_files, c.json)?),
             _ => None,
         };
-        Ok(Config {
+        let mut config = Config {
             mode: cli.command.unwrap_or(Command::States),
             json: c.json,
             duration: c.duration,
-            ring_size: c.ring_size as u32,
+            ring_size: 0,
             poll_interval: c.poll_interval,
             max_flows: c.max_flows,
             prealloc_flows: c.flow_memory == FlowMemory::Prealloc,
@@ -326,7 +341,9 @@ impl TryFrom<Cli> for Config {
             metrics: c.metrics,
             filter: FilterSpec::try_from(c.filter)?,
             record,
-        })
+        };
+        config.ring_size = c.ring_size.unwrap_or_else(|| config.default_ring_size()) as u32;
+        Ok(config)
     }
 }
 
@@ -498,11 +515,36 @@ mod tests {
         let c = config(&[]).expect("defaults are valid");
         assert_eq!(c.mode, Command::States);
         assert!(c.shows_transitions() && !c.shows_flows() && !c.shows_retransmits());
-        assert_eq!(c.ring_size, 8 << 20);
+        assert_eq!(c.ring_size, 32 << 20, "a record per transition");
         assert!(c.summary && !c.json);
         assert!(c.prealloc_flows && c.max_flows == 131_072);
         let c = config(&["--flow-memory", "on-demand"]).expect("valid");
         assert!(!c.prealloc_flows);
+    }
+
+    #[test]
+    fn the_default_ring_holds_about_a_second_of_the_mode_s_records() {
+        for (args, size) in [
+            (&["record", "-o", "x.tcpt"][..], 32 << 20),
+            (&["top"][..], 32 << 20),
+            (&["all"][..], 32 << 20),
+            (&["flows"][..], 16 << 20),
+            (&["alerts"][..], 16 << 20),
+            (&["metrics", "--metrics", "127.0.0.1:0"][..], 8 << 20),
+            (
+                &[
+                    "metrics",
+                    "--metrics",
+                    "127.0.0.1:0",
+                    "--ring-size",
+                    "64KiB",
+                ][..],
+                64 << 10,
+            ),
+        ] {
+            let c = config(args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+            assert_eq!(c.ring_size, size, "{args:?}");
+        }
     }
 
     #[test]

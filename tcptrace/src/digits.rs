@@ -28,7 +28,14 @@ mod tests {
             number(&mut s, n).expect("a String takes any text");
             assert_eq!(s, format!("{n}"));
         }
-        for (n, width) in [(0u32, 2), (5, 2), (59, 2), (123, 6), (999_999, 6), (1_234, 2)] {
+        for (n, width) in [
+            (0u32, 2),
+            (5, 2),
+            (59, 2),
+            (123, 6),
+            (999_999, 6),
+            (1_234, 2),
+        ] {
             let mut s = String::new();
             zero_padded(&mut s, n, width).expect("a String takes any text");
             assert_eq!(s, format!("{n:0width$}"));

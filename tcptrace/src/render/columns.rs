@@ -112,7 +112,13 @@ mod tests {
         for p in [Pid(None), Pid(Some(0)), Pid(Some(4_194_304))] {
             assert_eq!(p.text().as_str(), p.to_string());
         }
-        for ns in [None, Some(0), Some(99_999), Some(1_250_000), Some(7_620_000_000_000)] {
+        for ns in [
+            None,
+            Some(0),
+            Some(99_999),
+            Some(1_250_000),
+            Some(7_620_000_000_000),
+        ] {
             assert_eq!(Held(ns).text().as_str(), Held(ns).to_string());
         }
     }

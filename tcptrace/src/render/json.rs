@@ -4,19 +4,19 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
+    json_events::{FlowLine, Hex, RetransmitLine, TransitionLine},
     json_summary::{summary_line, Lost},
     Render,
 };
 use crate::{
     aggregate::{KernelCounters, Summary},
     alert::{path_text, Alert},
-    cause::CloseCause,
     clock::Clock,
     decode::{FinishedFlow, Retransmit, Transition},
     forecast::Forecast,
     idle::IdleReport,
     keepalive::KeepaliveSettings,
-    model::{CloseSide, FlowAddrs, Process, TcpState},
+    model::{FlowAddrs, Process, TcpState},
     render::TimeWaitView,
     timewait::{TimeWait, TimeWaitEnd},
 };
@@ -67,65 +67,6 @@ impl<'a> From<&'a Option<Process>> for Owner<'a> {
 }
 
 #[derive(Serialize)]
-struct TransitionLine<'a> {
-    r#type: &'static str,
-    ts_unix_ns: u64,
-    #[serde(flatten)]
-    owner: Owner<'a>,
-    #[serde(flatten)]
-    addrs: Addrs<'a>,
-    old: TcpState,
-    new: TcpState,
-    old_held_ns: Option<u64>,
-    untracked: bool,
-    skaddr: String,
-}
-
-#[derive(Serialize)]
-struct Step {
-    state: TcpState,
-    held_ns: Option<u64>,
-    rtx: u16,
-}
-
-#[derive(Serialize)]
-struct FlowLine<'a> {
-    r#type: &'static str,
-    ts_unix_ns: u64,
-    #[serde(flatten)]
-    owner: Owner<'a>,
-    #[serde(flatten)]
-    addrs: Addrs<'a>,
-    path: Vec<Step>,
-    life_ns: Option<u64>,
-    start_seen: bool,
-    truncated: bool,
-    close: CloseSide,
-    cause: CloseCause,
-    err: u8,
-    reset_received: bool,
-    reset_reason: Option<&'a str>,
-    probes: u8,
-    rtx: u32,
-    time_wait: Option<TimeWaitField>,
-    skaddr: String,
-}
-
-#[derive(Serialize)]
-struct RetransmitLine<'a> {
-    r#type: &'static str,
-    ts_unix_ns: u64,
-    #[serde(flatten)]
-    owner: Owner<'a>,
-    #[serde(flatten)]
-    addrs: Addrs<'a>,
-    state: TcpState,
-    err: Option<i32>,
-    untracked: bool,
-    skaddr: String,
-}
-
-#[derive(Serialize)]
 struct AlertLine<'a> {
     r#type: &'static str,
     kind: &'static str,
@@ -145,7 +86,7 @@ struct AlertLine<'a> {
     rtx: Option<u32>,
     err: Option<u8>,
     reset_reason: Option<&'a str>,
-    skaddr: String,
+    skaddr: Hex,
 }
 
 #[derive(Serialize)]
@@ -232,10 +173,6 @@ struct LostLine {
     lost: Lost,
 }
 
-fn skaddr(addr: u64) -> String {
-    format!("{addr:#x}")
-}
-
 impl<W: Write> JsonPrinter<W> {
     pub fn new(out: W, clock: Clock) -> Self {
         JsonPrinter { out, clock }
@@ -254,68 +191,21 @@ impl<W: Write> JsonPrinter<W> {
 
 impl<W: Write> Render for JsonPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        let line = TransitionLine {
-            r#type: "transition",
-            ts_unix_ns: self.clock.unix_ns(t.ts_ns),
-            owner: (&t.owner).into(),
-            addrs: (&t.addrs).into(),
-            old: t.old,
-            new: t.new,
-            old_held_ns: t.old_held_ns,
-            untracked: t.untracked,
-            skaddr: skaddr(t.skaddr),
-        };
-        self.line(&line)
+        let ts_unix_ns = self.clock.unix_ns(t.ts_ns);
+        self.line(&TransitionLine { ts_unix_ns, t })
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        let line = FlowLine {
-            r#type: "flow",
+        self.line(&FlowLine {
             ts_unix_ns: self.clock.unix_ns(f.ts_ns),
-            owner: (&f.lifecycle.owner).into(),
-            addrs: (&f.addrs).into(),
-            path: f
-                .lifecycle
-                .path
-                .iter()
-                .map(|s| Step {
-                    state: s.state,
-                    held_ns: s.held_ns,
-                    rtx: s.retransmits,
-                })
-                .collect(),
-            life_ns: f.life_ns(),
-            start_seen: f.lifecycle.start_seen,
-            truncated: f.lifecycle.truncated,
-            close: f.close,
-            cause: f.cause,
-            err: f.evidence.err,
-            reset_received: f.evidence.reset_received,
-            reset_reason: f.evidence.reset_sent.as_deref(),
-            probes: f.evidence.probes,
-            rtx: f.lifecycle.retransmits,
-            time_wait: f.time_wait.as_ref().map(|t| TimeWaitField {
-                start_unix_ns: self.clock.unix_ns(t.start_ns),
-                held_ns: t.held_ns,
-                end: t.end,
-            }),
-            skaddr: skaddr(f.skaddr),
-        };
-        self.line(&line)
+            time_wait_start_unix_ns: f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns)),
+            f,
+        })
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        let line = RetransmitLine {
-            r#type: "retransmit",
-            ts_unix_ns: self.clock.unix_ns(r.ts_ns),
-            owner: (&r.owner).into(),
-            addrs: (&r.addrs).into(),
-            state: r.state,
-            err: r.err,
-            untracked: r.untracked,
-            skaddr: skaddr(r.skaddr),
-        };
-        self.line(&line)
+        let ts_unix_ns = self.clock.unix_ns(r.ts_ns);
+        self.line(&RetransmitLine { ts_unix_ns, r })
     }
 
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
@@ -354,7 +244,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             rtx,
             err,
             reset_reason,
-            skaddr: skaddr(skaddr_raw),
+            skaddr: Hex(skaddr_raw),
         };
         self.line(&line)
     }

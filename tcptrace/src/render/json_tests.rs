@@ -86,3 +86,22 @@ fn summary_and_lost_are_objects() {
         .iter()
         .any(|h| h["state"] == "ESTABLISHED" && h["p50_ns"].as_u64() > Some(0)));
 }
+
+/// The bytes of the per-event lines, field order included (a consumer may rely on it).
+#[test]
+fn per_event_lines_keep_their_bytes() {
+    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
+    p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
+        .expect("write");
+    p.flow(&fixtures::client_flow()).expect("write");
+    p.retransmit(&fixtures::retransmit()).expect("write");
+    let text = String::from_utf8(p.into_inner()).expect("utf-8");
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(got, EXPECTED_LINES);
+}
+
+const EXPECTED_LINES: [&str; 3] = [
+    r#"{"type":"transition","ts_unix_ns":6000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"old":"SYN_SENT","new":"ESTABLISHED","old_held_ns":null,"untracked":false,"skaddr":"0xffff888012345678"}"#,
+    r#"{"type":"flow","ts_unix_ns":5001000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":4000000,"start_seen":true,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":null,"probes":0,"rtx":0,"time_wait":null,"skaddr":"0xffff888000001000"}"#,
+    r#"{"type":"retransmit","ts_unix_ns":6000,"pid":null,"comm":null,"family":"ipv4","laddr":"127.0.0.1","lport":12345,"raddr":"127.0.0.1","rport":41690,"state":"FIN_WAIT1","err":0,"untracked":false,"skaddr":"0x1"}"#,
+];

@@ -1,6 +1,7 @@
 //! Printers: columns or JSON Lines, generic over `W: Write` so they are unit-tested on buffers.
 mod columns;
 mod json;
+mod json_events;
 mod json_summary;
 mod text;
 
