@@ -14,7 +14,7 @@
 //! ```
 use std::{
     fs::File,
-    io::{self, BufReader, BufWriter, Read, Write},
+    io::{self, BufRead, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -133,8 +133,12 @@ pub struct RecordingReader<R> {
     /// Where the next frame starts.
     pub offset: u64,
     ended: bool,
-    /// The last frame's payload: one buffer for every frame (no allocation per record).
+    /// The last frame's payload when it had to be copied (one buffer for every frame: no
+    /// allocation per record).
     payload: Vec<u8>,
+    /// Bytes of the last frame still in the input's buffer (borrowed by that frame, consumed
+    /// before the next one is read).
+    borrowed: usize,
 }
 
 impl RecordingReader<BufReader<File>> {
@@ -142,6 +146,15 @@ impl RecordingReader<BufReader<File>> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         RecordingReader::new(BufReader::with_capacity(1 << 20, file), path)
     }
+}
+
+/// A frame's length and kind, when its 8-byte head is at the front of `bytes`.
+fn frame_head(bytes: &[u8]) -> Option<(u32, u32)> {
+    let head: &[u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((
+        u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+        u32::from_le_bytes([head[4], head[5], head[6], head[7]]),
+    ))
 }
 
 /// Reads exactly `buf.len()` bytes, or says how many there were.
@@ -158,7 +171,7 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-impl<R: Read> RecordingReader<R> {
+impl<R: BufRead> RecordingReader<R> {
     pub fn new(mut input: R, path: &Path) -> Result<Self> {
         let name = path.display();
         let mut start = [0u8; 16];
@@ -210,6 +223,7 @@ impl<R: Read> RecordingReader<R> {
             offset: 16 + u64::from(len),
             ended: false,
             payload: Vec::with_capacity(256),
+            borrowed: 0,
         })
     }
 
@@ -219,8 +233,34 @@ impl<R: Read> RecordingReader<R> {
         if self.ended {
             return Ok(None);
         }
+        self.input.consume(std::mem::take(&mut self.borrowed));
         let name = self.path.display();
         let at = self.offset;
+        // A whole frame in the input's buffer is read where it lies (a record is read ~2 M
+        // times a second by `report`: copying each out of the buffer was ~17% of it).
+        let buffered = self
+            .input
+            .fill_buf()
+            .with_context(|| format!("reading {name}"))?;
+        let whole_record = match frame_head(buffered) {
+            Some((len, kind)) if len <= MAX_FRAME && kind == frame::RECORD => {
+                Some(8 + len as usize).filter(|&end| buffered.len() >= end)
+            }
+            _ => None,
+        };
+        if let Some(end) = whole_record {
+            self.borrowed = end;
+            self.offset = at + end as u64;
+            // The same bytes again: the buffer is not empty, so nothing is read.
+            let buffered = self
+                .input
+                .fill_buf()
+                .with_context(|| format!("reading {name}"))?;
+            let record = buffered
+                .get(8..end)
+                .with_context(|| format!("{name}: the frame at offset {at} left the buffer"))?;
+            return Ok(Some(Frame::Record(record)));
+        }
         let mut head = [0u8; 8];
         let got =
             read_full(&mut self.input, &mut head).with_context(|| format!("reading {name}"))?;

@@ -45,7 +45,11 @@ enum Read {
 }
 
 fn read_all(bytes: &[u8]) -> Result<(RecordingHeader, Vec<Read>)> {
-    let mut reader = RecordingReader::new(bytes, Path::new("t.rec"))?;
+    read_all_from(bytes)
+}
+
+fn read_all_from(input: impl BufRead) -> Result<(RecordingHeader, Vec<Read>)> {
+    let mut reader = RecordingReader::new(input, Path::new("t.rec"))?;
     let mut frames = Vec::new();
     while let Some(f) = reader.next_frame()? {
         frames.push(match f {
@@ -67,6 +71,27 @@ fn frames_round_trip() {
     assert_eq!(frames[1], Read::Record(vec![2, 0, 0, 0]));
     assert!(matches!(&frames[2], Read::Counters(c) if c.missed == 3));
     assert_eq!(frames[3], Read::End);
+}
+
+/// Frames that lie whole in the reader's buffer are read in place, the others copied out: both
+/// give the same frames, with buffers that cut the file anywhere.
+#[test]
+fn frames_read_in_place_or_copied_are_the_same() {
+    let records: Vec<Vec<u8>> = (0..50u8).map(|i| vec![1, 0, 0, i, i, i]).collect();
+    let bytes = recording(&records);
+    let (_, whole) = read_all(&bytes).expect("reads back");
+    assert_eq!(whole.len(), 52);
+    for capacity in [1, 7, 8, 9, 13, 14, 15, 64, 1000] {
+        let (_, cut) = read_all_from(BufReader::with_capacity(capacity, &bytes[..]))
+            .unwrap_or_else(|e| panic!("a {capacity}-byte buffer: {e:#}"));
+        assert_eq!(cut, whole, "a {capacity}-byte buffer");
+    }
+    // A cut file is refused whichever path reads its last frame.
+    for capacity in [9, 14, 1000] {
+        let short = &bytes[..bytes.len() - 20];
+        let err = read_all_from(BufReader::with_capacity(capacity, short)).expect_err("cut");
+        assert!(format!("{err:#}").contains("offset"), "{err:#}");
+    }
 }
 
 #[test]
