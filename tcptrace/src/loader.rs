@@ -252,7 +252,7 @@ impl Tracer {
                 .sock_offsets()
                 .context("resolving struct sock offsets from BTF")?,
             // Wake the reader about once a quarter of the ring is pending (records are
-            // 96-200 bytes; each CPU counts its own); otherwise it polls.
+            // 64-200 bytes; each CPU counts its own); otherwise it polls.
             wakeup_every: wakeup_every(config.ring_size),
             emit_transitions: u8::from(config.emits_transitions()),
             emit_retransmits: u8::from(config.emits_retransmits()),
