@@ -524,8 +524,12 @@ mod tests {
 
     #[test]
     fn the_default_ring_holds_about_a_second_of_the_mode_s_records() {
+        // Parsing `record` checks that its file can be written (and creates it).
+        let recording =
+            std::env::temp_dir().join(format!("tcptrace-cli-{}.tcpt", std::process::id()));
+        let recording = recording.to_str().expect("a UTF-8 temporary path");
         for (args, size) in [
-            (&["record", "-o", "x.tcpt"][..], 32 << 20),
+            (&["record", "-o", recording][..], 32 << 20),
             (&["top"][..], 32 << 20),
             (&["all"][..], 32 << 20),
             (&["flows"][..], 16 << 20),
@@ -545,6 +549,7 @@ mod tests {
             let c = config(args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
             assert_eq!(c.ring_size, size, "{args:?}");
         }
+        let _ = std::fs::remove_file(recording);
     }
 
     #[test]

@@ -303,6 +303,14 @@ impl TryFrom<&TransitionEvent> for Transition {
     }
 }
 
+impl Lifecycle {
+    /// The accepting side's flow: its path began in SYN_RECV (a listener's child). The kernel
+    /// sends the same of a flow in brief (`time_wait_flow::ACCEPTED`).
+    pub fn accepted(&self) -> bool {
+        self.path.first().map(|s| s.state) == Some(TcpState::SynRecv)
+    }
+}
+
 impl TryFrom<&FlowState> for Lifecycle {
     type Error = anyhow::Error;
     fn try_from(raw: &FlowState) -> Result<Self> {

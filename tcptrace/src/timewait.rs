@@ -232,8 +232,7 @@ impl TimeWaitTracker {
         if !enters_time_wait(&flow) {
             return Some(flow);
         }
-        let accepted = flow.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynRecv);
-        let Some(timer) = self.join(&flow.addrs, accepted) else {
+        let Some(timer) = self.join(&flow.addrs, flow.lifecycle.accepted()) else {
             return Some(flow);
         };
         if keep {

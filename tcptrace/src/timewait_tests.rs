@@ -267,12 +267,11 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
 
 /// A flow sent in brief (`tcptrace metrics`) joins its TIME_WAIT as the whole flow does.
 fn in_brief(flow: &FinishedFlow) -> TimeWaitFlow {
-    let accepted = flow.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynRecv);
     TimeWaitFlow {
         ts_ns: flow.ts_ns,
         skaddr: flow.skaddr,
         addrs: flow.addrs,
-        accepted,
+        accepted: flow.lifecycle.accepted(),
     }
 }
 
