@@ -8,6 +8,17 @@ pub fn number<W: Write + ?Sized>(w: &mut W, n: impl itoa::Integer) -> fmt::Resul
     w.write_str(itoa::Buffer::new().format(n))
 }
 
+/// An IPv4 address, `a.b.c.d`.
+pub fn ipv4<W: Write + ?Sized>(w: &mut W, addr: std::net::Ipv4Addr) -> fmt::Result {
+    for (i, octet) in addr.octets().into_iter().enumerate() {
+        if i > 0 {
+            w.write_char('.')?;
+        }
+        number(w, octet)?;
+    }
+    Ok(())
+}
+
 /// `n` in decimal, zero-padded to `width` digits (`{:0width$}`, `width` at most 9).
 pub fn zero_padded<W: Write + ?Sized>(w: &mut W, n: u32, width: usize) -> fmt::Result {
     const ZEROS: &str = "000000000";
@@ -39,6 +50,12 @@ mod tests {
             let mut s = String::new();
             zero_padded(&mut s, n, width).expect("a String takes any text");
             assert_eq!(s, format!("{n:0width$}"));
+        }
+        for addr in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255"] {
+            let addr: std::net::Ipv4Addr = addr.parse().expect("an address");
+            let mut s = String::new();
+            ipv4(&mut s, addr).expect("a String takes any text");
+            assert_eq!(s, addr.to_string());
         }
     }
 }

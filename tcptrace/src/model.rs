@@ -6,7 +6,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{digits::number, stackstr::StackStr};
+use crate::{digits, stackstr::StackStr};
 use tcptrace_common::tcp_state;
 
 /// A TCP state, named as the kernel and `ss` name it (without the `TCP_` prefix).
@@ -127,25 +127,14 @@ impl Endpoint {
             IpAddr::V4(v4) => {
                 // Written without `core::fmt` (the printers' hot path).
                 let mut text = StackStr::new();
-                let [a, b, c, d] = v4.octets();
-                let _ = write_ipv4_port(&mut text, [a, b, c, d], self.port);
+                let _ = digits::ipv4(&mut text, v4)
+                    .and_then(|()| fmt::Write::write_char(&mut text, ':'))
+                    .and_then(|()| digits::number(&mut text, self.port));
                 text
             }
             IpAddr::V6(v6) => StackStr::format(format_args!("[{v6}]:{}", self.port)),
         }
     }
-}
-
-/// `a.b.c.d:port`.
-fn write_ipv4_port<W: fmt::Write>(w: &mut W, octets: [u8; 4], port: u16) -> fmt::Result {
-    for (i, octet) in octets.into_iter().enumerate() {
-        if i > 0 {
-            w.write_char('.')?;
-        }
-        number(w, octet)?;
-    }
-    w.write_char(':')?;
-    number(w, port)
 }
 
 impl fmt::Display for Endpoint {

@@ -8,7 +8,7 @@ use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use crate::{
     decode::{FinishedFlow, Retransmit, Transition},
-    digits::number,
+    digits,
     model::{FlowAddrs, PathStep, Process, TcpState},
     stackstr::StackStr,
     timewait::TimeWaitEnd,
@@ -21,16 +21,7 @@ impl IpText {
     fn of(addr: IpAddr) -> IpText {
         let mut text = StackStr::new();
         let _ = match addr {
-            IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
-                number(&mut text, a)
-                    .and_then(|()| text.write_char('.'))
-                    .and_then(|()| number(&mut text, b))
-                    .and_then(|()| text.write_char('.'))
-                    .and_then(|()| number(&mut text, c))
-                    .and_then(|()| text.write_char('.'))
-                    .and_then(|()| number(&mut text, d))
-            }
+            IpAddr::V4(v4) => digits::ipv4(&mut text, v4),
             IpAddr::V6(v6) => write!(text, "{v6}"),
         };
         IpText(text)
