@@ -18,7 +18,8 @@ pub struct KernelCounters {
     pub stats: [u64; stat::COUNT as usize],
     /// Indexed `old * tcp_state::LIMIT + new`.
     pub transitions: Vec<u64>,
-    /// Hook invocations the kernel skipped (recursion misses): events never seen.
+    /// Transitions the kernel never handed to the programs (a program is not re-entered on
+    /// its CPU): at least the stale flows (`loader::counters::events_missed`).
     pub missed: u64,
     /// Flows closed, by the kernel's close cause and close side numbers.
     #[serde(default)]
@@ -332,7 +333,8 @@ pub struct Summary {
     /// First transitions held for a local-port filter that found the flow table full.
     pub lost_undecided: u64,
     pub keepalive_probes: u64,
-    /// Events the kernel skipped (recursion misses).
+    /// Events the kernel skipped: its recursion misses the second program did not handle,
+    /// and never fewer than the stale flows.
     pub missed_events: u64,
     /// Records the kernel submitted to the ring buffer.
     pub submitted: u64,

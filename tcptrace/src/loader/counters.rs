@@ -51,8 +51,11 @@ impl Tracer {
                 }
             }
         }
-        // The kernel counts a transition the second program handled as the first one's miss.
-        sum.missed = misses.saturating_sub(sum.stats[stat::NESTED_HANDLED as usize]);
+        sum.missed = events_missed(
+            misses,
+            sum.stats[stat::NESTED_HANDLED as usize],
+            sum.stats[stat::STALE_FLOWS as usize],
+        );
         Ok(sum)
     }
 
@@ -118,5 +121,46 @@ impl Tracer {
                 .unwrap_or(0);
         }
         Ok(missed)
+    }
+}
+
+/// Transitions the programs never handled, from the kernel's counts: the main
+/// `inet_sock_set_state` program's misses less those the second program handled (the kernel
+/// counts a transition the second program handled as the first one's miss), and never fewer
+/// than the flows found stale. A stale flow is an entry whose socket's CLOSE was never
+/// handled (its address came back with a new socket), so at least one of its transitions was
+/// lost; measured under flat-out loopback load (2026-12-01), now and then a few more CLOSEs
+/// went missing than the misses less the handled ones account for (17 stale flows against 10
+/// in one 60 s soak, 82 against 76 in one 15 s run; most runs: fewer stale flows than
+/// misses). Counting them keeps every missing flow accounted for.
+pub fn events_missed(misses: u64, nested_handled: u64, stale_flows: u64) -> u64 {
+    misses.saturating_sub(nested_handled).max(stale_flows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_missed;
+
+    #[test]
+    fn misses_the_second_program_handled_are_not_lost() {
+        assert_eq!(events_missed(5218, 4152, 0), 1066);
+        assert_eq!(events_missed(10, 10, 0), 0);
+        // The handled count read after the misses may be ahead: never a wrap.
+        assert_eq!(events_missed(3, 5, 0), 0);
+    }
+
+    #[test]
+    fn a_stale_flow_is_at_least_one_lost_transition() {
+        assert_eq!(
+            events_missed(1066, 0, 533),
+            1066,
+            "stale flows within the misses"
+        );
+        assert_eq!(
+            events_missed(3382, 3372, 17),
+            17,
+            "more stale flows than misses"
+        );
+        assert_eq!(events_missed(0, 0, 4), 4);
     }
 }
