@@ -137,6 +137,11 @@ struct Output {
     /// whose local port is (the server's side).
     client_flows: u64,
     server_flows: u64,
+    /// Server-side sockets that closed in SYN_RECV (counted in `server_flows` too): children
+    /// the kernel created and dropped before the connection was made (a duplicate child of
+    /// one handshake), which no client counts; and the first few of them.
+    server_syn_recv_deaths: u64,
+    syn_recv_samples: Vec<String>,
     /// Flows on neither side (another program's connections), and the first few of them:
     /// a flow of the load printed with the wrong addresses would show here.
     other_flows: u64,
@@ -193,6 +198,8 @@ fn start_tracer(
     let output = Arc::new(Mutex::new(Output {
         client_flows: 0,
         server_flows: 0,
+        server_syn_recv_deaths: 0,
+        syn_recv_samples: Vec::new(),
         other_flows: 0,
         other_samples: Vec::new(),
         summary: None,
@@ -223,6 +230,12 @@ fn start_tracer(
                     out.client_flows += 1;
                 } else if is_server_port("\"lport\":") {
                     out.server_flows += 1;
+                    if closed_in_syn_recv(&line) {
+                        out.server_syn_recv_deaths += 1;
+                        if out.syn_recv_samples.len() < 5 {
+                            out.syn_recv_samples.push(line);
+                        }
+                    }
                 } else {
                     out.other_flows += 1;
                     if out.other_samples.len() < 5 {
@@ -235,6 +248,21 @@ fn start_tracer(
         }
     });
     Ok((child, output))
+}
+
+/// Whether a flow line's path is a child's SYN_RECV → CLOSE, seen from its start.
+fn closed_in_syn_recv(line: &str) -> bool {
+    let Some(at) = line.find("\"path\":[") else {
+        return false;
+    };
+    let mut steps = line[at + "\"path\":[".len()..].split("},{");
+    steps
+        .next()
+        .is_some_and(|s| s.starts_with("{\"state\":\"SYN_RECV\""))
+        && steps
+            .next()
+            .is_some_and(|s| s.starts_with("\"state\":\"CLOSE\""))
+        && line.contains("\"start_seen\":true")
 }
 
 fn default_rate() -> f64 {
@@ -385,6 +413,7 @@ pub fn run(args: &SoakArgs, bin: &Path) -> Result<()> {
         made,
         errors,
         printed: (out.client_flows, out.server_flows),
+        syn_recv_deaths: (out.server_syn_recv_deaths, &out.syn_recv_samples),
         others: (out.other_flows, &out.other_samples),
         summary: &summary,
         samples: &samples,
@@ -398,6 +427,8 @@ struct Checks<'a> {
     errors: u64,
     /// Flows printed: (clients' side, server's side).
     printed: (u64, u64),
+    /// Server-side children closed in SYN_RECV, and the first few.
+    syn_recv_deaths: (u64, &'a [String]),
     /// Flows of other connections (the /metrics scrape's two sides), and the first few.
     others: (u64, &'a [String]),
     summary: &'a serde_json::Value,
@@ -434,7 +465,16 @@ fn check(c: &Checks) -> Result<()> {
     }
     // Each side of every connection is printed once, unless its record was lost (counted):
     // exact when nothing is lost.
-    for (side, printed) in [("clients'", c.printed.0), ("servers'", c.printed.1)] {
+    // A server child that closed in SYN_RECV belongs to no connection the load made.
+    let (deaths, death_samples) = c.syn_recv_deaths;
+    if deaths > 0 {
+        println!("server-side children closed in SYN_RECV (no connection made): {deaths}");
+        for line in death_samples {
+            println!("  {line}");
+        }
+    }
+    let servers = c.printed.1 - deaths;
+    for (side, printed) in [("clients'", c.printed.0), ("servers'", servers)] {
         if printed > c.made + c.errors || printed + lost + c.errors < c.made {
             drift.push(format!(
                 "{printed} flows of the {side} side printed ({lost} events lost) for {} \
@@ -510,5 +550,22 @@ fn check(c: &Checks) -> Result<()> {
         Ok(())
     } else {
         bail!("soak: {}", drift.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closed_in_syn_recv;
+
+    #[test]
+    fn only_a_child_seen_from_its_start_closing_in_syn_recv_is_a_dropped_child() {
+        let child = r#"{"type":"flow","lport":80,"path":[{"state":"SYN_RECV","held_ns":10,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"start_seen":true}"#;
+        assert!(closed_in_syn_recv(child), "{child}");
+        let made = r#"{"type":"flow","path":[{"state":"SYN_RECV","held_ns":10,"rtx":0},{"state":"ESTABLISHED","held_ns":5,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"start_seen":true}"#;
+        assert!(!closed_in_syn_recv(made), "{made}");
+        let unseen = r#"{"type":"flow","path":[{"state":"SYN_RECV","held_ns":null,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"start_seen":false}"#;
+        assert!(!closed_in_syn_recv(unseen), "{unseen}");
+        let twice = r#"{"type":"flow","path":[{"state":"LAST_ACK","held_ns":null,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"start_seen":false}"#;
+        assert!(!closed_in_syn_recv(twice), "{twice}");
     }
 }
