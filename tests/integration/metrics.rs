@@ -278,6 +278,8 @@ fn metrics_counted_in_the_kernel_match_the_flows_read() {
     assert_eq!(m["retransmits_by_state"], f["retransmits_by_state"]);
     // The same states held, as often; quantiles within the kernel's buckets (1/8) — and
     // within 20 µs: each tracer's programs read the clock themselves, one after the other.
+    // The longest hold is one sample, and an interrupt between the two tracers' programs
+    // delays one clock read by its length (49 µs in one CI run): 200 µs there.
     let held = |s: &serde_json::Value| {
         s["held"]
             .as_array()
@@ -295,13 +297,13 @@ fn metrics_counted_in_the_kernel_match_the_flows_read() {
     for (state, fh) in &f_held {
         let mh = &m_held[state];
         assert_eq!(mh["count"], fh["count"], "{state}: {mh} vs {fh}");
-        for q in ["p50_ns", "max_ns"] {
+        for (q, slack_ns) in [("p50_ns", 20_000.0), ("max_ns", 200_000.0)] {
             let (mv, fv) = (
                 mh[q].as_f64().expect("a duration"),
                 fh[q].as_f64().expect("a duration"),
             );
             assert!(
-                (mv - fv).abs() <= (fv / 8.0).max(20_000.0),
+                (mv - fv).abs() <= (fv / 8.0).max(slack_ns),
                 "{state} {q}: {mv} counted in the kernel, {fv} from the flows"
             );
         }
