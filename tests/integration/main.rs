@@ -12,6 +12,7 @@ mod lifecycle;
 mod metrics;
 mod netns;
 mod overload;
+mod ports;
 mod prometheus;
 mod recording;
 mod retransmit;

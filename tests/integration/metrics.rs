@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{heavy_load, Tracer};
+use crate::{
+    ports::RefusingPort,
+    support::{heavy_load, Tracer},
+};
 
 fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
@@ -211,9 +214,8 @@ fn reset_on_close(stream: &TcpStream) {
 fn metrics_counted_in_the_kernel_match_the_flows_read() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let refused = closed.local_addr().expect("addr").port();
-    drop(closed);
+    let refusing = RefusingPort::new();
+    let refused = refusing.port;
     let filter = format!("{},{refused}", addr.port());
     let endpoint = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -18,7 +18,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::Tracer;
+use crate::{
+    ports::{free_port_without_time_waits, RefusingPort},
+    support::Tracer,
+};
 
 const RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -34,30 +37,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("its address")
         .port()
-}
-
-/// A free port that no TIME_WAIT points to. An earlier test's connections to a listener that
-/// had the same port number leave TIME_WAITs towards it for a minute; the tracer counts them in
-/// that destination's gauge from its start (they are there, as `ss` shows), which a test
-/// counting its own connections must not find.
-fn free_port_without_time_waits() -> u16 {
-    for _ in 0..100 {
-        let port = free_port();
-        let out = Command::new("ss")
-            .args([
-                "-Htan",
-                "state",
-                "time-wait",
-                &format!("( dport = :{port} )"),
-            ])
-            .output()
-            .expect("ss runs (iproute2: cargo xtask setup)");
-        assert!(out.status.success(), "ss: {out:?}");
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return port;
-        }
-    }
-    panic!("no free port without TIME_WAITs towards it in 100 tries");
 }
 
 /// A Prometheus server on loopback with its own storage, stopped on drop.
@@ -280,7 +259,8 @@ fn shipped_alert_rules_pass_promtool() {
 #[test]
 fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     let metrics_port = free_port();
-    let (load_port, refused_port) = (free_port_without_time_waits(), free_port());
+    let (load_port, refused) = (free_port_without_time_waits(), RefusingPort::new());
+    let refused_port = refused.port;
     let filter = format!("{load_port},{refused_port}");
     // Only this test's connections: every other test's traffic is filtered out in the kernel.
     let tracer = Tracer::start(&[

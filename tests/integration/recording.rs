@@ -13,7 +13,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{heavy_load, shared_load, spawn_attached, Tracer, BIN};
+use crate::{
+    ports::RefusingPort,
+    support::{heavy_load, shared_load, spawn_attached, Tracer, BIN},
+};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
@@ -116,11 +119,8 @@ fn report_renders_what_the_live_tool_printed() {
     let file = dir.join("live.rec");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let refused = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let refusing = RefusingPort::new();
+    let refused = refusing.port;
     let filter = format!("{port},{refused}");
     // (Tracer holds the shared load lock for the recorder too.)
     let live = Tracer::start(&["flows", "-D", &filter]);

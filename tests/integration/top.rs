@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{shared_load, BIN};
+use crate::{
+    ports::{free_port_without_time_waits, RefusingPort},
+    support::{shared_load, BIN},
+};
 
 const ROWS: u16 = 24;
 const COLS: u16 = 80;
@@ -211,13 +214,12 @@ fn row_of<'a>(screen: &'a str, endpoint: &str) -> Option<Vec<&'a str>> {
 
 #[test]
 fn top_shows_real_connections_keys_work_and_q_restores_the_terminal() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // Ports free of earlier TIME_WAITs, the refusing one held: the header counts every
+    // TIME_WAIT the filter admits.
+    let listener = TcpListener::bind(("127.0.0.1", free_port_without_time_waits())).expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let refused = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let refusing = RefusingPort::new();
+    let refused = refusing.port;
     let filter = format!("{port},{refused}");
     let mut top = TopUnderPty::start(&["-D", &filter, "--poll-interval", "20ms"]);
     top.wait_for("the header", |s| {
