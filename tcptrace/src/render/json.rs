@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
-    json_events::{FlowLine, Hex, RetransmitLine, TransitionLine},
+    json_events::{flow_line, hex, retransmit_line, transition_line},
     json_summary::{summary_line, Lost},
     Render,
 };
@@ -24,6 +24,17 @@ use crate::{
 pub struct JsonPrinter<W: Write> {
     out: W,
     clock: Clock,
+    /// The per-event line being written (kept: no allocation per line).
+    line: Vec<u8>,
+}
+
+/// A socket's kernel address, `0x…` in lower-case hex.
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(hex(self.0).as_str())
+    }
 }
 
 #[derive(Serialize)]
@@ -175,12 +186,22 @@ struct LostLine {
 
 impl<W: Write> JsonPrinter<W> {
     pub fn new(out: W, clock: Clock) -> Self {
-        JsonPrinter { out, clock }
+        JsonPrinter {
+            out,
+            clock,
+            line: Vec::with_capacity(1024),
+        }
     }
 
     #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.out
+    }
+
+    /// The per-event line written into `self.line`, with its newline.
+    fn event_line(&mut self) -> io::Result<()> {
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     fn line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
@@ -192,20 +213,24 @@ impl<W: Write> JsonPrinter<W> {
 impl<W: Write> Render for JsonPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(t.ts_ns);
-        self.line(&TransitionLine { ts_unix_ns, t })
+        self.line.clear();
+        transition_line(&mut self.line, ts_unix_ns, t);
+        self.event_line()
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        self.line(&FlowLine {
-            ts_unix_ns: self.clock.unix_ns(f.ts_ns),
-            time_wait_start_unix_ns: f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns)),
-            f,
-        })
+        let ts_unix_ns = self.clock.unix_ns(f.ts_ns);
+        let time_wait_start = f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns));
+        self.line.clear();
+        flow_line(&mut self.line, ts_unix_ns, time_wait_start, f);
+        self.event_line()
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(r.ts_ns);
-        self.line(&RetransmitLine { ts_unix_ns, r })
+        self.line.clear();
+        retransmit_line(&mut self.line, ts_unix_ns, r);
+        self.event_line()
     }
 
     fn alert(&mut self, a: &Alert) -> io::Result<()> {

@@ -1,185 +1,205 @@
 //! The per-event JSON lines (transition, flow, retransmit): the ones written at line rate.
-//! Serialized field by field rather than derived with `#[serde(flatten)]` (which goes through
-//! serde's map machinery), with addresses and socket addresses built on the stack: no heap
-//! allocation per line. Field names and order are the README's (pinned by a test).
+//! Written byte by byte into a line buffer: keys are literals written as they are (no
+//! escaping pass over each key, no serializer state machine), numbers through `itoa`,
+//! addresses on the stack; strings that come from the kernel (a task's name, a reset reason)
+//! are escaped by serde_json. Field names and order are the README's (pinned by a test).
 use std::{fmt::Write as _, net::IpAddr};
-
-use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use crate::{
     decode::{FinishedFlow, Retransmit, Transition},
     digits,
-    model::{FlowAddrs, PathStep, Process, TcpState},
+    model::{FlowAddrs, Process},
     stackstr::StackStr,
-    timewait::TimeWaitEnd,
 };
 
-/// An IP address as JSON text (IPv4 written without `core::fmt`).
-struct IpText(StackStr<48>);
+/// One JSON object being written into `buf`. Keys are the callers' literals: plain ASCII
+/// without quotes or backslashes.
+struct Object<'a> {
+    buf: &'a mut Vec<u8>,
+    first: bool,
+}
 
-impl IpText {
-    fn of(addr: IpAddr) -> IpText {
-        let mut text = StackStr::new();
-        let _ = match addr {
-            IpAddr::V4(v4) => digits::ipv4(&mut text, v4),
-            IpAddr::V6(v6) => write!(text, "{v6}"),
-        };
-        IpText(text)
+impl<'a> Object<'a> {
+    fn start(buf: &'a mut Vec<u8>) -> Object<'a> {
+        buf.push(b'{');
+        Object { buf, first: true }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+        self.buf
+    }
+
+    fn number<N: itoa::Integer>(&mut self, key: &str, n: N) {
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(n);
+        self.key(key).extend_from_slice(text.as_bytes());
+    }
+
+    fn optional_number<N: itoa::Integer>(&mut self, key: &str, n: Option<N>) {
+        match n {
+            Some(n) => self.number(key, n),
+            None => self.key(key).extend_from_slice(b"null"),
+        }
+    }
+
+    fn boolean(&mut self, key: &str, b: bool) {
+        let text: &[u8] = if b { b"true" } else { b"false" };
+        self.key(key).extend_from_slice(text);
+    }
+
+    /// A name of this program's own (a state, a cause): ASCII without anything to escape.
+    fn name(&mut self, key: &str, name: &str) {
+        let buf = self.key(key);
+        buf.push(b'"');
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(b'"');
+    }
+
+    /// Any text, escaped as JSON requires.
+    fn text(&mut self, key: &str, text: Option<&str>) {
+        let buf = self.key(key);
+        match text {
+            // Writing into a Vec cannot fail.
+            Some(text) => {
+                let _ = serde_json::to_writer(&mut *buf, text);
+            }
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+
+    fn end(self) {
+        self.buf.push(b'}');
     }
 }
 
-impl Serialize for IpText {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
-    }
+/// An IP address as text (IPv4 written without `core::fmt`).
+fn ip_text(addr: IpAddr) -> StackStr<48> {
+    let mut text = StackStr::new();
+    let _ = match addr {
+        IpAddr::V4(v4) => digits::ipv4(&mut text, v4),
+        IpAddr::V6(v6) => write!(text, "{v6}"),
+    };
+    text
 }
 
 /// A socket's kernel address, `0x…` in lower-case hex.
-pub(super) struct Hex(pub u64);
-
-impl Serialize for Hex {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0u8; 18];
-        let mut at = buf.len();
-        let mut n = self.0;
-        loop {
-            at -= 1;
-            buf[at] = DIGITS[(n & 0xf) as usize];
-            n >>= 4;
-            if n == 0 {
-                break;
-            }
+pub(super) fn hex(n: u64) -> StackStr<24> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 18];
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
         }
-        buf[at - 2..at].copy_from_slice(b"0x");
-        // Only ASCII digits and "0x" were written.
-        s.serialize_str(std::str::from_utf8(&buf[at - 2..]).unwrap_or("0x?"))
     }
+    buf[at - 2..at].copy_from_slice(b"0x");
+    let mut text = StackStr::new();
+    // Only ASCII digits and "0x" were written.
+    let _ = text.write_str(std::str::from_utf8(&buf[at - 2..]).unwrap_or("0x?"));
+    text
 }
 
 /// The owner and addresses every per-event line carries after its time.
-fn owner_and_addrs<S: SerializeStruct>(
-    line: &mut S,
-    owner: &Option<Process>,
-    addrs: &FlowAddrs,
-) -> Result<(), S::Error> {
-    line.serialize_field("pid", &owner.as_ref().map(|p| p.pid))?;
-    line.serialize_field("comm", &owner.as_ref().map(|p| p.comm.as_str()))?;
+fn owner_and_addrs(line: &mut Object, owner: &Option<Process>, addrs: &FlowAddrs) {
+    line.optional_number("pid", owner.as_ref().map(|p| p.pid));
+    line.text("comm", owner.as_ref().map(|p| p.comm.as_str()));
     let family = if addrs.local.addr.is_ipv4() {
         "ipv4"
     } else {
         "ipv6"
     };
-    line.serialize_field("family", family)?;
-    line.serialize_field("laddr", &IpText::of(addrs.local.addr))?;
-    line.serialize_field("lport", &addrs.local.port)?;
-    line.serialize_field("raddr", &IpText::of(addrs.remote.addr))?;
-    line.serialize_field("rport", &addrs.remote.port)
+    line.name("family", family);
+    line.name("laddr", ip_text(addrs.local.addr).as_str());
+    line.number("lport", addrs.local.port);
+    line.name("raddr", ip_text(addrs.remote.addr).as_str());
+    line.number("rport", addrs.remote.port);
 }
 
-pub(super) struct TransitionLine<'a> {
-    pub ts_unix_ns: u64,
-    pub t: &'a Transition,
+/// A transition line, without its newline.
+pub(super) fn transition_line(buf: &mut Vec<u8>, ts_unix_ns: u64, t: &Transition) {
+    let mut line = Object::start(buf);
+    line.name("type", "transition");
+    line.number("ts_unix_ns", ts_unix_ns);
+    owner_and_addrs(&mut line, &t.owner, &t.addrs);
+    line.name("old", t.old.name());
+    line.name("new", t.new.name());
+    line.optional_number("old_held_ns", t.old_held_ns);
+    line.boolean("untracked", t.untracked);
+    line.name("skaddr", hex(t.skaddr).as_str());
+    line.end();
 }
 
-impl Serialize for TransitionLine<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.t;
-        let mut line = s.serialize_struct("TransitionLine", 14)?;
-        line.serialize_field("type", "transition")?;
-        line.serialize_field("ts_unix_ns", &self.ts_unix_ns)?;
-        owner_and_addrs(&mut line, &t.owner, &t.addrs)?;
-        line.serialize_field("old", &t.old)?;
-        line.serialize_field("new", &t.new)?;
-        line.serialize_field("old_held_ns", &t.old_held_ns)?;
-        line.serialize_field("untracked", &t.untracked)?;
-        line.serialize_field("skaddr", &Hex(t.skaddr))?;
-        line.end()
+/// A flow line, without its newline; `time_wait_start_unix_ns` is the start of the TIME_WAIT
+/// that followed, if one did.
+pub(super) fn flow_line(
+    buf: &mut Vec<u8>,
+    ts_unix_ns: u64,
+    time_wait_start_unix_ns: Option<u64>,
+    f: &FinishedFlow,
+) {
+    let mut line = Object::start(buf);
+    line.name("type", "flow");
+    line.number("ts_unix_ns", ts_unix_ns);
+    owner_and_addrs(&mut line, &f.lifecycle.owner, &f.addrs);
+    let path = line.key("path");
+    path.push(b'[');
+    for (i, step) in f.lifecycle.path.iter().enumerate() {
+        if i > 0 {
+            path.push(b',');
+        }
+        let mut step_object = Object::start(path);
+        step_object.name("state", step.state.name());
+        step_object.optional_number("held_ns", step.held_ns);
+        step_object.number("rtx", step.retransmits);
+        step_object.end();
     }
-}
-
-/// A flow's path, a JSON array of its states.
-struct Steps<'a>(&'a [PathStep]);
-
-/// One state of a flow's path.
-#[derive(Serialize)]
-struct Step {
-    state: TcpState,
-    held_ns: Option<u64>,
-    rtx: u16,
-}
-
-impl Serialize for Steps<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|step| Step {
-            state: step.state,
-            held_ns: step.held_ns,
-            rtx: step.retransmits,
-        }))
+    path.push(b']');
+    line.optional_number("life_ns", f.life_ns());
+    line.boolean("start_seen", f.lifecycle.start_seen);
+    line.boolean("truncated", f.lifecycle.truncated);
+    line.name("close", f.close.name());
+    line.name("cause", f.cause.name());
+    line.number("err", f.evidence.err);
+    line.boolean("reset_received", f.evidence.reset_received);
+    line.text("reset_reason", f.evidence.reset_sent.as_deref());
+    line.number("probes", f.evidence.probes);
+    line.number("rtx", f.lifecycle.retransmits);
+    match &f.time_wait {
+        Some(t) => {
+            let mut time_wait = Object::start(line.key("time_wait"));
+            time_wait.number("start_unix_ns", time_wait_start_unix_ns.unwrap_or_default());
+            time_wait.number("held_ns", t.held_ns);
+            time_wait.name("end", t.end.name());
+            time_wait.end();
+        }
+        None => line.key("time_wait").extend_from_slice(b"null"),
     }
+    line.name("skaddr", hex(f.skaddr).as_str());
+    line.end();
 }
 
-#[derive(Serialize)]
-struct TimeWaitField {
-    start_unix_ns: u64,
-    held_ns: u64,
-    end: TimeWaitEnd,
-}
-
-pub(super) struct FlowLine<'a> {
-    pub ts_unix_ns: u64,
-    /// The TIME_WAIT's start, in unix time, when one followed.
-    pub time_wait_start_unix_ns: Option<u64>,
-    pub f: &'a FinishedFlow,
-}
-
-impl Serialize for FlowLine<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let f = self.f;
-        let mut line = s.serialize_struct("FlowLine", 23)?;
-        line.serialize_field("type", "flow")?;
-        line.serialize_field("ts_unix_ns", &self.ts_unix_ns)?;
-        owner_and_addrs(&mut line, &f.lifecycle.owner, &f.addrs)?;
-        line.serialize_field("path", &Steps(&f.lifecycle.path))?;
-        line.serialize_field("life_ns", &f.life_ns())?;
-        line.serialize_field("start_seen", &f.lifecycle.start_seen)?;
-        line.serialize_field("truncated", &f.lifecycle.truncated)?;
-        line.serialize_field("close", &f.close)?;
-        line.serialize_field("cause", &f.cause)?;
-        line.serialize_field("err", &f.evidence.err)?;
-        line.serialize_field("reset_received", &f.evidence.reset_received)?;
-        line.serialize_field("reset_reason", &f.evidence.reset_sent.as_deref())?;
-        line.serialize_field("probes", &f.evidence.probes)?;
-        line.serialize_field("rtx", &f.lifecycle.retransmits)?;
-        let time_wait = f.time_wait.as_ref().map(|t| TimeWaitField {
-            start_unix_ns: self.time_wait_start_unix_ns.unwrap_or_default(),
-            held_ns: t.held_ns,
-            end: t.end,
-        });
-        line.serialize_field("time_wait", &time_wait)?;
-        line.serialize_field("skaddr", &Hex(f.skaddr))?;
-        line.end()
-    }
-}
-
-pub(super) struct RetransmitLine<'a> {
-    pub ts_unix_ns: u64,
-    pub r: &'a Retransmit,
-}
-
-impl Serialize for RetransmitLine<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.r;
-        let mut line = s.serialize_struct("RetransmitLine", 13)?;
-        line.serialize_field("type", "retransmit")?;
-        line.serialize_field("ts_unix_ns", &self.ts_unix_ns)?;
-        owner_and_addrs(&mut line, &r.owner, &r.addrs)?;
-        line.serialize_field("state", &r.state)?;
-        line.serialize_field("err", &r.err)?;
-        line.serialize_field("untracked", &r.untracked)?;
-        line.serialize_field("skaddr", &Hex(r.skaddr))?;
-        line.end()
-    }
+/// A retransmit line, without its newline.
+pub(super) fn retransmit_line(buf: &mut Vec<u8>, ts_unix_ns: u64, r: &Retransmit) {
+    let mut line = Object::start(buf);
+    line.name("type", "retransmit");
+    line.number("ts_unix_ns", ts_unix_ns);
+    owner_and_addrs(&mut line, &r.owner, &r.addrs);
+    line.name("state", r.state.name());
+    line.optional_number("err", r.err);
+    line.boolean("untracked", r.untracked);
+    line.name("skaddr", hex(r.skaddr).as_str());
+    line.end();
 }
 
 #[cfg(test)]
@@ -189,8 +209,7 @@ mod tests {
     #[test]
     fn addresses_and_socket_addresses_read_as_format_writes_them() {
         for n in [0u64, 1, 0xf, 0x10, 0xffff_8880_1234_5678, u64::MAX] {
-            let json = serde_json::to_string(&Hex(n)).expect("serializes");
-            assert_eq!(json, format!("\"{n:#x}\""));
+            assert_eq!(hex(n).as_str(), format!("{n:#x}"));
         }
         for addr in [
             "0.0.0.0",
@@ -201,7 +220,29 @@ mod tests {
             "::ffff:10.0.0.1",
         ] {
             let ip: IpAddr = addr.parse().expect("an address");
-            assert_eq!(IpText::of(ip).0.as_str(), ip.to_string());
+            assert_eq!(ip_text(ip).as_str(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn text_from_the_kernel_is_escaped_and_the_object_parses() {
+        for comm in ["curl", "a\"b", "back\\slash", "tab\there", "\u{1}ctl", "é✓"] {
+            let mut buf = Vec::new();
+            let mut object = Object::start(&mut buf);
+            object.text("comm", Some(comm));
+            object.text("none", None);
+            object.optional_number("n", Some(-3i32));
+            object.optional_number::<u64>("m", None);
+            object.boolean("b", true);
+            object.end();
+            let parsed: serde_json::Value =
+                serde_json::from_slice(&buf).expect("the object parses");
+            assert_eq!(
+                parsed,
+                serde_json::json!({"comm": comm, "none": null, "n": -3, "m": null, "b": true}),
+                "{}",
+                String::from_utf8_lossy(&buf)
+            );
         }
     }
 }

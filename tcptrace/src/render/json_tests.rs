@@ -100,6 +100,47 @@ fn per_event_lines_keep_their_bytes() {
     assert_eq!(got, EXPECTED_LINES);
 }
 
+/// The parts the line above leaves empty: a TIME_WAIT, a reset reason, a task name to escape,
+/// IPv6, a start not seen, a retransmit's error.
+#[test]
+fn per_event_lines_with_every_optional_part() {
+    use crate::model::{Endpoint, Process, TimeWait, TimeWaitEnd};
+    let mut flow = fixtures::client_flow();
+    flow.lifecycle.owner = Some(Process {
+        pid: 7,
+        comm: "a\"b\\c\u{1}".to_string(),
+    });
+    flow.addrs.local = Endpoint::new("fe80::1".parse().expect("v6"), 80);
+    flow.addrs.remote = Endpoint::new("::1".parse().expect("v6"), 443);
+    flow.lifecycle.start_seen = false;
+    flow.lifecycle.start_ns = None;
+    flow.evidence.reset_sent = Some("TCP_KEEPALIVE_TIMEOUT".to_string());
+    flow.time_wait = Some(TimeWait {
+        addrs: flow.addrs,
+        start_ns: 5_000_000,
+        held_ns: 60_000_000_000,
+        end: TimeWaitEnd::Reused,
+    });
+    let mut rtx = fixtures::retransmit();
+    rtx.err = Some(-110);
+    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
+    p.flow(&flow).expect("write");
+    p.retransmit(&rtx).expect("write");
+    let text = String::from_utf8(p.into_inner()).expect("utf-8");
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        got[0],
+        r#"{"type":"flow","ts_unix_ns":5001000,"pid":7,"comm":"a\"b\\c\u0001","family":"ipv6","laddr":"fe80::1","lport":80,"raddr":"::1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":null,"start_seen":false,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":"TCP_KEEPALIVE_TIMEOUT","probes":0,"rtx":0,"time_wait":{"start_unix_ns":5001000,"held_ns":60000000000,"end":"reused"},"skaddr":"0xffff888000001000"}"#
+    );
+    let parsed: Value = serde_json::from_str(got[0]).expect("the line parses");
+    assert_eq!(parsed["comm"], "a\"b\\c\u{1}");
+    assert!(
+        got[1].contains(r#""state":"FIN_WAIT1","err":-110,"untracked":false"#),
+        "{}",
+        got[1]
+    );
+}
+
 const EXPECTED_LINES: [&str; 3] = [
     r#"{"type":"transition","ts_unix_ns":6000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"old":"SYN_SENT","new":"ESTABLISHED","old_held_ns":null,"untracked":false,"skaddr":"0xffff888012345678"}"#,
     r#"{"type":"flow","ts_unix_ns":5001000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":4000000,"start_seen":true,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":null,"probes":0,"rtx":0,"time_wait":null,"skaddr":"0xffff888000001000"}"#,
