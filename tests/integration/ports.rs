@@ -6,7 +6,8 @@ use std::{
     process::Command,
 };
 
-fn free_port() -> u16 {
+/// A port nothing listens on at this instant.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("a free port")
         .local_addr()

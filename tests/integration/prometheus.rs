@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    ports::{free_port_without_time_waits, RefusingPort},
+    ports::{free_port, free_port_without_time_waits, RefusingPort},
     support::Tracer,
 };
 
@@ -30,14 +30,6 @@ const RULES: &str = concat!(
 const DASHBOARD: &str = include_str!("../../deploy/grafana-dashboard.json");
 const NODE: &str = "test-node";
 const NAMESPACE: &str = "tcptrace-test";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
 
 /// A Prometheus server on loopback with its own storage, stopped on drop.
 struct Prometheus {
