@@ -25,7 +25,7 @@ pub struct JsonPrinter<W: Write> {
     out: W,
     clock: Clock,
     /// The per-event line being written (kept: no allocation per line).
-    line: Vec<u8>,
+    event_buf: Vec<u8>,
 }
 
 /// A socket's kernel address, `0x…` in lower-case hex.
@@ -189,7 +189,7 @@ impl<W: Write> JsonPrinter<W> {
         JsonPrinter {
             out,
             clock,
-            line: Vec::with_capacity(1024),
+            event_buf: Vec::with_capacity(1024),
         }
     }
 
@@ -198,10 +198,10 @@ impl<W: Write> JsonPrinter<W> {
         self.out
     }
 
-    /// The per-event line written into `self.line`, with its newline.
+    /// The per-event line written into `self.event_buf`, with its newline.
     fn event_line(&mut self) -> io::Result<()> {
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        self.event_buf.push(b'\n');
+        self.out.write_all(&self.event_buf)
     }
 
     fn line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
@@ -213,23 +213,23 @@ impl<W: Write> JsonPrinter<W> {
 impl<W: Write> Render for JsonPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(t.ts_ns);
-        self.line.clear();
-        transition_line(&mut self.line, ts_unix_ns, t);
+        self.event_buf.clear();
+        transition_line(&mut self.event_buf, ts_unix_ns, t);
         self.event_line()
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(f.ts_ns);
         let time_wait_start = f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns));
-        self.line.clear();
-        flow_line(&mut self.line, ts_unix_ns, time_wait_start, f);
+        self.event_buf.clear();
+        flow_line(&mut self.event_buf, ts_unix_ns, time_wait_start, f);
         self.event_line()
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(r.ts_ns);
-        self.line.clear();
-        retransmit_line(&mut self.line, ts_unix_ns, r);
+        self.event_buf.clear();
+        retransmit_line(&mut self.event_buf, ts_unix_ns, r);
         self.event_line()
     }
 
