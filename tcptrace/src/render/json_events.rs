@@ -110,8 +110,17 @@ pub(super) fn hex(n: u64) -> StackStr<24> {
     text
 }
 
-/// The owner and addresses every per-event line carries after its time.
-fn owner_and_addrs(line: &mut Object, owner: &Option<Process>, addrs: &FlowAddrs) {
+/// A per-event line's start: its type and time, the owner and the addresses.
+fn start_event<'a>(
+    buf: &'a mut Vec<u8>,
+    kind: &str,
+    ts_unix_ns: u64,
+    owner: &Option<Process>,
+    addrs: &FlowAddrs,
+) -> Object<'a> {
+    let mut line = Object::start(buf);
+    line.name("type", kind);
+    line.number("ts_unix_ns", ts_unix_ns);
     line.optional_number("pid", owner.as_ref().map(|p| p.pid));
     line.text("comm", owner.as_ref().map(|p| p.comm.as_str()));
     let family = if addrs.local.addr.is_ipv4() {
@@ -124,14 +133,12 @@ fn owner_and_addrs(line: &mut Object, owner: &Option<Process>, addrs: &FlowAddrs
     line.number("lport", addrs.local.port);
     line.name("raddr", ip_text(addrs.remote.addr).as_str());
     line.number("rport", addrs.remote.port);
+    line
 }
 
 /// A transition line, without its newline.
 pub(super) fn transition_line(buf: &mut Vec<u8>, ts_unix_ns: u64, t: &Transition) {
-    let mut line = Object::start(buf);
-    line.name("type", "transition");
-    line.number("ts_unix_ns", ts_unix_ns);
-    owner_and_addrs(&mut line, &t.owner, &t.addrs);
+    let mut line = start_event(buf, "transition", ts_unix_ns, &t.owner, &t.addrs);
     line.name("old", t.old.name());
     line.name("new", t.new.name());
     line.optional_number("old_held_ns", t.old_held_ns);
@@ -148,10 +155,7 @@ pub(super) fn flow_line(
     time_wait_start_unix_ns: Option<u64>,
     f: &FinishedFlow,
 ) {
-    let mut line = Object::start(buf);
-    line.name("type", "flow");
-    line.number("ts_unix_ns", ts_unix_ns);
-    owner_and_addrs(&mut line, &f.lifecycle.owner, &f.addrs);
+    let mut line = start_event(buf, "flow", ts_unix_ns, &f.lifecycle.owner, &f.addrs);
     let path = line.key("path");
     path.push(b'[');
     for (i, step) in f.lifecycle.path.iter().enumerate() {
@@ -191,10 +195,7 @@ pub(super) fn flow_line(
 
 /// A retransmit line, without its newline.
 pub(super) fn retransmit_line(buf: &mut Vec<u8>, ts_unix_ns: u64, r: &Retransmit) {
-    let mut line = Object::start(buf);
-    line.name("type", "retransmit");
-    line.number("ts_unix_ns", ts_unix_ns);
-    owner_and_addrs(&mut line, &r.owner, &r.addrs);
+    let mut line = start_event(buf, "retransmit", ts_unix_ns, &r.owner, &r.addrs);
     line.name("state", r.state.name());
     line.optional_number("err", r.err);
     line.boolean("untracked", r.untracked);

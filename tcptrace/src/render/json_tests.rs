@@ -25,14 +25,19 @@ fn evictions_are_a_record() {
     );
 }
 
-#[test]
-fn records_have_stable_field_names() {
+/// A printer that wrote a transition, a flow and a retransmit (the fixtures').
+fn three_event_lines() -> JsonPrinter<Vec<u8>> {
     let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
     p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
         .expect("write");
     p.flow(&fixtures::client_flow()).expect("write");
     p.retransmit(&fixtures::retransmit()).expect("write");
-    let v = lines(p);
+    p
+}
+
+#[test]
+fn records_have_stable_field_names() {
+    let v = lines(three_event_lines());
     assert_eq!(v[0]["type"], "transition");
     assert_eq!(v[0]["ts_unix_ns"], 6_000);
     assert_eq!(v[0]["pid"], 4242);
@@ -90,12 +95,7 @@ fn summary_and_lost_are_objects() {
 /// The bytes of the per-event lines, field order included (a consumer may rely on it).
 #[test]
 fn per_event_lines_keep_their_bytes() {
-    let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
-    p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
-        .expect("write");
-    p.flow(&fixtures::client_flow()).expect("write");
-    p.retransmit(&fixtures::retransmit()).expect("write");
-    let text = String::from_utf8(p.into_inner()).expect("utf-8");
+    let text = String::from_utf8(three_event_lines().into_inner()).expect("utf-8");
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got, EXPECTED_LINES);
 }
