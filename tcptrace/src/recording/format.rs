@@ -141,10 +141,17 @@ pub struct RecordingReader<R> {
     borrowed: usize,
 }
 
+/// The reader's buffer (see `RecordingReader::open`).
+const READ_BUFFER: usize = 128 << 10;
+
 impl RecordingReader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        RecordingReader::new(BufReader::with_capacity(1 << 20, file), path)
+        // 128 KiB: a buffer that stays in the core's L2 cache until its records are parsed.
+        // With 1 MiB, `report` of a 1.07 M-record recording as flows in JSON took 0.42–0.46 s
+        // against 0.31–0.40 s (6 alternating runs; the kernel's copy into the buffer alone
+        // 0.07–0.16 s of system time against 0.02–0.04 s).
+        RecordingReader::new(BufReader::with_capacity(READ_BUFFER, file), path)
     }
 }
 
