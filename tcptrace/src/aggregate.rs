@@ -88,7 +88,7 @@ pub struct Aggregator {
     open: u64,
     decode_errors: u64,
     delivered: u64,
-    /// The kernel counts durations, causes, sides and retransmits itself (`tcptrace metrics`):
+    /// The kernel counts durations, causes, sides and retransmits itself (live tracing):
     /// flow records are not aggregated again, and its histograms are set before `finish`.
     in_kernel: Option<Vec<DurationHistogram>>,
 }

@@ -250,11 +250,6 @@ impl Config {
             _ => emit_flow_ends::ALL,
         }
     }
-    /// The summary's durations, close causes and sides, and retransmits by state come from
-    /// the kernel's counts (no record per flow), not from the flows read.
-    pub fn aggregates_in_kernel(&self) -> bool {
-        self.flow_ends() != tcptrace_common::emit_flow_ends::ALL
-    }
     /// Keepalive probes are traced (timer hooks around the keepalive timer).
     pub fn traces_keepalive_probes(&self) -> bool {
         self.shows_alerts() || self.records()

@@ -224,10 +224,11 @@ async fn trace(config: Config) -> Result<()> {
         let listener = crate::metrics::bind(addr).await?;
         tokio::spawn(Metrics::serve(m.registry(), listener));
     }
+    // The summary's durations, close causes and sides, and retransmits by state come from the
+    // kernel's counts in every mode (it counts them whether or not it sends the flows): the
+    // flows read are not aggregated again.
     let mut agg = Aggregator::new();
-    if config.aggregates_in_kernel() {
-        agg.count_in_kernel();
-    }
+    agg.count_in_kernel();
     let mut tw = TimeWaitTracker::new();
     let mut tw_overflow_base = procnet::tw_overflow();
     let forecast_shown = config.gauge_interval().is_some()
@@ -500,9 +501,7 @@ fn summary(
     for flow in tracer.open_flows()? {
         agg.open_flow(&flow);
     }
-    if config.aggregates_in_kernel() {
-        agg.kernel_durations(tracer.durations()?);
-    }
+    agg.kernel_durations(tracer.durations()?);
     if kernel.lost() > 0 {
         eprintln!(
             "tcptrace: warning: {} events lost in all (see the summary's lost line)",
