@@ -3,6 +3,7 @@
 use std::mem::size_of;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use arrayvec::ArrayVec;
 use tcptrace_common::{
     close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
     FlowState, Keepalive, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TimeWaitFlowEvent,
@@ -28,10 +29,11 @@ pub struct Transition {
     pub untracked: bool,
 }
 
-/// A flow's path as the kernel kept it.
+/// A flow's path as the kernel kept it (at most `PATH_SLOTS` states, held inline: no
+/// allocation per flow read).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
-    pub path: Vec<PathStep>,
+    pub path: ArrayVec<PathStep, PATH_SLOTS>,
     /// When the first state was entered, if seen.
     pub start_ns: Option<u64>,
     /// When the current (last) state was entered.
@@ -109,6 +111,10 @@ pub struct Retransmit {
     pub untracked: bool,
 }
 
+// A flow is held inline (its path too): events are decoded one at a time and consumed at
+// once, never stored in bulk, so a large variant costs a copy, where a Box would cost an
+// allocation per flow.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Transition(Transition),
@@ -319,7 +325,7 @@ impl TryFrom<&FlowState> for Lifecycle {
             bail!("flow path length {len} out of range");
         }
         let truncated = raw.flags & flow_flags::TRUNCATED != 0;
-        let mut path = Vec::with_capacity(len);
+        let mut path = ArrayVec::new();
         for i in 0..len {
             let entered = raw.entered_ns[i];
             let next = raw.entered_ns.get(i + 1).copied().filter(|_| i + 1 < len);
@@ -353,7 +359,8 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
     type Error = anyhow::Error;
     fn try_from(raw: &FlowEndEvent) -> Result<Self> {
         let lifecycle = Lifecycle::try_from(&raw.flow)?;
-        let states: Vec<TcpState> = lifecycle.path.iter().map(|step| step.state).collect();
+        let states: ArrayVec<TcpState, PATH_SLOTS> =
+            lifecycle.path.iter().map(|step| step.state).collect();
         let f = &raw.flow;
         let evidence = CloseEvidence {
             err: f.err,
