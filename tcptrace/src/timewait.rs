@@ -29,7 +29,9 @@ pub use crate::model::{TimeWait, TimeWaitEnd};
 struct Active {
     addrs: FlowAddrs,
     start_ns: u64,
-    flow: Option<FinishedFlow>,
+    /// Boxed: a flow is ~460 bytes and most entries of the map (and its spare capacity)
+    /// hold none; the box is handed on as it is when the TIME_WAIT ends.
+    flow: Option<Box<FinishedFlow>>,
     cancel: Option<(u64, bool)>,
 }
 
@@ -237,7 +239,7 @@ impl TimeWaitTracker {
         };
         if keep {
             if let Some(active) = self.active.get_mut(&timer) {
-                active.flow = Some(flow);
+                active.flow = Some(Box::new(flow));
             }
         }
         None
@@ -354,7 +356,7 @@ impl TimeWaitTracker {
         match active.flow {
             Some(mut flow) => {
                 flow.time_wait = Some(tw);
-                Finished::Flow(Box::new(flow))
+                Finished::Flow(flow)
             }
             None => Finished::Orphan(tw),
         }
