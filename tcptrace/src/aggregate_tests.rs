@@ -5,7 +5,7 @@ use tcptrace_common::tcp_state as ts;
 fn finished(states: &[u8]) -> FinishedFlow {
     let raw = fixtures::flow_end(fixtures::client_flow(states), 99);
     match decode(&fixtures::bytes_of(&raw)).expect("decodes") {
-        Event::FlowEnd(flow) => flow,
+        Event::FlowEnd(flow) => *flow,
         other => panic!("expected a flow, got {other:?}"),
     }
 }

@@ -111,14 +111,12 @@ pub struct Retransmit {
     pub untracked: bool,
 }
 
-// A flow is held inline (its path too): events are decoded one at a time and consumed at
-// once, never stored in bulk, so a large variant costs a copy, where a Box would cost an
-// allocation per flow.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Transition(Transition),
-    FlowEnd(FinishedFlow),
+    /// Boxed (~460 bytes, its path inline): moved as a pointer from here to the printer, or
+    /// into the TIME_WAIT tracker that holds it until its TIME_WAIT ends.
+    FlowEnd(Box<FinishedFlow>),
     Retransmit(Retransmit),
     KeepaliveProbe(KeepaliveProbe),
     TimeWait(TimeWaitRecord),
@@ -201,9 +199,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         record_kind::TRANSITION => Ok(Event::Transition(Transition::try_from(
             &read_record::<RawTransition>(bytes, "transition")?.0,
         )?)),
-        record_kind::FLOW_END => Ok(Event::FlowEnd(FinishedFlow::try_from(
+        record_kind::FLOW_END => Ok(Event::FlowEnd(Box::new(FinishedFlow::try_from(
             &read_record::<RawFlowEnd>(bytes, "flow")?.0,
-        )?)),
+        )?))),
         record_kind::RETRANSMIT => Ok(Event::Retransmit(Retransmit::try_from(
             &read_record::<RawRetransmit>(bytes, "retransmit")?.0,
         )?)),

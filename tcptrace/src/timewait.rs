@@ -29,8 +29,8 @@ pub use crate::model::{TimeWait, TimeWaitEnd};
 struct Active {
     addrs: FlowAddrs,
     start_ns: u64,
-    /// Boxed: a flow is ~460 bytes and most entries of the map (and its spare capacity)
-    /// hold none; the box is handed on as it is when the TIME_WAIT ends.
+    /// Boxed as decoded (a flow is ~460 bytes, and most entries of the map and its spare
+    /// capacity hold none); handed on as it is when the TIME_WAIT ends.
     flow: Option<Box<FinishedFlow>>,
     cancel: Option<(u64, bool)>,
 }
@@ -230,7 +230,7 @@ impl TimeWaitTracker {
 
     /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends. Where flows
     /// are not printed (`keep` false), only its side is counted: nothing is held.
-    pub fn flow(&mut self, flow: FinishedFlow, keep: bool) -> Option<FinishedFlow> {
+    pub fn flow(&mut self, flow: Box<FinishedFlow>, keep: bool) -> Option<Box<FinishedFlow>> {
         if !enters_time_wait(&flow) {
             return Some(flow);
         }
@@ -239,7 +239,7 @@ impl TimeWaitTracker {
         };
         if keep {
             if let Some(active) = self.active.get_mut(&timer) {
-                active.flow = Some(Box::new(flow));
+                active.flow = Some(flow);
             }
         }
         None

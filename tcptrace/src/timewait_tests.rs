@@ -2,7 +2,7 @@ use super::*;
 use crate::decode::{decode, tests as raw, Event};
 use tcptrace_common::tcp_state as ts;
 
-fn client_flow_closing_first() -> FinishedFlow {
+fn client_flow_closing_first() -> Box<FinishedFlow> {
     let flow = raw::client_flow(&[ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]);
     match decode(&raw::bytes_of(&raw::flow_end(flow, 5_000_000))) {
         Ok(Event::FlowEnd(f)) => f,
@@ -222,7 +222,7 @@ fn a_second_flow_for_a_time_wait_that_holds_one_is_printed_not_lost() {
 }
 
 /// A server's flow to `client_port` that closed first (its TIME_WAIT is the server's).
-fn server_flow_closing_first(client_port: u16) -> FinishedFlow {
+fn server_flow_closing_first(client_port: u16) -> Box<FinishedFlow> {
     let mut flow = tcptrace_common::FlowState::start(ts::LISTEN, ts::SYN_RECV, 1_000_000);
     for (i, &state) in [ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]
         .iter()
@@ -278,7 +278,7 @@ fn in_brief(flow: &FinishedFlow) -> TimeWaitFlow {
 #[test]
 fn flows_in_brief_count_their_side_as_whole_flows_do() {
     let (mut whole, mut brief) = (TimeWaitTracker::new(), TimeWaitTracker::new());
-    let mut flows: Vec<FinishedFlow> = (1..=20u16).map(server_flow_closing_first).collect();
+    let mut flows: Vec<Box<FinishedFlow>> = (1..=20u16).map(server_flow_closing_first).collect();
     flows.push(client_flow_closing_first());
     for (timer, flow) in flows.iter().enumerate() {
         let timer = timer as u64 + 1;

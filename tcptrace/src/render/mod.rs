@@ -163,7 +163,7 @@ pub(crate) mod fixtures {
         use ts::*;
         let flow = raw::client_flow(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]);
         match decode(&raw::bytes_of(&raw::flow_end(flow, 5_000_000))) {
-            Ok(Event::FlowEnd(f)) => f,
+            Ok(Event::FlowEnd(f)) => *f,
             other => panic!("fixture must decode: {other:?}"),
         }
     }
