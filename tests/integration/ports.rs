@@ -34,13 +34,18 @@ fn time_waits_towards(port: u16) -> bool {
 /// as its own port, TIME_WAITs from it); the tracer counts them from its start (they are
 /// there, as `ss` shows), which a test counting its own connections must not find.
 pub fn free_port_without_time_waits() -> u16 {
+    without_time_waits("free port", free_port, |&port| port)
+}
+
+/// The first of up to 100 `make()`s whose port no TIME_WAIT uses.
+fn without_time_waits<T>(what: &str, make: impl Fn() -> T, port: impl Fn(&T) -> u16) -> T {
     for _ in 0..100 {
-        let port = free_port();
-        if !time_waits_towards(port) {
-            return port;
+        let made = make();
+        if !time_waits_towards(port(&made)) {
+            return made;
         }
     }
-    panic!("no free port without TIME_WAITs in 100 tries");
+    panic!("no {what} without TIME_WAITs in 100 tries");
 }
 
 /// A port bound on 127.0.0.1 and not listening, for as long as this lives: connecting to it
@@ -54,13 +59,7 @@ pub struct RefusingPort {
 
 impl RefusingPort {
     pub fn new() -> RefusingPort {
-        for _ in 0..100 {
-            let port = Self::bind();
-            if !time_waits_towards(port.port) {
-                return port;
-            }
-        }
-        panic!("no refusing port without TIME_WAITs in 100 tries");
+        without_time_waits("refusing port", Self::bind, |refusing| refusing.port)
     }
 
     fn bind() -> RefusingPort {
