@@ -216,7 +216,7 @@ struct FlowRecordTotals {
     held: BTreeMap<String, Vec<f64>>,
 }
 
-fn add_one(map: &mut serde_json::Map<String, serde_json::Value>, key: &str, n: u64) {
+fn add(map: &mut serde_json::Map<String, serde_json::Value>, key: &str, n: u64) {
     let now = map.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
     map.insert(key.to_string(), (now + n).into());
 }
@@ -231,12 +231,12 @@ fn flow_record_totals(records: &[serde_json::Value]) -> FlowRecordTotals {
     };
     for flow in records.iter().filter(|r| r["type"] == "flow") {
         totals.finished += 1;
-        add_one(
+        add(
             &mut totals.causes,
             flow["cause"].as_str().expect("cause"),
             1,
         );
-        add_one(&mut totals.close, flow["close"].as_str().expect("close"), 1);
+        add(&mut totals.close, flow["close"].as_str().expect("close"), 1);
         for step in flow["path"].as_array().expect("path") {
             let state = step["state"].as_str().expect("state");
             if let Some(ns) = step["held_ns"].as_f64() {
@@ -244,7 +244,7 @@ fn flow_record_totals(records: &[serde_json::Value]) -> FlowRecordTotals {
             }
             let rtx = step["rtx"].as_u64().expect("rtx");
             if rtx > 0 {
-                add_one(&mut totals.rtx_by_state, state, rtx);
+                add(&mut totals.rtx_by_state, state, rtx);
             }
         }
     }
