@@ -49,7 +49,10 @@ pub mod stat {
     /// interrupted on that CPU) and its second program handled: not lost, though the
     /// kernel counts them as the main program's misses.
     pub const NESTED_HANDLED: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Flows kept in socket-local storage: a socket with SO_KEEPALIVE on whose owner could not
+    /// be indexed for its keepalive probes (`KEEPALIVE_OWNERS` full); its probes carry no owner.
+    pub const KEEPALIVE_UNINDEXED: u32 = 21;
+    pub const COUNT: u32 = 22;
 }
 
 /// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program

@@ -75,6 +75,20 @@ pub mod flow_flags {
     /// Entered SYN_SENT before its local port was bound while a local-port filter is in
     /// force: decided (and its first transition sent) at the flow's next event.
     pub const FILTER_PENDING: u8 = 1 << 4;
+    /// Flows kept in socket-local storage: the socket had SO_KEEPALIVE on when it became
+    /// ESTABLISHED and its owner is in `KEEPALIVE_OWNERS` (removed at CLOSE).
+    pub const KEEPALIVE_INDEXED: u8 = 1 << 5;
+}
+
+/// Where the kernel keeps flows ([`ProgramConfig::flow_memory`], `--flow-memory`).
+pub mod flow_memory {
+    /// A hash keyed by the socket's address, allocated as flows appear (`FLOWS`).
+    pub const ON_DEMAND: u8 = 0;
+    /// The same hash, preallocated (`FLOWS_PREALLOC`).
+    pub const PREALLOC: u8 = 1;
+    /// Socket-local storage (`FLOWS_SOCKET`, `BPF_MAP_TYPE_SK_STORAGE`): created with a
+    /// socket's first transition, freed with the socket.
+    pub const SOCKET: u8 = 2;
 }
 
 /// Bits of [`FlowState::close_flags`]: what the socket went through before CLOSE.
@@ -127,8 +141,8 @@ pub struct Tuple {
 }
 const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 
-/// What the kernel keeps per socket (map `FLOWS`, keyed by the socket's address) and sends
-/// whole when the flow ends.
+/// What the kernel keeps per socket (map `FLOWS`, keyed by the socket's address, or the
+/// socket's own storage in `FLOWS_SOCKET`) and sends whole when the flow ends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowState {
@@ -155,6 +169,11 @@ pub struct FlowState {
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 120);
 const _: () = assert!(core::mem::align_of::<FlowState>() == 8);
+// A flow's owner is read in place as an `Owner` (the kernel's keepalive index).
+const _: () = assert!(
+    core::mem::offset_of!(FlowState, comm) == core::mem::offset_of!(FlowState, pid) + 4
+        && core::mem::offset_of!(FlowState, pid) % 4 == 0
+);
 
 impl FlowState {
     pub const EMPTY: FlowState = FlowState {
@@ -404,8 +423,8 @@ pub struct ProgramConfig {
     pub emit_retransmits: u8,
     /// Send a `KeepaliveProbeEvent` per keepalive probe.
     pub emit_probes: u8,
-    /// Use the preallocated flow table (`FLOWS_PREALLOC`) instead of `FLOWS`.
-    pub prealloc_flows: u8,
+    /// Where flows are kept: a value of [`flow_memory`].
+    pub flow_memory: u8,
     /// Which flows send a `FlowEndEvent` (the kernel counts every flow's close either way).
     pub emit_flow_ends: u8,
     /// The running kernel's `TCP_KEEPALIVE_TIMEOUT` reset reason, or [`NO_RESET_REASON`].

@@ -3,13 +3,13 @@
 //! `tcptrace metrics`, in brief when a TIME_WAIT follows.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
-    close_flags, emit_flow_ends, record_kind, side_of_path, stat, tcp_state, time_wait_flow,
-    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
+    close_flags, emit_flow_ends, flow_flags, record_kind, side_of_path, stat, tcp_state,
+    time_wait_flow, CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
 };
 
 use crate::{
     config,
-    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE},
+    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS},
     sock,
 };
 
@@ -64,8 +64,13 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
         }
         _ => {}
     }
-    if in_table && FLOW_TABLE.remove(&key).is_ok() {
-        stats.bump(stat::FLOWS_REMOVED);
+    if in_table {
+        if flow.flags & flow_flags::KEEPALIVE_INDEXED != 0 {
+            let _ = KEEPALIVE_OWNERS.remove(&key);
+        }
+        if FLOW_TABLE.remove(sk) {
+            stats.bump(stat::FLOWS_REMOVED);
+        }
     }
     Ok(())
 }

@@ -1,17 +1,24 @@
 //! Maps, counters and the loader-written configuration shared by every hook.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::map,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
+    },
+    macros::{btf_map, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    duration_bucket, slot, stat, tcp_state, AddrKey, Connecting, Counters, DurationHistogram,
-    FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, TimeWaitKey, TimerEntry,
-    CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, Connecting, Counters,
+    DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, TimeWaitKey,
+    TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS,
+    TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
 const BPF_F_NO_PREALLOC: u32 = 1;
+const BPF_NOEXIST: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
@@ -62,7 +69,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     emit_transitions: 0,
     emit_retransmits: 0,
     emit_probes: 0,
-    prealloc_flows: 0,
+    flow_memory: 0,
     emit_flow_ends: 0,
     keepalive_reset_reason: tcptrace_common::NO_RESET_REASON,
     _pad: [0; 2],
@@ -100,45 +107,111 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static FLOWS: HashMap<u64, FlowState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
-/// The same table, preallocated (`--prealloc-flows`): no allocation when a flow is first
-/// seen. The loader sizes the one in use and shrinks the other to one entry.
+/// The same table, preallocated (`--flow-memory prealloc`): no allocation when a flow is
+/// first seen. The loader sizes the one in use and shrinks the others to one entry.
 #[map]
 pub static FLOWS_PREALLOC: HashMap<u64, FlowState> = HashMap::with_max_entries(1, 0);
 
-/// The flow table in use (a constant to the verifier, which prunes the other branch).
+/// Per-socket lifecycle in the socket's own storage (`--flow-memory socket`): created at the
+/// socket's first transition, deleted at CLOSE, freed with the socket in any case.
+#[btf_map]
+pub static FLOWS_SOCKET: SkStorage<FlowState> = SkStorage::new();
+
+/// Flows kept in socket-local storage whose socket had SO_KEEPALIVE on when it became
+/// ESTABLISHED: their owner, by the socket's address, for the keepalive-timer hook (which
+/// reaches the socket from its timer, an address `bpf_sk_storage_get` does not take). An
+/// entry with pid 0 is a traced flow whose owner is unknown. Removed at CLOSE; sized by the
+/// loader (one entry unless flows live in socket storage).
+#[map]
+pub static KEEPALIVE_OWNERS: HashMap<u64, Owner> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// The flow table in use (a constant to the verifier, which prunes the other branches).
 pub struct FlowTable;
 pub static FLOW_TABLE: FlowTable = FlowTable;
 
 impl FlowTable {
     #[inline(always)]
-    fn preallocated() -> bool {
-        config!(prealloc_flows) != 0
+    fn memory() -> u8 {
+        config!(flow_memory)
     }
 
+    /// Whether flows live in socket-local storage.
     #[inline(always)]
-    pub fn get_ptr_mut(&self, key: &u64) -> Option<*mut FlowState> {
-        if Self::preallocated() {
-            FLOWS_PREALLOC.get_ptr_mut(key)
+    pub fn in_sockets() -> bool {
+        Self::memory() == flow_memory::SOCKET
+    }
+
+    /// The socket's storage: `init` copied into it when it is created (`create`).
+    #[inline(always)]
+    fn storage(sk: *const u8, init: *const FlowState, create: bool) -> Option<*mut FlowState> {
+        let flags = if create {
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE)
         } else {
-            FLOWS.get_ptr_mut(key)
+            0
+        };
+        // SAFETY: `sk` is a tracepoint's BTF-typed socket (the verifier checks it); `init`
+        // is null or a map value of the storage's value size. The helper returns the socket's
+        // storage (valid for this run) or null.
+        let flow = unsafe {
+            bpf_sk_storage_get(
+                core::ptr::from_ref(&FLOWS_SOCKET).cast_mut().cast(),
+                sk.cast_mut().cast(),
+                init.cast_mut().cast(),
+                flags,
+            )
+        };
+        (!flow.is_null()).then_some(flow.cast::<FlowState>())
+    }
+
+    /// The flow of a tracepoint's BTF-typed socket `sk`.
+    #[inline(always)]
+    pub fn get_ptr_mut(&self, sk: *const u8) -> Option<*mut FlowState> {
+        match Self::memory() {
+            flow_memory::SOCKET => Self::storage(sk, core::ptr::null(), false),
+            flow_memory::PREALLOC => FLOWS_PREALLOC.get_ptr_mut(&(sk as u64)),
+            _ => FLOWS.get_ptr_mut(&(sk as u64)),
+        }
+    }
+
+    /// The flow of a socket known only by its address (reached from a timer): only a hash
+    /// table can be searched by it.
+    #[inline(always)]
+    pub fn get_by_address(&self, key: u64) -> Option<*mut FlowState> {
+        match Self::memory() {
+            flow_memory::SOCKET => None,
+            flow_memory::PREALLOC => FLOWS_PREALLOC.get_ptr_mut(&key),
+            _ => FLOWS.get_ptr_mut(&key),
+        }
+    }
+
+    /// Starts tracking `sk` with `value` (a map value: this CPU's scratch flow). Fails when
+    /// the table is full (or the socket's storage cannot be allocated).
+    #[inline(always)]
+    pub fn insert(&self, sk: *const u8, value: &FlowState) -> bool {
+        match Self::memory() {
+            flow_memory::SOCKET => Self::storage(sk, value, true).is_some(),
+            flow_memory::PREALLOC => FLOWS_PREALLOC
+                .insert(&(sk as u64), value, BPF_NOEXIST)
+                .is_ok(),
+            _ => FLOWS.insert(&(sk as u64), value, BPF_NOEXIST).is_ok(),
         }
     }
 
     #[inline(always)]
-    pub fn insert(&self, key: &u64, value: &FlowState, flags: u64) -> Result<(), i32> {
-        if Self::preallocated() {
-            FLOWS_PREALLOC.insert(key, value, flags)
-        } else {
-            FLOWS.insert(key, value, flags)
-        }
-    }
-
-    #[inline(always)]
-    pub fn remove(&self, key: &u64) -> Result<(), i32> {
-        if Self::preallocated() {
-            FLOWS_PREALLOC.remove(key)
-        } else {
-            FLOWS.remove(key)
+    pub fn remove(&self, sk: *const u8) -> bool {
+        match Self::memory() {
+            flow_memory::SOCKET => {
+                // SAFETY: as in `storage`.
+                unsafe {
+                    bpf_sk_storage_delete(
+                        core::ptr::from_ref(&FLOWS_SOCKET).cast_mut().cast(),
+                        sk.cast_mut().cast(),
+                    ) == 0
+                }
+            }
+            flow_memory::PREALLOC => FLOWS_PREALLOC.remove(&(sk as u64)).is_ok(),
+            _ => FLOWS.remove(&(sk as u64)).is_ok(),
         }
     }
 }

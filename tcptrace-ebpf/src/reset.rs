@@ -13,7 +13,7 @@ fn with_flow(sk: *const u8, f: impl FnOnce(&mut FlowState)) {
     if sk.is_null() {
         return;
     }
-    if let Some(flow) = FLOW_TABLE.get_ptr_mut(&(sk as u64)) {
+    if let Some(flow) = FLOW_TABLE.get_ptr_mut(sk) {
         // SAFETY: a map value, valid for this run (RCU); resets are handled under the socket's
         // lock, like its transitions.
         f(unsafe { &mut *flow });

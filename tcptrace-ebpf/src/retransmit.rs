@@ -16,8 +16,6 @@ use crate::{
     sock,
 };
 
-const BPF_NOEXIST: u64 = 1;
-
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if let Err(err) = try_tcp_retransmit_skb(&ctx, None) {
@@ -58,7 +56,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
 
     let emit = config!(emit_retransmits) != 0;
     let key = sk as u64;
-    let existing = FLOW_TABLE.get_ptr_mut(&key);
+    let existing = FLOW_TABLE.get_ptr_mut(sk);
     let pending = match existing {
         // SAFETY: a map value, valid for this run; one byte read.
         Some(existing) => (unsafe { (*existing).flags } & flow_flags::FILTER_PENDING) != 0,
@@ -83,7 +81,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             != Verdict::Match
         {
             stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-            if pending && FLOW_TABLE.remove(&key).is_ok() {
+            if pending && FLOW_TABLE.remove(sk) {
                 stats.bump(stat::FLOWS_REMOVED);
             }
             return Ok(());
@@ -118,7 +116,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             flow.restart_unseen(state);
             flow.count_retransmit();
             stats.bump(stat::FLOWS_SEEN);
-            if FLOW_TABLE.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
+            if FLOW_TABLE.insert(sk, &*flow) {
                 stats.bump(stat::FLOWS_INSERTED);
             } else {
                 stats.bump(stat::FLOW_TABLE_FULL);

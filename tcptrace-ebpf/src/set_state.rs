@@ -18,13 +18,11 @@ use crate::{
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
     maps::{
-        current_owner, observe_duration, scratch, submit_flags, Stats, CONNECTING, EVENTS,
-        FLOW_TABLE, LISTENERS, SET_STATE_RUNNING,
+        current_owner, observe_duration, scratch, submit_flags, FlowTable, Stats, CONNECTING,
+        EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
     },
     sock,
 };
-
-const BPF_NOEXIST: u64 = 1;
 
 /// What the filters said before the transition is handled.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -114,8 +112,7 @@ fn prejudge(ctx: &BtfTracePointContext, slot: u32) -> Prejudged {
     }
     let (old, new) = (old as u8, new as u8);
     let stats = Stats::at(slot);
-    let key = sk as u64;
-    let existing = FLOW_TABLE.get_ptr_mut(&key);
+    let existing = FLOW_TABLE.get_ptr_mut(sk);
     let (pending, owner_known, known_pid) = match existing {
         // SAFETY: a map value, valid for this run; reads.
         Some(flow) => unsafe {
@@ -156,7 +153,7 @@ fn prejudge(ctx: &BtfTracePointContext, slot: u32) -> Prejudged {
         _ => {
             // An undecided flow's held first transition is dropped with this one.
             stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-            if existing.is_some() && FLOW_TABLE.remove(&key).is_ok() {
+            if existing.is_some() && FLOW_TABLE.remove(sk) {
                 stats.bump(stat::FLOWS_REMOVED);
             }
             Prejudged::Dropped
@@ -254,7 +251,7 @@ fn try_inet_sock_set_state(
     let emit_transitions = config!(emit_transitions) != 0;
     let ends = new == tcp_state::CLOSE;
     let key = sk as u64;
-    let existing = FLOW_TABLE.get_ptr_mut(&key);
+    let existing = FLOW_TABLE.get_ptr_mut(sk);
     let is_fresh = existing.is_none();
     let restarted = !is_fresh && starts_a_socket(old, new);
     let pending = match existing {
@@ -334,8 +331,22 @@ fn try_inet_sock_set_state(
     } else if is_fresh || restarted {
         stats.bump(stat::FLOWS_SEEN);
     }
+    if new == tcp_state::ESTABLISHED && !is_fresh && FlowTable::in_sockets() {
+        // Its keepalive probes will find the owner by the socket's address.
+        if sock::keepalive_on(sk)? && flow.flags & flow_flags::KEEPALIVE_INDEXED == 0 {
+            // SAFETY: `pid` and `comm` lie side by side in FlowState as in Owner (asserted in
+            // tcptrace-common): the owner is read in place, not built on the stack. Both are
+            // zero while the owner is unknown.
+            let owner = unsafe { &*(&raw const flow.pid).cast::<Owner>() };
+            if KEEPALIVE_OWNERS.insert(&key, owner, 0).is_ok() {
+                flow.flags |= flow_flags::KEEPALIVE_INDEXED;
+            } else {
+                stats.bump(stat::KEEPALIVE_UNINDEXED);
+            }
+        }
+    }
     if is_fresh && !ends {
-        if FLOW_TABLE.insert(&key, &*flow, BPF_NOEXIST).is_ok() {
+        if FLOW_TABLE.insert(sk, &*flow) {
             stats.bump(stat::FLOWS_INSERTED);
         } else if hold {
             // Not known to be traced: the flow is judged again at its next event.

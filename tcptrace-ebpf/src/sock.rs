@@ -109,12 +109,18 @@ pub fn tuple(sk: *const u8) -> Result<Tuple, i32> {
     tuple_with::<Typed>(sk, config!(offsets.sport))
 }
 
+/// Whether SO_KEEPALIVE is on.
+#[inline(always)]
+pub fn keepalive_on(sk: *const u8) -> Result<bool, i32> {
+    let flags = read::<u64>(sk, config!(offsets.sk_flags))?;
+    Ok((flags >> (config!(offsets.keepopen_bit) & 63)) & 1 == 1)
+}
+
 /// What the socket carries when it reaches CLOSE: `(err, probes, keepalive on, user timeout)`.
 #[inline(always)]
 pub fn close_info(sk: *const u8) -> Result<(u8, u8, bool, bool), i32> {
     let err = read::<i32>(sk, config!(offsets.err))?;
-    let flags = read::<u64>(sk, config!(offsets.sk_flags))?;
-    let keepalive = (flags >> (config!(offsets.keepopen_bit) & 63)) & 1 == 1;
+    let keepalive = keepalive_on(sk)?;
     // inet_connection_sock lies past struct sock: not typed through `sk`.
     let probes = probe_read::<u8>(sk, config!(offsets.probes_out))?;
     let user_timeout = probe_read::<u32>(sk, config!(offsets.user_timeout))? != 0;

@@ -17,7 +17,8 @@ use crate::{
     config,
     filter::{self, Verdict},
     maps::{
-        submit_flags, Stats, CONNECTING, EVENTS, FLOW_TABLE, TIMER_ENTRY, TW_PENDING, TW_TRACED,
+        submit_flags, FlowTable, Stats, CONNECTING, EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS,
+        TIMER_ENTRY, TW_PENDING, TW_TRACED,
     },
     sock,
 };
@@ -226,10 +227,30 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     }
     let stats = Stats::at(slot::TIMER_EXPIRE);
     let key = sk as u64;
-    let flow = FLOW_TABLE.get_ptr_mut(&key);
+    // The flow's owner: from the flow table, or, for flows kept in socket-local storage, from
+    // the keepalive index (`KEEPALIVE_OWNERS`: pid 0 when the owner is unknown).
+    let (traced, owner) = if FlowTable::in_sockets() {
+        // SAFETY: a map value, valid for this run; only read.
+        match unsafe { KEEPALIVE_OWNERS.get(&key) } {
+            Some(owner) if owner.pid != 0 => (true, Some((owner.pid, owner.comm))),
+            Some(_) => (true, None),
+            None => (false, None),
+        }
+    } else {
+        match FLOW_TABLE.get_by_address(key) {
+            Some(flow) => {
+                // SAFETY: a map value, valid for this run; only read.
+                let flow = unsafe { &*flow };
+                let owner =
+                    (flow.flags & flow_flags::OWNER_KNOWN != 0).then_some((flow.pid, flow.comm));
+                (true, owner)
+            }
+            None => (false, None),
+        }
+    };
     let tuple = sock::probe_tuple(sk)?;
-    // A flow in the table matched the filters; another is judged now (its owner unknown).
-    if flow.is_none() && filter::active() != 0 {
+    // A traced flow matched the filters; another is judged now (its owner unknown).
+    if !traced && filter::active() != 0 {
         let netns = sock::netns_with::<sock::Untyped>(sk)?;
         if filter::judge::<sock::Untyped>(slot::TIMER_EXPIRE, Some(sk), &tuple, netns, None)
             != Verdict::Match
@@ -243,14 +264,10 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
         return Ok(());
     }
     let keepalive = sock::keepalive(sk)?;
-    let (mut pid, mut comm, mut flags) = (0u32, [0u8; 16], 0u8);
-    if let Some(flow) = flow {
-        // SAFETY: a map value, valid for this run; only read.
-        let flow = unsafe { &*flow };
-        if flow.flags & flow_flags::OWNER_KNOWN != 0 {
-            (pid, comm, flags) = (flow.pid, flow.comm, event_flags::OWNER_KNOWN);
-        }
-    }
+    let (pid, comm, flags) = match owner {
+        Some((pid, comm)) => (pid, comm, event_flags::OWNER_KNOWN),
+        None => (0u32, [0u8; 16], 0u8),
+    };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let wake = submit_flags(stats);

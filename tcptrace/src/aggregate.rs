@@ -15,6 +15,8 @@ use crate::{
 /// Kernel-side counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
+    /// Recordings of an older tcptrace carry fewer counters: the missing ones read as 0.
+    #[serde(deserialize_with = "stats_of_older_recordings")]
     pub stats: [u64; stat::COUNT as usize],
     /// Indexed `old * tcp_state::LIMIT + new`.
     pub transitions: Vec<u64>,
@@ -29,6 +31,22 @@ pub struct KernelCounters {
     /// Retransmits by the kernel's state number.
     #[serde(default)]
     pub rtx_by_state: Vec<u64>,
+}
+
+/// `stats` as written by this or an older tcptrace (fewer counters, each at its own index).
+fn stats_of_older_recordings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<[u64; stat::COUNT as usize], D::Error> {
+    let written = <Vec<u64> as serde::Deserialize>::deserialize(deserializer)?;
+    let mut stats = [0u64; stat::COUNT as usize];
+    if written.len() > stats.len() {
+        return Err(serde::de::Error::invalid_length(
+            written.len(),
+            &"at most as many counters as this tcptrace knows (the recording is from a newer one)",
+        ));
+    }
+    stats[..written.len()].copy_from_slice(&written);
+    Ok(stats)
 }
 
 impl KernelCounters {
@@ -176,11 +194,10 @@ impl Aggregator {
     }
 
     /// A flow still open when tracing stopped: its completed states count, it does not.
-    pub fn open_flow(&mut self, lifecycle: &Lifecycle) {
-        self.open += 1;
-        if self.in_kernel.is_none() {
-            self.add_path(lifecycle);
-        }
+    /// Flows still open when tracing stopped, as the kernel's flow store counts them (their
+    /// states in progress are not durations yet).
+    pub fn count_open(&mut self, n: u64) {
+        self.open += n;
     }
 
     pub fn finish(&self, kernel: &KernelCounters, elapsed_ns: u64) -> Summary {
@@ -251,6 +268,7 @@ impl Aggregator {
             flows_evicted: 0,
             path_gaps: kernel.stat(stat::PATH_GAPS),
             nested_events: kernel.stat(stat::NESTED_HANDLED),
+            keepalive_unindexed: kernel.stat(stat::KEEPALIVE_UNINDEXED),
             read_errors: kernel.stat(stat::READ_ERRORS),
             decode_errors: self.decode_errors,
             delivered: self.delivered,
@@ -349,6 +367,9 @@ pub struct Summary {
     /// Transitions that arrived while the main program ran on their CPU, handled by the
     /// second program (the kernel skips them for the first).
     pub nested_events: u64,
+    /// Sockets with SO_KEEPALIVE whose owner the kernel could not index for their probes
+    /// (`--flow-memory socket`, the index full).
+    pub keepalive_unindexed: u64,
     pub read_errors: u64,
     pub decode_errors: u64,
     pub delivered: u64,

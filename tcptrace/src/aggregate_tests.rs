@@ -18,7 +18,7 @@ fn counted_in_the_kernel_the_summary_reads_the_kernels_counts_only() {
     agg.count_in_kernel();
     // A flow record (one that entered TIME_WAIT) and an open flow add nothing twice.
     agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
-    agg.open_flow(&Lifecycle::try_from(&fixtures::client_flow(&[ESTABLISHED])).expect("ok"));
+    agg.count_open(1);
     let mut syn_sent = DurationHistogram {
         buckets: [0; DURATION_BUCKETS],
         sum_ns: 0,
@@ -75,9 +75,19 @@ fn summary_counts_flows_durations_and_close_sides() {
     agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
     agg.finished_flow(&finished(&[ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE]));
     agg.finished_flow(&finished(&[CLOSE]));
-    let mut open = fixtures::client_flow(&[ESTABLISHED]);
-    open.count_retransmit();
-    agg.open_flow(&Lifecycle::try_from(&open).expect("decodes"));
+    // A flow that retransmitted while ESTABLISHED, then closed.
+    let mut retransmitted = fixtures::client_flow(&[ESTABLISHED]);
+    retransmitted.count_retransmit();
+    for state in [FIN_WAIT1, FIN_WAIT2, CLOSE] {
+        let now = retransmitted.entered_ns[retransmitted.last()] + 1_000_000;
+        retransmitted.enter(state, now);
+    }
+    let retransmitted = fixtures::flow_end(retransmitted, 99);
+    match decode(&fixtures::bytes_of(&retransmitted)).expect("decodes") {
+        Event::FlowEnd(flow) => agg.finished_flow(&flow),
+        other => panic!("expected a flow, got {other:?}"),
+    }
+    agg.count_open(1);
 
     let mut kernel = KernelCounters {
         transitions: vec![0; TRANSITION_SLOTS as usize],
@@ -95,18 +105,18 @@ fn summary_counts_flows_durations_and_close_sides() {
             summary.flows_open,
             summary.flows_seen
         ),
-        (3, 1, 4)
+        (4, 1, 4)
     );
     assert_eq!(
         summary.close,
-        vec![(CloseSide::Active, 2), (CloseSide::ConnectFailed, 1)]
+        vec![(CloseSide::Active, 3), (CloseSide::ConnectFailed, 1)]
     );
     let syn_sent = summary
         .durations
         .iter()
         .find(|d| d.state == TcpState::SynSent)
         .expect("SYN_SENT durations");
-    // Three finished flows and the open one each held SYN_SENT for 1 ms.
+    // Four finished flows each held SYN_SENT for 1 ms.
     assert_eq!(syn_sent.count, 4);
     assert!(
         // Histograms keep 2 significant digits: within 1%.
@@ -124,4 +134,25 @@ fn summary_counts_flows_durations_and_close_sides() {
         summary.transitions,
         vec![(TcpState::SynSent, TcpState::Established, 3)]
     );
+}
+
+#[test]
+fn counters_of_an_older_recording_read_the_missing_ones_as_zero() {
+    let older = format!(
+        r#"{{"stats":{:?},"transitions":[],"missed":0}}"#,
+        vec![7u64; stat::COUNT as usize - 1]
+    );
+    let counters: KernelCounters = serde_json::from_str(&older).expect("an older recording reads");
+    assert_eq!(counters.stat(0), 7);
+    assert_eq!(
+        counters.stat(stat::COUNT - 1),
+        0,
+        "a counter it did not have"
+    );
+    let newer = format!(
+        r#"{{"stats":{:?},"transitions":[],"missed":0}}"#,
+        vec![7u64; stat::COUNT as usize + 1]
+    );
+    let err = serde_json::from_str::<KernelCounters>(&newer).expect_err("from a newer tcptrace");
+    assert!(err.to_string().contains("newer"), "{err}");
 }

@@ -126,10 +126,12 @@ pub struct CommonArgs {
     /// flows arriving faster than that are counted as untracked.
     #[arg(long, global = true, value_name = "N", default_value_t = 131_072)]
     pub max_flows: u32,
-    /// When the kernel's flow table takes its memory: `prealloc`, all at start (~190 bytes ×
-    /// --max-flows, 25 MB for the default: a fixed ceiling and the least kernel time per
-    /// transition) or `on-demand`, as flows appear (about 40% more kernel time per
-    /// transition, for a high --max-flows that is rarely reached).
+    /// Where the kernel keeps flows: `prealloc`, a table taking all its memory at start (~190
+    /// bytes × --max-flows, 25 MB for the default: a fixed ceiling and the least kernel time
+    /// per transition); `on-demand`, the same table allocating as flows appear (about 40% more
+    /// kernel time per transition, for a high --max-flows that is rarely reached); `socket`,
+    /// each socket's own storage (no table to fill or evict; freed with the socket;
+    /// --max-flows then bounds only the sockets with SO_KEEPALIVE indexed for their probes).
     #[arg(
         long,
         global = true,
@@ -176,6 +178,8 @@ pub enum FlowMemory {
     Prealloc,
     /// As flows appear.
     OnDemand,
+    /// In each socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`).
+    Socket,
 }
 
 /// What the user asked for, checked.
@@ -187,7 +191,7 @@ pub struct Config {
     pub ring_size: u32,
     pub poll_interval: Duration,
     pub max_flows: u32,
-    pub prealloc_flows: bool,
+    pub flow_memory: FlowMemory,
     pub summary: bool,
     pub btf: PathBuf,
     pub idle_report: Option<Duration>,
@@ -328,7 +332,7 @@ impl TryFrom<Cli> for Config {
             ring_size: 0,
             poll_interval: c.poll_interval,
             max_flows: c.max_flows,
-            prealloc_flows: c.flow_memory == FlowMemory::Prealloc,
+            flow_memory: c.flow_memory,
             summary: !c.no_summary,
             btf: c.btf,
             idle_report: c.idle_report,
@@ -420,7 +424,7 @@ impl Config {
             ring_size: PAGE as u32,
             poll_interval: Duration::from_millis(100),
             max_flows: 1,
-            prealloc_flows: false,
+            flow_memory: FlowMemory::OnDemand,
             summary,
             btf: PathBuf::new(),
             idle_report: None,
@@ -512,9 +516,13 @@ mod tests {
         assert!(c.shows_transitions() && !c.shows_flows() && !c.shows_retransmits());
         assert_eq!(c.ring_size, 32 << 20, "a record per transition");
         assert!(c.summary && !c.json);
-        assert!(c.prealloc_flows && c.max_flows == 131_072);
+        assert!(c.flow_memory == FlowMemory::Prealloc && c.max_flows == 131_072);
         let c = config(&["--flow-memory", "on-demand"]).expect("valid");
-        assert!(!c.prealloc_flows);
+        assert_eq!(c.flow_memory, FlowMemory::OnDemand);
+        let c = config(&["--flow-memory", "socket"]).expect("valid");
+        assert_eq!(c.flow_memory, FlowMemory::Socket);
+        let e = config(&["--flow-memory", "sockets"]).expect_err("not a place");
+        assert!(e.to_string().contains("socket"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,19 @@ pub struct FlowEvictor {
 }
 
 impl FlowEvictor {
+    /// The evictor for `config`'s flow table; flows in socket-local storage are never
+    /// evicted (no table to fill: each socket's storage is freed with it).
+    pub fn for_config(config: &crate::cli::Config) -> Self {
+        match config.flow_memory {
+            crate::cli::FlowMemory::Socket => FlowEvictor {
+                high: u64::MAX,
+                low: u64::MAX - 1,
+                evicted: 0,
+            },
+            _ => FlowEvictor::new(config.max_flows),
+        }
+    }
+
     /// Evicts from 90% of `max_flows` down to 80%.
     pub fn new(max_flows: u32) -> Self {
         let max = u64::from(max_flows);

@@ -10,7 +10,12 @@ use aya::{
 };
 use tcptrace_common::{FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN};
 
-use crate::{btf::KernelBtf, cli::Config, decode::Lifecycle, load_error::explain};
+use crate::{
+    btf::KernelBtf,
+    cli::{Config, FlowMemory},
+    decode::Lifecycle,
+    load_error::explain,
+};
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -44,8 +49,9 @@ pub struct Tracer {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Human description of the hooks, for the start-up line.
     pub hooks: Vec<String>,
-    /// The flow table in use (`FLOWS` or `FLOWS_PREALLOC`).
-    flow_table: &'static str,
+    /// The flow table in use (`FLOWS` or `FLOWS_PREALLOC`); `None`: flows live in
+    /// socket-local storage (`FLOWS_SOCKET`).
+    flow_table: Option<&'static str>,
     /// The kernel's reset reasons (enum sk_rst_reason), by value.
     pub reset_reasons: Vec<(u32, String)>,
 }
@@ -257,7 +263,11 @@ impl Tracer {
             emit_transitions: u8::from(config.emits_transitions()),
             emit_retransmits: u8::from(config.emits_retransmits()),
             emit_probes: u8::from(config.traces_keepalive_probes()),
-            prealloc_flows: u8::from(config.prealloc_flows),
+            flow_memory: match config.flow_memory {
+                FlowMemory::OnDemand => tcptrace_common::flow_memory::ON_DEMAND,
+                FlowMemory::Prealloc => tcptrace_common::flow_memory::PREALLOC,
+                FlowMemory::Socket => tcptrace_common::flow_memory::SOCKET,
+            },
             emit_flow_ends: config.flow_ends(),
             keepalive_reset_reason: keepalive_reset_reason(&reset_reasons),
             _pad: [0; 2],
@@ -267,6 +277,15 @@ impl Tracer {
             filter: config.filter.program_config(),
         };
         let filter = &config.filter;
+        // Only the flow table in use takes --max-flows entries (in socket storage, the
+        // keepalive index does).
+        let sized = |memory: FlowMemory| {
+            if config.flow_memory == memory {
+                config.max_flows
+            } else {
+                1
+            }
+        };
         // Filter maps take memory only when their filter is in force.
         let tw_sockets = if filter.is_empty() {
             1
@@ -277,22 +296,9 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &program_config, true)
             .map_max_entries("EVENTS", config.ring_size)
-            .map_max_entries(
-                FLOWS,
-                if config.prealloc_flows {
-                    1
-                } else {
-                    config.max_flows
-                },
-            )
-            .map_max_entries(
-                FLOWS_PREALLOC,
-                if config.prealloc_flows {
-                    config.max_flows
-                } else {
-                    1
-                },
-            )
+            .map_max_entries(FLOWS, sized(FlowMemory::OnDemand))
+            .map_max_entries(FLOWS_PREALLOC, sized(FlowMemory::Prealloc))
+            .map_max_entries("KEEPALIVE_OWNERS", sized(FlowMemory::Socket))
             .map_max_entries("PORT_FILTER", if filter.has_ports() { 1 << 16 } else { 1 })
             // Twice the kernel's ceiling: an LRU map evicts before it is full, and the timers
             // of TIME_WAITs that ended early stay until evicted (their cancel cannot tell them
@@ -372,10 +378,10 @@ impl Tracer {
             events: Some(events),
             logger,
             hooks,
-            flow_table: if config.prealloc_flows {
-                FLOWS_PREALLOC
-            } else {
-                FLOWS
+            flow_table: match config.flow_memory {
+                FlowMemory::OnDemand => Some(FLOWS),
+                FlowMemory::Prealloc => Some(FLOWS_PREALLOC),
+                FlowMemory::Socket => None,
             },
             reset_reasons,
         })
@@ -397,15 +403,19 @@ impl Tracer {
 
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows
     /// this call removed (a flow the kernel closed meanwhile is not counted).
+    /// Flows in socket-local storage are never evicted (nothing to fill; freed with the socket).
     pub fn evict(&mut self, n: usize) -> Result<Vec<Lifecycle>> {
+        let Some(table) = self.flow_table else {
+            return Ok(Vec::new());
+        };
         let map = self
             .ebpf
-            .map_mut(self.flow_table)
-            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
-        let mut flows: HashMap<&mut MapData, u64, FlowState> = HashMap::try_from(map)
-            .with_context(|| format!("map {} is not a hash map", self.flow_table))?;
+            .map_mut(table)
+            .ok_or_else(|| anyhow!("map {table} missing from the eBPF object"))?;
+        let mut flows: HashMap<&mut MapData, u64, FlowState> =
+            HashMap::try_from(map).with_context(|| format!("map {table} is not a hash map"))?;
         let mut activity = Vec::new();
-        each_flow(&flows, self.flow_table, |key, state| {
+        each_flow(&flows, table, |key, state| {
             activity.push((key, crate::evict::last_active(state)));
             Ok(())
         })?;
@@ -421,17 +431,25 @@ impl Tracer {
         Ok(evicted)
     }
 
-    /// Flows the kernel still tracks (open when tracing stopped).
-    pub fn open_flows(&self) -> Result<Vec<Lifecycle>> {
+    /// Flows the kernel still tracks (open when tracing stopped): the entries of its table, or,
+    /// for flows in socket-local storage (which userspace cannot list without a BPF iterator,
+    /// a program type some kernels refuse), the storage the kernel created and did not delete.
+    pub fn open_flow_count(&self, kernel: &crate::aggregate::KernelCounters) -> Result<u64> {
+        use tcptrace_common::stat;
+        let Some(table) = self.flow_table else {
+            return Ok(kernel
+                .stat(stat::FLOWS_INSERTED)
+                .saturating_sub(kernel.stat(stat::FLOWS_REMOVED)));
+        };
         let map = self
             .ebpf
-            .map(self.flow_table)
-            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", self.flow_table))?;
-        let flows: HashMap<&MapData, u64, FlowState> = HashMap::try_from(map)
-            .with_context(|| format!("map {} is not a hash map", self.flow_table))?;
-        let mut open = Vec::new();
-        each_flow(&flows, self.flow_table, |_, state| {
-            open.push(Lifecycle::try_from(state)?);
+            .map(table)
+            .ok_or_else(|| anyhow!("map {table} missing from the eBPF object"))?;
+        let flows: HashMap<&MapData, u64, FlowState> =
+            HashMap::try_from(map).with_context(|| format!("map {table} is not a hash map"))?;
+        let mut open = 0;
+        each_flow(&flows, table, |_, _| {
+            open += 1;
             Ok(())
         })?;
         Ok(open)

@@ -79,6 +79,7 @@ pub struct Metrics {
     keepalive_timeouts: Counter,
     lost: Family<Reason, Counter>,
     untracked_flows: Counter,
+    keepalive_unindexed: Counter,
     filtered_events: Counter,
     evicted_flows: Counter,
     /// The kernel counters already added.
@@ -103,6 +104,7 @@ impl Metrics {
             keepalive_timeouts: Counter::default(),
             lost: Family::default(),
             untracked_flows: Counter::default(),
+            keepalive_unindexed: Counter::default(),
             filtered_events: Counter::default(),
             evicted_flows: Counter::default(),
             seen: KernelCounters::default(),
@@ -170,6 +172,12 @@ impl Metrics {
             m.untracked_flows.clone(),
         );
         registry.register(
+            "keepalive_unindexed_sockets",
+            "Sockets with SO_KEEPALIVE whose owner could not be indexed for their keepalive \
+             probes (--flow-memory socket, index of --max-flows full): their probes carry no owner",
+            m.keepalive_unindexed.clone(),
+        );
+        registry.register(
             "filtered_events",
             "Events dropped by the in-kernel filters",
             m.filtered_events.clone(),
@@ -224,6 +232,7 @@ impl Metrics {
         add(stat::FLOWS_SEEN, &self.flows_opened);
         add(stat::RETRANSMITS, &self.retransmits);
         add(stat::FLOW_TABLE_FULL, &self.untracked_flows);
+        add(stat::KEEPALIVE_UNINDEXED, &self.keepalive_unindexed);
         add(stat::FILTERED, &self.filtered_events);
         for (index, reason) in [
             (stat::LOST_TRANSITION, "ring_full_transition"),

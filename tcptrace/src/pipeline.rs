@@ -250,7 +250,7 @@ async fn trace(config: Config) -> Result<()> {
         .gauge_interval()
         .map(|every| tokio::time::interval_at(Instant::now() + every, every));
     let mut reported_lost = 0u64;
-    let mut evictor = FlowEvictor::new(config.max_flows);
+    let mut evictor = FlowEvictor::for_config(&config);
     let mut reported_untracked = 0u64;
 
     eprintln!(
@@ -498,9 +498,7 @@ fn summary(
     (started_ns, evicted): (u64, u64),
 ) -> Result<crate::aggregate::Summary> {
     let kernel = tracer.counters()?;
-    for flow in tracer.open_flows()? {
-        agg.open_flow(&flow);
-    }
+    agg.count_open(tracer.open_flow_count(&kernel)?);
     agg.kernel_durations(tracer.durations()?);
     if kernel.lost() > 0 {
         eprintln!(

@@ -16,7 +16,7 @@ use crate::{
     support::{path_states, Output, Tracer},
 };
 
-fn set_int(stream: &impl AsRawFd, level: i32, name: i32, value: i32) {
+pub fn set_int(stream: &impl AsRawFd, level: i32, name: i32, value: i32) {
     // SAFETY: setsockopt on an open socket with a valid int.
     let rc = unsafe {
         libc::setsockopt(

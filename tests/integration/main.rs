@@ -16,6 +16,7 @@ mod ports;
 mod prometheus;
 mod recording;
 mod retransmit;
+mod socket_storage;
 mod support;
 mod timewait;
 mod top;

@@ -90,6 +90,7 @@ struct SummaryLine {
     stale_flows: u64,
     path_gaps: u64,
     nested_events: u64,
+    keepalive_unindexed: u64,
     filtered_events: u64,
     filters: Option<String>,
     time_wait: Option<TimeWaitSummaryLine>,
@@ -147,6 +148,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         stale_flows: s.stale_flows,
         path_gaps: s.path_gaps,
         nested_events: s.nested_events,
+        keepalive_unindexed: s.keepalive_unindexed,
         filtered_events: s.filtered_events,
         filters: s.filters.clone(),
         time_wait: s.time_wait.as_ref().map(|tw| TimeWaitSummaryLine {

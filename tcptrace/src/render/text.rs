@@ -392,6 +392,13 @@ impl<W: Write> Render for TextPrinter<W> {
             s.path_gaps,
             s.stale_flows
         )?;
+        if s.keepalive_unindexed > 0 {
+            writeln!(
+                o,
+                "keepalive: {} sockets' owners not indexed (--max-flows full): their probes carry no owner",
+                s.keepalive_unindexed
+            )?;
+        }
         if let Some(tw) = &s.time_wait {
             let ends: Vec<String> = tw
                 .ends

@@ -172,7 +172,7 @@ async fn trace(config: Config) -> Result<()> {
     }
     seed(&config, &tracer, &mut top)?;
     let mut tw_overflow_base = procnet::tw_overflow();
-    let mut evictor = FlowEvictor::new(config.max_flows);
+    let mut evictor = FlowEvictor::for_config(&config);
     let filters = (!config.filter.is_empty()).then(|| config.filter.describe());
     // Nothing is printed while the screen is up; the summary goes to stdout afterwards.
     let mut quiet = Printer::Text(TextPrinter::new(io::sink(), clock, false));

@@ -25,22 +25,8 @@ pub(crate) fn preallocated_bytes_per_slot(bench: &Bench) -> Result<f64> {
 /// Kernel memory of the flow table (allocated on demand) with `live` flows: live/2 connections whose client ends are
 /// held by helper processes and whose server ends wait, established, in accept queues.
 pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
-    use std::io::{BufRead, BufReader};
-    use std::net::{Ipv4Addr, TcpListener};
-    use std::os::fd::AsRawFd;
-    use std::process::Stdio;
     let conns = live / 2;
-    let listeners: Vec<TcpListener> = (0..64)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<_>>()?;
-    for l in &listeners {
-        // SAFETY: re-listening on a listening socket only changes its backlog.
-        unsafe { libc::listen(l.as_raw_fd(), 65_535) };
-    }
-    let ports: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port().to_string()))
-        .collect::<std::io::Result<_>>()?;
+    let (listeners, ports) = listeners()?;
     let out = bench.dir.join("memory.out");
     // Allocated on demand: the table grows by what a flow costs.
     let tracer = bench.tcptrace(
@@ -55,36 +41,10 @@ pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
     )?;
     let pid = tracer.pid();
     let empty = map_memlock(pid, 1_048_576).context("flow table not found in tracer fdinfo")?;
-    let exe = std::env::current_exe()?;
-    let mut helpers = Vec::new();
-    let mut left = conns;
-    while left > 0 {
-        let n = left.min(HOLD_PER_PROCESS);
-        left -= n;
-        let mut child = Command::new(&exe)
-            .args([
-                "bench-hold",
-                "--count",
-                &n.to_string(),
-                "--ports",
-                &ports.join(","),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("connection holder failed: {line}");
-        }
-        helpers.push(child);
-    }
+    let held = Held::open(&ports, conns)?;
     std::thread::sleep(Duration::from_millis(500));
     let full = map_memlock(pid, 1_048_576).context("flow table")?;
-    for mut h in helpers {
-        drop(h.stdin.take());
-        h.wait()?;
-    }
+    held.close()?;
     drop(listeners);
     tracer.stop()?;
     let per_flow = (full.saturating_sub(empty)) as f64 / (conns * 2) as f64;
@@ -93,6 +53,127 @@ pub(crate) fn memory_per_flow(bench: &Bench, live: usize) -> Result<f64> {
         conns * 2
     );
     Ok(per_flow)
+}
+
+/// Connections held open by helper processes (`xtask bench-hold`), round-robin over `ports`.
+struct Held(Vec<std::process::Child>);
+
+impl Held {
+    fn open(ports: &[String], conns: usize) -> Result<Held> {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let exe = std::env::current_exe()?;
+        let mut helpers = Vec::new();
+        let mut left = conns;
+        while left > 0 {
+            let n = left.min(HOLD_PER_PROCESS);
+            left -= n;
+            let mut child = Command::new(&exe)
+                .args([
+                    "bench-hold",
+                    "--count",
+                    &n.to_string(),
+                    "--ports",
+                    &ports.join(","),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("helper stdout")?).read_line(&mut line)?;
+            helpers.push(child);
+            if line.trim() != "ready" {
+                Held(helpers).close()?;
+                bail!("connection holder failed: {line}");
+            }
+        }
+        Ok(Held(helpers))
+    }
+
+    fn close(self) -> Result<()> {
+        for mut h in self.0 {
+            drop(h.stdin.take());
+            h.wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// Listening sockets with long backlogs (the held connections wait in their accept queues)
+/// and their ports.
+fn listeners() -> Result<(Vec<std::net::TcpListener>, Vec<String>)> {
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::os::fd::AsRawFd;
+    let listeners: Vec<TcpListener> = (0..64)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<_>>()?;
+    for l in &listeners {
+        // SAFETY: re-listening on a listening socket only changes its backlog.
+        unsafe { libc::listen(l.as_raw_fd(), 65_535) };
+    }
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port().to_string()))
+        .collect::<std::io::Result<_>>()?;
+    Ok((listeners, ports))
+}
+
+/// Slab and per-CPU kernel memory now (/proc/meminfo), in bytes.
+fn kernel_memory() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .with_context(|| format!("{key} missing from /proc/meminfo"))
+    };
+    Ok((kib("Slab:")? + kib("Percpu:")?) * 1024)
+}
+
+/// What `conns` held connections add to the kernel's slab and per-CPU memory.
+fn held_memory(ports: &[String], conns: usize) -> Result<u64> {
+    let before = kernel_memory()?;
+    let held = Held::open(ports, conns)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = kernel_memory()?;
+    held.close()?;
+    // Closed sockets are freed after an RCU grace period: let the next measure start clean.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(after.saturating_sub(before))
+}
+
+/// Kernel memory per flow kept in socket-local storage: `live` sockets held with
+/// `tcptrace flows --flow-memory socket` running, against the same sockets untraced
+/// (alternating, twice each; the storage is allocated with the socket, not in a map whose
+/// size fdinfo reports). The mean of the two differences.
+pub(crate) fn socket_storage_per_flow(bench: &Bench, live: usize) -> Result<f64> {
+    let conns = live / 2;
+    let (listeners, ports) = listeners()?;
+    let mut differences = Vec::new();
+    for round in 0..2 {
+        let untraced = held_memory(&ports, conns)?;
+        let out = bench.dir.join(format!("socket-memory-{round}.out"));
+        let tracer = bench.tcptrace(&["flows", "--flow-memory", "socket"], &out)?;
+        let traced = held_memory(&ports, conns);
+        tracer.stop()?;
+        let traced = traced?;
+        let per_flow = (traced as f64 - untraced as f64) / (conns * 2) as f64;
+        eprintln!(
+            "xtask bench: {} sockets took {untraced} B untraced, {traced} B with flows in socket storage: {per_flow:.0} B/flow",
+            conns * 2
+        );
+        differences.push(per_flow);
+    }
+    drop(listeners);
+    differences.sort_by(f64::total_cmp);
+    Ok((differences[0] + differences[1]) / 2.0)
 }
 
 /// `xtask bench-hold`: opens `count` connections round-robin over `ports`, says "ready", and

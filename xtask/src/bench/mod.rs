@@ -90,6 +90,8 @@ struct Results {
     kernel_ns_per_transition: Option<f64>,
     /// The same with the flow table allocated on demand.
     kernel_ns_per_transition_on_demand: Option<f64>,
+    /// The same with flows in socket-local storage.
+    kernel_ns_per_transition_socket: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
     /// ns per run of an empty hook and of the flow-state probes (sk_storage, hash).
     flow_state_probes: Vec<steady::ProgramCost>,
@@ -100,6 +102,9 @@ struct Results {
     bytes_per_tracked_flow: Option<f64>,
     /// The default table: preallocated kernel memory per slot of --max-flows.
     bytes_per_preallocated_flow: Option<f64>,
+    /// Flows in socket-local storage: kernel memory (slab and per-CPU) per live socket
+    /// beyond what the same sockets take untraced.
+    bytes_per_socket_flow: Option<f64>,
     replay_events_per_s: Option<f64>,
     replay_render_all_events_per_s: Option<f64>,
     /// `tcptrace report` of the record row's files: records/s rendered as flows, and with
@@ -327,7 +332,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 11] = [
+    let modes: [(&str, &str, &[&str]); 13] = [
         ("transitions", "transitions -> file", &[]),
         ("flows", "flows -> file", &["flows"]),
         (
@@ -363,6 +368,23 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
                 "on-demand",
                 "--max-flows",
                 "1048576",
+            ],
+        ),
+        // Flows kept in each socket's own storage instead of a table.
+        (
+            "flows-socket",
+            "flows, socket storage",
+            &["flows", "--flow-memory", "socket"],
+        ),
+        (
+            "metrics-socket",
+            "metrics, socket storage",
+            &[
+                "metrics",
+                "--metrics",
+                "127.0.0.1:0",
+                "--flow-memory",
+                "socket",
             ],
         ),
         // Every connection of the load is filtered out in the kernel (remote port 1).
@@ -457,6 +479,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         ],
     )?;
     results.kernel_ns_per_transition_on_demand = per_transition(&on_demand);
+    let socket = steady::program_costs(&bench, &["flows", "--flow-memory", "socket"])?;
+    results.kernel_ns_per_transition_socket = per_transition(&socket);
 
     // Kernel ns per transition of the flow-state probes, beside the empty hook's.
     if wanted("storage") {
@@ -506,6 +530,10 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
 
     results.bytes_per_tracked_flow = Some(memory::memory_per_flow(&bench, args.live_connections)?);
     results.bytes_per_preallocated_flow = Some(memory::preallocated_bytes_per_slot(&bench)?);
+    results.bytes_per_socket_flow = Some(memory::socket_storage_per_flow(
+        &bench,
+        args.live_connections,
+    )?);
     let (aggregate, render_all) = replay(&bin)?;
     results.replay_events_per_s = Some(aggregate);
     results.replay_render_all_events_per_s = Some(render_all);

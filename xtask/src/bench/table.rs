@@ -32,10 +32,11 @@ pub(super) fn print_table(r: &Results) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
-        "kernel per event:        {} (all hooks); {} per transition (both inet_sock_set_state programs), {} with --flow-memory on-demand",
+        "kernel per event:        {} (all hooks); {} per transition (both inet_sock_set_state programs), {} with --flow-memory on-demand, {} with --flow-memory socket",
         opt(r.kernel_ns_per_event, "ns"),
         opt(r.kernel_ns_per_transition, "ns"),
-        opt(r.kernel_ns_per_transition_on_demand, "ns")
+        opt(r.kernel_ns_per_transition_on_demand, "ns"),
+        opt(r.kernel_ns_per_transition_socket, "ns")
     );
     for p in &r.kernel_programs {
         println!(
@@ -71,9 +72,10 @@ pub(super) fn print_table(r: &Results) {
         );
     }
     println!(
-        "memory per tracked flow: {} (table on demand, 100k live flows); {} per slot preallocated (default)",
+        "memory per tracked flow: {} (table on demand, 100k live flows); {} per slot preallocated (default); {} per socket in socket storage",
         opt(r.bytes_per_tracked_flow, "B"),
-        opt(r.bytes_per_preallocated_flow, "B")
+        opt(r.bytes_per_preallocated_flow, "B"),
+        opt(r.bytes_per_socket_flow, "B")
     );
     println!(
         "aggregation (replay):    {}",

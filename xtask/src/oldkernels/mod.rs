@@ -67,7 +67,7 @@ const KERNELS: [(&str, Source, Expect); 4] = [
 /// port 7000)). Every scenario makes 3 connections to port 7000 and 3 to port 7001.
 /// `(exit code, flows printed, of which to port 7000, flows the summary says finished)`.
 type Check = fn(u32, u32, u32, u32) -> bool;
-const SCENARIOS: [(&str, &str, Check); 5] = [
+const SCENARIOS: [(&str, &str, Check); 7] = [
     // Every program (transitions, flows, retransmits, alerts, TIME_WAIT): both sides of the
     // 6 connections and the 6 listeners.
     ("all", "all", |exit, flows, _, _| exit == 0 && flows >= 12),
@@ -91,6 +91,17 @@ const SCENARIOS: [(&str, &str, Check); 5] = [
         "metrics",
         "metrics --metrics 127.0.0.1:9595",
         |exit, flows, _, closed| exit == 0 && flows == 0 && (12..u32::MAX).contains(&closed),
+    ),
+    // Flows in socket-local storage (`bpf_sk_storage_get` from every socket hook, the
+    // keepalive index), every program attached.
+    ("socket", "all --flow-memory socket", |exit, flows, _, _| {
+        exit == 0 && flows >= 12
+    }),
+    // The same, counted in the kernel, with a remote-port filter judged once per flow.
+    (
+        "socket-metrics",
+        "metrics --metrics 127.0.0.1:9595 --flow-memory socket -D 7000",
+        |exit, flows, _, closed| exit == 0 && flows == 0 && closed == 3,
     ),
 ];
 
@@ -402,6 +413,7 @@ mod tests {
                 "remote-port" => "3 to7000=3 closed=3\n",
                 "pid" => "0 to7000=0 closed=0\n",
                 "metrics" => "0 to7000=0 closed=18\n",
+                "socket-metrics" => "0 to7000=0 closed=3\n",
                 _ => "18 to7000=3 closed=18\n",
             });
         }
