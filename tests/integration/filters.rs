@@ -113,32 +113,43 @@ fn port_filters_trace_matching_ports_only_and_filtered_traffic_sends_nothing() {
 
 #[test]
 fn a_local_port_is_judged_once_connect_binds_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let ports = ephemeral_ports();
-    let dport = addr.port().to_string();
-    let tracer = Tracer::start(&["states", "-L", &ports, "-D", &dport]);
-    let clients = connect_n(&listener, addr, 3);
-    let out = tracer.stop();
-    for (client, _) in clients {
-        let path: Vec<(String, String)> = out
-            .of_type("transition")
-            .into_iter()
-            .filter(|t| port_of(t, "lport") == client)
-            .map(|t| {
-                (
-                    t["old"].as_str().expect("old").into(),
-                    t["new"].as_str().expect("new").into(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            path.first(),
-            Some(&("CLOSE".to_string(), "SYN_SENT".to_string())),
-            "the first transition (port 0 when it happened) is sent once the port is bound, \
-             with the port: {path:?}"
-        );
-        assert_eq!(path.len(), 5, "{path:?}");
+    // The held first transition lives in the flow table, or in the socket's own storage.
+    for flow_memory in ["prealloc", "socket"] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ports = ephemeral_ports();
+        let dport = addr.port().to_string();
+        let tracer = Tracer::start(&[
+            "states",
+            "-L",
+            &ports,
+            "-D",
+            &dport,
+            "--flow-memory",
+            flow_memory,
+        ]);
+        let clients = connect_n(&listener, addr, 3);
+        let out = tracer.stop();
+        for (client, _) in clients {
+            let path: Vec<(String, String)> = out
+                .of_type("transition")
+                .into_iter()
+                .filter(|t| port_of(t, "lport") == client)
+                .map(|t| {
+                    (
+                        t["old"].as_str().expect("old").into(),
+                        t["new"].as_str().expect("new").into(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                path.first(),
+                Some(&("CLOSE".to_string(), "SYN_SENT".to_string())),
+                "--flow-memory {flow_memory}: the first transition (port 0 when it happened) is \
+                 sent once the port is bound, with the port: {path:?}"
+            );
+            assert_eq!(path.len(), 5, "--flow-memory {flow_memory}: {path:?}");
+        }
     }
 }
 
@@ -220,28 +231,40 @@ fn pid_filter_follows_the_owner_into_accepted_connections() {
     let addr = listener.local_addr().expect("addr");
     let me = std::process::id().to_string();
     let p = addr.port().to_string();
-    // The listener predates the tracer: its owner is learnt from /proc at start.
-    let tracer = Tracer::start(&["flows", "--no-time-wait", "-p", &me, "-L", &p]);
-    let ours = connect_n(&listener, addr, 2);
-    let theirs = bash_client(&listener, None);
-    let out = tracer.stop();
-    let f = flows(&out);
-    assert_eq!(
-        f.len(),
-        3,
-        "the 3 accepted sockets belong to this process: {f:#?}"
-    );
-    for flow in &f {
+    // The listener predates the tracer: its owner is learnt from /proc at start. Flows in a
+    // table or in each socket's storage.
+    for flow_memory in ["prealloc", "socket"] {
+        let tracer = Tracer::start(&[
+            "flows",
+            "--no-time-wait",
+            "-p",
+            &me,
+            "-L",
+            &p,
+            "--flow-memory",
+            flow_memory,
+        ]);
+        let ours = connect_n(&listener, addr, 2);
+        let theirs = bash_client(&listener, None);
+        let out = tracer.stop();
+        let f = flows(&out);
         assert_eq!(
-            flow["pid"].as_u64(),
-            Some(u64::from(std::process::id())),
-            "{flow}"
+            f.len(),
+            3,
+            "--flow-memory {flow_memory}: the 3 accepted sockets belong to this process: {f:#?}"
         );
+        for flow in &f {
+            assert_eq!(
+                flow["pid"].as_u64(),
+                Some(u64::from(std::process::id())),
+                "--flow-memory {flow_memory}: {flow}"
+            );
+        }
+        assert!(f.iter().any(|flow| port_of(flow, "rport") == theirs));
+        assert!(ours
+            .iter()
+            .all(|(c, _)| f.iter().any(|flow| port_of(flow, "rport") == *c)));
     }
-    assert!(f.iter().any(|flow| port_of(flow, "rport") == theirs));
-    assert!(ours
-        .iter()
-        .all(|(c, _)| f.iter().any(|flow| port_of(flow, "rport") == *c)));
 
     // With TIME_WAIT traced: a timewait socket has no owner; it is traced when its flow was.
     let tracer = Tracer::start(&["flows", "-p", &me, "-D", &p]);

@@ -137,13 +137,17 @@ fn kernel_memory() -> Result<u64> {
     Ok((kib("Slab:")? + kib("Percpu:")?) * 1024)
 }
 
-/// What `conns` held connections add to the kernel's slab and per-CPU memory.
-fn held_memory(ports: &[String], conns: usize) -> Result<u64> {
+/// What `conns` held connections add to the kernel's slab and per-CPU memory. Listeners of
+/// their own: the server ends are never accepted and stay in the accept queues (closed) until
+/// their listener goes.
+fn held_memory(conns: usize) -> Result<u64> {
+    let (listeners, ports) = listeners()?;
     let before = kernel_memory()?;
-    let held = Held::open(ports, conns)?;
+    let held = Held::open(&ports, conns)?;
     std::thread::sleep(Duration::from_millis(500));
     let after = kernel_memory()?;
     held.close()?;
+    drop(listeners);
     // Closed sockets are freed after an RCU grace period: let the next measure start clean.
     std::thread::sleep(Duration::from_secs(2));
     Ok(after.saturating_sub(before))
@@ -155,14 +159,13 @@ fn held_memory(ports: &[String], conns: usize) -> Result<u64> {
 /// is allocated with the socket, not in a map whose size fdinfo reports). The median.
 pub(crate) fn socket_storage_per_flow(bench: &Bench, live: usize) -> Result<f64> {
     let conns = live / 2;
-    let (listeners, ports) = listeners()?;
-    held_memory(&ports, conns)?;
+    held_memory(conns)?;
     let mut differences = Vec::new();
     for round in 0..3 {
-        let untraced = held_memory(&ports, conns)?;
+        let untraced = held_memory(conns)?;
         let out = bench.dir.join(format!("socket-memory-{round}.out"));
         let tracer = bench.tcptrace(&["flows", "--flow-memory", "socket"], &out)?;
-        let traced = held_memory(&ports, conns);
+        let traced = held_memory(conns);
         tracer.stop()?;
         let traced = traced?;
         let per_flow = (traced as f64 - untraced as f64) / (conns * 2) as f64;
@@ -172,7 +175,6 @@ pub(crate) fn socket_storage_per_flow(bench: &Bench, live: usize) -> Result<f64>
         );
         differences.push(per_flow);
     }
-    drop(listeners);
     differences.sort_by(f64::total_cmp);
     Ok(differences[1])
 }
