@@ -54,7 +54,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,filtered,floor,storage,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
