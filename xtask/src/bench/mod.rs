@@ -49,8 +49,8 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// record, flows-on-demand, metrics-on-demand, filtered, floor, storage (flow-state
-    /// probes), bpftrace.
+    /// record, flows-on-demand, metrics-on-demand, flows-socket, metrics-socket (flows in
+    /// socket storage), filtered, floor, storage (flow-state probes), bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
