@@ -193,7 +193,6 @@ impl Aggregator {
         }
     }
 
-    /// A flow still open when tracing stopped: its completed states count, it does not.
     /// Flows still open when tracing stopped, as the kernel's flow store counts them (their
     /// states in progress are not durations yet).
     pub fn count_open(&mut self, n: u64) {
