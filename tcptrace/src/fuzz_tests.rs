@@ -18,10 +18,10 @@ use proptest::{
 };
 
 use crate::{
-    decode::decode,
-    filter::{parse_cidr, parse_pid, parse_ports},
-    recording::format::RecordingReader,
-    sockdiag,
+    cli::filter::{parse_cidr, parse_pid, parse_ports},
+    events::decode::decode,
+    events::recording::format::RecordingReader,
+    host::sockdiag,
 };
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-corpus");
@@ -138,7 +138,7 @@ fn fuzz_recording_reader() {
         let result =
             RecordingReader::new(bytes.as_slice(), Path::new("f.rec")).and_then(|mut reader| {
                 while let Some(frame) = reader.next_frame()? {
-                    if let crate::recording::format::Frame::Record(r) = frame {
+                    if let crate::events::recording::format::Frame::Record(r) = frame {
                         let _ = decode(r);
                     }
                 }

@@ -3,37 +3,14 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-mod aggregate;
-mod alert;
-mod btf;
-mod cause;
 mod cli;
-mod clock;
-mod decode;
-mod digits;
-mod drain;
-mod evict;
-mod filter;
-mod floor;
-mod forecast;
+mod events;
 #[cfg(test)]
 mod fuzz_tests;
-mod idle;
-mod keepalive;
-mod kernel_histogram;
-mod load_error;
-mod loader;
-mod metrics;
-mod model;
-mod pipeline;
-mod procnet;
-mod recording;
-mod render;
-mod replay;
-mod sockdiag;
-mod stackstr;
-mod timewait;
-mod top;
+mod host;
+mod kernel;
+mod output;
+mod state;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {
@@ -75,12 +52,12 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let result = match cli.command {
-        Some(cli::Command::ReplayBench { records }) => replay::run(records),
-        Some(cli::Command::HookFloor { variant }) => floor::run(&cli.common.btf, variant),
+        Some(cli::Command::ReplayBench { records }) => events::replay::run(records),
+        Some(cli::Command::HookFloor { variant }) => kernel::floor::run(&cli.common.btf, variant),
         Some(cli::Command::Idle { min_idle }) => {
             let json = cli.common.json;
-            filter::FilterSpec::try_from(cli.common.filter)
-                .and_then(|filter| pipeline::idle_once(json, min_idle, &filter))
+            cli::filter::FilterSpec::try_from(cli.common.filter)
+                .and_then(|filter| events::pipeline::idle_once(json, min_idle, &filter))
         }
         Some(cli::Command::Completions { shell }) => {
             cli::completions(shell, &mut std::io::stdout());
@@ -92,14 +69,14 @@ fn main() -> ExitCode {
             mode,
             interval,
         }) => cli::report_config(&cli, mode, interval)
-            .and_then(|config| recording::report(file, &config)),
+            .and_then(|config| events::recording::report(file, &config)),
         _ => cli::Config::try_from(cli).and_then(|config| {
             if config.mode == cli::Command::Top {
-                top::run(config)
+                output::top::run(config)
             } else if let Some(options) = config.record.clone() {
-                recording::record(config, options)
+                events::recording::record(config, options)
             } else {
-                pipeline::run(config)
+                events::pipeline::run(config)
             }
         }),
     };

@@ -1,0 +1,221 @@
+//! TCP sockets as sock_diag (netlink, what `ss` uses) reports them, through the rust-netlink
+//! crates: state, timer and its remaining time, `tcp_info` idle times, inode.
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{
+        nlas::Nla, ExtensionFlags, InetRequest, InetResponseBuffer, SocketId, StateFlags, Timer,
+    },
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::events::model::{Endpoint, FlowAddrs};
+
+/// Bytes of the netlink header before a sock_diag response.
+const NETLINK_HEADER_LEN: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub addrs: FlowAddrs,
+    /// The kernel's TCP state number.
+    pub state: u8,
+    pub keepalive_armed: bool,
+    /// The socket's pending timer fires in this long (for TIME_WAIT: its remaining time).
+    pub expires: Duration,
+    /// Time since data last went either way (from `tcp_info`, when asked for).
+    pub idle: Option<Duration>,
+    pub inode: u32,
+}
+
+fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: if info {
+                ExtensionFlags::INFO
+            } else {
+                ExtensionFlags::empty()
+            },
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
+
+    let mut sockets = Vec::new();
+    let mut receive = vec![0u8; 1 << 16];
+    loop {
+        let size = socket
+            .recv(&mut &mut receive[..], 0)
+            .context("reading sock_diag")?;
+        if parse_batch(&receive[..size], &mut sockets)? {
+            return Ok(sockets);
+        }
+    }
+}
+
+/// The sock_diag messages of one receive buffer: sockets are appended; true once the dump's
+/// final message came. Whatever the bytes: an error, never a panic.
+pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool> {
+    let size = receive.len();
+    let mut offset = 0;
+    while offset < size {
+        let bytes = &receive[offset..size];
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
+            .map_err(|e| anyhow!("undecodable sock_diag message: {e}"))?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                let code = e.code.map_or(0, |c| -c.get());
+                if code == libc::ENOENT {
+                    bail!(
+                        "sock_diag has no TCP support in this kernel: the tcp_diag module \
+                         is not loaded (modprobe tcp_diag)"
+                    );
+                }
+                bail!(
+                    "sock_diag refused the dump: {}",
+                    std::io::Error::from_raw_os_error(code)
+                )
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                // The parsed timer keeps no time for TIME_WAIT: read idiag_expires (ms)
+                // from the crate's view of the raw response.
+                let expires_ms = bytes
+                    .get(NETLINK_HEADER_LEN..length)
+                    .and_then(|raw| InetResponseBuffer::new_checked(raw).ok())
+                    .map_or(0, |raw| raw.expires());
+                let id = &response.header.socket_id;
+                sockets.push(DiagSocket {
+                    addrs: FlowAddrs {
+                        local: Endpoint::new(id.source_address, id.source_port),
+                        remote: Endpoint::new(id.destination_address, id.destination_port),
+                    },
+                    state: response.header.state,
+                    keepalive_armed: matches!(response.header.timer, Some(Timer::KeepAlive(_))),
+                    expires: Duration::from_millis(u64::from(expires_ms)),
+                    idle: response.nlas.iter().find_map(|nla| match nla {
+                        Nla::TcpInfo(i) => Some(Duration::from_millis(u64::from(
+                            i.last_data_recv.min(i.last_data_sent),
+                        ))),
+                        _ => None,
+                    }),
+                    inode: response.header.inode,
+                });
+            }
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(false)
+}
+
+/// TCP sockets in `states`, IPv4 and IPv6, in tcptrace's network namespace.
+pub fn dump(states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
+    let mut sockets = dump_family(AF_INET, states, info)?;
+    sockets.extend(dump_family(AF_INET6, states, info)?);
+    Ok(sockets)
+}
+
+/// Open TCP sockets (every state a full socket can hold, listeners included; not TIME_WAIT,
+/// not request sockets).
+pub fn open_sockets() -> Result<Vec<DiagSocket>> {
+    dump(
+        StateFlags::ESTABLISHED
+            | StateFlags::SYN_SENT
+            | StateFlags::SYN_RECV
+            | StateFlags::FIN_WAIT1
+            | StateFlags::FIN_WAIT2
+            | StateFlags::CLOSE_WAIT
+            | StateFlags::LAST_ACK
+            | StateFlags::LISTEN
+            | StateFlags::CLOSING,
+        false,
+    )
+}
+
+/// Sockets in TIME_WAIT now, with their remaining time.
+pub fn time_wait() -> Result<Vec<DiagSocket>> {
+    dump(StateFlags::TIME_WAIT, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_wait_sockets_come_with_their_remaining_time() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let port = client.local_addr().expect("addr").port();
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        let _ = std::io::Read::read(&mut server, &mut [0u8; 1]);
+        drop(server);
+        std::thread::sleep(Duration::from_millis(50));
+        let tw = time_wait().expect("sock_diag dump");
+        let ours = tw
+            .iter()
+            .find(|s| s.addrs.local.port == port && s.addrs.remote.port == addr.port())
+            .unwrap_or_else(|| {
+                panic!(
+                    "our TIME_WAIT socket (:{port}) among the {} listed (tcp_max_tw_buckets reached by other load?)",
+                    tw.len()
+                )
+            });
+        assert!(ours.expires > Duration::from_secs(50), "{ours:?}");
+        assert!(ours.expires <= Duration::from_secs(63), "{ours:?}");
+    }
+
+    #[test]
+    fn open_sockets_come_with_their_state() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let cport = client.local_addr().expect("addr").port();
+        let open = open_sockets().expect("sock_diag dump");
+        let state_of = |local: u16, remote: u16| {
+            open.iter()
+                .find(|s| s.addrs.local.port == local && s.addrs.remote.port == remote)
+                .map(|s| s.state)
+        };
+        assert_eq!(state_of(port, 0), Some(tcptrace_common::tcp_state::LISTEN));
+        assert_eq!(
+            state_of(cport, port),
+            Some(tcptrace_common::tcp_state::ESTABLISHED)
+        );
+        assert!(open
+            .iter()
+            .all(|s| s.state != tcptrace_common::tcp_state::TIME_WAIT));
+    }
+}

@@ -1,0 +1,476 @@
+//! Prometheus metrics (`--metrics ADDR`), with the prometheus-client crate: counters, close
+//! causes, retransmits by state and state-duration histograms follow what the kernel counts
+//! per CPU (no record per flow is needed for them); TIME_WAIT gauges follow the tracker (top
+//! destinations plus `other`, so cardinality stays bounded).
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    events::model::{Endpoint, TcpState},
+    kernel::histogram::KernelHistogram,
+    state::aggregate::KernelCounters,
+    state::cause::CloseCause,
+    state::timewait::Gauges,
+};
+use tcptrace_common::{close_cause, stat, DurationHistogram};
+
+/// TIME_WAIT destinations with their own label; the rest are summed under `other`.
+const TOP_DESTINATIONS: usize = 10;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Transition {
+    from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Destination {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FourTupleSpace {
+    local: String,
+    destination: String,
+}
+
+pub struct Metrics {
+    registry: Arc<Registry>,
+    transitions: Family<Transition, Counter>,
+    state_seconds: Family<State, KernelHistogram>,
+    flows_opened: Counter,
+    flows_closed: Family<Cause, Counter>,
+    retransmits: Counter,
+    retransmits_by_state: Family<State, Counter>,
+    time_wait_sockets: Family<Destination, Gauge>,
+    time_wait_seconds: Histogram,
+    time_wait_forecast: Family<FourTupleSpace, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    time_wait_overflows: Counter,
+    keepalive_timeouts: Counter,
+    lost: Family<Reason, Counter>,
+    untracked_flows: Counter,
+    keepalive_unindexed: Counter,
+    filtered_events: Counter,
+    evicted_flows: Counter,
+    /// The kernel counters already added.
+    seen: KernelCounters,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tcptrace");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            transitions: Family::default(),
+            state_seconds: Family::default(),
+            flows_opened: Counter::default(),
+            flows_closed: Family::default(),
+            retransmits: Counter::default(),
+            retransmits_by_state: Family::default(),
+            time_wait_sockets: Family::default(),
+            time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
+            time_wait_forecast: Family::default(),
+            time_wait_overflows: Counter::default(),
+            keepalive_timeouts: Counter::default(),
+            lost: Family::default(),
+            untracked_flows: Counter::default(),
+            keepalive_unindexed: Counter::default(),
+            filtered_events: Counter::default(),
+            evicted_flows: Counter::default(),
+            seen: KernelCounters::default(),
+        };
+        registry.register(
+            "transitions",
+            "TCP state transitions",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "state_duration_seconds",
+            "Time flows held each state",
+            m.state_seconds.clone(),
+        );
+        registry.register(
+            "flows_opened",
+            "Flows seen starting",
+            m.flows_opened.clone(),
+        );
+        registry.register(
+            "flows_closed",
+            "Flows ended, by close cause",
+            m.flows_closed.clone(),
+        );
+        registry.register(
+            "retransmits",
+            "Retransmitted segments",
+            m.retransmits.clone(),
+        );
+        registry.register(
+            "flow_retransmits",
+            "Retransmits, by the state the connection was in",
+            m.retransmits_by_state.clone(),
+        );
+        registry.register(
+            "time_wait_sockets",
+            "Sockets in TIME_WAIT now, by destination (top 10, then other)",
+            m.time_wait_sockets.clone(),
+        );
+        registry.register(
+            "time_wait_duration_seconds",
+            "How long TIME_WAITs lasted",
+            m.time_wait_seconds.clone(),
+        );
+        registry.register(
+            "time_wait_forecast_ratio",
+            "4-tuple exhaustion forecast: new connections per second over what the ephemeral \
+             ports sustain with 60 s of TIME_WAIT, per (local address, destination); top 10",
+            m.time_wait_forecast.clone(),
+        );
+        registry.register(
+            "time_wait_overflows",
+            "TIME_WAITs the kernel skipped because net.ipv4.tcp_max_tw_buckets was full",
+            m.time_wait_overflows.clone(),
+        );
+        registry.register(
+            "keepalive_timeouts",
+            "Connections killed by keepalive",
+            m.keepalive_timeouts.clone(),
+        );
+        registry.register("lost_events", "Events lost, by reason", m.lost.clone());
+        registry.register(
+            "untracked_flows",
+            "Flows not tracked because the flow table was full (--max-flows)",
+            m.untracked_flows.clone(),
+        );
+        registry.register(
+            "keepalive_unindexed_sockets",
+            "Sockets with SO_KEEPALIVE whose owner could not be indexed for their keepalive \
+             probes (--flow-memory socket, index of --max-flows full): their probes carry no owner",
+            m.keepalive_unindexed.clone(),
+        );
+        registry.register(
+            "filtered_events",
+            "Events dropped by the in-kernel filters",
+            m.filtered_events.clone(),
+        );
+        registry.register(
+            "evicted_flows",
+            "Flows evicted from the nearly full flow table, least recently active first",
+            m.evicted_flows.clone(),
+        );
+        // Every cause and state from the start, at zero: a rate over a series that does not
+        // exist yet is no answer at all (a dashboard's "retransmits by state" stayed empty).
+        for cause in CloseCause::ALL {
+            m.flows_closed_by(cause);
+        }
+        for state in TcpState::ALL {
+            let _ = m.retransmits_by_state.get_or_create(&State {
+                state: state.name(),
+            });
+        }
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
+    }
+
+    /// Flows evicted from the flow table by userspace.
+    pub fn evicted(&self, flows: u64) {
+        self.evicted_flows.inc_by(flows);
+    }
+
+    /// Adds what the kernel counted since the last call.
+    pub fn kernel(&mut self, now: &KernelCounters) {
+        let limit = usize::from(tcptrace_common::tcp_state::LIMIT);
+        for (i, delta) in growth(&now.transitions, &mut self.seen.transitions) {
+            let states = (
+                TcpState::try_from((i / limit) as u8),
+                TcpState::try_from((i % limit) as u8),
+            );
+            if let (Ok(from), Ok(to)) = states {
+                self.transitions
+                    .get_or_create(&Transition {
+                        from: from.name(),
+                        to: to.name(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        let add = |index: u32, counter: &Counter| {
+            let delta = now.stat(index).saturating_sub(self.seen.stat(index));
+            counter.inc_by(delta);
+        };
+        add(stat::FLOWS_SEEN, &self.flows_opened);
+        add(stat::RETRANSMITS, &self.retransmits);
+        add(stat::FLOW_TABLE_FULL, &self.untracked_flows);
+        add(stat::KEEPALIVE_UNINDEXED, &self.keepalive_unindexed);
+        add(stat::FILTERED, &self.filtered_events);
+        for (index, reason) in [
+            (stat::LOST_TRANSITION, "ring_full_transition"),
+            (stat::LOST_FLOW_END, "ring_full_flow"),
+            (stat::LOST_RETRANSMIT, "ring_full_retransmit"),
+            (stat::LOST_PROBE, "ring_full_probe"),
+            (stat::LOST_TIME_WAIT, "ring_full_time_wait"),
+            (stat::LOST_UNDECIDED, "flow_table_full_undecided"),
+        ] {
+            add(index, &self.lost.get_or_create(&Reason { reason }));
+        }
+        for (raw, delta) in growth(&now.closes, &mut self.seen.closes) {
+            self.flows_closed_by(CloseCause::from_kernel(raw as u8))
+                .inc_by(delta);
+            if raw == usize::from(close_cause::KEEPALIVE_TIMEOUT) {
+                self.keepalive_timeouts.inc_by(delta);
+            }
+        }
+        for (raw, delta) in growth(&now.rtx_by_state, &mut self.seen.rtx_by_state) {
+            if let Ok(state) = TcpState::try_from(raw as u8) {
+                self.retransmits_by_state
+                    .get_or_create(&State {
+                        state: state.name(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        let skipped = now.missed.saturating_sub(self.seen.missed);
+        self.lost
+            .get_or_create(&Reason {
+                reason: "skipped_by_kernel",
+            })
+            .inc_by(skipped);
+        self.seen.stats = now.stats;
+        self.seen.missed = now.missed;
+    }
+
+    /// The kernel's state-duration histograms (by kernel state number), summed over CPUs.
+    pub fn durations(&self, histograms: &[DurationHistogram]) {
+        for state in TcpState::ALL {
+            let Some(h) = histograms.get(usize::from(state.raw())) else {
+                continue;
+            };
+            if h.buckets.iter().any(|&n| n > 0) {
+                self.state_seconds
+                    .get_or_create(&State {
+                        state: state.name(),
+                    })
+                    .set(h);
+            }
+        }
+    }
+
+    fn flows_closed_by(&self, cause: CloseCause) -> Counter {
+        self.flows_closed
+            .get_or_create(&Cause {
+                cause: cause.name(),
+            })
+            .clone()
+    }
+
+    pub fn time_wait_ended(&self, held_ns: u64) {
+        self.time_wait_seconds.observe(held_ns as f64 / 1e9);
+    }
+
+    pub fn time_wait_gauges(&self, gauges: &Gauges) {
+        let mut dests = gauges.by_destination.clone();
+        dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
+        self.time_wait_sockets.clear();
+        let mut other = 0;
+        for (i, (dest, (count, _))) in dests.iter().enumerate() {
+            if i < TOP_DESTINATIONS {
+                self.time_wait_sockets
+                    .get_or_create(&Destination {
+                        destination: dest.to_string(),
+                    })
+                    .set(*count as i64);
+            } else {
+                other += count;
+            }
+        }
+        self.time_wait_sockets
+            .get_or_create(&Destination {
+                destination: "other".into(),
+            })
+            .set(other as i64);
+    }
+
+    /// The exhaustion forecast's busiest 4-tuple spaces (the caller passes the top ones).
+    pub fn time_wait_forecasts(&self, forecasts: &[crate::state::forecast::Forecast]) {
+        self.time_wait_forecast.clear();
+        for f in forecasts {
+            self.time_wait_forecast
+                .get_or_create(&FourTupleSpace {
+                    local: f.laddr.to_string(),
+                    destination: Endpoint::new(f.raddr, f.rport).to_string(),
+                })
+                .set(f.utilization);
+        }
+    }
+
+    /// TIME_WAITs skipped by a full tcp_max_tw_buckets since the last call.
+    pub fn time_wait_overflowed(&self, newly: u64) {
+        self.time_wait_overflows.inc_by(newly);
+    }
+
+    /// The exposition text.
+    #[cfg(test)]
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Serves GET /metrics on `addr` until the runtime ends.
+    pub async fn serve(registry: Arc<Registry>, listener: TcpListener) {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let mut len = 0;
+                while len < request.len() {
+                    match stream.read(&mut request[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&request[..len]);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let response = if head.starts_with("GET ") && path == "/metrics" {
+                    let mut body = String::new();
+                    let _ = encode(&mut body, &registry);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; \
+                         version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: \
+                         close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+}
+
+/// The entries of `now` that grew since `seen`, with how much (`seen` becomes `now`): what
+/// a per-index kernel counter adds to its Prometheus counter.
+fn growth(now: &[u64], seen: &mut Vec<u64>) -> Vec<(usize, u64)> {
+    seen.resize(now.len(), 0);
+    let grown = now
+        .iter()
+        .zip(seen.iter())
+        .enumerate()
+        .filter(|(_, (total, before))| total > before)
+        .map(|(i, (total, before))| (i, total - before))
+        .collect();
+    seen.copy_from_slice(now);
+    grown
+}
+
+/// Binds the metrics endpoint (errors name the address).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for --metrics on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcptrace_common::tcp_state as ts;
+
+    #[test]
+    fn counters_and_histograms_follow_the_kernels_counts() {
+        let mut m = Metrics::new();
+        let mut k = KernelCounters {
+            transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
+            closes: vec![0; close_cause::COUNT],
+            rtx_by_state: vec![0; 16],
+            ..Default::default()
+        };
+        k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 3;
+        k.stats[stat::FLOWS_SEEN as usize] = 4;
+        k.closes[usize::from(close_cause::NORMAL)] = 1;
+        k.missed = 2;
+        m.kernel(&k);
+        k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 5;
+        k.closes[usize::from(close_cause::NORMAL)] = 3;
+        k.closes[usize::from(close_cause::KEEPALIVE_TIMEOUT)] = 2;
+        k.rtx_by_state[usize::from(ts::FIN_WAIT1)] = 7;
+        m.kernel(&k);
+        let mut established = DurationHistogram {
+            buckets: [0; tcptrace_common::DURATION_BUCKETS],
+            sum_ns: 3_000_000,
+            max_ns: 2_000_000,
+        };
+        established.buckets[tcptrace_common::duration_bucket(1_000_000)] = 1;
+        established.buckets[tcptrace_common::duration_bucket(2_000_000)] = 1;
+        let mut histograms = vec![established; 16];
+        histograms[usize::from(ts::SYN_SENT)].buckets = [0; tcptrace_common::DURATION_BUCKETS];
+        m.durations(&histograms);
+        let text = m.render();
+        for expected in [
+            r#"tcptrace_transitions_total{from="SYN_SENT",to="ESTABLISHED"} 5"#,
+            "tcptrace_flows_opened_total 4",
+            r#"tcptrace_flows_closed_total{cause="normal"} 3"#,
+            r#"tcptrace_flows_closed_total{cause="keepalive_timeout"} 2"#,
+            "tcptrace_keepalive_timeouts_total 2",
+            r#"tcptrace_flow_retransmits_total{state="FIN_WAIT1"} 7"#,
+            r#"tcptrace_lost_events_total{reason="skipped_by_kernel"} 2"#,
+            r#"tcptrace_state_duration_seconds_count{state="ESTABLISHED"} 2"#,
+            r#"tcptrace_state_duration_seconds_sum{state="ESTABLISHED"} 0.003"#,
+            r#"tcptrace_state_duration_seconds_bucket{le="0.002097152",state="ESTABLISHED"} 2"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"tcptrace_state_duration_seconds_count{state="SYN_SENT"}"#),
+            "no histogram for a state never held"
+        );
+        assert!(
+            text.contains(r#"tcptrace_flows_closed_total{cause="rto"} 0"#),
+            "every cause from the start"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,473 @@
+//! Aligned columns. Address columns start wide enough for any IPv4 endpoint and only ever
+//! grow; when one grows, the header is printed again so that every line stays under it.
+use std::{
+    fmt::{self, Write as _},
+    io::{self, Write},
+};
+
+use super::{
+    columns::{self, comm, held, pid},
+    Render,
+};
+use crate::{
+    events::decode::{FinishedFlow, Retransmit, Transition},
+    events::model::FlowAddrs,
+    host::clock::{human_duration, Clock, HumanDuration},
+    output::digits::number,
+    output::stackstr::StackStr,
+    output::TimeWaitView,
+    state::aggregate::{KernelCounters, Summary},
+    state::alert::{write_path, Alert},
+    state::cause::CloseCause,
+    state::idle::IdleReport,
+    state::timewait::TimeWait,
+};
+
+/// An endpoint formatted on the stack.
+type Endpoints = StackStr<56>;
+
+/// "255.255.255.255:65535"
+const MIN_ADDR_WIDTH: usize = 21;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    State,
+    Flow,
+    Rtx,
+    Alert,
+}
+
+pub struct TextPrinter<W: Write> {
+    out: W,
+    clock: Clock,
+    local_width: usize,
+    remote_width: usize,
+    /// The kind whose header is in force; `None` forces a header before the next line.
+    header: Option<Kind>,
+    /// Several kinds share the output: lines start with their kind and no header is printed.
+    tagged: bool,
+    /// The line being formatted: padding and small pieces go into it, and the line reaches
+    /// the writer in one piece.
+    line: String,
+}
+
+/// A `Display` impl failed while a line was formatted.
+fn fmt_failed(_: fmt::Error) -> io::Error {
+    io::Error::other("formatting an output line failed")
+}
+
+impl<W: Write> TextPrinter<W> {
+    pub fn new(out: W, clock: Clock, tagged: bool) -> Self {
+        TextPrinter {
+            out,
+            clock,
+            local_width: MIN_ADDR_WIDTH,
+            remote_width: MIN_ADDR_WIDTH,
+            header: None,
+            tagged,
+            line: String::with_capacity(256),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Widens the address columns for `addrs` and prints the header for `kind` if needed;
+    /// returns the endpoints, formatted once, for the line.
+    fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<(Endpoints, Endpoints)> {
+        let (local, remote) = (addrs.local.text(), addrs.remote.text());
+        let (lw, rw) = (local.as_str().len(), remote.as_str().len());
+        if lw > self.local_width || rw > self.remote_width {
+            self.local_width = self.local_width.max(lw);
+            self.remote_width = self.remote_width.max(rw);
+            self.header = None;
+        }
+        self.write_header(kind)?;
+        Ok((local, remote))
+    }
+
+    /// The tag (mixed kinds) or, when needed, the header for `kind`.
+    fn write_header(&mut self, kind: Kind) -> io::Result<()> {
+        if self.tagged {
+            let tag = match kind {
+                Kind::State => "state",
+                Kind::Flow => "flow ",
+                Kind::Rtx => "rtx  ",
+                Kind::Alert => "alert",
+            };
+            return write!(self.out, "{tag} ");
+        }
+        if self.header == Some(kind) {
+            return Ok(());
+        }
+        self.header = Some(kind);
+        let (lw, rw) = (self.local_width, self.remote_width);
+        match kind {
+            Kind::State => writeln!(
+                self.out,
+                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
+                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD", "NEW", "OLD_HELD"
+            ),
+            Kind::Flow => writeln!(
+                self.out,
+                "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  LIFECYCLE",
+                "TIME", "COMM", "PID", "LOCAL", "REMOTE"
+            ),
+            Kind::Rtx => writeln!(
+                self.out,
+                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
+            ),
+            Kind::Alert => writeln!(
+                self.out,
+                "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  DETAIL",
+                "TIME", "ALERT", "COMM", "PID", "LOCAL", "REMOTE"
+            ),
+        }
+    }
+}
+
+impl<W: Write> Render for TextPrinter<W> {
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        let (local, remote) = self.prepare(Kind::State, &t.addrs)?;
+        // "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
+        let (lw, rw) = (self.local_width, self.remote_width);
+        let line = &mut self.line;
+        line.clear();
+        columns::left(line, self.clock.time_of_day(t.ts_ns).text().as_str(), 15);
+        line.push(' ');
+        columns::right(line, pid(&t.owner).text().as_str(), 7);
+        line.push(' ');
+        columns::left(line, comm(&t.owner), 16);
+        line.push(' ');
+        columns::left(line, local.as_str(), lw);
+        line.push(' ');
+        columns::left(line, remote.as_str(), rw);
+        line.push(' ');
+        columns::right(line, t.old.name(), 11);
+        line.push_str(" -> ");
+        columns::left(line, t.new.name(), 11);
+        line.push(' ');
+        columns::right(line, held(t.old_held_ns).text().as_str(), 8);
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
+    }
+
+    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        let (local, remote) = self.prepare(Kind::Flow, &f.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        let owner = &f.lifecycle.owner;
+        // "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ", padded by hand.
+        let line = &mut self.line;
+        line.clear();
+        columns::left(line, self.clock.time_of_day(f.ts_ns).text().as_str(), 15);
+        line.push(' ');
+        columns::left(line, comm(owner), 16);
+        line.push(' ');
+        columns::right(line, pid(owner).text().as_str(), 7);
+        line.push_str("  ");
+        columns::left(line, local.as_str(), lw);
+        line.push_str(" > ");
+        columns::left(line, remote.as_str(), rw);
+        line.push_str("  ");
+        write_path(line, &f.lifecycle, f.time_wait.as_ref()).map_err(fmt_failed)?;
+        line.push_str("  life ");
+        line.push_str(held(f.life_ns()).text().as_str());
+        line.push(' ');
+        line.push_str(f.close.name());
+        line.push_str(" cause=");
+        line.push_str(f.cause.name());
+        match (&f.evidence.reset_sent, f.cause) {
+            (_, CloseCause::KeepaliveTimeout) => {
+                write!(self.line, " (probes {})", f.evidence.probes).map_err(fmt_failed)?
+            }
+            (Some(reason), CloseCause::ResetSent) => {
+                write!(self.line, " ({reason})").map_err(fmt_failed)?
+            }
+            _ => {}
+        }
+        self.line.push_str(" rtx=");
+        number(&mut self.line, f.lifecycle.retransmits).map_err(fmt_failed)?;
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
+    }
+
+    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+        let (local, remote) = self.prepare(Kind::Rtx, &r.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        let err = r.err.map_or("-".into(), |e| e.to_string());
+        writeln!(
+            self.out,
+            "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+            self.clock.time_of_day(r.ts_ns),
+            pid(&r.owner),
+            comm(&r.owner),
+            local.as_str(),
+            remote.as_str(),
+            r.state,
+            err,
+        )
+    }
+
+    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+        let (local, remote) = self.prepare(Kind::Alert, a.addrs())?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  {}",
+            self.clock.time_of_day(a.ts_ns()),
+            a.kind(),
+            comm(a.owner()),
+            pid(a.owner()),
+            local.as_str(),
+            remote.as_str(),
+            a.detail(),
+        )
+    }
+
+    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+        // A block of its own: the next tracing line prints its header again.
+        self.header = None;
+        let o = &mut self.out;
+        writeln!(
+            o,
+            "--- idle report {}: {} of {} ESTABLISHED connections idle >= {} with no keepalive ---",
+            self.clock.time_of_day(now_ns),
+            r.total(),
+            r.scanned,
+            human_duration(r.min_idle.as_nanos() as u64)
+        )?;
+        for g in &r.groups {
+            let max = g.sockets.first().map_or(0, |s| s.idle.as_nanos() as u64);
+            writeln!(
+                o,
+                "{:>7} {:<16} {:>6} connections, idle up to {}",
+                pid(&g.owner),
+                comm(&g.owner),
+                g.sockets.len(),
+                human_duration(max)
+            )?;
+            for s in &g.sockets {
+                writeln!(
+                    o,
+                    "          {} > {}  idle {}",
+                    s.addrs.local,
+                    s.addrs.remote,
+                    human_duration(s.idle.as_nanos() as u64)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+        let (local, remote) = self.prepare(Kind::Flow, &t.addrs)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}) (flow not seen)",
+            self.clock.time_of_day(t.start_ns),
+            "-",
+            "-",
+            local.as_str(),
+            remote.as_str(),
+            HumanDuration(t.held_ns),
+            t.end.name()
+        )
+    }
+
+    fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
+        let o = &mut self.out;
+        writeln!(
+            o,
+            "--- TIME_WAIT {}: {} sockets ({} were there at start), {} skipped (tcp_max_tw_buckets full) ---",
+            self.clock.time_of_day(now_ns),
+            v.gauges.total,
+            v.preexisting,
+            v.overflows
+        )?;
+        writeln!(o, "{:<47} {:>9} {:>8}", "DESTINATION", "TIME_WAIT", "NEW/s")?;
+        let mut dests = v.gauges.by_destination.clone();
+        dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
+        for (dest, (count, rate)) in dests.iter().take(20) {
+            writeln!(o, "{:<47} {:>9} {:>8.1}", dest, count, rate)?;
+        }
+        writeln!(o, "{:<47} {:>9}", "LOCAL ADDRESS", "TIME_WAIT")?;
+        for (addr, count) in &v.gauges.by_local {
+            writeln!(o, "{:<47} {:>9}", addr, count)?;
+        }
+        for f in &v.forecasts {
+            writeln!(
+                o,
+                "forecast {} -> {}:{}: {:.0}/s of {:.0}/s ({:.0}%)",
+                f.laddr,
+                f.raddr,
+                f.rport,
+                f.rate_per_s,
+                f.capacity_per_s,
+                f.utilization * 100.0
+            )?;
+            if let Some(w) = &f.warning {
+                writeln!(o, "WARNING: {w}")?;
+            }
+        }
+        self.header = None;
+        Ok(())
+    }
+
+    /// Lost records are reported on stderr by the pipeline; columns carry data only.
+    fn lost(&mut self, _now_ns: u64, _newly_lost: u64, _kernel: &KernelCounters) -> io::Result<()> {
+        Ok(())
+    }
+
+    // Reported on stderr by the pipeline: stdout's columns carry records only.
+    fn evicted(&mut self, _now_ns: u64, _newly: u64, _total: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let o = &mut self.out;
+        writeln!(o)?;
+        writeln!(
+            o,
+            "--- tcptrace summary: {} traced, {} transitions, {} retransmits, {} lost ---",
+            human_duration(s.elapsed_ns),
+            s.state_events,
+            s.retransmits,
+            s.lost()
+        )?;
+        writeln!(
+            o,
+            "flows: {} seen, {} finished, {} still open, {} evicted, {} untracked (flow table full)",
+            s.flows_seen, s.flows_finished, s.flows_open, s.flows_evicted, s.flows_untracked
+        )?;
+        if let Some(filters) = &s.filters {
+            writeln!(
+                o,
+                "filters: {filters}; {} events filtered out in the kernel",
+                s.filtered_events
+            )?;
+        }
+        let close: Vec<String> = s.close.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(
+            o,
+            "close: {}",
+            if close.is_empty() {
+                "-".into()
+            } else {
+                close.join(", ")
+            }
+        )?;
+        let rtx: Vec<String> = s
+            .rtx_by_state
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            o,
+            "retransmits by state: {}",
+            if rtx.is_empty() {
+                "-".into()
+            } else {
+                rtx.join(", ")
+            }
+        )?;
+        writeln!(
+            o,
+            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}; \
+             held first transitions (flow table full) {}; events the kernel skipped: {}); \
+             read errors {}, decode errors {}, path gaps {}, stale flows {}",
+            s.lost(),
+            s.lost_transitions,
+            s.lost_flows,
+            s.lost_retransmits,
+            s.lost_probes,
+            s.lost_time_wait,
+            s.lost_undecided,
+            s.missed_events,
+            s.read_errors,
+            s.decode_errors,
+            s.path_gaps,
+            s.stale_flows
+        )?;
+        if s.keepalive_unindexed > 0 {
+            writeln!(
+                o,
+                "keepalive: {} sockets' owners not indexed (--max-flows full): their probes carry no owner",
+                s.keepalive_unindexed
+            )?;
+        }
+        if let Some(tw) = &s.time_wait {
+            let ends: Vec<String> = tw
+                .ends
+                .iter()
+                .map(|(e, n)| format!("{} {n}", e.name()))
+                .collect();
+            writeln!(
+                o,
+                "time_wait: {} entered ({} by the connecting side, {} by the accepting side), ended: {}; \
+                 {} already there at start; {} skipped (tcp_max_tw_buckets full)",
+                tw.entered,
+                tw.client_side,
+                tw.server_side,
+                if ends.is_empty() { "-".into() } else { ends.join(", ") },
+                s.time_wait_preexisting,
+                tw.overflows
+            )?;
+            if let Some([p50, p90, p99, max]) = tw.held {
+                writeln!(
+                    o,
+                    "time_wait held: p50 {} p90 {} p99 {} max {}",
+                    HumanDuration(p50),
+                    HumanDuration(p90),
+                    HumanDuration(p99),
+                    HumanDuration(max)
+                )?;
+            }
+            let top: Vec<String> = tw
+                .top_destinations
+                .iter()
+                .map(|(d, n)| format!("{d} {n}"))
+                .collect();
+            if !top.is_empty() {
+                writeln!(o, "time_wait top destinations: {}", top.join(", "))?;
+            }
+        }
+        if !s.transitions.is_empty() {
+            writeln!(o, "transitions:")?;
+            for (old, new, n) in &s.transitions {
+                writeln!(o, "  {old:>11} -> {new:<11} {n:>10}")?;
+            }
+        }
+        if !s.durations.is_empty() {
+            writeln!(
+                o,
+                "time held per state:  {:>10} {:>8} {:>8} {:>8} {:>8}",
+                "count", "p50", "p90", "p99", "max"
+            )?;
+            for d in &s.durations {
+                writeln!(
+                    o,
+                    "  {:<19} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                    d.state,
+                    d.count,
+                    human_duration(d.p50_ns),
+                    human_duration(d.p90_ns),
+                    human_duration(d.p99_ns),
+                    human_duration(d.max_ns)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+#[path = "text_tests.rs"]
+mod tests;

@@ -1,0 +1,158 @@
+use super::*;
+use crate::{
+    events::model::{Endpoint, TcpState},
+    output::fixtures,
+    state::aggregate::{Aggregator, KernelCounters},
+};
+use tcptrace_common::{tcp_state as ts, TRANSITION_SLOTS};
+
+fn printer() -> TextPrinter<Vec<u8>> {
+    // ktime 0 = 16:52:03.000000 UTC
+    TextPrinter::new(Vec::new(), Clock::fixed(1_795_279_923_000_000_000), false)
+}
+
+fn text(p: TextPrinter<Vec<u8>>) -> String {
+    String::from_utf8(p.into_inner()).expect("utf-8 output")
+}
+
+#[test]
+fn transitions_print_under_a_header_in_aligned_columns() {
+    let mut p = printer();
+    p.transition(&fixtures::transition(
+        ts::SYN_SENT,
+        ts::ESTABLISHED,
+        Some(1_200_000),
+    ))
+    .expect("write");
+    p.transition(&fixtures::transition(ts::CLOSE, ts::SYN_SENT, None))
+        .expect("write");
+    let out = text(p);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("TIME"), "{out}");
+    assert!(lines[1].contains("16:52:03.000005"), "{out}");
+    assert!(lines[1].contains("curl"), "{out}");
+    assert!(lines[1].contains("127.0.0.1:51234"), "{out}");
+    assert!(lines[1].contains("SYN_SENT -> ESTABLISHED"), "{out}");
+    assert!(lines[1].trim_end().ends_with("1.2ms"), "{out}");
+    assert!(
+        lines[2].trim_end().ends_with('?'),
+        "unknown duration: {out}"
+    );
+    // Every column starts at the same offset on every line.
+    let arrow: Vec<usize> = lines[1..]
+        .iter()
+        .map(|l| l.find("->").expect("arrow"))
+        .collect();
+    assert_eq!(arrow[0], arrow[1], "{out}");
+    assert_eq!(lines[0].find("NEW"), Some(arrow[0] + 3), "{out}");
+}
+
+#[test]
+fn a_wider_address_widens_the_column_and_repeats_the_header() {
+    let mut p = printer();
+    let narrow = fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, Some(1));
+    let mut wide = narrow.clone();
+    wide.addrs.local = Endpoint::new("2001:db8:85a3::8a2e:370:7334".parse().expect("ip"), 51234);
+    p.transition(&narrow).expect("write");
+    p.transition(&wide).expect("write");
+    p.transition(&narrow).expect("write");
+    let out = text(p);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[2].starts_with("TIME"),
+        "header again after widening: {out}"
+    );
+    let remote_at: Vec<usize> = [2, 3, 4]
+        .iter()
+        .map(|&i| {
+            lines[i]
+                .find("REMOTE")
+                .or_else(|| lines[i].find("127.0.0.1:443"))
+                .expect("col")
+        })
+        .collect();
+    assert!(remote_at.iter().all(|&c| c == remote_at[0]), "{out}");
+}
+
+#[test]
+fn flow_line_shows_every_state_life_close_and_rtx() {
+    let mut p = printer();
+    p.flow(&fixtures::client_flow()).expect("write");
+    let out = text(p);
+    let line = out.lines().nth(1).expect("a flow line under the header");
+    assert!(line.contains("curl"), "{line}");
+    assert!(line.contains("4242"), "{line}");
+    assert!(line.contains("127.0.0.1:51234 "), "{line}");
+    assert!(line.contains("> 127.0.0.1:443 "), "{line}");
+    assert!(
+        line.contains(
+            "SYN_SENT 1.0ms > ESTABLISHED 1.0ms > FIN_WAIT1 1.0ms > FIN_WAIT2 1.0ms > CLOSE  life 4.0ms active cause=normal rtx=0"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn retransmits_and_tagged_lines() {
+    let mut p = TextPrinter::new(Vec::new(), Clock::fixed(0), true);
+    p.retransmit(&fixtures::retransmit()).expect("write");
+    p.flow(&fixtures::client_flow()).expect("write");
+    let out = text(p);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "no headers when kinds are mixed: {out}");
+    assert!(
+        lines[0].starts_with("rtx ") && lines[0].contains("FIN_WAIT1"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("flow "), "{out}");
+}
+
+#[test]
+fn summary_lists_counts_and_percentiles() {
+    let mut agg = Aggregator::new();
+    agg.finished_flow(&fixtures::client_flow());
+    let mut kernel = KernelCounters {
+        transitions: vec![0; TRANSITION_SLOTS as usize],
+        ..Default::default()
+    };
+    kernel.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 1;
+    kernel.stats[tcptrace_common::stat::LOST_TRANSITION as usize] = 7;
+    let mut p = printer();
+    p.summary(&agg.finish(&kernel, 2_000_000_000))
+        .expect("write");
+    let out = text(p);
+    assert!(out.contains("2.0s traced"), "{out}");
+    assert!(out.contains("7 lost"), "{out}");
+    assert!(out.contains("close: active 1"), "{out}");
+    assert!(out.contains("SYN_SENT -> ESTABLISHED"), "{out}");
+    let established = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(TcpState::Established.name()))
+        .expect("a percentile row for ESTABLISHED");
+    assert!(established.contains("1.0ms"), "{out}");
+}
+
+#[test]
+fn a_flow_that_closed_first_ends_with_its_time_wait() {
+    use crate::state::timewait::{TimeWait, TimeWaitEnd};
+    let mut flow = fixtures::client_flow();
+    flow.time_wait = Some(TimeWait {
+        addrs: flow.addrs,
+        start_ns: flow.ts_ns,
+        held_ns: 60_000_000_000,
+        end: TimeWaitEnd::Expired,
+    });
+    let mut p = printer();
+    p.flow(&flow).expect("write");
+    let out = text(p);
+    assert!(
+        out.contains("FIN_WAIT2 1.0ms > TIME_WAIT 60.0s (expired)  life 4.0ms active"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("> CLOSE"),
+        "TIME_WAIT replaces the final CLOSE: {out}"
+    );
+}

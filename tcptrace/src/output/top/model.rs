@@ -1,0 +1,505 @@
+//! What `tcptrace top` shows, aggregated from decoded events: per-destination and
+//! per-local-service connection rates, open flows, TIME_WAIT, the 4-tuple exhaustion forecast,
+//! retransmits, resets, keepalive timeouts and connect times; the header's host-wide rates and
+//! flows open by state; the latest alerts.
+use std::{
+    collections::{HashSet, VecDeque},
+    net::IpAddr,
+};
+
+use foldhash::HashMap;
+use hdrhistogram::Histogram;
+
+use crate::{
+    events::decode::{FinishedFlow, Retransmit, Transition},
+    events::model::{Endpoint, FlowAddrs, TcpState},
+    state::aggregate::KernelCounters,
+    state::alert::Alert,
+    state::cause::CloseCause,
+    state::timewait::TIME_WAIT_LEN_S,
+};
+use tcptrace_common::{stat, tcp_state};
+
+/// Seconds over which rates are measured.
+pub const RATE_WINDOW_S: u64 = 10;
+/// Alerts kept for the pane.
+const ALERTS_KEPT: usize = 200;
+/// Flows followed at once for the open counts; beyond this, new flows are counted as
+/// `untracked_flows` and not followed (memory stays bounded if CLOSE records are lost).
+const FLOWS_FOLLOWED: usize = 1 << 20;
+
+/// Which table a row belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupKind {
+    /// Remote endpoints this host connects to.
+    Destination,
+    /// Local endpoints this host accepts connections on.
+    Service,
+}
+
+impl GroupKind {
+    pub fn toggled(self) -> GroupKind {
+        match self {
+            GroupKind::Destination => GroupKind::Service,
+            GroupKind::Service => GroupKind::Destination,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub kind: GroupKind,
+    pub endpoint: Endpoint,
+}
+
+/// Counts per second over the last [`RATE_WINDOW_S`] seconds, in one-second buckets.
+#[derive(Clone, Debug, Default)]
+pub struct RateWindow {
+    buckets: [u32; RATE_WINDOW_S as usize],
+    /// The second the newest bucket counts.
+    second: u64,
+}
+
+impl RateWindow {
+    fn advance(&mut self, now_s: u64) {
+        if now_s <= self.second {
+            return;
+        }
+        let gone = (now_s - self.second).min(RATE_WINDOW_S);
+        for i in 1..=gone {
+            self.buckets[((self.second + i) % RATE_WINDOW_S) as usize] = 0;
+        }
+        self.second = now_s;
+    }
+
+    pub fn add(&mut self, now_s: u64) {
+        self.advance(now_s);
+        // An event stamped before the newest bucket (records drained late) counts in the
+        // bucket of its own second while that is still in the window.
+        if self.second - now_s.min(self.second) < RATE_WINDOW_S {
+            let slot = &mut self.buckets[(now_s % RATE_WINDOW_S) as usize];
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// Events per second over the window ending at `now_s`.
+    pub fn per_second(&self, now_s: u64) -> f64 {
+        let age = now_s.saturating_sub(self.second);
+        if age >= RATE_WINDOW_S {
+            return 0.0;
+        }
+        // Buckets older than the window ending at now_s no longer count.
+        let sum: u64 = (0..RATE_WINDOW_S - age)
+            .map(|i| {
+                u64::from(
+                    self.buckets[((self.second + RATE_WINDOW_S - i) % RATE_WINDOW_S) as usize],
+                )
+            })
+            .sum();
+        sum as f64 / RATE_WINDOW_S as f64
+    }
+
+    fn idle(&self, now_s: u64) -> bool {
+        now_s.saturating_sub(self.second) >= RATE_WINDOW_S
+    }
+}
+
+#[derive(Default)]
+struct GroupStats {
+    opened: RateWindow,
+    open: u64,
+    retransmits: u64,
+    resets: u64,
+    keepalive_timeouts: u64,
+    /// Handshake times (SYN_SENT or SYN_RECV held), since start.
+    connect: Option<Histogram<u64>>,
+    /// New TIME_WAITs per peer address (the other half of the 4-tuple space), for the forecast.
+    time_wait_entries: HashMap<IpAddr, RateWindow>,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub endpoint: Endpoint,
+    pub conn_per_s: f64,
+    pub open: u64,
+    pub time_wait: u64,
+    /// Highest use of a (local address, remote endpoint) 4-tuple space, in percent.
+    pub forecast_pct: Option<f64>,
+    pub retransmits: u64,
+    pub resets: u64,
+    pub keepalive_timeouts: u64,
+    pub connect_p99_ns: Option<u64>,
+}
+
+/// The header's figures.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Header {
+    pub transitions_per_s: f64,
+    pub new_flows_per_s: f64,
+    pub retransmits_per_s: f64,
+    /// Flows open by state (sock_diag at start, then every transition).
+    pub open_by_state: Vec<(TcpState, u64)>,
+    pub time_wait: u64,
+    /// TIME_WAITs the kernel skipped (tcp_max_tw_buckets full).
+    pub time_wait_skipped: u64,
+    pub lost: u64,
+    pub untracked: u64,
+}
+
+/// An alert as the pane shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertLine {
+    pub ts_ns: u64,
+    pub kind: &'static str,
+    pub flow: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy)]
+struct Followed {
+    group: GroupKey,
+}
+
+pub struct TopModel {
+    groups: HashMap<GroupKey, GroupStats>,
+    flows: HashMap<u64, Followed>,
+    listen_ports: HashSet<u16>,
+    usable_ports: Option<u32>,
+    alerts: VecDeque<AlertLine>,
+    /// Kernel counters at the previous tick, and when.
+    previous: Option<(KernelCounters, u64)>,
+    /// Open flows by kernel state number: the seed plus every transition since.
+    open_seed: [i64; tcp_state::LIMIT as usize],
+    counters_at_seed: Option<KernelCounters>,
+    pub header: Header,
+    pub untracked_flows: u64,
+}
+
+fn seconds(ts_ns: u64) -> u64 {
+    ts_ns / 1_000_000_000
+}
+
+impl TopModel {
+    pub fn new(usable_ports: Option<u32>) -> TopModel {
+        TopModel {
+            groups: HashMap::default(),
+            flows: HashMap::default(),
+            listen_ports: HashSet::new(),
+            usable_ports,
+            alerts: VecDeque::new(),
+            previous: None,
+            open_seed: [0; tcp_state::LIMIT as usize],
+            counters_at_seed: None,
+            header: Header::default(),
+            untracked_flows: 0,
+        }
+    }
+
+    /// Sockets open at start (sock_diag: state and 4-tuple) and the kernel counters read then.
+    pub fn seed(
+        &mut self,
+        sockets: impl IntoIterator<Item = (u8, FlowAddrs)>,
+        counters: KernelCounters,
+    ) {
+        let sockets: Vec<(u8, FlowAddrs)> = sockets.into_iter().collect();
+        for &(state, addrs) in &sockets {
+            if state == tcp_state::LISTEN {
+                self.listen_ports.insert(addrs.local.port);
+            }
+        }
+        for (state, addrs) in sockets {
+            if let Some(slot) = self.open_seed.get_mut(usize::from(state)) {
+                *slot += 1;
+            }
+            if state != tcp_state::LISTEN {
+                self.group_mut(self.group_of(&addrs, None)).open += 1;
+            }
+        }
+        self.counters_at_seed = Some(counters);
+    }
+
+    /// Which row a flow belongs to: a connect() is counted under its destination, an accepted
+    /// connection under the local service; a flow first seen later is an accepted one when
+    /// its local port is listening.
+    fn group_of(&self, addrs: &FlowAddrs, first: Option<TcpState>) -> GroupKey {
+        let service = match first {
+            Some(TcpState::SynSent) => false,
+            Some(TcpState::SynRecv) => true,
+            _ => self.listen_ports.contains(&addrs.local.port),
+        };
+        if service {
+            GroupKey {
+                kind: GroupKind::Service,
+                endpoint: addrs.local,
+            }
+        } else {
+            GroupKey {
+                kind: GroupKind::Destination,
+                endpoint: addrs.remote,
+            }
+        }
+    }
+
+    fn group_mut(&mut self, key: GroupKey) -> &mut GroupStats {
+        self.groups.entry(key).or_default()
+    }
+
+    pub fn transition(&mut self, t: &Transition) {
+        let now_s = seconds(t.ts_ns);
+        if t.new == TcpState::Listen {
+            self.listen_ports.insert(t.addrs.local.port);
+            return;
+        }
+        if t.old == TcpState::Listen {
+            if t.new == TcpState::SynRecv {
+                self.opened(t, TcpState::SynRecv, now_s);
+            }
+            return;
+        }
+        if t.old == TcpState::Close && t.new == TcpState::SynSent {
+            self.opened(t, TcpState::SynSent, now_s);
+            return;
+        }
+        if matches!(
+            (t.old, t.new),
+            (TcpState::SynSent | TcpState::SynRecv, TcpState::Established)
+        ) {
+            if let (Some(held), Some(f)) = (t.old_held_ns, self.flows.get(&t.skaddr)) {
+                self.groups
+                    .entry(f.group)
+                    .or_default()
+                    .connect
+                    .get_or_insert_with(|| Histogram::new(2).expect("2 digits is valid"))
+                    .record(held.max(1))
+                    .ok();
+            }
+        }
+        if t.new == TcpState::Close {
+            let group = match self.flows.remove(&t.skaddr) {
+                Some(f) => f.group,
+                // Open before tracing started: counted in the seed under its 4-tuple.
+                None => self.group_of(&t.addrs, None),
+            };
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.open = g.open.saturating_sub(1);
+            }
+        }
+    }
+
+    fn opened(&mut self, t: &Transition, first: TcpState, now_s: u64) {
+        let group = self.group_of(&t.addrs, Some(first));
+        let stats = self.group_mut(group);
+        stats.opened.add(now_s);
+        stats.open += 1;
+        if self.flows.len() < FLOWS_FOLLOWED {
+            self.flows.insert(t.skaddr, Followed { group });
+        } else {
+            self.untracked_flows += 1;
+        }
+    }
+
+    pub fn flow_end(&mut self, f: &FinishedFlow) {
+        let first = f.lifecycle.path.first().map(|s| s.state);
+        let group = self.group_of(&f.addrs, first);
+        let reset = matches!(
+            f.cause,
+            CloseCause::ResetReceived | CloseCause::ResetSent | CloseCause::Aborted
+        );
+        let keepalive = f.cause == CloseCause::KeepaliveTimeout;
+        if reset || keepalive {
+            let stats = self.group_mut(group);
+            stats.resets += u64::from(reset);
+            stats.keepalive_timeouts += u64::from(keepalive);
+        }
+    }
+
+    pub fn retransmit(&mut self, r: &Retransmit) {
+        let group = match self.flows.get(&r.skaddr) {
+            Some(f) => f.group,
+            None => self.group_of(&r.addrs, None),
+        };
+        self.group_mut(group).retransmits += 1;
+    }
+
+    /// A new TIME_WAIT (not a re-armed one).
+    pub fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) {
+        let group = self.group_of(addrs, None);
+        let peer = match group.kind {
+            GroupKind::Destination => addrs.local.addr,
+            GroupKind::Service => addrs.remote.addr,
+        };
+        self.group_mut(group)
+            .time_wait_entries
+            .entry(peer)
+            .or_default()
+            .add(seconds(ts_ns));
+    }
+
+    pub fn alert(&mut self, alert: &Alert) {
+        let addrs = alert.addrs();
+        let owner = alert
+            .owner()
+            .as_ref()
+            .map_or(String::new(), |p| format!(" {} {}", p.comm, p.pid));
+        // What was found first, the flow's history after it: on a narrow screen the
+        // history is what gets cut.
+        let detail = alert.detail();
+        let detail = match alert {
+            Alert::Closed(f) => {
+                let history = crate::state::alert::path_text(&f.lifecycle);
+                match detail.strip_prefix(history.as_str()) {
+                    Some(rest) if !rest.is_empty() => {
+                        format!("{} — {history}", rest.trim_start_matches("; "))
+                    }
+                    _ => detail,
+                }
+            }
+            _ => detail,
+        };
+        self.alerts.push_front(AlertLine {
+            ts_ns: alert.ts_ns(),
+            kind: alert.kind(),
+            flow: format!(
+                "{} > {}{owner}",
+                addrs.local.text().as_str(),
+                addrs.remote.text().as_str()
+            ),
+            detail,
+        });
+        self.alerts.truncate(ALERTS_KEPT);
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = &AlertLine> {
+        self.alerts.iter()
+    }
+
+    /// Once a second: the header's rates and open flows from the kernel counters.
+    pub fn tick(&mut self, counters: KernelCounters, now_ns: u64, time_wait: (u64, u64)) {
+        let delta = |index: u32, then: &KernelCounters, secs: f64| {
+            counters.stat(index).saturating_sub(then.stat(index)) as f64 / secs
+        };
+        if let Some((then, at)) = &self.previous {
+            let secs = (now_ns.saturating_sub(*at) as f64 / 1e9).max(1e-3);
+            self.header.transitions_per_s = delta(stat::STATE_EVENTS, then, secs);
+            self.header.new_flows_per_s = delta(stat::FLOWS_SEEN, then, secs);
+            self.header.retransmits_per_s = delta(stat::RETRANSMITS, then, secs);
+        }
+        let mut open = self.open_seed;
+        if let Some(seed) = &self.counters_at_seed {
+            let limit = usize::from(tcp_state::LIMIT);
+            for (i, (&now, &then)) in counters
+                .transitions
+                .iter()
+                .zip(&seed.transitions)
+                .enumerate()
+            {
+                let n = now.saturating_sub(then) as i64;
+                let (old, new) = (i / limit, i % limit);
+                // A SYN_RECV child is a new socket: its listener stays in LISTEN.
+                let child = old == usize::from(tcp_state::LISTEN)
+                    && new == usize::from(tcp_state::SYN_RECV);
+                if old != usize::from(tcp_state::CLOSE) && !child {
+                    open[old] -= n;
+                }
+                if new != usize::from(tcp_state::CLOSE) {
+                    open[new] += n;
+                }
+            }
+        }
+        self.header.open_by_state = TcpState::ALL
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s,
+                    TcpState::Close
+                        | TcpState::TimeWait
+                        | TcpState::NewSynRecv
+                        | TcpState::BoundInactive
+                )
+            })
+            .map(|&s| (s, open[usize::from(s.raw())].max(0) as u64))
+            .collect();
+        (self.header.time_wait, self.header.time_wait_skipped) = time_wait;
+        self.header.lost = counters.lost();
+        self.header.untracked = counters.stat(stat::FLOW_TABLE_FULL) + self.untracked_flows;
+        // Rows with nothing left to show go.
+        let now_s = seconds(now_ns);
+        self.groups.retain(|_, g| {
+            g.time_wait_entries.retain(|_, w| !w.idle(now_s));
+            g.open > 0
+                || !g.opened.idle(now_s)
+                || !g.time_wait_entries.is_empty()
+                || g.retransmits + g.resets + g.keepalive_timeouts > 0
+        });
+        self.previous = Some((counters, now_ns));
+    }
+
+    /// The rows of one table; `time_wait` gives the live TIME_WAIT sockets' 4-tuples.
+    pub fn rows<'a>(
+        &self,
+        kind: GroupKind,
+        now_ns: u64,
+        time_wait: impl Iterator<Item = &'a FlowAddrs>,
+    ) -> Vec<Row> {
+        let now_s = seconds(now_ns);
+        let mut tw_counts: HashMap<Endpoint, u64> = HashMap::default();
+        for addrs in time_wait {
+            let group = self.group_of(addrs, None);
+            if group.kind == kind {
+                *tw_counts.entry(group.endpoint).or_default() += 1;
+            }
+        }
+        let capacity = self
+            .usable_ports
+            .map(|ports| f64::from(ports) / TIME_WAIT_LEN_S);
+        let mut rows: Vec<Row> = self
+            .groups
+            .iter()
+            .filter(|(k, _)| k.kind == kind)
+            .map(|(k, g)| {
+                let forecast_pct = capacity.and_then(|cap| {
+                    g.time_wait_entries
+                        .values()
+                        .map(|w| w.per_second(now_s))
+                        .reduce(f64::max)
+                        .map(|rate| {
+                            if cap > 0.0 {
+                                rate / cap * 100.0
+                            } else {
+                                f64::INFINITY
+                            }
+                        })
+                });
+                Row {
+                    endpoint: k.endpoint,
+                    conn_per_s: g.opened.per_second(now_s),
+                    open: g.open,
+                    time_wait: tw_counts.remove(&k.endpoint).unwrap_or(0),
+                    forecast_pct,
+                    retransmits: g.retransmits,
+                    resets: g.resets,
+                    keepalive_timeouts: g.keepalive_timeouts,
+                    connect_p99_ns: g.connect.as_ref().map(|h| h.value_at_quantile(0.99)),
+                }
+            })
+            .collect();
+        // TIME_WAITs left from before tracing, with no traffic seen since.
+        rows.extend(tw_counts.into_iter().map(|(endpoint, time_wait)| Row {
+            endpoint,
+            conn_per_s: 0.0,
+            open: 0,
+            time_wait,
+            forecast_pct: None,
+            retransmits: 0,
+            resets: 0,
+            keepalive_timeouts: 0,
+            connect_p99_ns: None,
+        }));
+        rows
+    }
+}
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+pub(crate) mod tests;

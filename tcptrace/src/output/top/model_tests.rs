@@ -1,0 +1,252 @@
+use super::*;
+use crate::{
+    events::decode::{FinishedFlow, Retransmit, Transition},
+    events::model::{Endpoint, FlowAddrs, TcpState},
+    output::fixtures,
+    state::aggregate::KernelCounters,
+};
+use tcptrace_common::{stat, tcp_state as ts, TRANSITION_SLOTS};
+
+const S: u64 = 1_000_000_000;
+
+pub fn ep(text: &str) -> Endpoint {
+    let (addr, port) = text.rsplit_once(':').expect("addr:port");
+    Endpoint::new(
+        addr.parse().expect("an address"),
+        port.parse().expect("a port"),
+    )
+}
+
+pub fn addrs(local: &str, remote: &str) -> FlowAddrs {
+    FlowAddrs {
+        local: ep(local),
+        remote: ep(remote),
+    }
+}
+
+/// A recorded transition of socket `sk` at `ts_ns`.
+pub fn transition(
+    sk: u64,
+    old: u8,
+    new: u8,
+    held: Option<u64>,
+    a: FlowAddrs,
+    ts_ns: u64,
+) -> Transition {
+    let mut t = fixtures::transition(old, new, held);
+    t.skaddr = sk;
+    t.addrs = a;
+    t.ts_ns = ts_ns;
+    t
+}
+
+/// One client connection's transitions: connect, established after `connect_ns`, closed.
+pub fn connection(top: &mut TopModel, sk: u64, a: FlowAddrs, at: u64, connect_ns: u64) {
+    top.transition(&transition(sk, ts::CLOSE, ts::SYN_SENT, None, a, at));
+    top.transition(&transition(
+        sk,
+        ts::SYN_SENT,
+        ts::ESTABLISHED,
+        Some(connect_ns),
+        a,
+        at + connect_ns,
+    ));
+}
+
+pub fn closed(top: &mut TopModel, sk: u64, a: FlowAddrs, at: u64) {
+    top.transition(&transition(sk, ts::FIN_WAIT2, ts::CLOSE, Some(1), a, at));
+}
+
+pub fn counters() -> KernelCounters {
+    KernelCounters {
+        transitions: vec![0; TRANSITION_SLOTS as usize],
+        ..Default::default()
+    }
+}
+
+pub fn flow_with(cause: CloseCause, a: FlowAddrs) -> FinishedFlow {
+    let mut f = fixtures::client_flow();
+    f.cause = cause;
+    f.addrs = a;
+    f
+}
+
+pub fn retransmit_of(sk: u64, a: FlowAddrs) -> Retransmit {
+    let mut r = fixtures::retransmit();
+    r.skaddr = sk;
+    r.addrs = a;
+    r
+}
+
+#[test]
+fn rate_window_counts_the_last_ten_seconds() {
+    let mut w = RateWindow::default();
+    for s in 100..110 {
+        for _ in 0..5 {
+            w.add(s);
+        }
+    }
+    assert_eq!(w.per_second(109), 5.0);
+    // Two seconds later the two oldest seconds left the window.
+    assert_eq!(w.per_second(111), 4.0);
+    w.add(111);
+    assert_eq!(w.per_second(111), 4.1);
+    assert_eq!(w.per_second(200), 0.0);
+    assert!(w.idle(121) && !w.idle(120));
+    // A late record from a second still in the window counts there.
+    w.add(105);
+    assert_eq!(w.per_second(111), 4.2);
+}
+
+#[test]
+fn connects_count_under_their_destination_accepts_under_their_service() {
+    let mut top = TopModel::new(Some(28_232));
+    let db = addrs("10.0.0.1:0", "10.0.0.9:5432");
+    for i in 0..20 {
+        connection(&mut top, i, db, 100 * S + i * S / 2, 2_000_000);
+    }
+    for i in 0..5 {
+        closed(&mut top, i, db, 111 * S);
+    }
+    let listener = addrs("0.0.0.0:8080", "0.0.0.0:0");
+    top.transition(&transition(
+        50,
+        ts::CLOSE,
+        ts::LISTEN,
+        None,
+        listener,
+        100 * S,
+    ));
+    let accepted = addrs("10.0.0.1:8080", "10.0.0.7:40000");
+    top.transition(&transition(
+        51,
+        ts::LISTEN,
+        ts::SYN_RECV,
+        None,
+        accepted,
+        101 * S,
+    ));
+
+    let rows = top.rows(GroupKind::Destination, 109 * S, std::iter::empty());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row.endpoint, ep("10.0.0.9:5432"));
+    assert_eq!(row.open, 15);
+    // 20 connects within the last 10 seconds.
+    assert_eq!(row.conn_per_s, 2.0);
+    assert_eq!(row.connect_p99_ns.map(|ns| ns / 100_000), Some(20), "~2ms");
+    let services = top.rows(GroupKind::Service, 109 * S, std::iter::empty());
+    assert_eq!(services.len(), 1, "{services:?}");
+    assert_eq!(
+        (services[0].endpoint, services[0].open),
+        (ep("10.0.0.1:8080"), 1)
+    );
+}
+
+#[test]
+fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
+    let mut top = TopModel::new(Some(600));
+    let dst = addrs("10.0.0.1:40000", "10.0.0.9:443");
+    connection(&mut top, 1, dst, 100 * S, 1_000);
+    top.retransmit(&retransmit_of(1, dst));
+    top.flow_end(&flow_with(CloseCause::KeepaliveTimeout, dst));
+    top.flow_end(&flow_with(CloseCause::ResetReceived, dst));
+    top.flow_end(&flow_with(CloseCause::Normal, dst));
+    // 50 TIME_WAITs entered from one local address in the window: 5/s of 10/s capacity.
+    for i in 0..50u64 {
+        let a = addrs(&format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:443");
+        top.time_wait_entered(&a, 100 * S + i * S / 5);
+    }
+    let live: Vec<FlowAddrs> = (0..7)
+        .map(|i| addrs(&format!("10.0.0.1:{}", 41_000 + i), "10.0.0.9:443"))
+        .chain([addrs("10.0.0.1:41000", "10.0.0.8:80")]) // left from before tracing
+        .collect();
+    let rows = top.rows(GroupKind::Destination, 109 * S, live.iter());
+    let row = rows
+        .iter()
+        .find(|r| r.endpoint == ep("10.0.0.9:443"))
+        .expect("the destination's row");
+    assert_eq!(
+        (
+            row.retransmits,
+            row.resets,
+            row.keepalive_timeouts,
+            row.time_wait
+        ),
+        (1, 1, 1, 7)
+    );
+    let pct = row.forecast_pct.expect("a forecast");
+    assert!((pct - 50.0).abs() < 0.01, "{pct}");
+    let old = rows
+        .iter()
+        .find(|r| r.endpoint == ep("10.0.0.8:80"))
+        .expect("a row for a TIME_WAIT from before tracing");
+    assert_eq!((old.time_wait, old.open), (1, 0));
+}
+
+#[test]
+fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
+    let mut top = TopModel::new(None);
+    let a = addrs("127.0.0.1:80", "127.0.0.1:40000");
+    let mut at_seed = counters();
+    at_seed.transitions[usize::from(ts::CLOSE) * 16 + usize::from(ts::SYN_SENT)] = 1_000;
+    top.seed(
+        [
+            (ts::LISTEN, addrs("0.0.0.0:80", "0.0.0.0:0")),
+            (ts::ESTABLISHED, a),
+            (ts::ESTABLISHED, a),
+        ],
+        at_seed.clone(),
+    );
+    let mut now = at_seed.clone();
+    // Since the seed: 3 connects, 2 of them established, 1 established flow closed actively.
+    now.transitions[usize::from(ts::CLOSE) * 16 + usize::from(ts::SYN_SENT)] += 3;
+    now.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 2;
+    now.transitions[usize::from(ts::ESTABLISHED) * 16 + usize::from(ts::FIN_WAIT1)] = 1;
+    // 4 accepted children, 3 of them established: the listener stays.
+    now.transitions[usize::from(ts::LISTEN) * 16 + usize::from(ts::SYN_RECV)] = 4;
+    now.transitions[usize::from(ts::SYN_RECV) * 16 + usize::from(ts::ESTABLISHED)] = 3;
+    now.stats[stat::STATE_EVENTS as usize] = 6;
+    now.stats[stat::LOST_TRANSITION as usize] = 4;
+    top.tick(at_seed, 10 * S, (0, 0));
+    top.tick(now, 12 * S, (9, 2));
+    let open: Vec<(TcpState, u64)> = top
+        .header
+        .open_by_state
+        .iter()
+        .copied()
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    assert_eq!(
+        open,
+        vec![
+            (TcpState::Established, 6),
+            (TcpState::SynSent, 1),
+            (TcpState::SynRecv, 1),
+            (TcpState::FinWait1, 1),
+            (TcpState::Listen, 1)
+        ]
+    );
+    assert_eq!(top.header.transitions_per_s, 3.0);
+    assert_eq!((top.header.time_wait, top.header.time_wait_skipped), (9, 2));
+    assert_eq!(top.header.lost, 4);
+    // The seeded accepted connections belong to the listening port's service.
+    let services = top.rows(GroupKind::Service, 12 * S, std::iter::empty());
+    assert_eq!(services.len(), 1);
+    assert_eq!(
+        (services[0].endpoint, services[0].open),
+        (ep("127.0.0.1:80"), 2)
+    );
+}
+
+#[test]
+fn a_flow_from_before_tracing_that_closes_leaves_its_row() {
+    let mut top = TopModel::new(None);
+    let a = addrs("127.0.0.1:40000", "127.0.0.1:9000");
+    top.seed([(ts::ESTABLISHED, a)], counters());
+    closed(&mut top, 77, a, 5 * S);
+    top.tick(counters(), 30 * S, (0, 0));
+    assert!(top
+        .rows(GroupKind::Destination, 30 * S, std::iter::empty())
+        .is_empty());
+}

@@ -1,0 +1,396 @@
+//! Aggregation for the summary: state-duration histograms, close sides, retransmits by state,
+//! flow counts; kernel counters (exact, kept per CPU in the kernel) are merged in at the end.
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use tcptrace_common::{bucket_bounds, stat, tcp_state, DurationHistogram, TRANSITION_SLOTS};
+
+use crate::{
+    events::decode::{FinishedFlow, Lifecycle},
+    events::model::{CloseSide, TcpState},
+    state::cause::CloseCause,
+    state::timewait::TimeWaitSummary,
+};
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelCounters {
+    /// Recordings of an older tcptrace carry fewer counters: the missing ones read as 0.
+    #[serde(deserialize_with = "stats_of_older_recordings")]
+    pub stats: [u64; stat::COUNT as usize],
+    /// Indexed `old * tcp_state::LIMIT + new`.
+    pub transitions: Vec<u64>,
+    /// Transitions the kernel never handed to the programs (a program is not re-entered on
+    /// its CPU): at least the stale flows (`loader::counters::events_missed`).
+    pub missed: u64,
+    /// Flows closed, by the kernel's close cause and close side numbers.
+    #[serde(default)]
+    pub closes: Vec<u64>,
+    #[serde(default)]
+    pub sides: Vec<u64>,
+    /// Retransmits by the kernel's state number.
+    #[serde(default)]
+    pub rtx_by_state: Vec<u64>,
+}
+
+/// `stats` as written by this or an older tcptrace (fewer counters, each at its own index).
+fn stats_of_older_recordings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<[u64; stat::COUNT as usize], D::Error> {
+    let written = <Vec<u64> as serde::Deserialize>::deserialize(deserializer)?;
+    let mut stats = [0u64; stat::COUNT as usize];
+    if written.len() > stats.len() {
+        return Err(serde::de::Error::invalid_length(
+            written.len(),
+            &"at most as many counters as this tcptrace knows (the recording is from a newer one)",
+        ));
+    }
+    stats[..written.len()].copy_from_slice(&written);
+    Ok(stats)
+}
+
+impl KernelCounters {
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats[index as usize]
+    }
+
+    /// Records the kernel could not deliver (ring buffer full).
+    /// Everything lost: records the ring buffer had no room for, and events the kernel
+    /// never handed to the programs.
+    pub fn lost(&self) -> u64 {
+        self.stat(stat::LOST_TRANSITION)
+            + self.stat(stat::LOST_FLOW_END)
+            + self.stat(stat::LOST_RETRANSMIT)
+            + self.stat(stat::LOST_PROBE)
+            + self.stat(stat::LOST_TIME_WAIT)
+            + self.stat(stat::LOST_UNDECIDED)
+            + self.missed
+    }
+
+    /// Non-zero transition counts, by (old, new).
+    pub fn transition_counts(&self) -> Vec<(TcpState, TcpState, u64)> {
+        let limit = u32::from(tcp_state::LIMIT);
+        (0..TRANSITION_SLOTS)
+            .filter_map(|i| {
+                let count = *self.transitions.get(i as usize)?;
+                let old = TcpState::try_from((i / limit) as u8).ok()?;
+                let new = TcpState::try_from((i % limit) as u8).ok()?;
+                (count > 0).then_some((old, new, count))
+            })
+            .collect()
+    }
+}
+
+/// Percentiles of one state's hold times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurationStats {
+    pub state: TcpState,
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+const STATES: usize = TcpState::ALL.len();
+const _: () = assert!(TcpState::BoundInactive as usize == STATES - 1);
+
+/// Everything the summary shows, accumulated as events arrive.
+pub struct Aggregator {
+    /// Indexed by `TcpState as usize` (in `TcpState::ALL` order).
+    held: [Option<Histogram<u64>>; STATES],
+    close: BTreeMap<CloseSide, u64>,
+    causes: BTreeMap<CloseCause, u64>,
+    rtx_by_state: [u64; STATES],
+    finished: u64,
+    open: u64,
+    decode_errors: u64,
+    delivered: u64,
+    /// The kernel counts durations, causes, sides and retransmits itself (live tracing):
+    /// flow records are not aggregated again, and its histograms are set before `finish`.
+    in_kernel: Option<Vec<DurationHistogram>>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Aggregator {
+            held: std::array::from_fn(|_| None),
+            close: BTreeMap::new(),
+            causes: BTreeMap::new(),
+            rtx_by_state: [0; STATES],
+            finished: 0,
+            open: 0,
+            decode_errors: 0,
+            delivered: 0,
+            in_kernel: None,
+        }
+    }
+
+    /// Durations, causes, sides and retransmits come from the kernel's counts.
+    pub fn count_in_kernel(&mut self) {
+        self.in_kernel = Some(Vec::new());
+    }
+
+    /// The kernel's duration histograms (by kernel state number), for `finish`.
+    pub fn kernel_durations(&mut self, durations: Vec<DurationHistogram>) {
+        if self.in_kernel.is_some() {
+            self.in_kernel = Some(durations);
+        }
+    }
+
+    /// Any record read from the ring buffer.
+    pub fn delivered(&mut self) {
+        self.delivered += 1;
+    }
+
+    pub fn decode_error(&mut self) {
+        self.decode_errors += 1;
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    fn add_path(&mut self, lifecycle: &Lifecycle) {
+        for step in &lifecycle.path {
+            if let Some(ns) = step.held_ns {
+                self.held[step.state as usize]
+                    .get_or_insert_with(|| {
+                        // 2 significant digits: quantiles within 1%, and a histogram
+                        // small enough to stay in cache at line rate.
+                        Histogram::new(2).expect("2 significant digits is a valid precision")
+                    })
+                    // Auto-resizing: recording grows the histogram; it cannot fail for u64.
+                    .record(ns.max(1))
+                    .ok();
+            }
+            if step.retransmits > 0 {
+                self.rtx_by_state[step.state as usize] += u64::from(step.retransmits);
+            }
+        }
+    }
+
+    pub fn finished_flow(&mut self, flow: &FinishedFlow) {
+        if self.in_kernel.is_some() {
+            return; // counted in the kernel
+        }
+        self.finished += 1;
+        *self.close.entry(flow.close).or_default() += 1;
+        *self.causes.entry(flow.cause).or_default() += 1;
+        self.add_path(&flow.lifecycle);
+    }
+
+    /// A flow evicted from the kernel's table: like an open one, its completed states count.
+    pub fn evicted_flow(&mut self, lifecycle: &Lifecycle) {
+        if self.in_kernel.is_none() {
+            self.add_path(lifecycle);
+        }
+    }
+
+    /// Flows still open when tracing stopped, as the kernel's flow store counts them (their
+    /// states in progress are not durations yet).
+    pub fn count_open(&mut self, n: u64) {
+        self.open += n;
+    }
+
+    pub fn finish(&self, kernel: &KernelCounters, elapsed_ns: u64) -> Summary {
+        let Some(durations) = &self.in_kernel else {
+            return self.summary(kernel, elapsed_ns, self.durations());
+        };
+        Summary {
+            flows_finished: kernel.closes.iter().sum(),
+            close: count_by(&kernel.sides, |raw| Some(CloseSide::from_kernel(raw))),
+            causes: count_by(&kernel.closes, |raw| Some(CloseCause::from_kernel(raw))),
+            rtx_by_state: count_by(&kernel.rtx_by_state, |raw| TcpState::try_from(raw).ok()),
+            ..self.summary(kernel, elapsed_ns, durations_in_kernel(durations))
+        }
+    }
+
+    fn durations(&self) -> Vec<DurationStats> {
+        self.held
+            .iter()
+            .zip(TcpState::ALL)
+            .filter_map(|(h, state)| Some((state, h.as_ref()?)))
+            .map(|(state, h)| DurationStats {
+                state,
+                count: h.len(),
+                p50_ns: h.value_at_quantile(0.50),
+                p90_ns: h.value_at_quantile(0.90),
+                p99_ns: h.value_at_quantile(0.99),
+                max_ns: h.max(),
+            })
+            .collect()
+    }
+
+    fn summary(
+        &self,
+        kernel: &KernelCounters,
+        elapsed_ns: u64,
+        durations: Vec<DurationStats>,
+    ) -> Summary {
+        Summary {
+            elapsed_ns,
+            state_events: kernel.stat(stat::STATE_EVENTS),
+            transitions: kernel.transition_counts(),
+            durations,
+            flows_seen: kernel.stat(stat::FLOWS_SEEN),
+            flows_finished: self.finished,
+            flows_open: self.open,
+            flows_untracked: kernel.stat(stat::FLOW_TABLE_FULL),
+            close: self.close.iter().map(|(&k, &v)| (k, v)).collect(),
+            causes: self.causes.iter().map(|(&k, &v)| (k, v)).collect(),
+            retransmits: kernel.stat(stat::RETRANSMITS),
+            rtx_by_state: TcpState::ALL
+                .iter()
+                .zip(self.rtx_by_state)
+                .filter(|&(_, n)| n > 0)
+                .map(|(&state, n)| (state, n))
+                .collect(),
+            lost_transitions: kernel.stat(stat::LOST_TRANSITION),
+            lost_flows: kernel.stat(stat::LOST_FLOW_END),
+            lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
+            lost_probes: kernel.stat(stat::LOST_PROBE),
+            lost_time_wait: kernel.stat(stat::LOST_TIME_WAIT),
+            lost_undecided: kernel.stat(stat::LOST_UNDECIDED),
+            keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
+            missed_events: kernel.missed,
+            submitted: kernel.stat(stat::SUBMITTED),
+            stale_flows: kernel.stat(stat::STALE_FLOWS),
+            filtered_events: kernel.stat(stat::FILTERED),
+            filters: None,
+            flows_evicted: 0,
+            path_gaps: kernel.stat(stat::PATH_GAPS),
+            nested_events: kernel.stat(stat::NESTED_HANDLED),
+            keepalive_unindexed: kernel.stat(stat::KEEPALIVE_UNINDEXED),
+            read_errors: kernel.stat(stat::READ_ERRORS),
+            decode_errors: self.decode_errors,
+            delivered: self.delivered,
+            truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
+            time_wait: None,
+            time_wait_preexisting: 0,
+        }
+    }
+}
+
+/// Non-zero counts indexed by a kernel number, named by `name` (in the kernel's order; a
+/// number with no name is left out).
+fn count_by<K: Ord, F: Fn(u8) -> Option<K>>(counts: &[u64], name: F) -> Vec<(K, u64)> {
+    let mut named: BTreeMap<K, u64> = BTreeMap::new();
+    for (raw, &n) in counts.iter().enumerate() {
+        if let (true, Some(key)) = (n > 0, u8::try_from(raw).ok().and_then(&name)) {
+            *named.entry(key).or_default() += n;
+        }
+    }
+    named.into_iter().collect()
+}
+
+/// Percentiles of the kernel's log-linear histograms: a quantile is reported at the middle
+/// of its bucket (within ~6%), never above the largest duration seen.
+fn durations_in_kernel(histograms: &[DurationHistogram]) -> Vec<DurationStats> {
+    TcpState::ALL
+        .iter()
+        .filter_map(|&state| {
+            let h = histograms.get(usize::from(state.raw()))?;
+            let count: u64 = h.buckets.iter().sum();
+            (count > 0).then(|| {
+                let at = |q: f64| quantile(&h.buckets, count, q).min(h.max_ns);
+                DurationStats {
+                    state,
+                    count,
+                    p50_ns: at(0.50),
+                    p90_ns: at(0.90),
+                    p99_ns: at(0.99),
+                    max_ns: h.max_ns,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The `q` quantile of `count` durations counted in log-linear `buckets`.
+pub fn quantile(buckets: &[u64], count: u64, q: f64) -> u64 {
+    let rank = ((q * count as f64).ceil() as u64).clamp(1, count.max(1));
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let (low, high) = bucket_bounds(i);
+            return low + (high - low) / 2;
+        }
+    }
+    0
+}
+
+/// The end-of-run summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub elapsed_ns: u64,
+    pub state_events: u64,
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+    pub durations: Vec<DurationStats>,
+    pub flows_seen: u64,
+    pub flows_finished: u64,
+    pub flows_open: u64,
+    pub flows_untracked: u64,
+    pub close: Vec<(CloseSide, u64)>,
+    pub causes: Vec<(CloseCause, u64)>,
+    pub retransmits: u64,
+    pub rtx_by_state: Vec<(TcpState, u64)>,
+    pub lost_transitions: u64,
+    pub lost_flows: u64,
+    pub lost_retransmits: u64,
+    pub lost_probes: u64,
+    pub lost_time_wait: u64,
+    /// First transitions held for a local-port filter that found the flow table full.
+    pub lost_undecided: u64,
+    pub keepalive_probes: u64,
+    /// Events the kernel skipped: its recursion misses the second program did not handle,
+    /// and never fewer than the stale flows.
+    pub missed_events: u64,
+    /// Records the kernel submitted to the ring buffer.
+    pub submitted: u64,
+    pub stale_flows: u64,
+    /// Events the in-kernel filters dropped.
+    pub filtered_events: u64,
+    /// The filters in force, in words.
+    pub filters: Option<String>,
+    /// Flows evicted from a nearly full flow table (least recently active first).
+    pub flows_evicted: u64,
+    pub path_gaps: u64,
+    /// Transitions that arrived while the main program ran on their CPU, handled by the
+    /// second program (the kernel skips them for the first).
+    pub nested_events: u64,
+    /// Sockets with SO_KEEPALIVE whose owner the kernel could not index for their probes
+    /// (`--flow-memory socket`, the index full).
+    pub keepalive_unindexed: u64,
+    pub read_errors: u64,
+    pub decode_errors: u64,
+    pub delivered: u64,
+    pub truncated_paths: u64,
+    /// TIME_WAIT, where traced.
+    pub time_wait: Option<TimeWaitSummary>,
+    /// Sockets already in TIME_WAIT when tracing started.
+    pub time_wait_preexisting: u64,
+}
+
+impl Summary {
+    pub fn lost(&self) -> u64 {
+        self.lost_transitions
+            + self.lost_flows
+            + self.lost_retransmits
+            + self.lost_probes
+            + self.lost_time_wait
+            + self.lost_undecided
+            + self.missed_events
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;

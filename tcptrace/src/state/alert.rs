@@ -1,0 +1,198 @@
+//! The operator's view: only anomalies, each with the flow's short history on one line.
+use std::fmt;
+
+use crate::{
+    events::decode::{FinishedFlow, KeepaliveProbe, Lifecycle, Retransmit},
+    events::model::{FlowAddrs, Process, TcpState},
+    host::clock::{human_duration, HumanDuration},
+    output::digits::number,
+    state::cause::CloseCause,
+    state::keepalive::{self, KeepaliveSettings},
+    state::timewait::TimeWait,
+};
+
+pub enum Alert<'a> {
+    /// A flow ended abnormally (timeouts, resets, refused, aborted).
+    Closed(&'a FinishedFlow),
+    /// Our FIN is being retransmitted: we closed and the peer is silent (half-open).
+    FinRetransmit(&'a Retransmit),
+    /// A keepalive probe went unanswered so far: the connection may be dying.
+    KeepaliveProbe(&'a KeepaliveProbe),
+}
+
+impl<'a> Alert<'a> {
+    pub fn closed(flow: &'a FinishedFlow) -> Option<Alert<'a>> {
+        flow.cause.is_anomaly().then_some(Alert::Closed(flow))
+    }
+
+    pub fn retransmit(r: &'a Retransmit) -> Option<Alert<'a>> {
+        matches!(
+            r.state,
+            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+        )
+        .then_some(Alert::FinRetransmit(r))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Alert::Closed(f) => f.cause.name(),
+            Alert::FinRetransmit(_) => "fin_retransmit",
+            Alert::KeepaliveProbe(_) => "keepalive_probe",
+        }
+    }
+
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Alert::Closed(f) => f.ts_ns,
+            Alert::FinRetransmit(r) => r.ts_ns,
+            Alert::KeepaliveProbe(p) => p.ts_ns,
+        }
+    }
+
+    pub fn owner(&self) -> &Option<Process> {
+        match self {
+            Alert::Closed(f) => &f.lifecycle.owner,
+            Alert::FinRetransmit(r) => &r.owner,
+            Alert::KeepaliveProbe(p) => &p.owner,
+        }
+    }
+
+    pub fn addrs(&self) -> &FlowAddrs {
+        match self {
+            Alert::Closed(f) => &f.addrs,
+            Alert::FinRetransmit(r) => &r.addrs,
+            Alert::KeepaliveProbe(p) => &p.addrs,
+        }
+    }
+
+    /// Keepalive settings in force, for keepalive alerts.
+    pub fn keepalive(&self) -> Option<KeepaliveSettings> {
+        let raw = match self {
+            Alert::Closed(f) => f.keepalive.as_ref()?,
+            Alert::KeepaliveProbe(p) => &p.keepalive,
+            Alert::FinRetransmit(_) => return None,
+        };
+        Some(keepalive::settings(raw, keepalive::hz()))
+    }
+
+    /// How long the peer has been silent, for keepalive alerts.
+    pub fn silent_ns(&self) -> Option<u64> {
+        let raw = match self {
+            Alert::Closed(f) => f.keepalive.as_ref()?,
+            Alert::KeepaliveProbe(p) => &p.keepalive,
+            Alert::FinRetransmit(_) => return None,
+        };
+        keepalive::jiffies_ns(raw.silent_j, keepalive::hz())
+    }
+
+    /// One line of explanation.
+    pub fn detail(&self) -> String {
+        let keepalive = self.keepalive().map(|k| {
+            format!(
+                "keepalive idle {} intvl {} cnt {} ({})",
+                k.idle_ns.map_or("?".into(), human_duration),
+                k.intvl_ns.map_or("?".into(), human_duration),
+                k.probes,
+                k.source
+            )
+        });
+        let silent = self.silent_ns().map_or("?".into(), human_duration);
+        match self {
+            Alert::Closed(f) => {
+                let mut text = path_text(&f.lifecycle);
+                match f.cause {
+                    CloseCause::KeepaliveTimeout => text.push_str(&format!(
+                        "; peer silent {silent}, {} probes unanswered; {}",
+                        f.evidence.probes,
+                        keepalive.unwrap_or_default()
+                    )),
+                    CloseCause::Rto | CloseCause::SynTimeout | CloseCause::UserTimeout => text
+                        .push_str(&format!(
+                            "; {} retransmits unanswered",
+                            f.lifecycle.retransmits
+                        )),
+                    CloseCause::ResetSent => text.push_str(&format!(
+                        "; reset sent: {}",
+                        f.evidence.reset_sent.as_deref().unwrap_or("?")
+                    )),
+                    _ => {}
+                }
+                if f.evidence.err != 0 {
+                    text.push_str(&format!("; error {}", f.evidence.err));
+                }
+                text
+            }
+            Alert::FinRetransmit(r) => format!(
+                "FIN retransmitted in {}: we closed and the peer is silent (half-open?)",
+                r.state
+            ),
+            Alert::KeepaliveProbe(p) => {
+                let cnt = self.keepalive().map_or(0, |k| k.probes);
+                format!(
+                    "probe {}/{cnt} unanswered, peer silent {silent}; {}",
+                    p.probe,
+                    keepalive.unwrap_or_default()
+                )
+            }
+        }
+    }
+}
+
+/// `SYN_SENT 1.2ms > ESTABLISHED 176ms > CLOSE`, with retransmits per state and `?` for
+/// unknown times; `…` marks a truncated path.
+pub fn path_text(lifecycle: &Lifecycle) -> String {
+    Path(lifecycle).to_string()
+}
+
+/// [`path_text`] without allocating.
+pub struct Path<'a>(pub &'a Lifecycle);
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_path(f, self.0, None)
+    }
+}
+
+/// The path; a final `CLOSE` (with no retransmits) becomes the TIME_WAIT that followed, if any
+/// (`> TIME_WAIT 60.0s (expired)`).
+/// Written without `core::fmt`'s machinery (the printers' hot path).
+pub fn write_path<W: fmt::Write + ?Sized>(
+    f: &mut W,
+    lifecycle: &Lifecycle,
+    time_wait: Option<&TimeWait>,
+) -> fmt::Result {
+    let last = lifecycle.path.len().saturating_sub(1);
+    for (i, step) in lifecycle.path.iter().enumerate() {
+        if i > 0 {
+            f.write_str(" > ")?;
+        }
+        if i == last && lifecycle.truncated {
+            f.write_str("… > ")?;
+        }
+        match time_wait {
+            Some(tw) if i == last && step.state == TcpState::Close && step.retransmits == 0 => {
+                f.write_str("TIME_WAIT ")?;
+                HumanDuration(tw.held_ns).write_to(f)?;
+                f.write_str(" (")?;
+                f.write_str(tw.end.name())?;
+                return f.write_char(')');
+            }
+            _ => f.write_str(step.state.name())?,
+        }
+        if i != last {
+            match step.held_ns {
+                Some(ns) => {
+                    f.write_char(' ')?;
+                    HumanDuration(ns).write_to(f)?;
+                }
+                None => f.write_str(" ?")?,
+            }
+        }
+        if step.retransmits > 0 {
+            f.write_str(" (rtx ")?;
+            number(f, step.retransmits)?;
+            f.write_char(')')?;
+        }
+    }
+    Ok(())
+}

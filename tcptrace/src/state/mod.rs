@@ -1,0 +1,10 @@
+//! What the events add up to: flows and their close causes, TIME_WAIT, alerts, the
+//! exhaustion forecast, keepalive timing, idle connections and flow-table eviction.
+pub mod aggregate;
+pub mod alert;
+pub mod cause;
+pub mod evict;
+pub mod forecast;
+pub mod idle;
+pub mod keepalive;
+pub mod timewait;

@@ -1,0 +1,477 @@
+//! TIME_WAIT made visible: every timewait socket's start, end and end cause, joined to the flow
+//! that closed first; live gauges per destination and local address; the 4-tuple exhaustion
+//! forecast.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
+
+// A fast hasher with a per-process seed: keys are addresses and ports peers choose.
+use foldhash::HashMap;
+use hdrhistogram::Histogram;
+
+use crate::{
+    events::decode::{FinishedFlow, TimeWaitFlow},
+    events::model::{Endpoint, FlowAddrs, TcpState},
+};
+
+/// A cancel not followed by an expiry within this long ended TIME_WAIT early.
+const SETTLE_NS: u64 = 20_000_000;
+/// The window over which entry rates are measured.
+pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
+/// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN).
+pub const TIME_WAIT_LEN_S: f64 = 60.0;
+
+// The types a TIME_WAIT is described with live beside the other typed views (decode uses
+// them too), so decode and this module do not import each other.
+pub use crate::events::model::{TimeWait, TimeWaitEnd};
+
+struct Active {
+    addrs: FlowAddrs,
+    start_ns: u64,
+    /// Boxed as decoded (a flow is ~460 bytes, and most entries of the map and its spare
+    /// capacity hold none); handed on as it is when the TIME_WAIT ends.
+    flow: Option<Box<FinishedFlow>>,
+    cancel: Option<(u64, bool)>,
+}
+
+/// What the tracker hands back to be printed.
+pub enum Finished {
+    /// A flow whose TIME_WAIT ended (or that never had one).
+    Flow(Box<FinishedFlow>),
+    /// A TIME_WAIT whose flow was not seen (it closed before tracing, or was untracked).
+    Orphan(TimeWait),
+}
+
+#[derive(Default)]
+pub struct TimeWaitTracker {
+    active: HashMap<u64, Active>,
+    /// Cancels in the order they came (time, timer): settled from the front, so that a
+    /// settle pass costs what it settles, not the number of sockets in TIME_WAIT.
+    cancels: VecDeque<(u64, u64)>,
+    /// START seen, its flow's CLOSE not yet: the flow joins by 4-tuple.
+    awaiting_flow: HashMap<FlowAddrs, u64>,
+    /// Entry times per (local addr, remote endpoint), for rates.
+    entries: HashMap<(IpAddr, Endpoint), VecDeque<u64>>,
+    held: Option<Histogram<u64>>,
+    ends: BTreeMap<TimeWaitEnd, u64>,
+    /// TIME_WAITs entered per destination, for the summary. A TIME_WAIT held by the
+    /// accepting side leaves it (and `entries`) once its flow says so: its remote endpoint is
+    /// a client's ephemeral port, and counting every one would grow without bound on a server
+    /// that closes first.
+    by_destination: HashMap<Endpoint, u64>,
+    entered: u64,
+    /// Sockets in TIME_WAIT now (those in `active`), kept as they start and end so that the
+    /// gauges cost the number of destinations, not of sockets.
+    live_by_destination: HashMap<Endpoint, u64>,
+    live_by_local: HashMap<IpAddr, u64>,
+    client_side: u64,
+    server_side: u64,
+    pub overflows: u64,
+    /// Sockets already in TIME_WAIT at start, with when they expire (kernel time).
+    /// In expiry order; counted in the live maps until they expire.
+    preexisting: VecDeque<(FlowAddrs, u64)>,
+    preexisting_total: u64,
+}
+
+/// Entries within the rate window (the queue is in time order).
+fn recent_entries(queue: &VecDeque<u64>, now_ns: u64) -> usize {
+    queue.len() - queue.partition_point(|&t| t + RATE_WINDOW_NS < now_ns)
+}
+
+/// Drops the entry times that left the rate window (the queue is in time order).
+fn forget_old_entries(queue: &mut VecDeque<u64>, now_ns: u64) {
+    while queue.front().is_some_and(|&t| t + RATE_WINDOW_NS < now_ns) {
+        queue.pop_front();
+    }
+}
+
+/// A start this soon after a cancel of the same timer, for the same 4-tuple and not inside a
+/// connect(), is the same TIME_WAIT re-armed (mod_timer), not a new one.
+const REARM_NS: u64 = 1_000_000;
+
+fn is_rearm(
+    a: &Active,
+    addrs: &FlowAddrs,
+    cancelled_ns: u64,
+    in_connect: bool,
+    ts_ns: u64,
+) -> bool {
+    !in_connect && a.addrs == *addrs && ts_ns.saturating_sub(cancelled_ns) < REARM_NS
+}
+
+/// Maps smaller than this are left as they are.
+const SPARSE_FROM: usize = 4096;
+
+/// Shrinks a map to twice its length when it is under a quarter full.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    if map.capacity() > SPARSE_FROM && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+        true
+    } else {
+        false
+    }
+}
+
+/// One fewer under `key`; the key goes at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
+
+/// Whether a finished flow is one that enters TIME_WAIT (it closed first and the FIN exchange
+/// completed).
+fn enters_time_wait(flow: &FinishedFlow) -> bool {
+    let path = &flow.lifecycle.path;
+    path.len() >= 2
+        && matches!(
+            path[path.len() - 2].state,
+            TcpState::FinWait2 | TcpState::Closing
+        )
+}
+
+impl TimeWaitTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts sockets already in TIME_WAIT at start until their remaining time runs out.
+    pub fn preexisting(&mut self, sockets: impl IntoIterator<Item = (FlowAddrs, u64)>) {
+        let mut sockets: Vec<(FlowAddrs, u64)> = sockets.into_iter().collect();
+        sockets.sort_unstable_by_key(|&(_, expires)| expires);
+        for (addrs, _) in &sockets {
+            *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+            *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
+        }
+        self.preexisting_total += sockets.len() as u64;
+        self.preexisting.extend(sockets);
+    }
+
+    /// Sockets already in TIME_WAIT when tracing started.
+    pub fn preexisting_count(&self) -> u64 {
+        self.preexisting_total
+    }
+
+    /// Forgets the pre-existing TIME_WAITs whose time ran out by `now_ns`.
+    pub fn expire_preexisting(&mut self, now_ns: u64) {
+        while let Some(&(addrs, expires)) = self.preexisting.front() {
+            if expires > now_ns {
+                break;
+            }
+            self.preexisting.pop_front();
+            decrement(&mut self.live_by_destination, addrs.remote);
+            decrement(&mut self.live_by_local, addrs.local.addr);
+        }
+    }
+
+    /// Whether a start at `timer` re-arms a TIME_WAIT already running there (a FIN
+    /// retransmitted into TIME_WAIT) rather than starting a new one.
+    pub fn rearms(&self, timer: u64, addrs: &FlowAddrs, ts_ns: u64) -> bool {
+        self.active.get(&timer).is_some_and(|a| match a.cancel {
+            None => true,
+            Some((cancelled_ns, in_connect)) => is_rearm(a, addrs, cancelled_ns, in_connect, ts_ns),
+        })
+    }
+
+    /// The 4-tuples of every socket in TIME_WAIT now, those from before tracing included
+    /// (call [`Self::expire_preexisting`] first).
+    pub fn live_addrs(&self) -> impl Iterator<Item = &FlowAddrs> {
+        self.active
+            .values()
+            .map(|a| &a.addrs)
+            .chain(self.preexisting.iter().map(|(addrs, _)| addrs))
+    }
+
+    /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
+    /// cancelled and had not settled yet (its memory was reused: it ended).
+    pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) -> Option<Finished> {
+        let mut ended = None;
+        if let Some(existing) = self.active.get_mut(&timer) {
+            let Some((cancelled_ns, in_connect)) = existing.cancel else {
+                return None; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
+            };
+            if is_rearm(existing, &addrs, cancelled_ns, in_connect, ts_ns) {
+                // mod_timer on a pending timer: the kernel reports a cancel, then the start
+                // (FIN_WAIT2 becoming TIME_WAIT, a FIN retransmitted into it). It goes on.
+                existing.cancel = None;
+                return None;
+            }
+            let end = TimeWaitEnd::early(in_connect);
+            if let Some(old) = self.active.remove(&timer) {
+                ended = Some(self.end(timer, old, cancelled_ns, end));
+            }
+        }
+        self.active.insert(
+            timer,
+            Active {
+                addrs,
+                start_ns: ts_ns,
+                flow: None,
+                cancel: None,
+            },
+        );
+        self.awaiting_flow.insert(addrs, timer);
+        let queue = self
+            .entries
+            .entry((addrs.local.addr, addrs.remote))
+            .or_default();
+        queue.push_back(ts_ns);
+        forget_old_entries(queue, ts_ns);
+        *self.by_destination.entry(addrs.remote).or_default() += 1;
+        self.entered += 1;
+        *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+        *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
+        ended
+    }
+
+    /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends. Where flows
+    /// are not printed (`keep` false), only its side is counted: nothing is held.
+    pub fn flow(&mut self, flow: Box<FinishedFlow>, keep: bool) -> Option<Box<FinishedFlow>> {
+        if !enters_time_wait(&flow) {
+            return Some(flow);
+        }
+        let Some(timer) = self.join(&flow.addrs, flow.lifecycle.accepted()) else {
+            return Some(flow);
+        };
+        if keep {
+            if let Some(active) = self.active.get_mut(&timer) {
+                active.flow = Some(flow);
+            }
+        }
+        None
+    }
+
+    /// A flow entering TIME_WAIT, sent in brief (`tcptrace metrics`): its side is counted.
+    pub fn brief_flow(&mut self, flow: &TimeWaitFlow) {
+        let _ = self.join(&flow.addrs, flow.accepted);
+    }
+
+    /// Joins a flow entering TIME_WAIT to its timewait socket: `None` when there is none to
+    /// join (no timewait socket: tcp_max_tw_buckets overflow, or untraced; or that TIME_WAIT
+    /// holds a flow already — its timer address and 4-tuple came back before its end was
+    /// seen — and this one is printed now rather than replace it), else the TIME_WAIT's timer.
+    fn join(&mut self, addrs: &FlowAddrs, accepted: bool) -> Option<u64> {
+        let timer = self.awaiting_flow.remove(addrs)?;
+        let active = self.active.get_mut(&timer)?;
+        if active.flow.is_some() {
+            return None;
+        }
+        let (addrs, start_ns) = (active.addrs, active.start_ns);
+        if accepted {
+            self.server_side += 1;
+            self.not_a_destination(&addrs, start_ns);
+        } else {
+            self.client_side += 1;
+        }
+        Some(timer)
+    }
+
+    /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
+    /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
+    /// out). It stays in the live gauges until it ends.
+    fn not_a_destination(&mut self, addrs: &FlowAddrs, start_ns: u64) {
+        let key = (addrs.local.addr, addrs.remote);
+        if let Some(queue) = self.entries.get_mut(&key) {
+            if let Some(at) = queue.iter().rposition(|&t| t == start_ns) {
+                queue.remove(at);
+            }
+            if queue.is_empty() {
+                self.entries.remove(&key);
+            }
+        }
+        decrement(&mut self.by_destination, addrs.remote);
+    }
+
+    pub fn cancel(&mut self, timer: u64, ts_ns: u64, in_connect: bool) {
+        if let Some(active) = self.active.get_mut(&timer) {
+            active.cancel = Some((ts_ns, in_connect));
+            self.cancels.push_back((ts_ns, timer));
+        }
+    }
+
+    pub fn expire(&mut self, timer: u64, ts_ns: u64) -> Option<Finished> {
+        let active = self.active.remove(&timer)?;
+        Some(self.end(timer, active, ts_ns, TimeWaitEnd::Expired))
+    }
+
+    /// Ends the TIME_WAITs whose cancel was not followed by an expiry.
+    pub fn settle(&mut self, now_ns: u64) -> Vec<Finished> {
+        let mut ended = Vec::new();
+        while let Some(&(ts, timer)) = self.cancels.front() {
+            if ts + SETTLE_NS >= now_ns {
+                break;
+            }
+            self.cancels.pop_front();
+            // Still cancelled at that time (not expired since, nor a new TIME_WAIT on the
+            // same timer address).
+            let current = self
+                .active
+                .get(&timer)
+                .is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
+            if !current {
+                continue;
+            }
+            let Some(active) = self.active.remove(&timer) else {
+                continue;
+            };
+            let end = TimeWaitEnd::early(active.cancel.is_some_and(|(_, c)| c));
+            ended.push(self.end(timer, active, ts, end));
+        }
+        ended
+    }
+
+    /// Everything still in TIME_WAIT when tracing stops.
+    pub fn drain_in_progress(&mut self, now_ns: u64) -> Vec<Finished> {
+        let active: Vec<(u64, Active)> = self.active.drain().collect();
+        active
+            .into_iter()
+            .map(|(t, a)| self.end(t, a, now_ns, TimeWaitEnd::InProgress))
+            .collect()
+    }
+
+    fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
+        let held_ns = end_ns.saturating_sub(active.start_ns);
+        decrement(&mut self.live_by_destination, active.addrs.remote);
+        decrement(&mut self.live_by_local, active.addrs.local.addr);
+        if end != TimeWaitEnd::InProgress {
+            self.held
+                .get_or_insert_with(|| Histogram::new(2).expect("valid precision"))
+                .record(held_ns.max(1))
+                .ok();
+            *self.ends.entry(end).or_default() += 1;
+        }
+        if self.awaiting_flow.get(&active.addrs) == Some(&timer) {
+            self.awaiting_flow.remove(&active.addrs);
+        }
+        let tw = TimeWait {
+            addrs: active.addrs,
+            start_ns: active.start_ns,
+            held_ns,
+            end,
+        };
+        match active.flow {
+            Some(mut flow) => {
+                flow.time_wait = Some(tw);
+                Finished::Flow(flow)
+            }
+            None => Finished::Orphan(tw),
+        }
+    }
+
+    /// Sockets in TIME_WAIT now, by destination and by local address (call
+    /// [`Self::expire_preexisting`] first).
+    pub fn gauges(&self, now_ns: u64) -> Gauges {
+        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = self
+            .live_by_destination
+            .iter()
+            .map(|(&d, &n)| (d, (n, 0.0)))
+            .collect();
+        let by_local: BTreeMap<IpAddr, u64> =
+            self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
+        // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
+        let total = (self.active.len() + self.preexisting.len()) as u64;
+        for ((_, remote), queue) in &self.entries {
+            let recent = recent_entries(queue, now_ns);
+            by_destination.entry(*remote).or_default().1 +=
+                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
+        }
+        Gauges {
+            total,
+            by_destination: by_destination
+                .into_iter()
+                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
+                .collect(),
+            by_local: by_local.into_iter().collect(),
+        }
+    }
+
+    /// Forgets the entry times that left the rate window, and the pairs left with none (a
+    /// server's TIME_WAITs are keyed by each client's ephemeral port: without this the pairs
+    /// would accumulate, and every gauge would visit them all).
+    pub fn prune_entry_rates(&mut self, now_ns: u64) {
+        self.entries.retain(|_, queue| {
+            forget_old_entries(queue, now_ns);
+            !queue.is_empty()
+        });
+    }
+
+    /// Gives memory back after a burst: the maps that a burst grew and that are now mostly
+    /// empty are shrunk (a hash map keeps its capacity otherwise: a server's burst of
+    /// TIME_WAITs keyed by client ports left ~90 MB behind in the soak). Returns whether any
+    /// was.
+    pub fn shrink_sparse_maps(&mut self) -> bool {
+        let mut shrunk = shrink_if_sparse(&mut self.entries);
+        shrunk |= shrink_if_sparse(&mut self.active);
+        shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
+        shrunk |= shrink_if_sparse(&mut self.live_by_destination);
+        shrunk |= shrink_if_sparse(&mut self.by_destination);
+        shrunk |= shrink_if_sparse(&mut self.live_by_local);
+        if self.cancels.capacity() > SPARSE_FROM && self.cancels.len() < self.cancels.capacity() / 4
+        {
+            self.cancels.shrink_to(self.cancels.len() * 2);
+            shrunk = true;
+        }
+        shrunk
+    }
+
+    /// New TIME_WAITs per second for each (local addr, remote addr:port).
+    pub fn entry_rates(&self, now_ns: u64) -> Vec<((IpAddr, Endpoint), f64)> {
+        self.entries
+            .iter()
+            .map(|(&key, queue)| {
+                let recent = recent_entries(queue, now_ns);
+                (key, recent as f64 / (RATE_WINDOW_NS as f64 / 1e9))
+            })
+            .filter(|(_, rate)| *rate > 0.0)
+            .collect()
+    }
+
+    pub fn summary(&self) -> TimeWaitSummary {
+        let mut top: Vec<(Endpoint, u64)> =
+            self.by_destination.iter().map(|(&k, &v)| (k, v)).collect();
+        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        top.truncate(10);
+        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+        TimeWaitSummary {
+            entered: self.entered,
+            client_side: self.client_side,
+            server_side: self.server_side,
+            ends: self.ends.iter().map(|(&k, &v)| (k, v)).collect(),
+            held: self
+                .held
+                .as_ref()
+                .map(|h| [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()]),
+            top_destinations: top,
+            overflows: self.overflows,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gauges {
+    pub total: u64,
+    /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second).
+    pub by_destination: Vec<(Endpoint, (u64, f64))>,
+    pub by_local: Vec<(IpAddr, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWaitSummary {
+    pub entered: u64,
+    /// TIME_WAITs held by the side that connected (clients) and by the side that accepted.
+    pub client_side: u64,
+    pub server_side: u64,
+    pub ends: Vec<(TimeWaitEnd, u64)>,
+    /// p50, p90, p99, max of the durations, when any ended.
+    pub held: Option<[u64; 4]>,
+    pub top_destinations: Vec<(Endpoint, u64)>,
+    pub overflows: u64,
+}
+
+#[cfg(test)]
+#[path = "timewait_tests.rs"]
+mod tests;
