@@ -43,6 +43,29 @@ fn parse() -> Result<cli::Cli, ExitCode> {
     }
 }
 
+/// The mode's consumer, driven by the session (or, for `idle`, one report).
+fn run(config: &cli::Config) -> anyhow::Result<()> {
+    use events::session;
+    let mut metrics = output::exporter::MetricsExporter::for_config(config);
+    match &config.mode {
+        cli::Mode::Idle { min_idle } => output::lines::idle_once(config, *min_idle),
+        cli::Mode::Top => {
+            session::run(config, &mut (output::top::TopScreen::new(config)?, metrics))
+        }
+        cli::Mode::Record(options) => session::run(
+            config,
+            &mut (
+                events::recording::Recorder::new(config, options.clone()),
+                metrics,
+            ),
+        ),
+        _ => {
+            let lines = output::lines::LinePrinter::stdout(config, host::clock::Clock::now());
+            session::run(config, &mut (lines, metrics))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
@@ -54,11 +77,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => events::replay::run(records),
         Some(cli::Command::HookFloor { variant }) => kernel::floor::run(&cli.common.btf, variant),
-        Some(cli::Command::Idle { min_idle }) => {
-            let json = cli.common.json;
-            cli::filter::FilterSpec::try_from(cli.common.filter)
-                .and_then(|filter| events::pipeline::idle_once(json, min_idle, &filter))
-        }
         Some(cli::Command::Completions { shell }) => {
             cli::completions(shell, &mut std::io::stdout());
             Ok(())
@@ -70,15 +88,7 @@ fn main() -> ExitCode {
             interval,
         }) => cli::report_config(&cli, mode, interval)
             .and_then(|config| events::recording::report(file, &config)),
-        _ => cli::Config::try_from(cli).and_then(|config| {
-            if config.mode == cli::Command::Top {
-                output::top::run(config)
-            } else if let Some(options) = config.record.clone() {
-                events::recording::record(config, options)
-            } else {
-                events::pipeline::run(config)
-            }
-        }),
+        _ => cli::Config::try_from(cli).and_then(|config| run(&config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,10 +12,10 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process, TcpState},
     host::clock::Clock,
-    output::TimeWaitView,
     state::aggregate::{KernelCounters, Summary},
     state::alert::{path_text, Alert},
     state::forecast::Forecast,
+    state::forecast::TimeWaitView,
     state::idle::IdleReport,
     state::keepalive::KeepaliveSettings,
     state::timewait::{TimeWait, TimeWaitEnd},
@@ -185,6 +185,11 @@ struct LostLine {
 }
 
 impl<W: Write> JsonPrinter<W> {
+    /// The clock its times are read with.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     pub fn new(out: W, clock: Clock) -> Self {
         JsonPrinter {
             out,

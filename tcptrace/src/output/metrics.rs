@@ -2,9 +2,8 @@
 //! causes, retransmits by state and state-duration histograms follow what the kernel counts
 //! per CPU (no record per flow is needed for them); TIME_WAIT gauges follow the tracker (top
 //! destinations plus `other`, so cardinality stays bounded).
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
@@ -405,13 +404,6 @@ fn growth(now: &[u64], seen: &mut Vec<u64>) -> Vec<(usize, u64)> {
         .collect();
     seen.copy_from_slice(now);
     grown
-}
-
-/// Binds the metrics endpoint (errors name the address).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for --metrics on {addr}"))
 }
 
 #[cfg(test)]

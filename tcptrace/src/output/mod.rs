@@ -2,9 +2,11 @@
 //! on buffers), the Prometheus exporter and `top`'s screen.
 mod columns;
 pub mod digits;
+pub mod exporter;
 mod json;
 mod json_events;
 mod json_summary;
+pub mod lines;
 pub mod metrics;
 pub mod stackstr;
 mod text;
@@ -19,9 +21,9 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     state::aggregate::{KernelCounters, Summary},
     state::alert::Alert,
-    state::forecast::Forecast,
+    state::forecast::TimeWaitView,
     state::idle::IdleReport,
-    state::timewait::{Gauges, TimeWait},
+    state::timewait::TimeWait,
 };
 
 /// What a printer can be asked to print.
@@ -42,14 +44,6 @@ pub trait Render {
     fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
-}
-
-/// What the TIME_WAIT gauges show.
-pub struct TimeWaitView {
-    pub gauges: Gauges,
-    pub forecasts: Vec<Forecast>,
-    pub overflows: u64,
-    pub preexisting: u64,
 }
 
 /// Either printer, chosen at start-up.

@@ -15,10 +15,10 @@ use crate::{
     host::clock::{human_duration, Clock, HumanDuration},
     output::digits::number,
     output::stackstr::StackStr,
-    output::TimeWaitView,
     state::aggregate::{KernelCounters, Summary},
     state::alert::{write_path, Alert},
     state::cause::CloseCause,
+    state::forecast::TimeWaitView,
     state::idle::IdleReport,
     state::timewait::TimeWait,
 };
@@ -57,6 +57,11 @@ fn fmt_failed(_: fmt::Error) -> io::Error {
 }
 
 impl<W: Write> TextPrinter<W> {
+    /// The clock its times are read with.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     pub fn new(out: W, clock: Clock, tagged: bool) -> Self {
         TextPrinter {
             out,

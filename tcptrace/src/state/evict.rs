@@ -4,7 +4,7 @@
 //! untracked by the kernel itself.
 use tcptrace_common::{stat, FlowState};
 
-use crate::state::aggregate::KernelCounters;
+use crate::{cli::FlowMemory, state::aggregate::KernelCounters};
 
 /// When to evict, and how much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,14 +20,14 @@ pub struct FlowEvictor {
 impl FlowEvictor {
     /// The evictor for `config`'s flow table; flows in socket-local storage are never
     /// evicted (no table to fill: each socket's storage is freed with it).
-    pub fn for_config(config: &crate::cli::Config) -> Self {
-        match config.flow_memory {
-            crate::cli::FlowMemory::Socket => FlowEvictor {
+    pub fn for_config(flow_memory: FlowMemory, max_flows: u32) -> Self {
+        match flow_memory {
+            FlowMemory::Socket => FlowEvictor {
                 high: u64::MAX,
                 low: u64::MAX - 1,
                 evicted: 0,
             },
-            _ => FlowEvictor::new(config.max_flows),
+            _ => FlowEvictor::new(max_flows),
         }
     }
 

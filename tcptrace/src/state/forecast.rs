@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::events::model::Endpoint;
+use crate::{
+    events::model::Endpoint,
+    state::timewait::{Gauges, TimeWaitTracker, TIME_WAIT_LEN_S},
+};
 
 /// Above this share of the capacity, a warning names what helps.
 pub const WARN_AT: f64 = 0.8;
@@ -110,6 +113,39 @@ pub fn forecast(
         capacity_per_s,
         utilization,
         warning,
+    }
+}
+
+/// What the TIME_WAIT gauges show: per destination and local address, the exhaustion
+/// forecast of the busiest pairs, overflows and the TIME_WAITs from before tracing.
+pub struct TimeWaitView {
+    pub gauges: Gauges,
+    pub forecasts: Vec<Forecast>,
+    pub overflows: u64,
+    pub preexisting: u64,
+}
+
+/// The exhaustion forecast of the 10 busiest (local address, destination) pairs, where the
+/// port range is known.
+pub fn forecasts(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> Vec<Forecast> {
+    usable_ports.map_or_else(Vec::new, |ports| {
+        let mut rates = tw.entry_rates(now);
+        rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rates
+            .into_iter()
+            .take(10)
+            .map(|((local, remote), rate)| forecast(local, remote, rate, ports, TIME_WAIT_LEN_S))
+            .collect()
+    })
+}
+
+/// The gauges and, where the port range is known, the exhaustion forecast.
+pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
+    TimeWaitView {
+        gauges: tw.gauges(now),
+        forecasts: forecasts(tw, now, usable_ports),
+        overflows: tw.overflows,
+        preexisting: tw.preexisting_count(),
     }
 }
 

@@ -4,5 +4,5 @@ pub mod format;
 mod record;
 mod report;
 
-pub use record::{record, RecordOptions};
+pub use record::Recorder;
 pub use report::run as report;

@@ -2,37 +2,23 @@
 //! ring buffer to a file (no decoding, no formatting), with the kernel counters every second;
 //! `--max-size` rotates FILE → FILE.1 → … so a long capture cannot fill a disk.
 use std::{
-    io::Write as _,
+    io::{self, Write as _},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 
 use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
-    cli::Config,
-    events::pipeline::{async_ring, StopSignals},
+    cli::{Config, RecordOptions},
+    events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
     host::clock::Clock,
     kernel::loader::Tracer,
-    state::aggregate::KernelCounters,
-    state::forecast,
-    state::keepalive,
+    state::{aggregate::KernelCounters, forecast, keepalive},
 };
 
-/// Where and how much to write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordOptions {
-    pub path: PathBuf,
-    /// Rotate when a file reaches this size.
-    pub max_size: Option<u64>,
-    /// Files kept in a rotation (FILE, FILE.1, …).
-    pub max_files: u32,
-}
-
-/// Writes frames to the current file and rotates it.
-struct Recorder {
+/// The recording's current file: writes frames and rotates it.
+struct RotatingFile {
     options: RecordOptions,
     header: RecordingHeader,
     writer: FrameWriter,
@@ -47,10 +33,10 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-impl Recorder {
-    fn create(options: RecordOptions, header: RecordingHeader) -> Result<Recorder> {
+impl RotatingFile {
+    fn create(options: RecordOptions, header: RecordingHeader) -> Result<RotatingFile> {
         let writer = FrameWriter::create(&options.path, &header)?;
-        Ok(Recorder {
+        Ok(RotatingFile {
             options,
             header,
             writer,
@@ -146,93 +132,91 @@ fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
     }
 }
 
-/// Records until Ctrl-C, SIGTERM, SIGHUP or --duration.
-pub fn record(config: Config, options: RecordOptions) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(record_until_stopped(config, options))
+/// The recorder as the session's consumer: the raw records in, the counters every second,
+/// the file ended cleanly when the session ends.
+pub struct Recorder {
+    config: Config,
+    options: RecordOptions,
+    recorder: Option<RotatingFile>,
 }
 
-async fn record_until_stopped(config: Config, options: RecordOptions) -> Result<()> {
-    let mut tracer = Tracer::load(&config)?;
-    let clock = Clock::now();
-    let mut recorder = Recorder::create(options, header(&config, &tracer, &clock))?;
-    let mut ring = async_ring(&mut tracer)?;
-    let mut stops = StopSignals::install()?;
-    let deadline = config.duration.map(|d| Instant::now() + d);
-    let mut poll = interval(config.poll_interval);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut tick = interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut reported_lost = 0;
-    eprintln!(
-        "tcptrace: tracing TCP via {} into {} (Ctrl-C to stop)",
-        tracer.hooks.join(", "),
-        recorder.options.path.display()
-    );
-    loop {
-        tokio::select! {
-            biased;
-            _ = stops.recv() => break,
-            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
-                if deadline.is_some() => break,
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                if !drain(guard.get_inner_mut(), &mut recorder)? {
-                    guard.clear_ready();
-                }
-            }
-            _ = poll.tick() => {
-                drain(ring.get_mut(), &mut recorder)?;
-            }
-            _ = tick.tick() => {
-                let counters = tracer.counters()?;
-                recorder.write(frame::COUNTERS, &counters_payload(&counters))?;
-                // At most a second of records is lost if the recorder is killed.
-                recorder.writer.out.flush()
-                    .with_context(|| format!("writing {}", recorder.options.path.display()))?;
-                if counters.lost() > reported_lost {
-                    eprintln!(
-                        "tcptrace: warning: {} events lost ({} in all; see the report's summary)",
-                        counters.lost() - reported_lost,
-                        counters.lost()
-                    );
-                    reported_lost = counters.lost();
-                }
-            }
+impl Recorder {
+    pub fn new(config: &Config, options: RecordOptions) -> Recorder {
+        Recorder {
+            config: config.clone(),
+            options,
+            recorder: None,
         }
     }
-    tracer.detach()?;
-    while drain(ring.get_mut(), &mut recorder)? {}
-    let counters = tracer.counters()?;
-    recorder.finish(&counters)?;
-    eprintln!(
-        "tcptrace: recorded {} records ({:.1} MB written{}) into {}; {} lost",
-        recorder.records,
-        recorder.bytes as f64 / 1e6,
-        if recorder.rotations > 0 {
-            format!(", {} rotations", recorder.rotations)
-        } else {
-            String::new()
-        },
-        recorder.options.path.display(),
-        counters.lost()
-    );
-    Ok(())
+
+    fn recorder(&mut self) -> io::Result<&mut RotatingFile> {
+        self.recorder
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the recording was not started"))
+    }
 }
 
-/// Copies up to a batch of records; returns whether more may be pending.
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    recorder: &mut Recorder,
-) -> Result<bool> {
-    for _ in 0..crate::events::pipeline::DRAIN_BATCH {
-        let Some(item) = ring.next() else {
-            return Ok(false);
-        };
-        recorder.record(&item)?;
+/// A recorder's error as an output error (the session stops with it).
+fn io_error(e: anyhow::Error) -> io::Error {
+    io::Error::other(format!("{e:#}"))
+}
+
+impl Consumer for Recorder {
+    type Input = std::convert::Infallible;
+
+    fn wants(&self) -> Wants {
+        Wants {
+            raw: true,
+            ..Wants::default()
+        }
     }
-    Ok(true)
+
+    fn begin(&mut self, b: &Begin) -> Result<()> {
+        let header = header(&self.config, b.tracer, &Clock::now());
+        let recorder = RotatingFile::create(self.options.clone(), header)?;
+        eprintln!(
+            "tcptrace: tracing TCP via {} into {} (Ctrl-C to stop)",
+            b.hooks,
+            recorder.options.path.display()
+        );
+        self.recorder = Some(recorder);
+        Ok(())
+    }
+
+    fn raw(&mut self, record: &[u8]) -> io::Result<()> {
+        self.recorder()?.record(record).map_err(io_error)
+    }
+
+    fn tick(&mut self, t: &Tick) -> Result<Flow> {
+        let recorder = self.recorder()?;
+        recorder.write(frame::COUNTERS, &counters_payload(t.kernel))?;
+        // At most a second of records is lost if the recorder is killed.
+        recorder
+            .writer
+            .out
+            .flush()
+            .with_context(|| format!("writing {}", recorder.options.path.display()))?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, end: &End) -> Result<()> {
+        let Some(recorder) = self.recorder.as_mut() else {
+            return Ok(());
+        };
+        let counters = end.kernel.cloned().unwrap_or_default();
+        recorder.finish(&counters)?;
+        eprintln!(
+            "tcptrace: recorded {} records ({:.1} MB written{}) into {}; {} lost",
+            recorder.records,
+            recorder.bytes as f64 / 1e6,
+            if recorder.rotations > 0 {
+                format!(", {} rotations", recorder.rotations)
+            } else {
+                String::new()
+            },
+            recorder.options.path.display(),
+            counters.lost()
+        );
+        Ok(())
+    }
 }

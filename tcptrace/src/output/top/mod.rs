@@ -1,38 +1,25 @@
-//! `tcptrace top`: the live full-screen view (ratatui + crossterm). The same programs, filters
-//! and pipeline as every mode; records feed a [`TopModel`] instead of a printer, the screen is
-//! redrawn every second and on each key, and the usual summary is printed once the terminal is
-//! restored — on q, Ctrl-C, SIGINT/SIGTERM/SIGHUP, `--duration`, and (ratatui's panic hook) a
-//! panic.
-use std::{
-    io::{self, BufWriter, IsTerminal as _},
-    time::Duration,
-};
+//! `tcptrace top`: the live full-screen view (ratatui + crossterm), a consumer of the session
+//! like every mode: records feed a [`TopModel`], the screen is redrawn every second and on
+//! each key, and the usual summary is printed once the terminal is restored — on q, Ctrl-C,
+//! SIGINT/SIGTERM/SIGHUP, `--duration`, and (ratatui's panic hook) a panic. Warnings met
+//! while the screen is up are said after it is restored.
+use std::io::{self, BufWriter, IsTerminal as _};
 
 use anyhow::{bail, Context as _, Result};
 use ratatui::{crossterm::event::Event as TermEvent, DefaultTerminal};
-use tokio::{
-    sync::mpsc,
-    time::{interval, sleep_until, Instant, MissedTickBehavior},
-};
+use tokio::sync::mpsc;
 
 use crate::{
     cli::Config,
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::drain::{drain, Observer, Sinks},
-    events::model::FlowAddrs,
-    events::pipeline::{
-        async_ring, evict_if_due, finish, seed_time_wait, StopSignals, DRAIN_BATCH,
+    events::{
+        consumer::{Begin, Consumer, End, Flow, Tick, Wants},
+        decode::{FinishedFlow, Retransmit, Transition},
+        model::FlowAddrs,
     },
-    host::clock::Clock,
-    host::procnet,
-    host::sockdiag,
+    host::{clock::Clock, sockdiag},
     kernel::loader::Tracer,
-    output::{Printer, TextPrinter},
-    state::aggregate::Aggregator,
-    state::alert::Alert,
-    state::evict::FlowEvictor,
-    state::forecast,
-    state::timewait::TimeWaitTracker,
+    output::{Render, TextPrinter},
+    state::{alert::Alert, timewait::TimeWaitTracker},
 };
 
 mod model;
@@ -40,51 +27,6 @@ mod view;
 
 use model::TopModel;
 use view::{KeyOutcome, Snapshot, ViewState};
-
-impl Observer for TopModel {
-    fn transition(&mut self, t: &Transition) {
-        TopModel::transition(self, t);
-    }
-    fn flow_end(&mut self, f: &FinishedFlow) {
-        TopModel::flow_end(self, f);
-    }
-    fn retransmit(&mut self, r: &Retransmit) {
-        TopModel::retransmit(self, r);
-    }
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) {
-        TopModel::time_wait_entered(self, addrs, ts_ns);
-    }
-    fn alert(&mut self, alert: &Alert) {
-        TopModel::alert(self, alert);
-    }
-}
-
-/// How often the screen is refreshed.
-const REFRESH: Duration = Duration::from_secs(1);
-
-pub fn run(config: Config) -> Result<()> {
-    if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
-        bail!(
-            "top needs a terminal (stdin and stdout are not both one); for pipes and files use a \
-             line mode: tcptrace flows, alerts or timewait (--json for machines)"
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(trace(config))
-}
-
-/// Leaves the alternate screen and raw mode when dropped (every exit path but a panic, which
-/// ratatui's panic hook covers).
-struct RestoreTerminal;
-
-impl Drop for RestoreTerminal {
-    fn drop(&mut self) {
-        ratatui::restore();
-    }
-}
 
 /// Keys and resizes, read on a thread of their own (crossterm's read blocks).
 fn terminal_events() -> mpsc::UnboundedReceiver<TermEvent> {
@@ -122,149 +64,168 @@ fn seed(config: &Config, tracer: &Tracer, top: &mut TopModel) -> Result<()> {
     Ok(())
 }
 
-fn redraw(
-    terminal: &mut DefaultTerminal,
-    view: &ViewState,
-    top: &TopModel,
-    tw: &TimeWaitTracker,
-    clock: &Clock,
-    filters: Option<&str>,
-) -> Result<()> {
-    let now_ns = Clock::ktime_now();
-    let snapshot = Snapshot {
-        now_ns,
-        clock,
-        header: &top.header,
-        rows: view.arrange(top.rows(view.kind, now_ns, tw.live_addrs())),
-        alerts: top.alerts().collect(),
-        filters,
-    };
-    terminal
-        .draw(|frame| view::draw(frame, view, &snapshot))
-        .context("drawing the screen")?;
-    Ok(())
+/// The screen and what it shows.
+pub struct TopScreen {
+    config: Config,
+    clock: Clock,
+    model: TopModel,
+    view: ViewState,
+    filters: Option<String>,
+    /// Up between `begin` and `finish` (restored when dropped on an error).
+    terminal: Option<DefaultTerminal>,
+    /// Warnings held while the screen is up.
+    warnings: Vec<String>,
 }
 
-async fn trace(config: Config) -> Result<()> {
-    let mut tracer = Tracer::load(&config)?;
-    let clock = Clock::now();
-    let started_ns = Clock::ktime_now();
-    let mut ring = async_ring(&mut tracer)?;
-    // Kernel-side log lines would be written across the screen: not read here.
-    drop(tracer.logger.take());
-    let mut stops = StopSignals::install()?;
-    let deadline = config.duration.map(|d| Instant::now() + d);
-    let mut poll = interval(config.poll_interval);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut refresh = interval(REFRESH);
-    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
-    let usable_ports = match forecast::host_usable_ports() {
-        Ok(ports) => Some(ports),
-        Err(e) => {
-            eprintln!("tcptrace: warning: no exhaustion forecast: {e:#}");
-            None
+impl TopScreen {
+    /// Refuses anything but a terminal on both stdin and stdout.
+    pub fn new(config: &Config) -> Result<TopScreen> {
+        if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+            bail!(
+                "top needs a terminal (stdin and stdout are not both one); for pipes and files \
+                 use a line mode: tcptrace flows, alerts or timewait (--json for machines)"
+            );
         }
-    };
-    let mut top = TopModel::new(usable_ports);
-    let mut agg = Aggregator::new();
-    let mut tw = TimeWaitTracker::new();
-    if config.traces_time_wait() {
-        seed_time_wait(&config, &mut tw);
+        Ok(TopScreen {
+            config: config.clone(),
+            clock: Clock::now(),
+            model: TopModel::new(None),
+            view: ViewState::default(),
+            filters: None,
+            terminal: None,
+            warnings: Vec::new(),
+        })
     }
-    seed(&config, &tracer, &mut top)?;
-    let mut tw_overflow_base = procnet::tw_overflow();
-    let mut evictor = FlowEvictor::for_config(&config);
-    let filters = (!config.filter.is_empty()).then(|| config.filter.describe());
-    // Nothing is printed while the screen is up; the summary goes to stdout afterwards.
-    let mut quiet = Printer::Text(TextPrinter::new(io::sink(), clock, false));
-    let mut view = ViewState::default();
-    eprintln!(
-        "tcptrace: tracing TCP via {} (q to stop)",
-        tracer.hooks.join(", ")
-    );
 
-    let mut keys = terminal_events();
-    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
-    let restore = RestoreTerminal;
-    // A failure while handling records (a bug: a caught panic) ends the view like q does,
-    // with the summary, then the error.
-    let failed = loop {
-        tokio::select! {
-            biased;
-            _ = stops.recv() => break None,
-            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
-                if deadline.is_some() => break None,
-            key = keys.recv() => match key {
-                Some(TermEvent::Key(key)) => match view.handle_key(key) {
-                    KeyOutcome::Quit => break None,
-                    KeyOutcome::Redraw => redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?,
-                    KeyOutcome::Ignored => {}
-                },
-                Some(TermEvent::Resize(..)) => {
-                    redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?
-                }
-                Some(_) => {}
-                None => break None, // the terminal is gone
+    fn redraw(&mut self, tw: &TimeWaitTracker) -> Result<()> {
+        let Some(terminal) = self.terminal.as_mut() else {
+            return Ok(());
+        };
+        let now_ns = Clock::ktime_now();
+        let snapshot = Snapshot {
+            now_ns,
+            clock: &self.clock,
+            header: &self.model.header,
+            rows: self
+                .view
+                .arrange(self.model.rows(self.view.kind, now_ns, tw.live_addrs())),
+            alerts: self.model.alerts().collect(),
+            filters: self.filters.as_deref(),
+        };
+        let view = &self.view;
+        terminal
+            .draw(|frame| view::draw(frame, view, &snapshot))
+            .context("drawing the screen")?;
+        Ok(())
+    }
+
+    /// Leaves the alternate screen and raw mode.
+    fn restore(&mut self) {
+        if let Some(mut terminal) = self.terminal.take() {
+            let _ = terminal.show_cursor();
+            ratatui::restore();
+        }
+    }
+}
+
+impl Drop for TopScreen {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+impl Consumer for TopScreen {
+    type Input = TermEvent;
+
+    fn wants(&self) -> Wants {
+        Wants {
+            transitions: true,
+            alerts: true,
+            time_wait_entries: true,
+            forecast: true,
+            ..Wants::default()
+        }
+    }
+
+    fn inputs(&mut self) -> Option<mpsc::UnboundedReceiver<TermEvent>> {
+        Some(terminal_events())
+    }
+
+    fn begin(&mut self, b: &Begin) -> Result<()> {
+        self.model = TopModel::new(b.usable_ports);
+        self.filters = b.filters.map(str::to_string);
+        seed(&self.config, b.tracer, &mut self.model)?;
+        eprintln!("tcptrace: tracing TCP via {} (q to stop)", b.hooks);
+        self.terminal = Some(ratatui::try_init().context("setting up the terminal")?);
+        Ok(())
+    }
+
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        self.model.transition(t);
+        Ok(())
+    }
+
+    fn flow_closed(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        self.model.flow_end(f);
+        Ok(())
+    }
+
+    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+        self.model.retransmit(r);
+        Ok(())
+    }
+
+    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+        self.model.alert(a);
+        Ok(())
+    }
+
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) -> io::Result<()> {
+        self.model.time_wait_entered(addrs, ts_ns);
+        Ok(())
+    }
+
+    fn tick(&mut self, t: &Tick) -> Result<Flow> {
+        let live = t.time_wait.live_addrs().count() as u64;
+        self.model
+            .tick(t.kernel.clone(), t.now_ns, (live, t.time_wait.overflows));
+        self.redraw(t.time_wait)?;
+        Ok(Flow::Continue)
+    }
+
+    fn input(&mut self, input: TermEvent, tw: &TimeWaitTracker) -> Result<Flow> {
+        match input {
+            TermEvent::Key(key) => match self.view.handle_key(key) {
+                KeyOutcome::Quit => return Ok(Flow::Stop),
+                KeyOutcome::Redraw => self.redraw(tw)?,
+                KeyOutcome::Ignored => {}
             },
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
-                match drain(guard.get_inner_mut(), &mut sinks, &config, DRAIN_BATCH) {
-                    Ok(true) => {}
-                    Ok(false) => guard.clear_ready(),
-                    Err(e) => break Some(e),
-                }
-            }
-            _ = poll.tick() => {
-                let mut sinks = Sinks { printer: &mut quiet, agg: &mut agg, tw: &mut tw, metrics: None, observer: Some(&mut top) };
-                if let Err(e) = drain(ring.get_mut(), &mut sinks, &config, DRAIN_BATCH) {
-                    break Some(e);
-                }
-            }
-            _ = refresh.tick() => {
-                let kernel = tracer.counters()?;
-                let now = Clock::ktime_now();
-                tw.expire_preexisting(now);
-                tw.prune_entry_rates(now);
-                if tw.shrink_sparse_maps() {
-                    crate::events::pipeline::release_free_memory();
-                }
-                if let (Some(base), Some(total)) = (tw_overflow_base, procnet::tw_overflow()) {
-                    tw.overflows += total.saturating_sub(base);
-                    tw_overflow_base = Some(total);
-                }
-                evict_if_due(&mut tracer, &mut evictor, &kernel, &mut agg, &config)?;
-                let live = tw.live_addrs().count() as u64;
-                top.tick(kernel, now, (live, tw.overflows));
-                redraw(&mut terminal, &view, &top, &tw, &clock, filters.as_deref())?;
-            }
+            TermEvent::Resize(..) => self.redraw(tw)?,
+            _ => {}
         }
-    };
-    let _ = terminal.show_cursor();
-    drop(restore);
-    tracer.detach()?;
-    let out = BufWriter::new(io::stdout().lock());
-    let mut printer = Printer::Text(TextPrinter::new(out, clock, false));
-    let result = finish(
-        &config,
-        &tracer,
-        ring.get_mut(),
-        &mut printer,
-        &mut agg,
-        &mut tw,
-        (started_ns, evictor.evicted),
-    );
-    if let Some(error) = failed {
-        return Err(error).context("handling records");
+        Ok(Flow::Continue)
     }
-    match result {
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(crate::events::pipeline::is_broken_pipe) =>
-        {
-            Ok(())
+
+    fn warning(&mut self, text: &str) {
+        match self.terminal {
+            Some(_) => self.warnings.push(text.to_string()),
+            None => eprintln!("tcptrace: warning: {text}"),
         }
-        other => other,
+    }
+
+    /// Restores the terminal, says the warnings held, prints the summary on stdout.
+    fn finish(&mut self, end: &End) -> Result<()> {
+        self.restore();
+        for text in self.warnings.drain(..) {
+            eprintln!("tcptrace: warning: {text}");
+        }
+        let Some(summary) = end.summary else {
+            return Ok(());
+        };
+        let mut printer = TextPrinter::new(BufWriter::new(io::stdout().lock()), self.clock, false);
+        match printer.summary(summary).and_then(|()| printer.flush()) {
+            Err(e) if crate::events::dispatch::is_broken_pipe(&e) => Ok(()),
+            other => other.context("writing output"),
+        }
     }
 }

@@ -1,0 +1,458 @@
+//! The validated configuration: what the user asked for, checked, with the mode as a type
+//! of its own (not clap's command enum).
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+
+use super::{filter::FilterSpec, Cli, Command, ReportMode};
+
+/// What tcptrace does this run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One line per transition.
+    States,
+    Flows,
+    Retrans,
+    Alerts,
+    All,
+    /// TIME_WAIT gauges every `interval`.
+    Timewait {
+        interval: Duration,
+    },
+    Top,
+    /// The raw records into a file.
+    Record(RecordOptions),
+    /// Headless: the metrics endpoint only.
+    Metrics,
+    /// One report of idle connections, no eBPF.
+    Idle {
+        min_idle: Duration,
+    },
+}
+
+/// Where and how much `tcptrace record` writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOptions {
+    pub path: PathBuf,
+    /// Rotate when a file reaches this size.
+    pub max_size: Option<u64>,
+    /// Files kept in a rotation (FILE, FILE.1, …).
+    pub max_files: u32,
+}
+
+/// When the kernel's flow table takes its memory (`--flow-memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowMemory {
+    /// All of it at start.
+    Prealloc,
+    /// As flows appear.
+    OnDemand,
+    /// In each socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`).
+    Socket,
+}
+
+/// What the user asked for, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub ring_size: u32,
+    pub poll_interval: Duration,
+    pub max_flows: u32,
+    pub flow_memory: FlowMemory,
+    pub summary: bool,
+    pub btf: PathBuf,
+    pub idle_report: Option<Duration>,
+    pub no_time_wait: bool,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub filter: FilterSpec,
+}
+
+impl Config {
+    pub fn shows_transitions(&self) -> bool {
+        matches!(self.mode, Mode::States | Mode::All)
+    }
+    pub fn shows_flows(&self) -> bool {
+        matches!(self.mode, Mode::Flows | Mode::All)
+    }
+    pub fn shows_retransmits(&self) -> bool {
+        matches!(self.mode, Mode::Retrans | Mode::All)
+    }
+    pub fn shows_alerts(&self) -> bool {
+        matches!(self.mode, Mode::Alerts | Mode::All)
+    }
+    fn records(&self) -> bool {
+        matches!(self.mode, Mode::Record(_))
+    }
+    /// The kernel sends a record per transition (printed, recorded, or counted per
+    /// destination).
+    pub fn emits_transitions(&self) -> bool {
+        self.shows_transitions() || self.mode == Mode::Top || self.records()
+    }
+    /// The ring buffer when `--ring-size` is not given: about a second of this mode's records
+    /// at 25k connections/s (a record per transition is ~13 records per connection, ~120
+    /// bytes each; flows ~5; metrics ~3 of 64 bytes), so that a reader held off the CPU for a
+    /// moment by a saturating load loses nothing.
+    fn default_ring_size(&self) -> u64 {
+        if self.emits_transitions() {
+            32 << 20
+        } else if self.mode == Mode::Metrics {
+            8 << 20
+        } else {
+            16 << 20
+        }
+    }
+    /// The kernel sends a record per retransmitted segment.
+    pub fn emits_retransmits(&self) -> bool {
+        self.shows_retransmits() || self.shows_alerts() || self.mode == Mode::Top || self.records()
+    }
+    /// Which flows the kernel sends a record for when they close. `tcptrace metrics` counts
+    /// closes, durations and retransmits in the kernel, and needs only the flows whose
+    /// TIME_WAIT it follows; every other mode prints, records or aggregates every flow.
+    pub fn flow_ends(&self) -> u8 {
+        use tcptrace_common::emit_flow_ends;
+        match self.mode {
+            Mode::Metrics if self.traces_time_wait() => emit_flow_ends::TIME_WAIT,
+            Mode::Metrics => emit_flow_ends::NONE,
+            _ => emit_flow_ends::ALL,
+        }
+    }
+    /// Keepalive probes are traced (timer hooks around the keepalive timer).
+    pub fn traces_keepalive_probes(&self) -> bool {
+        self.shows_alerts() || self.records()
+    }
+    /// TIME_WAIT is traced (timer hooks) where flows or gauges are shown.
+    pub fn traces_time_wait(&self) -> bool {
+        match self.mode {
+            Mode::Timewait { .. } => true,
+            Mode::Flows | Mode::All | Mode::Metrics | Mode::Top | Mode::Record(_) => {
+                !self.no_time_wait
+            }
+            _ => false,
+        }
+    }
+    /// How often TIME_WAIT gauges are printed, in the timewait mode.
+    pub fn gauge_interval(&self) -> Option<Duration> {
+        match self.mode {
+            Mode::Timewait { interval } => Some(interval),
+            _ => None,
+        }
+    }
+}
+
+const PAGE: u64 = 4096;
+const MAX_RING: u64 = 1 << 30;
+
+impl TryFrom<Cli> for Config {
+    type Error = anyhow::Error;
+    fn try_from(cli: Cli) -> Result<Config> {
+        let c = cli.common;
+        if let Some(size) = c.ring_size {
+            if !size.is_power_of_two() || !(PAGE..=MAX_RING).contains(&size) {
+                bail!("--ring-size {size} is not a power of two between 4KiB and 1GiB");
+            }
+        }
+        if c.poll_interval < Duration::from_millis(1) || c.poll_interval > Duration::from_secs(10) {
+            bail!("--poll-interval must be between 1ms and 10s");
+        }
+        if c.max_flows == 0 || c.max_flows > 1 << 24 {
+            bail!("--max-flows must be between 1 and 16777216");
+        }
+        if c.idle_report.is_some_and(|d| d < Duration::from_secs(1)) {
+            bail!("--idle-report must be at least 1s");
+        }
+        let mode = match cli.command.unwrap_or(Command::States) {
+            Command::States => Mode::States,
+            Command::Flows => Mode::Flows,
+            Command::Retrans => Mode::Retrans,
+            Command::Alerts => Mode::Alerts,
+            Command::All => Mode::All,
+            Command::Timewait { interval } => {
+                if interval < Duration::from_millis(100) {
+                    bail!("--interval must be at least 100ms");
+                }
+                if c.no_time_wait {
+                    bail!("--no-time-wait contradicts the timewait mode");
+                }
+                Mode::Timewait { interval }
+            }
+            Command::Top if c.json => {
+                bail!(
+                    "top draws a screen; --json is for the line modes (flows, alerts, timewait, …)"
+                )
+            }
+            Command::Top => Mode::Top,
+            Command::Metrics if c.metrics.is_none() => {
+                bail!("the metrics mode needs --metrics ADDR (e.g. --metrics 127.0.0.1:9595)")
+            }
+            Command::Metrics => Mode::Metrics,
+            Command::Record {
+                output,
+                max_size,
+                max_files,
+            } => Mode::Record(record_options(&output, max_size, max_files, c.json)?),
+            Command::Idle { min_idle } => Mode::Idle { min_idle },
+            other => bail!("{other:?} is not a tracing mode"),
+        };
+        if c.duration == Some(Duration::ZERO) {
+            bail!("--duration must be longer than zero");
+        }
+        let mut config = Config {
+            mode,
+            json: c.json,
+            duration: c.duration,
+            ring_size: 0,
+            poll_interval: c.poll_interval,
+            max_flows: c.max_flows,
+            flow_memory: c.flow_memory,
+            summary: !c.no_summary,
+            btf: c.btf,
+            idle_report: c.idle_report,
+            no_time_wait: c.no_time_wait,
+            metrics: c.metrics,
+            filter: FilterSpec::try_from(c.filter)?,
+        };
+        config.ring_size = c.ring_size.unwrap_or_else(|| config.default_ring_size()) as u32;
+        Ok(config)
+    }
+}
+
+/// `tcptrace report`: the flags that shape rendering are taken; those that shape tracing are
+/// refused (they applied when recording).
+pub fn report_config(cli: &Cli, mode: ReportMode, interval: Duration) -> Result<Config> {
+    let c = &cli.common;
+    if !c.filter.is_empty() {
+        bail!("report renders what was recorded: give filters to `tcptrace record`");
+    }
+    if c.metrics.is_some() || c.idle_report.is_some() || c.duration.is_some() {
+        bail!("--metrics, --idle-report and --duration apply to live tracing, not to report");
+    }
+    if mode == ReportMode::Timewait && interval < Duration::from_millis(100) {
+        bail!("--interval must be at least 100ms");
+    }
+    Ok(Config::for_report(mode, interval, c.json, !c.no_summary))
+}
+
+/// Smallest rotation size: a header and a few thousand records.
+const MIN_RECORDING: u64 = 1 << 20;
+
+fn record_options(
+    output: &std::path::Path,
+    max_size: Option<u64>,
+    max_files: u32,
+    json: bool,
+) -> Result<RecordOptions> {
+    if json {
+        bail!("record writes a binary file; --json is for `tcptrace report FILE --json`");
+    }
+    if output.as_os_str().is_empty() || output.is_dir() {
+        bail!("-o {}: give a file to record into", output.display());
+    }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "-o {}: the directory {} does not exist",
+                output.display(),
+                parent.display()
+            );
+        }
+    }
+    // Writable now, before anything is loaded (the recorder truncates it again at start).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(output)
+        .map_err(|e| anyhow::anyhow!("-o {}: cannot write there: {e}", output.display()))?;
+    if max_size.is_some_and(|m| m < MIN_RECORDING) {
+        bail!("--max-size must be at least 1MiB");
+    }
+    if max_files == 0 || max_files > 1000 {
+        bail!("--max-files must be between 1 and 1000");
+    }
+    Ok(RecordOptions {
+        path: output.to_path_buf(),
+        max_size,
+        max_files,
+    })
+}
+
+impl Config {
+    /// What `tcptrace report` renders with: the mode asked for, nothing traced.
+    pub fn for_report(mode: ReportMode, interval: Duration, json: bool, summary: bool) -> Config {
+        let mode = match mode {
+            ReportMode::States => Mode::States,
+            ReportMode::Flows => Mode::Flows,
+            ReportMode::Retrans => Mode::Retrans,
+            ReportMode::Alerts => Mode::Alerts,
+            ReportMode::All => Mode::All,
+            ReportMode::Timewait => Mode::Timewait { interval },
+        };
+        Config {
+            mode,
+            json,
+            duration: None,
+            ring_size: PAGE as u32,
+            poll_interval: Duration::from_millis(100),
+            max_flows: 1,
+            flow_memory: FlowMemory::OnDemand,
+            summary,
+            btf: PathBuf::new(),
+            idle_report: None,
+            no_time_wait: false,
+            metrics: None,
+            filter: FilterSpec::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{completions, man_page, parse_size};
+    use clap::Parser as _;
+
+    #[test]
+    fn completions_and_man_page_come_from_the_definition() {
+        let mut bash = Vec::new();
+        completions(clap_complete::Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).expect("utf-8");
+        assert!(
+            bash.contains("tcptrace") && bash.contains("--ring-size"),
+            "{bash}"
+        );
+        let mut man = Vec::new();
+        man_page(&mut man).expect("renders");
+        let man = String::from_utf8(man).expect("utf-8");
+        assert!(
+            man.contains(".TH tcptrace") && man.contains("ring\\-size"),
+            "{man}"
+        );
+    }
+
+    fn config(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["tcptrace"];
+        argv.extend_from_slice(args);
+        Config::try_from(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn defaults_trace_transitions() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.mode, Mode::States);
+        assert!(c.shows_transitions() && !c.shows_flows() && !c.shows_retransmits());
+        assert_eq!(c.ring_size, 32 << 20, "a record per transition");
+        assert!(c.summary && !c.json);
+        assert!(c.flow_memory == FlowMemory::Prealloc && c.max_flows == 131_072);
+        let c = config(&["--flow-memory", "on-demand"]).expect("valid");
+        assert_eq!(c.flow_memory, FlowMemory::OnDemand);
+        let c = config(&["--flow-memory", "socket"]).expect("valid");
+        assert_eq!(c.flow_memory, FlowMemory::Socket);
+        let e = config(&["--flow-memory", "sockets"]).expect_err("not a place");
+        assert!(e.to_string().contains("socket"), "{e}");
+    }
+
+    #[test]
+    fn the_default_ring_holds_about_a_second_of_the_mode_s_records() {
+        // Parsing `record` checks that its file can be written (and creates it).
+        let recording =
+            std::env::temp_dir().join(format!("tcptrace-cli-{}.tcpt", std::process::id()));
+        let recording = recording.to_str().expect("a UTF-8 temporary path");
+        for (args, size) in [
+            (&["record", "-o", recording][..], 32 << 20),
+            (&["top"][..], 32 << 20),
+            (&["all"][..], 32 << 20),
+            (&["flows"][..], 16 << 20),
+            (&["alerts"][..], 16 << 20),
+            (&["metrics", "--metrics", "127.0.0.1:0"][..], 8 << 20),
+            (
+                &[
+                    "metrics",
+                    "--metrics",
+                    "127.0.0.1:0",
+                    "--ring-size",
+                    "64KiB",
+                ][..],
+                64 << 10,
+            ),
+        ] {
+            let c = config(args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+            assert_eq!(c.ring_size, size, "{args:?}");
+        }
+        let _ = std::fs::remove_file(recording);
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let c = config(&["flows", "--json", "--duration", "2s"]).expect("valid");
+        assert_eq!((c.mode, c.json), (Mode::Flows, true));
+        assert_eq!(c.duration, Some(Duration::from_secs(2)));
+        let c = config(&["--ring-size", "256KiB", "all"]).expect("valid");
+        assert_eq!((&c.mode, c.ring_size), (&Mode::All, 256 << 10));
+        assert!(c.shows_transitions() && c.shows_flows() && c.shows_retransmits());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        for (args, needle) in [
+            (&["--ring-size", "3000"][..], "power of two"),
+            (&["--ring-size", "2GiB"][..], "power of two"),
+            (&["--ring-size", "8Mo"][..], "unknown unit"),
+            (&["--poll-interval", "0ms"][..], "between 1ms and 10s"),
+            (&["--max-flows", "0"][..], "--max-flows"),
+            (&["--flow-memory", "lazy"][..], "--flow-memory"),
+            (&["--duration", "0s"][..], "longer than zero"),
+            (&["--duration", "soon"][..], "examples"),
+            (&["timewait", "--interval", "10ms"][..], "--interval"),
+            (&["timewait", "--no-time-wait"][..], "contradicts"),
+            (&["metrics"][..], "--metrics ADDR"),
+            (&["top", "--json"][..], "draws a screen"),
+            (&["--metrics", "9595"][..], "--metrics"),
+            (&["flow"][..], "unrecognized subcommand"),
+            (&["-L", "99999"][..], "--local-port '99999'"),
+            (
+                &["flows", "--remote-addr", "10.0.0.0/40"][..],
+                "--remote-addr",
+            ),
+            (&["-4", "-6"][..], "cannot be used with"),
+        ] {
+            let err = config(args).expect_err("must be refused");
+            assert!(format!("{err:#}").contains(needle), "{args:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn filters_take_bcc_flags_lists_and_repeats() {
+        let c = config(&[
+            "flows",
+            "-L",
+            "80,443",
+            "-L",
+            "8000-8100",
+            "-D",
+            "5432",
+            "-4",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.filter.local_ports,
+            vec![(80, 80), (443, 443), (8000, 8100)]
+        );
+        assert_eq!(c.filter.remote_ports, vec![(5432, 5432)]);
+        assert_eq!(c.filter.family, Some(2));
+        let me = std::process::id().to_string();
+        let c = config(&["-p", &me, "--remote-addr", "127.0.0.1,::1"]).expect("valid");
+        assert_eq!(c.filter.pids, vec![std::process::id()]);
+        assert_eq!(c.filter.remote_addrs.len(), 2);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+}

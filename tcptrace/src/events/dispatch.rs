@@ -1,0 +1,250 @@
+//! decode → state → consumer: each record read (from the ring or a recording) is decoded,
+//! counted, joined with its TIME_WAIT, turned into alerts, and pushed to the consumer — the
+//! same way for every mode, live or replayed.
+use std::io;
+
+use aya::maps::{MapData, RingBuf};
+
+use tcptrace_common::time_wait;
+
+use crate::{
+    events::{
+        consumer::{Consumer, Wants},
+        decode::{decode, transition_time, Event},
+    },
+    host::clock::Clock,
+    state::{
+        aggregate::Aggregator,
+        alert::Alert,
+        timewait::{Finished, TimeWaitTracker},
+    },
+};
+
+/// At most this many decode errors are logged one by one.
+const DECODE_ERRORS_LOGGED: u64 = 5;
+
+/// A bug met while handling records (a panic, caught): the driver detaches, sums up what it
+/// has and exits with the error.
+#[derive(Debug)]
+pub struct InternalError(String);
+
+impl std::fmt::Display for InternalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "internal error while handling records: {}", self.0)
+    }
+}
+
+impl std::error::Error for InternalError {}
+
+pub fn is_internal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<InternalError>())
+}
+
+pub fn is_broken_pipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
+
+/// `TCPTRACE_TEST_PANIC_IN_DRAIN=1` makes the drain panic once, at its first record: how the
+/// tests check that a bug there still detaches every program and prints the summary.
+fn panic_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<std::sync::atomic::AtomicBool> =
+        std::sync::OnceLock::new();
+    let requested = REQUESTED.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(
+            std::env::var_os("TCPTRACE_TEST_PANIC_IN_DRAIN").is_some(),
+        )
+    });
+    // A plain load on every record; the swap only the once.
+    requested.load(std::sync::atomic::Ordering::Relaxed)
+        && requested.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The state events add up to, and what the consumer asked for.
+pub struct Dispatcher {
+    pub agg: Aggregator,
+    pub tw: TimeWaitTracker,
+    wants: Wants,
+    traces_time_wait: bool,
+}
+
+impl Dispatcher {
+    pub fn new(wants: Wants, traces_time_wait: bool) -> Dispatcher {
+        Dispatcher {
+            agg: Aggregator::new(),
+            tw: TimeWaitTracker::new(),
+            wants,
+            traces_time_wait,
+        }
+    }
+
+    /// Drains up to `limit` records from the ring; returns whether more may be pending. A
+    /// panic while handling them comes back as an [`InternalError`].
+    pub fn drain<C: Consumer>(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        consumer: &mut C,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.drain_batch(ring, consumer, limit)
+        }));
+        caught.unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(io::Error::other(InternalError(what)))
+        })
+    }
+
+    fn drain_batch<C: Consumer>(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        consumer: &mut C,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let mut more = true;
+        let mut newest = 0;
+        for _ in 0..limit {
+            let Some(item) = ring.next() else {
+                more = false;
+                break;
+            };
+            if panic_requested() {
+                panic!("TCPTRACE_TEST_PANIC_IN_DRAIN is set");
+            }
+            if self.wants.raw {
+                consumer.raw(&item)?;
+            } else if let Some(ts) = self.consume(consumer, &item)? {
+                newest = newest.max(ts);
+            }
+        }
+        if !self.wants.raw {
+            // A cancelled TIME_WAIT ended early only if no expiry followed within the settle
+            // time: judged against what has been read — up to now when the ring is empty, else
+            // up to the newest record (under load, records wait in the ring for up to
+            // --poll-interval, and an expiry read in the next batch must still find its
+            // cancelled TIME_WAIT).
+            let read_up_to = if more { newest } else { Clock::ktime_now() };
+            self.settle(consumer, read_up_to)?;
+        }
+        consumer.flush()?;
+        Ok(more)
+    }
+
+    /// One record as the kernel wrote it: decoded and handed on. Returns its kernel timestamp,
+    /// when it decoded.
+    pub fn consume<C: Consumer>(
+        &mut self,
+        consumer: &mut C,
+        record: &[u8],
+    ) -> io::Result<Option<u64>> {
+        self.agg.delivered();
+        // Transitions nobody looks at are only checked (a recording holds one per transition).
+        let decoded = if self.wants.transitions {
+            decode(record)
+        } else {
+            match transition_time(record) {
+                Some(Ok(ts)) => return Ok(Some(ts)),
+                Some(Err(e)) => Err(e),
+                None => decode(record),
+            }
+        };
+        match decoded {
+            Ok(event) => {
+                let ts = event.ts_ns();
+                self.handle(consumer, event)?;
+                Ok(Some(ts))
+            }
+            Err(e) => {
+                self.agg.decode_error();
+                if self.agg.decode_errors() <= DECODE_ERRORS_LOGGED {
+                    log::warn!("undecodable record: {e:#}");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// TIME_WAITs cancelled long enough before `now_ns` ended early.
+    pub fn settle<C: Consumer>(&mut self, consumer: &mut C, now_ns: u64) -> io::Result<()> {
+        for finished in self.tw.settle(now_ns) {
+            consumer.finished(&finished)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the records: cancels still waiting for an expiry settle now, and what
+    /// remains in TIME_WAIT is handed on as in progress.
+    pub fn finish_time_waits<C: Consumer>(
+        &mut self,
+        consumer: &mut C,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        self.settle(consumer, now_ns + 1_000_000_000)?;
+        for finished in self.tw.drain_in_progress(now_ns) {
+            consumer.finished(&finished)?;
+        }
+        consumer.flush()
+    }
+
+    fn handle<C: Consumer>(&mut self, consumer: &mut C, event: Event) -> io::Result<()> {
+        match event {
+            Event::Transition(t) => consumer.transition(&t)?,
+            Event::FlowEnd(f) => {
+                self.agg.finished_flow(&f);
+                consumer.flow_closed(&f)?;
+                if let Some(alert) = Alert::closed(&f).filter(|_| self.wants.alerts) {
+                    consumer.alert(&alert)?;
+                }
+                // A flow that closed first is handed on when its TIME_WAIT ends.
+                let ready = if self.traces_time_wait {
+                    self.tw.flow(f, self.wants.flows)
+                } else {
+                    Some(f)
+                };
+                if let Some(f) = ready {
+                    consumer.finished(&Finished::Flow(f))?;
+                }
+            }
+            // Sent only where flows are counted in the kernel: the side of a TIME_WAIT.
+            Event::TimeWaitFlow(f) => {
+                if self.traces_time_wait {
+                    self.tw.brief_flow(&f);
+                }
+            }
+            Event::TimeWait(r) => match r.what {
+                time_wait::START => {
+                    if let Some(addrs) = r.addrs {
+                        if self.wants.time_wait_entries && !self.tw.rearms(r.timer, &addrs, r.ts_ns)
+                        {
+                            consumer.time_wait_entered(&addrs, r.ts_ns)?;
+                        }
+                        if let Some(ended) = self.tw.start(r.timer, addrs, r.ts_ns) {
+                            consumer.finished(&ended)?;
+                        }
+                    }
+                }
+                time_wait::CANCEL => self.tw.cancel(r.timer, r.ts_ns, r.in_connect),
+                _ => {
+                    if let Some(finished) = self.tw.expire(r.timer, r.ts_ns) {
+                        consumer.finished(&finished)?;
+                    }
+                }
+            },
+            Event::Retransmit(r) => {
+                consumer.retransmit(&r)?;
+                if let Some(alert) = Alert::retransmit(&r).filter(|_| self.wants.alerts) {
+                    consumer.alert(&alert)?;
+                }
+            }
+            Event::KeepaliveProbe(p) => {
+                if self.wants.alerts {
+                    consumer.alert(&Alert::KeepaliveProbe(&p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,445 @@
+//! The session driver: the one loop of every live mode. It loads and attaches, drains the
+//! ring, handles signals and the deadline, does the housekeeping (eviction, TIME_WAIT seeding
+//! and overflow, losses, idle reports, gauges), and pushes every event to a [`Consumer`];
+//! at the end it detaches, hands over the last records and the summary.
+use std::{io, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
+};
+
+use crate::{
+    cli::Config,
+    events::{
+        consumer::{Begin, Consumer, End, Flow, Tick},
+        dispatch::{is_broken_pipe, is_internal, Dispatcher},
+    },
+    host::{clock::Clock, procnet, sockdiag},
+    kernel::loader::Tracer,
+    state::{
+        aggregate::{KernelCounters, Summary},
+        evict::FlowEvictor,
+        forecast::{self, time_wait_view},
+        timewait::TimeWaitTracker,
+    },
+};
+
+/// Records handled per wakeup before other work (signals, timers) gets a turn.
+pub const DRAIN_BATCH: usize = 16_384;
+/// How often the housekeeping runs (counters, losses, eviction, the consumer's tick).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Why the loop ended.
+enum Stop {
+    /// A signal, the deadline, or the consumer (q in `top`).
+    Requested,
+    /// Handling records failed (a bug: a panic caught in the drain).
+    Failed(anyhow::Error),
+    /// Standard output was closed: the consumer stays quiet from now on.
+    BrokenPipe,
+}
+
+/// An output error: a closed pipe stops the session quietly, a caught panic stops it with
+/// the error, anything else is returned at once.
+fn stop_for(e: io::Error) -> Result<Stop> {
+    if is_broken_pipe(&e) {
+        Ok(Stop::BrokenPipe)
+    } else if is_internal(&e) {
+        Ok(Stop::Failed(e.into()))
+    } else {
+        Err(e).context("writing output")
+    }
+}
+
+/// Hands memory freed by shrunk maps back to the system (glibc keeps freed heap pages
+/// otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP: each stops tracing, with the summary.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        let install =
+            |kind, name| signal(kind).with_context(|| format!("installing the {name} handler"));
+        Ok(StopSignals {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for any of them.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
+/// Waits for the next tick of an optional interval (never, without one).
+async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer.as_mut() {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the next item of an optional channel (never, without one or once it closed).
+async fn next_input<T>(inputs: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match inputs.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a live session until Ctrl-C, SIGTERM, SIGHUP, `--duration`, a closed pipe or the
+/// consumer's stop, on a runtime of its own.
+pub fn run<C: Consumer>(config: &Config, consumer: &mut C) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async { Session::start(config, consumer)?.run(consumer).await })
+}
+
+/// A loaded and attached session and its housekeeping state.
+struct Session<'c> {
+    config: &'c Config,
+    tracer: Tracer,
+    ring: AsyncFd<RingBuf<MapData>>,
+    dispatch: Dispatcher,
+    started_ns: u64,
+    usable_ports: Option<u32>,
+    evictor: FlowEvictor,
+    tw_overflow_base: Option<u64>,
+    reported_lost: u64,
+    reported_untracked: u64,
+}
+
+impl<'c> Session<'c> {
+    fn start<C: Consumer>(config: &'c Config, consumer: &C) -> Result<Session<'c>> {
+        let wants = consumer.wants();
+        let mut tracer = Tracer::load(config)?;
+        let ring = tracer.events.take().context("ring buffer already taken")?;
+        // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
+        // AsyncFd that owns the ring buffer is dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering the ring buffer with tokio")?;
+        let traces_time_wait = config.traces_time_wait() && !wants.raw;
+        let mut dispatch = Dispatcher::new(wants, traces_time_wait);
+        // The summary's durations, close causes and sides, and retransmits by state come from
+        // the kernel's counts in every mode: the flows read are not aggregated again.
+        dispatch.agg.count_in_kernel();
+        let usable_ports = match wants.forecast {
+            true => forecast::host_usable_ports()
+                .map_err(|e| eprintln!("tcptrace: warning: no exhaustion forecast: {e:#}"))
+                .ok(),
+            false => None,
+        };
+        if traces_time_wait {
+            seed_time_wait(config, &mut dispatch.tw);
+        }
+        Ok(Session {
+            config,
+            tracer,
+            ring,
+            dispatch,
+            started_ns: Clock::ktime_now(),
+            usable_ports,
+            evictor: FlowEvictor::for_config(config.flow_memory, config.max_flows),
+            tw_overflow_base: procnet::tw_overflow(),
+            reported_lost: 0,
+            reported_untracked: 0,
+        })
+    }
+
+    async fn run<C: Consumer>(mut self, consumer: &mut C) -> Result<()> {
+        let config = self.config;
+        let wants = consumer.wants();
+        let mut logger = match self.tracer.logger.take().filter(|_| wants.kernel_log) {
+            // SAFETY: as for the ring: the logger owns its ring-buffer fd for its whole life.
+            Some(l) => Some(
+                unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)
+                    .context("registering the kernel log with tokio")?,
+            ),
+            None => None,
+        };
+        let mut stops = StopSignals::install()?;
+        let deadline = config.duration.map(|d| Instant::now() + d);
+        let mut poll = interval(config.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut housekeeping = interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick of an interval fires at once: these start one full interval in.
+        let mut idle_tick = config
+            .idle_report
+            .map(|every| interval_at(Instant::now() + every, every));
+        let mut gauge_tick = config
+            .gauge_interval()
+            .filter(|_| !wants.raw)
+            .map(|every| interval_at(Instant::now() + every, every));
+        let mut inputs = consumer.inputs();
+        let hooks = self.tracer.hooks.join(", ");
+        let filters = (!config.filter.is_empty()).then(|| config.filter.describe());
+        consumer.begin(&Begin {
+            tracer: &self.tracer,
+            hooks: &hooks,
+            filters: filters.as_deref(),
+            usable_ports: self.usable_ports,
+        })?;
+
+        let stop = loop {
+            tokio::select! {
+                biased;
+                _ = stops.recv() => break Stop::Requested,
+                _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await },
+                    if deadline.is_some() => break Stop::Requested,
+                input = next_input(&mut inputs) => match input {
+                    Some(input) => {
+                        if consumer.input(input, &self.dispatch.tw)? == Flow::Stop {
+                            break Stop::Requested;
+                        }
+                    }
+                    None => break Stop::Requested, // the consumer's input is gone
+                },
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    match self.dispatch.drain(guard.get_inner_mut(), consumer, DRAIN_BATCH) {
+                        Ok(true) => {}
+                        Ok(false) => guard.clear_ready(),
+                        Err(e) => break stop_for(e)?,
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH) {
+                        break stop_for(e)?;
+                    }
+                }
+                _ = next_tick(&mut gauge_tick) => {
+                    let now = Clock::ktime_now();
+                    self.dispatch.tw.expire_preexisting(now);
+                    let view = time_wait_view(&self.dispatch.tw, now, self.usable_ports);
+                    if let Err(e) = consumer.time_wait_gauges(now, &view).and_then(|()| consumer.flush()) {
+                        break stop_for(e)?;
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    match self.housekeeping(consumer) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => break Stop::Requested,
+                        Err(e) => match e.downcast::<io::Error>() {
+                            Ok(e) => break stop_for(e)?,
+                            Err(e) => return Err(e),
+                        },
+                    }
+                }
+                _ = next_tick(&mut idle_tick) => {
+                    let min_idle = config.idle_report.unwrap_or_default();
+                    match crate::state::idle::report(min_idle, &config.filter) {
+                        Ok(report) => {
+                            let now = Clock::ktime_now();
+                            if let Err(e) = consumer.idle_report(now, &report).and_then(|()| consumer.flush()) {
+                                break stop_for(e)?;
+                            }
+                        }
+                        Err(e) => consumer.warning(&format!("idle report failed: {e:#}")),
+                    }
+                }
+                guard = async {
+                    match logger.as_mut() {
+                        Some(l) => l.readable_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let mut guard = guard.context("waiting on the kernel log")?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+        };
+        self.tracer.detach()?;
+        self.end(consumer, stop)
+    }
+
+    /// Once a second: the kernel's counters, TIME_WAIT upkeep and overflow, eviction,
+    /// untracked flows and losses, then the consumer's tick.
+    fn housekeeping<C: Consumer>(&mut self, consumer: &mut C) -> Result<Flow> {
+        let kernel = self.tracer.counters()?;
+        let now = Clock::ktime_now();
+        let traces_time_wait = self.config.traces_time_wait() && !consumer.wants().raw;
+        if traces_time_wait {
+            let tw = &mut self.dispatch.tw;
+            tw.expire_preexisting(now);
+            tw.prune_entry_rates(now);
+            if tw.shrink_sparse_maps() {
+                release_free_memory();
+            }
+            if let (Some(base), Some(total)) = (self.tw_overflow_base, procnet::tw_overflow()) {
+                if total > base {
+                    tw.overflows += total - base;
+                    consumer.time_wait_overflowed(total - base);
+                    consumer.warning(&format!(
+                        "{} TIME_WAITs skipped: net.ipv4.tcp_max_tw_buckets is full \
+                         (TCPTimeWaitOverflow)",
+                        total - base
+                    ));
+                }
+                self.tw_overflow_base = Some(total);
+            }
+        }
+        self.evict_if_due(consumer, &kernel, now)?;
+        let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
+        if untracked > self.reported_untracked {
+            consumer.warning(&format!(
+                "{} flows not tracked ({untracked} in all): the flow table is full; raise \
+                 --max-flows",
+                untracked - self.reported_untracked
+            ));
+            self.reported_untracked = untracked;
+        }
+        if kernel.lost() > self.reported_lost {
+            let newly = kernel.lost() - self.reported_lost;
+            self.reported_lost = kernel.lost();
+            consumer.warning(&format!(
+                "{newly} events lost ({} in all: {} for a full ring buffer, raise --ring-size \
+                 or lower --poll-interval; {} skipped by the kernel while the hook was busy on \
+                 that CPU)",
+                self.reported_lost,
+                kernel.lost() - kernel.missed,
+                kernel.missed
+            ));
+            consumer.lost(now, newly, &kernel)?;
+        }
+        consumer.tick(&Tick {
+            now_ns: now,
+            kernel: &kernel,
+            tracer: &self.tracer,
+            time_wait: &self.dispatch.tw,
+            traces_time_wait,
+            usable_ports: self.usable_ports,
+        })
+    }
+
+    /// An eviction pass when the kernel's flow table is nearly full (said as a warning; the
+    /// evicted flows' completed states count in the summary).
+    fn evict_if_due<C: Consumer>(
+        &mut self,
+        consumer: &mut C,
+        kernel: &KernelCounters,
+        now: u64,
+    ) -> Result<()> {
+        let Some(due) = self.evictor.due(kernel) else {
+            return Ok(());
+        };
+        let evicted = self.tracer.evict(due)?;
+        let newly = evicted.len() as u64;
+        self.evictor.evicted += newly;
+        for flow in &evicted {
+            self.dispatch.agg.evicted_flow(flow);
+        }
+        consumer.warning(&format!(
+            "{newly} least recently active flows evicted ({} in all): the flow table \
+             (--max-flows {}) was 90% full",
+            self.evictor.evicted, self.config.max_flows
+        ));
+        consumer.evicted(now, newly, self.evictor.evicted)?;
+        Ok(())
+    }
+
+    /// After detaching: the last records (settled), the summary, the consumer's last word;
+    /// then the error that stopped the loop, if one did.
+    fn end<C: Consumer>(mut self, consumer: &mut C, stop: Stop) -> Result<()> {
+        let wants = consumer.wants();
+        let mut result = (|| -> Result<()> {
+            while self
+                .dispatch
+                .drain(self.ring.get_mut(), consumer, DRAIN_BATCH)?
+            {}
+            if !wants.raw {
+                self.dispatch
+                    .finish_time_waits(consumer, Clock::ktime_now())?;
+            }
+            Ok(())
+        })();
+        let kernel = self.tracer.counters()?;
+        let summary = match self.config.summary && !wants.raw {
+            true => Some(self.summary(&kernel)?),
+            false => None,
+        };
+        if let Err(e) = consumer.finish(&End {
+            summary: summary.as_ref(),
+            kernel: Some(&kernel),
+        }) {
+            result = result.and(Err(e));
+        }
+        match (stop, result) {
+            (Stop::Failed(error), _) => Err(error),
+            (_, Err(e)) if e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe) => Ok(()),
+            (_, other) => other,
+        }
+    }
+
+    /// The summary: what was aggregated, the open flows left in the kernel and the kernel's
+    /// counters (losses are also said on stderr).
+    fn summary(&mut self, kernel: &KernelCounters) -> Result<Summary> {
+        let agg = &mut self.dispatch.agg;
+        agg.count_open(self.tracer.open_flow_count(kernel)?);
+        agg.kernel_durations(self.tracer.durations()?);
+        if kernel.lost() > 0 {
+            eprintln!(
+                "tcptrace: warning: {} events lost in all (see the summary's lost line)",
+                kernel.lost()
+            );
+        }
+        let elapsed = Clock::ktime_now().saturating_sub(self.started_ns);
+        let mut summary = agg.finish(kernel, elapsed);
+        summary.flows_evicted = self.evictor.evicted;
+        if !self.config.filter.is_empty() {
+            summary.filters = Some(self.config.filter.describe());
+        }
+        if self.config.traces_time_wait() {
+            summary.time_wait = Some(self.dispatch.tw.summary());
+            summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();
+        }
+        Ok(summary)
+    }
+}
+
+/// Sockets already in TIME_WAIT count until their remaining time runs out.
+fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
+    let now = Clock::ktime_now();
+    match sockdiag::time_wait() {
+        Ok(sockets) => {
+            let netns = crate::cli::filter::own_netns();
+            tw.preexisting(
+                sockets
+                    .into_iter()
+                    .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
+                    .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
+            )
+        }
+        Err(e) => eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}"),
+    }
+}

@@ -1,0 +1,88 @@
+//! The metrics exporter's consumer (`--metrics ADDR`, beside any mode, or alone in `tcptrace
+//! metrics`): serves the registry over HTTP, follows the kernel's counts and the TIME_WAIT
+//! tracker every second, and times each TIME_WAIT that ends.
+use std::{io, net::SocketAddr};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cli::Config,
+    events::consumer::{Begin, Consumer, Flow, Tick, Wants},
+    output::metrics::Metrics,
+    state::{
+        forecast::forecasts,
+        timewait::{Finished, TimeWaitEnd},
+    },
+};
+
+/// Metrics, and where they are served.
+pub struct MetricsExporter {
+    metrics: Metrics,
+    addr: SocketAddr,
+    /// The mode traces TIME_WAIT (its gauges and forecast are exported).
+    time_wait: bool,
+}
+
+impl MetricsExporter {
+    /// The exporter `--metrics` asks for, if it does.
+    pub fn for_config(config: &Config) -> Option<MetricsExporter> {
+        config.metrics.map(|addr| MetricsExporter {
+            metrics: Metrics::new(),
+            addr,
+            time_wait: config.traces_time_wait(),
+        })
+    }
+}
+
+impl Consumer for MetricsExporter {
+    type Input = std::convert::Infallible;
+
+    fn wants(&self) -> Wants {
+        Wants {
+            forecast: self.time_wait,
+            ..Wants::default()
+        }
+    }
+
+    /// Binds the endpoint (an address in use is an error before anything is traced) and
+    /// serves it on the session's runtime.
+    fn begin(&mut self, _b: &Begin) -> Result<()> {
+        let listener = std::net::TcpListener::bind(self.addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .with_context(|| format!("cannot listen for --metrics on {}", self.addr))?;
+        tokio::spawn(Metrics::serve(self.metrics.registry(), listener));
+        Ok(())
+    }
+
+    fn finished(&mut self, f: &Finished) -> io::Result<()> {
+        let held = match f {
+            Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
+            Finished::Orphan(t) => Some((t.held_ns, t.end)),
+        };
+        if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress) {
+            self.metrics.time_wait_ended(held_ns);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, t: &Tick) -> Result<Flow> {
+        self.metrics.kernel(t.kernel);
+        self.metrics.durations(&t.tracer.durations()?);
+        if t.traces_time_wait {
+            self.metrics.time_wait_gauges(&t.time_wait.gauges(t.now_ns));
+            self.metrics
+                .time_wait_forecasts(&forecasts(t.time_wait, t.now_ns, t.usable_ports));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn evicted(&mut self, _now_ns: u64, newly: u64, _total: u64) -> io::Result<()> {
+        self.metrics.evicted(newly);
+        Ok(())
+    }
+
+    fn time_wait_overflowed(&mut self, newly: u64) {
+        self.metrics.time_wait_overflowed(newly);
+    }
+}
