@@ -2,7 +2,8 @@ use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 /// Builds the kernel programs (tcptrace-ebpf) for bpfel-unknown-none with bpf-linker and puts
-/// the object in OUT_DIR, where `loader.rs` includes it. `cargo xtask setup` installs what
+/// the object in OUT_DIR, where `loader.rs` includes it; with the `bench` feature, with the
+/// benchmark's programs. `cargo xtask setup` installs what
 /// this needs (rust-src, bpf-linker, LLVM).
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
@@ -19,10 +20,18 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("tcptrace-ebpf has no directory"))?
         .as_str();
+    // The benchmark-only programs (`cargo xtask bench` builds with `--features bench`).
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_BENCH");
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [Package {
             name: "tcptrace-ebpf",
             root_dir,
+            features,
             ..Default::default()
         }],
         Toolchain::default(),

@@ -74,8 +74,32 @@ pub mod slot {
     pub const SCRATCH: u32 = 4;
 }
 
-/// Entries of [`Counters::transitions`]: `old * LIMIT + new`.
+/// Entries of [`Counters::transitions`]: one per (old, new) pair, [`transition_slot`].
 pub const TRANSITION_SLOTS: u32 = (tcp_state::LIMIT as u32) * (tcp_state::LIMIT as u32);
+
+/// The entry of [`Counters::transitions`] that counts `old → new` (both below
+/// `tcp_state::LIMIT`; the kernel masks the result besides).
+#[inline(always)]
+pub const fn transition_slot(old: u8, new: u8) -> usize {
+    (old as usize) * (tcp_state::LIMIT as usize) + new as usize
+}
+
+/// The (old, new) pair entry `slot` counts: [`transition_slot`] undone.
+#[inline(always)]
+pub const fn transition_of_slot(slot: usize) -> (u8, u8) {
+    (
+        (slot / tcp_state::LIMIT as usize) as u8,
+        (slot % tcp_state::LIMIT as usize) as u8,
+    )
+}
+
+const _: () = assert!(
+    transition_slot(tcp_state::LIMIT - 1, tcp_state::LIMIT - 1) < TRANSITION_SLOTS as usize
+);
+const _: () = assert!(matches!(
+    transition_of_slot(transition_slot(tcp_state::SYN_SENT, tcp_state::ESTABLISHED)),
+    (tcp_state::SYN_SENT, tcp_state::ESTABLISHED)
+));
 
 /// Slots of [`Counters::stats`] (room to grow past `stat::COUNT`).
 pub const STAT_SLOTS: usize = 32;

@@ -453,21 +453,55 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 20);
 
+/// A ring-buffer record. Every record begins with its `u32` kind (asserted below), so the
+/// kernel writes, and userspace reads, the head of every kind the same way.
+pub trait Record: Copy {
+    /// Its [`record_kind`].
+    const KIND: u32;
+    /// The `stat::LOST_*` counter that counts it when the ring is full.
+    const LOST: u32;
+}
+
+macro_rules! records {
+    ($($ty:ty => $kind:expr, $lost:expr;)*) => {
+        $(
+            impl Record for $ty {
+                const KIND: u32 = $kind;
+                const LOST: u32 = $lost;
+            }
+            const _: () = assert!(core::mem::offset_of!($ty, kind) == 0);
+        )*
+    };
+}
+
+records! {
+    TransitionEvent => record_kind::TRANSITION, stat::LOST_TRANSITION;
+    FlowEndEvent => record_kind::FLOW_END, stat::LOST_FLOW_END;
+    TimeWaitFlowEvent => record_kind::TIME_WAIT_FLOW, stat::LOST_FLOW_END;
+    RetransmitEvent => record_kind::RETRANSMIT, stat::LOST_RETRANSMIT;
+    KeepaliveProbeEvent => record_kind::KEEPALIVE_PROBE, stat::LOST_PROBE;
+    TimeWaitEvent => record_kind::TIME_WAIT, stat::LOST_TIME_WAIT;
+}
+
 mod aggregate;
 mod counters;
 mod filter;
 mod flow;
+pub mod names;
 pub use aggregate::{
     bucket_bounds, close_cause, close_side, duration_bucket, side_of_path, CloseFacts,
     DurationHistogram, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, NO_RESET_REASON,
     SUB_BUCKET_BITS,
 };
-pub use counters::{slot, stat, Counters, STAT_SLOTS, TRANSITION_SLOTS};
+pub use counters::{
+    slot, stat, transition_of_slot, transition_slot, Counters, STAT_SLOTS, TRANSITION_SLOTS,
+};
 pub use filter::{
     filter_kind, mapped_v4, port_bits, AddrKey, FilterConfig, TimeWaitKey, CGROUP_MAX_DEPTH,
     FILTER_SLOTS,
 };
 pub use flow::{in_owner_context, starts_a_socket};
+pub use names::family;
 
 #[cfg(feature = "user")]
 mod user {

@@ -3,13 +3,13 @@
 //! `tcptrace metrics`, in brief when a TIME_WAIT follows.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
-    close_flags, emit_flow_ends, flow_flags, record_kind, side_of_path, stat, tcp_state,
-    time_wait_flow, CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
+    close_flags, emit_flow_ends, flow_flags, side_of_path, stat, tcp_state, time_wait_flow,
+    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
 };
 
 use crate::{
     config,
-    maps::{submit_flags, Stats, EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS},
+    maps::{emit, Stats, FLOW_TABLE, KEEPALIVE_OWNERS},
     sock,
 };
 
@@ -91,26 +91,19 @@ fn send_flow_end(
     let tuple = sock::tuple(sk)?;
     // The time the flow entered CLOSE, as the handler recorded it.
     let now = flow.entered_ns[flow.last()];
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<FlowEndEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: `e` is the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::FLOW_END);
-                (&raw mut (*e)._pad0).write(0);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(sk as u64);
-                (&raw mut (*e).tuple).write(tuple);
-                core::ptr::copy_nonoverlapping(flow, &raw mut (*e).flow, 1);
-                (&raw mut (*e).keepalive).write(keepalive);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<FlowEndEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e)._pad0).write(0);
+            (&raw mut (*e).ts_ns).write(now);
+            (&raw mut (*e).skaddr).write(sk as u64);
+            (&raw mut (*e).tuple).write(tuple);
+            core::ptr::copy_nonoverlapping(flow, &raw mut (*e).flow, 1);
+            (&raw mut (*e).keepalive).write(keepalive);
         }
-        None => {
-            stats.bump(stat::LOST_FLOW_END);
-        }
+        record.submit();
     }
     Ok(())
 }
@@ -125,25 +118,18 @@ fn send_time_wait_flow(sk: *const u8, flow: &FlowState, stats: Stats) -> Result<
         0
     };
     let now = flow.entered_ns[flow.last()];
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<TimeWaitFlowEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: `e` is the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::TIME_WAIT_FLOW);
-                (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._pad0).write([0; 3]);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(sk as u64);
-                (&raw mut (*e).tuple).write(tuple);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<TimeWaitFlowEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e)._pad0).write([0; 3]);
+            (&raw mut (*e).ts_ns).write(now);
+            (&raw mut (*e).skaddr).write(sk as u64);
+            (&raw mut (*e).tuple).write(tuple);
         }
-        None => {
-            stats.bump(stat::LOST_FLOW_END);
-        }
+        record.submit();
     }
     Ok(())
 }

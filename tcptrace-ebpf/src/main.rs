@@ -3,6 +3,7 @@
 #![no_main]
 
 mod filter;
+#[cfg(feature = "bench")]
 mod floor;
 mod flow_end;
 mod maps;
@@ -10,6 +11,7 @@ mod reset;
 mod retransmit;
 mod set_state;
 mod sock;
+#[cfg(feature = "bench")]
 mod storage_probe;
 mod timers;
 

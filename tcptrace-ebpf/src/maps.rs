@@ -7,13 +7,16 @@ use aya_ebpf::{
         generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
     },
     macros::{btf_map, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray,
+        RingBuf,
+    },
 };
 use tcptrace_common::{
     duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, Connecting, Counters,
-    DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, TimeWaitKey,
-    TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS,
-    TRANSITION_SLOTS,
+    DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, Record,
+    TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS,
+    STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -328,8 +331,7 @@ impl Stats {
         if self.0.is_null() {
             return;
         }
-        let slot = (usize::from(old) * usize::from(tcp_state::LIMIT) + usize::from(new))
-            & (TRANSITION_SLOTS as usize - 1);
+        let slot = tcptrace_common::transition_slot(old, new) & (TRANSITION_SLOTS as usize - 1);
         // SAFETY: as in `bump`.
         unsafe { (*self.0).transitions[slot] += 1 };
     }
@@ -382,6 +384,45 @@ pub fn observe_duration(slot: u32, state: u8, ns: u64) {
             if ns > (*h).max_ns {
                 (*h).max_ns = ns;
             }
+        }
+    }
+}
+
+/// A record reserved in the ring with its kind written: the caller writes every other field
+/// in place (nothing fallible: everything is read before), then submits.
+pub struct Reserved<T: 'static> {
+    entry: RingBufEntry<T>,
+    wake: u64,
+}
+
+impl<T: 'static> Reserved<T> {
+    #[inline(always)]
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.entry.as_mut_ptr()
+    }
+
+    #[inline(always)]
+    pub fn submit(self) {
+        self.entry.submit(self.wake);
+    }
+}
+
+/// Reserves one record of type `T` in the ring and writes its kind; a full ring is counted in
+/// `T::LOST` on this CPU (and `None` returned).
+#[inline(always)]
+pub fn emit<T: Record + 'static>(stats: Stats) -> Option<Reserved<T>> {
+    let wake = submit_flags(stats);
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            stats.bump(stat::SUBMITTED);
+            // SAFETY: the reserved slot is ours alone until submit, and every record's first
+            // field is its `u32` kind (asserted in tcptrace-common).
+            unsafe { entry.as_mut_ptr().cast::<u32>().write(T::KIND) };
+            Some(Reserved { entry, wake })
+        }
+        None => {
+            stats.bump(T::LOST);
+            None
         }
     }
 }

@@ -6,12 +6,12 @@
 //! program that reads past the tracepoint's arguments).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use tcptrace_common::{event_flags, flow_flags, record_kind, slot, stat, RetransmitEvent, Tuple};
+use tcptrace_common::{event_flags, flow_flags, slot, stat, RetransmitEvent, Tuple};
 
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{scratch, submit_flags, Stats, EVENTS, FLOW_TABLE},
+    maps::{emit, scratch, Stats, FLOW_TABLE},
     set_state::release_held_start,
     sock,
 };
@@ -54,7 +54,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let emit = config!(emit_retransmits) != 0;
+    let send = config!(emit_retransmits) != 0;
     let key = sk as u64;
     let existing = FLOW_TABLE.get_ptr_mut(sk);
     let pending = match existing {
@@ -63,7 +63,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         None => false,
     };
     let judged = filter::active() != 0 && (existing.is_none() || pending);
-    let tuple = if emit || judged {
+    let tuple = if send || judged {
         sock::tuple(sk)?
     } else {
         Tuple::default()
@@ -124,35 +124,28 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             }
         }
     }
-    if !emit {
+    if !send {
         return Ok(());
     }
     if err.is_some() {
         flags |= event_flags::ERR_VALID;
     }
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<RetransmitEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: `e` is the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::RETRANSMIT);
-                (&raw mut (*e).state).write(state);
-                (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._pad0).write([0; 2]);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(key);
-                (&raw mut (*e).tuple).write(tuple);
-                (&raw mut (*e).err).write(err.unwrap_or(0));
-                (&raw mut (*e).pid).write(pid);
-                (&raw mut (*e).comm).write(comm);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<RetransmitEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e).state).write(state);
+            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e)._pad0).write([0; 2]);
+            (&raw mut (*e).ts_ns).write(now);
+            (&raw mut (*e).skaddr).write(key);
+            (&raw mut (*e).tuple).write(tuple);
+            (&raw mut (*e).err).write(err.unwrap_or(0));
+            (&raw mut (*e).pid).write(pid);
+            (&raw mut (*e).comm).write(comm);
         }
-        None => {
-            stats.bump(stat::LOST_RETRANSMIT);
-        }
+        record.submit();
     }
     Ok(())
 }

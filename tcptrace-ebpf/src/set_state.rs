@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, in_owner_context, record_kind, slot, starts_a_socket,
-    stat, tcp_state, Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    event_flags, filter_kind, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state,
+    Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
@@ -18,8 +18,8 @@ use crate::{
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
     maps::{
-        current_owner, observe_duration, scratch, submit_flags, FlowTable, Stats, CONNECTING,
-        EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
+        current_owner, emit, observe_duration, scratch, FlowTable, Stats, CONNECTING, FLOW_TABLE,
+        KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
     },
     sock,
 };
@@ -396,32 +396,24 @@ pub fn send_transition(
     pid: u32,
     comm: &[u8; 16],
 ) {
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<TransitionEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: `e` is the reserved slot, ours alone until submit; every field is
-            // written in place (no stack copy of the record).
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::TRANSITION);
-                (&raw mut (*e).old_state).write(old);
-                (&raw mut (*e).new_state).write(new);
-                (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._pad0).write(0);
-                (&raw mut (*e).ts_ns).write(ts_ns);
-                (&raw mut (*e).old_state_ns).write(held);
-                (&raw mut (*e).skaddr).write(key);
-                (&raw mut (*e).tuple).write(*tuple);
-                (&raw mut (*e).pid).write(pid);
-                (&raw mut (*e).comm).write(*comm);
-                (&raw mut (*e)._pad1).write([0; 4]);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<TransitionEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e).old_state).write(old);
+            (&raw mut (*e).new_state).write(new);
+            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e)._pad0).write(0);
+            (&raw mut (*e).ts_ns).write(ts_ns);
+            (&raw mut (*e).old_state_ns).write(held);
+            (&raw mut (*e).skaddr).write(key);
+            (&raw mut (*e).tuple).write(*tuple);
+            (&raw mut (*e).pid).write(pid);
+            (&raw mut (*e).comm).write(*comm);
+            (&raw mut (*e)._pad1).write([0; 4]);
         }
-        None => {
-            stats.bump(stat::LOST_TRANSITION);
-        }
+        record.submit();
     }
 }
 

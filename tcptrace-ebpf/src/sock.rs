@@ -9,7 +9,7 @@ use tcptrace_common::Tuple;
 
 use crate::config;
 
-pub const AF_INET6: u16 = 10;
+pub const AF_INET6: u16 = tcptrace_common::family::INET6;
 pub const IPPROTO_TCP: u16 = 6;
 
 /// A direct load from a BTF-typed kernel pointer.

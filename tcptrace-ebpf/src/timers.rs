@@ -9,16 +9,16 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, record_kind, slot, stat, tcp_state, time_wait,
-    KeepaliveProbeEvent, TimeWaitEvent, TimerEntry, Tuple,
+    event_flags, filter_kind, flow_flags, slot, stat, tcp_state, time_wait, KeepaliveProbeEvent,
+    TimeWaitEvent, TimerEntry, Tuple,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
     maps::{
-        submit_flags, FlowTable, Stats, CONNECTING, EVENTS, FLOW_TABLE, KEEPALIVE_OWNERS,
-        TIMER_ENTRY, TW_PENDING, TW_TRACED,
+        emit, FlowTable, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_PENDING,
+        TW_TRACED,
     },
     sock,
 };
@@ -50,26 +50,19 @@ fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple
     let stats = Stats::at(slot);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<TimeWaitEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::TIME_WAIT);
-                (&raw mut (*e).what).write(what);
-                (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._pad0).write([0; 2]);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).timer).write(timer as u64);
-                (&raw mut (*e).tuple).write(tuple);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<TimeWaitEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e).what).write(what);
+            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e)._pad0).write([0; 2]);
+            (&raw mut (*e).ts_ns).write(now);
+            (&raw mut (*e).timer).write(timer as u64);
+            (&raw mut (*e).tuple).write(tuple);
         }
-        None => {
-            stats.bump(stat::LOST_TIME_WAIT);
-        }
+        record.submit();
     }
 }
 
@@ -270,30 +263,23 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let wake = submit_flags(stats);
-    match EVENTS.reserve::<KeepaliveProbeEvent>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            let e = entry.as_mut_ptr();
-            // SAFETY: the reserved slot, ours alone until submit.
-            unsafe {
-                (&raw mut (*e).kind).write(record_kind::KEEPALIVE_PROBE);
-                (&raw mut (*e).probe).write(probes);
-                (&raw mut (*e).flags).write(flags);
-                (&raw mut (*e)._pad0).write([0; 2]);
-                (&raw mut (*e).ts_ns).write(now);
-                (&raw mut (*e).skaddr).write(key);
-                (&raw mut (*e).tuple).write(tuple);
-                (&raw mut (*e).keepalive).write(keepalive);
-                (&raw mut (*e).pid).write(pid);
-                (&raw mut (*e).comm).write(comm);
-                (&raw mut (*e)._pad1).write([0; 4]);
-            }
-            entry.submit(wake);
+    if let Some(mut record) = emit::<KeepaliveProbeEvent>(stats) {
+        let e = record.as_mut_ptr();
+        // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
+        // kind); every other field is written here, in place.
+        unsafe {
+            (&raw mut (*e).probe).write(probes);
+            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e)._pad0).write([0; 2]);
+            (&raw mut (*e).ts_ns).write(now);
+            (&raw mut (*e).skaddr).write(key);
+            (&raw mut (*e).tuple).write(tuple);
+            (&raw mut (*e).keepalive).write(keepalive);
+            (&raw mut (*e).pid).write(pid);
+            (&raw mut (*e).comm).write(comm);
+            (&raw mut (*e)._pad1).write([0; 4]);
         }
-        None => {
-            stats.bump(stat::LOST_PROBE);
-        }
+        record.submit();
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ fn parse() -> Result<cli::Cli, ExitCode> {
 /// The mode's consumer, driven by the session (or, for `idle`, one report).
 fn run(config: &cli::Config) -> anyhow::Result<()> {
     use events::session;
-    let mut metrics = output::exporter::MetricsExporter::for_config(config);
+    let metrics = output::exporter::MetricsExporter::for_config(config);
     match &config.mode {
         cli::Mode::Idle { min_idle } => output::lines::idle_once(config, *min_idle),
         cli::Mode::Top => {
@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Some(cli::Command::ReplayBench { records }) => events::replay::run(records),
+        #[cfg(feature = "bench")]
         Some(cli::Command::HookFloor { variant }) => kernel::floor::run(&cli.common.btf, variant),
         Some(cli::Command::Completions { shell }) => {
             cli::completions(shell, &mut std::io::stdout());

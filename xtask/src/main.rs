@@ -138,11 +138,19 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn build(release: bool) -> Result<PathBuf> {
+    build_with(release, &[])
+}
+
+/// Builds tcptrace with cargo `features` (`bench`: the benchmark's kernel programs).
+fn build_with(release: bool, features: &[&str]) -> Result<PathBuf> {
     setup::ensure_build_tools()?;
     let mut cmd = cargo();
     cmd.args(["build", "--package", "tcptrace"]);
     if release {
         cmd.arg("--release");
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
     }
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
@@ -169,7 +177,35 @@ fn test(args: &[OsString]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     setup::ensure_build_tools()?;
     setup::ensure_test_tools()?;
+    setup::ensure_lint_tools()?;
     require_root("cargo xtask test")?;
+    // The gates first: formatting and lints (warnings are errors), counted as tests.
+    let gates = [
+        (
+            "formatting (cargo fmt --check)",
+            vec!["fmt", "--all", "--", "--check"],
+        ),
+        (
+            "lints (cargo clippy --all-targets -D warnings)",
+            vec![
+                "clippy",
+                "--package",
+                "tcptrace-common",
+                "--package",
+                "tcptrace",
+                "--package",
+                "xtask",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    let mut gate_results = Vec::new();
+    for (name, args) in gates {
+        gate_results.push((name, run(cargo().args(&args))));
+    }
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -215,6 +251,9 @@ fn test(args: &[OsString]) -> Result<()> {
             failed += 1;
         }
     };
+    for (name, result) in gate_results {
+        own(result, name, name);
+    }
     own(
         stackcheck::built_object("debug").and_then(|object| stackcheck::check(&object)),
         "kernel programs fit the 512-byte stack of kernels before 6.13",
@@ -321,7 +360,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
-        Task::Bench(args) => build(true).and_then(|bin| {
+        Task::Bench(args) => build_with(true, &["bench"]).and_then(|bin| {
             require_root("cargo xtask bench")?;
             bench::run(&args, bin)
         }),

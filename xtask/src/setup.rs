@@ -119,6 +119,21 @@ fn ensure_bpf_linker() -> Result<()> {
         .env("PATH", tool_path()))
 }
 
+/// rustfmt and clippy on the workspace's (stable) toolchain: the gates `cargo xtask test`
+/// runs first.
+pub fn ensure_lint_tools() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]));
+    for component in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            say(&format!(
+                "adding {component} (cargo xtask test checks formatting and lints)"
+            ));
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
+
 /// rust-src, LLVM 22 and bpf-linker: what building the eBPF object needs.
 pub fn ensure_build_tools() -> Result<()> {
     if !succeeds(Command::new("rustup").arg("--version")) {

@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Result};
 
 use super::{filter::FilterSpec, Cli, Command, ReportMode};
+pub use crate::kernel::plan::FlowMemory;
+use crate::kernel::plan::KernelPlan;
 
 /// What tcptrace does this run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,17 +40,6 @@ pub struct RecordOptions {
     pub max_size: Option<u64>,
     /// Files kept in a rotation (FILE, FILE.1, …).
     pub max_files: u32,
-}
-
-/// When the kernel's flow table takes its memory (`--flow-memory`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FlowMemory {
-    /// All of it at start.
-    Prealloc,
-    /// As flows appear.
-    OnDemand,
-    /// In each socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`).
-    Socket,
 }
 
 /// What the user asked for, checked.
@@ -132,6 +123,22 @@ impl Config {
             _ => false,
         }
     }
+    /// What the kernel side loads and attaches for this configuration.
+    pub fn plan(&self) -> KernelPlan {
+        KernelPlan {
+            btf: self.btf.clone(),
+            ring_size: self.ring_size,
+            flow_memory: self.flow_memory,
+            max_flows: self.max_flows,
+            emit_transitions: self.emits_transitions(),
+            emit_retransmits: self.emits_retransmits(),
+            flow_ends: self.flow_ends(),
+            keepalive_probes: self.traces_keepalive_probes(),
+            time_wait: self.traces_time_wait(),
+            filter: self.filter.clone(),
+        }
+    }
+
     /// How often TIME_WAIT gauges are printed, in the timewait mode.
     pub fn gauge_interval(&self) -> Option<Duration> {
         match self.mode {

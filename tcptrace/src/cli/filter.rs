@@ -9,7 +9,9 @@ use aya::{
 };
 use clap::Args;
 use ipnet::IpNet;
-use tcptrace_common::{filter_kind, mapped_v4, port_bits, AddrKey, FilterConfig};
+use tcptrace_common::{
+    family, filter_kind, mapped_v4, names::map, port_bits, AddrKey, FilterConfig,
+};
 
 use crate::events::model::FlowAddrs;
 
@@ -118,8 +120,8 @@ pub struct FilterSpec {
     pub family: Option<u16>,
 }
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+const AF_INET: u16 = family::INET;
+const AF_INET6: u16 = family::INET6;
 
 impl TryFrom<FilterArgs> for FilterSpec {
     type Error = anyhow::Error;
@@ -266,7 +268,7 @@ impl FilterSpec {
     pub fn install(&self, ebpf: &mut Ebpf) -> Result<()> {
         if self.has_ports() {
             let mut ports: Array<&mut MapData, u8> = Array::try_from(
-                ebpf.map_mut("PORT_FILTER")
+                ebpf.map_mut(map::PORT_FILTER)
                     .ok_or_else(|| anyhow!("map PORT_FILTER missing from the eBPF object"))?,
             )
             .context("map PORT_FILTER is not an array")?;
@@ -277,8 +279,8 @@ impl FilterSpec {
             }
         }
         for (map, nets) in [
-            ("LOCAL_ADDRS", &self.local_addrs),
-            ("REMOTE_ADDRS", &self.remote_addrs),
+            (map::LOCAL_ADDRS, &self.local_addrs),
+            (map::REMOTE_ADDRS, &self.remote_addrs),
         ] {
             if nets.is_empty() {
                 continue;

@@ -90,6 +90,7 @@ pub enum Command {
     /// Print the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
+    #[cfg(feature = "bench")]
     /// Attach only an empty program to inet_sock_set_state (the hook's own cost, for
     /// `cargo xtask bench`), or one that keeps a small flow state (`--variant`).
     #[command(hide = true)]

@@ -12,8 +12,29 @@ use tcptrace_common::{
 
 use crate::{
     events::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
-    state::cause::{classify, reset_reason_name, CloseCause, CloseEvidence},
+    host::facts::HostFacts,
+    state::{
+        cause::{classify, CloseCause, CloseEvidence},
+        keepalive::{jiffies_ns, settings, KeepaliveSettings},
+    },
 };
+
+/// Keepalive as it stood on a socket: the settings in force and how long the peer had been
+/// silent (resolved with the tracing machine's HZ and sysctls when decoded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepaliveInForce {
+    pub settings: KeepaliveSettings,
+    pub silent_ns: Option<u64>,
+}
+
+impl KeepaliveInForce {
+    fn of(raw: &Keepalive, host: &HostFacts) -> KeepaliveInForce {
+        KeepaliveInForce {
+            settings: settings(raw, host),
+            silent_ns: jiffies_ns(raw.silent_j, host.hz),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -54,7 +75,7 @@ pub struct FinishedFlow {
     pub cause: CloseCause,
     pub evidence: CloseEvidence,
     /// Keepalive settings and the peer's silence at CLOSE, when SO_KEEPALIVE was on.
-    pub keepalive: Option<Keepalive>,
+    pub keepalive: Option<KeepaliveInForce>,
     /// The TIME_WAIT that followed, when this side closed first (filled by the tracker).
     pub time_wait: Option<TimeWait>,
 }
@@ -89,7 +110,7 @@ pub struct KeepaliveProbe {
     pub owner: Option<Process>,
     /// This probe's number (1 for the first unanswered probe).
     pub probe: u8,
-    pub keepalive: Keepalive,
+    pub keepalive: KeepaliveInForce,
 }
 
 impl FinishedFlow {
@@ -189,67 +210,86 @@ pub fn transition_time(bytes: &[u8]) -> Option<Result<u64>> {
     )
 }
 
-/// Reads a ring-buffer item.
+/// Reads ring-buffer items with the facts of the machine that traced.
+#[derive(Clone, Debug, Default)]
+pub struct Decoder {
+    pub host: HostFacts,
+}
+
+/// Reads a ring-buffer item with no host facts (tests, the synthetic replay).
+#[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Result<Event> {
-    let kind_bytes: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow!("record of {} bytes has no kind", bytes.len()))?;
-    match u32::from_ne_bytes(kind_bytes) {
-        record_kind::TRANSITION => Ok(Event::Transition(Transition::try_from(
-            &read_record::<RawTransition>(bytes, "transition")?.0,
-        )?)),
-        record_kind::FLOW_END => Ok(Event::FlowEnd(Box::new(FinishedFlow::try_from(
-            &read_record::<RawFlowEnd>(bytes, "flow")?.0,
-        )?))),
-        record_kind::RETRANSMIT => Ok(Event::Retransmit(Retransmit::try_from(
-            &read_record::<RawRetransmit>(bytes, "retransmit")?.0,
-        )?)),
-        record_kind::KEEPALIVE_PROBE => {
-            let raw = read_record::<RawProbe>(bytes, "keepalive probe")?.0;
-            Ok(Event::KeepaliveProbe(KeepaliveProbe {
-                ts_ns: raw.ts_ns,
-                skaddr: raw.skaddr,
-                addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
-                owner: owner(
-                    raw.flags & event_flags::OWNER_KNOWN != 0,
-                    raw.pid,
-                    &raw.comm,
-                ),
-                probe: raw.probe,
-                keepalive: raw.keepalive,
-            }))
-        }
-        record_kind::TIME_WAIT => {
-            let raw = read_record::<RawTimeWait>(bytes, "time-wait")?.0;
-            if !(time_wait::START..=time_wait::EXPIRE).contains(&raw.what) {
-                bail!("unknown time-wait event {}", raw.what);
+    Decoder::default().decode(bytes)
+}
+
+impl Decoder {
+    pub fn new(host: HostFacts) -> Decoder {
+        Decoder { host }
+    }
+
+    /// Reads a ring-buffer item.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event> {
+        let kind_bytes: [u8; 4] = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow!("record of {} bytes has no kind", bytes.len()))?;
+        match u32::from_ne_bytes(kind_bytes) {
+            record_kind::TRANSITION => Ok(Event::Transition(Transition::try_from(
+                &read_record::<RawTransition>(bytes, "transition")?.0,
+            )?)),
+            record_kind::FLOW_END => Ok(Event::FlowEnd(Box::new(FinishedFlow::decode(
+                &read_record::<RawFlowEnd>(bytes, "flow")?.0,
+                &self.host,
+            )?))),
+            record_kind::RETRANSMIT => Ok(Event::Retransmit(Retransmit::try_from(
+                &read_record::<RawRetransmit>(bytes, "retransmit")?.0,
+            )?)),
+            record_kind::KEEPALIVE_PROBE => {
+                let raw = read_record::<RawProbe>(bytes, "keepalive probe")?.0;
+                Ok(Event::KeepaliveProbe(KeepaliveProbe {
+                    ts_ns: raw.ts_ns,
+                    skaddr: raw.skaddr,
+                    addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+                    owner: owner(
+                        raw.flags & event_flags::OWNER_KNOWN != 0,
+                        raw.pid,
+                        &raw.comm,
+                    ),
+                    probe: raw.probe,
+                    keepalive: KeepaliveInForce::of(&raw.keepalive, &self.host),
+                }))
             }
-            Ok(Event::TimeWait(TimeWaitRecord {
-                what: raw.what,
-                in_connect: raw.flags & time_wait::IN_CONNECT != 0,
-                ts_ns: raw.ts_ns,
-                timer: raw.timer,
-                addrs: if raw.what == time_wait::START {
-                    Some(FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?)
-                } else {
-                    None
-                },
-            }))
-        }
-        record_kind::TIME_WAIT_FLOW => {
-            let raw = read_record::<RawTimeWaitFlow>(bytes, "time-wait flow")?.0;
-            if raw.flags & !time_wait_flow::ACCEPTED != 0 {
-                bail!("unknown time-wait flow flags {:#x}", raw.flags);
+            record_kind::TIME_WAIT => {
+                let raw = read_record::<RawTimeWait>(bytes, "time-wait")?.0;
+                if !(time_wait::START..=time_wait::EXPIRE).contains(&raw.what) {
+                    bail!("unknown time-wait event {}", raw.what);
+                }
+                Ok(Event::TimeWait(TimeWaitRecord {
+                    what: raw.what,
+                    in_connect: raw.flags & time_wait::IN_CONNECT != 0,
+                    ts_ns: raw.ts_ns,
+                    timer: raw.timer,
+                    addrs: if raw.what == time_wait::START {
+                        Some(FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?)
+                    } else {
+                        None
+                    },
+                }))
             }
-            Ok(Event::TimeWaitFlow(TimeWaitFlow {
-                ts_ns: raw.ts_ns,
-                skaddr: raw.skaddr,
-                addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
-                accepted: raw.flags & time_wait_flow::ACCEPTED != 0,
-            }))
+            record_kind::TIME_WAIT_FLOW => {
+                let raw = read_record::<RawTimeWaitFlow>(bytes, "time-wait flow")?.0;
+                if raw.flags & !time_wait_flow::ACCEPTED != 0 {
+                    bail!("unknown time-wait flow flags {:#x}", raw.flags);
+                }
+                Ok(Event::TimeWaitFlow(TimeWaitFlow {
+                    ts_ns: raw.ts_ns,
+                    skaddr: raw.skaddr,
+                    addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+                    accepted: raw.flags & time_wait_flow::ACCEPTED != 0,
+                }))
+            }
+            other => bail!("unknown record kind {other}"),
         }
-        other => bail!("unknown record kind {other}"),
     }
 }
 
@@ -353,9 +393,9 @@ impl TryFrom<&FlowState> for Lifecycle {
     }
 }
 
-impl TryFrom<&FlowEndEvent> for FinishedFlow {
-    type Error = anyhow::Error;
-    fn try_from(raw: &FlowEndEvent) -> Result<Self> {
+impl FinishedFlow {
+    /// A flow-end record, with the facts of the machine that traced it.
+    fn decode(raw: &FlowEndEvent, host: &HostFacts) -> Result<Self> {
         let lifecycle = Lifecycle::try_from(&raw.flow)?;
         let states: ArrayVec<TcpState, PATH_SLOTS> =
             lifecycle.path.iter().map(|step| step.state).collect();
@@ -364,7 +404,7 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
             err: f.err,
             reset_received: f.close_flags & close_flags::RESET_RECEIVED != 0,
             reset_sent: (f.close_flags & close_flags::RESET_SENT != 0)
-                .then(|| reset_reason_name(f.reset_reason)),
+                .then(|| host.reset_reason_name(f.reset_reason)),
             keepalive_on: f.close_flags & close_flags::KEEPALIVE_ON != 0,
             user_timeout: f.close_flags & close_flags::USER_TIMEOUT != 0,
             probes: f.probes,
@@ -376,7 +416,9 @@ impl TryFrom<&FlowEndEvent> for FinishedFlow {
             addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
             close: CloseSide::of_path(&states),
             cause: classify(&states, &evidence),
-            keepalive: evidence.keepalive_on.then_some(raw.keepalive),
+            keepalive: evidence
+                .keepalive_on
+                .then(|| KeepaliveInForce::of(&raw.keepalive, host)),
             time_wait: None,
             evidence,
             lifecycle,

@@ -10,9 +10,9 @@ use tcptrace_common::time_wait;
 use crate::{
     events::{
         consumer::{Consumer, Wants},
-        decode::{decode, transition_time, Event},
+        decode::{transition_time, Decoder, Event},
     },
-    host::clock::Clock,
+    host::{clock::Clock, facts::HostFacts},
     state::{
         aggregate::Aggregator,
         alert::Alert,
@@ -63,15 +63,18 @@ fn panic_requested() -> bool {
 pub struct Dispatcher {
     pub agg: Aggregator,
     pub tw: TimeWaitTracker,
+    decoder: Decoder,
     wants: Wants,
     traces_time_wait: bool,
 }
 
 impl Dispatcher {
-    pub fn new(wants: Wants, traces_time_wait: bool) -> Dispatcher {
+    /// `host`: the facts of the machine that traced (this one, or a recording's).
+    pub fn new(host: HostFacts, wants: Wants, traces_time_wait: bool) -> Dispatcher {
         Dispatcher {
             agg: Aggregator::new(),
             tw: TimeWaitTracker::new(),
+            decoder: Decoder::new(host),
             wants,
             traces_time_wait,
         }
@@ -143,12 +146,12 @@ impl Dispatcher {
         self.agg.delivered();
         // Transitions nobody looks at are only checked (a recording holds one per transition).
         let decoded = if self.wants.transitions {
-            decode(record)
+            self.decoder.decode(record)
         } else {
             match transition_time(record) {
                 Some(Ok(ts)) => return Ok(Some(ts)),
                 Some(Err(e)) => Err(e),
-                None => decode(record),
+                None => self.decoder.decode(record),
             }
         };
         match decoded {

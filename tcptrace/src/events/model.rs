@@ -5,6 +5,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tcptrace_common::close_side;
 
 use crate::{output::digits, output::stackstr::StackStr};
 use tcptrace_common::tcp_state;
@@ -151,8 +152,8 @@ pub struct FlowAddrs {
 }
 
 /// Address family code from the kernel (`AF_INET` / `AF_INET6`).
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
+pub const AF_INET: u16 = tcptrace_common::family::INET;
+pub const AF_INET6: u16 = tcptrace_common::family::INET6;
 
 impl TryFrom<&tcptrace_common::Tuple> for FlowAddrs {
     type Error = String;
@@ -211,23 +212,24 @@ pub struct PathStep {
 /// Which side ended the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum CloseSide {
     /// We sent the first FIN (ESTABLISHED → FIN_WAIT1).
-    Active,
+    Active = close_side::ACTIVE,
     /// The peer sent the first FIN (ESTABLISHED → CLOSE_WAIT).
-    Passive,
+    Passive = close_side::PASSIVE,
     /// An established or half-open connection went straight to CLOSE.
-    Reset,
+    Reset = close_side::RESET,
     /// A connect that never got established (refused or timed out): SYN_SENT → CLOSE.
-    ConnectFailed,
+    ConnectFailed = close_side::CONNECT_FAILED,
     /// A listening socket was closed.
-    Listener,
+    Listener = close_side::LISTENER,
     /// Not enough of the path was seen to say.
-    Unknown,
+    Unknown = close_side::UNKNOWN,
 }
 
 impl CloseSide {
-    /// Every side, in the kernel's numbering (`tcptrace_common::close_side`).
+    /// Every side (each one's discriminant is the kernel's number).
     pub const ALL: [CloseSide; tcptrace_common::close_side::COUNT] = [
         CloseSide::Active,
         CloseSide::Passive,
@@ -240,8 +242,8 @@ impl CloseSide {
     /// The side the kernel numbered `raw` (`Unknown` for a number it does not have).
     pub fn from_kernel(raw: u8) -> CloseSide {
         Self::ALL
-            .get(usize::from(raw))
-            .copied()
+            .into_iter()
+            .find(|&side| side as u8 == raw)
             .unwrap_or(CloseSide::Unknown)
     }
 

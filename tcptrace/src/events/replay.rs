@@ -9,7 +9,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    events::decode::{decode, record_bytes as bytes_of, Event},
+    events::decode::{record_bytes as bytes_of, Decoder, Event},
     host::clock::Clock,
     output::{Printer, Render, TextPrinter},
     state::aggregate::Aggregator,
@@ -71,11 +71,12 @@ fn synthetic() -> Vec<Vec<u8>> {
 fn pass(mix: &[Vec<u8>], records: u64, render_transitions: bool) -> Result<f64> {
     let mut agg = Aggregator::new();
     let mut printer = Printer::Text(TextPrinter::new(io::sink(), Clock::now(), false));
+    let decoder = Decoder::default();
     let start = Instant::now();
     for i in 0..records {
         let bytes = &mix[(i % mix.len() as u64) as usize];
         agg.delivered();
-        match decode(bytes)? {
+        match decoder.decode(bytes)? {
             Event::FlowEnd(f) => {
                 agg.finished_flow(&f);
                 printer.flow(&f)?;

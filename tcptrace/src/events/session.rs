@@ -19,7 +19,7 @@ use crate::{
         consumer::{Begin, Consumer, End, Flow, Tick},
         dispatch::{is_broken_pipe, is_internal, Dispatcher},
     },
-    host::{clock::Clock, procnet, sockdiag},
+    host::{clock::Clock, facts::HostFacts, procnet, sockdiag},
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
@@ -139,7 +139,7 @@ struct Session<'c> {
 impl<'c> Session<'c> {
     fn start<C: Consumer>(config: &'c Config, consumer: &C) -> Result<Session<'c>> {
         let wants = consumer.wants();
-        let mut tracer = Tracer::load(config)?;
+        let mut tracer = Tracer::load(&config.plan())?;
         let ring = tracer.events.take().context("ring buffer already taken")?;
         // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
         // AsyncFd that owns the ring buffer is dropped.
@@ -147,7 +147,8 @@ impl<'c> Session<'c> {
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with tokio")?;
         let traces_time_wait = config.traces_time_wait() && !wants.raw;
-        let mut dispatch = Dispatcher::new(wants, traces_time_wait);
+        let host = HostFacts::this_host(&tracer.reset_reasons);
+        let mut dispatch = Dispatcher::new(host, wants, traces_time_wait);
         // The summary's durations, close causes and sides, and retransmits by state come from
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();

@@ -34,7 +34,7 @@ pub fn run(btf: &Path, variant: Variant) -> Result<()> {
     let name = variant.program();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(
-            "PROBE_HASH",
+            tcptrace_common::names::map::PROBE_HASH,
             if variant == Variant::Hash { 262_144 } else { 1 },
         )
         .load(crate::kernel::loader::EBPF_OBJECT)

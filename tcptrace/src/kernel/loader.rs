@@ -8,22 +8,20 @@ use aya::{
     programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
     Ebpf, EbpfLoader,
 };
-use tcptrace_common::{FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN};
+use tcptrace_common::{
+    names::{map, CONFIG_GLOBAL},
+    FlowState, ListenerKey, Owner, ProgramConfig, COMM_LEN,
+};
 
 use crate::{
-    cli::{Config, FlowMemory},
     events::decode::Lifecycle,
     kernel::btf::KernelBtf,
     kernel::load_error::explain,
+    kernel::plan::{KernelPlan, KernelVariants},
 };
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
-
-const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
-const SET_STATE_NESTED_PROGRAM: &str = "inet_sock_set_state_nested";
-const FLOWS: &str = "FLOWS";
-const FLOWS_PREALLOC: &str = "FLOWS_PREALLOC";
 
 mod counters;
 
@@ -94,8 +92,10 @@ fn seed_listeners(ebpf: &mut Ebpf) {
             return;
         }
     };
-    let (Some(netns), Some(map)) = (crate::cli::filter::own_netns(), ebpf.map_mut("LISTENERS"))
-    else {
+    let (Some(netns), Some(map)) = (
+        crate::cli::filter::own_netns(),
+        ebpf.map_mut(map::LISTENERS),
+    ) else {
         return;
     };
     let Ok(mut listeners) = HashMap::<&mut MapData, ListenerKey, Owner>::try_from(map) else {
@@ -213,28 +213,28 @@ fn raise_memlock() {
 }
 
 impl Tracer {
-    pub fn load(config: &Config) -> Result<Tracer> {
+    pub fn load(plan: &KernelPlan) -> Result<Tracer> {
         crate::kernel::load_error::check_release(&crate::kernel::load_error::running_release())?;
         check_privileges()?;
         raise_memlock();
-        let btf = KernelBtf::open(Path::new(&config.btf))?;
+        let btf = KernelBtf::open(Path::new(&plan.btf))?;
         if btf.tracepoint_args("inet_sock_set_state")? != Some(3) {
             bail!(
                 "tracepoint sock:inet_sock_set_state (sk, oldstate, newstate) not found in this \
                  kernel's BTF; tcptrace needs Linux 4.16 or newer"
             );
         }
-        let retransmit_program = match btf.tracepoint_args("tcp_retransmit_skb")? {
-            Some(2) => "tcp_retransmit_skb",
-            Some(3) => "tcp_retransmit_skb_err",
+        let retransmit_err = match btf.tracepoint_args("tcp_retransmit_skb")? {
+            Some(2) => false,
+            Some(3) => true,
             Some(n) => {
                 bail!("tracepoint tcp:tcp_retransmit_skb has {n} arguments; expected 2 or 3")
             }
             None => bail!("tracepoint tcp:tcp_retransmit_skb not found in this kernel's BTF"),
         };
-        let send_reset_program = match btf.tracepoint_args("tcp_send_reset")? {
-            Some(3) => "tcp_send_reset",
-            Some(2) => "tcp_send_reset_noreason",
+        let send_reset_reason = match btf.tracepoint_args("tcp_send_reset")? {
+            Some(3) => true,
+            Some(2) => false,
             Some(n) => bail!("tracepoint tcp:tcp_send_reset has {n} arguments; expected 2 or 3"),
             None => bail!("tracepoint tcp:tcp_send_reset not found in this kernel's BTF"),
         };
@@ -242,16 +242,15 @@ impl Tracer {
             bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
         }
         let reset_reasons = btf.enum_members("sk_rst_reason")?;
-        crate::state::cause::set_reset_reasons(reset_reasons.clone());
-        if !config.filter.cgroups.is_empty() {
+        if !plan.filter.cgroups.is_empty() {
             btf.check_cgroups()?;
         }
-        let keepalive_timer_fn = if config.traces_keepalive_probes() {
+        let keepalive_timer_fn = if plan.keepalive_probes {
             kernel_symbol("tcp_keepalive_timer")?
         } else {
             0
         };
-        let tw_timer_fn = if config.traces_time_wait() {
+        let tw_timer_fn = if plan.time_wait {
             kernel_symbol("tw_timer_handler")?
         } else {
             0
@@ -262,58 +261,28 @@ impl Tracer {
                 .context("resolving struct sock offsets from BTF")?,
             // Wake the reader about once a quarter of the ring is pending (records are
             // 64-200 bytes; each CPU counts its own); otherwise it polls.
-            wakeup_every: wakeup_every(config.ring_size),
-            emit_transitions: u8::from(config.emits_transitions()),
-            emit_retransmits: u8::from(config.emits_retransmits()),
-            emit_probes: u8::from(config.traces_keepalive_probes()),
-            flow_memory: match config.flow_memory {
-                FlowMemory::OnDemand => tcptrace_common::flow_memory::ON_DEMAND,
-                FlowMemory::Prealloc => tcptrace_common::flow_memory::PREALLOC,
-                FlowMemory::Socket => tcptrace_common::flow_memory::SOCKET,
-            },
-            emit_flow_ends: config.flow_ends(),
+            wakeup_every: wakeup_every(plan.ring_size),
+            emit_transitions: u8::from(plan.emit_transitions),
+            emit_retransmits: u8::from(plan.emit_retransmits),
+            emit_probes: u8::from(plan.keepalive_probes),
+            flow_memory: plan.flow_memory.raw(),
+            emit_flow_ends: plan.flow_ends,
             keepalive_reset_reason: keepalive_reset_reason(&reset_reasons),
             _pad: [0; 2],
             _pad0: 0,
             keepalive_timer_fn,
             tw_timer_fn,
-            filter: config.filter.program_config(),
+            filter: plan.filter.program_config(),
         };
-        let filter = &config.filter;
-        // Only the flow table in use takes --max-flows entries (in socket storage, the
-        // keepalive index does).
-        let sized = |memory: FlowMemory| {
-            if config.flow_memory == memory {
-                config.max_flows
-            } else {
-                1
-            }
-        };
-        // Filter maps take memory only when their filter is in force.
-        let tw_sockets = if filter.is_empty() {
-            1
-        } else {
-            time_wait_capacity()
-        };
-
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &program_config, true)
-            .map_max_entries("EVENTS", config.ring_size)
-            .map_max_entries(FLOWS, sized(FlowMemory::OnDemand))
-            .map_max_entries(FLOWS_PREALLOC, sized(FlowMemory::Prealloc))
-            .map_max_entries("KEEPALIVE_OWNERS", sized(FlowMemory::Socket))
-            .map_max_entries("PORT_FILTER", if filter.has_ports() { 1 << 16 } else { 1 })
-            // Twice the kernel's ceiling: an LRU map evicts before it is full, and the timers
-            // of TIME_WAITs that ended early stay until evicted (their cancel cannot tell them
-            // from an expiry, which the kernel precedes by a cancel).
-            .map_max_entries("TW_TRACED", tw_sockets.saturating_mul(2))
-            .map_max_entries(
-                "TW_PENDING",
-                if filter.needs_owner() { tw_sockets } else { 1 },
-            )
+        let mut loader = EbpfLoader::new();
+        loader.override_global(CONFIG_GLOBAL, &program_config, true);
+        for (name, entries) in plan.map_sizes(time_wait_capacity()) {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
-        filter.install(&mut ebpf)?;
+        plan.filter.install(&mut ebpf)?;
         seed_listeners(&mut ebpf);
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -324,32 +293,16 @@ impl Tracer {
             }
         };
 
-        let kernel_btf = aya::Btf::parse_file(&config.btf, aya::Endianness::default())
-            .with_context(|| format!("cannot parse BTF from {}", config.btf.display()))?;
+        let kernel_btf = aya::Btf::parse_file(&plan.btf, aya::Endianness::default())
+            .with_context(|| format!("cannot parse BTF from {}", plan.btf.display()))?;
         let mut links = Vec::new();
         let mut programs = Vec::new();
         let mut hooks = Vec::new();
-        let mut hooked = vec![
-            (SET_STATE_PROGRAM, "inet_sock_set_state"),
-            // Handles the transitions the first misses while interrupted on its CPU.
-            (SET_STATE_NESTED_PROGRAM, "inet_sock_set_state"),
-            (retransmit_program, "tcp_retransmit_skb"),
-            (send_reset_program, "tcp_send_reset"),
-            ("tcp_receive_reset", "tcp_receive_reset"),
-        ];
-        // The timer hooks see every timer on the host: only where they are needed.
-        if config.traces_keepalive_probes() || config.traces_time_wait() {
-            hooked.push(("timer_expire_entry", "timer_expire_entry"));
-        }
-        if config.traces_keepalive_probes() {
-            // Keepalive probes, seen around the keepalive timer.
-            hooked.push(("timer_expire_exit", "timer_expire_exit"));
-        }
-        if config.traces_time_wait() {
-            hooked.push(("timer_start", "timer_start"));
-            hooked.push(("timer_cancel", "timer_cancel"));
-        }
-        for (program, tracepoint) in hooked {
+        let variants = KernelVariants {
+            retransmit_err,
+            send_reset_reason,
+        };
+        for (program, tracepoint) in plan.programs(variants) {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -369,10 +322,10 @@ impl Tracer {
         }
 
         let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("map EVENTS missing from the eBPF object"))?,
+            ebpf.take_map(map::EVENTS)
+                .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map::EVENTS))?,
         )
-        .context("map EVENTS is not a ring buffer")?;
+        .with_context(|| format!("map {} is not a ring buffer", map::EVENTS))?;
 
         Ok(Tracer {
             ebpf,
@@ -381,11 +334,7 @@ impl Tracer {
             events: Some(events),
             logger,
             hooks,
-            flow_table: match config.flow_memory {
-                FlowMemory::OnDemand => Some(FLOWS),
-                FlowMemory::Prealloc => Some(FLOWS_PREALLOC),
-                FlowMemory::Socket => None,
-            },
+            flow_table: plan.flow_memory.table(),
             reset_reasons,
         })
     }

@@ -209,12 +209,9 @@ impl Metrics {
 
     /// Adds what the kernel counted since the last call.
     pub fn kernel(&mut self, now: &KernelCounters) {
-        let limit = usize::from(tcptrace_common::tcp_state::LIMIT);
         for (i, delta) in growth(&now.transitions, &mut self.seen.transitions) {
-            let states = (
-                TcpState::try_from((i / limit) as u8),
-                TcpState::try_from((i % limit) as u8),
-            );
+            let (old, new) = tcptrace_common::transition_of_slot(i);
+            let states = (TcpState::try_from(old), TcpState::try_from(new));
             if let (Ok(from), Ok(to)) = states {
                 self.transitions
                     .get_or_create(&Transition {
@@ -420,12 +417,12 @@ mod tests {
             rtx_by_state: vec![0; 16],
             ..Default::default()
         };
-        k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 3;
+        k.transitions[tcptrace_common::transition_slot(ts::SYN_SENT, ts::ESTABLISHED)] = 3;
         k.stats[stat::FLOWS_SEEN as usize] = 4;
         k.closes[usize::from(close_cause::NORMAL)] = 1;
         k.missed = 2;
         m.kernel(&k);
-        k.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 5;
+        k.transitions[tcptrace_common::transition_slot(ts::SYN_SENT, ts::ESTABLISHED)] = 5;
         k.closes[usize::from(close_cause::NORMAL)] = 3;
         k.closes[usize::from(close_cause::KEEPALIVE_TIMEOUT)] = 2;
         k.rtx_by_state[usize::from(ts::FIN_WAIT1)] = 7;

@@ -117,7 +117,7 @@ fn summary_lists_counts_and_percentiles() {
         transitions: vec![0; TRANSITION_SLOTS as usize],
         ..Default::default()
     };
-    kernel.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 1;
+    kernel.transitions[tcptrace_common::transition_slot(ts::SYN_SENT, ts::ESTABLISHED)] = 1;
     kernel.stats[tcptrace_common::stat::LOST_TRANSITION as usize] = 7;
     let mut p = printer();
     p.summary(&agg.finish(&kernel, 2_000_000_000))

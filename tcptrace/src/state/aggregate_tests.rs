@@ -96,7 +96,7 @@ fn summary_counts_flows_durations_and_close_sides() {
     kernel.stats[stat::FLOWS_SEEN as usize] = 4;
     kernel.stats[stat::RETRANSMITS as usize] = 1;
     kernel.stats[stat::LOST_FLOW_END as usize] = 2;
-    kernel.transitions[usize::from(SYN_SENT) * 16 + usize::from(ESTABLISHED)] = 3;
+    kernel.transitions[tcptrace_common::transition_slot(SYN_SENT, ESTABLISHED)] = 3;
     let summary = agg.finish(&kernel, 1_000);
 
     assert_eq!(

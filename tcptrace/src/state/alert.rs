@@ -2,12 +2,12 @@
 use std::fmt;
 
 use crate::{
-    events::decode::{FinishedFlow, KeepaliveProbe, Lifecycle, Retransmit},
+    events::decode::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
     events::model::{FlowAddrs, Process, TcpState},
     host::clock::{human_duration, HumanDuration},
     output::digits::number,
     state::cause::CloseCause,
-    state::keepalive::{self, KeepaliveSettings},
+    state::keepalive::KeepaliveSettings,
     state::timewait::TimeWait,
 };
 
@@ -65,24 +65,22 @@ impl<'a> Alert<'a> {
         }
     }
 
+    fn keepalive_in_force(&self) -> Option<&KeepaliveInForce> {
+        match self {
+            Alert::Closed(f) => f.keepalive.as_ref(),
+            Alert::KeepaliveProbe(p) => Some(&p.keepalive),
+            Alert::FinRetransmit(_) => None,
+        }
+    }
+
     /// Keepalive settings in force, for keepalive alerts.
     pub fn keepalive(&self) -> Option<KeepaliveSettings> {
-        let raw = match self {
-            Alert::Closed(f) => f.keepalive.as_ref()?,
-            Alert::KeepaliveProbe(p) => &p.keepalive,
-            Alert::FinRetransmit(_) => return None,
-        };
-        Some(keepalive::settings(raw, keepalive::hz()))
+        self.keepalive_in_force().map(|k| k.settings)
     }
 
     /// How long the peer has been silent, for keepalive alerts.
     pub fn silent_ns(&self) -> Option<u64> {
-        let raw = match self {
-            Alert::Closed(f) => f.keepalive.as_ref()?,
-            Alert::KeepaliveProbe(p) => &p.keepalive,
-            Alert::FinRetransmit(_) => return None,
-        };
-        keepalive::jiffies_ns(raw.silent_j, keepalive::hz())
+        self.keepalive_in_force()?.silent_ns
     }
 
     /// One line of explanation.

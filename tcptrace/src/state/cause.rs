@@ -1,6 +1,6 @@
 //! Why a flow ended: decided from its path and what the kernel left on the socket at CLOSE
 //! (`sk_err`, resets sent and received, keepalive and user-timeout settings, retransmits).
-use std::{collections::HashMap, fmt, sync::OnceLock};
+use std::fmt;
 
 use serde::Serialize;
 
@@ -19,28 +19,29 @@ const ECONNREFUSED: u8 = 111;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum CloseCause {
     /// FIN exchange (the close side says who sent the first FIN).
-    Normal,
+    Normal = close_cause::NORMAL,
     /// The peer reset the connection.
-    ResetReceived,
+    ResetReceived = close_cause::RESET_RECEIVED,
     /// This side reset it (the kernel's reason is in `reset_reason`).
-    ResetSent,
+    ResetSent = close_cause::RESET_SENT,
     /// connect() was refused (RST in SYN_SENT).
-    Refused,
+    Refused = close_cause::REFUSED,
     /// connect() timed out: SYNs unanswered (tcp_syn_retries).
-    SynTimeout,
+    SynTimeout = close_cause::SYN_TIMEOUT,
     /// Retransmissions exhausted (tcp_retries2): the peer went silent with data in flight.
-    Rto,
+    Rto = close_cause::RTO,
     /// Keepalive probes unanswered (tcp_keepalive_probes).
-    KeepaliveTimeout,
+    KeepaliveTimeout = close_cause::KEEPALIVE_TIMEOUT,
     /// TCP_USER_TIMEOUT expired.
-    UserTimeout,
+    UserTimeout = close_cause::USER_TIMEOUT,
     /// Closed locally with a reset: SO_LINGER 0, unread data at close, or connect abandoned.
-    Aborted,
+    Aborted = close_cause::ABORTED,
     /// A listening socket was closed.
-    ListenerClosed,
-    Unknown,
+    ListenerClosed = close_cause::LISTENER_CLOSED,
+    Unknown = close_cause::UNKNOWN,
 }
 
 impl CloseCause {
@@ -107,7 +108,7 @@ pub fn classify(states: &[TcpState], ev: &CloseEvidence) -> CloseCause {
 }
 
 impl CloseCause {
-    /// Every cause, in the kernel's numbering (`tcptrace_common::close_cause`).
+    /// Every cause (each one's discriminant is the kernel's number).
     pub const ALL: [CloseCause; close_cause::COUNT] = [
         CloseCause::Normal,
         CloseCause::ResetReceived,
@@ -125,34 +126,10 @@ impl CloseCause {
     /// The cause the kernel numbered `raw` (`Unknown` for a number it does not have).
     pub fn from_kernel(raw: u8) -> CloseCause {
         Self::ALL
-            .get(usize::from(raw))
-            .copied()
+            .into_iter()
+            .find(|&cause| cause as u8 == raw)
             .unwrap_or(CloseCause::Unknown)
     }
-}
-
-/// Names of the kernel's reset reasons (`enum sk_rst_reason`, read from BTF at start-up).
-static RESET_REASONS: OnceLock<HashMap<u8, String>> = OnceLock::new();
-
-/// Installs the reason names (once; later calls are ignored).
-pub fn set_reset_reasons(names: impl IntoIterator<Item = (u32, String)>) {
-    let _ = RESET_REASONS.set(
-        names
-            .into_iter()
-            .filter_map(|(v, n)| {
-                let short = n.strip_prefix("SK_RST_REASON_").unwrap_or(&n).to_string();
-                u8::try_from(v).ok().map(|v| (v, short))
-            })
-            .collect(),
-    );
-}
-
-/// The name of reason `value`, or its number when unknown.
-pub fn reset_reason_name(value: u8) -> String {
-    RESET_REASONS
-        .get()
-        .and_then(|names| names.get(&value).cloned())
-        .unwrap_or_else(|| value.to_string())
 }
 
 #[cfg(test)]
@@ -248,12 +225,5 @@ mod tests {
         assert!(!CloseCause::ListenerClosed.is_anomaly());
         assert!(CloseCause::KeepaliveTimeout.is_anomaly());
         assert!(CloseCause::Refused.is_anomaly());
-    }
-
-    #[test]
-    fn reset_reasons_are_named() {
-        set_reset_reasons([(15, "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT".to_string())]);
-        assert_eq!(reset_reason_name(15), "TCP_KEEPALIVE_TIMEOUT");
-        assert_eq!(reset_reason_name(200), "200");
     }
 }

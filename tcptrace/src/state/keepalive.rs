@@ -1,9 +1,11 @@
 //! Keepalive settings in force for a socket: the socket's own (TCP_KEEPIDLE / TCP_KEEPINTVL /
 //! TCP_KEEPCNT, kept by the kernel in jiffies) or else the sysctls.
-use std::{io::Read as _, sync::OnceLock};
+use std::io::Read as _;
 
 use serde::Serialize;
 use tcptrace_common::Keepalive;
+
+use crate::host::facts::{HostFacts, KEEPALIVE_SYSCTLS};
 
 /// Settings, converted to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -15,35 +17,18 @@ pub struct KeepaliveSettings {
     pub source: &'static str,
 }
 
-static HZ: OnceLock<Option<u64>> = OnceLock::new();
-/// tcp_keepalive_time, _intvl and _probes of the machine that recorded (`tcptrace report`).
-static RECORDED_SYSCTLS: OnceLock<[Option<u64>; 3]> = OnceLock::new();
-const SYSCTLS: [&str; 3] = [
-    "tcp_keepalive_time",
-    "tcp_keepalive_intvl",
-    "tcp_keepalive_probes",
-];
-
-/// A report renders with the recording machine's HZ and keepalive sysctls, not this one's.
-pub fn use_recorded(hz: Option<u64>, sysctls: [Option<u64>; 3]) {
-    let _ = HZ.set(hz);
-    let _ = RECORDED_SYSCTLS.set(sysctls);
-}
-
 /// The kernel's tick rate (CONFIG_HZ), from /proc/config.gz or /boot/config-$(uname -r).
-pub fn hz() -> Option<u64> {
-    *HZ.get_or_init(|| {
-        let mut text = String::new();
-        if let Ok(file) = std::fs::File::open("/proc/config.gz") {
-            let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
-        }
-        if text.is_empty() {
-            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            text = std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
-                .unwrap_or_default();
-        }
-        config_hz(&text)
-    })
+pub fn read_hz() -> Option<u64> {
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
+        let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
+    }
+    if text.is_empty() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        text =
+            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    }
+    config_hz(&text)
 }
 
 fn config_hz(config: &str) -> Option<u64> {
@@ -53,29 +38,21 @@ fn config_hz(config: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn sysctl(name: &str) -> Option<u64> {
-    if let (Some(recorded), Some(i)) = (
-        RECORDED_SYSCTLS.get(),
-        SYSCTLS.iter().position(|&s| s == name),
-    ) {
-        return recorded[i];
-    }
-    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Converts jiffies to nanoseconds with the kernel's HZ.
 pub fn jiffies_ns(jiffies: u32, hz: Option<u64>) -> Option<u64> {
     hz.filter(|&h| h > 0)
         .map(|h| u64::from(jiffies) * 1_000_000_000 / h)
 }
 
-/// The settings in force: the socket's where set, else the sysctls (of tcptrace's own
-/// network namespace).
-pub fn settings(raw: &Keepalive, hz: Option<u64>) -> KeepaliveSettings {
+/// The settings in force: the socket's where set, else the host's sysctls.
+pub fn settings(raw: &Keepalive, host: &HostFacts) -> KeepaliveSettings {
+    let hz = host.hz;
+    let sysctl = |name: &str| {
+        KEEPALIVE_SYSCTLS
+            .iter()
+            .position(|&s| s == name)
+            .and_then(|i| host.keepalive_sysctls[i])
+    };
     let per_socket = raw.idle_j != 0 || raw.intvl_j != 0 || raw.probes != 0;
     let pick = |j: u32, sysctl_name: &str| {
         if j != 0 {
@@ -107,7 +84,6 @@ mod tests {
             Some(250)
         );
         assert_eq!(config_hz("CONFIG_HZ_1000=y\n"), None);
-        assert!(hz().is_some(), "this machine exposes its kernel config");
     }
 
     #[test]
@@ -119,16 +95,17 @@ mod tests {
             _pad: [0; 3],
             silent_j: 0,
         };
-        let s = settings(&raw, Some(250));
+        let host = HostFacts::recorded(Some(250), [Some(7200), Some(75), Some(9)], &[]);
+        let s = settings(&raw, &host);
         assert_eq!(
             (s.idle_ns, s.intvl_ns, s.probes, s.source),
             (Some(1_000_000_000), Some(2_000_000_000), 3, "socket")
         );
-        let defaults = settings(&Keepalive::default(), Some(250));
+        let defaults = settings(&Keepalive::default(), &host);
         assert_eq!(defaults.source, "sysctl");
         assert_eq!(
-            defaults.idle_ns,
-            sysctl("tcp_keepalive_time").map(|s| s * 1_000_000_000)
+            (defaults.idle_ns, defaults.intvl_ns, defaults.probes),
+            (Some(7_200_000_000_000), Some(75_000_000_000), 9)
         );
         assert_eq!(jiffies_ns(10, None), None);
     }

@@ -118,7 +118,7 @@ fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
         clock_offset_ns,
         utc_offset_s,
         started_ktime_ns: Clock::ktime_now(),
-        hz: keepalive::hz(),
+        hz: keepalive::read_hz(),
         keepalive_sysctls: [
             sysctl("tcp_keepalive_time"),
             sysctl("tcp_keepalive_intvl"),

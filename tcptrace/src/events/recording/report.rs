@@ -13,7 +13,7 @@ use crate::{
         consumer::{Consumer, End},
         dispatch::{is_broken_pipe, Dispatcher},
     },
-    host::clock::Clock,
+    host::{clock::Clock, facts::HostFacts},
     output::lines::LinePrinter,
     state::{aggregate::KernelCounters, forecast::time_wait_view},
 };
@@ -24,8 +24,6 @@ const SETTLE_EVERY_NS: u64 = 10_000_000;
 pub fn run(path: &Path, config: &Config) -> Result<()> {
     let mut reader = RecordingReader::open(path)?;
     let header = reader.header.clone();
-    crate::state::cause::set_reset_reasons(header.reset_reasons.clone());
-    crate::state::keepalive::use_recorded(header.hz, header.keepalive_sysctls);
     let clock = Clock::from_parts(header.clock_offset_ns, header.utc_offset_s);
     if let Some(filters) = &header.filters {
         eprintln!("tcptrace: recorded with filters: only {filters}");
@@ -47,7 +45,8 @@ fn render<C: Consumer>(
     consumer: &mut C,
 ) -> Result<()> {
     let header = reader.header.clone();
-    let mut dispatch = Dispatcher::new(consumer.wants(), config.traces_time_wait());
+    let host = HostFacts::recorded(header.hz, header.keepalive_sysctls, &header.reset_reasons);
+    let mut dispatch = Dispatcher::new(host, consumer.wants(), config.traces_time_wait());
     let mut counters = KernelCounters::default();
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);

@@ -5,9 +5,12 @@ use aya::{
     maps::{MapData, PerCpuArray},
     programs::BtfTracePoint,
 };
-use tcptrace_common::{slot, stat, Counters, DurationHistogram, TRANSITION_SLOTS};
+use tcptrace_common::{
+    names::{map, program},
+    slot, stat, Counters, DurationHistogram, TRANSITION_SLOTS,
+};
 
-use super::{Tracer, SET_STATE_NESTED_PROGRAM};
+use super::Tracer;
 use crate::state::aggregate::KernelCounters;
 
 impl Tracer {
@@ -15,7 +18,7 @@ impl Tracer {
     pub fn counters(&self) -> Result<KernelCounters> {
         let map = self
             .ebpf
-            .map("COUNTERS")
+            .map(map::COUNTERS)
             .ok_or_else(|| anyhow!("map COUNTERS missing from the eBPF object"))?;
         let array: PerCpuArray<&MapData, Counters> =
             PerCpuArray::try_from(map).context("map COUNTERS is not a per-CPU array")?;
@@ -64,7 +67,7 @@ impl Tracer {
     pub fn durations(&self) -> Result<Vec<DurationHistogram>> {
         let map = self
             .ebpf
-            .map("DURATIONS")
+            .map(map::DURATIONS)
             .ok_or_else(|| anyhow!("map DURATIONS missing from the eBPF object"))?;
         let array: PerCpuArray<&MapData, DurationHistogram> =
             PerCpuArray::try_from(map).context("map DURATIONS is not a per-CPU array")?;
@@ -100,7 +103,7 @@ impl Tracer {
     pub fn missed_events(&self) -> Result<u64> {
         let mut missed = 0;
         for program in &self.programs {
-            if *program == SET_STATE_NESTED_PROGRAM {
+            if *program == program::SET_STATE_NESTED {
                 continue;
             }
             let prog: &BtfTracePoint = self

@@ -387,7 +387,6 @@ impl TopModel {
         }
         let mut open = self.open_seed;
         if let Some(seed) = &self.counters_at_seed {
-            let limit = usize::from(tcp_state::LIMIT);
             for (i, (&now, &then)) in counters
                 .transitions
                 .iter()
@@ -395,7 +394,8 @@ impl TopModel {
                 .enumerate()
             {
                 let n = now.saturating_sub(then) as i64;
-                let (old, new) = (i / limit, i % limit);
+                let (old, new) = tcptrace_common::transition_of_slot(i);
+                let (old, new) = (usize::from(old), usize::from(new));
                 // A SYN_RECV child is a new socket: its listener stays in LISTEN.
                 let child = old == usize::from(tcp_state::LISTEN)
                     && new == usize::from(tcp_state::SYN_RECV);

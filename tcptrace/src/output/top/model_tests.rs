@@ -189,7 +189,7 @@ fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
     let mut top = TopModel::new(None);
     let a = addrs("127.0.0.1:80", "127.0.0.1:40000");
     let mut at_seed = counters();
-    at_seed.transitions[usize::from(ts::CLOSE) * 16 + usize::from(ts::SYN_SENT)] = 1_000;
+    at_seed.transitions[tcptrace_common::transition_slot(ts::CLOSE, ts::SYN_SENT)] = 1_000;
     top.seed(
         [
             (ts::LISTEN, addrs("0.0.0.0:80", "0.0.0.0:0")),
@@ -200,12 +200,12 @@ fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
     );
     let mut now = at_seed.clone();
     // Since the seed: 3 connects, 2 of them established, 1 established flow closed actively.
-    now.transitions[usize::from(ts::CLOSE) * 16 + usize::from(ts::SYN_SENT)] += 3;
-    now.transitions[usize::from(ts::SYN_SENT) * 16 + usize::from(ts::ESTABLISHED)] = 2;
-    now.transitions[usize::from(ts::ESTABLISHED) * 16 + usize::from(ts::FIN_WAIT1)] = 1;
+    now.transitions[tcptrace_common::transition_slot(ts::CLOSE, ts::SYN_SENT)] += 3;
+    now.transitions[tcptrace_common::transition_slot(ts::SYN_SENT, ts::ESTABLISHED)] = 2;
+    now.transitions[tcptrace_common::transition_slot(ts::ESTABLISHED, ts::FIN_WAIT1)] = 1;
     // 4 accepted children, 3 of them established: the listener stays.
-    now.transitions[usize::from(ts::LISTEN) * 16 + usize::from(ts::SYN_RECV)] = 4;
-    now.transitions[usize::from(ts::SYN_RECV) * 16 + usize::from(ts::ESTABLISHED)] = 3;
+    now.transitions[tcptrace_common::transition_slot(ts::LISTEN, ts::SYN_RECV)] = 4;
+    now.transitions[tcptrace_common::transition_slot(ts::SYN_RECV, ts::ESTABLISHED)] = 3;
     now.stats[stat::STATE_EVENTS as usize] = 6;
     now.stats[stat::LOST_TRANSITION as usize] = 4;
     top.tick(at_seed, 10 * S, (0, 0));

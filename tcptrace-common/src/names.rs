@@ -1,0 +1,86 @@
+//! Names both sides spell the same: the kernel object's maps, programs and global, and the
+//! address families. aya looks maps up by name and ignores a misspelt one in
+//! `map_max_entries`, so userspace takes every name from here, and a test checks each
+//! against the built object (`tcptrace::kernel::loader`'s tests).
+
+/// Address families (`AF_INET`, `AF_INET6`): the same numbers on every Linux.
+pub mod family {
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// The maps of the kernel object (each is the name of its `static` in `tcptrace-ebpf`).
+pub mod map {
+    pub const EVENTS: &str = "EVENTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const FLOWS_PREALLOC: &str = "FLOWS_PREALLOC";
+    pub const FLOWS_SOCKET: &str = "FLOWS_SOCKET";
+    pub const KEEPALIVE_OWNERS: &str = "KEEPALIVE_OWNERS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const PORT_FILTER: &str = "PORT_FILTER";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const REMOTE_ADDRS: &str = "REMOTE_ADDRS";
+    pub const TW_PENDING: &str = "TW_PENDING";
+    pub const TW_TRACED: &str = "TW_TRACED";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const DURATIONS: &str = "DURATIONS";
+    /// Every map userspace names.
+    pub const ALL: &[&str] = &[
+        EVENTS,
+        FLOWS,
+        FLOWS_PREALLOC,
+        FLOWS_SOCKET,
+        KEEPALIVE_OWNERS,
+        LISTENERS,
+        PORT_FILTER,
+        LOCAL_ADDRS,
+        REMOTE_ADDRS,
+        TW_PENDING,
+        TW_TRACED,
+        COUNTERS,
+        DURATIONS,
+    ];
+    /// The benchmark's flow-state probe (`--features bench` only).
+    pub const PROBE_HASH: &str = "PROBE_HASH";
+}
+
+/// The global userspace writes at load time.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// The programs (each is the name of its function in `tcptrace-ebpf`).
+pub mod program {
+    pub const SET_STATE: &str = "inet_sock_set_state";
+    pub const SET_STATE_NESTED: &str = "inet_sock_set_state_nested";
+    pub const RETRANSMIT: &str = "tcp_retransmit_skb";
+    /// `tcp:tcp_retransmit_skb` with the `err` argument (Linux 6.17+).
+    pub const RETRANSMIT_ERR: &str = "tcp_retransmit_skb_err";
+    pub const SEND_RESET: &str = "tcp_send_reset";
+    /// `tcp:tcp_send_reset` without a reason (before Linux 6.10).
+    pub const SEND_RESET_NO_REASON: &str = "tcp_send_reset_noreason";
+    pub const RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const TIMER_EXPIRE_ENTRY: &str = "timer_expire_entry";
+    pub const TIMER_EXPIRE_EXIT: &str = "timer_expire_exit";
+    pub const TIMER_START: &str = "timer_start";
+    pub const TIMER_CANCEL: &str = "timer_cancel";
+    /// Every program the tracer may attach.
+    pub const ALL: &[&str] = &[
+        SET_STATE,
+        SET_STATE_NESTED,
+        RETRANSMIT,
+        RETRANSMIT_ERR,
+        SEND_RESET,
+        SEND_RESET_NO_REASON,
+        RECEIVE_RESET,
+        TIMER_EXPIRE_ENTRY,
+        TIMER_EXPIRE_EXIT,
+        TIMER_START,
+        TIMER_CANCEL,
+    ];
+    /// The benchmark's programs (`--features bench` only): an empty one, and flow state in
+    /// socket storage or in a hash.
+    pub const BENCH: &[&str] = &[
+        "inet_sock_set_state_floor",
+        "inet_sock_set_state_sk_storage",
+        "inet_sock_set_state_hash",
+    ];
+}

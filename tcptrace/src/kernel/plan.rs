@@ -1,0 +1,291 @@
+//! What to load and attach, decided from the configuration alone: which programs on which
+//! tracepoints, how large each map is, what the programs are told at load time. The loader
+//! carries a plan out; the plan is tested without root or a kernel.
+use std::path::PathBuf;
+
+use tcptrace_common::{
+    flow_memory,
+    names::{map, program},
+};
+
+use crate::cli::filter::FilterSpec;
+
+/// Where the kernel keeps flows (`--flow-memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowMemory {
+    /// All of it at start.
+    Prealloc,
+    /// As flows appear.
+    OnDemand,
+    /// In each socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`).
+    Socket,
+}
+
+impl FlowMemory {
+    /// The programs' number for it (`tcptrace_common::flow_memory`).
+    pub fn raw(self) -> u8 {
+        match self {
+            FlowMemory::OnDemand => flow_memory::ON_DEMAND,
+            FlowMemory::Prealloc => flow_memory::PREALLOC,
+            FlowMemory::Socket => flow_memory::SOCKET,
+        }
+    }
+
+    /// The flow table userspace reads and evicts from (`None`: flows live in each socket's
+    /// storage, which userspace cannot list).
+    pub fn table(self) -> Option<&'static str> {
+        match self {
+            FlowMemory::OnDemand => Some(map::FLOWS),
+            FlowMemory::Prealloc => Some(map::FLOWS_PREALLOC),
+            FlowMemory::Socket => None,
+        }
+    }
+}
+
+/// The running kernel's variants of the tracepoints whose arguments changed between
+/// releases (read from its BTF by the loader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelVariants {
+    /// `tcp_retransmit_skb` has the `err` argument (Linux 6.17+).
+    pub retransmit_err: bool,
+    /// `tcp_send_reset` has the `reason` argument (Linux 6.10+).
+    pub send_reset_reason: bool,
+}
+
+/// Everything the loader needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelPlan {
+    /// Kernel BTF to read offsets and tracepoint prototypes from.
+    pub btf: PathBuf,
+    pub ring_size: u32,
+    pub flow_memory: FlowMemory,
+    pub max_flows: u32,
+    /// A record per transition.
+    pub emit_transitions: bool,
+    /// A record per retransmitted segment.
+    pub emit_retransmits: bool,
+    /// Which flows get a record when they close (`tcptrace_common::emit_flow_ends`).
+    pub flow_ends: u8,
+    /// Keepalive probes are traced (the keepalive timer's hooks).
+    pub keepalive_probes: bool,
+    /// TIME_WAIT is traced (the timewait timer's hooks).
+    pub time_wait: bool,
+    pub filter: FilterSpec,
+}
+
+impl KernelPlan {
+    /// The programs to load, each with its tracepoint, in attach order.
+    pub fn programs(&self, kernel: KernelVariants) -> Vec<(&'static str, &'static str)> {
+        let mut hooked = vec![
+            (program::SET_STATE, "inet_sock_set_state"),
+            // Handles the transitions the first misses while interrupted on its CPU.
+            (program::SET_STATE_NESTED, "inet_sock_set_state"),
+            (
+                if kernel.retransmit_err {
+                    program::RETRANSMIT_ERR
+                } else {
+                    program::RETRANSMIT
+                },
+                "tcp_retransmit_skb",
+            ),
+            (
+                if kernel.send_reset_reason {
+                    program::SEND_RESET
+                } else {
+                    program::SEND_RESET_NO_REASON
+                },
+                "tcp_send_reset",
+            ),
+            (program::RECEIVE_RESET, "tcp_receive_reset"),
+        ];
+        // The timer hooks see every timer on the host: only where they are needed.
+        if self.keepalive_probes || self.time_wait {
+            hooked.push((program::TIMER_EXPIRE_ENTRY, "timer_expire_entry"));
+        }
+        if self.keepalive_probes {
+            // Keepalive probes, seen around the keepalive timer.
+            hooked.push((program::TIMER_EXPIRE_EXIT, "timer_expire_exit"));
+        }
+        if self.time_wait {
+            hooked.push((program::TIMER_START, "timer_start"));
+            hooked.push((program::TIMER_CANCEL, "timer_cancel"));
+        }
+        hooked
+    }
+
+    /// Each sized map's entries. Only the flow table in use takes --max-flows entries (in
+    /// socket storage, the keepalive index does), and filter maps take memory only when their
+    /// filter is in force; `time_wait_capacity` is the host's TIME_WAIT ceiling.
+    pub fn map_sizes(&self, time_wait_capacity: u32) -> Vec<(&'static str, u32)> {
+        let sized = |memory: FlowMemory| {
+            if self.flow_memory == memory {
+                self.max_flows
+            } else {
+                1
+            }
+        };
+        let tw_sockets = if self.filter.is_empty() {
+            1
+        } else {
+            time_wait_capacity
+        };
+        vec![
+            (map::EVENTS, self.ring_size),
+            (map::FLOWS, sized(FlowMemory::OnDemand)),
+            (map::FLOWS_PREALLOC, sized(FlowMemory::Prealloc)),
+            (map::KEEPALIVE_OWNERS, sized(FlowMemory::Socket)),
+            (
+                map::PORT_FILTER,
+                if self.filter.has_ports() { 1 << 16 } else { 1 },
+            ),
+            // Twice the kernel's ceiling: an LRU map evicts before it is full, and the timers
+            // of TIME_WAITs that ended early stay until evicted (their cancel cannot tell them
+            // from an expiry, which the kernel precedes by a cancel).
+            (map::TW_TRACED, tw_sockets.saturating_mul(2)),
+            (
+                map::TW_PENDING,
+                if self.filter.needs_owner() {
+                    tw_sockets
+                } else {
+                    1
+                },
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Config};
+    use clap::Parser as _;
+
+    fn plan(args: &[&str]) -> KernelPlan {
+        let mut argv = vec!["tcptrace"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("valid arguments");
+        Config::try_from(cli).expect("valid config").plan()
+    }
+
+    const NEW_KERNEL: KernelVariants = KernelVariants {
+        retransmit_err: true,
+        send_reset_reason: true,
+    };
+
+    fn programs(plan: &KernelPlan, kernel: KernelVariants) -> Vec<&'static str> {
+        plan.programs(kernel).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn timer_hooks_are_attached_only_where_a_mode_needs_them() {
+        let states = plan(&[]);
+        assert!(!states.time_wait && !states.keepalive_probes);
+        assert_eq!(
+            programs(&states, NEW_KERNEL),
+            [
+                program::SET_STATE,
+                program::SET_STATE_NESTED,
+                program::RETRANSMIT_ERR,
+                program::SEND_RESET,
+                program::RECEIVE_RESET
+            ]
+        );
+        let flows = programs(&plan(&["flows"]), NEW_KERNEL);
+        assert!(flows.contains(&program::TIMER_START) && flows.contains(&program::TIMER_CANCEL));
+        assert!(
+            !flows.contains(&program::TIMER_EXPIRE_EXIT),
+            "no probes traced"
+        );
+        let alerts = programs(&plan(&["alerts"]), NEW_KERNEL);
+        assert!(alerts.contains(&program::TIMER_EXPIRE_EXIT));
+        assert!(
+            !alerts.contains(&program::TIMER_START),
+            "alerts trace no TIME_WAIT"
+        );
+        let no_tw = programs(&plan(&["flows", "--no-time-wait"]), NEW_KERNEL);
+        assert!(!no_tw.contains(&program::TIMER_EXPIRE_ENTRY));
+    }
+
+    #[test]
+    fn older_kernels_get_the_older_tracepoint_programs() {
+        let old = KernelVariants {
+            retransmit_err: false,
+            send_reset_reason: false,
+        };
+        let names = programs(&plan(&[]), old);
+        assert!(
+            names.contains(&program::RETRANSMIT) && names.contains(&program::SEND_RESET_NO_REASON)
+        );
+    }
+
+    #[test]
+    fn only_the_flow_store_in_use_and_filters_in_force_take_memory() {
+        let sizes = |args: &[&str]| -> std::collections::HashMap<&str, u32> {
+            plan(args).map_sizes(131_072).into_iter().collect()
+        };
+        let default = sizes(&[]);
+        assert_eq!(default[map::FLOWS_PREALLOC], 131_072);
+        assert_eq!(default[map::FLOWS], 1);
+        assert_eq!(default[map::KEEPALIVE_OWNERS], 1);
+        assert_eq!(default[map::PORT_FILTER], 1);
+        assert_eq!(default[map::TW_TRACED], 2, "no filter: nothing to remember");
+        assert_eq!(default[map::EVENTS], 32 << 20);
+        let socket = sizes(&["flows", "--flow-memory", "socket", "--max-flows", "5000"]);
+        assert_eq!(socket[map::KEEPALIVE_OWNERS], 5000);
+        assert_eq!(socket[map::FLOWS_PREALLOC], 1);
+        let filtered = sizes(&["flows", "-L", "80", "-p", "1"]);
+        assert_eq!(filtered[map::PORT_FILTER], 1 << 16);
+        assert_eq!(filtered[map::TW_TRACED], 262_144);
+        assert_eq!(
+            filtered[map::TW_PENDING],
+            131_072,
+            "a pid filter needs the owner"
+        );
+        for (name, _) in plan(&[]).map_sizes(1) {
+            assert!(map::ALL.contains(&name), "{name} is a map of the contract");
+        }
+    }
+
+    #[test]
+    fn every_name_userspace_uses_is_in_the_built_object() {
+        use crate::kernel::loader::EBPF_OBJECT;
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built object parses");
+        for name in map::ALL {
+            assert!(object.maps.contains_key(*name), "map {name} in the object");
+        }
+        for name in program::ALL {
+            assert!(
+                object.programs.contains_key(*name),
+                "program {name} in the object"
+            );
+        }
+        let global = format!("\0{}\0", tcptrace_common::names::CONFIG_GLOBAL);
+        assert!(
+            EBPF_OBJECT
+                .windows(global.len())
+                .any(|w| w == global.as_bytes()),
+            "the global {} in the object's symbols",
+            tcptrace_common::names::CONFIG_GLOBAL
+        );
+        for name in program::BENCH {
+            assert_eq!(
+                object.programs.contains_key(*name),
+                cfg!(feature = "bench"),
+                "benchmark program {name} only in a build with --features bench"
+            );
+        }
+        assert_eq!(
+            object.maps.contains_key(map::PROBE_HASH),
+            cfg!(feature = "bench")
+        );
+    }
+
+    #[test]
+    fn metrics_asks_the_kernel_for_no_per_event_records() {
+        let p = plan(&["metrics", "--metrics", "127.0.0.1:0"]);
+        assert!(!p.emit_transitions && !p.emit_retransmits);
+        assert_eq!(p.flow_ends, tcptrace_common::emit_flow_ends::TIME_WAIT);
+        let p = plan(&["metrics", "--metrics", "127.0.0.1:0", "--no-time-wait"]);
+        assert_eq!(p.flow_ends, tcptrace_common::emit_flow_ends::NONE);
+    }
+}
