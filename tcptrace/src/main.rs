@@ -9,6 +9,8 @@ mod events;
 mod fuzz_tests;
 mod host;
 mod kernel;
+#[cfg(test)]
+mod layout_tests;
 mod output;
 mod state;
 

@@ -2,7 +2,7 @@
 //! its tick rate (keepalive times are in jiffies), its keepalive sysctls (for sockets that
 //! set none of their own) and its kernel's names of reset reasons. Live, they are this
 //! host's, read once at start; `report` uses the recording's.
-use std::collections::HashMap;
+use std::{collections::HashMap, io::Read as _};
 
 /// The machine's facts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,14 +31,31 @@ pub fn ipv4_sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// The kernel's tick rate (CONFIG_HZ), from /proc/config.gz or /boot/config-$(uname -r).
+pub fn read_hz() -> Option<u64> {
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
+        let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
+    }
+    if text.is_empty() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        text =
+            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    }
+    config_hz(&text)
+}
+
+fn config_hz(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 impl HostFacts {
     /// This host's, with the reason names read from its kernel's BTF.
     pub fn this_host(reset_reasons: &[(u32, String)]) -> HostFacts {
-        HostFacts::recorded(
-            crate::state::keepalive::read_hz(),
-            KEEPALIVE_SYSCTLS.map(ipv4_sysctl),
-            reset_reasons,
-        )
+        HostFacts::recorded(read_hz(), KEEPALIVE_SYSCTLS.map(ipv4_sysctl), reset_reasons)
     }
 
     /// Another machine's, as a recording keeps them.
@@ -72,6 +89,15 @@ impl HostFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hz_is_read_from_the_kernel_config() {
+        assert_eq!(
+            config_hz("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
+        assert_eq!(config_hz("CONFIG_HZ_1000=y\n"), None);
+    }
 
     #[test]
     fn reset_reasons_are_named_without_their_prefix() {

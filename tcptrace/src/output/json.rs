@@ -1,4 +1,4 @@
-//! JSON Lines with stable field names (documented in the README).
+//! JSON Lines with stable field names (documented in docs/reference.md).
 use std::io::{self, Write};
 
 use serde::Serialize;

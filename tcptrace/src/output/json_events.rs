@@ -2,7 +2,7 @@
 //! Written byte by byte into a line buffer: keys are literals written as they are (no
 //! escaping pass over each key, no serializer state machine), numbers through `itoa`,
 //! addresses on the stack; strings that come from the kernel (a task's name, a reset reason)
-//! are escaped by serde_json. Field names and order are the README's (pinned by a test).
+//! are escaped by serde_json. Field names and order are docs/reference.md's (pinned by a test).
 use std::{fmt::Write as _, net::IpAddr};
 
 use crate::{

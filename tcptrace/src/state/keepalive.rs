@@ -1,7 +1,5 @@
 //! Keepalive settings in force for a socket: the socket's own (TCP_KEEPIDLE / TCP_KEEPINTVL /
 //! TCP_KEEPCNT, kept by the kernel in jiffies) or else the sysctls.
-use std::io::Read as _;
-
 use serde::Serialize;
 use tcptrace_common::Keepalive;
 
@@ -15,27 +13,6 @@ pub struct KeepaliveSettings {
     pub probes: u8,
     /// "socket" when the application set any of them, else "sysctl".
     pub source: &'static str,
-}
-
-/// The kernel's tick rate (CONFIG_HZ), from /proc/config.gz or /boot/config-$(uname -r).
-pub fn read_hz() -> Option<u64> {
-    let mut text = String::new();
-    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
-        let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
-    }
-    if text.is_empty() {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        text =
-            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
-    }
-    config_hz(&text)
-}
-
-fn config_hz(config: &str) -> Option<u64> {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Converts jiffies to nanoseconds with the kernel's HZ.
@@ -76,15 +53,6 @@ pub fn settings(raw: &Keepalive, host: &HostFacts) -> KeepaliveSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hz_is_read_from_the_kernel_config() {
-        assert_eq!(
-            config_hz("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
-            Some(250)
-        );
-        assert_eq!(config_hz("CONFIG_HZ_1000=y\n"), None);
-    }
 
     #[test]
     fn socket_settings_win_over_sysctls() {

@@ -26,7 +26,7 @@ use tracer::{mount_tracefs, RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Off/on pairs per mode (at least 5 for the README table).
+    /// Off/on pairs per mode (at least 5 for the table in docs/performance.md).
     #[arg(long, default_value_t = 5)]
     pairs: usize,
     /// Seconds of load per round.

@@ -14,7 +14,7 @@ use crate::{
     events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
     host::clock::Clock,
     kernel::loader::Tracer,
-    state::{aggregate::KernelCounters, forecast, keepalive},
+    state::{aggregate::KernelCounters, forecast},
 };
 
 /// The recording's current file: writes frames and rotates it.
@@ -118,7 +118,7 @@ fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
         clock_offset_ns,
         utc_offset_s,
         started_ktime_ns: Clock::ktime_now(),
-        hz: keepalive::read_hz(),
+        hz: crate::host::facts::read_hz(),
         keepalive_sysctls: [
             sysctl("tcp_keepalive_time"),
             sysctl("tcp_keepalive_intvl"),
