@@ -173,6 +173,17 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// The packages built for the host (the kernel crate builds only for BPF, inside tcptrace's
+/// build script): what `test` lints and tests.
+const HOST_PACKAGES: [&str; 6] = [
+    "--package",
+    "tcptrace-common",
+    "--package",
+    "tcptrace",
+    "--package",
+    "xtask",
+];
+
 fn test(args: &[OsString]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     setup::ensure_build_tools()?;
@@ -187,19 +198,12 @@ fn test(args: &[OsString]) -> Result<()> {
         ),
         (
             "lints (cargo clippy --all-targets -D warnings)",
-            vec![
-                "clippy",
-                "--package",
-                "tcptrace-common",
-                "--package",
-                "tcptrace",
-                "--package",
-                "xtask",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
+            [
+                &["clippy"][..],
+                &HOST_PACKAGES,
+                &["--all-targets", "--", "-D", "warnings"],
+            ]
+            .concat(),
         ),
     ];
     let mut gate_results = Vec::new();
@@ -207,16 +211,7 @@ fn test(args: &[OsString]) -> Result<()> {
         gate_results.push((name, run(cargo().args(&args))));
     }
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--no-fail-fast",
-        "--package",
-        "tcptrace-common",
-        "--package",
-        "tcptrace",
-        "--package",
-        "xtask",
-    ]);
+    cmd.args(["test", "--no-fail-fast"]).args(HOST_PACKAGES);
     cmd.arg("--").args(args);
     // Pass the output through, adding up every test binary's result line.
     let mut child = cmd

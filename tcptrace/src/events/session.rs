@@ -310,7 +310,11 @@ impl<'c> Session<'c> {
                 self.tw_overflow_base = Some(total);
             }
         }
-        self.evict_if_due(consumer, &kernel, now)?;
+        // A recording has no way to carry an eviction: there, a full table counts the flows
+        // it could not take as untracked (in the recorded counters), as before.
+        if !consumer.wants().raw {
+            self.evict_if_due(consumer, &kernel, now)?;
+        }
         let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
         if untracked > self.reported_untracked {
             consumer.warning(&format!(
