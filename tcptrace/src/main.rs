@@ -13,6 +13,7 @@ mod kernel;
 mod layout_tests;
 mod output;
 mod state;
+mod text;
 
 /// Parses the command line; usage errors become one line and exit 2, as every other error.
 fn parse() -> Result<cli::Cli, ExitCode> {

@@ -7,7 +7,7 @@ use std::{
 use serde::Serialize;
 use tcptrace_common::close_side;
 
-use crate::{output::digits, output::stackstr::StackStr};
+use crate::{text::digits, text::stackstr::StackStr};
 use tcptrace_common::tcp_state;
 
 /// A TCP state, named as the kernel and `ss` name it (without the `TCP_` prefix).

@@ -2,8 +2,8 @@
 use std::fmt;
 
 use crate::{
-    output::digits::{number, zero_padded},
-    output::stackstr::StackStr,
+    text::digits::{number, zero_padded},
+    text::stackstr::StackStr,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

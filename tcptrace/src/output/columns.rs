@@ -3,8 +3,8 @@
 use std::fmt;
 
 use crate::{
-    events::model::Process, host::clock::HumanDuration, output::digits::number,
-    output::stackstr::StackStr,
+    events::model::Process, host::clock::HumanDuration, text::digits::number,
+    text::stackstr::StackStr,
 };
 
 const SPACES: &str = "                                                                ";

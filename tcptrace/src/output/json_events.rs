@@ -8,8 +8,8 @@ use std::{fmt::Write as _, net::IpAddr};
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process},
-    output::digits,
-    output::stackstr::StackStr,
+    text::digits,
+    text::stackstr::StackStr,
 };
 
 /// One JSON object being written into `buf`. Keys are the callers' literals: plain ASCII

@@ -1,14 +1,12 @@
 //! render: printers (columns or JSON Lines, generic over `W: Write` so they are unit-tested
 //! on buffers), the Prometheus exporter and `top`'s screen.
 mod columns;
-pub mod digits;
 pub mod exporter;
 mod json;
 mod json_events;
 mod json_summary;
 pub mod lines;
 pub mod metrics;
-pub mod stackstr;
 mod text;
 pub mod top;
 

@@ -13,14 +13,14 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
     host::clock::{human_duration, Clock, HumanDuration},
-    output::digits::number,
-    output::stackstr::StackStr,
     state::aggregate::{KernelCounters, Summary},
     state::alert::{write_path, Alert},
     state::cause::CloseCause,
     state::forecast::TimeWaitView,
     state::idle::IdleReport,
     state::timewait::TimeWait,
+    text::digits::number,
+    text::stackstr::StackStr,
 };
 
 /// An endpoint formatted on the stack.

@@ -5,10 +5,10 @@ use crate::{
     events::decode::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
     events::model::{FlowAddrs, Process, TcpState},
     host::clock::{human_duration, HumanDuration},
-    output::digits::number,
     state::cause::CloseCause,
     state::keepalive::KeepaliveSettings,
     state::timewait::TimeWait,
+    text::digits::number,
 };
 
 pub enum Alert<'a> {
