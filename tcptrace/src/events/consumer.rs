@@ -9,6 +9,7 @@ use anyhow::Result;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
+    host::facts::HostFacts,
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
@@ -70,6 +71,8 @@ pub struct Begin<'a> {
     pub filters: Option<&'a str>,
     /// The host's usable ephemeral ports, where the forecast was asked for and known.
     pub usable_ports: Option<u32>,
+    /// This host's HZ, keepalive sysctls and reset-reason names, read once at start.
+    pub host: &'a HostFacts,
 }
 
 /// What a consumer sees once a second.

@@ -80,6 +80,21 @@ impl Dispatcher {
         }
     }
 
+    /// What the consumer asked for.
+    pub fn wants(&self) -> Wants {
+        self.wants
+    }
+
+    /// Whether TIME_WAIT is followed (traced, and the records decoded).
+    pub fn traces_time_wait(&self) -> bool {
+        self.traces_time_wait
+    }
+
+    /// The facts of the machine that traced, as the decoder uses them.
+    pub fn host(&self) -> &HostFacts {
+        &self.decoder.host
+    }
+
     /// Drains up to `limit` records from the ring; returns whether more may be pending. A
     /// panic while handling them comes back as an [`InternalError`].
     pub fn drain<C: Consumer>(

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
-pub const DRAIN_BATCH: usize = 16_384;
+const DRAIN_BATCH: usize = 16_384;
 /// How often the housekeeping runs (counters, losses, eviction, the consumer's tick).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -58,7 +58,7 @@ fn stop_for(e: io::Error) -> Result<Stop> {
 
 /// Hands memory freed by shrunk maps back to the system (glibc keeps freed heap pages
 /// otherwise).
-pub fn release_free_memory() {
+fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it takes no pointers.
     unsafe {
@@ -177,7 +177,7 @@ impl<'c> Session<'c> {
 
     async fn run<C: Consumer>(mut self, consumer: &mut C) -> Result<()> {
         let config = self.config;
-        let wants = consumer.wants();
+        let wants = self.dispatch.wants();
         let mut logger = match self.tracer.logger.take().filter(|_| wants.kernel_log) {
             // SAFETY: as for the ring: the logger owns its ring-buffer fd for its whole life.
             Some(l) => Some(
@@ -209,6 +209,7 @@ impl<'c> Session<'c> {
             hooks: &hooks,
             filters: filters.as_deref(),
             usable_ports: self.usable_ports,
+            host: self.dispatch.host(),
         })?;
 
         let stop = loop {
@@ -289,7 +290,7 @@ impl<'c> Session<'c> {
     fn housekeeping<C: Consumer>(&mut self, consumer: &mut C) -> Result<Flow> {
         let kernel = self.tracer.counters()?;
         let now = Clock::ktime_now();
-        let traces_time_wait = self.config.traces_time_wait() && !consumer.wants().raw;
+        let traces_time_wait = self.dispatch.traces_time_wait();
         if traces_time_wait {
             let tw = &mut self.dispatch.tw;
             tw.expire_preexisting(now);
@@ -312,7 +313,7 @@ impl<'c> Session<'c> {
         }
         // A recording has no way to carry an eviction: there, a full table counts the flows
         // it could not take as untracked (in the recorded counters), as before.
-        if !consumer.wants().raw {
+        if !self.dispatch.wants().raw {
             self.evict_if_due(consumer, &kernel, now)?;
         }
         let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
@@ -376,7 +377,7 @@ impl<'c> Session<'c> {
     /// After detaching: the last records (settled), the summary, the consumer's last word;
     /// then the error that stopped the loop, if one did.
     fn end<C: Consumer>(mut self, consumer: &mut C, stop: Stop) -> Result<()> {
-        let wants = consumer.wants();
+        let wants = self.dispatch.wants();
         let mut result = (|| -> Result<()> {
             while self
                 .dispatch
@@ -424,7 +425,7 @@ impl<'c> Session<'c> {
         if !self.config.filter.is_empty() {
             summary.filters = Some(self.config.filter.describe());
         }
-        if self.config.traces_time_wait() {
+        if self.dispatch.traces_time_wait() {
             summary.time_wait = Some(self.dispatch.tw.summary());
             summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();
         }

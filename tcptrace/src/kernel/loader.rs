@@ -129,9 +129,8 @@ fn seed_listeners(ebpf: &mut Ebpf) {
 /// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
 /// (`tcp_max_tw_buckets`), bounded.
 fn time_wait_capacity() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
+    crate::host::facts::ipv4_sysctl("tcp_max_tw_buckets")
+        .and_then(|v| u32::try_from(v).ok())
         .unwrap_or(262_144)
         .clamp(1_024, 1 << 22)
 }

@@ -12,7 +12,7 @@ use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
     cli::{Config, RecordOptions},
     events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
-    host::clock::Clock,
+    host::{clock::Clock, facts::HostFacts},
     kernel::loader::Tracer,
     state::{aggregate::KernelCounters, forecast},
 };
@@ -101,14 +101,13 @@ impl RotatingFile {
     }
 }
 
-fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
+fn header(config: &Config, tracer: &Tracer, host: &HostFacts, clock: &Clock) -> RecordingHeader {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .trim()
             .to_string()
     };
-    let sysctl = |name: &str| read(&format!("/proc/sys/net/ipv4/{name}")).parse().ok();
     let (clock_offset_ns, utc_offset_s) = clock.parts();
     RecordingHeader {
         tcptrace_version: env!("CARGO_PKG_VERSION").into(),
@@ -118,12 +117,8 @@ fn header(config: &Config, tracer: &Tracer, clock: &Clock) -> RecordingHeader {
         clock_offset_ns,
         utc_offset_s,
         started_ktime_ns: Clock::ktime_now(),
-        hz: crate::host::facts::read_hz(),
-        keepalive_sysctls: [
-            sysctl("tcp_keepalive_time"),
-            sysctl("tcp_keepalive_intvl"),
-            sysctl("tcp_keepalive_probes"),
-        ],
+        hz: host.hz,
+        keepalive_sysctls: host.keepalive_sysctls,
         reset_reasons: tracer.reset_reasons.clone(),
         usable_ports: forecast::host_usable_ports().ok(),
         filters: (!config.filter.is_empty()).then(|| config.filter.describe()),
@@ -172,7 +167,7 @@ impl Consumer for Recorder {
     }
 
     fn begin(&mut self, b: &Begin) -> Result<()> {
-        let header = header(&self.config, b.tracer, &Clock::now());
+        let header = header(&self.config, b.tracer, b.host, &Clock::now());
         let recorder = RotatingFile::create(self.options.clone(), header)?;
         eprintln!(
             "tcptrace: tracing TCP via {} into {} (Ctrl-C to stop)",
