@@ -16,8 +16,9 @@ pub const PATH_SLOTS: usize = 8;
 
 /// The version of the ring records' layout (`TransitionEvent`, `FlowEndEvent`, …): raised
 /// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
-/// understands it.
-pub const RECORD_LAYOUT_VERSION: u32 = 1;
+/// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64); recordings of
+/// layout 1 are still read (their TIME_WAITs carry namespace 0: the recording host's).
+pub const RECORD_LAYOUT_VERSION: u32 = 2;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -301,8 +302,12 @@ pub struct TimeWaitEvent {
     pub timer: u64,
     /// Filled on START.
     pub tuple: Tuple,
+    /// The inode number of the timewait socket's network namespace (filled on START; 0 in
+    /// recordings of layout 1, which did not carry it).
+    pub netns: u32,
+    pub _pad1: u32,
 }
-const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 72);
 
 /// A connect() in progress on this CPU (set at CLOSE → SYN_SENT).
 #[repr(C)]

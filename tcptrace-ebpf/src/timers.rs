@@ -46,7 +46,7 @@ fn is_time_wait(timer: *const u8) -> bool {
 }
 
 #[inline(always)]
-fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple) {
+fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple, netns: u32) {
     let stats = Stats::at(slot);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -61,6 +61,8 @@ fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple
             (&raw mut (*e).ts_ns).write(now);
             (&raw mut (*e).timer).write(timer as u64);
             (&raw mut (*e).tuple).write(tuple);
+            (&raw mut (*e).netns).write(netns);
+            (&raw mut (*e)._pad1).write(0);
         }
         record.submit();
     }
@@ -120,7 +122,9 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
             Stats::at(slot::TIMER_START).bump(stat::FILTERED);
             return 0;
         }
-        emit_time_wait(slot::TIMER_START, time_wait::START, 0, timer, tuple);
+        // The namespace keys the exhaustion forecast: each has its own port range.
+        let netns = sock::netns_with::<sock::Untyped>(tw).unwrap_or(0);
+        emit_time_wait(slot::TIMER_START, time_wait::START, 0, timer, tuple, netns);
     }
     0
 }
@@ -153,6 +157,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
         flags,
         timer,
         Tuple::default(),
+        0,
     );
     0
 }
@@ -168,6 +173,7 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
                 0,
                 timer,
                 Tuple::default(),
+                0,
             );
         } else {
             Stats::at(slot::TIMER_EXPIRE).bump(stat::FILTERED);

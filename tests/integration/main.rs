@@ -7,6 +7,7 @@ mod cli;
 mod deploy;
 mod exits;
 mod filters;
+mod forecast;
 mod idle;
 mod lifecycle;
 mod metrics;

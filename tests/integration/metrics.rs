@@ -13,7 +13,7 @@ use crate::{
     support::{heavy_load, Tracer},
 };
 
-fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
+pub fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -28,7 +28,7 @@ fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     (body.to_string(), parsed)
 }
 
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

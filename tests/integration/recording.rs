@@ -18,7 +18,7 @@ use crate::{
     support::{heavy_load, shared_load, spawn_attached, Tracer, BIN},
 };
 
-fn temp_dir(name: &str) -> PathBuf {
+pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -26,13 +26,13 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// A running `tcptrace record`, attached.
-struct Recorder {
+pub struct Recorder {
     child: Child,
     stderr: mpsc::Receiver<String>,
 }
 
 impl Recorder {
-    fn start(args: &[&str]) -> Recorder {
+    pub fn start(args: &[&str]) -> Recorder {
         let (child, stderr) = spawn_attached(
             Command::new(BIN)
                 .arg("record")
@@ -43,7 +43,7 @@ impl Recorder {
     }
 
     /// Stops with `signal`; returns the exit status and the rest of stderr.
-    fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+    pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
         thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -53,7 +53,7 @@ impl Recorder {
     }
 }
 
-fn report(file: &Path, args: &[&str]) -> Output {
+pub fn report(file: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("report")
         .arg(file)
@@ -62,7 +62,7 @@ fn report(file: &Path, args: &[&str]) -> Output {
         .expect("run tcptrace report")
 }
 
-fn json_lines(out: &Output) -> Vec<Value> {
+pub fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -257,4 +257,26 @@ fn a_killed_recorder_leaves_a_file_that_reports_up_to_the_cut() {
     );
     assert!(stderr.contains("offset"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A recording made before the namespace was added to TIME_WAIT records (layout 1, kept in
+/// the fuzz corpus) still renders: its TIME_WAITs are read widened, joined to their flows.
+#[test]
+fn a_layout_1_recording_still_renders() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/recording/small.rec");
+    let out = report(&seed, &["--mode", "flows", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|l| l["type"] == "flow")
+        .collect();
+    assert_eq!(flows.len(), 6, "{flows:#?}");
+    assert!(
+        flows.iter().any(|f| f["time_wait"].is_object()),
+        "a TIME_WAIT joined to its flow: {flows:#?}"
+    );
 }

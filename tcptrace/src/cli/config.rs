@@ -117,9 +117,13 @@ impl Config {
     pub fn traces_time_wait(&self) -> bool {
         match self.mode {
             Mode::Timewait { .. } => true,
-            Mode::Flows | Mode::All | Mode::Metrics | Mode::Top | Mode::Record(_) => {
-                !self.no_time_wait
-            }
+            // alerts: the exhaustion forecast crossing its threshold is an alert.
+            Mode::Flows
+            | Mode::Alerts
+            | Mode::All
+            | Mode::Metrics
+            | Mode::Top
+            | Mode::Record(_) => !self.no_time_wait,
             _ => false,
         }
     }

@@ -1,6 +1,6 @@
 //! In-kernel filters: the command-line flags, their validation into a [`FilterSpec`], and what
 //! the loader writes into the programs' configuration and maps.
-use std::{fs, net::IpAddr, os::unix::fs::MetadataExt};
+use std::net::IpAddr;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -424,12 +424,7 @@ pub fn trie_key(net: &IpNet) -> (u32, [u8; 16]) {
     }
 }
 
-/// The inode of tcptrace's own network namespace.
-pub fn own_netns() -> Option<u32> {
-    fs::metadata("/proc/self/ns/net")
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
-}
+pub use crate::host::netns::own_netns;
 
 #[path = "filter_parse.rs"]
 mod parse;

@@ -149,7 +149,8 @@ pub struct CommonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595), beside any mode.
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Do not trace TIME_WAIT (its timer hooks) in the flows and all modes.
+    /// Do not trace TIME_WAIT (its timer hooks) in the flows, alerts, all, top, metrics and
+    /// record modes (no TIME_WAIT gauges, no exhaustion forecast).
     #[arg(long, global = true)]
     pub no_time_wait: bool,
     /// Do not print the summary on exit.

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
-    host::facts::HostFacts,
+    host::{facts::HostFacts, netns::Namespaces},
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
@@ -41,7 +41,8 @@ pub struct Wants {
     pub alerts: bool,
     /// Each new TIME_WAIT as it begins.
     pub time_wait_entries: bool,
-    /// The exhaustion forecast (the host's port range is read).
+    /// The exhaustion forecast (each namespace's port range and reuse settings are read;
+    /// with `alerts`, a forecast crossing its threshold is an alert).
     pub forecast: bool,
     /// The kernel programs' log lines, written to stderr.
     pub kernel_log: bool,
@@ -69,8 +70,6 @@ pub struct Begin<'a> {
     pub hooks: &'a str,
     /// The filters in force, described (`None`: everything is traced).
     pub filters: Option<&'a str>,
-    /// The host's usable ephemeral ports, where the forecast was asked for and known.
-    pub usable_ports: Option<u32>,
     /// This host's HZ, keepalive sysctls and reset-reason names, read once at start.
     pub host: &'a HostFacts,
 }
@@ -85,7 +84,9 @@ pub struct Tick<'a> {
     pub time_wait: &'a TimeWaitTracker,
     /// Whether TIME_WAIT is traced (the tracker's gauges mean something).
     pub traces_time_wait: bool,
-    pub usable_ports: Option<u32>,
+    /// The network namespaces holding TIME_WAITs, with the settings the forecast takes its
+    /// capacity from (read where the forecast is wanted).
+    pub namespaces: &'a Namespaces,
 }
 
 /// How the session ended, for the consumer's last word.
@@ -149,7 +150,12 @@ pub trait Consumer {
     }
 
     /// A new TIME_WAIT (not a re-armed one); only with `Wants::time_wait_entries`.
-    fn time_wait_entered(&mut self, _addrs: &FlowAddrs, _ts_ns: u64) -> io::Result<()> {
+    fn time_wait_entered(
+        &mut self,
+        _addrs: &FlowAddrs,
+        _netns: u32,
+        _ts_ns: u64,
+    ) -> io::Result<()> {
         Ok(())
     }
 
@@ -183,8 +189,9 @@ pub trait Consumer {
         Ok(())
     }
 
-    /// TIME_WAITs the kernel could not create (`tcp_max_tw_buckets` full).
-    fn time_wait_overflowed(&mut self, _newly: u64) {}
+    /// TIME_WAITs the kernel could not create (`tcp_max_tw_buckets` full) in a network
+    /// namespace (its inode).
+    fn time_wait_overflowed(&mut self, _netns: u32, _newly: u64) {}
 
     /// A diagnostic for the user (stderr, unless the consumer owns the terminal).
     fn warning(&mut self, text: &str) {
@@ -232,9 +239,9 @@ impl<C: Consumer> Consumer for Option<C> {
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.alert(a))
     }
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) -> io::Result<()> {
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
         self.as_mut()
-            .map_or(Ok(()), |c| c.time_wait_entered(addrs, ts_ns))
+            .map_or(Ok(()), |c| c.time_wait_entered(addrs, netns, ts_ns))
     }
     fn time_wait_gauges(&mut self, now_ns: u64, view: &TimeWaitView) -> io::Result<()> {
         self.as_mut()
@@ -259,9 +266,9 @@ impl<C: Consumer> Consumer for Option<C> {
         self.as_mut()
             .map_or(Ok(()), |c| c.evicted(now_ns, newly, total))
     }
-    fn time_wait_overflowed(&mut self, newly: u64) {
+    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
         if let Some(c) = self.as_mut() {
-            c.time_wait_overflowed(newly);
+            c.time_wait_overflowed(netns, newly);
         }
     }
     fn warning(&mut self, text: &str) {
@@ -319,9 +326,9 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
         self.0.alert(a)?;
         self.1.alert(a)
     }
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) -> io::Result<()> {
-        self.0.time_wait_entered(addrs, ts_ns)?;
-        self.1.time_wait_entered(addrs, ts_ns)
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
+        self.0.time_wait_entered(addrs, netns, ts_ns)?;
+        self.1.time_wait_entered(addrs, netns, ts_ns)
     }
     fn time_wait_gauges(&mut self, now_ns: u64, view: &TimeWaitView) -> io::Result<()> {
         self.0.time_wait_gauges(now_ns, view)?;
@@ -351,9 +358,9 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
         self.1.evicted(now_ns, newly, total)?;
         self.0.evicted(now_ns, newly, total)
     }
-    fn time_wait_overflowed(&mut self, newly: u64) {
-        self.0.time_wait_overflowed(newly);
-        self.1.time_wait_overflowed(newly);
+    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
+        self.0.time_wait_overflowed(netns, newly);
+        self.1.time_wait_overflowed(netns, newly);
     }
     fn warning(&mut self, text: &str) {
         self.0.warning(text);

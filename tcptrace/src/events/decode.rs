@@ -88,6 +88,8 @@ pub struct TimeWaitRecord {
     pub ts_ns: u64,
     pub timer: u64,
     pub addrs: Option<FlowAddrs>,
+    /// The timewait socket's network namespace (inode; on START, 0 in layout-1 recordings).
+    pub netns: u32,
 }
 
 /// A flow reached CLOSE and enters TIME_WAIT, in brief (`tcptrace metrics`, which counts
@@ -274,6 +276,7 @@ impl Decoder {
                     } else {
                         None
                     },
+                    netns: raw.netns,
                 }))
             }
             record_kind::TIME_WAIT_FLOW => {

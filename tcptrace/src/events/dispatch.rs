@@ -237,9 +237,9 @@ impl Dispatcher {
                     if let Some(addrs) = r.addrs {
                         if self.wants.time_wait_entries && !self.tw.rearms(r.timer, &addrs, r.ts_ns)
                         {
-                            consumer.time_wait_entered(&addrs, r.ts_ns)?;
+                            consumer.time_wait_entered(&addrs, r.netns, r.ts_ns)?;
                         }
-                        if let Some(ended) = self.tw.start(r.timer, addrs, r.ts_ns) {
+                        if let Some(ended) = self.tw.start(r.timer, addrs, r.netns, r.ts_ns) {
                             consumer.finished(&ended)?;
                         }
                     }

@@ -7,3 +7,4 @@ pub mod model;
 pub mod recording;
 pub mod replay;
 pub mod session;
+pub mod time_wait_upkeep;

@@ -18,13 +18,14 @@ use crate::{
     events::{
         consumer::{Begin, Consumer, End, Flow, Tick},
         dispatch::{is_broken_pipe, is_internal, Dispatcher},
+        time_wait_upkeep::TimeWaitUpkeep,
     },
-    host::{clock::Clock, facts::HostFacts, procnet, sockdiag},
+    host::{clock::Clock, facts::HostFacts, netns::Namespaces, sockdiag},
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
         evict::FlowEvictor,
-        forecast::{self, time_wait_view},
+        forecast::time_wait_view,
         timewait::TimeWaitTracker,
     },
 };
@@ -129,9 +130,11 @@ struct Session<'c> {
     ring: AsyncFd<RingBuf<MapData>>,
     dispatch: Dispatcher,
     started_ns: u64,
-    usable_ports: Option<u32>,
+    /// Where TIME_WAIT is traced: its upkeep, namespaces, overflow and forecast alerts.
+    upkeep: Option<TimeWaitUpkeep>,
+    /// The namespaces' stand-in where TIME_WAIT is not traced.
+    no_namespaces: Namespaces,
     evictor: FlowEvictor,
-    tw_overflow_base: Option<u64>,
     reported_lost: u64,
     reported_untracked: u64,
 }
@@ -152,12 +155,7 @@ impl<'c> Session<'c> {
         // The summary's durations, close causes and sides, and retransmits by state come from
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();
-        let usable_ports = match wants.forecast {
-            true => forecast::host_usable_ports()
-                .map_err(|e| eprintln!("tcptrace: warning: no exhaustion forecast: {e:#}"))
-                .ok(),
-            false => None,
-        };
+        let upkeep = traces_time_wait.then(TimeWaitUpkeep::new);
         if traces_time_wait {
             seed_time_wait(config, &mut dispatch.tw);
         }
@@ -167,9 +165,9 @@ impl<'c> Session<'c> {
             ring,
             dispatch,
             started_ns: Clock::ktime_now(),
-            usable_ports,
+            upkeep,
+            no_namespaces: Namespaces::default(),
             evictor: FlowEvictor::for_config(config.flow_memory, config.max_flows),
-            tw_overflow_base: procnet::tw_overflow(),
             reported_lost: 0,
             reported_untracked: 0,
         })
@@ -208,7 +206,6 @@ impl<'c> Session<'c> {
             tracer: &self.tracer,
             hooks: &hooks,
             filters: filters.as_deref(),
-            usable_ports: self.usable_ports,
             host: self.dispatch.host(),
         })?;
 
@@ -242,7 +239,7 @@ impl<'c> Session<'c> {
                 _ = next_tick(&mut gauge_tick) => {
                     let now = Clock::ktime_now();
                     self.dispatch.tw.expire_preexisting(now);
-                    let view = time_wait_view(&self.dispatch.tw, now, self.usable_ports);
+                    let view = time_wait_view(&self.dispatch.tw, now, self.namespaces());
                     if let Err(e) = consumer.time_wait_gauges(now, &view).and_then(|()| consumer.flush()) {
                         break stop_for(e)?;
                     }
@@ -291,25 +288,16 @@ impl<'c> Session<'c> {
         let kernel = self.tracer.counters()?;
         let now = Clock::ktime_now();
         let traces_time_wait = self.dispatch.traces_time_wait();
-        if traces_time_wait {
-            let tw = &mut self.dispatch.tw;
-            tw.expire_preexisting(now);
-            tw.prune_entry_rates(now);
-            if tw.shrink_sparse_maps() {
-                release_free_memory();
-            }
-            if let (Some(base), Some(total)) = (self.tw_overflow_base, procnet::tw_overflow()) {
-                if total > base {
-                    tw.overflows += total - base;
-                    consumer.time_wait_overflowed(total - base);
-                    consumer.warning(&format!(
-                        "{} TIME_WAITs skipped: net.ipv4.tcp_max_tw_buckets is full \
-                         (TCPTimeWaitOverflow)",
-                        total - base
-                    ));
-                }
-                self.tw_overflow_base = Some(total);
-            }
+        if let Some(upkeep) = self.upkeep.as_mut() {
+            let wants = self.dispatch.wants();
+            let alerts = wants.alerts && wants.forecast;
+            upkeep.tick(
+                &mut self.dispatch.tw,
+                consumer,
+                now,
+                alerts,
+                release_free_memory,
+            )?;
         }
         // A recording has no way to carry an eviction: there, a full table counts the flows
         // it could not take as untracked (in the recorded counters), as before.
@@ -344,8 +332,18 @@ impl<'c> Session<'c> {
             tracer: &self.tracer,
             time_wait: &self.dispatch.tw,
             traces_time_wait,
-            usable_ports: self.usable_ports,
+            namespaces: self
+                .upkeep
+                .as_ref()
+                .map_or(&self.no_namespaces, |u| u.namespaces()),
         })
+    }
+
+    /// The namespaces holding TIME_WAITs, with their settings.
+    fn namespaces(&self) -> &Namespaces {
+        self.upkeep
+            .as_ref()
+            .map_or(&self.no_namespaces, |u| u.namespaces())
     }
 
     /// An eviction pass when the kernel's flow table is nearly full (said as a warning; the

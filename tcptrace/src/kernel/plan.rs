@@ -199,9 +199,11 @@ mod tests {
         let alerts = programs(&plan(&["alerts"]), NEW_KERNEL);
         assert!(alerts.contains(&program::TIMER_EXPIRE_EXIT));
         assert!(
-            !alerts.contains(&program::TIMER_START),
-            "alerts trace no TIME_WAIT"
+            alerts.contains(&program::TIMER_START),
+            "alerts trace TIME_WAIT: the exhaustion forecast's alerts"
         );
+        let quiet = programs(&plan(&["alerts", "--no-time-wait"]), NEW_KERNEL);
+        assert!(!quiet.contains(&program::TIMER_START), "{quiet:?}");
         let no_tw = programs(&plan(&["flows", "--no-time-wait"]), NEW_KERNEL);
         assert!(!no_tw.contains(&program::TIMER_EXPIRE_ENTRY));
     }

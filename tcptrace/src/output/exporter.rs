@@ -52,6 +52,11 @@ impl Consumer for MetricsExporter {
             .and_then(tokio::net::TcpListener::from_std)
             .with_context(|| format!("cannot listen for --metrics on {}", self.addr))?;
         tokio::spawn(Metrics::serve(self.metrics.registry(), listener));
+        // Tracing's own namespace has its overflow series from the start (at 0), so that
+        // rates over it answer before the first overflow.
+        if let Some(own) = crate::host::netns::own_netns().filter(|_| self.time_wait) {
+            self.metrics.time_wait_overflowed(own, 0);
+        }
         Ok(())
     }
 
@@ -72,7 +77,7 @@ impl Consumer for MetricsExporter {
         if t.traces_time_wait {
             self.metrics.time_wait_gauges(&t.time_wait.gauges(t.now_ns));
             self.metrics
-                .time_wait_forecasts(&forecasts(t.time_wait, t.now_ns, t.usable_ports));
+                .time_wait_forecasts(&forecasts(t.time_wait, t.now_ns, t.namespaces));
         }
         Ok(Flow::Continue)
     }
@@ -82,7 +87,7 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
-    fn time_wait_overflowed(&mut self, newly: u64) {
-        self.metrics.time_wait_overflowed(newly);
+    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
+        self.metrics.time_wait_overflowed(netns, newly);
     }
 }

@@ -98,6 +98,9 @@ struct AlertLine<'a> {
     err: Option<u8>,
     reset_reason: Option<&'a str>,
     skaddr: Hex,
+    /// The forecast, for `port_exhaustion` alerts (absent for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forecast: Option<&'a Forecast>,
 }
 
 #[derive(Serialize)]
@@ -257,6 +260,11 @@ impl<W: Write> Render for JsonPrinter<W> {
             Alert::KeepaliveProbe(p) => {
                 (None, None, Some(p.probe), None, None, None, None, p.skaddr)
             }
+            Alert::Exhaustion(_) => (None, None, None, None, None, None, None, 0),
+        };
+        let forecast = match a {
+            Alert::Exhaustion(w) => Some(&w.forecast),
+            _ => None,
         };
         let line = AlertLine {
             r#type: "alert",
@@ -275,6 +283,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             err,
             reset_reason,
             skaddr: Hex(skaddr_raw),
+            forecast,
         };
         self.line(&line)
     }

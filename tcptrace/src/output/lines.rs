@@ -53,7 +53,8 @@ impl<W: Write> LinePrinter<W> {
             flows: config.shows_flows(),
             retransmits: config.shows_retransmits(),
             alerts: config.shows_alerts(),
-            forecast: config.gauge_interval().is_some(),
+            // The gauges' forecast (timewait), and its alerts where alerts are shown.
+            forecast: config.gauge_interval().is_some() || config.shows_alerts(),
             closed: false,
         }
     }

@@ -59,8 +59,16 @@ struct Destination {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FourTupleSpace {
+    /// The network namespace's inode, and its name under /run/netns ("" without one).
+    netns: String,
+    netns_name: String,
     local: String,
     destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkNamespace {
+    netns: String,
 }
 
 pub struct Metrics {
@@ -74,7 +82,7 @@ pub struct Metrics {
     time_wait_sockets: Family<Destination, Gauge>,
     time_wait_seconds: Histogram,
     time_wait_forecast: Family<FourTupleSpace, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    time_wait_overflows: Counter,
+    time_wait_overflows: Family<NetworkNamespace, Counter>,
     keepalive_timeouts: Counter,
     lost: Family<Reason, Counter>,
     untracked_flows: Counter,
@@ -99,7 +107,7 @@ impl Metrics {
             time_wait_sockets: Family::default(),
             time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
             time_wait_forecast: Family::default(),
-            time_wait_overflows: Counter::default(),
+            time_wait_overflows: Family::default(),
             keepalive_timeouts: Counter::default(),
             lost: Family::default(),
             untracked_flows: Counter::default(),
@@ -156,7 +164,8 @@ impl Metrics {
         );
         registry.register(
             "time_wait_overflows",
-            "TIME_WAITs the kernel skipped because net.ipv4.tcp_max_tw_buckets was full",
+            "TIME_WAITs the kernel skipped because net.ipv4.tcp_max_tw_buckets was full, per \
+             network namespace (inode)",
             m.time_wait_overflows.clone(),
         );
         registry.register(
@@ -323,6 +332,8 @@ impl Metrics {
         for f in forecasts {
             self.time_wait_forecast
                 .get_or_create(&FourTupleSpace {
+                    netns: f.netns.to_string(),
+                    netns_name: f.netns_name.clone().unwrap_or_default(),
                     local: f.laddr.to_string(),
                     destination: Endpoint::new(f.raddr, f.rport).to_string(),
                 })
@@ -330,9 +341,13 @@ impl Metrics {
         }
     }
 
-    /// TIME_WAITs skipped by a full tcp_max_tw_buckets since the last call.
-    pub fn time_wait_overflowed(&self, newly: u64) {
-        self.time_wait_overflows.inc_by(newly);
+    /// TIME_WAITs skipped by a full tcp_max_tw_buckets in a namespace since the last call.
+    pub fn time_wait_overflowed(&self, netns: u32, newly: u64) {
+        self.time_wait_overflows
+            .get_or_create(&NetworkNamespace {
+                netns: netns.to_string(),
+            })
+            .inc_by(newly);
     }
 
     /// The exposition text.

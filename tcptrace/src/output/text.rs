@@ -306,13 +306,15 @@ impl<W: Write> Render for TextPrinter<W> {
         for f in &v.forecasts {
             writeln!(
                 o,
-                "forecast {} -> {}:{}: {:.0}/s of {:.0}/s ({:.0}%)",
+                "forecast netns {} {} -> {}:{}: {:.0}/s of {:.1}/s ({:.0}%) [{}]",
+                f.netns_label(),
                 f.laddr,
                 f.raddr,
                 f.rport,
                 f.rate_per_s,
                 f.capacity_per_s,
-                f.utilization * 100.0
+                f.utilization * 100.0,
+                f.basis()
             )?;
             if let Some(w) = &f.warning {
                 writeln!(o, "WARNING: {w}")?;

@@ -3,9 +3,10 @@ use std::fmt;
 
 use crate::{
     events::decode::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
-    events::model::{FlowAddrs, Process, TcpState},
+    events::model::{Endpoint, FlowAddrs, Process, TcpState},
     host::clock::{human_duration, HumanDuration},
     state::cause::CloseCause,
+    state::forecast::Forecast,
     state::keepalive::KeepaliveSettings,
     state::timewait::TimeWait,
     text::digits::number,
@@ -18,7 +19,35 @@ pub enum Alert<'a> {
     FinRetransmit(&'a Retransmit),
     /// A keepalive probe went unanswered so far: the connection may be dying.
     KeepaliveProbe(&'a KeepaliveProbe),
+    /// A 4-tuple space's exhaustion forecast crossed its warning threshold.
+    Exhaustion(&'a ExhaustionWarning),
 }
+
+/// A forecast over [`crate::state::forecast::WARN_AT`], as an alert: said once when it
+/// crosses, again only after it fell back under.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExhaustionWarning {
+    pub ts_ns: u64,
+    /// The local address (port 0: any) and the destination.
+    pub addrs: FlowAddrs,
+    pub forecast: Forecast,
+}
+
+impl ExhaustionWarning {
+    pub fn new(ts_ns: u64, forecast: Forecast) -> ExhaustionWarning {
+        ExhaustionWarning {
+            ts_ns,
+            addrs: FlowAddrs {
+                local: Endpoint::new(forecast.laddr, 0),
+                remote: Endpoint::new(forecast.raddr, forecast.rport),
+            },
+            forecast,
+        }
+    }
+}
+
+/// No process: an exhaustion warning is about a 4-tuple space, not one socket.
+static NO_OWNER: Option<Process> = None;
 
 impl<'a> Alert<'a> {
     pub fn closed(flow: &'a FinishedFlow) -> Option<Alert<'a>> {
@@ -38,6 +67,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => f.cause.name(),
             Alert::FinRetransmit(_) => "fin_retransmit",
             Alert::KeepaliveProbe(_) => "keepalive_probe",
+            Alert::Exhaustion(_) => "port_exhaustion",
         }
     }
 
@@ -46,6 +76,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => f.ts_ns,
             Alert::FinRetransmit(r) => r.ts_ns,
             Alert::KeepaliveProbe(p) => p.ts_ns,
+            Alert::Exhaustion(w) => w.ts_ns,
         }
     }
 
@@ -54,6 +85,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => &f.lifecycle.owner,
             Alert::FinRetransmit(r) => &r.owner,
             Alert::KeepaliveProbe(p) => &p.owner,
+            Alert::Exhaustion(_) => &NO_OWNER,
         }
     }
 
@@ -62,6 +94,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => &f.addrs,
             Alert::FinRetransmit(r) => &r.addrs,
             Alert::KeepaliveProbe(p) => &p.addrs,
+            Alert::Exhaustion(w) => &w.addrs,
         }
     }
 
@@ -69,7 +102,7 @@ impl<'a> Alert<'a> {
         match self {
             Alert::Closed(f) => f.keepalive.as_ref(),
             Alert::KeepaliveProbe(p) => Some(&p.keepalive),
-            Alert::FinRetransmit(_) => None,
+            Alert::FinRetransmit(_) | Alert::Exhaustion(_) => None,
         }
     }
 
@@ -130,6 +163,18 @@ impl<'a> Alert<'a> {
                     "probe {}/{cnt} unanswered, peer silent {silent}; {}",
                     p.probe,
                     keepalive.unwrap_or_default()
+                )
+            }
+            Alert::Exhaustion(w) => {
+                let f = &w.forecast;
+                format!(
+                    "netns {}: {:.0} new connections/s, {:.0}% of the {:.1}/s its ports \
+                     sustain ({}): connect() will fail with EADDRNOTAVAIL",
+                    f.netns_label(),
+                    f.rate_per_s,
+                    f.utilization * 100.0,
+                    f.capacity_per_s,
+                    f.basis()
                 )
             }
         }

@@ -1,77 +1,29 @@
 //! 4-tuple exhaustion forecast: between one local address and one remote addr:port, a client
 //! can hold at most (usable ephemeral ports) connections in TIME_WAIT, so it can open at most
 //! usable ports ÷ TIME_WAIT length new connections per second before connect() fails with
-//! EADDRNOTAVAIL.
+//! EADDRNOTAVAIL. The ports, the TIME_WAIT length (or the reuse delay, where `tcp_tw_reuse`
+//! applies) and the bucket limit are those of the network namespace that holds the
+//! TIME_WAITs: each namespace has its own (on Kubernetes, each pod).
 use std::net::IpAddr;
 
-use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::{
     events::model::Endpoint,
-    state::timewait::{Gauges, TimeWaitTracker, TIME_WAIT_LEN_S},
+    host::netns::{Namespace, Namespaces, PortSettings},
+    state::timewait::{Gauges, TimeWaitTracker},
 };
 
 /// Above this share of the capacity, a warning names what helps.
 pub const WARN_AT: f64 = 0.8;
 
-/// `net.ipv4.ip_local_port_range`, e.g. "32768\t60999".
-pub fn parse_port_range(text: &str) -> Result<(u16, u16)> {
-    let mut parts = text.split_whitespace().map(str::parse::<u16>);
-    let (Some(Ok(lo)), Some(Ok(hi)), None) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("ip_local_port_range is not two ports: {text:?}");
-    };
-    if lo > hi {
-        bail!("ip_local_port_range is empty: {lo} > {hi}");
-    }
-    Ok((lo, hi))
-}
-
-/// `net.ipv4.ip_local_reserved_ports`, e.g. "8080,9000-9010" (empty: none).
-pub fn parse_reserved(text: &str) -> Result<Vec<(u16, u16)>> {
-    text.trim()
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            let part = part.trim();
-            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-            let (lo, hi): (u16, u16) = (
-                lo.trim()
-                    .parse()
-                    .with_context(|| format!("bad reserved port {part:?}"))?,
-                hi.trim()
-                    .parse()
-                    .with_context(|| format!("bad reserved port {part:?}"))?,
-            );
-            if lo > hi {
-                bail!("bad reserved range {part:?}");
-            }
-            Ok((lo, hi))
-        })
-        .collect()
-}
-
-/// Ports of `range` not reserved.
-pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u32 {
-    (range.0..=range.1)
-        .filter(|p| !reserved.iter().any(|&(lo, hi)| (lo..=hi).contains(p)))
-        .count() as u32
-}
-
-/// This host's usable ephemeral ports, from the sysctls.
-pub fn host_usable_ports() -> Result<u32> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .context("reading net.ipv4.ip_local_port_range")?;
-    let reserved =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    Ok(usable_ports(
-        parse_port_range(&range)?,
-        &parse_reserved(&reserved)?,
-    ))
-}
-
+/// One (namespace, local address, destination) 4-tuple space and how busy it is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Forecast {
+    /// The namespace's inode number.
+    pub netns: u32,
+    /// Its name under /run/netns, if it has one.
+    pub netns_name: Option<String>,
     pub laddr: IpAddr,
     pub raddr: IpAddr,
     pub rport: u16,
@@ -80,38 +32,123 @@ pub struct Forecast {
     /// The most new connections per second the ephemeral ports sustain.
     pub capacity_per_s: f64,
     pub utilization: f64,
+    /// What the capacity was computed from: the namespace's `ip_local_port_range`, its
+    /// ports not reserved, how long a closed 4-tuple stays unusable (60 s of TIME_WAIT, or
+    /// the reuse delay), `tcp_tw_reuse`, and `tcp_max_tw_buckets`.
+    pub port_range: (u16, u16),
+    pub usable_ports: u32,
+    pub hold_s: f64,
+    pub tw_reuse: u8,
+    pub max_tw_buckets: Option<u64>,
+    /// The namespace could not be read: the kernel's defaults were assumed.
+    pub defaults_assumed: bool,
     pub warning: Option<String>,
 }
 
-pub fn forecast(
-    local: IpAddr,
-    remote: Endpoint,
-    rate_per_s: f64,
-    usable_ports: u32,
-    time_wait_s: f64,
-) -> Forecast {
-    let capacity_per_s = f64::from(usable_ports) / time_wait_s;
+impl Forecast {
+    /// The namespace as the forecast names it: `4026532770 "ka"`.
+    pub fn netns_label(&self) -> String {
+        match &self.netns_name {
+            Some(name) => format!("{} \"{name}\"", self.netns),
+            None => self.netns.to_string(),
+        }
+    }
+
+    /// `217% (36/s of 16.7/s): netns 4026532368 "kb" 10.231.0.2 > 10.231.0.1:8888 [basis]`
+    pub fn brief(&self) -> String {
+        format!(
+            "{:.0}% ({:.0}/s of {:.1}/s): netns {} {} > {}:{} [{}]",
+            self.utilization * 100.0,
+            self.rate_per_s,
+            self.capacity_per_s,
+            self.netns_label(),
+            self.laddr,
+            self.raddr,
+            self.rport,
+            self.basis()
+        )
+    }
+
+    /// What the capacity was computed from, in words.
+    pub fn basis(&self) -> String {
+        let hold = if self.hold_s < crate::host::netns::TIME_WAIT_LEN_S {
+            format!("{}s reuse delay", self.hold_s)
+        } else {
+            format!("{:.0}s TIME_WAIT", self.hold_s)
+        };
+        // A recording of layout 1 kept the number of ports only.
+        let range = match self.port_range {
+            (0, 0) => String::new(),
+            (lo, hi) => format!(" of {lo}-{hi}"),
+        };
+        format!(
+            "{} ports{range}, {hold}, tcp_tw_reuse={}{}",
+            self.usable_ports,
+            self.tw_reuse,
+            if self.defaults_assumed {
+                ", kernel defaults assumed"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+pub fn forecast(ns: &Namespace, local: IpAddr, remote: Endpoint, rate_per_s: f64) -> Forecast {
+    let (settings, defaults_assumed) = ns.settings_or_defaults();
+    let loopback = local.is_loopback() || remote.addr.is_loopback();
+    let hold_s = settings.hold_s(loopback);
+    let PortSettings {
+        port_range,
+        usable_ports,
+        tw_reuse,
+        max_tw_buckets,
+        ..
+    } = settings;
+    let capacity_per_s = f64::from(usable_ports) / hold_s;
     let utilization = if capacity_per_s > 0.0 {
         rate_per_s / capacity_per_s
     } else {
         f64::INFINITY
     };
+    let label = ns.label();
     let warning = (utilization > WARN_AT).then(|| {
-        format!(
-            "{local} -> {remote} opens {rate_per_s:.0}/s, {:.0}% of the {capacity_per_s:.0}/s its \
-             {usable_ports} ephemeral ports sustain with {time_wait_s:.0}s of TIME_WAIT: add source \
-             addresses or server ports, or set net.ipv4.tcp_tw_reuse=1 on this client \
-             (tcp_tw_recycle was removed in Linux 4.12)",
-            utilization * 100.0
-        )
+        let mut text = format!(
+            "{local} -> {remote} in network namespace {label} opens {rate_per_s:.0}/s, {:.0}% of \
+             the {capacity_per_s:.1}/s its {usable_ports} ephemeral ports ({}-{}) sustain with \
+             {hold_s}s before a 4-tuple is free again: connect() will fail with EADDRNOTAVAIL; \
+             add source addresses or server ports, widen net.ipv4.ip_local_port_range",
+            utilization * 100.0,
+            port_range.0,
+            port_range.1,
+        );
+        if tw_reuse != 1 {
+            text.push_str(", or set net.ipv4.tcp_tw_reuse=1");
+        }
+        text.push_str(" in that namespace (tcp_tw_recycle was removed in Linux 4.12)");
+        if let Some(buckets) = max_tw_buckets.filter(|&b| b < u64::from(usable_ports)) {
+            text.push_str(&format!(
+                "; its tcp_max_tw_buckets={buckets} is below its ports: past it the kernel \
+                 skips TIME_WAIT instead (counted as overflows)"
+            ));
+        }
+        text
     });
     Forecast {
+        netns: ns.inode,
+        netns_name: ns.name.clone(),
         laddr: local,
         raddr: remote.addr,
         rport: remote.port,
         rate_per_s,
         capacity_per_s,
         utilization,
+        port_range,
+        usable_ports,
+        hold_s,
+        tw_reuse,
+        max_tw_buckets,
+        defaults_assumed,
         warning,
     }
 }
@@ -125,25 +162,39 @@ pub struct TimeWaitView {
     pub preexisting: u64,
 }
 
-/// The exhaustion forecast of the 10 busiest (local address, destination) pairs, where the
-/// port range is known.
-pub fn forecasts(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> Vec<Forecast> {
-    usable_ports.map_or_else(Vec::new, |ports| {
-        let mut rates = tw.entry_rates(now);
-        rates.sort_by(|a, b| b.1.total_cmp(&a.1));
-        rates
-            .into_iter()
-            .take(10)
-            .map(|((local, remote), rate)| forecast(local, remote, rate, ports, TIME_WAIT_LEN_S))
-            .collect()
-    })
+/// A namespace not read (yet): named by its inode, the kernel's defaults assumed.
+fn unknown(inode: u32) -> Namespace {
+    Namespace {
+        inode,
+        name: None,
+        own: false,
+        settings: None,
+    }
 }
 
-/// The gauges and, where the port range is known, the exhaustion forecast.
-pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>) -> TimeWaitView {
+/// The exhaustion forecast of the 10 busiest (namespace, local address, destination)
+/// spaces, each with its namespace's capacity.
+pub fn forecasts(tw: &TimeWaitTracker, now: u64, namespaces: &Namespaces) -> Vec<Forecast> {
+    let mut rates = tw.entry_rates(now);
+    rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rates
+        .into_iter()
+        .take(10)
+        .map(|((netns, local, remote), rate)| {
+            let ns = namespaces
+                .get(netns)
+                .cloned()
+                .unwrap_or_else(|| unknown(netns));
+            forecast(&ns, local, remote, rate)
+        })
+        .collect()
+}
+
+/// The gauges and the exhaustion forecast.
+pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, namespaces: &Namespaces) -> TimeWaitView {
     TimeWaitView {
         gauges: tw.gauges(now),
-        forecasts: forecasts(tw, now, usable_ports),
+        forecasts: forecasts(tw, now, namespaces),
         overflows: tw.overflows,
         preexisting: tw.preexisting_count(),
     }
@@ -153,47 +204,86 @@ pub fn time_wait_view(tw: &TimeWaitTracker, now: u64, usable_ports: Option<u32>)
 mod tests {
     use super::*;
 
-    #[test]
-    fn ranges_and_reserved_ports() {
-        assert_eq!(
-            parse_port_range("32768\t60999\n").expect("valid"),
-            (32768, 60999)
-        );
-        assert!(parse_port_range("60999 32768").is_err());
-        assert!(parse_port_range("1024").is_err());
-        assert_eq!(parse_reserved("").expect("empty"), vec![]);
-        assert_eq!(
-            parse_reserved("8080,9000-9010\n").expect("valid"),
-            vec![(8080, 8080), (9000, 9010)]
-        );
-        assert!(parse_reserved("9010-9000").is_err());
-        assert!(parse_reserved("x").is_err());
-        assert_eq!(usable_ports((32768, 60999), &[]), 28232);
-        assert_eq!(
-            usable_ports((32768, 60999), &[(40000, 40009), (1, 100)]),
-            28222
-        );
-        assert_eq!(usable_ports((5000, 5000), &[(5000, 5000)]), 0);
+    fn namespace(ports: (u16, u16), tw_reuse: u8, max_tw_buckets: Option<u64>) -> Namespace {
+        Namespace {
+            inode: 4026532770,
+            name: Some("ka".into()),
+            own: false,
+            settings: Some(PortSettings {
+                port_range: ports,
+                usable_ports: u32::from(ports.1 - ports.0) + 1,
+                tw_reuse,
+                tw_reuse_delay_ms: 1000,
+                timestamps: true,
+                max_tw_buckets,
+            }),
+        }
     }
 
     #[test]
-    fn capacity_is_ports_over_time_wait_and_warns_above_80_percent() {
+    fn capacity_is_the_namespaces_ports_over_time_wait_and_warns_above_80_percent() {
         let dst = Endpoint::new("10.0.0.2".parse().expect("ip"), 443);
         let src: IpAddr = "10.0.0.1".parse().expect("ip");
-        let calm = forecast(src, dst, 100.0, 28232, 60.0);
+        let host = namespace((32768, 60999), 2, Some(262144));
+        let calm = forecast(&host, src, dst, 100.0);
         assert!((calm.capacity_per_s - 470.53).abs() < 0.01, "{calm:?}");
         assert!(calm.warning.is_none());
-        let hot = forecast(src, dst, 400.0, 28232, 60.0);
+        assert_eq!(
+            calm.hold_s, 60.0,
+            "tcp_tw_reuse=2 does not apply off loopback"
+        );
+        let hot = forecast(&host, src, dst, 400.0);
         assert!(hot.utilization > 0.8);
         let text = hot.warning.expect("a warning");
         assert!(
-            text.contains("tcp_tw_reuse") && text.contains("source addresses"),
+            text.contains("tcp_tw_reuse=1")
+                && text.contains("source addresses")
+                && text.contains("4026532770 \"ka\""),
             "{text}"
         );
-        let none = forecast(src, dst, 1.0, 0, 60.0);
-        assert!(
-            none.warning.is_some(),
-            "no usable ports: always over capacity"
+        // The seed's pod: 1,000 ports, no reuse, 40 connections a second.
+        let pod = namespace((10000, 10999), 0, Some(100));
+        let f = forecast(&pod, src, dst, 40.0);
+        assert!((f.capacity_per_s - 16.67).abs() < 0.01, "{f:?}");
+        assert!(f.utilization > 2.3, "{f:?}");
+        assert_eq!(
+            f.basis(),
+            "1000 ports of 10000-10999, 60s TIME_WAIT, tcp_tw_reuse=0"
         );
+        assert!(
+            f.warning
+                .as_deref()
+                .is_some_and(|w| w.contains("tcp_max_tw_buckets=100")),
+            "{f:?}"
+        );
+        let none = forecast(&namespace((5000, 5000), 0, None), src, dst, 1.0);
+        assert!(none.warning.is_some(), "one port: 1/60 per second");
+    }
+
+    #[test]
+    fn reuse_shortens_the_hold_where_it_applies() {
+        let lo = Endpoint::new("127.0.0.1".parse().expect("ip"), 7790);
+        let src: IpAddr = "127.0.0.1".parse().expect("ip");
+        let f = forecast(&namespace((32768, 60999), 2, None), src, lo, 100.0);
+        assert_eq!(f.hold_s, 1.0, "tcp_tw_reuse=2 applies on loopback");
+        assert!((f.capacity_per_s - 28232.0).abs() < 0.01, "{f:?}");
+        assert!(f.basis().contains("1s reuse delay"), "{}", f.basis());
+        let off = forecast(&namespace((32768, 60999), 0, None), src, lo, 100.0);
+        assert_eq!(off.hold_s, 60.0);
+    }
+
+    #[test]
+    fn an_unread_namespace_is_forecast_with_the_kernels_defaults_and_says_so() {
+        let dst = Endpoint::new("10.0.0.2".parse().expect("ip"), 443);
+        let src: IpAddr = "10.0.0.1".parse().expect("ip");
+        let f = forecast(&unknown(77), src, dst, 10.0);
+        assert!(f.defaults_assumed);
+        assert_eq!(f.usable_ports, 28232);
+        assert!(
+            f.basis().ends_with("kernel defaults assumed"),
+            "{}",
+            f.basis()
+        );
+        assert_eq!(f.netns_label(), "77");
     }
 }

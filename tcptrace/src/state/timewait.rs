@@ -19,8 +19,6 @@ use crate::{
 const SETTLE_NS: u64 = 20_000_000;
 /// The window over which entry rates are measured.
 pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
-/// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN).
-pub const TIME_WAIT_LEN_S: f64 = 60.0;
 
 // The types a TIME_WAIT is described with live beside the other typed views (decode uses
 // them too), so decode and this module do not import each other.
@@ -28,6 +26,8 @@ pub use crate::events::model::{TimeWait, TimeWaitEnd};
 
 struct Active {
     addrs: FlowAddrs,
+    /// The timewait socket's network namespace (its inode; 0: not known).
+    netns: u32,
     start_ns: u64,
     /// Boxed as decoded (a flow is ~460 bytes, and most entries of the map and its spare
     /// capacity hold none); handed on as it is when the TIME_WAIT ends.
@@ -51,8 +51,11 @@ pub struct TimeWaitTracker {
     cancels: VecDeque<(u64, u64)>,
     /// START seen, its flow's CLOSE not yet: the flow joins by 4-tuple.
     awaiting_flow: HashMap<FlowAddrs, u64>,
-    /// Entry times per (local addr, remote endpoint), for rates.
-    entries: HashMap<(IpAddr, Endpoint), VecDeque<u64>>,
+    /// Entry times per (network namespace, local addr, remote endpoint), for rates: each
+    /// namespace has its own ephemeral ports.
+    entries: HashMap<RateKey, VecDeque<u64>>,
+    /// Sockets in TIME_WAIT now per network namespace.
+    live_by_netns: HashMap<u32, u64>,
     held: Option<Histogram<u64>>,
     ends: BTreeMap<TimeWaitEnd, u64>,
     /// TIME_WAITs entered per destination, for the summary. A TIME_WAIT held by the
@@ -73,6 +76,9 @@ pub struct TimeWaitTracker {
     preexisting: VecDeque<(FlowAddrs, u64)>,
     preexisting_total: u64,
 }
+
+/// A 4-tuple space: network namespace (inode), local address, destination.
+pub type RateKey = (u32, IpAddr, Endpoint);
 
 /// Entries within the rate window (the queue is in time order).
 fn recent_entries(queue: &VecDeque<u64>, now_ns: u64) -> usize {
@@ -188,7 +194,13 @@ impl TimeWaitTracker {
 
     /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
     /// cancelled and had not settled yet (its memory was reused: it ended).
-    pub fn start(&mut self, timer: u64, addrs: FlowAddrs, ts_ns: u64) -> Option<Finished> {
+    pub fn start(
+        &mut self,
+        timer: u64,
+        addrs: FlowAddrs,
+        netns: u32,
+        ts_ns: u64,
+    ) -> Option<Finished> {
         let mut ended = None;
         if let Some(existing) = self.active.get_mut(&timer) {
             let Some((cancelled_ns, in_connect)) = existing.cancel else {
@@ -209,6 +221,7 @@ impl TimeWaitTracker {
             timer,
             Active {
                 addrs,
+                netns,
                 start_ns: ts_ns,
                 flow: None,
                 cancel: None,
@@ -217,7 +230,7 @@ impl TimeWaitTracker {
         self.awaiting_flow.insert(addrs, timer);
         let queue = self
             .entries
-            .entry((addrs.local.addr, addrs.remote))
+            .entry((netns, addrs.local.addr, addrs.remote))
             .or_default();
         queue.push_back(ts_ns);
         forget_old_entries(queue, ts_ns);
@@ -225,6 +238,7 @@ impl TimeWaitTracker {
         self.entered += 1;
         *self.live_by_destination.entry(addrs.remote).or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
+        *self.live_by_netns.entry(netns).or_default() += 1;
         ended
     }
 
@@ -260,10 +274,10 @@ impl TimeWaitTracker {
         if active.flow.is_some() {
             return None;
         }
-        let (addrs, start_ns) = (active.addrs, active.start_ns);
+        let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
         if accepted {
             self.server_side += 1;
-            self.not_a_destination(&addrs, start_ns);
+            self.not_a_destination(&addrs, netns, start_ns);
         } else {
             self.client_side += 1;
         }
@@ -273,8 +287,8 @@ impl TimeWaitTracker {
     /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
     /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
     /// out). It stays in the live gauges until it ends.
-    fn not_a_destination(&mut self, addrs: &FlowAddrs, start_ns: u64) {
-        let key = (addrs.local.addr, addrs.remote);
+    fn not_a_destination(&mut self, addrs: &FlowAddrs, netns: u32, start_ns: u64) {
+        let key = (netns, addrs.local.addr, addrs.remote);
         if let Some(queue) = self.entries.get_mut(&key) {
             if let Some(at) = queue.iter().rposition(|&t| t == start_ns) {
                 queue.remove(at);
@@ -337,6 +351,7 @@ impl TimeWaitTracker {
         let held_ns = end_ns.saturating_sub(active.start_ns);
         decrement(&mut self.live_by_destination, active.addrs.remote);
         decrement(&mut self.live_by_local, active.addrs.local.addr);
+        decrement(&mut self.live_by_netns, active.netns);
         if end != TimeWaitEnd::InProgress {
             self.held
                 .get_or_insert_with(|| Histogram::new(2).expect("valid precision"))
@@ -374,7 +389,7 @@ impl TimeWaitTracker {
             self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
         // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
         let total = (self.active.len() + self.preexisting.len()) as u64;
-        for ((_, remote), queue) in &self.entries {
+        for ((_, _, remote), queue) in &self.entries {
             let recent = recent_entries(queue, now_ns);
             by_destination.entry(*remote).or_default().1 +=
                 recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
@@ -410,6 +425,7 @@ impl TimeWaitTracker {
         shrunk |= shrink_if_sparse(&mut self.live_by_destination);
         shrunk |= shrink_if_sparse(&mut self.by_destination);
         shrunk |= shrink_if_sparse(&mut self.live_by_local);
+        shrunk |= shrink_if_sparse(&mut self.live_by_netns);
         if self.cancels.capacity() > SPARSE_FROM && self.cancels.len() < self.cancels.capacity() / 4
         {
             self.cancels.shrink_to(self.cancels.len() * 2);
@@ -418,8 +434,13 @@ impl TimeWaitTracker {
         shrunk
     }
 
-    /// New TIME_WAITs per second for each (local addr, remote addr:port).
-    pub fn entry_rates(&self, now_ns: u64) -> Vec<((IpAddr, Endpoint), f64)> {
+    /// The network namespaces holding TIME_WAITs now (tracked since start).
+    pub fn namespaces_in_use(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live_by_netns.keys().copied()
+    }
+
+    /// New TIME_WAITs per second for each (namespace, local addr, remote addr:port).
+    pub fn entry_rates(&self, now_ns: u64) -> Vec<(RateKey, f64)> {
         self.entries
             .iter()
             .map(|(&key, queue)| {

@@ -11,18 +11,20 @@ fn client_flow_closing_first() -> Box<FinishedFlow> {
 }
 
 const S: u64 = 1_000_000_000;
+/// The namespace the fixtures' TIME_WAITs live in.
+const NETNS: u32 = 4026531840;
 
 #[test]
 fn a_flow_is_held_until_its_time_wait_expires() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    assert!(tw.start(7, flow.addrs, 4_999_000).is_none());
+    assert!(tw.start(7, flow.addrs, NETNS, 4_999_000).is_none());
     assert!(
         tw.flow(flow.clone(), true).is_none(),
         "held until TIME_WAIT ends"
     );
     assert!(
-        tw.start(7, flow.addrs, 30 * S).is_none(),
+        tw.start(7, flow.addrs, NETNS, 30 * S).is_none(),
         "re-armed: the start stands"
     );
     tw.cancel(7, 61 * S, false);
@@ -42,7 +44,7 @@ fn a_flow_is_held_until_its_time_wait_expires() {
 fn early_ends_are_reused_in_connect_else_killed() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    assert!(tw.start(1, flow.addrs, 0).is_none());
+    assert!(tw.start(1, flow.addrs, NETNS, 0).is_none());
     assert!(tw.flow(flow.clone(), true).is_none());
     tw.cancel(1, 2 * S, true);
     assert!(
@@ -58,7 +60,7 @@ fn early_ends_are_reused_in_connect_else_killed() {
 
     let mut other = flow.addrs;
     other.local.port += 1;
-    assert!(tw.start(2, other, 0).is_none());
+    assert!(tw.start(2, other, NETNS, 0).is_none());
     tw.cancel(2, S, false);
     let ended = tw.settle(2 * S);
     let [Finished::Orphan(t)] = ended.as_slice() else {
@@ -89,7 +91,7 @@ fn gauges_count_per_destination_and_rate() {
     for i in 0..20u64 {
         let mut addrs = flow.addrs;
         addrs.local.port = 40_000 + i as u16;
-        assert!(tw.start(100 + i, addrs, i * 100_000_000).is_none());
+        assert!(tw.start(100 + i, addrs, NETNS, i * 100_000_000).is_none());
     }
     let g = tw.gauges(2 * S);
     assert_eq!(g.total, 20);
@@ -106,11 +108,11 @@ fn gauges_count_per_destination_and_rate() {
 fn a_timer_address_reused_before_its_cancel_settled_ends_the_old_time_wait() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    assert!(tw.start(9, flow.addrs, 0).is_none());
+    assert!(tw.start(9, flow.addrs, NETNS, 0).is_none());
     tw.cancel(9, S, false);
     let mut next = flow.addrs;
     next.local.port += 1;
-    let Some(Finished::Orphan(old)) = tw.start(9, next, S + 1_000) else {
+    let Some(Finished::Orphan(old)) = tw.start(9, next, NETNS, S + 1_000) else {
         panic!("the cancelled TIME_WAIT ends when its address is reused")
     };
     assert_eq!((old.end, old.held_ns), (TimeWaitEnd::Killed, S));
@@ -128,7 +130,7 @@ fn preexisting_time_waits_count_until_they_expire() {
     let mut other = flow.addrs;
     other.local.port += 1;
     tw.preexisting([(other, 30 * S), (flow.addrs, 10 * S)]);
-    assert!(tw.start(5, flow.addrs, S).is_none());
+    assert!(tw.start(5, flow.addrs, NETNS, S).is_none());
     tw.expire_preexisting(5 * S);
     let g = tw.gauges(5 * S);
     assert_eq!((g.total, g.by_destination[0].1 .0), (3, 3));
@@ -149,7 +151,7 @@ fn a_burst_of_server_side_time_waits_gives_its_memory_back() {
         let mut addrs = flow.addrs;
         addrs.remote.port = 1 + (i % 60_000) as u16;
         addrs.remote.addr = std::net::IpAddr::from([10, 0, (i / 60_000) as u8, 1]);
-        assert!(tw.start(1_000 + i, addrs, i * 10_000).is_none());
+        assert!(tw.start(1_000 + i, addrs, NETNS, i * 10_000).is_none());
     }
     let grown = (tw.entries.capacity(), tw.active.capacity());
     assert!(grown.0 >= 50_000 && grown.1 >= 50_000, "{grown:?}");
@@ -168,11 +170,11 @@ fn a_burst_of_server_side_time_waits_gives_its_memory_back() {
 fn a_timer_re_armed_by_mod_timer_is_the_same_time_wait() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    assert!(tw.start(7, flow.addrs, S).is_none());
+    assert!(tw.start(7, flow.addrs, NETNS, S).is_none());
     // mod_timer: a cancel, then the start, microseconds apart.
     tw.cancel(7, S + 1_000, false);
     assert!(tw.rearms(7, &flow.addrs, S + 3_000));
-    assert!(tw.start(7, flow.addrs, S + 3_000).is_none());
+    assert!(tw.start(7, flow.addrs, NETNS, S + 3_000).is_none());
     assert!(tw.settle(S + S).is_empty(), "not ended early");
     let Some(Finished::Orphan(t)) = tw.expire(7, 61 * S) else {
         panic!("the TIME_WAIT runs out once")
@@ -188,7 +190,7 @@ fn a_timer_re_armed_by_mod_timer_is_the_same_time_wait() {
         (1, vec![(TimeWaitEnd::Expired, 1)])
     );
     // A start at the same address for another 4-tuple is a new TIME_WAIT.
-    assert!(tw.start(8, flow.addrs, 70 * S).is_none());
+    assert!(tw.start(8, flow.addrs, NETNS, 70 * S).is_none());
     tw.cancel(8, 71 * S, false);
     let mut other = flow.addrs;
     other.local.port += 1;
@@ -199,7 +201,7 @@ fn a_timer_re_armed_by_mod_timer_is_the_same_time_wait() {
 fn a_second_flow_for_a_time_wait_that_holds_one_is_printed_not_lost() {
     let mut tw = TimeWaitTracker::new();
     let flow = client_flow_closing_first();
-    assert!(tw.start(7, flow.addrs, S).is_none());
+    assert!(tw.start(7, flow.addrs, NETNS, S).is_none());
     assert!(
         tw.flow(flow.clone(), true).is_none(),
         "held for its TIME_WAIT"
@@ -207,7 +209,7 @@ fn a_second_flow_for_a_time_wait_that_holds_one_is_printed_not_lost() {
     // The same timer address and 4-tuple start again at once (a cancel inside connect() that
     // was not recognised as such), and a second flow closes into it.
     tw.cancel(7, S + 1_000, false);
-    assert!(tw.start(7, flow.addrs, S + 2_000).is_none());
+    assert!(tw.start(7, flow.addrs, NETNS, S + 2_000).is_none());
     let mut second = flow.clone();
     second.ts_ns += 1;
     assert_eq!(
@@ -245,7 +247,7 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
     // destination (entry rates, the summary's counts): that grew without bound.
     for port in 1..=1_000u16 {
         let flow = server_flow_closing_first(30_000 + port);
-        assert!(tw.start(u64::from(port), flow.addrs, S).is_none());
+        assert!(tw.start(u64::from(port), flow.addrs, NETNS, S).is_none());
         assert!(tw.flow(flow, false).is_none(), "counted, not held");
     }
     assert!(tw.entries.is_empty(), "no entry rate per client port");
@@ -257,7 +259,7 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
 
     // The connecting side's TIME_WAIT is a destination's.
     let client = client_flow_closing_first();
-    assert!(tw.start(5_000, client.addrs, S).is_none());
+    assert!(tw.start(5_000, client.addrs, NETNS, S).is_none());
     assert!(tw.flow(client.clone(), false).is_none());
     let s = tw.summary();
     assert_eq!(s.top_destinations, vec![(client.addrs.remote, 1)]);
@@ -282,8 +284,8 @@ fn flows_in_brief_count_their_side_as_whole_flows_do() {
     flows.push(client_flow_closing_first());
     for (timer, flow) in flows.iter().enumerate() {
         let timer = timer as u64 + 1;
-        whole.start(timer, flow.addrs, S);
-        brief.start(timer, flow.addrs, S);
+        whole.start(timer, flow.addrs, NETNS, S);
+        brief.start(timer, flow.addrs, NETNS, S);
         assert!(whole.flow(flow.clone(), false).is_none(), "joined");
         brief.brief_flow(&in_brief(flow));
     }
@@ -300,4 +302,22 @@ fn flows_in_brief_count_their_side_as_whole_flows_do() {
     assert_eq!(w.top_destinations, b.top_destinations);
     assert_eq!(whole.gauges(S).total, brief.gauges(S).total);
     assert_eq!(whole.entry_rates(S), brief.entry_rates(S));
+}
+
+#[test]
+fn rates_are_kept_per_namespace_and_namespaces_in_use_follow_the_live_sockets() {
+    let mut tw = TimeWaitTracker::new();
+    let flow = client_flow_closing_first();
+    // The same 4-tuple space in two namespaces: two spaces, each with its own ports.
+    assert!(tw.start(1, flow.addrs, NETNS, S).is_none());
+    assert!(tw.start(2, flow.addrs, 7, S).is_none());
+    let mut rates = tw.entry_rates(S);
+    rates.sort_by_key(|(k, _)| k.0);
+    let namespaces: Vec<u32> = rates.iter().map(|(k, _)| k.0).collect();
+    assert_eq!(namespaces, vec![7, NETNS], "{rates:?}");
+    let mut in_use: Vec<u32> = tw.namespaces_in_use().collect();
+    in_use.sort_unstable();
+    assert_eq!(in_use, vec![7, NETNS]);
+    assert!(tw.expire(2, 61 * S).is_some());
+    assert_eq!(tw.namespaces_in_use().collect::<Vec<_>>(), vec![NETNS]);
 }

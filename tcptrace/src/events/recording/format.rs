@@ -7,10 +7,11 @@
 //!            header length (u32 LE)            N
 //!            header (JSON, N bytes)            RecordingHeader
 //! then       frame length (u32 LE)             payload bytes
-//!            frame kind (u32 LE)               RECORD | COUNTERS | END
+//!            frame kind (u32 LE)               RECORD | COUNTERS | NAMESPACE | END
 //!            payload                           a ring record as the kernel wrote it (native
-//!                                              byte order, checked in the header), or the
-//!                                              kernel counters (JSON)
+//!                                              byte order, checked in the header), the
+//!                                              kernel counters (JSON), or a network
+//!                                              namespace's port settings (JSON)
 //! ```
 use std::{
     fs::File,
@@ -21,11 +22,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    FlowEndEvent, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TransitionEvent,
-    RECORD_LAYOUT_VERSION,
+    record_kind, FlowEndEvent, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent,
+    TransitionEvent, RECORD_LAYOUT_VERSION,
 };
 
-use crate::state::aggregate::KernelCounters;
+use crate::{host::netns::Namespace, state::aggregate::KernelCounters};
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 pub const FORMAT_VERSION: u32 = 1;
@@ -37,6 +38,9 @@ pub mod frame {
     pub const RECORD: u32 = 1;
     pub const COUNTERS: u32 = 2;
     pub const END: u32 = 3;
+    /// A network namespace holding TIME_WAITs, read (or read again after a change) while
+    /// recording: the forecast's capacity.
+    pub const NAMESPACE: u32 = 4;
 }
 
 /// Sizes of the record structs: a recording is read only by a build with the same layout.
@@ -64,6 +68,34 @@ impl Layout {
             time_wait: size(size_of::<TimeWaitEvent>()),
         }
     }
+
+    /// Layout 1: `TimeWaitEvent` was 64 bytes, without the namespace. Still read: its records
+    /// are widened as they are read (namespace 0, the recording host's).
+    pub fn version_1() -> Layout {
+        Layout {
+            version: 1,
+            time_wait: V1_TIME_WAIT as u32,
+            ..Layout::this_build()
+        }
+    }
+}
+
+/// A layout-1 `TimeWaitEvent`'s size: the fields up to `netns`.
+const V1_TIME_WAIT: usize = std::mem::offset_of!(TimeWaitEvent, netns);
+const _: () = assert!(V1_TIME_WAIT == 64);
+
+/// A layout-1 TIME_WAIT record widened to this build's layout (the namespace left 0).
+fn widen_v1_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let kind = record
+        .get(..4)
+        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+    if kind != Some(record_kind::TIME_WAIT) || record.len() != V1_TIME_WAIT {
+        return record;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(record);
+    scratch.resize(size_of::<TimeWaitEvent>(), 0);
+    scratch
 }
 
 /// What a report needs to know of the machine and the run that recorded.
@@ -83,8 +115,13 @@ pub struct RecordingHeader {
     pub keepalive_sysctls: [Option<u64>; 3],
     /// The kernel's reset reasons (enum sk_rst_reason), by value.
     pub reset_reasons: Vec<(u32, String)>,
-    /// Usable ephemeral ports, for the exhaustion forecast.
+    /// The recorder's own namespace's usable ephemeral ports (what layout-1 recordings
+    /// forecast with).
     pub usable_ports: Option<u32>,
+    /// The namespaces read at start (the recorder's own); later ones come in NAMESPACE
+    /// frames. Absent in recordings made before it was added.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
     /// The in-kernel filters in force, in words.
     pub filters: Option<String>,
     /// Whether TIME_WAIT was traced.
@@ -122,6 +159,7 @@ pub enum Frame<'a> {
     /// A ring-buffer record, borrowed from the reader until its next frame.
     Record(&'a [u8]),
     Counters(Box<KernelCounters>),
+    Namespace(Box<Namespace>),
     End,
 }
 
@@ -139,6 +177,9 @@ pub struct RecordingReader<R> {
     /// Bytes of the last frame still in the input's buffer (borrowed by that frame, consumed
     /// before the next one is read).
     borrowed: usize,
+    /// A layout-1 recording: its TIME_WAIT records are widened as they are read.
+    widen_v1: bool,
+    widened: Vec<u8>,
 }
 
 /// The reader's buffer (see `RecordingReader::open`).
@@ -214,7 +255,8 @@ impl<R: BufRead> RecordingReader<R> {
         let header: RecordingHeader = serde_json::from_slice(&json)
             .with_context(|| format!("{name}: the header at offset 16 is not valid"))?;
         let ours = Layout::this_build();
-        if header.layout != ours {
+        let widen_v1 = header.layout == Layout::version_1();
+        if header.layout != ours && !widen_v1 {
             bail!(
                 "{name} was recorded by tcptrace {} with record layout {:?}; this build's is {:?}: \
                  report it with the tcptrace that recorded it",
@@ -231,6 +273,8 @@ impl<R: BufRead> RecordingReader<R> {
             ended: false,
             payload: Vec::with_capacity(256),
             borrowed: 0,
+            widen_v1,
+            widened: Vec::new(),
         })
     }
 
@@ -266,6 +310,12 @@ impl<R: BufRead> RecordingReader<R> {
             let record = buffered
                 .get(8..end)
                 .with_context(|| format!("{name}: the frame at offset {at} left the buffer"))?;
+            if self.widen_v1 {
+                return Ok(Some(Frame::Record(widen_v1_record(
+                    record,
+                    &mut self.widened,
+                ))));
+            }
             return Ok(Some(Frame::Record(record)));
         }
         let mut head = [0u8; 8];
@@ -299,10 +349,17 @@ impl<R: BufRead> RecordingReader<R> {
         }
         self.offset = at + 8 + u64::from(len);
         match kind {
+            frame::RECORD if self.widen_v1 => Ok(Some(Frame::Record(widen_v1_record(
+                payload,
+                &mut self.widened,
+            )))),
             frame::RECORD => Ok(Some(Frame::Record(payload))),
             frame::COUNTERS => serde_json::from_slice(payload)
                 .map(|c| Some(Frame::Counters(c)))
                 .with_context(|| format!("{name}: counters frame at offset {at} is not valid")),
+            frame::NAMESPACE => serde_json::from_slice(payload)
+                .map(|n| Some(Frame::Namespace(n)))
+                .with_context(|| format!("{name}: namespace frame at offset {at} is not valid")),
             frame::END => {
                 self.ended = true;
                 Ok(Some(Frame::End))

@@ -13,6 +13,7 @@ pub fn header() -> RecordingHeader {
         keepalive_sysctls: [Some(7200), Some(75), Some(9)],
         reset_reasons: vec![(15, "TCP_KEEPALIVE_TIMEOUT".into())],
         usable_ports: Some(28_232),
+        namespaces: Vec::new(),
         filters: None,
         time_wait: true,
         part: 0,
@@ -41,6 +42,7 @@ pub fn recording(records: &[Vec<u8>]) -> Vec<u8> {
 enum Read {
     Record(Vec<u8>),
     Counters(Box<KernelCounters>),
+    Namespace(Box<Namespace>),
     End,
 }
 
@@ -55,6 +57,7 @@ fn read_all_from(input: impl BufRead) -> Result<(RecordingHeader, Vec<Read>)> {
         frames.push(match f {
             Frame::Record(r) => Read::Record(r.to_vec()),
             Frame::Counters(c) => Read::Counters(c),
+            Frame::Namespace(n) => Read::Namespace(n),
             Frame::End => Read::End,
         });
     }
@@ -182,4 +185,73 @@ fn foreign_and_corrupt_files_are_refused_with_the_reason() {
         let err = read_all(&bytes).expect_err(needle);
         assert!(format!("{err:#}").contains(needle), "{needle}: {err:#}");
     }
+}
+
+/// A TIME_WAIT start record of `len` bytes (64: layout 1; 72: this build's) in namespace 9.
+fn time_wait_start(len: usize) -> Vec<u8> {
+    let mut r = vec![0u8; len];
+    r[..4].copy_from_slice(&record_kind::TIME_WAIT.to_ne_bytes());
+    r[4] = tcptrace_common::time_wait::START;
+    r[16] = 0xaa; // a byte of the timer address
+    if len > V1_TIME_WAIT {
+        r[V1_TIME_WAIT..V1_TIME_WAIT + 4].copy_from_slice(&9u32.to_ne_bytes());
+    }
+    r
+}
+
+#[test]
+fn layout_1_recordings_are_read_with_their_time_waits_widened() {
+    let mut bytes = Vec::new();
+    let mut old = header();
+    old.layout = Layout::version_1();
+    old.namespaces.clear();
+    write_header(&mut bytes, &old).expect("in memory");
+    let other = vec![3, 0, 0, 0, 1, 2, 3];
+    write_frame(&mut bytes, frame::RECORD, &time_wait_start(64)).expect("in memory");
+    write_frame(&mut bytes, frame::RECORD, &other).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    for capacity in [9, 100, 1000] {
+        let (h, frames) = read_all_from(BufReader::with_capacity(capacity, &bytes[..]))
+            .unwrap_or_else(|e| panic!("a {capacity}-byte buffer: {e:#}"));
+        assert_eq!(h.layout.version, 1);
+        let mut widened = time_wait_start(64);
+        widened.resize(72, 0);
+        assert_eq!(
+            frames[0],
+            Read::Record(widened),
+            "namespace 0, the recorder's"
+        );
+        assert_eq!(
+            frames[1],
+            Read::Record(other.clone()),
+            "other kinds as they are"
+        );
+    }
+    // This build's records are never touched, and a layout neither 1 nor this build's is
+    // refused.
+    let (_, frames) = read_all(&recording(&[time_wait_start(72)])).expect("reads back");
+    assert_eq!(frames[0], Read::Record(time_wait_start(72)));
+    let mut odd = header();
+    odd.layout.version = 99;
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &odd).expect("in memory");
+    let err = read_all(&bytes).expect_err("unknown layout");
+    assert!(format!("{err:#}").contains("record layout"), "{err:#}");
+}
+
+#[test]
+fn namespace_frames_round_trip() {
+    let ns = Namespace {
+        inode: 4026532770,
+        name: Some("ka".into()),
+        own: false,
+        settings: Some(crate::host::netns::PortSettings::kernel_defaults()),
+    };
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &header()).expect("in memory");
+    let json = serde_json::to_vec(&ns).expect("json");
+    write_frame(&mut bytes, frame::NAMESPACE, &json).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    let (_, frames) = read_all(&bytes).expect("reads back");
+    assert_eq!(frames[0], Read::Namespace(Box::new(ns)));
 }

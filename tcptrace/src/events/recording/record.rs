@@ -1,9 +1,13 @@
 //! `tcptrace record -o FILE`: the raw records, as the kernel wrote them, straight from the
 //! ring buffer to a file (no decoding, no formatting), with the kernel counters every second;
-//! `--max-size` rotates FILE → FILE.1 → … so a long capture cannot fill a disk.
+//! `--max-size` rotates FILE → FILE.1 → … so a long capture cannot fill a disk. The network
+//! namespaces that hold TIME_WAITs are read as they appear and written beside the records, so
+//! that `report` forecasts each with its own ports.
 use std::{
+    collections::HashSet,
     io::{self, Write as _},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -12,10 +16,11 @@ use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
     cli::{Config, RecordOptions},
     events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
-    host::{clock::Clock, facts::HostFacts},
+    host::{clock::Clock, facts::HostFacts, netns::Namespace, netns_reader::NamespaceReader},
     kernel::loader::Tracer,
-    state::{aggregate::KernelCounters, forecast},
+    state::aggregate::KernelCounters,
 };
+use tcptrace_common::{record_kind, time_wait, TimeWaitEvent};
 
 /// The recording's current file: writes frames and rotates it.
 struct RotatingFile {
@@ -101,7 +106,13 @@ impl RotatingFile {
     }
 }
 
-fn header(config: &Config, tracer: &Tracer, host: &HostFacts, clock: &Clock) -> RecordingHeader {
+fn header(
+    config: &Config,
+    tracer: &Tracer,
+    host: &HostFacts,
+    clock: &Clock,
+    namespaces: Vec<Namespace>,
+) -> RecordingHeader {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .unwrap_or_default()
@@ -120,7 +131,11 @@ fn header(config: &Config, tracer: &Tracer, host: &HostFacts, clock: &Clock) -> 
         hz: host.hz,
         keepalive_sysctls: host.keepalive_sysctls,
         reset_reasons: tracer.reset_reasons.clone(),
-        usable_ports: forecast::host_usable_ports().ok(),
+        usable_ports: namespaces
+            .iter()
+            .find(|ns| ns.own)
+            .and_then(|ns| Some(ns.settings.as_ref()?.usable_ports)),
+        namespaces,
         filters: (!config.filter.is_empty()).then(|| config.filter.describe()),
         time_wait: config.traces_time_wait(),
         part: 0,
@@ -133,6 +148,22 @@ pub struct Recorder {
     config: Config,
     options: RecordOptions,
     recorder: Option<RotatingFile>,
+    /// Reads the namespaces TIME_WAITs start in (only where TIME_WAIT is recorded).
+    namespaces: Option<NamespaceReader>,
+    /// Namespaces seen in TIME_WAIT starts since the last tick.
+    seen: HashSet<u32>,
+}
+
+/// The namespace of a TIME_WAIT start record, read in place.
+fn time_wait_start_netns(record: &[u8]) -> Option<u32> {
+    let field = |at: usize| -> Option<[u8; 4]> { record.get(at..at + 4)?.try_into().ok() };
+    let kind = u32::from_ne_bytes(field(0)?);
+    let what = *record.get(std::mem::offset_of!(TimeWaitEvent, what))?;
+    (kind == record_kind::TIME_WAIT && what == time_wait::START).then_some(())?;
+    Some(u32::from_ne_bytes(field(std::mem::offset_of!(
+        TimeWaitEvent,
+        netns
+    ))?))
 }
 
 impl Recorder {
@@ -141,6 +172,8 @@ impl Recorder {
             config: config.clone(),
             options,
             recorder: None,
+            namespaces: None,
+            seen: HashSet::new(),
         }
     }
 
@@ -167,7 +200,13 @@ impl Consumer for Recorder {
     }
 
     fn begin(&mut self, b: &Begin) -> Result<()> {
-        let header = header(&self.config, b.tracer, b.host, &Clock::now());
+        let namespaces = self.config.traces_time_wait().then(NamespaceReader::new);
+        let known: Vec<Namespace> = namespaces
+            .as_ref()
+            .map(|n| n.namespaces.by_inode.values().cloned().collect())
+            .unwrap_or_default();
+        let header = header(&self.config, b.tracer, b.host, &Clock::now(), known);
+        self.namespaces = namespaces;
         let recorder = RotatingFile::create(self.options.clone(), header)?;
         eprintln!(
             "tcptrace: tracing TCP via {} into {} (Ctrl-C to stop)",
@@ -179,10 +218,24 @@ impl Consumer for Recorder {
     }
 
     fn raw(&mut self, record: &[u8]) -> io::Result<()> {
+        if self.namespaces.is_some() {
+            if let Some(netns) = time_wait_start_netns(record) {
+                self.seen.insert(netns);
+            }
+        }
         self.recorder()?.record(record).map_err(io_error)
     }
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
+        if let Some(reader) = self.namespaces.as_mut() {
+            let refreshed = reader.refresh(self.seen.drain(), Instant::now());
+            let recorder = self.recorder()?;
+            for ns in refreshed.changed {
+                // Serialising plain fields cannot fail.
+                let json = serde_json::to_vec(&ns).unwrap_or_default();
+                recorder.write(frame::NAMESPACE, &json)?;
+            }
+        }
         let recorder = self.recorder()?;
         recorder.write(frame::COUNTERS, &counters_payload(t.kernel))?;
         // At most a second of records is lost if the recorder is killed.

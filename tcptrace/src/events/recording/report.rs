@@ -13,10 +13,39 @@ use crate::{
         consumer::{Consumer, End},
         dispatch::{is_broken_pipe, Dispatcher},
     },
-    host::{clock::Clock, facts::HostFacts},
+    host::{
+        clock::Clock,
+        facts::HostFacts,
+        netns::{Namespace, Namespaces, PortSettings},
+    },
     output::lines::LinePrinter,
     state::{aggregate::KernelCounters, forecast::time_wait_view},
 };
+
+/// The namespaces a recording names: those in its header; for a layout-1 recording, whose
+/// TIME_WAITs carry namespace 0, the recorder's ports (its TIME_WAIT of 60 s, as it forecast).
+fn recorded_namespaces(header: &super::format::RecordingHeader) -> Namespaces {
+    let mut namespaces = Namespaces::default();
+    for ns in &header.namespaces {
+        namespaces.insert(ns.clone());
+    }
+    if let Some(usable_ports) = header.usable_ports.filter(|_| header.layout.version == 1) {
+        namespaces.insert(Namespace {
+            inode: 0,
+            name: None,
+            own: true,
+            settings: Some(PortSettings {
+                port_range: (0, 0),
+                usable_ports,
+                tw_reuse: 0,
+                tw_reuse_delay_ms: 1000,
+                timestamps: true,
+                max_tw_buckets: None,
+            }),
+        });
+    }
+    namespaces
+}
 
 /// How often (in recorded time) pending TIME_WAIT cancels are settled.
 const SETTLE_EVERY_NS: u64 = 10_000_000;
@@ -50,6 +79,7 @@ fn render<C: Consumer>(
     let mut counters = KernelCounters::default();
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);
+    let mut namespaces = recorded_namespaces(&header);
     let (mut now, mut settled) = (header.started_ktime_ns, header.started_ktime_ns);
     loop {
         let start = reader.offset;
@@ -69,6 +99,7 @@ fn render<C: Consumer>(
                 }
             }
             Frame::Counters(c) => counters = *c,
+            Frame::Namespace(ns) => namespaces.insert(*ns),
             Frame::End => break,
         }
         if now >= settled + SETTLE_EVERY_NS {
@@ -80,7 +111,7 @@ fn render<C: Consumer>(
                 break;
             }
             dispatch.tw.expire_preexisting(due);
-            let view = time_wait_view(&dispatch.tw, due, header.usable_ports);
+            let view = time_wait_view(&dispatch.tw, due, &namespaces);
             consumer.time_wait_gauges(due, &view)?;
             next_gauge = Some(due + every);
         }

@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod model;
+mod rate_window;
 mod view;
 
 use model::TopModel;
@@ -89,7 +90,7 @@ impl TopScreen {
         Ok(TopScreen {
             config: config.clone(),
             clock: Clock::now(),
-            model: TopModel::new(None),
+            model: TopModel::new(),
             view: ViewState::default(),
             filters: None,
             terminal: None,
@@ -152,7 +153,7 @@ impl Consumer for TopScreen {
     }
 
     fn begin(&mut self, b: &Begin) -> Result<()> {
-        self.model = TopModel::new(b.usable_ports);
+        self.model = TopModel::new();
         self.filters = b.filters.map(str::to_string);
         seed(&self.config, b.tracer, &mut self.model)?;
         eprintln!("tcptrace: tracing TCP via {} (q to stop)", b.hooks);
@@ -180,13 +181,14 @@ impl Consumer for TopScreen {
         Ok(())
     }
 
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) -> io::Result<()> {
-        self.model.time_wait_entered(addrs, ts_ns);
+    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
+        self.model.time_wait_entered(addrs, netns, ts_ns);
         Ok(())
     }
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         let live = t.time_wait.live_addrs().count() as u64;
+        self.model.set_namespaces(t.namespaces);
         self.model
             .tick(t.kernel.clone(), t.now_ns, (live, t.time_wait.overflows));
         self.redraw(t.time_wait)?;

@@ -7,6 +7,8 @@ use std::{
     net::IpAddr,
 };
 
+use crate::host::netns::{Namespace, Namespaces};
+
 use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
@@ -16,12 +18,11 @@ use crate::{
     state::aggregate::KernelCounters,
     state::alert::Alert,
     state::cause::CloseCause,
-    state::timewait::TIME_WAIT_LEN_S,
+    state::forecast::{forecast, Forecast},
 };
 use tcptrace_common::{stat, tcp_state};
 
-/// Seconds over which rates are measured.
-pub const RATE_WINDOW_S: u64 = 10;
+pub use super::rate_window::RateWindow;
 /// Alerts kept for the pane.
 const ALERTS_KEPT: usize = 200;
 /// Flows followed at once for the open counts; beyond this, new flows are counted as
@@ -52,58 +53,6 @@ pub struct GroupKey {
     pub endpoint: Endpoint,
 }
 
-/// Counts per second over the last [`RATE_WINDOW_S`] seconds, in one-second buckets.
-#[derive(Clone, Debug, Default)]
-pub struct RateWindow {
-    buckets: [u32; RATE_WINDOW_S as usize],
-    /// The second the newest bucket counts.
-    second: u64,
-}
-
-impl RateWindow {
-    fn advance(&mut self, now_s: u64) {
-        if now_s <= self.second {
-            return;
-        }
-        let gone = (now_s - self.second).min(RATE_WINDOW_S);
-        for i in 1..=gone {
-            self.buckets[((self.second + i) % RATE_WINDOW_S) as usize] = 0;
-        }
-        self.second = now_s;
-    }
-
-    pub fn add(&mut self, now_s: u64) {
-        self.advance(now_s);
-        // An event stamped before the newest bucket (records drained late) counts in the
-        // bucket of its own second while that is still in the window.
-        if self.second - now_s.min(self.second) < RATE_WINDOW_S {
-            let slot = &mut self.buckets[(now_s % RATE_WINDOW_S) as usize];
-            *slot = slot.saturating_add(1);
-        }
-    }
-
-    /// Events per second over the window ending at `now_s`.
-    pub fn per_second(&self, now_s: u64) -> f64 {
-        let age = now_s.saturating_sub(self.second);
-        if age >= RATE_WINDOW_S {
-            return 0.0;
-        }
-        // Buckets older than the window ending at now_s no longer count.
-        let sum: u64 = (0..RATE_WINDOW_S - age)
-            .map(|i| {
-                u64::from(
-                    self.buckets[((self.second + RATE_WINDOW_S - i) % RATE_WINDOW_S) as usize],
-                )
-            })
-            .sum();
-        sum as f64 / RATE_WINDOW_S as f64
-    }
-
-    fn idle(&self, now_s: u64) -> bool {
-        now_s.saturating_sub(self.second) >= RATE_WINDOW_S
-    }
-}
-
 #[derive(Default)]
 struct GroupStats {
     opened: RateWindow,
@@ -113,8 +62,9 @@ struct GroupStats {
     keepalive_timeouts: u64,
     /// Handshake times (SYN_SENT or SYN_RECV held), since start.
     connect: Option<Histogram<u64>>,
-    /// New TIME_WAITs per peer address (the other half of the 4-tuple space), for the forecast.
-    time_wait_entries: HashMap<IpAddr, RateWindow>,
+    /// New TIME_WAITs per network namespace and peer address (the rest of the 4-tuple
+    /// space), for the forecast.
+    time_wait_entries: HashMap<(u32, IpAddr), RateWindow>,
 }
 
 /// One row of the table.
@@ -143,6 +93,8 @@ pub struct Header {
     pub time_wait: u64,
     /// TIME_WAITs the kernel skipped (tcp_max_tw_buckets full).
     pub time_wait_skipped: u64,
+    /// The busiest 4-tuple space's forecast, with its namespace, in words.
+    pub busiest_forecast: Option<String>,
     pub lost: u64,
     pub untracked: u64,
 }
@@ -165,7 +117,8 @@ pub struct TopModel {
     groups: HashMap<GroupKey, GroupStats>,
     flows: HashMap<u64, Followed>,
     listen_ports: HashSet<u16>,
-    usable_ports: Option<u32>,
+    /// The namespaces the forecast takes its capacities from (the session's, each tick).
+    namespaces: Namespaces,
     alerts: VecDeque<AlertLine>,
     /// Kernel counters at the previous tick, and when.
     previous: Option<(KernelCounters, u64)>,
@@ -181,12 +134,12 @@ fn seconds(ts_ns: u64) -> u64 {
 }
 
 impl TopModel {
-    pub fn new(usable_ports: Option<u32>) -> TopModel {
+    pub fn new() -> TopModel {
         TopModel {
             groups: HashMap::default(),
             flows: HashMap::default(),
             listen_ports: HashSet::new(),
-            usable_ports,
+            namespaces: Namespaces::default(),
             alerts: VecDeque::new(),
             previous: None,
             open_seed: [0; tcp_state::LIMIT as usize],
@@ -323,7 +276,7 @@ impl TopModel {
     }
 
     /// A new TIME_WAIT (not a re-armed one).
-    pub fn time_wait_entered(&mut self, addrs: &FlowAddrs, ts_ns: u64) {
+    pub fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) {
         let group = self.group_of(addrs, None);
         let peer = match group.kind {
             GroupKind::Destination => addrs.local.addr,
@@ -331,7 +284,7 @@ impl TopModel {
         };
         self.group_mut(group)
             .time_wait_entries
-            .entry(peer)
+            .entry((netns, peer))
             .or_default()
             .add(seconds(ts_ns));
     }
@@ -421,6 +374,7 @@ impl TopModel {
             .map(|&s| (s, open[usize::from(s.raw())].max(0) as u64))
             .collect();
         (self.header.time_wait, self.header.time_wait_skipped) = time_wait;
+        self.header.busiest_forecast = self.busiest_forecast(seconds(now_ns));
         self.header.lost = counters.lost();
         self.header.untracked = counters.stat(stat::FLOW_TABLE_FULL) + self.untracked_flows;
         // Rows with nothing left to show go.
@@ -433,6 +387,45 @@ impl TopModel {
                 || g.retransmits + g.resets + g.keepalive_timeouts > 0
         });
         self.previous = Some((counters, now_ns));
+    }
+
+    /// The namespaces the forecast's capacities come from.
+    pub fn set_namespaces(&mut self, namespaces: &Namespaces) {
+        if self.namespaces != *namespaces {
+            self.namespaces = namespaces.clone();
+        }
+    }
+
+    /// A destination's busiest 4-tuple space (namespace, local address) and its forecast,
+    /// with that namespace's capacity. Local services have none: a server's TIME_WAITs are
+    /// keyed by its clients' ephemeral ports, which are not its own to run out of.
+    fn busiest_space(&self, key: &GroupKey, g: &GroupStats, now_s: u64) -> Option<Forecast> {
+        if key.kind != GroupKind::Destination {
+            return None;
+        }
+        g.time_wait_entries
+            .iter()
+            .map(|(&(netns, local), w)| {
+                let ns = self.namespaces.get(netns).cloned().unwrap_or(Namespace {
+                    inode: netns,
+                    name: None,
+                    own: false,
+                    settings: None,
+                });
+                forecast(&ns, local, key.endpoint, w.per_second(now_s))
+            })
+            .filter(|f| f.rate_per_s > 0.0)
+            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
+    }
+
+    /// The busiest 4-tuple space of all destinations, in words for the header.
+    fn busiest_forecast(&self, now_s: u64) -> Option<String> {
+        let f = self
+            .groups
+            .iter()
+            .filter_map(|(k, g)| self.busiest_space(k, g, now_s))
+            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))?;
+        Some(format!("busiest forecast {}", f.brief()))
     }
 
     /// The rows of one table; `time_wait` gives the live TIME_WAIT sockets' 4-tuples.
@@ -450,27 +443,14 @@ impl TopModel {
                 *tw_counts.entry(group.endpoint).or_default() += 1;
             }
         }
-        let capacity = self
-            .usable_ports
-            .map(|ports| f64::from(ports) / TIME_WAIT_LEN_S);
         let mut rows: Vec<Row> = self
             .groups
             .iter()
             .filter(|(k, _)| k.kind == kind)
             .map(|(k, g)| {
-                let forecast_pct = capacity.and_then(|cap| {
-                    g.time_wait_entries
-                        .values()
-                        .map(|w| w.per_second(now_s))
-                        .reduce(f64::max)
-                        .map(|rate| {
-                            if cap > 0.0 {
-                                rate / cap * 100.0
-                            } else {
-                                f64::INFINITY
-                            }
-                        })
-                });
+                let forecast_pct = self
+                    .busiest_space(k, g, now_s)
+                    .map(|f| f.utilization * 100.0);
                 Row {
                     endpoint: k.endpoint,
                     conn_per_s: g.opened.per_second(now_s),
@@ -497,6 +477,12 @@ impl TopModel {
             connect_p99_ns: None,
         }));
         rows
+    }
+}
+
+impl Default for TopModel {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

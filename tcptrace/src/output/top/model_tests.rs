@@ -2,6 +2,7 @@ use super::*;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{Endpoint, FlowAddrs, TcpState},
+    host::netns::PortSettings,
     output::fixtures,
     state::aggregate::KernelCounters,
 };
@@ -100,7 +101,7 @@ fn rate_window_counts_the_last_ten_seconds() {
 
 #[test]
 fn connects_count_under_their_destination_accepts_under_their_service() {
-    let mut top = TopModel::new(Some(28_232));
+    let mut top = TopModel::new();
     let db = addrs("10.0.0.1:0", "10.0.0.9:5432");
     for i in 0..20 {
         connection(&mut top, i, db, 100 * S + i * S / 2, 2_000_000);
@@ -145,7 +146,9 @@ fn connects_count_under_their_destination_accepts_under_their_service() {
 
 #[test]
 fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
-    let mut top = TopModel::new(Some(600));
+    let mut top = TopModel::new();
+    // A namespace with 600 ports and no reuse: 10 new connections a second fill it.
+    top.set_namespaces(&namespaces_with_ports(NETNS, (40000, 40599)));
     let dst = addrs("10.0.0.1:40000", "10.0.0.9:443");
     connection(&mut top, 1, dst, 100 * S, 1_000);
     top.retransmit(&retransmit_of(1, dst));
@@ -155,7 +158,7 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
     // 50 TIME_WAITs entered from one local address in the window: 5/s of 10/s capacity.
     for i in 0..50u64 {
         let a = addrs(&format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:443");
-        top.time_wait_entered(&a, 100 * S + i * S / 5);
+        top.time_wait_entered(&a, NETNS, 100 * S + i * S / 5);
     }
     let live: Vec<FlowAddrs> = (0..7)
         .map(|i| addrs(&format!("10.0.0.1:{}", 41_000 + i), "10.0.0.9:443"))
@@ -177,6 +180,18 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
     );
     let pct = row.forecast_pct.expect("a forecast");
     assert!((pct - 50.0).abs() < 0.01, "{pct}");
+    top.tick(counters(), 109 * S, (7, 0));
+    let busiest = top
+        .header
+        .busiest_forecast
+        .clone()
+        .expect("the header's forecast");
+    assert!(
+        busiest.starts_with(
+            "busiest forecast 50% (5/s of 10.0/s): netns 4026532770 \"ka\" 10.0.0.1 > 10.0.0.9:443"
+        ) && busiest.contains("600 ports of 40000-40599, 60s TIME_WAIT, tcp_tw_reuse=0"),
+        "{busiest}"
+    );
     let old = rows
         .iter()
         .find(|r| r.endpoint == ep("10.0.0.8:80"))
@@ -186,7 +201,7 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
 
 #[test]
 fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
-    let mut top = TopModel::new(None);
+    let mut top = TopModel::new();
     let a = addrs("127.0.0.1:80", "127.0.0.1:40000");
     let mut at_seed = counters();
     at_seed.transitions[tcptrace_common::transition_slot(ts::CLOSE, ts::SYN_SENT)] = 1_000;
@@ -241,7 +256,7 @@ fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
 
 #[test]
 fn a_flow_from_before_tracing_that_closes_leaves_its_row() {
-    let mut top = TopModel::new(None);
+    let mut top = TopModel::new();
     let a = addrs("127.0.0.1:40000", "127.0.0.1:9000");
     top.seed([(ts::ESTABLISHED, a)], counters());
     closed(&mut top, 77, a, 5 * S);
@@ -249,4 +264,25 @@ fn a_flow_from_before_tracing_that_closes_leaves_its_row() {
     assert!(top
         .rows(GroupKind::Destination, 30 * S, std::iter::empty())
         .is_empty());
+}
+
+const NETNS: u32 = 4026532770;
+
+/// A namespace named "ka" with these ephemeral ports, no reuse.
+fn namespaces_with_ports(inode: u32, range: (u16, u16)) -> Namespaces {
+    let mut namespaces = Namespaces::default();
+    namespaces.insert(Namespace {
+        inode,
+        name: Some("ka".into()),
+        own: false,
+        settings: Some(PortSettings {
+            port_range: range,
+            usable_ports: u32::from(range.1 - range.0) + 1,
+            tw_reuse: 0,
+            tw_reuse_delay_ms: 1000,
+            timestamps: true,
+            max_tw_buckets: None,
+        }),
+    });
+    namespaces
 }

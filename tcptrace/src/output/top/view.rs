@@ -267,6 +267,10 @@ fn header_lines(s: &Snapshot) -> Vec<Line<'static>> {
     if let Some(filters) = s.filters {
         third.push_str(&format!("  only {filters}"));
     }
+    // Last: on a narrow screen the basis of the forecast is what gets cut.
+    if let Some(forecast) = &h.busiest_forecast {
+        third.push_str(&format!("  {forecast}"));
+    }
     vec![
         Line::from(first),
         Line::from(format!("open: {open}")),

@@ -27,7 +27,7 @@ fn typed(view: &mut ViewState, keys: &str) {
 /// A model fed with recorded events: a busy database destination with retransmits, a quiet
 /// web destination, a local service, a keepalive timeout and a reset.
 fn busy_model() -> TopModel {
-    let mut top = TopModel::new(Some(28_232));
+    let mut top = TopModel::new();
     let db = recorded::addrs("10.0.0.1:0", "10.0.0.9:5432");
     for i in 0..30 {
         recorded::connection(&mut top, i, db, 100 * S + i * S / 4, 3_000_000);

@@ -1,0 +1,111 @@
+//! The driver's once-a-second TIME_WAIT work: the tracker's upkeep, the network namespaces
+//! holding TIME_WAITs read (each one's ports, reuse and bucket limit), each namespace's
+//! TIME_WAIT overflow, and the exhaustion forecast's alerts.
+use std::{collections::HashSet, io, time::Instant};
+
+use crate::{
+    events::consumer::Consumer,
+    host::{netns::Namespaces, netns_reader::NamespaceReader},
+    state::{
+        alert::{Alert, ExhaustionWarning},
+        forecast::{forecasts, WARN_AT},
+        timewait::{RateKey, TimeWaitTracker},
+    },
+};
+
+/// A space warned about is warned about again only after its forecast fell under this.
+const REARM_BELOW: f64 = WARN_AT * 0.75;
+
+pub struct TimeWaitUpkeep {
+    reader: NamespaceReader,
+    /// Spaces whose forecast is over [`WARN_AT`] and were alerted on.
+    warned: HashSet<RateKey>,
+}
+
+impl TimeWaitUpkeep {
+    pub fn new() -> TimeWaitUpkeep {
+        TimeWaitUpkeep {
+            reader: NamespaceReader::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.reader.namespaces
+    }
+
+    /// Once a second. `release` gives freed memory back to the system.
+    pub fn tick<C: Consumer>(
+        &mut self,
+        tw: &mut TimeWaitTracker,
+        consumer: &mut C,
+        now_ns: u64,
+        alerts: bool,
+        release: impl FnOnce(),
+    ) -> io::Result<()> {
+        tw.expire_preexisting(now_ns);
+        tw.prune_entry_rates(now_ns);
+        if tw.shrink_sparse_maps() {
+            release();
+        }
+        let in_use: Vec<u32> = tw.namespaces_in_use().collect();
+        let refreshed = self.reader.refresh(in_use, Instant::now());
+        for (netns, newly) in refreshed.overflowed {
+            tw.overflows += newly;
+            consumer.time_wait_overflowed(netns, newly);
+            let label = self
+                .reader
+                .namespaces
+                .get(netns)
+                .map_or_else(|| netns.to_string(), |ns| ns.label());
+            let limit = self
+                .reader
+                .namespaces
+                .get(netns)
+                .and_then(|ns| ns.settings.as_ref()?.max_tw_buckets)
+                .map_or_else(String::new, |b| format!(" ({b})"));
+            consumer.warning(&format!(
+                "{newly} TIME_WAITs skipped in network namespace {label}: its \
+                 net.ipv4.tcp_max_tw_buckets{limit} is full (TCPTimeWaitOverflow)"
+            ));
+        }
+        if alerts {
+            self.alert_on_forecasts(tw, consumer, now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// A forecast crossing [`WARN_AT`] is an alert, once per crossing.
+    fn alert_on_forecasts<C: Consumer>(
+        &mut self,
+        tw: &TimeWaitTracker,
+        consumer: &mut C,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        let current = forecasts(tw, now_ns, &self.reader.namespaces);
+        let mut still_hot = HashSet::new();
+        for f in current {
+            let key: RateKey = (
+                f.netns,
+                f.laddr,
+                crate::events::model::Endpoint::new(f.raddr, f.rport),
+            );
+            if f.utilization >= REARM_BELOW && self.warned.contains(&key) {
+                still_hot.insert(key);
+                continue;
+            }
+            if f.utilization > WARN_AT {
+                still_hot.insert(key);
+                consumer.alert(&Alert::Exhaustion(&ExhaustionWarning::new(now_ns, f)))?;
+            }
+        }
+        self.warned = still_hot;
+        Ok(())
+    }
+}
+
+impl Default for TimeWaitUpkeep {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,360 @@
+//! Reads the network namespaces' port settings and TIME_WAIT overflow counters: tcptrace's
+//! own directly; the others from one short-lived thread that enters each in turn (`setns`),
+//! through its name under /run/netns or a process that lives in it. Namespaces holding
+//! TIME_WAITs are read as they appear and every [`REFRESH`]; every namespace on the host is
+//! found every [`DISCOVER`] (a namespace whose `tcp_max_tw_buckets` is full may hold none)
+//! and read then. No namespace is held open between reads.
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::host::{
+    netns::{own_netns, Namespace, Namespaces, PortSettings},
+    procnet::parse_tw_overflow,
+};
+
+/// Namespaces holding TIME_WAITs are read again this often (a sysctl changed shows within it).
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// Every namespace on the host is found, and read, this often.
+pub const DISCOVER: Duration = Duration::from_secs(10);
+/// A namespace gone from the host and without TIME_WAITs for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// What a refresh found.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// TIME_WAITs skipped (TCPTimeWaitOverflow grew) per namespace since its last read.
+    pub overflowed: Vec<(u32, u64)>,
+    /// Namespaces read for the first time, or whose settings or name changed.
+    pub changed: Vec<Namespace>,
+}
+
+struct Known {
+    /// A way in: its /run/netns name or a /proc/PID/ns/net.
+    way_in: Option<PathBuf>,
+    name: Option<String>,
+    read_at: Option<Instant>,
+    /// When it last held a TIME_WAIT, or was last found on the host.
+    seen: Instant,
+    in_use: bool,
+    overflow: Option<u64>,
+    /// The last error said about it (each said once).
+    failed: Option<String>,
+}
+
+/// Keeps the namespaces' settings read (see the module's comment).
+pub struct NamespaceReader {
+    own: Option<u32>,
+    pub namespaces: Namespaces,
+    known: HashMap<u32, Known>,
+    discovered_at: Option<Instant>,
+}
+
+impl NamespaceReader {
+    /// Starts with every namespace of the host read.
+    pub fn new() -> NamespaceReader {
+        let mut reader = NamespaceReader {
+            own: own_netns(),
+            namespaces: Namespaces::default(),
+            known: HashMap::new(),
+            discovered_at: None,
+        };
+        reader.refresh([], Instant::now());
+        reader
+    }
+
+    /// Once a second: `in_use` are the namespaces holding TIME_WAITs now.
+    pub fn refresh(&mut self, in_use: impl IntoIterator<Item = u32>, now: Instant) -> Refreshed {
+        let fresh = |now| Known {
+            way_in: None,
+            name: None,
+            read_at: None,
+            seen: now,
+            in_use: false,
+            overflow: None,
+            failed: None,
+        };
+        for k in self.known.values_mut() {
+            k.in_use = false;
+        }
+        for inode in in_use.into_iter().chain(self.own) {
+            let k = self.known.entry(inode).or_insert_with(|| fresh(now));
+            (k.seen, k.in_use) = (now, true);
+        }
+        let discover = self
+            .discovered_at
+            .is_none_or(|at| now.duration_since(at) >= DISCOVER);
+        if discover {
+            self.discovered_at = Some(now);
+            for (inode, (way_in, name)) in discover_namespaces() {
+                let k = self.known.entry(inode).or_insert_with(|| fresh(now));
+                k.seen = now;
+                k.way_in = Some(way_in);
+                k.name = name;
+            }
+        }
+        let own = self.own;
+        let due: Vec<u32> = self
+            .known
+            .iter()
+            .filter(|(&inode, k)| {
+                let every = match (Some(inode) == own, k.in_use) {
+                    (true, _) => Duration::ZERO,
+                    (false, true) => REFRESH,
+                    (false, false) => DISCOVER,
+                };
+                k.read_at.is_none_or(|at| now.duration_since(at) >= every)
+            })
+            .map(|(&inode, _)| inode)
+            .collect();
+        let mut out = Refreshed::default();
+        let others: Vec<(u32, Option<PathBuf>)> = due
+            .iter()
+            .filter(|&&i| Some(i) != own)
+            .map(|&i| (i, self.known.get(&i).and_then(|k| k.way_in.clone())))
+            .collect();
+        let mut results = read_in_namespaces(others);
+        if let Some(own) = own.filter(|o| due.contains(o)) {
+            results.push((own, None, read_here()));
+        }
+        for (inode, way_in, result) in results {
+            self.settle(inode, way_in, result, now, &mut out);
+        }
+        let namespaces = &mut self.namespaces;
+        self.known.retain(|inode, k| {
+            let keep = Some(*inode) == own || now.duration_since(k.seen) < FORGET_AFTER;
+            if !keep {
+                namespaces.by_inode.remove(inode);
+            }
+            keep
+        });
+        out
+    }
+
+    /// Takes in one namespace's read.
+    fn settle(
+        &mut self,
+        inode: u32,
+        way_in: Option<PathBuf>,
+        result: Result<(PortSettings, Option<u64>)>,
+        now: Instant,
+        out: &mut Refreshed,
+    ) {
+        let Some(k) = self.known.get_mut(&inode) else {
+            return;
+        };
+        k.read_at = Some(now);
+        if way_in.is_some() {
+            k.way_in = way_in;
+        }
+        let (settings, overflow) = match result {
+            Ok((settings, overflow)) => {
+                k.failed = None;
+                (Some(settings), overflow)
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                // Said once, and only of a namespace that holds TIME_WAITs: the forecast
+                // needs it (one found on the host may be going away).
+                if k.in_use && k.failed.as_ref() != Some(&text) {
+                    eprintln!(
+                        "tcptrace: warning: network namespace {inode}: {text}; its forecast \
+                         assumes the kernel's defaults (32768-60999, tcp_tw_reuse=2)"
+                    );
+                    k.failed = Some(text);
+                }
+                (None, None)
+            }
+        };
+        if let (Some(before), Some(count)) = (k.overflow, overflow) {
+            if count > before {
+                out.overflowed.push((inode, count - before));
+            }
+        }
+        if overflow.is_some() {
+            k.overflow = overflow;
+        }
+        let name = k
+            .name
+            .clone()
+            .or_else(|| k.way_in.as_deref().and_then(run_netns_name));
+        let previous = self.namespaces.get(inode);
+        let ns = Namespace {
+            inode,
+            name,
+            own: Some(inode) == self.own,
+            // A namespace read once keeps its last settings through a failed read.
+            settings: settings.or_else(|| previous.and_then(|p| p.settings.clone())),
+        };
+        if previous != Some(&ns) {
+            out.changed.push(ns.clone());
+            self.namespaces.insert(ns);
+        }
+    }
+}
+
+impl Default for NamespaceReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn read_here() -> Result<(PortSettings, Option<u64>)> {
+    let settings = PortSettings::read_here()?;
+    let overflow = fs::read_to_string("/proc/thread-self/net/netstat")
+        .ok()
+        .and_then(|t| parse_tw_overflow(&t));
+    Ok((settings, overflow))
+}
+
+/// The name of a /run/netns/NAME path.
+pub fn run_netns_name(path: &Path) -> Option<String> {
+    (path.parent() == Some(Path::new("/run/netns")))
+        .then(|| path.file_name()?.to_str().map(str::to_string))
+        .flatten()
+}
+
+fn inode_of(path: &Path) -> Option<u32> {
+    fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// Every namespace on the host with a way in and its /run/netns name: those named under
+/// /run/netns (`ip netns add`), and those of every process (readlink only).
+fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
+    let mut found = HashMap::new();
+    if let Ok(dir) = fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            let path = e.path();
+            if let Some(inode) = inode_of(&path) {
+                let name = e.file_name().to_str().map(str::to_string);
+                found.insert(inode, (path, name));
+            }
+        }
+    }
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let pid = e.file_name();
+            if !pid
+                .to_str()
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                continue;
+            }
+            let path = e.path().join("ns/net");
+            let Ok(link) = fs::read_link(&path) else {
+                continue;
+            };
+            let inode = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
+            if let Some(inode) = inode {
+                found.entry(inode).or_insert((path, None));
+            }
+        }
+    }
+    found
+}
+
+/// A way into `inode`: the one known if it still leads there, else one found anew.
+fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
+    let candidates = known.into_iter().chain(
+        std::iter::once_with(|| discover_namespaces().remove(&inode).map(|(p, _)| p)).flatten(),
+    );
+    for path in candidates {
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file
+            .metadata()
+            .is_ok_and(|m| u32::try_from(m.ino()).ok() == Some(inode))
+        {
+            return Ok((path, file));
+        }
+    }
+    bail!("no process lives in it and /run/netns does not name it")
+}
+
+type Read = (u32, Option<PathBuf>, Result<(PortSettings, Option<u64>)>);
+
+/// Reads each namespace from inside it, all from one thread of their own (only that thread
+/// changes namespace; it ends after the reads).
+fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>) -> Vec<Read> {
+    if namespaces.is_empty() {
+        return Vec::new();
+    }
+    let entered: Vec<(u32, Result<(PathBuf, File)>)> = namespaces
+        .into_iter()
+        .map(|(inode, known)| (inode, way_into(inode, known)))
+        .collect();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                entered
+                    .into_iter()
+                    .map(|(inode, way)| match way {
+                        Err(e) => (inode, None, Err(e)),
+                        Ok((path, file)) => {
+                            // SAFETY: setns with an open namespace fd changes only this
+                            // thread's network namespace; the thread ends after the reads.
+                            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                            let read = if rc == 0 {
+                                read_here()
+                            } else {
+                                let e = std::io::Error::last_os_error();
+                                Err(anyhow::anyhow!(
+                                    "entering it through {}: {e}",
+                                    path.display()
+                                ))
+                            };
+                            (inode, Some(path), read)
+                        }
+                    })
+                    .collect::<Vec<Read>>()
+            })
+            .join()
+            .unwrap_or_default()
+    })
+    .into_iter()
+    .map(|(inode, path, read)| {
+        let read = read.with_context(|| "reading its sysctls".to_string());
+        (inode, path, read)
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_netns_paths_name_the_namespace() {
+        assert_eq!(
+            run_netns_name(Path::new("/run/netns/ka")).as_deref(),
+            Some("ka")
+        );
+        assert_eq!(run_netns_name(Path::new("/proc/1/ns/net")), None);
+    }
+
+    #[test]
+    fn own_namespace_is_read_at_start_and_found_among_the_hosts() {
+        let reader = NamespaceReader::new();
+        let own = reader.own.expect("tcptrace's own namespace");
+        let ns = reader.namespaces.get(own).expect("read at start");
+        let settings = ns.settings.as_ref().expect("its sysctls are readable");
+        assert!(ns.own);
+        assert!(settings.usable_ports > 0, "{settings:?}");
+        assert!(settings.port_range.0 <= settings.port_range.1);
+        assert!(
+            discover_namespaces().contains_key(&own),
+            "this process's namespace is found"
+        );
+    }
+}
