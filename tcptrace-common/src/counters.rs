@@ -52,7 +52,14 @@ pub mod stat {
     /// Flows kept in socket-local storage: a socket with SO_KEEPALIVE on whose owner could not
     /// be indexed for its keepalive probes (`KEEPALIVE_OWNERS` full); its probes carry no owner.
     pub const KEEPALIVE_UNINDEXED: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// connect() or bind() calls that failed for want of a port (EADDRNOTAVAIL, EADDRINUSE).
+    pub const PORT_FAILURES: u32 = 22;
+    /// Ring-buffer reservations that failed for port-failure records.
+    pub const LOST_PORT_FAILURE: u32 = 23;
+    /// A connect()/bind() whose arguments could not be remembered at entry (the map of
+    /// calls in progress was full): its failure, if it failed, carries no address.
+    pub const CALLS_UNTRACKED: u32 = 24;
+    pub const COUNT: u32 = 25;
 }
 
 /// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program
@@ -68,8 +75,11 @@ pub mod slot {
     pub const TIMER_EXPIRE: u32 = 5;
     pub const SEND_RESET: u32 = 6;
     pub const RECEIVE_RESET: u32 = 7;
+    /// The connect() and bind() syscall hooks (process context: they never interrupt one
+    /// another on a CPU).
+    pub const SYSCALL: u32 = 8;
     /// Entries of `COUNTERS` and `FILTER_KEY` (a power of two: indices are masked).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
     /// Entries of `SCRATCH` (the programs that build a new flow).
     pub const SCRATCH: u32 = 4;
 }

@@ -16,9 +16,10 @@ pub const PATH_SLOTS: usize = 8;
 
 /// The version of the ring records' layout (`TransitionEvent`, `FlowEndEvent`, …): raised
 /// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
-/// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64); recordings of
-/// layout 1 are still read (their TIME_WAITs carry namespace 0: the recording host's).
-pub const RECORD_LAYOUT_VERSION: u32 = 2;
+/// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64), layout 3 the
+/// `PortFailureEvent`; recordings of layouts 1 and 2 are still read (layout 1's TIME_WAITs
+/// carry namespace 0: the recording host's).
+pub const RECORD_LAYOUT_VERSION: u32 = 3;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -49,6 +50,8 @@ pub mod record_kind {
     /// A flow entering TIME_WAIT, in brief ([`TimeWaitFlowEvent`]): sent instead of a
     /// `FLOW_END` when userspace asked only for those (`emit_flow_ends::TIME_WAIT`).
     pub const TIME_WAIT_FLOW: u32 = 6;
+    /// A connect() or bind() failed for want of a port ([`PortFailureEvent`]).
+    pub const PORT_FAILURE: u32 = 7;
 }
 
 /// What a [`TimeWaitEvent`] reports of a timewait socket's timer.
@@ -346,69 +349,6 @@ pub struct RetransmitEvent {
 }
 const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 88);
 
-/// Offsets into kernel structs, resolved by userspace from the running kernel's BTF.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// `sock.__sk_common.skc_family` (u16).
-    pub family: u32,
-    /// `sock.sk_protocol` (u16).
-    pub protocol: u32,
-    /// `sock.__sk_common.skc_state` (u8).
-    pub state: u32,
-    /// `sock.__sk_common.skc_dport` (be16).
-    pub dport: u32,
-    /// `inet_sock.inet_sport` (be16).
-    pub sport: u32,
-    /// `sock.__sk_common.skc_num` (u16, host order; the bound local port).
-    pub num: u32,
-    /// `sock.__sk_common.skc_daddr` (be32).
-    pub daddr: u32,
-    /// `sock.__sk_common.skc_rcv_saddr` (be32).
-    pub saddr: u32,
-    /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
-    pub v6_daddr: u32,
-    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes).
-    pub v6_saddr: u32,
-    /// `sock.__sk_common.skc_net` (a `struct net *`).
-    pub net: u32,
-    /// `net.ns.inum` (u32).
-    pub net_inum: u32,
-    /// `sock.sk_err` (int).
-    pub err: u32,
-    /// `sock.__sk_common.skc_flags` (unsigned long).
-    pub sk_flags: u32,
-    /// The bit of `SOCK_KEEPOPEN` in `skc_flags` (`enum sock_flags`).
-    pub keepopen_bit: u32,
-    /// `inet_connection_sock.icsk_probes_out` (u8).
-    pub probes_out: u32,
-    /// `inet_connection_sock.icsk_user_timeout` (u32).
-    pub user_timeout: u32,
-    /// `tcp_sock.keepalive_time`, `keepalive_intvl` (u32), `keepalive_probes` (u8).
-    pub keepalive_time: u32,
-    pub keepalive_intvl: u32,
-    pub keepalive_probes: u32,
-    /// `tcp_sock.rcv_tstamp` (u32 jiffies).
-    pub rcv_tstamp: u32,
-    /// `sock.sk_timer` (the keepalive timer) and `timer_list.function`.
-    pub sk_timer: u32,
-    pub timer_function: u32,
-    /// `inet_timewait_sock.tw_timer` and `tw_sport` (its `sock_common` starts it, like `sock`'s).
-    pub tw_timer: u32,
-    pub tw_sport: u32,
-    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`); 0: not available on this kernel.
-    pub sk_cgroup: u32,
-    /// `cgroup.kn` (a `struct kernfs_node *`) and `kernfs_node.id` (u64, the cgroup id).
-    pub cgroup_kn: u32,
-    pub kernfs_id: u32,
-    /// `cgroup.self.parent` (a `struct cgroup_subsys_state *`) and
-    /// `cgroup_subsys_state.cgroup`: the way to the parent cgroup.
-    pub cgroup_parent: u32,
-    pub css_cgroup: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 124);
-
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -436,8 +376,12 @@ pub struct ProgramConfig {
     pub keepalive_reset_reason: u8,
     pub _pad: [u8; 2],
     pub filter: FilterConfig,
+    /// `task_struct.nsproxy` and `nsproxy.net_ns` (pointers): the calling task's network
+    /// namespace, for the syscall hooks.
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144);
+const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]
@@ -486,6 +430,7 @@ records! {
     RetransmitEvent => record_kind::RETRANSMIT, stat::LOST_RETRANSMIT;
     KeepaliveProbeEvent => record_kind::KEEPALIVE_PROBE, stat::LOST_PROBE;
     TimeWaitEvent => record_kind::TIME_WAIT, stat::LOST_TIME_WAIT;
+    PortFailureEvent => record_kind::PORT_FAILURE, stat::LOST_PORT_FAILURE;
 }
 
 mod aggregate;
@@ -493,6 +438,8 @@ mod counters;
 mod filter;
 mod flow;
 pub mod names;
+mod offsets;
+mod syscalls;
 pub use aggregate::{
     bucket_bounds, close_cause, close_side, duration_bucket, side_of_path, CloseFacts,
     DurationHistogram, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, NO_RESET_REASON,
@@ -507,29 +454,8 @@ pub use filter::{
 };
 pub use flow::{in_owner_context, starts_a_socket};
 pub use names::family;
+pub use offsets::SockOffsets;
+pub use syscalls::{port_failure, CallArgs, PortFailureEvent};
 
 #[cfg(feature = "user")]
-mod user {
-    use super::*;
-    // SAFETY: every type below is #[repr(C)], Copy, made only of integers and integer arrays with
-    // explicit padding fields, so every bit pattern is valid and there are no implicit holes.
-    unsafe impl aya::Pod for Tuple {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for FlowState {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for ProgramConfig {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for ListenerKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for Owner {}
-    // SAFETY: as above (arrays of u64 only).
-    unsafe impl aya::Pod for Counters {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for TimerEntry {}
-    // SAFETY: as above (arrays of u64 only).
-    unsafe impl aya::Pod for DurationHistogram {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for AddrKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for TimeWaitKey {}
-}
+mod user;

@@ -24,6 +24,7 @@ pub mod map {
     pub const TW_TRACED: &str = "TW_TRACED";
     pub const COUNTERS: &str = "COUNTERS";
     pub const DURATIONS: &str = "DURATIONS";
+    pub const CALLS: &str = "CALLS";
     /// Every map userspace names.
     pub const ALL: &[&str] = &[
         EVENTS,
@@ -39,6 +40,7 @@ pub mod map {
         TW_TRACED,
         COUNTERS,
         DURATIONS,
+        CALLS,
     ];
     /// The benchmark's flow-state probe (`--features bench` only).
     pub const PROBE_HASH: &str = "PROBE_HASH";
@@ -62,6 +64,14 @@ pub mod program {
     pub const TIMER_EXPIRE_EXIT: &str = "timer_expire_exit";
     pub const TIMER_START: &str = "timer_start";
     pub const TIMER_CANCEL: &str = "timer_cancel";
+    /// `syscalls:sys_enter_connect` … `sys_exit_bind` (classic tracepoints: tracefs).
+    pub const ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const EXIT_CONNECT: &str = "sys_exit_connect";
+    pub const ENTER_BIND: &str = "sys_enter_bind";
+    pub const EXIT_BIND: &str = "sys_exit_bind";
+    /// The syscall hooks, in attach order (exits first: a call entered while the hooks are
+    /// being attached is then simply not seen failing).
+    pub const SYSCALLS: &[&str] = &[EXIT_CONNECT, EXIT_BIND, ENTER_CONNECT, ENTER_BIND];
     /// Every program the tracer may attach.
     pub const ALL: &[&str] = &[
         SET_STATE,
@@ -75,6 +85,10 @@ pub mod program {
         TIMER_EXPIRE_EXIT,
         TIMER_START,
         TIMER_CANCEL,
+        ENTER_CONNECT,
+        EXIT_CONNECT,
+        ENTER_BIND,
+        EXIT_BIND,
     ];
     /// The benchmark's programs (`--features bench` only): an empty one, and flow state in
     /// socket storage or in a hash.

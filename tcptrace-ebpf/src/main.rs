@@ -13,6 +13,7 @@ mod set_state;
 mod sock;
 #[cfg(feature = "bench")]
 mod storage_probe;
+mod syscalls;
 mod timers;
 
 #[cfg(not(test))]

@@ -13,7 +13,7 @@ use aya_ebpf::{
     },
 };
 use tcptrace_common::{
-    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, Connecting, Counters,
+    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, Connecting, Counters,
     DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, Record,
     TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS,
     STAT_SLOTS, TRANSITION_SLOTS,
@@ -87,6 +87,8 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         netns: [0; FILTER_SLOTS],
         cgroups: [0; FILTER_SLOTS],
     },
+    task_nsproxy: 0,
+    nsproxy_net_ns: 0,
 };
 
 const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");
@@ -100,6 +102,12 @@ macro_rules! config {
         unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field).+) }
     };
 }
+
+/// connect() and bind() calls in progress, keyed by `pid_tgid`: their sockaddr, read only if
+/// the call fails for want of a port. LRU: a task killed inside the call leaves no entry for
+/// long.
+#[map]
+pub static CALLS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Records for userspace; the size is set by the loader (`--ring-size`).
 #[map]

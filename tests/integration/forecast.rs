@@ -138,6 +138,14 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
     let port = listener.local_addr().expect("addr").port();
     serve_until_dropped(listener);
     let (failed_at, made) = connect_until_exhausted(&pair, port);
+    // One more failure, then a second for the metric to be read.
+    let server = pair.addr_a;
+    let again = pair.run_in(&pair.b, move || TcpStream::connect((server, port)));
+    assert_eq!(
+        again.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EADDRNOTAVAIL),
+        "still exhausted"
+    );
     thread::sleep(Duration::from_millis(1_500));
     // The gauge names the namespace, by inode and by name.
     let (text, scraped) = crate::metrics::scrape(metrics_port);
@@ -236,6 +244,43 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
         "{last}"
     );
 
+    // The failure itself, caught at connect()'s exit: the process, the destination asked
+    // for, the errno, what surrounded it — and counted in the metric.
+    let failed = alerts
+        .of_type("alert")
+        .into_iter()
+        .find(|a| a["kind"] == "connect_failure" && a["rport"] == port)
+        .unwrap_or_else(|| panic!("a connect_failure alert: {:#?}", alerts.records));
+    assert_eq!(
+        (
+            &failed["pid"],
+            &failed["errno"],
+            &failed["raddr"],
+            &failed["netns"]
+        ),
+        (
+            &Value::from(std::process::id()),
+            &Value::from("EADDRNOTAVAIL"),
+            &Value::from(pair.addr_a.to_string()),
+            &Value::from(client_netns)
+        ),
+        "{failed}"
+    );
+    assert!(failed["time_waits"].as_u64() >= Some(90), "{failed}");
+    assert!(
+        failed["forecast"]["utilization"].as_f64() > Some(1.0),
+        "the forecast at the failure: {failed}"
+    );
+    let counted = crate::metrics::value(
+        &scraped,
+        "tcptrace_connect_failures_total",
+        &[
+            ("errno", "EADDRNOTAVAIL"),
+            ("destination", &format!("{}:{port}", pair.addr_a)),
+        ],
+    );
+    assert!(counted >= 1.0, "the failures counted: {counted}\n{text}");
+
     // The host's own connections keep the host's capacity.
     let host = all
         .iter()
@@ -274,4 +319,51 @@ fn time_wait_overflows_are_counted_in_the_namespace_whose_buckets_are_full() {
         pair.b
     );
     assert!(out.stderr.contains(&said), "{said}: {}", out.stderr);
+}
+
+#[test]
+fn bind_to_a_port_in_use_is_an_alert_and_a_metric() {
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let alerts = Tracer::start(&["alerts"]);
+    let metrics = Tracer::start_beside(
+        &alerts,
+        &["metrics", "--metrics", &format!("127.0.0.1:{metrics_port}")],
+    );
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr");
+    let err = TcpListener::bind(taken).expect_err("the port is in use");
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
+    thread::sleep(Duration::from_millis(1_500));
+    let (text, scraped) = crate::metrics::scrape(metrics_port);
+    let counted = crate::metrics::value(
+        &scraped,
+        "tcptrace_bind_failures_total",
+        &[("errno", "EADDRINUSE"), ("local", &taken.to_string())],
+    );
+    assert_eq!(counted, 1.0, "{text}");
+    let _ = metrics.stop();
+    let out = alerts.stop();
+    let alert = out
+        .of_type("alert")
+        .into_iter()
+        .find(|a| a["kind"] == "bind_failure" && a["lport"] == taken.port())
+        .unwrap_or_else(|| panic!("a bind_failure alert: {:#?}", out.records));
+    assert_eq!(
+        (&alert["pid"], &alert["errno"], &alert["laddr"]),
+        (
+            &Value::from(std::process::id()),
+            &Value::from("EADDRINUSE"),
+            &Value::from("127.0.0.1")
+        ),
+        "{alert}"
+    );
+    assert!(
+        out.summary()["port_failures"].as_u64() >= Some(1),
+        "{}",
+        out.summary()
+    );
 }

@@ -139,8 +139,18 @@ impl Config {
             flow_ends: self.flow_ends(),
             keepalive_probes: self.traces_keepalive_probes(),
             time_wait: self.traces_time_wait(),
+            port_failures: self.traces_port_failures(),
             filter: self.filter.clone(),
         }
+    }
+
+    /// Whether connect()/bind() failing for want of a port is traced: where alerts, `top`'s
+    /// column or the metric show it, and in recordings.
+    pub fn traces_port_failures(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Alerts | Mode::All | Mode::Top | Mode::Metrics | Mode::Record(_)
+        )
     }
 
     /// How often TIME_WAIT gauges are printed, in the timewait mode.

@@ -48,7 +48,7 @@ pub enum Command {
     /// A live full-screen view, refreshed every second: rates, flows open by state,
     /// TIME_WAIT, destinations or local services (connections/s, open, TIME_WAIT, exhaustion
     /// forecast, retransmits, resets, keepalive timeouts, p99 connect time) and the latest
-    /// alerts. Keys: q quit, t destinations/services, 1-9 sort, r reverse, / filter.
+    /// alerts. Keys: q quit, t destinations/services, 1-9 and 0 sort, r reverse, / filter.
     Top,
     /// Record the raw event stream (every transition, flow, retransmit, keepalive probe and
     /// TIME_WAIT) to a file at ring-buffer speed, to render later with `tcptrace report`.

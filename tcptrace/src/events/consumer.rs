@@ -9,6 +9,7 @@ use anyhow::Result;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
+    events::port_failure::PortFailure,
     host::{facts::HostFacts, netns::Namespaces},
     kernel::loader::Tracer,
     state::{
@@ -145,6 +146,11 @@ pub trait Consumer {
         Ok(())
     }
 
+    /// connect() or bind() failed for want of a port (every one; alerts are rate-limited).
+    fn port_failure(&mut self, _p: &PortFailure) -> io::Result<()> {
+        Ok(())
+    }
+
     fn alert(&mut self, _a: &Alert) -> io::Result<()> {
         Ok(())
     }
@@ -236,6 +242,9 @@ impl<C: Consumer> Consumer for Option<C> {
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.retransmit(r))
     }
+    fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
+        self.as_mut().map_or(Ok(()), |c| c.port_failure(p))
+    }
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.alert(a))
     }
@@ -321,6 +330,10 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         self.0.retransmit(r)?;
         self.1.retransmit(r)
+    }
+    fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
+        self.0.port_failure(p)?;
+        self.1.port_failure(p)
     }
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.0.alert(a)?;

@@ -6,12 +6,13 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use arrayvec::ArrayVec;
 use tcptrace_common::{
     close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
-    FlowState, Keepalive, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent, TimeWaitFlowEvent,
-    TransitionEvent, PATH_SLOTS,
+    FlowState, Keepalive, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent, TimeWaitEvent,
+    TimeWaitFlowEvent, TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
     events::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
+    events::port_failure::PortFailure,
     host::facts::HostFacts,
     state::{
         cause::{classify, CloseCause, CloseEvidence},
@@ -144,6 +145,7 @@ pub enum Event {
     KeepaliveProbe(KeepaliveProbe),
     TimeWait(TimeWaitRecord),
     TimeWaitFlow(TimeWaitFlow),
+    PortFailure(PortFailure),
 }
 
 impl Event {
@@ -156,6 +158,7 @@ impl Event {
             Event::KeepaliveProbe(p) => p.ts_ns,
             Event::TimeWait(t) => t.ts_ns,
             Event::TimeWaitFlow(f) => f.ts_ns,
+            Event::PortFailure(p) => p.ts_ns,
         }
     }
 }
@@ -291,6 +294,10 @@ impl Decoder {
                     accepted: raw.flags & time_wait_flow::ACCEPTED != 0,
                 }))
             }
+            record_kind::PORT_FAILURE => {
+                let raw = read_record::<RawPortFailure>(bytes, "port-failure")?.0;
+                Ok(Event::PortFailure(PortFailure::try_from(&raw)?))
+            }
             other => bail!("unknown record kind {other}"),
         }
     }
@@ -315,6 +322,11 @@ struct RawTimeWait(TimeWaitEvent);
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct RawTimeWaitFlow(TimeWaitFlowEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawPortFailure(PortFailureEvent);
+// SAFETY: as below.
+unsafe impl aya::Pod for RawPortFailure {}
 // SAFETY: as below.
 unsafe impl aya::Pod for RawTimeWaitFlow {}
 // SAFETY: as below.

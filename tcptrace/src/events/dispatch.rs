@@ -8,14 +8,16 @@ use aya::maps::{MapData, RingBuf};
 use tcptrace_common::time_wait;
 
 use crate::{
+    events::model::Endpoint,
     events::{
         consumer::{Consumer, Wants},
         decode::{transition_time, Decoder, Event},
     },
-    host::{clock::Clock, facts::HostFacts},
+    host::{clock::Clock, facts::HostFacts, netns::Namespaces},
     state::{
         aggregate::Aggregator,
         alert::Alert,
+        port_failures::{PortFailureAlert, PortFailureWatch},
         timewait::{Finished, TimeWaitTracker},
     },
 };
@@ -59,10 +61,19 @@ fn panic_requested() -> bool {
         && requested.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Counts the flows open toward a destination in a namespace (sock_diag), where that can be
+/// read: live, not in a report.
+pub type OpenFlowCounter = fn(u32, Endpoint) -> Option<u64>;
+
 /// The state events add up to, and what the consumer asked for.
 pub struct Dispatcher {
     pub agg: Aggregator,
     pub tw: TimeWaitTracker,
+    /// The namespaces the forecast takes its capacities from (the session's, each second).
+    pub namespaces: Namespaces,
+    /// Set live: port-failure alerts say the flows open toward the destination.
+    pub open_flows: Option<OpenFlowCounter>,
+    ports: PortFailureWatch,
     decoder: Decoder,
     wants: Wants,
     traces_time_wait: bool,
@@ -74,6 +85,9 @@ impl Dispatcher {
         Dispatcher {
             agg: Aggregator::new(),
             tw: TimeWaitTracker::new(),
+            namespaces: Namespaces::default(),
+            open_flows: None,
+            ports: PortFailureWatch::default(),
             decoder: Decoder::new(host),
             wants,
             traces_time_wait,
@@ -185,6 +199,11 @@ impl Dispatcher {
         }
     }
 
+    /// Once a second: port-failure kinds quiet for a minute are forgotten.
+    pub fn forget_quiet_failures(&mut self, now_ns: u64) {
+        self.ports.forget_quiet(now_ns);
+    }
+
     /// TIME_WAITs cancelled long enough before `now_ns` ended early.
     pub fn settle<C: Consumer>(&mut self, consumer: &mut C, now_ns: u64) -> io::Result<()> {
         for finished in self.tw.settle(now_ns) {
@@ -260,6 +279,23 @@ impl Dispatcher {
             Event::KeepaliveProbe(p) => {
                 if self.wants.alerts {
                     consumer.alert(&Alert::KeepaliveProbe(&p))?;
+                }
+            }
+            Event::PortFailure(p) => {
+                consumer.port_failure(&p)?;
+                if !self.wants.alerts {
+                    return Ok(());
+                }
+                if let Some(failures) = self.ports.admit(&p) {
+                    let open_flows = self.open_flows;
+                    let alert = PortFailureAlert::new(
+                        p,
+                        failures,
+                        &self.tw,
+                        &self.namespaces,
+                        |netns, dest| open_flows.and_then(|count| count(netns, dest)),
+                    );
+                    consumer.alert(&Alert::PortFailure(&alert))?;
                 }
             }
         }

@@ -4,6 +4,7 @@ pub mod consumer;
 pub mod decode;
 pub mod dispatch;
 pub mod model;
+pub mod port_failure;
 pub mod recording;
 pub mod replay;
 pub mod session;

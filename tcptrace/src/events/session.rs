@@ -155,6 +155,7 @@ impl<'c> Session<'c> {
         // The summary's durations, close causes and sides, and retransmits by state come from
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();
+        dispatch.open_flows = Some(crate::host::netns_reader::open_flows_toward);
         let upkeep = traces_time_wait.then(TimeWaitUpkeep::new);
         if traces_time_wait {
             seed_time_wait(config, &mut dispatch.tw);
@@ -298,7 +299,11 @@ impl<'c> Session<'c> {
                 alerts,
                 release_free_memory,
             )?;
+            if self.dispatch.namespaces != *upkeep.namespaces() {
+                self.dispatch.namespaces = upkeep.namespaces().clone();
+            }
         }
+        self.dispatch.forget_quiet_failures(now);
         // A recording has no way to carry an eviction: there, a full table counts the flows
         // it could not take as untracked (in the recorded counters), as before.
         if !self.dispatch.wants().raw {
@@ -438,6 +443,7 @@ fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
         Ok(sockets) => {
             let netns = crate::cli::filter::own_netns();
             tw.preexisting(
+                netns.unwrap_or(0),
                 sockets
                     .into_iter()
                     .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))

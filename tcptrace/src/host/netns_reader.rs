@@ -14,9 +14,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::host::{
-    netns::{own_netns, Namespace, Namespaces, PortSettings},
-    procnet::parse_tw_overflow,
+use crate::{
+    events::model::Endpoint,
+    host::{
+        netns::{own_netns, Namespace, Namespaces, PortSettings},
+        procnet::parse_tw_overflow,
+        sockdiag,
+    },
 };
 
 /// Namespaces holding TIME_WAITs are read again this often (a sysctl changed shows within it).
@@ -280,6 +284,38 @@ fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
         }
     }
     bail!("no process lives in it and /run/netns does not name it")
+}
+
+/// Runs `f` inside namespace `inode` (on a thread of its own that enters it), or on this
+/// thread when it is tracing's own.
+pub fn in_namespace<T: Send>(inode: u32, f: impl FnOnce() -> T + Send) -> Result<T> {
+    if inode == 0 || own_netns() == Some(inode) {
+        return Ok(f());
+    }
+    let (path, file) = way_into(inode, None)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns with an open namespace fd changes only this thread's network
+                // namespace; the thread ends after `f`.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    bail!(
+                        "entering network namespace {inode} through {}: {e}",
+                        path.display()
+                    );
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the thread inside network namespace {inode} panicked"))
+    })
+}
+
+/// Flows open toward `dest` in namespace `netns` (sock_diag), where they can be read.
+pub fn open_flows_toward(netns: u32, dest: Endpoint) -> Option<u64> {
+    let sockets = in_namespace(netns, sockdiag::open_sockets).ok()?.ok()?;
+    Some(sockets.iter().filter(|s| s.addrs.remote == dest).count() as u64)
 }
 
 type Read = (u32, Option<PathBuf>, Result<(PortSettings, Option<u64>)>);

@@ -190,6 +190,14 @@ impl KernelBtf {
         })
     }
 
+    /// `task_struct.nsproxy` and `nsproxy.net_ns`: a task's network namespace.
+    pub fn task_netns_offsets(&self) -> Result<(u32, u32)> {
+        Ok((
+            self.sized_field("task_struct", "nsproxy", 8)?,
+            self.sized_field("nsproxy", "net_ns", 8)?,
+        ))
+    }
+
     /// The way from a socket to its cgroup (v2) id and up to the root; zero when the kernel
     /// has no socket cgroup data (then `--cgroup` is refused, see [`Self::check_cgroups`]).
     fn cgroup_offsets(&self) -> Result<SockOffsets> {

@@ -5,7 +5,7 @@ use std::{io, path::Path};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
-    programs::{tp_btf::BtfTracePointLinkId, BtfTracePoint},
+    programs::{tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint},
     Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
@@ -40,6 +40,8 @@ fn keepalive_reset_reason(reasons: &[(u32, String)]) -> u8 {
 pub struct Tracer {
     ebpf: Ebpf,
     links: Vec<(&'static str, BtfTracePointLinkId)>,
+    /// The syscall hooks' links (classic tracepoints), where they were attached.
+    syscall_links: Vec<(&'static str, TracePointLinkId)>,
     /// Every program loaded (kept after detaching, to read their counters).
     programs: Vec<&'static str>,
     /// The ring buffer, taken out of `ebpf` so the pipeline can own it.
@@ -254,6 +256,12 @@ impl Tracer {
         } else {
             0
         };
+        let (task_nsproxy, nsproxy_net_ns) = match plan.port_failures {
+            true => btf
+                .task_netns_offsets()
+                .context("resolving the task's network namespace from BTF")?,
+            false => (0, 0),
+        };
         let program_config = ProgramConfig {
             offsets: btf
                 .sock_offsets()
@@ -272,6 +280,8 @@ impl Tracer {
             keepalive_timer_fn,
             tw_timer_fn,
             filter: plan.filter.program_config(),
+            task_nsproxy,
+            nsproxy_net_ns,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &program_config, true);
@@ -320,6 +330,23 @@ impl Tracer {
             }
         }
 
+        // connect()/bind() failing for want of a port: classic tracepoints (tracefs). Without
+        // them the rest traces on; the start-up line says what is missing.
+        let mut syscall_links = Vec::new();
+        if plan.port_failures {
+            match crate::kernel::syscalls::attach(&mut ebpf) {
+                Ok(attached) => {
+                    programs.extend(attached.iter().map(|(name, _)| *name));
+                    hooks.push("syscalls:sys_{enter,exit}_{connect,bind}".to_string());
+                    syscall_links = attached;
+                }
+                Err(e) => eprintln!(
+                    "tcptrace: warning: connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE) \
+                     are not traced: {e:#}"
+                ),
+            }
+        }
+
         let events = RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
                 .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map::EVENTS))?,
@@ -329,6 +356,7 @@ impl Tracer {
         Ok(Tracer {
             ebpf,
             links,
+            syscall_links,
             programs,
             events: Some(events),
             logger,
@@ -349,7 +377,8 @@ impl Tracer {
             prog.detach(link)
                 .with_context(|| format!("detaching program {program}"))?;
         }
-        Ok(())
+        let syscall_links = std::mem::take(&mut self.syscall_links);
+        crate::kernel::syscalls::detach(&mut self.ebpf, syscall_links)
     }
 
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows

@@ -7,3 +7,4 @@ pub mod histogram;
 pub mod load_error;
 pub mod loader;
 pub mod plan;
+pub mod syscalls;

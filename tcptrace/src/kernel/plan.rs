@@ -70,6 +70,9 @@ pub struct KernelPlan {
     pub keepalive_probes: bool,
     /// TIME_WAIT is traced (the timewait timer's hooks).
     pub time_wait: bool,
+    /// connect()/bind() failing for want of a port is traced (the syscall hooks; attached
+    /// by the loader apart from these, as classic tracepoints).
+    pub port_failures: bool,
     pub filter: FilterSpec,
 }
 

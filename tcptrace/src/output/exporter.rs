@@ -87,6 +87,11 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
+    fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) -> io::Result<()> {
+        self.metrics.port_failure(p);
+        Ok(())
+    }
+
     fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
         self.metrics.time_wait_overflowed(netns, newly);
     }

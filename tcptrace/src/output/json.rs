@@ -98,9 +98,26 @@ struct AlertLine<'a> {
     err: Option<u8>,
     reset_reason: Option<&'a str>,
     skaddr: Hex,
-    /// The forecast, for `port_exhaustion` alerts (absent for the others).
+    /// The forecast, for `port_exhaustion` alerts, and for `connect_failure` ones what it
+    /// said toward the destination (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     forecast: Option<&'a Forecast>,
+    /// `connect_failure` and `bind_failure` alerts only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    port_failure: Option<PortFailureFields>,
+}
+
+/// What a `connect_failure` / `bind_failure` alert adds.
+#[derive(Serialize)]
+struct PortFailureFields {
+    errno: &'static str,
+    /// The caller's network namespace (inode; 0: not read).
+    netns: u32,
+    /// Failures of this kind (namespace, call, errno, address) since the last alert for it.
+    failures: u64,
+    /// connect: TIME_WAITs and open flows toward the destination in that namespace.
+    time_waits: Option<u64>,
+    open_flows: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -260,10 +277,23 @@ impl<W: Write> Render for JsonPrinter<W> {
             Alert::KeepaliveProbe(p) => {
                 (None, None, Some(p.probe), None, None, None, None, p.skaddr)
             }
-            Alert::Exhaustion(_) => (None, None, None, None, None, None, None, 0),
+            Alert::Exhaustion(_) | Alert::PortFailure(_) => {
+                (None, None, None, None, None, None, None, 0)
+            }
         };
         let forecast = match a {
             Alert::Exhaustion(w) => Some(&w.forecast),
+            Alert::PortFailure(p) => p.forecast.as_ref(),
+            _ => None,
+        };
+        let port_failure = match a {
+            Alert::PortFailure(p) => Some(PortFailureFields {
+                errno: p.failure.errno.name(),
+                netns: p.failure.netns,
+                failures: p.failures,
+                time_waits: p.time_waits,
+                open_flows: p.open_flows,
+            }),
             _ => None,
         };
         let line = AlertLine {
@@ -284,6 +314,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             reset_reason,
             skaddr: Hex(skaddr_raw),
             forecast,
+            port_failure,
         };
         self.line(&line)
     }
@@ -373,6 +404,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 retransmits: kernel.stat(stat::LOST_RETRANSMIT),
                 probes: kernel.stat(stat::LOST_PROBE),
                 time_wait: kernel.stat(stat::LOST_TIME_WAIT),
+                port_failures: kernel.stat(stat::LOST_PORT_FAILURE),
                 undecided: kernel.stat(stat::LOST_UNDECIDED),
                 missed_events: kernel.missed,
                 total: kernel.lost(),

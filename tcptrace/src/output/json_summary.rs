@@ -10,6 +10,7 @@ pub(super) struct Lost {
     pub(super) retransmits: u64,
     pub(super) probes: u64,
     pub(super) time_wait: u64,
+    pub(super) port_failures: u64,
     pub(super) undecided: u64,
     pub(super) missed_events: u64,
     pub(super) total: u64,
@@ -77,6 +78,9 @@ struct SummaryLine {
     records_delivered: u64,
     records_submitted: u64,
     keepalive_probes: u64,
+    /// connect()/bind() failed for want of a port, and of those, without a known address.
+    port_failures: u64,
+    port_failures_unaddressed: u64,
     transitions: Vec<TransitionCount>,
     held: Vec<HeldStats>,
     flows: Flows,
@@ -105,6 +109,8 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         records_delivered: s.delivered,
         records_submitted: s.submitted,
         keepalive_probes: s.keepalive_probes,
+        port_failures: s.port_failures,
+        port_failures_unaddressed: s.port_failures_unaddressed,
         transitions: s
             .transitions
             .iter()
@@ -138,6 +144,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
             retransmits: s.lost_retransmits,
             probes: s.lost_probes,
             time_wait: s.lost_time_wait,
+            port_failures: s.lost_port_failures,
             undecided: s.lost_undecided,
             missed_events: s.missed_events,
             total: s.lost(),

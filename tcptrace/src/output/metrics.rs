@@ -22,6 +22,7 @@ use tokio::{
 use crate::{
     events::model::{Endpoint, TcpState},
     kernel::histogram::KernelHistogram,
+    output::metrics_ports::PortFailureMetrics,
     state::aggregate::KernelCounters,
     state::cause::CloseCause,
     state::timewait::Gauges,
@@ -89,6 +90,7 @@ pub struct Metrics {
     keepalive_unindexed: Counter,
     filtered_events: Counter,
     evicted_flows: Counter,
+    port_failures: PortFailureMetrics,
     /// The kernel counters already added.
     seen: KernelCounters,
 }
@@ -114,6 +116,7 @@ impl Metrics {
             keepalive_unindexed: Counter::default(),
             filtered_events: Counter::default(),
             evicted_flows: Counter::default(),
+            port_failures: PortFailureMetrics::default(),
             seen: KernelCounters::default(),
         };
         registry.register(
@@ -195,6 +198,7 @@ impl Metrics {
             "Flows evicted from the nearly full flow table, least recently active first",
             m.evicted_flows.clone(),
         );
+        m.port_failures.register(&mut registry);
         // Every cause and state from the start, at zero: a rate over a series that does not
         // exist yet is no answer at all (a dashboard's "retransmits by state" stayed empty).
         for cause in CloseCause::ALL {
@@ -209,6 +213,11 @@ impl Metrics {
             registry: Arc::new(registry),
             ..m
         }
+    }
+
+    /// connect() or bind() failed for want of a port.
+    pub fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) {
+        self.port_failures.failed(p);
     }
 
     /// Flows evicted from the flow table by userspace.
@@ -245,6 +254,7 @@ impl Metrics {
             (stat::LOST_RETRANSMIT, "ring_full_retransmit"),
             (stat::LOST_PROBE, "ring_full_probe"),
             (stat::LOST_TIME_WAIT, "ring_full_time_wait"),
+            (stat::LOST_PORT_FAILURE, "ring_full_port_failure"),
             (stat::LOST_UNDECIDED, "flow_table_full_undecided"),
         ] {
             add(index, &self.lost.get_or_create(&Reason { reason }));

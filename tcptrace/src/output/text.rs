@@ -383,7 +383,7 @@ impl<W: Write> Render for TextPrinter<W> {
         )?;
         writeln!(
             o,
-            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}; \
+            "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}, port failures {}; \
              held first transitions (flow table full) {}; events the kernel skipped: {}); \
              read errors {}, decode errors {}, path gaps {}, stale flows {}",
             s.lost(),
@@ -392,6 +392,7 @@ impl<W: Write> Render for TextPrinter<W> {
             s.lost_retransmits,
             s.lost_probes,
             s.lost_time_wait,
+            s.lost_port_failures,
             s.lost_undecided,
             s.missed_events,
             s.read_errors,
@@ -404,6 +405,13 @@ impl<W: Write> Render for TextPrinter<W> {
                 o,
                 "keepalive: {} sockets' owners not indexed (--max-flows full): their probes carry no owner",
                 s.keepalive_unindexed
+            )?;
+        }
+        if s.port_failures > 0 {
+            writeln!(
+                o,
+                "port failures: {} connect()/bind() calls failed with EADDRNOTAVAIL or EADDRINUSE ({} without a known address)",
+                s.port_failures, s.port_failures_unaddressed
             )?;
         }
         if let Some(tw) = &s.time_wait {

@@ -63,6 +63,7 @@ impl KernelCounters {
             + self.stat(stat::LOST_RETRANSMIT)
             + self.stat(stat::LOST_PROBE)
             + self.stat(stat::LOST_TIME_WAIT)
+            + self.stat(stat::LOST_PORT_FAILURE)
             + self.stat(stat::LOST_UNDECIDED)
             + self.missed
     }
@@ -257,6 +258,9 @@ impl Aggregator {
             lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
             lost_probes: kernel.stat(stat::LOST_PROBE),
             lost_time_wait: kernel.stat(stat::LOST_TIME_WAIT),
+            lost_port_failures: kernel.stat(stat::LOST_PORT_FAILURE),
+            port_failures: kernel.stat(stat::PORT_FAILURES),
+            port_failures_unaddressed: kernel.stat(stat::CALLS_UNTRACKED),
             lost_undecided: kernel.stat(stat::LOST_UNDECIDED),
             keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
             missed_events: kernel.missed,
@@ -347,6 +351,11 @@ pub struct Summary {
     pub lost_retransmits: u64,
     pub lost_probes: u64,
     pub lost_time_wait: u64,
+    pub lost_port_failures: u64,
+    /// connect()/bind() calls that failed for want of a port (EADDRNOTAVAIL, EADDRINUSE),
+    /// and those of them whose address was not known (not seen entering).
+    pub port_failures: u64,
+    pub port_failures_unaddressed: u64,
     /// First transitions held for a local-port filter that found the flow table full.
     pub lost_undecided: u64,
     pub keepalive_probes: u64,
@@ -386,6 +395,7 @@ impl Summary {
             + self.lost_retransmits
             + self.lost_probes
             + self.lost_time_wait
+            + self.lost_port_failures
             + self.lost_undecided
             + self.missed_events
     }

@@ -4,10 +4,12 @@ use std::fmt;
 use crate::{
     events::decode::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
     events::model::{Endpoint, FlowAddrs, Process, TcpState},
+    events::port_failure::Call,
     host::clock::{human_duration, HumanDuration},
     state::cause::CloseCause,
     state::forecast::Forecast,
     state::keepalive::KeepaliveSettings,
+    state::port_failures::PortFailureAlert,
     state::timewait::TimeWait,
     text::digits::number,
 };
@@ -21,6 +23,8 @@ pub enum Alert<'a> {
     KeepaliveProbe(&'a KeepaliveProbe),
     /// A 4-tuple space's exhaustion forecast crossed its warning threshold.
     Exhaustion(&'a ExhaustionWarning),
+    /// connect() or bind() failed for want of a port.
+    PortFailure(&'a PortFailureAlert),
 }
 
 /// A forecast over [`crate::state::forecast::WARN_AT`], as an alert: said once when it
@@ -68,6 +72,10 @@ impl<'a> Alert<'a> {
             Alert::FinRetransmit(_) => "fin_retransmit",
             Alert::KeepaliveProbe(_) => "keepalive_probe",
             Alert::Exhaustion(_) => "port_exhaustion",
+            Alert::PortFailure(p) => match p.failure.call {
+                Call::Connect => "connect_failure",
+                Call::Bind => "bind_failure",
+            },
         }
     }
 
@@ -77,6 +85,7 @@ impl<'a> Alert<'a> {
             Alert::FinRetransmit(r) => r.ts_ns,
             Alert::KeepaliveProbe(p) => p.ts_ns,
             Alert::Exhaustion(w) => w.ts_ns,
+            Alert::PortFailure(p) => p.failure.ts_ns,
         }
     }
 
@@ -86,6 +95,7 @@ impl<'a> Alert<'a> {
             Alert::FinRetransmit(r) => &r.owner,
             Alert::KeepaliveProbe(p) => &p.owner,
             Alert::Exhaustion(_) => &NO_OWNER,
+            Alert::PortFailure(p) => &p.owner,
         }
     }
 
@@ -95,6 +105,7 @@ impl<'a> Alert<'a> {
             Alert::FinRetransmit(r) => &r.addrs,
             Alert::KeepaliveProbe(p) => &p.addrs,
             Alert::Exhaustion(w) => &w.addrs,
+            Alert::PortFailure(p) => &p.addrs,
         }
     }
 
@@ -102,7 +113,7 @@ impl<'a> Alert<'a> {
         match self {
             Alert::Closed(f) => f.keepalive.as_ref(),
             Alert::KeepaliveProbe(p) => Some(&p.keepalive),
-            Alert::FinRetransmit(_) | Alert::Exhaustion(_) => None,
+            Alert::FinRetransmit(_) | Alert::Exhaustion(_) | Alert::PortFailure(_) => None,
         }
     }
 
@@ -177,6 +188,7 @@ impl<'a> Alert<'a> {
                     f.basis()
                 )
             }
+            Alert::PortFailure(p) => p.detail(),
         }
     }
 }

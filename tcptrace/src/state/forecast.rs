@@ -163,7 +163,7 @@ pub struct TimeWaitView {
 }
 
 /// A namespace not read (yet): named by its inode, the kernel's defaults assumed.
-fn unknown(inode: u32) -> Namespace {
+pub fn unknown_namespace(inode: u32) -> Namespace {
     Namespace {
         inode,
         name: None,
@@ -184,7 +184,7 @@ pub fn forecasts(tw: &TimeWaitTracker, now: u64, namespaces: &Namespaces) -> Vec
             let ns = namespaces
                 .get(netns)
                 .cloned()
-                .unwrap_or_else(|| unknown(netns));
+                .unwrap_or_else(|| unknown_namespace(netns));
             forecast(&ns, local, remote, rate)
         })
         .collect()
@@ -276,7 +276,7 @@ mod tests {
     fn an_unread_namespace_is_forecast_with_the_kernels_defaults_and_says_so() {
         let dst = Endpoint::new("10.0.0.2".parse().expect("ip"), 443);
         let src: IpAddr = "10.0.0.1".parse().expect("ip");
-        let f = forecast(&unknown(77), src, dst, 10.0);
+        let f = forecast(&unknown_namespace(77), src, dst, 10.0);
         assert!(f.defaults_assumed);
         assert_eq!(f.usable_ports, 28232);
         assert!(

@@ -7,4 +7,5 @@ pub mod evict;
 pub mod forecast;
 pub mod idle;
 pub mod keepalive;
+pub mod port_failures;
 pub mod timewait;

@@ -66,7 +66,7 @@ pub struct TimeWaitTracker {
     entered: u64,
     /// Sockets in TIME_WAIT now (those in `active`), kept as they start and end so that the
     /// gauges cost the number of destinations, not of sockets.
-    live_by_destination: HashMap<Endpoint, u64>,
+    live_by_destination: HashMap<(u32, Endpoint), u64>,
     live_by_local: HashMap<IpAddr, u64>,
     client_side: u64,
     server_side: u64,
@@ -74,6 +74,8 @@ pub struct TimeWaitTracker {
     /// Sockets already in TIME_WAIT at start, with when they expire (kernel time).
     /// In expiry order; counted in the live maps until they expire.
     preexisting: VecDeque<(FlowAddrs, u64)>,
+    /// The namespace they were read in (tracing's own).
+    preexisting_netns: u32,
     preexisting_total: u64,
 }
 
@@ -146,11 +148,15 @@ impl TimeWaitTracker {
     }
 
     /// Counts sockets already in TIME_WAIT at start until their remaining time runs out.
-    pub fn preexisting(&mut self, sockets: impl IntoIterator<Item = (FlowAddrs, u64)>) {
+    pub fn preexisting(&mut self, netns: u32, sockets: impl IntoIterator<Item = (FlowAddrs, u64)>) {
         let mut sockets: Vec<(FlowAddrs, u64)> = sockets.into_iter().collect();
         sockets.sort_unstable_by_key(|&(_, expires)| expires);
+        self.preexisting_netns = netns;
         for (addrs, _) in &sockets {
-            *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+            *self
+                .live_by_destination
+                .entry((netns, addrs.remote))
+                .or_default() += 1;
             *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         }
         self.preexisting_total += sockets.len() as u64;
@@ -169,7 +175,10 @@ impl TimeWaitTracker {
                 break;
             }
             self.preexisting.pop_front();
-            decrement(&mut self.live_by_destination, addrs.remote);
+            decrement(
+                &mut self.live_by_destination,
+                (self.preexisting_netns, addrs.remote),
+            );
             decrement(&mut self.live_by_local, addrs.local.addr);
         }
     }
@@ -236,7 +245,10 @@ impl TimeWaitTracker {
         forget_old_entries(queue, ts_ns);
         *self.by_destination.entry(addrs.remote).or_default() += 1;
         self.entered += 1;
-        *self.live_by_destination.entry(addrs.remote).or_default() += 1;
+        *self
+            .live_by_destination
+            .entry((netns, addrs.remote))
+            .or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         *self.live_by_netns.entry(netns).or_default() += 1;
         ended
@@ -349,7 +361,10 @@ impl TimeWaitTracker {
 
     fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
         let held_ns = end_ns.saturating_sub(active.start_ns);
-        decrement(&mut self.live_by_destination, active.addrs.remote);
+        decrement(
+            &mut self.live_by_destination,
+            (active.netns, active.addrs.remote),
+        );
         decrement(&mut self.live_by_local, active.addrs.local.addr);
         decrement(&mut self.live_by_netns, active.netns);
         if end != TimeWaitEnd::InProgress {
@@ -374,33 +389,6 @@ impl TimeWaitTracker {
                 Finished::Flow(flow)
             }
             None => Finished::Orphan(tw),
-        }
-    }
-
-    /// Sockets in TIME_WAIT now, by destination and by local address (call
-    /// [`Self::expire_preexisting`] first).
-    pub fn gauges(&self, now_ns: u64) -> Gauges {
-        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = self
-            .live_by_destination
-            .iter()
-            .map(|(&d, &n)| (d, (n, 0.0)))
-            .collect();
-        let by_local: BTreeMap<IpAddr, u64> =
-            self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
-        // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
-        let total = (self.active.len() + self.preexisting.len()) as u64;
-        for ((_, _, remote), queue) in &self.entries {
-            let recent = recent_entries(queue, now_ns);
-            by_destination.entry(*remote).or_default().1 +=
-                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
-        }
-        Gauges {
-            total,
-            by_destination: by_destination
-                .into_iter()
-                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
-                .collect(),
-            by_local: by_local.into_iter().collect(),
         }
     }
 
@@ -434,6 +422,14 @@ impl TimeWaitTracker {
         shrunk
     }
 
+    /// Sockets in TIME_WAIT now toward `remote` in namespace `netns`.
+    pub fn time_waits_toward(&self, netns: u32, remote: Endpoint) -> u64 {
+        self.live_by_destination
+            .get(&(netns, remote))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The network namespaces holding TIME_WAITs now (tracked since start).
     pub fn namespaces_in_use(&self) -> impl Iterator<Item = u32> + '_ {
         self.live_by_netns.keys().copied()
@@ -450,48 +446,11 @@ impl TimeWaitTracker {
             .filter(|(_, rate)| *rate > 0.0)
             .collect()
     }
-
-    pub fn summary(&self) -> TimeWaitSummary {
-        let mut top: Vec<(Endpoint, u64)> =
-            self.by_destination.iter().map(|(&k, &v)| (k, v)).collect();
-        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        top.truncate(10);
-        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
-        TimeWaitSummary {
-            entered: self.entered,
-            client_side: self.client_side,
-            server_side: self.server_side,
-            ends: self.ends.iter().map(|(&k, &v)| (k, v)).collect(),
-            held: self
-                .held
-                .as_ref()
-                .map(|h| [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()]),
-            top_destinations: top,
-            overflows: self.overflows,
-        }
-    }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Gauges {
-    pub total: u64,
-    /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second).
-    pub by_destination: Vec<(Endpoint, (u64, f64))>,
-    pub by_local: Vec<(IpAddr, u64)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeWaitSummary {
-    pub entered: u64,
-    /// TIME_WAITs held by the side that connected (clients) and by the side that accepted.
-    pub client_side: u64,
-    pub server_side: u64,
-    pub ends: Vec<(TimeWaitEnd, u64)>,
-    /// p50, p90, p99, max of the durations, when any ended.
-    pub held: Option<[u64; 4]>,
-    pub top_destinations: Vec<(Endpoint, u64)>,
-    pub overflows: u64,
-}
+#[path = "timewait_gauges.rs"]
+mod gauges;
+pub use gauges::{Gauges, TimeWaitSummary};
 
 #[cfg(test)]
 #[path = "timewait_tests.rs"]

@@ -129,7 +129,7 @@ fn preexisting_time_waits_count_until_they_expire() {
     let flow = client_flow_closing_first();
     let mut other = flow.addrs;
     other.local.port += 1;
-    tw.preexisting([(other, 30 * S), (flow.addrs, 10 * S)]);
+    tw.preexisting(NETNS, [(other, 30 * S), (flow.addrs, 10 * S)]);
     assert!(tw.start(5, flow.addrs, NETNS, S).is_none());
     tw.expire_preexisting(5 * S);
     let g = tw.gauges(5 * S);

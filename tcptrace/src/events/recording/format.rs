@@ -22,8 +22,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    record_kind, FlowEndEvent, KeepaliveProbeEvent, RetransmitEvent, TimeWaitEvent,
-    TransitionEvent, RECORD_LAYOUT_VERSION,
+    record_kind, FlowEndEvent, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
+    TimeWaitEvent, TransitionEvent, RECORD_LAYOUT_VERSION,
 };
 
 use crate::{host::netns::Namespace, state::aggregate::KernelCounters};
@@ -53,6 +53,9 @@ pub struct Layout {
     pub retransmit: u32,
     pub keepalive_probe: u32,
     pub time_wait: u32,
+    /// Absent (0) before layout 3.
+    #[serde(default)]
+    pub port_failure: u32,
 }
 
 impl Layout {
@@ -66,6 +69,16 @@ impl Layout {
             retransmit: size(size_of::<RetransmitEvent>()),
             keepalive_probe: size(size_of::<KeepaliveProbeEvent>()),
             time_wait: size(size_of::<TimeWaitEvent>()),
+            port_failure: size(size_of::<PortFailureEvent>()),
+        }
+    }
+
+    /// Layout 2: as this one, without port-failure records.
+    pub fn version_2() -> Layout {
+        Layout {
+            version: 2,
+            port_failure: 0,
+            ..Layout::this_build()
         }
     }
 
@@ -75,7 +88,7 @@ impl Layout {
         Layout {
             version: 1,
             time_wait: V1_TIME_WAIT as u32,
-            ..Layout::this_build()
+            ..Layout::version_2()
         }
     }
 }
@@ -256,7 +269,7 @@ impl<R: BufRead> RecordingReader<R> {
             .with_context(|| format!("{name}: the header at offset 16 is not valid"))?;
         let ours = Layout::this_build();
         let widen_v1 = header.layout == Layout::version_1();
-        if header.layout != ours && !widen_v1 {
+        if header.layout != ours && header.layout != Layout::version_2() && !widen_v1 {
             bail!(
                 "{name} was recorded by tcptrace {} with record layout {:?}; this build's is {:?}: \
                  report it with the tcptrace that recorded it",

@@ -80,6 +80,7 @@ fn render<C: Consumer>(
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);
     let mut namespaces = recorded_namespaces(&header);
+    dispatch.namespaces = namespaces.clone();
     let (mut now, mut settled) = (header.started_ktime_ns, header.started_ktime_ns);
     loop {
         let start = reader.offset;
@@ -99,7 +100,10 @@ fn render<C: Consumer>(
                 }
             }
             Frame::Counters(c) => counters = *c,
-            Frame::Namespace(ns) => namespaces.insert(*ns),
+            Frame::Namespace(ns) => {
+                namespaces.insert(*ns);
+                dispatch.namespaces = namespaces.clone();
+            }
             Frame::End => break,
         }
         if now >= settled + SETTLE_EVERY_NS {

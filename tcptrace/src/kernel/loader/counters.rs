@@ -1,10 +1,7 @@
 //! Reading what the kernel counted: the per-CPU counters, the state-duration histograms and
 //! the hooks' recursion misses.
 use anyhow::{anyhow, Context as _, Result};
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::BtfTracePoint,
-};
+use aya::maps::{MapData, PerCpuArray};
 use tcptrace_common::{
     names::{map, program},
     slot, stat, Counters, DurationHistogram, TRANSITION_SLOTS,
@@ -106,12 +103,12 @@ impl Tracer {
             if *program == program::SET_STATE_NESTED {
                 continue;
             }
-            let prog: &BtfTracePoint = self
+            let fd = self
                 .ebpf
                 .program(program)
                 .ok_or_else(|| anyhow!("program {program} missing"))?
-                .try_into()?;
-            let fd = prog.fd().context("program fd")?;
+                .fd()
+                .context("program fd")?;
             let info = std::fs::read_to_string(format!(
                 "/proc/self/fdinfo/{}",
                 std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd))

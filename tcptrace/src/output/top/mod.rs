@@ -176,6 +176,11 @@ impl Consumer for TopScreen {
         Ok(())
     }
 
+    fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) -> io::Result<()> {
+        self.model.port_failure(p);
+        Ok(())
+    }
+
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.model.alert(a);
         Ok(())

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::host::netns::{Namespace, Namespaces};
+use crate::host::netns::Namespaces;
 
 use foldhash::HashMap;
 use hdrhistogram::Histogram;
@@ -15,10 +15,10 @@ use hdrhistogram::Histogram;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{Endpoint, FlowAddrs, TcpState},
+    events::port_failure::{Call, PortFailure},
     state::aggregate::KernelCounters,
     state::alert::Alert,
     state::cause::CloseCause,
-    state::forecast::{forecast, Forecast},
 };
 use tcptrace_common::{stat, tcp_state};
 
@@ -60,6 +60,8 @@ struct GroupStats {
     retransmits: u64,
     resets: u64,
     keepalive_timeouts: u64,
+    /// connect() to it (destinations) or bind() to it (services) failed for want of a port.
+    port_failures: u64,
     /// Handshake times (SYN_SENT or SYN_RECV held), since start.
     connect: Option<Histogram<u64>>,
     /// New TIME_WAITs per network namespace and peer address (the rest of the 4-tuple
@@ -79,6 +81,8 @@ pub struct Row {
     pub retransmits: u64,
     pub resets: u64,
     pub keepalive_timeouts: u64,
+    /// connect()/bind() failures for want of a port (EADDRNOTAVAIL, EADDRINUSE), since start.
+    pub port_failures: u64,
     pub connect_p99_ns: Option<u64>,
 }
 
@@ -275,6 +279,19 @@ impl TopModel {
         self.group_mut(group).retransmits += 1;
     }
 
+    /// connect() toward a destination, or bind() to a local address, failed for want of a
+    /// port.
+    pub fn port_failure(&mut self, p: &PortFailure) {
+        let Some(endpoint) = p.asked else {
+            return;
+        };
+        let kind = match p.call {
+            Call::Connect => GroupKind::Destination,
+            Call::Bind => GroupKind::Service,
+        };
+        self.group_mut(GroupKey { kind, endpoint }).port_failures += 1;
+    }
+
     /// A new TIME_WAIT (not a re-armed one).
     pub fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) {
         let group = self.group_of(addrs, None);
@@ -384,48 +401,9 @@ impl TopModel {
             g.open > 0
                 || !g.opened.idle(now_s)
                 || !g.time_wait_entries.is_empty()
-                || g.retransmits + g.resets + g.keepalive_timeouts > 0
+                || g.retransmits + g.resets + g.keepalive_timeouts + g.port_failures > 0
         });
         self.previous = Some((counters, now_ns));
-    }
-
-    /// The namespaces the forecast's capacities come from.
-    pub fn set_namespaces(&mut self, namespaces: &Namespaces) {
-        if self.namespaces != *namespaces {
-            self.namespaces = namespaces.clone();
-        }
-    }
-
-    /// A destination's busiest 4-tuple space (namespace, local address) and its forecast,
-    /// with that namespace's capacity. Local services have none: a server's TIME_WAITs are
-    /// keyed by its clients' ephemeral ports, which are not its own to run out of.
-    fn busiest_space(&self, key: &GroupKey, g: &GroupStats, now_s: u64) -> Option<Forecast> {
-        if key.kind != GroupKind::Destination {
-            return None;
-        }
-        g.time_wait_entries
-            .iter()
-            .map(|(&(netns, local), w)| {
-                let ns = self.namespaces.get(netns).cloned().unwrap_or(Namespace {
-                    inode: netns,
-                    name: None,
-                    own: false,
-                    settings: None,
-                });
-                forecast(&ns, local, key.endpoint, w.per_second(now_s))
-            })
-            .filter(|f| f.rate_per_s > 0.0)
-            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
-    }
-
-    /// The busiest 4-tuple space of all destinations, in words for the header.
-    fn busiest_forecast(&self, now_s: u64) -> Option<String> {
-        let f = self
-            .groups
-            .iter()
-            .filter_map(|(k, g)| self.busiest_space(k, g, now_s))
-            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))?;
-        Some(format!("busiest forecast {}", f.brief()))
     }
 
     /// The rows of one table; `time_wait` gives the live TIME_WAIT sockets' 4-tuples.
@@ -460,6 +438,7 @@ impl TopModel {
                     retransmits: g.retransmits,
                     resets: g.resets,
                     keepalive_timeouts: g.keepalive_timeouts,
+                    port_failures: g.port_failures,
                     connect_p99_ns: g.connect.as_ref().map(|h| h.value_at_quantile(0.99)),
                 }
             })
@@ -474,11 +453,15 @@ impl TopModel {
             retransmits: 0,
             resets: 0,
             keepalive_timeouts: 0,
+            port_failures: 0,
             connect_p99_ns: None,
         }));
         rows
     }
 }
+
+#[path = "model_forecast.rs"]
+mod forecast;
 
 impl Default for TopModel {
     fn default() -> Self {

@@ -2,7 +2,7 @@ use super::*;
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{Endpoint, FlowAddrs, TcpState},
-    host::netns::PortSettings,
+    host::netns::{Namespace, PortSettings},
     output::fixtures,
     state::aggregate::KernelCounters,
 };
@@ -285,4 +285,40 @@ fn namespaces_with_ports(inode: u32, range: (u16, u16)) -> Namespaces {
         }),
     });
     namespaces
+}
+
+#[test]
+fn port_failures_land_in_the_destination_or_the_local_service() {
+    use crate::events::port_failure::{Call, Errno, PortFailure};
+    let mut top = TopModel::new();
+    let failure = |call, asked: &str| PortFailure {
+        ts_ns: 100 * S,
+        call,
+        errno: Errno::AddrNotAvail,
+        owner: crate::events::model::Process {
+            pid: 1,
+            comm: "curl".into(),
+        },
+        netns: NETNS,
+        asked: Some(ep(asked)),
+    };
+    for _ in 0..3 {
+        top.port_failure(&failure(Call::Connect, "10.0.0.9:443"));
+    }
+    top.port_failure(&failure(Call::Bind, "10.0.0.1:8080"));
+    let live: Vec<FlowAddrs> = Vec::new();
+    let dests = top.rows(GroupKind::Destination, 101 * S, live.iter());
+    let row = dests
+        .iter()
+        .find(|r| r.endpoint == ep("10.0.0.9:443"))
+        .expect("the destination's row");
+    assert_eq!(row.port_failures, 3);
+    let services = top.rows(GroupKind::Service, 101 * S, live.iter());
+    assert_eq!(
+        services
+            .iter()
+            .map(|r| (r.endpoint, r.port_failures))
+            .collect::<Vec<_>>(),
+        [(ep("10.0.0.1:8080"), 1)]
+    );
 }

@@ -14,7 +14,7 @@ use ratatui::{
 use super::model::{AlertLine, GroupKind, Header, Row};
 use crate::host::clock::{Clock, HumanDuration};
 
-/// The table's columns, in order (keys 1–9 sort by them).
+/// The table's columns, in order (keys 1–9 and 0 sort by them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
     Endpoint,
@@ -25,11 +25,12 @@ pub enum Column {
     Retransmits,
     Resets,
     KeepaliveTimeouts,
+    PortFailures,
     ConnectP99,
 }
 
 impl Column {
-    pub const ALL: [Column; 9] = [
+    pub const ALL: [Column; 10] = [
         Column::Endpoint,
         Column::ConnPerS,
         Column::Open,
@@ -38,6 +39,7 @@ impl Column {
         Column::Retransmits,
         Column::Resets,
         Column::KeepaliveTimeouts,
+        Column::PortFailures,
         Column::ConnectP99,
     ];
 
@@ -54,17 +56,19 @@ impl Column {
             Column::Retransmits => "RTX",
             Column::Resets => "RST",
             Column::KeepaliveTimeouts => "KA_TO",
+            Column::PortFailures => "EADDR",
             Column::ConnectP99 => "P99CONN",
         }
     }
 
-    /// Widths for 80 columns: 72 of cells and 8 of spacing.
+    /// Widths for 80 columns: 71 of cells and 9 of spacing (21: the longest IPv4
+    /// endpoint; 8: `P99CONN▼`).
     fn width(self) -> u16 {
         match self {
-            Column::Endpoint => 22,
-            Column::ConnPerS | Column::ConnectP99 => 8,
-            Column::Retransmits | Column::Resets => 5,
-            _ => 6,
+            Column::Endpoint => 21,
+            Column::ConnPerS => 7,
+            Column::ConnectP99 => 8,
+            _ => 5,
         }
     }
 
@@ -82,6 +86,7 @@ impl Column {
             Column::Retransmits => a.retransmits.cmp(&b.retransmits),
             Column::Resets => a.resets.cmp(&b.resets),
             Column::KeepaliveTimeouts => a.keepalive_timeouts.cmp(&b.keepalive_timeouts),
+            Column::PortFailures => a.port_failures.cmp(&b.port_failures),
             Column::ConnectP99 => a.connect_p99_ns.cmp(&b.connect_p99_ns),
         }
     }
@@ -102,6 +107,7 @@ impl Column {
             Column::Retransmits => row.retransmits.to_string(),
             Column::Resets => row.resets.to_string(),
             Column::KeepaliveTimeouts => row.keepalive_timeouts.to_string(),
+            Column::PortFailures => row.port_failures.to_string(),
             Column::ConnectP99 => row
                 .connect_p99_ns
                 .map_or("-".into(), |ns| HumanDuration(ns).to_string()),
@@ -177,8 +183,10 @@ impl ViewState {
             KeyCode::Char('/') => self.editing = true,
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Char('r') => self.descending = !self.descending,
-            KeyCode::Char(d @ '1'..='9') => {
-                let column = Column::ALL[(d as u8 - b'1') as usize];
+            // 1–9 the first nine columns, 0 the tenth.
+            KeyCode::Char(d @ '0'..='9') => {
+                let index = (d as usize - '0' as usize + 9) % 10;
+                let column = Column::ALL[index];
                 if column == self.sort {
                     self.descending = !self.descending;
                 } else {
@@ -300,7 +308,7 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let help_text = if view.editing {
         format!("filter: {}_   (Enter keep, Esc clear)", view.filter)
     } else {
-        let mut text = "q quit  t dest/svc  1-9 sort  r reverse  / filter".to_string();
+        let mut text = "q quit  t dest/svc  0-9 sort  r reverse  / filter".to_string();
         if !view.filter.is_empty() {
             text.push_str(&format!("  [filter: {}]", view.filter));
         }

@@ -1,0 +1,64 @@
+//! The kernel struct offsets the programs read with, resolved by userspace from BTF.
+
+/// Offsets into kernel structs, resolved by userspace from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `sock.sk_protocol` (u16).
+    pub protocol: u32,
+    /// `sock.__sk_common.skc_state` (u8).
+    pub state: u32,
+    /// `sock.__sk_common.skc_dport` (be16).
+    pub dport: u32,
+    /// `inet_sock.inet_sport` (be16).
+    pub sport: u32,
+    /// `sock.__sk_common.skc_num` (u16, host order; the bound local port).
+    pub num: u32,
+    /// `sock.__sk_common.skc_daddr` (be32).
+    pub daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr` (be32).
+    pub saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
+    pub v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub v6_saddr: u32,
+    /// `sock.__sk_common.skc_net` (a `struct net *`).
+    pub net: u32,
+    /// `net.ns.inum` (u32).
+    pub net_inum: u32,
+    /// `sock.sk_err` (int).
+    pub err: u32,
+    /// `sock.__sk_common.skc_flags` (unsigned long).
+    pub sk_flags: u32,
+    /// The bit of `SOCK_KEEPOPEN` in `skc_flags` (`enum sock_flags`).
+    pub keepopen_bit: u32,
+    /// `inet_connection_sock.icsk_probes_out` (u8).
+    pub probes_out: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (u32).
+    pub user_timeout: u32,
+    /// `tcp_sock.keepalive_time`, `keepalive_intvl` (u32), `keepalive_probes` (u8).
+    pub keepalive_time: u32,
+    pub keepalive_intvl: u32,
+    pub keepalive_probes: u32,
+    /// `tcp_sock.rcv_tstamp` (u32 jiffies).
+    pub rcv_tstamp: u32,
+    /// `sock.sk_timer` (the keepalive timer) and `timer_list.function`.
+    pub sk_timer: u32,
+    pub timer_function: u32,
+    /// `inet_timewait_sock.tw_timer` and `tw_sport` (its `sock_common` starts it, like `sock`'s).
+    pub tw_timer: u32,
+    pub tw_sport: u32,
+    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`); 0: not available on this kernel.
+    pub sk_cgroup: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`) and `kernfs_node.id` (u64, the cgroup id).
+    pub cgroup_kn: u32,
+    pub kernfs_id: u32,
+    /// `cgroup.self.parent` (a `struct cgroup_subsys_state *`) and
+    /// `cgroup_subsys_state.cgroup`: the way to the parent cgroup.
+    pub cgroup_parent: u32,
+    pub css_cgroup: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 124);

@@ -1,0 +1,77 @@
+//! The tracker's gauges (sockets in TIME_WAIT now by destination and local address, entry
+//! rates) and its summary.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use hdrhistogram::Histogram;
+
+use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
+use crate::events::model::{Endpoint, TimeWaitEnd};
+
+impl TimeWaitTracker {
+    /// Sockets in TIME_WAIT now, by destination and by local address (call
+    /// [`Self::expire_preexisting`] first).
+    pub fn gauges(&self, now_ns: u64) -> Gauges {
+        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
+        for (&(_, d), &n) in &self.live_by_destination {
+            by_destination.entry(d).or_default().0 += n;
+        }
+        let by_local: BTreeMap<IpAddr, u64> =
+            self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
+        // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
+        let total = (self.active.len() + self.preexisting.len()) as u64;
+        for ((_, _, remote), queue) in &self.entries {
+            let recent = recent_entries(queue, now_ns);
+            by_destination.entry(*remote).or_default().1 +=
+                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
+        }
+        Gauges {
+            total,
+            by_destination: by_destination
+                .into_iter()
+                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
+                .collect(),
+            by_local: by_local.into_iter().collect(),
+        }
+    }
+
+    pub fn summary(&self) -> TimeWaitSummary {
+        let mut top: Vec<(Endpoint, u64)> =
+            self.by_destination.iter().map(|(&k, &v)| (k, v)).collect();
+        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        top.truncate(10);
+        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+        TimeWaitSummary {
+            entered: self.entered,
+            client_side: self.client_side,
+            server_side: self.server_side,
+            ends: self.ends.iter().map(|(&k, &v)| (k, v)).collect(),
+            held: self
+                .held
+                .as_ref()
+                .map(|h| [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()]),
+            top_destinations: top,
+            overflows: self.overflows,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gauges {
+    pub total: u64,
+    /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second).
+    pub by_destination: Vec<(Endpoint, (u64, f64))>,
+    pub by_local: Vec<(IpAddr, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWaitSummary {
+    pub entered: u64,
+    /// TIME_WAITs held by the side that connected (clients) and by the side that accepted.
+    pub client_side: u64,
+    pub server_side: u64,
+    pub ends: Vec<(TimeWaitEnd, u64)>,
+    /// p50, p90, p99, max of the durations, when any ended.
+    pub held: Option<[u64; 4]>,
+    pub top_destinations: Vec<(Endpoint, u64)>,
+    pub overflows: u64,
+}
