@@ -234,16 +234,16 @@ fn top_shows_real_connections_keys_work_and_q_restores_the_terminal() {
         row_of(s, &endpoint).is_some_and(|cells| cells.get(3) == Some(&"30"))
     });
     let cells = row_of(&screen, &endpoint).expect("the row");
-    // DESTINATION CONN/s OPEN TW FCST% RTX RST KA_TO P99CONN
-    assert_eq!(cells.len(), 9, "{screen}");
+    // DESTINATION CONN/s OPEN TW FCST% RTX RST KA_TO EADDR P99CONN
+    assert_eq!(cells.len(), 10, "{screen}");
     assert_eq!(
         cells[1], "3.0",
         "30 connections in the 10 s window:\n{screen}"
     );
     assert_eq!(cells[2], "0", "all closed:\n{screen}");
-    assert_eq!(&cells[5..8], ["0", "0", "0"], "{screen}");
+    assert_eq!(&cells[5..9], ["0", "0", "0", "0"], "{screen}");
     assert!(
-        cells[8].ends_with("us") || cells[8].ends_with("ms"),
+        cells[9].ends_with("us") || cells[9].ends_with("ms"),
         "{screen}"
     );
     let screen = top.wait_for("the refused connects in the alerts pane", |s| {
