@@ -111,11 +111,7 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
     let own_netns = inode("/proc/self/ns/net");
     let gauges = Tracer::start(&["timewait", "--interval", "1s"]);
     let alerts = Tracer::start_beside(&gauges, &["alerts"]);
-    let metrics_port = TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let metrics_port = crate::metrics::free_port();
     let dir = crate::recording::temp_dir("forecast");
     let file = dir.join("netns.rec");
     let recorder = crate::recording::Recorder::start(&["-o", file.to_str().expect("utf-8")]);
@@ -323,11 +319,7 @@ fn time_wait_overflows_are_counted_in_the_namespace_whose_buckets_are_full() {
 
 #[test]
 fn bind_to_a_port_in_use_is_an_alert_and_a_metric() {
-    let metrics_port = TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let metrics_port = crate::metrics::free_port();
     let alerts = Tracer::start(&["alerts"]);
     let metrics = Tracer::start_beside(
         &alerts,

@@ -10,6 +10,7 @@ mod filters;
 mod forecast;
 mod idle;
 mod lifecycle;
+mod listen;
 mod metrics;
 mod netns;
 mod overload;

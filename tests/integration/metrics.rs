@@ -13,6 +13,15 @@ use crate::{
     support::{heavy_load, Tracer},
 };
 
+/// A port free on 127.0.0.1 now, for a `--metrics` endpoint.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     stream
@@ -46,11 +55,7 @@ pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &st
 #[test]
 fn metrics_are_served_headless_and_match_the_tracer() {
     let _load = heavy_load();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("a")
-        .port();
+    let port = free_port();
     let tracer = Tracer::start_alone(
         &_load,
         &["metrics", "--metrics", &format!("127.0.0.1:{port}")],
@@ -142,11 +147,7 @@ fn metrics_are_served_headless_and_match_the_tracer() {
 
 #[test]
 fn evictions_and_filtered_events_are_metrics_too() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("a")
-        .port();
+    let port = free_port();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let tracer = Tracer::start(&[

@@ -144,6 +144,15 @@ impl Config {
         }
     }
 
+    /// Whether listeners' queues, drops and SYN cookies are watched (each second, sock_diag
+    /// and the TcpExt counters of every namespace): where alerts, `top` or metrics show them.
+    pub fn watches_listeners(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Alerts | Mode::All | Mode::Top | Mode::Metrics
+        )
+    }
+
     /// Whether connect()/bind() failing for want of a port is traced: where alerts, `top`'s
     /// column or the metric show it, and in recordings.
     pub fn traces_port_failures(&self) -> bool {

@@ -17,6 +17,7 @@ use crate::{
         alert::Alert,
         forecast::TimeWaitView,
         idle::IdleReport,
+        listeners::ListenerWatch,
         timewait::{Finished, TimeWaitTracker},
     },
 };
@@ -88,6 +89,8 @@ pub struct Tick<'a> {
     /// The network namespaces holding TIME_WAITs, with the settings the forecast takes its
     /// capacity from (read where the forecast is wanted).
     pub namespaces: &'a Namespaces,
+    /// The listeners and their queues, where watched.
+    pub listeners: Option<&'a ListenerWatch>,
 }
 
 /// How the session ended, for the consumer's last word.

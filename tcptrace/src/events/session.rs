@@ -18,7 +18,7 @@ use crate::{
     events::{
         consumer::{Begin, Consumer, End, Flow, Tick},
         dispatch::{is_broken_pipe, is_internal, Dispatcher},
-        time_wait_upkeep::TimeWaitUpkeep,
+        namespace_upkeep::NamespaceUpkeep,
     },
     host::{clock::Clock, facts::HostFacts, netns::Namespaces, sockdiag},
     kernel::loader::Tracer,
@@ -130,8 +130,9 @@ struct Session<'c> {
     ring: AsyncFd<RingBuf<MapData>>,
     dispatch: Dispatcher,
     started_ns: u64,
-    /// Where TIME_WAIT is traced: its upkeep, namespaces, overflow and forecast alerts.
-    upkeep: Option<TimeWaitUpkeep>,
+    /// Where TIME_WAIT is traced or listeners watched: the namespaces, TIME_WAIT upkeep,
+    /// overflow and forecast alerts, listen queues.
+    upkeep: Option<NamespaceUpkeep>,
     /// The namespaces' stand-in where TIME_WAIT is not traced.
     no_namespaces: Namespaces,
     evictor: FlowEvictor,
@@ -156,7 +157,9 @@ impl<'c> Session<'c> {
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();
         dispatch.open_flows = Some(crate::host::netns_reader::open_flows_toward);
-        let upkeep = traces_time_wait.then(TimeWaitUpkeep::new);
+        let watches_listeners = config.watches_listeners() && !wants.raw;
+        let upkeep = (traces_time_wait || watches_listeners)
+            .then(|| NamespaceUpkeep::new(watches_listeners));
         if traces_time_wait {
             seed_time_wait(config, &mut dispatch.tw);
         }
@@ -290,13 +293,15 @@ impl<'c> Session<'c> {
         let now = Clock::ktime_now();
         let traces_time_wait = self.dispatch.traces_time_wait();
         if let Some(upkeep) = self.upkeep.as_mut() {
-            let wants = self.dispatch.wants();
-            let alerts = wants.alerts && wants.forecast;
+            let alerts = self.dispatch.wants().alerts;
+            let tw = traces_time_wait.then_some(&mut self.dispatch.tw);
+            let tracer = &self.tracer;
             upkeep.tick(
-                &mut self.dispatch.tw,
+                tw,
                 consumer,
                 now,
                 alerts,
+                |netns, port| tracer.listener_owner(netns, port),
                 release_free_memory,
             )?;
             if self.dispatch.namespaces != *upkeep.namespaces() {
@@ -341,6 +346,7 @@ impl<'c> Session<'c> {
                 .upkeep
                 .as_ref()
                 .map_or(&self.no_namespaces, |u| u.namespaces()),
+            listeners: self.upkeep.as_ref().and_then(|u| u.listeners.as_ref()),
         })
     }
 
@@ -428,6 +434,10 @@ impl<'c> Session<'c> {
         if !self.config.filter.is_empty() {
             summary.filters = Some(self.config.filter.describe());
         }
+        summary.listen = self
+            .upkeep
+            .as_ref()
+            .and_then(|u| Some(u.listeners.as_ref()?.totals));
         if self.dispatch.traces_time_wait() {
             summary.time_wait = Some(self.dispatch.tw.summary());
             summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();

@@ -18,8 +18,8 @@ use crate::{
     events::model::Endpoint,
     host::{
         netns::{own_netns, Namespace, Namespaces, PortSettings},
-        procnet::parse_tw_overflow,
-        sockdiag,
+        procnet::TcpExtCounters,
+        sockdiag::{self, DiagSocket},
     },
 };
 
@@ -37,7 +37,28 @@ pub struct Refreshed {
     pub overflowed: Vec<(u32, u64)>,
     /// Namespaces read for the first time, or whose settings or name changed.
     pub changed: Vec<Namespace>,
+    /// Where listeners are watched: each namespace read, with its counters and listeners.
+    pub samples: Vec<ListenSample>,
 }
+
+/// A namespace's listeners and TcpExt counters, as read.
+#[derive(Debug)]
+pub struct ListenSample {
+    pub netns: u32,
+    pub counters: TcpExtCounters,
+    pub listeners: Vec<DiagSocket>,
+}
+
+/// One namespace's read.
+struct Sample {
+    settings: PortSettings,
+    counters: TcpExtCounters,
+    listeners: Option<Vec<DiagSocket>>,
+}
+
+/// A namespace whose listeners queue or drop, or that sends SYN cookies, is read every
+/// second for this long.
+const BUSY_FOR: Duration = Duration::from_secs(10);
 
 struct Known {
     /// A way in: its /run/netns name or a /proc/PID/ns/net.
@@ -47,7 +68,9 @@ struct Known {
     /// When it last held a TIME_WAIT, or was last found on the host.
     seen: Instant,
     in_use: bool,
-    overflow: Option<u64>,
+    counters: TcpExtCounters,
+    /// Read every second until then (see [`BUSY_FOR`]).
+    busy_until: Option<Instant>,
     /// The last error said about it (each said once).
     failed: Option<String>,
 }
@@ -58,18 +81,30 @@ pub struct NamespaceReader {
     pub namespaces: Namespaces,
     known: HashMap<u32, Known>,
     discovered_at: Option<Instant>,
+    /// Listeners are dumped with each read (`Refreshed::samples`).
+    watch_listeners: bool,
+    /// The samples of the read at start, handed over with the first refresh (the baseline
+    /// of every namespace's counters).
+    initial: Vec<ListenSample>,
 }
 
 impl NamespaceReader {
     /// Starts with every namespace of the host read.
     pub fn new() -> NamespaceReader {
+        Self::watching(false)
+    }
+
+    /// As [`Self::new`]; with `listeners`, each read dumps the namespace's listeners too.
+    pub fn watching(listeners: bool) -> NamespaceReader {
         let mut reader = NamespaceReader {
             own: own_netns(),
             namespaces: Namespaces::default(),
             known: HashMap::new(),
             discovered_at: None,
+            watch_listeners: listeners,
+            initial: Vec::new(),
         };
-        reader.refresh([], Instant::now());
+        reader.initial = reader.refresh([], Instant::now()).samples;
         reader
     }
 
@@ -81,7 +116,8 @@ impl NamespaceReader {
             read_at: None,
             seen: now,
             in_use: false,
-            overflow: None,
+            counters: TcpExtCounters::default(),
+            busy_until: None,
             failed: None,
         };
         for k in self.known.values_mut() {
@@ -108,7 +144,8 @@ impl NamespaceReader {
             .known
             .iter()
             .filter(|(&inode, k)| {
-                let every = match (Some(inode) == own, k.in_use) {
+                let busy = k.busy_until.is_some_and(|until| now < until);
+                let every = match (Some(inode) == own || busy, k.in_use) {
                     (true, _) => Duration::ZERO,
                     (false, true) => REFRESH,
                     (false, false) => DISCOVER,
@@ -117,15 +154,19 @@ impl NamespaceReader {
             })
             .map(|(&inode, _)| inode)
             .collect();
-        let mut out = Refreshed::default();
+        let mut out = Refreshed {
+            samples: std::mem::take(&mut self.initial),
+            ..Refreshed::default()
+        };
         let others: Vec<(u32, Option<PathBuf>)> = due
             .iter()
             .filter(|&&i| Some(i) != own)
             .map(|&i| (i, self.known.get(&i).and_then(|k| k.way_in.clone())))
             .collect();
-        let mut results = read_in_namespaces(others);
+        let listeners = self.watch_listeners;
+        let mut results = read_in_namespaces(others, listeners);
         if let Some(own) = own.filter(|o| due.contains(o)) {
-            results.push((own, None, read_here()));
+            results.push((own, None, read_here(listeners)));
         }
         for (inode, way_in, result) in results {
             self.settle(inode, way_in, result, now, &mut out);
@@ -146,7 +187,7 @@ impl NamespaceReader {
         &mut self,
         inode: u32,
         way_in: Option<PathBuf>,
-        result: Result<(PortSettings, Option<u64>)>,
+        result: Result<Sample>,
         now: Instant,
         out: &mut Refreshed,
     ) {
@@ -157,10 +198,10 @@ impl NamespaceReader {
         if way_in.is_some() {
             k.way_in = way_in;
         }
-        let (settings, overflow) = match result {
-            Ok((settings, overflow)) => {
+        let (settings, counters, listeners) = match result {
+            Ok(sample) => {
                 k.failed = None;
-                (Some(settings), overflow)
+                (Some(sample.settings), sample.counters, sample.listeners)
             }
             Err(e) => {
                 let text = format!("{e:#}");
@@ -173,16 +214,29 @@ impl NamespaceReader {
                     );
                     k.failed = Some(text);
                 }
-                (None, None)
+                (None, TcpExtCounters::default(), None)
             }
         };
-        if let (Some(before), Some(count)) = (k.overflow, overflow) {
+        if let (Some(before), Some(count)) = (k.counters.tw_overflow, counters.tw_overflow) {
             if count > before {
                 out.overflowed.push((inode, count - before));
             }
         }
-        if overflow.is_some() {
-            k.overflow = overflow;
+        if let Some(listeners) = listeners {
+            let queueing = listeners.iter().any(|l| l.recv_queue > 0);
+            let moved = counters.listen_drops != k.counters.listen_drops
+                || counters.syncookies_sent != k.counters.syncookies_sent;
+            if queueing || (moved && k.counters != TcpExtCounters::default()) {
+                k.busy_until = Some(now + BUSY_FOR);
+            }
+            out.samples.push(ListenSample {
+                netns: inode,
+                counters,
+                listeners,
+            });
+        }
+        if counters != TcpExtCounters::default() {
+            k.counters = counters;
         }
         let name = k
             .name
@@ -209,12 +263,22 @@ impl Default for NamespaceReader {
     }
 }
 
-fn read_here() -> Result<(PortSettings, Option<u64>)> {
+/// Reads the calling thread's namespace: its settings, counters and, with `listeners`, its
+/// listening sockets.
+fn read_here(listeners: bool) -> Result<Sample> {
     let settings = PortSettings::read_here()?;
-    let overflow = fs::read_to_string("/proc/thread-self/net/netstat")
-        .ok()
-        .and_then(|t| parse_tw_overflow(&t));
-    Ok((settings, overflow))
+    let counters = fs::read_to_string("/proc/thread-self/net/netstat")
+        .map(|t| TcpExtCounters::parse(&t))
+        .unwrap_or_default();
+    let listeners = match listeners {
+        true => Some(sockdiag::listeners().context("listing its listeners (sock_diag)")?),
+        false => None,
+    };
+    Ok(Sample {
+        settings,
+        counters,
+        listeners,
+    })
 }
 
 /// The name of a /run/netns/NAME path.
@@ -318,11 +382,11 @@ pub fn open_flows_toward(netns: u32, dest: Endpoint) -> Option<u64> {
     Some(sockets.iter().filter(|s| s.addrs.remote == dest).count() as u64)
 }
 
-type Read = (u32, Option<PathBuf>, Result<(PortSettings, Option<u64>)>);
+type Read = (u32, Option<PathBuf>, Result<Sample>);
 
 /// Reads each namespace from inside it, all from one thread of their own (only that thread
 /// changes namespace; it ends after the reads).
-fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>) -> Vec<Read> {
+fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>, listeners: bool) -> Vec<Read> {
     if namespaces.is_empty() {
         return Vec::new();
     }
@@ -342,7 +406,7 @@ fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>) -> Vec<Read> {
                             // thread's network namespace; the thread ends after the reads.
                             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                             let read = if rc == 0 {
-                                read_here()
+                                read_here(listeners)
                             } else {
                                 let e = std::io::Error::last_os_error();
                                 Err(anyhow::anyhow!(

@@ -31,9 +31,20 @@ pub struct DiagSocket {
     /// Time since data last went either way (from `tcp_info`, when asked for).
     pub idle: Option<Duration>,
     pub inode: u32,
+    /// For a listener: connections waiting in its accept queue, and its backlog (`ss -lt`'s
+    /// Recv-Q and Send-Q).
+    pub recv_queue: u32,
+    pub send_queue: u32,
+    /// Packets the socket dropped (`sk_drops`: for a listener, the handshakes it dropped),
+    /// when asked for.
+    pub drops: Option<u32>,
 }
 
-fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
+fn dump_family(
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+) -> Result<Vec<DiagSocket>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket
@@ -46,11 +57,7 @@ fn dump_family(family: u8, states: StateFlags, info: bool) -> Result<Vec<DiagSoc
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: if info {
-                ExtensionFlags::INFO
-            } else {
-                ExtensionFlags::empty()
-            },
+            extensions,
             states,
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
@@ -127,6 +134,12 @@ pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool
                         _ => None,
                     }),
                     inode: response.header.inode,
+                    recv_queue: response.header.recv_queue,
+                    send_queue: response.header.send_queue,
+                    drops: response.nlas.iter().find_map(|nla| match nla {
+                        Nla::MemInfo(m) => Some(m.drops),
+                        _ => None,
+                    }),
                 });
             }
             _ => {}
@@ -141,8 +154,24 @@ pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool
 
 /// TCP sockets in `states`, IPv4 and IPv6, in tcptrace's network namespace.
 pub fn dump(states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
-    let mut sockets = dump_family(AF_INET, states, info)?;
-    sockets.extend(dump_family(AF_INET6, states, info)?);
+    let extensions = if info {
+        ExtensionFlags::INFO
+    } else {
+        ExtensionFlags::empty()
+    };
+    let mut sockets = dump_family(AF_INET, states, extensions)?;
+    sockets.extend(dump_family(AF_INET6, states, extensions)?);
+    Ok(sockets)
+}
+
+/// Listening sockets with their accept queue, backlog and drops (`ss -ltm`).
+pub fn listeners() -> Result<Vec<DiagSocket>> {
+    let mut sockets = dump_family(AF_INET, StateFlags::LISTEN, ExtensionFlags::SKMEMINFO)?;
+    sockets.extend(dump_family(
+        AF_INET6,
+        StateFlags::LISTEN,
+        ExtensionFlags::SKMEMINFO,
+    )?);
     Ok(sockets)
 }
 

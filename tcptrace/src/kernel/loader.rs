@@ -381,6 +381,23 @@ impl Tracer {
         crate::kernel::syscalls::detach(&mut self.ebpf, syscall_links)
     }
 
+    /// Who listens on `port` in namespace `netns`, from the kernel's index of listeners
+    /// (filled at each listen(), and at start from sock_diag).
+    pub fn listener_owner(&self, netns: u32, port: u16) -> Option<crate::events::model::Process> {
+        let map = self.ebpf.map(map::LISTENERS)?;
+        let listeners = HashMap::<&MapData, ListenerKey, Owner>::try_from(map).ok()?;
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        let owner = listeners.get(&key, 0).ok()?;
+        Some(crate::events::model::Process {
+            pid: owner.pid,
+            comm: crate::events::model::comm_to_string(&owner.comm),
+        })
+    }
+
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows
     /// this call removed (a flow the kernel closed meanwhile is not counted).
     /// Flows in socket-local storage are never evicted (nothing to fill; freed with the socket).

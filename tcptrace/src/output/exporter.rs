@@ -74,6 +74,9 @@ impl Consumer for MetricsExporter {
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         self.metrics.kernel(t.kernel);
         self.metrics.durations(&t.tracer.durations()?);
+        if let Some(watch) = t.listeners {
+            self.metrics.listeners(watch);
+        }
         if t.traces_time_wait {
             self.metrics.time_wait_gauges(&t.time_wait.gauges(t.now_ns));
             self.metrics

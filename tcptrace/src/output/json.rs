@@ -18,6 +18,7 @@ use crate::{
     state::forecast::TimeWaitView,
     state::idle::IdleReport,
     state::keepalive::KeepaliveSettings,
+    state::listeners::ListenAlert,
     state::timewait::{TimeWait, TimeWaitEnd},
 };
 
@@ -105,6 +106,33 @@ struct AlertLine<'a> {
     /// `connect_failure` and `bind_failure` alerts only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     port_failure: Option<PortFailureFields>,
+    /// `listen_drops` and `syn_cookies` alerts only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    listen: Option<ListenFields>,
+}
+
+/// What a `listen_drops` / `syn_cookies` alert adds.
+#[derive(Serialize)]
+struct ListenFields {
+    /// The namespace (inode).
+    netns: u32,
+    /// listen_drops: the accept queue now, the backlog, the fullest seen; handshakes dropped
+    /// since the last alert and since start; how long it has been dropping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_queue: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropping_for_ns: Option<u64>,
+    /// syn_cookies: cookies sent since the last alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    syncookies_sent: Option<u64>,
 }
 
 /// What a `connect_failure` / `bind_failure` alert adds.
@@ -277,7 +305,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             Alert::KeepaliveProbe(p) => {
                 (None, None, Some(p.probe), None, None, None, None, p.skaddr)
             }
-            Alert::Exhaustion(_) | Alert::PortFailure(_) => {
+            Alert::Exhaustion(_) | Alert::PortFailure(_) | Alert::Listen(_) => {
                 (None, None, None, None, None, None, None, 0)
             }
         };
@@ -293,6 +321,34 @@ impl<W: Write> Render for JsonPrinter<W> {
                 failures: p.failures,
                 time_waits: p.time_waits,
                 open_flows: p.open_flows,
+            }),
+            _ => None,
+        };
+        let listen = match a {
+            Alert::Listen(ListenAlert::Drops {
+                ts_ns,
+                listener: l,
+                dropped,
+                ..
+            }) => Some(ListenFields {
+                netns: l.netns,
+                queue: Some(l.queue),
+                backlog: Some(l.backlog),
+                max_queue: Some(l.max_queue),
+                dropped: Some(*dropped),
+                dropped_total: Some(l.dropped),
+                dropping_for_ns: l.dropping_since.map(|t| ts_ns.saturating_sub(t)),
+                syncookies_sent: None,
+            }),
+            Alert::Listen(ListenAlert::SynCookies { netns, sent, .. }) => Some(ListenFields {
+                netns: *netns,
+                queue: None,
+                backlog: None,
+                max_queue: None,
+                dropped: None,
+                dropped_total: None,
+                dropping_for_ns: None,
+                syncookies_sent: Some(*sent),
             }),
             _ => None,
         };
@@ -315,6 +371,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             skaddr: Hex(skaddr_raw),
             forecast,
             port_failure,
+            listen,
         };
         self.line(&line)
     }

@@ -98,6 +98,8 @@ struct SummaryLine {
     filtered_events: u64,
     filters: Option<String>,
     time_wait: Option<TimeWaitSummaryLine>,
+    /// `{accept_queue_full, other_drops, syncookies_sent}` where listeners were watched.
+    listen: Option<crate::state::listeners::ListenTotals>,
 }
 
 pub(super) fn summary_line(s: &Summary) -> impl Serialize {
@@ -158,6 +160,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         keepalive_unindexed: s.keepalive_unindexed,
         filtered_events: s.filtered_events,
         filters: s.filters.clone(),
+        listen: s.listen,
         time_wait: s.time_wait.as_ref().map(|tw| TimeWaitSummaryLine {
             entered: tw.entered,
             client_side: tw.client_side,

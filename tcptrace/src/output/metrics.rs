@@ -22,6 +22,7 @@ use tokio::{
 use crate::{
     events::model::{Endpoint, TcpState},
     kernel::histogram::KernelHistogram,
+    output::metrics_listen::ListenMetrics,
     output::metrics_ports::PortFailureMetrics,
     state::aggregate::KernelCounters,
     state::cause::CloseCause,
@@ -91,6 +92,7 @@ pub struct Metrics {
     filtered_events: Counter,
     evicted_flows: Counter,
     port_failures: PortFailureMetrics,
+    listen: ListenMetrics,
     /// The kernel counters already added.
     seen: KernelCounters,
 }
@@ -117,6 +119,7 @@ impl Metrics {
             filtered_events: Counter::default(),
             evicted_flows: Counter::default(),
             port_failures: PortFailureMetrics::default(),
+            listen: ListenMetrics::default(),
             seen: KernelCounters::default(),
         };
         registry.register(
@@ -199,6 +202,7 @@ impl Metrics {
             m.evicted_flows.clone(),
         );
         m.port_failures.register(&mut registry);
+        m.listen.register(&mut registry);
         // Every cause and state from the start, at zero: a rate over a series that does not
         // exist yet is no answer at all (a dashboard's "retransmits by state" stayed empty).
         for cause in CloseCause::ALL {
@@ -213,6 +217,11 @@ impl Metrics {
             registry: Arc::new(registry),
             ..m
         }
+    }
+
+    /// The listeners' queues and drops, once a second.
+    pub fn listeners(&mut self, watch: &crate::state::listeners::ListenerWatch) {
+        self.listen.update(watch);
     }
 
     /// connect() or bind() failed for want of a port.

@@ -7,6 +7,7 @@ mod json_events;
 mod json_summary;
 pub mod lines;
 pub mod metrics;
+mod metrics_listen;
 mod metrics_ports;
 mod text;
 pub mod top;

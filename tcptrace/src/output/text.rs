@@ -407,6 +407,16 @@ impl<W: Write> Render for TextPrinter<W> {
                 s.keepalive_unindexed
             )?;
         }
+        if let Some(l) = &s.listen {
+            writeln!(
+                o,
+                "listeners: {} handshakes dropped (accept queue full {}, other {}); SYN cookies sent {}",
+                l.accept_queue_full + l.other_drops,
+                l.accept_queue_full,
+                l.other_drops,
+                l.syncookies_sent
+            )?;
+        }
         if s.port_failures > 0 {
             writeln!(
                 o,

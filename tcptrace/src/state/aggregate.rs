@@ -277,6 +277,7 @@ impl Aggregator {
             delivered: self.delivered,
             truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
             time_wait: None,
+            listen: None,
             time_wait_preexisting: 0,
         }
     }
@@ -384,6 +385,8 @@ pub struct Summary {
     pub truncated_paths: u64,
     /// TIME_WAIT, where traced.
     pub time_wait: Option<TimeWaitSummary>,
+    /// Handshakes listeners dropped and SYN cookies sent, where listeners were watched.
+    pub listen: Option<crate::state::listeners::ListenTotals>,
     /// Sockets already in TIME_WAIT when tracing started.
     pub time_wait_preexisting: u64,
 }

@@ -9,6 +9,7 @@ use crate::{
     state::cause::CloseCause,
     state::forecast::Forecast,
     state::keepalive::KeepaliveSettings,
+    state::listeners::ListenAlert,
     state::port_failures::PortFailureAlert,
     state::timewait::TimeWait,
     text::digits::number,
@@ -25,6 +26,8 @@ pub enum Alert<'a> {
     Exhaustion(&'a ExhaustionWarning),
     /// connect() or bind() failed for want of a port.
     PortFailure(&'a PortFailureAlert),
+    /// A listener dropped handshakes, or a namespace sent SYN cookies.
+    Listen(&'a ListenAlert),
 }
 
 /// A forecast over [`crate::state::forecast::WARN_AT`], as an alert: said once when it
@@ -76,6 +79,7 @@ impl<'a> Alert<'a> {
                 Call::Connect => "connect_failure",
                 Call::Bind => "bind_failure",
             },
+            Alert::Listen(l) => l.kind(),
         }
     }
 
@@ -86,6 +90,7 @@ impl<'a> Alert<'a> {
             Alert::KeepaliveProbe(p) => p.ts_ns,
             Alert::Exhaustion(w) => w.ts_ns,
             Alert::PortFailure(p) => p.failure.ts_ns,
+            Alert::Listen(l) => l.ts_ns(),
         }
     }
 
@@ -96,6 +101,7 @@ impl<'a> Alert<'a> {
             Alert::KeepaliveProbe(p) => &p.owner,
             Alert::Exhaustion(_) => &NO_OWNER,
             Alert::PortFailure(p) => &p.owner,
+            Alert::Listen(l) => l.owner(),
         }
     }
 
@@ -106,6 +112,7 @@ impl<'a> Alert<'a> {
             Alert::KeepaliveProbe(p) => &p.addrs,
             Alert::Exhaustion(w) => &w.addrs,
             Alert::PortFailure(p) => &p.addrs,
+            Alert::Listen(l) => l.addrs(),
         }
     }
 
@@ -113,7 +120,10 @@ impl<'a> Alert<'a> {
         match self {
             Alert::Closed(f) => f.keepalive.as_ref(),
             Alert::KeepaliveProbe(p) => Some(&p.keepalive),
-            Alert::FinRetransmit(_) | Alert::Exhaustion(_) | Alert::PortFailure(_) => None,
+            Alert::FinRetransmit(_)
+            | Alert::Exhaustion(_)
+            | Alert::PortFailure(_)
+            | Alert::Listen(_) => None,
         }
     }
 
@@ -189,6 +199,7 @@ impl<'a> Alert<'a> {
                 )
             }
             Alert::PortFailure(p) => p.detail(),
+            Alert::Listen(l) => l.detail(),
         }
     }
 }

@@ -7,5 +7,6 @@ pub mod evict;
 pub mod forecast;
 pub mod idle;
 pub mod keepalive;
+pub mod listeners;
 pub mod port_failures;
 pub mod timewait;

@@ -194,6 +194,9 @@ impl Consumer for TopScreen {
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         let live = t.time_wait.live_addrs().count() as u64;
         self.model.set_namespaces(t.namespaces);
+        if let Some(watch) = t.listeners {
+            self.model.set_listeners(watch, t.now_ns);
+        }
         self.model
             .tick(t.kernel.clone(), t.now_ns, (live, t.time_wait.overflows));
         self.redraw(t.time_wait)?;

@@ -84,6 +84,27 @@ pub struct Row {
     /// connect()/bind() failures for want of a port (EADDRNOTAVAIL, EADDRINUSE), since start.
     pub port_failures: u64,
     pub connect_p99_ns: Option<u64>,
+    /// A local service's listener: its accept queue and drops.
+    pub listen: Option<ListenCell>,
+}
+
+impl Row {
+    /// A row with nothing counted yet.
+    pub fn empty(endpoint: Endpoint) -> Row {
+        Row {
+            endpoint,
+            conn_per_s: 0.0,
+            open: 0,
+            time_wait: 0,
+            forecast_pct: None,
+            retransmits: 0,
+            resets: 0,
+            keepalive_timeouts: 0,
+            port_failures: 0,
+            connect_p99_ns: None,
+            listen: None,
+        }
+    }
 }
 
 /// The header's figures.
@@ -123,6 +144,8 @@ pub struct TopModel {
     listen_ports: HashSet<u16>,
     /// The namespaces the forecast takes its capacities from (the session's, each tick).
     namespaces: Namespaces,
+    /// The listeners, by their local endpoint (each tick, where watched).
+    listen: HashMap<Endpoint, ListenRow>,
     alerts: VecDeque<AlertLine>,
     /// Kernel counters at the previous tick, and when.
     previous: Option<(KernelCounters, u64)>,
@@ -144,6 +167,7 @@ impl TopModel {
             flows: HashMap::default(),
             listen_ports: HashSet::new(),
             namespaces: Namespaces::default(),
+            listen: HashMap::default(),
             alerts: VecDeque::new(),
             previous: None,
             open_seed: [0; tcp_state::LIMIT as usize],
@@ -440,28 +464,27 @@ impl TopModel {
                     keepalive_timeouts: g.keepalive_timeouts,
                     port_failures: g.port_failures,
                     connect_p99_ns: g.connect.as_ref().map(|h| h.value_at_quantile(0.99)),
+                    listen: None,
                 }
             })
             .collect();
         // TIME_WAITs left from before tracing, with no traffic seen since.
         rows.extend(tw_counts.into_iter().map(|(endpoint, time_wait)| Row {
-            endpoint,
-            conn_per_s: 0.0,
-            open: 0,
             time_wait,
-            forecast_pct: None,
-            retransmits: 0,
-            resets: 0,
-            keepalive_timeouts: 0,
-            port_failures: 0,
-            connect_p99_ns: None,
+            ..Row::empty(endpoint)
         }));
+        if kind == GroupKind::Service {
+            self.attach_listeners(&mut rows, now_s);
+        }
         rows
     }
 }
 
 #[path = "model_forecast.rs"]
 mod forecast;
+#[path = "model_listen.rs"]
+mod listen;
+pub use listen::{ListenCell, ListenRow};
 
 impl Default for TopModel {
     fn default() -> Self {

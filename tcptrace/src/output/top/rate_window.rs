@@ -24,12 +24,17 @@ impl RateWindow {
     }
 
     pub fn add(&mut self, now_s: u64) {
+        self.add_n(now_s, 1);
+    }
+
+    /// `n` events at `now_s`.
+    pub fn add_n(&mut self, now_s: u64, n: u32) {
         self.advance(now_s);
         // An event stamped before the newest bucket (records drained late) counts in the
         // bucket of its own second while that is still in the window.
         if self.second - now_s.min(self.second) < RATE_WINDOW_S {
             let slot = &mut self.buckets[(now_s % RATE_WINDOW_S) as usize];
-            *slot = slot.saturating_add(1);
+            *slot = slot.saturating_add(n);
         }
     }
 

@@ -52,11 +52,18 @@ impl Column {
             Column::ConnPerS => "CONN/s",
             Column::Open => "OPEN",
             Column::TimeWait => "TW",
-            Column::Forecast => "FCST%",
+            // Local services: their listener's accept queue (now/backlog) and drops.
+            Column::Forecast => match kind {
+                GroupKind::Destination => "FCST%",
+                GroupKind::Service => "ACCQ",
+            },
             Column::Retransmits => "RTX",
             Column::Resets => "RST",
             Column::KeepaliveTimeouts => "KA_TO",
-            Column::PortFailures => "EADDR",
+            Column::PortFailures => match kind {
+                GroupKind::Destination => "EADDR",
+                GroupKind::Service => "DRP/s",
+            },
             Column::ConnectP99 => "P99CONN",
         }
     }
@@ -82,11 +89,15 @@ impl Column {
             Column::Forecast => float(
                 a.forecast_pct.unwrap_or(-1.0),
                 b.forecast_pct.unwrap_or(-1.0),
-            ),
+            )
+            .then(a.listen.map(|l| l.queue).cmp(&b.listen.map(|l| l.queue))),
             Column::Retransmits => a.retransmits.cmp(&b.retransmits),
             Column::Resets => a.resets.cmp(&b.resets),
             Column::KeepaliveTimeouts => a.keepalive_timeouts.cmp(&b.keepalive_timeouts),
-            Column::PortFailures => a.port_failures.cmp(&b.port_failures),
+            Column::PortFailures => a.port_failures.cmp(&b.port_failures).then(float(
+                a.listen.map_or(-1.0, |l| l.drops_per_s),
+                b.listen.map_or(-1.0, |l| l.drops_per_s),
+            )),
             Column::ConnectP99 => a.connect_p99_ns.cmp(&b.connect_p99_ns),
         }
     }
@@ -97,17 +108,29 @@ impl Column {
             Column::ConnPerS => format!("{:.1}", row.conn_per_s),
             Column::Open => row.open.to_string(),
             Column::TimeWait => row.time_wait.to_string(),
-            Column::Forecast => row.forecast_pct.map_or("-".into(), |p| {
-                if p.is_finite() {
-                    format!("{p:.0}")
-                } else {
-                    "inf".into()
+            Column::Forecast => match (row.listen, row.forecast_pct) {
+                (Some(l), _) => {
+                    let both = format!("{}/{}", l.queue, l.backlog);
+                    if both.len() <= 5 {
+                        both
+                    } else {
+                        format!(
+                            "{}%",
+                            u64::from(l.queue) * 100 / u64::from(l.backlog.max(1))
+                        )
+                    }
                 }
-            }),
+                (None, Some(p)) if p.is_finite() => format!("{p:.0}"),
+                (None, Some(_)) => "inf".into(),
+                (None, None) => "-".into(),
+            },
             Column::Retransmits => row.retransmits.to_string(),
             Column::Resets => row.resets.to_string(),
             Column::KeepaliveTimeouts => row.keepalive_timeouts.to_string(),
-            Column::PortFailures => row.port_failures.to_string(),
+            Column::PortFailures => match row.listen {
+                Some(l) => format!("{:.1}", l.drops_per_s),
+                None => row.port_failures.to_string(),
+            },
             Column::ConnectP99 => row
                 .connect_p99_ns
                 .map_or("-".into(), |ns| HumanDuration(ns).to_string()),

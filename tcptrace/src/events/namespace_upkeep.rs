@@ -1,14 +1,16 @@
-//! The driver's once-a-second TIME_WAIT work: the tracker's upkeep, the network namespaces
-//! holding TIME_WAITs read (each one's ports, reuse and bucket limit), each namespace's
-//! TIME_WAIT overflow, and the exhaustion forecast's alerts.
+//! The driver's once-a-second work on network namespaces: the namespaces read (each one's
+//! ports, reuse and bucket limit; TIME_WAIT overflow; listeners and their queues), the
+//! TIME_WAIT tracker's upkeep and the exhaustion forecast's alerts, and the listeners' drops
+//! and SYN cookies as alerts.
 use std::{collections::HashSet, io, time::Instant};
 
 use crate::{
-    events::consumer::Consumer,
+    events::{consumer::Consumer, model::Process},
     host::{netns::Namespaces, netns_reader::NamespaceReader},
     state::{
         alert::{Alert, ExhaustionWarning},
         forecast::{forecasts, WARN_AT},
+        listeners::ListenerWatch,
         timewait::{RateKey, TimeWaitTracker},
     },
 };
@@ -16,17 +18,20 @@ use crate::{
 /// A space warned about is warned about again only after its forecast fell under this.
 const REARM_BELOW: f64 = WARN_AT * 0.75;
 
-pub struct TimeWaitUpkeep {
+pub struct NamespaceUpkeep {
     reader: NamespaceReader,
     /// Spaces whose forecast is over [`WARN_AT`] and were alerted on.
     warned: HashSet<RateKey>,
+    /// Where listen queues are watched.
+    pub listeners: Option<ListenerWatch>,
 }
 
-impl TimeWaitUpkeep {
-    pub fn new() -> TimeWaitUpkeep {
-        TimeWaitUpkeep {
-            reader: NamespaceReader::new(),
+impl NamespaceUpkeep {
+    pub fn new(watch_listeners: bool) -> NamespaceUpkeep {
+        NamespaceUpkeep {
+            reader: NamespaceReader::watching(watch_listeners),
             warned: HashSet::new(),
+            listeners: watch_listeners.then(ListenerWatch::default),
         }
     }
 
@@ -34,22 +39,45 @@ impl TimeWaitUpkeep {
         &self.reader.namespaces
     }
 
-    /// Once a second. `release` gives freed memory back to the system.
+    /// Once a second: `tw` where TIME_WAIT is traced; `owner` names who listens on a port of
+    /// a namespace; `release` gives freed memory back to the system.
+    #[allow(clippy::too_many_arguments)]
     pub fn tick<C: Consumer>(
         &mut self,
-        tw: &mut TimeWaitTracker,
+        tw: Option<&mut TimeWaitTracker>,
         consumer: &mut C,
         now_ns: u64,
         alerts: bool,
+        owner: impl Fn(u32, u16) -> Option<Process>,
         release: impl FnOnce(),
     ) -> io::Result<()> {
+        let in_use: Vec<u32> = match &tw {
+            Some(tw) => tw.namespaces_in_use().collect(),
+            None => Vec::new(),
+        };
+        let refreshed = self.reader.refresh(in_use, Instant::now());
+        if let Some(watch) = self.listeners.as_mut() {
+            for sample in &refreshed.samples {
+                let label = self
+                    .reader
+                    .namespaces
+                    .get(sample.netns)
+                    .map_or_else(|| sample.netns.to_string(), |ns| ns.label());
+                for alert in watch.sample(sample, now_ns, &owner, &label) {
+                    if alerts {
+                        consumer.alert(&Alert::Listen(&alert))?;
+                    }
+                }
+            }
+        }
+        let Some(tw) = tw else {
+            return Ok(());
+        };
         tw.expire_preexisting(now_ns);
         tw.prune_entry_rates(now_ns);
         if tw.shrink_sparse_maps() {
             release();
         }
-        let in_use: Vec<u32> = tw.namespaces_in_use().collect();
-        let refreshed = self.reader.refresh(in_use, Instant::now());
         for (netns, newly) in refreshed.overflowed {
             tw.overflows += newly;
             consumer.time_wait_overflowed(netns, newly);
@@ -101,11 +129,5 @@ impl TimeWaitUpkeep {
         }
         self.warned = still_hot;
         Ok(())
-    }
-}
-
-impl Default for TimeWaitUpkeep {
-    fn default() -> Self {
-        Self::new()
     }
 }
