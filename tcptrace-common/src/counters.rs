@@ -56,8 +56,9 @@ pub mod stat {
     pub const PORT_FAILURES: u32 = 22;
     /// Ring-buffer reservations that failed for port-failure records.
     pub const LOST_PORT_FAILURE: u32 = 23;
-    /// A connect()/bind() whose arguments could not be remembered at entry (the map of
-    /// calls in progress was full): its failure, if it failed, carries no address.
+    /// A failed connect()/bind() whose arguments were not found at exit (its CPU's slot held
+    /// another task's call: it moved CPU or was preempted inside the call): its failure
+    /// carries no address.
     pub const CALLS_UNTRACKED: u32 = 24;
     pub const COUNT: u32 = 25;
 }

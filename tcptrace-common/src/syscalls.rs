@@ -42,12 +42,13 @@ pub struct PortFailureEvent {
 }
 const _: () = assert!(core::mem::size_of::<PortFailureEvent>() == 64);
 
-/// A connect()/bind() entered: its sockaddr pointer and length, until it returns.
+/// The last connect()/bind() entered on a CPU: which task, its sockaddr pointer and length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallArgs {
+    pub pid_tgid: u64,
     pub sockaddr: u64,
     pub addrlen: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<CallArgs>() == 16);
+const _: () = assert!(core::mem::size_of::<CallArgs>() == 24);

@@ -103,11 +103,12 @@ macro_rules! config {
     };
 }
 
-/// connect() and bind() calls in progress, keyed by `pid_tgid`: their sockaddr, read only if
-/// the call fails for want of a port. LRU: a task killed inside the call leaves no entry for
-/// long.
+/// The last connect()/bind() entered on each CPU (its task and sockaddr), read only if the
+/// call fails for want of a port. A failure for want of a port is synchronous — the call
+/// does not sleep between entry and exit — so the CPU's slot still holds it (a plain
+/// per-CPU write at entry, not a hash insert per connect()).
 #[map]
-pub static CALLS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16_384, 0);
+pub static CALLS: PerCpuArray<CallArgs> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records for userspace; the size is set by the loader (`--ring-size`).
 #[map]

@@ -1,8 +1,9 @@
 //! `syscalls:sys_enter_connect` / `sys_exit_connect` and `sys_enter_bind` / `sys_exit_bind`
 //! (classic tracepoints): a connect() or bind() that fails for want of a port, EADDRNOTAVAIL
 //! or EADDRINUSE — what the exhaustion forecast predicts, seen happening. The entry hooks
-//! remember the sockaddr pointer of the calling task; the exit hooks return after one compare
-//! unless the call failed so, and only then read the address from the caller's memory.
+//! remember the calling task and its sockaddr pointer in their CPU's slot; the exit hooks
+//! return after one compare unless the call failed so, and only then read the address from
+//! the caller's memory.
 //!
 //! Record layouts (checked by userspace against the tracepoints' format files before
 //! attaching): the arguments at 16 + 8 × i, the return value at 16.
@@ -36,27 +37,33 @@ fn field(ctx: &TracePointContext, offset: usize) -> u64 {
 
 #[inline(always)]
 fn entered(ctx: &TracePointContext) -> u32 {
-    let args = CallArgs {
-        sockaddr: field(ctx, ARG1),
-        addrlen: field(ctx, ARG2) as u32,
-        _pad: 0,
-    };
-    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &args, 0);
+    if let Some(slot) = CALLS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a syscall hook is not interrupted by another on its CPU.
+        unsafe {
+            *slot = CallArgs {
+                pid_tgid: bpf_get_current_pid_tgid(),
+                sockaddr: field(ctx, ARG1),
+                addrlen: field(ctx, ARG2) as u32,
+                _pad: 0,
+            }
+        };
+    }
     0
 }
 
 #[inline(always)]
 fn exited(ctx: &TracePointContext, call: u8) -> u32 {
-    let me = bpf_get_current_pid_tgid();
     let ret = field(ctx, RET) as i64;
     let errno = ret.unsigned_abs() as u32;
     if ret >= 0 || (errno != port_failure::EADDRNOTAVAIL && errno != port_failure::EADDRINUSE) {
-        let _ = CALLS.remove(&me);
         return 0;
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { CALLS.get(&me) }.copied();
-    let _ = CALLS.remove(&me);
+    let me = bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's slot, copied out.
+    let args = CALLS
+        .get_ptr(0)
+        .map(|slot| unsafe { *slot })
+        .filter(|a| a.pid_tgid == me);
     let stats = Stats::at(slot::SYSCALL);
     stats.bump(stat::PORT_FAILURES);
     if args.is_none() {

@@ -93,6 +93,8 @@ struct Results {
     /// The same with flows in socket-local storage.
     kernel_ns_per_transition_socket: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
+    /// The same in `metrics`, whose hooks include connect()/bind()'s syscall tracepoints.
+    kernel_programs_metrics: Vec<steady::ProgramCost>,
     /// ns per run of an empty hook and of the flow-state probes (sk_storage, hash).
     flow_state_probes: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
@@ -481,6 +483,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     results.kernel_ns_per_transition_on_demand = per_transition(&on_demand);
     let socket = steady::program_costs(&bench, &["flows", "--flow-memory", "socket"])?;
     results.kernel_ns_per_transition_socket = per_transition(&socket);
+    results.kernel_programs_metrics =
+        steady::program_costs(&bench, &["metrics", "--metrics", "127.0.0.1:0"])?;
 
     // Kernel ns per transition of the flow-state probes, beside the empty hook's.
     if wanted("storage") {

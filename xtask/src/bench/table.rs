@@ -44,6 +44,13 @@ pub(super) fn print_table(r: &Results) {
             p.program, p.runs, p.ns_per_run
         );
     }
+    println!("kernel per program, metrics mode (the syscall hooks: connect() and bind()):");
+    for p in &r.kernel_programs_metrics {
+        println!(
+            "  {:<18} {:>10} runs {:>8.1} ns/run",
+            p.program, p.runs, p.ns_per_run
+        );
+    }
     if !r.flow_state_probes.is_empty() {
         println!("flow state alone (probes, flat out; empty hook first):");
         for p in &r.flow_state_probes {
