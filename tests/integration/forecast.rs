@@ -275,7 +275,10 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
             ("destination", &format!("{}:{port}", pair.addr_a)),
         ],
     );
-    assert!(counted >= 1.0, "the failures counted: {counted}\n{text}");
+    assert_eq!(
+        counted, 2.0,
+        "each failure counted (the first, and the one after): {counted}\n{text}"
+    );
 
     // The host's own connections keep the host's capacity.
     let host = all
