@@ -22,6 +22,11 @@ use crate::{
     },
 };
 
+/// Port-failure alerts that count the flows open toward their destination (a sock_diag dump
+/// each, from inside the namespace), per second: a scan failing toward many destinations
+/// must not stall the drain; the alerts beyond say no count.
+const OPEN_FLOW_COUNTS_PER_S: u32 = 5;
+
 /// At most this many decode errors are logged one by one.
 const DECODE_ERRORS_LOGGED: u64 = 5;
 
@@ -74,6 +79,8 @@ pub struct Dispatcher {
     /// Set live: port-failure alerts say the flows open toward the destination.
     pub open_flows: Option<OpenFlowCounter>,
     ports: PortFailureWatch,
+    /// Open-flow counts left this second (see [`OPEN_FLOW_COUNTS_PER_S`]).
+    open_counts_left: u32,
     decoder: Decoder,
     wants: Wants,
     traces_time_wait: bool,
@@ -88,6 +95,7 @@ impl Dispatcher {
             namespaces: Namespaces::default(),
             open_flows: None,
             ports: PortFailureWatch::default(),
+            open_counts_left: OPEN_FLOW_COUNTS_PER_S,
             decoder: Decoder::new(host),
             wants,
             traces_time_wait,
@@ -202,6 +210,7 @@ impl Dispatcher {
     /// Once a second: port-failure kinds quiet for a minute are forgotten.
     pub fn forget_quiet_failures(&mut self, now_ns: u64) {
         self.ports.forget_quiet(now_ns);
+        self.open_counts_left = OPEN_FLOW_COUNTS_PER_S;
     }
 
     /// TIME_WAITs cancelled long enough before `now_ns` ended early.
@@ -287,7 +296,8 @@ impl Dispatcher {
                     return Ok(());
                 }
                 if let Some(failures) = self.ports.admit(&p) {
-                    let open_flows = self.open_flows;
+                    let open_flows = self.open_flows.filter(|_| self.open_counts_left > 0);
+                    self.open_counts_left = self.open_counts_left.saturating_sub(1);
                     let alert = PortFailureAlert::new(
                         p,
                         failures,
