@@ -78,6 +78,13 @@ struct ModeRow {
     lost_skipped: Option<u64>,
     user_cpu_ns_per_event: f64,
     peak_rss_kib: u64,
+    /// Kernel time of the tracer's own programs per connection (bpf_stats, one flat-out
+    /// round of its own), its multiple of the empty hook's in the same run, and by program.
+    kernel_ns_per_connection: Option<f64>,
+    kernel_x_empty_hook: Option<f64>,
+    kernel_by_program: Vec<steady::ProgramCost>,
+    /// Connections made in that round.
+    kernel_round_connections: u64,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -266,6 +273,8 @@ impl Bench<'_> {
         }
         let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let max = ratios.iter().copied().fold(0.0, f64::max);
+        let (programs, connections) = steady::programs_over_a_round(self, start)?;
+        let kernel_ns: f64 = programs.iter().map(|p| p.ns_per_run * p.runs as f64).sum();
         Ok(ModeRow {
             mode: name.into(),
             command: command.into(),
@@ -284,6 +293,10 @@ impl Bench<'_> {
                 0.0
             },
             peak_rss_kib: rss,
+            kernel_ns_per_connection: (connections > 0).then(|| kernel_ns / connections as f64),
+            kernel_x_empty_hook: None,
+            kernel_by_program: programs,
+            kernel_round_connections: connections,
         })
     }
 }
@@ -458,6 +471,19 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             "bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf(...) }'",
             None,
         )?);
+    }
+
+    // Each mode's kernel time per connection as a multiple of the empty hook's (same run).
+    let floor = results
+        .modes
+        .iter()
+        .find(|m| m.mode == "empty hook (floor)")
+        .and_then(|m| m.kernel_ns_per_connection);
+    for m in &mut results.modes {
+        m.kernel_x_empty_hook = floor
+            .zip(m.kernel_ns_per_connection)
+            .filter(|(f, _)| *f > 0.0)
+            .map(|(f, k)| k / f);
     }
 
     // Kernel ns per program run (bpf_stats on for this round only), flows mode.

@@ -58,11 +58,20 @@ fn held_programs(pid: u32) -> Vec<(u32, u64, u64)> {
 /// The kernel programs' cost by program, over one flat-out round of `args` (the tracer's
 /// own hooks only; bpf_stats is on for this round alone).
 pub fn program_costs(bench: &Bench, args: &[&str]) -> Result<Vec<ProgramCost>> {
+    Ok(programs_over_a_round(bench, &|out| bench.tcptrace(args, out))?.0)
+}
+
+/// The kernel programs' cost, by program, over one flat-out round of the tracer `start`
+/// starts (bpf_stats on for that round alone), and the connections the round made.
+pub fn programs_over_a_round(
+    bench: &Bench,
+    start: &dyn Fn(&std::path::Path) -> Result<super::tracer::RunningTracer>,
+) -> Result<(Vec<ProgramCost>, u64)> {
     let out = bench.dir.join("bpf-stats.out");
     let stats = BpfStats::enable()?;
-    let tracer = bench.tcptrace(args, &out)?;
+    let tracer = start(&out)?;
     let before = held_programs(tracer.pid());
-    bench.load(None)?;
+    let load = bench.load(None)?;
     let after = held_programs(tracer.pid());
     // Names while the programs are loaded.
     let names: HashMap<u32, String> = aya::programs::loaded_programs()
@@ -87,7 +96,8 @@ pub fn program_costs(bench: &Bench, args: &[&str]) -> Result<Vec<ProgramCost>> {
         })
         .collect();
     costs.sort_by_key(|c| std::cmp::Reverse(c.runs));
-    Ok(costs)
+    let _ = fs::remove_file(&out);
+    Ok((costs, load.connections))
 }
 
 /// On-CPU time of every thread of a process, in ns (schedstat: exact, not tick-sampled).

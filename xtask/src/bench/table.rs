@@ -30,6 +30,31 @@ pub(super) fn print_table(r: &Results) {
             m.peak_rss_kib / 1024
         );
     }
+    println!(
+        "kernel per connection (bpf_stats, one flat-out round of each mode; x the empty hook's in this run):"
+    );
+    for m in &r.modes {
+        let Some(ns) = m.kernel_ns_per_connection else {
+            continue;
+        };
+        let connections = m.kernel_round_connections.max(1) as f64;
+        println!(
+            "  {:<24} {:>9.0} ns/conn {:>7}",
+            m.mode,
+            ns,
+            m.kernel_x_empty_hook
+                .map_or("".into(), |x| format!("{x:.1}x"))
+        );
+        for p in &m.kernel_by_program {
+            println!(
+                "      {:<18} {:>6.2} runs/conn {:>8.1} ns/run {:>8.0} ns/conn",
+                p.program,
+                p.runs as f64 / connections,
+                p.ns_per_run,
+                p.runs as f64 * p.ns_per_run / connections
+            );
+        }
+    }
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1} {unit}"));
     println!(
         "kernel per event:        {} (all hooks); {} per transition (both inet_sock_set_state programs), {} with --flow-memory on-demand, {} with --flow-memory socket",
