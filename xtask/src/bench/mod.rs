@@ -50,11 +50,12 @@ pub struct BenchArgs {
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
     /// record, flows-on-demand, metrics-on-demand, flows-socket, metrics-socket (flows in
-    /// socket storage), filtered, floor, storage (flow-state probes), bpftrace.
+    /// socket storage), filtered, floor, storage (flow-state probes), libbpf-tools (Debian's
+    /// tcpstates and tcplife, installed if missing), bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -454,6 +455,18 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         results.record_bytes_per_record = reports.bytes_per_record();
     }
 
+    // libbpf-tools' tcpstates and tcplife (Debian's package), measured the same way.
+    if wanted("libbpf-tools") {
+        install_package("/usr/sbin/tcpstates", "libbpf-tools")?;
+        for (name, tool) in [
+            ("libbpf-tools tcpstates", "/usr/sbin/tcpstates"),
+            ("libbpf-tools tcplife", "/usr/sbin/tcplife"),
+        ] {
+            let start = |out: &Path| RunningTracer::start(Command::new(tool), out, "");
+            results.modes.push(bench.mode(name, &start, tool, None)?);
+        }
+    }
+
     if !args.no_bpftrace && wanted("bpftrace") {
         install_bpftrace()?;
         mount_tracefs()?;
@@ -600,6 +613,19 @@ pub(crate) fn raise_nofile(n: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Installs a Debian package unless `binary` is there.
+fn install_package(binary: &str, package: &str) -> Result<()> {
+    if Path::new(binary).exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (a reference row of the benchmark) with apt-get");
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn install_bpftrace() -> Result<()> {

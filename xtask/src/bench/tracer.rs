@@ -32,6 +32,14 @@ pub struct TracerCost {
     pub bpf_run_cnt: u64,
 }
 
+/// Whether process `pid` holds a BPF program.
+fn holds_bpf_programs(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| fs::read_to_string(e.path()).is_ok_and(|info| info.contains("prog_type:")))
+    })
+}
+
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
@@ -55,8 +63,19 @@ impl RunningTracer {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = Vec::new();
+        let pid = child.id();
         loop {
-            let stdout_ready = fs::read_to_string(out).is_ok_and(|s| s.contains(ready));
+            // `ready` empty: a tool that says nothing when it is attached (libbpf-tools buffer
+            // their stdout into a file) is ready once it holds its programs, and a moment more.
+            let stdout_ready = match ready {
+                "" => {
+                    holds_bpf_programs(pid) && {
+                        thread::sleep(Duration::from_millis(500));
+                        true
+                    }
+                }
+                _ => fs::read_to_string(out).is_ok_and(|s| s.contains(ready)),
+            };
             if stdout_ready {
                 break;
             }
