@@ -70,15 +70,16 @@ fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple
 
 /// Under filters: whether a timewait timer that starts belongs to a traced flow (and is
 /// remembered as traced), judged by the timewait socket's own addresses or, for the filters
-/// that need the owner, by its flow's verdict (`TW_PENDING`).
+/// that need the owner, by its flow's verdict (`TW_PENDING`); `netns` is its namespace, `None`
+/// where it could not be read (not traced).
 #[inline(always)]
-fn time_wait_traced(timer: *const u8, tw: *const u8, tuple: &Tuple) -> bool {
+fn time_wait_traced(timer: *const u8, netns: Option<u32>, tuple: &Tuple) -> bool {
     let key = timer as u64;
     // SAFETY: the value is not read.
     if unsafe { TW_TRACED.get(&key) }.is_some() {
         return true;
     }
-    let Ok(netns) = sock::netns_with::<sock::Untyped>(tw) else {
+    let Some(netns) = netns else {
         return false;
     };
     let traced = if filter::active() & filter_kind::NEEDS_OWNER != 0 {
@@ -118,12 +119,14 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     }
     let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
     if let Ok(tuple) = sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)) {
-        if filter::active() != 0 && !time_wait_traced(timer, tw, &tuple) {
+        // The namespace keys the exhaustion forecast (each has its own port range) and the
+        // namespace filter.
+        let netns = sock::netns_with::<sock::Untyped>(tw).ok();
+        if filter::active() != 0 && !time_wait_traced(timer, netns, &tuple) {
             Stats::at(slot::TIMER_START).bump(stat::FILTERED);
             return 0;
         }
-        // The namespace keys the exhaustion forecast: each has its own port range.
-        let netns = sock::netns_with::<sock::Untyped>(tw).unwrap_or(0);
+        let netns = netns.unwrap_or(0);
         emit_time_wait(slot::TIMER_START, time_wait::START, 0, timer, tuple, netns);
     }
     0

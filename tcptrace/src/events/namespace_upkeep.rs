@@ -58,11 +58,7 @@ impl NamespaceUpkeep {
         let refreshed = self.reader.refresh(in_use, Instant::now());
         if let Some(watch) = self.listeners.as_mut() {
             for sample in &refreshed.samples {
-                let label = self
-                    .reader
-                    .namespaces
-                    .get(sample.netns)
-                    .map_or_else(|| sample.netns.to_string(), |ns| ns.label());
+                let label = self.reader.namespaces.label(sample.netns);
                 for alert in watch.sample(sample, now_ns, &owner, &label) {
                     if alerts {
                         consumer.alert(&Alert::Listen(&alert))?;
@@ -81,11 +77,7 @@ impl NamespaceUpkeep {
         for (netns, newly) in refreshed.overflowed {
             tw.overflows += newly;
             consumer.time_wait_overflowed(netns, newly);
-            let label = self
-                .reader
-                .namespaces
-                .get(netns)
-                .map_or_else(|| netns.to_string(), |ns| ns.label());
+            let label = self.reader.namespaces.label(netns);
             let limit = self
                 .reader
                 .namespaces

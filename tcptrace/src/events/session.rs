@@ -342,10 +342,7 @@ impl<'c> Session<'c> {
             tracer: &self.tracer,
             time_wait: &self.dispatch.tw,
             traces_time_wait,
-            namespaces: self
-                .upkeep
-                .as_ref()
-                .map_or(&self.no_namespaces, |u| u.namespaces()),
+            namespaces: self.namespaces(),
             listeners: self.upkeep.as_ref().and_then(|u| u.listeners.as_ref()),
         })
     }

@@ -11,11 +11,16 @@ use serde::{Deserialize, Serialize};
 /// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN).
 pub const TIME_WAIT_LEN_S: f64 = 60.0;
 
-/// The inode of tcptrace's own network namespace.
-pub fn own_netns() -> Option<u32> {
-    fs::metadata("/proc/self/ns/net")
+/// The inode of the file at `path` (a namespace's, for /proc/PID/ns/net or /run/netns/NAME).
+pub fn inode_of(path: &Path) -> Option<u32> {
+    fs::metadata(path)
         .ok()
         .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// The inode of tcptrace's own network namespace.
+pub fn own_netns() -> Option<u32> {
+    inode_of(Path::new("/proc/self/ns/net"))
 }
 
 /// What bounds a namespace's ephemeral ports.
@@ -164,9 +169,34 @@ pub struct Namespaces {
     pub by_inode: HashMap<u32, Namespace>,
 }
 
+impl Namespace {
+    /// A namespace not read (yet): named by its inode, the kernel's defaults assumed.
+    pub fn unknown(inode: u32) -> Namespace {
+        Namespace {
+            inode,
+            name: None,
+            own: false,
+            settings: None,
+        }
+    }
+}
+
 impl Namespaces {
     pub fn get(&self, inode: u32) -> Option<&Namespace> {
         self.by_inode.get(&inode)
+    }
+
+    /// The namespace, or [`Namespace::unknown`] where it was not read.
+    pub fn get_or_unknown(&self, inode: u32) -> Namespace {
+        self.get(inode)
+            .cloned()
+            .unwrap_or_else(|| Namespace::unknown(inode))
+    }
+
+    /// How a person finds it ([`Namespace::label`]; its inode where it was not read).
+    pub fn label(&self, inode: u32) -> String {
+        self.get(inode)
+            .map_or_else(|| inode.to_string(), Namespace::label)
     }
 
     pub fn insert(&mut self, ns: Namespace) {

@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{
     events::model::Endpoint,
     host::{
-        netns::{own_netns, Namespace, Namespaces, PortSettings},
+        netns::{inode_of, own_netns, Namespace, Namespaces, PortSettings},
         procnet::TcpExtCounters,
         sockdiag::{self, DiagSocket},
     },
@@ -288,12 +288,6 @@ pub fn run_netns_name(path: &Path) -> Option<String> {
         .flatten()
 }
 
-fn inode_of(path: &Path) -> Option<u32> {
-    fs::metadata(path)
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
-}
-
 /// Every namespace on the host with a way in and its /run/netns name: those named under
 /// /run/netns (`ip netns add`), and those of every process (readlink only).
 fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
@@ -350,6 +344,17 @@ fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
     bail!("no process lives in it and /run/netns does not name it")
 }
 
+/// Moves the calling thread into the namespace `file` (opened from `path`) refers to. Only
+/// threads that end after their work inside call it.
+fn enter(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: setns with an open namespace fd changes only this thread's network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("entering it through {}: {e}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs `f` inside namespace `inode` (on a thread of its own that enters it), or on this
 /// thread when it is tracing's own.
 pub fn in_namespace<T: Send>(inode: u32, f: impl FnOnce() -> T + Send) -> Result<T> {
@@ -360,15 +365,7 @@ pub fn in_namespace<T: Send>(inode: u32, f: impl FnOnce() -> T + Send) -> Result
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                // SAFETY: setns with an open namespace fd changes only this thread's network
-                // namespace; the thread ends after `f`.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    bail!(
-                        "entering network namespace {inode} through {}: {e}",
-                        path.display()
-                    );
-                }
+                enter(&file, &path).with_context(|| format!("network namespace {inode}"))?;
                 Ok(f())
             })
             .join()
@@ -402,18 +399,7 @@ fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>, listeners: bool) 
                     .map(|(inode, way)| match way {
                         Err(e) => (inode, None, Err(e)),
                         Ok((path, file)) => {
-                            // SAFETY: setns with an open namespace fd changes only this
-                            // thread's network namespace; the thread ends after the reads.
-                            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                            let read = if rc == 0 {
-                                read_here(listeners)
-                            } else {
-                                let e = std::io::Error::last_os_error();
-                                Err(anyhow::anyhow!(
-                                    "entering it through {}: {e}",
-                                    path.display()
-                                ))
-                            };
+                            let read = enter(&file, &path).and_then(|()| read_here(listeners));
                             (inode, Some(path), read)
                         }
                     })

@@ -162,16 +162,6 @@ pub struct TimeWaitView {
     pub preexisting: u64,
 }
 
-/// A namespace not read (yet): named by its inode, the kernel's defaults assumed.
-pub fn unknown_namespace(inode: u32) -> Namespace {
-    Namespace {
-        inode,
-        name: None,
-        own: false,
-        settings: None,
-    }
-}
-
 /// The exhaustion forecast of the 10 busiest (namespace, local address, destination)
 /// spaces, each with its namespace's capacity.
 pub fn forecasts(tw: &TimeWaitTracker, now: u64, namespaces: &Namespaces) -> Vec<Forecast> {
@@ -181,11 +171,7 @@ pub fn forecasts(tw: &TimeWaitTracker, now: u64, namespaces: &Namespaces) -> Vec
         .into_iter()
         .take(10)
         .map(|((netns, local, remote), rate)| {
-            let ns = namespaces
-                .get(netns)
-                .cloned()
-                .unwrap_or_else(|| unknown_namespace(netns));
-            forecast(&ns, local, remote, rate)
+            forecast(&namespaces.get_or_unknown(netns), local, remote, rate)
         })
         .collect()
 }
@@ -276,7 +262,7 @@ mod tests {
     fn an_unread_namespace_is_forecast_with_the_kernels_defaults_and_says_so() {
         let dst = Endpoint::new("10.0.0.2".parse().expect("ip"), 443);
         let src: IpAddr = "10.0.0.1".parse().expect("ip");
-        let f = forecast(&unknown_namespace(77), src, dst, 10.0);
+        let f = forecast(&Namespace::unknown(77), src, dst, 10.0);
         assert!(f.defaults_assumed);
         assert_eq!(f.usable_ports, 28232);
         assert!(

@@ -12,7 +12,7 @@ use crate::{
     events::port_failure::{Call, Errno, PortFailure},
     host::netns::Namespaces,
     state::{
-        forecast::{forecast, unknown_namespace, Forecast},
+        forecast::{forecast, Forecast},
         timewait::TimeWaitTracker,
     },
 };
@@ -78,10 +78,7 @@ pub fn forecast_toward(
     netns: u32,
     dest: Endpoint,
 ) -> Option<Forecast> {
-    let ns = namespaces
-        .get(netns)
-        .cloned()
-        .unwrap_or_else(|| unknown_namespace(netns));
+    let ns = namespaces.get_or_unknown(netns);
     tw.entry_rates(now_ns)
         .into_iter()
         .filter(|((n, _, d), _)| *n == netns && *d == dest)
@@ -130,9 +127,7 @@ impl PortFailureAlert {
                 None,
             ),
         };
-        let netns_label = namespaces
-            .get(failure.netns)
-            .map_or_else(|| failure.netns.to_string(), |ns| ns.label());
+        let netns_label = namespaces.label(failure.netns);
         PortFailureAlert {
             netns_label,
             owner: Some(failure.owner.clone()),

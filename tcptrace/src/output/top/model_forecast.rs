@@ -3,7 +3,7 @@
 use super::{GroupKey, GroupKind, GroupStats, TopModel};
 use crate::{
     host::netns::Namespaces,
-    state::forecast::{forecast, unknown_namespace, Forecast},
+    state::forecast::{forecast, Forecast},
 };
 
 impl TopModel {
@@ -29,11 +29,7 @@ impl TopModel {
         g.time_wait_entries
             .iter()
             .map(|(&(netns, local), w)| {
-                let ns = self
-                    .namespaces
-                    .get(netns)
-                    .cloned()
-                    .unwrap_or_else(|| unknown_namespace(netns));
+                let ns = self.namespaces.get_or_unknown(netns);
                 forecast(&ns, local, key.endpoint, w.per_second(now_s))
             })
             .filter(|f| f.rate_per_s > 0.0)
