@@ -4,6 +4,7 @@
 mod loadgen;
 mod memory;
 mod recording;
+mod reference;
 mod steady;
 mod table;
 mod tracer;
@@ -22,7 +23,7 @@ use serde::Serialize;
 
 use loadgen::LoadResult;
 pub use loadgen::{run_clients, Server};
-use tracer::{mount_tracefs, RunningTracer, TracerCost};
+use tracer::{RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -101,8 +102,6 @@ struct Results {
     /// The same with flows in socket-local storage.
     kernel_ns_per_transition_socket: Option<f64>,
     kernel_programs: Vec<steady::ProgramCost>,
-    /// The same in `metrics`, whose hooks include connect()/bind()'s syscall tracepoints.
-    kernel_programs_metrics: Vec<steady::ProgramCost>,
     /// ns per run of an empty hook and of the flow-state probes (sk_storage, hash).
     flow_state_probes: Vec<steady::ProgramCost>,
     cpu_percent_at_10k: Option<f64>,
@@ -455,35 +454,12 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         results.record_bytes_per_record = reports.bytes_per_record();
     }
 
-    // libbpf-tools' tcpstates and tcplife (Debian's package), measured the same way.
+    // The reference rows: libbpf-tools' tcpstates and tcplife, bpftrace.
     if wanted("libbpf-tools") {
-        install_package("/usr/sbin/tcpstates", "libbpf-tools")?;
-        for (name, tool) in [
-            ("libbpf-tools tcpstates", "/usr/sbin/tcpstates"),
-            ("libbpf-tools tcplife", "/usr/sbin/tcplife"),
-        ] {
-            let start = |out: &Path| RunningTracer::start(Command::new(tool), out, "");
-            results.modes.push(bench.mode(name, &start, tool, None)?);
-        }
+        results.modes.extend(reference::libbpf_tools(&bench)?);
     }
-
     if !args.no_bpftrace && wanted("bpftrace") {
-        install_bpftrace()?;
-        mount_tracefs()?;
-        let start = |out: &Path| {
-            let mut cmd = Command::new("bpftrace");
-            cmd.args([
-                "-e",
-                "tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { printf(\"%d %s %d %d %d %d\\n\", pid, comm, args->sport, args->dport, args->oldstate, args->newstate); }",
-            ]);
-            RunningTracer::start(cmd, out, "Attaching")
-        };
-        results.modes.push(bench.mode(
-            "bpftrace (reference)",
-            &start,
-            "bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf(...) }'",
-            None,
-        )?);
+        results.modes.push(reference::bpftrace(&bench)?);
     }
 
     // Each mode's kernel time per connection as a multiple of the empty hook's (same run).
@@ -522,8 +498,6 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     results.kernel_ns_per_transition_on_demand = per_transition(&on_demand);
     let socket = steady::program_costs(&bench, &["flows", "--flow-memory", "socket"])?;
     results.kernel_ns_per_transition_socket = per_transition(&socket);
-    results.kernel_programs_metrics =
-        steady::program_costs(&bench, &["metrics", "--metrics", "127.0.0.1:0"])?;
 
     // Kernel ns per transition of the flow-state probes, beside the empty hook's.
     if wanted("storage") {
@@ -613,35 +587,6 @@ pub(crate) fn raise_nofile(n: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Installs a Debian package unless `binary` is there.
-fn install_package(binary: &str, package: &str) -> Result<()> {
-    if Path::new(binary).exists() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {package} (a reference row of the benchmark) with apt-get");
-    crate::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", package])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn install_bpftrace() -> Result<()> {
-    if Command::new("bpftrace")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: installing bpftrace (the benchmark's reference row) with apt-get");
-    crate::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "bpftrace"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 /// The userspace pipeline alone, on synthetic records, one core: (decode + aggregate, flows

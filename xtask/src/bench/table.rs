@@ -1,6 +1,16 @@
 //! The results table printed at the end of `cargo xtask bench`.
 use super::Results;
 
+/// Programs' runs and ns per run, one a line, names padded to `width`.
+fn print_runs(programs: &[super::steady::ProgramCost], width: usize) {
+    for p in programs {
+        println!(
+            "  {:<width$} {:>10} runs {:>8.1} ns/run",
+            p.program, p.runs, p.ns_per_run
+        );
+    }
+}
+
 pub(super) fn print_table(r: &Results) {
     println!("machine: {} | kernel {}", r.machine, r.kernel);
     println!(
@@ -63,27 +73,10 @@ pub(super) fn print_table(r: &Results) {
         opt(r.kernel_ns_per_transition_on_demand, "ns"),
         opt(r.kernel_ns_per_transition_socket, "ns")
     );
-    for p in &r.kernel_programs {
-        println!(
-            "  {:<18} {:>10} runs {:>8.1} ns/run",
-            p.program, p.runs, p.ns_per_run
-        );
-    }
-    println!("kernel per program, metrics mode (the syscall hooks: connect() and bind()):");
-    for p in &r.kernel_programs_metrics {
-        println!(
-            "  {:<18} {:>10} runs {:>8.1} ns/run",
-            p.program, p.runs, p.ns_per_run
-        );
-    }
+    print_runs(&r.kernel_programs, 18);
     if !r.flow_state_probes.is_empty() {
         println!("flow state alone (probes, flat out; empty hook first):");
-        for p in &r.flow_state_probes {
-            println!(
-                "  {:<32} {:>10} runs {:>8.1} ns/run",
-                p.program, p.runs, p.ns_per_run
-            );
-        }
+        print_runs(&r.flow_state_probes, 32);
     }
     for l in &r.lossless {
         match (l.conn_per_s, l.events_per_s) {
