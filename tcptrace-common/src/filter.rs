@@ -15,9 +15,12 @@ pub mod filter_kind {
     pub const PID: u32 = 1 << 5;
     pub const CGROUP: u32 = 1 << 6;
     pub const NETNS: u32 = 1 << 7;
+    /// Pods, Kubernetes namespaces, containers: the cgroups in `WORKLOAD_CGROUPS` (kept up to
+    /// date by userspace as pods come and go) or their descendants.
+    pub const WORKLOAD: u32 = 1 << 8;
     /// Filters a timewait socket cannot be judged by (it has no owner and no cgroup): its
     /// flow's verdict is carried over through the `TW_PENDING` map.
-    pub const NEEDS_OWNER: u32 = PID | CGROUP;
+    pub const NEEDS_OWNER: u32 = PID | CGROUP | WORKLOAD;
 }
 
 /// Bits of each byte of the `PORT_FILTER` array (indexed by port, host order).

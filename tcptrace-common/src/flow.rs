@@ -127,22 +127,33 @@ impl FlowState {
     /// listener; an inherited owner never replaces a known one.
     #[inline(always)]
     pub fn set_owner(&mut self, owner: &Owner, from_listener: bool) {
+        if self.take_owner(from_listener) {
+            self.pid = owner.pid;
+            self.comm = owner.comm;
+            self.cgroup = owner.cgroup;
+        }
+    }
+
+    /// Whether an owner (inherited from the listener, or not) replaces what the flow knows:
+    /// if so the flags say it is known and the caller writes `pid`, `comm` and `cgroup` (in
+    /// place, in the kernel: no owner copied on its stack).
+    #[inline(always)]
+    pub fn take_owner(&mut self, from_listener: bool) -> bool {
         let known = self.flags & flow_flags::OWNER_KNOWN != 0;
         let inherited = self.flags & flow_flags::OWNER_FROM_LISTENER != 0;
         if from_listener {
             if known {
-                return;
+                return false;
             }
             self.flags |= flow_flags::OWNER_FROM_LISTENER;
         } else {
             if known && !inherited {
-                return;
+                return false;
             }
             self.flags &= !flow_flags::OWNER_FROM_LISTENER;
         }
         self.flags |= flow_flags::OWNER_KNOWN;
-        self.pid = owner.pid;
-        self.comm = owner.comm;
+        true
     }
 }
 
@@ -180,6 +191,8 @@ mod tests {
         Owner {
             pid,
             comm: [b'x'; COMM_LEN],
+            _pad: [0; 4],
+            cgroup: u64::from(pid) * 10,
         }
     }
 
@@ -248,15 +261,23 @@ mod tests {
     fn owners_from_process_context_win() {
         let mut flow = FlowState::start(LISTEN, SYN_RECV, 1);
         flow.set_owner(&owner(1), true);
-        assert_eq!(flow.pid, 1);
+        assert_eq!(
+            (flow.pid, flow.cgroup),
+            (1, 10),
+            "the listener's cgroup comes along"
+        );
         flow.set_owner(&owner(2), false);
         assert_eq!(
-            (flow.pid, flow.flags & flow_flags::OWNER_FROM_LISTENER),
-            (2, 0)
+            (
+                flow.pid,
+                flow.cgroup,
+                flow.flags & flow_flags::OWNER_FROM_LISTENER
+            ),
+            (2, 20, 0)
         );
         flow.set_owner(&owner(3), false);
         flow.set_owner(&owner(4), true);
-        assert_eq!(flow.pid, 2);
+        assert_eq!((flow.pid, flow.cgroup), (2, 20));
     }
 
     #[test]

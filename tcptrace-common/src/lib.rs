@@ -17,9 +17,10 @@ pub const PATH_SLOTS: usize = 8;
 /// The version of the ring records' layout (`TransitionEvent`, `FlowEndEvent`, …): raised
 /// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
 /// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64), layout 3 the
-/// `PortFailureEvent`; recordings of layouts 1 and 2 are still read (layout 1's TIME_WAITs
-/// carry namespace 0: the recording host's).
-pub const RECORD_LAYOUT_VERSION: u32 = 3;
+/// `PortFailureEvent`, layout 4 the owner's cgroup id (`cgroup`) in every record that names
+/// an owner; recordings of layouts 1 to 3 are still read (layout 1's TIME_WAITs carry
+/// namespace 0: the recording host's; records before layout 4 carry cgroup 0: unknown).
+pub const RECORD_LAYOUT_VERSION: u32 = 4;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -170,13 +171,18 @@ pub struct FlowState {
     /// Bits of [`close_flags`].
     pub close_flags: u8,
     pub _pad1: [u8; 2],
+    /// The socket's cgroup (v2) id, with the owner (the listener's for an accepted child);
+    /// 0: unknown.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowState>() == 120);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 128);
 const _: () = assert!(core::mem::align_of::<FlowState>() == 8);
-// A flow's owner is read in place as an `Owner` (the kernel's keepalive index).
+// A flow's owner is read in place as an `Owner` (the kernel's keepalive index): pid, comm and
+// cgroup lie where `Owner` has them (`probes`, `close_flags` and `_pad1` fill its padding).
 const _: () = assert!(
     core::mem::offset_of!(FlowState, comm) == core::mem::offset_of!(FlowState, pid) + 4
-        && core::mem::offset_of!(FlowState, pid) % 4 == 0
+        && core::mem::offset_of!(FlowState, cgroup) == core::mem::offset_of!(FlowState, pid) + 24
+        && core::mem::offset_of!(FlowState, pid) % 8 == 0
 );
 
 impl FlowState {
@@ -194,6 +200,7 @@ impl FlowState {
         probes: 0,
         close_flags: 0,
         _pad1: [0; 2],
+        cgroup: 0,
     };
 }
 
@@ -214,8 +221,10 @@ pub struct TransitionEvent {
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
     pub _pad1: [u8; 4],
+    /// The owner's cgroup id (0: unknown); absent before layout 4.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 104);
 
 /// Keepalive settings of a socket, in jiffies as the kernel keeps them (0: the sysctl applies).
 #[repr(C)]
@@ -246,7 +255,7 @@ pub struct FlowEndEvent {
     /// Filled when SO_KEEPALIVE was on at CLOSE.
     pub keepalive: Keepalive,
 }
-const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 200);
+const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 208);
 
 /// A flow reached CLOSE and a TIME_WAIT follows: what the TIME_WAIT tracker needs of it (its
 /// 4-tuple, and whether it was the accepting side), when userspace counts nothing else per
@@ -287,8 +296,10 @@ pub struct KeepaliveProbeEvent {
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
     pub _pad1: [u8; 4],
+    /// The owner's cgroup id (0: unknown); absent before layout 4.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<KeepaliveProbeEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<KeepaliveProbeEvent>() == 112);
 
 /// A timewait socket's timer (timer:timer_start / timer_cancel / timer_expire_entry for
 /// `tw_timer_handler`).
@@ -346,8 +357,10 @@ pub struct RetransmitEvent {
     pub err: i32,
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
+    /// The owner's cgroup id (0: unknown); absent before layout 4.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 96);
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
@@ -399,8 +412,11 @@ const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 pub struct Owner {
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
+    pub _pad: [u8; 4],
+    /// The socket's cgroup (v2) id; 0: unknown.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<Owner>() == 20);
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 
 /// A ring-buffer record. Every record begins with its `u32` kind (asserted below), so the
 /// kernel writes, and userspace reads, the head of every kind the same way.

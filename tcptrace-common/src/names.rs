@@ -25,6 +25,7 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     pub const DURATIONS: &str = "DURATIONS";
     pub const CALLS: &str = "CALLS";
+    pub const WORKLOAD_CGROUPS: &str = "WORKLOAD_CGROUPS";
     /// Every map userspace names.
     pub const ALL: &[&str] = &[
         EVENTS,
@@ -41,6 +42,7 @@ pub mod map {
         COUNTERS,
         DURATIONS,
         CALLS,
+        WORKLOAD_CGROUPS,
     ];
     /// The benchmark's flow-state probe (`--features bench` only).
     pub const PROBE_HASH: &str = "PROBE_HASH";

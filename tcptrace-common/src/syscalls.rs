@@ -39,8 +39,10 @@ pub struct PortFailureEvent {
     pub _pad0: u16,
     /// The address asked for, in network order (IPv4 in the first four bytes).
     pub addr: [u8; 16],
+    /// The calling task's cgroup (v2) id; absent before layout 4.
+    pub cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<PortFailureEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<PortFailureEvent>() == 72);
 
 /// The last connect()/bind() entered on a CPU: which task, its sockaddr pointer and length.
 #[repr(C)]

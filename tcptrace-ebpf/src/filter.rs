@@ -8,7 +8,7 @@ use tcptrace_common::{
 
 use crate::{
     config,
-    maps::{FILTER_KEY, LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, TW_PENDING},
+    maps::{FILTER_KEY, LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, TW_PENDING, WORKLOAD_CGROUPS},
     sock::{self, Reader, AF_INET6},
 };
 
@@ -117,10 +117,25 @@ fn cgroup_listed(id: u64, count: usize) -> bool {
     false
 }
 
-/// Whether the socket's cgroup (v2), or one of its ancestors, is a filtered one.
+/// Whether the socket's cgroup (v2), or one of its ancestors, is a filtered one (`--cgroup`).
 #[inline(always)]
 fn cgroup_allowed<R: Reader>(sk: *const u8) -> bool {
     let count = config!(filter.cgroup_count) as usize;
+    in_listed_cgroup::<R, _>(sk, |id| cgroup_listed(id, count))
+}
+
+/// Whether the socket's cgroup, or one of its ancestors, is a filtered workload's (`--pod`,
+/// `--namespace`, `--container`: the pod's or container's cgroups in `WORKLOAD_CGROUPS`).
+#[inline(always)]
+fn workload_allowed<R: Reader>(sk: *const u8) -> bool {
+    // SAFETY: only whether the key is there is read.
+    in_listed_cgroup::<R, _>(sk, |id| unsafe { WORKLOAD_CGROUPS.get(&id) }.is_some())
+}
+
+/// Walks from the socket's cgroup up to the root (at most `CGROUP_MAX_DEPTH` levels) until
+/// `listed` says yes.
+#[inline(always)]
+fn in_listed_cgroup<R: Reader, F: Fn(u64) -> bool>(sk: *const u8, listed: F) -> bool {
     let Ok(mut cgroup) = R::read::<u64>(sk, config!(offsets.sk_cgroup)) else {
         return false;
     };
@@ -137,7 +152,7 @@ fn cgroup_allowed<R: Reader>(sk: *const u8) -> bool {
         else {
             return false;
         };
-        if cgroup_listed(id, count) {
+        if listed(id) {
             return true;
         }
         let Ok(css) = sock::probe_read::<u64>(cg, config!(offsets.cgroup_parent)) else {
@@ -229,6 +244,9 @@ fn judge_inline<R: Reader>(
         return Verdict::NoMatch;
     }
     if active & filter_kind::CGROUP != 0 && (sk.is_null() || !cgroup_allowed::<R>(sk)) {
+        return Verdict::NoMatch;
+    }
+    if active & filter_kind::WORKLOAD != 0 && (sk.is_null() || !workload_allowed::<R>(sk)) {
         return Verdict::NoMatch;
     }
     if active & filter_kind::LOCAL_PORT != 0 {

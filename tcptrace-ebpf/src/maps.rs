@@ -245,6 +245,11 @@ pub static LOCAL_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 
 #[map]
 pub static REMOTE_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(1_024, 0);
 
+/// The cgroups of the filtered workloads (`--pod`, `--namespace`, `--container`), kept up to
+/// date by userspace as pods come and go; the value is unused.
+#[map]
+pub static WORKLOAD_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4_096, 0);
+
 /// Where an address-trie key is built (per CPU and per program: not on the stack).
 #[map]
 pub static FILTER_KEY: PerCpuArray<Key<AddrKey>> = PerCpuArray::with_max_entries(slot::COUNT, 0);
@@ -264,6 +269,10 @@ pub static TW_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(262_144
 /// per program that builds flows (see `slot`).
 #[map]
 pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(slot::SCRATCH, 0);
+
+/// Where a listener's owner is built before it goes into `LISTENERS` (per CPU and program).
+#[map]
+pub static OWNER_SCRATCH: PerCpuArray<Owner> = PerCpuArray::with_max_entries(slot::SCRATCH, 0);
 
 /// Set while the main `inet_sock_set_state` program runs on this CPU: a transition arriving
 /// meanwhile (a softirq interrupting it) is skipped by the kernel for that program and
@@ -450,12 +459,41 @@ pub fn submit_flags(stats: Stats) -> u64 {
     }
 }
 
-/// The current task as an owner; only meaningful in process context.
+/// Writes the current task, as the owner of `sk`, into the fields of an owner in place (a
+/// flow's, or a map value's): nothing is built on the stack, whose 512 bytes the main
+/// handler needs. The socket's cgroup, or the task's where the kernel has no socket cgroup;
+/// only meaningful in process context.
 #[inline(always)]
-pub fn current_owner() -> Owner {
+pub fn write_current_owner(pid: &mut u32, comm: &mut [u8; 16], cgroup: &mut u64, sk: *const u8) {
+    *pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the helper writes at most 16 bytes into `comm` (ARG_PTR_TO_UNINIT_MEM), which
+    // is 16 bytes of a map value.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
+    }
+    *cgroup = match crate::sock::cgroup_id(sk) {
+        // SAFETY: a plain helper call with no arguments.
+        0 => unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() },
+        id => id,
+    };
+}
+
+/// This CPU's owner slot for the program whose `slot` this is (a listener's owner is built
+/// there before it is inserted into `LISTENERS`).
+#[inline(always)]
+pub fn owner_scratch(slot: u32) -> Option<*mut Owner> {
+    OWNER_SCRATCH.get_ptr_mut(slot & (slot::SCRATCH - 1))
+}
+
+/// The current task as the caller of a syscall, with its own cgroup.
+#[inline(always)]
+pub fn current_caller() -> Owner {
     Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         comm: current_comm(),
+        _pad: [0; 4],
+        // SAFETY: a plain helper call with no arguments.
+        cgroup: unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() },
     }
 }
 

@@ -91,7 +91,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     stats.retransmit_in(state);
 
     let mut flags = 0u8;
-    let (mut pid, mut comm) = (0u32, [0u8; 16]);
+    let (mut pid, mut comm, mut cgroup) = (0u32, [0u8; 16], 0u64);
     match existing {
         Some(existing) => {
             // SAFETY: as in set_state: the entry is valid for this run and the socket lock
@@ -105,6 +105,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
                 flags |= event_flags::OWNER_KNOWN;
                 pid = flow.pid;
                 comm = flow.comm;
+                cgroup = flow.cgroup;
             }
         }
         None => {
@@ -115,6 +116,9 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             let flow = unsafe { &mut *scratch };
             flow.restart_unseen(state);
             flow.count_retransmit();
+            // The owner is unknown, the socket's cgroup is not.
+            flow.cgroup = sock::cgroup_id(sk);
+            cgroup = flow.cgroup;
             stats.bump(stat::FLOWS_SEEN);
             if FLOW_TABLE.insert(sk, &*flow) {
                 stats.bump(stat::FLOWS_INSERTED);
@@ -144,6 +148,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             (&raw mut (*e).err).write(err.unwrap_or(0));
             (&raw mut (*e).pid).write(pid);
             (&raw mut (*e).comm).write(comm);
+            (&raw mut (*e).cgroup).write(cgroup);
         }
         record.submit();
     }

@@ -18,8 +18,8 @@ use crate::{
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
     maps::{
-        current_owner, emit, observe_duration, scratch, FlowTable, Stats, CONNECTING, FLOW_TABLE,
-        KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
+        emit, observe_duration, owner_scratch, scratch, write_current_owner, FlowTable, Stats,
+        CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
     },
     sock,
 };
@@ -230,16 +230,20 @@ fn try_inet_sock_set_state(
         }
     }
     let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
-    let mut inherited: Option<Owner> = None;
+    // The listener's owner, read in place below (a map value stays valid for this run; a
+    // concurrent delete can at worst give a stale owner, never an invalid read).
+    let mut inherited: Option<*const Owner> = None;
     if child {
         let key = listener_key(sk)?;
-        // SAFETY: the value is copied out at once; a concurrent delete can at worst give a
-        // stale owner, never an invalid read.
-        inherited = unsafe { LISTENERS.get(&key) }.copied();
+        inherited = LISTENERS.get_ptr(&key);
     } else if new == tcp_state::LISTEN {
         if owner_context {
-            let owner = current_owner();
-            let _ = LISTENERS.insert(&listener_key(sk)?, &owner, 0);
+            if let Some(owner) = owner_scratch(slot) {
+                // SAFETY: this CPU's slot of this program, ours for this run.
+                let owner = unsafe { &mut *owner };
+                write_current_owner(&mut owner.pid, &mut owner.comm, &mut owner.cgroup, sk);
+                let _ = LISTENERS.insert(&listener_key(sk)?, owner, 0);
+            }
         }
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let _ = LISTENERS.remove(&listener_key(sk)?);
@@ -317,14 +321,18 @@ fn try_inet_sock_set_state(
         }
     }
     if owner_context {
-        if flow.wants_owner() {
-            flow.set_owner(&current_owner(), false);
+        if flow.wants_owner() && flow.take_owner(false) {
+            write_current_owner(&mut flow.pid, &mut flow.comm, &mut flow.cgroup, sk);
         }
-    } else if let Some(owner) = &inherited {
-        flow.set_owner(owner, true);
+    } else if let Some(owner) = inherited {
+        // SAFETY: a LISTENERS value, valid for this run (see above).
+        flow.set_owner(unsafe { &*owner }, true);
     }
     if flow.flags & flow_flags::OWNER_KNOWN != 0 {
         flags |= event_flags::OWNER_KNOWN;
+    } else if is_fresh || restarted {
+        // Owner unknown (a flow older than the tracer): the socket still names its cgroup.
+        flow.cgroup = sock::cgroup_id(sk);
     }
     if hold {
         flow.flags |= flow_flags::FILTER_PENDING;
@@ -365,7 +373,17 @@ fn try_inet_sock_set_state(
 
     if emit_transitions {
         send_transition(
-            stats, old, new, flags, now, held, key, &tuple, flow.pid, &flow.comm,
+            stats,
+            old,
+            new,
+            flags,
+            now,
+            held,
+            key,
+            &tuple,
+            flow.pid,
+            &flow.comm,
+            flow.cgroup,
         );
     }
 
@@ -395,6 +413,7 @@ pub fn send_transition(
     tuple: &Tuple,
     pid: u32,
     comm: &[u8; 16],
+    cgroup: u64,
 ) {
     if let Some(mut record) = emit::<TransitionEvent>(stats) {
         let e = record.as_mut_ptr();
@@ -412,6 +431,7 @@ pub fn send_transition(
             (&raw mut (*e).pid).write(pid);
             (&raw mut (*e).comm).write(*comm);
             (&raw mut (*e)._pad1).write([0; 4]);
+            (&raw mut (*e).cgroup).write(cgroup);
         }
         record.submit();
     }
@@ -448,6 +468,7 @@ pub fn release_held_start(
             tuple,
             flow.pid,
             &flow.comm,
+            flow.cgroup,
         );
     }
 }

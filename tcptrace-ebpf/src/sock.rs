@@ -58,6 +58,26 @@ pub fn netns_with<R: Reader>(sk: *const u8) -> Result<u32, i32> {
     probe_read::<u32>(net, config!(offsets.net_inum))
 }
 
+/// The socket's cgroup (v2) id: `sk_cgrp_data.cgroup->kn->id`, set when the socket was
+/// created (an accepted child's is its listener's), so it is right in softirq too. 0: unknown
+/// (or no such fields on this kernel).
+#[inline(always)]
+pub fn cgroup_id(sk: *const u8) -> u64 {
+    let at = config!(offsets.sk_cgroup);
+    if at == 0 {
+        return 0;
+    }
+    let cgroup = match read::<u64>(sk, at) {
+        Ok(cgroup) if cgroup != 0 => cgroup as usize as *const u8,
+        _ => return 0,
+    };
+    let kn = match read::<u64>(cgroup, config!(offsets.cgroup_kn)) {
+        Ok(kn) if kn != 0 => kn as usize as *const u8,
+        _ => return 0,
+    };
+    read::<u64>(kn, config!(offsets.kernfs_id)).unwrap_or(0)
+}
+
 /// How a field is read: a direct load (BTF-typed pointer) or `bpf_probe_read_kernel`.
 pub trait Reader {
     fn read<T>(base: *const u8, offset: u32) -> Result<T, i32>;

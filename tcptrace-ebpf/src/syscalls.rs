@@ -19,7 +19,7 @@ use tcptrace_common::{port_failure, slot, stat, CallArgs, PortFailureEvent};
 
 use crate::{
     config,
-    maps::{current_owner, emit, Stats, CALLS},
+    maps::{current_caller, emit, Stats, CALLS},
     sock,
 };
 
@@ -72,7 +72,7 @@ fn exited(ctx: &TracePointContext, call: u8) -> u32 {
     // Everything is read before the record is reserved.
     let (family, port, addr) = args.map_or((0, 0, [0u8; 16]), read_sockaddr);
     let netns = current_netns();
-    let owner = current_owner();
+    let owner = current_caller();
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(mut record) = emit::<PortFailureEvent>(stats) {
@@ -91,6 +91,7 @@ fn exited(ctx: &TracePointContext, call: u8) -> u32 {
             (&raw mut (*e).errno).write(errno);
             (&raw mut (*e).pid).write(owner.pid);
             (&raw mut (*e).comm).write(owner.comm);
+            (&raw mut (*e).cgroup).write(owner.cgroup);
             (&raw mut (*e).netns).write(netns);
             (&raw mut (*e).port).write(port);
             (&raw mut (*e)._pad0).write(0);

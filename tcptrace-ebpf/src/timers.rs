@@ -234,7 +234,7 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     let (traced, owner) = if FlowTable::in_sockets() {
         // SAFETY: a map value, valid for this run; only read.
         match unsafe { KEEPALIVE_OWNERS.get(&key) } {
-            Some(owner) if owner.pid != 0 => (true, Some((owner.pid, owner.comm))),
+            Some(owner) if owner.pid != 0 => (true, Some((owner.pid, owner.comm, owner.cgroup))),
             Some(_) => (true, None),
             None => (false, None),
         }
@@ -243,8 +243,11 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
             Some(flow) => {
                 // SAFETY: a map value, valid for this run; only read.
                 let flow = unsafe { &*flow };
-                let owner =
-                    (flow.flags & flow_flags::OWNER_KNOWN != 0).then_some((flow.pid, flow.comm));
+                let owner = (flow.flags & flow_flags::OWNER_KNOWN != 0).then_some((
+                    flow.pid,
+                    flow.comm,
+                    flow.cgroup,
+                ));
                 (true, owner)
             }
             None => (false, None),
@@ -266,9 +269,9 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
         return Ok(());
     }
     let keepalive = sock::keepalive(sk)?;
-    let (pid, comm, flags) = match owner {
-        Some((pid, comm)) => (pid, comm, event_flags::OWNER_KNOWN),
-        None => (0u32, [0u8; 16], 0u8),
+    let (pid, comm, cgroup, flags) = match owner {
+        Some((pid, comm, cgroup)) => (pid, comm, cgroup, event_flags::OWNER_KNOWN),
+        None => (0u32, [0u8; 16], 0u64, 0u8),
     };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -287,6 +290,7 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
             (&raw mut (*e).pid).write(pid);
             (&raw mut (*e).comm).write(comm);
             (&raw mut (*e)._pad1).write([0; 4]);
+            (&raw mut (*e).cgroup).write(cgroup);
         }
         record.submit();
     }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{filter::FilterSpec, Cli, Command, ReportMode};
+use super::{filter::FilterSpec, identity::IdentityConfig, Cli, Command, ReportMode};
 pub use crate::kernel::plan::FlowMemory;
 use crate::kernel::plan::KernelPlan;
 
@@ -58,6 +58,8 @@ pub struct Config {
     pub no_time_wait: bool,
     pub metrics: Option<std::net::SocketAddr>,
     pub filter: FilterSpec,
+    /// Where identities (container, pod, unit) are read from and how they are shown.
+    pub identity: IdentityConfig,
 }
 
 impl Config {
@@ -100,10 +102,13 @@ impl Config {
     }
     /// Which flows the kernel sends a record for when they close. `tcptrace metrics` counts
     /// closes, durations and retransmits in the kernel, and needs only the flows whose
-    /// TIME_WAIT it follows; every other mode prints, records or aggregates every flow.
+    /// TIME_WAIT it follows (every flow with `--metrics-pod-labels`); every other mode
+    /// prints, records or aggregates every flow.
     pub fn flow_ends(&self) -> u8 {
         use tcptrace_common::emit_flow_ends;
         match self.mode {
+            // By workload: every flow's end, with its cgroup.
+            Mode::Metrics if self.identity.metrics_labels => emit_flow_ends::ALL,
             Mode::Metrics if self.traces_time_wait() => emit_flow_ends::TIME_WAIT,
             Mode::Metrics => emit_flow_ends::NONE,
             _ => emit_flow_ends::ALL,
@@ -228,6 +233,9 @@ impl TryFrom<Cli> for Config {
         if c.duration == Some(Duration::ZERO) {
             bail!("--duration must be longer than zero");
         }
+        let identity = IdentityConfig::try_from(c.identity)?;
+        let mut filter = FilterSpec::try_from(c.filter)?;
+        filter.workloads.resolve(&identity.sources)?;
         let mut config = Config {
             mode,
             json: c.json,
@@ -241,7 +249,8 @@ impl TryFrom<Cli> for Config {
             idle_report: c.idle_report,
             no_time_wait: c.no_time_wait,
             metrics: c.metrics,
-            filter: FilterSpec::try_from(c.filter)?,
+            filter,
+            identity,
         };
         config.ring_size = c.ring_size.unwrap_or_else(|| config.default_ring_size()) as u32;
         Ok(config)
@@ -261,7 +270,10 @@ pub fn report_config(cli: &Cli, mode: ReportMode, interval: Duration) -> Result<
     if mode == ReportMode::Timewait && interval < Duration::from_millis(100) {
         bail!("--interval must be at least 100ms");
     }
-    Ok(Config::for_report(mode, interval, c.json, !c.no_summary))
+    let mut config = Config::for_report(mode, interval, c.json, !c.no_summary);
+    // Only how identities are shown: a report names the recording's, never this host's.
+    config.identity.column = c.identity.identity_column;
+    Ok(config)
 }
 
 /// Smallest rotation size: a header and a few thousand records.
@@ -333,6 +345,7 @@ impl Config {
             no_time_wait: false,
             metrics: None,
             filter: FilterSpec::default(),
+            identity: IdentityConfig::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use tcptrace_common::{
     family, filter_kind, mapped_v4, names::map, port_bits, AddrKey, FilterConfig,
 };
 
-use crate::events::model::FlowAddrs;
+use crate::{cli::identity::WorkloadFilter, events::model::FlowAddrs};
 
 /// Filter flags, applied in the kernel before anything is tracked or sent.
 #[derive(Args, Debug, Default)]
@@ -81,6 +81,31 @@ pub struct FilterArgs {
         value_delimiter = ','
     )]
     pub netns: Vec<String>,
+    /// Only sockets of these Kubernetes pods (names, as in /var/log/pods), followed as they
+    /// come and go (checked every second).
+    #[arg(
+        long = "pod",
+        global = true,
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub pods: Vec<String>,
+    /// Only sockets of pods in these Kubernetes namespaces.
+    #[arg(
+        long = "namespace",
+        global = true,
+        value_name = "NS",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Only sockets of these containers: names (Kubernetes) or ids (12+ hex digits).
+    #[arg(
+        long = "container",
+        global = true,
+        value_name = "NAME|ID",
+        value_delimiter = ','
+    )]
+    pub containers: Vec<String>,
     /// Only IPv4 sockets.
     #[arg(short = '4', long = "ipv4", global = true, conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -99,6 +124,9 @@ impl FilterArgs {
             && self.remote_addrs.is_empty()
             && self.cgroups.is_empty()
             && self.netns.is_empty()
+            && self.pods.is_empty()
+            && self.namespaces.is_empty()
+            && self.containers.is_empty()
             && !self.ipv4
             && !self.ipv6
     }
@@ -118,6 +146,9 @@ pub struct FilterSpec {
     pub netns: Vec<(String, u32)>,
     /// `AF_INET` or `AF_INET6`.
     pub family: Option<u16>,
+    /// Pods, Kubernetes namespaces and containers (resolved to cgroups with the identity
+    /// settings, see `Config`).
+    pub workloads: WorkloadFilter,
 }
 
 const AF_INET: u16 = family::INET;
@@ -173,6 +204,12 @@ impl TryFrom<FilterArgs> for FilterSpec {
                 (_, true) => Some(AF_INET6),
                 _ => None,
             },
+            workloads: WorkloadFilter {
+                pods: args.pods,
+                namespaces: args.namespaces,
+                containers: args.containers,
+                cgroups: Vec::new(),
+            },
         };
         Ok(spec)
     }
@@ -214,6 +251,7 @@ impl FilterSpec {
         set(!self.pids.is_empty(), filter_kind::PID);
         set(!self.cgroups.is_empty(), filter_kind::CGROUP);
         set(!self.netns.is_empty(), filter_kind::NETNS);
+        set(!self.workloads.is_empty(), filter_kind::WORKLOAD);
         bits
     }
 
@@ -221,7 +259,7 @@ impl FilterSpec {
         !self.local_ports.is_empty() || !self.remote_ports.is_empty()
     }
 
-    /// Whether TIME_WAIT sockets are judged by their flow (pid and cgroup filters).
+    /// Whether TIME_WAIT sockets are judged by their flow (pid, cgroup and workload filters).
     pub fn needs_owner(&self) -> bool {
         self.active() & filter_kind::NEEDS_OWNER != 0
     }
@@ -264,8 +302,12 @@ impl FilterSpec {
             .collect()
     }
 
-    /// Writes the port bitmap and the address tries (after load, before attach).
+    /// Writes the port bitmap, the address tries and the workloads' cgroups (after load,
+    /// before attach).
     pub fn install(&self, ebpf: &mut Ebpf) -> Result<()> {
+        if !self.workloads.is_empty() {
+            sync_workload_cgroups(ebpf, &[], &self.workloads.cgroups)?;
+        }
         if self.has_ports() {
             let mut ports: Array<&mut MapData, u8> = Array::try_from(
                 ebpf.map_mut(map::PORT_FILTER)
@@ -361,6 +403,9 @@ impl FilterSpec {
                 )
             ));
         }
+        if !self.workloads.is_empty() {
+            parts.push(self.workloads.describe());
+        }
         match self.family {
             Some(AF_INET) => parts.push("IPv4".into()),
             Some(_) => parts.push("IPv6".into()),
@@ -408,9 +453,28 @@ impl FilterSpec {
         if !self.pids.is_empty() && !owner.is_some_and(|pid| self.pids.contains(&pid)) {
             return false;
         }
-        // The cgroup is unknown here: a cgroup filter admits nothing.
-        self.cgroups.is_empty()
+        // The cgroup is unknown here: a cgroup or workload filter admits nothing.
+        self.cgroups.is_empty() && self.workloads.is_empty()
     }
+}
+
+/// Makes the kernel's `WORKLOAD_CGROUPS` hold `now` where it held `before`.
+pub fn sync_workload_cgroups(ebpf: &mut Ebpf, before: &[u64], now: &[u64]) -> Result<()> {
+    let mut cgroups: aya::maps::HashMap<&mut MapData, u64, u8> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(map::WORKLOAD_CGROUPS)
+            .ok_or_else(|| anyhow!("map WORKLOAD_CGROUPS missing from the eBPF object"))?,
+    )
+    .context("map WORKLOAD_CGROUPS is not a hash")?;
+    for gone in before.iter().filter(|id| !now.contains(id)) {
+        // Already gone is as good.
+        let _ = cgroups.remove(gone);
+    }
+    for id in now.iter().filter(|id| !before.contains(id)) {
+        cgroups
+            .insert(id, 1, 0)
+            .context("writing map WORKLOAD_CGROUPS")?;
+    }
+    Ok(())
 }
 
 /// The trie key of a network: IPv4 as IPv4-mapped IPv6.

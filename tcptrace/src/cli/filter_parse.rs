@@ -70,17 +70,7 @@ pub fn parse_cidr(text: &str, flag: &str) -> Result<IpNet> {
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
 fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .ok_or_else(|| anyhow!("--cgroup: no cgroup v2 hierarchy is mounted"))
+    crate::host::identity_resolver::cgroup2_mount().context("--cgroup")
 }
 
 fn is_cgroup2(path: &Path) -> bool {

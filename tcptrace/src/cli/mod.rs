@@ -1,6 +1,7 @@
 //! Command line (clap's types) → validated [`Config`] (`config.rs`).
 mod config;
 pub mod filter;
+pub mod identity;
 
 pub use config::{report_config, Config, FlowMemory, Mode, RecordOptions};
 
@@ -8,7 +9,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{cli::filter::FilterArgs, kernel::btf::VMLINUX_BTF};
+use crate::{
+    cli::{filter::FilterArgs, identity::IdentityArgs},
+    kernel::btf::VMLINUX_BTF,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -161,6 +165,8 @@ pub struct CommonArgs {
     pub btf: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 /// The line modes a recording renders in.

@@ -13,7 +13,7 @@ use tcptrace_common::{
 use crate::{
     events::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
     events::port_failure::PortFailure,
-    host::facts::HostFacts,
+    host::{facts::HostFacts, identity::Workload},
     state::{
         cause::{classify, CloseCause, CloseEvidence},
         keepalive::{jiffies_ns, settings, KeepaliveSettings},
@@ -47,6 +47,8 @@ pub struct Transition {
     pub old_held_ns: Option<u64>,
     pub addrs: FlowAddrs,
     pub owner: Option<Process>,
+    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
+    pub workload: Workload,
     /// The flow table was full: this flow is not tracked.
     pub untracked: bool,
 }
@@ -64,6 +66,8 @@ pub struct Lifecycle {
     pub truncated: bool,
     pub retransmits: u32,
     pub owner: Option<Process>,
+    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
+    pub workload: Workload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +115,8 @@ pub struct KeepaliveProbe {
     pub skaddr: u64,
     pub addrs: FlowAddrs,
     pub owner: Option<Process>,
+    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
+    pub workload: Workload,
     /// This probe's number (1 for the first unanswered probe).
     pub probe: u8,
     pub keepalive: KeepaliveInForce,
@@ -131,6 +137,8 @@ pub struct Retransmit {
     pub state: TcpState,
     pub addrs: FlowAddrs,
     pub owner: Option<Process>,
+    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
+    pub workload: Workload,
     pub err: Option<i32>,
     pub untracked: bool,
 }
@@ -149,6 +157,18 @@ pub enum Event {
 }
 
 impl Event {
+    /// The workload the event names, to resolve (none for TIME_WAIT records).
+    pub fn workload_mut(&mut self) -> Option<&mut Workload> {
+        match self {
+            Event::Transition(t) => Some(&mut t.workload),
+            Event::FlowEnd(f) => Some(&mut f.lifecycle.workload),
+            Event::Retransmit(r) => Some(&mut r.workload),
+            Event::KeepaliveProbe(p) => Some(&mut p.workload),
+            Event::PortFailure(p) => Some(&mut p.workload),
+            Event::TimeWait(_) | Event::TimeWaitFlow(_) => None,
+        }
+    }
+
     /// When it happened (kernel time).
     pub fn ts_ns(&self) -> u64 {
         match self {
@@ -260,6 +280,7 @@ impl Decoder {
                         raw.pid,
                         &raw.comm,
                     ),
+                    workload: Workload::unresolved(raw.cgroup),
                     probe: raw.probe,
                     keepalive: KeepaliveInForce::of(&raw.keepalive, &self.host),
                 }))
@@ -357,6 +378,7 @@ impl TryFrom<&TransitionEvent> for Transition {
                 raw.pid,
                 &raw.comm,
             ),
+            workload: Workload::unresolved(raw.cgroup),
             untracked: raw.flags & event_flags::UNTRACKED != 0,
         })
     }
@@ -404,6 +426,7 @@ impl TryFrom<&FlowState> for Lifecycle {
             truncated,
             retransmits: raw.rtx_total,
             owner: owner(raw.flags & flow_flags::OWNER_KNOWN != 0, raw.pid, &raw.comm),
+            workload: Workload::unresolved(raw.cgroup),
         })
     }
 }
@@ -454,6 +477,7 @@ impl TryFrom<&RetransmitEvent> for Retransmit {
                 raw.pid,
                 &raw.comm,
             ),
+            workload: Workload::unresolved(raw.cgroup),
             err: (raw.flags & event_flags::ERR_VALID != 0).then_some(raw.err),
             untracked: raw.flags & event_flags::UNTRACKED != 0,
         })

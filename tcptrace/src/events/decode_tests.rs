@@ -19,7 +19,12 @@ pub(crate) fn v4_tuple(sport: u16, dport: u16) -> Tuple {
 pub(crate) fn owner(pid: u32, name: &str) -> Owner {
     let mut comm = [0u8; 16];
     comm[..name.len()].copy_from_slice(name.as_bytes());
-    Owner { pid, comm }
+    Owner {
+        pid,
+        comm,
+        _pad: [0; 4],
+        cgroup: 0,
+    }
 }
 
 /// A client flow: CLOSE→SYN_SENT at 1 ms, then the given states 1 ms apart, owned by curl.
@@ -59,6 +64,7 @@ fn transition_decodes_with_duration_and_owner() {
         pid: 4242,
         comm: owner(4242, "curl").comm,
         _pad1: [0; 4],
+        cgroup: 0,
     };
     let Event::Transition(t) = decode(&bytes_of(&raw)).expect("decodes") else {
         panic!("expected a transition");
@@ -84,6 +90,7 @@ fn a_transition_checked_for_its_time_only_fails_where_decoding_fails() {
         pid: 4242,
         comm: owner(4242, "curl").comm,
         _pad1: [0; 4],
+        cgroup: 0,
     };
     let good = bytes_of(&raw);
     assert_eq!(
@@ -127,6 +134,7 @@ fn unknown_duration_and_owner_stay_unknown() {
         pid: 9,
         comm: [0; 16],
         _pad1: [0; 4],
+        cgroup: 0,
     };
     let Event::Transition(t) = decode(&bytes_of(&raw)).expect("decodes") else {
         panic!("expected a transition");
@@ -262,6 +270,7 @@ fn retransmit_decodes_err_only_when_valid() {
         err: -1,
         pid: 0,
         comm: [0; 16],
+        cgroup: 0,
     };
     let Event::Retransmit(r) = decode(&bytes_of(&raw)).expect("decodes") else {
         panic!("expected a retransmit");

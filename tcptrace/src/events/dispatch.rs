@@ -13,7 +13,9 @@ use crate::{
         consumer::{Consumer, Wants},
         decode::{transition_time, Decoder, Event},
     },
-    host::{clock::Clock, facts::HostFacts, netns::Namespaces},
+    host::{
+        clock::Clock, facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces,
+    },
     state::{
         aggregate::Aggregator,
         alert::Alert,
@@ -78,6 +80,8 @@ pub struct Dispatcher {
     pub namespaces: Namespaces,
     /// Set live: port-failure alerts say the flows open toward the destination.
     pub open_flows: Option<OpenFlowCounter>,
+    /// Who each cgroup is: read from this host live, learnt from the recording in a report.
+    pub identities: IdentityResolver,
     ports: PortFailureWatch,
     /// Open-flow counts left this second (see [`OPEN_FLOW_COUNTS_PER_S`]).
     open_counts_left: u32,
@@ -94,6 +98,7 @@ impl Dispatcher {
             tw: TimeWaitTracker::new(),
             namespaces: Namespaces::default(),
             open_flows: None,
+            identities: IdentityResolver::recorded(),
             ports: PortFailureWatch::default(),
             open_counts_left: OPEN_FLOW_COUNTS_PER_S,
             decoder: Decoder::new(host),
@@ -235,7 +240,10 @@ impl Dispatcher {
         consumer.flush()
     }
 
-    fn handle<C: Consumer>(&mut self, consumer: &mut C, event: Event) -> io::Result<()> {
+    fn handle<C: Consumer>(&mut self, consumer: &mut C, mut event: Event) -> io::Result<()> {
+        if let Some(workload) = event.workload_mut().filter(|w| w.known()) {
+            *workload = self.identities.resolve(workload.cgroup).0;
+        }
         match event {
             Event::Transition(t) => consumer.transition(&t)?,
             Event::FlowEnd(f) => {

@@ -6,6 +6,7 @@ use std::{collections::HashSet, io, time::Instant};
 
 use crate::{
     events::{consumer::Consumer, model::Process},
+    host::identity::Workload,
     host::{netns::Namespaces, netns_reader::NamespaceReader},
     state::{
         alert::{Alert, ExhaustionWarning},
@@ -48,7 +49,7 @@ impl NamespaceUpkeep {
         consumer: &mut C,
         now_ns: u64,
         alerts: bool,
-        owner: impl Fn(u32, u16) -> Option<Process>,
+        owner: impl Fn(u32, u16) -> Option<(Process, Workload)>,
         release: impl FnOnce(),
     ) -> io::Result<()> {
         let in_use: Vec<u32> = match &tw {

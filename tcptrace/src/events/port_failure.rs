@@ -6,7 +6,10 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tcptrace_common::{family, port_failure, PortFailureEvent};
 
-use crate::events::model::{comm_to_string, Endpoint, Process};
+use crate::{
+    events::model::{comm_to_string, Endpoint, Process},
+    host::identity::Workload,
+};
 
 /// The call that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -49,6 +52,8 @@ pub struct PortFailure {
     pub call: Call,
     pub errno: Errno,
     pub owner: Process,
+    /// The calling task's cgroup and who that is.
+    pub workload: Workload,
     /// The calling task's network namespace (inode; 0: not read).
     pub netns: u32,
     /// connect()'s destination, or bind()'s local address; `None` when it could not be read.
@@ -91,6 +96,7 @@ impl TryFrom<&PortFailureEvent> for PortFailure {
                 pid: raw.pid,
                 comm: comm_to_string(&raw.comm),
             },
+            workload: Workload::unresolved(raw.cgroup),
             netns: raw.netns,
             asked: addr.map(|a| Endpoint::new(a, raw.port)),
         })
@@ -119,6 +125,7 @@ mod tests {
             port: 8888,
             _pad0: 0,
             addr,
+            cgroup: 0,
         }
     }
 

@@ -29,6 +29,8 @@ fn synthetic() -> Vec<Vec<u8>> {
     let owner = Owner {
         pid: 4242,
         comm: *b"loadgen\0\0\0\0\0\0\0\0\0",
+        _pad: [0; 4],
+        cgroup: 1,
     };
     let mut flow = FlowState::start(ts::CLOSE, ts::SYN_SENT, 1_000);
     flow.set_owner(&owner, false);
@@ -60,6 +62,7 @@ fn synthetic() -> Vec<Vec<u8>> {
         pid: owner.pid,
         comm: owner.comm,
         _pad1: [0; 4],
+        cgroup: owner.cgroup,
     };
     let mut records = vec![bytes_of(&end), bytes_of(&end)];
     records.extend(std::iter::repeat_n(bytes_of(&transition), 10));

@@ -20,7 +20,10 @@ use crate::{
         dispatch::{is_broken_pipe, is_internal, Dispatcher},
         namespace_upkeep::NamespaceUpkeep,
     },
-    host::{clock::Clock, facts::HostFacts, netns::Namespaces, sockdiag},
+    host::{
+        clock::Clock, facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces,
+        sockdiag,
+    },
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
@@ -138,6 +141,8 @@ struct Session<'c> {
     evictor: FlowEvictor,
     reported_lost: u64,
     reported_untracked: u64,
+    /// The cgroups the workload filter names now (in the kernel's `WORKLOAD_CGROUPS`).
+    workload_cgroups: Vec<u64>,
 }
 
 impl<'c> Session<'c> {
@@ -153,6 +158,7 @@ impl<'c> Session<'c> {
         let traces_time_wait = config.traces_time_wait() && !wants.raw;
         let host = HostFacts::this_host(&tracer.reset_reasons);
         let mut dispatch = Dispatcher::new(host, wants, traces_time_wait);
+        dispatch.identities = IdentityResolver::new(config.identity.sources.clone());
         // The summary's durations, close causes and sides, and retransmits by state come from
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();
@@ -174,6 +180,7 @@ impl<'c> Session<'c> {
             evictor: FlowEvictor::for_config(config.flow_memory, config.max_flows),
             reported_lost: 0,
             reported_untracked: 0,
+            workload_cgroups: config.filter.workloads.cgroups.clone(),
         })
     }
 
@@ -288,6 +295,29 @@ impl<'c> Session<'c> {
 
     /// Once a second: the kernel's counters, TIME_WAIT upkeep and overflow, eviction,
     /// untracked flows and losses, then the consumer's tick.
+    /// `--pod`, `--namespace`, `--container`: the cgroups they name, read again (pods come
+    /// and go, a restarted pod has a new UID and cgroup).
+    fn follow_workloads<C: Consumer>(&mut self, consumer: &mut C) -> Result<()> {
+        let filter = &self.config.filter.workloads;
+        if filter.is_empty() {
+            return Ok(());
+        }
+        let now = filter.select(&self.dispatch.identities.walk());
+        if now == self.workload_cgroups {
+            return Ok(());
+        }
+        self.tracer
+            .set_workload_cgroups(&self.workload_cgroups, &now)?;
+        if now.is_empty() {
+            consumer.warning(&format!(
+                "no workload matches {} now: nothing is traced until one does",
+                filter.describe()
+            ));
+        }
+        self.workload_cgroups = now;
+        Ok(())
+    }
+
     fn housekeeping<C: Consumer>(&mut self, consumer: &mut C) -> Result<Flow> {
         let kernel = self.tracer.counters()?;
         let now = Clock::ktime_now();
@@ -296,12 +326,16 @@ impl<'c> Session<'c> {
             let alerts = self.dispatch.wants().alerts;
             let tw = traces_time_wait.then_some(&mut self.dispatch.tw);
             let tracer = &self.tracer;
+            let identities = std::cell::RefCell::new(&mut self.dispatch.identities);
             upkeep.tick(
                 tw,
                 consumer,
                 now,
                 alerts,
-                |netns, port| tracer.listener_owner(netns, port),
+                |netns, port| {
+                    let (process, cgroup) = tracer.listener_owner(netns, port)?;
+                    Some((process, identities.borrow_mut().resolve(cgroup).0))
+                },
                 release_free_memory,
             )?;
             if self.dispatch.namespaces != *upkeep.namespaces() {
@@ -309,6 +343,7 @@ impl<'c> Session<'c> {
             }
         }
         self.dispatch.forget_quiet_failures(now);
+        self.follow_workloads(consumer)?;
         // A recording has no way to carry an eviction: there, a full table counts the flows
         // it could not take as untracked (in the recorded counters), as before.
         if !self.dispatch.wants().raw {

@@ -1,7 +1,9 @@
 //! The host beside the eBPF programs: clocks, network namespaces and their port settings,
-//! /proc/net counters and sock_diag dumps.
+//! /proc/net counters, sock_diag dumps, and who a cgroup is (container, pod, unit).
 pub mod clock;
 pub mod facts;
+pub mod identity;
+pub mod identity_resolver;
 pub mod netns;
 pub mod netns_reader;
 pub mod procnet;

@@ -13,6 +13,7 @@ use netlink_packet_sock_diag::{
     },
     SockDiagMessage,
 };
+use netlink_packet_utils::nla::Nla as _;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use crate::events::model::{Endpoint, FlowAddrs};
@@ -38,7 +39,12 @@ pub struct DiagSocket {
     /// Packets the socket dropped (`sk_drops`: for a listener, the handshakes it dropped),
     /// when asked for.
     pub drops: Option<u32>,
+    /// The socket's cgroup (v2) id (`INET_DIAG_CGROUP_ID`, Linux 5.7+); 0: not said.
+    pub cgroup: u64,
 }
+
+/// `INET_DIAG_CGROUP_ID`: the kernel puts it in every full socket's answer.
+const INET_DIAG_CGROUP_ID: u16 = 21;
 
 fn dump_family(
     family: u8,
@@ -140,6 +146,18 @@ pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool
                         Nla::MemInfo(m) => Some(m.drops),
                         _ => None,
                     }),
+                    cgroup: response
+                        .nlas
+                        .iter()
+                        .find_map(|nla| match nla {
+                            Nla::Other(other) if other.kind() == INET_DIAG_CGROUP_ID => {
+                                let mut value = [0u8; 8];
+                                other.emit_value(&mut value);
+                                Some(u64::from_ne_bytes(value))
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or(0),
                 });
             }
             _ => {}

@@ -120,6 +120,8 @@ fn seed_listeners(ebpf: &mut Ebpf) {
         let owner = Owner {
             pid: process.pid,
             comm,
+            _pad: [0; 4],
+            cgroup: socket.cgroup,
         };
         if let Err(e) = listeners.insert(key, owner, 0) {
             log::warn!("LISTENERS: {e}");
@@ -382,8 +384,17 @@ impl Tracer {
     }
 
     /// Who listens on `port` in namespace `netns`, from the kernel's index of listeners
+    /// Makes the kernel's filtered workload cgroups `now` (they were `before`).
+    pub fn set_workload_cgroups(&mut self, before: &[u64], now: &[u64]) -> Result<()> {
+        crate::cli::filter::sync_workload_cgroups(&mut self.ebpf, before, now)
+    }
+
     /// (filled at each listen(), and at start from sock_diag).
-    pub fn listener_owner(&self, netns: u32, port: u16) -> Option<crate::events::model::Process> {
+    pub fn listener_owner(
+        &self,
+        netns: u32,
+        port: u16,
+    ) -> Option<(crate::events::model::Process, u64)> {
         let map = self.ebpf.map(map::LISTENERS)?;
         let listeners = HashMap::<&MapData, ListenerKey, Owner>::try_from(map).ok()?;
         let key = ListenerKey {
@@ -392,10 +403,13 @@ impl Tracer {
             _pad: 0,
         };
         let owner = listeners.get(&key, 0).ok()?;
-        Some(crate::events::model::Process {
-            pid: owner.pid,
-            comm: crate::events::model::comm_to_string(&owner.comm),
-        })
+        Some((
+            crate::events::model::Process {
+                pid: owner.pid,
+                comm: crate::events::model::comm_to_string(&owner.comm),
+            },
+            owner.cgroup,
+        ))
     }
 
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows

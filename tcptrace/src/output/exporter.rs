@@ -27,7 +27,12 @@ impl MetricsExporter {
     /// The exporter `--metrics` asks for, if it does.
     pub fn for_config(config: &Config) -> Option<MetricsExporter> {
         config.metrics.map(|addr| MetricsExporter {
-            metrics: Metrics::new(),
+            metrics: Metrics::new(
+                config
+                    .identity
+                    .metrics_labels
+                    .then_some(config.identity.metrics_max_workloads),
+            ),
             addr,
             time_wait: config.traces_time_wait(),
         })
@@ -57,6 +62,11 @@ impl Consumer for MetricsExporter {
         if let Some(own) = crate::host::netns::own_netns().filter(|_| self.time_wait) {
             self.metrics.time_wait_overflowed(own, 0);
         }
+        Ok(())
+    }
+
+    fn flow_closed(&mut self, f: &crate::events::decode::FinishedFlow) -> io::Result<()> {
+        self.metrics.flow_closed(f);
         Ok(())
     }
 

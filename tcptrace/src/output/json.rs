@@ -12,6 +12,7 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process, TcpState},
     host::clock::Clock,
+    host::identity::{Identity, Workload},
     state::aggregate::{KernelCounters, Summary},
     state::alert::{path_text, Alert},
     state::forecast::Forecast,
@@ -78,6 +79,47 @@ impl<'a> From<&'a Option<Process>> for Owner<'a> {
     }
 }
 
+/// A workload's fields, each absent when unknown (as on event lines).
+#[derive(Serialize, Default)]
+struct WorkloadFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_runtime: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+}
+
+impl<'a> From<Option<&'a Workload>> for WorkloadFields<'a> {
+    fn from(w: Option<&'a Workload>) -> Self {
+        let Some(w) = w.filter(|w| w.known()) else {
+            return WorkloadFields::default();
+        };
+        let i = w.identity.as_deref();
+        let field = |f: fn(&'a Identity) -> &'a Option<String>| i.and_then(|i| f(i).as_deref());
+        WorkloadFields {
+            cgroup_id: Some(w.cgroup),
+            container_id: field(|i| &i.container_id),
+            container_runtime: field(|i| &i.runtime),
+            pod_uid: field(|i| &i.pod_uid),
+            namespace: field(|i| &i.namespace),
+            pod: field(|i| &i.pod),
+            container: field(|i| &i.container),
+            unit: field(|i| &i.unit),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct AlertLine<'a> {
     r#type: &'static str,
@@ -85,6 +127,8 @@ struct AlertLine<'a> {
     ts_unix_ns: u64,
     #[serde(flatten)]
     owner: Owner<'a>,
+    #[serde(flatten)]
+    workload: WorkloadFields<'a>,
     #[serde(flatten)]
     addrs: Addrs<'a>,
     detail: String,
@@ -357,6 +401,7 @@ impl<W: Write> Render for JsonPrinter<W> {
             kind: a.kind(),
             ts_unix_ns: self.clock.unix_ns(a.ts_ns()),
             owner: a.owner().into(),
+            workload: a.workload().into(),
             addrs: a.addrs().into(),
             detail: a.detail(),
             history,

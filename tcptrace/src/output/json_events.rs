@@ -8,6 +8,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process},
+    host::identity::Workload,
     text::digits,
     text::stackstr::StackStr,
 };
@@ -110,12 +111,13 @@ pub(super) fn hex(n: u64) -> StackStr<24> {
     text
 }
 
-/// A per-event line's start: its type and time, the owner and the addresses.
+/// A per-event line's start: its type and time, the owner, its workload and the addresses.
 fn start_event<'a>(
     buf: &'a mut Vec<u8>,
     kind: &str,
     ts_unix_ns: u64,
     owner: &Option<Process>,
+    workload: &Workload,
     addrs: &FlowAddrs,
 ) -> Object<'a> {
     let mut line = Object::start(buf);
@@ -123,6 +125,7 @@ fn start_event<'a>(
     line.number("ts_unix_ns", ts_unix_ns);
     line.optional_number("pid", owner.as_ref().map(|p| p.pid));
     line.text("comm", owner.as_ref().map(|p| p.comm.as_str()));
+    workload_fields(&mut line, workload);
     let family = if addrs.local.addr.is_ipv4() {
         "ipv4"
     } else {
@@ -136,9 +139,41 @@ fn start_event<'a>(
     line
 }
 
+/// `cgroup_id`, `container_id`, `container_runtime`, `pod_uid`, `namespace`, `pod`,
+/// `container`, `unit`: each absent when unknown.
+fn workload_fields(line: &mut Object, workload: &Workload) {
+    if workload.cgroup == 0 {
+        return;
+    }
+    line.number("cgroup_id", workload.cgroup);
+    let Some(identity) = workload.identity.as_deref() else {
+        return;
+    };
+    for (key, value) in [
+        ("container_id", &identity.container_id),
+        ("container_runtime", &identity.runtime),
+        ("pod_uid", &identity.pod_uid),
+        ("namespace", &identity.namespace),
+        ("pod", &identity.pod),
+        ("container", &identity.container),
+        ("unit", &identity.unit),
+    ] {
+        if let Some(value) = value {
+            line.text(key, Some(value));
+        }
+    }
+}
+
 /// A transition line, without its newline.
 pub(super) fn transition_line(buf: &mut Vec<u8>, ts_unix_ns: u64, t: &Transition) {
-    let mut line = start_event(buf, "transition", ts_unix_ns, &t.owner, &t.addrs);
+    let mut line = start_event(
+        buf,
+        "transition",
+        ts_unix_ns,
+        &t.owner,
+        &t.workload,
+        &t.addrs,
+    );
     line.name("old", t.old.name());
     line.name("new", t.new.name());
     line.optional_number("old_held_ns", t.old_held_ns);
@@ -155,7 +190,15 @@ pub(super) fn flow_line(
     time_wait_start_unix_ns: Option<u64>,
     f: &FinishedFlow,
 ) {
-    let mut line = start_event(buf, "flow", ts_unix_ns, &f.lifecycle.owner, &f.addrs);
+    let lifecycle = &f.lifecycle;
+    let mut line = start_event(
+        buf,
+        "flow",
+        ts_unix_ns,
+        &lifecycle.owner,
+        &lifecycle.workload,
+        &f.addrs,
+    );
     let path = line.key("path");
     path.push(b'[');
     for (i, step) in f.lifecycle.path.iter().enumerate() {
@@ -195,7 +238,14 @@ pub(super) fn flow_line(
 
 /// A retransmit line, without its newline.
 pub(super) fn retransmit_line(buf: &mut Vec<u8>, ts_unix_ns: u64, r: &Retransmit) {
-    let mut line = start_event(buf, "retransmit", ts_unix_ns, &r.owner, &r.addrs);
+    let mut line = start_event(
+        buf,
+        "retransmit",
+        ts_unix_ns,
+        &r.owner,
+        &r.workload,
+        &r.addrs,
+    );
     line.name("state", r.state.name());
     line.optional_number("err", r.err);
     line.boolean("untracked", r.untracked);

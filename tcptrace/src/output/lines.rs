@@ -1,12 +1,12 @@
 //! The line modes' consumer: columns or JSON Lines on stdout (states, flows, retrans,
 //! alerts, all, timewait, and `report`), the summary at the end. Once stdout is closed it
 //! prints nothing more, and its summary goes to stderr.
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal as _, Write};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::{Config, Mode},
+    cli::{identity::ColumnWhen, Config, Mode},
     events::{
         consumer::{Consumer, End, Wants},
         decode::{Retransmit, Transition},
@@ -36,16 +36,38 @@ impl LinePrinter<BufWriter<io::StdoutLock<'static>>> {
     /// On stdout, with a 64 KiB buffer.
     pub fn stdout(config: &Config, clock: Clock) -> Self {
         let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-        LinePrinter::new(out, config, clock)
+        let workload_column = match config.identity.column {
+            ColumnWhen::Always => true,
+            ColumnWhen::Never => false,
+            ColumnWhen::Auto => stdout_columns().is_some_and(|c| c >= WIDE_TERMINAL),
+        };
+        LinePrinter::with_workload_column(out, config, clock, workload_column)
     }
 }
 
+/// Terminals at least this wide get the WORKLOAD column by default.
+const WIDE_TERMINAL: u16 = 160;
+
+/// The width of the terminal on stdout; `None` when stdout is not a terminal.
+fn stdout_columns() -> Option<u16> {
+    if !io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize we own; a failure leaves it zeroed.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; stdout's descriptor stays open.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(size.ws_col)
+}
+
 impl<W: Write> LinePrinter<W> {
-    pub fn new(out: W, config: &Config, clock: Clock) -> Self {
+    pub fn with_workload_column(out: W, config: &Config, clock: Clock, shown: bool) -> Self {
         let printer = if config.json {
             Printer::Json(JsonPrinter::new(out, clock))
         } else {
-            Printer::Text(TextPrinter::new(out, clock, config.mode == Mode::All))
+            Printer::Text(
+                TextPrinter::new(out, clock, config.mode == Mode::All).with_workload_column(shown),
+            )
         };
         LinePrinter {
             printer,

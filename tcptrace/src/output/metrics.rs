@@ -24,6 +24,7 @@ use crate::{
     kernel::histogram::KernelHistogram,
     output::metrics_listen::ListenMetrics,
     output::metrics_ports::PortFailureMetrics,
+    output::metrics_workload::WorkloadMetrics,
     state::aggregate::KernelCounters,
     state::cause::CloseCause,
     state::timewait::Gauges,
@@ -93,12 +94,16 @@ pub struct Metrics {
     evicted_flows: Counter,
     port_failures: PortFailureMetrics,
     listen: ListenMetrics,
+    /// By workload (`--metrics-pod-labels`).
+    workloads: Option<WorkloadMetrics>,
     /// The kernel counters already added.
     seen: KernelCounters,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The metrics; with `workload_labels` (`--metrics-pod-labels`), also those by workload,
+    /// for at most that many workloads.
+    pub fn new(workload_labels: Option<usize>) -> Metrics {
         let mut registry = Registry::with_prefix("tcptrace");
         let m = Metrics {
             registry: Arc::new(Registry::default()),
@@ -120,6 +125,7 @@ impl Metrics {
             evicted_flows: Counter::default(),
             port_failures: PortFailureMetrics::default(),
             listen: ListenMetrics::default(),
+            workloads: workload_labels.map(WorkloadMetrics::new),
             seen: KernelCounters::default(),
         };
         registry.register(
@@ -203,6 +209,9 @@ impl Metrics {
         );
         m.port_failures.register(&mut registry);
         m.listen.register(&mut registry);
+        if let Some(workloads) = &m.workloads {
+            workloads.register(&mut registry);
+        }
         // Every cause and state from the start, at zero: a rate over a series that does not
         // exist yet is no answer at all (a dashboard's "retransmits by state" stayed empty).
         for cause in CloseCause::ALL {
@@ -227,6 +236,16 @@ impl Metrics {
     /// connect() or bind() failed for want of a port.
     pub fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) {
         self.port_failures.failed(p);
+        if let Some(workloads) = self.workloads.as_mut() {
+            workloads.port_failure(p);
+        }
+    }
+
+    /// A flow ended (counted by workload, where asked for).
+    pub fn flow_closed(&mut self, f: &crate::events::decode::FinishedFlow) {
+        if let Some(workloads) = self.workloads.as_mut() {
+            workloads.flow_closed(f);
+        }
     }
 
     /// Flows evicted from the flow table by userspace.
@@ -444,7 +463,7 @@ mod tests {
 
     #[test]
     fn counters_and_histograms_follow_the_kernels_counts() {
-        let mut m = Metrics::new();
+        let mut m = Metrics::new(None);
         let mut k = KernelCounters {
             transitions: vec![0; tcptrace_common::TRANSITION_SLOTS as usize],
             closes: vec![0; close_cause::COUNT],

@@ -100,6 +100,7 @@ mod tests {
             },
             netns: 0,
             asked: Some(Endpoint::new("10.0.0.1".parse().expect("ip"), port)),
+            workload: Default::default(),
         };
         for port in 0..(LABELLED as u16 + 10) {
             m.failed(&failure(port));

@@ -9,6 +9,7 @@ pub mod lines;
 pub mod metrics;
 mod metrics_listen;
 mod metrics_ports;
+mod metrics_workload;
 mod text;
 pub mod top;
 
@@ -151,6 +152,7 @@ pub(crate) mod fixtures {
             pid: owner.pid,
             comm: owner.comm,
             _pad1: [0; 4],
+            cgroup: 0,
         };
         match decode(&raw::bytes_of(&record)) {
             Ok(Event::Transition(t)) => t,
@@ -179,6 +181,7 @@ pub(crate) mod fixtures {
             err: 0,
             pid: 0,
             comm: [0; 16],
+            cgroup: 0,
         };
         match decode(&raw::bytes_of(&record)) {
             Ok(Event::Retransmit(r)) => {

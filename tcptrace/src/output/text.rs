@@ -13,6 +13,7 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
     host::clock::{human_duration, Clock, HumanDuration},
+    host::identity::Workload,
     state::aggregate::{KernelCounters, Summary},
     state::alert::{write_path, Alert},
     state::cause::CloseCause,
@@ -49,7 +50,14 @@ pub struct TextPrinter<W: Write> {
     /// The line being formatted: padding and small pieces go into it, and the line reaches
     /// the writer in one piece.
     line: String,
+    /// The WORKLOAD column's width, when it is shown (it only ever grows, as the addresses').
+    workload_width: Option<usize>,
 }
+
+/// The WORKLOAD column's first width ("cgroup:" and a 10-digit id).
+const MIN_WORKLOAD_WIDTH: usize = 18;
+/// Its widest: longer labels are cut (JSON has every part in full).
+const MAX_WORKLOAD_WIDTH: usize = 60;
 
 /// A `Display` impl failed while a line was formatted.
 fn fmt_failed(_: fmt::Error) -> io::Error {
@@ -71,6 +79,54 @@ impl<W: Write> TextPrinter<W> {
             header: None,
             tagged,
             line: String::with_capacity(256),
+            workload_width: None,
+        }
+    }
+
+    /// With the WORKLOAD column (namespace/pod/container, a unit, or the cgroup id).
+    pub fn with_workload_column(mut self, shown: bool) -> Self {
+        self.workload_width = shown.then_some(MIN_WORKLOAD_WIDTH);
+        self
+    }
+
+    /// The workload's label for its column (`-` when unknown), widening the column if needed.
+    fn workload_label(&mut self, workload: Option<&Workload>) -> Option<String> {
+        let width = self.workload_width?;
+        let mut label = workload
+            .and_then(Workload::label)
+            .unwrap_or_else(|| "-".into());
+        if label.chars().count() > MAX_WORKLOAD_WIDTH {
+            label = label.chars().take(MAX_WORKLOAD_WIDTH).collect();
+        }
+        let len = label.chars().count();
+        if len > width {
+            self.workload_width = Some(len);
+            self.header = None;
+        }
+        Some(label)
+    }
+
+    /// The WORKLOAD cell and its separator, when the column is shown.
+    fn push_workload(&mut self, label: &Option<String>) {
+        if let (Some(label), Some(width)) = (label, self.workload_width) {
+            columns::left(&mut self.line, label, width);
+            self.line.push(' ');
+        }
+    }
+
+    /// The WORKLOAD cell and its separator as text (empty without the column).
+    fn workload_cell(&self, label: &Option<String>) -> String {
+        match (label, self.workload_width) {
+            (Some(label), Some(width)) => format!("{label:<width$} "),
+            _ => String::new(),
+        }
+    }
+
+    /// The WORKLOAD header cell, when the column is shown.
+    fn workload_header(&self) -> String {
+        match self.workload_width {
+            Some(width) => format!("{:<width$} ", "WORKLOAD"),
+            None => String::new(),
         }
     }
 
@@ -81,7 +137,13 @@ impl<W: Write> TextPrinter<W> {
 
     /// Widens the address columns for `addrs` and prints the header for `kind` if needed;
     /// returns the endpoints, formatted once, for the line.
-    fn prepare(&mut self, kind: Kind, addrs: &FlowAddrs) -> io::Result<(Endpoints, Endpoints)> {
+    fn prepare(
+        &mut self,
+        kind: Kind,
+        addrs: &FlowAddrs,
+        workload: Option<&Workload>,
+    ) -> io::Result<(Endpoints, Endpoints, Option<String>)> {
+        let label = self.workload_label(workload);
         let (local, remote) = (addrs.local.text(), addrs.remote.text());
         let (lw, rw) = (local.as_str().len(), remote.as_str().len());
         if lw > self.local_width || rw > self.remote_width {
@@ -90,7 +152,7 @@ impl<W: Write> TextPrinter<W> {
             self.header = None;
         }
         self.write_header(kind)?;
-        Ok((local, remote))
+        Ok((local, remote, label))
     }
 
     /// The tag (mixed kinds) or, when needed, the header for `kind`.
@@ -109,25 +171,26 @@ impl<W: Write> TextPrinter<W> {
         }
         self.header = Some(kind);
         let (lw, rw) = (self.local_width, self.remote_width);
+        let wl = self.workload_header();
         match kind {
             Kind::State => writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
+                "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
                 "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD", "NEW", "OLD_HELD"
             ),
             Kind::Flow => writeln!(
                 self.out,
-                "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  LIFECYCLE",
+                "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  LIFECYCLE",
                 "TIME", "COMM", "PID", "LOCAL", "REMOTE"
             ),
             Kind::Rtx => writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+                "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
                 "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
             ),
             Kind::Alert => writeln!(
                 self.out,
-                "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  DETAIL",
+                "{:<15} {:<17} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  DETAIL",
                 "TIME", "ALERT", "COMM", "PID", "LOCAL", "REMOTE"
             ),
         }
@@ -136,17 +199,22 @@ impl<W: Write> TextPrinter<W> {
 
 impl<W: Write> Render for TextPrinter<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        let (local, remote) = self.prepare(Kind::State, &t.addrs)?;
+        let (local, remote, workload) = self.prepare(Kind::State, &t.addrs, Some(&t.workload))?;
         // "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
         let (lw, rw) = (self.local_width, self.remote_width);
+        self.line.clear();
+        columns::left(
+            &mut self.line,
+            self.clock.time_of_day(t.ts_ns).text().as_str(),
+            15,
+        );
+        self.line.push(' ');
+        columns::right(&mut self.line, pid(&t.owner).text().as_str(), 7);
+        self.line.push(' ');
+        columns::left(&mut self.line, comm(&t.owner), 16);
+        self.line.push(' ');
+        self.push_workload(&workload);
         let line = &mut self.line;
-        line.clear();
-        columns::left(line, self.clock.time_of_day(t.ts_ns).text().as_str(), 15);
-        line.push(' ');
-        columns::right(line, pid(&t.owner).text().as_str(), 7);
-        line.push(' ');
-        columns::left(line, comm(&t.owner), 16);
-        line.push(' ');
         columns::left(line, local.as_str(), lw);
         line.push(' ');
         columns::left(line, remote.as_str(), rw);
@@ -161,18 +229,24 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        let (local, remote) = self.prepare(Kind::Flow, &f.addrs)?;
+        let (local, remote, workload) =
+            self.prepare(Kind::Flow, &f.addrs, Some(&f.lifecycle.workload))?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let owner = &f.lifecycle.owner;
         // "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$} ", padded by hand.
+        self.line.clear();
+        columns::left(
+            &mut self.line,
+            self.clock.time_of_day(f.ts_ns).text().as_str(),
+            15,
+        );
+        self.line.push(' ');
+        columns::left(&mut self.line, comm(owner), 16);
+        self.line.push(' ');
+        columns::right(&mut self.line, pid(owner).text().as_str(), 7);
+        self.line.push_str("  ");
+        self.push_workload(&workload);
         let line = &mut self.line;
-        line.clear();
-        columns::left(line, self.clock.time_of_day(f.ts_ns).text().as_str(), 15);
-        line.push(' ');
-        columns::left(line, comm(owner), 16);
-        line.push(' ');
-        columns::right(line, pid(owner).text().as_str(), 7);
-        line.push_str("  ");
         columns::left(line, local.as_str(), lw);
         line.push_str(" > ");
         columns::left(line, remote.as_str(), rw);
@@ -200,12 +274,13 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        let (local, remote) = self.prepare(Kind::Rtx, &r.addrs)?;
+        let (local, remote, workload) = self.prepare(Kind::Rtx, &r.addrs, Some(&r.workload))?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let err = r.err.map_or("-".into(), |e| e.to_string());
+        let wl = self.workload_cell(&workload);
         writeln!(
             self.out,
-            "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:<11} {:>4}",
+            "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
             self.clock.time_of_day(r.ts_ns),
             pid(&r.owner),
             comm(&r.owner),
@@ -217,11 +292,12 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        let (local, remote) = self.prepare(Kind::Alert, a.addrs())?;
+        let (local, remote, workload) = self.prepare(Kind::Alert, a.addrs(), a.workload())?;
         let (lw, rw) = (self.local_width, self.remote_width);
+        let wl = self.workload_cell(&workload);
         writeln!(
             self.out,
-            "{:<15} {:<17} {:<16} {:>7}  {:<lw$} > {:<rw$}  {}",
+            "{:<15} {:<17} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  {}",
             self.clock.time_of_day(a.ts_ns()),
             a.kind(),
             comm(a.owner()),
@@ -268,11 +344,12 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
-        let (local, remote) = self.prepare(Kind::Flow, &t.addrs)?;
+        let (local, remote, workload) = self.prepare(Kind::Flow, &t.addrs, None)?;
         let (lw, rw) = (self.local_width, self.remote_width);
+        let wl = self.workload_cell(&workload);
         writeln!(
             self.out,
-            "{:<15} {:<16} {:>7}  {:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}) (flow not seen)",
+            "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}) (flow not seen)",
             self.clock.time_of_day(t.start_ns),
             "-",
             "-",

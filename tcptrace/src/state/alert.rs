@@ -6,6 +6,7 @@ use crate::{
     events::model::{Endpoint, FlowAddrs, Process, TcpState},
     events::port_failure::Call,
     host::clock::{human_duration, HumanDuration},
+    host::identity::Workload,
     state::cause::CloseCause,
     state::forecast::Forecast,
     state::keepalive::KeepaliveSettings,
@@ -105,6 +106,18 @@ impl<'a> Alert<'a> {
         }
     }
 
+    /// The socket's (or caller's) workload; none for a 4-tuple space's forecast.
+    pub fn workload(&self) -> Option<&Workload> {
+        match self {
+            Alert::Closed(f) => Some(&f.lifecycle.workload),
+            Alert::FinRetransmit(r) => Some(&r.workload),
+            Alert::KeepaliveProbe(p) => Some(&p.workload),
+            Alert::Exhaustion(_) => None,
+            Alert::PortFailure(p) => Some(&p.failure.workload),
+            Alert::Listen(l) => l.workload(),
+        }
+    }
+
     pub fn addrs(&self) -> &FlowAddrs {
         match self {
             Alert::Closed(f) => &f.addrs,
@@ -137,8 +150,16 @@ impl<'a> Alert<'a> {
         self.keepalive_in_force()?.silent_ns
     }
 
-    /// One line of explanation.
+    /// One line of explanation, naming the workload (pod, container or unit) where known.
     pub fn detail(&self) -> String {
+        let text = self.explanation();
+        match self.workload().and_then(Workload::describe) {
+            Some(who) => format!("{text}; {who}"),
+            None => text,
+        }
+    }
+
+    fn explanation(&self) -> String {
         let keepalive = self.keepalive().map(|k| {
             format!(
                 "keepalive idle {} intvl {} cnt {} ({})",

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     events::model::{Endpoint, FlowAddrs, Process},
     host::clock::human_duration,
-    host::{netns_reader::ListenSample, procnet::TcpExtCounters},
+    host::{identity::Workload, netns_reader::ListenSample, procnet::TcpExtCounters},
 };
 
 /// A listener dropping handshakes, or a namespace sending SYN cookies, is alerted at most
@@ -61,6 +61,8 @@ pub enum ListenAlert {
         /// Dropped since the last alert for it.
         dropped: u64,
         owner: Option<Process>,
+        /// The listener's workload (from its cgroup), when its owner is known.
+        workload: Option<Workload>,
         addrs: FlowAddrs,
         netns_label: String,
         /// In its namespace since the last sample: handshakes dropped with the accept queue
@@ -109,7 +111,7 @@ impl ListenerWatch {
         &mut self,
         s: &ListenSample,
         now_ns: u64,
-        owner: impl Fn(u32, u16) -> Option<Process>,
+        owner: impl Fn(u32, u16) -> Option<(Process, Workload)>,
         label: &str,
     ) -> Vec<ListenAlert> {
         let before = self.counters.insert(s.netns, s.counters);
@@ -171,11 +173,13 @@ impl ListenerWatch {
             }
             let dropped = l.dropped - l.dropped_at_alert;
             (l.last_alert_ns, l.dropped_at_alert) = (now_ns, l.dropped);
+            let (process, workload) = owner(s.netns, l.endpoint.port).unzip();
             alerts.push(ListenAlert::Drops {
                 ts_ns: now_ns,
                 listener: l.clone(),
                 dropped,
-                owner: owner(s.netns, l.endpoint.port),
+                owner: process,
+                workload,
                 addrs: FlowAddrs {
                     local: l.endpoint,
                     remote: unspecified(),
@@ -225,6 +229,13 @@ impl ListenAlert {
     pub fn owner(&self) -> &Option<Process> {
         match self {
             ListenAlert::Drops { owner, .. } | ListenAlert::SynCookies { owner, .. } => owner,
+        }
+    }
+
+    pub fn workload(&self) -> Option<&Workload> {
+        match self {
+            ListenAlert::Drops { workload, .. } => workload.as_ref(),
+            ListenAlert::SynCookies { .. } => None,
         }
     }
 

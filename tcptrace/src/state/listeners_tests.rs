@@ -17,6 +17,7 @@ fn listener(port: u16, queue: u32, drops: u32) -> DiagSocket {
         recv_queue: queue,
         send_queue: 1,
         drops: Some(drops),
+        cgroup: 0,
     }
 }
 
@@ -33,11 +34,14 @@ fn sample(listeners: Vec<DiagSocket>, overflows: u64, cookies: u64) -> ListenSam
     }
 }
 
-fn owner(_: u32, _: u16) -> Option<Process> {
-    Some(Process {
-        pid: 5,
-        comm: "server".into(),
-    })
+fn owner(_: u32, _: u16) -> Option<(Process, crate::host::identity::Workload)> {
+    Some((
+        Process {
+            pid: 5,
+            comm: "server".into(),
+        },
+        crate::host::identity::Workload::unresolved(77),
+    ))
 }
 
 #[test]

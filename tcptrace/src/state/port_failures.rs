@@ -192,6 +192,7 @@ mod tests {
             },
             netns: 9,
             asked: Some(Endpoint::new("10.0.0.2".parse().expect("ip"), 443)),
+            workload: Default::default(),
         }
     }
 

@@ -7,11 +7,12 @@
 //!            header length (u32 LE)            N
 //!            header (JSON, N bytes)            RecordingHeader
 //! then       frame length (u32 LE)             payload bytes
-//!            frame kind (u32 LE)               RECORD | COUNTERS | NAMESPACE | END
+//!            frame kind (u32 LE)               RECORD | COUNTERS | NAMESPACE | IDENTITY | END
 //!            payload                           a ring record as the kernel wrote it (native
 //!                                              byte order, checked in the header), the
-//!                                              kernel counters (JSON), or a network
-//!                                              namespace's port settings (JSON)
+//!                                              kernel counters (JSON), a network
+//!                                              namespace's port settings (JSON), or a
+//!                                              cgroup's identity (JSON)
 //! ```
 use std::{
     fs::File,
@@ -22,11 +23,14 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    record_kind, FlowEndEvent, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
+    record_kind, FlowEndEvent, FlowState, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
     TimeWaitEvent, TransitionEvent, RECORD_LAYOUT_VERSION,
 };
 
-use crate::{host::netns::Namespace, state::aggregate::KernelCounters};
+use crate::{
+    host::{identity::Identity, netns::Namespace},
+    state::aggregate::KernelCounters,
+};
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 pub const FORMAT_VERSION: u32 = 1;
@@ -41,6 +45,9 @@ pub mod frame {
     /// A network namespace holding TIME_WAITs, read (or read again after a change) while
     /// recording: the forecast's capacity.
     pub const NAMESPACE: u32 = 4;
+    /// Who a cgroup was (container, pod, unit), written when the recorder first met it: a
+    /// report on another machine names the same workloads.
+    pub const IDENTITY: u32 = 5;
 }
 
 /// Sizes of the record structs: a recording is read only by a build with the same layout.
@@ -73,17 +80,32 @@ impl Layout {
         }
     }
 
-    /// Layout 2: as this one, without port-failure records.
-    pub fn version_2() -> Layout {
+    /// Layout 3: every record as this build's, without the owner's cgroup id (8 bytes less
+    /// each, inside the flow in a flow record). Still read: its records are widened as they
+    /// are read (cgroup 0: unknown).
+    pub fn version_3() -> Layout {
         Layout {
-            version: 2,
-            port_failure: 0,
+            version: 3,
+            transition: V3_TRANSITION as u32,
+            flow_end: V3_FLOW_END as u32,
+            retransmit: V3_RETRANSMIT as u32,
+            keepalive_probe: V3_KEEPALIVE_PROBE as u32,
+            port_failure: V3_PORT_FAILURE as u32,
             ..Layout::this_build()
         }
     }
 
-    /// Layout 1: `TimeWaitEvent` was 64 bytes, without the namespace. Still read: its records
-    /// are widened as they are read (namespace 0, the recording host's).
+    /// Layout 2: as layout 3, without port-failure records.
+    pub fn version_2() -> Layout {
+        Layout {
+            version: 2,
+            port_failure: 0,
+            ..Layout::version_3()
+        }
+    }
+
+    /// Layout 1: as layout 2, with a 64-byte `TimeWaitEvent` (no namespace: widened to
+    /// namespace 0, the recording host's).
     pub fn version_1() -> Layout {
         Layout {
             version: 1,
@@ -91,23 +113,75 @@ impl Layout {
             ..Layout::version_2()
         }
     }
+
+    /// Whether this build reads recordings of this layout.
+    fn readable(&self) -> bool {
+        [
+            Layout::this_build(),
+            Layout::version_3(),
+            Layout::version_2(),
+            Layout::version_1(),
+        ]
+        .contains(self)
+    }
 }
+
+/// Sizes of the records before layout 4 added the cgroup id.
+const V3_TRANSITION: usize = std::mem::offset_of!(TransitionEvent, cgroup);
+const V3_RETRANSMIT: usize = std::mem::offset_of!(RetransmitEvent, cgroup);
+const V3_KEEPALIVE_PROBE: usize = std::mem::offset_of!(KeepaliveProbeEvent, cgroup);
+const V3_PORT_FAILURE: usize = std::mem::offset_of!(PortFailureEvent, cgroup);
+const V3_FLOW_END: usize = size_of::<FlowEndEvent>() - 8;
+/// Where a flow record's cgroup id lies (before layout 4, the keepalive settings began there).
+const FLOW_END_CGROUP: usize =
+    std::mem::offset_of!(FlowEndEvent, flow) + std::mem::offset_of!(FlowState, cgroup);
+const _: () = assert!(
+    V3_TRANSITION == 96
+        && V3_RETRANSMIT == 88
+        && V3_KEEPALIVE_PROBE == 104
+        && V3_PORT_FAILURE == 64
+        && V3_FLOW_END == 200
+        && FLOW_END_CGROUP + 8 == std::mem::offset_of!(FlowEndEvent, keepalive)
+);
 
 /// A layout-1 `TimeWaitEvent`'s size: the fields up to `netns`.
 const V1_TIME_WAIT: usize = std::mem::offset_of!(TimeWaitEvent, netns);
 const _: () = assert!(V1_TIME_WAIT == 64);
 
-/// A layout-1 TIME_WAIT record widened to this build's layout (the namespace left 0).
-fn widen_v1_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    let kind = record
+/// A record of an older layout widened to this build's: the fields added since are 0 (the
+/// namespace of a layout-1 TIME_WAIT, the cgroup before layout 4). Records already of this
+/// build's size are handed back untouched.
+fn widen_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let Some(kind) = record
         .get(..4)
-        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
-    if kind != Some(record_kind::TIME_WAIT) || record.len() != V1_TIME_WAIT {
+        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
+    else {
+        return record;
+    };
+    let (old, new, insert_at) = match kind {
+        record_kind::TIME_WAIT => (V1_TIME_WAIT, size_of::<TimeWaitEvent>(), V1_TIME_WAIT),
+        record_kind::TRANSITION => (V3_TRANSITION, size_of::<TransitionEvent>(), V3_TRANSITION),
+        record_kind::RETRANSMIT => (V3_RETRANSMIT, size_of::<RetransmitEvent>(), V3_RETRANSMIT),
+        record_kind::KEEPALIVE_PROBE => (
+            V3_KEEPALIVE_PROBE,
+            size_of::<KeepaliveProbeEvent>(),
+            V3_KEEPALIVE_PROBE,
+        ),
+        record_kind::PORT_FAILURE => (
+            V3_PORT_FAILURE,
+            size_of::<PortFailureEvent>(),
+            V3_PORT_FAILURE,
+        ),
+        record_kind::FLOW_END => (V3_FLOW_END, size_of::<FlowEndEvent>(), FLOW_END_CGROUP),
+        _ => return record,
+    };
+    if record.len() != old {
         return record;
     }
     scratch.clear();
-    scratch.extend_from_slice(record);
-    scratch.resize(size_of::<TimeWaitEvent>(), 0);
+    scratch.extend_from_slice(&record[..insert_at]);
+    scratch.resize(insert_at + (new - old), 0);
+    scratch.extend_from_slice(&record[insert_at..]);
     scratch
 }
 
@@ -173,6 +247,7 @@ pub enum Frame<'a> {
     Record(&'a [u8]),
     Counters(Box<KernelCounters>),
     Namespace(Box<Namespace>),
+    Identity(Box<Identity>),
     End,
 }
 
@@ -190,8 +265,8 @@ pub struct RecordingReader<R> {
     /// Bytes of the last frame still in the input's buffer (borrowed by that frame, consumed
     /// before the next one is read).
     borrowed: usize,
-    /// A layout-1 recording: its TIME_WAIT records are widened as they are read.
-    widen_v1: bool,
+    /// A recording of an older layout: its records are widened as they are read.
+    widen: bool,
     widened: Vec<u8>,
 }
 
@@ -268,8 +343,8 @@ impl<R: BufRead> RecordingReader<R> {
         let header: RecordingHeader = serde_json::from_slice(&json)
             .with_context(|| format!("{name}: the header at offset 16 is not valid"))?;
         let ours = Layout::this_build();
-        let widen_v1 = header.layout == Layout::version_1();
-        if header.layout != ours && header.layout != Layout::version_2() && !widen_v1 {
+        let widen = header.layout != ours;
+        if !header.layout.readable() {
             bail!(
                 "{name} was recorded by tcptrace {} with record layout {:?}; this build's is {:?}: \
                  report it with the tcptrace that recorded it",
@@ -286,7 +361,7 @@ impl<R: BufRead> RecordingReader<R> {
             ended: false,
             payload: Vec::with_capacity(256),
             borrowed: 0,
-            widen_v1,
+            widen,
             widened: Vec::new(),
         })
     }
@@ -323,11 +398,8 @@ impl<R: BufRead> RecordingReader<R> {
             let record = buffered
                 .get(8..end)
                 .with_context(|| format!("{name}: the frame at offset {at} left the buffer"))?;
-            if self.widen_v1 {
-                return Ok(Some(Frame::Record(widen_v1_record(
-                    record,
-                    &mut self.widened,
-                ))));
+            if self.widen {
+                return Ok(Some(Frame::Record(widen_record(record, &mut self.widened))));
             }
             return Ok(Some(Frame::Record(record)));
         }
@@ -362,7 +434,7 @@ impl<R: BufRead> RecordingReader<R> {
         }
         self.offset = at + 8 + u64::from(len);
         match kind {
-            frame::RECORD if self.widen_v1 => Ok(Some(Frame::Record(widen_v1_record(
+            frame::RECORD if self.widen => Ok(Some(Frame::Record(widen_record(
                 payload,
                 &mut self.widened,
             )))),
@@ -373,6 +445,9 @@ impl<R: BufRead> RecordingReader<R> {
             frame::NAMESPACE => serde_json::from_slice(payload)
                 .map(|n| Some(Frame::Namespace(n)))
                 .with_context(|| format!("{name}: namespace frame at offset {at} is not valid")),
+            frame::IDENTITY => serde_json::from_slice(payload)
+                .map(|i| Some(Frame::Identity(i)))
+                .with_context(|| format!("{name}: identity frame at offset {at} is not valid")),
             frame::END => {
                 self.ended = true;
                 Ok(Some(Frame::End))

@@ -43,6 +43,7 @@ enum Read {
     Record(Vec<u8>),
     Counters(Box<KernelCounters>),
     Namespace(Box<Namespace>),
+    Identity(Box<Identity>),
     End,
 }
 
@@ -58,6 +59,7 @@ fn read_all_from(input: impl BufRead) -> Result<(RecordingHeader, Vec<Read>)> {
             Frame::Record(r) => Read::Record(r.to_vec()),
             Frame::Counters(c) => Read::Counters(c),
             Frame::Namespace(n) => Read::Namespace(n),
+            Frame::Identity(i) => Read::Identity(i),
             Frame::End => Read::End,
         });
     }
@@ -254,4 +256,61 @@ fn namespace_frames_round_trip() {
     write_frame(&mut bytes, frame::END, &[]).expect("in memory");
     let (_, frames) = read_all(&bytes).expect("reads back");
     assert_eq!(frames[0], Read::Namespace(Box::new(ns)));
+}
+
+#[test]
+fn layout_3_recordings_are_read_with_cgroup_zero() {
+    let mut old = header();
+    old.layout = Layout::version_3();
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &old).expect("in memory");
+    let mut transition = vec![0x11u8; V3_TRANSITION];
+    transition[..4].copy_from_slice(&record_kind::TRANSITION.to_ne_bytes());
+    let mut flow_end = vec![0x22u8; V3_FLOW_END];
+    flow_end[..4].copy_from_slice(&record_kind::FLOW_END.to_ne_bytes());
+    write_frame(&mut bytes, frame::RECORD, &transition).expect("in memory");
+    write_frame(&mut bytes, frame::RECORD, &flow_end).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    let (h, frames) = read_all(&bytes).expect("layout 3 is read");
+    assert_eq!(h.layout.version, 3);
+    let Read::Record(t) = &frames[0] else {
+        panic!("a record: {frames:?}")
+    };
+    assert_eq!(t.len(), size_of::<TransitionEvent>());
+    assert_eq!(&t[V3_TRANSITION..], &[0; 8], "the cgroup is appended, 0");
+    assert_eq!(&t[..V3_TRANSITION], &transition[..]);
+    let Read::Record(f) = &frames[1] else {
+        panic!("a record: {frames:?}")
+    };
+    assert_eq!(f.len(), size_of::<FlowEndEvent>());
+    assert_eq!(
+        &f[FLOW_END_CGROUP..FLOW_END_CGROUP + 8],
+        &[0; 8],
+        "inside the flow"
+    );
+    assert_eq!(&f[..FLOW_END_CGROUP], &flow_end[..FLOW_END_CGROUP]);
+    assert_eq!(
+        &f[FLOW_END_CGROUP + 8..],
+        &flow_end[FLOW_END_CGROUP..],
+        "the keepalive settings move along"
+    );
+}
+
+#[test]
+fn identity_frames_round_trip() {
+    let identity = Identity {
+        cgroup_id: 4242,
+        path: "/kubepods/burstable/podx/y".into(),
+        namespace: Some("shop".into()),
+        pod: Some("cart-0".into()),
+        container: Some("server".into()),
+        ..Identity::default()
+    };
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &header()).expect("in memory");
+    let json = serde_json::to_vec(&identity).expect("json");
+    write_frame(&mut bytes, frame::IDENTITY, &json).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    let (_, frames) = read_all(&bytes).expect("reads back");
+    assert_eq!(frames[0], Read::Identity(Box::new(identity)));
 }

@@ -4,7 +4,7 @@
 //! namespaces that hold TIME_WAITs are read as they appear and written beside the records, so
 //! that `report` forecasts each with its own ports.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{self, Write as _},
     path::{Path, PathBuf},
     time::Instant,
@@ -16,7 +16,10 @@ use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
     cli::{Config, RecordOptions},
     events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
-    host::{clock::Clock, facts::HostFacts, netns::Namespace, netns_reader::NamespaceReader},
+    host::{
+        clock::Clock, facts::HostFacts, identity::Identity, identity_resolver::IdentityResolver,
+        netns::Namespace, netns_reader::NamespaceReader,
+    },
     kernel::loader::Tracer,
     state::aggregate::KernelCounters,
 };
@@ -30,6 +33,8 @@ struct RotatingFile {
     records: u64,
     bytes: u64,
     rotations: u64,
+    /// The identity frames written so far, written again at the start of each new file.
+    identities: Vec<Vec<u8>>,
 }
 
 fn rotated(path: &Path, n: u32) -> PathBuf {
@@ -48,6 +53,7 @@ impl RotatingFile {
             records: 0,
             bytes: 0,
             rotations: 0,
+            identities: Vec::new(),
         })
     }
 
@@ -93,6 +99,20 @@ impl RotatingFile {
         self.rotations += 1;
         self.header.part += 1;
         self.writer = FrameWriter::create(&path, &self.header)?;
+        // Each file names the workloads of its records on its own.
+        for json in &self.identities {
+            self.writer
+                .frame(frame::IDENTITY, json)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn identity(&mut self, identity: &Identity) -> Result<()> {
+        // Serialising plain fields cannot fail.
+        let json = serde_json::to_vec(identity).unwrap_or_default();
+        self.write(frame::IDENTITY, &json)?;
+        self.identities.push(json);
         Ok(())
     }
 
@@ -152,6 +172,35 @@ pub struct Recorder {
     namespaces: Option<NamespaceReader>,
     /// Namespaces seen in TIME_WAIT starts since the last tick.
     seen: HashSet<u32>,
+    /// Who the records' cgroups are.
+    identities: IdentityResolver,
+    /// cgroups whose identity frame is written (or given up on), and those still to
+    /// resolve with the tries left.
+    identified: HashSet<u64>,
+    unidentified: HashMap<u64, u32>,
+}
+
+/// How many walks of the cgroup tree look for a cgroup before its records keep the bare id.
+const IDENTIFY_TRIES: u32 = 5;
+
+/// The owner's cgroup of a record that names one, read in place.
+fn record_cgroup(record: &[u8]) -> Option<u64> {
+    use std::mem::offset_of;
+    use tcptrace_common::{
+        FlowEndEvent, FlowState, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
+        TransitionEvent,
+    };
+    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    let at = match kind {
+        record_kind::TRANSITION => offset_of!(TransitionEvent, cgroup),
+        record_kind::FLOW_END => offset_of!(FlowEndEvent, flow) + offset_of!(FlowState, cgroup),
+        record_kind::RETRANSMIT => offset_of!(RetransmitEvent, cgroup),
+        record_kind::KEEPALIVE_PROBE => offset_of!(KeepaliveProbeEvent, cgroup),
+        record_kind::PORT_FAILURE => offset_of!(PortFailureEvent, cgroup),
+        _ => return None,
+    };
+    let id = u64::from_ne_bytes(record.get(at..at + 8)?.try_into().ok()?);
+    (id != 0).then_some(id)
 }
 
 /// The namespace of a TIME_WAIT start record, read in place.
@@ -174,6 +223,31 @@ impl Recorder {
             recorder: None,
             namespaces: None,
             seen: HashSet::new(),
+            identities: IdentityResolver::new(config.identity.sources.clone()),
+            identified: HashSet::new(),
+            unidentified: HashMap::new(),
+        }
+    }
+
+    /// Writes the identity of `cgroup` if it resolves now; else tries again at the tick.
+    fn identify(&mut self, cgroup: u64) -> io::Result<()> {
+        let (workload, _) = self.identities.resolve(cgroup);
+        match workload.identity {
+            Some(identity) => {
+                self.unidentified.remove(&cgroup);
+                self.identified.insert(cgroup);
+                self.recorder()?.identity(&identity).map_err(io_error)
+            }
+            None => {
+                let tries = self.unidentified.entry(cgroup).or_insert(IDENTIFY_TRIES);
+                *tries -= 1;
+                if *tries == 0 {
+                    // Gone, or outside the tree: its records keep the bare id.
+                    self.unidentified.remove(&cgroup);
+                    self.identified.insert(cgroup);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -223,10 +297,21 @@ impl Consumer for Recorder {
                 self.seen.insert(netns);
             }
         }
+        if let Some(cgroup) = record_cgroup(record) {
+            if !self.identified.contains(&cgroup) && !self.unidentified.contains_key(&cgroup) {
+                self.identify(cgroup)?;
+            }
+        }
         self.recorder()?.record(record).map_err(io_error)
     }
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
+        // cgroups not found at their first record (made since the last walk of the tree): one
+        // more walk a second, until they resolve or the recording ends.
+        let pending: Vec<u64> = self.unidentified.keys().copied().collect();
+        for cgroup in pending {
+            self.identify(cgroup)?;
+        }
         if let Some(reader) = self.namespaces.as_mut() {
             let refreshed = reader.refresh(self.seen.drain(), Instant::now());
             let recorder = self.recorder()?;

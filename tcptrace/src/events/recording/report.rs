@@ -104,6 +104,7 @@ fn render<C: Consumer>(
                 namespaces.insert(*ns);
                 dispatch.namespaces = namespaces.clone();
             }
+            Frame::Identity(identity) => dispatch.identities.learn(*identity),
             Frame::End => break,
         }
         if now >= settled + SETTLE_EVERY_NS {

@@ -5,6 +5,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use crate::host::netns::Namespaces;
@@ -36,13 +37,17 @@ pub enum GroupKind {
     Destination,
     /// Local endpoints this host accepts connections on.
     Service,
+    /// Who the connections belong to: pods, containers, units.
+    Workload,
 }
 
 impl GroupKind {
+    /// The next table (`t`): destinations, local services, workloads.
     pub fn toggled(self) -> GroupKind {
         match self {
             GroupKind::Destination => GroupKind::Service,
-            GroupKind::Service => GroupKind::Destination,
+            GroupKind::Service => GroupKind::Workload,
+            GroupKind::Workload => GroupKind::Destination,
         }
     }
 }
@@ -73,6 +78,8 @@ struct GroupStats {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub endpoint: Endpoint,
+    /// The workload's label, in the workloads' table (its rows have no endpoint).
+    pub label: Option<String>,
     pub conn_per_s: f64,
     pub open: u64,
     pub time_wait: u64,
@@ -93,6 +100,7 @@ impl Row {
     pub fn empty(endpoint: Endpoint) -> Row {
         Row {
             endpoint,
+            label: None,
             conn_per_s: 0.0,
             open: 0,
             time_wait: 0,
@@ -133,13 +141,16 @@ pub struct AlertLine {
     pub detail: String,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Followed {
     group: GroupKey,
+    /// Its workload's row.
+    workload: Option<Arc<str>>,
 }
 
 pub struct TopModel {
     groups: HashMap<GroupKey, GroupStats>,
+    workloads: WorkloadTable,
     flows: HashMap<u64, Followed>,
     listen_ports: HashSet<u16>,
     /// The namespaces the forecast takes its capacities from (the session's, each tick).
@@ -164,6 +175,7 @@ impl TopModel {
     pub fn new() -> TopModel {
         TopModel {
             groups: HashMap::default(),
+            workloads: WorkloadTable::default(),
             flows: HashMap::default(),
             listen_ports: HashSet::new(),
             namespaces: Namespaces::default(),
@@ -254,11 +266,19 @@ impl TopModel {
                     .get_or_insert_with(|| Histogram::new(2).expect("2 digits is valid"))
                     .record(held.max(1))
                     .ok();
+                if let Some(w) = self.workloads.of(&f.workload) {
+                    w.connected_in(held);
+                }
             }
         }
         if t.new == TcpState::Close {
             let group = match self.flows.remove(&t.skaddr) {
-                Some(f) => f.group,
+                Some(f) => {
+                    if let Some(w) = self.workloads.of(&f.workload) {
+                        w.open = w.open.saturating_sub(1);
+                    }
+                    f.group
+                }
                 // Open before tracing started: counted in the seed under its 4-tuple.
                 None => self.group_of(&t.addrs, None),
             };
@@ -273,8 +293,13 @@ impl TopModel {
         let stats = self.group_mut(group);
         stats.opened.add(now_s);
         stats.open += 1;
+        let workload = group_label(&t.workload);
+        if let Some(w) = self.workloads.of(&workload) {
+            w.opened.add(now_s);
+            w.open += 1;
+        }
         if self.flows.len() < FLOWS_FOLLOWED {
-            self.flows.insert(t.skaddr, Followed { group });
+            self.flows.insert(t.skaddr, Followed { group, workload });
         } else {
             self.untracked_flows += 1;
         }
@@ -292,20 +317,30 @@ impl TopModel {
             let stats = self.group_mut(group);
             stats.resets += u64::from(reset);
             stats.keepalive_timeouts += u64::from(keepalive);
+            if let Some(w) = self.workloads.of(&group_label(&f.lifecycle.workload)) {
+                w.resets += u64::from(reset);
+                w.keepalive_timeouts += u64::from(keepalive);
+            }
         }
     }
 
     pub fn retransmit(&mut self, r: &Retransmit) {
-        let group = match self.flows.get(&r.skaddr) {
-            Some(f) => f.group,
-            None => self.group_of(&r.addrs, None),
+        let (group, workload) = match self.flows.get(&r.skaddr) {
+            Some(f) => (f.group, f.workload.clone()),
+            None => (self.group_of(&r.addrs, None), group_label(&r.workload)),
         };
         self.group_mut(group).retransmits += 1;
+        if let Some(w) = self.workloads.of(&workload) {
+            w.retransmits += 1;
+        }
     }
 
     /// connect() toward a destination, or bind() to a local address, failed for want of a
     /// port.
     pub fn port_failure(&mut self, p: &PortFailure) {
+        if let Some(w) = self.workloads.of(&group_label(&p.workload)) {
+            w.port_failures += 1;
+        }
         let Some(endpoint) = p.asked else {
             return;
         };
@@ -320,7 +355,7 @@ impl TopModel {
     pub fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) {
         let group = self.group_of(addrs, None);
         let peer = match group.kind {
-            GroupKind::Destination => addrs.local.addr,
+            GroupKind::Destination | GroupKind::Workload => addrs.local.addr,
             GroupKind::Service => addrs.remote.addr,
         };
         self.group_mut(group)
@@ -427,6 +462,7 @@ impl TopModel {
                 || !g.time_wait_entries.is_empty()
                 || g.retransmits + g.resets + g.keepalive_timeouts + g.port_failures > 0
         });
+        self.workloads.retain_active(now_s);
         self.previous = Some((counters, now_ns));
     }
 
@@ -438,6 +474,9 @@ impl TopModel {
         time_wait: impl Iterator<Item = &'a FlowAddrs>,
     ) -> Vec<Row> {
         let now_s = seconds(now_ns);
+        if kind == GroupKind::Workload {
+            return self.workloads.rows(now_s);
+        }
         let mut tw_counts: HashMap<Endpoint, u64> = HashMap::default();
         for addrs in time_wait {
             let group = self.group_of(addrs, None);
@@ -455,6 +494,7 @@ impl TopModel {
                     .map(|f| f.utilization * 100.0);
                 Row {
                     endpoint: k.endpoint,
+                    label: None,
                     conn_per_s: g.opened.per_second(now_s),
                     open: g.open,
                     time_wait: tw_counts.remove(&k.endpoint).unwrap_or(0),
@@ -484,7 +524,10 @@ impl TopModel {
 mod forecast;
 #[path = "model_listen.rs"]
 mod listen;
+#[path = "model_workload.rs"]
+mod workload;
 pub use listen::{ListenCell, ListenRow};
+use workload::{group_label, WorkloadTable};
 
 impl Default for TopModel {
     fn default() -> Self {

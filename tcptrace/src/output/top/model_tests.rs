@@ -301,6 +301,7 @@ fn port_failures_land_in_the_destination_or_the_local_service() {
         },
         netns: NETNS,
         asked: Some(ep(asked)),
+        workload: Default::default(),
     };
     for _ in 0..3 {
         top.port_failure(&failure(Call::Connect, "10.0.0.9:443"));

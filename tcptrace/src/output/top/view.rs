@@ -48,20 +48,21 @@ impl Column {
             Column::Endpoint => match kind {
                 GroupKind::Destination => "DESTINATION",
                 GroupKind::Service => "LOCAL SERVICE",
+                GroupKind::Workload => "POD / WORKLOAD",
             },
             Column::ConnPerS => "CONN/s",
             Column::Open => "OPEN",
             Column::TimeWait => "TW",
             // Local services: their listener's accept queue (now/backlog) and drops.
             Column::Forecast => match kind {
-                GroupKind::Destination => "FCST%",
+                GroupKind::Destination | GroupKind::Workload => "FCST%",
                 GroupKind::Service => "ACCQ",
             },
             Column::Retransmits => "RTX",
             Column::Resets => "RST",
             Column::KeepaliveTimeouts => "KA_TO",
             Column::PortFailures => match kind {
-                GroupKind::Destination => "EADDR",
+                GroupKind::Destination | GroupKind::Workload => "EADDR",
                 GroupKind::Service => "DRP/s",
             },
             Column::ConnectP99 => "P99CONN",
@@ -69,20 +70,21 @@ impl Column {
     }
 
     /// Widths for 80 columns: 71 of cells and 9 of spacing (21: the longest IPv4
-    /// endpoint; 8: `P99CONN▼`).
-    fn width(self) -> u16 {
-        match self {
+    /// endpoint; 8: `P99CONN▼`). A workload's label gets what the table has to spare.
+    fn width(self, kind: GroupKind) -> Constraint {
+        Constraint::Length(match self {
+            Column::Endpoint if kind == GroupKind::Workload => return Constraint::Min(21),
             Column::Endpoint => 21,
             Column::ConnPerS => 7,
             Column::ConnectP99 => 8,
             _ => 5,
-        }
+        })
     }
 
     fn compare(self, a: &Row, b: &Row) -> Ordering {
         let float = |x: f64, y: f64| x.total_cmp(&y);
         match self {
-            Column::Endpoint => a.endpoint.cmp(&b.endpoint),
+            Column::Endpoint => a.label.cmp(&b.label).then(a.endpoint.cmp(&b.endpoint)),
             Column::ConnPerS => float(a.conn_per_s, b.conn_per_s),
             Column::Open => a.open.cmp(&b.open),
             Column::TimeWait => a.time_wait.cmp(&b.time_wait),
@@ -104,7 +106,10 @@ impl Column {
 
     fn cell(self, row: &Row) -> String {
         match self {
-            Column::Endpoint => row.endpoint.to_string(),
+            Column::Endpoint => match &row.label {
+                Some(label) => label.clone(),
+                None => row.endpoint.to_string(),
+            },
             Column::ConnPerS => format!("{:.1}", row.conn_per_s),
             Column::Open => row.open.to_string(),
             Column::TimeWait => row.time_wait.to_string(),
@@ -244,12 +249,12 @@ impl ViewState {
     pub fn arrange(&self, mut rows: Vec<Row>) -> Vec<Row> {
         let needle = self.filter.to_lowercase();
         if !needle.is_empty() {
-            rows.retain(|r| r.endpoint.to_string().to_lowercase().contains(&needle));
+            rows.retain(|r| Column::Endpoint.cell(r).to_lowercase().contains(&needle));
         }
         rows.sort_by(|a, b| {
             let by = self.sort.compare(a, b);
             let by = if self.descending { by.reverse() } else { by };
-            by.then_with(|| a.endpoint.cmp(&b.endpoint))
+            by.then_with(|| Column::Endpoint.compare(a, b))
         });
         rows
     }
@@ -331,7 +336,7 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let help_text = if view.editing {
         format!("filter: {}_   (Enter keep, Esc clear)", view.filter)
     } else {
-        let mut text = "q quit  t dest/svc  0-9 sort  r reverse  / filter".to_string();
+        let mut text = "q quit  t dest/svc/pod  0-9 sort  r reverse  / filter".to_string();
         if !view.filter.is_empty() {
             text.push_str(&format!("  [filter: {}]", view.filter));
         }
@@ -365,9 +370,10 @@ fn draw_table(frame: &mut Frame, view: &ViewState, s: &Snapshot, area: Rect) {
     let kind = match view.kind {
         GroupKind::Destination => "destinations",
         GroupKind::Service => "local services",
+        GroupKind::Workload => "workloads (pods, containers, units)",
     };
     let title = format!(" {kind}: {} ", s.rows.len());
-    let table = Table::new(rows, Column::ALL.map(|c| Constraint::Length(c.width())))
+    let table = Table::new(rows, Column::ALL.map(|c| c.width(view.kind)))
         .header(header)
         .column_spacing(1)
         .block(Block::default().borders(Borders::TOP).title(title));

@@ -1,0 +1,256 @@
+//! Who a socket belongs to (container, pod, unit): the flags that say where identities are
+//! read from and how they are shown, and the workload filters (`--pod`, `--namespace`,
+//! `--container`), resolved to cgroup ids at start and again every second while tracing.
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use crate::host::{
+    identity::{short_id, Identity},
+    identity_resolver::{IdentityResolver, IdentitySources},
+};
+
+/// Workload labels on metrics: at most this many (namespace, pod, container) label sets by
+/// default; the rest are summed under `other`.
+pub const DEFAULT_METRICS_WORKLOADS: usize = 200;
+/// The kernel's table of filtered cgroups (`WORKLOAD_CGROUPS`).
+pub const MAX_FILTERED_CGROUPS: usize = 4096;
+
+/// When column output has the identity column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColumnWhen {
+    /// When standard output is a terminal at least 160 columns wide.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Workload identity (a socket's cgroup → container, pod, unit)")]
+pub struct IdentityArgs {
+    /// The WORKLOAD column (namespace/pod/container, a container id, a systemd unit, or
+    /// cgroup:ID) in column output: auto shows it on terminals at least 160 columns wide.
+    /// JSON always carries cgroup_id, container_id, pod, namespace, container and unit.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
+    pub identity_column: ColumnWhen,
+    /// The cgroup2 mount to resolve cgroup ids in (default: the first cgroup2 mount; in a
+    /// container, mount the host's /sys/fs/cgroup and name it here).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+    /// The kubelet's pod log directories (<namespace>_<pod>_<uid>/<container>/): pod and
+    /// container names without an API server.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/log/pods"
+    )]
+    pub pod_logs: PathBuf,
+    /// The kubelet's container log links (<pod>_<namespace>_<container>-<id>.log): which
+    /// container id is which container.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/log/containers"
+    )]
+    pub container_logs: PathBuf,
+    /// Give the per-destination and per-local-service metrics namespace, pod and container
+    /// labels (at most --metrics-max-workloads label sets, the rest under pod="other").
+    #[arg(long, global = true)]
+    pub metrics_pod_labels: bool,
+    /// The most (namespace, pod, container) label sets with --metrics-pod-labels.
+    #[arg(long, global = true, value_name = "N", default_value_t = DEFAULT_METRICS_WORKLOADS)]
+    pub metrics_max_workloads: usize,
+}
+
+/// Identity settings, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub column: ColumnWhen,
+    pub sources: IdentitySources,
+    pub metrics_labels: bool,
+    pub metrics_max_workloads: usize,
+}
+
+impl TryFrom<IdentityArgs> for IdentityConfig {
+    type Error = anyhow::Error;
+    fn try_from(args: IdentityArgs) -> Result<IdentityConfig> {
+        if let Some(root) = &args.cgroup_root {
+            if !root.is_dir() {
+                bail!("--cgroup-root {}: not a directory", root.display());
+            }
+        }
+        if !(1..=10_000).contains(&args.metrics_max_workloads) {
+            bail!("--metrics-max-workloads must be between 1 and 10000");
+        }
+        // Without a cgroup2 mount, identities stay bare ids (the filters say so if given).
+        let cgroup_root = args
+            .cgroup_root
+            .or_else(|| crate::host::identity_resolver::cgroup2_mount().ok())
+            .unwrap_or_default();
+        Ok(IdentityConfig {
+            column: args.identity_column,
+            sources: IdentitySources {
+                cgroup_root,
+                pod_logs: args.pod_logs,
+                container_logs: args.container_logs,
+            },
+            metrics_labels: args.metrics_pod_labels,
+            metrics_max_workloads: args.metrics_max_workloads,
+        })
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            column: ColumnWhen::Auto,
+            sources: IdentitySources {
+                cgroup_root: PathBuf::new(),
+                pod_logs: PathBuf::from("/var/log/pods"),
+                container_logs: PathBuf::from("/var/log/containers"),
+            },
+            metrics_labels: false,
+            metrics_max_workloads: DEFAULT_METRICS_WORKLOADS,
+        }
+    }
+}
+
+/// `--pod`, `--namespace`, `--container`: the workloads traced (they combine with AND).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadFilter {
+    pub pods: Vec<String>,
+    pub namespaces: Vec<String>,
+    /// Names, or container ids (12 hex digits or more: a prefix).
+    pub containers: Vec<String>,
+    /// The cgroups they name now (sorted).
+    pub cgroups: Vec<u64>,
+}
+
+fn is_id_prefix(text: &str) -> bool {
+    text.len() >= 12 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl WorkloadFilter {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.namespaces.is_empty() && self.containers.is_empty()
+    }
+
+    fn container_matches(&self, wanted: &str, identity: &Identity) -> bool {
+        identity.container.as_deref() == Some(wanted)
+            || (is_id_prefix(wanted)
+                && identity
+                    .container_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(wanted)))
+    }
+
+    /// Whether a cgroup is one of the filtered workloads' (its descendants then are too).
+    pub fn matches(&self, identity: &Identity) -> bool {
+        let pod_ok =
+            self.pods.is_empty() || identity.pod.as_ref().is_some_and(|p| self.pods.contains(p));
+        let ns_ok = self.namespaces.is_empty()
+            || identity
+                .namespace
+                .as_ref()
+                .is_some_and(|n| self.namespaces.contains(n));
+        let container_ok = self.containers.is_empty()
+            || self
+                .containers
+                .iter()
+                .any(|c| self.container_matches(c, identity));
+        pod_ok
+            && ns_ok
+            && container_ok
+            && (identity.pod_uid.is_some() || !self.containers.is_empty())
+    }
+
+    /// The cgroups of the tree that match, sorted.
+    pub fn select(&self, tree: &[Arc<Identity>]) -> Vec<u64> {
+        let ids: BTreeSet<u64> = tree
+            .iter()
+            .filter(|identity| self.matches(identity))
+            .map(|identity| identity.cgroup_id)
+            .collect();
+        ids.into_iter().take(MAX_FILTERED_CGROUPS).collect()
+    }
+
+    /// Resolves the names against this host now: every name given must match a workload.
+    pub fn resolve(&mut self, sources: &IdentitySources) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if sources.cgroup_root.as_os_str().is_empty() {
+            bail!("--pod/--namespace/--container: no cgroup v2 hierarchy is mounted (give --cgroup-root)");
+        }
+        let tree = IdentityResolver::new(sources.clone()).walk();
+        let missing = |flag: &str, name: &str, found: bool| -> Result<()> {
+            if found {
+                return Ok(());
+            }
+            bail!(
+                "{flag} {name}: no such {} on this node (looked in {} and the cgroups under {})",
+                &flag[2..],
+                sources.pod_logs.display(),
+                sources.cgroup_root.display()
+            )
+        };
+        for pod in &self.pods {
+            missing(
+                "--pod",
+                pod,
+                tree.iter().any(|i| i.pod.as_ref() == Some(pod)),
+            )?;
+        }
+        for ns in &self.namespaces {
+            missing(
+                "--namespace",
+                ns,
+                tree.iter().any(|i| i.namespace.as_ref() == Some(ns)),
+            )?;
+        }
+        for c in &self.containers {
+            missing(
+                "--container",
+                c,
+                tree.iter().any(|i| self.container_matches(c, i)),
+            )?;
+        }
+        self.cgroups = self.select(&tree);
+        if self.cgroups.is_empty() {
+            bail!(
+                "--pod/--namespace/--container: no workload on this node matches all of {}",
+                self.describe()
+            );
+        }
+        Ok(())
+    }
+
+    /// The filter in words.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("pod", &self.pods),
+            ("namespace", &self.namespaces),
+            ("container", &self.containers),
+        ] {
+            if !names.is_empty() {
+                let names: Vec<&str> = names
+                    .iter()
+                    .map(|n| if is_id_prefix(n) { short_id(n) } else { n })
+                    .collect();
+                parts.push(format!("{what} {}", names.join(",")));
+            }
+        }
+        parts.join(" and ")
+    }
+}

@@ -1,0 +1,169 @@
+//! Turns cgroup ids into identities: a cache filled by walking the cgroup2 tree (a cgroup's id
+//! is its directory's inode), walked again at most once a second when an id is not in it.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+
+use crate::host::identity::{Identity, PodDirectory, Workload};
+
+/// The least time between two walks of the cgroup tree.
+const MIN_RESCAN: Duration = Duration::from_secs(1);
+/// How deep the walk goes (the kubelet's deepest is 4 or 5 below the root).
+const MAX_DEPTH: usize = 12;
+/// At most this many cgroups are kept (a node has hundreds to a few thousands).
+const MAX_CGROUPS: usize = 200_000;
+
+/// Where identities come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentitySources {
+    /// The cgroup2 mount (the host's: a DaemonSet mounts the host's /sys/fs/cgroup).
+    pub cgroup_root: PathBuf,
+    /// The kubelet's `/var/log/pods`.
+    pub pod_logs: PathBuf,
+    /// The kubelet's `/var/log/containers`.
+    pub container_logs: PathBuf,
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted"))
+}
+
+/// The cache of identities by cgroup id.
+pub struct IdentityResolver {
+    sources: Option<IdentitySources>,
+    known: HashMap<u64, Arc<Identity>>,
+    /// Ids not found by the last walk: not looked for again before the next.
+    missing: HashSet<u64>,
+    last_walk: Option<Instant>,
+}
+
+impl IdentityResolver {
+    /// A resolver reading this host (nothing, without a cgroup2 mount).
+    pub fn new(sources: IdentitySources) -> IdentityResolver {
+        IdentityResolver {
+            sources: Some(sources).filter(|s| !s.cgroup_root.as_os_str().is_empty()),
+            known: HashMap::new(),
+            missing: HashSet::new(),
+            last_walk: None,
+        }
+    }
+
+    /// A resolver that knows only what it is told (`report` of a recording).
+    pub fn recorded() -> IdentityResolver {
+        IdentityResolver {
+            sources: None,
+            known: HashMap::new(),
+            missing: HashSet::new(),
+            last_walk: None,
+        }
+    }
+
+    /// Takes an identity as it was recorded.
+    pub fn learn(&mut self, identity: Identity) {
+        self.known.insert(identity.cgroup_id, Arc::new(identity));
+    }
+
+    /// The workload of a cgroup id: from the cache, or from a new walk of the tree when the
+    /// last was more than a second ago. Returns whether the identity is new to the cache too.
+    pub fn resolve(&mut self, cgroup: u64) -> (Workload, bool) {
+        if cgroup == 0 {
+            return (Workload::default(), false);
+        }
+        if let Some(identity) = self.known.get(&cgroup) {
+            if !identity.incomplete() || !self.may_walk() {
+                return (Workload::resolved(cgroup, identity.clone()), false);
+            }
+        } else if self.missing.contains(&cgroup) && !self.may_walk() {
+            return (Workload::unresolved(cgroup), false);
+        }
+        if self.sources.is_none() || !self.may_walk() {
+            return (Workload::unresolved(cgroup), false);
+        }
+        let before = self.known.get(&cgroup).cloned();
+        self.walk();
+        match self.known.get(&cgroup) {
+            Some(identity) => {
+                let new = before.as_deref() != Some(identity);
+                (Workload::resolved(cgroup, identity.clone()), new)
+            }
+            None => {
+                self.missing.insert(cgroup);
+                (Workload::unresolved(cgroup), false)
+            }
+        }
+    }
+
+    fn may_walk(&self) -> bool {
+        self.sources.is_some() && self.last_walk.is_none_or(|at| at.elapsed() >= MIN_RESCAN)
+    }
+
+    /// Every cgroup of the tree now, walked afresh (the filters resolve names with it).
+    pub fn walk(&mut self) -> Vec<Arc<Identity>> {
+        let Some(sources) = &self.sources else {
+            return self.known.values().cloned().collect();
+        };
+        self.last_walk = Some(Instant::now());
+        self.missing.clear();
+        let directory = PodDirectory::read(&sources.pod_logs, &sources.container_logs);
+        let mut found = Vec::new();
+        walk_tree(&sources.cgroup_root, &mut found);
+        let mut now = Vec::with_capacity(found.len());
+        for (id, path) in found {
+            let identity = match self.known.get(&id) {
+                Some(known) if known.path == path && !known.incomplete() => known.clone(),
+                _ => {
+                    let identity = Arc::new(directory.identify(id, &path));
+                    if self.known.len() < MAX_CGROUPS || self.known.contains_key(&id) {
+                        self.known.insert(id, identity.clone());
+                    }
+                    identity
+                }
+            };
+            now.push(identity);
+        }
+        now
+    }
+}
+
+/// (id, path below the root) of every cgroup under `root`, the root included.
+fn walk_tree(root: &Path, found: &mut Vec<(u64, String)>) {
+    let mut pending = vec![(root.to_path_buf(), String::from("/"), 0usize)];
+    while let Some((dir, path, depth)) = pending.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        found.push((meta.ino(), path.clone()));
+        if depth >= MAX_DEPTH || found.len() >= MAX_CGROUPS {
+            continue;
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if path == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{path}/{name}")
+                };
+                pending.push((entry.path(), child, depth + 1));
+            }
+        }
+    }
+}

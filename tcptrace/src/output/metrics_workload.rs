@@ -1,0 +1,298 @@
+//! Metrics by workload (`--metrics-pod-labels`): connections per destination and per local
+//! service, closes by cause, TIME_WAITs entered per destination, and port failures, each
+//! with `namespace`, `pod` and `container` labels (`workload` names what is not a pod: a
+//! container id, a systemd unit, a cgroup). Cardinality is capped twice: the first
+//! `--metrics-max-workloads` workloads get their own labels, later ones count under
+//! pod="other"; the first [`PEERS`] destinations and services get their own, later ones
+//! `other`.
+use std::collections::HashSet;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use crate::{
+    events::{
+        decode::FinishedFlow,
+        model::{CloseSide, TcpState},
+        port_failure::{Call, PortFailure},
+    },
+    host::identity::Workload,
+};
+
+/// Destinations and local services with a series of their own.
+pub const PEERS: usize = 64;
+
+/// The workload's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The compact label (`namespace/pod/container`, a container id, a unit, `cgroup:ID`).
+    pub workload: String,
+}
+
+impl WorkloadLabels {
+    fn of(w: &Workload) -> WorkloadLabels {
+        let i = w.identity.as_deref();
+        let field = |f: fn(&crate::host::identity::Identity) -> Option<&String>| {
+            i.and_then(f).cloned().unwrap_or_default()
+        };
+        WorkloadLabels {
+            namespace: field(|i| i.namespace.as_ref()),
+            pod: field(|i| i.pod.as_ref()),
+            container: field(|i| i.container.as_ref()),
+            workload: w.label().unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    fn other() -> WorkloadLabels {
+        WorkloadLabels {
+            namespace: "other".into(),
+            pod: "other".into(),
+            container: "other".into(),
+            workload: "other".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Connection {
+    /// `outbound` (connect: `peer` is the destination) or `inbound` (accepted: `peer` is the
+    /// local service).
+    direction: &'static str,
+    peer: String,
+    #[prometheus(flatten)]
+    workload: WorkloadLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Closed {
+    cause: &'static str,
+    #[prometheus(flatten)]
+    workload: WorkloadLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeWaits {
+    destination: String,
+    #[prometheus(flatten)]
+    workload: WorkloadLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortFailed {
+    call: &'static str,
+    errno: &'static str,
+    address: String,
+    #[prometheus(flatten)]
+    workload: WorkloadLabels,
+}
+
+pub struct WorkloadMetrics {
+    connections: Family<Connection, Counter>,
+    closed: Family<Closed, Counter>,
+    time_waits: Family<TimeWaits, Counter>,
+    port_failures: Family<PortFailed, Counter>,
+    max_workloads: usize,
+    workloads: HashSet<WorkloadLabels>,
+    peers: HashSet<String>,
+}
+
+/// Whether a flow that closed enters TIME_WAIT: it closed first (FIN_WAIT2 or CLOSING last).
+fn enters_time_wait(f: &FinishedFlow) -> bool {
+    let path = &f.lifecycle.path;
+    f.close == CloseSide::Active
+        && path.len() >= 2
+        && matches!(
+            path[path.len() - 2].state,
+            TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
+        )
+}
+
+impl WorkloadMetrics {
+    pub fn new(max_workloads: usize) -> WorkloadMetrics {
+        WorkloadMetrics {
+            connections: Family::default(),
+            closed: Family::default(),
+            time_waits: Family::default(),
+            port_failures: Family::default(),
+            max_workloads,
+            workloads: HashSet::new(),
+            peers: HashSet::new(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "workload_connections",
+            "Connections that ended, by direction, peer (destination or local service; 64, \
+             then other) and workload (namespace, pod, container)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "workload_flows_closed",
+            "Flows ended, by close cause and workload",
+            self.closed.clone(),
+        );
+        registry.register(
+            "workload_time_waits",
+            "TIME_WAITs entered (this side closed first), by destination and workload: over \
+             60 s of TIME_WAIT, the 4-tuples a pod holds toward each destination",
+            self.time_waits.clone(),
+        );
+        registry.register(
+            "workload_port_failures",
+            "connect()/bind() calls that failed for want of a port, by call, errno, address \
+             and workload",
+            self.port_failures.clone(),
+        );
+    }
+
+    /// The workload's labels while under the cap, else `other`.
+    fn labels(&mut self, w: &Workload) -> WorkloadLabels {
+        let labels = WorkloadLabels::of(w);
+        if self.workloads.contains(&labels) || self.workloads.len() < self.max_workloads {
+            self.workloads.insert(labels.clone());
+            labels
+        } else {
+            WorkloadLabels::other()
+        }
+    }
+
+    fn peer(&mut self, peer: String) -> String {
+        if self.peers.contains(&peer) || self.peers.len() < PEERS {
+            self.peers.insert(peer.clone());
+            peer
+        } else {
+            "other".into()
+        }
+    }
+
+    pub fn flow_closed(&mut self, f: &FinishedFlow) {
+        let workload = self.labels(&f.lifecycle.workload);
+        let direction = match f.lifecycle.path.first().map(|s| s.state) {
+            Some(TcpState::SynSent) => Some(("outbound", f.addrs.remote)),
+            Some(TcpState::SynRecv) => Some(("inbound", f.addrs.local)),
+            _ => None,
+        };
+        if let Some((direction, peer)) = direction {
+            let peer = self.peer(peer.to_string());
+            self.connections
+                .get_or_create(&Connection {
+                    direction,
+                    peer,
+                    workload: workload.clone(),
+                })
+                .inc();
+        }
+        if enters_time_wait(f) {
+            let destination = self.peer(f.addrs.remote.to_string());
+            self.time_waits
+                .get_or_create(&TimeWaits {
+                    destination,
+                    workload: workload.clone(),
+                })
+                .inc();
+        }
+        self.closed
+            .get_or_create(&Closed {
+                cause: f.cause.name(),
+                workload,
+            })
+            .inc();
+    }
+
+    pub fn port_failure(&mut self, p: &PortFailure) {
+        let workload = self.labels(&p.workload);
+        let address = self.peer(p.asked.map_or_else(|| "unknown".into(), |e| e.to_string()));
+        self.port_failures
+            .get_or_create(&PortFailed {
+                call: match p.call {
+                    Call::Connect => "connect",
+                    Call::Bind => "bind",
+                },
+                errno: p.errno.name(),
+                address,
+                workload,
+            })
+            .inc();
+    }
+
+    #[cfg(test)]
+    pub fn closed_count(&self, cause: &'static str, pod: &str) -> u64 {
+        let mut total = 0;
+        for labels in &self.workloads {
+            if labels.pod == pod {
+                total += self
+                    .closed
+                    .get_or_create(&Closed {
+                        cause,
+                        workload: labels.clone(),
+                    })
+                    .get();
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{host::identity::Identity, output::fixtures, state::cause::CloseCause};
+
+    fn in_pod(pod: &str) -> Workload {
+        Workload::resolved(
+            7,
+            Arc::new(Identity {
+                cgroup_id: 7,
+                namespace: Some("shop".into()),
+                pod: Some(pod.into()),
+                container: Some("server".into()),
+                ..Identity::default()
+            }),
+        )
+    }
+
+    #[test]
+    fn closes_count_by_pod_and_workloads_beyond_the_cap_under_other() {
+        let mut m = WorkloadMetrics::new(2);
+        for pod in ["a", "b", "c", "a"] {
+            let mut f = fixtures::client_flow();
+            f.cause = CloseCause::KeepaliveTimeout;
+            f.lifecycle.workload = in_pod(pod);
+            m.flow_closed(&f);
+        }
+        assert_eq!(m.closed_count("keepalive_timeout", "a"), 2);
+        assert_eq!(m.closed_count("keepalive_timeout", "b"), 1);
+        assert_eq!(
+            m.closed_count("keepalive_timeout", "c"),
+            0,
+            "beyond the cap"
+        );
+        let other = m
+            .closed
+            .get_or_create(&Closed {
+                cause: "keepalive_timeout",
+                workload: WorkloadLabels::other(),
+            })
+            .get();
+        assert_eq!(other, 1);
+        let mut text = String::new();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(
+            text.contains(
+                r#"namespace="shop",pod="a",container="server",workload="shop/a/server""#
+            ),
+            "{text}"
+        );
+    }
+}
