@@ -32,7 +32,7 @@ fn screen_size() -> (std::num::NonZeroU16, std::num::NonZeroU16) {
 }
 
 /// tcptrace top running on the slave side of a pseudo-terminal of 80×24.
-struct TopUnderPty {
+pub(crate) struct TopUnderPty {
     _shared: RwLockReadGuard<'static, ()>,
     child: Child,
     master: Option<File>,
@@ -66,7 +66,7 @@ fn pty() -> (OwnedFd, OwnedFd) {
 }
 
 impl TopUnderPty {
-    fn start(args: &[&str]) -> TopUnderPty {
+    pub(crate) fn start(args: &[&str]) -> TopUnderPty {
         Self::start_with_env(args, &[])
     }
 
@@ -116,13 +116,13 @@ impl TopUnderPty {
         }
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         out.1.screen().contents()
     }
 
     /// Waits until the screen satisfies `ok` (it is redrawn every second).
-    fn wait_for(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let screen = self.screen();
@@ -149,7 +149,7 @@ impl TopUnderPty {
         }
     }
 
-    fn keys(&mut self, keys: &str) {
+    pub(crate) fn keys(&mut self, keys: &str) {
         let master = self.master.as_mut().expect("the pty is open");
         master
             .write_all(keys.as_bytes())
@@ -158,7 +158,7 @@ impl TopUnderPty {
     }
 
     /// Waits for exit 0; returns everything written and whether the screen is the main one.
-    fn finish(self) -> (String, bool) {
+    pub(crate) fn finish(self) -> (String, bool) {
         let (code, written, main_screen) = self.exit();
         assert_eq!(code, Some(0), "tcptrace top exited {code:?}:\n{written}");
         (written, main_screen)

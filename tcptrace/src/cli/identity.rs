@@ -63,8 +63,11 @@ pub struct IdentityArgs {
         default_value = "/var/log/containers"
     )]
     pub container_logs: PathBuf,
-    /// Give the per-destination and per-local-service metrics namespace, pod and container
-    /// labels (at most --metrics-max-workloads label sets, the rest under pod="other").
+    /// Export metrics by workload (tcptrace_workload_*: connections per destination and
+    /// local service, closes by cause, TIME_WAITs per destination, port failures) with
+    /// k8s_namespace, k8s_pod and k8s_container labels (at most --metrics-max-workloads label
+    /// sets, the rest under k8s_pod="other"). In `tcptrace metrics`, the kernel then sends
+    /// every flow's end (the cost of `tcptrace flows`).
     #[arg(long, global = true)]
     pub metrics_pod_labels: bool,
     /// The most (namespace, pod, container) label sets with --metrics-pod-labels.

@@ -1,9 +1,11 @@
 //! Metrics by workload (`--metrics-pod-labels`): connections per destination and per local
 //! service, closes by cause, TIME_WAITs entered per destination, and port failures, each
-//! with `namespace`, `pod` and `container` labels (`workload` names what is not a pod: a
-//! container id, a systemd unit, a cgroup). Cardinality is capped twice: the first
+//! with `k8s_namespace`, `k8s_pod` and `k8s_container` labels (`workload` names what is not
+//! a pod: a container id, a systemd unit, a cgroup). Prefixed: a scrape target's own
+//! `namespace`, `pod` and `container` labels are the tcptrace agent's, and Prometheus would
+//! rename ours to `exported_*`. Cardinality is capped twice: the first
 //! `--metrics-max-workloads` workloads get their own labels, later ones count under
-//! pod="other"; the first [`PEERS`] destinations and services get their own, later ones
+//! `k8s_pod="other"`; the first [`PEERS`] destinations and services get their own, later ones
 //! `other`.
 use std::collections::HashSet;
 
@@ -28,9 +30,9 @@ pub const PEERS: usize = 64;
 /// The workload's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkloadLabels {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
+    pub k8s_namespace: String,
+    pub k8s_pod: String,
+    pub k8s_container: String,
     /// The compact label (`namespace/pod/container`, a container id, a unit, `cgroup:ID`).
     pub workload: String,
 }
@@ -42,18 +44,18 @@ impl WorkloadLabels {
             i.and_then(f).cloned().unwrap_or_default()
         };
         WorkloadLabels {
-            namespace: field(|i| i.namespace.as_ref()),
-            pod: field(|i| i.pod.as_ref()),
-            container: field(|i| i.container.as_ref()),
+            k8s_namespace: field(|i| i.namespace.as_ref()),
+            k8s_pod: field(|i| i.pod.as_ref()),
+            k8s_container: field(|i| i.container.as_ref()),
             workload: w.label().unwrap_or_else(|| "unknown".into()),
         }
     }
 
     fn other() -> WorkloadLabels {
         WorkloadLabels {
-            namespace: "other".into(),
-            pod: "other".into(),
-            container: "other".into(),
+            k8s_namespace: "other".into(),
+            k8s_pod: "other".into(),
+            k8s_container: "other".into(),
             workload: "other".into(),
         }
     }
@@ -226,7 +228,7 @@ impl WorkloadMetrics {
     pub fn closed_count(&self, cause: &'static str, pod: &str) -> u64 {
         let mut total = 0;
         for labels in &self.workloads {
-            if labels.pod == pod {
+            if labels.k8s_pod == pod {
                 total += self
                     .closed
                     .get_or_create(&Closed {
@@ -290,7 +292,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         assert!(
             text.contains(
-                r#"namespace="shop",pod="a",container="server",workload="shop/a/server""#
+                r#"k8s_namespace="shop",k8s_pod="a",k8s_container="server",workload="shop/a/server""#
             ),
             "{text}"
         );

@@ -323,3 +323,48 @@ fn port_failures_land_in_the_destination_or_the_local_service() {
         [(ep("10.0.0.1:8080"), 1)]
     );
 }
+
+#[test]
+fn the_workloads_table_groups_a_pods_containers() {
+    use crate::host::identity::{Identity, Workload};
+    use std::sync::Arc;
+    let in_pod = |container: &str, cgroup: u64| {
+        Workload::resolved(
+            cgroup,
+            Arc::new(Identity {
+                cgroup_id: cgroup,
+                namespace: Some("shop".into()),
+                pod: Some("cart-0".into()),
+                container: Some(container.into()),
+                ..Identity::default()
+            }),
+        )
+    };
+    let mut top = TopModel::new();
+    let a = addrs("10.0.0.1:40000", "10.0.0.2:443");
+    for (sk, workload) in [
+        (1, in_pod("app", 11)),
+        (2, in_pod("sidecar", 12)),
+        (3, Workload::unresolved(99)),
+    ] {
+        let mut t = transition(sk, ts::CLOSE, ts::SYN_SENT, None, a, 100 * S);
+        t.workload = workload;
+        top.transition(&t);
+    }
+    let mut rows = top.rows(GroupKind::Workload, 101 * S, std::iter::empty());
+    rows.sort_by(|x, y| x.label.cmp(&y.label));
+    let labels: Vec<(Option<&str>, u64)> =
+        rows.iter().map(|r| (r.label.as_deref(), r.open)).collect();
+    assert_eq!(
+        labels,
+        [(Some("cgroup:99"), 1), (Some("shop/cart-0"), 2)],
+        "a pod's containers in one row"
+    );
+    top.transition(&transition(1, ts::ESTABLISHED, ts::CLOSE, None, a, 102 * S));
+    top.tick(counters(), 103 * S, (0, 0));
+    let rows = top.rows(GroupKind::Workload, 103 * S, std::iter::empty());
+    let pod = rows
+        .iter()
+        .find(|r| r.label.as_deref() == Some("shop/cart-0"));
+    assert_eq!(pod.map(|r| r.open), Some(1), "{rows:?}");
+}
