@@ -5,13 +5,9 @@
 //! expression fires once tcptrace is gone.
 use std::{
     io::{Read, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -19,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    kubelet::{spawn_in, Driver, FakeNode, FakePod},
     ports::{free_port, free_port_without_time_waits, RefusingPort},
     support::Tracer,
 };
@@ -175,28 +172,41 @@ fn unix_now() -> f64 {
 
 /// Connections to `port` at `per_second`, the client closing first (its TIME_WAITs point at
 /// the destination), until `stop`; counts those made.
-fn paced_load(
-    port: u16,
-    per_second: u32,
-    stop: Arc<AtomicBool>,
-    made: Arc<AtomicU64>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the load's server");
-        let every = Duration::from_secs(1) / per_second;
-        let mut next = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            let (mut server, _) = listener.accept().expect("accept");
-            client.shutdown(Shutdown::Write).expect("client FIN first");
-            let _ = server.read(&mut [0u8; 1]);
-            drop(server);
-            drop(client);
-            made.fetch_add(1, Ordering::SeqCst);
-            next += every;
-            thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
-    })
+/// Connections at `per_second` for `secs` from a process in `pod` (server and client both
+/// there): it prints how many it made when done.
+fn paced_load_in(pod: &FakePod, port: u16, per_second: u32, secs: u32) -> Child {
+    let script = format!(
+        "import socket, time\n\
+         l = socket.socket()\n\
+         l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', {port}))\n\
+         l.listen(64)\n\
+         n, every = 0, 1.0 / {per_second}\n\
+         nxt = time.time()\n\
+         end = nxt + {secs}\n\
+         while time.time() < end:\n    \
+             c = socket.create_connection(('127.0.0.1', {port}))\n    \
+             s, _ = l.accept()\n    \
+             c.shutdown(socket.SHUT_WR)\n    \
+             s.recv(1)\n    \
+             s.close()\n    \
+             c.close()\n    \
+             n += 1\n    \
+             nxt += every\n    \
+             time.sleep(max(0.0, nxt - time.time()))\n\
+         print(n, flush=True)\n"
+    );
+    spawn_in(&pod.cgroup, &format!("python3 -c \"{script}\""))
+}
+
+/// How many connections the load made (it prints it at its end).
+fn connections_made(load: Child) -> f64 {
+    let out = load.wait_with_output().expect("the load");
+    assert!(out.status.success(), "the load failed");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("the load's count: {e}"))
 }
 
 fn dashboard_queries() -> Vec<(String, String)> {
@@ -208,7 +218,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
         .filter_map(|v| v["name"].as_str())
         .collect();
     assert!(
-        names.contains(&"node") && names.contains(&"namespace"),
+        names.contains(&"node") && names.contains(&"namespace") && names.contains(&"pod"),
         "{names:?}"
     );
     let panels = dashboard["panels"].as_array().expect("panels");
@@ -226,7 +236,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     let expr = expr
                         .replace("$__rate_interval", "15s")
                         .replace("$node", NODE)
-                        .replace("$namespace", NAMESPACE);
+                        .replace("$namespace", NAMESPACE)
+                        .replace("$pod", ".*");
                     (title.clone(), expr)
                 })
         })
@@ -245,7 +256,7 @@ fn shipped_alert_rules_pass_promtool() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
 }
 
 #[test]
@@ -254,14 +265,22 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     let (load_port, refused) = (free_port_without_time_waits(), RefusingPort::new());
     let refused_port = refused.port;
     let filter = format!("{load_port},{refused_port}");
+    // The load runs in a pod: the metrics by workload name it.
+    let mut node = FakeNode::new();
+    let pod = node.pod(Driver::Systemd, "shop", "loadgen-0", "client");
     // Only this test's connections: every other test's traffic is filtered out in the kernel.
-    let tracer = Tracer::start(&[
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut args = vec![
         "metrics",
         "--metrics",
-        &format!("127.0.0.1:{metrics_port}"),
+        &metrics_addr,
         "-D",
         &filter,
-    ]);
+        "--metrics-pod-labels",
+    ];
+    let node_args = node.args();
+    args.extend(node_args.iter().map(String::as_str));
+    let tracer = Tracer::start(&args);
     let prometheus = Prometheus::start(metrics_port);
     // Prometheus applies discovered targets up to 5 s after start: the load begins once
     // tcptrace has been scraped, so that the first sample precedes it.
@@ -274,10 +293,8 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
         assert!(Instant::now() < deadline, "tcptrace never scraped");
         thread::sleep(Duration::from_millis(250));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let made = Arc::new(AtomicU64::new(0));
     let load_started = unix_now();
-    let load = paced_load(load_port, 10, stop.clone(), made.clone());
+    let load = paced_load_in(&pod, load_port, 10, 15);
     for _ in 0..3 {
         assert!(TcpStream::connect(("127.0.0.1", refused_port)).is_err());
     }
@@ -290,8 +307,7 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     let elapsed = unix_now() - load_started;
     assert!(
         (7.0..=13.0).contains(&rate),
-        "rate {rate}/s for 10 connections/s ({:.0} made in {elapsed:.1} s)",
-        made.load(Ordering::SeqCst)
+        "rate {rate}/s for 10 connections/s ({elapsed:.1} s in)"
     );
     let mut answered = Vec::new();
     for (panel, expr) in dashboard_queries() {
@@ -307,9 +323,7 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
         "10/s is far below capacity: {forecast}"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    load.join().expect("load thread");
-    let n = made.load(Ordering::SeqCst) as f64;
+    let n = connections_made(load);
     // Two scrapes after the last connection.
     thread::sleep(Duration::from_secs(3));
     let count = |promql: &str| prometheus.value(promql);
@@ -356,6 +370,42 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
         n + 3.0
     );
 
+    // By workload: the pod the traffic came from (its client side: -D admits only that).
+    let by_pod = prometheus.query_at(
+        &format!(
+            "sum by (k8s_namespace, k8s_pod, k8s_container, direction) \
+             (tcptrace_workload_connections_total{{peer=~\".*:{load_port}\"}})"
+        ),
+        None,
+    );
+    assert_eq!(by_pod.len(), 1, "the pod's outbound connections: {by_pod:?}");
+    assert_eq!(by_pod[0]["metric"]["direction"], "outbound");
+    for series in &by_pod {
+        let m = &series["metric"];
+        assert_eq!(
+            (&m["k8s_namespace"], &m["k8s_pod"], &m["k8s_container"]),
+            (
+                &Value::from("shop"),
+                &Value::from("loadgen-0"),
+                &Value::from("client")
+            ),
+            "{series}"
+        );
+        let got = number(series);
+        assert!(got <= n && got + lost >= n, "{series}: {got} of {n}");
+    }
+    counted(
+        &format!(
+            "sum(tcptrace_workload_time_waits_total{{k8s_pod=\"loadgen-0\",destination=\"127.0.0.1:{load_port}\"}})"
+        ),
+        n,
+    );
+    counted(
+        "sum(tcptrace_workload_flows_closed_total{k8s_pod=\"loadgen-0\",cause=\"normal\"})",
+        n,
+    );
+    eprintln!("prometheus by pod: {by_pod:?}");
+
     // The rules loaded and evaluate without error.
     let (_, rules) = prometheus.get("/api/v1/rules");
     let rules: Value = serde_json::from_str(&rules).expect("rules JSON");
@@ -365,7 +415,7 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules").iter())
         .collect();
-    assert_eq!(loaded.len(), 5, "{rules}");
+    assert_eq!(loaded.len(), 7, "{rules}");
     for rule in &loaded {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
