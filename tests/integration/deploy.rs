@@ -71,14 +71,23 @@ fn daemonset_is_valid_kubernetes_yaml() {
         let name = mount["name"].as_str().expect("mount name");
         assert!(volumes.contains(&name), "mount {name} has a volume");
     }
-    assert!(
-        c["volumeMounts"]
-            .as_vec()
-            .expect("mounts")
-            .iter()
-            .any(|m| m["mountPath"].as_str() == Some("/sys/kernel/btf")),
-        "kernel BTF is mounted"
-    );
+    let mounted =
+        |path: &str| {
+            c["volumeMounts"].as_vec().expect("mounts").iter().any(|m| {
+                m["mountPath"].as_str() == Some(path) && m["readOnly"].as_bool() == Some(true)
+            })
+        };
+    assert!(mounted("/sys/kernel/btf"), "kernel BTF is mounted");
+    // Pods named: the host's cgroups where --cgroup-root says, the kubelet's log directories
+    // where tcptrace looks by default, and metrics by workload.
+    let root = args
+        .iter()
+        .position(|a| *a == "--cgroup-root")
+        .and_then(|i| args.get(i + 1))
+        .expect("--cgroup-root DIR");
+    assert!(mounted(root), "{root} is mounted");
+    assert!(mounted("/var/log/pods") && mounted("/var/log/containers"));
+    assert!(args.contains(&"--metrics-pod-labels"), "{args:?}");
 }
 
 #[test]

@@ -378,7 +378,11 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
         ),
         None,
     );
-    assert_eq!(by_pod.len(), 1, "the pod's outbound connections: {by_pod:?}");
+    assert_eq!(
+        by_pod.len(),
+        1,
+        "the pod's outbound connections: {by_pod:?}"
+    );
     assert_eq!(by_pod[0]["metric"]["direction"], "outbound");
     for series in &by_pod {
         let m = &series["metric"];

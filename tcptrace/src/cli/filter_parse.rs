@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use ipnet::IpNet;
 use tcptrace_common::FILTER_SLOTS;
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`) and `CLONE_NEWNET`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 const CLONE_NEWNET: i32 = 0x4000_0000;
@@ -68,19 +67,11 @@ pub fn parse_cidr(text: &str, flag: &str) -> Result<IpNet> {
     Ok(net.trunc())
 }
 
+use crate::host::identity_resolver::is_cgroup2;
+
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
 fn cgroup2_mount() -> Result<PathBuf> {
     crate::host::identity_resolver::cgroup2_mount().context("--cgroup")
-}
-
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: a NUL-terminated path and a zeroed statfs buffer the call fills.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
 }
 
 /// A cgroup id (the directory's inode in cgroup v2), from an id or a path.

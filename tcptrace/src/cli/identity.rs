@@ -96,10 +96,10 @@ impl TryFrom<IdentityArgs> for IdentityConfig {
             bail!("--metrics-max-workloads must be between 1 and 10000");
         }
         // Without a cgroup2 mount, identities stay bare ids (the filters say so if given).
-        let cgroup_root = args
-            .cgroup_root
-            .or_else(|| crate::host::identity_resolver::cgroup2_mount().ok())
-            .unwrap_or_default();
+        let cgroup_root = match args.cgroup_root {
+            Some(root) => cgroup2_under(root)?,
+            None => crate::host::identity_resolver::cgroup2_mount().unwrap_or_default(),
+        };
         Ok(IdentityConfig {
             column: args.identity_column,
             sources: IdentitySources {
@@ -126,6 +126,24 @@ impl Default for IdentityConfig {
             metrics_max_workloads: DEFAULT_METRICS_WORKLOADS,
         }
     }
+}
+
+/// The cgroup2 hierarchy at `root`, or under it in `unified/` (a hybrid host's /sys/fs/cgroup
+/// mounted whole).
+fn cgroup2_under(root: PathBuf) -> Result<PathBuf> {
+    use crate::host::identity_resolver::is_cgroup2;
+    if is_cgroup2(&root) {
+        return Ok(root);
+    }
+    let unified = root.join("unified");
+    if is_cgroup2(&unified) {
+        return Ok(unified);
+    }
+    bail!(
+        "--cgroup-root {}: not a cgroup v2 hierarchy (nor is {})",
+        root.display(),
+        unified.display()
+    )
 }
 
 /// `--pod`, `--namespace`, `--container`: the workloads traced (they combine with AND).

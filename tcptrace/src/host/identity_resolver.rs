@@ -46,6 +46,19 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted"))
 }
 
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Whether `path` lies on a cgroup v2 filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed statfs buffer the call fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+}
+
 /// The cache of identities by cgroup id.
 pub struct IdentityResolver {
     sources: Option<IdentitySources>,
