@@ -309,3 +309,46 @@ fn clients_in_refused(pod: &FakePod, port: u16) {
     );
     let _ = child.wait();
 }
+
+#[test]
+fn the_idle_report_names_each_groups_pod() {
+    let mut node = FakeNode::new();
+    let api = node.pod(Driver::Systemd, "web", "api-3", "server");
+    let cart = node.pod(Driver::Cgroupfs, "shop", "cart-3", "client");
+    let (mut server, port) = server_in(&api.cgroup);
+    // A connection left open and silent, no keepalive.
+    let mut idle = crate::kubelet::spawn_in(
+        &cart.cgroup,
+        &format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 4'"),
+    );
+    thread::sleep(Duration::from_millis(2200));
+    let out = Command::new(BIN)
+        .args(["idle", "--min-idle", "1s", "--json"])
+        .args(node.args())
+        .output()
+        .expect("tcptrace idle");
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|r| r["type"] == "idle_report")
+        .expect("an idle report");
+    let groups = report["groups"].as_array().expect("groups");
+    let with_port = |g: &&Value| {
+        g["sockets"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["rport"] == port || s["lport"] == port))
+    };
+    let named: Vec<&Value> = groups.iter().filter(with_port).collect();
+    assert_eq!(named.len(), 2, "the client's and the server's: {report}");
+    assert!(named.iter().any(|g| names(g, &cart)), "{report}");
+    assert!(named.iter().any(|g| names(g, &api)), "{report}");
+}

@@ -267,7 +267,11 @@ impl<'c> Session<'c> {
                 }
                 _ = next_tick(&mut idle_tick) => {
                     let min_idle = config.idle_report.unwrap_or_default();
-                    match crate::state::idle::report(min_idle, &config.filter) {
+                    match crate::state::idle::report(
+                        min_idle,
+                        &config.filter,
+                        &mut self.dispatch.identities,
+                    ) {
                         Ok(report) => {
                             let now = Clock::ktime_now();
                             if let Err(e) = consumer.idle_report(now, &report).and_then(|()| consumer.flush()) {

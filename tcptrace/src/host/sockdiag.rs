@@ -150,7 +150,11 @@ pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool
                         .nlas
                         .iter()
                         .find_map(|nla| match nla {
-                            Nla::Other(other) if other.kind() == INET_DIAG_CGROUP_ID => {
+                            // A u64; anything else is not what the kernel sends.
+                            Nla::Other(other)
+                                if other.kind() == INET_DIAG_CGROUP_ID
+                                    && other.value_len() == 8 =>
+                            {
                                 let mut value = [0u8; 8];
                                 other.emit_value(&mut value);
                                 Some(u64::from_ne_bytes(value))

@@ -203,6 +203,8 @@ struct IdleSocketLine<'a> {
 struct IdleGroupLine<'a> {
     #[serde(flatten)]
     owner: Owner<'a>,
+    #[serde(flatten)]
+    workload: WorkloadFields<'a>,
     count: usize,
     max_idle_ns: u64,
     sockets: Vec<IdleSocketLine<'a>>,
@@ -433,6 +435,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 .iter()
                 .map(|g| IdleGroupLine {
                     owner: (&g.owner).into(),
+                    workload: Some(&g.workload).into(),
                     count: g.sockets.len(),
                     max_idle_ns: g.sockets.first().map_or(0, |s| s.idle.as_nanos() as u64),
                     sockets: g

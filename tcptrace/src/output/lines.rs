@@ -189,7 +189,9 @@ impl<W: Write> Consumer for LinePrinter<W> {
 
 /// `tcptrace idle`: one report, no eBPF.
 pub fn idle_once(config: &Config, min_idle: std::time::Duration) -> Result<()> {
-    let report = crate::state::idle::report(min_idle, &config.filter)?;
+    let mut identities =
+        crate::host::identity_resolver::IdentityResolver::new(config.identity.sources.clone());
+    let report = crate::state::idle::report(min_idle, &config.filter, &mut identities)?;
     let mut lines = LinePrinter::stdout(config, Clock::now());
     match lines
         .idle_report(Clock::ktime_now(), &report)

@@ -322,9 +322,13 @@ impl<W: Write> Render for TextPrinter<W> {
         )?;
         for g in &r.groups {
             let max = g.sockets.first().map_or(0, |s| s.idle.as_nanos() as u64);
+            let who = g
+                .workload
+                .describe()
+                .map_or(String::new(), |who| format!(" ({who})"));
             writeln!(
                 o,
-                "{:>7} {:<16} {:>6} connections, idle up to {}",
+                "{:>7} {:<16} {:>6} connections, idle up to {}{who}",
                 pid(&g.owner),
                 comm(&g.owner),
                 g.sockets.len(),

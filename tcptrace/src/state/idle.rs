@@ -9,7 +9,7 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use crate::{
     cli::filter::FilterSpec,
     events::model::{FlowAddrs, Process},
-    host::sockdiag,
+    host::{identity::Workload, identity_resolver::IdentityResolver, sockdiag},
 };
 
 /// One ESTABLISHED socket as sock_diag reports it.
@@ -20,12 +20,16 @@ pub struct DiagSocket {
     pub idle: Duration,
     pub keepalive_armed: bool,
     pub inode: u32,
+    /// The socket's cgroup (v2) id; 0: not said.
+    pub cgroup: u64,
 }
 
 /// Sockets of one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdleGroup {
     pub owner: Option<Process>,
+    /// Who that is (its first socket's cgroup): container, pod, unit.
+    pub workload: Workload,
     pub sockets: Vec<DiagSocket>,
 }
 
@@ -105,7 +109,12 @@ pub fn group(
         .into_iter()
         .map(|(owner, mut sockets)| {
             sockets.sort_by_key(|s| std::cmp::Reverse(s.idle));
-            IdleGroup { owner, sockets }
+            let workload = Workload::unresolved(sockets.first().map_or(0, |s| s.cgroup));
+            IdleGroup {
+                owner,
+                workload,
+                sockets,
+            }
         })
         .collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.sockets.len()));
@@ -116,8 +125,13 @@ pub fn group(
     }
 }
 
-/// Scans the host (tcptrace's network namespace) now.
-pub fn report(min_idle: Duration, filter: &FilterSpec) -> Result<IdleReport> {
+/// Scans the host (tcptrace's network namespace) now; each group's workload is named with
+/// `identities`.
+pub fn report(
+    min_idle: Duration,
+    filter: &FilterSpec,
+    identities: &mut IdentityResolver,
+) -> Result<IdleReport> {
     let netns = crate::cli::filter::own_netns();
     let owners = socket_owners();
     let sockets = sockdiag::dump(StateFlags::ESTABLISHED, true)?
@@ -129,10 +143,15 @@ pub fn report(min_idle: Duration, filter: &FilterSpec) -> Result<IdleReport> {
                 idle: s.idle?,
                 keepalive_armed: s.keepalive_armed,
                 inode: s.inode,
+                cgroup: s.cgroup,
             })
         })
         .collect();
-    Ok(group(sockets, min_idle, &owners))
+    let mut report = group(sockets, min_idle, &owners);
+    for g in &mut report.groups {
+        g.workload = identities.resolve(g.workload.cgroup).0;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -150,6 +169,7 @@ mod tests {
             idle: Duration::from_secs(idle_s),
             keepalive_armed: keepalive,
             inode,
+            cgroup: 0,
         }
     }
 
@@ -205,7 +225,12 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let _client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let report = report(Duration::ZERO, &FilterSpec::default()).expect("sock_diag dump");
+        let report = report(
+            Duration::ZERO,
+            &FilterSpec::default(),
+            &mut IdentityResolver::recorded(),
+        )
+        .expect("sock_diag dump");
         assert!(report.scanned >= 2, "{report:?}");
     }
 }
