@@ -104,10 +104,13 @@ pub struct WorkloadMetrics {
     peers: HashSet<String>,
 }
 
-/// Whether a flow that closed enters TIME_WAIT: it closed first (FIN_WAIT2 or CLOSING last).
+/// Whether a connecting flow that closed enters TIME_WAIT: it began with connect() and closed
+/// first (FIN_WAIT2 or CLOSING last). Only those hold a 4-tuple of the pod's ephemeral ports
+/// toward a destination (an accepting side's TIME_WAIT is keyed by its client's port).
 fn enters_time_wait(f: &FinishedFlow) -> bool {
     let path = &f.lifecycle.path;
-    f.close == CloseSide::Active
+    path.first().map(|s| s.state) == Some(TcpState::SynSent)
+        && f.close == CloseSide::Active
         && path.len() >= 2
         && matches!(
             path[path.len() - 2].state,
@@ -142,8 +145,9 @@ impl WorkloadMetrics {
         );
         registry.register(
             "workload_time_waits",
-            "TIME_WAITs entered (this side closed first), by destination and workload: over \
-             60 s of TIME_WAIT, the 4-tuples a pod holds toward each destination",
+            "TIME_WAITs entered by connections this side opened and closed first, by \
+             destination and workload: over 60 s of TIME_WAIT, the 4-tuples of its ephemeral \
+             ports a pod holds toward each destination",
             self.time_waits.clone(),
         );
         registry.register(
