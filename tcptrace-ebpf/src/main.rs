@@ -7,6 +7,7 @@ mod filter;
 mod floor;
 mod flow_end;
 mod maps;
+mod owner;
 mod reset;
 mod retransmit;
 mod set_state;

@@ -18,9 +18,10 @@ use crate::{
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
     maps::{
-        emit, observe_duration, owner_scratch, scratch, write_current_owner, FlowTable, Stats,
-        CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
+        emit, observe_duration, scratch, FlowTable, Stats, CONNECTING, FLOW_TABLE,
+        KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
     },
+    owner::{owner_scratch, write_current_owner},
     sock,
 };
 

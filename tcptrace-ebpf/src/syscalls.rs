@@ -19,7 +19,8 @@ use tcptrace_common::{port_failure, slot, stat, CallArgs, PortFailureEvent};
 
 use crate::{
     config,
-    maps::{current_caller, emit, Stats, CALLS},
+    maps::{emit, Stats, CALLS},
+    owner::current_caller,
     sock,
 };
 

@@ -4,22 +4,20 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
+    json_alert::{alert_line, WorkloadFields},
     json_events::{flow_line, hex, retransmit_line, transition_line},
     json_summary::{summary_line, Lost},
     Render,
 };
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::{FlowAddrs, Process, TcpState},
+    events::model::{FlowAddrs, Process},
     host::clock::Clock,
-    host::identity::{Identity, Workload},
     state::aggregate::{KernelCounters, Summary},
-    state::alert::{path_text, Alert},
+    state::alert::Alert,
     state::forecast::Forecast,
     state::forecast::TimeWaitView,
     state::idle::IdleReport,
-    state::keepalive::KeepaliveSettings,
-    state::listeners::ListenAlert,
     state::timewait::{TimeWait, TimeWaitEnd},
 };
 
@@ -31,7 +29,7 @@ pub struct JsonPrinter<W: Write> {
 }
 
 /// A socket's kernel address, `0x…` in lower-case hex.
-struct Hex(u64);
+pub(super) struct Hex(pub(super) u64);
 
 impl Serialize for Hex {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -40,7 +38,7 @@ impl Serialize for Hex {
 }
 
 #[derive(Serialize)]
-struct Addrs<'a> {
+pub(super) struct Addrs<'a> {
     family: &'a str,
     laddr: String,
     lport: u16,
@@ -65,7 +63,7 @@ impl From<&FlowAddrs> for Addrs<'_> {
 }
 
 #[derive(Serialize)]
-struct Owner<'a> {
+pub(super) struct Owner<'a> {
     pid: Option<u32>,
     comm: Option<&'a str>,
 }
@@ -77,119 +75,6 @@ impl<'a> From<&'a Option<Process>> for Owner<'a> {
             comm: p.as_ref().map(|p| p.comm.as_str()),
         }
     }
-}
-
-/// A workload's fields, each absent when unknown (as on event lines).
-#[derive(Serialize, Default)]
-struct WorkloadFields<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cgroup_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_runtime: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-}
-
-impl<'a> From<Option<&'a Workload>> for WorkloadFields<'a> {
-    fn from(w: Option<&'a Workload>) -> Self {
-        let Some(w) = w.filter(|w| w.known()) else {
-            return WorkloadFields::default();
-        };
-        let i = w.identity.as_deref();
-        let field = |f: fn(&'a Identity) -> &'a Option<String>| i.and_then(|i| f(i).as_deref());
-        WorkloadFields {
-            cgroup_id: Some(w.cgroup),
-            container_id: field(|i| &i.container_id),
-            container_runtime: field(|i| &i.runtime),
-            pod_uid: field(|i| &i.pod_uid),
-            namespace: field(|i| &i.namespace),
-            pod: field(|i| &i.pod),
-            container: field(|i| &i.container),
-            unit: field(|i| &i.unit),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct AlertLine<'a> {
-    r#type: &'static str,
-    kind: &'static str,
-    ts_unix_ns: u64,
-    #[serde(flatten)]
-    owner: Owner<'a>,
-    #[serde(flatten)]
-    workload: WorkloadFields<'a>,
-    #[serde(flatten)]
-    addrs: Addrs<'a>,
-    detail: String,
-    /// The flow's path so far (`SYN_SENT 1.2ms > ESTABLISHED 5.0s > CLOSE`), for ended flows.
-    history: Option<String>,
-    state: Option<TcpState>,
-    probe: Option<u8>,
-    probes_unanswered: Option<u8>,
-    silent_ns: Option<u64>,
-    keepalive: Option<KeepaliveSettings>,
-    rtx: Option<u32>,
-    err: Option<u8>,
-    reset_reason: Option<&'a str>,
-    skaddr: Hex,
-    /// The forecast, for `port_exhaustion` alerts, and for `connect_failure` ones what it
-    /// said toward the destination (absent otherwise).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    forecast: Option<&'a Forecast>,
-    /// `connect_failure` and `bind_failure` alerts only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    port_failure: Option<PortFailureFields>,
-    /// `listen_drops` and `syn_cookies` alerts only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    listen: Option<ListenFields>,
-}
-
-/// What a `listen_drops` / `syn_cookies` alert adds.
-#[derive(Serialize)]
-struct ListenFields {
-    /// The namespace (inode).
-    netns: u32,
-    /// listen_drops: the accept queue now, the backlog, the fullest seen; handshakes dropped
-    /// since the last alert and since start; how long it has been dropping.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    backlog: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_queue: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropped: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropped_total: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropping_for_ns: Option<u64>,
-    /// syn_cookies: cookies sent since the last alert.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    syncookies_sent: Option<u64>,
-}
-
-/// What a `connect_failure` / `bind_failure` alert adds.
-#[derive(Serialize)]
-struct PortFailureFields {
-    errno: &'static str,
-    /// The caller's network namespace (inode; 0: not read).
-    netns: u32,
-    /// Failures of this kind (namespace, call, errno, address) since the last alert for it.
-    failures: u64,
-    /// connect: TIME_WAITs and open flows toward the destination in that namespace.
-    time_waits: Option<u64>,
-    open_flows: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -333,93 +218,7 @@ impl<W: Write> Render for JsonPrinter<W> {
     }
 
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        let (history, state, probe, probes_unanswered, rtx, err, reset_reason, skaddr_raw) = match a
-        {
-            Alert::Closed(f) => (
-                Some(path_text(&f.lifecycle)),
-                None,
-                None,
-                Some(f.evidence.probes),
-                Some(f.lifecycle.retransmits),
-                Some(f.evidence.err),
-                f.evidence.reset_sent.as_deref(),
-                f.skaddr,
-            ),
-            Alert::FinRetransmit(r) => {
-                (None, Some(r.state), None, None, None, None, None, r.skaddr)
-            }
-            Alert::KeepaliveProbe(p) => {
-                (None, None, Some(p.probe), None, None, None, None, p.skaddr)
-            }
-            Alert::Exhaustion(_) | Alert::PortFailure(_) | Alert::Listen(_) => {
-                (None, None, None, None, None, None, None, 0)
-            }
-        };
-        let forecast = match a {
-            Alert::Exhaustion(w) => Some(&w.forecast),
-            Alert::PortFailure(p) => p.forecast.as_ref(),
-            _ => None,
-        };
-        let port_failure = match a {
-            Alert::PortFailure(p) => Some(PortFailureFields {
-                errno: p.failure.errno.name(),
-                netns: p.failure.netns,
-                failures: p.failures,
-                time_waits: p.time_waits,
-                open_flows: p.open_flows,
-            }),
-            _ => None,
-        };
-        let listen = match a {
-            Alert::Listen(ListenAlert::Drops {
-                ts_ns,
-                listener: l,
-                dropped,
-                ..
-            }) => Some(ListenFields {
-                netns: l.netns,
-                queue: Some(l.queue),
-                backlog: Some(l.backlog),
-                max_queue: Some(l.max_queue),
-                dropped: Some(*dropped),
-                dropped_total: Some(l.dropped),
-                dropping_for_ns: l.dropping_since.map(|t| ts_ns.saturating_sub(t)),
-                syncookies_sent: None,
-            }),
-            Alert::Listen(ListenAlert::SynCookies { netns, sent, .. }) => Some(ListenFields {
-                netns: *netns,
-                queue: None,
-                backlog: None,
-                max_queue: None,
-                dropped: None,
-                dropped_total: None,
-                dropping_for_ns: None,
-                syncookies_sent: Some(*sent),
-            }),
-            _ => None,
-        };
-        let line = AlertLine {
-            r#type: "alert",
-            kind: a.kind(),
-            ts_unix_ns: self.clock.unix_ns(a.ts_ns()),
-            owner: a.owner().into(),
-            workload: a.workload().into(),
-            addrs: a.addrs().into(),
-            detail: a.detail(),
-            history,
-            state,
-            probe,
-            probes_unanswered,
-            silent_ns: a.silent_ns(),
-            keepalive: a.keepalive(),
-            rtx,
-            err,
-            reset_reason,
-            skaddr: Hex(skaddr_raw),
-            forecast,
-            port_failure,
-            listen,
-        };
+        let line = alert_line(a, self.clock.unix_ns(a.ts_ns()));
         self.line(&line)
     }
 

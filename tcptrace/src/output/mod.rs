@@ -3,6 +3,7 @@
 mod columns;
 pub mod exporter;
 mod json;
+mod json_alert;
 mod json_events;
 mod json_summary;
 pub mod lines;
@@ -11,6 +12,7 @@ mod metrics_listen;
 mod metrics_ports;
 mod metrics_workload;
 mod text;
+mod text_summary;
 pub mod top;
 
 use std::io::{self, Write};

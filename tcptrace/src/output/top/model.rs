@@ -18,7 +18,6 @@ use crate::{
     events::model::{Endpoint, FlowAddrs, TcpState},
     events::port_failure::{Call, PortFailure},
     state::aggregate::KernelCounters,
-    state::alert::Alert,
     state::cause::CloseCause,
 };
 use tcptrace_common::{stat, tcp_state};
@@ -130,15 +129,6 @@ pub struct Header {
     pub busiest_forecast: Option<String>,
     pub lost: u64,
     pub untracked: u64,
-}
-
-/// An alert as the pane shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AlertLine {
-    pub ts_ns: u64,
-    pub kind: &'static str,
-    pub flow: String,
-    pub detail: String,
 }
 
 #[derive(Clone)]
@@ -365,44 +355,6 @@ impl TopModel {
             .add(seconds(ts_ns));
     }
 
-    pub fn alert(&mut self, alert: &Alert) {
-        let addrs = alert.addrs();
-        let owner = alert
-            .owner()
-            .as_ref()
-            .map_or(String::new(), |p| format!(" {} {}", p.comm, p.pid));
-        // What was found first, the flow's history after it: on a narrow screen the
-        // history is what gets cut.
-        let detail = alert.detail();
-        let detail = match alert {
-            Alert::Closed(f) => {
-                let history = crate::state::alert::path_text(&f.lifecycle);
-                match detail.strip_prefix(history.as_str()) {
-                    Some(rest) if !rest.is_empty() => {
-                        format!("{} — {history}", rest.trim_start_matches("; "))
-                    }
-                    _ => detail,
-                }
-            }
-            _ => detail,
-        };
-        self.alerts.push_front(AlertLine {
-            ts_ns: alert.ts_ns(),
-            kind: alert.kind(),
-            flow: format!(
-                "{} > {}{owner}",
-                addrs.local.text().as_str(),
-                addrs.remote.text().as_str()
-            ),
-            detail,
-        });
-        self.alerts.truncate(ALERTS_KEPT);
-    }
-
-    pub fn alerts(&self) -> impl Iterator<Item = &AlertLine> {
-        self.alerts.iter()
-    }
-
     /// Once a second: the header's rates and open flows from the kernel counters.
     pub fn tick(&mut self, counters: KernelCounters, now_ns: u64, time_wait: (u64, u64)) {
         let delta = |index: u32, then: &KernelCounters, secs: f64| {
@@ -520,12 +472,15 @@ impl TopModel {
     }
 }
 
+#[path = "model_alerts.rs"]
+mod alerts;
 #[path = "model_forecast.rs"]
 mod forecast;
 #[path = "model_listen.rs"]
 mod listen;
 #[path = "model_workload.rs"]
 mod workload;
+pub use alerts::AlertLine;
 pub use listen::{ListenCell, ListenRow};
 use workload::{group_label, WorkloadTable};
 
