@@ -4,6 +4,7 @@
 //! here fails with the tracer's own error message.
 mod causes;
 mod cli;
+mod containers;
 mod deploy;
 mod exits;
 mod filters;

@@ -162,10 +162,19 @@ pub fn ensure_vm_tools() -> Result<()> {
 
 /// iproute2 and iptables: the integration tests stage drops in network namespaces;
 /// prometheus (with promtool): a real server scrapes tcptrace and checks the shipped rules and
-/// dashboard.
+/// dashboard; podman with runc and busybox-static: a real container, from an image built
+/// locally (no registry), is named by its container id.
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(
-        &["iproute2", "iptables", "prometheus"],
-        "the integration tests use network namespaces, DROP rules and a real Prometheus",
+        &[
+            "iproute2",
+            "iptables",
+            "prometheus",
+            "podman",
+            "runc",
+            "busybox-static",
+        ],
+        "the integration tests use network namespaces, DROP rules, a real Prometheus and a \
+         real container runtime",
     )
 }

@@ -193,8 +193,10 @@ pub fn parse_path(path: &str) -> PathFacts {
         if component == "kubepods" || component.starts_with("kubepods") {
             under_kubepods = true;
         }
-        if component == "docker" {
-            under_runtime = Some("docker");
+        match component {
+            "docker" => under_runtime = Some("docker"),
+            "libpod_parent" | "machine.slice" => under_runtime = Some("podman"),
+            _ => {}
         }
         if let Some(uid) = pod_uid_of(component, under_kubepods) {
             facts.pod_uid = Some(uid);
@@ -211,10 +213,18 @@ pub fn parse_path(path: &str) -> PathFacts {
             facts.runtime = Some(runtime);
             continue;
         }
+        // Podman's cgroupfs manager: `libpod_parent/libpod-<id>`.
+        if let Some(id) = component
+            .strip_prefix("libpod-")
+            .filter(|id| is_container_id(id))
+        {
+            facts.container_id = Some(id.to_string());
+            facts.runtime = Some("podman");
+            continue;
+        }
         // The cgroupfs driver names a container by its id alone (under its pod, or docker's).
-        let bare = component.strip_prefix("libpod-").unwrap_or(component);
-        if is_container_id(bare) && (facts.pod_uid.is_some() || under_runtime.is_some()) {
-            facts.container_id = Some(bare.to_string());
+        if is_container_id(component) && (facts.pod_uid.is_some() || under_runtime.is_some()) {
+            facts.container_id = Some(component.to_string());
             facts.runtime = under_runtime;
             continue;
         }

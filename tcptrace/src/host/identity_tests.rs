@@ -53,6 +53,12 @@ fn runtimes_and_units_outside_kubernetes() {
     );
     let podman = parse_path(&format!("/machine.slice/libpod-{CID}.scope/container"));
     assert_eq!(podman.runtime, Some("podman"));
+    // Podman's cgroupfs manager (no systemd), as runc makes it on a hybrid host.
+    let podman_fs = parse_path(&format!("/libpod_parent/libpod-{CID}"));
+    assert_eq!(
+        (podman_fs.container_id.as_deref(), podman_fs.runtime),
+        (Some(CID), Some("podman"))
+    );
     let docker_fs = parse_path(&format!("/docker/{CID}"));
     assert_eq!(
         (docker_fs.container_id.as_deref(), docker_fs.runtime),
