@@ -35,7 +35,7 @@ fn listener_with_backlog_1() -> (OwnedFd, u16) {
 
 /// Connects without waiting (the handshakes the listener cannot take are retried by the
 /// kernel); the sockets stay open.
-fn connect_many(port: u16, n: usize) -> Vec<OwnedFd> {
+pub(crate) fn connect_many(port: u16, n: usize) -> Vec<OwnedFd> {
     (0..n)
         .map(|_| {
             // SAFETY: as above; a non-blocking connect that is left in progress.

@@ -352,3 +352,50 @@ fn the_idle_report_names_each_groups_pod() {
     assert!(named.iter().any(|g| names(g, &cart)), "{report}");
     assert!(named.iter().any(|g| names(g, &api)), "{report}");
 }
+
+#[test]
+fn a_pods_full_accept_queue_shows_under_its_pod_in_the_metrics() {
+    let mut node = FakeNode::new();
+    let db = node.pod(Driver::Systemd, "data", "db-0", "postgres");
+    // A listener with backlog 1 that never accepts, in the pod.
+    let script = "import socket, time\n\
+                  s = socket.socket()\n\
+                  s.bind(('127.0.0.1', 0))\n\
+                  s.listen(1)\n\
+                  print(s.getsockname()[1], flush=True)\n\
+                  time.sleep(60)\n";
+    let mut server = crate::kubelet::spawn_in(&db.cgroup, &format!("python3 -c \"{script}\""));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("port");
+    let port: u16 = line.trim().parse().expect("a port");
+    let metrics_port = crate::metrics::free_port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let tracer = Tracer::start(&refs(&with_node(
+        &node,
+        &["metrics", "--metrics", &addr, "--metrics-pod-labels"],
+    )));
+    let clients = crate::listen::connect_many(port, 30);
+    thread::sleep(Duration::from_millis(2_500));
+    let (text, scraped) = crate::metrics::scrape(metrics_port);
+    drop(clients);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = tracer.stop();
+    let listener = format!("127.0.0.1:{port}");
+    let labels = [
+        ("listener", listener.as_str()),
+        ("k8s_namespace", "data"),
+        ("k8s_pod", "db-0"),
+        ("k8s_container", "postgres"),
+    ];
+    let depth = crate::metrics::value(&scraped, "tcptrace_workload_listen_queue_depth", &labels);
+    let drops = crate::metrics::value(&scraped, "tcptrace_workload_listen_drops_total", &labels);
+    assert!(
+        depth >= 1.0 && drops >= 1.0,
+        "queue {depth}, drops {drops}:\n{text}"
+    );
+}

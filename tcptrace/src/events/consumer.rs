@@ -10,7 +10,7 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
     events::port_failure::PortFailure,
-    host::{facts::HostFacts, netns::Namespaces},
+    host::{facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces},
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
@@ -91,6 +91,8 @@ pub struct Tick<'a> {
     pub namespaces: &'a Namespaces,
     /// The listeners and their queues, where watched.
     pub listeners: Option<&'a ListenerWatch>,
+    /// Who the cgroups are (the listeners' among them, resolved before the tick).
+    pub identities: &'a IdentityResolver,
 }
 
 /// How the session ended, for the consumer's last word.

@@ -375,6 +375,10 @@ impl<'c> Session<'c> {
             ));
             consumer.lost(now, newly, &kernel)?;
         }
+        let listeners = self.upkeep.as_ref().and_then(|u| u.listeners.as_ref());
+        for l in listeners.into_iter().flat_map(|w| w.listeners()) {
+            self.dispatch.identities.resolve(l.cgroup);
+        }
         consumer.tick(&Tick {
             now_ns: now,
             kernel: &kernel,
@@ -382,7 +386,8 @@ impl<'c> Session<'c> {
             time_wait: &self.dispatch.tw,
             traces_time_wait,
             namespaces: self.namespaces(),
-            listeners: self.upkeep.as_ref().and_then(|u| u.listeners.as_ref()),
+            listeners,
+            identities: &self.dispatch.identities,
         })
     }
 

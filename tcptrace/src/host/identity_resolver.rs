@@ -124,6 +124,14 @@ impl IdentityResolver {
         }
     }
 
+    /// The workload of a cgroup id as the cache knows it now (no walk).
+    pub fn cached(&self, cgroup: u64) -> Workload {
+        match self.known.get(&cgroup) {
+            Some(identity) => Workload::resolved(cgroup, identity.clone()),
+            None => Workload::unresolved(cgroup),
+        }
+    }
+
     fn may_walk(&self) -> bool {
         self.sources.is_some() && self.last_walk.is_none_or(|at| at.elapsed() >= MIN_RESCAN)
     }

@@ -85,7 +85,7 @@ impl Consumer for MetricsExporter {
         self.metrics.kernel(t.kernel);
         self.metrics.durations(&t.tracer.durations()?);
         if let Some(watch) = t.listeners {
-            self.metrics.listeners(watch);
+            self.metrics.listeners(watch, t.identities);
         }
         if t.traces_time_wait {
             self.metrics.time_wait_gauges(&t.time_wait.gauges(t.now_ns));

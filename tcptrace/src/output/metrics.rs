@@ -228,9 +228,16 @@ impl Metrics {
         }
     }
 
-    /// The listeners' queues and drops, once a second.
-    pub fn listeners(&mut self, watch: &crate::state::listeners::ListenerWatch) {
+    /// The listeners' queues and drops, once a second (by workload too, where asked for).
+    pub fn listeners(
+        &mut self,
+        watch: &crate::state::listeners::ListenerWatch,
+        identities: &crate::host::identity_resolver::IdentityResolver,
+    ) {
         self.listen.update(watch);
+        if let Some(workloads) = self.workloads.as_mut() {
+            workloads.listeners(watch, identities);
+        }
     }
 
     /// connect() or bind() failed for want of a port.

@@ -7,11 +7,11 @@
 //! `--metrics-max-workloads` workloads get their own labels, later ones count under
 //! `k8s_pod="other"`; the first [`PEERS`] destinations and services get their own, later ones
 //! `other`.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -21,7 +21,9 @@ use crate::{
         model::{CloseSide, TcpState},
         port_failure::{Call, PortFailure},
     },
-    host::identity::Workload,
+    host::{identity::Workload, identity_resolver::IdentityResolver},
+    output::metrics_listen::LISTENERS_SHOWN,
+    state::listeners::{Listener, ListenerWatch},
 };
 
 /// Destinations and local services with a series of their own.
@@ -94,7 +96,18 @@ struct PortFailed {
     workload: WorkloadLabels,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerOf {
+    listener: String,
+    #[prometheus(flatten)]
+    workload: WorkloadLabels,
+}
+
 pub struct WorkloadMetrics {
+    listen_depth: Family<ListenerOf, Gauge>,
+    listen_drops: Family<ListenerOf, Counter>,
+    /// Each listener's drops already counted (by namespace, endpoint and socket).
+    listen_dropped: HashMap<(u32, String, u32), u64>,
     connections: Family<Connection, Counter>,
     closed: Family<Closed, Counter>,
     time_waits: Family<TimeWaits, Counter>,
@@ -121,6 +134,9 @@ fn enters_time_wait(f: &FinishedFlow) -> bool {
 impl WorkloadMetrics {
     pub fn new(max_workloads: usize) -> WorkloadMetrics {
         WorkloadMetrics {
+            listen_depth: Family::default(),
+            listen_drops: Family::default(),
+            listen_dropped: HashMap::new(),
             connections: Family::default(),
             closed: Family::default(),
             time_waits: Family::default(),
@@ -149,6 +165,17 @@ impl WorkloadMetrics {
              destination and workload: over 60 s of TIME_WAIT, the 4-tuples of its ephemeral \
              ports a pod holds toward each destination",
             self.time_waits.clone(),
+        );
+        registry.register(
+            "workload_listen_queue_depth",
+            "Connections waiting in a listener's accept queue, by listener and the workload \
+             that listens (the 64 fullest listeners)",
+            self.listen_depth.clone(),
+        );
+        registry.register(
+            "workload_listen_drops",
+            "Handshakes a listener dropped (its sk_drops), by listener and workload",
+            self.listen_drops.clone(),
         );
         registry.register(
             "workload_port_failures",
@@ -210,6 +237,38 @@ impl WorkloadMetrics {
                 workload,
             })
             .inc();
+    }
+
+    /// Once a second: each listener's queue and drops, under the workload that listens.
+    pub fn listeners(&mut self, watch: &ListenerWatch, identities: &IdentityResolver) {
+        let mut listeners: Vec<&Listener> = watch.listeners().filter(|l| l.cgroup != 0).collect();
+        listeners.sort_by_key(|l| std::cmp::Reverse((l.queue, l.dropped)));
+        self.listen_depth.clear();
+        let mut seen = HashMap::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let workload = self.labels(&identities.cached(l.cgroup));
+            let label = ListenerOf {
+                listener: l.endpoint.to_string(),
+                workload,
+            };
+            if i < LISTENERS_SHOWN {
+                self.listen_depth
+                    .get_or_create(&label)
+                    .set(i64::from(l.queue));
+            }
+            let key = (l.netns, label.listener.clone(), l.inode);
+            let before = self.listen_dropped.get(&key).copied().unwrap_or(l.dropped);
+            if l.dropped > before {
+                self.listen_drops
+                    .get_or_create(&label)
+                    .inc_by(l.dropped - before);
+            } else {
+                let _ = self.listen_drops.get_or_create(&label);
+            }
+            seen.insert(key, l.dropped);
+        }
+        // Listeners gone are forgotten (their counters stay, as counters do).
+        self.listen_dropped = seen;
     }
 
     pub fn port_failure(&mut self, p: &PortFailure) {

@@ -35,6 +35,8 @@ pub struct Listener {
     pub netns: u32,
     pub endpoint: Endpoint,
     pub inode: u32,
+    /// The listening socket's cgroup (sock_diag; 0: not said).
+    pub cgroup: u64,
     /// Connections waiting in the accept queue now, and the backlog.
     pub queue: u32,
     pub backlog: u32,
@@ -135,6 +137,7 @@ impl ListenerWatch {
                 netns: s.netns,
                 endpoint: socket.addrs.local,
                 inode: socket.inode,
+                cgroup: socket.cgroup,
                 queue: 0,
                 backlog: 0,
                 max_queue: 0,
@@ -150,6 +153,7 @@ impl ListenerWatch {
                 // Another socket listens there now: its drops start from its own count.
                 (l.inode, l.kernel_drops, l.max_queue) = (socket.inode, socket.drops, 0);
             }
+            l.cgroup = socket.cgroup;
             l.queue = socket.recv_queue;
             l.backlog = socket.send_queue;
             l.max_queue = l.max_queue.max(socket.recv_queue);
