@@ -255,9 +255,14 @@ fn top_shows_real_connections_keys_work_and_q_restores_the_terminal() {
         "{screen}"
     );
 
-    // t: local services (the accepting side is filtered out here).
+    // t: local services (the accepting side is filtered out here), then workloads (the
+    // pods test checks their rows), then destinations again.
     top.keys("t");
     top.wait_for("the services table", |s| s.contains("local services: 0"));
+    top.keys("t");
+    top.wait_for("the workloads table", |s| {
+        s.contains("workloads (pods, containers, units):") && s.contains("POD / WORKLOAD")
+    });
     top.keys("t/");
     top.keys("no-such-endpoint\r");
     top.wait_for("the filter", |s| {

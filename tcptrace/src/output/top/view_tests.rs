@@ -178,7 +178,16 @@ fn keys_sort_filter_toggle_and_quit() {
     assert!(screen[23].contains("[filter: 5432]"));
     view.handle_key(key(KeyCode::Esc));
     assert!(view.filter.is_empty());
-    // t: local services.
+    // t: local services (then workloads, then destinations again).
+    let mut cycle = view.clone();
+    for kind in [
+        GroupKind::Service,
+        GroupKind::Workload,
+        GroupKind::Destination,
+    ] {
+        cycle.handle_key(key(KeyCode::Char('t')));
+        assert_eq!(cycle.kind, kind);
+    }
     view.handle_key(key(KeyCode::Char('t')));
     assert_eq!(view.kind, GroupKind::Service);
     let screen = render(&top, &view, 80, 24);
