@@ -336,7 +336,7 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let help_text = if view.editing {
         format!("filter: {}_   (Enter keep, Esc clear)", view.filter)
     } else {
-        let mut text = "q quit  t dest/svc/pod  0-9 sort  r reverse  / filter".to_string();
+        let mut text = "q quit  t tables  0-9 sort  r reverse  / filter".to_string();
         if !view.filter.is_empty() {
             text.push_str(&format!("  [filter: {}]", view.filter));
         }
