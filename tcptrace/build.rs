@@ -20,6 +20,15 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("tcptrace-ebpf has no directory"))?
         .as_str();
+    // The programs are built from tcptrace-common too (the records, the flow's code): a
+    // change there must rebuild them, not only a change in tcptrace-ebpf.
+    let common = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "tcptrace-common")
+        .and_then(|p| p.manifest_path.parent())
+        .ok_or_else(|| anyhow!("tcptrace-common package not found"))?;
+    println!("cargo:rerun-if-changed={common}");
     // The benchmark-only programs (`cargo xtask bench` builds with `--features bench`).
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_BENCH");
     let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {

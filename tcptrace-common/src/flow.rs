@@ -129,7 +129,7 @@ impl FlowState {
     pub fn set_owner(&mut self, owner: &Owner, from_listener: bool) {
         if self.take_owner(from_listener) {
             self.pid = owner.pid;
-            self.comm = owner.comm;
+            copy_comm(&mut self.comm, &owner.comm);
             self.cgroup = owner.cgroup;
         }
     }
@@ -154,6 +154,22 @@ impl FlowState {
         }
         self.flags |= flow_flags::OWNER_KNOWN;
         true
+    }
+}
+
+/// Copies a comm four bytes at a time, in four volatile word copies (no loop: LLVM would
+/// make a `memmove` call of a plain copy or of a loop, and in a kernel program a call is one
+/// frame more on the stack chain the verifier limits before Linux 6.13).
+#[inline(always)]
+fn copy_comm(to: &mut [u8; crate::COMM_LEN], from: &[u8; crate::COMM_LEN]) {
+    let (to, from) = (to.as_mut_ptr().cast::<u32>(), from.as_ptr().cast::<u32>());
+    // SAFETY: both are 16 bytes, 4-aligned: a comm follows a u32 pid at an 8-aligned offset
+    // in `FlowState` and in `Owner` (asserted in lib.rs), the only places this copies.
+    unsafe {
+        to.write_volatile(from.read_volatile());
+        to.add(1).write_volatile(from.add(1).read_volatile());
+        to.add(2).write_volatile(from.add(2).read_volatile());
+        to.add(3).write_volatile(from.add(3).read_volatile());
     }
 }
 

@@ -16,10 +16,13 @@ pub fn write_current_owner(pid: &mut u32, comm: &mut [u8; 16], cgroup: &mut u64,
     unsafe {
         aya_ebpf::helpers::generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
     }
-    *cgroup = match crate::sock::cgroup_id(sk) {
+    // Decided by the configuration (a constant to the verifier), not by the value read: no
+    // branch for the verifier to follow twice.
+    *cgroup = if crate::config!(offsets.sk_cgroup) == 0 {
         // SAFETY: a plain helper call with no arguments.
-        0 => unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() },
-        id => id,
+        unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() }
+    } else {
+        crate::sock::cgroup_id(sk)
     };
 }
 

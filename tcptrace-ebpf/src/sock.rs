@@ -59,22 +59,18 @@ pub fn netns_with<R: Reader>(sk: *const u8) -> Result<u32, i32> {
 }
 
 /// The socket's cgroup (v2) id: `sk_cgrp_data.cgroup->kn->id`, set when the socket was
-/// created (an accepted child's is its listener's), so it is right in softirq too. 0: unknown
-/// (or no such fields on this kernel).
+/// created (an accepted child's is its listener's), so it is right in softirq too. Direct
+/// loads through BTF-typed pointers, without branches: a null pointer on the way reads as 0
+/// (the verifier turns these loads into fault-tolerant ones). 0: unknown (or no such fields
+/// on this kernel).
 #[inline(always)]
 pub fn cgroup_id(sk: *const u8) -> u64 {
     let at = config!(offsets.sk_cgroup);
     if at == 0 {
         return 0;
     }
-    let cgroup = match read::<u64>(sk, at) {
-        Ok(cgroup) if cgroup != 0 => cgroup as usize as *const u8,
-        _ => return 0,
-    };
-    let kn = match read::<u64>(cgroup, config!(offsets.cgroup_kn)) {
-        Ok(kn) if kn != 0 => kn as usize as *const u8,
-        _ => return 0,
-    };
+    let cgroup = read::<u64>(sk, at).unwrap_or(0) as usize as *const u8;
+    let kn = read::<u64>(cgroup, config!(offsets.cgroup_kn)).unwrap_or(0) as usize as *const u8;
     read::<u64>(kn, config!(offsets.kernfs_id)).unwrap_or(0)
 }
 
