@@ -288,21 +288,9 @@ fn pid_filter_follows_the_owner_into_accepted_connections() {
         .all(|(c, _)| f.iter().any(|flow| port_of(flow, "lport") == *c)));
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.starts_with("cgroup2 "))
-                .then(|| PathBuf::from(left.split_whitespace().nth(4).expect("mount point")))
-        })
-        .expect("a cgroup2 hierarchy is mounted on this machine")
-}
-
 #[test]
 fn cgroup_filter_takes_a_container_cgroup_and_its_descendants() {
-    let root = cgroup2_root();
+    let root = crate::kubelet::cgroup2_root();
     let name = format!("tcptrace-test-{}", std::process::id());
     let parent = root.join(&name);
     let inner = parent.join("inner");

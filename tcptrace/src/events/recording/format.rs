@@ -133,7 +133,7 @@ const V3_KEEPALIVE_PROBE: usize = std::mem::offset_of!(KeepaliveProbeEvent, cgro
 const V3_PORT_FAILURE: usize = std::mem::offset_of!(PortFailureEvent, cgroup);
 const V3_FLOW_END: usize = size_of::<FlowEndEvent>() - 8;
 /// Where a flow record's cgroup id lies (before layout 4, the keepalive settings began there).
-const FLOW_END_CGROUP: usize =
+pub(super) const FLOW_END_CGROUP: usize =
     std::mem::offset_of!(FlowEndEvent, flow) + std::mem::offset_of!(FlowState, cgroup);
 const _: () = assert!(
     V3_TRANSITION == 96

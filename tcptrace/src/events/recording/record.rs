@@ -187,13 +187,12 @@ const IDENTIFY_TRIES: u32 = 5;
 fn record_cgroup(record: &[u8]) -> Option<u64> {
     use std::mem::offset_of;
     use tcptrace_common::{
-        FlowEndEvent, FlowState, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
-        TransitionEvent,
+        KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent, TransitionEvent,
     };
     let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
     let at = match kind {
         record_kind::TRANSITION => offset_of!(TransitionEvent, cgroup),
-        record_kind::FLOW_END => offset_of!(FlowEndEvent, flow) + offset_of!(FlowState, cgroup),
+        record_kind::FLOW_END => super::format::FLOW_END_CGROUP,
         record_kind::RETRANSMIT => offset_of!(RetransmitEvent, cgroup),
         record_kind::KEEPALIVE_PROBE => offset_of!(KeepaliveProbeEvent, cgroup),
         record_kind::PORT_FAILURE => offset_of!(PortFailureEvent, cgroup),
