@@ -60,7 +60,13 @@ pub mod stat {
     /// another task's call: it moved CPU or was preempted inside the call): its failure
     /// carries no address.
     pub const CALLS_UNTRACKED: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// TCP packets the kernel dropped (`skb:kfree_skb`, reasons not ignored).
+    pub const DROPS: u32 = 25;
+    /// Ring-buffer reservations that failed for drop records.
+    pub const LOST_DROP: u32 = 26;
+    /// SYN-ACKs a listener retransmitted (`tcp:tcp_retransmit_synack`).
+    pub const SYNACK_RETRANSMITS: u32 = 27;
+    pub const COUNT: u32 = 28;
 }
 
 /// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program
@@ -79,6 +85,10 @@ pub mod slot {
     /// The connect() and bind() syscall hooks (process context: they never interrupt one
     /// another on a CPU).
     pub const SYSCALL: u32 = 8;
+    /// The drop hook (`skb:kfree_skb`).
+    pub const DROP: u32 = 9;
+    /// `tcp:tcp_retransmit_synack`.
+    pub const SYNACK: u32 = 10;
     /// Entries of `COUNTERS` and `FILTER_KEY` (a power of two: indices are masked).
     pub const COUNT: u32 = 16;
     /// Entries of `SCRATCH` (the programs that build a new flow).

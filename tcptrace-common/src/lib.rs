@@ -18,9 +18,11 @@ pub const PATH_SLOTS: usize = 8;
 /// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
 /// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64), layout 3 the
 /// `PortFailureEvent`, layout 4 the owner's cgroup id (`cgroup`) in every record that names
-/// an owner; recordings of layouts 1 to 3 are still read (layout 1's TIME_WAITs carry
-/// namespace 0: the recording host's; records before layout 4 carry cgroup 0: unknown).
-pub const RECORD_LAYOUT_VERSION: u32 = 4;
+/// an owner, layout 5 a flow's [`Vitals`] at the end of `FlowEndEvent` and the `DropEvent`;
+/// recordings of layouts 1 to 4 are still read (layout 1's TIME_WAITs carry namespace 0: the
+/// recording host's; records before layout 4 carry cgroup 0: unknown; flows before layout 5
+/// carry no vitals).
+pub const RECORD_LAYOUT_VERSION: u32 = 5;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -53,6 +55,8 @@ pub mod record_kind {
     pub const TIME_WAIT_FLOW: u32 = 6;
     /// A connect() or bind() failed for want of a port ([`PortFailureEvent`]).
     pub const PORT_FAILURE: u32 = 7;
+    /// The kernel dropped a TCP packet ([`DropEvent`]).
+    pub const DROP: u32 = 8;
 }
 
 /// What a [`TimeWaitEvent`] reports of a timewait socket's timer.
@@ -106,6 +110,9 @@ pub mod close_flags {
     pub const KEEPALIVE_ON: u8 = 1 << 2;
     /// TCP_USER_TIMEOUT was set at CLOSE.
     pub const USER_TIMEOUT: u8 = 1 << 3;
+    /// The flow-end record carries the socket's [`super::Vitals`] (a TCP socket's, read at
+    /// CLOSE).
+    pub const VITALS: u8 = 1 << 4;
 }
 
 /// Values of [`ProgramConfig::emit_flow_ends`].
@@ -129,6 +136,9 @@ pub mod event_flags {
     pub const ERR_VALID: u8 = 1 << 2;
     /// The flow could not be tracked (flow table full): durations are unknown.
     pub const UNTRACKED: u8 = 1 << 3;
+    /// A SYN-ACK retransmitted by a listener (`tcp:tcp_retransmit_synack`): `skaddr` is the
+    /// request socket, the tuple the handshake's; counted on the accepted child's flow.
+    pub const SYNACK: u8 = 1 << 4;
 }
 
 /// A flow's addresses. Ports are in host order; addresses in network order, IPv4 in the
@@ -254,8 +264,11 @@ pub struct FlowEndEvent {
     pub flow: FlowState,
     /// Filled when SO_KEEPALIVE was on at CLOSE.
     pub keepalive: Keepalive,
+    /// Bytes, segments and RTT at CLOSE, valid with `close_flags::VITALS`; absent before
+    /// layout 5.
+    pub vitals: Vitals,
 }
-const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 208);
+const _: () = assert!(core::mem::size_of::<FlowEndEvent>() == 248);
 
 /// A flow reached CLOSE and a TIME_WAIT follows: what the TIME_WAIT tracker needs of it (its
 /// 4-tuple, and whether it was the accepting side), when userspace counts nothing else per
@@ -393,8 +406,17 @@ pub struct ProgramConfig {
     /// namespace, for the syscall hooks.
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
+    /// `tcp_sock` offsets for a flow's vitals at CLOSE.
+    pub tcp: TcpSockOffsets,
+    /// `sk_buff` offsets for the drop hook.
+    pub skb: SkbOffsets,
+    /// Drop reasons (`enum skb_drop_reason` below 256) the drop hook leaves at its first
+    /// compare, one bit each: frees that are not drops worth showing (`QUEUE_PURGE`, a closed
+    /// socket's queue, about once per connection).
+    pub drop_ignore: [u64; 4],
 }
-const _: () = assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8);
+const _: () =
+    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32);
 
 /// Key of the `LISTENERS` map: the listening socket's network namespace and port.
 #[repr(C)]
@@ -447,6 +469,7 @@ records! {
     KeepaliveProbeEvent => record_kind::KEEPALIVE_PROBE, stat::LOST_PROBE;
     TimeWaitEvent => record_kind::TIME_WAIT, stat::LOST_TIME_WAIT;
     PortFailureEvent => record_kind::PORT_FAILURE, stat::LOST_PORT_FAILURE;
+    DropEvent => record_kind::DROP, stat::LOST_DROP;
 }
 
 mod aggregate;
@@ -456,6 +479,7 @@ mod flow;
 pub mod names;
 mod offsets;
 mod syscalls;
+mod vitals;
 pub use aggregate::{
     bucket_bounds, close_cause, close_side, duration_bucket, side_of_path, CloseFacts,
     DurationHistogram, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, NO_RESET_REASON,
@@ -470,8 +494,9 @@ pub use filter::{
 };
 pub use flow::{in_owner_context, starts_a_socket};
 pub use names::family;
-pub use offsets::SockOffsets;
+pub use offsets::{SkbOffsets, SockOffsets, TcpSockOffsets};
 pub use syscalls::{port_failure, CallArgs, PortFailureEvent};
+pub use vitals::{drop_flags, DropEvent, Vitals};
 
 #[cfg(feature = "user")]
 mod user;

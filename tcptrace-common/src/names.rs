@@ -66,6 +66,10 @@ pub mod program {
     pub const TIMER_EXPIRE_EXIT: &str = "timer_expire_exit";
     pub const TIMER_START: &str = "timer_start";
     pub const TIMER_CANCEL: &str = "timer_cancel";
+    /// `skb:kfree_skb` (its `reason`; TCP packets only).
+    pub const DROP: &str = "kfree_skb";
+    /// `tcp:tcp_retransmit_synack`.
+    pub const SYNACK: &str = "tcp_retransmit_synack";
     /// `syscalls:sys_enter_connect` … `sys_exit_bind` (classic tracepoints: tracefs).
     pub const ENTER_CONNECT: &str = "sys_enter_connect";
     pub const EXIT_CONNECT: &str = "sys_exit_connect";
@@ -87,6 +91,8 @@ pub mod program {
         TIMER_EXPIRE_EXIT,
         TIMER_START,
         TIMER_CANCEL,
+        DROP,
+        SYNACK,
         ENTER_CONNECT,
         EXIT_CONNECT,
         ENTER_BIND,

@@ -62,3 +62,43 @@ pub struct SockOffsets {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 124);
+
+/// `tcp_sock` fields read at CLOSE for a flow's vitals ([`crate::Vitals`]), resolved by
+/// userspace from BTF and read through `bpf_skc_to_tcp_sock`'s typed pointer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSockOffsets {
+    /// `tcp_sock.bytes_acked` and `bytes_received` (u64).
+    pub bytes_acked: u32,
+    pub bytes_received: u32,
+    /// `tcp_sock.segs_in` and `segs_out` (u32).
+    pub segs_in: u32,
+    pub segs_out: u32,
+    /// `tcp_sock.srtt_us` (u32, << 3) and `mdev_us` (u32, << 2).
+    pub srtt_us: u32,
+    pub mdev_us: u32,
+    /// `tcp_sock.rtt_min.s[0].v` (u32 µs; ~0: no sample).
+    pub rtt_min: u32,
+    /// `tcp_sock.total_retrans` (u32).
+    pub total_retrans: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 32);
+
+/// `sk_buff` fields the drop hook reads, resolved by userspace from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `sk_buff.sk` (a `struct sock *`).
+    pub sk: u32,
+    /// `sk_buff.head` (a pointer).
+    pub head: u32,
+    /// `sk_buff.network_header` (u16, from `head`).
+    pub network_header: u32,
+    /// `sk_buff.protocol` (be16, the ethertype).
+    pub protocol: u32,
+    /// `sk_buff.dev` (a `struct net_device *`) and `net_device.nd_net.net`: the namespace
+    /// of a packet with no socket.
+    pub dev: u32,
+    pub dev_net: u32,
+}
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 24);

@@ -1,5 +1,6 @@
 //! The CLOSE half of `tp_btf/inet_sock_set_state`: a flow that reached CLOSE is counted
-//! (close cause, close side) and, where userspace wants it, sent whole or, for
+//! (close cause, close side) and, where userspace wants it, sent whole (with the socket's
+//! bytes and RTT) or, for
 //! `tcptrace metrics`, in brief when a TIME_WAIT follows.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
@@ -89,6 +90,14 @@ fn send_flow_end(
         Keepalive::default()
     };
     let tuple = sock::tuple(sk)?;
+    let vitals = sock::vitals(sk);
+    let close_flags = flow.close_flags
+        | if vitals.is_some() {
+            close_flags::VITALS
+        } else {
+            0
+        };
+    let vitals = vitals.unwrap_or_default();
     // The time the flow entered CLOSE, as the handler recorded it.
     let now = flow.entered_ns[flow.last()];
     if let Some(mut record) = emit::<FlowEndEvent>(stats) {
@@ -101,7 +110,9 @@ fn send_flow_end(
             (&raw mut (*e).skaddr).write(sk as u64);
             (&raw mut (*e).tuple).write(tuple);
             core::ptr::copy_nonoverlapping(flow, &raw mut (*e).flow, 1);
+            (&raw mut (*e).flow.close_flags).write(close_flags);
             (&raw mut (*e).keepalive).write(keepalive);
+            (&raw mut (*e).vitals).write(vitals);
         }
         record.submit();
     }

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod drop;
 mod filter;
 #[cfg(feature = "bench")]
 mod floor;
@@ -14,6 +15,7 @@ mod set_state;
 mod sock;
 #[cfg(feature = "bench")]
 mod storage_probe;
+mod synack;
 mod syscalls;
 mod timers;
 

@@ -86,6 +86,25 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     },
     task_nsproxy: 0,
     nsproxy_net_ns: 0,
+    tcp: tcptrace_common::TcpSockOffsets {
+        bytes_acked: 0,
+        bytes_received: 0,
+        segs_in: 0,
+        segs_out: 0,
+        srtt_us: 0,
+        mdev_us: 0,
+        rtt_min: 0,
+        total_retrans: 0,
+    },
+    skb: tcptrace_common::SkbOffsets {
+        sk: 0,
+        head: 0,
+        network_header: 0,
+        protocol: 0,
+        dev: 0,
+        dev_net: 0,
+    },
+    drop_ignore: [0; 4],
 };
 
 const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");

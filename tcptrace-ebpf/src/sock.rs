@@ -4,8 +4,8 @@
 //! plain load (the verifier checks it against the kernel's `struct sock`, and the offsets are
 //! constants to it: they live in the frozen, read-only `.rodata`). Only `inet_sport`, which
 //! lies past `struct sock` in `struct inet_sock`, needs `bpf_probe_read_kernel`.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tcptrace_common::Tuple;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock};
+use tcptrace_common::{Tuple, Vitals};
 
 use crate::config;
 
@@ -163,4 +163,26 @@ pub fn keepalive(sk: *const u8) -> Result<tcptrace_common::Keepalive, i32> {
 #[inline(always)]
 pub fn probe_tuple(sk: *const u8) -> Result<Tuple, i32> {
     tuple_with::<Untyped>(sk, config!(offsets.sport))
+}
+
+/// The socket's bytes, segments and RTT from `tcp_sock`, through the typed pointer
+/// `bpf_skc_to_tcp_sock` hands back (direct loads, no helper call per field); `None` for a
+/// socket that is not a TCP one.
+#[inline(always)]
+pub fn vitals(sk: *const u8) -> Option<Vitals> {
+    // SAFETY: the helper checks the socket's type and returns null unless it is a tcp_sock.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) } as *const u8;
+    if tp.is_null() {
+        return None;
+    }
+    Some(Vitals {
+        bytes_acked: read::<u64>(tp, config!(tcp.bytes_acked)).unwrap_or(0),
+        bytes_received: read::<u64>(tp, config!(tcp.bytes_received)).unwrap_or(0),
+        segs_in: read::<u32>(tp, config!(tcp.segs_in)).unwrap_or(0),
+        segs_out: read::<u32>(tp, config!(tcp.segs_out)).unwrap_or(0),
+        srtt_us: read::<u32>(tp, config!(tcp.srtt_us)).unwrap_or(0),
+        mdev_us: read::<u32>(tp, config!(tcp.mdev_us)).unwrap_or(0),
+        min_rtt_us: read::<u32>(tp, config!(tcp.rtt_min)).unwrap_or(u32::MAX),
+        total_retrans: read::<u32>(tp, config!(tcp.total_retrans)).unwrap_or(0),
+    })
 }

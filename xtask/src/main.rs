@@ -81,6 +81,9 @@ enum Task {
     /// iptables, and Debian 11's 5.10, which must be refused in one line (~4 minutes; `test`
     /// checks the stack budget the older kernels enforce).
     OldKernels,
+    /// Build, then check the kernel programs' stack along every call chain against the
+    /// 512-byte limit of kernels before 6.13 (also part of `test`).
+    Stackcheck,
     /// Inside an `old-kernels` guest: the failure scenarios under one tracer.
     #[command(hide = true)]
     GuestScenarios {
@@ -316,6 +319,11 @@ fn main() -> ExitCode {
         Task::Soak(args) => build(true).and_then(|bin| {
             require_root("cargo xtask soak")?;
             soak::run(&args, &bin)
+        }),
+        Task::Stackcheck => build(false).and_then(|_| {
+            stackcheck::check(&stackcheck::built_object("debug")?)?;
+            println!("kernel programs fit the 512-byte stack of kernels before 6.13");
+            Ok(())
         }),
         Task::OldKernels => build(false).and_then(|bin| {
             require_root("cargo xtask old-kernels")?;

@@ -56,6 +56,8 @@ pub struct Config {
     pub btf: PathBuf,
     pub idle_report: Option<Duration>,
     pub no_time_wait: bool,
+    pub no_drops: bool,
+    pub all_drop_reasons: bool,
     pub metrics: Option<std::net::SocketAddr>,
     pub filter: FilterSpec,
     /// Where identities (container, pod, unit) are read from and how they are shown.
@@ -132,6 +134,14 @@ impl Config {
             _ => false,
         }
     }
+    /// Dropped TCP packets are traced where flows, alerts, `top` or metrics show them.
+    pub fn traces_drops(&self) -> bool {
+        let shown = matches!(
+            self.mode,
+            Mode::Flows | Mode::Alerts | Mode::All | Mode::Metrics | Mode::Top | Mode::Record(_)
+        );
+        shown && !self.no_drops
+    }
     /// What the kernel side loads and attaches for this configuration.
     pub fn plan(&self) -> KernelPlan {
         KernelPlan {
@@ -144,6 +154,8 @@ impl Config {
             flow_ends: self.flow_ends(),
             keepalive_probes: self.traces_keepalive_probes(),
             time_wait: self.traces_time_wait(),
+            drops: self.traces_drops(),
+            all_drop_reasons: self.all_drop_reasons,
             port_failures: self.traces_port_failures(),
             filter: self.filter.clone(),
         }
@@ -248,6 +260,8 @@ impl TryFrom<Cli> for Config {
             btf: c.btf,
             idle_report: c.idle_report,
             no_time_wait: c.no_time_wait,
+            no_drops: c.no_drops,
+            all_drop_reasons: c.all_drop_reasons,
             metrics: c.metrics,
             filter,
             identity,
@@ -343,6 +357,8 @@ impl Config {
             btf: PathBuf::new(),
             idle_report: None,
             no_time_wait: false,
+            no_drops: false,
+            all_drop_reasons: false,
             metrics: None,
             filter: FilterSpec::default(),
             identity: IdentityConfig::default(),

@@ -157,6 +157,14 @@ pub struct CommonArgs {
     /// record modes (no TIME_WAIT gauges, no exhaustion forecast).
     #[arg(long, global = true)]
     pub no_time_wait: bool,
+    /// Do not trace dropped packets (the skb:kfree_skb hook, which runs on every packet the
+    /// kernel frees with a reason) in the flows, alerts, all, top, metrics and record modes.
+    #[arg(long, global = true)]
+    pub no_drops: bool,
+    /// Also count the frees that are rarely drops: NOT_SPECIFIED (mostly segments consumed
+    /// at teardown) and QUEUE_PURGE (a closed socket's queues, about one per connection).
+    #[arg(long, global = true)]
+    pub all_drop_reasons: bool,
     /// Do not print the summary on exit.
     #[arg(long, global = true)]
     pub no_summary: bool,

@@ -10,6 +10,7 @@ use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::FlowAddrs,
     events::port_failure::PortFailure,
+    events::vitals::PacketDrop,
     host::{facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces},
     kernel::loader::Tracer,
     state::{
@@ -156,6 +157,11 @@ pub trait Consumer {
         Ok(())
     }
 
+    /// A TCP packet the kernel dropped (also joined to its flow when that ends).
+    fn packet_drop(&mut self, _d: &PacketDrop) -> io::Result<()> {
+        Ok(())
+    }
+
     fn alert(&mut self, _a: &Alert) -> io::Result<()> {
         Ok(())
     }
@@ -250,6 +256,9 @@ impl<C: Consumer> Consumer for Option<C> {
     fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.port_failure(p))
     }
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        self.as_mut().map_or(Ok(()), |c| c.packet_drop(d))
+    }
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.alert(a))
     }
@@ -339,6 +348,10 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
     fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
         self.0.port_failure(p)?;
         self.1.port_failure(p)
+    }
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        self.0.packet_drop(d)?;
+        self.1.packet_drop(d)
     }
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         self.0.alert(a)?;

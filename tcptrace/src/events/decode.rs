@@ -5,14 +5,15 @@ use std::mem::size_of;
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrayvec::ArrayVec;
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
-    FlowState, Keepalive, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent, TimeWaitEvent,
-    TimeWaitFlowEvent, TransitionEvent, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, DropEvent,
+    FlowEndEvent, FlowState, Keepalive, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
+    TimeWaitEvent, TimeWaitFlowEvent, TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
     events::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
     events::port_failure::PortFailure,
+    events::vitals::{DropTally, FlowVitals, PacketDrop},
     host::{facts::HostFacts, identity::Workload},
     state::{
         cause::{classify, CloseCause, CloseEvidence},
@@ -83,6 +84,10 @@ pub struct FinishedFlow {
     pub keepalive: Option<KeepaliveInForce>,
     /// The TIME_WAIT that followed, when this side closed first (filled by the tracker).
     pub time_wait: Option<TimeWait>,
+    /// Bytes, segments and RTT at CLOSE (a TCP socket's; none in recordings before layout 5).
+    pub vitals: Option<FlowVitals>,
+    /// Its packets the kernel dropped, by reason (joined by the dispatcher).
+    pub drops: DropTally,
 }
 
 /// A timewait socket's timer armed, cancelled or fired.
@@ -141,6 +146,9 @@ pub struct Retransmit {
     pub workload: Workload,
     pub err: Option<i32>,
     pub untracked: bool,
+    /// A listener's SYN-ACK sent again (`skaddr` is the request socket; the child's flow
+    /// counts it in SYN_RECV when it ends).
+    pub synack: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +162,7 @@ pub enum Event {
     TimeWait(TimeWaitRecord),
     TimeWaitFlow(TimeWaitFlow),
     PortFailure(PortFailure),
+    Drop(PacketDrop),
 }
 
 impl Event {
@@ -165,7 +174,7 @@ impl Event {
             Event::Retransmit(r) => Some(&mut r.workload),
             Event::KeepaliveProbe(p) => Some(&mut p.workload),
             Event::PortFailure(p) => Some(&mut p.workload),
-            Event::TimeWait(_) | Event::TimeWaitFlow(_) => None,
+            Event::TimeWait(_) | Event::TimeWaitFlow(_) | Event::Drop(_) => None,
         }
     }
 
@@ -179,6 +188,7 @@ impl Event {
             Event::TimeWait(t) => t.ts_ns,
             Event::TimeWaitFlow(f) => f.ts_ns,
             Event::PortFailure(p) => p.ts_ns,
+            Event::Drop(d) => d.ts_ns,
         }
     }
 }
@@ -319,6 +329,10 @@ impl Decoder {
                 let raw = read_record::<RawPortFailure>(bytes, "port-failure")?.0;
                 Ok(Event::PortFailure(PortFailure::try_from(&raw)?))
             }
+            record_kind::DROP => {
+                let raw = read_record::<RawDrop>(bytes, "drop")?.0;
+                Ok(Event::Drop(PacketDrop::decode(&raw, &self.host)?))
+            }
             other => bail!("unknown record kind {other}"),
         }
     }
@@ -346,6 +360,11 @@ struct RawTimeWaitFlow(TimeWaitFlowEvent);
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct RawPortFailure(PortFailureEvent);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct RawDrop(DropEvent);
+// SAFETY: as below.
+unsafe impl aya::Pod for RawDrop {}
 // SAFETY: as below.
 unsafe impl aya::Pod for RawPortFailure {}
 // SAFETY: as below.
@@ -458,6 +477,9 @@ impl FinishedFlow {
                 .keepalive_on
                 .then(|| KeepaliveInForce::of(&raw.keepalive, host)),
             time_wait: None,
+            vitals: (f.close_flags & close_flags::VITALS != 0)
+                .then(|| FlowVitals::from(&raw.vitals)),
+            drops: DropTally::default(),
             evidence,
             lifecycle,
         })
@@ -480,6 +502,7 @@ impl TryFrom<&RetransmitEvent> for Retransmit {
             workload: Workload::unresolved(raw.cgroup),
             err: (raw.flags & event_flags::ERR_VALID != 0).then_some(raw.err),
             untracked: raw.flags & event_flags::UNTRACKED != 0,
+            synack: raw.flags & event_flags::SYNACK != 0,
         })
     }
 }

@@ -46,7 +46,19 @@ pub(crate) fn flow_end(flow: FlowState, end_ns: u64) -> FlowEndEvent {
         tuple: v4_tuple(51234, 443),
         flow,
         keepalive: Default::default(),
+        vitals: Default::default(),
     }
+}
+
+/// A finished client flow (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE) between `addrs`.
+pub(crate) fn finished(addrs: crate::events::model::FlowAddrs) -> FinishedFlow {
+    let raw = flow_end(
+        client_flow(&[ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]),
+        9_000_000,
+    );
+    let mut f = FinishedFlow::decode(&raw, &HostFacts::default()).expect("decodes");
+    f.addrs = addrs;
+    f
 }
 
 #[test]

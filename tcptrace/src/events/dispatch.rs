@@ -19,6 +19,7 @@ use crate::{
     state::{
         aggregate::Aggregator,
         alert::Alert,
+        packets::PacketLedger,
         port_failures::{PortFailureAlert, PortFailureWatch},
         timewait::{Finished, TimeWaitTracker},
     },
@@ -82,6 +83,8 @@ pub struct Dispatcher {
     pub open_flows: Option<OpenFlowCounter>,
     /// Who each cgroup is: read from this host live, learnt from the recording in a report.
     pub identities: IdentityResolver,
+    /// Drops and SYN-ACK retransmits waiting for their flow's end; bytes and RTT summed.
+    pub packets: PacketLedger,
     ports: PortFailureWatch,
     /// Open-flow counts left this second (see [`OPEN_FLOW_COUNTS_PER_S`]).
     open_counts_left: u32,
@@ -99,6 +102,7 @@ impl Dispatcher {
             namespaces: Namespaces::default(),
             open_flows: None,
             identities: IdentityResolver::recorded(),
+            packets: PacketLedger::default(),
             ports: PortFailureWatch::default(),
             open_counts_left: OPEN_FLOW_COUNTS_PER_S,
             decoder: Decoder::new(host),
@@ -215,6 +219,7 @@ impl Dispatcher {
     /// Once a second: port-failure kinds quiet for a minute are forgotten.
     pub fn forget_quiet_failures(&mut self, now_ns: u64) {
         self.ports.forget_quiet(now_ns);
+        self.packets.expire(now_ns);
         self.open_counts_left = OPEN_FLOW_COUNTS_PER_S;
     }
 
@@ -246,7 +251,8 @@ impl Dispatcher {
         }
         match event {
             Event::Transition(t) => consumer.transition(&t)?,
-            Event::FlowEnd(f) => {
+            Event::FlowEnd(mut f) => {
+                self.packets.flow_ended(&mut f);
                 self.agg.finished_flow(&f);
                 consumer.flow_closed(&f)?;
                 if let Some(alert) = Alert::closed(&f).filter(|_| self.wants.alerts) {
@@ -288,6 +294,9 @@ impl Dispatcher {
                 }
             },
             Event::Retransmit(r) => {
+                if r.synack {
+                    self.packets.synack(&r);
+                }
                 consumer.retransmit(&r)?;
                 if let Some(alert) = Alert::retransmit(&r).filter(|_| self.wants.alerts) {
                     consumer.alert(&alert)?;
@@ -297,6 +306,10 @@ impl Dispatcher {
                 if self.wants.alerts {
                     consumer.alert(&Alert::KeepaliveProbe(&p))?;
                 }
+            }
+            Event::Drop(d) => {
+                self.packets.dropped(&d);
+                consumer.packet_drop(&d)?;
             }
             Event::PortFailure(p) => {
                 consumer.port_failure(&p)?;

@@ -9,3 +9,4 @@ pub mod port_failure;
 pub mod recording;
 pub mod replay;
 pub mod session;
+pub mod vitals;

@@ -48,6 +48,7 @@ fn synthetic() -> Vec<Vec<u8>> {
         tuple,
         flow,
         keepalive: Default::default(),
+        vitals: Default::default(),
     };
     let transition = TransitionEvent {
         kind: record_kind::TRANSITION,

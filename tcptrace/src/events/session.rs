@@ -156,7 +156,8 @@ impl<'c> Session<'c> {
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with tokio")?;
         let traces_time_wait = config.traces_time_wait() && !wants.raw;
-        let host = HostFacts::this_host(&tracer.reset_reasons);
+        let host =
+            HostFacts::this_host(&tracer.reset_reasons).with_drop_reasons(&tracer.drop_reasons);
         let mut dispatch = Dispatcher::new(host, wants, traces_time_wait);
         dispatch.identities = IdentityResolver::new(config.identity.sources.clone());
         // The summary's durations, close causes and sides, and retransmits by state come from
@@ -483,6 +484,7 @@ impl<'c> Session<'c> {
             summary.time_wait = Some(self.dispatch.tw.summary());
             summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();
         }
+        summary.packets = Some(self.dispatch.packets.summary());
         Ok(summary)
     }
 }

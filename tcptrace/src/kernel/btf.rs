@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, Type};
-use tcptrace_common::SockOffsets;
+use tcptrace_common::{SkbOffsets, SockOffsets, TcpSockOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -187,6 +187,37 @@ impl KernelBtf {
             tw_timer: self.field("inet_timewait_sock", "tw_timer")?.offset,
             tw_sport: self.sized_field("inet_timewait_sock", "tw_sport", 2)?,
             ..self.cgroup_offsets().unwrap_or_default()
+        })
+    }
+
+    /// The `tcp_sock` fields of a flow's vitals at CLOSE.
+    pub fn tcp_sock_offsets(&self) -> Result<TcpSockOffsets> {
+        let tcp = |f: &str, size| self.sized_field("tcp_sock", f, size);
+        // `struct minmax { struct minmax_sample { u32 t; u32 v; } s[3]; }`: the current
+        // minimum is s[0].v.
+        let rtt_min = self.sized_field("tcp_sock", "rtt_min", 24)?
+            + self.sized_field("minmax_sample", "v", 4)?;
+        Ok(TcpSockOffsets {
+            bytes_acked: tcp("bytes_acked", 8)?,
+            bytes_received: tcp("bytes_received", 8)?,
+            segs_in: tcp("segs_in", 4)?,
+            segs_out: tcp("segs_out", 4)?,
+            srtt_us: tcp("srtt_us", 4)?,
+            mdev_us: tcp("mdev_us", 4)?,
+            rtt_min,
+            total_retrans: tcp("total_retrans", 4)?,
+        })
+    }
+
+    /// The `sk_buff` fields the drop hook reads.
+    pub fn skb_offsets(&self) -> Result<SkbOffsets> {
+        Ok(SkbOffsets {
+            sk: self.sized_field("sk_buff", "sk", 8)?,
+            head: self.sized_field("sk_buff", "head", 8)?,
+            network_header: self.sized_field("sk_buff", "network_header", 2)?,
+            protocol: self.sized_field("sk_buff", "protocol", 2)?,
+            dev: self.sized_field("sk_buff", "dev", 8)?,
+            dev_net: self.sized_field("net_device", "nd_net.net", 8)?,
         })
     }
 

@@ -25,16 +25,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 
 mod counters;
 
-/// The running kernel's number for the reset it sends when keepalive gives up
-/// (`SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`, Linux 6.10+), for the kernel's close causes.
-fn keepalive_reset_reason(reasons: &[(u32, String)]) -> u8 {
-    reasons
-        .iter()
-        .find(|(_, name)| name == "SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT")
-        .and_then(|&(value, _)| u8::try_from(value).ok())
-        .filter(|&v| v != tcptrace_common::NO_RESET_REASON)
-        .unwrap_or(tcptrace_common::NO_RESET_REASON)
-}
+use crate::kernel::reasons::{drop_ignore, keepalive_reset_reason};
 
 /// A loaded and attached tracer.
 pub struct Tracer {
@@ -54,6 +45,8 @@ pub struct Tracer {
     flow_table: Option<&'static str>,
     /// The kernel's reset reasons (enum sk_rst_reason), by value.
     pub reset_reasons: Vec<(u32, String)>,
+    /// The kernel's drop reasons (enum skb_drop_reason), by value.
+    pub drop_reasons: Vec<(u32, String)>,
 }
 
 /// Records a CPU submits between two wakeups of the reader.
@@ -241,10 +234,16 @@ impl Tracer {
             Some(n) => bail!("tracepoint tcp:tcp_send_reset has {n} arguments; expected 2 or 3"),
             None => bail!("tracepoint tcp:tcp_send_reset not found in this kernel's BTF"),
         };
+        // kfree_skb(skb, location, reason[, rx_sk]): a reason since Linux 5.17.
+        let drop_reason = btf.tracepoint_args("kfree_skb")?.is_some_and(|n| n >= 3);
+        if plan.drops && !drop_reason {
+            eprintln!("tcptrace: warning: dropped packets are not traced: skb:kfree_skb has no reason on this kernel");
+        }
         if btf.tracepoint_args("tcp_receive_reset")?.is_none() {
             bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
         }
         let reset_reasons = btf.enum_members("sk_rst_reason")?;
+        let drop_reasons = btf.enum_members("skb_drop_reason")?;
         if !plan.filter.cgroups.is_empty() {
             btf.check_cgroups()?;
         }
@@ -284,6 +283,13 @@ impl Tracer {
             filter: plan.filter.program_config(),
             task_nsproxy,
             nsproxy_net_ns,
+            tcp: btf
+                .tcp_sock_offsets()
+                .context("resolving struct tcp_sock offsets from BTF")?,
+            skb: btf
+                .skb_offsets()
+                .context("resolving struct sk_buff offsets from BTF")?,
+            drop_ignore: drop_ignore(&drop_reasons, plan.all_drop_reasons),
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &program_config, true);
@@ -312,6 +318,7 @@ impl Tracer {
         let variants = KernelVariants {
             retransmit_err,
             send_reset_reason,
+            drop_reason,
         };
         for (program, tracepoint) in plan.programs(variants) {
             let prog: &mut BtfTracePoint = ebpf
@@ -365,6 +372,7 @@ impl Tracer {
             hooks,
             flow_table: plan.flow_memory.table(),
             reset_reasons,
+            drop_reasons,
         })
     }
 

@@ -7,4 +7,5 @@ pub mod histogram;
 pub mod load_error;
 pub mod loader;
 pub mod plan;
+pub mod reasons;
 pub mod syscalls;

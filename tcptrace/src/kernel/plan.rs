@@ -50,6 +50,8 @@ pub struct KernelVariants {
     pub retransmit_err: bool,
     /// `tcp_send_reset` has the `reason` argument (Linux 6.10+).
     pub send_reset_reason: bool,
+    /// `kfree_skb` has the `reason` argument (Linux 5.17+).
+    pub drop_reason: bool,
 }
 
 /// Everything the loader needs to know.
@@ -70,6 +72,10 @@ pub struct KernelPlan {
     pub keepalive_probes: bool,
     /// TIME_WAIT is traced (the timewait timer's hooks).
     pub time_wait: bool,
+    /// Dropped TCP packets are traced (`skb:kfree_skb`, on every packet freed with a reason).
+    pub drops: bool,
+    /// Frees that are rarely drops (NOT_SPECIFIED, QUEUE_PURGE) count too.
+    pub all_drop_reasons: bool,
     /// connect()/bind() failing for want of a port is traced (the syscall hooks; attached
     /// by the loader apart from these, as classic tracepoints).
     pub port_failures: bool,
@@ -100,7 +106,12 @@ impl KernelPlan {
                 "tcp_send_reset",
             ),
             (program::RECEIVE_RESET, "tcp_receive_reset"),
+            // Rare (a handshake's ACK missing): always, counted on the child's flow.
+            (program::SYNACK, "tcp_retransmit_synack"),
         ];
+        if self.drops && kernel.drop_reason {
+            hooked.push((program::DROP, "kfree_skb"));
+        }
         // The timer hooks see every timer on the host: only where they are needed.
         if self.keepalive_probes || self.time_wait {
             hooked.push((program::TIMER_EXPIRE_ENTRY, "timer_expire_entry"));
@@ -173,6 +184,7 @@ mod tests {
     const NEW_KERNEL: KernelVariants = KernelVariants {
         retransmit_err: true,
         send_reset_reason: true,
+        drop_reason: true,
     };
 
     fn programs(plan: &KernelPlan, kernel: KernelVariants) -> Vec<&'static str> {
@@ -190,7 +202,8 @@ mod tests {
                 program::SET_STATE_NESTED,
                 program::RETRANSMIT_ERR,
                 program::SEND_RESET,
-                program::RECEIVE_RESET
+                program::RECEIVE_RESET,
+                program::SYNACK
             ]
         );
         let flows = programs(&plan(&["flows"]), NEW_KERNEL);
@@ -212,10 +225,26 @@ mod tests {
     }
 
     #[test]
+    fn the_drop_hook_is_attached_where_drops_are_shown() {
+        assert!(programs(&plan(&["flows"]), NEW_KERNEL).contains(&program::DROP));
+        let metrics = plan(&["metrics", "--metrics", "127.0.0.1:9595"]);
+        assert!(programs(&metrics, NEW_KERNEL).contains(&program::DROP));
+        assert!(!programs(&plan(&[]), NEW_KERNEL).contains(&program::DROP));
+        let off = programs(&plan(&["flows", "--no-drops"]), NEW_KERNEL);
+        assert!(!off.contains(&program::DROP), "{off:?}");
+        let old = KernelVariants {
+            drop_reason: false,
+            ..NEW_KERNEL
+        };
+        assert!(!programs(&plan(&["flows"]), old).contains(&program::DROP));
+    }
+
+    #[test]
     fn older_kernels_get_the_older_tracepoint_programs() {
         let old = KernelVariants {
             retransmit_err: false,
             send_reset_reason: false,
+            drop_reason: false,
         };
         let names = programs(&plan(&[]), old);
         assert!(

@@ -5,13 +5,14 @@ use serde::Serialize;
 
 use super::{
     json_alert::{alert_line, WorkloadFields},
-    json_events::{flow_line, hex, retransmit_line, transition_line},
+    json_events::{drop_line, flow_line, hex, retransmit_line, transition_line},
     json_summary::{summary_line, Lost},
     Render,
 };
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process},
+    events::vitals::PacketDrop,
     host::clock::Clock,
     state::aggregate::{KernelCounters, Summary},
     state::alert::Alert,
@@ -217,6 +218,13 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.event_line()
     }
 
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        let ts_unix_ns = self.clock.unix_ns(d.ts_ns);
+        self.event_buf.clear();
+        drop_line(&mut self.event_buf, ts_unix_ns, d);
+        self.event_line()
+    }
+
     fn alert(&mut self, a: &Alert) -> io::Result<()> {
         let line = alert_line(a, self.clock.unix_ns(a.ts_ns()));
         self.line(&line)
@@ -309,6 +317,7 @@ impl<W: Write> Render for JsonPrinter<W> {
                 probes: kernel.stat(stat::LOST_PROBE),
                 time_wait: kernel.stat(stat::LOST_TIME_WAIT),
                 port_failures: kernel.stat(stat::LOST_PORT_FAILURE),
+                drops: kernel.stat(stat::LOST_DROP),
                 undecided: kernel.stat(stat::LOST_UNDECIDED),
                 missed_events: kernel.missed,
                 total: kernel.lost(),

@@ -8,6 +8,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{FlowAddrs, Process},
+    events::vitals::{FlowVitals, PacketDrop},
     host::identity::Workload,
     text::digits,
     text::stackstr::StackStr,
@@ -222,6 +223,18 @@ pub(super) fn flow_line(
     line.text("reset_reason", f.evidence.reset_sent.as_deref());
     line.number("probes", f.evidence.probes);
     line.number("rtx", f.lifecycle.retransmits);
+    vitals_fields(&mut line, f.vitals.as_ref());
+    let drops = line.key("drops");
+    drops.push(b'{');
+    for (i, (reason, n)) in f.drops.0.iter().enumerate() {
+        if i > 0 {
+            drops.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *drops, reason);
+        drops.push(b':');
+        drops.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+    }
+    drops.push(b'}');
     match &f.time_wait {
         Some(t) => {
             let mut time_wait = Object::start(line.key("time_wait"));
@@ -233,6 +246,41 @@ pub(super) fn flow_line(
         None => line.key("time_wait").extend_from_slice(b"null"),
     }
     line.name("skaddr", hex(f.skaddr).as_str());
+    line.end();
+}
+
+/// `bytes_acked`, `bytes_received`, `segs_in`, `segs_out`, `srtt_ns`, `rttvar_ns`,
+/// `min_rtt_ns`, `total_retrans`: each null without vitals (an RTT without a sample).
+fn vitals_fields(line: &mut Object, v: Option<&FlowVitals>) {
+    line.optional_number("bytes_acked", v.map(|v| v.bytes_acked));
+    line.optional_number("bytes_received", v.map(|v| v.bytes_received));
+    line.optional_number("segs_in", v.map(|v| v.segs_in));
+    line.optional_number("segs_out", v.map(|v| v.segs_out));
+    line.optional_number("srtt_ns", v.and_then(|v| v.srtt_ns));
+    line.optional_number("rttvar_ns", v.and_then(|v| v.rttvar_ns));
+    line.optional_number("min_rtt_ns", v.and_then(|v| v.min_rtt_ns));
+    line.optional_number("total_retrans", v.map(|v| v.total_retrans));
+}
+
+/// A drop line, without its newline: the packet's source and destination as it travelled.
+pub(super) fn drop_line(buf: &mut Vec<u8>, ts_unix_ns: u64, d: &PacketDrop) {
+    let mut line = Object::start(buf);
+    line.name("type", "drop");
+    line.number("ts_unix_ns", ts_unix_ns);
+    let family = if d.addrs.local.addr.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    };
+    line.name("family", family);
+    line.name("saddr", ip_text(d.addrs.local.addr).as_str());
+    line.number("sport", d.addrs.local.port);
+    line.name("daddr", ip_text(d.addrs.remote.addr).as_str());
+    line.number("dport", d.addrs.remote.port);
+    line.text("reason", Some(&d.reason));
+    line.name("tcp_flags", &d.flags_text());
+    line.number("netns", d.netns);
+    line.name("skaddr", hex(d.skaddr).as_str());
     line.end();
 }
 
@@ -249,6 +297,7 @@ pub(super) fn retransmit_line(buf: &mut Vec<u8>, ts_unix_ns: u64, r: &Retransmit
     line.name("state", r.state.name());
     line.optional_number("err", r.err);
     line.boolean("untracked", r.untracked);
+    line.boolean("synack", r.synack);
     line.name("skaddr", hex(r.skaddr).as_str());
     line.end();
 }

@@ -11,6 +11,7 @@ pub(super) struct Lost {
     pub(super) probes: u64,
     pub(super) time_wait: u64,
     pub(super) port_failures: u64,
+    pub(super) drops: u64,
     pub(super) undecided: u64,
     pub(super) missed_events: u64,
     pub(super) total: u64,
@@ -100,6 +101,29 @@ struct SummaryLine {
     time_wait: Option<TimeWaitSummaryLine>,
     /// `{accept_queue_full, other_drops, syncookies_sent}` where listeners were watched.
     listen: Option<crate::state::listeners::ListenTotals>,
+    /// TCP packets the kernel dropped, and by reason (the reasons of those decoded).
+    drops: u64,
+    drops_by_reason: std::collections::BTreeMap<String, u64>,
+    synack_retransmits: u64,
+    /// Bytes and RTT of the flows whose vitals were read at CLOSE.
+    vitals: Option<VitalsSummaryLine>,
+}
+
+#[derive(Serialize)]
+struct VitalsSummaryLine {
+    flows: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    srtt: Option<HeldQuantiles>,
+}
+
+fn quantiles([p50, p90, p99, max]: [u64; 4]) -> HeldQuantiles {
+    HeldQuantiles {
+        p50_ns: p50,
+        p90_ns: p90,
+        p99_ns: p99,
+        max_ns: max,
+    }
 }
 
 pub(super) fn summary_line(s: &Summary) -> impl Serialize {
@@ -147,6 +171,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
             probes: s.lost_probes,
             time_wait: s.lost_time_wait,
             port_failures: s.lost_port_failures,
+            drops: s.lost_drops,
             undecided: s.lost_undecided,
             missed_events: s.missed_events,
             total: s.lost(),
@@ -161,17 +186,29 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         filtered_events: s.filtered_events,
         filters: s.filters.clone(),
         listen: s.listen,
+        drops: s.drops,
+        drops_by_reason: s
+            .packets
+            .iter()
+            .flat_map(|p| p.drops_by_reason.iter().cloned())
+            .collect(),
+        synack_retransmits: s.synack_retransmits,
+        vitals: s
+            .packets
+            .as_ref()
+            .filter(|p| p.flows_with_vitals > 0)
+            .map(|p| VitalsSummaryLine {
+                flows: p.flows_with_vitals,
+                bytes_acked: p.bytes_acked,
+                bytes_received: p.bytes_received,
+                srtt: p.srtt_ns.map(quantiles),
+            }),
         time_wait: s.time_wait.as_ref().map(|tw| TimeWaitSummaryLine {
             entered: tw.entered,
             client_side: tw.client_side,
             server_side: tw.server_side,
             ends: tw.ends.iter().map(|(e, n)| (e.name(), *n)).collect(),
-            held: tw.held.map(|[p50, p90, p99, max]| HeldQuantiles {
-                p50_ns: p50,
-                p90_ns: p90,
-                p99_ns: p99,
-                max_ns: max,
-            }),
+            held: tw.held.map(quantiles),
             top_destinations: tw
                 .top_destinations
                 .iter()

@@ -11,6 +11,7 @@ use crate::{
         consumer::{Consumer, End, Wants},
         decode::{Retransmit, Transition},
         dispatch::is_broken_pipe,
+        vitals::PacketDrop,
     },
     host::clock::Clock,
     output::{JsonPrinter, Printer, Render, TextPrinter},
@@ -26,6 +27,8 @@ pub struct LinePrinter<W: Write> {
     transitions: bool,
     flows: bool,
     retransmits: bool,
+    /// Dropped packets on lines of their own (`all`; `flows` shows them on the flow's line).
+    drops: bool,
     alerts: bool,
     forecast: bool,
     /// Standard output was closed: nothing more is written.
@@ -74,6 +77,7 @@ impl<W: Write> LinePrinter<W> {
             transitions: config.shows_transitions(),
             flows: config.shows_flows(),
             retransmits: config.shows_retransmits(),
+            drops: config.mode == Mode::All,
             alerts: config.shows_alerts(),
             // The gauges' forecast (timewait), and its alerts where alerts are shown.
             forecast: config.gauge_interval().is_some() || config.shows_alerts(),
@@ -123,6 +127,13 @@ impl<W: Write> Consumer for LinePrinter<W> {
         match f {
             Finished::Flow(f) => self.write(|p| p.flow(f)),
             Finished::Orphan(t) => self.write(|p| p.time_wait(t)),
+        }
+    }
+
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        match self.drops {
+            true => self.write(|p| p.packet_drop(d)),
+            false => Ok(()),
         }
     }
 

@@ -290,6 +290,7 @@ impl Metrics {
             (stat::LOST_PROBE, "ring_full_probe"),
             (stat::LOST_TIME_WAIT, "ring_full_time_wait"),
             (stat::LOST_PORT_FAILURE, "ring_full_port_failure"),
+            (stat::LOST_DROP, "ring_full_drop"),
             (stat::LOST_UNDECIDED, "flow_table_full_undecided"),
         ] {
             add(index, &self.lost.get_or_create(&Reason { reason }));

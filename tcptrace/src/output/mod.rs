@@ -22,6 +22,7 @@ pub use text::TextPrinter;
 
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
+    events::vitals::PacketDrop,
     state::aggregate::{KernelCounters, Summary},
     state::alert::Alert,
     state::forecast::TimeWaitView,
@@ -34,6 +35,7 @@ pub trait Render {
     fn transition(&mut self, t: &Transition) -> io::Result<()>;
     fn flow(&mut self, f: &FinishedFlow) -> io::Result<()>;
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()>;
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()>;
     fn alert(&mut self, a: &Alert) -> io::Result<()>;
     /// `now_ns` is kernel time.
     fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()>;
@@ -72,6 +74,12 @@ impl<W: Write> Render for Printer<W> {
         match self {
             Printer::Text(p) => p.retransmit(r),
             Printer::Json(p) => p.retransmit(r),
+        }
+    }
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.packet_drop(d),
+            Printer::Json(p) => p.packet_drop(d),
         }
     }
     fn alert(&mut self, a: &Alert) -> io::Result<()> {

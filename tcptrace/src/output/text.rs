@@ -11,7 +11,8 @@ use super::{
 };
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::FlowAddrs,
+    events::model::{CloseSide, FlowAddrs},
+    events::vitals::{human_bytes, PacketDrop},
     host::clock::{human_duration, Clock, HumanDuration},
     host::identity::Workload,
     state::aggregate::{KernelCounters, Summary},
@@ -35,6 +36,7 @@ enum Kind {
     State,
     Flow,
     Rtx,
+    Drop,
     Alert,
 }
 
@@ -162,6 +164,7 @@ impl<W: Write> TextPrinter<W> {
                 Kind::State => "state",
                 Kind::Flow => "flow ",
                 Kind::Rtx => "rtx  ",
+                Kind::Drop => "drop ",
                 Kind::Alert => "alert",
             };
             return write!(self.out, "{tag} ");
@@ -187,6 +190,11 @@ impl<W: Write> TextPrinter<W> {
                 self.out,
                 "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
                 "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
+            ),
+            Kind::Drop => writeln!(
+                self.out,
+                "{:<15} {:<lw$} > {:<rw$} {:<11} REASON",
+                "TIME", "SOURCE", "DESTINATION", "TCP_FLAGS"
             ),
             Kind::Alert => writeln!(
                 self.out,
@@ -269,8 +277,38 @@ impl<W: Write> Render for TextPrinter<W> {
         }
         self.line.push_str(" rtx=");
         number(&mut self.line, f.lifecycle.retransmits).map_err(fmt_failed)?;
+        // A listener carries no bytes of its own.
+        if let Some(v) = f.vitals.as_ref().filter(|_| f.close != CloseSide::Listener) {
+            let rtt = v
+                .srtt_ns
+                .map_or("-".into(), |ns| held(Some(ns)).text().as_str().to_string());
+            write!(
+                self.line,
+                " tx={} rx={} rtt={rtt}",
+                human_bytes(v.bytes_acked),
+                human_bytes(v.bytes_received)
+            )
+            .map_err(fmt_failed)?;
+        }
+        if !f.drops.is_empty() {
+            write!(self.line, " drops={}", f.drops.text()).map_err(fmt_failed)?;
+        }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
+    }
+
+    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+        let (source, destination, _) = self.prepare(Kind::Drop, &d.addrs, None)?;
+        let (lw, rw) = (self.local_width, self.remote_width);
+        writeln!(
+            self.out,
+            "{:<15} {:<lw$} > {:<rw$} {:<11} {}",
+            self.clock.time_of_day(d.ts_ns),
+            source.as_str(),
+            destination.as_str(),
+            d.flags_text(),
+            d.reason,
+        )
     }
 
     fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {

@@ -55,7 +55,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     )?;
     writeln!(
         o,
-        "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}, port failures {}; \
+        "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}, port failures {}, drops {}; \
          held first transitions (flow table full) {}; events the kernel skipped: {}); \
          read errors {}, decode errors {}, path gaps {}, stale flows {}",
         s.lost(),
@@ -65,6 +65,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
         s.lost_probes,
         s.lost_time_wait,
         s.lost_port_failures,
+        s.lost_drops,
         s.lost_undecided,
         s.missed_events,
         s.read_errors,
@@ -89,6 +90,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             l.syncookies_sent
         )?;
     }
+    write_packets(o, s)?;
     if s.port_failures > 0 {
         writeln!(
             o,
@@ -155,6 +157,52 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
                 human_duration(d.p99_ns),
                 human_duration(d.max_ns)
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops by reason, SYN-ACK retransmits, and the bytes and RTT of the flows read at CLOSE.
+fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    let Some(p) = &s.packets else {
+        return Ok(());
+    };
+    if s.drops > 0 || s.synack_retransmits > 0 {
+        let reasons: Vec<String> = p
+            .drops_by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        writeln!(
+            o,
+            "drops: {} TCP packets dropped by this host ({}); SYN-ACK retransmits {}",
+            s.drops,
+            if reasons.is_empty() {
+                "-".into()
+            } else {
+                reasons.join(", ")
+            },
+            s.synack_retransmits
+        )?;
+    }
+    if p.flows_with_vitals > 0 {
+        write!(
+            o,
+            "vitals: {} flows sent {} and received {}",
+            p.flows_with_vitals,
+            crate::events::vitals::human_bytes(p.bytes_acked),
+            crate::events::vitals::human_bytes(p.bytes_received)
+        )?;
+        match p.srtt_ns {
+            Some([p50, p90, p99, max]) => writeln!(
+                o,
+                "; RTT at close p50 {} p90 {} p99 {} max {}",
+                HumanDuration(p50),
+                HumanDuration(p90),
+                HumanDuration(p99),
+                HumanDuration(max)
+            )?,
+            None => writeln!(o)?,
         }
     }
     Ok(())

@@ -64,6 +64,7 @@ impl KernelCounters {
             + self.stat(stat::LOST_PROBE)
             + self.stat(stat::LOST_TIME_WAIT)
             + self.stat(stat::LOST_PORT_FAILURE)
+            + self.stat(stat::LOST_DROP)
             + self.stat(stat::LOST_UNDECIDED)
             + self.missed
     }
@@ -279,6 +280,10 @@ impl Aggregator {
             time_wait: None,
             listen: None,
             time_wait_preexisting: 0,
+            drops: kernel.stat(stat::DROPS),
+            lost_drops: kernel.stat(stat::LOST_DROP),
+            synack_retransmits: kernel.stat(stat::SYNACK_RETRANSMITS),
+            packets: None,
         }
     }
 }
@@ -389,6 +394,13 @@ pub struct Summary {
     pub listen: Option<crate::state::listeners::ListenTotals>,
     /// Sockets already in TIME_WAIT when tracing started.
     pub time_wait_preexisting: u64,
+    /// TCP packets the kernel dropped (counted in the kernel), their records lost, and SYN-ACKs
+    /// listeners sent again.
+    pub drops: u64,
+    pub lost_drops: u64,
+    pub synack_retransmits: u64,
+    /// Drops by reason, bytes and RTT of the flows decoded.
+    pub packets: Option<crate::state::packets::PacketSummary>,
 }
 
 impl Summary {
@@ -399,6 +411,7 @@ impl Summary {
             + self.lost_probes
             + self.lost_time_wait
             + self.lost_port_failures
+            + self.lost_drops
             + self.lost_undecided
             + self.missed_events
     }

@@ -193,6 +193,12 @@ impl<'a> Alert<'a> {
                 if f.evidence.err != 0 {
                     text.push_str(&format!("; error {}", f.evidence.err));
                 }
+                if !f.drops.is_empty() {
+                    text.push_str(&format!("; dropped on this host: {}", f.drops.text()));
+                    if f.drops.0.iter().any(|(r, _)| r == "NETFILTER_DROP") {
+                        text.push_str(" (this host's firewall)");
+                    }
+                }
                 text
             }
             Alert::FinRetransmit(r) => format!(

@@ -8,5 +8,6 @@ pub mod forecast;
 pub mod idle;
 pub mod keepalive;
 pub mod listeners;
+pub mod packets;
 pub mod port_failures;
 pub mod timewait;

@@ -23,8 +23,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    record_kind, FlowEndEvent, FlowState, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
-    TimeWaitEvent, TransitionEvent, RECORD_LAYOUT_VERSION,
+    record_kind, DropEvent, FlowEndEvent, FlowState, KeepaliveProbeEvent, PortFailureEvent,
+    RetransmitEvent, TimeWaitEvent, TransitionEvent, RECORD_LAYOUT_VERSION,
 };
 
 use crate::{
@@ -63,6 +63,9 @@ pub struct Layout {
     /// Absent (0) before layout 3.
     #[serde(default)]
     pub port_failure: u32,
+    /// Absent (0) before layout 5.
+    #[serde(default)]
+    pub drop: u32,
 }
 
 impl Layout {
@@ -77,12 +80,24 @@ impl Layout {
             keepalive_probe: size(size_of::<KeepaliveProbeEvent>()),
             time_wait: size(size_of::<TimeWaitEvent>()),
             port_failure: size(size_of::<PortFailureEvent>()),
+            drop: size(size_of::<DropEvent>()),
         }
     }
 
-    /// Layout 3: every record as this build's, without the owner's cgroup id (8 bytes less
-    /// each, inside the flow in a flow record). Still read: its records are widened as they
-    /// are read (cgroup 0: unknown).
+    /// Layout 4: as this build's, with flow records that end before the vitals (layout 5's
+    /// drop records did not exist). Still read: its flows are widened (no vitals).
+    pub fn version_4() -> Layout {
+        Layout {
+            version: 4,
+            flow_end: V4_FLOW_END as u32,
+            drop: 0,
+            ..Layout::this_build()
+        }
+    }
+
+    /// Layout 3: as layout 4, without the owner's cgroup id (8 bytes less each record,
+    /// inside the flow in a flow record). Still read: its records are widened as they are
+    /// read (cgroup 0: unknown).
     pub fn version_3() -> Layout {
         Layout {
             version: 3,
@@ -91,7 +106,7 @@ impl Layout {
             retransmit: V3_RETRANSMIT as u32,
             keepalive_probe: V3_KEEPALIVE_PROBE as u32,
             port_failure: V3_PORT_FAILURE as u32,
-            ..Layout::this_build()
+            ..Layout::version_4()
         }
     }
 
@@ -118,6 +133,7 @@ impl Layout {
     fn readable(&self) -> bool {
         [
             Layout::this_build(),
+            Layout::version_4(),
             Layout::version_3(),
             Layout::version_2(),
             Layout::version_1(),
@@ -131,7 +147,9 @@ const V3_TRANSITION: usize = std::mem::offset_of!(TransitionEvent, cgroup);
 const V3_RETRANSMIT: usize = std::mem::offset_of!(RetransmitEvent, cgroup);
 const V3_KEEPALIVE_PROBE: usize = std::mem::offset_of!(KeepaliveProbeEvent, cgroup);
 const V3_PORT_FAILURE: usize = std::mem::offset_of!(PortFailureEvent, cgroup);
-const V3_FLOW_END: usize = size_of::<FlowEndEvent>() - 8;
+const V3_FLOW_END: usize = V4_FLOW_END - 8;
+/// A flow record's size before layout 5 appended the vitals.
+const V4_FLOW_END: usize = std::mem::offset_of!(FlowEndEvent, vitals);
 /// Where a flow record's cgroup id lies (before layout 4, the keepalive settings began there).
 pub(super) const FLOW_END_CGROUP: usize =
     std::mem::offset_of!(FlowEndEvent, flow) + std::mem::offset_of!(FlowState, cgroup);
@@ -141,6 +159,8 @@ const _: () = assert!(
         && V3_KEEPALIVE_PROBE == 104
         && V3_PORT_FAILURE == 64
         && V3_FLOW_END == 200
+        && V4_FLOW_END == 208
+        && V4_FLOW_END + size_of::<tcptrace_common::Vitals>() == size_of::<FlowEndEvent>()
         && FLOW_END_CGROUP + 8 == std::mem::offset_of!(FlowEndEvent, keepalive)
 );
 
@@ -149,13 +169,36 @@ const V1_TIME_WAIT: usize = std::mem::offset_of!(TimeWaitEvent, netns);
 const _: () = assert!(V1_TIME_WAIT == 64);
 
 /// A record of an older layout widened to this build's: the fields added since are 0 (the
-/// namespace of a layout-1 TIME_WAIT, the cgroup before layout 4). Records already of this
-/// build's size are handed back untouched.
+/// namespace of a layout-1 TIME_WAIT, the cgroup before layout 4, a flow's vitals before
+/// layout 5, with its `close_flags::VITALS` clear). Records already of this build's size are
+/// handed back untouched.
 fn widen_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    let Some(kind) = record
+    if kind_of(record) == Some(record_kind::FLOW_END)
+        && (record.len() == V3_FLOW_END || record.len() == V4_FLOW_END)
+    {
+        scratch.clear();
+        if record.len() == V3_FLOW_END {
+            scratch.extend_from_slice(&record[..FLOW_END_CGROUP]);
+            scratch.resize(FLOW_END_CGROUP + 8, 0);
+            scratch.extend_from_slice(&record[FLOW_END_CGROUP..]);
+        } else {
+            scratch.extend_from_slice(record);
+        }
+        scratch.resize(size_of::<FlowEndEvent>(), 0);
+        return scratch;
+    }
+    widen_other(record, scratch)
+}
+
+fn kind_of(record: &[u8]) -> Option<u32> {
+    record
         .get(..4)
         .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
-    else {
+}
+
+/// [`widen_record`] for records that gained one field in one place.
+fn widen_other<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let Some(kind) = kind_of(record) else {
         return record;
     };
     let (old, new, insert_at) = match kind {
@@ -172,7 +215,6 @@ fn widen_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
             size_of::<PortFailureEvent>(),
             V3_PORT_FAILURE,
         ),
-        record_kind::FLOW_END => (V3_FLOW_END, size_of::<FlowEndEvent>(), FLOW_END_CGROUP),
         _ => return record,
     };
     if record.len() != old {
@@ -202,6 +244,9 @@ pub struct RecordingHeader {
     pub keepalive_sysctls: [Option<u64>; 3],
     /// The kernel's reset reasons (enum sk_rst_reason), by value.
     pub reset_reasons: Vec<(u32, String)>,
+    /// The kernel's drop reasons (enum skb_drop_reason), by value; absent before layout 5.
+    #[serde(default)]
+    pub drop_reasons: Vec<(u32, String)>,
     /// The recorder's own namespace's usable ephemeral ports (what layout-1 recordings
     /// forecast with).
     pub usable_ports: Option<u32>,

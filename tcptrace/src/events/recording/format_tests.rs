@@ -12,6 +12,7 @@ pub fn header() -> RecordingHeader {
         hz: Some(250),
         keepalive_sysctls: [Some(7200), Some(75), Some(9)],
         reset_reasons: vec![(15, "TCP_KEEPALIVE_TIMEOUT".into())],
+        drop_reasons: vec![(12, "SKB_DROP_REASON_NETFILTER_DROP".into())],
         usable_ports: Some(28_232),
         namespaces: Vec::new(),
         filters: None,
@@ -290,10 +291,31 @@ fn layout_3_recordings_are_read_with_cgroup_zero() {
     );
     assert_eq!(&f[..FLOW_END_CGROUP], &flow_end[..FLOW_END_CGROUP]);
     assert_eq!(
-        &f[FLOW_END_CGROUP + 8..],
+        &f[FLOW_END_CGROUP + 8..V4_FLOW_END],
         &flow_end[FLOW_END_CGROUP..],
         "the keepalive settings move along"
     );
+    assert_eq!(&f[V4_FLOW_END..], &[0; 40], "no vitals");
+}
+
+#[test]
+fn layout_4_flows_are_read_without_vitals() {
+    let mut old = header();
+    old.layout = Layout::version_4();
+    let mut bytes = Vec::new();
+    write_header(&mut bytes, &old).expect("in memory");
+    let mut flow_end = vec![0x22u8; V4_FLOW_END];
+    flow_end[..4].copy_from_slice(&record_kind::FLOW_END.to_ne_bytes());
+    write_frame(&mut bytes, frame::RECORD, &flow_end).expect("in memory");
+    write_frame(&mut bytes, frame::END, &[]).expect("in memory");
+    let (h, frames) = read_all(&bytes).expect("layout 4 is read");
+    assert_eq!(h.layout.version, 4);
+    let Read::Record(f) = &frames[0] else {
+        panic!("a record: {frames:?}")
+    };
+    assert_eq!(f.len(), size_of::<FlowEndEvent>());
+    assert_eq!(&f[..V4_FLOW_END], &flow_end[..]);
+    assert_eq!(&f[V4_FLOW_END..], &[0; 40], "the vitals are appended, 0");
 }
 
 #[test]

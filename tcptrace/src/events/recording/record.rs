@@ -151,6 +151,7 @@ fn header(
         hz: host.hz,
         keepalive_sysctls: host.keepalive_sysctls,
         reset_reasons: tracer.reset_reasons.clone(),
+        drop_reasons: tracer.drop_reasons.clone(),
         usable_ports: namespaces
             .iter()
             .find(|ns| ns.own)

@@ -74,7 +74,8 @@ fn render<C: Consumer>(
     consumer: &mut C,
 ) -> Result<()> {
     let header = reader.header.clone();
-    let host = HostFacts::recorded(header.hz, header.keepalive_sysctls, &header.reset_reasons);
+    let host = HostFacts::recorded(header.hz, header.keepalive_sysctls, &header.reset_reasons)
+        .with_drop_reasons(&header.drop_reasons);
     let mut dispatch = Dispatcher::new(host, consumer.wants(), config.traces_time_wait());
     let mut counters = KernelCounters::default();
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
@@ -131,6 +132,7 @@ fn render<C: Consumer>(
         if config.traces_time_wait() && header.time_wait {
             summary.time_wait = Some(dispatch.tw.summary());
         }
+        summary.packets = Some(dispatch.packets.summary());
         summary
     });
     consumer.finish(&End {

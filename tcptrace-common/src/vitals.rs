@@ -1,0 +1,55 @@
+//! What a socket carried and how its path behaved, read from `tcp_sock` at CLOSE; and the
+//! packets the kernel dropped, with its reason.
+use crate::Tuple;
+
+/// A flow's vitals at CLOSE, as the kernel keeps them (`tcp_sock`), valid with
+/// [`crate::close_flags::VITALS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vitals {
+    /// Bytes of ours the peer acknowledged (`bytes_acked`).
+    pub bytes_acked: u64,
+    /// Bytes received in order (`bytes_received`).
+    pub bytes_received: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    /// Smoothed RTT, µs << 3, as the kernel keeps it (0: no sample).
+    pub srtt_us: u32,
+    /// RTT mean deviation, µs << 2, as the kernel keeps it.
+    pub mdev_us: u32,
+    /// The windowed minimum RTT, µs (`u32::MAX`: no sample).
+    pub min_rtt_us: u32,
+    /// Segments retransmitted over the socket's life (`total_retrans`).
+    pub total_retrans: u32,
+}
+const _: () = assert!(core::mem::size_of::<Vitals>() == 40);
+
+/// A TCP packet the kernel dropped (`skb:kfree_skb`), with its reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    pub kind: u32,
+    /// The kernel's `enum skb_drop_reason` value (names differ between kernels: userspace
+    /// reads them from BTF).
+    pub reason: u32,
+    pub ts_ns: u64,
+    /// The full socket the packet belonged to (0: none yet, e.g. a SYN dropped on input; or
+    /// a request or timewait socket's).
+    pub skaddr: u64,
+    /// The packet's addresses as it travelled: source first.
+    pub tuple: Tuple,
+    /// The namespace of the socket, or of the device, that dropped it (0: unknown).
+    pub netns: u32,
+    /// The TCP flags of the packet (`th->flags` byte: FIN 1, SYN 2, RST 4, ACK 16).
+    pub tcp_flags: u8,
+    /// Bits of [`drop_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 72);
+
+/// Bits of [`DropEvent::flags`].
+pub mod drop_flags {
+    /// The packet was IPv6.
+    pub const IPV6: u8 = 1 << 0;
+}

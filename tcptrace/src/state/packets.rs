@@ -1,0 +1,186 @@
+//! What lies beside the state machine, per flow: the packets the kernel dropped and the
+//! SYN-ACKs a listener sent again, joined to the flow they belong to when it ends; and the
+//! bytes and RTT finished flows carried, summed up for the summary.
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+
+use crate::events::{
+    decode::{FinishedFlow, Retransmit},
+    model::{Endpoint, FlowAddrs},
+    vitals::{DropTally, PacketDrop},
+};
+
+/// Flows with marks waiting for their end, at most; beyond, new marks are not kept (counted).
+pub const MAX_MARKED_FLOWS: usize = 65_536;
+/// Marks of a flow whose end has not come this long after its last mark are forgotten (a
+/// packet to a closed port has no flow; a flow older than the tracer may outlive it).
+const MARK_TTL_NS: u64 = 600 * 1_000_000_000;
+
+/// Whose marks: a socket's (a packet that carried its socket: the flow's own); a flow's two
+/// endpoints, the same whichever way its packets travel (a packet with no socket yet, e.g. a
+/// SYN dropped on input); or a handshake's, claimed only by the accepting side's flow (a
+/// SYN-ACK sent again before the child existed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MarkKey {
+    Socket(u64),
+    Endpoints(Endpoint, Endpoint),
+    Handshake(Endpoint, Endpoint),
+}
+
+fn key_of(addrs: &FlowAddrs) -> MarkKey {
+    if addrs.local <= addrs.remote {
+        MarkKey::Endpoints(addrs.local, addrs.remote)
+    } else {
+        MarkKey::Endpoints(addrs.remote, addrs.local)
+    }
+}
+
+/// A listener's handshake, ours first.
+fn handshake_of(addrs: &FlowAddrs) -> MarkKey {
+    MarkKey::Handshake(addrs.local, addrs.remote)
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    drops: DropTally,
+    synacks: u16,
+    last_ns: u64,
+}
+
+/// Drops and SYN-ACK retransmits by flow, until the flow ends; and their totals.
+#[derive(Debug, Default)]
+pub struct PacketLedger {
+    marks: HashMap<MarkKey, Marks>,
+    /// Every drop seen, by reason.
+    by_reason: BTreeMap<String, u64>,
+    /// Marks not kept: the ledger was full.
+    overflowed: u64,
+    /// Marks forgotten: no flow end came for them (drops of packets with no flow).
+    unclaimed: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    /// Smoothed RTT at close, µs, of the flows that had a sample.
+    srtt_us: Option<Histogram<u64>>,
+    flows_with_vitals: u64,
+}
+
+/// The summary's lines about packets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacketSummary {
+    pub drops_by_reason: Vec<(String, u64)>,
+    pub drops_overflowed: u64,
+    pub flows_with_vitals: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// p50, p90, p99 and max of the smoothed RTT at close, ns.
+    pub srtt_ns: Option<[u64; 4]>,
+}
+
+impl PacketLedger {
+    fn marks_of(&mut self, key: MarkKey, ts_ns: u64) -> Option<&mut Marks> {
+        if self.marks.len() >= MAX_MARKED_FLOWS && !self.marks.contains_key(&key) {
+            self.overflowed += 1;
+            return None;
+        }
+        let marks = self.marks.entry(key).or_default();
+        marks.last_ns = marks.last_ns.max(ts_ns);
+        Some(marks)
+    }
+
+    /// A packet dropped: counted, and kept for its flow.
+    pub fn dropped(&mut self, d: &PacketDrop) {
+        match self.by_reason.get_mut(&d.reason) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_reason.insert(d.reason.clone(), 1);
+            }
+        }
+        let key = match d.skaddr {
+            0 => key_of(&d.addrs),
+            sk => MarkKey::Socket(sk),
+        };
+        if let Some(marks) = self.marks_of(key, d.ts_ns) {
+            marks.drops.add(&d.reason, 1);
+        }
+    }
+
+    /// A SYN-ACK sent again: kept for the child's flow.
+    pub fn synack(&mut self, r: &Retransmit) {
+        if let Some(marks) = self.marks_of(handshake_of(&r.addrs), r.ts_ns) {
+            marks.synacks = marks.synacks.saturating_add(1);
+        }
+    }
+
+    /// A flow ended: its drops join it, and an accepted flow counts its listener's SYN-ACK
+    /// retransmits in SYN_RECV. Its vitals are summed up.
+    pub fn flow_ended(&mut self, f: &mut FinishedFlow) {
+        if let Some(v) = &f.vitals {
+            self.flows_with_vitals += 1;
+            self.bytes_acked = self.bytes_acked.saturating_add(v.bytes_acked);
+            self.bytes_received = self.bytes_received.saturating_add(v.bytes_received);
+            if let Some(srtt) = v.srtt_ns {
+                // 1 µs to an hour (a saturated value is kept at the top).
+                let h = self.srtt_us.get_or_insert_with(|| {
+                    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
+                });
+                h.saturating_record((srtt / 1_000).max(1));
+            }
+        }
+        if self.marks.is_empty() {
+            return;
+        }
+        let own = self.marks.remove(&MarkKey::Socket(f.skaddr));
+        let by_endpoints = self.marks.remove(&key_of(&f.addrs));
+        let handshake = match f.lifecycle.accepted() {
+            true => self.marks.remove(&handshake_of(&f.addrs)),
+            false => None,
+        };
+        let mut synacks = 0;
+        for marks in [own, by_endpoints, handshake].into_iter().flatten() {
+            for (reason, n) in marks.drops.0 {
+                f.drops.add(&reason, n);
+            }
+            synacks += marks.synacks;
+        }
+        if let Some(first) = f.lifecycle.path.first_mut().filter(|_| synacks > 0) {
+            first.retransmits = first.retransmits.saturating_add(synacks);
+            f.lifecycle.retransmits = f.lifecycle.retransmits.saturating_add(u32::from(synacks));
+        }
+    }
+
+    /// Once a second: marks no flow end came for within [`MARK_TTL_NS`] are forgotten.
+    pub fn expire(&mut self, now_ns: u64) {
+        let before = self.marks.len();
+        self.marks
+            .retain(|_, m| now_ns.saturating_sub(m.last_ns) < MARK_TTL_NS);
+        self.unclaimed += (before - self.marks.len()) as u64;
+    }
+
+    pub fn summary(&self) -> PacketSummary {
+        PacketSummary {
+            drops_by_reason: self
+                .by_reason
+                .iter()
+                .map(|(r, &n)| (r.clone(), n))
+                .collect(),
+            drops_overflowed: self.overflowed,
+            flows_with_vitals: self.flows_with_vitals,
+            bytes_acked: self.bytes_acked,
+            bytes_received: self.bytes_received,
+            srtt_ns: self.srtt_us.as_ref().map(|h| {
+                [0.5, 0.9, 0.99]
+                    .map(|q| h.value_at_quantile(q) * 1_000)
+                    .into_iter()
+                    .chain([h.max() * 1_000])
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap_or([0; 4])
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "packets_tests.rs"]
+mod tests;

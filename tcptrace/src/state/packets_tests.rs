@@ -1,0 +1,119 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::events::{
+    decode::tests::finished,
+    model::TcpState,
+    model::{Endpoint, FlowAddrs},
+    vitals::FlowVitals,
+};
+
+fn addrs(local: u16, remote: u16) -> FlowAddrs {
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    FlowAddrs {
+        local: Endpoint::new(ip, local),
+        remote: Endpoint::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), remote),
+    }
+}
+
+fn drop_of(addrs: FlowAddrs, reason: &str, ts_ns: u64) -> PacketDrop {
+    PacketDrop {
+        ts_ns,
+        skaddr: 0,
+        addrs,
+        reason: reason.into(),
+        netns: 1,
+        tcp_flags: 2,
+    }
+}
+
+#[test]
+fn drops_join_their_flow_whichever_way_the_packet_went() {
+    let mut ledger = PacketLedger::default();
+    let flow = addrs(40000, 80);
+    let incoming = FlowAddrs {
+        local: flow.remote,
+        remote: flow.local,
+    };
+    ledger.dropped(&drop_of(flow, "NETFILTER_DROP", 1));
+    ledger.dropped(&drop_of(incoming, "NETFILTER_DROP", 2));
+    ledger.dropped(&drop_of(addrs(40001, 80), "NO_SOCKET", 3));
+    let mut f = finished(flow);
+    ledger.flow_ended(&mut f);
+    assert_eq!(f.drops.text(), "NETFILTER_DROP:2");
+    let s = ledger.summary();
+    assert_eq!(
+        s.drops_by_reason,
+        [
+            ("NETFILTER_DROP".to_string(), 2),
+            ("NO_SOCKET".to_string(), 1)
+        ]
+    );
+    // The other flow's mark is forgotten when no end comes for it.
+    ledger.expire(3 + MARK_TTL_NS);
+    assert_eq!((ledger.marks.len(), ledger.unclaimed), (0, 1));
+}
+
+#[test]
+fn synack_retransmits_count_in_the_childs_syn_recv() {
+    let mut ledger = PacketLedger::default();
+    let flow = addrs(80, 40000);
+    let r = Retransmit {
+        ts_ns: 1,
+        skaddr: 9,
+        state: TcpState::SynRecv,
+        addrs: flow,
+        owner: None,
+        workload: Default::default(),
+        err: None,
+        untracked: false,
+        synack: true,
+    };
+    ledger.synack(&r);
+    ledger.synack(&r);
+    // The client's flow, ending first on this host, does not take them.
+    let mut client = finished(FlowAddrs {
+        local: flow.remote,
+        remote: flow.local,
+    });
+    ledger.flow_ended(&mut client);
+    assert_eq!(client.lifecycle.path[0].retransmits, 0);
+    let mut f = finished(flow);
+    f.lifecycle.path[0].state = TcpState::SynRecv;
+    let before = f.lifecycle.retransmits;
+    ledger.flow_ended(&mut f);
+    assert_eq!(f.lifecycle.path[0].retransmits, 2);
+    assert_eq!(f.lifecycle.retransmits, before + 2);
+}
+
+#[test]
+fn vitals_are_summed_and_the_ledger_is_bounded() {
+    let mut ledger = PacketLedger::default();
+    for i in 0..3u64 {
+        let mut f = finished(addrs(40000 + i as u16, 80));
+        f.vitals = Some(FlowVitals {
+            bytes_acked: 1000,
+            bytes_received: 10,
+            srtt_ns: Some((i + 1) * 1_000_000),
+            ..FlowVitals::default()
+        });
+        ledger.flow_ended(&mut f);
+    }
+    let s = ledger.summary();
+    assert_eq!(
+        (s.flows_with_vitals, s.bytes_acked, s.bytes_received),
+        (3, 3000, 30)
+    );
+    let [p50, _, _, max] = s.srtt_ns.expect("RTT samples");
+    assert!((1_990_000..=2_010_000).contains(&p50), "{p50}");
+    assert!((2_990_000..=3_010_000).contains(&max), "{max}");
+    for i in 0..MAX_MARKED_FLOWS as u32 + 10 {
+        let a = FlowAddrs {
+            local: Endpoint::new(IpAddr::V4(Ipv4Addr::from(i)), 1),
+            remote: Endpoint::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 2),
+        };
+        ledger.dropped(&drop_of(a, "TCP_CLOSE", 1));
+    }
+    assert_eq!(ledger.marks.len(), MAX_MARKED_FLOWS);
+    assert_eq!(ledger.summary().drops_overflowed, 10);
+}
