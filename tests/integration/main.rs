@@ -25,3 +25,4 @@ mod socket_storage;
 mod support;
 mod timewait;
 mod top;
+mod vitals;

@@ -75,6 +75,9 @@ pub(super) struct AlertLine<'a> {
     err: Option<u8>,
     reset_reason: Option<&'a str>,
     skaddr: Hex,
+    /// A closed flow's packets this host dropped, by reason (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drops: Option<std::collections::BTreeMap<&'a str, u32>>,
     /// The forecast, for `port_exhaustion` alerts, and for `connect_failure` ones what it
     /// said toward the destination (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +189,12 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
         }),
         _ => None,
     };
+    let drops = match a {
+        Alert::Closed(f) if !f.drops.is_empty() => {
+            Some(f.drops.0.iter().map(|(r, n)| (r.as_str(), *n)).collect())
+        }
+        _ => None,
+    };
     AlertLine {
         r#type: "alert",
         kind: a.kind(),
@@ -204,6 +213,7 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
         err,
         reset_reason,
         skaddr: Hex(skaddr_raw),
+        drops,
         forecast,
         port_failure,
         listen,

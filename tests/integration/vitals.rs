@@ -1,0 +1,316 @@
+//! Beside the state machine, staged between two namespaces: a flow's bytes and RTT (a token
+//! bucket makes the RTT by queueing: this kernel has no netem), packets dropped by iptables
+//! with the kernel's reason, and SYN-ACKs a listener sends again.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{netns::NetnsPair, support::Tracer};
+
+const SENT: usize = 300_000;
+const ANSWER: usize = 1_000;
+
+/// The drops of a flow record, by reason.
+fn drops(flow: &Value, reason: &str) -> u64 {
+    flow["drops"][reason].as_u64().unwrap_or(0)
+}
+
+fn set_syn_count(stream_fd: i32, count: i32) {
+    // SAFETY: setsockopt on an open socket with an int.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream_fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const count).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_SYNCNT");
+}
+
+#[test]
+fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
+    let pair = NetnsPair::new();
+    // The client's side queues what it sends: 2 Mbit/s, up to 200 ms of queue.
+    pair.exec(
+        &pair.b,
+        &[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &pair.dev_b,
+            "root",
+            "tbf",
+            "rate",
+            "2mbit",
+            "burst",
+            "16kbit",
+            "latency",
+            "200ms",
+        ],
+    );
+    let tracer = Tracer::start(&["flows", "--no-time-wait"]);
+    let c = pair.connect();
+    let server = thread::spawn(move || {
+        let mut server = c.server;
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).expect("read");
+        server.write_all(&[b'y'; ANSWER]).expect("answer");
+        got.len()
+    });
+    let mut client = c.client;
+    client.write_all(&[b'x'; SENT]).expect("send");
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).expect("read the answer");
+    assert_eq!(server.join().expect("server"), SENT);
+    assert_eq!(answer.len(), ANSWER);
+    drop(client);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop();
+
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let flow = out.flow((&b, c.client_port), (&a, c.server_port));
+    // Data bytes, and the SYN's and FIN's sequence numbers besides (as the kernel counts).
+    let acked = flow["bytes_acked"].as_u64().expect("bytes_acked");
+    assert!((SENT as u64..=SENT as u64 + 2).contains(&acked), "{flow}");
+    let received = flow["bytes_received"].as_u64().expect("bytes_received");
+    assert!(
+        (ANSWER as u64..=ANSWER as u64 + 2).contains(&received),
+        "{flow}"
+    );
+    assert!(
+        flow["segs_out"].as_u64() > Some(SENT as u64 / 65_536),
+        "{flow}"
+    );
+    // Unshaped, this path's RTT is tens of µs; the bucket's queue (up to 200 ms at 2 Mbit/s)
+    // makes it milliseconds: this machine measured 90–140 ms.
+    let srtt = flow["srtt_ns"].as_u64().expect("an RTT sample");
+    assert!(
+        (10_000_000..=1_000_000_000).contains(&srtt),
+        "srtt {srtt} ns: {flow}"
+    );
+    let min = flow["min_rtt_ns"].as_u64().expect("a minimum RTT");
+    assert!(min <= srtt, "{flow}");
+    assert!(flow["rttvar_ns"].is_u64(), "{flow}");
+    let server = out.flow((&a, c.server_port), (&b, c.client_port));
+    let received = server["bytes_received"].as_u64().expect("bytes_received");
+    assert!(
+        (SENT as u64..=SENT as u64 + 2).contains(&received),
+        "{server}"
+    );
+    // The kernel counts retransmitted segments, the tracer retransmitted packets (one may
+    // carry several segments): never fewer.
+    assert!(
+        flow["total_retrans"].as_u64() >= flow["rtx"].as_u64(),
+        "{flow}"
+    );
+    let summary = out.summary();
+    assert!(
+        summary["vitals"]["bytes_acked"].as_u64() >= Some(SENT as u64),
+        "{summary}"
+    );
+}
+
+#[test]
+fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
+    let pair = NetnsPair::new();
+    let listener = pair.run_in(&pair.a, {
+        let addr = pair.addr_a;
+        move || std::net::TcpListener::bind((addr, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    pair.exec(
+        &pair.a,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    );
+    let tracer = Tracer::start(&["all", "--no-time-wait"]);
+    let addr_a = pair.addr_a;
+    let client_port = pair.run_in(&pair.b, move || {
+        // SAFETY: a new TCP socket; closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0, "socket");
+        set_syn_count(fd, 1);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(addr_a).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: connect with a valid sockaddr_in; it blocks until the SYNs time out.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, -1, "the SYNs are dropped: connect fails");
+        let mut local: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: getsockname into a sockaddr_in of the right length.
+        unsafe { libc::getsockname(fd, (&raw mut local).cast(), &mut len) };
+        // SAFETY: our descriptor.
+        unsafe { libc::close(fd) };
+        u16::from_be(local.sin_port)
+    });
+    drop(listener);
+    let out = tracer.stop();
+
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let flow = out.flow((&b, client_port), (&a, port));
+    assert_eq!(flow["cause"], "syn_timeout", "{flow}");
+    assert!(
+        drops(flow, "NETFILTER_DROP") >= 2,
+        "the SYN and its retry: {flow}"
+    );
+    // Each drop on its own line: the SYN, from the client, as it travelled.
+    let lines: Vec<&Value> = out
+        .of_type("drop")
+        .into_iter()
+        .filter(|d| d["dport"] == port && d["saddr"] == b.as_str())
+        .collect();
+    assert!(lines.len() >= 2, "{:#?}", out.of_type("drop"));
+    for d in &lines {
+        assert_eq!(
+            (&d["reason"], &d["tcp_flags"]),
+            (&"NETFILTER_DROP".into(), &"SYN".into())
+        );
+    }
+    let alert = out
+        .for_tuple("alert", (&b, client_port), (&a, port))
+        .into_iter()
+        .find(|al| al["kind"] == "syn_timeout")
+        .unwrap_or_else(|| panic!("a syn_timeout alert: {:#?}", out.of_type("alert")));
+    let detail = alert["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("dropped on this host: NETFILTER_DROP:")
+            && detail.contains("this host's firewall"),
+        "{detail}"
+    );
+    assert!(
+        alert["drops"]["NETFILTER_DROP"].as_u64() >= Some(2),
+        "{alert}"
+    );
+    assert!(out.summary()["drops_by_reason"]["NETFILTER_DROP"].as_u64() >= Some(2));
+}
+
+#[test]
+fn established_traffic_dropped_lands_on_its_flow() {
+    let pair = NetnsPair::new();
+    let tracer = Tracer::start(&["flows", "--no-time-wait"]);
+    let c = pair.connect();
+    pair.exec(
+        &pair.a,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &c.server_port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    );
+    let mut client = c.client;
+    client.write_all(b"into the void").expect("write");
+    // RTO starts at 200 ms and doubles: 0.2, 0.6 s.
+    thread::sleep(Duration::from_millis(1_000));
+    crate::retransmit::abort(client);
+    // Aborted too: its FIN would wait for an answer the firewall eats.
+    crate::retransmit::abort(c.server);
+    thread::sleep(Duration::from_millis(200));
+    let out = tracer.stop();
+
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    // Dropped on the server's host, each carrying the server's socket (early demux).
+    let server = out.flow((&a, c.server_port), (&b, c.client_port));
+    assert!(drops(server, "NETFILTER_DROP") >= 2, "{server}");
+    let client = out.flow((&b, c.client_port), (&a, c.server_port));
+    assert!(client["rtx"].as_u64() >= Some(2), "{client}");
+}
+
+#[test]
+fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
+    let pair = NetnsPair::new();
+    let listener = pair.run_in(&pair.a, {
+        let addr = pair.addr_a;
+        move || std::net::TcpListener::bind((addr, 0)).expect("bind")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    // The handshake's last ACK (and anything else but a SYN, FIN or RST) is lost for 1.5 s:
+    // the listener sends its SYN-ACK again after 1 s.
+    let rule = [
+        "iptables",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port.to_string(),
+        "--tcp-flags",
+        "SYN,ACK,FIN,RST",
+        "ACK",
+        "-j",
+        "DROP",
+    ];
+    let with = |op: &str| {
+        let mut args: Vec<&str> = vec![rule[0], op];
+        args.extend_from_slice(&rule[1..]);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let add = with("-A");
+    pair.exec(&pair.a, &add.iter().map(String::as_str).collect::<Vec<_>>());
+    let tracer = Tracer::start(&["all", "--no-time-wait"]);
+    let addr_a = pair.addr_a;
+    let client = pair.run_in(&pair.b, move || {
+        TcpStream::connect((addr_a, port)).expect("connect")
+    });
+    let client_port = client.local_addr().expect("addr").port();
+    thread::sleep(Duration::from_millis(1_500));
+    let del = with("-D");
+    pair.exec(&pair.a, &del.iter().map(String::as_str).collect::<Vec<_>>());
+    // The client's next segment completes the handshake.
+    (&client).write_all(b"hello").expect("write");
+    let (mut server, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).expect("read");
+    drop(client);
+    drop(server);
+    thread::sleep(Duration::from_millis(200));
+    let out = tracer.stop();
+
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    let synacks: Vec<&Value> = out
+        .for_tuple("retransmit", (&a, port), (&b, client_port))
+        .into_iter()
+        .filter(|r| r["synack"] == true)
+        .collect();
+    assert!(!synacks.is_empty(), "{:#?}", out.of_type("retransmit"));
+    assert_eq!(synacks[0]["state"], "SYN_RECV");
+    let child = out.flow((&a, port), (&b, client_port));
+    assert_eq!(child["path"][0]["state"], "SYN_RECV", "{child}");
+    assert!(child["path"][0]["rtx"].as_u64() >= Some(1), "{child}");
+    assert!(out.summary()["synack_retransmits"].as_u64() >= Some(1));
+}
