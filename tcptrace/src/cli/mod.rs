@@ -1,5 +1,6 @@
 //! Command line (clap's types) → validated [`Config`] (`config.rs`).
 mod config;
+mod config_plan;
 pub mod filter;
 pub mod identity;
 
@@ -165,6 +166,10 @@ pub struct CommonArgs {
     /// at teardown) and QUEUE_PURGE (a closed socket's queues, about one per connection).
     #[arg(long, global = true)]
     pub all_drop_reasons: bool,
+    /// In `tcptrace metrics`: the RTT at close and bytes per local service and destination
+    /// too (the kernel then sends every flow's end; other modes decode every flow anyway).
+    #[arg(long, global = true)]
+    pub metrics_vitals: bool,
     /// Do not print the summary on exit.
     #[arg(long, global = true)]
     pub no_summary: bool,

@@ -31,6 +31,8 @@ pub struct DiagSocket {
     pub expires: Duration,
     /// Time since data last went either way (from `tcp_info`, when asked for).
     pub idle: Option<Duration>,
+    /// The smoothed RTT (µs, `tcp_info`'s `tcpi_rtt`, when asked for and sampled).
+    pub rtt_us: Option<u32>,
     pub inode: u32,
     /// For a listener: connections waiting in its accept queue, and its backlog (`ss -lt`'s
     /// Recv-Q and Send-Q).
@@ -137,6 +139,10 @@ pub fn parse_batch(receive: &[u8], sockets: &mut Vec<DiagSocket>) -> Result<bool
                         Nla::TcpInfo(i) => Some(Duration::from_millis(u64::from(
                             i.last_data_recv.min(i.last_data_sent),
                         ))),
+                        _ => None,
+                    }),
+                    rtt_us: response.nlas.iter().find_map(|nla| match nla {
+                        Nla::TcpInfo(i) if i.rtt > 0 => Some(i.rtt),
                         _ => None,
                     }),
                     inode: response.header.inode,

@@ -100,6 +100,11 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
+    fn packet_drop(&mut self, d: &crate::events::vitals::PacketDrop) -> io::Result<()> {
+        self.metrics.packet_dropped(d);
+        Ok(())
+    }
+
     fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) -> io::Result<()> {
         self.metrics.port_failure(p);
         Ok(())

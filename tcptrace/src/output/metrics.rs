@@ -24,6 +24,7 @@ use crate::{
     kernel::histogram::KernelHistogram,
     output::metrics_listen::ListenMetrics,
     output::metrics_ports::PortFailureMetrics,
+    output::metrics_vitals::VitalsMetrics,
     output::metrics_workload::WorkloadMetrics,
     state::aggregate::KernelCounters,
     state::cause::CloseCause,
@@ -93,6 +94,9 @@ pub struct Metrics {
     filtered_events: Counter,
     evicted_flows: Counter,
     port_failures: PortFailureMetrics,
+    /// RTT at close, bytes per service and destination, drops by reason.
+    vitals: VitalsMetrics,
+    synack_retransmits: Counter,
     listen: ListenMetrics,
     /// By workload (`--metrics-pod-labels`).
     workloads: Option<WorkloadMetrics>,
@@ -124,6 +128,8 @@ impl Metrics {
             filtered_events: Counter::default(),
             evicted_flows: Counter::default(),
             port_failures: PortFailureMetrics::default(),
+            vitals: VitalsMetrics::default(),
+            synack_retransmits: Counter::default(),
             listen: ListenMetrics::default(),
             workloads: workload_labels.map(WorkloadMetrics::new),
             seen: KernelCounters::default(),
@@ -203,11 +209,17 @@ impl Metrics {
             m.filtered_events.clone(),
         );
         registry.register(
+            "synack_retransmits",
+            "SYN-ACKs listeners sent again (the handshake's last ACK did not come)",
+            m.synack_retransmits.clone(),
+        );
+        registry.register(
             "evicted_flows",
             "Flows evicted from the nearly full flow table, least recently active first",
             m.evicted_flows.clone(),
         );
         m.port_failures.register(&mut registry);
+        m.vitals.register(&mut registry);
         m.listen.register(&mut registry);
         if let Some(workloads) = &m.workloads {
             workloads.register(&mut registry);
@@ -248,11 +260,17 @@ impl Metrics {
         }
     }
 
-    /// A flow ended (counted by workload, where asked for).
+    /// A flow ended: its RTT and bytes, and by workload where asked for.
     pub fn flow_closed(&mut self, f: &crate::events::decode::FinishedFlow) {
+        self.vitals.flow_closed(f);
         if let Some(workloads) = self.workloads.as_mut() {
             workloads.flow_closed(f);
         }
+    }
+
+    /// A TCP packet the kernel dropped.
+    pub fn packet_dropped(&mut self, d: &crate::events::vitals::PacketDrop) {
+        self.vitals.dropped(d);
     }
 
     /// Flows evicted from the flow table by userspace.
@@ -283,6 +301,7 @@ impl Metrics {
         add(stat::FLOW_TABLE_FULL, &self.untracked_flows);
         add(stat::KEEPALIVE_UNINDEXED, &self.keepalive_unindexed);
         add(stat::FILTERED, &self.filtered_events);
+        add(stat::SYNACK_RETRANSMITS, &self.synack_retransmits);
         for (index, reason) in [
             (stat::LOST_TRANSITION, "ring_full_transition"),
             (stat::LOST_FLOW_END, "ring_full_flow"),

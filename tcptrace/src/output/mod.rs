@@ -10,6 +10,7 @@ pub mod lines;
 pub mod metrics;
 mod metrics_listen;
 mod metrics_ports;
+mod metrics_vitals;
 mod metrics_workload;
 mod text;
 mod text_summary;

@@ -13,6 +13,7 @@ fn listener(port: u16, queue: u32, drops: u32) -> DiagSocket {
         keepalive_armed: false,
         expires: std::time::Duration::ZERO,
         idle: None,
+        rtt_us: None,
         inode: 77,
         recv_queue: queue,
         send_queue: 1,

@@ -6,6 +6,7 @@
 use std::io::{self, BufWriter, IsTerminal as _};
 
 use anyhow::{bail, Context as _, Result};
+use netlink_packet_sock_diag::inet::StateFlags;
 use ratatui::{crossterm::event::Event as TermEvent, DefaultTerminal};
 use tokio::sync::mpsc;
 
@@ -26,7 +27,7 @@ mod model;
 mod rate_window;
 mod view;
 
-use model::TopModel;
+use model::{TopModel, OPEN_SAMPLE_EVERY_S};
 use view::{KeyOutcome, Snapshot, ViewState};
 
 /// Keys and resizes, read on a thread of their own (crossterm's read blocks).
@@ -65,6 +66,21 @@ fn seed(config: &Config, tracer: &Tracer, top: &mut TopModel) -> Result<()> {
     Ok(())
 }
 
+/// The open ESTABLISHED flows' RTTs, read from `tcp_info` (one sock_diag dump: at idle, a
+/// few sockets every few seconds), under the filters in force.
+fn sample_open_rtts(config: &Config, top: &mut TopModel) {
+    let Ok(sockets) = sockdiag::dump(StateFlags::ESTABLISHED, true) else {
+        return; // the closed flows' RTTs still show
+    };
+    let netns = crate::cli::filter::own_netns();
+    top.open_rtts(
+        sockets
+            .into_iter()
+            .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
+            .filter_map(|s| Some((s.addrs, s.rtt_us?))),
+    );
+}
+
 /// The screen and what it shows.
 pub struct TopScreen {
     config: Config,
@@ -76,6 +92,8 @@ pub struct TopScreen {
     terminal: Option<DefaultTerminal>,
     /// Warnings held while the screen is up.
     warnings: Vec<String>,
+    /// When the open flows' RTTs are read next (kernel time).
+    next_rtt_sample_ns: u64,
 }
 
 impl TopScreen {
@@ -95,6 +113,7 @@ impl TopScreen {
             filters: None,
             terminal: None,
             warnings: Vec::new(),
+            next_rtt_sample_ns: 0,
         })
     }
 
@@ -199,6 +218,10 @@ impl Consumer for TopScreen {
         }
         self.model
             .tick(t.kernel.clone(), t.now_ns, (live, t.time_wait.overflows));
+        if t.now_ns >= self.next_rtt_sample_ns {
+            self.next_rtt_sample_ns = t.now_ns + OPEN_SAMPLE_EVERY_S * 1_000_000_000;
+            sample_open_rtts(&self.config, &mut self.model);
+        }
         self.redraw(t.time_wait)?;
         Ok(Flow::Continue)
     }

@@ -71,6 +71,9 @@ struct GroupStats {
     /// New TIME_WAITs per network namespace and peer address (the rest of the 4-tuple
     /// space), for the forecast.
     time_wait_entries: HashMap<(u32, IpAddr), RateWindow>,
+    /// Smoothed RTTs of closed and open flows; packets of its closed flows this host dropped.
+    rtt: RttSamples,
+    drops: u64,
 }
 
 /// One row of the table.
@@ -92,6 +95,10 @@ pub struct Row {
     pub connect_p99_ns: Option<u64>,
     /// A local service's listener: its accept queue and drops.
     pub listen: Option<ListenCell>,
+    /// The median smoothed RTT (closed flows over the last minute, open ones sampled).
+    pub rtt_p50_ns: Option<u64>,
+    /// Packets of its finished flows this host dropped.
+    pub drops: u64,
 }
 
 impl Row {
@@ -110,6 +117,8 @@ impl Row {
             port_failures: 0,
             connect_p99_ns: None,
             listen: None,
+            rtt_p50_ns: None,
+            drops: 0,
         }
     }
 }
@@ -303,6 +312,12 @@ impl TopModel {
             CloseCause::ResetReceived | CloseCause::ResetSent | CloseCause::Aborted
         );
         let keepalive = f.cause == CloseCause::KeepaliveTimeout;
+        let now_s = seconds(f.ts_ns);
+        let stats = self.group_mut(group);
+        stats.drops += f.drops.0.iter().map(|(_, n)| u64::from(*n)).sum::<u64>();
+        if let Some(srtt) = f.vitals.and_then(|v| v.srtt_ns) {
+            stats.rtt.closed(now_s, srtt);
+        }
         if reset || keepalive {
             let stats = self.group_mut(group);
             stats.resets += u64::from(reset);
@@ -457,6 +472,8 @@ impl TopModel {
                     port_failures: g.port_failures,
                     connect_p99_ns: g.connect.as_ref().map(|h| h.value_at_quantile(0.99)),
                     listen: None,
+                    rtt_p50_ns: g.rtt.p50_ns(now_s),
+                    drops: g.drops,
                 }
             })
             .collect();
@@ -478,10 +495,14 @@ mod alerts;
 mod forecast;
 #[path = "model_listen.rs"]
 mod listen;
+#[path = "model_vitals.rs"]
+mod vitals;
 #[path = "model_workload.rs"]
 mod workload;
 pub use alerts::AlertLine;
 pub use listen::{ListenCell, ListenRow};
+use vitals::RttSamples;
+pub use vitals::OPEN_SAMPLE_EVERY_S;
 use workload::{group_label, WorkloadTable};
 
 impl Default for TopModel {

@@ -27,10 +27,12 @@ pub enum Column {
     KeepaliveTimeouts,
     PortFailures,
     ConnectP99,
+    Rtt,
+    Drops,
 }
 
 impl Column {
-    pub const ALL: [Column; 10] = [
+    pub const ALL: [Column; 12] = [
         Column::Endpoint,
         Column::ConnPerS,
         Column::Open,
@@ -41,6 +43,8 @@ impl Column {
         Column::KeepaliveTimeouts,
         Column::PortFailures,
         Column::ConnectP99,
+        Column::Rtt,
+        Column::Drops,
     ];
 
     fn title(self, kind: GroupKind) -> &'static str {
@@ -66,19 +70,38 @@ impl Column {
                 GroupKind::Service => "DRP/s",
             },
             Column::ConnectP99 => "P99CONN",
+            Column::Rtt => "RTT50",
+            Column::Drops => "DROP",
         }
     }
 
-    /// Widths for 80 columns: 71 of cells and 9 of spacing (21: the longest IPv4
-    /// endpoint; 8: `P99CONN▼`). A workload's label gets what the table has to spare.
+    /// Widths: the first ten fill 80 columns (71 of cells and 9 of spacing; 21: the longest
+    /// IPv4 endpoint; 8: `P99CONN▼`), RTT and drops follow on wider terminals. A workload's
+    /// label gets what the table has to spare.
     fn width(self, kind: GroupKind) -> Constraint {
         Constraint::Length(match self {
             Column::Endpoint if kind == GroupKind::Workload => return Constraint::Min(21),
             Column::Endpoint => 21,
-            Column::ConnPerS => 7,
+            Column::ConnPerS | Column::Rtt => 7,
             Column::ConnectP99 => 8,
             _ => 5,
         })
+    }
+
+    /// The columns a table `width` wide shows: all that fit, in order.
+    fn shown(width: u16) -> Vec<Column> {
+        let mut used = 0u16;
+        Column::ALL
+            .into_iter()
+            .take_while(|c| {
+                let cell = match c.width(GroupKind::Destination) {
+                    Constraint::Length(n) => n,
+                    _ => 21,
+                };
+                used += cell + u16::from(used > 0);
+                used <= width.max(80)
+            })
+            .collect()
     }
 
     fn compare(self, a: &Row, b: &Row) -> Ordering {
@@ -101,6 +124,8 @@ impl Column {
                 b.listen.map_or(-1.0, |l| l.drops_per_s),
             )),
             Column::ConnectP99 => a.connect_p99_ns.cmp(&b.connect_p99_ns),
+            Column::Rtt => a.rtt_p50_ns.cmp(&b.rtt_p50_ns),
+            Column::Drops => a.drops.cmp(&b.drops),
         }
     }
 
@@ -139,6 +164,10 @@ impl Column {
             Column::ConnectP99 => row
                 .connect_p99_ns
                 .map_or("-".into(), |ns| HumanDuration(ns).to_string()),
+            Column::Rtt => row
+                .rtt_p50_ns
+                .map_or("-".into(), |ns| HumanDuration(ns).to_string()),
+            Column::Drops => row.drops.to_string(),
         }
     }
 }
@@ -350,7 +379,8 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
 
 fn draw_table(frame: &mut Frame, view: &ViewState, s: &Snapshot, area: Rect) {
     let bold = Style::default().add_modifier(Modifier::BOLD);
-    let titles = Column::ALL.map(|c| {
+    let columns = Column::shown(area.width);
+    let titles = columns.iter().map(|&c| {
         let mut title = c.title(view.kind).to_string();
         if c == view.sort {
             title.push(if view.descending { '▼' } else { '▲' });
@@ -366,14 +396,14 @@ fn draw_table(frame: &mut Frame, view: &ViewState, s: &Snapshot, area: Rect) {
         .iter()
         .skip(scroll)
         .take(visible)
-        .map(|r| TableRow::new(Column::ALL.map(|c| c.cell(r))));
+        .map(|r| TableRow::new(columns.iter().map(|c| c.cell(r))));
     let kind = match view.kind {
         GroupKind::Destination => "destinations",
         GroupKind::Service => "local services",
         GroupKind::Workload => "workloads (pods, containers, units)",
     };
     let title = format!(" {kind}: {} ", s.rows.len());
-    let table = Table::new(rows, Column::ALL.map(|c| c.width(view.kind)))
+    let table = Table::new(rows, columns.iter().map(|c| c.width(view.kind)))
         .header(header)
         .column_spacing(1)
         .block(Block::default().borders(Borders::TOP).title(title));

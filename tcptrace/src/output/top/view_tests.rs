@@ -45,6 +45,11 @@ fn busy_model() -> TopModel {
     top.alert(&Alert::Closed(&ka));
     let mut reset = recorded::flow_with(CloseCause::ResetReceived, web);
     reset.ts_ns = 106 * S;
+    reset.vitals = Some(crate::events::vitals::FlowVitals {
+        srtt_ns: Some(91_000_000),
+        ..Default::default()
+    });
+    reset.drops.add("NETFILTER_DROP", 3);
     top.flow_end(&reset);
     top.alert(&Alert::Closed(&reset));
     let listener = recorded::addrs("0.0.0.0:8080", "0.0.0.0:0");
@@ -209,6 +214,15 @@ fn a_larger_terminal_shows_more_and_a_tiny_one_does_not_panic() {
     let view = ViewState::default();
     let wide = render(&top, &view, 160, 50);
     assert!(line_with(&wide, "10.0.0.9:5432").1.contains("3.0ms"));
+    // RTT and drops follow on a wide screen: the median RTT at close, the packets dropped.
+    assert!(line_with(&wide, "DESTINATION").1.contains("RTT50   DROP"));
+    let web = line_with(&wide, "93.184.216.34:443").1;
+    assert!(
+        web.contains("91ms") && web.trim_end().ends_with(" 3"),
+        "{web}"
+    );
+    let narrow = render(&top, &view, 80, 24);
+    assert!(!line_with(&narrow, "DESTINATION").1.contains("RTT50"));
     for (w, h) in [(20, 5), (1, 1), (80, 10)] {
         render(&top, &view, w, h);
     }
