@@ -14,8 +14,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct NetnsPair {
     pub a: String,
     pub b: String,
-    /// The veth ends in A and in B.
-    pub dev_a: String,
+    /// The veth end in B (for a qdisc on what B sends).
     pub dev_b: String,
     pub addr_a: Ipv4Addr,
     pub addr_b: Ipv4Addr,
@@ -45,7 +44,6 @@ impl NetnsPair {
         let pair = NetnsPair {
             a: format!("{tag}a"),
             b: format!("{tag}b"),
-            dev_a: format!("v{tag}a"),
             dev_b: format!("v{tag}b"),
             addr_a: Ipv4Addr::new(10, 231, x, 1),
             addr_b: Ipv4Addr::new(10, 231, x, 2),

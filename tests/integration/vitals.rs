@@ -10,7 +10,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{netns::NetnsPair, support::Tracer};
+use crate::{
+    metrics::{self, free_port},
+    netns::NetnsPair,
+    support::Tracer,
+};
 
 const SENT: usize = 300_000;
 const ANSWER: usize = 1_000;
@@ -56,7 +60,9 @@ fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
             "200ms",
         ],
     );
-    let tracer = Tracer::start(&["flows", "--no-time-wait"]);
+    let port = free_port().to_string();
+    let metrics = format!("127.0.0.1:{port}");
+    let tracer = Tracer::start(&["flows", "--no-time-wait", "--metrics", &metrics]);
     let c = pair.connect();
     let server = thread::spawn(move || {
         let mut server = c.server;
@@ -73,11 +79,32 @@ fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
     assert_eq!(server.join().expect("server"), SENT);
     assert_eq!(answer.len(), ANSWER);
     drop(client);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(500));
+    let (_, scrape) = metrics::scrape(port.parse().expect("a port"));
     let out = tracer.stop();
 
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
     let flow = out.flow((&b, c.client_port), (&a, c.server_port));
+    // The metrics say the same: bytes per destination, the RTT histogram.
+    let destination = format!("{a}:{}", c.server_port);
+    let sent = metrics::value(
+        &scrape,
+        "tcptrace_destination_bytes_total",
+        &[("destination", &destination), ("direction", "sent")],
+    );
+    assert_eq!(
+        Some(sent as u64),
+        flow["bytes_acked"].as_u64(),
+        "{destination}"
+    );
+    let service = format!("{a}:{}", c.server_port);
+    let received = metrics::value(
+        &scrape,
+        "tcptrace_service_bytes_total",
+        &[("service", &service), ("direction", "received")],
+    );
+    assert!(received >= SENT as f64, "{received}");
+    assert!(metrics::value(&scrape, "tcptrace_flow_rtt_seconds_count", &[]) >= 2.0);
     // Data bytes, and the SYN's and FIN's sequence numbers besides (as the kernel counts).
     let acked = flow["bytes_acked"].as_u64().expect("bytes_acked");
     assert!((SENT as u64..=SENT as u64 + 2).contains(&acked), "{flow}");
@@ -142,7 +169,9 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
             "DROP",
         ],
     );
-    let tracer = Tracer::start(&["all", "--no-time-wait"]);
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let tracer = Tracer::start(&["all", "--no-time-wait", "--metrics", &metrics_addr]);
     let addr_a = pair.addr_a;
     let client_port = pair.run_in(&pair.b, move || {
         // SAFETY: a new TCP socket; closed below.
@@ -175,6 +204,14 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
         u16::from_be(local.sin_port)
     });
     drop(listener);
+    thread::sleep(Duration::from_millis(300));
+    let (_, scrape) = metrics::scrape(metrics_port);
+    let dropped = metrics::value(
+        &scrape,
+        "tcptrace_drops_total",
+        &[("reason", "NETFILTER_DROP")],
+    );
+    assert!(dropped >= 2.0, "{dropped}");
     let out = tracer.stop();
 
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());

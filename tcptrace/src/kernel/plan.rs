@@ -240,6 +240,15 @@ mod tests {
     }
 
     #[test]
+    fn metrics_get_every_flows_end_only_when_asked_for_vitals() {
+        use tcptrace_common::emit_flow_ends;
+        let headless = plan(&["metrics", "--metrics", "127.0.0.1:9595"]);
+        assert_eq!(headless.flow_ends, emit_flow_ends::TIME_WAIT);
+        let vitals = plan(&["metrics", "--metrics", "127.0.0.1:9595", "--metrics-vitals"]);
+        assert_eq!(vitals.flow_ends, emit_flow_ends::ALL);
+    }
+
+    #[test]
     fn older_kernels_get_the_older_tracepoint_programs() {
         let old = KernelVariants {
             retransmit_err: false,
