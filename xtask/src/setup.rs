@@ -163,7 +163,9 @@ pub fn ensure_vm_tools() -> Result<()> {
 /// iproute2 and iptables: the integration tests stage drops in network namespaces;
 /// prometheus (with promtool): a real server scrapes tcptrace and checks the shipped rules and
 /// dashboard; podman with runc and busybox-static: a real container, from an image built
-/// locally (no registry), is named by its container id.
+/// locally (no registry), is named by its container id; libbpf-tools and bpftrace: the
+/// benchmark's reference rows (tcpstates, tcplife, a bpftrace one-liner), and what the
+/// kernel emits is checked by hand with them.
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(
         &[
@@ -173,8 +175,10 @@ pub fn ensure_test_tools() -> Result<()> {
             "podman",
             "runc",
             "busybox-static",
+            "libbpf-tools",
+            "bpftrace",
         ],
         "the integration tests use network namespaces, DROP rules, a real Prometheus and a \
-         real container runtime",
+         real container runtime; the benchmark compares with libbpf-tools and bpftrace",
     )
 }

@@ -347,3 +347,27 @@ pub fn run_clients(
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// `cargo xtask bench-load`: the generator alone, for profiling a tracer by hand.
+pub fn load_only(rate: Option<f64>, secs: f64) -> Result<()> {
+    raise_nofile(16_384)?;
+    let server = Server::start(false)?;
+    let r = run_clients(&server.ports, 2, Duration::from_secs_f64(secs), false, rate)?;
+    eprintln!("xtask bench-load: {:.0} conn/s", r.rate());
+    Ok(())
+}
+
+pub fn raise_nofile(n: usize) -> Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n as u64,
+        rlim_max: n as u64,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!(
+            "cannot raise RLIMIT_NOFILE to {n}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -3,6 +3,8 @@
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
 mod loadgen;
 mod memory;
+mod modes;
+mod pipeline;
 mod recording;
 mod reference;
 mod steady;
@@ -22,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use loadgen::LoadResult;
-pub use loadgen::{run_clients, Server};
+pub use loadgen::{load_only, raise_nofile, run_clients, Server};
 use tracer::{RunningTracer, TracerCost};
 
 #[derive(clap::Args, Debug)]
@@ -49,14 +51,15 @@ pub struct BenchArgs {
     /// Skip the bpftrace reference row.
     #[arg(long)]
     no_bpftrace: bool,
-    /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, json, metrics,
-    /// record, flows-on-demand, metrics-on-demand, flows-socket, metrics-socket (flows in
-    /// socket storage), filtered, floor, storage (flow-state probes), libbpf-tools (Debian's
-    /// tcpstates and tcplife, installed if missing), bpftrace.
+    /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, flows-no-drops,
+    /// json, metrics, metrics-no-drops, metrics-vitals, record, flows-on-demand,
+    /// metrics-on-demand, flows-socket, metrics-socket (flows in socket storage), filtered,
+    /// floor, storage (flow-state probes), libbpf-tools (Debian's tcpstates and tcplife,
+    /// installed if missing), bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,json,metrics,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,flows-no-drops,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -347,78 +350,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         None,
     )?;
 
-    let modes: [(&str, &str, &[&str]); 13] = [
-        ("transitions", "transitions -> file", &[]),
-        ("flows", "flows -> file", &["flows"]),
-        (
-            "flows-no-tw",
-            "flows, no TIME_WAIT",
-            &["flows", "--no-time-wait"],
-        ),
-        ("json", "json -> file", &["--json"]),
-        (
-            "metrics",
-            "metrics only",
-            &["metrics", "--metrics", "127.0.0.1:0"],
-        ),
-        (
-            "flows-on-demand",
-            "flows, table on demand",
-            &[
-                "flows",
-                "--flow-memory",
-                "on-demand",
-                "--max-flows",
-                "1048576",
-            ],
-        ),
-        (
-            "metrics-on-demand",
-            "metrics, table on demand",
-            &[
-                "metrics",
-                "--metrics",
-                "127.0.0.1:0",
-                "--flow-memory",
-                "on-demand",
-                "--max-flows",
-                "1048576",
-            ],
-        ),
-        // Flows kept in each socket's own storage instead of a table.
-        (
-            "flows-socket",
-            "flows, socket storage",
-            &["flows", "--flow-memory", "socket"],
-        ),
-        (
-            "metrics-socket",
-            "metrics, socket storage",
-            &[
-                "metrics",
-                "--metrics",
-                "127.0.0.1:0",
-                "--flow-memory",
-                "socket",
-            ],
-        ),
-        // Every connection of the load is filtered out in the kernel (remote port 1).
-        ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
-        // An empty program on the same tracepoint: the floor any hook pays here.
-        ("floor", "empty hook (floor)", &["hook-floor"]),
-        // Only a small flow state, kept in socket-local storage or in a global hash: what
-        // the place a flow's state lives costs (no records, no filters).
-        (
-            "storage",
-            "state in sk_storage (probe)",
-            &["hook-floor", "--variant", "sk-storage"],
-        ),
-        (
-            "storage",
-            "state in a hash (probe)",
-            &["hook-floor", "--variant", "hash"],
-        ),
-    ];
+    let modes = modes::MODES;
     let wanted = |key: &str| args.modes.iter().any(|m| m == key);
     for (key, name, mode_args) in modes {
         if !wanted(key) {
@@ -551,7 +483,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         &bench,
         args.live_connections,
     )?);
-    let (aggregate, render_all) = replay(&bin)?;
+    let (aggregate, render_all) = pipeline::replay(&bin)?;
     results.replay_events_per_s = Some(aggregate);
     results.replay_render_all_events_per_s = Some(render_all);
 
@@ -563,49 +495,4 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
     fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     eprintln!("xtask bench: results written to {}", json_path.display());
     Ok(())
-}
-
-/// `cargo xtask bench-load`: the generator alone, for profiling a tracer by hand.
-pub fn load_only(rate: Option<f64>, secs: f64) -> Result<()> {
-    raise_nofile(16_384)?;
-    let server = Server::start(false)?;
-    let r = run_clients(&server.ports, 2, Duration::from_secs_f64(secs), false, rate)?;
-    eprintln!("xtask bench-load: {:.0} conn/s", r.rate());
-    Ok(())
-}
-
-pub(crate) fn raise_nofile(n: usize) -> Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: n as u64,
-        rlim_max: n as u64,
-    };
-    // SAFETY: valid rlimit pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        bail!(
-            "cannot raise RLIMIT_NOFILE to {n}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-/// The userspace pipeline alone, on synthetic records, one core: (decode + aggregate, flows
-/// rendered) and (every record rendered as columns), in records/s.
-fn replay(bin: &Path) -> Result<(f64, f64)> {
-    let out = Command::new(bin)
-        .args(["replay-bench", "--records", "5000000"])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "replay-bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok((
-        v["events_per_s"].as_f64().context("events_per_s")?,
-        v["render_all_events_per_s"]
-            .as_f64()
-            .context("render_all_events_per_s")?,
-    ))
 }

@@ -1,0 +1,92 @@
+//! The tracer modes `cargo xtask bench` measures, each a row: (key for `--modes`, the row's
+//! name, tcptrace's arguments).
+
+pub const MODES: [(&str, &str, &[&str]); 16] = [
+    ("transitions", "transitions -> file", &[]),
+    ("flows", "flows -> file", &["flows"]),
+    // Without the drop hook (skb:kfree_skb): what it costs, in the same run.
+    (
+        "flows-no-drops",
+        "flows, no drop hook",
+        &["flows", "--no-drops"],
+    ),
+    (
+        "flows-no-tw",
+        "flows, no TIME_WAIT",
+        &["flows", "--no-time-wait"],
+    ),
+    ("json", "json -> file", &["--json"]),
+    (
+        "metrics",
+        "metrics only",
+        &["metrics", "--metrics", "127.0.0.1:0"],
+    ),
+    (
+        "metrics-no-drops",
+        "metrics, no drop hook",
+        &["metrics", "--metrics", "127.0.0.1:0", "--no-drops"],
+    ),
+    // Every flow's end sent for the RTT histogram and bytes per destination.
+    (
+        "metrics-vitals",
+        "metrics, --metrics-vitals",
+        &["metrics", "--metrics", "127.0.0.1:0", "--metrics-vitals"],
+    ),
+    (
+        "flows-on-demand",
+        "flows, table on demand",
+        &[
+            "flows",
+            "--flow-memory",
+            "on-demand",
+            "--max-flows",
+            "1048576",
+        ],
+    ),
+    (
+        "metrics-on-demand",
+        "metrics, table on demand",
+        &[
+            "metrics",
+            "--metrics",
+            "127.0.0.1:0",
+            "--flow-memory",
+            "on-demand",
+            "--max-flows",
+            "1048576",
+        ],
+    ),
+    // Flows kept in each socket's own storage instead of a table.
+    (
+        "flows-socket",
+        "flows, socket storage",
+        &["flows", "--flow-memory", "socket"],
+    ),
+    (
+        "metrics-socket",
+        "metrics, socket storage",
+        &[
+            "metrics",
+            "--metrics",
+            "127.0.0.1:0",
+            "--flow-memory",
+            "socket",
+        ],
+    ),
+    // Every connection of the load is filtered out in the kernel (remote port 1).
+    ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
+    // An empty program on the same tracepoint: the floor any hook pays here.
+    ("floor", "empty hook (floor)", &["hook-floor"]),
+    // Only a small flow state, kept in socket-local storage or in a global hash: what
+    // the place a flow's state lives costs (no records, no filters).
+    (
+        "storage",
+        "state in sk_storage (probe)",
+        &["hook-floor", "--variant", "sk-storage"],
+    ),
+    (
+        "storage",
+        "state in a hash (probe)",
+        &["hook-floor", "--variant", "hash"],
+    ),
+];
