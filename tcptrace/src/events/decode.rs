@@ -5,9 +5,8 @@ use std::mem::size_of;
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrayvec::ArrayVec;
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, DropEvent,
-    FlowEndEvent, FlowState, Keepalive, KeepaliveProbeEvent, PortFailureEvent, RetransmitEvent,
-    TimeWaitEvent, TimeWaitFlowEvent, TransitionEvent, PATH_SLOTS,
+    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
+    FlowState, Keepalive, RetransmitEvent, TransitionEvent, PATH_SLOTS,
 };
 
 use crate::{
@@ -338,48 +337,10 @@ impl Decoder {
     }
 }
 
-// Pod wrappers: the common crate implements Pod only for the types userspace passes to maps.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawTransition(TransitionEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawFlowEnd(FlowEndEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawRetransmit(RetransmitEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawProbe(KeepaliveProbeEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawTimeWait(TimeWaitEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawTimeWaitFlow(TimeWaitFlowEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawPortFailure(PortFailureEvent);
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct RawDrop(DropEvent);
-// SAFETY: as below.
-unsafe impl aya::Pod for RawDrop {}
-// SAFETY: as below.
-unsafe impl aya::Pod for RawPortFailure {}
-// SAFETY: as below.
-unsafe impl aya::Pod for RawTimeWaitFlow {}
-// SAFETY: as below.
-unsafe impl aya::Pod for RawTimeWait {}
-// SAFETY: as below.
-unsafe impl aya::Pod for RawProbe {}
-// SAFETY: transparent wrappers of #[repr(C)] records made only of integers with explicit
-// padding (sizes asserted in tcptrace-common).
-unsafe impl aya::Pod for RawTransition {}
-// SAFETY: as above.
-unsafe impl aya::Pod for RawFlowEnd {}
-// SAFETY: as above.
-unsafe impl aya::Pod for RawRetransmit {}
+// The records as `aya::Pod`, read unaligned.
+#[path = "decode_raw.rs"]
+mod raw;
+use raw::*;
 
 impl TryFrom<&TransitionEvent> for Transition {
     type Error = anyhow::Error;

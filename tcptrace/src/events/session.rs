@@ -22,14 +22,12 @@ use crate::{
     },
     host::{
         clock::Clock, facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces,
-        sockdiag,
     },
     kernel::loader::Tracer,
     state::{
         aggregate::{KernelCounters, Summary},
         evict::FlowEvictor,
         forecast::time_wait_view,
-        timewait::TimeWaitTracker,
     },
 };
 
@@ -489,20 +487,6 @@ impl<'c> Session<'c> {
     }
 }
 
-/// Sockets already in TIME_WAIT count until their remaining time runs out.
-fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
-    let now = Clock::ktime_now();
-    match sockdiag::time_wait() {
-        Ok(sockets) => {
-            let netns = crate::cli::filter::own_netns();
-            tw.preexisting(
-                netns.unwrap_or(0),
-                sockets
-                    .into_iter()
-                    .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
-                    .map(|s| (s.addrs, now + s.expires.as_nanos() as u64)),
-            )
-        }
-        Err(e) => eprintln!("tcptrace: warning: TIME_WAIT sockets from before not counted: {e:#}"),
-    }
-}
+#[path = "session_seed.rs"]
+mod seed;
+use seed::seed_time_wait;

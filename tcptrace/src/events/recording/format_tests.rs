@@ -1,4 +1,5 @@
 use super::*;
+use tcptrace_common::{record_kind, FlowEndEvent, TransitionEvent};
 
 pub fn header() -> RecordingHeader {
     RecordingHeader {

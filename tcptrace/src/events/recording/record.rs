@@ -193,7 +193,7 @@ fn record_cgroup(record: &[u8]) -> Option<u64> {
     let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
     let at = match kind {
         record_kind::TRANSITION => offset_of!(TransitionEvent, cgroup),
-        record_kind::FLOW_END => super::format::FLOW_END_CGROUP,
+        record_kind::FLOW_END => super::format::layout::FLOW_END_CGROUP,
         record_kind::RETRANSMIT => offset_of!(RetransmitEvent, cgroup),
         record_kind::KEEPALIVE_PROBE => offset_of!(KeepaliveProbeEvent, cgroup),
         record_kind::PORT_FAILURE => offset_of!(PortFailureEvent, cgroup),

@@ -1,0 +1,45 @@
+//! The programs' run-time settings, written by the loader into their read-only data.
+use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets};
+
+/// Run-time settings of the kernel programs, written into `.rodata` by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramConfig {
+    pub offsets: SockOffsets,
+    pub _pad0: u32,
+    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    pub keepalive_timer_fn: u64,
+    /// The address of `tw_timer_handler` (from /proc/kallsyms); 0: TIME_WAIT not traced.
+    pub tw_timer_fn: u64,
+    /// Every this many records submitted on a CPU, one wakes the reader; the others do not
+    /// (the reader also polls on an interval).
+    pub wakeup_every: u64,
+    /// Send a `TransitionEvent` per transition.
+    pub emit_transitions: u8,
+    /// Send a `RetransmitEvent` per retransmit.
+    pub emit_retransmits: u8,
+    /// Send a `KeepaliveProbeEvent` per keepalive probe.
+    pub emit_probes: u8,
+    /// Where flows are kept: a value of [`crate::flow_memory`].
+    pub flow_memory: u8,
+    /// Which flows send a `FlowEndEvent` (the kernel counts every flow's close either way).
+    pub emit_flow_ends: u8,
+    /// The running kernel's `TCP_KEEPALIVE_TIMEOUT` reset reason, or [`crate::NO_RESET_REASON`].
+    pub keepalive_reset_reason: u8,
+    pub _pad: [u8; 2],
+    pub filter: FilterConfig,
+    /// `task_struct.nsproxy` and `nsproxy.net_ns` (pointers): the calling task's network
+    /// namespace, for the syscall hooks.
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    /// `tcp_sock` offsets for a flow's vitals at CLOSE.
+    pub tcp: TcpSockOffsets,
+    /// `sk_buff` offsets for the drop hook.
+    pub skb: SkbOffsets,
+    /// Drop reasons (`enum skb_drop_reason` below 256) the drop hook leaves at its first
+    /// compare, one bit each: frees that are not drops worth showing (`QUEUE_PURGE`, a closed
+    /// socket's queue, about once per connection).
+    pub drop_ignore: [u64; 4],
+}
+const _: () =
+    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32);
