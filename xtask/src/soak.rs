@@ -4,8 +4,8 @@
 //! generator made, TIME_WAIT expiries against the kernel's TcpExtTW, and memory after idle
 //! against after warm-up. Any drift exits non-zero.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -63,73 +63,9 @@ struct Sample {
     lost: u64,
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Kernel memory of the tracer's maps (the `memlock` of each map fd).
-fn map_kib(pid: u32) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    fds.map_while(Result::ok)
-        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter(|info| info.contains("map_id:"))
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        / 1024
-}
-
-/// Open fds: the fewest of three looks 50 ms apart (the tracer opens its programs' fdinfo
-/// for a moment every second to read the kernel's miss counts).
-fn open_fds(pid: u32) -> usize {
-    (0..3)
-        .map(|i| {
-            if i > 0 {
-                thread::sleep(Duration::from_millis(50));
-            }
-            std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-        })
-        .min()
-        .unwrap_or(0)
-}
-
-/// The kernel's TcpExtTW: TIME_WAITs that ran out (tw_timer_handler).
-fn tcp_ext_tw() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/net/netstat").context("read /proc/net/netstat")?;
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next(), lines.next());
-    let (Some(names), Some(values)) = (names, values) else {
-        bail!("no TcpExt in /proc/net/netstat");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find_map(|(n, v)| (n == "TW").then(|| v.parse().ok()).flatten())
-        .context("no TcpExt TW counter")
-}
-
-fn scrape_lost(port: u16) -> u64 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with("tcptrace_lost_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
+#[path = "soak_readings.rs"]
+mod readings;
+use readings::{json_number, lost_in_all, map_kib, open_fds, scrape_lost, status_kib, tcp_ext_tw};
 
 /// What the tracer printed: flow lines counted, the summary kept.
 struct Output {
@@ -151,18 +87,6 @@ struct Output {
 }
 
 /// The number after `"field":` in a JSON line.
-fn json_number(line: &str, field: &str) -> Option<u16> {
-    let rest = line.split(field).nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// Events lost so far, from the tracer's warnings ("… events lost (N in all: …").
-fn lost_in_all(line: &str) -> Option<u64> {
-    let rest = line.split(" events lost (").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 fn start_tracer(
     bin: &Path,
     server_ports: &[u16],
