@@ -76,8 +76,10 @@ fn a_podman_containers_connections_name_it_and_its_id_filters_them() {
     });
     let all = Tracer::start(&["flows", "--no-time-wait", "-D", &p]);
     let name = format!("tcptrace-test-{}", std::process::id());
-    // It waits before connecting: long enough for a tracer filtered by its id to start.
-    let script = format!("sleep 4; echo hi | nc 127.0.0.1 {port}");
+    // It waits before connecting: long enough for a tracer filtered by its id to start; and
+    // lives on a second after: a cgroup is named while it exists, and the tracer reads its
+    // records up to --poll-interval (100 ms) after they were written.
+    let script = format!("sleep 4; echo hi | nc 127.0.0.1 {port}; sleep 1");
     let run = podman(&[
         "run",
         "-d",

@@ -1,5 +1,7 @@
 //! Turns cgroup ids into identities: a cache filled by walking the cgroup2 tree (a cgroup's id
-//! is its directory's inode), walked again at most once a second when an id is not in it.
+//! is its directory's inode), walked again at most once a second when an id is not in it. A new
+//! id is first looked up directly (its kernfs file handle), so that a container living a few
+//! milliseconds between two walks is still named.
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -94,8 +96,8 @@ impl IdentityResolver {
         self.known.insert(identity.cgroup_id, Arc::new(identity));
     }
 
-    /// The workload of a cgroup id: from the cache, or from a new walk of the tree when the
-    /// last was more than a second ago. Returns whether the identity is new to the cache too.
+    /// The workload of a cgroup id: from the cache, found by its id, or from a new walk of the
+    /// tree when the last was more than a second ago. Returns whether the identity is new to the cache too.
     pub fn resolve(&mut self, cgroup: u64) -> (Workload, bool) {
         if cgroup == 0 {
             return (Workload::default(), false);
@@ -104,8 +106,12 @@ impl IdentityResolver {
             if !identity.incomplete() || !self.may_walk() {
                 return (Workload::resolved(cgroup, identity.clone()), false);
             }
-        } else if self.missing.contains(&cgroup) && !self.may_walk() {
-            return (Workload::unresolved(cgroup), false);
+        } else if !self.missing.contains(&cgroup) {
+            if let Some(identity) = self.look_up(cgroup) {
+                return (Workload::resolved(cgroup, identity), true);
+            }
+            // Not looked up again before the next walk.
+            self.missing.insert(cgroup);
         }
         if self.sources.is_none() || !self.may_walk() {
             return (Workload::unresolved(cgroup), false);
@@ -130,6 +136,19 @@ impl IdentityResolver {
             Some(identity) => Workload::resolved(cgroup, identity.clone()),
             None => Workload::unresolved(cgroup),
         }
+    }
+
+    /// One cgroup found by its id alone, without a walk (the cache's bounds apply).
+    fn look_up(&mut self, cgroup: u64) -> Option<Arc<Identity>> {
+        let sources = self.sources.as_ref()?;
+        if self.known.len() >= MAX_CGROUPS {
+            return None;
+        }
+        let path = path_of_id(&sources.cgroup_root, cgroup)?;
+        let directory = PodDirectory::read(&sources.pod_logs, &sources.container_logs);
+        let identity = Arc::new(directory.identify(cgroup, &path));
+        self.known.insert(cgroup, identity.clone());
+        Some(identity)
     }
 
     fn may_walk(&self) -> bool {
@@ -164,6 +183,39 @@ impl IdentityResolver {
     }
 }
 
+/// The path below `root` of the cgroup whose id is `id`, found directly: a cgroup v2 id is its
+/// kernfs node id, which `open_by_handle_at` takes as a file handle (`FILEID_KERNFS`; it needs
+/// CAP_DAC_READ_SEARCH). `None` when the cgroup is gone or the call is refused.
+fn path_of_id(root: &Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    /// `struct file_handle` with its 8 bytes of handle.
+    #[repr(C)]
+    struct KernfsHandle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = fs::File::open(root).ok()?;
+    let mut handle = KernfsHandle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: a file_handle header followed by the `bytes` (8) bytes of handle it announces;
+    // the mount's descriptor is open.
+    let fd = unsafe { libc::open_by_handle_at(mount.as_raw_fd(), (&raw mut handle).cast(), flags) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor the call just opened, ours to close.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let full = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let below = full.strip_prefix(root).ok()?;
+    Some(format!("/{}", below.display()))
+}
+
 /// (id, path below the root) of every cgroup under `root`, the root included.
 fn walk_tree(root: &Path, found: &mut Vec<(u64, String)>) {
     let mut pending = vec![(root.to_path_buf(), String::from("/"), 0usize)];
@@ -186,5 +238,27 @@ fn walk_tree(root: &Path, found: &mut Vec<(u64, String)>) {
                 pending.push((entry.path(), child, depth + 1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's own cgroup, found by its id alone, is the path /proc/self/cgroup names.
+    #[test]
+    fn a_cgroup_is_found_by_its_id() {
+        let root = cgroup2_mount().expect("cgroup v2 is mounted here");
+        let own = fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 line")
+            .to_string();
+        let id = fs::metadata(root.join(path.trim_start_matches('/')))
+            .expect("our cgroup's directory")
+            .ino();
+        assert_eq!(path_of_id(&root, id).as_deref(), Some(path.as_str()));
+        assert_eq!(path_of_id(&root, u64::MAX - 1), None, "no such cgroup");
     }
 }
