@@ -1,7 +1,6 @@
 //! The CLOSE half of `tp_btf/inet_sock_set_state`: a flow that reached CLOSE is counted
 //! (close cause, close side) and, where userspace wants it, sent whole (with the socket's
-//! bytes and RTT) or, for
-//! `tcptrace metrics`, in brief when a TIME_WAIT follows.
+//! bytes and RTT) or, for `tcptrace metrics`, in brief when a TIME_WAIT follows.
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
     close_flags, emit_flow_ends, flow_flags, side_of_path, stat, tcp_state, time_wait_flow,
