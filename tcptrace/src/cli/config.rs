@@ -76,6 +76,12 @@ impl TryFrom<Cli> for Config {
                 bail!("--ring-size {size} is not a power of two between 4KiB and 1GiB");
             }
         }
+        if c.metrics_vitals && c.metrics.is_none() {
+            bail!("--metrics-vitals needs --metrics ADDR (it adds to the metrics)");
+        }
+        if c.all_drop_reasons && c.no_drops {
+            bail!("--all-drop-reasons contradicts --no-drops");
+        }
         if c.poll_interval < Duration::from_millis(1) || c.poll_interval > Duration::from_secs(10) {
             bail!("--poll-interval must be between 1ms and 10s");
         }
@@ -344,6 +350,11 @@ mod tests {
             (&["timewait", "--interval", "10ms"][..], "--interval"),
             (&["timewait", "--no-time-wait"][..], "contradicts"),
             (&["metrics"][..], "--metrics ADDR"),
+            (&["flows", "--metrics-vitals"][..], "needs --metrics ADDR"),
+            (
+                &["flows", "--no-drops", "--all-drop-reasons"][..],
+                "contradicts",
+            ),
             (&["top", "--json"][..], "draws a screen"),
             (&["--metrics", "9595"][..], "--metrics"),
             (&["flow"][..], "unrecognized subcommand"),
