@@ -40,6 +40,9 @@ pub struct ProgramConfig {
     /// compare, one bit each: frees that are not drops worth showing (`QUEUE_PURGE`, a closed
     /// socket's queue, about once per connection).
     pub drop_ignore: [u64; 4],
+    /// Drop records a CPU sends per second at most (0: no limit); the drops beyond are counted
+    /// (by reason, and as `stat::DROPS_UNSENT`), not sent.
+    pub drop_records_per_s: u64,
 }
 const _: () =
-    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32);
+    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32 + 8);

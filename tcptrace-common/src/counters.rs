@@ -66,7 +66,10 @@ pub mod stat {
     pub const LOST_DROP: u32 = 26;
     /// SYN-ACKs a listener retransmitted (`tcp:tcp_retransmit_synack`).
     pub const SYNACK_RETRANSMITS: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Drops counted but not sent as records: over `ProgramConfig::drop_records_per_s` on
+    /// that CPU (a flood into a DROP rule must not crowd the ring out).
+    pub const DROPS_UNSENT: u32 = 28;
+    pub const COUNT: u32 = 29;
 }
 
 /// Which entry of the per-CPU `COUNTERS` array (and of the per-CPU scratch maps) a program

@@ -455,7 +455,7 @@ pub use flow::{in_owner_context, starts_a_socket};
 pub use names::family;
 pub use offsets::{SkbOffsets, SockOffsets, TcpSockOffsets};
 pub use syscalls::{port_failure, CallArgs, PortFailureEvent};
-pub use vitals::{drop_flags, DropEvent, Vitals};
+pub use vitals::{drop_flags, DropBudget, DropCounts, DropEvent, Vitals, DROP_REASON_SLOTS};
 
 #[cfg(feature = "user")]
 mod user;

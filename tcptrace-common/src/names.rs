@@ -26,6 +26,7 @@ pub mod map {
     pub const DURATIONS: &str = "DURATIONS";
     pub const CALLS: &str = "CALLS";
     pub const WORKLOAD_CGROUPS: &str = "WORKLOAD_CGROUPS";
+    pub const DROP_REASONS: &str = "DROP_REASONS";
     /// Every map userspace names.
     pub const ALL: &[&str] = &[
         EVENTS,
@@ -43,6 +44,7 @@ pub mod map {
         DURATIONS,
         CALLS,
         WORKLOAD_CGROUPS,
+        DROP_REASONS,
     ];
     /// The benchmark's flow-state probe (`--features bench` only).
     pub const PROBE_HASH: &str = "PROBE_HASH";

@@ -23,3 +23,5 @@ unsafe impl aya::Pod for CallArgs {}
 unsafe impl aya::Pod for AddrKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TimeWaitKey {}
+// SAFETY: as above (an array of u64 only).
+unsafe impl aya::Pod for DropCounts {}

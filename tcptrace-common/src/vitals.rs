@@ -53,3 +53,26 @@ pub mod drop_flags {
     /// The packet was IPv6.
     pub const IPV6: u8 = 1 << 0;
 }
+
+/// Reasons counted one by one in [`DropCounts`] (`enum skb_drop_reason` values below it;
+/// larger ones, the subsystems' own, count in the last entry).
+pub const DROP_REASON_SLOTS: usize = 256;
+
+/// Drops by the kernel's reason, per CPU (the `DROP_REASONS` map's one entry): exact whatever
+/// number of records was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropCounts {
+    pub by_reason: [u64; DROP_REASON_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<DropCounts>() == 8 * DROP_REASON_SLOTS);
+
+/// This CPU's drop records in the current second (the `DROP_BUDGET` map's one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropBudget {
+    /// When the current second began (`bpf_ktime_get_ns`).
+    pub window_ns: u64,
+    pub sent: u64,
+}
+const _: () = assert!(core::mem::size_of::<DropBudget>() == 16);

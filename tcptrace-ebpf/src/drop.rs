@@ -6,12 +6,14 @@
 //! socket's queue purge): reasons userspace marked in `drop_ignore` leave at the first
 //! compare, packets that are not IPv4/IPv6 at the second, and non-TCP at the third.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{drop_flags, flow_flags, slot, stat, tcp_state, DropEvent, Tuple};
+use tcptrace_common::{
+    drop_flags, flow_flags, slot, stat, tcp_state, DropEvent, Tuple, DROP_REASON_SLOTS,
+};
 
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{emit, Stats, FLOW_TABLE},
+    maps::{emit, Stats, DROP_BUDGET, DROP_REASONS, FLOW_TABLE},
     sock::{self, probe_read, read},
 };
 
@@ -116,8 +118,13 @@ fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i32> {
         return Ok(());
     }
     stats.bump(stat::DROPS);
+    count_reason(reason);
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    if !within_budget(now) {
+        stats.bump(stat::DROPS_UNSENT);
+        return Ok(());
+    }
     let flags = if v6 { drop_flags::IPV6 } else { 0 };
     if let Some(mut record) = emit::<DropEvent>(stats) {
         let e = record.as_mut_ptr();
@@ -136,6 +143,38 @@ fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i32> {
         record.submit();
     }
     Ok(())
+}
+
+/// Counts a drop under its reason (this CPU's entry; the subsystems' reasons, 256 and up, in
+/// the last slot).
+#[inline(always)]
+fn count_reason(reason: u32) {
+    let slot = (reason as usize).min(DROP_REASON_SLOTS - 1);
+    if let Some(counts) = DROP_REASONS.get_ptr_mut(0) {
+        // SAFETY: this CPU's map value, valid for this run; a program is not re-entered on a
+        // CPU; the index is below the array's length.
+        unsafe { (*counts).by_reason[slot] += 1 };
+    }
+}
+
+/// Whether this CPU may send one more drop record this second (`drop_records_per_s`).
+#[inline(always)]
+fn within_budget(now: u64) -> bool {
+    let limit = config!(drop_records_per_s);
+    if limit == 0 {
+        return true;
+    }
+    let Some(budget) = DROP_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's map value, valid for this run; a program is not re-entered on a CPU.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_ns) >= 1_000_000_000 {
+        budget.window_ns = now;
+        budget.sent = 0;
+    }
+    budget.sent += 1;
+    budget.sent <= limit
 }
 
 /// Whether the filters admit a dropped packet: its addresses either way round (a packet

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, Connecting, Counters,
-    DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner, ProgramConfig, Record,
-    TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS,
-    STAT_SLOTS, TRANSITION_SLOTS,
+    DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner,
+    ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS,
+    DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -105,6 +105,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         dev_net: 0,
     },
     drop_ignore: [0; 4],
+    drop_records_per_s: 0,
 };
 
 const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");
@@ -303,6 +304,14 @@ pub static TIMER_ENTRY: PerCpuArray<TimerEntry> = PerCpuArray::with_max_entries(
 /// A connect() in progress on this CPU, to tell a reused TIME_WAIT from a killed one.
 #[map]
 pub static CONNECTING: PerCpuArray<Connecting> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drops by the kernel's reason, per CPU: exact, whatever was sent.
+#[map]
+pub static DROP_REASONS: PerCpuArray<DropCounts> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's drop records in the current second.
+#[map]
+pub static DROP_BUDGET: PerCpuArray<DropBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every counter, per CPU and per program (see `tcptrace_common::Counters` and `slot`).
 #[map]

@@ -204,7 +204,8 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
         u16::from_be(local.sin_port)
     });
     drop(listener);
-    thread::sleep(Duration::from_millis(300));
+    // The kernel's counts reach the endpoint every second.
+    thread::sleep(Duration::from_millis(1_500));
     let (_, scrape) = metrics::scrape(metrics_port);
     let dropped = metrics::value(
         &scrape,
@@ -350,4 +351,53 @@ fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
     assert_eq!(child["path"][0]["state"], "SYN_RECV", "{child}");
     assert!(child["path"][0]["rtx"].as_u64() >= Some(1), "{child}");
     assert!(out.summary()["synack_retransmits"].as_u64() >= Some(1));
+}
+
+#[test]
+fn a_burst_of_drops_is_counted_whole_and_sent_at_the_rate_set() {
+    let pair = NetnsPair::new();
+    // One drop record a second per CPU: the burst below goes mostly unsent.
+    let tracer = Tracer::start(&["all", "--no-time-wait", "--drop-records-per-s", "1"]);
+    let c = pair.connect();
+    pair.exec(
+        &pair.a,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &c.server_port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    );
+    let mut client = c.client;
+    client.set_nodelay(true).expect("TCP_NODELAY");
+    // Ten segments at once (the initial window sends them all), each dropped on arrival.
+    for _ in 0..10 {
+        client.write_all(b"x").expect("write");
+    }
+    thread::sleep(Duration::from_millis(300));
+    crate::retransmit::abort(client);
+    crate::retransmit::abort(c.server);
+    let out = tracer.stop();
+
+    let summary = out.summary();
+    let drops = summary["drops"].as_u64().expect("drops");
+    let unsent = summary["drops_unsent"].as_u64().expect("drops_unsent");
+    let lines = out.of_type("drop").len() as u64;
+    assert!(drops >= 10, "{summary}");
+    assert!(unsent >= 5, "at most a record a CPU a second: {summary}");
+    assert_eq!(
+        lines + unsent,
+        drops,
+        "every drop sent or counted as unsent: {summary}"
+    );
+    // By reason, the kernel's own counts: every drop, sent or not.
+    assert!(
+        summary["drops_by_reason"]["NETFILTER_DROP"].as_u64() >= Some(10),
+        "{summary}"
+    );
 }

@@ -99,6 +99,7 @@ impl Config {
             time_wait: self.traces_time_wait(),
             drops: self.traces_drops(),
             all_drop_reasons: self.all_drop_reasons,
+            drop_records_per_s: self.drop_records_per_s,
             port_failures: self.traces_port_failures(),
             filter: self.filter.clone(),
         }

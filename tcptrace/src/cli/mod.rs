@@ -166,6 +166,10 @@ pub struct CommonArgs {
     /// at teardown) and QUEUE_PURGE (a closed socket's queues, about one per connection).
     #[arg(long, global = true)]
     pub all_drop_reasons: bool,
+    /// Drop records one CPU sends per second at most (0: no limit); drops beyond are counted
+    /// by reason, not sent (a flood into a DROP rule must not crowd transitions out).
+    #[arg(long, global = true, value_name = "N", default_value_t = 10_000)]
+    pub drop_records_per_s: u64,
     /// In `tcptrace metrics`: the RTT at close and bytes per local service and destination
     /// too (the kernel then sends every flow's end; other modes decode every flow anyway).
     #[arg(long, global = true)]

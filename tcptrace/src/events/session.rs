@@ -482,7 +482,8 @@ impl<'c> Session<'c> {
             summary.time_wait = Some(self.dispatch.tw.summary());
             summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();
         }
-        summary.packets = Some(self.dispatch.packets.summary());
+        let packets = (self.dispatch.packets).summary(&kernel.drop_reasons, self.dispatch.host());
+        summary.packets = Some(packets);
         Ok(summary)
     }
 }

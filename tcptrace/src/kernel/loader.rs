@@ -290,6 +290,7 @@ impl Tracer {
                 .skb_offsets()
                 .context("resolving struct sk_buff offsets from BTF")?,
             drop_ignore: drop_ignore(&drop_reasons, plan.all_drop_reasons),
+            drop_records_per_s: plan.drop_records_per_s,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &program_config, true);

@@ -83,6 +83,7 @@ impl Consumer for MetricsExporter {
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         self.metrics.kernel(t.kernel);
+        (self.metrics).kernel_drops(&t.kernel.drop_reasons, &t.tracer.drop_reasons);
         self.metrics.durations(&t.tracer.durations()?);
         if let Some(watch) = t.listeners {
             self.metrics.listeners(watch, t.identities);
@@ -97,11 +98,6 @@ impl Consumer for MetricsExporter {
 
     fn evicted(&mut self, _now_ns: u64, newly: u64, _total: u64) -> io::Result<()> {
         self.metrics.evicted(newly);
-        Ok(())
-    }
-
-    fn packet_drop(&mut self, d: &crate::events::vitals::PacketDrop) -> io::Result<()> {
-        self.metrics.packet_dropped(d);
         Ok(())
     }
 

@@ -103,6 +103,8 @@ struct SummaryLine {
     listen: Option<crate::state::listeners::ListenTotals>,
     /// TCP packets the kernel dropped, and by reason (the reasons of those decoded).
     drops: u64,
+    /// Of those, counted but not sent as records (over the per-CPU rate).
+    drops_unsent: u64,
     drops_by_reason: std::collections::BTreeMap<String, u64>,
     synack_retransmits: u64,
     /// Bytes and RTT of the flows whose vitals were read at CLOSE.
@@ -187,6 +189,7 @@ pub(super) fn summary_line(s: &Summary) -> impl Serialize {
         filters: s.filters.clone(),
         listen: s.listen,
         drops: s.drops,
+        drops_unsent: s.drops_unsent,
         drops_by_reason: s
             .packets
             .iter()

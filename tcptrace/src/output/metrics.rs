@@ -97,6 +97,7 @@ pub struct Metrics {
     /// RTT at close, bytes per service and destination, drops by reason.
     vitals: VitalsMetrics,
     synack_retransmits: Counter,
+    drops_unsent: Counter,
     listen: ListenMetrics,
     /// By workload (`--metrics-pod-labels`).
     workloads: Option<WorkloadMetrics>,
@@ -130,6 +131,7 @@ impl Metrics {
             port_failures: PortFailureMetrics::default(),
             vitals: VitalsMetrics::default(),
             synack_retransmits: Counter::default(),
+            drops_unsent: Counter::default(),
             listen: ListenMetrics::default(),
             workloads: workload_labels.map(WorkloadMetrics::new),
             seen: KernelCounters::default(),
@@ -209,6 +211,11 @@ impl Metrics {
             m.filtered_events.clone(),
         );
         registry.register(
+            "drop_records_unsent",
+            "Drops counted (in drops_total) but not sent as records (over --drop-records-per-s)",
+            m.drops_unsent.clone(),
+        );
+        registry.register(
             "synack_retransmits",
             "SYN-ACKs listeners sent again (the handshake's last ACK did not come)",
             m.synack_retransmits.clone(),
@@ -268,9 +275,9 @@ impl Metrics {
         }
     }
 
-    /// A TCP packet the kernel dropped.
-    pub fn packet_dropped(&mut self, d: &crate::events::vitals::PacketDrop) {
-        self.vitals.dropped(d);
+    /// The kernel's drops by reason number, named by `names` (its `enum skb_drop_reason`).
+    pub fn kernel_drops(&mut self, counts: &[u64], names: &[(u32, String)]) {
+        self.vitals.kernel_drops(counts, names);
     }
 
     /// Flows evicted from the flow table by userspace.
@@ -302,6 +309,7 @@ impl Metrics {
         add(stat::KEEPALIVE_UNINDEXED, &self.keepalive_unindexed);
         add(stat::FILTERED, &self.filtered_events);
         add(stat::SYNACK_RETRANSMITS, &self.synack_retransmits);
+        add(stat::DROPS_UNSENT, &self.drops_unsent);
         for (index, reason) in [
             (stat::LOST_TRANSITION, "ring_full_transition"),
             (stat::LOST_FLOW_END, "ring_full_flow"),

@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::events::{decode::FinishedFlow, vitals::PacketDrop};
+use crate::events::decode::FinishedFlow;
 
 /// Services and destinations with a series of their own.
 pub const LABELLED: usize = 64;
@@ -45,6 +45,8 @@ pub struct VitalsMetrics {
     drops: Family<DropReason, Counter>,
     /// The labels given out: services, destinations.
     labelled: [HashSet<String>; 2],
+    /// The kernel's drop counts by reason number already added.
+    drops_seen: Vec<u64>,
 }
 
 impl Default for VitalsMetrics {
@@ -57,6 +59,7 @@ impl Default for VitalsMetrics {
             unlabelled_flows: Counter::default(),
             drops: Family::default(),
             labelled: Default::default(),
+            drops_seen: Vec::new(),
         }
     }
 }
@@ -137,11 +140,24 @@ impl VitalsMetrics {
         }
     }
 
-    pub fn dropped(&mut self, d: &PacketDrop) {
-        let key = DropReason {
-            reason: d.reason.clone(),
-        };
-        self.drops.get_or_create(&key).inc();
+    /// The kernel's drops by reason number (exact, whatever records were sent), named from
+    /// its BTF (`names`: `enum skb_drop_reason`).
+    pub fn kernel_drops(&mut self, counts: &[u64], names: &[(u32, String)]) {
+        self.drops_seen.resize(counts.len(), 0);
+        for (reason, (&now, seen)) in counts.iter().zip(self.drops_seen.iter_mut()).enumerate() {
+            if now <= *seen {
+                continue;
+            }
+            let name = names
+                .iter()
+                .find(|(v, _)| *v as usize == reason)
+                .map(|(_, n)| n.strip_prefix("SKB_DROP_REASON_").unwrap_or(n).to_string())
+                .unwrap_or_else(|| reason.to_string());
+            self.drops
+                .get_or_create(&DropReason { reason: name })
+                .inc_by(now - *seen);
+            *seen = now;
+        }
     }
 }
 

@@ -175,13 +175,15 @@ fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             .collect();
         writeln!(
             o,
-            "drops: {} TCP packets dropped by this host ({}); SYN-ACK retransmits {}",
+            "drops: {} TCP packets dropped by this host ({}), {} of them not sent as records \
+             (over --drop-records-per-s); SYN-ACK retransmits {}",
             s.drops,
             if reasons.is_empty() {
                 "-".into()
             } else {
                 reasons.join(", ")
             },
+            s.drops_unsent,
             s.synack_retransmits
         )?;
     }

@@ -31,6 +31,9 @@ pub struct KernelCounters {
     /// Retransmits by the kernel's state number.
     #[serde(default)]
     pub rtx_by_state: Vec<u64>,
+    /// TCP packets dropped, by the kernel's drop reason number (`DROP_REASON_SLOTS`).
+    #[serde(default)]
+    pub drop_reasons: Vec<u64>,
 }
 
 /// `stats` as written by this or an older tcptrace (fewer counters, each at its own index).
@@ -281,6 +284,7 @@ impl Aggregator {
             listen: None,
             time_wait_preexisting: 0,
             drops: kernel.stat(stat::DROPS),
+            drops_unsent: kernel.stat(stat::DROPS_UNSENT),
             lost_drops: kernel.stat(stat::LOST_DROP),
             synack_retransmits: kernel.stat(stat::SYNACK_RETRANSMITS),
             packets: None,
@@ -397,6 +401,8 @@ pub struct Summary {
     /// TCP packets the kernel dropped (counted in the kernel), their records lost, and SYN-ACKs
     /// listeners sent again.
     pub drops: u64,
+    /// Drops counted but not sent as records (over the per-CPU rate).
+    pub drops_unsent: u64,
     pub lost_drops: u64,
     pub synack_retransmits: u64,
     /// Drops by reason, bytes and RTT of the flows decoded.

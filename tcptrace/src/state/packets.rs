@@ -10,6 +10,7 @@ use crate::events::{
     model::{Endpoint, FlowAddrs},
     vitals::{DropTally, PacketDrop},
 };
+use crate::host::facts::HostFacts;
 
 /// Flows with marks waiting for their end, at most; beyond, new marks are not kept (counted).
 pub const MAX_MARKED_FLOWS: usize = 65_536;
@@ -157,13 +158,25 @@ impl PacketLedger {
         self.unclaimed += (before - self.marks.len()) as u64;
     }
 
-    pub fn summary(&self) -> PacketSummary {
-        PacketSummary {
-            drops_by_reason: self
-                .by_reason
+    /// The summary's figures; drops by reason as the kernel counted them (`kernel_drops`, by
+    /// reason number: exact even where records were not sent), else as the records said.
+    pub fn summary(&self, kernel_drops: &[u64], host: &HostFacts) -> PacketSummary {
+        let drops_by_reason = if kernel_drops.iter().any(|&n| n > 0) {
+            let mut named: BTreeMap<String, u64> = BTreeMap::new();
+            for (reason, &n) in kernel_drops.iter().enumerate().filter(|(_, n)| **n > 0) {
+                *named
+                    .entry(host.drop_reason_name(reason as u32))
+                    .or_default() += n;
+            }
+            named.into_iter().collect()
+        } else {
+            self.by_reason
                 .iter()
                 .map(|(r, &n)| (r.clone(), n))
-                .collect(),
+                .collect()
+        };
+        PacketSummary {
+            drops_by_reason,
             drops_overflowed: self.overflowed,
             flows_with_vitals: self.flows_with_vitals,
             bytes_acked: self.bytes_acked,

@@ -7,6 +7,7 @@ use crate::events::{
     model::{Endpoint, FlowAddrs},
     vitals::FlowVitals,
 };
+use crate::host::facts::HostFacts;
 
 fn addrs(local: u16, remote: u16) -> FlowAddrs {
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -41,7 +42,7 @@ fn drops_join_their_flow_whichever_way_the_packet_went() {
     let mut f = finished(flow);
     ledger.flow_ended(&mut f);
     assert_eq!(f.drops.text(), "NETFILTER_DROP:2");
-    let s = ledger.summary();
+    let s = ledger.summary(&[], &HostFacts::default());
     assert_eq!(
         s.drops_by_reason,
         [
@@ -49,6 +50,13 @@ fn drops_join_their_flow_whichever_way_the_packet_went() {
             ("NO_SOCKET".to_string(), 1)
         ]
     );
+    // The kernel's own counts, where there are any, are the summary's.
+    let mut kernel = vec![0u64; 16];
+    kernel[12] = 7;
+    let host = HostFacts::default()
+        .with_drop_reasons(&[(12, "SKB_DROP_REASON_NETFILTER_DROP".to_string())]);
+    let exact = ledger.summary(&kernel, &host);
+    assert_eq!(exact.drops_by_reason, [("NETFILTER_DROP".to_string(), 7)]);
     // The other flow's mark is forgotten when no end comes for it.
     ledger.expire(3 + MARK_TTL_NS);
     assert_eq!((ledger.marks.len(), ledger.unclaimed), (0, 1));
@@ -99,7 +107,7 @@ fn vitals_are_summed_and_the_ledger_is_bounded() {
         });
         ledger.flow_ended(&mut f);
     }
-    let s = ledger.summary();
+    let s = ledger.summary(&[], &HostFacts::default());
     assert_eq!(
         (s.flows_with_vitals, s.bytes_acked, s.bytes_received),
         (3, 3000, 30)
@@ -115,5 +123,8 @@ fn vitals_are_summed_and_the_ledger_is_bounded() {
         ledger.dropped(&drop_of(a, "TCP_CLOSE", 1));
     }
     assert_eq!(ledger.marks.len(), MAX_MARKED_FLOWS);
-    assert_eq!(ledger.summary().drops_overflowed, 10);
+    assert_eq!(
+        ledger.summary(&[], &HostFacts::default()).drops_overflowed,
+        10
+    );
 }

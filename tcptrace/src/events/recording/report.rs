@@ -132,7 +132,11 @@ fn render<C: Consumer>(
         if config.traces_time_wait() && header.time_wait {
             summary.time_wait = Some(dispatch.tw.summary());
         }
-        summary.packets = Some(dispatch.packets.summary());
+        summary.packets = Some(
+            dispatch
+                .packets
+                .summary(&counters.drop_reasons, dispatch.host()),
+        );
         summary
     });
     consumer.finish(&End {

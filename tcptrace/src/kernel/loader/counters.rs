@@ -4,13 +4,30 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{MapData, PerCpuArray};
 use tcptrace_common::{
     names::{map, program},
-    slot, stat, Counters, DurationHistogram, TRANSITION_SLOTS,
+    slot, stat, Counters, DropCounts, DurationHistogram, DROP_REASON_SLOTS, TRANSITION_SLOTS,
 };
 
 use super::Tracer;
 use crate::state::aggregate::KernelCounters;
 
 impl Tracer {
+    /// Drops by reason number, summed over CPUs.
+    fn drop_reason_counts(&self) -> Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(map::DROP_REASONS)
+            .ok_or_else(|| anyhow!("map DROP_REASONS missing from the eBPF object"))?;
+        let array: PerCpuArray<&MapData, DropCounts> =
+            PerCpuArray::try_from(map).context("map DROP_REASONS is not a per-CPU array")?;
+        let mut sum = vec![0u64; DROP_REASON_SLOTS];
+        for cpu in array.get(&0, 0).context("reading map DROP_REASONS")?.iter() {
+            for (total, value) in sum.iter_mut().zip(cpu.by_reason) {
+                *total += value;
+            }
+        }
+        Ok(sum)
+    }
+
     /// The kernel's per-CPU counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
         let map = self
@@ -29,6 +46,7 @@ impl Tracer {
             closes: vec![0; tcptrace_common::close_cause::COUNT],
             sides: vec![0; tcptrace_common::close_side::COUNT],
             rtx_by_state: vec![0; usize::from(tcptrace_common::tcp_state::LIMIT)],
+            drop_reasons: self.drop_reason_counts()?,
         };
         // One entry per program (tcptrace_common::slot), each per CPU.
         for index in 0..slot::COUNT {
