@@ -15,6 +15,13 @@ use crate::{
     support::{path_states, Tracer},
 };
 
+/// A loopback listener on a port no TIME_WAIT points at: other tests' TIME_WAITs toward an
+/// earlier listener of the same number (60 s of them) would count toward this one.
+fn listener_without_time_waits() -> TcpListener {
+    let port = crate::ports::free_port_without_time_waits();
+    TcpListener::bind(("127.0.0.1", port)).expect("bind a port without TIME_WAITs")
+}
+
 /// A loopback connection that the client closes first; returns (client port, server port).
 fn client_closes_first(listener: &TcpListener) -> (u16, u16) {
     let addr = listener.local_addr().expect("addr");
@@ -37,7 +44,7 @@ fn time_wait_of(flow: &Value) -> &Value {
 #[test]
 fn client_time_wait_lasts_about_60s_and_expires() {
     let tracer = Tracer::start(&["flows"]);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener_without_time_waits();
     let port = listener.local_addr().expect("addr").port().to_string();
     // The same under a filter (the timer's expiry is traced through its start's verdict;
     // the kernel reports a cancel just before every expiry).
@@ -76,7 +83,7 @@ fn client_time_wait_lasts_about_60s_and_expires() {
 fn early_ends_are_reused_or_killed() {
     let tracer = Tracer::start(&["flows"]);
     // Reused: the same 4-tuple connects again (tcp_tw_reuse, 2 = loopback, after 1 s).
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener_without_time_waits();
     let server_port = listener.local_addr().expect("addr").port();
     let reuse = |_: ()| {
         let out = Command::new("python3")
@@ -163,7 +170,7 @@ fn destination_count(gauges: &Value, port: u16) -> u64 {
 
 #[test]
 fn time_wait_sockets_from_before_tracing_are_counted() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener_without_time_waits();
     let port = listener.local_addr().expect("addr").port();
     for _ in 0..5 {
         client_closes_first(&listener);
@@ -181,7 +188,7 @@ fn time_wait_sockets_from_before_tracing_are_counted() {
 fn burst_gauge_matches_ss_and_forecasts() {
     let load = crate::support::heavy_load();
     let tracer = Tracer::start_alone(&load, &["timewait", "--interval", "1s"]);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener_without_time_waits();
     let port = listener.local_addr().expect("addr").port();
     for _ in 0..2_000 {
         client_closes_first(&listener);
@@ -225,7 +232,7 @@ fn time_waits_skipped_by_a_full_table_are_reported() {
     pair.sysctl(&pair.a, "net.ipv4.tcp_max_tw_buckets", "0");
     let tracer = Tracer::start_in(&pair.a, &["flows"]);
     let ports = pair.run_in(&pair.a, || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = listener_without_time_waits();
         (0..5)
             .map(|_| client_closes_first(&listener))
             .collect::<Vec<_>>()
