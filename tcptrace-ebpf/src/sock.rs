@@ -102,10 +102,18 @@ impl Reader for Untyped {
 /// `inet_timewait_sock`; the source port lies past it (`inet_sport` / `tw_sport`): always probed.
 #[inline(always)]
 pub fn tuple_with<R: Reader>(sk: *const u8, sport_offset: u32) -> Result<Tuple, i32> {
+    let sport = u16::from_be(probe_read::<u16>(sk, sport_offset)?);
+    common_tuple::<R>(sk, sport)
+}
+
+/// The addresses and destination port `sock_common` holds (it starts a `struct sock`, an
+/// `inet_timewait_sock` and a `request_sock` alike), with the local port `sport`.
+#[inline(always)]
+pub fn common_tuple<R: Reader>(sk: *const u8, sport: u16) -> Result<Tuple, i32> {
     let family = R::read::<u16>(sk, config!(offsets.family))?;
     let mut tuple = Tuple {
         family,
-        sport: u16::from_be(probe_read::<u16>(sk, sport_offset)?),
+        sport,
         dport: u16::from_be(R::read::<u16>(sk, config!(offsets.dport))?),
         ..Tuple::default()
     };

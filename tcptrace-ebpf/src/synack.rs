@@ -27,21 +27,7 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
 /// port is `skc_num`, in host order).
 #[inline(always)]
 fn request_tuple(req: *const u8) -> Result<Tuple, i32> {
-    let family = read::<u16>(req, config!(offsets.family))?;
-    let mut tuple = Tuple {
-        family,
-        sport: read::<u16>(req, config!(offsets.num))?,
-        dport: u16::from_be(read::<u16>(req, config!(offsets.dport))?),
-        ..Tuple::default()
-    };
-    if family == sock::AF_INET6 {
-        tuple.saddr = read::<[u8; 16]>(req, config!(offsets.v6_saddr))?;
-        tuple.daddr = read::<[u8; 16]>(req, config!(offsets.v6_daddr))?;
-    } else {
-        tuple.saddr[..4].copy_from_slice(&read::<[u8; 4]>(req, config!(offsets.saddr))?);
-        tuple.daddr[..4].copy_from_slice(&read::<[u8; 4]>(req, config!(offsets.daddr))?);
-    }
-    Ok(tuple)
+    sock::common_tuple::<sock::Typed>(req, read::<u16>(req, config!(offsets.num))?)
 }
 
 #[inline(always)]
