@@ -94,6 +94,8 @@ pub struct Tick<'a> {
     pub listeners: Option<&'a ListenerWatch>,
     /// Who the cgroups are (the listeners' among them, resolved before the tick).
     pub identities: &'a IdentityResolver,
+    /// The facts of this host, as the decoder uses them (the kernel's reason names).
+    pub host: &'a HostFacts,
 }
 
 /// How the session ended, for the consumer's last word.

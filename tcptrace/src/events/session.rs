@@ -387,6 +387,7 @@ impl<'c> Session<'c> {
             namespaces: self.namespaces(),
             listeners,
             identities: &self.dispatch.identities,
+            host: self.dispatch.host(),
         })
     }
 

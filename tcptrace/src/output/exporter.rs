@@ -83,7 +83,7 @@ impl Consumer for MetricsExporter {
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         self.metrics.kernel(t.kernel);
-        (self.metrics).kernel_drops(&t.kernel.drop_reasons, &t.tracer.drop_reasons);
+        self.metrics.kernel_drops(&t.kernel.drop_reasons, t.host);
         self.metrics.durations(&t.tracer.durations()?);
         if let Some(watch) = t.listeners {
             self.metrics.listeners(watch, t.identities);

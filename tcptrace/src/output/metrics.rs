@@ -275,9 +275,9 @@ impl Metrics {
         }
     }
 
-    /// The kernel's drops by reason number, named by `names` (its `enum skb_drop_reason`).
-    pub fn kernel_drops(&mut self, counts: &[u64], names: &[(u32, String)]) {
-        self.vitals.kernel_drops(counts, names);
+    /// The kernel's drops by reason number, named as `host` names them.
+    pub fn kernel_drops(&mut self, counts: &[u64], host: &crate::host::facts::HostFacts) {
+        self.vitals.kernel_drops(counts, host);
     }
 
     /// Flows evicted from the flow table by userspace.

@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::events::decode::FinishedFlow;
+use crate::{events::decode::FinishedFlow, host::facts::HostFacts};
 
 /// Services and destinations with a series of their own.
 pub const LABELLED: usize = 64;
@@ -140,21 +140,17 @@ impl VitalsMetrics {
         }
     }
 
-    /// The kernel's drops by reason number (exact, whatever records were sent), named from
-    /// its BTF (`names`: `enum skb_drop_reason`).
-    pub fn kernel_drops(&mut self, counts: &[u64], names: &[(u32, String)]) {
+    /// The kernel's drops by reason number (exact, whatever records were sent), named as
+    /// `host` names them (from its kernel's BTF).
+    pub fn kernel_drops(&mut self, counts: &[u64], host: &HostFacts) {
         self.drops_seen.resize(counts.len(), 0);
         for (reason, (&now, seen)) in counts.iter().zip(self.drops_seen.iter_mut()).enumerate() {
             if now <= *seen {
                 continue;
             }
-            let name = names
-                .iter()
-                .find(|(v, _)| *v as usize == reason)
-                .map(|(_, n)| n.strip_prefix("SKB_DROP_REASON_").unwrap_or(n).to_string())
-                .unwrap_or_else(|| reason.to_string());
+            let reason = host.drop_reason_name(reason as u32);
             self.drops
-                .get_or_create(&DropReason { reason: name })
+                .get_or_create(&DropReason { reason })
                 .inc_by(now - *seen);
             *seen = now;
         }
