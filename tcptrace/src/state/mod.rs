@@ -10,4 +10,5 @@ pub mod keepalive;
 pub mod listeners;
 pub mod packets;
 pub mod port_failures;
+pub mod quantiles;
 pub mod timewait;

@@ -10,7 +10,7 @@ use crate::events::{
     model::{Endpoint, FlowAddrs},
     vitals::{DropTally, PacketDrop},
 };
-use crate::host::facts::HostFacts;
+use crate::{host::facts::HostFacts, state::quantiles::summary_quantiles};
 
 /// Flows with marks waiting for their end, at most; beyond, new marks are not kept (counted).
 pub const MAX_MARKED_FLOWS: usize = 65_536;
@@ -181,15 +181,7 @@ impl PacketLedger {
             flows_with_vitals: self.flows_with_vitals,
             bytes_acked: self.bytes_acked,
             bytes_received: self.bytes_received,
-            srtt_ns: self.srtt_us.as_ref().map(|h| {
-                [0.5, 0.9, 0.99]
-                    .map(|q| h.value_at_quantile(q) * 1_000)
-                    .into_iter()
-                    .chain([h.max() * 1_000])
-                    .collect::<Vec<_>>()
-                    .try_into()
-                    .unwrap_or([0; 4])
-            }),
+            srtt_ns: (self.srtt_us.as_ref()).map(|h| summary_quantiles(h).map(|us| us * 1_000)),
         }
     }
 }

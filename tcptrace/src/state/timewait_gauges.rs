@@ -2,10 +2,11 @@
 //! rates) and its summary.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use hdrhistogram::Histogram;
-
 use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
-use crate::events::model::{Endpoint, TimeWaitEnd};
+use crate::{
+    events::model::{Endpoint, TimeWaitEnd},
+    state::quantiles::summary_quantiles,
+};
 
 impl TimeWaitTracker {
     /// Sockets in TIME_WAIT now, by destination and by local address (call
@@ -39,16 +40,12 @@ impl TimeWaitTracker {
             self.by_destination.iter().map(|(&k, &v)| (k, v)).collect();
         top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         top.truncate(10);
-        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         TimeWaitSummary {
             entered: self.entered,
             client_side: self.client_side,
             server_side: self.server_side,
             ends: self.ends.iter().map(|(&k, &v)| (k, v)).collect(),
-            held: self
-                .held
-                .as_ref()
-                .map(|h| [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()]),
+            held: self.held.as_ref().map(summary_quantiles),
             top_destinations: top,
             overflows: self.overflows,
         }
