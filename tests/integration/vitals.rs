@@ -24,6 +24,16 @@ fn drops(flow: &Value, reason: &str) -> u64 {
     flow["drops"][reason].as_u64().unwrap_or(0)
 }
 
+/// `iptables OP INPUT -p tcp --dport PORT MATCHING… -j DROP` in namespace A: the packets to
+/// `port` that also match `matching` are dropped there on arrival (`-A` adds, `-D` removes).
+fn drop_in_a(pair: &NetnsPair, op: &str, port: u16, matching: &[&str]) {
+    let port = port.to_string();
+    let mut args = vec!["iptables", op, "INPUT", "-p", "tcp", "--dport", &port];
+    args.extend_from_slice(matching);
+    args.extend(["-j", "DROP"]);
+    pair.exec(&pair.a, &args);
+}
+
 fn set_syn_count(stream_fd: i32, count: i32) {
     // SAFETY: setsockopt on an open socket with an int.
     let rc = unsafe {
@@ -154,21 +164,7 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
         move || std::net::TcpListener::bind((addr, 0)).expect("bind")
     });
     let port = listener.local_addr().expect("addr").port();
-    pair.exec(
-        &pair.a,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    );
+    drop_in_a(&pair, "-A", port, &["--syn"]);
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let tracer = Tracer::start(&["all", "--no-time-wait", "--metrics", &metrics_addr]);
@@ -258,20 +254,7 @@ fn established_traffic_dropped_lands_on_its_flow() {
     let pair = NetnsPair::new();
     let tracer = Tracer::start(&["flows", "--no-time-wait"]);
     let c = pair.connect();
-    pair.exec(
-        &pair.a,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &c.server_port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    );
+    drop_in_a(&pair, "-A", c.server_port, &[]);
     let mut client = c.client;
     client.write_all(b"into the void").expect("write");
     // RTO starts at 200 ms and doubles: 0.2, 0.6 s.
@@ -300,26 +283,8 @@ fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
     let port = listener.local_addr().expect("addr").port();
     // The handshake's last ACK (and anything else but a SYN, FIN or RST) is lost for 1.5 s:
     // the listener sends its SYN-ACK again after 1 s.
-    let rule = [
-        "iptables",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port.to_string(),
-        "--tcp-flags",
-        "SYN,ACK,FIN,RST",
-        "ACK",
-        "-j",
-        "DROP",
-    ];
-    let with = |op: &str| {
-        let mut args: Vec<&str> = vec![rule[0], op];
-        args.extend_from_slice(&rule[1..]);
-        args.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    let add = with("-A");
-    pair.exec(&pair.a, &add.iter().map(String::as_str).collect::<Vec<_>>());
+    let lost_ack = ["--tcp-flags", "SYN,ACK,FIN,RST", "ACK"];
+    drop_in_a(&pair, "-A", port, &lost_ack);
     let tracer = Tracer::start(&["all", "--no-time-wait"]);
     let addr_a = pair.addr_a;
     let client = pair.run_in(&pair.b, move || {
@@ -327,8 +292,7 @@ fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
     });
     let client_port = client.local_addr().expect("addr").port();
     thread::sleep(Duration::from_millis(1_500));
-    let del = with("-D");
-    pair.exec(&pair.a, &del.iter().map(String::as_str).collect::<Vec<_>>());
+    drop_in_a(&pair, "-D", port, &lost_ack);
     // The client's next segment completes the handshake.
     (&client).write_all(b"hello").expect("write");
     let (mut server, _) = listener.accept().expect("accept");
@@ -359,20 +323,7 @@ fn a_burst_of_drops_is_counted_whole_and_sent_at_the_rate_set() {
     // One drop record a second per CPU: the burst below goes mostly unsent.
     let tracer = Tracer::start(&["all", "--no-time-wait", "--drop-records-per-s", "1"]);
     let c = pair.connect();
-    pair.exec(
-        &pair.a,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &c.server_port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    );
+    drop_in_a(&pair, "-A", c.server_port, &[]);
     let mut client = c.client;
     client.set_nodelay(true).expect("TCP_NODELAY");
     // Ten segments at once (the initial window sends them all), each dropped on arrival.
