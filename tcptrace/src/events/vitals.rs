@@ -115,24 +115,38 @@ impl DropTally {
 
     /// `NETFILTER_DROP:3,TCP_CLOSE:1`.
     pub fn text(&self) -> String {
-        let parts: Vec<String> = self.0.iter().map(|(r, n)| format!("{r}:{n}")).collect();
-        parts.join(",")
+        self.to_string()
     }
 }
 
-/// Bytes in short form: `512B`, `12.4KB`, `1.1MB`, `3.0GB` (powers of 1000, as tcplife's).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
-    if bytes < 1000 {
-        return format!("{bytes}B");
+impl std::fmt::Display for DropTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (reason, n)) in self.0.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            write!(f, "{comma}{reason}:{n}")?;
+        }
+        Ok(())
     }
-    let mut value = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
+}
+
+/// Bytes in short form: `512B`, `12.4KB`, `1.1MB`, `3.0GB` (powers of 1000, as tcplife's),
+/// written where it is displayed (no allocation per flow line).
+pub struct HumanBytes(pub u64);
+
+impl std::fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+        if self.0 < 1000 {
+            return write!(f, "{}B", self.0);
+        }
+        let mut value = self.0 as f64 / 1000.0;
+        let mut unit = 0;
+        while value >= 1000.0 && unit + 1 < UNITS.len() {
+            value /= 1000.0;
+            unit += 1;
+        }
+        write!(f, "{value:.1}{}", UNITS[unit])
     }
-    format!("{value:.1}{}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -166,11 +180,12 @@ mod tests {
 
     #[test]
     fn bytes_print_short() {
-        assert_eq!(human_bytes(0), "0B");
-        assert_eq!(human_bytes(999), "999B");
-        assert_eq!(human_bytes(12_400), "12.4KB");
-        assert_eq!(human_bytes(1_100_000), "1.1MB");
-        assert_eq!(human_bytes(3_000_000_000), "3.0GB");
+        let text = |n| HumanBytes(n).to_string();
+        assert_eq!(text(0), "0B");
+        assert_eq!(text(999), "999B");
+        assert_eq!(text(12_400), "12.4KB");
+        assert_eq!(text(1_100_000), "1.1MB");
+        assert_eq!(text(3_000_000_000), "3.0GB");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{
 use crate::{
     events::decode::{FinishedFlow, Retransmit, Transition},
     events::model::{CloseSide, FlowAddrs},
-    events::vitals::{human_bytes, PacketDrop},
+    events::vitals::{HumanBytes, PacketDrop},
     host::clock::{human_duration, Clock, HumanDuration},
     host::identity::Workload,
     state::aggregate::{KernelCounters, Summary},
@@ -279,19 +279,15 @@ impl<W: Write> Render for TextPrinter<W> {
         number(&mut self.line, f.lifecycle.retransmits).map_err(fmt_failed)?;
         // A listener carries no bytes of its own.
         if let Some(v) = f.vitals.as_ref().filter(|_| f.close != CloseSide::Listener) {
-            let rtt = v
-                .srtt_ns
-                .map_or("-".into(), |ns| held(Some(ns)).text().as_str().to_string());
-            write!(
-                self.line,
-                " tx={} rx={} rtt={rtt}",
-                human_bytes(v.bytes_acked),
-                human_bytes(v.bytes_received)
-            )
-            .map_err(fmt_failed)?;
+            let (tx, rx) = (HumanBytes(v.bytes_acked), HumanBytes(v.bytes_received));
+            write!(self.line, " tx={tx} rx={rx} rtt=").map_err(fmt_failed)?;
+            match v.srtt_ns {
+                Some(ns) => self.line.push_str(held(Some(ns)).text().as_str()),
+                None => self.line.push('-'),
+            }
         }
         if !f.drops.is_empty() {
-            write!(self.line, " drops={}", f.drops.text()).map_err(fmt_failed)?;
+            write!(self.line, " drops={}", f.drops).map_err(fmt_failed)?;
         }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())

@@ -92,6 +92,36 @@ fn flow_line_shows_every_state_life_close_and_rtx() {
         ),
         "{line}"
     );
+    assert!(line.ends_with("rtx=0"), "no vitals, nothing more: {line}");
+}
+
+#[test]
+fn a_flow_line_ends_with_its_vitals_and_drops() {
+    let mut flow = fixtures::client_flow();
+    flow.vitals = Some(crate::events::vitals::FlowVitals {
+        bytes_acked: 300_002,
+        bytes_received: 3,
+        srtt_ns: Some(103_000_000),
+        ..Default::default()
+    });
+    flow.drops.add("QDISC_DROP", 93);
+    let mut p = printer();
+    p.flow(&flow).expect("write");
+    flow.vitals.as_mut().expect("vitals").srtt_ns = None;
+    flow.drops = Default::default();
+    p.flow(&flow).expect("write");
+    let out = text(p);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].ends_with("rtx=0 tx=300.0KB rx=3B rtt=103ms drops=QDISC_DROP:93"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].ends_with("rtx=0 tx=300.0KB rx=3B rtt=-"),
+        "{}",
+        lines[2]
+    );
 }
 
 #[test]
