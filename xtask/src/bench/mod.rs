@@ -87,6 +87,11 @@ struct ModeRow {
     /// round of its own), its multiple of the empty hook's in the same run, and by program.
     kernel_ns_per_connection: Option<f64>,
     kernel_x_empty_hook: Option<f64>,
+    /// Program runs per connection (every hook of the mode), and what that many runs of the
+    /// empty program would cost as a multiple of the empty hook's time: the part of the
+    /// multiple that is the number of hooks run, before any of them does any work.
+    kernel_runs_per_connection: Option<f64>,
+    kernel_runs_x_empty_hook: Option<f64>,
     kernel_by_program: Vec<steady::ProgramCost>,
     /// Connections made in that round.
     kernel_round_connections: u64,
@@ -298,6 +303,8 @@ impl Bench<'_> {
             peak_rss_kib: rss,
             kernel_ns_per_connection: (connections > 0).then(|| kernel_ns / connections as f64),
             kernel_x_empty_hook: None,
+            kernel_runs_per_connection: None,
+            kernel_runs_x_empty_hook: None,
             kernel_by_program: programs,
             kernel_round_connections: connections,
         })
@@ -394,18 +401,9 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         results.modes.push(reference::bpftrace(&bench)?);
     }
 
-    // Each mode's kernel time per connection as a multiple of the empty hook's (same run).
-    let floor = results
-        .modes
-        .iter()
-        .find(|m| m.mode == "empty hook (floor)")
-        .and_then(|m| m.kernel_ns_per_connection);
-    for m in &mut results.modes {
-        m.kernel_x_empty_hook = floor
-            .zip(m.kernel_ns_per_connection)
-            .filter(|(f, _)| *f > 0.0)
-            .map(|(f, k)| k / f);
-    }
+    // Each mode's kernel time and program runs per connection as multiples of the empty
+    // hook's (same run).
+    table::relate_to_empty_hook(&mut results.modes);
 
     // Kernel ns per program run (bpf_stats on for this round only), flows mode.
     let costs = steady::program_costs(&bench, &["flows"])?;

@@ -1,5 +1,33 @@
 //! The results table printed at the end of `cargo xtask bench`.
-use super::Results;
+use super::{ModeRow, Results};
+
+/// Runs of all the mode's programs per connection in its bpf_stats round.
+fn runs_per_connection(m: &ModeRow) -> Option<f64> {
+    if m.kernel_round_connections == 0 || m.kernel_by_program.is_empty() {
+        return None;
+    }
+    let runs: u64 = m.kernel_by_program.iter().map(|p| p.runs).sum();
+    Some(runs as f64 / m.kernel_round_connections as f64)
+}
+
+/// Each mode's kernel time per connection, and its program runs per connection, as multiples
+/// of the empty hook's in the same run.
+pub(super) fn relate_to_empty_hook(modes: &mut [ModeRow]) {
+    let floor = modes.iter().find(|m| m.mode == "empty hook (floor)");
+    let floor_ns = floor.and_then(|m| m.kernel_ns_per_connection);
+    let floor_runs = floor.and_then(runs_per_connection);
+    for m in modes.iter_mut() {
+        m.kernel_x_empty_hook = floor_ns
+            .zip(m.kernel_ns_per_connection)
+            .filter(|(f, _)| *f > 0.0)
+            .map(|(f, k)| k / f);
+        m.kernel_runs_per_connection = runs_per_connection(m);
+        m.kernel_runs_x_empty_hook = floor_runs
+            .zip(m.kernel_runs_per_connection)
+            .filter(|(f, _)| *f > 0.0)
+            .map(|(f, r)| r / f);
+    }
+}
 
 /// Programs' runs and ns per run, one a line, names padded to `width`.
 fn print_runs(programs: &[super::steady::ProgramCost], width: usize) {
@@ -49,11 +77,16 @@ pub(super) fn print_table(r: &Results) {
         };
         let connections = m.kernel_round_connections.max(1) as f64;
         println!(
-            "  {:<24} {:>9.0} ns/conn {:>7}",
+            "  {:<24} {:>9.0} ns/conn {:>7}{}",
             m.mode,
             ns,
             m.kernel_x_empty_hook
-                .map_or("".into(), |x| format!("{x:.1}x"))
+                .map_or("".into(), |x| format!("{x:.1}x")),
+            m.kernel_runs_per_connection
+                .zip(m.kernel_runs_x_empty_hook)
+                .map_or("".into(), |(r, x)| format!(
+                    "   {r:.1} program runs/conn: {x:.1}x the empty hook's runs"
+                ))
         );
         for p in &m.kernel_by_program {
             println!(
@@ -123,4 +156,69 @@ pub(super) fn print_table(r: &Results) {
             "M events/s"
         )
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::steady::ProgramCost;
+
+    fn row(mode: &str, ns: f64, connections: u64, runs: &[u64]) -> ModeRow {
+        ModeRow {
+            mode: mode.into(),
+            command: String::new(),
+            pairs: 0,
+            off_conn_per_s: Vec::new(),
+            on_conn_per_s: Vec::new(),
+            ratio_median: 0.0,
+            ratio_min: 0.0,
+            ratio_max: 0.0,
+            state_events_per_s: 0.0,
+            lost_ring: None,
+            lost_skipped: None,
+            user_cpu_ns_per_event: 0.0,
+            peak_rss_kib: 0,
+            kernel_ns_per_connection: Some(ns),
+            kernel_x_empty_hook: None,
+            kernel_runs_per_connection: None,
+            kernel_runs_x_empty_hook: None,
+            kernel_by_program: runs
+                .iter()
+                .map(|&runs| ProgramCost {
+                    program: "p".into(),
+                    runs,
+                    ns_per_run: 1.0,
+                })
+                .collect(),
+            kernel_round_connections: connections,
+        }
+    }
+
+    #[test]
+    fn kernel_time_and_program_runs_are_multiples_of_the_empty_hooks() {
+        let mut modes = [
+            row("metrics only", 6_000.0, 1_000, &[10_000, 10_000, 6_000]),
+            row("empty hook (floor)", 600.0, 2_000, &[20_000]),
+            row("no bpf_stats round", 0.0, 0, &[]),
+        ];
+        relate_to_empty_hook(&mut modes);
+        let metrics = &modes[0];
+        assert_eq!(metrics.kernel_x_empty_hook, Some(10.0), "6,000 / 600 ns");
+        assert_eq!(
+            metrics.kernel_runs_per_connection,
+            Some(26.0),
+            "26,000 runs / 1,000"
+        );
+        assert_eq!(
+            metrics.kernel_runs_x_empty_hook,
+            Some(2.6),
+            "26 runs against the empty hook's 10"
+        );
+        assert_eq!(modes[1].kernel_runs_x_empty_hook, Some(1.0));
+        assert_eq!(
+            modes[2].kernel_runs_per_connection, None,
+            "no round, no runs"
+        );
+        assert_eq!(modes[2].kernel_runs_x_empty_hook, None);
+    }
 }
