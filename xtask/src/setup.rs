@@ -165,7 +165,8 @@ pub fn ensure_vm_tools() -> Result<()> {
 /// dashboard; podman with runc and busybox-static: a real container, from an image built
 /// locally (no registry), is named by its container id; libbpf-tools and bpftrace: the
 /// benchmark's reference rows (tcpstates, tcplife, a bpftrace one-liner), and what the
-/// kernel emits is checked by hand with them.
+/// kernel emits is checked by hand with them; bpftool: the benchmark names each program
+/// whole.
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(
         &[
@@ -177,6 +178,7 @@ pub fn ensure_test_tools() -> Result<()> {
             "busybox-static",
             "libbpf-tools",
             "bpftrace",
+            "bpftool",
         ],
         "the integration tests use network namespaces, DROP rules, a real Prometheus and a \
          real container runtime; the benchmark compares with libbpf-tools and bpftrace",

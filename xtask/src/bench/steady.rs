@@ -16,7 +16,7 @@ use super::{loadgen::run_clients, tracer::BpfStats, Bench};
 /// One BPF program's cost over a round.
 #[derive(Serialize, Debug, Clone)]
 pub struct ProgramCost {
-    /// The kernel's name for it (truncated to 15 characters).
+    /// Its name (bpftool's whole name; the kernel's 15 characters without bpftool).
     pub program: String,
     pub runs: u64,
     pub ns_per_run: f64,
@@ -73,11 +73,13 @@ pub fn programs_over_a_round(
     let before = held_programs(tracer.pid());
     let load = bench.load(None)?;
     let after = held_programs(tracer.pid());
-    // Names while the programs are loaded.
-    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+    // Names while the programs are loaded: bpftool's (whole, from the programs' BTF), else
+    // the kernel's 15 characters.
+    let mut names: HashMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
         .collect();
+    names.extend(whole_program_names());
     tracer.stop()?;
     drop(stats);
     let mut costs: Vec<ProgramCost> = after
@@ -98,6 +100,28 @@ pub fn programs_over_a_round(
     costs.sort_by_key(|c| std::cmp::Reverse(c.runs));
     let _ = fs::remove_file(&out);
     Ok((costs, load.connections))
+}
+
+/// Loaded programs' whole names by id, as bpftool reads them from each program's BTF (the
+/// kernel keeps 15 characters: `tcp_retransmit_skb` and `tcp_retransmit_synack` would read
+/// alike); empty when bpftool is missing or fails.
+fn whole_program_names() -> HashMap<u32, String> {
+    #[derive(serde::Deserialize)]
+    struct Shown {
+        id: u32,
+        name: Option<String>,
+    }
+    let Ok(out) = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return HashMap::new();
+    };
+    serde_json::from_slice::<Vec<Shown>>(&out.stdout)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| Some((p.id, p.name?)))
+        .collect()
 }
 
 /// On-CPU time of every thread of a process, in ns (schedstat: exact, not tick-sampled).

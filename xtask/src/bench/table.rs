@@ -90,7 +90,7 @@ pub(super) fn print_table(r: &Results) {
         );
         for p in &m.kernel_by_program {
             println!(
-                "      {:<18} {:>6.2} runs/conn {:>8.1} ns/run {:>8.0} ns/conn",
+                "      {:<27} {:>6.2} runs/conn {:>8.1} ns/run {:>8.0} ns/conn",
                 p.program,
                 p.runs as f64 / connections,
                 p.ns_per_run,
@@ -106,7 +106,7 @@ pub(super) fn print_table(r: &Results) {
         opt(r.kernel_ns_per_transition_on_demand, "ns"),
         opt(r.kernel_ns_per_transition_socket, "ns")
     );
-    print_runs(&r.kernel_programs, 18);
+    print_runs(&r.kernel_programs, 27);
     if !r.flow_state_probes.is_empty() {
         println!("flow state alone (probes, flat out; empty hook first):");
         print_runs(&r.flow_state_probes, 32);
