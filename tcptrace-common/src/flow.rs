@@ -73,16 +73,22 @@ impl FlowState {
         (self.len as usize).wrapping_sub(1) & SLOT_MASK
     }
 
+    /// How long the current state has been held at `now`, when its start was seen.
+    #[inline(always)]
+    pub fn held_at(&self, now: u64) -> Option<u64> {
+        let previous = self.entered_ns[self.last()];
+        if previous != 0 && now >= previous {
+            Some(now - previous)
+        } else {
+            None
+        }
+    }
+
     /// Enters `new` at `now`; returns the time held in the previous state when its start was
     /// seen.
     #[inline(always)]
     pub fn enter(&mut self, new: u8, now: u64) -> Option<u64> {
-        let previous = self.entered_ns[self.last()];
-        let held = if previous != 0 && now >= previous {
-            Some(now - previous)
-        } else {
-            None
-        };
+        let held = self.held_at(now);
         let slot = if (self.len as usize) < PATH_SLOTS {
             self.len += 1;
             self.last()
@@ -226,6 +232,19 @@ mod tests {
         let child = FlowState::start(LISTEN, SYN_RECV, 10);
         assert_eq!((child.len, child.states[0]), (1, SYN_RECV));
         assert_eq!(child.flags & flow_flags::START_SEEN, flow_flags::START_SEEN);
+    }
+
+    #[test]
+    fn the_time_held_so_far_leaves_the_path_as_it_is() {
+        let mut flow = FlowState::start(CLOSE, SYN_SENT, 10);
+        assert_eq!(flow.held_at(25), Some(15));
+        assert_eq!(flow.held_at(5), None, "a clock before the entry is no time");
+        assert_eq!((flow.len, flow.current()), (1, SYN_SENT), "nothing entered");
+        assert_eq!(flow.enter(ESTABLISHED, 40), Some(30));
+        assert_eq!(flow.held_at(41), Some(1));
+        let mut unknown_start = FlowState::start(CLOSE, SYN_SENT, 10);
+        unknown_start.entered_ns[unknown_start.last()] = 0;
+        assert_eq!(unknown_start.held_at(50), None, "start not seen");
     }
 
     #[test]

@@ -315,7 +315,15 @@ fn try_inet_sock_set_state(
             stats.bump(stat::PATH_GAPS);
             flow.enter_unseen(old);
         }
-        if let Some(ns) = flow.enter(new, now) {
+        if old == new && !ends {
+            // The kernel set the state the socket is in (shutdown() then close() sets
+            // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
+            // one step of the path, one time held, observed when the state is left.
+            if let Some(ns) = flow.held_at(now) {
+                held = ns;
+                flags |= event_flags::OLD_DURATION_KNOWN;
+            }
+        } else if let Some(ns) = flow.enter(new, now) {
             held = ns;
             flags |= event_flags::OLD_DURATION_KNOWN;
             observe_duration(slot, old, ns);

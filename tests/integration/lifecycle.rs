@@ -252,3 +252,72 @@ fn flow_older_than_the_tracer_has_unknown_start() {
         "flows mode prints flows only"
     );
 }
+
+/// shutdown() then close(): the kernel sets FIN_WAIT2 (or FIN_WAIT1) a second time, and the
+/// tracepoint reports it. The transition is shown as it happened; the flow stays in the state
+/// it was in — one step of its path, one time held.
+#[test]
+fn a_state_set_twice_is_one_stay() {
+    let tracer = Tracer::start(&["all"]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = TcpStream::connect(addr).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    let (server, _) = listener.accept().expect("accept");
+    server
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown: ESTABLISHED -> FIN_WAIT1, acknowledged: FIN_WAIT2");
+    thread::sleep(Duration::from_millis(30));
+    drop(server); // close(): FIN_WAIT2 set again, then the timewait socket takes over
+    let mut buf = [0u8; 4];
+    assert_eq!(client.read(&mut buf).expect("EOF"), 0);
+    drop(client);
+    thread::sleep(Duration::from_millis(50));
+    let out = tracer.stop();
+
+    let server = out.flow(("127.0.0.1", addr.port()), ("127.0.0.1", client_port));
+    assert_eq!(
+        path_states(server),
+        strs(&["SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]),
+        "{server}"
+    );
+    assert_durations(server, Duration::from_secs(5));
+    let held_in = |i: usize| {
+        server["path"][i]["held_ns"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("held time of step {i}: {server}"))
+    };
+    let fin_wait2_held = held_in(3);
+    assert!(
+        held_in(2) + fin_wait2_held >= 30_000_000,
+        "FIN_WAIT1 then one stay in FIN_WAIT2 span the 30 ms before close(): {server}"
+    );
+    let steps = transitions_of(&out, server);
+    let again = steps
+        .iter()
+        .find(|t| t["old"] == "FIN_WAIT2" && t["new"] == "FIN_WAIT2")
+        .unwrap_or_else(|| panic!("the kernel's second FIN_WAIT2 is shown: {steps:#?}"));
+    let so_far = again["old_held_ns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("held so far: {again}"));
+    assert!(
+        so_far <= fin_wait2_held && so_far >= fin_wait2_held / 2,
+        "held so far at the second set, within the one stay ({fin_wait2_held} ns): {again}"
+    );
+    let last = steps.last().expect("transitions");
+    assert_eq!(last["new"], "CLOSE");
+    assert_eq!(
+        last["old_held_ns"].as_u64(),
+        Some(fin_wait2_held),
+        "the stay ends at CLOSE: {last}"
+    );
+    let held = out.summary()["held"].as_array().expect("held").clone();
+    let fin_wait2 = held
+        .iter()
+        .find(|h| h["state"] == "FIN_WAIT2")
+        .expect("FIN_WAIT2 percentiles");
+    assert!(
+        fin_wait2["max_ns"].as_u64() >= Some(fin_wait2_held),
+        "the histogram has the whole stay: {fin_wait2}"
+    );
+}
