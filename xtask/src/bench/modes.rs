@@ -1,6 +1,9 @@
 //! The tracer modes `cargo xtask bench` measures, each a row: (key for `--modes`, the row's
 //! name, tcptrace's arguments).
 
+/// The empty program's row: every mode's kernel time is a multiple of its.
+pub const FLOOR_ROW: &str = "empty hook (floor)";
+
 pub const MODES: [(&str, &str, &[&str]); 16] = [
     ("transitions", "transitions -> file", &[]),
     ("flows", "flows -> file", &["flows"]),
@@ -76,7 +79,7 @@ pub const MODES: [(&str, &str, &[&str]); 16] = [
     // Every connection of the load is filtered out in the kernel (remote port 1).
     ("filtered", "flows, all filtered out", &["flows", "-D", "1"]),
     // An empty program on the same tracepoint: the floor any hook pays here.
-    ("floor", "empty hook (floor)", &["hook-floor"]),
+    ("floor", FLOOR_ROW, &["hook-floor"]),
     // Only a small flow state, kept in socket-local storage or in a global hash: what
     // the place a flow's state lives costs (no records, no filters).
     (

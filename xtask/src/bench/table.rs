@@ -13,20 +13,22 @@ fn runs_per_connection(m: &ModeRow) -> Option<f64> {
 /// Each mode's kernel time per connection, and its program runs per connection, as multiples
 /// of the empty hook's in the same run.
 pub(super) fn relate_to_empty_hook(modes: &mut [ModeRow]) {
-    let floor = modes.iter().find(|m| m.mode == "empty hook (floor)");
+    let floor = modes.iter().find(|m| m.mode == super::modes::FLOOR_ROW);
     let floor_ns = floor.and_then(|m| m.kernel_ns_per_connection);
     let floor_runs = floor.and_then(runs_per_connection);
     for m in modes.iter_mut() {
-        m.kernel_x_empty_hook = floor_ns
-            .zip(m.kernel_ns_per_connection)
-            .filter(|(f, _)| *f > 0.0)
-            .map(|(f, k)| k / f);
+        m.kernel_x_empty_hook = multiple(m.kernel_ns_per_connection, floor_ns);
         m.kernel_runs_per_connection = runs_per_connection(m);
-        m.kernel_runs_x_empty_hook = floor_runs
-            .zip(m.kernel_runs_per_connection)
-            .filter(|(f, _)| *f > 0.0)
-            .map(|(f, r)| r / f);
+        m.kernel_runs_x_empty_hook = multiple(m.kernel_runs_per_connection, floor_runs);
     }
+}
+
+/// `value` as a multiple of `floor`, when both are known and the floor is not zero.
+fn multiple(value: Option<f64>, floor: Option<f64>) -> Option<f64> {
+    value
+        .zip(floor)
+        .filter(|(_, f)| *f > 0.0)
+        .map(|(v, f)| v / f)
 }
 
 /// Programs' runs and ns per run, one a line, names padded to `width`.
@@ -198,7 +200,7 @@ mod tests {
     fn kernel_time_and_program_runs_are_multiples_of_the_empty_hooks() {
         let mut modes = [
             row("metrics only", 6_000.0, 1_000, &[10_000, 10_000, 6_000]),
-            row("empty hook (floor)", 600.0, 2_000, &[20_000]),
+            row(crate::bench::modes::FLOOR_ROW, 600.0, 2_000, &[20_000]),
             row("no bpf_stats round", 0.0, 0, &[]),
         ];
         relate_to_empty_hook(&mut modes);
