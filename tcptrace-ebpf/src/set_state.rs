@@ -315,21 +315,18 @@ fn try_inet_sock_set_state(
             stats.bump(stat::PATH_GAPS);
             flow.enter_unseen(old);
         }
-        // The kernel can set the state the socket is in (shutdown() then close() sets
-        // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on — one
-        // step of the path, one time held, observed when the state is left.
-        let stays = old == new && !ends;
-        let held_ns = if stays {
-            flow.held_at(now)
-        } else {
-            flow.enter(new, now)
-        };
-        if let Some(ns) = held_ns {
+        if old == new && !ends {
+            // The kernel set the state the socket is in (shutdown() then close() sets
+            // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
+            // one step of the path, one time held, observed when the state is left.
+            if let Some(ns) = flow.held_at(now) {
+                held = ns;
+                flags |= event_flags::OLD_DURATION_KNOWN;
+            }
+        } else if let Some(ns) = flow.enter(new, now) {
             held = ns;
             flags |= event_flags::OLD_DURATION_KNOWN;
-            if !stays {
-                observe_duration(slot, old, ns);
-            }
+            observe_duration(slot, old, ns);
         }
     }
     if owner_context {
