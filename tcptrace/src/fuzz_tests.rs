@@ -19,9 +19,9 @@ use proptest::{
 
 use crate::{
     cli::filter::{parse_cidr, parse_pid, parse_ports},
-    events::decode::decode,
-    events::recording::format::RecordingReader,
+    decode::decode,
     host::sockdiag,
+    run::recording::format::RecordingReader,
 };
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-corpus");
@@ -138,7 +138,7 @@ fn fuzz_recording_reader() {
         let result =
             RecordingReader::new(bytes.as_slice(), Path::new("f.rec")).and_then(|mut reader| {
                 while let Some(frame) = reader.next_frame()? {
-                    if let crate::events::recording::format::Frame::Record(r) = frame {
+                    if let crate::run::recording::format::Frame::Record(r) = frame {
                         let _ = decode(r);
                     }
                 }

@@ -4,14 +4,16 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 mod cli;
-mod events;
+mod decode;
 #[cfg(test)]
 mod fuzz_tests;
 mod host;
 mod kernel;
 #[cfg(test)]
 mod layout_tests;
+mod model;
 mod output;
+mod run;
 mod state;
 mod text;
 
@@ -48,7 +50,7 @@ fn parse() -> Result<cli::Cli, ExitCode> {
 
 /// The mode's consumer, driven by the session (or, for `idle`, one report).
 fn run(config: &cli::Config) -> anyhow::Result<()> {
-    use events::session;
+    use run::session;
     let metrics = output::exporter::MetricsExporter::for_config(config);
     match &config.mode {
         cli::Mode::Idle { min_idle } => output::lines::idle_once(config, *min_idle),
@@ -58,7 +60,7 @@ fn run(config: &cli::Config) -> anyhow::Result<()> {
         cli::Mode::Record(options) => session::run(
             config,
             &mut (
-                events::recording::Recorder::new(config, options.clone()),
+                run::recording::Recorder::new(config, options.clone()),
                 metrics,
             ),
         ),
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let result = match cli.command {
-        Some(cli::Command::ReplayBench { records }) => events::replay::run(records),
+        Some(cli::Command::ReplayBench { records }) => run::replay::run(records),
         #[cfg(feature = "bench")]
         Some(cli::Command::HookFloor { variant }) => kernel::floor::run(&cli.common.btf, variant),
         Some(cli::Command::Completions { shell }) => {
@@ -91,7 +93,7 @@ fn main() -> ExitCode {
             mode,
             interval,
         }) => cli::report_config(&cli, mode, interval)
-            .and_then(|config| events::recording::report(file, &config)),
+            .and_then(|config| run::recording::report(file, &config)),
         _ => cli::Config::try_from(cli).and_then(|config| run(&config)),
     };
     match result {

@@ -4,8 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{filter::FilterSpec, identity::IdentityConfig, Cli, Command, ReportMode};
+use super::{identity::IdentityConfig, Cli, Command, ReportMode};
 pub use crate::kernel::plan::FlowMemory;
+use crate::model::filter::FilterSpec;
 
 /// What tcptrace does this run.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,10 @@
 use super::*;
-use crate::events::model::Endpoint;
+use crate::{
+    host::netns::own_netns,
+    kernel::filter::trie_key,
+    model::tcp::{Endpoint, FlowAddrs},
+};
+use tcptrace_common::{filter_kind, mapped_v4, port_bits};
 
 fn spec(args: FilterArgs) -> Result<FilterSpec> {
     FilterSpec::try_from(args)

@@ -1,21 +1,17 @@
 //! Who a socket belongs to (container, pod, unit): the flags that say where identities are
 //! read from and how they are shown, and the workload filters (`--pod`, `--namespace`,
 //! `--container`), resolved to cgroup ids at start and again every second while tracing.
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
-use crate::host::{
-    identity::{short_id, Identity},
-    identity_resolver::{IdentityResolver, IdentitySources},
-};
+use crate::host::identity_resolver::{IdentityResolver, IdentitySources};
+use crate::model::filter::WorkloadFilter;
 
 /// Workload labels on metrics: at most this many (namespace, pod, container) label sets by
 /// default; the rest are summed under `other`.
 pub const DEFAULT_METRICS_WORKLOADS: usize = 200;
-/// The kernel's table of filtered cgroups (`WORKLOAD_CGROUPS`).
-pub const MAX_FILTERED_CGROUPS: usize = 4096;
 
 /// When column output has the identity column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -146,65 +142,7 @@ fn cgroup2_under(root: PathBuf) -> Result<PathBuf> {
     )
 }
 
-/// `--pod`, `--namespace`, `--container`: the workloads traced (they combine with AND).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadFilter {
-    pub pods: Vec<String>,
-    pub namespaces: Vec<String>,
-    /// Names, or container ids (12 hex digits or more: a prefix).
-    pub containers: Vec<String>,
-    /// The cgroups they name now (sorted).
-    pub cgroups: Vec<u64>,
-}
-
-fn is_id_prefix(text: &str) -> bool {
-    text.len() >= 12 && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 impl WorkloadFilter {
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty() && self.namespaces.is_empty() && self.containers.is_empty()
-    }
-
-    fn container_matches(&self, wanted: &str, identity: &Identity) -> bool {
-        identity.container.as_deref() == Some(wanted)
-            || (is_id_prefix(wanted)
-                && identity
-                    .container_id
-                    .as_deref()
-                    .is_some_and(|id| id.starts_with(wanted)))
-    }
-
-    /// Whether a cgroup is one of the filtered workloads' (its descendants then are too).
-    pub fn matches(&self, identity: &Identity) -> bool {
-        let pod_ok =
-            self.pods.is_empty() || identity.pod.as_ref().is_some_and(|p| self.pods.contains(p));
-        let ns_ok = self.namespaces.is_empty()
-            || identity
-                .namespace
-                .as_ref()
-                .is_some_and(|n| self.namespaces.contains(n));
-        let container_ok = self.containers.is_empty()
-            || self
-                .containers
-                .iter()
-                .any(|c| self.container_matches(c, identity));
-        pod_ok
-            && ns_ok
-            && container_ok
-            && (identity.pod_uid.is_some() || !self.containers.is_empty())
-    }
-
-    /// The cgroups of the tree that match, sorted.
-    pub fn select(&self, tree: &[Arc<Identity>]) -> Vec<u64> {
-        let ids: BTreeSet<u64> = tree
-            .iter()
-            .filter(|identity| self.matches(identity))
-            .map(|identity| identity.cgroup_id)
-            .collect();
-        ids.into_iter().take(MAX_FILTERED_CGROUPS).collect()
-    }
-
     /// Resolves the names against this host now: every name given must match a workload.
     pub fn resolve(&mut self, sources: &IdentitySources) -> Result<()> {
         if self.is_empty() {
@@ -254,24 +192,5 @@ impl WorkloadFilter {
             );
         }
         Ok(())
-    }
-
-    /// The filter in words.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (what, names) in [
-            ("pod", &self.pods),
-            ("namespace", &self.namespaces),
-            ("container", &self.containers),
-        ] {
-            if !names.is_empty() {
-                let names: Vec<&str> = names
-                    .iter()
-                    .map(|n| if is_id_prefix(n) { short_id(n) } else { n })
-                    .collect();
-                parts.push(format!("{what} {}", names.join(",")));
-            }
-        }
-        parts.join(" and ")
     }
 }

@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 
-use crate::host::identity::{Identity, PodDirectory, Workload};
+use crate::{
+    host::identity::PodDirectory,
+    model::workload::{Identity, Workload},
+};
 
 /// The least time between two walks of the cgroup tree.
 const MIN_RESCAN: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
 use std::fs;
 
 use super::*;
+use crate::model::workload::Workload;
 
 const CID: &str = "4f1c0b8a9e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccd";
 const UID: &str = "0b7c9e3e-7c1a-4b1e-9a55-2f0c4d1e8a77";

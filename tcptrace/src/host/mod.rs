@@ -8,3 +8,4 @@ pub mod netns;
 pub mod netns_reader;
 pub mod procnet;
 pub mod sockdiag;
+pub mod socket_owners;

@@ -15,12 +15,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    events::model::Endpoint,
     host::{
         netns::{inode_of, own_netns, Namespace, Namespaces, PortSettings},
         procnet::TcpExtCounters,
         sockdiag::{self, DiagSocket},
     },
+    model::tcp::Endpoint,
 };
 
 /// Namespaces holding TIME_WAITs are read again this often (a sysctl changed shows within it).

@@ -16,7 +16,7 @@ use netlink_packet_sock_diag::{
 use netlink_packet_utils::nla::Nla as _;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::events::model::{Endpoint, FlowAddrs};
+use crate::model::tcp::{Endpoint, FlowAddrs};
 
 /// Bytes of the netlink header before a sock_diag response.
 const NETLINK_HEADER_LEN: usize = 16;

@@ -14,7 +14,6 @@ use tcptrace_common::{
 };
 
 use crate::{
-    events::decode::Lifecycle,
     kernel::btf::KernelBtf,
     kernel::load_error::explain,
     kernel::plan::{KernelPlan, KernelVariants},
@@ -88,7 +87,7 @@ fn seed_listeners(ebpf: &mut Ebpf) {
         }
     };
     let (Some(netns), Some(map)) = (
-        crate::cli::filter::own_netns(),
+        crate::host::netns::own_netns(),
         ebpf.map_mut(map::LISTENERS),
     ) else {
         return;
@@ -96,7 +95,7 @@ fn seed_listeners(ebpf: &mut Ebpf) {
     let Ok(mut listeners) = HashMap::<&mut MapData, ListenerKey, Owner>::try_from(map) else {
         return;
     };
-    let owners = crate::state::idle::socket_owners();
+    let owners = crate::host::socket_owners::socket_owners();
     for socket in listening {
         let Some(process) = owners.get(&socket.inode) else {
             continue;
@@ -300,7 +299,7 @@ impl Tracer {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
-        plan.filter.install(&mut ebpf)?;
+        crate::kernel::filter::install(&plan.filter, &mut ebpf)?;
         seed_listeners(&mut ebpf);
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -395,7 +394,7 @@ impl Tracer {
     /// Who listens on `port` in namespace `netns`, from the kernel's index of listeners
     /// Makes the kernel's filtered workload cgroups `now` (they were `before`).
     pub fn set_workload_cgroups(&mut self, before: &[u64], now: &[u64]) -> Result<()> {
-        crate::cli::filter::sync_workload_cgroups(&mut self.ebpf, before, now)
+        crate::kernel::filter::sync_workload_cgroups(&mut self.ebpf, before, now)
     }
 
     /// (filled at each listen(), and at start from sock_diag).
@@ -403,7 +402,7 @@ impl Tracer {
         &self,
         netns: u32,
         port: u16,
-    ) -> Option<(crate::events::model::Process, u64)> {
+    ) -> Option<(crate::model::tcp::Process, u64)> {
         let map = self.ebpf.map(map::LISTENERS)?;
         let listeners = HashMap::<&MapData, ListenerKey, Owner>::try_from(map).ok()?;
         let key = ListenerKey {
@@ -413,18 +412,19 @@ impl Tracer {
         };
         let owner = listeners.get(&key, 0).ok()?;
         Some((
-            crate::events::model::Process {
+            crate::model::tcp::Process {
                 pid: owner.pid,
-                comm: crate::events::model::comm_to_string(&owner.comm),
+                comm: crate::model::tcp::comm_to_string(&owner.comm),
             },
             owner.cgroup,
         ))
     }
 
     /// Evicts the `n` least recently active flows from the kernel's table; returns the flows
-    /// this call removed (a flow the kernel closed meanwhile is not counted).
+    /// this call removed, as the kernel kept them (a flow the kernel closed meanwhile is not
+    /// counted).
     /// Flows in socket-local storage are never evicted (nothing to fill; freed with the socket).
-    pub fn evict(&mut self, n: usize) -> Result<Vec<Lifecycle>> {
+    pub fn evict(&mut self, n: usize) -> Result<Vec<FlowState>> {
         let Some(table) = self.flow_table else {
             return Ok(Vec::new());
         };
@@ -436,16 +436,16 @@ impl Tracer {
             HashMap::try_from(map).with_context(|| format!("map {table} is not a hash map"))?;
         let mut activity = Vec::new();
         each_flow(&flows, table, |key, state| {
-            activity.push((key, crate::state::evict::last_active(state)));
+            activity.push((key, crate::kernel::evict::last_active(state)));
             Ok(())
         })?;
         let mut evicted = Vec::new();
-        for key in crate::state::evict::victims(activity, n) {
+        for key in crate::kernel::evict::victims(activity, n) {
             let Ok(state) = flows.get(&key, 0) else {
                 continue;
             };
             if flows.remove(&key).is_ok() {
-                evicted.push(Lifecycle::try_from(&state)?);
+                evicted.push(state);
             }
         }
         Ok(evicted)
@@ -454,7 +454,7 @@ impl Tracer {
     /// Flows the kernel still tracks (open when tracing stopped): the entries of its table, or,
     /// for flows in socket-local storage (which userspace cannot list without a BPF iterator,
     /// a program type some kernels refuse), the storage the kernel created and did not delete.
-    pub fn open_flow_count(&self, kernel: &crate::state::aggregate::KernelCounters) -> Result<u64> {
+    pub fn open_flow_count(&self, kernel: &crate::model::counters::KernelCounters) -> Result<u64> {
         use tcptrace_common::stat;
         let Some(table) = self.flow_table else {
             return Ok(kernel

@@ -8,7 +8,7 @@ use tcptrace_common::{
     names::{map, program},
 };
 
-use crate::cli::filter::FilterSpec;
+use crate::model::filter::FilterSpec;
 
 /// Where the kernel keeps flows (`--flow-memory`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -144,7 +144,7 @@ mod tests {
             assert!(bit(&bits, value("QUEUE_PURGE")), "{kernel}");
             assert!(bit(&bits, value("NOT_SPECIFIED")), "{kernel}");
             assert!(!bit(&bits, value("NETFILTER_DROP")), "{kernel}");
-            let host = crate::host::facts::HostFacts::default().with_drop_reasons(&reasons);
+            let host = crate::model::facts::HostFacts::default().with_drop_reasons(&reasons);
             assert_eq!(
                 host.drop_reason_name(value("NETFILTER_DROP")),
                 "NETFILTER_DROP"

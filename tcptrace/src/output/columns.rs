@@ -3,8 +3,7 @@
 use std::fmt;
 
 use crate::{
-    events::model::Process, host::clock::HumanDuration, text::digits::number,
-    text::stackstr::StackStr,
+    host::clock::HumanDuration, model::tcp::Process, text::digits::number, text::stackstr::StackStr,
 };
 
 const SPACES: &str = "                                                                ";

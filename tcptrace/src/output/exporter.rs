@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::Config,
-    events::consumer::{Begin, Consumer, Flow, Tick, Wants},
+    output::consumer::{Begin, Consumer, Flow, Tick, Wants},
     output::metrics::Metrics,
     state::{
         forecast::forecasts,
@@ -65,7 +65,7 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
-    fn flow_closed(&mut self, f: &crate::events::decode::FinishedFlow) -> io::Result<()> {
+    fn flow_closed(&mut self, f: &crate::model::events::FinishedFlow) -> io::Result<()> {
         self.metrics.flow_closed(f);
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
-    fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) -> io::Result<()> {
+    fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) -> io::Result<()> {
         self.metrics.port_failure(p);
         Ok(())
     }

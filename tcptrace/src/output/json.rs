@@ -4,17 +4,18 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
-    json_alert::{alert_line, WorkloadFields},
-    json_events::{drop_line, flow_line, hex, retransmit_line, transition_line},
+    json_alert::alert_line,
+    json_events::{drop_line, flow_line, retransmit_line, transition_line},
+    json_fields::{Addrs, Owner, WorkloadFields},
     json_summary::{summary_line, Lost},
     Render,
 };
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::{FlowAddrs, Process},
-    events::vitals::PacketDrop,
     host::clock::Clock,
-    state::aggregate::{KernelCounters, Summary},
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::vitals::PacketDrop,
+    state::aggregate::Summary,
     state::alert::Alert,
     state::forecast::Forecast,
     state::forecast::TimeWaitView,
@@ -27,55 +28,6 @@ pub struct JsonPrinter<W: Write> {
     clock: Clock,
     /// The per-event line being written (kept: no allocation per line).
     event_buf: Vec<u8>,
-}
-
-/// A socket's kernel address, `0x…` in lower-case hex.
-pub(super) struct Hex(pub(super) u64);
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(hex(self.0).as_str())
-    }
-}
-
-#[derive(Serialize)]
-pub(super) struct Addrs<'a> {
-    family: &'a str,
-    laddr: String,
-    lport: u16,
-    raddr: String,
-    rport: u16,
-}
-
-impl From<&FlowAddrs> for Addrs<'_> {
-    fn from(a: &FlowAddrs) -> Self {
-        Addrs {
-            family: if a.local.addr.is_ipv4() {
-                "ipv4"
-            } else {
-                "ipv6"
-            },
-            laddr: a.local.addr.to_string(),
-            lport: a.local.port,
-            raddr: a.remote.addr.to_string(),
-            rport: a.remote.port,
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub(super) struct Owner<'a> {
-    pid: Option<u32>,
-    comm: Option<&'a str>,
-}
-
-impl<'a> From<&'a Option<Process>> for Owner<'a> {
-    fn from(p: &'a Option<Process>) -> Self {
-        Owner {
-            pid: p.as_ref().map(|p| p.pid),
-            comm: p.as_ref().map(|p| p.comm.as_str()),
-        }
-    }
 }
 
 #[derive(Serialize)]

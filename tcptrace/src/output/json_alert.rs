@@ -1,56 +1,14 @@
 //! Alerts as JSON Lines: the alert's own fields, and what each kind adds.
 use serde::Serialize;
 
-use super::json::{Addrs, Hex, Owner};
+use super::json_fields::{Addrs, Hex, Owner, WorkloadFields};
 use crate::{
-    events::model::TcpState,
-    host::identity::{Identity, Workload},
+    model::keepalive::KeepaliveSettings,
+    model::tcp::TcpState,
     state::alert::{path_text, Alert},
     state::forecast::Forecast,
-    state::keepalive::KeepaliveSettings,
     state::listeners::ListenAlert,
 };
-
-/// A workload's fields, each absent when unknown (as on event lines).
-#[derive(Serialize, Default)]
-pub(super) struct WorkloadFields<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cgroup_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_runtime: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-}
-
-impl<'a> From<Option<&'a Workload>> for WorkloadFields<'a> {
-    fn from(w: Option<&'a Workload>) -> Self {
-        let Some(w) = w.filter(|w| w.known()) else {
-            return WorkloadFields::default();
-        };
-        let i = w.identity.as_deref();
-        let field = |f: fn(&'a Identity) -> &'a Option<String>| i.and_then(|i| f(i).as_deref());
-        WorkloadFields {
-            cgroup_id: Some(w.cgroup),
-            container_id: field(|i| &i.container_id),
-            container_runtime: field(|i| &i.runtime),
-            pod_uid: field(|i| &i.pod_uid),
-            namespace: field(|i| &i.namespace),
-            pod: field(|i| &i.pod),
-            container: field(|i| &i.container),
-            unit: field(|i| &i.unit),
-        }
-    }
-}
 
 #[derive(Serialize)]
 pub(super) struct AlertLine<'a> {

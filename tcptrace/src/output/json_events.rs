@@ -6,10 +6,10 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::{FlowAddrs, Process},
-    events::vitals::{FlowVitals, PacketDrop},
-    host::identity::Workload,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::tcp::{FlowAddrs, Process},
+    model::vitals::{FlowVitals, PacketDrop},
+    model::workload::Workload,
     text::digits,
     text::stackstr::StackStr,
 };

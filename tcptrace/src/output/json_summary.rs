@@ -1,7 +1,7 @@
 //! The summary as one JSON object.
 use serde::Serialize;
 
-use crate::{events::model::TcpState, state::aggregate::Summary};
+use crate::{model::tcp::TcpState, state::aggregate::Summary};
 
 #[derive(Serialize)]
 pub(super) struct Lost {

@@ -104,7 +104,7 @@ fn per_event_lines_keep_their_bytes() {
 /// IPv6, a start not seen, a retransmit's error.
 #[test]
 fn per_event_lines_with_every_optional_part() {
-    use crate::events::model::{Endpoint, Process, TimeWait, TimeWaitEnd};
+    use crate::model::tcp::{Endpoint, Process, TimeWait, TimeWaitEnd};
     let mut flow = fixtures::client_flow();
     flow.lifecycle.owner = Some(Process {
         pid: 7,
@@ -121,7 +121,7 @@ fn per_event_lines_with_every_optional_part() {
         held_ns: 60_000_000_000,
         end: TimeWaitEnd::Reused,
     });
-    flow.vitals = Some(crate::events::vitals::FlowVitals {
+    flow.vitals = Some(crate::model::vitals::FlowVitals {
         bytes_acked: 300_001,
         bytes_received: 3,
         segs_in: 40,
@@ -135,7 +135,7 @@ fn per_event_lines_with_every_optional_part() {
     flow.drops.add("TCP_CLOSE", 1);
     let mut rtx = fixtures::retransmit();
     rtx.err = Some(-110);
-    let drop = crate::events::vitals::PacketDrop {
+    let drop = crate::model::vitals::PacketDrop {
         ts_ns: 7_000,
         skaddr: 0,
         addrs: flow.addrs,

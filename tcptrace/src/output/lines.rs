@@ -7,18 +7,15 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::{identity::ColumnWhen, Config, Mode},
-    events::{
-        consumer::{Consumer, End, Wants},
-        decode::{Retransmit, Transition},
-        dispatch::is_broken_pipe,
+    host::clock::Clock,
+    model::{
+        counters::KernelCounters,
+        events::{Retransmit, Transition},
         vitals::PacketDrop,
     },
-    host::clock::Clock,
+    output::consumer::{is_broken_pipe, Consumer, End, Wants},
     output::{JsonPrinter, Printer, Render, TextPrinter},
-    state::{
-        aggregate::KernelCounters, alert::Alert, forecast::TimeWaitView, idle::IdleReport,
-        timewait::Finished,
-    },
+    state::{alert::Alert, forecast::TimeWaitView, idle::IdleReport, timewait::Finished},
 };
 
 /// Prints what its mode shows, as it arrives.

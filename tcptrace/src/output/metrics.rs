@@ -20,14 +20,14 @@ use tokio::{
 };
 
 use crate::{
-    events::model::{Endpoint, TcpState},
     kernel::histogram::KernelHistogram,
+    model::cause::CloseCause,
+    model::counters::KernelCounters,
+    model::tcp::{Endpoint, TcpState},
     output::metrics_listen::ListenMetrics,
     output::metrics_ports::PortFailureMetrics,
     output::metrics_vitals::VitalsMetrics,
     output::metrics_workload::WorkloadMetrics,
-    state::aggregate::KernelCounters,
-    state::cause::CloseCause,
     state::timewait::Gauges,
 };
 use tcptrace_common::{close_cause, stat, DurationHistogram};
@@ -260,7 +260,7 @@ impl Metrics {
     }
 
     /// connect() or bind() failed for want of a port.
-    pub fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) {
+    pub fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) {
         self.port_failures.failed(p);
         if let Some(workloads) = self.workloads.as_mut() {
             workloads.port_failure(p);
@@ -268,7 +268,7 @@ impl Metrics {
     }
 
     /// A flow ended: its RTT and bytes, and by workload where asked for.
-    pub fn flow_closed(&mut self, f: &crate::events::decode::FinishedFlow) {
+    pub fn flow_closed(&mut self, f: &crate::model::events::FinishedFlow) {
         self.vitals.flow_closed(f);
         if let Some(workloads) = self.workloads.as_mut() {
             workloads.flow_closed(f);
@@ -276,7 +276,7 @@ impl Metrics {
     }
 
     /// The kernel's drops by reason number, named as `host` names them.
-    pub fn kernel_drops(&mut self, counts: &[u64], host: &crate::host::facts::HostFacts) {
+    pub fn kernel_drops(&mut self, counts: &[u64], host: &crate::model::facts::HostFacts) {
         self.vitals.kernel_drops(counts, host);
     }
 

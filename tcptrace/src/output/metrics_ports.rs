@@ -10,7 +10,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::events::port_failure::{Call, PortFailure};
+use crate::model::port_failure::{Call, PortFailure};
 
 /// Addresses with a series of their own, per call.
 pub const LABELLED: usize = 64;
@@ -82,9 +82,9 @@ impl PortFailureMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{
-        model::{Endpoint, Process},
+    use crate::model::{
         port_failure::Errno,
+        tcp::{Endpoint, Process},
     };
 
     #[test]

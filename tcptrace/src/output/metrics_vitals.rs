@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{events::decode::FinishedFlow, host::facts::HostFacts};
+use crate::{model::events::FinishedFlow, model::facts::HostFacts};
 
 /// Services and destinations with a series of their own.
 pub const LABELLED: usize = 64;
@@ -160,10 +160,12 @@ impl VitalsMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{
+    use crate::{
         decode::tests::finished,
-        model::{Endpoint, FlowAddrs},
-        vitals::FlowVitals,
+        model::{
+            tcp::{Endpoint, FlowAddrs},
+            vitals::FlowVitals,
+        },
     };
 
     #[test]

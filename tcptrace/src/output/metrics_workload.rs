@@ -16,12 +16,13 @@ use prometheus_client::{
 };
 
 use crate::{
-    events::{
-        decode::FinishedFlow,
-        model::{CloseSide, TcpState},
+    host::identity_resolver::IdentityResolver,
+    model::{
+        events::FinishedFlow,
         port_failure::{Call, PortFailure},
+        tcp::{CloseSide, TcpState},
+        workload::Workload,
     },
-    host::{identity::Workload, identity_resolver::IdentityResolver},
     output::metrics_listen::LISTENERS_SHOWN,
     state::listeners::{Listener, ListenerWatch},
 };
@@ -42,7 +43,7 @@ pub struct WorkloadLabels {
 impl WorkloadLabels {
     fn of(w: &Workload) -> WorkloadLabels {
         let i = w.identity.as_deref();
-        let field = |f: fn(&crate::host::identity::Identity) -> Option<&String>| {
+        let field = |f: fn(&crate::model::workload::Identity) -> Option<&String>| {
             i.and_then(f).cloned().unwrap_or_default()
         };
         WorkloadLabels {
@@ -310,7 +311,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{host::identity::Identity, output::fixtures, state::cause::CloseCause};
+    use crate::{model::cause::CloseCause, model::workload::Identity, output::fixtures};
 
     fn in_pod(pod: &str) -> Workload {
         Workload::resolved(

@@ -1,10 +1,12 @@
 //! render: printers (columns or JSON Lines, generic over `W: Write` so they are unit-tested
 //! on buffers), the Prometheus exporter and `top`'s screen.
 mod columns;
+pub mod consumer;
 pub mod exporter;
 mod json;
 mod json_alert;
 mod json_events;
+mod json_fields;
 mod json_summary;
 pub mod lines;
 pub mod metrics;
@@ -22,9 +24,10 @@ pub use json::JsonPrinter;
 pub use text::TextPrinter;
 
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::vitals::PacketDrop,
-    state::aggregate::{KernelCounters, Summary},
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::vitals::PacketDrop,
+    state::aggregate::Summary,
     state::alert::Alert,
     state::forecast::TimeWaitView,
     state::idle::IdleReport,
@@ -136,8 +139,9 @@ impl<W: Write> Render for Printer<W> {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use crate::{
-        events::decode::{decode, tests as raw, Event, FinishedFlow, Retransmit, Transition},
-        events::model::TcpState,
+        decode::{decode, tests as raw},
+        model::events::{Event, FinishedFlow, Retransmit, Transition},
+        model::tcp::TcpState,
     };
     use tcptrace_common::{
         event_flags, record_kind, tcp_state as ts, RetransmitEvent, TransitionEvent,

@@ -192,8 +192,8 @@ fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             o,
             "vitals: {} flows sent {} and received {}",
             p.flows_with_vitals,
-            crate::events::vitals::HumanBytes(p.bytes_acked),
-            crate::events::vitals::HumanBytes(p.bytes_received)
+            crate::model::vitals::HumanBytes(p.bytes_acked),
+            crate::model::vitals::HumanBytes(p.bytes_received)
         )?;
         match p.srtt_ns {
             Some([p50, p90, p99, max]) => writeln!(

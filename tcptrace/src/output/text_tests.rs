@@ -1,8 +1,9 @@
 use super::*;
 use crate::{
-    events::model::{Endpoint, TcpState},
+    model::counters::KernelCounters,
+    model::tcp::{Endpoint, TcpState},
     output::fixtures,
-    state::aggregate::{Aggregator, KernelCounters},
+    state::aggregate::Aggregator,
 };
 use tcptrace_common::{tcp_state as ts, TRANSITION_SLOTS};
 
@@ -98,7 +99,7 @@ fn flow_line_shows_every_state_life_close_and_rtx() {
 #[test]
 fn a_flow_line_ends_with_its_vitals_and_drops() {
     let mut flow = fixtures::client_flow();
-    flow.vitals = Some(crate::events::vitals::FlowVitals {
+    flow.vitals = Some(crate::model::vitals::FlowVitals {
         bytes_acked: 300_002,
         bytes_received: 3,
         srtt_ns: Some(103_000_000),

@@ -3,88 +3,15 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use tcptrace_common::{bucket_bounds, stat, tcp_state, DurationHistogram, TRANSITION_SLOTS};
+use tcptrace_common::{bucket_bounds, stat, DurationHistogram};
 
 use crate::{
-    events::decode::{FinishedFlow, Lifecycle},
-    events::model::{CloseSide, TcpState},
-    state::cause::CloseCause,
+    model::cause::CloseCause,
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Lifecycle},
+    model::tcp::{CloseSide, TcpState},
     state::timewait::TimeWaitSummary,
 };
-
-/// Kernel-side counters summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KernelCounters {
-    /// Recordings of an older tcptrace carry fewer counters: the missing ones read as 0.
-    #[serde(deserialize_with = "stats_of_older_recordings")]
-    pub stats: [u64; stat::COUNT as usize],
-    /// Indexed `old * tcp_state::LIMIT + new`.
-    pub transitions: Vec<u64>,
-    /// Transitions the kernel never handed to the programs (a program is not re-entered on
-    /// its CPU): at least the stale flows (`loader::counters::events_missed`).
-    pub missed: u64,
-    /// Flows closed, by the kernel's close cause and close side numbers.
-    #[serde(default)]
-    pub closes: Vec<u64>,
-    #[serde(default)]
-    pub sides: Vec<u64>,
-    /// Retransmits by the kernel's state number.
-    #[serde(default)]
-    pub rtx_by_state: Vec<u64>,
-    /// TCP packets dropped, by the kernel's drop reason number (`DROP_REASON_SLOTS`).
-    #[serde(default)]
-    pub drop_reasons: Vec<u64>,
-}
-
-/// `stats` as written by this or an older tcptrace (fewer counters, each at its own index).
-fn stats_of_older_recordings<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<[u64; stat::COUNT as usize], D::Error> {
-    let written = <Vec<u64> as serde::Deserialize>::deserialize(deserializer)?;
-    let mut stats = [0u64; stat::COUNT as usize];
-    if written.len() > stats.len() {
-        return Err(serde::de::Error::invalid_length(
-            written.len(),
-            &"at most as many counters as this tcptrace knows (the recording is from a newer one)",
-        ));
-    }
-    stats[..written.len()].copy_from_slice(&written);
-    Ok(stats)
-}
-
-impl KernelCounters {
-    pub fn stat(&self, index: u32) -> u64 {
-        self.stats[index as usize]
-    }
-
-    /// Records the kernel could not deliver (ring buffer full).
-    /// Everything lost: records the ring buffer had no room for, and events the kernel
-    /// never handed to the programs.
-    pub fn lost(&self) -> u64 {
-        self.stat(stat::LOST_TRANSITION)
-            + self.stat(stat::LOST_FLOW_END)
-            + self.stat(stat::LOST_RETRANSMIT)
-            + self.stat(stat::LOST_PROBE)
-            + self.stat(stat::LOST_TIME_WAIT)
-            + self.stat(stat::LOST_PORT_FAILURE)
-            + self.stat(stat::LOST_DROP)
-            + self.stat(stat::LOST_UNDECIDED)
-            + self.missed
-    }
-
-    /// Non-zero transition counts, by (old, new).
-    pub fn transition_counts(&self) -> Vec<(TcpState, TcpState, u64)> {
-        let limit = u32::from(tcp_state::LIMIT);
-        (0..TRANSITION_SLOTS)
-            .filter_map(|i| {
-                let count = *self.transitions.get(i as usize)?;
-                let old = TcpState::try_from((i / limit) as u8).ok()?;
-                let new = TcpState::try_from((i % limit) as u8).ok()?;
-                (count > 0).then_some((old, new, count))
-            })
-            .collect()
-    }
-}
 
 /// Percentiles of one state's hold times.
 #[derive(Clone, Debug, PartialEq, Eq)]

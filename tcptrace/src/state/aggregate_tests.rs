@@ -1,6 +1,10 @@
 use super::*;
-use crate::events::decode::{decode, tests as fixtures, Event};
+use crate::{
+    decode::{decode, tests as fixtures},
+    model::events::Event,
+};
 use tcptrace_common::tcp_state as ts;
+use tcptrace_common::TRANSITION_SLOTS;
 
 fn finished(states: &[u8]) -> FinishedFlow {
     let raw = fixtures::flow_end(fixtures::client_flow(states), 99);

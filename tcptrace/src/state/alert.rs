@@ -2,14 +2,14 @@
 use std::fmt;
 
 use crate::{
-    events::decode::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
-    events::model::{Endpoint, FlowAddrs, Process, TcpState},
-    events::port_failure::Call,
     host::clock::{human_duration, HumanDuration},
-    host::identity::Workload,
-    state::cause::CloseCause,
+    model::cause::CloseCause,
+    model::events::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
+    model::keepalive::KeepaliveSettings,
+    model::port_failure::Call,
+    model::tcp::{Endpoint, FlowAddrs, Process, TcpState},
+    model::workload::Workload,
     state::forecast::Forecast,
-    state::keepalive::KeepaliveSettings,
     state::listeners::ListenAlert,
     state::port_failures::PortFailureAlert,
     state::timewait::TimeWait,

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::{
-    events::model::Endpoint,
     host::netns::{Namespace, Namespaces, PortSettings},
+    model::tcp::Endpoint,
     state::timewait::{Gauges, TimeWaitTracker},
 };
 

@@ -1,15 +1,16 @@
 //! The "ghost connections" report: ESTABLISHED sockets idle past a threshold with no
 //! keepalive armed, grouped by owning process. Read from sock_diag (what `ss` uses), with
 //! `tcp_info` for the idle time and the socket's timer for keepalive.
-use std::{collections::BTreeMap, fs, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
 use netlink_packet_sock_diag::inet::StateFlags;
 
 use crate::{
-    cli::filter::FilterSpec,
-    events::model::{FlowAddrs, Process},
-    host::{identity::Workload, identity_resolver::IdentityResolver, sockdiag},
+    host::{identity_resolver::IdentityResolver, sockdiag},
+    model::filter::FilterSpec,
+    model::tcp::{FlowAddrs, Process},
+    model::workload::Workload,
 };
 
 /// One ESTABLISHED socket as sock_diag reports it.
@@ -46,46 +47,6 @@ impl IdleReport {
     pub fn total(&self) -> usize {
         self.groups.iter().map(|g| g.sockets.len()).sum()
     }
-}
-
-/// Socket inode → owning process, from /proc/*/fd.
-pub fn socket_owners() -> BTreeMap<u32, Process> {
-    let mut owners = BTreeMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return owners;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let comm = fs::read_to_string(entry.path().join("comm"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_default();
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u32>().ok());
-            if let Some(inode) = inode {
-                owners.entry(inode).or_insert_with(|| Process {
-                    pid,
-                    comm: comm.clone(),
-                });
-            }
-        }
-    }
-    owners
 }
 
 /// Groups idle, keepalive-less sockets by owner.
@@ -132,8 +93,8 @@ pub fn report(
     filter: &FilterSpec,
     identities: &mut IdentityResolver,
 ) -> Result<IdleReport> {
-    let netns = crate::cli::filter::own_netns();
-    let owners = socket_owners();
+    let netns = crate::host::netns::own_netns();
+    let owners = crate::host::socket_owners::socket_owners();
     let sockets = sockdiag::dump(StateFlags::ESTABLISHED, true)?
         .into_iter()
         .filter(|s| filter.admits_diag(&s.addrs, netns, owners.get(&s.inode).map(|p| p.pid)))
@@ -157,7 +118,7 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::model::Endpoint;
+    use crate::model::tcp::Endpoint;
 
     fn socket(port: u16, idle_s: u64, keepalive: bool, inode: u32) -> DiagSocket {
         let ep = |p| Endpoint::new("127.0.0.1".parse().expect("ip"), p);

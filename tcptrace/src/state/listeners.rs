@@ -10,9 +10,10 @@ use foldhash::HashMap;
 use serde::Serialize;
 
 use crate::{
-    events::model::{Endpoint, FlowAddrs, Process},
     host::clock::human_duration,
-    host::{identity::Workload, netns_reader::ListenSample, procnet::TcpExtCounters},
+    host::{netns_reader::ListenSample, procnet::TcpExtCounters},
+    model::tcp::{Endpoint, FlowAddrs, Process},
+    model::workload::Workload,
 };
 
 /// A listener dropping handshakes, or a namespace sending SYN cookies, is alerted at most

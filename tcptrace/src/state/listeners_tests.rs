@@ -35,13 +35,13 @@ fn sample(listeners: Vec<DiagSocket>, overflows: u64, cookies: u64) -> ListenSam
     }
 }
 
-fn owner(_: u32, _: u16) -> Option<(Process, crate::host::identity::Workload)> {
+fn owner(_: u32, _: u16) -> Option<(Process, crate::model::workload::Workload)> {
     Some((
         Process {
             pid: 5,
             comm: "server".into(),
         },
-        crate::host::identity::Workload::unresolved(77),
+        crate::model::workload::Workload::unresolved(77),
     ))
 }
 

@@ -2,11 +2,8 @@
 //! exhaustion forecast, keepalive timing, idle connections and flow-table eviction.
 pub mod aggregate;
 pub mod alert;
-pub mod cause;
-pub mod evict;
 pub mod forecast;
 pub mod idle;
-pub mod keepalive;
 pub mod listeners;
 pub mod packets;
 pub mod port_failures;

@@ -5,12 +5,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 
-use crate::events::{
-    decode::{FinishedFlow, Retransmit},
-    model::{Endpoint, FlowAddrs},
-    vitals::{DropTally, PacketDrop},
+use crate::{
+    model::{
+        events::{FinishedFlow, Retransmit},
+        facts::HostFacts,
+        tcp::{Endpoint, FlowAddrs},
+        vitals::{DropTally, PacketDrop},
+    },
+    state::quantiles::summary_quantiles,
 };
-use crate::{host::facts::HostFacts, state::quantiles::summary_quantiles};
 
 /// Flows with marks waiting for their end, at most; beyond, new marks are not kept (counted).
 pub const MAX_MARKED_FLOWS: usize = 65_536;

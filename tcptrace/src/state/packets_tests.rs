@@ -1,13 +1,14 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::events::{
+use crate::{
     decode::tests::finished,
-    model::TcpState,
-    model::{Endpoint, FlowAddrs},
-    vitals::FlowVitals,
+    model::{
+        facts::HostFacts,
+        tcp::{Endpoint, FlowAddrs, TcpState},
+        vitals::FlowVitals,
+    },
 };
-use crate::host::facts::HostFacts;
 
 fn addrs(local: u16, remote: u16) -> FlowAddrs {
     let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));

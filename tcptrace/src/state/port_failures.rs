@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use foldhash::HashMap;
 
 use crate::{
-    events::model::{Endpoint, FlowAddrs, Process},
-    events::port_failure::{Call, Errno, PortFailure},
     host::netns::Namespaces,
+    model::port_failure::{Call, Errno, PortFailure},
+    model::tcp::{Endpoint, FlowAddrs, Process},
     state::{
         forecast::{forecast, Forecast},
         timewait::TimeWaitTracker,

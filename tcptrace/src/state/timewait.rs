@@ -11,8 +11,8 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::{
-    events::decode::{FinishedFlow, TimeWaitFlow},
-    events::model::{Endpoint, FlowAddrs, TcpState},
+    model::events::{FinishedFlow, TimeWaitFlow},
+    model::tcp::{Endpoint, FlowAddrs, TcpState},
 };
 
 /// A cancel not followed by an expiry within this long ended TIME_WAIT early.
@@ -22,7 +22,7 @@ pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
 
 // The types a TIME_WAIT is described with live beside the other typed views (decode uses
 // them too), so decode and this module do not import each other.
-pub use crate::events::model::{TimeWait, TimeWaitEnd};
+pub use crate::model::tcp::{TimeWait, TimeWaitEnd};
 
 struct Active {
     addrs: FlowAddrs,

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
 use crate::{
-    events::model::{Endpoint, TimeWaitEnd},
+    model::tcp::{Endpoint, TimeWaitEnd},
     state::quantiles::summary_quantiles,
 };
 

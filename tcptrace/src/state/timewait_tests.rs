@@ -1,5 +1,8 @@
 use super::*;
-use crate::events::decode::{decode, tests as raw, Event};
+use crate::{
+    decode::{decode, tests as raw},
+    model::events::Event,
+};
 use tcptrace_common::tcp_state as ts;
 
 fn client_flow_closing_first() -> Box<FinishedFlow> {

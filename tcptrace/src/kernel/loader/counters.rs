@@ -8,7 +8,7 @@ use tcptrace_common::{
 };
 
 use super::Tracer;
-use crate::state::aggregate::KernelCounters;
+use crate::model::counters::KernelCounters;
 
 impl Tracer {
     /// Drops by reason number, summed over CPUs.

@@ -12,13 +12,13 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::Config,
-    events::{
-        consumer::{Begin, Consumer, End, Flow, Tick, Wants},
-        decode::{FinishedFlow, Retransmit, Transition},
-        model::FlowAddrs,
-    },
     host::{clock::Clock, sockdiag},
     kernel::loader::Tracer,
+    model::{
+        events::{FinishedFlow, Retransmit, Transition},
+        tcp::FlowAddrs,
+    },
+    output::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
     output::{Render, TextPrinter},
     state::{alert::Alert, timewait::TimeWaitTracker},
 };
@@ -49,7 +49,7 @@ fn seed(config: &Config, tracer: &Tracer, top: &mut TopModel) -> Result<()> {
     let counters = tracer.counters()?;
     match sockdiag::open_sockets() {
         Ok(sockets) => {
-            let netns = crate::cli::filter::own_netns();
+            let netns = crate::host::netns::own_netns();
             top.seed(
                 sockets
                     .into_iter()
@@ -72,7 +72,7 @@ fn sample_open_rtts(config: &Config, top: &mut TopModel) {
     let Ok(sockets) = sockdiag::dump(StateFlags::ESTABLISHED, true) else {
         return; // the closed flows' RTTs still show
     };
-    let netns = crate::cli::filter::own_netns();
+    let netns = crate::host::netns::own_netns();
     top.open_rtts(
         sockets
             .into_iter()
@@ -195,7 +195,7 @@ impl Consumer for TopScreen {
         Ok(())
     }
 
-    fn port_failure(&mut self, p: &crate::events::port_failure::PortFailure) -> io::Result<()> {
+    fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) -> io::Result<()> {
         self.model.port_failure(p);
         Ok(())
     }
@@ -257,7 +257,7 @@ impl Consumer for TopScreen {
         };
         let mut printer = TextPrinter::new(BufWriter::new(io::stdout().lock()), self.clock, false);
         match printer.summary(summary).and_then(|()| printer.flush()) {
-            Err(e) if crate::events::dispatch::is_broken_pipe(&e) => Ok(()),
+            Err(e) if crate::output::consumer::is_broken_pipe(&e) => Ok(()),
             other => other.context("writing output"),
         }
     }

@@ -14,11 +14,11 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::{Endpoint, FlowAddrs, TcpState},
-    events::port_failure::{Call, PortFailure},
-    state::aggregate::KernelCounters,
-    state::cause::CloseCause,
+    model::cause::CloseCause,
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::port_failure::{Call, PortFailure},
+    model::tcp::{Endpoint, FlowAddrs, TcpState},
 };
 use tcptrace_common::{stat, tcp_state};
 

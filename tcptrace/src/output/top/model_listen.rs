@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{RateWindow, Row, TopModel};
-use crate::{events::model::Endpoint, state::listeners::ListenerWatch};
+use crate::{model::tcp::Endpoint, state::listeners::ListenerWatch};
 
 /// What a service's row shows of its listener.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,6 +1,6 @@
 //! One row of `top`'s tables, as the view shows it.
 use super::ListenCell;
-use crate::events::model::Endpoint;
+use crate::model::tcp::Endpoint;
 
 /// One row of the table.
 #[derive(Clone, Debug, PartialEq)]

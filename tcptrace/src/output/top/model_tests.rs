@@ -1,10 +1,10 @@
 use super::*;
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::{Endpoint, FlowAddrs, TcpState},
     host::netns::{Namespace, PortSettings},
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::tcp::{Endpoint, FlowAddrs, TcpState},
     output::fixtures,
-    state::aggregate::KernelCounters,
 };
 use tcptrace_common::{stat, tcp_state as ts, TRANSITION_SLOTS};
 
@@ -289,13 +289,13 @@ fn namespaces_with_ports(inode: u32, range: (u16, u16)) -> Namespaces {
 
 #[test]
 fn port_failures_land_in_the_destination_or_the_local_service() {
-    use crate::events::port_failure::{Call, Errno, PortFailure};
+    use crate::model::port_failure::{Call, Errno, PortFailure};
     let mut top = TopModel::new();
     let failure = |call, asked: &str| PortFailure {
         ts_ns: 100 * S,
         call,
         errno: Errno::AddrNotAvail,
-        owner: crate::events::model::Process {
+        owner: crate::model::tcp::Process {
             pid: 1,
             comm: "curl".into(),
         },
@@ -326,7 +326,7 @@ fn port_failures_land_in_the_destination_or_the_local_service() {
 
 #[test]
 fn the_workloads_table_groups_a_pods_containers() {
-    use crate::host::identity::{Identity, Workload};
+    use crate::model::workload::{Identity, Workload};
     use std::sync::Arc;
     let in_pod = |container: &str, cgroup: u64| {
         Workload::resolved(

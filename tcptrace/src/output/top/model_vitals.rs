@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use foldhash::HashMap;
 
 use super::{GroupKey, TopModel};
-use crate::events::model::FlowAddrs;
+use crate::model::tcp::FlowAddrs;
 
 /// Seconds a closed flow's RTT counts.
 pub const RTT_WINDOW_S: u64 = 60;

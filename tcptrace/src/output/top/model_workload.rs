@@ -7,7 +7,7 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use super::{RateWindow, Row};
-use crate::{events::model::Endpoint, host::identity::Workload};
+use crate::{model::tcp::Endpoint, model::workload::Workload};
 
 /// A workload's row key: the pod for a pod's containers, else the workload's own label.
 pub fn group_label(workload: &Workload) -> Option<Arc<str>> {

@@ -7,9 +7,9 @@ use ratatui::{
 use super::*;
 use crate::{
     host::clock::Clock,
+    model::cause::CloseCause,
     output::top::model::{tests as recorded, GroupKind, TopModel},
     state::alert::Alert,
-    state::cause::CloseCause,
 };
 
 const S: u64 = 1_000_000_000;
@@ -45,7 +45,7 @@ fn busy_model() -> TopModel {
     top.alert(&Alert::Closed(&ka));
     let mut reset = recorded::flow_with(CloseCause::ResetReceived, web);
     reset.ts_ns = 106 * S;
-    reset.vitals = Some(crate::events::vitals::FlowVitals {
+    reset.vitals = Some(crate::model::vitals::FlowVitals {
         srtt_ns: Some(91_000_000),
         ..Default::default()
     });

@@ -9,8 +9,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    events::decode::{record_bytes as bytes_of, Decoder, Event},
+    decode::{record_bytes as bytes_of, Decoder},
     host::clock::Clock,
+    model::events::Event,
     output::{Printer, Render, TextPrinter},
     state::aggregate::Aggregator,
 };

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::events::model::TcpState;
+use crate::model::tcp::TcpState;
 
 use tcptrace_common::{close_cause, CloseFacts};
 

@@ -9,17 +9,17 @@ use anyhow::Result;
 use super::format::{Frame, RecordingReader};
 use crate::{
     cli::Config,
-    events::{
-        consumer::{Consumer, End},
-        dispatch::{is_broken_pipe, Dispatcher},
-    },
     host::{
         clock::Clock,
-        facts::HostFacts,
         netns::{Namespace, Namespaces, PortSettings},
     },
-    output::lines::LinePrinter,
-    state::{aggregate::KernelCounters, forecast::time_wait_view},
+    model::{counters::KernelCounters, facts::HostFacts},
+    output::{
+        consumer::{is_broken_pipe, Consumer, End},
+        lines::LinePrinter,
+    },
+    run::dispatch::Dispatcher,
+    state::forecast::time_wait_view,
 };
 
 /// The namespaces a recording names: those in its header; for a layout-1 recording, whose

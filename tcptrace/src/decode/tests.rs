@@ -6,7 +6,7 @@ pub(crate) use super::record_bytes as bytes_of;
 
 pub(crate) fn v4_tuple(sport: u16, dport: u16) -> Tuple {
     let mut tuple = Tuple {
-        family: crate::events::model::AF_INET,
+        family: crate::model::tcp::AF_INET,
         sport,
         dport,
         ..Default::default()
@@ -51,7 +51,7 @@ pub(crate) fn flow_end(flow: FlowState, end_ns: u64) -> FlowEndEvent {
 }
 
 /// A finished client flow (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE) between `addrs`.
-pub(crate) fn finished(addrs: crate::events::model::FlowAddrs) -> FinishedFlow {
+pub(crate) fn finished(addrs: crate::model::tcp::FlowAddrs) -> FinishedFlow {
     let raw = flow_end(
         client_flow(&[ts::ESTABLISHED, ts::FIN_WAIT1, ts::FIN_WAIT2, ts::CLOSE]),
         9_000_000,

@@ -107,7 +107,7 @@ pub(super) const V3_FLOW_END: usize = V4_FLOW_END - 8;
 /// A flow record's size before layout 5 appended the vitals.
 pub(super) const V4_FLOW_END: usize = std::mem::offset_of!(FlowEndEvent, vitals);
 /// Where a flow record's cgroup id lies (before layout 4, the keepalive settings began there).
-pub(in crate::events::recording) const FLOW_END_CGROUP: usize =
+pub(in crate::run::recording) const FLOW_END_CGROUP: usize =
     std::mem::offset_of!(FlowEndEvent, flow) + std::mem::offset_of!(FlowState, cgroup);
 const _: () = assert!(
     V3_TRANSITION == 96

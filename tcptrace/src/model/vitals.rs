@@ -1,9 +1,8 @@
 //! A flow's vitals at CLOSE (bytes, segments, RTT) and the packets the kernel dropped, as
-//! decoded from their records.
-use anyhow::{anyhow, Result};
-use tcptrace_common::{drop_flags, DropEvent, Vitals};
+//! `decode` reads them from their records.
+use tcptrace_common::Vitals;
 
-use crate::{events::model::FlowAddrs, host::facts::HostFacts};
+use crate::model::tcp::FlowAddrs;
 
 /// What a TCP socket carried and how its path behaved, read at CLOSE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,21 +57,6 @@ pub struct PacketDrop {
 }
 
 impl PacketDrop {
-    pub fn decode(raw: &DropEvent, host: &HostFacts) -> Result<PacketDrop> {
-        let family_v6 = raw.tuple.family == crate::events::model::AF_INET6;
-        if family_v6 != (raw.flags & drop_flags::IPV6 != 0) {
-            return Err(anyhow!("drop record's family and flags disagree"));
-        }
-        Ok(PacketDrop {
-            ts_ns: raw.ts_ns,
-            skaddr: raw.skaddr,
-            addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
-            reason: host.drop_reason_name(raw.reason),
-            netns: raw.netns,
-            tcp_flags: raw.tcp_flags,
-        })
-    }
-
     /// The TCP flags as text: `SYN`, `SYN|ACK`, `ACK|FIN`, ….
     pub fn flags_text(&self) -> String {
         const NAMES: [(u8, &str); 6] = [

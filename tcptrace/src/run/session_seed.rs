@@ -10,7 +10,7 @@ pub(super) fn seed_time_wait(config: &Config, tw: &mut TimeWaitTracker) {
     let now = Clock::ktime_now();
     match sockdiag::time_wait() {
         Ok(sockets) => {
-            let netns = crate::cli::filter::own_netns();
+            let netns = crate::host::netns::own_netns();
             tw.preexisting(
                 netns.unwrap_or(0),
                 sockets

@@ -23,10 +23,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    host::{identity::Identity, netns::Namespace},
-    state::aggregate::KernelCounters,
-};
+use crate::{host::netns::Namespace, model::counters::KernelCounters, model::workload::Identity};
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 pub const FORMAT_VERSION: u32 = 1;

@@ -4,7 +4,7 @@
 //! untracked by the kernel itself.
 use tcptrace_common::{stat, FlowState};
 
-use crate::{kernel::plan::FlowMemory, state::aggregate::KernelCounters};
+use crate::{kernel::plan::FlowMemory, model::counters::KernelCounters};
 
 /// When to evict, and how much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use tcptrace_common::Keepalive;
 
-use crate::host::facts::{HostFacts, KEEPALIVE_SYSCTLS};
+use crate::model::facts::{HostFacts, KEEPALIVE_SYSCTLS};
 
 /// Settings, converted to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -5,9 +5,9 @@
 use std::{collections::HashSet, io, time::Instant};
 
 use crate::{
-    events::{consumer::Consumer, model::Process},
-    host::identity::Workload,
     host::{netns::Namespaces, netns_reader::NamespaceReader},
+    model::{tcp::Process, workload::Workload},
+    output::consumer::Consumer,
     state::{
         alert::{Alert, ExhaustionWarning},
         forecast::{forecasts, WARN_AT},
@@ -109,7 +109,7 @@ impl NamespaceUpkeep {
             let key: RateKey = (
                 f.netns,
                 f.laddr,
-                crate::events::model::Endpoint::new(f.raddr, f.rport),
+                crate::model::tcp::Endpoint::new(f.raddr, f.rport),
             );
             if f.utilization >= REARM_BELOW && self.warned.contains(&key) {
                 still_hot.insert(key);

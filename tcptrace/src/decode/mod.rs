@@ -5,192 +5,25 @@ use std::mem::size_of;
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrayvec::ArrayVec;
 use tcptrace_common::{
-    close_flags, event_flags, flow_flags, record_kind, time_wait, time_wait_flow, FlowEndEvent,
-    FlowState, Keepalive, RetransmitEvent, TransitionEvent, PATH_SLOTS,
+    close_flags, drop_flags, event_flags, family, flow_flags, record_kind, time_wait,
+    time_wait_flow, DropEvent, FlowEndEvent, FlowState, RetransmitEvent, TransitionEvent,
+    PATH_SLOTS,
 };
 
-use crate::{
-    events::model::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState, TimeWait},
-    events::port_failure::PortFailure,
-    events::vitals::{DropTally, FlowVitals, PacketDrop},
-    host::{facts::HostFacts, identity::Workload},
-    state::{
-        cause::{classify, CloseCause, CloseEvidence},
-        keepalive::{jiffies_ns, settings, KeepaliveSettings},
+use crate::model::{
+    cause::{classify, CloseEvidence},
+    events::{
+        Event, FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit, TimeWaitFlow,
+        TimeWaitRecord, Transition,
     },
+    facts::HostFacts,
+    port_failure::PortFailure,
+    tcp::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState},
+    vitals::{DropTally, FlowVitals, PacketDrop},
+    workload::Workload,
 };
 
-/// Keepalive as it stood on a socket: the settings in force and how long the peer had been
-/// silent (resolved with the tracing machine's HZ and sysctls when decoded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeepaliveInForce {
-    pub settings: KeepaliveSettings,
-    pub silent_ns: Option<u64>,
-}
-
-impl KeepaliveInForce {
-    fn of(raw: &Keepalive, host: &HostFacts) -> KeepaliveInForce {
-        KeepaliveInForce {
-            settings: settings(raw, host),
-            silent_ns: jiffies_ns(raw.silent_j, host.hz),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub old: TcpState,
-    pub new: TcpState,
-    /// Time spent in `old`, when the flow was seen entering it.
-    pub old_held_ns: Option<u64>,
-    pub addrs: FlowAddrs,
-    pub owner: Option<Process>,
-    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
-    pub workload: Workload,
-    /// The flow table was full: this flow is not tracked.
-    pub untracked: bool,
-}
-
-/// A flow's path as the kernel kept it (at most `PATH_SLOTS` states, held inline: no
-/// allocation per flow read).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lifecycle {
-    pub path: ArrayVec<PathStep, PATH_SLOTS>,
-    /// When the first state was entered, if seen.
-    pub start_ns: Option<u64>,
-    /// When the current (last) state was entered.
-    pub last_entered_ns: Option<u64>,
-    pub start_seen: bool,
-    pub truncated: bool,
-    pub retransmits: u32,
-    pub owner: Option<Process>,
-    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
-    pub workload: Workload,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FinishedFlow {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub addrs: FlowAddrs,
-    pub lifecycle: Lifecycle,
-    pub close: CloseSide,
-    pub cause: CloseCause,
-    pub evidence: CloseEvidence,
-    /// Keepalive settings and the peer's silence at CLOSE, when SO_KEEPALIVE was on.
-    pub keepalive: Option<KeepaliveInForce>,
-    /// The TIME_WAIT that followed, when this side closed first (filled by the tracker).
-    pub time_wait: Option<TimeWait>,
-    /// Bytes, segments and RTT at CLOSE (a TCP socket's; none in recordings before layout 5).
-    pub vitals: Option<FlowVitals>,
-    /// Its packets the kernel dropped, by reason (joined by the dispatcher).
-    pub drops: DropTally,
-}
-
-/// A timewait socket's timer armed, cancelled or fired.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeWaitRecord {
-    pub what: u8,
-    pub in_connect: bool,
-    pub ts_ns: u64,
-    pub timer: u64,
-    pub addrs: Option<FlowAddrs>,
-    /// The timewait socket's network namespace (inode; on START, 0 in layout-1 recordings).
-    pub netns: u32,
-}
-
-/// A flow reached CLOSE and enters TIME_WAIT, in brief (`tcptrace metrics`, which counts
-/// everything else in the kernel).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeWaitFlow {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub addrs: FlowAddrs,
-    /// The accepting (server) side: its path began in SYN_RECV.
-    pub accepted: bool,
-}
-
-/// A keepalive probe went out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeepaliveProbe {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub addrs: FlowAddrs,
-    pub owner: Option<Process>,
-    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
-    pub workload: Workload,
-    /// This probe's number (1 for the first unanswered probe).
-    pub probe: u8,
-    pub keepalive: KeepaliveInForce,
-}
-
-impl FinishedFlow {
-    /// Total lifetime, when the start was seen.
-    pub fn life_ns(&self) -> Option<u64> {
-        let start = self.lifecycle.start_ns?;
-        self.ts_ns.checked_sub(start)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Retransmit {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub state: TcpState,
-    pub addrs: FlowAddrs,
-    pub owner: Option<Process>,
-    /// The socket's cgroup and, once resolved, who that is (container, pod, unit).
-    pub workload: Workload,
-    pub err: Option<i32>,
-    pub untracked: bool,
-    /// A listener's SYN-ACK sent again (`skaddr` is the request socket; the child's flow
-    /// counts it in SYN_RECV when it ends).
-    pub synack: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Transition(Transition),
-    /// Boxed (~460 bytes, its path inline): moved as a pointer from here to the printer, or
-    /// into the TIME_WAIT tracker that holds it until its TIME_WAIT ends.
-    FlowEnd(Box<FinishedFlow>),
-    Retransmit(Retransmit),
-    KeepaliveProbe(KeepaliveProbe),
-    TimeWait(TimeWaitRecord),
-    TimeWaitFlow(TimeWaitFlow),
-    PortFailure(PortFailure),
-    Drop(PacketDrop),
-}
-
-impl Event {
-    /// The workload the event names, to resolve (none for TIME_WAIT records).
-    pub fn workload_mut(&mut self) -> Option<&mut Workload> {
-        match self {
-            Event::Transition(t) => Some(&mut t.workload),
-            Event::FlowEnd(f) => Some(&mut f.lifecycle.workload),
-            Event::Retransmit(r) => Some(&mut r.workload),
-            Event::KeepaliveProbe(p) => Some(&mut p.workload),
-            Event::PortFailure(p) => Some(&mut p.workload),
-            Event::TimeWait(_) | Event::TimeWaitFlow(_) | Event::Drop(_) => None,
-        }
-    }
-
-    /// When it happened (kernel time).
-    pub fn ts_ns(&self) -> u64 {
-        match self {
-            Event::Transition(t) => t.ts_ns,
-            Event::FlowEnd(f) => f.ts_ns,
-            Event::Retransmit(r) => r.ts_ns,
-            Event::KeepaliveProbe(p) => p.ts_ns,
-            Event::TimeWait(t) => t.ts_ns,
-            Event::TimeWaitFlow(f) => f.ts_ns,
-            Event::PortFailure(p) => p.ts_ns,
-            Event::Drop(d) => d.ts_ns,
-        }
-    }
-}
+mod port_failure;
 
 fn state(raw: u8) -> Result<TcpState> {
     TcpState::try_from(raw).map_err(|raw| anyhow!("unknown TCP state {raw}"))
@@ -330,7 +163,7 @@ impl Decoder {
             }
             record_kind::DROP => {
                 let raw = read_record::<RawDrop>(bytes, "drop")?.0;
-                Ok(Event::Drop(PacketDrop::decode(&raw, &self.host)?))
+                Ok(Event::Drop(packet_drop(&raw, &self.host)?))
             }
             other => bail!("unknown record kind {other}"),
         }
@@ -338,9 +171,24 @@ impl Decoder {
 }
 
 // The records as `aya::Pod`, read unaligned.
-#[path = "decode_raw.rs"]
 mod raw;
 use raw::*;
+
+/// A drop record, its reason named with the facts of the machine that traced it.
+fn packet_drop(raw: &DropEvent, host: &HostFacts) -> Result<PacketDrop> {
+    let family_v6 = raw.tuple.family == family::INET6;
+    if family_v6 != (raw.flags & drop_flags::IPV6 != 0) {
+        return Err(anyhow!("drop record's family and flags disagree"));
+    }
+    Ok(PacketDrop {
+        ts_ns: raw.ts_ns,
+        skaddr: raw.skaddr,
+        addrs: FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?,
+        reason: host.drop_reason_name(raw.reason),
+        netns: raw.netns,
+        tcp_flags: raw.tcp_flags,
+    })
+}
 
 impl TryFrom<&TransitionEvent> for Transition {
     type Error = anyhow::Error;
@@ -361,14 +209,6 @@ impl TryFrom<&TransitionEvent> for Transition {
             workload: Workload::unresolved(raw.cgroup),
             untracked: raw.flags & event_flags::UNTRACKED != 0,
         })
-    }
-}
-
-impl Lifecycle {
-    /// The accepting side's flow: its path began in SYN_RECV (a listener's child). The kernel
-    /// sends the same of a flow in brief (`time_wait_flow::ACCEPTED`).
-    pub fn accepted(&self) -> bool {
-        self.path.first().map(|s| s.state) == Some(TcpState::SynRecv)
     }
 }
 
@@ -469,5 +309,4 @@ impl TryFrom<&RetransmitEvent> for Retransmit {
 }
 
 #[cfg(test)]
-#[path = "decode_tests.rs"]
 pub(crate) mod tests;

@@ -15,20 +15,15 @@ use tokio::{
 
 use crate::{
     cli::Config,
-    events::{
-        consumer::{Begin, Consumer, End, Flow, Tick},
-        dispatch::{is_broken_pipe, is_internal, Dispatcher},
+    host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
+    kernel::{evict::FlowEvictor, loader::Tracer},
+    model::{counters::KernelCounters, events::Lifecycle, facts::HostFacts},
+    output::consumer::{is_broken_pipe, Begin, Consumer, End, Flow, Tick},
+    run::{
+        dispatch::{is_internal, Dispatcher},
         namespace_upkeep::NamespaceUpkeep,
     },
-    host::{
-        clock::Clock, facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces,
-    },
-    kernel::loader::Tracer,
-    state::{
-        aggregate::{KernelCounters, Summary},
-        evict::FlowEvictor,
-        forecast::time_wait_view,
-    },
+    state::{aggregate::Summary, forecast::time_wait_view},
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
@@ -413,7 +408,7 @@ impl<'c> Session<'c> {
         let newly = evicted.len() as u64;
         self.evictor.evicted += newly;
         for flow in &evicted {
-            self.dispatch.agg.evicted_flow(flow);
+            self.dispatch.agg.evicted_flow(&Lifecycle::try_from(flow)?);
         }
         consumer.warning(&format!(
             "{newly} least recently active flows evicted ({} in all): the flow table \

@@ -8,14 +8,10 @@ use aya::maps::{MapData, RingBuf};
 use tcptrace_common::time_wait;
 
 use crate::{
-    events::model::Endpoint,
-    events::{
-        consumer::{Consumer, Wants},
-        decode::{transition_time, Decoder, Event},
-    },
-    host::{
-        clock::Clock, facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces,
-    },
+    decode::{transition_time, Decoder},
+    host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
+    model::{events::Event, facts::HostFacts, tcp::Endpoint},
+    output::consumer::{Consumer, Wants},
     state::{
         aggregate::Aggregator,
         alert::Alert,
@@ -48,10 +44,6 @@ impl std::error::Error for InternalError {}
 
 pub fn is_internal(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<InternalError>())
-}
-
-pub fn is_broken_pipe(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::BrokenPipe
 }
 
 /// `TCPTRACE_TEST_PANIC_IN_DRAIN=1` makes the drain panic once, at its first record: how the

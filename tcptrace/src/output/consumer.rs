@@ -7,14 +7,16 @@ use std::io;
 use anyhow::Result;
 
 use crate::{
-    events::decode::{FinishedFlow, Retransmit, Transition},
-    events::model::FlowAddrs,
-    events::port_failure::PortFailure,
-    events::vitals::PacketDrop,
-    host::{facts::HostFacts, identity_resolver::IdentityResolver, netns::Namespaces},
+    host::{identity_resolver::IdentityResolver, netns::Namespaces},
     kernel::loader::Tracer,
+    model::counters::KernelCounters,
+    model::events::{FinishedFlow, Retransmit, Transition},
+    model::facts::HostFacts,
+    model::port_failure::PortFailure,
+    model::tcp::FlowAddrs,
+    model::vitals::PacketDrop,
     state::{
-        aggregate::{KernelCounters, Summary},
+        aggregate::Summary,
         alert::Alert,
         forecast::TimeWaitView,
         idle::IdleReport,
@@ -24,6 +26,11 @@ use crate::{
 };
 
 /// Whether the session goes on after a consumer's call.
+/// A consumer's output was closed by its reader (`| head`): the end of the run, not an error.
+pub fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,

@@ -15,13 +15,14 @@ use anyhow::{Context as _, Result};
 use super::format::{counters_payload, frame, FrameWriter, RecordingHeader};
 use crate::{
     cli::{Config, RecordOptions},
-    events::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
     host::{
-        clock::Clock, facts::HostFacts, identity::Identity, identity_resolver::IdentityResolver,
-        netns::Namespace, netns_reader::NamespaceReader,
+        clock::Clock, identity_resolver::IdentityResolver, netns::Namespace,
+        netns_reader::NamespaceReader,
     },
     kernel::loader::Tracer,
-    state::aggregate::KernelCounters,
+    model::counters::KernelCounters,
+    model::{facts::HostFacts, workload::Identity},
+    output::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
 };
 use tcptrace_common::{record_kind, time_wait, TimeWaitEvent};
 
