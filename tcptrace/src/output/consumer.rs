@@ -25,12 +25,12 @@ use crate::{
     },
 };
 
-/// Whether the session goes on after a consumer's call.
 /// A consumer's output was closed by its reader (`| head`): the end of the run, not an error.
 pub fn is_broken_pipe(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// Whether the session goes on after a consumer's call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
@@ -113,11 +113,76 @@ pub struct End<'a> {
     pub kernel: Option<&'a KernelCounters>,
 }
 
-/// Everything a consumer may be handed; each method's default ignores it.
+/// What the driver hands a consumer as it happens: one type for every event, so the seam is
+/// one method wide and adding an event adds a variant, not a method to forward everywhere.
+#[derive(Clone, Copy)]
+pub enum Seen<'a> {
+    /// A record as the kernel wrote it (only with `Wants::raw`).
+    Raw(&'a [u8]),
+    Transition(&'a Transition),
+    /// A flow reached CLOSE (before its TIME_WAIT, if it has one).
+    FlowClosed(&'a FinishedFlow),
+    /// A flow is over, its TIME_WAIT included, or a TIME_WAIT whose flow was not seen ended.
+    Finished(&'a Finished),
+    Retransmit(&'a Retransmit),
+    /// connect() or bind() failed for want of a port (every one; alerts are rate-limited).
+    PortFailure(&'a PortFailure),
+    /// A TCP packet the kernel dropped (also joined to its flow when that ends).
+    PacketDrop(&'a PacketDrop),
+    Alert(&'a Alert<'a>),
+    /// A new TIME_WAIT (not a re-armed one); only with `Wants::time_wait_entries`.
+    TimeWaitEntered {
+        addrs: &'a FlowAddrs,
+        netns: u32,
+        ts_ns: u64,
+    },
+    /// The TIME_WAIT gauges, every `--interval` of the timewait mode.
+    TimeWaitGauges {
+        now_ns: u64,
+        view: &'a TimeWaitView,
+    },
+    /// Idle connections, every `--idle-report` interval (`now_ns` is kernel time).
+    IdleReport {
+        now_ns: u64,
+        report: &'a IdleReport,
+    },
+    /// Records were lost since the last report (`now_ns` is kernel time).
+    Lost {
+        now_ns: u64,
+        newly: u64,
+        kernel: &'a KernelCounters,
+    },
+    /// Flows were evicted from the kernel's table (`total` since start).
+    Evicted {
+        now_ns: u64,
+        newly: u64,
+        total: u64,
+    },
+    /// TIME_WAITs the kernel could not create (`tcp_max_tw_buckets` full) in a network
+    /// namespace (its inode).
+    TimeWaitOverflowed {
+        netns: u32,
+        newly: u64,
+    },
+}
+
+impl Seen<'_> {
+    /// What a consumer counting must see before one printing may stop the session (a closed
+    /// pipe): the exporter counts a TIME_WAIT, a loss or an eviction before the printer.
+    fn counted_first(&self) -> bool {
+        matches!(
+            self,
+            Seen::Finished(_) | Seen::Lost { .. } | Seen::Evicted { .. }
+        )
+    }
+}
+
+/// A consumer of the session (ripgrep's `Sink`): every event through [`Consumer::seen`], and
+/// the session's start, ticks, input and end.
 ///
-/// Output methods return `io::Result`: a broken pipe ends the session quietly (the driver
-/// stops, the consumer stays quiet and says its summary on stderr); any other error ends it
-/// with that error.
+/// Output returns `io::Result`: a broken pipe ends the session quietly (the driver stops, the
+/// consumer stays quiet and says its summary on stderr); any other error ends it with that
+/// error.
 pub trait Consumer {
     /// Input of the consumer's own, read by the driver beside the ring (`top`'s keys).
     type Input;
@@ -138,62 +203,8 @@ pub trait Consumer {
         Ok(())
     }
 
-    /// A record as the kernel wrote it (only with `Wants::raw`).
-    fn raw(&mut self, _record: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn transition(&mut self, _t: &Transition) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// A flow reached CLOSE (before its TIME_WAIT, if it has one).
-    fn flow_closed(&mut self, _f: &FinishedFlow) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// A flow is over, its TIME_WAIT included, or a TIME_WAIT whose flow was not seen ended.
-    fn finished(&mut self, _f: &Finished) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn retransmit(&mut self, _r: &Retransmit) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// connect() or bind() failed for want of a port (every one; alerts are rate-limited).
-    fn port_failure(&mut self, _p: &PortFailure) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// A TCP packet the kernel dropped (also joined to its flow when that ends).
-    fn packet_drop(&mut self, _d: &PacketDrop) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn alert(&mut self, _a: &Alert) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// A new TIME_WAIT (not a re-armed one); only with `Wants::time_wait_entries`.
-    fn time_wait_entered(
-        &mut self,
-        _addrs: &FlowAddrs,
-        _netns: u32,
-        _ts_ns: u64,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// The TIME_WAIT gauges, every `--interval` of the timewait mode.
-    fn time_wait_gauges(&mut self, _now_ns: u64, _view: &TimeWaitView) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// Idle connections, every `--idle-report` interval.
-    fn idle_report(&mut self, _now_ns: u64, _report: &IdleReport) -> io::Result<()> {
-        Ok(())
-    }
+    /// An event, as it happens; a consumer ignores what it does not show.
+    fn seen(&mut self, event: Seen) -> io::Result<()>;
 
     /// Once a second, after the driver's housekeeping.
     fn tick(&mut self, _t: &Tick) -> Result<Flow> {
@@ -204,20 +215,6 @@ pub trait Consumer {
     fn input(&mut self, _input: Self::Input, _time_wait: &TimeWaitTracker) -> Result<Flow> {
         Ok(Flow::Continue)
     }
-
-    /// Records were lost since the last report (`now_ns` is kernel time).
-    fn lost(&mut self, _now_ns: u64, _newly: u64, _kernel: &KernelCounters) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// Flows were evicted from the kernel's table (`total` since start).
-    fn evicted(&mut self, _now_ns: u64, _newly: u64, _total: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    /// TIME_WAITs the kernel could not create (`tcp_max_tw_buckets` full) in a network
-    /// namespace (its inode).
-    fn time_wait_overflowed(&mut self, _netns: u32, _newly: u64) {}
 
     /// A diagnostic for the user (stderr, unless the consumer owns the terminal).
     fn warning(&mut self, text: &str) {
@@ -247,41 +244,8 @@ impl<C: Consumer> Consumer for Option<C> {
     fn begin(&mut self, b: &Begin) -> Result<()> {
         self.as_mut().map_or(Ok(()), |c| c.begin(b))
     }
-    fn raw(&mut self, record: &[u8]) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.raw(record))
-    }
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.transition(t))
-    }
-    fn flow_closed(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.flow_closed(f))
-    }
-    fn finished(&mut self, f: &Finished) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.finished(f))
-    }
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.retransmit(r))
-    }
-    fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.port_failure(p))
-    }
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.packet_drop(d))
-    }
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        self.as_mut().map_or(Ok(()), |c| c.alert(a))
-    }
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
-        self.as_mut()
-            .map_or(Ok(()), |c| c.time_wait_entered(addrs, netns, ts_ns))
-    }
-    fn time_wait_gauges(&mut self, now_ns: u64, view: &TimeWaitView) -> io::Result<()> {
-        self.as_mut()
-            .map_or(Ok(()), |c| c.time_wait_gauges(now_ns, view))
-    }
-    fn idle_report(&mut self, now_ns: u64, report: &IdleReport) -> io::Result<()> {
-        self.as_mut()
-            .map_or(Ok(()), |c| c.idle_report(now_ns, report))
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        self.as_mut().map_or(Ok(()), |c| c.seen(event))
     }
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         self.as_mut().map_or(Ok(Flow::Continue), |c| c.tick(t))
@@ -289,19 +253,6 @@ impl<C: Consumer> Consumer for Option<C> {
     fn input(&mut self, input: C::Input, time_wait: &TimeWaitTracker) -> Result<Flow> {
         self.as_mut()
             .map_or(Ok(Flow::Continue), |c| c.input(input, time_wait))
-    }
-    fn lost(&mut self, now_ns: u64, newly: u64, kernel: &KernelCounters) -> io::Result<()> {
-        self.as_mut()
-            .map_or(Ok(()), |c| c.lost(now_ns, newly, kernel))
-    }
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
-        self.as_mut()
-            .map_or(Ok(()), |c| c.evicted(now_ns, newly, total))
-    }
-    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
-        if let Some(c) = self.as_mut() {
-            c.time_wait_overflowed(netns, newly);
-        }
     }
     fn warning(&mut self, text: &str) {
         match self.as_mut() {
@@ -318,8 +269,8 @@ impl<C: Consumer> Consumer for Option<C> {
 }
 
 /// Two consumers side by side (a mode's own and the metrics exporter): each is handed every
-/// call (the second first where it must be ready before the first speaks), the first one's
-/// input is the pair's, and warnings are the first one's to say.
+/// call (the second first where it must be ready or have counted before the first speaks),
+/// the first one's input is the pair's, and warnings are the first one's to say.
 impl<A: Consumer, B: Consumer> Consumer for (A, B) {
     type Input = A::Input;
     fn wants(&self) -> Wants {
@@ -333,50 +284,14 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
         self.1.begin(b)?;
         self.0.begin(b)
     }
-    fn raw(&mut self, record: &[u8]) -> io::Result<()> {
-        self.0.raw(record)?;
-        self.1.raw(record)
-    }
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.0.transition(t)?;
-        self.1.transition(t)
-    }
-    fn flow_closed(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        self.0.flow_closed(f)?;
-        self.1.flow_closed(f)
-    }
-    fn finished(&mut self, f: &Finished) -> io::Result<()> {
-        // The exporter counts the TIME_WAIT before a closed pipe can stop the printer.
-        self.1.finished(f)?;
-        self.0.finished(f)
-    }
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        self.0.retransmit(r)?;
-        self.1.retransmit(r)
-    }
-    fn port_failure(&mut self, p: &PortFailure) -> io::Result<()> {
-        self.0.port_failure(p)?;
-        self.1.port_failure(p)
-    }
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
-        self.0.packet_drop(d)?;
-        self.1.packet_drop(d)
-    }
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        self.0.alert(a)?;
-        self.1.alert(a)
-    }
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
-        self.0.time_wait_entered(addrs, netns, ts_ns)?;
-        self.1.time_wait_entered(addrs, netns, ts_ns)
-    }
-    fn time_wait_gauges(&mut self, now_ns: u64, view: &TimeWaitView) -> io::Result<()> {
-        self.0.time_wait_gauges(now_ns, view)?;
-        self.1.time_wait_gauges(now_ns, view)
-    }
-    fn idle_report(&mut self, now_ns: u64, report: &IdleReport) -> io::Result<()> {
-        self.0.idle_report(now_ns, report)?;
-        self.1.idle_report(now_ns, report)
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        if event.counted_first() {
+            self.1.seen(event)?;
+            self.0.seen(event)
+        } else {
+            self.0.seen(event)?;
+            self.1.seen(event)
+        }
     }
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         let first = self.0.tick(t)?;
@@ -389,18 +304,6 @@ impl<A: Consumer, B: Consumer> Consumer for (A, B) {
     }
     fn input(&mut self, input: A::Input, time_wait: &TimeWaitTracker) -> Result<Flow> {
         self.0.input(input, time_wait)
-    }
-    fn lost(&mut self, now_ns: u64, newly: u64, kernel: &KernelCounters) -> io::Result<()> {
-        self.1.lost(now_ns, newly, kernel)?;
-        self.0.lost(now_ns, newly, kernel)
-    }
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
-        self.1.evicted(now_ns, newly, total)?;
-        self.0.evicted(now_ns, newly, total)
-    }
-    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
-        self.0.time_wait_overflowed(netns, newly);
-        self.1.time_wait_overflowed(netns, newly);
     }
     fn warning(&mut self, text: &str) {
         self.0.warning(text);

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::Config,
-    output::consumer::{Begin, Consumer, Flow, Tick, Wants},
+    output::consumer::{Begin, Consumer, Flow, Seen, Tick, Wants},
     output::metrics::Metrics,
     state::{
         forecast::forecasts,
@@ -65,18 +65,25 @@ impl Consumer for MetricsExporter {
         Ok(())
     }
 
-    fn flow_closed(&mut self, f: &crate::model::events::FinishedFlow) -> io::Result<()> {
-        self.metrics.flow_closed(f);
-        Ok(())
-    }
-
-    fn finished(&mut self, f: &Finished) -> io::Result<()> {
-        let held = match f {
-            Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
-            Finished::Orphan(t) => Some((t.held_ns, t.end)),
-        };
-        if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress) {
-            self.metrics.time_wait_ended(held_ns);
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        match event {
+            Seen::FlowClosed(f) => self.metrics.flow_closed(f),
+            Seen::Finished(f) => {
+                let held = match f {
+                    Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
+                    Finished::Orphan(t) => Some((t.held_ns, t.end)),
+                };
+                if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress)
+                {
+                    self.metrics.time_wait_ended(held_ns);
+                }
+            }
+            Seen::Evicted { newly, .. } => self.metrics.evicted(newly),
+            Seen::PortFailure(p) => self.metrics.port_failure(p),
+            Seen::TimeWaitOverflowed { netns, newly } => {
+                self.metrics.time_wait_overflowed(netns, newly)
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -94,19 +101,5 @@ impl Consumer for MetricsExporter {
                 .time_wait_forecasts(&forecasts(t.time_wait, t.now_ns, t.namespaces));
         }
         Ok(Flow::Continue)
-    }
-
-    fn evicted(&mut self, _now_ns: u64, newly: u64, _total: u64) -> io::Result<()> {
-        self.metrics.evicted(newly);
-        Ok(())
-    }
-
-    fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) -> io::Result<()> {
-        self.metrics.port_failure(p);
-        Ok(())
-    }
-
-    fn time_wait_overflowed(&mut self, netns: u32, newly: u64) {
-        self.metrics.time_wait_overflowed(netns, newly);
     }
 }

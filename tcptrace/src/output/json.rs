@@ -8,7 +8,6 @@ use super::{
     json_events::{drop_line, flow_line, retransmit_line, transition_line},
     json_fields::{Addrs, Owner, WorkloadFields},
     json_summary::{summary_line, Lost},
-    Render,
 };
 use crate::{
     host::clock::Clock,
@@ -147,15 +146,16 @@ impl<W: Write> JsonPrinter<W> {
     }
 }
 
-impl<W: Write> Render for JsonPrinter<W> {
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+/// One method per line kind; `render` (from `printer_render!`) picks the one for each event.
+impl<W: Write> JsonPrinter<W> {
+    pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(t.ts_ns);
         self.event_buf.clear();
         transition_line(&mut self.event_buf, ts_unix_ns, t);
         self.event_line()
     }
 
-    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+    pub fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(f.ts_ns);
         let time_wait_start = f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns));
         self.event_buf.clear();
@@ -163,26 +163,26 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.event_line()
     }
 
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+    pub fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(r.ts_ns);
         self.event_buf.clear();
         retransmit_line(&mut self.event_buf, ts_unix_ns, r);
         self.event_line()
     }
 
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+    pub fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(d.ts_ns);
         self.event_buf.clear();
         drop_line(&mut self.event_buf, ts_unix_ns, d);
         self.event_line()
     }
 
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+    pub fn alert(&mut self, a: &Alert) -> io::Result<()> {
         let line = alert_line(a, self.clock.unix_ns(a.ts_ns()));
         self.line(&line)
     }
 
-    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+    pub fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
         let line = IdleReportLine {
             r#type: "idle_report",
             ts_unix_ns: self.clock.unix_ns(now_ns),
@@ -211,7 +211,7 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
-    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+    pub fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
         let line = TimeWaitLine {
             r#type: "time_wait",
             addrs: (&t.addrs).into(),
@@ -224,7 +224,7 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
-    fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
+    pub fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
         let line = GaugesLine {
             r#type: "time_wait_gauges",
             ts_unix_ns: self.clock.unix_ns(now_ns),
@@ -256,7 +256,12 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
-    fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {
+    pub fn lost(
+        &mut self,
+        now_ns: u64,
+        newly_lost: u64,
+        kernel: &KernelCounters,
+    ) -> io::Result<()> {
         use tcptrace_common::stat;
         let line = LostLine {
             r#type: "lost",
@@ -278,7 +283,7 @@ impl<W: Write> Render for JsonPrinter<W> {
         self.line(&line)
     }
 
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
+    pub fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
         self.line(&EvictedLine {
             r#type: "evicted",
             ts_unix_ns: self.clock.unix_ns(now_ns),
@@ -287,11 +292,11 @@ impl<W: Write> Render for JsonPrinter<W> {
         })
     }
 
-    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         self.line(&summary_line(s))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }
@@ -299,3 +304,5 @@ impl<W: Write> Render for JsonPrinter<W> {
 #[cfg(test)]
 #[path = "json_tests.rs"]
 mod tests;
+
+super::printer_render!(JsonPrinter);

@@ -8,14 +8,8 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::{identity::ColumnWhen, Config, Mode},
     host::clock::Clock,
-    model::{
-        counters::KernelCounters,
-        events::{Retransmit, Transition},
-        vitals::PacketDrop,
-    },
-    output::consumer::{is_broken_pipe, Consumer, End, Wants},
-    output::{JsonPrinter, Printer, Render, TextPrinter},
-    state::{alert::Alert, forecast::TimeWaitView, idle::IdleReport, timewait::Finished},
+    output::consumer::{is_broken_pipe, Consumer, End, Seen, Wants},
+    output::{JsonPrinter, Printer, TextPrinter},
 };
 
 /// Prints what its mode shows, as it arrives.
@@ -110,62 +104,31 @@ impl<W: Write> Consumer for LinePrinter<W> {
         }
     }
 
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        match self.transitions {
-            true => self.write(|p| p.transition(t)),
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        let shown = match event {
+            Seen::Transition(_) => self.transitions,
+            Seen::Finished(_) => self.flows,
+            Seen::PacketDrop(_) => self.drops,
+            Seen::Retransmit(_) => self.retransmits,
+            Seen::Alert(_) => self.alerts,
+            Seen::TimeWaitGauges { .. }
+            | Seen::IdleReport { .. }
+            | Seen::Lost { .. }
+            | Seen::Evicted { .. } => true,
+            Seen::Raw(_)
+            | Seen::FlowClosed(_)
+            | Seen::PortFailure(_)
+            | Seen::TimeWaitEntered { .. }
+            | Seen::TimeWaitOverflowed { .. } => false,
+        };
+        match shown {
+            true => self.write(|p| p.render(event)),
             false => Ok(()),
         }
-    }
-
-    fn finished(&mut self, f: &Finished) -> io::Result<()> {
-        if !self.flows {
-            return Ok(());
-        }
-        match f {
-            Finished::Flow(f) => self.write(|p| p.flow(f)),
-            Finished::Orphan(t) => self.write(|p| p.time_wait(t)),
-        }
-    }
-
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
-        match self.drops {
-            true => self.write(|p| p.packet_drop(d)),
-            false => Ok(()),
-        }
-    }
-
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        match self.retransmits {
-            true => self.write(|p| p.retransmit(r)),
-            false => Ok(()),
-        }
-    }
-
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        match self.alerts {
-            true => self.write(|p| p.alert(a)),
-            false => Ok(()),
-        }
-    }
-
-    fn time_wait_gauges(&mut self, now_ns: u64, view: &TimeWaitView) -> io::Result<()> {
-        self.write(|p| p.time_wait_gauges(now_ns, view))
-    }
-
-    fn idle_report(&mut self, now_ns: u64, report: &IdleReport) -> io::Result<()> {
-        self.write(|p| p.idle_report(now_ns, report))
-    }
-
-    fn lost(&mut self, now_ns: u64, newly: u64, kernel: &KernelCounters) -> io::Result<()> {
-        self.write(|p| p.lost(now_ns, newly, kernel))
-    }
-
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
-        self.write(|p| p.evicted(now_ns, newly, total))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write(Render::flush)
+        self.write(Printer::flush)
     }
 
     /// The summary on stdout, or on stderr once stdout is closed.
@@ -174,11 +137,7 @@ impl<W: Write> Consumer for LinePrinter<W> {
             let Some(summary) = end.summary else {
                 return Ok(());
             };
-            let clock = match &self.printer {
-                Printer::Text(p) => p.clock(),
-                Printer::Json(p) => p.clock(),
-            };
-            let mut stderr = TextPrinter::new(io::stderr().lock(), clock, false);
+            let mut stderr = TextPrinter::new(io::stderr().lock(), self.printer.clock(), false);
             stderr.summary(summary)?;
             return stderr.flush().context("writing the summary");
         }
@@ -201,10 +160,11 @@ pub fn idle_once(config: &Config, min_idle: std::time::Duration) -> Result<()> {
         crate::host::identity_resolver::IdentityResolver::new(config.identity.sources.clone());
     let report = crate::state::idle::report(min_idle, &config.filter, &mut identities)?;
     let mut lines = LinePrinter::stdout(config, Clock::now());
-    match lines
-        .idle_report(Clock::ktime_now(), &report)
-        .and_then(|()| lines.flush())
-    {
+    let seen = Seen::IdleReport {
+        now_ns: Clock::ktime_now(),
+        report: &report,
+    };
+    match lines.seen(seen).and_then(|()| lines.flush()) {
         Err(e) if !is_broken_pipe(&e) => Err(e).context("writing output"),
         _ => Ok(()),
     }

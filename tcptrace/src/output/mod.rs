@@ -23,37 +23,45 @@ use std::io::{self, Write};
 pub use json::JsonPrinter;
 pub use text::TextPrinter;
 
-use crate::{
-    model::counters::KernelCounters,
-    model::events::{FinishedFlow, Retransmit, Transition},
-    model::vitals::PacketDrop,
-    state::aggregate::Summary,
-    state::alert::Alert,
-    state::forecast::TimeWaitView,
-    state::idle::IdleReport,
-    state::timewait::TimeWait,
-};
+use crate::{host::clock::Clock, output::consumer::Seen, state::aggregate::Summary};
 
-/// What a printer can be asked to print.
-pub trait Render {
-    fn transition(&mut self, t: &Transition) -> io::Result<()>;
-    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()>;
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()>;
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()>;
-    fn alert(&mut self, a: &Alert) -> io::Result<()>;
-    /// `now_ns` is kernel time.
-    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()>;
-    /// A TIME_WAIT whose flow was not seen.
-    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()>;
-    /// Live TIME_WAIT gauges and the exhaustion forecast.
-    fn time_wait_gauges(&mut self, now_ns: u64, g: &TimeWaitView) -> io::Result<()>;
-    /// Records were lost since the last report (`now_ns` is kernel time).
-    fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()>;
-    /// Flows were evicted from the kernel's flow table (`total` since start).
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()>;
-    fn summary(&mut self, s: &Summary) -> io::Result<()>;
-    fn flush(&mut self) -> io::Result<()>;
+/// A printer's `render`: each event to the method that writes its line, the same for every
+/// printer (an event without a line of its own is not printed).
+macro_rules! printer_render {
+    ($printer:ident) => {
+        impl<W: std::io::Write> $printer<W> {
+            pub fn render(&mut self, event: $crate::output::consumer::Seen) -> std::io::Result<()> {
+                use $crate::{output::consumer::Seen, state::timewait::Finished};
+                match event {
+                    Seen::Transition(t) => self.transition(t),
+                    Seen::Finished(Finished::Flow(f)) => self.flow(f),
+                    Seen::Finished(Finished::Orphan(t)) => self.time_wait(t),
+                    Seen::Retransmit(r) => self.retransmit(r),
+                    Seen::PacketDrop(d) => self.packet_drop(d),
+                    Seen::Alert(a) => self.alert(a),
+                    Seen::TimeWaitGauges { now_ns, view } => self.time_wait_gauges(now_ns, view),
+                    Seen::IdleReport { now_ns, report } => self.idle_report(now_ns, report),
+                    Seen::Lost {
+                        now_ns,
+                        newly,
+                        kernel,
+                    } => self.lost(now_ns, newly, kernel),
+                    Seen::Evicted {
+                        now_ns,
+                        newly,
+                        total,
+                    } => self.evicted(now_ns, newly, total),
+                    Seen::Raw(_)
+                    | Seen::FlowClosed(_)
+                    | Seen::PortFailure(_)
+                    | Seen::TimeWaitEntered { .. }
+                    | Seen::TimeWaitOverflowed { .. } => Ok(()),
+                }
+            }
+        }
+    };
 }
+pub(crate) use printer_render;
 
 /// Either printer, chosen at start-up.
 pub enum Printer<W: Write> {
@@ -61,77 +69,29 @@ pub enum Printer<W: Write> {
     Json(JsonPrinter<W>),
 }
 
-impl<W: Write> Render for Printer<W> {
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+impl<W: Write> Printer<W> {
+    pub fn render(&mut self, event: Seen) -> io::Result<()> {
         match self {
-            Printer::Text(p) => p.transition(t),
-            Printer::Json(p) => p.transition(t),
+            Printer::Text(p) => p.render(event),
+            Printer::Json(p) => p.render(event),
         }
     }
-    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.flow(f),
-            Printer::Json(p) => p.flow(f),
-        }
-    }
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.retransmit(r),
-            Printer::Json(p) => p.retransmit(r),
-        }
-    }
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.packet_drop(d),
-            Printer::Json(p) => p.packet_drop(d),
-        }
-    }
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.alert(a),
-            Printer::Json(p) => p.alert(a),
-        }
-    }
-    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.idle_report(now_ns, r),
-            Printer::Json(p) => p.idle_report(now_ns, r),
-        }
-    }
-    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.time_wait(t),
-            Printer::Json(p) => p.time_wait(t),
-        }
-    }
-    fn time_wait_gauges(&mut self, now_ns: u64, g: &TimeWaitView) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.time_wait_gauges(now_ns, g),
-            Printer::Json(p) => p.time_wait_gauges(now_ns, g),
-        }
-    }
-    fn lost(&mut self, now_ns: u64, newly_lost: u64, kernel: &KernelCounters) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.lost(now_ns, newly_lost, kernel),
-            Printer::Json(p) => p.lost(now_ns, newly_lost, kernel),
-        }
-    }
-    fn evicted(&mut self, now_ns: u64, newly: u64, total: u64) -> io::Result<()> {
-        match self {
-            Printer::Text(p) => p.evicted(now_ns, newly, total),
-            Printer::Json(p) => p.evicted(now_ns, newly, total),
-        }
-    }
-    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         match self {
             Printer::Text(p) => p.summary(s),
             Printer::Json(p) => p.summary(s),
         }
     }
-    fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> io::Result<()> {
         match self {
             Printer::Text(p) => p.flush(),
             Printer::Json(p) => p.flush(),
+        }
+    }
+    pub fn clock(&self) -> Clock {
+        match self {
+            Printer::Text(p) => p.clock(),
+            Printer::Json(p) => p.clock(),
         }
     }
 }

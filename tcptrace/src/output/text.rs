@@ -5,10 +5,7 @@ use std::{
     io::{self, Write},
 };
 
-use super::{
-    columns::{self, comm, held, pid},
-    Render,
-};
+use super::columns::{self, comm, held, pid};
 use crate::{
     host::clock::{human_duration, Clock, HumanDuration},
     model::cause::CloseCause,
@@ -206,8 +203,9 @@ impl<W: Write> TextPrinter<W> {
     }
 }
 
-impl<W: Write> Render for TextPrinter<W> {
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+/// One method per line kind; `render` (from `printer_render!`) picks the one for each event.
+impl<W: Write> TextPrinter<W> {
+    pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let (local, remote, workload) = self.prepare(Kind::State, &t.addrs, Some(&t.workload))?;
         // "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
         let (lw, rw) = (self.local_width, self.remote_width);
@@ -237,7 +235,7 @@ impl<W: Write> Render for TextPrinter<W> {
         self.out.write_all(line.as_bytes())
     }
 
-    fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+    pub fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
         let (local, remote, workload) =
             self.prepare(Kind::Flow, &f.addrs, Some(&f.lifecycle.workload))?;
         let (lw, rw) = (self.local_width, self.remote_width);
@@ -294,7 +292,7 @@ impl<W: Write> Render for TextPrinter<W> {
         self.out.write_all(self.line.as_bytes())
     }
 
-    fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
+    pub fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
         let (source, destination, _) = self.prepare(Kind::Drop, &d.addrs, None)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         writeln!(
@@ -308,7 +306,7 @@ impl<W: Write> Render for TextPrinter<W> {
         )
     }
 
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
+    pub fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
         let (local, remote, workload) = self.prepare(Kind::Rtx, &r.addrs, Some(&r.workload))?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let err = r.err.map_or("-".into(), |e| e.to_string());
@@ -326,7 +324,7 @@ impl<W: Write> Render for TextPrinter<W> {
         )
     }
 
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
+    pub fn alert(&mut self, a: &Alert) -> io::Result<()> {
         let (local, remote, workload) = self.prepare(Kind::Alert, a.addrs(), a.workload())?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let wl = self.workload_cell(&workload);
@@ -343,7 +341,7 @@ impl<W: Write> Render for TextPrinter<W> {
         )
     }
 
-    fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
+    pub fn idle_report(&mut self, now_ns: u64, r: &IdleReport) -> io::Result<()> {
         // A block of its own: the next tracing line prints its header again.
         self.header = None;
         let o = &mut self.out;
@@ -382,7 +380,7 @@ impl<W: Write> Render for TextPrinter<W> {
         Ok(())
     }
 
-    fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+    pub fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
         let (local, remote, workload) = self.prepare(Kind::Flow, &t.addrs, None)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let wl = self.workload_cell(&workload);
@@ -399,7 +397,7 @@ impl<W: Write> Render for TextPrinter<W> {
         )
     }
 
-    fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
+    pub fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
         let o = &mut self.out;
         writeln!(
             o,
@@ -441,20 +439,25 @@ impl<W: Write> Render for TextPrinter<W> {
     }
 
     /// Lost records are reported on stderr by the pipeline; columns carry data only.
-    fn lost(&mut self, _now_ns: u64, _newly_lost: u64, _kernel: &KernelCounters) -> io::Result<()> {
+    pub fn lost(
+        &mut self,
+        _now_ns: u64,
+        _newly_lost: u64,
+        _kernel: &KernelCounters,
+    ) -> io::Result<()> {
         Ok(())
     }
 
     // Reported on stderr by the pipeline: stdout's columns carry records only.
-    fn evicted(&mut self, _now_ns: u64, _newly: u64, _total: u64) -> io::Result<()> {
+    pub fn evicted(&mut self, _now_ns: u64, _newly: u64, _total: u64) -> io::Result<()> {
         Ok(())
     }
 
-    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         super::text_summary::write_summary(&mut self.out, s)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }
@@ -462,3 +465,5 @@ impl<W: Write> Render for TextPrinter<W> {
 #[cfg(test)]
 #[path = "text_tests.rs"]
 mod tests;
+
+super::printer_render!(TextPrinter);

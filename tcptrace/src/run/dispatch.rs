@@ -11,7 +11,7 @@ use crate::{
     decode::{transition_time, Decoder},
     host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
     model::{events::Event, facts::HostFacts, tcp::Endpoint},
-    output::consumer::{Consumer, Wants},
+    output::consumer::{Consumer, Seen, Wants},
     state::{
         aggregate::Aggregator,
         alert::Alert,
@@ -156,7 +156,7 @@ impl Dispatcher {
                 panic!("TCPTRACE_TEST_PANIC_IN_DRAIN is set");
             }
             if self.wants.raw {
-                consumer.raw(&item)?;
+                consumer.seen(Seen::Raw(&item))?;
             } else if let Some(ts) = self.consume(consumer, &item)? {
                 newest = newest.max(ts);
             }
@@ -218,7 +218,7 @@ impl Dispatcher {
     /// TIME_WAITs cancelled long enough before `now_ns` ended early.
     pub fn settle<C: Consumer>(&mut self, consumer: &mut C, now_ns: u64) -> io::Result<()> {
         for finished in self.tw.settle(now_ns) {
-            consumer.finished(&finished)?;
+            consumer.seen(Seen::Finished(&finished))?;
         }
         Ok(())
     }
@@ -232,7 +232,7 @@ impl Dispatcher {
     ) -> io::Result<()> {
         self.settle(consumer, now_ns + 1_000_000_000)?;
         for finished in self.tw.drain_in_progress(now_ns) {
-            consumer.finished(&finished)?;
+            consumer.seen(Seen::Finished(&finished))?;
         }
         consumer.flush()
     }
@@ -242,13 +242,13 @@ impl Dispatcher {
             *workload = self.identities.resolve(workload.cgroup).0;
         }
         match event {
-            Event::Transition(t) => consumer.transition(&t)?,
+            Event::Transition(t) => consumer.seen(Seen::Transition(&t))?,
             Event::FlowEnd(mut f) => {
                 self.packets.flow_ended(&mut f);
                 self.agg.finished_flow(&f);
-                consumer.flow_closed(&f)?;
+                consumer.seen(Seen::FlowClosed(&f))?;
                 if let Some(alert) = Alert::closed(&f).filter(|_| self.wants.alerts) {
-                    consumer.alert(&alert)?;
+                    consumer.seen(Seen::Alert(&alert))?;
                 }
                 // A flow that closed first is handed on when its TIME_WAIT ends.
                 let ready = if self.traces_time_wait {
@@ -257,7 +257,7 @@ impl Dispatcher {
                     Some(f)
                 };
                 if let Some(f) = ready {
-                    consumer.finished(&Finished::Flow(f))?;
+                    consumer.seen(Seen::Finished(&Finished::Flow(f)))?;
                 }
             }
             // Sent only where flows are counted in the kernel: the side of a TIME_WAIT.
@@ -271,17 +271,21 @@ impl Dispatcher {
                     if let Some(addrs) = r.addrs {
                         if self.wants.time_wait_entries && !self.tw.rearms(r.timer, &addrs, r.ts_ns)
                         {
-                            consumer.time_wait_entered(&addrs, r.netns, r.ts_ns)?;
+                            consumer.seen(Seen::TimeWaitEntered {
+                                addrs: &addrs,
+                                netns: r.netns,
+                                ts_ns: r.ts_ns,
+                            })?;
                         }
                         if let Some(ended) = self.tw.start(r.timer, addrs, r.netns, r.ts_ns) {
-                            consumer.finished(&ended)?;
+                            consumer.seen(Seen::Finished(&ended))?;
                         }
                     }
                 }
                 time_wait::CANCEL => self.tw.cancel(r.timer, r.ts_ns, r.in_connect),
                 _ => {
                     if let Some(finished) = self.tw.expire(r.timer, r.ts_ns) {
-                        consumer.finished(&finished)?;
+                        consumer.seen(Seen::Finished(&finished))?;
                     }
                 }
             },
@@ -289,22 +293,22 @@ impl Dispatcher {
                 if r.synack {
                     self.packets.synack(&r);
                 }
-                consumer.retransmit(&r)?;
+                consumer.seen(Seen::Retransmit(&r))?;
                 if let Some(alert) = Alert::retransmit(&r).filter(|_| self.wants.alerts) {
-                    consumer.alert(&alert)?;
+                    consumer.seen(Seen::Alert(&alert))?;
                 }
             }
             Event::KeepaliveProbe(p) => {
                 if self.wants.alerts {
-                    consumer.alert(&Alert::KeepaliveProbe(&p))?;
+                    consumer.seen(Seen::Alert(&Alert::KeepaliveProbe(&p)))?;
                 }
             }
             Event::Drop(d) => {
                 self.packets.dropped(&d);
-                consumer.packet_drop(&d)?;
+                consumer.seen(Seen::PacketDrop(&d))?;
             }
             Event::PortFailure(p) => {
-                consumer.port_failure(&p)?;
+                consumer.seen(Seen::PortFailure(&p))?;
                 if !self.wants.alerts {
                     return Ok(());
                 }
@@ -318,7 +322,7 @@ impl Dispatcher {
                         &self.namespaces,
                         |netns, dest| open_flows.and_then(|count| count(netns, dest)),
                     );
-                    consumer.alert(&Alert::PortFailure(&alert))?;
+                    consumer.seen(Seen::Alert(&Alert::PortFailure(&alert)))?;
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::{collections::HashSet, io, time::Instant};
 use crate::{
     host::{netns::Namespaces, netns_reader::NamespaceReader},
     model::{tcp::Process, workload::Workload},
-    output::consumer::Consumer,
+    output::consumer::{Consumer, Seen},
     state::{
         alert::{Alert, ExhaustionWarning},
         forecast::{forecasts, WARN_AT},
@@ -62,7 +62,7 @@ impl NamespaceUpkeep {
                 let label = self.reader.namespaces.label(sample.netns);
                 for alert in watch.sample(sample, now_ns, &owner, &label) {
                     if alerts {
-                        consumer.alert(&Alert::Listen(&alert))?;
+                        consumer.seen(Seen::Alert(&Alert::Listen(&alert)))?;
                     }
                 }
             }
@@ -77,7 +77,7 @@ impl NamespaceUpkeep {
         }
         for (netns, newly) in refreshed.overflowed {
             tw.overflows += newly;
-            consumer.time_wait_overflowed(netns, newly);
+            consumer.seen(Seen::TimeWaitOverflowed { netns, newly })?;
             let label = self.reader.namespaces.label(netns);
             let limit = self
                 .reader
@@ -117,7 +117,9 @@ impl NamespaceUpkeep {
             }
             if f.utilization > WARN_AT {
                 still_hot.insert(key);
-                consumer.alert(&Alert::Exhaustion(&ExhaustionWarning::new(now_ns, f)))?;
+                consumer.seen(Seen::Alert(&Alert::Exhaustion(&ExhaustionWarning::new(
+                    now_ns, f,
+                ))))?;
             }
         }
         self.warned = still_hot;

@@ -12,7 +12,7 @@ use crate::{
     decode::{record_bytes as bytes_of, Decoder},
     host::clock::Clock,
     model::events::Event,
-    output::{Printer, Render, TextPrinter},
+    output::TextPrinter,
     state::aggregate::Aggregator,
 };
 
@@ -75,7 +75,7 @@ fn synthetic() -> Vec<Vec<u8>> {
 /// with `render_transitions`, every transition too (as the live mode does). Returns records/s.
 fn pass(mix: &[Vec<u8>], records: u64, render_transitions: bool) -> Result<f64> {
     let mut agg = Aggregator::new();
-    let mut printer = Printer::Text(TextPrinter::new(io::sink(), Clock::now(), false));
+    let mut printer = TextPrinter::new(io::sink(), Clock::now(), false);
     let decoder = Decoder::default();
     let start = Instant::now();
     for i in 0..records {

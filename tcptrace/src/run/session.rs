@@ -18,7 +18,7 @@ use crate::{
     host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
     kernel::{evict::FlowEvictor, loader::Tracer},
     model::{counters::KernelCounters, events::Lifecycle, facts::HostFacts},
-    output::consumer::{is_broken_pipe, Begin, Consumer, End, Flow, Tick},
+    output::consumer::{is_broken_pipe, Begin, Consumer, End, Flow, Seen, Tick},
     run::{
         dispatch::{is_internal, Dispatcher},
         namespace_upkeep::NamespaceUpkeep,
@@ -245,7 +245,7 @@ impl<'c> Session<'c> {
                     let now = Clock::ktime_now();
                     self.dispatch.tw.expire_preexisting(now);
                     let view = time_wait_view(&self.dispatch.tw, now, self.namespaces());
-                    if let Err(e) = consumer.time_wait_gauges(now, &view).and_then(|()| consumer.flush()) {
+                    if let Err(e) = consumer.seen(Seen::TimeWaitGauges { now_ns: now, view: &view }).and_then(|()| consumer.flush()) {
                         break stop_for(e)?;
                     }
                 }
@@ -268,7 +268,7 @@ impl<'c> Session<'c> {
                     ) {
                         Ok(report) => {
                             let now = Clock::ktime_now();
-                            if let Err(e) = consumer.idle_report(now, &report).and_then(|()| consumer.flush()) {
+                            if let Err(e) = consumer.seen(Seen::IdleReport { now_ns: now, report: &report }).and_then(|()| consumer.flush()) {
                                 break stop_for(e)?;
                             }
                         }
@@ -367,7 +367,11 @@ impl<'c> Session<'c> {
                 kernel.lost() - kernel.missed,
                 kernel.missed
             ));
-            consumer.lost(now, newly, &kernel)?;
+            consumer.seen(Seen::Lost {
+                now_ns: now,
+                newly,
+                kernel: &kernel,
+            })?;
         }
         let listeners = self.upkeep.as_ref().and_then(|u| u.listeners.as_ref());
         for l in listeners.into_iter().flat_map(|w| w.listeners()) {
@@ -415,7 +419,11 @@ impl<'c> Session<'c> {
              (--max-flows {}) was 90% full",
             self.evictor.evicted, self.config.max_flows
         ));
-        consumer.evicted(now, newly, self.evictor.evicted)?;
+        consumer.seen(Seen::Evicted {
+            now_ns: now,
+            newly,
+            total: self.evictor.evicted,
+        })?;
         Ok(())
     }
 

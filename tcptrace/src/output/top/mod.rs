@@ -14,13 +14,9 @@ use crate::{
     cli::Config,
     host::{clock::Clock, sockdiag},
     kernel::loader::Tracer,
-    model::{
-        events::{FinishedFlow, Retransmit, Transition},
-        tcp::FlowAddrs,
-    },
-    output::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
-    output::{Render, TextPrinter},
-    state::{alert::Alert, timewait::TimeWaitTracker},
+    output::consumer::{Begin, Consumer, End, Flow, Seen, Tick, Wants},
+    output::TextPrinter,
+    state::timewait::TimeWaitTracker,
 };
 
 mod model;
@@ -180,33 +176,20 @@ impl Consumer for TopScreen {
         Ok(())
     }
 
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.model.transition(t);
-        Ok(())
-    }
-
-    fn flow_closed(&mut self, f: &FinishedFlow) -> io::Result<()> {
-        self.model.flow_end(f);
-        Ok(())
-    }
-
-    fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {
-        self.model.retransmit(r);
-        Ok(())
-    }
-
-    fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) -> io::Result<()> {
-        self.model.port_failure(p);
-        Ok(())
-    }
-
-    fn alert(&mut self, a: &Alert) -> io::Result<()> {
-        self.model.alert(a);
-        Ok(())
-    }
-
-    fn time_wait_entered(&mut self, addrs: &FlowAddrs, netns: u32, ts_ns: u64) -> io::Result<()> {
-        self.model.time_wait_entered(addrs, netns, ts_ns);
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        match event {
+            Seen::Transition(t) => self.model.transition(t),
+            Seen::FlowClosed(f) => self.model.flow_end(f),
+            Seen::Retransmit(r) => self.model.retransmit(r),
+            Seen::PortFailure(p) => self.model.port_failure(p),
+            Seen::Alert(a) => self.model.alert(a),
+            Seen::TimeWaitEntered {
+                addrs,
+                netns,
+                ts_ns,
+            } => self.model.time_wait_entered(addrs, netns, ts_ns),
+            _ => {}
+        }
         Ok(())
     }
 

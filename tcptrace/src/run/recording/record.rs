@@ -22,7 +22,7 @@ use crate::{
     kernel::loader::Tracer,
     model::counters::KernelCounters,
     model::{facts::HostFacts, workload::Identity},
-    output::consumer::{Begin, Consumer, End, Flow, Tick, Wants},
+    output::consumer::{Begin, Consumer, End, Flow, Seen, Tick, Wants},
 };
 use tcptrace_common::{record_kind, time_wait, TimeWaitEvent};
 
@@ -292,7 +292,10 @@ impl Consumer for Recorder {
         Ok(())
     }
 
-    fn raw(&mut self, record: &[u8]) -> io::Result<()> {
+    fn seen(&mut self, event: Seen) -> io::Result<()> {
+        let Seen::Raw(record) = event else {
+            return Ok(());
+        };
         if self.namespaces.is_some() {
             if let Some(netns) = time_wait_start_netns(record) {
                 self.seen.insert(netns);

@@ -15,7 +15,7 @@ use crate::{
     },
     model::{counters::KernelCounters, facts::HostFacts},
     output::{
-        consumer::{is_broken_pipe, Consumer, End},
+        consumer::{is_broken_pipe, Consumer, End, Seen},
         lines::LinePrinter,
     },
     run::dispatch::Dispatcher,
@@ -118,7 +118,10 @@ fn render<C: Consumer>(
             }
             dispatch.tw.expire_preexisting(due);
             let view = time_wait_view(&dispatch.tw, due, &namespaces);
-            consumer.time_wait_gauges(due, &view)?;
+            consumer.seen(Seen::TimeWaitGauges {
+                now_ns: due,
+                view: &view,
+            })?;
             next_gauge = Some(due + every);
         }
     }
