@@ -1,5 +1,5 @@
 //! The programs' run-time settings, written by the loader into their read-only data.
-use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets};
+use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets, DROP_IGNORE_WORDS};
 
 /// Run-time settings of the kernel programs, written into `.rodata` by the loader.
 #[repr(C)]
@@ -36,10 +36,10 @@ pub struct ProgramConfig {
     pub tcp: TcpSockOffsets,
     /// `sk_buff` offsets for the drop hook.
     pub skb: SkbOffsets,
-    /// Drop reasons (`enum skb_drop_reason` below 256) the drop hook leaves at its first
+    /// Drop reasons (`enum skb_drop_reason` below `DROP_REASON_SLOTS`) the drop hook leaves at its first
     /// compare, one bit each: frees that are not drops worth showing (`QUEUE_PURGE`, a closed
     /// socket's queue, about once per connection).
-    pub drop_ignore: [u64; 4],
+    pub drop_ignore: [u64; DROP_IGNORE_WORDS],
     /// Drop records a CPU sends per second at most (0: no limit); the drops beyond are counted
     /// (by reason, and as `stat::DROPS_UNSENT`), not sent.
     pub drop_records_per_s: u64,

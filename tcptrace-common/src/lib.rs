@@ -455,7 +455,10 @@ pub use flow::{in_owner_context, starts_a_socket};
 pub use names::family;
 pub use offsets::{SkbOffsets, SockOffsets, TcpSockOffsets};
 pub use syscalls::{port_failure, CallArgs, PortFailureEvent};
-pub use vitals::{drop_flags, DropBudget, DropCounts, DropEvent, Vitals, DROP_REASON_SLOTS};
+pub use vitals::{
+    drop_flags, drop_ignore_bit, DropBudget, DropCounts, DropEvent, Vitals, DROP_BUDGET_WINDOW_NS,
+    DROP_IGNORE_WORDS, DROP_REASON_SLOTS,
+};
 
 #[cfg(feature = "user")]
 mod user;

@@ -58,6 +58,22 @@ pub mod drop_flags {
 /// larger ones, the subsystems' own, count in the last entry).
 pub const DROP_REASON_SLOTS: usize = 256;
 
+/// Words of the set of drop reasons the hook leaves alone (`ProgramConfig::drop_ignore`):
+/// one bit for each reason below [`DROP_REASON_SLOTS`], 64 to a word.
+pub const DROP_IGNORE_WORDS: usize = DROP_REASON_SLOTS / 64;
+const _: () =
+    assert!(DROP_IGNORE_WORDS.is_power_of_two() && DROP_IGNORE_WORDS * 64 == DROP_REASON_SLOTS);
+
+/// The word and the bit of `reason` (below [`DROP_REASON_SLOTS`]) in the ignore set: the
+/// word index masked, so the kernel's read is bounded whatever the reason.
+#[inline(always)]
+pub const fn drop_ignore_bit(reason: u32) -> (usize, u64) {
+    (
+        (reason >> 6) as usize & (DROP_IGNORE_WORDS - 1),
+        1 << (reason & 63),
+    )
+}
+
 /// Drops by the kernel's reason, per CPU (the `DROP_REASONS` map's one entry): exact whatever
 /// number of records was sent.
 #[repr(C)]
@@ -66,6 +82,9 @@ pub struct DropCounts {
     pub by_reason: [u64; DROP_REASON_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<DropCounts>() == 8 * DROP_REASON_SLOTS);
+
+/// The window `ProgramConfig::drop_records_per_s` counts over: one second.
+pub const DROP_BUDGET_WINDOW_NS: u64 = 1_000_000_000;
 
 /// This CPU's drop records in the current second (the `DROP_BUDGET` map's one entry).
 #[repr(C)]

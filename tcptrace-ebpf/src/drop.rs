@@ -7,7 +7,8 @@
 //! compare, packets that are not IPv4/IPv6 at the second, and non-TCP at the third.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    drop_flags, flow_flags, slot, stat, tcp_state, DropEvent, Tuple, DROP_REASON_SLOTS,
+    drop_flags, drop_ignore_bit, flow_flags, slot, stat, tcp_state, DropEvent, Tuple,
+    DROP_BUDGET_WINDOW_NS, DROP_REASON_SLOTS,
 };
 
 use crate::{
@@ -36,16 +37,14 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 /// Whether `reason` is one userspace asked the hook to leave alone (a bit of `drop_ignore`).
 #[inline(always)]
 fn ignored(reason: u32) -> bool {
-    if reason >= 256 {
+    if reason >= DROP_REASON_SLOTS as u32 {
         return false;
     }
+    let (word, bit) = drop_ignore_bit(reason);
     // SAFETY: a plain read of an initialised static of integers; the index is masked.
-    let bits = unsafe {
-        core::ptr::read_volatile(
-            &raw const crate::maps::CONFIG.drop_ignore[(reason >> 6) as usize & 3],
-        )
-    };
-    (bits >> (reason & 63)) & 1 == 1
+    let bits =
+        unsafe { core::ptr::read_volatile(&raw const crate::maps::CONFIG.drop_ignore[word]) };
+    bits & bit != 0
 }
 
 /// The packet's addresses (source first), TCP flags, and whether it was IPv6; `None` for a
@@ -169,7 +168,7 @@ fn within_budget(now: u64) -> bool {
     };
     // SAFETY: this CPU's map value, valid for this run; a program is not re-entered on a CPU.
     let budget = unsafe { &mut *budget };
-    if now.wrapping_sub(budget.window_ns) >= 1_000_000_000 {
+    if now.wrapping_sub(budget.window_ns) >= DROP_BUDGET_WINDOW_NS {
         budget.window_ns = now;
         budget.sent = 0;
     }

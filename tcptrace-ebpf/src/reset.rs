@@ -4,7 +4,7 @@
 //! `tcp_send_reset(sk, skb, reason)` has carried `enum sk_rst_reason` since Linux 6.10;
 //! userspace loads `tcp_send_reset_noreason` on older kernels (the prototype comes from BTF).
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{close_flags, FlowState};
+use tcptrace_common::{close_flags, FlowState, NO_RESET_REASON};
 
 use crate::maps::FLOW_TABLE;
 
@@ -26,7 +26,8 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let reason: u32 = ctx.arg(2);
     with_flow(sk, |flow| {
         flow.close_flags |= close_flags::RESET_SENT;
-        flow.reset_reason = reason.min(255) as u8;
+        // A reason beyond a byte reads as none.
+        flow.reset_reason = reason.min(u32::from(NO_RESET_REASON)) as u8;
     });
     0
 }

@@ -6,7 +6,7 @@
 //! program that reads past the tracepoint's arguments).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use tcptrace_common::{event_flags, flow_flags, slot, stat, RetransmitEvent, Tuple};
+use tcptrace_common::{event_flags, flow_flags, slot, stat, RetransmitEvent, Tuple, COMM_LEN};
 
 use crate::{
     config,
@@ -91,7 +91,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     stats.retransmit_in(state);
 
     let mut flags = 0u8;
-    let (mut pid, mut comm, mut cgroup) = (0u32, [0u8; 16], 0u64);
+    let (mut pid, mut comm, mut cgroup) = (0u32, [0u8; COMM_LEN], 0u64);
     match existing {
         Some(existing) => {
             // SAFETY: as in set_state: the entry is valid for this run and the socket lock

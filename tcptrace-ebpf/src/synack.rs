@@ -6,7 +6,9 @@
 //!
 //! Arguments: `(const struct sock *sk, const struct request_sock *req)`.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{event_flags, slot, stat, tcp_state, ListenerKey, RetransmitEvent, Tuple};
+use tcptrace_common::{
+    event_flags, slot, stat, tcp_state, ListenerKey, RetransmitEvent, Tuple, COMM_LEN,
+};
 
 use crate::{
     config,
@@ -96,7 +98,7 @@ fn try_tcp_retransmit_synack(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 }
                 None => {
                     (&raw mut (*e).pid).write(0);
-                    (&raw mut (*e).comm).write([0; 16]);
+                    (&raw mut (*e).comm).write([0; COMM_LEN]);
                 }
             }
             (&raw mut (*e).cgroup).write(cgroup);

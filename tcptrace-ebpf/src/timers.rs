@@ -10,7 +10,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
     event_flags, filter_kind, flow_flags, slot, stat, tcp_state, time_wait, KeepaliveProbeEvent,
-    TimeWaitEvent, TimerEntry, Tuple,
+    TimeWaitEvent, TimerEntry, Tuple, COMM_LEN,
 };
 
 use crate::{
@@ -22,6 +22,10 @@ use crate::{
     },
     sock,
 };
+
+/// A timewait socket cancelled by the task that entered SYN_SENT on this CPU at most this long
+/// before was reused by its connect() (the two happen moments apart in `tcp_v4_connect`).
+const CONNECT_REUSE_WINDOW_NS: u64 = 10_000_000;
 
 /// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
 #[inline(always)]
@@ -150,7 +154,8 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
         let connecting = unsafe { &*connecting };
         // SAFETY: plain helper calls with no arguments.
         let (me, now) = unsafe { (bpf_get_current_pid_tgid(), bpf_ktime_get_ns()) };
-        if connecting.pid_tgid == me && now.wrapping_sub(connecting.ts_ns) < 10_000_000 {
+        if connecting.pid_tgid == me && now.wrapping_sub(connecting.ts_ns) < CONNECT_REUSE_WINDOW_NS
+        {
             flags |= time_wait::IN_CONNECT;
         }
     }
@@ -271,7 +276,7 @@ fn try_probe(sk: *const u8, timer: u64) -> Result<(), i32> {
     let keepalive = sock::keepalive(sk)?;
     let (pid, comm, cgroup, flags) = match owner {
         Some((pid, comm, cgroup)) => (pid, comm, cgroup, event_flags::OWNER_KNOWN),
-        None => (0u32, [0u8; 16], 0u64, 0u8),
+        None => (0u32, [0u8; COMM_LEN], 0u64, 0u8),
     };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };

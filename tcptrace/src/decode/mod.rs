@@ -258,16 +258,7 @@ impl FinishedFlow {
         let states: ArrayVec<TcpState, PATH_SLOTS> =
             lifecycle.path.iter().map(|step| step.state).collect();
         let f = &raw.flow;
-        let evidence = CloseEvidence {
-            err: f.err,
-            reset_received: f.close_flags & close_flags::RESET_RECEIVED != 0,
-            reset_sent: (f.close_flags & close_flags::RESET_SENT != 0)
-                .then(|| host.reset_reason_name(f.reset_reason)),
-            keepalive_on: f.close_flags & close_flags::KEEPALIVE_ON != 0,
-            user_timeout: f.close_flags & close_flags::USER_TIMEOUT != 0,
-            probes: f.probes,
-            retransmits: f.rtx_total,
-        };
+        let evidence = CloseEvidence::of(f, |reason| host.reset_reason_name(reason));
         Ok(FinishedFlow {
             ts_ns: raw.ts_ns,
             skaddr: raw.skaddr,

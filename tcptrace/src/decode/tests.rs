@@ -1,4 +1,4 @@
-use tcptrace_common::{tcp_state as ts, Owner, Tuple};
+use tcptrace_common::{tcp_state as ts, Owner, Tuple, COMM_LEN};
 
 use super::*;
 
@@ -17,7 +17,7 @@ pub(crate) fn v4_tuple(sport: u16, dport: u16) -> Tuple {
 }
 
 pub(crate) fn owner(pid: u32, name: &str) -> Owner {
-    let mut comm = [0u8; 16];
+    let mut comm = [0u8; COMM_LEN];
     comm[..name.len()].copy_from_slice(name.as_bytes());
     Owner {
         pid,
@@ -144,7 +144,7 @@ fn unknown_duration_and_owner_stay_unknown() {
         skaddr: 1,
         tuple: v4_tuple(1, 2),
         pid: 9,
-        comm: [0; 16],
+        comm: [0; COMM_LEN],
         _pad1: [0; 4],
         cgroup: 0,
     };
@@ -281,7 +281,7 @@ fn retransmit_decodes_err_only_when_valid() {
         tuple: v4_tuple(3, 4),
         err: -1,
         pid: 0,
-        comm: [0; 16],
+        comm: [0; COMM_LEN],
         cgroup: 0,
     };
     let Event::Retransmit(r) = decode(&bytes_of(&raw)).expect("decodes") else {

@@ -1,5 +1,6 @@
 //! The kernel's reason enums, read from its BTF (the numbers differ between kernels), turned
 //! into what the programs are told at load time.
+use tcptrace_common::{drop_ignore_bit, DROP_IGNORE_WORDS, DROP_REASON_SLOTS};
 
 /// The running kernel's number for the reset it sends when keepalive gives up
 /// (`SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`, Linux 6.10+), for the kernel's close causes.
@@ -17,18 +18,19 @@ pub fn keepalive_reset_reason(reasons: &[(u32, String)]) -> u8 {
 /// drop tracepoint; and unless `all` is asked for, a closed socket's queue purged (about once
 /// per connection) and NOT_SPECIFIED (on this kernel mostly segments consumed at teardown,
 /// in `tcp_rcv_state_process` and a timewait socket's `tcp_v4_rcv`).
-pub fn drop_ignore(reasons: &[(u32, String)], all: bool) -> [u64; 4] {
+pub fn drop_ignore(reasons: &[(u32, String)], all: bool) -> [u64; DROP_IGNORE_WORDS] {
     const NOT_DROPS: [&str; 2] = ["SKB_NOT_DROPPED_YET", "SKB_CONSUMED"];
     const RARELY_DROPS: [&str; 2] = [
         "SKB_DROP_REASON_QUEUE_PURGE",
         "SKB_DROP_REASON_NOT_SPECIFIED",
     ];
-    let mut bits = [0u64; 4];
+    let mut bits = [0u64; DROP_IGNORE_WORDS];
     for (value, name) in reasons {
         let ignored =
             NOT_DROPS.contains(&name.as_str()) || (!all && RARELY_DROPS.contains(&name.as_str()));
-        if *value < 256 && ignored {
-            bits[(*value / 64) as usize] |= 1 << (value % 64);
+        if (*value as usize) < DROP_REASON_SLOTS && ignored {
+            let (word, bit) = drop_ignore_bit(*value);
+            bits[word] |= bit;
         }
     }
     bits
@@ -39,8 +41,9 @@ mod tests {
     use super::*;
     use crate::kernel::btf::{KernelBtf, VMLINUX_BTF};
 
-    fn bit(bits: &[u64; 4], value: u32) -> bool {
-        (bits[(value / 64) as usize] >> (value % 64)) & 1 == 1
+    fn bit(bits: &[u64; DROP_IGNORE_WORDS], value: u32) -> bool {
+        let (word, bit) = drop_ignore_bit(value);
+        bits[word] & bit != 0
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::model::tcp::TcpState;
 
-use tcptrace_common::{close_cause, CloseFacts};
+use tcptrace_common::{close_cause, CloseFacts, FlowState, NO_RESET_REASON};
 
 #[cfg(test)]
 const EPIPE: u8 = 32;
@@ -87,6 +87,25 @@ pub struct CloseEvidence {
     /// Keepalive probes unanswered.
     pub probes: u8,
     pub retransmits: u32,
+}
+
+impl CloseEvidence {
+    /// What a flow record says of its close, read with the kernel programs' own code
+    /// (`CloseFacts::of`); the reset sent named with `reset_reason_name`.
+    pub fn of(flow: &FlowState, reset_reason_name: impl FnOnce(u8) -> String) -> CloseEvidence {
+        let facts = CloseFacts::of(flow, NO_RESET_REASON);
+        CloseEvidence {
+            err: facts.err,
+            reset_received: facts.reset_received,
+            reset_sent: facts
+                .reset_sent
+                .then(|| reset_reason_name(flow.reset_reason)),
+            keepalive_on: facts.keepalive_on,
+            user_timeout: facts.user_timeout,
+            probes: facts.probes,
+            retransmits: facts.retransmits,
+        }
+    }
 }
 
 /// Classifies a finished path (its last state is CLOSE), with the kernel programs' own code

@@ -104,7 +104,7 @@ pub(crate) mod fixtures {
         model::tcp::TcpState,
     };
     use tcptrace_common::{
-        event_flags, record_kind, tcp_state as ts, RetransmitEvent, TransitionEvent,
+        event_flags, record_kind, tcp_state as ts, RetransmitEvent, TransitionEvent, COMM_LEN,
     };
 
     pub fn transition(old: u8, new: u8, held: Option<u64>) -> Transition {
@@ -155,7 +155,7 @@ pub(crate) mod fixtures {
             tuple: raw::v4_tuple(12345, 41690),
             err: 0,
             pid: 0,
-            comm: [0; 16],
+            comm: [0; COMM_LEN],
             cgroup: 0,
         };
         match decode(&raw::bytes_of(&record)) {

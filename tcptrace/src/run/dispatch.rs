@@ -29,6 +29,10 @@ const OPEN_FLOW_COUNTS_PER_S: u32 = 5;
 /// At most this many decode errors are logged one by one.
 const DECODE_ERRORS_LOGGED: u64 = 5;
 
+/// At the end of the records, cancels settle as if this much later: past every cancel's
+/// window (`state::timewait`'s 20 ms), with room for records stamped after the end.
+const SETTLE_AT_END_NS: u64 = 1_000_000_000;
+
 /// A bug met while handling records (a panic, caught): the driver detaches, sums up what it
 /// has and exits with the error.
 #[derive(Debug)]
@@ -230,7 +234,7 @@ impl Dispatcher {
         consumer: &mut C,
         now_ns: u64,
     ) -> io::Result<()> {
-        self.settle(consumer, now_ns + 1_000_000_000)?;
+        self.settle(consumer, now_ns + SETTLE_AT_END_NS)?;
         for finished in self.tw.drain_in_progress(now_ns) {
             consumer.seen(Seen::Finished(&finished))?;
         }
