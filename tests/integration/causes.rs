@@ -240,9 +240,14 @@ fn fin_retransmits_raise_half_open_alerts() {
     } = pair.connect();
     pair.exec(&pair.a, &["iptables", "-A", "INPUT", "-j", "DROP"]);
     drop(client); // FIN into the void
-    thread::sleep(Duration::from_millis(1_500));
-    let out = tracer.stop();
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    tracer.wait_for_records("two FIN retransmit alerts", Duration::from_secs(10), |r| {
+        r.iter()
+            .filter(|x| x["type"] == "alert" && x["lport"] == client_port && x["raddr"] == a)
+            .count()
+            >= 2
+    });
+    let out = tracer.stop();
     let alerts = out.for_tuple("alert", (&b, client_port), (&a, port));
     assert!(
         alerts.len() >= 2,

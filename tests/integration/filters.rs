@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     netns::NetnsPair,
-    support::{Output, Tracer},
+    support::{wait_for_closes, wait_for_closes_in, Output, Tracer},
 };
 
 fn host_netns() -> String {
@@ -63,7 +63,7 @@ fn port_filters_trace_matching_ports_only_and_filtered_traffic_sends_nothing() {
     let by_local = Tracer::start(&["flows", "--no-time-wait", "-L", &port, "--netns", &netns]);
     let clients = connect_n(&wanted, wanted_addr, 5);
     connect_n(&other, other_addr, 20);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_for_closes(&[wanted_addr.port(), other_addr.port()]);
 
     let out = by_remote.stop();
     let flows_seen = flows(&out);
@@ -328,7 +328,8 @@ fn netns_filter_traces_one_namespace() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     connect_n(&listener, addr, 3);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_for_closes(&[addr.port()]);
+    wait_for_closes_in(Some(&pair.a), &[server_port]);
     let out = tracer.stop();
     let f = flows(&out);
     assert!(

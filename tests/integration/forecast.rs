@@ -142,18 +142,21 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
         Some(libc::EADDRNOTAVAIL),
         "still exhausted"
     );
-    thread::sleep(Duration::from_millis(1_500));
     // The gauge names the namespace, by inode and by name.
-    let (text, scraped) = crate::metrics::scrape(metrics_port);
-    let ratio = crate::metrics::value(
-        &scraped,
-        "tcptrace_time_wait_forecast_ratio",
-        &[
-            ("netns", &client_netns.to_string()),
-            ("netns_name", &pair.b),
-            ("destination", &format!("{}:{port}", pair.addr_a)),
-        ],
-    );
+    let labels = [
+        ("netns", client_netns.to_string()),
+        ("netns_name", pair.b.clone()),
+        ("destination", format!("{}:{port}", pair.addr_a)),
+    ];
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ratio_of = |s: &prometheus_parse::Scrape| {
+        crate::metrics::value(s, "tcptrace_time_wait_forecast_ratio", &labels)
+    };
+    let (text, scraped) =
+        crate::metrics::scrape_until(metrics_port, "the namespace's forecast over 100%", |s| {
+            ratio_of(s) > 1.0
+        });
+    let ratio = ratio_of(&scraped);
     assert!(
         ratio > 1.0,
         "the namespace's forecast over 100%: {ratio}\n{text}"
@@ -297,7 +300,7 @@ fn time_wait_overflows_are_counted_in_the_namespace_whose_buckets_are_full() {
     let client_netns = inode(&format!("/run/netns/{}", pair.b));
     // Every namespace on the host is read at start and every 10 s: one whose buckets are
     // full holds no TIME_WAIT to be noticed by.
-    let tracer = Tracer::start(&["flows"]);
+    let mut tracer = Tracer::start(&["flows"]);
     let addr_a = pair.addr_a;
     let listener = pair.run_in(&pair.a, move || {
         TcpListener::bind((addr_a, 0)).expect("bind")
@@ -309,15 +312,16 @@ fn time_wait_overflows_are_counted_in_the_namespace_whose_buckets_are_full() {
             drop(TcpStream::connect((addr_a, port)).expect("connect"));
         }
     });
-    thread::sleep(Duration::from_millis(11_500));
-    let out = tracer.stop();
-    let s = out.summary();
-    assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");
     let said = format!(
         "TIME_WAITs skipped in network namespace {client_netns} \"{}\"",
         pair.b
     );
-    assert!(out.stderr.contains(&said), "{said}: {}", out.stderr);
+    tracer.wait_for_stderr_lines(&said, Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains(&said)) && crate::support::time_waits_skipped(lines) >= 5
+    });
+    let out = tracer.stop();
+    let s = out.summary();
+    assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");
 }
 
 #[test]
@@ -332,13 +336,13 @@ fn bind_to_a_port_in_use_is_an_alert_and_a_metric() {
     let taken = held.local_addr().expect("addr");
     let err = TcpListener::bind(taken).expect_err("the port is in use");
     assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
-    thread::sleep(Duration::from_millis(1_500));
-    let (text, scraped) = crate::metrics::scrape(metrics_port);
-    let counted = crate::metrics::value(
-        &scraped,
-        "tcptrace_bind_failures_total",
-        &[("errno", "EADDRINUSE"), ("local", &taken.to_string())],
-    );
+    let local = taken.to_string();
+    let labels = [("errno", "EADDRINUSE"), ("local", local.as_str())];
+    let (text, scraped) =
+        crate::metrics::scrape_until(metrics_port, "the bind failure counted", |s| {
+            crate::metrics::value(s, "tcptrace_bind_failures_total", &labels) > 0.0
+        });
+    let counted = crate::metrics::value(&scraped, "tcptrace_bind_failures_total", &labels);
     assert_eq!(counted, 1.0, "{text}");
     let _ = metrics.stop();
     let out = alerts.stop();

@@ -92,6 +92,7 @@ fn assert_lists_only_the_plain_pair(report: &Value, pairs: &Pairs) {
 #[test]
 fn idle_command_lists_ghost_connections() {
     let pairs = idle_pairs();
+    // The report lists sockets idle for --min-idle (1 s) of wall-clock time.
     thread::sleep(Duration::from_millis(1_300));
     let out = Command::new(BIN)
         .args(["idle", "--min-idle", "1s", "--json"])
@@ -111,7 +112,11 @@ fn idle_command_lists_ghost_connections() {
 fn periodic_idle_report_beside_tracing() {
     let pairs = idle_pairs();
     let tracer = Tracer::start(&["flows", "--idle-report", "1s"]);
-    thread::sleep(Duration::from_millis(2_300));
+    // A report every second; the pair is listed once it has been idle a second.
+    let plain = port(&pairs.plain.0);
+    tracer.wait_for_record("idle_report", Duration::from_secs(10), |r| {
+        listed_ports(r).contains(&plain)
+    });
     let out = tracer.stop();
     let reports = out.of_type("idle_report");
     assert!(!reports.is_empty(), "a report every second");

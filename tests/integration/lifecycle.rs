@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{path_states, thread_comm, Output, Tracer};
+use crate::support::{path_states, thread_comm, wait_for_closes, Output, Tracer};
 
 /// Transitions of the socket behind `flow`, in order, within its lifetime.
 fn transitions_of<'a>(out: &'a Output, flow: &Value) -> Vec<&'a Value> {
@@ -87,7 +87,7 @@ fn client_and_server_paths(bind: &str, shown: &str) {
     let mut buf = [0u8; 16];
     assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
     drop(server); // CLOSE_WAIT -> LAST_ACK -> CLOSE
-    thread::sleep(Duration::from_millis(50));
+    wait_for_closes(&[server_port]);
     drop(listener);
     let elapsed = started.elapsed();
     let out = tracer.stop();
@@ -232,7 +232,7 @@ fn flow_older_than_the_tracer_has_unknown_start() {
     let mut buf = [0u8; 4];
     assert_eq!(server.read(&mut buf).expect("EOF"), 0);
     drop(server);
-    thread::sleep(Duration::from_millis(50));
+    wait_for_closes(&[addr.port()]);
     let out = tracer.stop();
     let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", addr.port()));
     assert_eq!(
@@ -272,7 +272,7 @@ fn a_state_set_twice_is_one_stay() {
     let mut buf = [0u8; 4];
     assert_eq!(client.read(&mut buf).expect("EOF"), 0);
     drop(client);
-    thread::sleep(Duration::from_millis(50));
+    wait_for_closes(&[addr.port()]);
     let out = tracer.stop();
 
     let server = out.flow(("127.0.0.1", addr.port()), ("127.0.0.1", client_port));

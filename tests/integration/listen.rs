@@ -5,7 +5,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::{FromRawFd, OwnedFd},
     process::Command,
-    thread,
     time::Duration,
 };
 
@@ -80,10 +79,23 @@ fn a_full_accept_queue_drops_handshakes_and_says_which_listener() {
     );
     let (listener, port) = listener_with_backlog_1();
     let clients = connect_many(port, 40);
-    thread::sleep(Duration::from_millis(2_500));
-    let (recv_q, send_q) = ss_queue(port);
-    let (text, scraped) = crate::metrics::scrape(metrics_port);
     let listener_label = format!("127.0.0.1:{port}");
+    // The listeners are sampled every second: wait for the full queue and its drops.
+    let (text, scraped) =
+        crate::metrics::scrape_until(metrics_port, "the full accept queue and its drops", |s| {
+            let depth = crate::metrics::value(
+                s,
+                "tcptrace_listen_queue_depth",
+                &[("listener", &listener_label)],
+            );
+            let dropped = crate::metrics::value(
+                s,
+                "tcptrace_listen_drops_total",
+                &[("reason", "accept_queue_full")],
+            );
+            depth >= 1.0 && dropped >= 1.0
+        });
+    let (recv_q, send_q) = ss_queue(port);
     let depth = crate::metrics::value(
         &scraped,
         "tcptrace_listen_queue_depth",
@@ -106,6 +118,9 @@ fn a_full_accept_queue_drops_handshakes_and_says_which_listener() {
         &[("reason", "accept_queue_full")],
     );
     assert!(dropped >= 1.0, "drops counted: {dropped}\n{text}");
+    alerts.wait_for_record("alert", Duration::from_secs(10), |a| {
+        a["kind"] == "listen_drops" && a["lport"] == port
+    });
     drop(clients);
     drop(listener);
     let _ = metrics.stop();
@@ -148,7 +163,10 @@ fn syn_cookies_sent_in_a_namespace_are_said() {
             drop(c);
         }
     });
-    thread::sleep(Duration::from_millis(11_500));
+    // Every namespace's counters are read at start and every 10 s.
+    tracer.wait_for_record("alert", Duration::from_secs(30), |a| {
+        a["kind"] == "syn_cookies"
+    });
     drop(listener);
     let out = tracer.stop();
     let alert = out

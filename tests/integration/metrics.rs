@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     ports::RefusingPort,
-    support::{heavy_load, Tracer},
+    support::{heavy_load, wait_until, Tracer},
 };
 
 /// A port free on 127.0.0.1 now, for a `--metrics` endpoint.
@@ -35,6 +35,23 @@ pub fn scrape(port: u16) -> (String, prometheus_parse::Scrape) {
     let lines = BufReader::new(body.as_bytes()).lines();
     let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
     (body.to_string(), parsed)
+}
+
+/// Scrapes until `ready` holds of what is scraped: the tracer publishes its counts once a
+/// second, so a test waits for what it checks rather than for a fixed time.
+pub fn scrape_until(
+    port: u16,
+    what: &str,
+    ready: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> (String, prometheus_parse::Scrape) {
+    let mut last = None;
+    wait_until(what, Duration::from_secs(15), || {
+        let scraped = scrape(port);
+        let ok = ready(&scraped.1);
+        last = Some(scraped);
+        ok
+    });
+    last.expect("scraped at least once")
 }
 
 pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -69,8 +86,15 @@ fn metrics_are_served_headless_and_match_the_tracer() {
         let _ = server.read(&mut [0u8; 1]);
     }
     // Kernel counters reach the metrics every second.
-    thread::sleep(Duration::from_millis(1_500));
-    let (text, scrape) = scrape(port);
+    let (text, scrape) = scrape_until(port, "the 50 connections in the metrics", |s| {
+        value(s, "tcptrace_flows_opened_total", &[]) >= 100.0
+            && value(s, "tcptrace_time_wait_sockets", &[]) >= 50.0
+            && value(
+                s,
+                "tcptrace_state_duration_seconds_count",
+                &[("state", "ESTABLISHED")],
+            ) >= 50.0
+    });
     let out = tracer.stop();
     assert!(
         out.records.iter().all(|r| r["type"] == "summary"),
@@ -167,8 +191,10 @@ fn evictions_and_filtered_events_are_metrics_too() {
             (client, server)
         })
         .collect();
-    thread::sleep(Duration::from_millis(2_500));
-    let (text, scrape) = scrape(port);
+    // 15 of 16 entries: the next check evicts down to 13, once.
+    let (text, scrape) = scrape_until(port, "an eviction pass", |s| {
+        value(s, "tcptrace_evicted_flows_total", &[]) > 0.0
+    });
     let out = tracer.stop();
     drop(pairs);
     let summary = out.summary();

@@ -1,6 +1,9 @@
 //! Overload honesty: a deliberately tiny ring buffer under a burst. Every record the kernel
 //! tried to send is either delivered or counted lost, checked against the kernel's counters.
-use std::net::{TcpListener, TcpStream};
+use std::{
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
 
 use crate::support::Tracer;
 
@@ -27,8 +30,8 @@ fn tiny_ring_buffer_loses_records_and_counts_every_one() {
         drop((client, server));
     }
     drop(listener);
-    // Past one live check (every second), so the loss is reported while tracing.
-    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // The loss is reported while tracing, at the next live check (every second).
+    tracer.wait_for_record("lost", Duration::from_secs(10), |_| true);
     let out = tracer.stop();
     let s = out.summary();
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("a number: {s}"));
@@ -90,7 +93,7 @@ fn tiny_ring_buffer_loses_records_and_counts_every_one() {
 #[test]
 fn a_tiny_flow_table_counts_what_it_cannot_track() {
     let load = crate::support::heavy_load();
-    let tracer = Tracer::start_alone(&load, &["flows", "--max-flows", "4", "--no-time-wait"]);
+    let mut tracer = Tracer::start_alone(&load, &["flows", "--max-flows", "4", "--no-time-wait"]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let pairs: Vec<_> = (0..10)
@@ -100,9 +103,9 @@ fn a_tiny_flow_table_counts_what_it_cannot_track() {
             (client, server)
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    // Said live, at the next check (every second).
+    tracer.wait_for_stderr("flows not tracked", Duration::from_secs(10));
     drop(pairs);
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let out = tracer.stop();
     assert!(
         out.stderr.contains("flows not tracked") && out.stderr.contains("--max-flows"),
@@ -143,7 +146,7 @@ fn evicts_and_counts(extra: &[&str]) {
     // Only this listener's accepted sockets are tracked: the table's content is known.
     let mut args = vec!["flows", "--no-time-wait", "--max-flows", "16", "-L", &port];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start(&args);
+    let mut tracer = Tracer::start(&args);
     let open = |_| {
         let client = TcpStream::connect(addr).expect("connect");
         let (server, _) = listener.accept().expect("accept");
@@ -152,8 +155,12 @@ fn evicts_and_counts(extra: &[&str]) {
         (client, server)
     };
     let mut pairs: Vec<_> = (0..15).map(open).collect();
-    // 15 of 16 entries: the next check (every second) evicts down to 13.
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // 15 of 16 entries: the next check (every second) evicts down to 13. Wait for it before the
+    // 16th, which would otherwise make it evict 3 (a loaded machine may delay the check).
+    tracer.wait_for_stderr(
+        "least recently active flows evicted",
+        Duration::from_secs(10),
+    );
     pairs.push(open(15));
     let newest = pairs.pop().expect("newest");
     let newest_port = newest.0.local_addr().expect("addr").port();
@@ -161,7 +168,16 @@ fn evicts_and_counts(extra: &[&str]) {
     let oldest = pairs.remove(0);
     let oldest_port = oldest.0.local_addr().expect("addr").port();
     drop(oldest);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Both closes' flows printed (without TIME_WAIT they end at CLOSE).
+    tracer.wait_for_records(
+        "the newest and the oldest flows",
+        Duration::from_secs(10),
+        |r| {
+            [newest_port, oldest_port]
+                .iter()
+                .all(|&port| r.iter().any(|f| f["type"] == "flow" && f["rport"] == port))
+        },
+    );
     let out = tracer.stop();
     drop(pairs);
 

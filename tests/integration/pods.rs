@@ -243,7 +243,9 @@ fn a_recording_names_its_pods_on_report_and_alerts_name_the_pod() {
     let _ = server.kill();
     let _ = server.wait();
     clients_in_refused(&cart, port);
-    thread::sleep(Duration::from_millis(500));
+    alerts.wait_for_record("alert", Duration::from_secs(10), |a| {
+        a["kind"] == "refused" && a["rport"] == port
+    });
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
     assert!(recorder
@@ -319,34 +321,52 @@ fn the_idle_report_names_each_groups_pod() {
     // A connection left open and silent, no keepalive.
     let mut idle = crate::kubelet::spawn_in(
         &cart.cgroup,
-        &format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 4'"),
+        &format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 10'"),
     );
-    thread::sleep(Duration::from_millis(2200));
-    let out = Command::new(BIN)
-        .args(["idle", "--min-idle", "1s", "--json"])
-        .args(node.args())
-        .output()
-        .expect("tcptrace idle");
-    let _ = idle.kill();
-    let _ = idle.wait();
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
-        .find(|r| r["type"] == "idle_report")
-        .expect("an idle report");
-    let groups = report["groups"].as_array().expect("groups");
+    // Asked again until the connection (made by the shell in the pod, then idle for 1 s of
+    // wall-clock time) is listed.
     let with_port = |g: &&Value| {
         g["sockets"]
             .as_array()
             .is_some_and(|s| s.iter().any(|s| s["rport"] == port || s["lport"] == port))
     };
+    let idle_report = || {
+        let out = Command::new(BIN)
+            .args(["idle", "--min-idle", "1s", "--json"])
+            .args(node.args())
+            .output()
+            .expect("tcptrace idle");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+            .find(|r| r["type"] == "idle_report")
+            .expect("an idle report")
+    };
+    let mut report = Value::Null;
+    crate::support::wait_until(
+        "both ends of the idle connection listed",
+        Duration::from_secs(15),
+        || {
+            report = idle_report();
+            report["groups"]
+                .as_array()
+                .expect("groups")
+                .iter()
+                .filter(with_port)
+                .count()
+                == 2
+        },
+    );
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let groups = report["groups"].as_array().expect("groups");
     let named: Vec<&Value> = groups.iter().filter(with_port).collect();
     assert_eq!(named.len(), 2, "the client's and the server's: {report}");
     assert!(named.iter().any(|g| names(g, &cart)), "{report}");
@@ -379,12 +399,6 @@ fn a_pods_full_accept_queue_shows_under_its_pod_in_the_metrics() {
         &["metrics", "--metrics", &addr, "--metrics-pod-labels"],
     )));
     let clients = crate::listen::connect_many(port, 30);
-    thread::sleep(Duration::from_millis(2_500));
-    let (text, scraped) = crate::metrics::scrape(metrics_port);
-    drop(clients);
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = tracer.stop();
     let listener = format!("127.0.0.1:{port}");
     let labels = [
         ("listener", listener.as_str()),
@@ -392,6 +406,16 @@ fn a_pods_full_accept_queue_shows_under_its_pod_in_the_metrics() {
         ("k8s_pod", "db-0"),
         ("k8s_container", "postgres"),
     ];
+    // The listeners are sampled every second.
+    let (text, scraped) =
+        crate::metrics::scrape_until(metrics_port, "the pod's full queue and its drops", |s| {
+            crate::metrics::value(s, "tcptrace_workload_listen_queue_depth", &labels) >= 1.0
+                && crate::metrics::value(s, "tcptrace_workload_listen_drops_total", &labels) >= 1.0
+        });
+    drop(clients);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = tracer.stop();
     let depth = crate::metrics::value(&scraped, "tcptrace_workload_listen_queue_depth", &labels);
     let drops = crate::metrics::value(&scraped, "tcptrace_workload_listen_drops_total", &labels);
     assert!(

@@ -298,6 +298,7 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     for _ in 0..3 {
         assert!(TcpStream::connect(("127.0.0.1", refused_port)).is_err());
     }
+    // The load runs 15 s; the rate is read 12 s in, over its last 5 s (time the test sets).
     thread::sleep(Duration::from_secs(12));
 
     // While the load runs: the rate over the last 5 s, and every dashboard panel.
@@ -324,9 +325,17 @@ fn prometheus_scrapes_counts_and_rates_that_match_the_traffic() {
     );
 
     let n = connections_made(load);
-    // Two scrapes after the last connection.
-    thread::sleep(Duration::from_secs(3));
     let count = |promql: &str| prometheus.value(promql);
+    // Scraped every second: wait until the last connections (and the refused ones) are in.
+    crate::support::wait_until(
+        "Prometheus to have scraped every connection",
+        Duration::from_secs(20),
+        || {
+            let lost = count("sum(tcptrace_lost_events_total)");
+            count("tcptrace_flows_opened_total") + lost >= n + 3.0
+                && count("tcptrace_flows_closed_total{cause=\"normal\"}") + lost >= n
+        },
+    );
     // Every event the kernel skipped or could not queue is counted (host-wide: other tests'
     // traffic runs beside this one): the counts are exact when nothing was lost, and short by
     // at most what was.

@@ -7,8 +7,6 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
-    thread,
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -44,7 +42,6 @@ impl Recorder {
 
     /// Stops with `signal`; returns the exit status and the rest of stderr.
     pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
-        thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("wait for the recorder");

@@ -3,7 +3,7 @@ use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -25,6 +25,52 @@ pub fn heavy_load() -> RwLockWriteGuard<'static, ()> {
 /// Held by a test that runs a tracer of its own (not through [`Tracer`]).
 pub fn shared_load() -> RwLockReadGuard<'static, ()> {
     LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until no socket on any of `ports` (either end), in network namespace `netns` (`None`:
+/// this one), is in a state other than LISTEN or TIME_WAIT: the closes a test started have run
+/// their course in the kernel, so every transition they made is in the tracer's ring buffer,
+/// which it drains before it exits.
+pub fn wait_for_closes_in(netns: Option<&str>, ports: &[u16]) {
+    let ends: Vec<String> = ports.iter().map(|p| format!(":{p}")).collect();
+    wait_until(
+        &format!("the connections on ports {ports:?} to close"),
+        Duration::from_secs(15),
+        || {
+            let mut ss = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "ss"]);
+                    c
+                }
+                None => Command::new("ss"),
+            };
+            let out = ss.arg("-Htan").output().expect("ss runs");
+            String::from_utf8_lossy(&out.stdout).lines().all(|line| {
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                let ours = cells
+                    .iter()
+                    .skip(3)
+                    .take(2)
+                    .any(|end| ends.iter().any(|e| end.ends_with(e.as_str())));
+                !ours || matches!(cells.first(), Some(&"LISTEN" | &"TIME-WAIT"))
+            })
+        },
+    );
+}
+
+/// [`wait_for_closes_in`] this network namespace.
+pub fn wait_for_closes(ports: &[u16]) {
+    wait_for_closes_in(None, ports);
+}
+
+/// The TIME_WAITs tcptrace said were skipped (`N TIME_WAITs skipped …` warnings), added up.
+pub fn time_waits_skipped(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(" TIME_WAITs skipped"))
+        .filter_map(|(head, _)| head.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Reads a child's stderr line by line on a thread of its own.
@@ -63,13 +109,32 @@ pub fn spawn_attached(command: &mut Command) -> (Child, mpsc::Receiver<String>) 
 }
 
 const READY: &str = "tcptrace: tracing";
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `check` until it holds, for at most `timeout`; panics saying what was awaited. Tests
+/// wait for what they check with this instead of sleeping a fixed time (CI shares its
+/// machine: the tracer's once-a-second work may come late).
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "waited {timeout:?} for {what}, in vain"
+        );
+        thread::sleep(POLL);
+    }
+}
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `tcptrace --json …`.
 pub struct Tracer {
     _shared: Option<RwLockReadGuard<'static, ()>>,
     child: Child,
-    stdout: thread::JoinHandle<Vec<String>>,
+    /// Stdout's lines as they arrive (read on a thread of their own).
+    stdout_lines: Arc<Mutex<Vec<String>>>,
+    stdout: thread::JoinHandle<()>,
     stderr: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -125,12 +190,18 @@ impl Tracer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
-        let stdout =
-            thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stdout_lines);
+        let stdout = thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().expect("stdout lines").push(line);
+            }
+        });
         let stderr = stderr_lines(&mut child);
         let mut tracer = Tracer {
             _shared: None,
             child,
+            stdout_lines,
             stdout,
             stderr,
             stderr_seen: Vec::new(),
@@ -169,14 +240,69 @@ impl Tracer {
         self.child.id() as i32
     }
 
-    /// Sends `signal`, waits for exit 0 and returns everything printed.
+    /// Waits until the records printed so far (parsed) satisfy `check`.
+    pub fn wait_for_records(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) {
+        wait_until(what, timeout, || {
+            let records: Vec<Value> = self
+                .stdout_lines
+                .lock()
+                .expect("stdout lines")
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            check(&records)
+        });
+    }
+
+    /// Waits until a record of `kind` satisfying `check` was printed.
+    pub fn wait_for_record(&self, kind: &str, timeout: Duration, check: impl Fn(&Value) -> bool) {
+        self.wait_for_records(&format!("a {kind} record"), timeout, |records| {
+            records.iter().any(|r| r["type"] == kind && check(r))
+        });
+    }
+
+    /// Waits until a line of stderr contains `text`.
+    pub fn wait_for_stderr(&mut self, text: &str, timeout: Duration) {
+        self.wait_for_stderr_lines(&format!("{text:?} on stderr"), timeout, |lines| {
+            lines.iter().any(|l| l.contains(text))
+        });
+    }
+
+    /// Waits until stderr's lines so far satisfy `check`.
+    pub fn wait_for_stderr_lines(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[String]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !check(&self.stderr_seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "waited {timeout:?} for {what}; stderr said:\n{}",
+                self.stderr_seen.join("\n")
+            );
+            if let Ok(line) = self.stderr.recv_timeout(left.min(POLL)) {
+                self.stderr_seen.push(line);
+            }
+        }
+    }
+
+    /// Sends `signal`, waits for exit 0 and returns everything printed. The tracer drains its
+    /// ring buffer before it exits: what the kernel did before the signal is all there (a test
+    /// waits for the kernel first where that takes time: [`wait_for_closes`]).
     pub fn stop_with(mut self, signal: i32) -> Output {
-        // Let the last records reach the ring buffer and the poll interval pass.
-        thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid(), signal) };
         let status = self.child.wait().expect("wait for tracer");
-        let lines = self.stdout.join().expect("stdout reader");
+        self.stdout.join().expect("stdout reader");
+        let lines = std::mem::take(&mut *self.stdout_lines.lock().expect("stdout lines"));
         self.stderr_seen.extend(self.stderr.try_iter());
         let stderr = self.stderr_seen.join("\n");
         assert!(

@@ -126,9 +126,18 @@ fn early_ends_are_reused_or_killed() {
         "import socket\ns=socket.socket(); s.bind(('127.0.0.1',7777)); s.listen()\n\
          c=socket.create_connection(('127.0.0.1',7777)); a,_=s.accept(); c.close(); a.recv(1); a.close()",
     ]);
-    thread::sleep(Duration::from_millis(300));
     sh(&["ip", "netns", "del", &ns]);
-    thread::sleep(Duration::from_millis(300));
+    // A flow is printed once its TIME_WAIT has ended: reused, and killed with its namespace.
+    tracer.wait_for_records(
+        "the reused and the killed TIME_WAITs' flows",
+        Duration::from_secs(15),
+        |r| {
+            let ended = |f: &&Value, end: &str| f["type"] == "flow" && f["time_wait"]["end"] == end;
+            r.iter()
+                .any(|f| ended(&f, "reused") && f["lport"] == reused_port)
+                && r.iter().any(|f| ended(&f, "killed") && f["rport"] == 7777)
+        },
+    );
     let out = tracer.stop();
 
     let flows = out.of_type("flow");
@@ -176,7 +185,9 @@ fn time_wait_sockets_from_before_tracing_are_counted() {
         client_closes_first(&listener);
     }
     let tracer = Tracer::start(&["timewait", "--interval", "500ms"]);
-    thread::sleep(Duration::from_millis(800));
+    tracer.wait_for_record("time_wait_gauges", Duration::from_secs(10), |g| {
+        destination_count(g, port) >= 5
+    });
     let out = tracer.stop();
     let gauges = last_gauges(&out);
     assert!(gauges["preexisting"].as_u64() >= Some(5), "{gauges}");
@@ -193,7 +204,10 @@ fn burst_gauge_matches_ss_and_forecasts() {
     for _ in 0..2_000 {
         client_closes_first(&listener);
     }
-    thread::sleep(Duration::from_millis(1_500));
+    // Gauges every second: wait for one after the burst.
+    tracer.wait_for_record("time_wait_gauges", Duration::from_secs(10), |g| {
+        destination_count(g, port) >= 1_900
+    });
     let out = tracer.stop();
     let ss = Command::new("ss")
         .args([
@@ -230,7 +244,7 @@ fn burst_gauge_matches_ss_and_forecasts() {
 fn time_waits_skipped_by_a_full_table_are_reported() {
     let pair = crate::netns::NetnsPair::new();
     pair.sysctl(&pair.a, "net.ipv4.tcp_max_tw_buckets", "0");
-    let tracer = Tracer::start_in(&pair.a, &["flows"]);
+    let mut tracer = Tracer::start_in(&pair.a, &["flows"]);
     let ports = pair.run_in(&pair.a, || {
         let listener = listener_without_time_waits();
         (0..5)
@@ -238,7 +252,9 @@ fn time_waits_skipped_by_a_full_table_are_reported() {
             .collect::<Vec<_>>()
     });
     // The overflow counter is read every second.
-    thread::sleep(Duration::from_millis(1_500));
+    tracer.wait_for_stderr_lines("5 TIME_WAITs skipped", Duration::from_secs(10), |lines| {
+        crate::support::time_waits_skipped(lines) >= 5
+    });
     let out = tracer.stop();
     let s = out.summary();
     assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::{
     metrics::{self, free_port},
     netns::NetnsPair,
-    support::Tracer,
+    support::{wait_until, Tracer},
 };
 
 const SENT: usize = 300_000;
@@ -89,11 +89,14 @@ fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
     assert_eq!(server.join().expect("server"), SENT);
     assert_eq!(answer.len(), ANSWER);
     drop(client);
-    thread::sleep(Duration::from_millis(500));
-    let (_, scrape) = metrics::scrape(port.parse().expect("a port"));
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    // Both ends' flows closed and in the metrics (published every second).
+    let (_, scrape) =
+        metrics::scrape_until(port.parse().expect("a port"), "both flows' RTT", |s| {
+            metrics::value(s, "tcptrace_flow_rtt_seconds_count", &[]) >= 2.0
+        });
     let out = tracer.stop();
 
-    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
     let flow = out.flow((&b, c.client_port), (&a, c.server_port));
     // The metrics say the same: bytes per destination, the RTT histogram.
     let destination = format!("{a}:{}", c.server_port);
@@ -201,8 +204,9 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
     });
     drop(listener);
     // The kernel's counts reach the endpoint every second.
-    thread::sleep(Duration::from_millis(1_500));
-    let (_, scrape) = metrics::scrape(metrics_port);
+    let (_, scrape) = metrics::scrape_until(metrics_port, "the SYN and its retry dropped", |s| {
+        metrics::value(s, "tcptrace_drops_total", &[("reason", "NETFILTER_DROP")]) >= 2.0
+    });
     let dropped = metrics::value(
         &scrape,
         "tcptrace_drops_total",
@@ -258,14 +262,19 @@ fn established_traffic_dropped_lands_on_its_flow() {
     let mut client = c.client;
     client.write_all(b"into the void").expect("write");
     // RTO starts at 200 ms and doubles: 0.2, 0.6 s.
-    thread::sleep(Duration::from_millis(1_000));
+    wait_until("2 retransmits", Duration::from_secs(15), || {
+        crate::retransmit::total_retrans(&client) >= 2
+    });
     crate::retransmit::abort(client);
     // Aborted too: its FIN would wait for an answer the firewall eats.
     crate::retransmit::abort(c.server);
-    thread::sleep(Duration::from_millis(200));
+    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    tracer.wait_for_records("both flows", Duration::from_secs(10), |r| {
+        let flow = |port: u16| r.iter().any(|f| f["type"] == "flow" && f["lport"] == port);
+        flow(c.server_port) && flow(c.client_port)
+    });
     let out = tracer.stop();
 
-    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
     // Dropped on the server's host, each carrying the server's socket (early demux).
     let server = out.flow((&a, c.server_port), (&b, c.client_port));
     assert!(drops(server, "NETFILTER_DROP") >= 2, "{server}");
@@ -291,7 +300,9 @@ fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
         TcpStream::connect((addr_a, port)).expect("connect")
     });
     let client_port = client.local_addr().expect("addr").port();
-    thread::sleep(Duration::from_millis(1_500));
+    tracer.wait_for_record("retransmit", Duration::from_secs(15), |r| {
+        r["synack"] == true && r["lport"] == port
+    });
     drop_in_a(&pair, "-D", port, &lost_ack);
     // The client's next segment completes the handshake.
     (&client).write_all(b"hello").expect("write");
@@ -300,7 +311,9 @@ fn a_listener_sends_its_syn_ack_again_when_the_ack_is_lost() {
     server.read_exact(&mut buf).expect("read");
     drop(client);
     drop(server);
-    thread::sleep(Duration::from_millis(200));
+    tracer.wait_for_record("flow", Duration::from_secs(10), |f| {
+        f["lport"] == port && f["rport"] == client_port
+    });
     let out = tracer.stop();
 
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
