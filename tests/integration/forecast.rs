@@ -152,10 +152,19 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
     let ratio_of = |s: &prometheus_parse::Scrape| {
         crate::metrics::value(s, "tcptrace_time_wait_forecast_ratio", &labels)
     };
-    let (text, scraped) =
-        crate::metrics::scrape_until(metrics_port, "the namespace's forecast over 100%", |s| {
+    let destination = format!("{}:{port}", pair.addr_a);
+    let failures = [
+        ("errno", "EADDRNOTAVAIL"),
+        ("destination", destination.as_str()),
+    ];
+    let (text, scraped) = crate::metrics::scrape_until(
+        metrics_port,
+        "the namespace's forecast over 100% and both failures counted",
+        |s| {
             ratio_of(s) > 1.0
-        });
+                && crate::metrics::value(s, "tcptrace_connect_failures_total", &failures) >= 2.0
+        },
+    );
     let ratio = ratio_of(&scraped);
     assert!(
         ratio > 1.0,

@@ -1,5 +1,6 @@
 //! The kernel's own counters (exact, kept per CPU in the kernel and summed here): stats,
 //! transitions, close causes and sides, retransmits and drops by reason.
+use serde::{Serialize, Serializer};
 use tcptrace_common::{stat, tcp_state, TRANSITION_SLOTS};
 
 use crate::model::tcp::TcpState;
@@ -49,19 +50,25 @@ impl KernelCounters {
         self.stats[index as usize]
     }
 
-    /// Records the kernel could not deliver (ring buffer full).
+    /// What was lost, by kind.
+    pub fn losses(&self) -> Lost {
+        Lost {
+            transitions: self.stat(stat::LOST_TRANSITION),
+            flows: self.stat(stat::LOST_FLOW_END),
+            retransmits: self.stat(stat::LOST_RETRANSMIT),
+            probes: self.stat(stat::LOST_PROBE),
+            time_wait: self.stat(stat::LOST_TIME_WAIT),
+            port_failures: self.stat(stat::LOST_PORT_FAILURE),
+            drops: self.stat(stat::LOST_DROP),
+            undecided: self.stat(stat::LOST_UNDECIDED),
+            missed_events: self.missed,
+        }
+    }
+
     /// Everything lost: records the ring buffer had no room for, and events the kernel
     /// never handed to the programs.
     pub fn lost(&self) -> u64 {
-        self.stat(stat::LOST_TRANSITION)
-            + self.stat(stat::LOST_FLOW_END)
-            + self.stat(stat::LOST_RETRANSMIT)
-            + self.stat(stat::LOST_PROBE)
-            + self.stat(stat::LOST_TIME_WAIT)
-            + self.stat(stat::LOST_PORT_FAILURE)
-            + self.stat(stat::LOST_DROP)
-            + self.stat(stat::LOST_UNDECIDED)
-            + self.missed
+        self.losses().total()
     }
 
     /// Non-zero transition counts, by (old, new).
@@ -76,4 +83,51 @@ impl KernelCounters {
             })
             .collect()
     }
+}
+
+/// Events lost: records the ring buffer had no room for, by kind, and events the kernel never
+/// handed to the programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Lost {
+    pub transitions: u64,
+    pub flows: u64,
+    pub retransmits: u64,
+    pub probes: u64,
+    pub time_wait: u64,
+    pub port_failures: u64,
+    pub drops: u64,
+    /// First transitions held for a local-port filter that found the flow table full.
+    pub undecided: u64,
+    /// Events the kernel skipped: its recursion misses the second program did not handle,
+    /// and never fewer than the stale flows.
+    pub missed_events: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.transitions
+            + self.flows
+            + self.retransmits
+            + self.probes
+            + self.time_wait
+            + self.port_failures
+            + self.drops
+            + self.undecided
+            + self.missed_events
+    }
+}
+
+/// The losses with their total.
+pub fn with_total<S: Serializer>(lost: &Lost, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct WithTotal<'a> {
+        #[serde(flatten)]
+        lost: &'a Lost,
+        total: u64,
+    }
+    WithTotal {
+        lost,
+        total: lost.total(),
+    }
+    .serialize(s)
 }

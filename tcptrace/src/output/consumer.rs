@@ -16,11 +16,11 @@ use crate::{
     model::tcp::FlowAddrs,
     model::vitals::PacketDrop,
     state::{
-        aggregate::Summary,
         alert::Alert,
         forecast::TimeWaitView,
         idle::IdleReport,
         listeners::ListenerWatch,
+        summary::Summary,
         timewait::{Finished, TimeWaitTracker},
     },
 };

@@ -7,18 +7,17 @@ use super::{
     json_alert::alert_line,
     json_events::{drop_line, flow_line, retransmit_line, transition_line},
     json_fields::{Addrs, Owner, WorkloadFields},
-    json_summary::{summary_line, Lost},
 };
 use crate::{
     host::clock::Clock,
-    model::counters::KernelCounters,
+    model::counters::{with_total, KernelCounters, Lost},
     model::events::{FinishedFlow, Retransmit, Transition},
     model::vitals::PacketDrop,
-    state::aggregate::Summary,
     state::alert::Alert,
     state::forecast::Forecast,
     state::forecast::TimeWaitView,
     state::idle::IdleReport,
+    state::summary::Summary,
     state::timewait::{TimeWait, TimeWaitEnd},
 };
 
@@ -112,7 +111,16 @@ struct LostLine {
     r#type: &'static str,
     ts_unix_ns: u64,
     new: u64,
+    #[serde(serialize_with = "with_total")]
     lost: Lost,
+}
+
+/// The summary line: its type, then the summary's own fields.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    summary: &'a Summary,
 }
 
 impl<W: Write> JsonPrinter<W> {
@@ -262,23 +270,11 @@ impl<W: Write> JsonPrinter<W> {
         newly_lost: u64,
         kernel: &KernelCounters,
     ) -> io::Result<()> {
-        use tcptrace_common::stat;
         let line = LostLine {
             r#type: "lost",
             ts_unix_ns: self.clock.unix_ns(now_ns),
             new: newly_lost,
-            lost: Lost {
-                transitions: kernel.stat(stat::LOST_TRANSITION),
-                flows: kernel.stat(stat::LOST_FLOW_END),
-                retransmits: kernel.stat(stat::LOST_RETRANSMIT),
-                probes: kernel.stat(stat::LOST_PROBE),
-                time_wait: kernel.stat(stat::LOST_TIME_WAIT),
-                port_failures: kernel.stat(stat::LOST_PORT_FAILURE),
-                drops: kernel.stat(stat::LOST_DROP),
-                undecided: kernel.stat(stat::LOST_UNDECIDED),
-                missed_events: kernel.missed,
-                total: kernel.lost(),
-            },
+            lost: kernel.losses(),
         };
         self.line(&line)
     }
@@ -293,7 +289,10 @@ impl<W: Write> JsonPrinter<W> {
     }
 
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
-        self.line(&summary_line(s))
+        self.line(&SummaryLine {
+            r#type: "summary",
+            summary: s,
+        })
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

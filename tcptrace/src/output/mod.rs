@@ -7,7 +7,6 @@ mod json;
 mod json_alert;
 mod json_events;
 mod json_fields;
-mod json_summary;
 pub mod lines;
 pub mod metrics;
 mod metrics_listen;
@@ -23,7 +22,7 @@ use std::io::{self, Write};
 pub use json::JsonPrinter;
 pub use text::TextPrinter;
 
-use crate::{host::clock::Clock, output::consumer::Seen, state::aggregate::Summary};
+use crate::{host::clock::Clock, output::consumer::Seen, state::summary::Summary};
 
 /// A printer's `render`: each event to the method that writes its line, the same for every
 /// printer (an event without a line of its own is not printed).

@@ -3,7 +3,8 @@ use std::io::{self, Write};
 
 use crate::{
     host::clock::{human_duration, HumanDuration},
-    state::aggregate::Summary,
+    model::vitals::HumanBytes,
+    state::{quantiles::Quantiles, summary::Summary},
 };
 
 /// Writes the summary block.
@@ -20,7 +21,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     writeln!(
         o,
         "flows: {} seen, {} finished, {} still open, {} evicted, {} untracked (flow table full)",
-        s.flows_seen, s.flows_finished, s.flows_open, s.flows_evicted, s.flows_untracked
+        s.flows.seen, s.flows.finished, s.flows.open, s.flows.evicted, s.flows.untracked
     )?;
     if let Some(filters) = &s.filters {
         writeln!(
@@ -40,7 +41,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
         }
     )?;
     let rtx: Vec<String> = s
-        .rtx_by_state
+        .retransmits_by_state
         .iter()
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
@@ -59,15 +60,15 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
          held first transitions (flow table full) {}; events the kernel skipped: {}); \
          read errors {}, decode errors {}, path gaps {}, stale flows {}",
         s.lost(),
-        s.lost_transitions,
-        s.lost_flows,
-        s.lost_retransmits,
-        s.lost_probes,
-        s.lost_time_wait,
-        s.lost_port_failures,
-        s.lost_drops,
-        s.lost_undecided,
-        s.missed_events,
+        s.lost.transitions,
+        s.lost.flows,
+        s.lost.retransmits,
+        s.lost.probes,
+        s.lost.time_wait,
+        s.lost.port_failures,
+        s.lost.drops,
+        s.lost.undecided,
+        s.lost.missed_events,
         s.read_errors,
         s.decode_errors,
         s.path_gaps,
@@ -112,18 +113,11 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             tw.client_side,
             tw.server_side,
             if ends.is_empty() { "-".into() } else { ends.join(", ") },
-            s.time_wait_preexisting,
+            tw.preexisting,
             tw.overflows
         )?;
-        if let Some([p50, p90, p99, max]) = tw.held {
-            writeln!(
-                o,
-                "time_wait held: p50 {} p90 {} p99 {} max {}",
-                HumanDuration(p50),
-                HumanDuration(p90),
-                HumanDuration(p99),
-                HumanDuration(max)
-            )?;
+        if let Some(held) = &tw.held {
+            writeln!(o, "time_wait held: {}", QuantilesText(held))?;
         }
         let top: Vec<String> = tw
             .top_destinations
@@ -136,17 +130,17 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     }
     if !s.transitions.is_empty() {
         writeln!(o, "transitions:")?;
-        for (old, new, n) in &s.transitions {
-            writeln!(o, "  {old:>11} -> {new:<11} {n:>10}")?;
+        for t in &s.transitions {
+            writeln!(o, "  {:>11} -> {:<11} {:>10}", t.old, t.new, t.count)?;
         }
     }
-    if !s.durations.is_empty() {
+    if !s.held.is_empty() {
         writeln!(
             o,
             "time held per state:  {:>10} {:>8} {:>8} {:>8} {:>8}",
             "count", "p50", "p90", "p99", "max"
         )?;
-        for d in &s.durations {
+        for d in &s.held {
             writeln!(
                 o,
                 "  {:<19} {:>10} {:>8} {:>8} {:>8} {:>8}",
@@ -164,11 +158,8 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
 
 /// Drops by reason, SYN-ACK retransmits, and the bytes and RTT of the flows read at CLOSE.
 fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
-    let Some(p) = &s.packets else {
-        return Ok(());
-    };
     if s.drops > 0 || s.synack_retransmits > 0 {
-        let reasons: Vec<String> = p
+        let reasons: Vec<String> = s
             .drops_by_reason
             .iter()
             .map(|(r, n)| format!("{r} {n}"))
@@ -187,25 +178,35 @@ fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             s.synack_retransmits
         )?;
     }
-    if p.flows_with_vitals > 0 {
+    if let Some(v) = &s.vitals {
         write!(
             o,
             "vitals: {} flows sent {} and received {}",
-            p.flows_with_vitals,
-            crate::model::vitals::HumanBytes(p.bytes_acked),
-            crate::model::vitals::HumanBytes(p.bytes_received)
+            v.flows,
+            HumanBytes(v.bytes_acked),
+            HumanBytes(v.bytes_received)
         )?;
-        match p.srtt_ns {
-            Some([p50, p90, p99, max]) => writeln!(
-                o,
-                "; RTT at close p50 {} p90 {} p99 {} max {}",
-                HumanDuration(p50),
-                HumanDuration(p90),
-                HumanDuration(p99),
-                HumanDuration(max)
-            )?,
+        match &v.srtt {
+            Some(srtt) => writeln!(o, "; RTT at close {}", QuantilesText(srtt))?,
             None => writeln!(o)?,
         }
     }
     Ok(())
+}
+
+/// `p50 … p90 … p99 … max …`, each as a duration.
+struct QuantilesText<'a>(&'a Quantiles);
+
+impl std::fmt::Display for QuantilesText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.0;
+        write!(
+            f,
+            "p50 {} p90 {} p99 {} max {}",
+            HumanDuration(q.p50_ns),
+            HumanDuration(q.p90_ns),
+            HumanDuration(q.p99_ns),
+            HumanDuration(q.max_ns)
+        )
+    }
 }

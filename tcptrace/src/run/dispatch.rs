@@ -10,13 +10,15 @@ use tcptrace_common::time_wait;
 use crate::{
     decode::{transition_time, Decoder},
     host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
-    model::{events::Event, facts::HostFacts, tcp::Endpoint},
+    model::{counters::KernelCounters, events::Event, facts::HostFacts, tcp::Endpoint},
     output::consumer::{Consumer, Seen, Wants},
     state::{
         aggregate::Aggregator,
         alert::Alert,
+        forecast::{time_wait_view, TimeWaitView},
         packets::PacketLedger,
         port_failures::{PortFailureAlert, PortFailureWatch},
+        summary::Summary,
         timewait::{Finished, TimeWaitTracker},
     },
 };
@@ -217,6 +219,26 @@ impl Dispatcher {
         self.ports.forget_quiet(now_ns);
         self.packets.expire(now_ns);
         self.open_counts_left = OPEN_FLOW_COUNTS_PER_S;
+    }
+
+    /// The TIME_WAIT gauges and forecast at `now_ns` (the timewait mode's, live and in a
+    /// report), after the TIME_WAITs found at start that must have ended.
+    pub fn time_wait_gauges(&mut self, now_ns: u64) -> TimeWaitView {
+        self.tw.expire_preexisting(now_ns);
+        time_wait_view(&self.tw, now_ns, &self.namespaces)
+    }
+
+    /// The summary, assembled the same way for a live session and a report: what was
+    /// aggregated, the kernel's counters, TIME_WAIT (`time_wait`: where traced) and the
+    /// packets' figures. The driver adds what only it knows (filters, evictions, listeners).
+    pub fn summary(&self, kernel: &KernelCounters, elapsed_ns: u64, time_wait: bool) -> Summary {
+        let packets = self.packets.summary(&kernel.drop_reasons, self.host());
+        Summary {
+            time_wait: time_wait.then(|| self.tw.summary()),
+            drops_by_reason: packets.drops_by_reason,
+            vitals: packets.vitals,
+            ..self.agg.finish(kernel, elapsed_ns)
+        }
     }
 
     /// TIME_WAITs cancelled long enough before `now_ns` ended early.

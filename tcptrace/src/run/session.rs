@@ -23,7 +23,7 @@ use crate::{
         dispatch::{is_internal, Dispatcher},
         namespace_upkeep::NamespaceUpkeep,
     },
-    state::{aggregate::Summary, forecast::time_wait_view},
+    state::summary::Summary,
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
@@ -243,8 +243,7 @@ impl<'c> Session<'c> {
                 }
                 _ = next_tick(&mut gauge_tick) => {
                     let now = Clock::ktime_now();
-                    self.dispatch.tw.expire_preexisting(now);
-                    let view = time_wait_view(&self.dispatch.tw, now, self.namespaces());
+                    let view = self.dispatch.time_wait_gauges(now);
                     if let Err(e) = consumer.seen(Seen::TimeWaitGauges { now_ns: now, view: &view }).and_then(|()| consumer.flush()) {
                         break stop_for(e)?;
                     }
@@ -473,21 +472,15 @@ impl<'c> Session<'c> {
             );
         }
         let elapsed = Clock::ktime_now().saturating_sub(self.started_ns);
-        let mut summary = agg.finish(kernel, elapsed);
-        summary.flows_evicted = self.evictor.evicted;
-        if !self.config.filter.is_empty() {
-            summary.filters = Some(self.config.filter.describe());
-        }
+        let mut summary = self
+            .dispatch
+            .summary(kernel, elapsed, self.dispatch.traces_time_wait());
+        summary.flows.evicted = self.evictor.evicted;
+        summary.filters = (!self.config.filter.is_empty()).then(|| self.config.filter.describe());
         summary.listen = self
             .upkeep
             .as_ref()
             .and_then(|u| Some(u.listeners.as_ref()?.totals));
-        if self.dispatch.traces_time_wait() {
-            summary.time_wait = Some(self.dispatch.tw.summary());
-            summary.time_wait_preexisting = self.dispatch.tw.preexisting_count();
-        }
-        let packets = (self.dispatch.packets).summary(&kernel.drop_reasons, self.dispatch.host());
-        summary.packets = Some(packets);
         Ok(summary)
     }
 }

@@ -10,19 +10,8 @@ use crate::{
     model::counters::KernelCounters,
     model::events::{FinishedFlow, Lifecycle},
     model::tcp::{CloseSide, TcpState},
-    state::timewait::TimeWaitSummary,
+    state::summary::{DurationStats, FlowCounts, Summary, TransitionCount},
 };
-
-/// Percentiles of one state's hold times.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DurationStats {
-    pub state: TcpState,
-    pub count: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub max_ns: u64,
-}
 
 const STATES: usize = TcpState::ALL.len();
 const _: () = assert!(TcpState::BoundInactive as usize == STATES - 1);
@@ -135,12 +124,18 @@ impl Aggregator {
         let Some(durations) = &self.in_kernel else {
             return self.summary(kernel, elapsed_ns, self.durations());
         };
+        let summary = self.summary(kernel, elapsed_ns, durations_in_kernel(durations));
         Summary {
-            flows_finished: kernel.closes.iter().sum(),
+            flows: FlowCounts {
+                finished: kernel.closes.iter().sum(),
+                ..summary.flows
+            },
             close: count_by(&kernel.sides, |raw| Some(CloseSide::from_kernel(raw))),
             causes: count_by(&kernel.closes, |raw| Some(CloseCause::from_kernel(raw))),
-            rtx_by_state: count_by(&kernel.rtx_by_state, |raw| TcpState::try_from(raw).ok()),
-            ..self.summary(kernel, elapsed_ns, durations_in_kernel(durations))
+            retransmits_by_state: count_by(&kernel.rtx_by_state, |raw| {
+                TcpState::try_from(raw).ok()
+            }),
+            ..summary
         }
     }
 
@@ -164,57 +159,51 @@ impl Aggregator {
         &self,
         kernel: &KernelCounters,
         elapsed_ns: u64,
-        durations: Vec<DurationStats>,
+        held: Vec<DurationStats>,
     ) -> Summary {
         Summary {
             elapsed_ns,
             state_events: kernel.stat(stat::STATE_EVENTS),
-            transitions: kernel.transition_counts(),
-            durations,
-            flows_seen: kernel.stat(stat::FLOWS_SEEN),
-            flows_finished: self.finished,
-            flows_open: self.open,
-            flows_untracked: kernel.stat(stat::FLOW_TABLE_FULL),
+            retransmits: kernel.stat(stat::RETRANSMITS),
+            records_delivered: self.delivered,
+            records_submitted: kernel.stat(stat::SUBMITTED),
+            keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
+            port_failures: kernel.stat(stat::PORT_FAILURES),
+            port_failures_unaddressed: kernel.stat(stat::CALLS_UNTRACKED),
+            transitions: kernel
+                .transition_counts()
+                .into_iter()
+                .map(|(old, new, count)| TransitionCount { old, new, count })
+                .collect(),
+            held,
+            flows: FlowCounts {
+                seen: kernel.stat(stat::FLOWS_SEEN),
+                finished: self.finished,
+                open: self.open,
+                untracked: kernel.stat(stat::FLOW_TABLE_FULL),
+                evicted: 0,
+            },
             close: self.close.iter().map(|(&k, &v)| (k, v)).collect(),
             causes: self.causes.iter().map(|(&k, &v)| (k, v)).collect(),
-            retransmits: kernel.stat(stat::RETRANSMITS),
-            rtx_by_state: TcpState::ALL
+            retransmits_by_state: TcpState::ALL
                 .iter()
                 .zip(self.rtx_by_state)
                 .filter(|&(_, n)| n > 0)
                 .map(|(&state, n)| (state, n))
                 .collect(),
-            lost_transitions: kernel.stat(stat::LOST_TRANSITION),
-            lost_flows: kernel.stat(stat::LOST_FLOW_END),
-            lost_retransmits: kernel.stat(stat::LOST_RETRANSMIT),
-            lost_probes: kernel.stat(stat::LOST_PROBE),
-            lost_time_wait: kernel.stat(stat::LOST_TIME_WAIT),
-            lost_port_failures: kernel.stat(stat::LOST_PORT_FAILURE),
-            port_failures: kernel.stat(stat::PORT_FAILURES),
-            port_failures_unaddressed: kernel.stat(stat::CALLS_UNTRACKED),
-            lost_undecided: kernel.stat(stat::LOST_UNDECIDED),
-            keepalive_probes: kernel.stat(stat::KEEPALIVE_PROBES),
-            missed_events: kernel.missed,
-            submitted: kernel.stat(stat::SUBMITTED),
+            lost: kernel.losses(),
+            read_errors: kernel.stat(stat::READ_ERRORS),
+            decode_errors: self.decode_errors,
+            truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
             stale_flows: kernel.stat(stat::STALE_FLOWS),
-            filtered_events: kernel.stat(stat::FILTERED),
-            filters: None,
-            flows_evicted: 0,
             path_gaps: kernel.stat(stat::PATH_GAPS),
             nested_events: kernel.stat(stat::NESTED_HANDLED),
             keepalive_unindexed: kernel.stat(stat::KEEPALIVE_UNINDEXED),
-            read_errors: kernel.stat(stat::READ_ERRORS),
-            decode_errors: self.decode_errors,
-            delivered: self.delivered,
-            truncated_paths: kernel.stat(stat::PATH_TRUNCATED),
-            time_wait: None,
-            listen: None,
-            time_wait_preexisting: 0,
+            filtered_events: kernel.stat(stat::FILTERED),
             drops: kernel.stat(stat::DROPS),
             drops_unsent: kernel.stat(stat::DROPS_UNSENT),
-            lost_drops: kernel.stat(stat::LOST_DROP),
             synack_retransmits: kernel.stat(stat::SYNACK_RETRANSMITS),
-            packets: None,
+            ..Summary::default()
         }
     }
 }
@@ -266,88 +255,6 @@ pub fn quantile(buckets: &[u64], count: u64, q: f64) -> u64 {
         }
     }
     0
-}
-
-/// The end-of-run summary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Summary {
-    pub elapsed_ns: u64,
-    pub state_events: u64,
-    pub transitions: Vec<(TcpState, TcpState, u64)>,
-    pub durations: Vec<DurationStats>,
-    pub flows_seen: u64,
-    pub flows_finished: u64,
-    pub flows_open: u64,
-    pub flows_untracked: u64,
-    pub close: Vec<(CloseSide, u64)>,
-    pub causes: Vec<(CloseCause, u64)>,
-    pub retransmits: u64,
-    pub rtx_by_state: Vec<(TcpState, u64)>,
-    pub lost_transitions: u64,
-    pub lost_flows: u64,
-    pub lost_retransmits: u64,
-    pub lost_probes: u64,
-    pub lost_time_wait: u64,
-    pub lost_port_failures: u64,
-    /// connect()/bind() calls that failed for want of a port (EADDRNOTAVAIL, EADDRINUSE),
-    /// and those of them whose address was not known (not seen entering).
-    pub port_failures: u64,
-    pub port_failures_unaddressed: u64,
-    /// First transitions held for a local-port filter that found the flow table full.
-    pub lost_undecided: u64,
-    pub keepalive_probes: u64,
-    /// Events the kernel skipped: its recursion misses the second program did not handle,
-    /// and never fewer than the stale flows.
-    pub missed_events: u64,
-    /// Records the kernel submitted to the ring buffer.
-    pub submitted: u64,
-    pub stale_flows: u64,
-    /// Events the in-kernel filters dropped.
-    pub filtered_events: u64,
-    /// The filters in force, in words.
-    pub filters: Option<String>,
-    /// Flows evicted from a nearly full flow table (least recently active first).
-    pub flows_evicted: u64,
-    pub path_gaps: u64,
-    /// Transitions that arrived while the main program ran on their CPU, handled by the
-    /// second program (the kernel skips them for the first).
-    pub nested_events: u64,
-    /// Sockets with SO_KEEPALIVE whose owner the kernel could not index for their probes
-    /// (`--flow-memory socket`, the index full).
-    pub keepalive_unindexed: u64,
-    pub read_errors: u64,
-    pub decode_errors: u64,
-    pub delivered: u64,
-    pub truncated_paths: u64,
-    /// TIME_WAIT, where traced.
-    pub time_wait: Option<TimeWaitSummary>,
-    /// Handshakes listeners dropped and SYN cookies sent, where listeners were watched.
-    pub listen: Option<crate::state::listeners::ListenTotals>,
-    /// Sockets already in TIME_WAIT when tracing started.
-    pub time_wait_preexisting: u64,
-    /// TCP packets the kernel dropped (counted in the kernel), their records lost, and SYN-ACKs
-    /// listeners sent again.
-    pub drops: u64,
-    /// Drops counted but not sent as records (over the per-CPU rate).
-    pub drops_unsent: u64,
-    pub lost_drops: u64,
-    pub synack_retransmits: u64,
-    /// Drops by reason, bytes and RTT of the flows decoded.
-    pub packets: Option<crate::state::packets::PacketSummary>,
-}
-
-impl Summary {
-    pub fn lost(&self) -> u64 {
-        self.lost_transitions
-            + self.lost_flows
-            + self.lost_retransmits
-            + self.lost_probes
-            + self.lost_time_wait
-            + self.lost_port_failures
-            + self.lost_drops
-            + self.lost_undecided
-            + self.missed_events
-    }
 }
 
 #[cfg(test)]

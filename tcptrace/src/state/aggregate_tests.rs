@@ -51,7 +51,7 @@ fn counted_in_the_kernel_the_summary_reads_the_kernels_counts_only() {
     kernel.sides[usize::from(close_side::CONNECT_FAILED)] = 2;
     kernel.rtx_by_state[usize::from(FIN_WAIT1)] = 4;
     let summary = agg.finish(&kernel, 1_000);
-    assert_eq!((summary.flows_finished, summary.flows_open), (100, 1));
+    assert_eq!((summary.flows.finished, summary.flows.open), (100, 1));
     assert_eq!(
         summary.causes,
         vec![(CloseCause::Normal, 98), (CloseCause::Refused, 2)]
@@ -60,9 +60,9 @@ fn counted_in_the_kernel_the_summary_reads_the_kernels_counts_only() {
         summary.close,
         vec![(CloseSide::Active, 98), (CloseSide::ConnectFailed, 2)]
     );
-    assert_eq!(summary.rtx_by_state, vec![(TcpState::FinWait1, 4)]);
-    assert_eq!(summary.durations.len(), 1, "{:?}", summary.durations);
-    let d = &summary.durations[0];
+    assert_eq!(summary.retransmits_by_state, vec![(TcpState::FinWait1, 4)]);
+    assert_eq!(summary.held.len(), 1, "{:?}", summary.held);
+    let d = &summary.held[0];
     assert_eq!(
         (d.state, d.count, d.max_ns),
         (TcpState::SynSent, 100, 5_000_000)
@@ -105,9 +105,9 @@ fn summary_counts_flows_durations_and_close_sides() {
 
     assert_eq!(
         (
-            summary.flows_finished,
-            summary.flows_open,
-            summary.flows_seen
+            summary.flows.finished,
+            summary.flows.open,
+            summary.flows.seen
         ),
         (4, 1, 4)
     );
@@ -116,7 +116,7 @@ fn summary_counts_flows_durations_and_close_sides() {
         vec![(CloseSide::Active, 3), (CloseSide::ConnectFailed, 1)]
     );
     let syn_sent = summary
-        .durations
+        .held
         .iter()
         .find(|d| d.state == TcpState::SynSent)
         .expect("SYN_SENT durations");
@@ -129,13 +129,20 @@ fn summary_counts_flows_durations_and_close_sides() {
     );
     assert!(syn_sent.max_ns >= syn_sent.p99_ns && syn_sent.p99_ns >= syn_sent.p50_ns);
     assert!(
-        !summary.durations.iter().any(|d| d.state == TcpState::Close),
+        !summary.held.iter().any(|d| d.state == TcpState::Close),
         "CLOSE is final: it has no hold time"
     );
-    assert_eq!(summary.rtx_by_state, vec![(TcpState::Established, 1)]);
+    assert_eq!(
+        summary.retransmits_by_state,
+        vec![(TcpState::Established, 1)]
+    );
     assert_eq!(summary.lost(), 2);
     assert_eq!(
-        summary.transitions,
+        summary
+            .transitions
+            .iter()
+            .map(|t| (t.old, t.new, t.count))
+            .collect::<Vec<_>>(),
         vec![(TcpState::SynSent, TcpState::Established, 3)]
     );
 }

@@ -8,4 +8,5 @@ pub mod listeners;
 pub mod packets;
 pub mod port_failures;
 pub mod quantiles;
+pub mod summary;
 pub mod timewait;

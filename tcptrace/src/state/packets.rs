@@ -12,7 +12,7 @@ use crate::{
         tcp::{Endpoint, FlowAddrs},
         vitals::{DropTally, PacketDrop},
     },
-    state::quantiles::summary_quantiles,
+    state::{quantiles::summary_quantiles, summary::VitalsSummary},
 };
 
 /// Flows with marks waiting for their end, at most; beyond, new marks are not kept (counted).
@@ -74,11 +74,8 @@ pub struct PacketLedger {
 pub struct PacketSummary {
     pub drops_by_reason: Vec<(String, u64)>,
     pub drops_overflowed: u64,
-    pub flows_with_vitals: u64,
-    pub bytes_acked: u64,
-    pub bytes_received: u64,
-    /// p50, p90, p99 and max of the smoothed RTT at close, ns.
-    pub srtt_ns: Option<[u64; 4]>,
+    /// Bytes and RTT of the flows read at CLOSE, where any was.
+    pub vitals: Option<VitalsSummary>,
 }
 
 impl PacketLedger {
@@ -181,10 +178,12 @@ impl PacketLedger {
         PacketSummary {
             drops_by_reason,
             drops_overflowed: self.overflowed,
-            flows_with_vitals: self.flows_with_vitals,
-            bytes_acked: self.bytes_acked,
-            bytes_received: self.bytes_received,
-            srtt_ns: (self.srtt_us.as_ref()).map(|h| summary_quantiles(h).map(|us| us * 1_000)),
+            vitals: (self.flows_with_vitals > 0).then(|| VitalsSummary {
+                flows: self.flows_with_vitals,
+                bytes_acked: self.bytes_acked,
+                bytes_received: self.bytes_received,
+                srtt: (self.srtt_us.as_ref()).map(|h| summary_quantiles(h).times(1_000)),
+            }),
         }
     }
 }

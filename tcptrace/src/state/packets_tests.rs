@@ -109,11 +109,10 @@ fn vitals_are_summed_and_the_ledger_is_bounded() {
         ledger.flow_ended(&mut f);
     }
     let s = ledger.summary(&[], &HostFacts::default());
-    assert_eq!(
-        (s.flows_with_vitals, s.bytes_acked, s.bytes_received),
-        (3, 3000, 30)
-    );
-    let [p50, _, _, max] = s.srtt_ns.expect("RTT samples");
+    let v = s.vitals.expect("flows with vitals");
+    assert_eq!((v.flows, v.bytes_acked, v.bytes_received), (3, 3000, 30));
+    let srtt = v.srtt.expect("RTT samples");
+    let (p50, max) = (srtt.p50_ns, srtt.max_ns);
     assert!((1_990_000..=2_010_000).contains(&p50), "{p50}");
     assert!((2_990_000..=3_010_000).contains(&max), "{max}");
     for i in 0..MAX_MARKED_FLOWS as u32 + 10 {

@@ -450,7 +450,7 @@ impl TimeWaitTracker {
 
 #[path = "timewait_gauges.rs"]
 mod gauges;
-pub use gauges::{Gauges, TimeWaitSummary};
+pub use gauges::Gauges;
 
 #[cfg(test)]
 #[path = "timewait_tests.rs"]

@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
 use crate::{
-    model::tcp::{Endpoint, TimeWaitEnd},
-    state::quantiles::summary_quantiles,
+    model::tcp::Endpoint,
+    state::{quantiles::summary_quantiles, summary::TimeWaitSummary},
 };
 
 impl TimeWaitTracker {
@@ -48,6 +48,7 @@ impl TimeWaitTracker {
             held: self.held.as_ref().map(summary_quantiles),
             top_destinations: top,
             overflows: self.overflows,
+            preexisting: self.preexisting_count(),
         }
     }
 }
@@ -58,17 +59,4 @@ pub struct Gauges {
     /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second).
     pub by_destination: Vec<(Endpoint, (u64, f64))>,
     pub by_local: Vec<(IpAddr, u64)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimeWaitSummary {
-    pub entered: u64,
-    /// TIME_WAITs held by the side that connected (clients) and by the side that accepted.
-    pub client_side: u64,
-    pub server_side: u64,
-    pub ends: Vec<(TimeWaitEnd, u64)>,
-    /// p50, p90, p99, max of the durations, when any ended.
-    pub held: Option<[u64; 4]>,
-    pub top_destinations: Vec<(Endpoint, u64)>,
-    pub overflows: u64,
 }

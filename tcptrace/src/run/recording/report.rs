@@ -19,7 +19,6 @@ use crate::{
         lines::LinePrinter,
     },
     run::dispatch::Dispatcher,
-    state::forecast::time_wait_view,
 };
 
 /// The namespaces a recording names: those in its header; for a layout-1 recording, whose
@@ -116,8 +115,7 @@ fn render<C: Consumer>(
             if now < due {
                 break;
             }
-            dispatch.tw.expire_preexisting(due);
-            let view = time_wait_view(&dispatch.tw, due, &namespaces);
+            let view = dispatch.time_wait_gauges(due);
             consumer.seen(Seen::TimeWaitGauges {
                 now_ns: due,
                 view: &view,
@@ -128,18 +126,10 @@ fn render<C: Consumer>(
     // What was still pending when the recording ended.
     dispatch.finish_time_waits(consumer, now)?;
     let summary = config.summary.then(|| {
-        let mut summary = dispatch
-            .agg
-            .finish(&counters, now.saturating_sub(header.started_ktime_ns));
+        let elapsed = now.saturating_sub(header.started_ktime_ns);
+        let time_wait = config.traces_time_wait() && header.time_wait;
+        let mut summary = dispatch.summary(&counters, elapsed, time_wait);
         summary.filters = header.filters.clone();
-        if config.traces_time_wait() && header.time_wait {
-            summary.time_wait = Some(dispatch.tw.summary());
-        }
-        summary.packets = Some(
-            dispatch
-                .packets
-                .summary(&counters.drop_reasons, dispatch.host()),
-        );
         summary
     });
     consumer.finish(&End {
