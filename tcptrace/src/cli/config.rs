@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{identity::IdentityConfig, Cli, Command, ReportMode};
+use super::{identity::IdentityConfig, modes::ModeKind, Cli, Command};
 pub use crate::kernel::plan::FlowMemory;
 use crate::model::filter::FilterSpec;
 
@@ -30,6 +30,24 @@ pub enum Mode {
     Idle {
         min_idle: Duration,
     },
+}
+
+impl Mode {
+    /// The mode without its options: its row in the table of modes.
+    pub fn kind(&self) -> ModeKind {
+        match self {
+            Mode::States => ModeKind::States,
+            Mode::Flows => ModeKind::Flows,
+            Mode::Retrans => ModeKind::Retrans,
+            Mode::Alerts => ModeKind::Alerts,
+            Mode::All => ModeKind::All,
+            Mode::Timewait { .. } => ModeKind::Timewait,
+            Mode::Top => ModeKind::Top,
+            Mode::Record(_) => ModeKind::Record,
+            Mode::Metrics => ModeKind::Metrics,
+            Mode::Idle { .. } => ModeKind::Idle,
+        }
+    }
 }
 
 /// Where and how much `tcptrace record` writes.
@@ -159,7 +177,7 @@ impl TryFrom<Cli> for Config {
 
 /// `tcptrace report`: the flags that shape rendering are taken; those that shape tracing are
 /// refused (they applied when recording).
-pub fn report_config(cli: &Cli, mode: ReportMode, interval: Duration) -> Result<Config> {
+pub fn report_config(cli: &Cli, mode: ModeKind, interval: Duration) -> Result<Config> {
     let c = &cli.common;
     if !c.filter.is_empty() {
         bail!("report renders what was recorded: give filters to `tcptrace record`");
@@ -167,7 +185,7 @@ pub fn report_config(cli: &Cli, mode: ReportMode, interval: Duration) -> Result<
     if c.metrics.is_some() || c.idle_report.is_some() || c.duration.is_some() {
         bail!("--metrics, --idle-report and --duration apply to live tracing, not to report");
     }
-    if mode == ReportMode::Timewait && interval < Duration::from_millis(100) {
+    if mode == ModeKind::Timewait && interval < Duration::from_millis(100) {
         bail!("--interval must be at least 100ms");
     }
     let mut config = Config::for_report(mode, interval, c.json, !c.no_summary);
@@ -222,14 +240,15 @@ fn record_options(
 
 impl Config {
     /// What `tcptrace report` renders with: the mode asked for, nothing traced.
-    pub fn for_report(mode: ReportMode, interval: Duration, json: bool, summary: bool) -> Config {
+    pub fn for_report(mode: ModeKind, interval: Duration, json: bool, summary: bool) -> Config {
         let mode = match mode {
-            ReportMode::States => Mode::States,
-            ReportMode::Flows => Mode::Flows,
-            ReportMode::Retrans => Mode::Retrans,
-            ReportMode::Alerts => Mode::Alerts,
-            ReportMode::All => Mode::All,
-            ReportMode::Timewait => Mode::Timewait { interval },
+            ModeKind::Timewait => Mode::Timewait { interval },
+            ModeKind::Flows => Mode::Flows,
+            ModeKind::Retrans => Mode::Retrans,
+            ModeKind::Alerts => Mode::Alerts,
+            ModeKind::All => Mode::All,
+            // `report --mode` offers the line modes only.
+            _ => Mode::States,
         };
         Config {
             mode,

@@ -3,8 +3,10 @@ mod config;
 mod config_plan;
 pub mod filter;
 pub mod identity;
+pub mod modes;
 
 pub use config::{report_config, Config, FlowMemory, Mode, RecordOptions};
+pub use modes::ModeKind;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -75,7 +77,7 @@ pub enum Command {
         file: PathBuf,
         /// What to render.
         #[arg(long, value_enum, default_value = "states")]
-        mode: ReportMode,
+        mode: ModeKind,
         /// How often TIME_WAIT gauges are printed, in recorded time (--mode timewait).
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
         interval: Duration,
@@ -184,17 +186,6 @@ pub struct CommonArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub identity: IdentityArgs,
-}
-
-/// The line modes a recording renders in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportMode {
-    States,
-    Flows,
-    Retrans,
-    Alerts,
-    All,
-    Timewait,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, IsTerminal as _, Write};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::{identity::ColumnWhen, Config, Mode},
+    cli::{identity::ColumnWhen, Config},
     host::clock::Clock,
     output::consumer::{is_broken_pipe, Consumer, End, Seen, Wants},
     output::{JsonPrinter, Printer, TextPrinter},
@@ -60,7 +60,7 @@ impl<W: Write> LinePrinter<W> {
             Printer::Json(JsonPrinter::new(out, clock))
         } else {
             Printer::Text(
-                TextPrinter::new(out, clock, config.mode == Mode::All).with_workload_column(shown),
+                TextPrinter::new(out, clock, config.row().mixed_lines).with_workload_column(shown),
             )
         };
         LinePrinter {
@@ -68,7 +68,7 @@ impl<W: Write> LinePrinter<W> {
             transitions: config.shows_transitions(),
             flows: config.shows_flows(),
             retransmits: config.shows_retransmits(),
-            drops: config.mode == Mode::All,
+            drops: config.row().mixed_lines,
             alerts: config.shows_alerts(),
             // The gauges' forecast (timewait), and its alerts where alerts are shown.
             forecast: config.gauge_interval().is_some() || config.shows_alerts(),
