@@ -7,8 +7,28 @@ use crate::{
     state::{quantiles::Quantiles, summary::Summary},
 };
 
-/// Writes the summary block.
+/// Writes the summary block: the counts, what was lost, packets, TIME_WAIT, then the tables.
 pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    write_counts(o, s)?;
+    write_lost(o, s)?;
+    write_listeners(o, s)?;
+    write_packets(o, s)?;
+    write_port_failures(o, s)?;
+    write_time_wait(o, s)?;
+    write_tables(o, s)
+}
+
+/// `a 1, b 2`, or `-` for none.
+fn listed<K: std::fmt::Display>(counts: &[(K, u64)]) -> String {
+    if counts.is_empty() {
+        return "-".into();
+    }
+    let items: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    items.join(", ")
+}
+
+/// The headline, flows, filters, close sides and retransmits by state.
+fn write_counts(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     writeln!(o)?;
     writeln!(
         o,
@@ -18,10 +38,11 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
         s.retransmits,
         s.lost()
     )?;
+    let f = &s.flows;
     writeln!(
         o,
         "flows: {} seen, {} finished, {} still open, {} evicted, {} untracked (flow table full)",
-        s.flows.seen, s.flows.finished, s.flows.open, s.flows.evicted, s.flows.untracked
+        f.seen, f.finished, f.open, f.evicted, f.untracked
     )?;
     if let Some(filters) = &s.filters {
         writeln!(
@@ -30,45 +51,32 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             s.filtered_events
         )?;
     }
-    let close: Vec<String> = s.close.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    writeln!(
-        o,
-        "close: {}",
-        if close.is_empty() {
-            "-".into()
-        } else {
-            close.join(", ")
-        }
-    )?;
-    let rtx: Vec<String> = s
-        .retransmits_by_state
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+    writeln!(o, "close: {}", listed(&s.close))?;
     writeln!(
         o,
         "retransmits by state: {}",
-        if rtx.is_empty() {
-            "-".into()
-        } else {
-            rtx.join(", ")
-        }
-    )?;
+        listed(&s.retransmits_by_state)
+    )
+}
+
+/// What was lost and why, and the reading's own errors.
+fn write_lost(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    let l = &s.lost;
     writeln!(
         o,
         "lost: {} (ring buffer full: transitions {}, flows {}, retransmits {}, probes {}, time_wait {}, port failures {}, drops {}; \
          held first transitions (flow table full) {}; events the kernel skipped: {}); \
          read errors {}, decode errors {}, path gaps {}, stale flows {}",
-        s.lost(),
-        s.lost.transitions,
-        s.lost.flows,
-        s.lost.retransmits,
-        s.lost.probes,
-        s.lost.time_wait,
-        s.lost.port_failures,
-        s.lost.drops,
-        s.lost.undecided,
-        s.lost.missed_events,
+        l.total(),
+        l.transitions,
+        l.flows,
+        l.retransmits,
+        l.probes,
+        l.time_wait,
+        l.port_failures,
+        l.drops,
+        l.undecided,
+        l.missed_events,
         s.read_errors,
         s.decode_errors,
         s.path_gaps,
@@ -81,6 +89,11 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             s.keepalive_unindexed
         )?;
     }
+    Ok(())
+}
+
+/// Listeners' drops and SYN cookies, where watched.
+fn write_listeners(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     if let Some(l) = &s.listen {
         writeln!(
             o,
@@ -91,7 +104,11 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             l.syncookies_sent
         )?;
     }
-    write_packets(o, s)?;
+    Ok(())
+}
+
+/// connect()/bind() calls that failed for want of a port.
+fn write_port_failures(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     if s.port_failures > 0 {
         writeln!(
             o,
@@ -99,35 +116,41 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             s.port_failures, s.port_failures_unaddressed
         )?;
     }
-    if let Some(tw) = &s.time_wait {
-        let ends: Vec<String> = tw
-            .ends
-            .iter()
-            .map(|(e, n)| format!("{} {n}", e.name()))
-            .collect();
+    Ok(())
+}
+
+/// TIME_WAIT, where traced: entries, ends, time held, top destinations.
+fn write_time_wait(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    let Some(tw) = &s.time_wait else {
+        return Ok(());
+    };
+    let ends: Vec<(&str, u64)> = tw.ends.iter().map(|(e, n)| (e.name(), *n)).collect();
+    writeln!(
+        o,
+        "time_wait: {} entered ({} by the connecting side, {} by the accepting side), ended: {}; \
+         {} already there at start; {} skipped (tcp_max_tw_buckets full)",
+        tw.entered,
+        tw.client_side,
+        tw.server_side,
+        listed(&ends),
+        tw.preexisting,
+        tw.overflows
+    )?;
+    if let Some(held) = &tw.held {
+        writeln!(o, "time_wait held: {}", QuantilesText(held))?;
+    }
+    if !tw.top_destinations.is_empty() {
         writeln!(
             o,
-            "time_wait: {} entered ({} by the connecting side, {} by the accepting side), ended: {}; \
-             {} already there at start; {} skipped (tcp_max_tw_buckets full)",
-            tw.entered,
-            tw.client_side,
-            tw.server_side,
-            if ends.is_empty() { "-".into() } else { ends.join(", ") },
-            tw.preexisting,
-            tw.overflows
+            "time_wait top destinations: {}",
+            listed(&tw.top_destinations)
         )?;
-        if let Some(held) = &tw.held {
-            writeln!(o, "time_wait held: {}", QuantilesText(held))?;
-        }
-        let top: Vec<String> = tw
-            .top_destinations
-            .iter()
-            .map(|(d, n)| format!("{d} {n}"))
-            .collect();
-        if !top.is_empty() {
-            writeln!(o, "time_wait top destinations: {}", top.join(", "))?;
-        }
     }
+    Ok(())
+}
+
+/// Transitions by kind, and the time held per state.
+fn write_tables(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     if !s.transitions.is_empty() {
         writeln!(o, "transitions:")?;
         for t in &s.transitions {
@@ -159,21 +182,12 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
 /// Drops by reason, SYN-ACK retransmits, and the bytes and RTT of the flows read at CLOSE.
 fn write_packets(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     if s.drops > 0 || s.synack_retransmits > 0 {
-        let reasons: Vec<String> = s
-            .drops_by_reason
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect();
         writeln!(
             o,
             "drops: {} TCP packets dropped by this host ({}), {} of them not sent as records \
              (over --drop-records-per-s); SYN-ACK retransmits {}",
             s.drops,
-            if reasons.is_empty() {
-                "-".into()
-            } else {
-                reasons.join(", ")
-            },
+            listed(&s.drops_by_reason),
             s.drops_unsent,
             s.synack_retransmits
         )?;
