@@ -1,0 +1,378 @@
+//! `Tracer::load`, step by step: what the running kernel has (its BTF: tracepoints, enums,
+//! offsets; kallsyms), the programs' configuration from it, the object loaded with its maps
+//! sized and filled, then every program attached.
+use std::{io, path::Path};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData, RingBuf},
+    programs::{tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint},
+    Ebpf, EbpfLoader,
+};
+use tcptrace_common::{
+    names::{map, CONFIG_GLOBAL},
+    ListenerKey, Owner, ProgramConfig, COMM_LEN,
+};
+
+use super::{Tracer, EBPF_OBJECT};
+use crate::kernel::{
+    btf::KernelBtf,
+    load_error::explain,
+    plan::{KernelPlan, KernelVariants},
+    reasons::{drop_ignore, keepalive_reset_reason},
+};
+
+/// What the running kernel offers, read from its BTF before anything is loaded.
+struct KernelFacts {
+    btf: KernelBtf,
+    variants: KernelVariants,
+    reset_reasons: Vec<(u32, String)>,
+    drop_reasons: Vec<(u32, String)>,
+}
+
+/// The programs attached, and the hooks they are on (for the start-up line).
+struct Attached {
+    links: Vec<(&'static str, BtfTracePointLinkId)>,
+    syscall_links: Vec<(&'static str, TracePointLinkId)>,
+    programs: Vec<&'static str>,
+    hooks: Vec<String>,
+}
+
+impl Tracer {
+    pub fn load(plan: &KernelPlan) -> Result<Tracer> {
+        crate::kernel::load_error::check_release(&crate::kernel::load_error::running_release())?;
+        check_privileges()?;
+        raise_memlock();
+        let facts = KernelFacts::read(plan)?;
+        let config = program_config(plan, &facts)?;
+        let mut ebpf = load_object(plan, &config)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::warn!("kernel-side log unavailable: {e}");
+                None
+            }
+        };
+        let attached = attach(&mut ebpf, plan, facts.variants)?;
+        let events = RingBuf::try_from(
+            ebpf.take_map(map::EVENTS)
+                .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map::EVENTS))?,
+        )
+        .with_context(|| format!("map {} is not a ring buffer", map::EVENTS))?;
+        Ok(Tracer {
+            ebpf,
+            links: attached.links,
+            syscall_links: attached.syscall_links,
+            programs: attached.programs,
+            events: Some(events),
+            logger,
+            hooks: attached.hooks,
+            flow_table: plan.flow_memory.table(),
+            reset_reasons: facts.reset_reasons,
+            drop_reasons: facts.drop_reasons,
+        })
+    }
+}
+
+impl KernelFacts {
+    /// The tracepoints the programs need, with the arguments they have on this kernel, and
+    /// the kernel's reason enums.
+    fn read(plan: &KernelPlan) -> Result<KernelFacts> {
+        let btf = KernelBtf::open(Path::new(&plan.btf))?;
+        if btf.tracepoint_args("inet_sock_set_state")? != Some(3) {
+            bail!(
+                "tracepoint sock:inet_sock_set_state (sk, oldstate, newstate) not found in this \
+                 kernel's BTF; tcptrace needs Linux 4.16 or newer"
+            );
+        }
+        let retransmit_err = match btf.tracepoint_args("tcp_retransmit_skb")? {
+            Some(2) => false,
+            Some(3) => true,
+            Some(n) => {
+                bail!("tracepoint tcp:tcp_retransmit_skb has {n} arguments; expected 2 or 3")
+            }
+            None => bail!("tracepoint tcp:tcp_retransmit_skb not found in this kernel's BTF"),
+        };
+        let send_reset_reason = match btf.tracepoint_args("tcp_send_reset")? {
+            Some(3) => true,
+            Some(2) => false,
+            Some(n) => bail!("tracepoint tcp:tcp_send_reset has {n} arguments; expected 2 or 3"),
+            None => bail!("tracepoint tcp:tcp_send_reset not found in this kernel's BTF"),
+        };
+        // kfree_skb(skb, location, reason[, rx_sk]): a reason since Linux 5.17.
+        let drop_reason = btf.tracepoint_args("kfree_skb")?.is_some_and(|n| n >= 3);
+        if plan.drops && !drop_reason {
+            eprintln!("tcptrace: warning: dropped packets are not traced: skb:kfree_skb has no reason on this kernel");
+        }
+        if btf.tracepoint_args("tcp_receive_reset")?.is_none() {
+            bail!("tracepoint tcp:tcp_receive_reset not found in this kernel's BTF");
+        }
+        if !plan.filter.cgroups.is_empty() {
+            btf.check_cgroups()?;
+        }
+        Ok(KernelFacts {
+            reset_reasons: btf.enum_members("sk_rst_reason")?,
+            drop_reasons: btf.enum_members("skb_drop_reason")?,
+            btf,
+            variants: KernelVariants {
+                retransmit_err,
+                send_reset_reason,
+                drop_reason,
+            },
+        })
+    }
+}
+
+/// The programs' configuration: this kernel's offsets, symbols and reason numbers, and what
+/// the plan asks them to send.
+fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfig> {
+    let btf = &facts.btf;
+    let symbol_if = |wanted: bool, name: &str| match wanted {
+        true => kernel_symbol(name),
+        false => Ok(0),
+    };
+    let (task_nsproxy, nsproxy_net_ns) = match plan.port_failures {
+        true => btf
+            .task_netns_offsets()
+            .context("resolving the task's network namespace from BTF")?,
+        false => (0, 0),
+    };
+    Ok(ProgramConfig {
+        offsets: btf
+            .sock_offsets()
+            .context("resolving struct sock offsets from BTF")?,
+        // Wake the reader about once a quarter of the ring is pending (records are
+        // 64-200 bytes; each CPU counts its own); otherwise it polls.
+        wakeup_every: wakeup_every(plan.ring_size),
+        emit_transitions: u8::from(plan.emit_transitions),
+        emit_retransmits: u8::from(plan.emit_retransmits),
+        emit_probes: u8::from(plan.keepalive_probes),
+        flow_memory: plan.flow_memory.raw(),
+        emit_flow_ends: plan.flow_ends,
+        keepalive_reset_reason: keepalive_reset_reason(&facts.reset_reasons),
+        _pad: [0; 2],
+        _pad0: 0,
+        keepalive_timer_fn: symbol_if(plan.keepalive_probes, "tcp_keepalive_timer")?,
+        tw_timer_fn: symbol_if(plan.time_wait, "tw_timer_handler")?,
+        filter: plan.filter.program_config(),
+        task_nsproxy,
+        nsproxy_net_ns,
+        tcp: btf
+            .tcp_sock_offsets()
+            .context("resolving struct tcp_sock offsets from BTF")?,
+        skb: btf
+            .skb_offsets()
+            .context("resolving struct sk_buff offsets from BTF")?,
+        drop_ignore: drop_ignore(&facts.drop_reasons, plan.all_drop_reasons),
+        drop_records_per_s: plan.drop_records_per_s,
+    })
+}
+
+/// The eBPF object loaded with its configuration and its maps sized, the filters and the
+/// listeners' owners written.
+fn load_object(plan: &KernelPlan, config: &ProgramConfig) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global(CONFIG_GLOBAL, config, true);
+    for (name, entries) in plan.map_sizes(time_wait_capacity()) {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
+    crate::kernel::filter::install(&plan.filter, &mut ebpf)?;
+    seed_listeners(&mut ebpf);
+    Ok(ebpf)
+}
+
+/// Every program of the plan loaded against this kernel's BTF and attached; the syscall
+/// hooks where the plan wants them and tracefs allows.
+fn attach(ebpf: &mut Ebpf, plan: &KernelPlan, variants: KernelVariants) -> Result<Attached> {
+    let kernel_btf = aya::Btf::parse_file(&plan.btf, aya::Endianness::default())
+        .with_context(|| format!("cannot parse BTF from {}", plan.btf.display()))?;
+    let mut attached = Attached {
+        links: Vec::new(),
+        syscall_links: Vec::new(),
+        programs: Vec::new(),
+        hooks: Vec::new(),
+    };
+    for (program, tracepoint) in plan.programs(variants) {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {program} is not a BTF tracepoint"))?;
+        prog.load(tracepoint, &kernel_btf)
+            .map_err(|e| explain(e.into(), &format!("loading program {program}")))?;
+        let link = prog
+            .attach()
+            .map_err(|e| explain(e.into(), &format!("attaching BTF tracepoint {tracepoint}")))?;
+        attached.links.push((program, link));
+        attached.programs.push(program);
+        let hook = format!("tp_btf/{tracepoint}");
+        if !attached.hooks.contains(&hook) {
+            attached.hooks.push(hook);
+        }
+    }
+    // connect()/bind() failing for want of a port: classic tracepoints (tracefs). Without
+    // them the rest traces on; the start-up line says what is missing.
+    if plan.port_failures {
+        match crate::kernel::syscalls::attach(ebpf) {
+            Ok(links) => {
+                attached
+                    .programs
+                    .extend(links.iter().map(|(name, _)| *name));
+                attached
+                    .hooks
+                    .push("syscalls:sys_{enter,exit}_{connect,bind}".to_string());
+                attached.syscall_links = links;
+            }
+            Err(e) => eprintln!(
+                "tcptrace: warning: connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE) \
+                 are not traced: {e:#}"
+            ),
+        }
+    }
+    Ok(attached)
+}
+
+/// Records a CPU submits between two wakeups of the reader.
+fn wakeup_every(ring_size: u32) -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (u64::from(ring_size) / 4 / 200 / cpus).max(1)
+}
+
+/// Owners of the listening sockets that predate tracing (tcptrace's namespace), so that the
+/// connections they accept get their process (and pass a `--pid` filter). Best effort.
+fn seed_listeners(ebpf: &mut Ebpf) {
+    let listening = match crate::host::sockdiag::dump(
+        netlink_packet_sock_diag::inet::StateFlags::LISTEN,
+        false,
+    ) {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            log::warn!(
+                "listening sockets not read (their connections' owner stays unknown): {e:#}"
+            );
+            return;
+        }
+    };
+    let (Some(netns), Some(map)) = (
+        crate::host::netns::own_netns(),
+        ebpf.map_mut(map::LISTENERS),
+    ) else {
+        return;
+    };
+    let Ok(mut listeners) = HashMap::<&mut MapData, ListenerKey, Owner>::try_from(map) else {
+        return;
+    };
+    let owners = crate::host::socket_owners::socket_owners();
+    for socket in listening {
+        let Some(process) = owners.get(&socket.inode) else {
+            continue;
+        };
+        let mut comm = [0u8; COMM_LEN];
+        let name = process.comm.as_bytes();
+        let len = name.len().min(COMM_LEN - 1);
+        comm[..len].copy_from_slice(&name[..len]);
+        let key = ListenerKey {
+            netns,
+            port: socket.addrs.local.port,
+            _pad: 0,
+        };
+        let owner = Owner {
+            pid: process.pid,
+            comm,
+            _pad: [0; 4],
+            cgroup: socket.cgroup,
+        };
+        if let Err(e) = listeners.insert(key, owner, 0) {
+            log::warn!("LISTENERS: {e}");
+            return;
+        }
+    }
+}
+
+/// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
+/// (`tcp_max_tw_buckets`), bounded.
+fn time_wait_capacity() -> u32 {
+    crate::host::facts::ipv4_sysctl("tcp_max_tw_buckets")
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(262_144)
+        .clamp(1_024, 1 << 22)
+}
+
+/// The address of a kernel function, from /proc/kallsyms.
+fn kernel_symbol(name: &str) -> Result<u64> {
+    let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let addr = syms
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = parts.next()?;
+            let _kind = parts.next()?;
+            (parts.next()? == name).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+        .ok_or_else(|| anyhow!("{name} not found in /proc/kallsyms"))?;
+    if addr == 0 {
+        let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if restrict == "2" {
+            bail!(
+                "/proc/kallsyms hides every address (kernel.kptr_restrict = 2, even from root): \
+                 set it to 1 (sysctl -w kernel.kptr_restrict=1), or use --no-time-wait and a \
+                 mode without alerts"
+            );
+        }
+        bail!(
+            "/proc/kallsyms hides addresses (kernel.kptr_restrict = {restrict}): run as root or \
+             with CAP_SYSLOG"
+        );
+    }
+    Ok(addr)
+}
+
+/// Capability bits from `include/uapi/linux/capability.h`.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn effective_caps() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or_else(|| anyhow!("no CapEff in /proc/self/status"))?;
+    u64::from_str_radix(hex.trim(), 16).context("parsing CapEff")
+}
+
+/// Fails early, with the fix, when the process cannot load BPF programs.
+fn check_privileges() -> Result<()> {
+    let caps = effective_caps()?;
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!(
+        "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
+         (run it as root, or: setcap cap_bpf,cap_perfmon+ep $(which tcptrace))"
+    )
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct passed by pointer; failure is harmless (newer kernels use
+    // memcg accounting) and is logged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
