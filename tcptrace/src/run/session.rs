@@ -8,9 +8,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-    sync::mpsc,
-    time::{interval, interval_at, sleep_until, Instant, MissedTickBehavior},
+    time::{sleep_until, Instant},
 };
 
 use crate::{
@@ -60,52 +58,6 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only releases free memory; it takes no pointers.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP: each stops tracing, with the summary.
-struct StopSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> Result<StopSignals> {
-        let install =
-            |kind, name| signal(kind).with_context(|| format!("installing the {name} handler"));
-        Ok(StopSignals {
-            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
-            terminate: install(SignalKind::terminate(), "SIGTERM")?,
-            hangup: install(SignalKind::hangup(), "SIGHUP")?,
-        })
-    }
-
-    /// Waits for any of them.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-            _ = self.hangup.recv() => {}
-        }
-    }
-}
-
-/// Waits for the next tick of an optional interval (never, without one).
-async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer.as_mut() {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the next item of an optional channel (never, without one or once it closed).
-async fn next_input<T>(inputs: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match inputs.as_mut() {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -178,42 +130,70 @@ impl<'c> Session<'c> {
         })
     }
 
-    async fn run<C: Consumer>(mut self, consumer: &mut C) -> Result<()> {
-        let config = self.config;
-        let wants = self.dispatch.wants();
-        let mut logger = match self.tracer.logger.take().filter(|_| wants.kernel_log) {
+    /// The kernel programs' log, where the consumer wants it on stderr.
+    fn kernel_log(&mut self) -> Result<Option<KernelLog>> {
+        let wanted = self.dispatch.wants().kernel_log;
+        match self.tracer.logger.take().filter(|_| wanted) {
             // SAFETY: as for the ring: the logger owns its ring-buffer fd for its whole life.
-            Some(l) => Some(
+            Some(l) => Ok(Some(
                 unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
                     .map_err(|e| e.into_parts().1)
                     .context("registering the kernel log with tokio")?,
-            ),
-            None => None,
-        };
-        let mut stops = StopSignals::install()?;
-        let deadline = config.duration.map(|d| Instant::now() + d);
-        let mut poll = interval(config.poll_interval);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut housekeeping = interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The first tick of an interval fires at once: these start one full interval in.
-        let mut idle_tick = config
-            .idle_report
-            .map(|every| interval_at(Instant::now() + every, every));
-        let mut gauge_tick = config
-            .gauge_interval()
-            .filter(|_| !wants.raw)
-            .map(|every| interval_at(Instant::now() + every, every));
-        let mut inputs = consumer.inputs();
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The consumer's start: the hooks attached and the filters in force.
+    fn begin<C: Consumer>(&self, consumer: &mut C) -> Result<()> {
         let hooks = self.tracer.hooks.join(", ");
-        let filters = (!config.filter.is_empty()).then(|| config.filter.describe());
+        let filters = (!self.config.filter.is_empty()).then(|| self.config.filter.describe());
         consumer.begin(&Begin {
             tracer: &self.tracer,
             hooks: &hooks,
             filters: filters.as_deref(),
             host: self.dispatch.host(),
-        })?;
+        })
+    }
 
+    /// The TIME_WAIT gauges, every `--interval` of the timewait mode.
+    fn send_gauges<C: Consumer>(&mut self, consumer: &mut C) -> io::Result<()> {
+        let now = Clock::ktime_now();
+        let view = self.dispatch.time_wait_gauges(now);
+        consumer.seen(Seen::TimeWaitGauges {
+            now_ns: now,
+            view: &view,
+        })?;
+        consumer.flush()
+    }
+
+    /// Idle connections, every `--idle-report` interval (a failed read is a warning).
+    fn send_idle_report<C: Consumer>(&mut self, consumer: &mut C) -> io::Result<()> {
+        let min_idle = self.config.idle_report.unwrap_or_default();
+        let filter = &self.config.filter;
+        match crate::state::idle::report(min_idle, filter, &mut self.dispatch.identities) {
+            Ok(report) => {
+                let now_ns = Clock::ktime_now();
+                consumer.seen(Seen::IdleReport {
+                    now_ns,
+                    report: &report,
+                })?;
+                consumer.flush()
+            }
+            Err(e) => {
+                consumer.warning(&format!("idle report failed: {e:#}"));
+                Ok(())
+            }
+        }
+    }
+
+    async fn run<C: Consumer>(mut self, consumer: &mut C) -> Result<()> {
+        let mut logger = self.kernel_log()?;
+        let mut stops = StopSignals::install()?;
+        let mut timers = Timers::new(self.config, self.dispatch.wants());
+        let mut inputs = consumer.inputs();
+        self.begin(consumer)?;
+        let deadline = timers.deadline;
         let stop = loop {
             tokio::select! {
                 biased;
@@ -236,19 +216,17 @@ impl<'c> Session<'c> {
                         Err(e) => break stop_for(e)?,
                     }
                 }
-                _ = poll.tick() => {
+                _ = timers.poll.tick() => {
                     if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH) {
                         break stop_for(e)?;
                     }
                 }
-                _ = next_tick(&mut gauge_tick) => {
-                    let now = Clock::ktime_now();
-                    let view = self.dispatch.time_wait_gauges(now);
-                    if let Err(e) = consumer.seen(Seen::TimeWaitGauges { now_ns: now, view: &view }).and_then(|()| consumer.flush()) {
+                _ = next_tick(&mut timers.gauges) => {
+                    if let Err(e) = self.send_gauges(consumer) {
                         break stop_for(e)?;
                     }
                 }
-                _ = housekeeping.tick() => {
+                _ = timers.housekeeping.tick() => {
                     match self.housekeeping(consumer) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break Stop::Requested,
@@ -258,20 +236,9 @@ impl<'c> Session<'c> {
                         },
                     }
                 }
-                _ = next_tick(&mut idle_tick) => {
-                    let min_idle = config.idle_report.unwrap_or_default();
-                    match crate::state::idle::report(
-                        min_idle,
-                        &config.filter,
-                        &mut self.dispatch.identities,
-                    ) {
-                        Ok(report) => {
-                            let now = Clock::ktime_now();
-                            if let Err(e) = consumer.seen(Seen::IdleReport { now_ns: now, report: &report }).and_then(|()| consumer.flush()) {
-                                break stop_for(e)?;
-                            }
-                        }
-                        Err(e) => consumer.warning(&format!("idle report failed: {e:#}")),
+                _ = next_tick(&mut timers.idle) => {
+                    if let Err(e) = self.send_idle_report(consumer) {
+                        break stop_for(e)?;
                     }
                 }
                 guard = async {
@@ -488,3 +455,7 @@ impl<'c> Session<'c> {
 #[path = "session_seed.rs"]
 mod seed;
 use seed::seed_time_wait;
+
+#[path = "session_clock.rs"]
+mod clock;
+use clock::{next_input, next_tick, KernelLog, StopSignals, Timers};
