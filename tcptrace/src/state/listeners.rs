@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     host::clock::human_duration,
-    host::{netns_reader::ListenSample, procnet::TcpExtCounters},
+    host::{netns_reader::ListenSample, procnet::TcpExtCounters, sockdiag::DiagSocket},
     model::tcp::{Endpoint, FlowAddrs, Process},
     model::workload::Workload,
 };
@@ -117,67 +117,19 @@ impl ListenerWatch {
         owner: impl Fn(u32, u16) -> Option<(Process, Workload)>,
         label: &str,
     ) -> Vec<ListenAlert> {
-        let before = self.counters.insert(s.netns, s.counters);
-        let (overflows, drops, cookies) = match before {
-            Some(b) => (
-                growth(b.listen_overflows, s.counters.listen_overflows),
-                growth(b.listen_drops, s.counters.listen_drops),
-                growth(b.syncookies_sent, s.counters.syncookies_sent),
-            ),
-            None => (0, 0, 0),
-        };
-        self.totals.accept_queue_full += overflows;
-        self.totals.other_drops += drops.saturating_sub(overflows);
-        self.totals.syncookies_sent += cookies;
+        let (overflows, cookies) = self.count(s);
         let mut alerts = Vec::new();
         let mut present = Vec::with_capacity(s.listeners.len());
         for socket in &s.listeners {
             let key = (s.netns, socket.addrs.local);
             present.push(key);
-            let l = self.listeners.entry(key).or_insert_with(|| Listener {
-                netns: s.netns,
-                endpoint: socket.addrs.local,
-                inode: socket.inode,
-                cgroup: socket.cgroup,
-                queue: 0,
-                backlog: 0,
-                max_queue: 0,
-                dropped: 0,
-                dropped_last: 0,
-                dropping_since: None,
-                kernel_drops: socket.drops,
-                last_drop_ns: 0,
-                last_alert_ns: 0,
-                dropped_at_alert: 0,
-            });
-            if l.inode != socket.inode {
-                // Another socket listens there now: its drops start from its own count.
-                (l.inode, l.kernel_drops, l.max_queue) = (socket.inode, socket.drops, 0);
-            }
-            l.cgroup = socket.cgroup;
-            l.queue = socket.recv_queue;
-            l.backlog = socket.send_queue;
-            l.max_queue = l.max_queue.max(socket.recv_queue);
-            let new = match (l.kernel_drops, socket.drops) {
-                (Some(b), Some(n)) => u64::from(n.wrapping_sub(b)),
-                _ => 0,
+            let l = self
+                .listeners
+                .entry(key)
+                .or_insert_with(|| Listener::new(s.netns, socket));
+            let Some(dropped) = l.update(socket, now_ns) else {
+                continue;
             };
-            l.kernel_drops = socket.drops.or(l.kernel_drops);
-            l.dropped += new;
-            l.dropped_last = new;
-            if new == 0 {
-                if now_ns.saturating_sub(l.last_drop_ns) >= ALERT_EVERY_NS {
-                    l.dropping_since = None;
-                }
-                continue;
-            }
-            l.last_drop_ns = now_ns;
-            l.dropping_since.get_or_insert(now_ns);
-            if l.last_alert_ns != 0 && now_ns.saturating_sub(l.last_alert_ns) < ALERT_EVERY_NS {
-                continue;
-            }
-            let dropped = l.dropped - l.dropped_at_alert;
-            (l.last_alert_ns, l.dropped_at_alert) = (now_ns, l.dropped);
             let (process, workload) = owner(s.netns, l.endpoint.port).unzip();
             alerts.push(ListenAlert::Drops {
                 ts_ns: now_ns,
@@ -196,24 +148,111 @@ impl ListenerWatch {
         // Listeners gone from this namespace are forgotten.
         self.listeners
             .retain(|key, _| key.0 != s.netns || present.contains(key));
-        if cookies > 0 {
-            let last = self.cookie_alerts.entry(s.netns).or_insert(0);
-            if *last == 0 || now_ns.saturating_sub(*last) >= ALERT_EVERY_NS {
-                *last = now_ns;
-                alerts.push(ListenAlert::SynCookies {
-                    ts_ns: now_ns,
-                    netns: s.netns,
-                    netns_label: label.to_string(),
-                    sent: cookies,
-                    addrs: FlowAddrs {
-                        local: unspecified(),
-                        remote: unspecified(),
-                    },
-                    owner: None,
-                });
-            }
-        }
+        alerts.extend(self.cookie_alert(s.netns, cookies, now_ns, label));
         alerts
+    }
+
+    /// The namespace's counters since its last sample, added to the totals: (accept queue
+    /// overflows, SYN cookies sent).
+    fn count(&mut self, s: &ListenSample) -> (u64, u64) {
+        let before = self.counters.insert(s.netns, s.counters);
+        let (overflows, drops, cookies) = match before {
+            Some(b) => (
+                growth(b.listen_overflows, s.counters.listen_overflows),
+                growth(b.listen_drops, s.counters.listen_drops),
+                growth(b.syncookies_sent, s.counters.syncookies_sent),
+            ),
+            None => (0, 0, 0),
+        };
+        self.totals.accept_queue_full += overflows;
+        self.totals.other_drops += drops.saturating_sub(overflows);
+        self.totals.syncookies_sent += cookies;
+        (overflows, cookies)
+    }
+
+    /// SYN cookies sent in a namespace, said at most every `ALERT_EVERY_NS`.
+    fn cookie_alert(
+        &mut self,
+        netns: u32,
+        cookies: u64,
+        now_ns: u64,
+        label: &str,
+    ) -> Option<ListenAlert> {
+        if cookies == 0 {
+            return None;
+        }
+        let last = self.cookie_alerts.entry(netns).or_insert(0);
+        if *last != 0 && now_ns.saturating_sub(*last) < ALERT_EVERY_NS {
+            return None;
+        }
+        *last = now_ns;
+        Some(ListenAlert::SynCookies {
+            ts_ns: now_ns,
+            netns,
+            netns_label: label.to_string(),
+            sent: cookies,
+            addrs: FlowAddrs {
+                local: unspecified(),
+                remote: unspecified(),
+            },
+            owner: None,
+        })
+    }
+}
+
+impl Listener {
+    /// A listener first seen in a sample.
+    fn new(netns: u32, socket: &DiagSocket) -> Listener {
+        Listener {
+            netns,
+            endpoint: socket.addrs.local,
+            inode: socket.inode,
+            cgroup: socket.cgroup,
+            queue: 0,
+            backlog: 0,
+            max_queue: 0,
+            dropped: 0,
+            dropped_last: 0,
+            dropping_since: None,
+            kernel_drops: socket.drops,
+            last_drop_ns: 0,
+            last_alert_ns: 0,
+            dropped_at_alert: 0,
+        }
+    }
+
+    /// Takes in this listener's line of a sample; returns the handshakes dropped since the
+    /// last alert when one is due (drops, and the last alert at least `ALERT_EVERY_NS` ago).
+    fn update(&mut self, socket: &DiagSocket, now_ns: u64) -> Option<u64> {
+        if self.inode != socket.inode {
+            // Another socket listens there now: its drops start from its own count.
+            (self.inode, self.kernel_drops, self.max_queue) = (socket.inode, socket.drops, 0);
+        }
+        self.cgroup = socket.cgroup;
+        self.queue = socket.recv_queue;
+        self.backlog = socket.send_queue;
+        self.max_queue = self.max_queue.max(socket.recv_queue);
+        let new = match (self.kernel_drops, socket.drops) {
+            (Some(b), Some(n)) => u64::from(n.wrapping_sub(b)),
+            _ => 0,
+        };
+        self.kernel_drops = socket.drops.or(self.kernel_drops);
+        self.dropped += new;
+        self.dropped_last = new;
+        if new == 0 {
+            if now_ns.saturating_sub(self.last_drop_ns) >= ALERT_EVERY_NS {
+                self.dropping_since = None;
+            }
+            return None;
+        }
+        self.last_drop_ns = now_ns;
+        self.dropping_since.get_or_insert(now_ns);
+        if self.last_alert_ns != 0 && now_ns.saturating_sub(self.last_alert_ns) < ALERT_EVERY_NS {
+            return None;
+        }
+        let dropped = self.dropped - self.dropped_at_alert;
+        (self.last_alert_ns, self.dropped_at_alert) = (now_ns, self.dropped);
+        Some(dropped)
     }
 }
 
