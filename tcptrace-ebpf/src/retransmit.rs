@@ -6,7 +6,9 @@
 //! program that reads past the tracepoint's arguments).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use tcptrace_common::{event_flags, flow_flags, slot, stat, RetransmitEvent, Tuple, COMM_LEN};
+use tcptrace_common::{
+    event_flags, flow_flags, slot, stat, FlowState, RetransmitEvent, Tuple, COMM_LEN,
+};
 
 use crate::{
     config,
@@ -55,7 +57,6 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     let now = unsafe { bpf_ktime_get_ns() };
 
     let send = config!(emit_retransmits) != 0;
-    let key = sk as u64;
     let existing = FLOW_TABLE.get_ptr_mut(sk);
     let pending = match existing {
         // SAFETY: a map value, valid for this run; one byte read.
@@ -68,66 +69,20 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
     } else {
         Tuple::default()
     };
-    if judged {
-        let owner = match existing {
-            // SAFETY: as above; reads.
-            Some(existing) if (unsafe { (*existing).flags } & flow_flags::OWNER_KNOWN) != 0 => {
-                Some(unsafe { (*existing).pid })
-            }
-            _ => None,
-        };
-        let netns = sock::netns(sk)?;
-        if filter::judge::<sock::Typed>(slot::RETRANSMIT, Some(sk), &tuple, netns, owner)
-            != Verdict::Match
-        {
-            stats.add(stat::FILTERED, if pending { 2 } else { 1 });
-            if pending && FLOW_TABLE.remove(sk) {
-                stats.bump(stat::FLOWS_REMOVED);
-            }
-            return Ok(());
-        }
+    if judged && filtered_out(stats, sk, existing, pending, &tuple)? {
+        return Ok(());
     }
     stats.bump(stat::RETRANSMITS);
     stats.retransmit_in(state);
-
-    let mut flags = 0u8;
-    let (mut pid, mut comm, mut cgroup) = (0u32, [0u8; COMM_LEN], 0u64);
-    match existing {
+    let (mut flags, pid, comm, cgroup) = match existing {
         Some(existing) => {
             // SAFETY: as in set_state: the entry is valid for this run and the socket lock
             // serialises writers.
             let flow = unsafe { &mut *existing };
-            if pending {
-                release_held_start(stats, flow, key, &tuple, config!(emit_transitions) != 0);
-            }
-            flow.count_retransmit();
-            if flow.flags & flow_flags::OWNER_KNOWN != 0 {
-                flags |= event_flags::OWNER_KNOWN;
-                pid = flow.pid;
-                comm = flow.comm;
-                cgroup = flow.cgroup;
-            }
+            counted_on_flow(stats, flow, sk, pending, &tuple)
         }
-        None => {
-            // A flow older than the tracer, not seen changing state yet.
-            let scratch = scratch(slot::RETRANSMIT).ok_or(-1)?;
-            // SAFETY: this CPU's scratch slot of this program (no 120-byte temporary on the
-            // stack); the kernel never runs one program twice at once on one CPU.
-            let flow = unsafe { &mut *scratch };
-            flow.restart_unseen(state);
-            flow.count_retransmit();
-            // The owner is unknown, the socket's cgroup is not.
-            flow.cgroup = sock::cgroup_id(sk);
-            cgroup = flow.cgroup;
-            stats.bump(stat::FLOWS_SEEN);
-            if FLOW_TABLE.insert(sk, &*flow) {
-                stats.bump(stat::FLOWS_INSERTED);
-            } else {
-                stats.bump(stat::FLOW_TABLE_FULL);
-                flags |= event_flags::UNTRACKED;
-            }
-        }
-    }
+        None => counted_on_unseen_flow(stats, sk, state)?,
+    };
     if !send {
         return Ok(());
     }
@@ -143,7 +98,7 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
             (&raw mut (*e).flags).write(flags);
             (&raw mut (*e)._pad0).write([0; 2]);
             (&raw mut (*e).ts_ns).write(now);
-            (&raw mut (*e).skaddr).write(key);
+            (&raw mut (*e).skaddr).write(sk as u64);
             (&raw mut (*e).tuple).write(tuple);
             (&raw mut (*e).err).write(err.unwrap_or(0));
             (&raw mut (*e).pid).write(pid);
@@ -153,4 +108,87 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext, err: Option<i32>) -> Resul
         record.submit();
     }
     Ok(())
+}
+
+/// Whether the filters leave this retransmit out (a flow not yet judged, or held for a
+/// port filter); a held flow judged out is removed.
+#[inline(always)]
+fn filtered_out(
+    stats: Stats,
+    sk: *const u8,
+    existing: Option<*mut FlowState>,
+    pending: bool,
+    tuple: &Tuple,
+) -> Result<bool, i32> {
+    let owner = match existing {
+        // SAFETY: a map value, valid for this run; reads.
+        Some(existing) if (unsafe { (*existing).flags } & flow_flags::OWNER_KNOWN) != 0 => {
+            Some(unsafe { (*existing).pid })
+        }
+        _ => None,
+    };
+    let netns = sock::netns(sk)?;
+    if filter::judge::<sock::Typed>(slot::RETRANSMIT, Some(sk), tuple, netns, owner)
+        == Verdict::Match
+    {
+        return Ok(false);
+    }
+    stats.add(stat::FILTERED, if pending { 2 } else { 1 });
+    if pending && FLOW_TABLE.remove(sk) {
+        stats.bump(stat::FLOWS_REMOVED);
+    }
+    Ok(true)
+}
+
+/// The retransmit counted on its flow (a held start released first); the record's flags and
+/// the owner where known.
+#[inline(always)]
+fn counted_on_flow(
+    stats: Stats,
+    flow: &mut FlowState,
+    sk: *const u8,
+    pending: bool,
+    tuple: &Tuple,
+) -> (u8, u32, [u8; COMM_LEN], u64) {
+    if pending {
+        release_held_start(
+            stats,
+            flow,
+            sk as u64,
+            tuple,
+            config!(emit_transitions) != 0,
+        );
+    }
+    flow.count_retransmit();
+    if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+        (event_flags::OWNER_KNOWN, flow.pid, flow.comm, flow.cgroup)
+    } else {
+        (0, 0, [0; COMM_LEN], 0)
+    }
+}
+
+/// A flow older than the tracer, not seen changing state yet: tracked from here, its owner
+/// unknown, its socket's cgroup known.
+#[inline(always)]
+fn counted_on_unseen_flow(
+    stats: Stats,
+    sk: *const u8,
+    state: u8,
+) -> Result<(u8, u32, [u8; COMM_LEN], u64), i32> {
+    let scratch = scratch(slot::RETRANSMIT).ok_or(-1)?;
+    // SAFETY: this CPU's scratch slot of this program (no 120-byte temporary on the
+    // stack); the kernel never runs one program twice at once on one CPU.
+    let flow = unsafe { &mut *scratch };
+    flow.restart_unseen(state);
+    flow.count_retransmit();
+    flow.cgroup = sock::cgroup_id(sk);
+    stats.bump(stat::FLOWS_SEEN);
+    let flags = if FLOW_TABLE.insert(sk, &*flow) {
+        stats.bump(stat::FLOWS_INSERTED);
+        0
+    } else {
+        stats.bump(stat::FLOW_TABLE_FULL);
+        event_flags::UNTRACKED
+    };
+    Ok((flags, 0, [0; COMM_LEN], flow.cgroup))
 }

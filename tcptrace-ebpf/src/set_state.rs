@@ -9,20 +9,22 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state,
-    Connecting, FlowState, ListenerKey, Owner, TransitionEvent, Tuple, PATH_SLOTS,
+    event_flags, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state, FlowState,
+    ListenerKey, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
-    maps::{
-        emit, observe_duration, scratch, FlowTable, Stats, CONNECTING, FLOW_TABLE,
-        KEEPALIVE_OWNERS, LISTENERS, SET_STATE_RUNNING,
-    },
-    owner::{owner_scratch, write_current_owner},
+    maps::{emit, FlowTable, Stats, FLOW_TABLE, LISTENERS, SET_STATE_RUNNING},
     sock,
+};
+
+mod steps;
+use steps::{
+    advance, attribute_owner, follow_listeners, follow_time_wait, fresh_flow,
+    index_keepalive_owner, insert_fresh, note_connecting, time_wait_bookkeeping,
 };
 
 /// What the filters said before the transition is handled.
@@ -189,8 +191,8 @@ fn listener_key(sk: *const u8) -> Result<ListenerKey, i32> {
     })
 }
 
-/// Handles one transition. It calls no other function: before Linux 6.13 its frame and a
-/// callee's would have to fit in 512 bytes together.
+/// Handles one transition, in steps inlined into it: it calls no other function (before Linux
+/// 6.13 its frame and a callee's would have to fit in 512 bytes together).
 #[inline(never)]
 fn try_inet_sock_set_state(
     ctx: &BtfTracePointContext,
@@ -219,36 +221,9 @@ fn try_inet_sock_set_state(
     // child, else whatever the flow knows.
     let owner_context = in_owner_context(old, new);
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        // connect(): a TIME_WAIT it reuses is cancelled by this task in a moment.
-        if let Some(connecting) = CONNECTING.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot.
-            unsafe {
-                *connecting = Connecting {
-                    pid_tgid: bpf_get_current_pid_tgid(),
-                    ts_ns: now,
-                }
-            };
-        }
+        note_connecting(now);
     }
-    let child = old == tcp_state::LISTEN && new == tcp_state::SYN_RECV;
-    // The listener's owner, read in place below (a map value stays valid for this run; a
-    // concurrent delete can at worst give a stale owner, never an invalid read).
-    let mut inherited: Option<*const Owner> = None;
-    if child {
-        let key = listener_key(sk)?;
-        inherited = LISTENERS.get_ptr(&key);
-    } else if new == tcp_state::LISTEN {
-        if owner_context {
-            if let Some(owner) = owner_scratch(slot) {
-                // SAFETY: this CPU's slot of this program, ours for this run.
-                let owner = unsafe { &mut *owner };
-                write_current_owner(&mut owner.pid, &mut owner.comm, &mut owner.cgroup, sk);
-                let _ = LISTENERS.insert(&listener_key(sk)?, owner, 0);
-            }
-        }
-    } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(&listener_key(sk)?);
-    }
+    let inherited = follow_listeners(sk, old, new, owner_context, slot)?;
     if prejudged == Prejudged::Dropped {
         return Ok(Ending::No);
     }
@@ -265,113 +240,51 @@ fn try_inet_sock_set_state(
         None => false,
     };
     let hold = prejudged == Prejudged::Hold;
-    let tw_states = |s: u8| s == tcp_state::FIN_WAIT2 || s == tcp_state::CLOSING;
-    let tw_bookkeeping = filter::active() & filter_kind::NEEDS_OWNER != 0
-        && (tw_states(new) || (ends && tw_states(old)));
+    let tw_bookkeeping = time_wait_bookkeeping(old, new);
     let tuple = if emit_transitions || ends || pending || tw_bookkeeping {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
-    let netns = if tw_bookkeeping { sock::netns(sk)? } else { 0 };
+    if tw_bookkeeping {
+        follow_time_wait(sk, new, &tuple)?;
+    }
     if !hold {
         stats.bump(stat::STATE_EVENTS);
         stats.transition(old, new);
     }
-    if tw_bookkeeping {
-        if tw_states(new) {
-            filter::expect_time_wait(&tuple, netns);
-        } else {
-            filter::forget_time_wait(&tuple, netns);
-        }
-    }
 
-    let mut flags = 0u8;
-    let mut held = 0u64;
     let flow: &mut FlowState = match existing {
         // SAFETY: a map value, valid for the program's run (RCU) and written only under the
         // socket's lock, which serialises this socket's transitions.
         Some(existing) => unsafe { &mut *existing },
-        None => {
-            let scratch = scratch(slot).ok_or(-1)?;
-            // SAFETY: this CPU's scratch slot of this program; the kernel never runs one
-            // program twice at once on one CPU.
-            let scratch = unsafe { &mut *scratch };
-            scratch.restart(old, new, now);
-            scratch
-        }
+        None => fresh_flow(slot, old, new, now)?,
     };
     if pending {
         release_held_start(stats, flow, key, &tuple, emit_transitions);
     }
-    if restarted {
+    let (mut flags, held) = if restarted {
         // A socket starting (see `starts_a_socket`) is new: the entry under its address
         // belonged to an earlier socket whose CLOSE was missed.
         stats.bump(stat::STALE_FLOWS);
         flow.restart(old, new, now);
+        (0, 0)
     } else if !is_fresh {
-        if flow.current() != old {
-            // The transition into `old` was missed: keep the path honest.
-            stats.bump(stat::PATH_GAPS);
-            flow.enter_unseen(old);
-        }
-        if old == new && !ends {
-            // The kernel set the state the socket is in (shutdown() then close() sets
-            // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
-            // one step of the path, one time held, observed when the state is left.
-            if let Some(ns) = flow.held_at(now) {
-                held = ns;
-                flags |= event_flags::OLD_DURATION_KNOWN;
-            }
-        } else if let Some(ns) = flow.enter(new, now) {
-            held = ns;
-            flags |= event_flags::OLD_DURATION_KNOWN;
-            observe_duration(slot, old, ns);
-        }
-    }
-    if owner_context {
-        if flow.wants_owner() && flow.take_owner(false) {
-            write_current_owner(&mut flow.pid, &mut flow.comm, &mut flow.cgroup, sk);
-        }
-    } else if let Some(owner) = inherited {
-        // SAFETY: a LISTENERS value, valid for this run (see above).
-        flow.set_owner(unsafe { &*owner }, true);
-    }
-    if flow.flags & flow_flags::OWNER_KNOWN != 0 {
-        flags |= event_flags::OWNER_KNOWN;
-    } else if is_fresh || restarted {
-        // Owner unknown (a flow older than the tracer): the socket still names its cgroup.
-        flow.cgroup = sock::cgroup_id(sk);
-    }
+        advance(stats, flow, old, new, now, slot)
+    } else {
+        (0, 0)
+    };
+    flags |= attribute_owner(flow, sk, owner_context, inherited, is_fresh || restarted);
     if hold {
         flow.flags |= flow_flags::FILTER_PENDING;
     } else if is_fresh || restarted {
         stats.bump(stat::FLOWS_SEEN);
     }
     if new == tcp_state::ESTABLISHED && !is_fresh && FlowTable::in_sockets() {
-        // Its keepalive probes will find the owner by the socket's address.
-        if sock::keepalive_on(sk)? && flow.flags & flow_flags::KEEPALIVE_INDEXED == 0 {
-            // SAFETY: `pid` and `comm` lie side by side in FlowState as in Owner (asserted in
-            // tcptrace-common): the owner is read in place, not built on the stack. Both are
-            // zero while the owner is unknown.
-            let owner = unsafe { &*(&raw const flow.pid).cast::<Owner>() };
-            if KEEPALIVE_OWNERS.insert(&key, owner, 0).is_ok() {
-                flow.flags |= flow_flags::KEEPALIVE_INDEXED;
-            } else {
-                stats.bump(stat::KEEPALIVE_UNINDEXED);
-            }
-        }
+        index_keepalive_owner(stats, flow, sk)?;
     }
     if is_fresh && !ends {
-        if FLOW_TABLE.insert(sk, &*flow) {
-            stats.bump(stat::FLOWS_INSERTED);
-        } else if hold {
-            // Not known to be traced: the flow is judged again at its next event.
-            stats.bump(stat::LOST_UNDECIDED);
-        } else {
-            stats.bump(stat::FLOW_TABLE_FULL);
-            flags |= event_flags::UNTRACKED;
-        }
+        flags |= insert_fresh(stats, flow, sk, hold);
     }
     if hold {
         return Ok(Ending::No);

@@ -1,0 +1,198 @@
+//! The steps of one transition, each inlined into the handler (one frame: see
+//! `try_inet_sock_set_state`): connects and listeners noted, TIME_WAIT followed for the
+//! filters, the flow advanced along its path, its owner attributed, indexed and stored.
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use tcptrace_common::{
+    event_flags, filter_kind, flow_flags, stat, tcp_state, Connecting, FlowState, Owner, Tuple,
+};
+
+use super::listener_key;
+use crate::{
+    filter,
+    maps::{observe_duration, scratch, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS},
+    owner::{owner_scratch, write_current_owner},
+    sock,
+};
+
+/// The states a flow enters TIME_WAIT from.
+#[inline(always)]
+pub(super) fn leads_to_time_wait(state: u8) -> bool {
+    state == tcp_state::FIN_WAIT2 || state == tcp_state::CLOSING
+}
+
+/// Whether the filters must remember this flow's coming TIME_WAIT (a pid, cgroup or workload
+/// filter judges a timewait socket by its flow): on the way into it, and at its CLOSE.
+#[inline(always)]
+pub(super) fn time_wait_bookkeeping(old: u8, new: u8) -> bool {
+    filter::active() & filter_kind::NEEDS_OWNER != 0
+        && (leads_to_time_wait(new) || (new == tcp_state::CLOSE && leads_to_time_wait(old)))
+}
+
+/// The filters told of the TIME_WAIT this flow is heading for, or that it has reached CLOSE.
+#[inline(always)]
+pub(super) fn follow_time_wait(sk: *const u8, new: u8, tuple: &Tuple) -> Result<(), i32> {
+    let netns = sock::netns(sk)?;
+    if leads_to_time_wait(new) {
+        filter::expect_time_wait(tuple, netns);
+    } else {
+        filter::forget_time_wait(tuple, netns);
+    }
+    Ok(())
+}
+
+/// A flow not in the table yet, started in this CPU's scratch slot.
+#[inline(always)]
+pub(super) fn fresh_flow(
+    slot: u32,
+    old: u8,
+    new: u8,
+    now: u64,
+) -> Result<&'static mut FlowState, i32> {
+    let scratch = scratch(slot).ok_or(-1)?;
+    // SAFETY: this CPU's scratch slot of this program; the kernel never runs one program
+    // twice at once on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    scratch.restart(old, new, now);
+    Ok(scratch)
+}
+
+/// connect(): a TIME_WAIT it reuses is cancelled by this task in a moment.
+#[inline(always)]
+pub(super) fn note_connecting(now: u64) {
+    if let Some(connecting) = CONNECTING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            *connecting = Connecting {
+                pid_tgid: bpf_get_current_pid_tgid(),
+                ts_ns: now,
+            }
+        };
+    }
+}
+
+/// Listeners' owners, kept by port: written when a socket starts listening in its owner's
+/// context, forgotten when it closes; a new child's is returned, read in place (a map value
+/// stays valid for this run; a concurrent delete can at worst give a stale owner, never an
+/// invalid read).
+#[inline(always)]
+pub(super) fn follow_listeners(
+    sk: *const u8,
+    old: u8,
+    new: u8,
+    owner_context: bool,
+    slot: u32,
+) -> Result<Option<*const Owner>, i32> {
+    if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+        return Ok(LISTENERS.get_ptr(&listener_key(sk)?));
+    }
+    if new == tcp_state::LISTEN {
+        if owner_context {
+            if let Some(owner) = owner_scratch(slot) {
+                // SAFETY: this CPU's slot of this program, ours for this run.
+                let owner = unsafe { &mut *owner };
+                write_current_owner(&mut owner.pid, &mut owner.comm, &mut owner.cgroup, sk);
+                let _ = LISTENERS.insert(&listener_key(sk)?, owner, 0);
+            }
+        }
+    } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+        let _ = LISTENERS.remove(&listener_key(sk)?);
+    }
+    Ok(None)
+}
+
+/// A known flow takes its step: the path's gap filled where a transition was missed, the
+/// new state entered (or the same state's stay going on). Returns the event's flags and the
+/// time `old` was held.
+#[inline(always)]
+pub(super) fn advance(
+    stats: Stats,
+    flow: &mut FlowState,
+    old: u8,
+    new: u8,
+    now: u64,
+    slot: u32,
+) -> (u8, u64) {
+    if flow.current() != old {
+        // The transition into `old` was missed: keep the path honest.
+        stats.bump(stat::PATH_GAPS);
+        flow.enter_unseen(old);
+    }
+    if old == new && new != tcp_state::CLOSE {
+        // The kernel set the state the socket is in (shutdown() then close() sets
+        // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
+        // one step of the path, one time held, observed when the state is left.
+        if let Some(ns) = flow.held_at(now) {
+            return (event_flags::OLD_DURATION_KNOWN, ns);
+        }
+    } else if let Some(ns) = flow.enter(new, now) {
+        observe_duration(slot, old, ns);
+        return (event_flags::OLD_DURATION_KNOWN, ns);
+    }
+    (0, 0)
+}
+
+/// The flow's owner: the current task where the transition runs in the owner's context, else
+/// the listener's for a new child; a flow whose owner stays unknown (older than the tracer)
+/// still names the socket's cgroup. Returns `OWNER_KNOWN` where it is.
+#[inline(always)]
+pub(super) fn attribute_owner(
+    flow: &mut FlowState,
+    sk: *const u8,
+    owner_context: bool,
+    inherited: Option<*const Owner>,
+    starts: bool,
+) -> u8 {
+    if owner_context {
+        if flow.wants_owner() && flow.take_owner(false) {
+            write_current_owner(&mut flow.pid, &mut flow.comm, &mut flow.cgroup, sk);
+        }
+    } else if let Some(owner) = inherited {
+        // SAFETY: a LISTENERS value, valid for this run (see `follow_listeners`).
+        flow.set_owner(unsafe { &*owner }, true);
+    }
+    if flow.flags & flow_flags::OWNER_KNOWN != 0 {
+        return event_flags::OWNER_KNOWN;
+    }
+    if starts {
+        flow.cgroup = sock::cgroup_id(sk);
+    }
+    0
+}
+
+/// A flow in socket storage entering ESTABLISHED with SO_KEEPALIVE: its keepalive probes
+/// will find the owner by the socket's address.
+#[inline(always)]
+pub(super) fn index_keepalive_owner(
+    stats: Stats,
+    flow: &mut FlowState,
+    sk: *const u8,
+) -> Result<(), i32> {
+    if sock::keepalive_on(sk)? && flow.flags & flow_flags::KEEPALIVE_INDEXED == 0 {
+        // SAFETY: `pid` and `comm` lie side by side in FlowState as in Owner (asserted in
+        // tcptrace-common): the owner is read in place, not built on the stack. Both are
+        // zero while the owner is unknown.
+        let owner = unsafe { &*(&raw const flow.pid).cast::<Owner>() };
+        if KEEPALIVE_OWNERS.insert(&(sk as u64), owner, 0).is_ok() {
+            flow.flags |= flow_flags::KEEPALIVE_INDEXED;
+        } else {
+            stats.bump(stat::KEEPALIVE_UNINDEXED);
+        }
+    }
+    Ok(())
+}
+
+/// A new flow into the table (from the scratch slot); returns `UNTRACKED` if the table is
+/// full (a held start is judged again at its next event instead).
+#[inline(always)]
+pub(super) fn insert_fresh(stats: Stats, flow: &FlowState, sk: *const u8, hold: bool) -> u8 {
+    if FLOW_TABLE.insert(sk, flow) {
+        stats.bump(stat::FLOWS_INSERTED);
+    } else if hold {
+        // Not known to be traced: the flow is judged again at its next event.
+        stats.bump(stat::LOST_UNDECIDED);
+    } else {
+        stats.bump(stat::FLOW_TABLE_FULL);
+        return event_flags::UNTRACKED;
+    }
+    0
+}
