@@ -5,6 +5,7 @@
 //! are escaped by serde_json. Field names and order are docs/reference.md's (pinned by a test).
 use std::{fmt::Write as _, net::IpAddr};
 
+use super::json_fields::{addr_fields, hex, owner_fields, workload_fields, Field};
 use crate::{
     model::events::{FinishedFlow, Retransmit, Transition},
     model::tcp::{FlowAddrs, Process},
@@ -76,6 +77,16 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// A shared field (`json_fields`).
+    fn field(&mut self, key: &str, value: Field) {
+        match value {
+            Field::Name(name) => self.name(key, name),
+            Field::Text(text) => self.text(key, text),
+            Field::Number(n) => self.optional_number(key, n),
+            Field::Ip(ip) => self.name(key, ip_text(ip).as_str()),
+        }
+    }
+
     fn end(self) {
         self.buf.push(b'}');
     }
@@ -91,27 +102,6 @@ fn ip_text(addr: IpAddr) -> StackStr<48> {
     text
 }
 
-/// A socket's kernel address, `0x…` in lower-case hex.
-pub(super) fn hex(n: u64) -> StackStr<24> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 18];
-    let mut at = buf.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        buf[at] = DIGITS[(rest & 0xf) as usize];
-        rest >>= 4;
-        if rest == 0 {
-            break;
-        }
-    }
-    buf[at - 2..at].copy_from_slice(b"0x");
-    let mut text = StackStr::new();
-    // Only ASCII digits and "0x" were written.
-    let _ = text.write_str(std::str::from_utf8(&buf[at - 2..]).unwrap_or("0x?"));
-    text
-}
-
 /// A per-event line's start: its type and time, the owner, its workload and the addresses.
 fn start_event<'a>(
     buf: &'a mut Vec<u8>,
@@ -124,45 +114,10 @@ fn start_event<'a>(
     let mut line = Object::start(buf);
     line.name("type", kind);
     line.number("ts_unix_ns", ts_unix_ns);
-    line.optional_number("pid", owner.as_ref().map(|p| p.pid));
-    line.text("comm", owner.as_ref().map(|p| p.comm.as_str()));
-    workload_fields(&mut line, workload);
-    let family = if addrs.local.addr.is_ipv4() {
-        "ipv4"
-    } else {
-        "ipv6"
-    };
-    line.name("family", family);
-    line.name("laddr", ip_text(addrs.local.addr).as_str());
-    line.number("lport", addrs.local.port);
-    line.name("raddr", ip_text(addrs.remote.addr).as_str());
-    line.number("rport", addrs.remote.port);
+    owner_fields(owner, |key, value| line.field(key, value));
+    workload_fields(workload, |key, value| line.field(key, value));
+    addr_fields(addrs, |key, value| line.field(key, value));
     line
-}
-
-/// `cgroup_id`, `container_id`, `container_runtime`, `pod_uid`, `namespace`, `pod`,
-/// `container`, `unit`: each absent when unknown.
-fn workload_fields(line: &mut Object, workload: &Workload) {
-    if workload.cgroup == 0 {
-        return;
-    }
-    line.number("cgroup_id", workload.cgroup);
-    let Some(identity) = workload.identity.as_deref() else {
-        return;
-    };
-    for (key, value) in [
-        ("container_id", &identity.container_id),
-        ("container_runtime", &identity.runtime),
-        ("pod_uid", &identity.pod_uid),
-        ("namespace", &identity.namespace),
-        ("pod", &identity.pod),
-        ("container", &identity.container),
-        ("unit", &identity.unit),
-    ] {
-        if let Some(value) = value {
-            line.text(key, Some(value));
-        }
-    }
 }
 
 /// A transition line, without its newline.
