@@ -22,12 +22,17 @@ impl FlowEvictor {
     /// evicted (no table to fill: each socket's storage is freed with it).
     pub fn for_config(flow_memory: FlowMemory, max_flows: u32) -> Self {
         match flow_memory {
-            FlowMemory::Socket => FlowEvictor {
-                high: u64::MAX,
-                low: u64::MAX - 1,
-                evicted: 0,
-            },
+            FlowMemory::Socket => FlowEvictor::never(),
             _ => FlowEvictor::new(max_flows),
+        }
+    }
+
+    /// An evictor that never evicts.
+    pub fn never() -> Self {
+        FlowEvictor {
+            high: u64::MAX,
+            low: u64::MAX - 1,
+            evicted: 0,
         }
     }
 

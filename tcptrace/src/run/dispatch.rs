@@ -167,15 +167,13 @@ impl Dispatcher {
                 newest = newest.max(ts);
             }
         }
-        if !self.wants.raw {
-            // A cancelled TIME_WAIT ended early only if no expiry followed within the settle
-            // time: judged against what has been read — up to now when the ring is empty, else
-            // up to the newest record (under load, records wait in the ring for up to
-            // --poll-interval, and an expiry read in the next batch must still find its
-            // cancelled TIME_WAIT).
-            let read_up_to = if more { newest } else { Clock::ktime_now() };
-            self.settle(consumer, read_up_to)?;
-        }
+        // A cancelled TIME_WAIT ended early only if no expiry followed within the settle
+        // time: judged against what has been read — up to now when the ring is empty, else up
+        // to the newest record (under load, records wait in the ring for up to
+        // --poll-interval, and an expiry read in the next batch must still find its cancelled
+        // TIME_WAIT). Nothing is pending where records are handed on raw.
+        let read_up_to = if more { newest } else { Clock::ktime_now() };
+        self.settle(consumer, read_up_to)?;
         consumer.flush()?;
         Ok(more)
     }

@@ -84,6 +84,10 @@ struct Session<'c> {
     /// The namespaces' stand-in where TIME_WAIT is not traced.
     no_namespaces: Namespaces,
     evictor: FlowEvictor,
+    /// Whether a summary is made at the end.
+    summary: bool,
+    /// How often TIME_WAIT gauges are handed on, where they are.
+    gauges: Option<Duration>,
     reported_lost: u64,
     reported_untracked: u64,
     /// The cgroups the workload filter names now (in the kernel's `WORKLOAD_CGROUPS`).
@@ -100,7 +104,13 @@ impl<'c> Session<'c> {
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with tokio")?;
-        let traces_time_wait = config.traces_time_wait() && !wants.raw;
+        // What userspace does with the records, decided here once: a consumer of records as
+        // the kernel wrote them (the recorder) leaves decoding, TIME_WAIT, listeners, gauges,
+        // eviction and the summary to whoever reads its file (a recording has no way to carry
+        // an eviction: a full table counts the flows it could not take as untracked); every
+        // other consumer gets them as configured.
+        let decodes = !wants.raw;
+        let traces_time_wait = config.traces_time_wait() && decodes;
         let host =
             HostFacts::this_host(&tracer.reset_reasons).with_drop_reasons(&tracer.drop_reasons);
         let mut dispatch = Dispatcher::new(host, wants, traces_time_wait);
@@ -109,7 +119,7 @@ impl<'c> Session<'c> {
         // the kernel's counts in every mode: the flows read are not aggregated again.
         dispatch.agg.count_in_kernel();
         dispatch.open_flows = Some(crate::host::netns_reader::open_flows_toward);
-        let watches_listeners = config.watches_listeners() && !wants.raw;
+        let watches_listeners = config.watches_listeners() && decodes;
         let upkeep = (traces_time_wait || watches_listeners)
             .then(|| NamespaceUpkeep::new(watches_listeners));
         if traces_time_wait {
@@ -123,7 +133,12 @@ impl<'c> Session<'c> {
             started_ns: Clock::ktime_now(),
             upkeep,
             no_namespaces: Namespaces::default(),
-            evictor: FlowEvictor::for_config(config.flow_memory, config.max_flows),
+            evictor: match decodes {
+                true => FlowEvictor::for_config(config.flow_memory, config.max_flows),
+                false => FlowEvictor::never(),
+            },
+            summary: config.summary && decodes,
+            gauges: config.gauge_interval().filter(|_| decodes),
             reported_lost: 0,
             reported_untracked: 0,
             workload_cgroups: config.filter.workloads.cgroups.clone(),
@@ -190,7 +205,7 @@ impl<'c> Session<'c> {
     async fn run<C: Consumer>(mut self, consumer: &mut C) -> Result<()> {
         let mut logger = self.kernel_log()?;
         let mut stops = StopSignals::install()?;
-        let mut timers = Timers::new(self.config, self.dispatch.wants());
+        let mut timers = Timers::new(self.config, self.gauges);
         let mut inputs = consumer.inputs();
         self.begin(consumer)?;
         let deadline = timers.deadline;
@@ -308,11 +323,7 @@ impl<'c> Session<'c> {
         }
         self.dispatch.forget_quiet_failures(now);
         self.follow_workloads(consumer)?;
-        // A recording has no way to carry an eviction: there, a full table counts the flows
-        // it could not take as untracked (in the recorded counters), as before.
-        if !self.dispatch.wants().raw {
-            self.evict_if_due(consumer, &kernel, now)?;
-        }
+        self.evict_if_due(consumer, &kernel, now)?;
         let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);
         if untracked > self.reported_untracked {
             consumer.warning(&format!(
@@ -396,20 +407,17 @@ impl<'c> Session<'c> {
     /// After detaching: the last records (settled), the summary, the consumer's last word;
     /// then the error that stopped the loop, if one did.
     fn end<C: Consumer>(mut self, consumer: &mut C, stop: Stop) -> Result<()> {
-        let wants = self.dispatch.wants();
         let mut result = (|| -> Result<()> {
             while self
                 .dispatch
                 .drain(self.ring.get_mut(), consumer, DRAIN_BATCH)?
             {}
-            if !wants.raw {
-                self.dispatch
-                    .finish_time_waits(consumer, Clock::ktime_now())?;
-            }
+            self.dispatch
+                .finish_time_waits(consumer, Clock::ktime_now())?;
             Ok(())
         })();
         let kernel = self.tracer.counters()?;
-        let summary = match self.config.summary && !wants.raw {
+        let summary = match self.summary {
             true => Some(self.summary(&kernel)?),
             false => None,
         };

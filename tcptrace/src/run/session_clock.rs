@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::HOUSEKEEPING;
-use crate::{cli::Config, output::consumer::Wants};
+use crate::cli::Config;
 
 /// SIGINT, SIGTERM and SIGHUP: each stops tracing, with the summary.
 pub(super) struct StopSignals {
@@ -73,7 +73,7 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    pub(super) fn new(config: &Config, wants: Wants) -> Timers {
+    pub(super) fn new(config: &Config, gauges: Option<Duration>) -> Timers {
         let mut poll = interval(config.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = interval(HOUSEKEEPING);
@@ -84,7 +84,7 @@ impl Timers {
             poll,
             housekeeping,
             idle: config.idle_report.map(every),
-            gauges: config.gauge_interval().filter(|_| !wants.raw).map(every),
+            gauges: gauges.map(every),
             deadline: config.duration.map(|d| Instant::now() + d),
         }
     }
