@@ -9,22 +9,22 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state, FlowState,
-    ListenerKey, TransitionEvent, Tuple, PATH_SLOTS,
+    event_flags, filter_kind, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state,
+    FlowState, ListenerKey, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
-    maps::{emit, FlowTable, Stats, FLOW_TABLE, LISTENERS, SET_STATE_RUNNING},
+    maps::{emit, observe_duration, FlowTable, Stats, FLOW_TABLE, LISTENERS, SET_STATE_RUNNING},
     sock,
 };
 
 mod steps;
 use steps::{
-    advance, attribute_owner, follow_listeners, follow_time_wait, fresh_flow,
-    index_keepalive_owner, insert_fresh, note_connecting, time_wait_bookkeeping,
+    attribute_owner, follow_listeners, fresh_flow, index_keepalive_owner, insert_fresh,
+    note_connecting,
 };
 
 /// What the filters said before the transition is handled.
@@ -240,18 +240,27 @@ fn try_inet_sock_set_state(
         None => false,
     };
     let hold = prejudged == Prejudged::Hold;
-    let tw_bookkeeping = time_wait_bookkeeping(old, new);
+    // TIME_WAIT followed for the filters, in place: Linux 6.1's verifier rejects it as a step
+    // with flows in socket storage (`R4 !read_ok`).
+    let tw_states = |s: u8| s == tcp_state::FIN_WAIT2 || s == tcp_state::CLOSING;
+    let tw_bookkeeping = filter::active() & filter_kind::NEEDS_OWNER != 0
+        && (tw_states(new) || (ends && tw_states(old)));
     let tuple = if emit_transitions || ends || pending || tw_bookkeeping {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
-    if tw_bookkeeping {
-        follow_time_wait(sk, new, &tuple)?;
-    }
+    let netns = if tw_bookkeeping { sock::netns(sk)? } else { 0 };
     if !hold {
         stats.bump(stat::STATE_EVENTS);
         stats.transition(old, new);
+    }
+    if tw_bookkeeping {
+        if tw_states(new) {
+            filter::expect_time_wait(&tuple, netns);
+        } else {
+            filter::forget_time_wait(&tuple, netns);
+        }
     }
 
     let flow: &mut FlowState = match existing {
@@ -263,17 +272,36 @@ fn try_inet_sock_set_state(
     if pending {
         release_held_start(stats, flow, key, &tuple, emit_transitions);
     }
-    let (mut flags, held) = if restarted {
+    let mut flags = 0u8;
+    let mut held = 0u64;
+    if restarted {
         // A socket starting (see `starts_a_socket`) is new: the entry under its address
         // belonged to an earlier socket whose CLOSE was missed.
         stats.bump(stat::STALE_FLOWS);
         flow.restart(old, new, now);
-        (0, 0)
     } else if !is_fresh {
-        advance(stats, flow, old, new, now, slot)
-    } else {
-        (0, 0)
-    };
+        if flow.current() != old {
+            // The transition into `old` was missed: keep the path honest.
+            stats.bump(stat::PATH_GAPS);
+            flow.enter_unseen(old);
+        }
+        // Set in each branch, as Linux 6.1's verifier follows it with flows in socket
+        // storage (a step returning the pair, or one assignment after the branches, leaves a
+        // register it counts as unread: `R5 !read_ok`).
+        if old == new && !ends {
+            // The kernel set the state the socket is in (shutdown() then close() sets
+            // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
+            // one step of the path, one time held, observed when the state is left.
+            if let Some(ns) = flow.held_at(now) {
+                held = ns;
+                flags |= event_flags::OLD_DURATION_KNOWN;
+            }
+        } else if let Some(ns) = flow.enter(new, now) {
+            held = ns;
+            flags |= event_flags::OLD_DURATION_KNOWN;
+            observe_duration(slot, old, ns);
+        }
+    }
     flags |= attribute_owner(flow, sk, owner_context, inherited, is_fresh || restarted);
     if hold {
         flow.flags |= flow_flags::FILTER_PENDING;

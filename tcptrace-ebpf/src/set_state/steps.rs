@@ -1,44 +1,17 @@
 //! The steps of one transition, each inlined into the handler (one frame: see
-//! `try_inet_sock_set_state`): connects and listeners noted, TIME_WAIT followed for the
-//! filters, the flow advanced along its path, its owner attributed, indexed and stored.
+//! `try_inet_sock_set_state`): connects and listeners noted, the flow's owner attributed, its
+//! keepalive owner indexed, a new flow stored. (The step along the path and TIME_WAIT's
+//! bookkeeping for the filters stay in the handler: Linux 6.1's verifier rejects them as
+//! steps with flows in socket storage.)
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, stat, tcp_state, Connecting, FlowState, Owner, Tuple,
-};
+use tcptrace_common::{event_flags, flow_flags, stat, tcp_state, Connecting, FlowState, Owner};
 
 use super::listener_key;
 use crate::{
-    filter,
-    maps::{observe_duration, scratch, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS},
+    maps::{scratch, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS},
     owner::{owner_scratch, write_current_owner},
     sock,
 };
-
-/// The states a flow enters TIME_WAIT from.
-#[inline(always)]
-pub(super) fn leads_to_time_wait(state: u8) -> bool {
-    state == tcp_state::FIN_WAIT2 || state == tcp_state::CLOSING
-}
-
-/// Whether the filters must remember this flow's coming TIME_WAIT (a pid, cgroup or workload
-/// filter judges a timewait socket by its flow): on the way into it, and at its CLOSE.
-#[inline(always)]
-pub(super) fn time_wait_bookkeeping(old: u8, new: u8) -> bool {
-    filter::active() & filter_kind::NEEDS_OWNER != 0
-        && (leads_to_time_wait(new) || (new == tcp_state::CLOSE && leads_to_time_wait(old)))
-}
-
-/// The filters told of the TIME_WAIT this flow is heading for, or that it has reached CLOSE.
-#[inline(always)]
-pub(super) fn follow_time_wait(sk: *const u8, new: u8, tuple: &Tuple) -> Result<(), i32> {
-    let netns = sock::netns(sk)?;
-    if leads_to_time_wait(new) {
-        filter::expect_time_wait(tuple, netns);
-    } else {
-        filter::forget_time_wait(tuple, netns);
-    }
-    Ok(())
-}
 
 /// A flow not in the table yet, started in this CPU's scratch slot.
 #[inline(always)]
@@ -98,37 +71,6 @@ pub(super) fn follow_listeners(
         let _ = LISTENERS.remove(&listener_key(sk)?);
     }
     Ok(None)
-}
-
-/// A known flow takes its step: the path's gap filled where a transition was missed, the
-/// new state entered (or the same state's stay going on). Returns the event's flags and the
-/// time `old` was held.
-#[inline(always)]
-pub(super) fn advance(
-    stats: Stats,
-    flow: &mut FlowState,
-    old: u8,
-    new: u8,
-    now: u64,
-    slot: u32,
-) -> (u8, u64) {
-    if flow.current() != old {
-        // The transition into `old` was missed: keep the path honest.
-        stats.bump(stat::PATH_GAPS);
-        flow.enter_unseen(old);
-    }
-    if old == new && new != tcp_state::CLOSE {
-        // The kernel set the state the socket is in (shutdown() then close() sets
-        // FIN_WAIT1 or FIN_WAIT2 again): the transition is reported, the stay goes on —
-        // one step of the path, one time held, observed when the state is left.
-        if let Some(ns) = flow.held_at(now) {
-            return (event_flags::OLD_DURATION_KNOWN, ns);
-        }
-    } else if let Some(ns) = flow.enter(new, now) {
-        observe_duration(slot, old, ns);
-        return (event_flags::OLD_DURATION_KNOWN, ns);
-    }
-    (0, 0)
 }
 
 /// The flow's owner: the current task where the transition runs in the owner's context, else
