@@ -27,24 +27,30 @@ fn parse() -> Result<cli::Cli, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            // The message up to clap's usage block, on one line ("…not provided: --output
-            // <FILE>").
-            let rendered = e.to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect();
-            let message = message.join(" ");
-            let message = message.strip_prefix("error: ").unwrap_or(&message);
-            let message = if message.is_empty() {
-                "invalid arguments"
-            } else {
-                message
-            };
-            eprintln!("tcptrace: error: {message} (see tcptrace --help)");
+            eprintln!(
+                "tcptrace: error: {} (see tcptrace --help)",
+                usage_error_line(&e.to_string())
+            );
             Err(ExitCode::from(2))
         }
+    }
+}
+
+/// clap's message up to its usage block on one line, its tips kept ("unrecognized subcommand
+/// 'flow'; tip: a similar subcommand exists: 'flows'").
+fn usage_error_line(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = lines.join("; ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    if message.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        message.to_string()
     }
 }
 
@@ -102,5 +108,32 @@ fn main() -> ExitCode {
             eprintln!("tcptrace: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = cli::Cli::try_parse_from(args).expect_err("a usage error");
+        usage_error_line(&e.to_string())
+    }
+
+    #[test]
+    fn usage_errors_keep_clap_tips_on_one_line() {
+        let line = usage_error(&["tcptrace", "flow"]);
+        assert_eq!(
+            line,
+            "unrecognized subcommand 'flow'; tip: a similar subcommand exists: 'flows'"
+        );
+        let line = usage_error(&["tcptrace", "flows", "--durration", "3s"]);
+        assert!(
+            line.starts_with("unexpected argument '--durration' found; tip: a similar argument exists: '--duration'"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
     }
 }

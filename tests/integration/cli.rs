@@ -69,8 +69,13 @@ fn bad_filters_get_one_line_and_exit_2() {
 }
 
 #[test]
-fn missing_btf_is_named_with_the_fix() {
-    assert_one_line_error(&["--btf", "/nonexistent/vmlinux"], "CONFIG_DEBUG_INFO_BTF");
+fn a_missing_btf_file_is_named_as_given() {
+    // A file given with --btf that is not there is the user's path, not the kernel's lack
+    // of BTF (that is said of the default path, /sys/kernel/btf/vmlinux).
+    assert_one_line_error(
+        &["--btf", "/nonexistent/vmlinux"],
+        "--btf /nonexistent/vmlinux: no such file",
+    );
 }
 
 #[test]

@@ -93,7 +93,10 @@ impl TryFrom<Cli> for Config {
         let c = cli.common;
         if let Some(size) = c.ring_size {
             if !size.is_power_of_two() || !(PAGE..=MAX_RING).contains(&size) {
-                bail!("--ring-size {size} is not a power of two between 4KiB and 1GiB");
+                bail!(
+                    "--ring-size {} is not a power of two between 4KiB and 1GiB",
+                    super::human_size(size)
+                );
             }
         }
         if c.metrics_vitals && c.metrics.is_none() {
@@ -301,6 +304,32 @@ mod tests {
         let mut argv = vec!["tcptrace"];
         argv.extend_from_slice(args);
         Config::try_from(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn sizes_and_listen_addresses_are_said_as_given() {
+        let e = config(&["--ring-size", "3MiB"]).expect_err("not a power of two");
+        assert_eq!(
+            e.to_string(),
+            "--ring-size 3MiB is not a power of two between 4KiB and 1GiB"
+        );
+        let e = config(&["--ring-size", "3000"]).expect_err("not a power of two");
+        assert!(e.to_string().starts_with("--ring-size 3000 is"), "{e}");
+        let c = config(&["--metrics", ":9595", "metrics"]).expect("the exporters' convention");
+        assert_eq!(c.metrics, Some("0.0.0.0:9595".parse().expect("an address")));
+        let e = config(&["--metrics", "9595", "metrics"]).expect_err("a port alone");
+        assert!(
+            e.to_string().contains("examples: 127.0.0.1:9595, :9595"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pids_come_comma_or_space_separated() {
+        let c = config(&["-p", "1 2", "-p", "3,4", "flows"]).expect("pidof's output is valid");
+        assert_eq!(c.filter.pids, [1, 2, 3, 4]);
+        let e = config(&["-p", "", "flows"]).expect_err("no pid at all");
+        assert!(e.to_string().contains("--pid ''"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::model::{
 #[derive(Args, Debug, Default)]
 #[command(next_help_heading = "Filters (in the kernel; different filters combine with AND)")]
 pub struct FilterArgs {
-    /// Only sockets owned by these processes (pid; comma-separated or repeated). Accepted
+    /// Only sockets owned by these processes (pids comma- or space-separated, or repeated:
+    /// -p "$(pidof nginx)"). Accepted
     /// connections belong to their listener's process.
     #[arg(
         short = 'p',
@@ -125,6 +126,15 @@ impl FilterArgs {
     }
 }
 
+/// The pids of one `--pid` value: separated by spaces too (`-p "$(pidof nginx)"`); a blank
+/// value stays whole, to be refused.
+fn pid_words(value: &str) -> Vec<&str> {
+    match value.split_whitespace().collect::<Vec<_>>() {
+        words if words.is_empty() => vec![value],
+        words => words,
+    }
+}
+
 impl TryFrom<FilterArgs> for FilterSpec {
     type Error = anyhow::Error;
     fn try_from(args: FilterArgs) -> Result<FilterSpec> {
@@ -133,7 +143,8 @@ impl TryFrom<FilterArgs> for FilterSpec {
                 "--pid",
                 args.pids
                     .iter()
-                    .map(|p| parse_pid(p))
+                    .flat_map(|p| pid_words(p))
+                    .map(parse_pid)
                     .collect::<Result<_>>()?,
             )?,
             local_ports: args

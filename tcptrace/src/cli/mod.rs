@@ -41,7 +41,9 @@ pub enum Command {
     /// One line per retransmitted segment, with the state it happened in.
     Retrans,
     /// Only anomalies: keepalive, retransmission, SYN and user timeouts, resets, refused and
-    /// aborted connections, FIN retransmits (half-open peers), keepalive probes.
+    /// aborted connections, FIN retransmits (half-open peers), keepalive probes, the
+    /// 4-tuple exhaustion forecast crossing 80%, connect()/bind() failing for want of a port,
+    /// listeners dropping handshakes, SYN cookies sent.
     Alerts,
     /// Transitions, finished flows, retransmits and alerts together (most useful with --json).
     All,
@@ -153,8 +155,9 @@ pub struct CommonArgs {
     /// keepalive armed (as `tcptrace idle`), beside the tracing output.
     #[arg(long, global = true, value_name = "INTERVAL", value_parser = parse_duration)]
     pub idle_report: Option<Duration>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595), beside any mode.
-    #[arg(long, global = true, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9595, or :9595 for
+    /// every IPv4 address), beside any mode.
+    #[arg(long, global = true, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Do not trace TIME_WAIT (its timer hooks) in the flows, alerts, all, top, metrics and
     /// record modes (no TIME_WAIT gauges, no exhaustion forecast).
@@ -190,6 +193,28 @@ pub struct CommonArgs {
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+/// A size in the largest binary unit it is a whole number of (`3MiB`, `4097` bytes as `4097`).
+pub(crate) fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// `--metrics`' address: `HOST:PORT`, or `:PORT` for every IPv4 address (the exporters'
+/// convention).
+pub(crate) fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.parse().map_err(|_| {
+        format!("'{text}' is not an address to listen on (examples: 127.0.0.1:9595, :9595)")
+    })
 }
 
 /// Sizes like `4096`, `256K`, `256KiB`, `8M`, `8MiB`, `1G` (binary multiples).

@@ -22,6 +22,9 @@ pub struct Field {
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
+            if path != Path::new(VMLINUX_BTF) {
+                bail!("--btf {}: no such file", path.display());
+            }
             bail!(
                 "{} not found: this kernel has no BTF (it needs CONFIG_DEBUG_INFO_BTF=y)",
                 path.display()

@@ -61,6 +61,23 @@ fn release_free_memory() {
     }
 }
 
+/// Events lost since the last report, and why; the advice only where it helps (a bigger ring
+/// does nothing for events the kernel skipped while the hook was busy).
+fn lost_warning(newly: u64, total: u64, ring_full: u64, skipped: u64) -> String {
+    let mut why = Vec::new();
+    if ring_full > 0 {
+        why.push(format!(
+            "{ring_full} for a full ring buffer: raise --ring-size or lower --poll-interval"
+        ));
+    }
+    if skipped > 0 {
+        why.push(format!(
+            "{skipped} skipped by the kernel while the hook was busy on that CPU"
+        ));
+    }
+    format!("{newly} events lost ({total} in all: {})", why.join("; "))
+}
+
 /// Runs a live session until Ctrl-C, SIGTERM, SIGHUP, `--duration`, a closed pipe or the
 /// consumer's stop, on a runtime of its own.
 pub fn run<C: Consumer>(config: &Config, consumer: &mut C) -> Result<()> {
@@ -336,13 +353,11 @@ impl<'c> Session<'c> {
         if kernel.lost() > self.reported_lost {
             let newly = kernel.lost() - self.reported_lost;
             self.reported_lost = kernel.lost();
-            consumer.warning(&format!(
-                "{newly} events lost ({} in all: {} for a full ring buffer, raise --ring-size \
-                 or lower --poll-interval; {} skipped by the kernel while the hook was busy on \
-                 that CPU)",
+            consumer.warning(&lost_warning(
+                newly,
                 self.reported_lost,
                 kernel.lost() - kernel.missed,
-                kernel.missed
+                kernel.missed,
             ));
             consumer.seen(Seen::Lost {
                 now_ns: now,
@@ -467,3 +482,23 @@ use seed::seed_time_wait;
 #[path = "session_clock.rs"]
 mod clock;
 use clock::{next_input, next_tick, KernelLog, StopSignals, Timers};
+
+#[cfg(test)]
+mod tests {
+    use super::lost_warning;
+
+    #[test]
+    fn lost_events_advise_a_bigger_ring_only_when_the_ring_was_full() {
+        let skipped_only = lost_warning(3, 3, 0, 3);
+        assert_eq!(
+            skipped_only,
+            "3 events lost (3 in all: 3 skipped by the kernel while the hook was busy on that CPU)"
+        );
+        let both = lost_warning(5, 9, 4, 5);
+        assert!(
+            both.contains("4 for a full ring buffer: raise --ring-size"),
+            "{both}"
+        );
+        assert!(both.contains("; 5 skipped by the kernel"), "{both}");
+    }
+}
