@@ -281,7 +281,7 @@ fn every_bad_input_is_one_line_naming_the_cause() {
             &["report", not_a_recording, "-D", "80"],
             "give filters to `tcptrace record`",
         ),
-        (&["--btf", "/nonexistent/vmlinux"], "CONFIG_DEBUG_INFO_BTF"),
+        (&["--btf", "/nonexistent/vmlinux"], "no such file"),
         (&["--btf", empty_btf], "BTF"),
     ];
     for (args, needle) in cases {
