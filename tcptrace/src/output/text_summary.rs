@@ -27,7 +27,7 @@ fn listed<K: std::fmt::Display>(counts: &[(K, u64)]) -> String {
     items.join(", ")
 }
 
-/// The headline, flows, filters, close sides and retransmits by state.
+/// The headline, flows, filters, close sides and causes, and retransmits by state.
 fn write_counts(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     writeln!(o)?;
     writeln!(
@@ -52,6 +52,7 @@ fn write_counts(o: &mut impl Write, s: &Summary) -> io::Result<()> {
         )?;
     }
     writeln!(o, "close: {}", listed(&s.close))?;
+    writeln!(o, "causes: {}", listed(&s.causes))?;
     writeln!(
         o,
         "retransmits by state: {}",
