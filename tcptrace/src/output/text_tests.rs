@@ -157,7 +157,10 @@ fn summary_lists_counts_and_percentiles() {
     assert!(out.contains("2.0s traced"), "{out}");
     assert!(out.contains("7 lost"), "{out}");
     assert!(out.contains("close: active 1"), "{out}");
-    assert!(out.contains("\ncauses: normal 1\n"), "the causes beside the sides: {out}");
+    assert!(
+        out.contains("\ncauses: normal 1\n"),
+        "the causes beside the sides: {out}"
+    );
     assert!(out.contains("SYN_SENT -> ESTABLISHED"), "{out}");
     let established = out
         .lines()
