@@ -203,6 +203,9 @@ impl<W: Write> TextPrinter<W> {
     }
 }
 
+/// Destinations listed in the TIME_WAIT gauges, busiest first; the rest are summed on a line.
+const DESTINATIONS_SHOWN: usize = 20;
+
 /// One method per line kind; `render` (from `printer_render!`) picks the one for each event.
 impl<W: Write> TextPrinter<W> {
     pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
@@ -410,8 +413,13 @@ impl<W: Write> TextPrinter<W> {
         writeln!(o, "{:<47} {:>9} {:>8}", "DESTINATION", "TIME_WAIT", "NEW/s")?;
         let mut dests = v.gauges.by_destination.clone();
         dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
-        for (dest, (count, rate)) in dests.iter().take(20) {
+        for (dest, (count, rate)) in dests.iter().take(DESTINATIONS_SHOWN) {
             writeln!(o, "{:<47} {:>9} {:>8.1}", dest, count, rate)?;
+        }
+        if let Some(rest) = dests.get(DESTINATIONS_SHOWN..).filter(|r| !r.is_empty()) {
+            let sockets: u64 = rest.iter().map(|(_, (count, _))| count).sum();
+            let more = format!("(and {} more destinations)", rest.len());
+            writeln!(o, "{more:<47} {sockets:>9}")?;
         }
         writeln!(o, "{:<47} {:>9}", "LOCAL ADDRESS", "TIME_WAIT")?;
         for (addr, count) in &v.gauges.by_local {

@@ -191,3 +191,41 @@ fn a_flow_that_closed_first_ends_with_its_time_wait() {
         "TIME_WAIT replaces the final CLOSE: {out}"
     );
 }
+
+#[test]
+fn time_wait_gauges_say_what_the_list_leaves_out() {
+    use std::net::Ipv4Addr;
+
+    use crate::state::{forecast::TimeWaitView, timewait::Gauges};
+    let by_destination: Vec<(Endpoint, (u64, f64))> = (0..25u16)
+        .map(|i| {
+            let port = 8000 + i;
+            (
+                Endpoint::new(Ipv4Addr::LOCALHOST.into(), port),
+                (u64::from(i) + 1, 0.0),
+            )
+        })
+        .collect();
+    let view = TimeWaitView {
+        gauges: Gauges {
+            total: (1..=25).sum(),
+            by_destination,
+            by_local: Vec::new(),
+        },
+        forecasts: Vec::new(),
+        overflows: 0,
+        preexisting: 0,
+    };
+    let mut p = printer();
+    p.time_wait_gauges(5_000, &view).expect("write");
+    let out = text(p);
+    assert!(out.contains(" 325 sockets "), "{out}");
+    // The 20 busiest (25 down to 6), then the 5 others: 1+2+3+4+5 sockets.
+    assert!(out.contains("127.0.0.1:8024"), "{out}");
+    assert!(!out.contains("127.0.0.1:8004 "), "{out}");
+    let more = out
+        .lines()
+        .find(|l| l.starts_with("(and 5 more destinations)"))
+        .unwrap_or_else(|| panic!("the rest summed: {out}"));
+    assert!(more.trim_end().ends_with(" 15"), "{more}");
+}
