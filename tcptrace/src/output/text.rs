@@ -176,8 +176,8 @@ impl<W: Write> TextPrinter<W> {
         match kind {
             Kind::State => writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
-                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD", "NEW", "OLD_HELD"
+                "{:<15} {:<16} {:>7}  {wl}{:<lw$} {:<rw$} {:>11}    {:<11} {:>8}",
+                "TIME", "COMM", "PID", "LOCAL", "REMOTE", "OLD", "NEW", "OLD_HELD"
             ),
             Kind::Flow => writeln!(
                 self.out,
@@ -186,8 +186,8 @@ impl<W: Write> TextPrinter<W> {
             ),
             Kind::Rtx => writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
-                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "STATE", "ERR"
+                "{:<15} {:<16} {:>7}  {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
+                "TIME", "COMM", "PID", "LOCAL", "REMOTE", "STATE", "ERR"
             ),
             Kind::Drop => writeln!(
                 self.out,
@@ -210,7 +210,7 @@ const DESTINATIONS_SHOWN: usize = 20;
 impl<W: Write> TextPrinter<W> {
     pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let (local, remote, workload) = self.prepare(Kind::State, &t.addrs, Some(&t.workload))?;
-        // "{:<15} {:>7} {:<16} {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
+        // "{:<15} {:<16} {:>7}  {:<lw$} {:<rw$} {:>11} -> {:<11} {:>8}", padded by hand.
         let (lw, rw) = (self.local_width, self.remote_width);
         self.line.clear();
         columns::left(
@@ -219,10 +219,10 @@ impl<W: Write> TextPrinter<W> {
             15,
         );
         self.line.push(' ');
-        columns::right(&mut self.line, pid(&t.owner).text().as_str(), 7);
-        self.line.push(' ');
         columns::left(&mut self.line, comm(&t.owner), 16);
         self.line.push(' ');
+        columns::right(&mut self.line, pid(&t.owner).text().as_str(), 7);
+        self.line.push_str("  ");
         self.push_workload(&workload);
         let line = &mut self.line;
         columns::left(line, local.as_str(), lw);
@@ -316,10 +316,10 @@ impl<W: Write> TextPrinter<W> {
         let wl = self.workload_cell(&workload);
         writeln!(
             self.out,
-            "{:<15} {:>7} {:<16} {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
+            "{:<15} {:<16} {:>7}  {wl}{:<lw$} {:<rw$} {:<11} {:>4}",
             self.clock.time_of_day(r.ts_ns),
-            pid(&r.owner),
             comm(&r.owner),
+            pid(&r.owner),
             local.as_str(),
             remote.as_str(),
             r.state,

@@ -229,3 +229,38 @@ fn time_wait_gauges_say_what_the_list_leaves_out() {
         .unwrap_or_else(|| panic!("the rest summed: {out}"));
     assert!(more.trim_end().ends_with(" 15"), "{more}");
 }
+
+/// Every kind of line has its owner as COMM then PID, at the same place.
+#[test]
+fn every_line_kind_puts_comm_then_pid_in_the_same_columns() {
+    let headers = [
+        {
+            let mut p = printer();
+            p.transition(&fixtures::transition(ts::SYN_SENT, ts::ESTABLISHED, None))
+                .expect("write");
+            text(p)
+        },
+        {
+            let mut p = printer();
+            p.retransmit(&fixtures::retransmit()).expect("write");
+            text(p)
+        },
+        {
+            let mut p = printer();
+            p.flow(&fixtures::client_flow()).expect("write");
+            text(p)
+        },
+    ];
+    for out in &headers {
+        let header = out.lines().next().expect("a header");
+        assert_eq!(header.find("COMM"), Some(16), "{out}");
+        assert_eq!(header.find(" PID").map(|i| i + 4), Some(40), "{out}");
+        let line = out.lines().nth(1).expect("a line");
+        let (comm, pid) = (line[16..33].trim(), line[33..40].trim());
+        assert!(["curl", "-"].contains(&comm), "COMM at 16: {out}");
+        assert!(
+            pid == "-" || pid.parse::<u32>().is_ok(),
+            "PID ending at 40: {out}"
+        );
+    }
+}
