@@ -311,6 +311,12 @@ impl TimeWaitEnd {
     }
 }
 
+impl fmt::Display for TimeWaitEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One TIME_WAIT, measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimeWait {

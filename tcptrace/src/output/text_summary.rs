@@ -125,7 +125,6 @@ fn write_time_wait(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     let Some(tw) = &s.time_wait else {
         return Ok(());
     };
-    let ends: Vec<(&str, u64)> = tw.ends.iter().map(|(e, n)| (e.name(), *n)).collect();
     writeln!(
         o,
         "time_wait: {} entered ({} by the connecting side, {} by the accepting side), ended: {}; \
@@ -133,7 +132,7 @@ fn write_time_wait(o: &mut impl Write, s: &Summary) -> io::Result<()> {
         tw.entered,
         tw.client_side,
         tw.server_side,
-        listed(&ends),
+        listed(&tw.ends),
         tw.preexisting,
         tw.overflows
     )?;

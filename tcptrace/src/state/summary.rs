@@ -1,6 +1,8 @@
 //! The end-of-run summary: one value, assembled once (by the dispatcher, for a live session and
 //! for `report` alike), that the text and JSON printers both render. Its field names are the
 //! JSON summary's (docs/reference.md): every counter is spelled here once.
+use std::fmt::Display;
+
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 use crate::{
@@ -133,44 +135,13 @@ pub struct VitalsSummary {
     pub srtt: Option<Quantiles>,
 }
 
-/// What a summary counts by: its name in the JSON (and the text).
-pub trait Named {
-    fn named(&self) -> &str;
-}
-
-impl Named for CloseSide {
-    fn named(&self) -> &str {
-        self.name()
-    }
-}
-impl Named for CloseCause {
-    fn named(&self) -> &str {
-        self.name()
-    }
-}
-impl Named for TcpState {
-    fn named(&self) -> &str {
-        self.name()
-    }
-}
-impl Named for TimeWaitEnd {
-    fn named(&self) -> &str {
-        self.name()
-    }
-}
-impl Named for String {
-    fn named(&self) -> &str {
-        self
-    }
-}
-
 /// Counts as a JSON object keyed by name, names in order.
-fn by_name<K: Named, S: Serializer>(counts: &[(K, u64)], s: S) -> Result<S::Ok, S::Error> {
-    let mut named: Vec<(&str, u64)> = counts.iter().map(|(k, n)| (k.named(), *n)).collect();
-    named.sort_unstable_by_key(|&(name, _)| name);
+fn by_name<K: Display, S: Serializer>(counts: &[(K, u64)], s: S) -> Result<S::Ok, S::Error> {
+    let mut named: Vec<(String, u64)> = counts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    named.sort_unstable();
     let mut map = s.serialize_map(Some(named.len()))?;
     for (name, n) in named {
-        map.serialize_entry(name, &n)?;
+        map.serialize_entry(&name, &n)?;
     }
     map.end()
 }
