@@ -145,13 +145,18 @@ fn every_exit_detaches_and_all_but_sigkill_print_the_summary() {
         thread::sleep(Duration::from_millis(300));
         run.signal(signal);
         let (code, out, err, ids) = run.wait();
-        let summary = out.contains("--- tcptrace summary:");
+        // Columns carry the lines only: the summary is said on stderr.
+        let summary = err.contains("--- tcptrace summary:");
+        assert!(
+            !out.contains("--- tcptrace summary:"),
+            "{how}: on stdout:\n{out}"
+        );
         if signal == libc::SIGKILL {
             assert_eq!(code, None, "killed");
             assert!(!summary);
         } else {
             assert_eq!(code, Some(0), "{how}: {err}");
-            assert!(summary, "{how}: no summary:\n{out}");
+            assert!(summary, "{how}: no summary:\n{err}");
             assert!(
                 out.contains("connect_failed"),
                 "{how}: the refused flow:\n{out}"
@@ -175,7 +180,8 @@ fn every_exit_detaches_and_all_but_sigkill_print_the_summary() {
         err.contains("tcptrace: error: internal error while handling records"),
         "{err}"
     );
-    assert!(out.contains("--- tcptrace summary:"), "{out}");
+    assert!(err.contains("--- tcptrace summary:"), "{err}");
+    assert!(!out.contains("--- tcptrace summary:"), "{out}");
     assert_all_gone(&ids, "a panic in the drain");
 
     // stdout closed under it (`| head` that has read enough): exit 0, the summary on stderr.

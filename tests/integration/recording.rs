@@ -179,7 +179,7 @@ fn report_renders_what_the_live_tool_printed() {
             "{mode}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("--- tcptrace summary:"), "{mode}: {text}");
     }
     let alerts = String::from_utf8_lossy(&report(&file, &["--mode", "alerts"]).stdout).into_owned();

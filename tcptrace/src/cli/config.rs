@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{identity::IdentityConfig, modes::ModeKind, Cli, Command};
+use super::{identity::IdentityConfig, modes::ModeKind, Cli, Command, FlowsAt};
 pub use crate::kernel::plan::FlowMemory;
 use crate::model::filter::FilterSpec;
 
@@ -74,6 +74,8 @@ pub struct Config {
     pub btf: PathBuf,
     pub idle_report: Option<Duration>,
     pub no_time_wait: bool,
+    /// When a flow holding TIME_WAIT is printed.
+    pub flows_at: FlowsAt,
     pub no_drops: bool,
     pub all_drop_reasons: bool,
     pub drop_records_per_s: u64,
@@ -165,6 +167,7 @@ impl TryFrom<Cli> for Config {
             btf: c.btf,
             idle_report: c.idle_report,
             no_time_wait: c.no_time_wait,
+            flows_at: c.flows_at.unwrap_or(FlowsAt::default_for(c.json)),
             no_drops: c.no_drops,
             all_drop_reasons: c.all_drop_reasons,
             drop_records_per_s: c.drop_records_per_s,
@@ -192,6 +195,9 @@ pub fn report_config(cli: &Cli, mode: ModeKind, interval: Duration) -> Result<Co
         bail!("--interval must be at least 100ms");
     }
     let mut config = Config::for_report(mode, interval, c.json, !c.no_summary);
+    if let Some(at) = c.flows_at {
+        config.flows_at = at;
+    }
     // Only how identities are shown: a report names the recording's, never this host's.
     config.identity.column = c.identity.identity_column;
     Ok(config)
@@ -265,6 +271,7 @@ impl Config {
             btf: PathBuf::new(),
             idle_report: None,
             no_time_wait: false,
+            flows_at: FlowsAt::default_for(json),
             no_drops: false,
             all_drop_reasons: false,
             drop_records_per_s: 10_000,

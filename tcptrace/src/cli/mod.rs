@@ -115,6 +115,26 @@ pub enum Command {
     },
 }
 
+/// When a flow that holds TIME_WAIT is printed (`--flows-at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowsAt {
+    /// As it closes; the TIME_WAIT's end on a line of its own.
+    Close,
+    /// Once its TIME_WAIT ends, on one line with it.
+    End,
+}
+
+impl FlowsAt {
+    /// Columns are read by a person as they come; JSON Lines by a program that wants one
+    /// record per flow.
+    pub fn default_for(json: bool) -> FlowsAt {
+        match json {
+            true => FlowsAt::End,
+            false => FlowsAt::Close,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CommonArgs {
     /// Print JSON Lines (one object per record) instead of columns.
@@ -159,6 +179,12 @@ pub struct CommonArgs {
     /// every IPv4 address), beside any mode.
     #[arg(long, global = true, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// When a flow that closed first (and so holds TIME_WAIT for 60 s) is printed: `close`,
+    /// as it closes, its path ending `TIME_WAIT …`, and the TIME_WAIT's end on a line of its
+    /// own when it comes (the default in columns); `end`, once its TIME_WAIT ends, on one line
+    /// with it (the default with --json: one record per flow).
+    #[arg(long, global = true, value_enum, value_name = "WHEN")]
+    pub flows_at: Option<FlowsAt>,
     /// Do not trace TIME_WAIT (its timer hooks) in the flows, alerts, all, top, metrics and
     /// record modes (no TIME_WAIT gauges, no exhaustion forecast).
     #[arg(long, global = true)]

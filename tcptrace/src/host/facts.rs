@@ -12,6 +12,14 @@ pub fn ipv4_sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// The running kernel's release (`uname -r`); empty where it cannot be read.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// The kernel's tick rate (CONFIG_HZ), from /proc/config.gz or /boot/config-$(uname -r).
 pub fn read_hz() -> Option<u64> {
     let mut text = String::new();
@@ -19,9 +27,8 @@ pub fn read_hz() -> Option<u64> {
         let _ = flate2::read::GzDecoder::new(file).read_to_string(&mut text);
     }
     if text.is_empty() {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        text =
-            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+        text = std::fs::read_to_string(format!("/boot/config-{}", kernel_release()))
+            .unwrap_or_default();
     }
     config_hz(&text)
 }

@@ -120,8 +120,12 @@ pub enum Seen<'a> {
     /// A record as the kernel wrote it (only with `Wants::raw`).
     Raw(&'a [u8]),
     Transition(&'a Transition),
-    /// A flow reached CLOSE (before its TIME_WAIT, if it has one).
-    FlowClosed(&'a FinishedFlow),
+    /// A flow reached CLOSE (before its TIME_WAIT, if it has one: `time_wait`, whose end
+    /// comes as `Finished` with the flow).
+    FlowClosed {
+        flow: &'a FinishedFlow,
+        time_wait: bool,
+    },
     /// A flow is over, its TIME_WAIT included, or a TIME_WAIT whose flow was not seen ended.
     Finished(&'a Finished),
     Retransmit(&'a Retransmit),

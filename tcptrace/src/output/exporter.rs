@@ -56,18 +56,21 @@ impl Consumer for MetricsExporter {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
             .with_context(|| format!("cannot listen for --metrics on {}", self.addr))?;
-        tokio::spawn(Metrics::serve(self.metrics.registry(), listener));
+        tokio::spawn(crate::output::metrics_http::serve(
+            self.metrics.registry(),
+            listener,
+        ));
         // Tracing's own namespace has its overflow series from the start (at 0), so that
         // rates over it answer before the first overflow.
         if let Some(own) = crate::host::netns::own_netns().filter(|_| self.time_wait) {
-            self.metrics.time_wait_overflowed(own, 0);
+            self.metrics.time_wait.overflowed(own, 0);
         }
         Ok(())
     }
 
     fn seen(&mut self, event: Seen) -> io::Result<()> {
         match event {
-            Seen::FlowClosed(f) => self.metrics.flow_closed(f),
+            Seen::FlowClosed { flow, .. } => self.metrics.flow_closed(flow),
             Seen::Finished(f) => {
                 let held = match f {
                     Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
@@ -75,13 +78,13 @@ impl Consumer for MetricsExporter {
                 };
                 if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress)
                 {
-                    self.metrics.time_wait_ended(held_ns);
+                    self.metrics.time_wait.ended(held_ns);
                 }
             }
             Seen::Evicted { newly, .. } => self.metrics.evicted(newly),
             Seen::PortFailure(p) => self.metrics.port_failure(p),
             Seen::TimeWaitOverflowed { netns, newly } => {
-                self.metrics.time_wait_overflowed(netns, newly)
+                self.metrics.time_wait.overflowed(netns, newly)
             }
             _ => {}
         }
@@ -96,9 +99,10 @@ impl Consumer for MetricsExporter {
             self.metrics.listeners(watch, t.identities);
         }
         if t.traces_time_wait {
-            self.metrics.time_wait_gauges(&t.time_wait.gauges(t.now_ns));
+            self.metrics.time_wait.gauges(&t.time_wait.gauges(t.now_ns));
             self.metrics
-                .time_wait_forecasts(&forecasts(t.time_wait, t.now_ns, t.namespaces));
+                .time_wait
+                .forecasts(&forecasts(t.time_wait, t.now_ns, t.namespaces));
         }
         Ok(Flow::Continue)
     }

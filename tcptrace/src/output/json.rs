@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{
     json_alert::alert_line,
     json_events::{drop_line, flow_line, retransmit_line, transition_line},
-    json_fields::{Addrs, Owner, WorkloadFields},
+    json_fields::{Addrs, Hex, Owner, WorkloadFields},
 };
 use crate::{
     host::clock::Clock,
@@ -70,6 +70,10 @@ struct TimeWaitLine<'a> {
     addrs: Addrs<'a>,
     #[serde(flatten)]
     time_wait: TimeWaitField,
+    /// Its flow was printed at its close (`--flows-at close`; `skaddr` joins the two), or
+    /// not seen at all.
+    flow_seen: bool,
+    skaddr: Option<Hex>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,14 @@ struct LocalGauge {
 }
 
 #[derive(Serialize)]
+struct ServiceGauge {
+    laddr: String,
+    lport: u16,
+    count: u64,
+    new_per_s: f64,
+}
+
+#[derive(Serialize)]
 struct GaugesLine<'a> {
     r#type: &'static str,
     ts_unix_ns: u64,
@@ -94,6 +106,8 @@ struct GaugesLine<'a> {
     preexisting: u64,
     overflows: u64,
     by_destination: Vec<DestinationGauge>,
+    /// The accepting side's TIME_WAITs, by local service.
+    by_service: Vec<ServiceGauge>,
     by_local: Vec<LocalGauge>,
     forecast: &'a [Forecast],
 }
@@ -163,11 +177,24 @@ impl<W: Write> JsonPrinter<W> {
         self.event_line()
     }
 
+    /// A flow once it is over, its TIME_WAIT included.
     pub fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        self.flow_closed(f, false)
+    }
+
+    /// A flow as it closes: `time_wait_follows` says a `time_wait` record comes for it when
+    /// its TIME_WAIT ends (`--flows-at close`).
+    pub fn flow_closed(&mut self, f: &FinishedFlow, time_wait_follows: bool) -> io::Result<()> {
         let ts_unix_ns = self.clock.unix_ns(f.ts_ns);
         let time_wait_start = f.time_wait.as_ref().map(|t| self.clock.unix_ns(t.start_ns));
         self.event_buf.clear();
-        flow_line(&mut self.event_buf, ts_unix_ns, time_wait_start, f);
+        flow_line(
+            &mut self.event_buf,
+            ts_unix_ns,
+            time_wait_start,
+            time_wait_follows,
+            f,
+        );
         self.event_line()
     }
 
@@ -219,7 +246,20 @@ impl<W: Write> JsonPrinter<W> {
         self.line(&line)
     }
 
+    /// A TIME_WAIT whose flow was not seen.
     pub fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
+        self.time_wait_record(t, None)
+    }
+
+    /// The end of the TIME_WAIT of a flow printed at its close.
+    pub fn time_wait_ended(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        match &f.time_wait {
+            Some(t) => self.time_wait_record(t, Some(f.skaddr)),
+            None => Ok(()),
+        }
+    }
+
+    fn time_wait_record(&mut self, t: &TimeWait, flow_skaddr: Option<u64>) -> io::Result<()> {
         let line = TimeWaitLine {
             r#type: "time_wait",
             addrs: (&t.addrs).into(),
@@ -228,6 +268,8 @@ impl<W: Write> JsonPrinter<W> {
                 held_ns: t.held_ns,
                 end: t.end,
             },
+            flow_seen: flow_skaddr.is_some(),
+            skaddr: flow_skaddr.map(Hex),
         };
         self.line(&line)
     }
@@ -246,6 +288,17 @@ impl<W: Write> JsonPrinter<W> {
                 .map(|(d, (count, rate))| DestinationGauge {
                     raddr: d.addr.to_string(),
                     rport: d.port,
+                    count: *count,
+                    new_per_s: *rate,
+                })
+                .collect(),
+            by_service: v
+                .gauges
+                .by_service
+                .iter()
+                .map(|(l, (count, rate))| ServiceGauge {
+                    laddr: l.addr.to_string(),
+                    lport: l.port,
                     count: *count,
                     new_per_s: *rate,
                 })

@@ -139,11 +139,13 @@ pub(super) fn transition_line(buf: &mut Vec<u8>, ts_unix_ns: u64, t: &Transition
 }
 
 /// A flow line, without its newline; `time_wait_start_unix_ns` is the start of the TIME_WAIT
-/// that followed, if one did.
+/// that followed, if one did; `time_wait_follows`: it is printed at its close, and a
+/// `time_wait` record follows at that TIME_WAIT's end.
 pub(super) fn flow_line(
     buf: &mut Vec<u8>,
     ts_unix_ns: u64,
     time_wait_start_unix_ns: Option<u64>,
+    time_wait_follows: bool,
     f: &FinishedFlow,
 ) {
     let lifecycle = &f.lifecycle;
@@ -200,6 +202,7 @@ pub(super) fn flow_line(
         }
         None => line.key("time_wait").extend_from_slice(b"null"),
     }
+    line.boolean("time_wait_follows", time_wait_follows);
     line.name("skaddr", hex(f.skaddr).as_str());
     line.end();
 }

@@ -1,15 +1,16 @@
 //! The line modes' consumer: columns or JSON Lines on stdout (states, flows, retrans,
-//! alerts, all, timewait, and `report`), the summary at the end. Once stdout is closed it
-//! prints nothing more, and its summary goes to stderr.
+//! alerts, all, timewait, and `report`), the summary at the end: on stderr in columns, a
+//! `summary` record in JSON Lines. Once stdout is closed it prints nothing more.
 use std::io::{self, BufWriter, IsTerminal as _, Write};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::{identity::ColumnWhen, Config},
+    cli::{identity::ColumnWhen, Config, FlowsAt},
     host::clock::Clock,
     output::consumer::{is_broken_pipe, Consumer, End, Seen, Wants},
     output::{JsonPrinter, Printer, TextPrinter},
+    state::timewait::Finished,
 };
 
 /// Prints what its mode shows, as it arrives.
@@ -22,6 +23,9 @@ pub struct LinePrinter<W: Write> {
     drops: bool,
     alerts: bool,
     forecast: bool,
+    /// Flows are printed as they close, a TIME_WAIT's end on a line of its own
+    /// (`--flows-at close`), rather than once their TIME_WAIT ends.
+    flows_at_close: bool,
     /// Standard output was closed: nothing more is written.
     closed: bool,
 }
@@ -72,6 +76,7 @@ impl<W: Write> LinePrinter<W> {
             alerts: config.shows_alerts(),
             // The gauges' forecast (timewait), and its alerts where alerts are shown.
             forecast: config.gauge_interval().is_some() || config.shows_alerts(),
+            flows_at_close: config.flows_at == FlowsAt::Close,
             closed: false,
         }
     }
@@ -105,6 +110,18 @@ impl<W: Write> Consumer for LinePrinter<W> {
     }
 
     fn seen(&mut self, event: Seen) -> io::Result<()> {
+        if self.flows && self.flows_at_close {
+            match event {
+                Seen::FlowClosed { flow, time_wait } => {
+                    return self.write(|p| p.flow_closed(flow, time_wait));
+                }
+                // Printed at its close: only a TIME_WAIT's end is left to say.
+                Seen::Finished(Finished::Flow(flow)) => {
+                    return self.write(|p| p.time_wait_ended(flow));
+                }
+                _ => {}
+            }
+        }
         let shown = match event {
             Seen::Transition(_) => self.transitions,
             Seen::Finished(_) => self.flows,
@@ -116,7 +133,7 @@ impl<W: Write> Consumer for LinePrinter<W> {
             | Seen::Lost { .. }
             | Seen::Evicted { .. } => true,
             Seen::Raw(_)
-            | Seen::FlowClosed(_)
+            | Seen::FlowClosed { .. }
             | Seen::PortFailure(_)
             | Seen::TimeWaitEntered { .. }
             | Seen::TimeWaitOverflowed { .. } => false,
@@ -131,9 +148,18 @@ impl<W: Write> Consumer for LinePrinter<W> {
         self.write(Printer::flush)
     }
 
-    /// The summary on stdout, or on stderr once stdout is closed.
+    /// The summary: columns say it on stderr (stdout carries the lines only, `flows > file`
+    /// gets the flows and nothing else); JSON Lines end with a `summary` record on stdout,
+    /// or say it in words on stderr once stdout is closed.
     fn finish(&mut self, end: &End) -> Result<()> {
-        if self.closed {
+        let on_stderr = self.closed || matches!(self.printer, Printer::Text(_));
+        if on_stderr {
+            if !self.closed {
+                match self.write(Printer::flush) {
+                    Err(e) if is_broken_pipe(&e) => {}
+                    other => other.context("writing output")?,
+                }
+            }
             let Some(summary) = end.summary else {
                 return Ok(());
             };

@@ -5,35 +5,18 @@
 use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{exponential_buckets, Histogram},
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
     registry::Registry,
-};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
 };
 
 use crate::{
-    kernel::histogram::KernelHistogram,
-    model::cause::CloseCause,
-    model::counters::KernelCounters,
-    model::tcp::{Endpoint, TcpState},
-    output::metrics_listen::ListenMetrics,
-    output::metrics_ports::PortFailureMetrics,
-    output::metrics_vitals::VitalsMetrics,
-    output::metrics_workload::WorkloadMetrics,
-    state::timewait::Gauges,
+    kernel::histogram::KernelHistogram, model::cause::CloseCause, model::counters::KernelCounters,
+    model::tcp::TcpState, output::metrics_listen::ListenMetrics,
+    output::metrics_ports::PortFailureMetrics, output::metrics_time_wait::TimeWaitMetrics,
+    output::metrics_vitals::VitalsMetrics, output::metrics_workload::WorkloadMetrics,
 };
 use tcptrace_common::{close_cause, stat, DurationHistogram};
-
-/// TIME_WAIT destinations with their own label; the rest are summed under `other`.
-const TOP_DESTINATIONS: usize = 10;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Transition {
@@ -56,25 +39,6 @@ struct Reason {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Destination {
-    destination: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FourTupleSpace {
-    /// The network namespace's inode, and its name under /run/netns ("" without one).
-    netns: String,
-    netns_name: String,
-    local: String,
-    destination: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NetworkNamespace {
-    netns: String,
-}
-
 pub struct Metrics {
     registry: Arc<Registry>,
     transitions: Family<Transition, Counter>,
@@ -83,10 +47,7 @@ pub struct Metrics {
     flows_closed: Family<Cause, Counter>,
     retransmits: Counter,
     retransmits_by_state: Family<State, Counter>,
-    time_wait_sockets: Family<Destination, Gauge>,
-    time_wait_seconds: Histogram,
-    time_wait_forecast: Family<FourTupleSpace, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    time_wait_overflows: Family<NetworkNamespace, Counter>,
+    pub time_wait: TimeWaitMetrics,
     keepalive_timeouts: Counter,
     lost: Family<Reason, Counter>,
     untracked_flows: Counter,
@@ -118,10 +79,7 @@ impl Metrics {
             flows_closed: Family::default(),
             retransmits: Counter::default(),
             retransmits_by_state: Family::default(),
-            time_wait_sockets: Family::default(),
-            time_wait_seconds: Histogram::new(exponential_buckets(0.5, 2.0, 10)),
-            time_wait_forecast: Family::default(),
-            time_wait_overflows: Family::default(),
+            time_wait: TimeWaitMetrics::default(),
             keepalive_timeouts: Counter::default(),
             lost: Family::default(),
             untracked_flows: Counter::default(),
@@ -167,28 +125,6 @@ impl Metrics {
             m.retransmits_by_state.clone(),
         );
         registry.register(
-            "time_wait_sockets",
-            "Sockets in TIME_WAIT now, by destination (top 10, then other)",
-            m.time_wait_sockets.clone(),
-        );
-        registry.register(
-            "time_wait_duration_seconds",
-            "How long TIME_WAITs lasted",
-            m.time_wait_seconds.clone(),
-        );
-        registry.register(
-            "time_wait_forecast_ratio",
-            "4-tuple exhaustion forecast: new connections per second over what the ephemeral \
-             ports sustain with 60 s of TIME_WAIT, per (local address, destination); top 10",
-            m.time_wait_forecast.clone(),
-        );
-        registry.register(
-            "time_wait_overflows",
-            "TIME_WAITs the kernel skipped because net.ipv4.tcp_max_tw_buckets was full, per \
-             network namespace (inode)",
-            m.time_wait_overflows.clone(),
-        );
-        registry.register(
             "keepalive_timeouts",
             "Connections killed by keepalive",
             m.keepalive_timeouts.clone(),
@@ -225,6 +161,21 @@ impl Metrics {
             "Flows evicted from the nearly full flow table, least recently active first",
             m.evicted_flows.clone(),
         );
+        registry.register(
+            "build",
+            "The tcptrace build: its version and the kernel it runs on",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("kernel", crate::host::facts::kernel_release()),
+            ]),
+        );
+        // Every state's histogram from the first scrape (empty until flows hold it).
+        for state in TcpState::ALL {
+            drop(m.state_seconds.get_or_create(&State {
+                state: state.name(),
+            }));
+        }
+        m.time_wait.register(&mut registry);
         m.port_failures.register(&mut registry);
         m.vitals.register(&mut registry);
         m.listen.register(&mut registry);
@@ -372,103 +323,13 @@ impl Metrics {
             .clone()
     }
 
-    pub fn time_wait_ended(&self, held_ns: u64) {
-        self.time_wait_seconds.observe(held_ns as f64 / 1e9);
-    }
-
-    pub fn time_wait_gauges(&self, gauges: &Gauges) {
-        let mut dests = gauges.by_destination.clone();
-        dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
-        self.time_wait_sockets.clear();
-        let mut other = 0;
-        for (i, (dest, (count, _))) in dests.iter().enumerate() {
-            if i < TOP_DESTINATIONS {
-                self.time_wait_sockets
-                    .get_or_create(&Destination {
-                        destination: dest.to_string(),
-                    })
-                    .set(*count as i64);
-            } else {
-                other += count;
-            }
-        }
-        self.time_wait_sockets
-            .get_or_create(&Destination {
-                destination: "other".into(),
-            })
-            .set(other as i64);
-    }
-
-    /// The exhaustion forecast's busiest 4-tuple spaces (the caller passes the top ones).
-    pub fn time_wait_forecasts(&self, forecasts: &[crate::state::forecast::Forecast]) {
-        self.time_wait_forecast.clear();
-        for f in forecasts {
-            self.time_wait_forecast
-                .get_or_create(&FourTupleSpace {
-                    netns: f.netns.to_string(),
-                    netns_name: f.netns_name.clone().unwrap_or_default(),
-                    local: f.laddr.to_string(),
-                    destination: Endpoint::new(f.raddr, f.rport).to_string(),
-                })
-                .set(f.utilization);
-        }
-    }
-
-    /// TIME_WAITs skipped by a full tcp_max_tw_buckets in a namespace since the last call.
-    pub fn time_wait_overflowed(&self, netns: u32, newly: u64) {
-        self.time_wait_overflows
-            .get_or_create(&NetworkNamespace {
-                netns: netns.to_string(),
-            })
-            .inc_by(newly);
-    }
-
     /// The exposition text.
     #[cfg(test)]
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
-    }
-
-    /// Serves GET /metrics on `addr` until the runtime ends.
-    pub async fn serve(registry: Arc<Registry>, listener: TcpListener) {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let registry = registry.clone();
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 4096];
-                let mut len = 0;
-                while len < request.len() {
-                    match stream.read(&mut request[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
-                    }
-                    if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let head = String::from_utf8_lossy(&request[..len]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let response = if head.starts_with("GET ") && path == "/metrics" {
-                    let mut body = String::new();
-                    let _ = encode(&mut body, &registry);
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; \
-                         version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: \
-                         close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
+        crate::output::metrics_http::exposition(
+            &self.registry,
+            crate::output::metrics_http::Format::OpenMetrics,
+        )
     }
 
     pub fn registry(&self) -> Arc<Registry> {

@@ -36,6 +36,16 @@ pub struct PortFailureMetrics {
 
 impl PortFailureMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Present at 0 from the first scrape, so that a rate over them works before the first
+        // failure: the `other` series, which holds whatever is past the cap.
+        drop(self.connect.get_or_create(&ConnectFailure {
+            errno: "EADDRNOTAVAIL",
+            destination: "other".into(),
+        }));
+        drop(self.bind.get_or_create(&BindFailure {
+            errno: "EADDRINUSE",
+            local: "other".into(),
+        }));
         registry.register(
             "connect_failures",
             "connect() calls that failed for want of a local port (EADDRNOTAVAIL), by errno \

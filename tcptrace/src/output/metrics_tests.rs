@@ -46,8 +46,12 @@ fn counters_and_histograms_follow_the_kernels_counts() {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
     assert!(
-        !text.contains(r#"tcptrace_state_duration_seconds_count{state="SYN_SENT"}"#),
-        "no histogram for a state never held"
+        text.contains(r#"tcptrace_state_duration_seconds_count{state="SYN_SENT"} 0"#),
+        "every state's histogram from the start, empty where never held"
+    );
+    assert!(
+        text.contains(r#"tcptrace_build_info{version=""#),
+        "build_info: {text}"
     );
     assert!(
         text.contains(r#"tcptrace_flows_closed_total{cause="rto"} 0"#),

@@ -49,15 +49,34 @@ pub struct VitalsMetrics {
     drops_seen: Vec<u64>,
 }
 
+/// The drop reasons of the incidents tcptrace is for, present at 0 from the first scrape (a
+/// rate over them needs the series before the first drop); others appear as they happen.
+const DROP_REASONS_FROM_START: [&str; 8] = [
+    "NO_SOCKET",
+    "NETFILTER_DROP",
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_LISTEN_OVERFLOW",
+    "SOCKET_BACKLOG",
+    "TCP_INVALID_SEQUENCE",
+    "TCP_RESET",
+];
+
 impl Default for VitalsMetrics {
     fn default() -> Self {
+        let drops: Family<DropReason, Counter> = Family::default();
+        for reason in DROP_REASONS_FROM_START {
+            drop(drops.get_or_create(&DropReason {
+                reason: reason.into(),
+            }));
+        }
         VitalsMetrics {
             // 50 µs to ~6.5 s.
             rtt_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             service_bytes: Family::default(),
             destination_bytes: Family::default(),
             unlabelled_flows: Counter::default(),
-            drops: Family::default(),
+            drops,
             labelled: Default::default(),
             drops_seen: Vec::new(),
         }

@@ -9,8 +9,10 @@ mod json_events;
 mod json_fields;
 pub mod lines;
 pub mod metrics;
+mod metrics_http;
 mod metrics_listen;
 mod metrics_ports;
+mod metrics_time_wait;
 mod metrics_vitals;
 mod metrics_workload;
 mod text;
@@ -22,7 +24,10 @@ use std::io::{self, Write};
 pub use json::JsonPrinter;
 pub use text::TextPrinter;
 
-use crate::{host::clock::Clock, output::consumer::Seen, state::summary::Summary};
+use crate::{
+    host::clock::Clock, model::events::FinishedFlow, output::consumer::Seen,
+    state::summary::Summary,
+};
 
 /// A printer's `render`: each event to the method that writes its line, the same for every
 /// printer (an event without a line of its own is not printed).
@@ -51,7 +56,7 @@ macro_rules! printer_render {
                         total,
                     } => self.evicted(now_ns, newly, total),
                     Seen::Raw(_)
-                    | Seen::FlowClosed(_)
+                    | Seen::FlowClosed { .. }
                     | Seen::PortFailure(_)
                     | Seen::TimeWaitEntered { .. }
                     | Seen::TimeWaitOverflowed { .. } => Ok(()),
@@ -73,6 +78,20 @@ impl<W: Write> Printer<W> {
         match self {
             Printer::Text(p) => p.render(event),
             Printer::Json(p) => p.render(event),
+        }
+    }
+    /// A flow as it closes (`--flows-at close`).
+    pub fn flow_closed(&mut self, f: &FinishedFlow, time_wait_follows: bool) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.flow_closed(f, time_wait_follows),
+            Printer::Json(p) => p.flow_closed(f, time_wait_follows),
+        }
+    }
+    /// The end of the TIME_WAIT of a flow printed at its close.
+    pub fn time_wait_ended(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        match self {
+            Printer::Text(p) => p.time_wait_ended(f),
+            Printer::Json(p) => p.time_wait_ended(f),
         }
     }
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {

@@ -7,18 +7,16 @@ use std::{
 
 use super::columns::{self, comm, held, pid};
 use crate::{
-    host::clock::{human_duration, Clock, HumanDuration},
+    host::clock::{human_duration, Clock},
     model::cause::CloseCause,
     model::counters::KernelCounters,
     model::events::{FinishedFlow, Retransmit, Transition},
     model::tcp::{CloseSide, FlowAddrs},
     model::vitals::{HumanBytes, PacketDrop},
     model::workload::Workload,
-    state::alert::{write_path, Alert},
-    state::forecast::TimeWaitView,
+    state::alert::{write_path, Alert, PathEnd},
     state::idle::IdleReport,
     state::summary::Summary,
-    state::timewait::TimeWait,
     text::digits::number,
     text::stackstr::StackStr,
 };
@@ -204,7 +202,7 @@ impl<W: Write> TextPrinter<W> {
 }
 
 /// Destinations listed in the TIME_WAIT gauges, busiest first; the rest are summed on a line.
-const DESTINATIONS_SHOWN: usize = 20;
+pub(super) const DESTINATIONS_SHOWN: usize = 20;
 
 /// One method per line kind; `render` (from `printer_render!`) picks the one for each event.
 impl<W: Write> TextPrinter<W> {
@@ -238,7 +236,26 @@ impl<W: Write> TextPrinter<W> {
         self.out.write_all(line.as_bytes())
     }
 
+    /// A flow once it is over, its TIME_WAIT included.
     pub fn flow(&mut self, f: &FinishedFlow) -> io::Result<()> {
+        let end = match &f.time_wait {
+            Some(tw) => PathEnd::TimeWait(tw),
+            None => PathEnd::AsIs,
+        };
+        self.flow_line(f, end)
+    }
+
+    /// A flow as it closes (`--flows-at close`): one that entered TIME_WAIT ends its path
+    /// with `TIME_WAIT …`, and its end comes on a line of its own.
+    pub fn flow_closed(&mut self, f: &FinishedFlow, time_wait_follows: bool) -> io::Result<()> {
+        let end = match time_wait_follows {
+            true => PathEnd::TimeWaitBegun,
+            false => PathEnd::AsIs,
+        };
+        self.flow_line(f, end)
+    }
+
+    fn flow_line(&mut self, f: &FinishedFlow, end: PathEnd) -> io::Result<()> {
         let (local, remote, workload) =
             self.prepare(Kind::Flow, &f.addrs, Some(&f.lifecycle.workload))?;
         let (lw, rw) = (self.local_width, self.remote_width);
@@ -261,7 +278,7 @@ impl<W: Write> TextPrinter<W> {
         line.push_str(" > ");
         columns::left(line, remote.as_str(), rw);
         line.push_str("  ");
-        write_path(line, &f.lifecycle, f.time_wait.as_ref()).map_err(fmt_failed)?;
+        write_path(line, &f.lifecycle, end).map_err(fmt_failed)?;
         line.push_str("  life ");
         line.push_str(held(f.life_ns()).text().as_str());
         line.push(' ');
@@ -383,69 +400,6 @@ impl<W: Write> TextPrinter<W> {
         Ok(())
     }
 
-    pub fn time_wait(&mut self, t: &TimeWait) -> io::Result<()> {
-        let (local, remote, workload) = self.prepare(Kind::Flow, &t.addrs, None)?;
-        let (lw, rw) = (self.local_width, self.remote_width);
-        let wl = self.workload_cell(&workload);
-        writeln!(
-            self.out,
-            "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}) (flow not seen)",
-            self.clock.time_of_day(t.start_ns),
-            "-",
-            "-",
-            local.as_str(),
-            remote.as_str(),
-            HumanDuration(t.held_ns),
-            t.end.name()
-        )
-    }
-
-    pub fn time_wait_gauges(&mut self, now_ns: u64, v: &TimeWaitView) -> io::Result<()> {
-        let o = &mut self.out;
-        writeln!(
-            o,
-            "--- TIME_WAIT {}: {} sockets ({} were there at start), {} skipped (tcp_max_tw_buckets full) ---",
-            self.clock.time_of_day(now_ns),
-            v.gauges.total,
-            v.preexisting,
-            v.overflows
-        )?;
-        writeln!(o, "{:<47} {:>9} {:>8}", "DESTINATION", "TIME_WAIT", "NEW/s")?;
-        let mut dests = v.gauges.by_destination.clone();
-        dests.sort_by_key(|d| std::cmp::Reverse(d.1 .0));
-        for (dest, (count, rate)) in dests.iter().take(DESTINATIONS_SHOWN) {
-            writeln!(o, "{:<47} {:>9} {:>8.1}", dest, count, rate)?;
-        }
-        if let Some(rest) = dests.get(DESTINATIONS_SHOWN..).filter(|r| !r.is_empty()) {
-            let sockets: u64 = rest.iter().map(|(_, (count, _))| count).sum();
-            let more = format!("(and {} more destinations)", rest.len());
-            writeln!(o, "{more:<47} {sockets:>9}")?;
-        }
-        writeln!(o, "{:<47} {:>9}", "LOCAL ADDRESS", "TIME_WAIT")?;
-        for (addr, count) in &v.gauges.by_local {
-            writeln!(o, "{:<47} {:>9}", addr, count)?;
-        }
-        for f in &v.forecasts {
-            writeln!(
-                o,
-                "forecast netns {} {} -> {}:{}: {:.0}/s of {:.1}/s ({:.0}%) [{}]",
-                f.netns_label(),
-                f.laddr,
-                f.raddr,
-                f.rport,
-                f.rate_per_s,
-                f.capacity_per_s,
-                f.utilization * 100.0,
-                f.basis()
-            )?;
-            if let Some(w) = &f.warning {
-                writeln!(o, "WARNING: {w}")?;
-            }
-        }
-        self.header = None;
-        Ok(())
-    }
-
     /// Lost records are reported on stderr by the pipeline; columns carry data only.
     pub fn lost(
         &mut self,
@@ -469,6 +423,9 @@ impl<W: Write> TextPrinter<W> {
         self.out.flush()
     }
 }
+
+#[path = "text_time_wait.rs"]
+mod time_wait;
 
 #[cfg(test)]
 #[path = "text_tests.rs"]

@@ -208,8 +208,9 @@ fn time_wait_gauges_say_what_the_list_leaves_out() {
         .collect();
     let view = TimeWaitView {
         gauges: Gauges {
-            total: (1..=25).sum(),
+            total: (1..=25).sum::<u64>() + 7,
             by_destination,
+            by_service: vec![(Endpoint::new(Ipv4Addr::LOCALHOST.into(), 8080), (7, 2.0))],
             by_local: Vec::new(),
         },
         forecasts: Vec::new(),
@@ -219,7 +220,7 @@ fn time_wait_gauges_say_what_the_list_leaves_out() {
     let mut p = printer();
     p.time_wait_gauges(5_000, &view).expect("write");
     let out = text(p);
-    assert!(out.contains(" 325 sockets "), "{out}");
+    assert!(out.contains(" 332 sockets "), "{out}");
     // The 20 busiest (25 down to 6), then the 5 others: 1+2+3+4+5 sockets.
     assert!(out.contains("127.0.0.1:8024"), "{out}");
     assert!(!out.contains("127.0.0.1:8004 "), "{out}");
@@ -228,6 +229,17 @@ fn time_wait_gauges_say_what_the_list_leaves_out() {
         .find(|l| l.starts_with("(and 5 more destinations)"))
         .unwrap_or_else(|| panic!("the rest summed: {out}"));
     assert!(more.trim_end().ends_with(" 15"), "{more}");
+    // A server's own TIME_WAITs under its service, after the destinations.
+    let services = out
+        .find("LOCAL SERVICE (closed first)")
+        .unwrap_or_else(|| panic!("a services table: {out}"));
+    assert!(services > out.find("(and 5 more").unwrap_or(0), "{out}");
+    assert!(
+        out[services..]
+            .lines()
+            .any(|l| l.starts_with("127.0.0.1:8080 ") && l.trim_end().ends_with("7      2.0")),
+        "{out}"
+    );
 }
 
 /// Every kind of line has its owner as COMM then PID, at the same place.
@@ -263,4 +275,45 @@ fn every_line_kind_puts_comm_then_pid_in_the_same_columns() {
             "PID ending at 40: {out}"
         );
     }
+}
+
+/// `--flows-at close`: the flow as it closes, its path ending `TIME_WAIT …`; the TIME_WAIT's
+/// end later on a line of its own, under the flow's owner, at the time it ended.
+#[test]
+fn a_flow_printed_at_close_has_its_time_wait_end_after() {
+    use crate::model::tcp::{TimeWait, TimeWaitEnd};
+    let mut flow = fixtures::client_flow();
+    let mut p = printer();
+    p.flow_closed(&flow, true).expect("write");
+    flow.time_wait = Some(TimeWait {
+        addrs: flow.addrs,
+        start_ns: 5_000_000,
+        held_ns: 60_000_000_000,
+        end: TimeWaitEnd::Expired,
+    });
+    p.time_wait_ended(&flow).expect("write");
+    let out = text(p);
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("127.0.0.1:443"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("FIN_WAIT2 1.0ms > TIME_WAIT …  life"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("curl") && lines[1].contains("4242"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].ends_with("… > TIME_WAIT 60.0s (expired)"),
+        "{}",
+        lines[1]
+    );
+    // The second line is stamped when the TIME_WAIT ended: 60 s after the first.
+    let t = |l: &str| l[..15].to_string();
+    assert!(t(lines[1]) > t(lines[0]), "{out}");
 }

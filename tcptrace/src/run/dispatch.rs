@@ -270,18 +270,25 @@ impl Dispatcher {
             Event::FlowEnd(mut f) => {
                 self.packets.flow_ended(&mut f);
                 self.agg.finished_flow(&f);
-                consumer.seen(Seen::FlowClosed(&f))?;
+                let time_wait = match self.traces_time_wait {
+                    true => self.tw.join_flow(&f),
+                    false => None,
+                };
+                consumer.seen(Seen::FlowClosed {
+                    flow: &f,
+                    time_wait: time_wait.is_some(),
+                })?;
                 if let Some(alert) = Alert::closed(&f).filter(|_| self.wants.alerts) {
                     consumer.seen(Seen::Alert(&alert))?;
                 }
-                // A flow that closed first is handed on when its TIME_WAIT ends.
-                let ready = if self.traces_time_wait {
-                    self.tw.flow(f, self.wants.flows)
-                } else {
-                    Some(f)
-                };
-                if let Some(f) = ready {
-                    consumer.seen(Seen::Finished(&Finished::Flow(f)))?;
+                // A flow that closed first is handed on again when its TIME_WAIT ends.
+                match time_wait {
+                    Some(timer) => {
+                        if self.wants.flows {
+                            self.tw.hold(timer, f);
+                        }
+                    }
+                    None => consumer.seen(Seen::Finished(&Finished::Flow(f)))?,
                 }
             }
             // Sent only where flows are counted in the kernel: the side of a TIME_WAIT.

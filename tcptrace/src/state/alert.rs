@@ -242,17 +242,27 @@ pub struct Path<'a>(pub &'a Lifecycle);
 
 impl fmt::Display for Path<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_path(f, self.0, None)
+        write_path(f, self.0, PathEnd::AsIs)
     }
 }
 
-/// The path; a final `CLOSE` (with no retransmits) becomes the TIME_WAIT that followed, if any
-/// (`> TIME_WAIT 60.0s (expired)`).
+/// How a path's final `CLOSE` (with no retransmits) is written.
+#[derive(Clone, Copy)]
+pub enum PathEnd<'a> {
+    /// `CLOSE`.
+    AsIs,
+    /// The TIME_WAIT that followed: `TIME_WAIT 60.0s (expired)`.
+    TimeWait(&'a TimeWait),
+    /// A TIME_WAIT that has just begun (its end is printed when it comes): `TIME_WAIT …`.
+    TimeWaitBegun,
+}
+
+/// The path, its end as `end` says.
 /// Written without `core::fmt`'s machinery (the printers' hot path).
 pub fn write_path<W: fmt::Write + ?Sized>(
     f: &mut W,
     lifecycle: &Lifecycle,
-    time_wait: Option<&TimeWait>,
+    end: PathEnd,
 ) -> fmt::Result {
     let last = lifecycle.path.len().saturating_sub(1);
     for (i, step) in lifecycle.path.iter().enumerate() {
@@ -262,14 +272,16 @@ pub fn write_path<W: fmt::Write + ?Sized>(
         if i == last && lifecycle.truncated {
             f.write_str("… > ")?;
         }
-        match time_wait {
-            Some(tw) if i == last && step.state == TcpState::Close && step.retransmits == 0 => {
+        let closed = i == last && step.state == TcpState::Close && step.retransmits == 0;
+        match end {
+            PathEnd::TimeWait(tw) if closed => {
                 f.write_str("TIME_WAIT ")?;
                 HumanDuration(tw.held_ns).write_to(f)?;
                 f.write_str(" (")?;
                 f.write_str(tw.end.name())?;
                 return f.write_char(')');
             }
+            PathEnd::TimeWaitBegun if closed => return f.write_str("TIME_WAIT …"),
             _ => f.write_str(step.state.name())?,
         }
         if i != last {

@@ -33,6 +33,22 @@ struct Active {
     /// capacity hold none); handed on as it is when the TIME_WAIT ends.
     flow: Option<Box<FinishedFlow>>,
     cancel: Option<(u64, bool)>,
+    /// Held by the accepting side (its flow said so): counted under its local service, not
+    /// under the client's ephemeral port.
+    accepted: bool,
+    /// Its flow was seen (joined by 4-tuple): `accepted` is known.
+    joined: bool,
+}
+
+impl Active {
+    /// Whether the accepting side holds it, where its flow said (joined, or `accepted`).
+    fn flow_seen(&self) -> Option<bool> {
+        match (self.accepted, self.joined) {
+            (true, _) => Some(true),
+            (false, true) => Some(false),
+            (false, false) => None,
+        }
+    }
 }
 
 /// What the tracker hands back to be printed.
@@ -67,6 +83,10 @@ pub struct TimeWaitTracker {
     /// Sockets in TIME_WAIT now (those in `active`), kept as they start and end so that the
     /// gauges cost the number of destinations, not of sockets.
     live_by_destination: HashMap<(u32, Endpoint), u64>,
+    /// The accepting side's sockets in TIME_WAIT now, by local service (namespace, local
+    /// endpoint), and their entry times for rates.
+    live_by_service: HashMap<(u32, Endpoint), u64>,
+    service_entries: HashMap<(u32, Endpoint), VecDeque<u64>>,
     live_by_local: HashMap<IpAddr, u64>,
     client_side: u64,
     server_side: u64,
@@ -193,12 +213,13 @@ impl TimeWaitTracker {
     }
 
     /// The 4-tuples of every socket in TIME_WAIT now, those from before tracing included
-    /// (call [`Self::expire_preexisting`] first).
-    pub fn live_addrs(&self) -> impl Iterator<Item = &FlowAddrs> {
+    /// (call [`Self::expire_preexisting`] first), each with whether the accepting side
+    /// holds it (`Some(true)`), the connecting side (`Some(false)`), or its flow was not seen.
+    pub fn live_addrs(&self) -> impl Iterator<Item = (&FlowAddrs, Option<bool>)> {
         self.active
             .values()
-            .map(|a| &a.addrs)
-            .chain(self.preexisting.iter().map(|(addrs, _)| addrs))
+            .map(|a| (&a.addrs, a.flow_seen()))
+            .chain(self.preexisting.iter().map(|(addrs, _)| (addrs, None)))
     }
 
     /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
@@ -234,6 +255,8 @@ impl TimeWaitTracker {
                 start_ns: ts_ns,
                 flow: None,
                 cancel: None,
+                accepted: false,
+                joined: false,
             },
         );
         self.awaiting_flow.insert(addrs, timer);
@@ -255,20 +278,35 @@ impl TimeWaitTracker {
     }
 
     /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends. Where flows
-    /// are not printed (`keep` false), only its side is counted: nothing is held.
+    /// are not printed (`keep` false), only its side is counted: nothing is held. (The
+    /// dispatcher does the two steps apart: it prints the flow in between.)
+    #[cfg(test)]
     pub fn flow(&mut self, flow: Box<FinishedFlow>, keep: bool) -> Option<Box<FinishedFlow>> {
-        if !enters_time_wait(&flow) {
-            return Some(flow);
-        }
-        let Some(timer) = self.join(&flow.addrs, flow.lifecycle.accepted()) else {
-            return Some(flow);
-        };
-        if keep {
-            if let Some(active) = self.active.get_mut(&timer) {
-                active.flow = Some(flow);
+        match self.join_flow(&flow) {
+            None => Some(flow),
+            Some(timer) => {
+                if keep {
+                    self.hold(timer, flow);
+                }
+                None
             }
         }
-        None
+    }
+
+    /// A flow reached CLOSE: joins the TIME_WAIT it entered (its side is counted), and
+    /// returns that TIME_WAIT's timer; `None` where it entered none that is traced.
+    pub fn join_flow(&mut self, flow: &FinishedFlow) -> Option<u64> {
+        if !enters_time_wait(flow) {
+            return None;
+        }
+        self.join(&flow.addrs, flow.lifecycle.accepted())
+    }
+
+    /// Holds a joined flow until its TIME_WAIT ends (handed back then, by its end).
+    pub fn hold(&mut self, timer: u64, flow: Box<FinishedFlow>) {
+        if let Some(active) = self.active.get_mut(&timer) {
+            active.flow = Some(flow);
+        }
     }
 
     /// A flow entering TIME_WAIT, sent in brief (`tcptrace metrics`): its side is counted.
@@ -287,7 +325,9 @@ impl TimeWaitTracker {
             return None;
         }
         let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
+        active.joined = true;
         if accepted {
+            active.accepted = true;
             self.server_side += 1;
             self.not_a_destination(&addrs, netns, start_ns);
         } else {
@@ -298,8 +338,19 @@ impl TimeWaitTracker {
 
     /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
     /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
-    /// out). It stays in the live gauges until it ends.
+    /// out) for its local service's, where it stays until it ends.
     fn not_a_destination(&mut self, addrs: &FlowAddrs, netns: u32, start_ns: u64) {
+        decrement(&mut self.live_by_destination, (netns, addrs.remote));
+        *self
+            .live_by_service
+            .entry((netns, addrs.local))
+            .or_default() += 1;
+        let queue = self
+            .service_entries
+            .entry((netns, addrs.local))
+            .or_default();
+        queue.push_back(start_ns);
+        forget_old_entries(queue, start_ns);
         let key = (netns, addrs.local.addr, addrs.remote);
         if let Some(queue) = self.entries.get_mut(&key) {
             if let Some(at) = queue.iter().rposition(|&t| t == start_ns) {
@@ -361,10 +412,16 @@ impl TimeWaitTracker {
 
     fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
         let held_ns = end_ns.saturating_sub(active.start_ns);
-        decrement(
-            &mut self.live_by_destination,
-            (active.netns, active.addrs.remote),
-        );
+        match active.accepted {
+            true => decrement(
+                &mut self.live_by_service,
+                (active.netns, active.addrs.local),
+            ),
+            false => decrement(
+                &mut self.live_by_destination,
+                (active.netns, active.addrs.remote),
+            ),
+        }
         decrement(&mut self.live_by_local, active.addrs.local.addr);
         decrement(&mut self.live_by_netns, active.netns);
         if end != TimeWaitEnd::InProgress {
@@ -400,6 +457,10 @@ impl TimeWaitTracker {
             forget_old_entries(queue, now_ns);
             !queue.is_empty()
         });
+        self.service_entries.retain(|_, queue| {
+            forget_old_entries(queue, now_ns);
+            !queue.is_empty()
+        });
     }
 
     /// Gives memory back after a burst: the maps that a burst grew and that are now mostly
@@ -411,6 +472,8 @@ impl TimeWaitTracker {
         shrunk |= shrink_if_sparse(&mut self.active);
         shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
         shrunk |= shrink_if_sparse(&mut self.live_by_destination);
+        shrunk |= shrink_if_sparse(&mut self.live_by_service);
+        shrunk |= shrink_if_sparse(&mut self.service_entries);
         shrunk |= shrink_if_sparse(&mut self.by_destination);
         shrunk |= shrink_if_sparse(&mut self.live_by_local);
         shrunk |= shrink_if_sparse(&mut self.live_by_netns);

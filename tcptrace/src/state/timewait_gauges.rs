@@ -1,5 +1,5 @@
-//! The tracker's gauges (sockets in TIME_WAIT now by destination and local address, entry
-//! rates) and its summary.
+//! The tracker's gauges (sockets in TIME_WAIT now by destination, by local service and by
+//! local address, entry rates) and its summary.
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
@@ -25,8 +25,21 @@ impl TimeWaitTracker {
             by_destination.entry(*remote).or_default().1 +=
                 recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
         }
+        let mut by_service: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
+        for (&(_, local), &n) in &self.live_by_service {
+            by_service.entry(local).or_default().0 += n;
+        }
+        for ((_, local), queue) in &self.service_entries {
+            let recent = recent_entries(queue, now_ns);
+            by_service.entry(*local).or_default().1 +=
+                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
+        }
         Gauges {
             total,
+            by_service: by_service
+                .into_iter()
+                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
+                .collect(),
             by_destination: by_destination
                 .into_iter()
                 .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
@@ -53,10 +66,14 @@ impl TimeWaitTracker {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Gauges {
     pub total: u64,
-    /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second).
+    /// Remote endpoint → (sockets in TIME_WAIT, new TIME_WAITs per second): the connecting
+    /// side's, and those whose flow was not seen.
     pub by_destination: Vec<(Endpoint, (u64, f64))>,
+    /// Local service → (sockets in TIME_WAIT, new per second): the accepting side's (a server
+    /// that closed first), never keyed by its clients' ephemeral ports.
+    pub by_service: Vec<(Endpoint, (u64, f64))>,
     pub by_local: Vec<(IpAddr, u64)>,
 }

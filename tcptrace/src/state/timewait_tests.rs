@@ -258,7 +258,23 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
     let s = tw.summary();
     assert_eq!((s.entered, s.server_side, s.client_side), (1_000, 1_000, 0));
     assert!(s.top_destinations.is_empty(), "{:?}", s.top_destinations);
-    assert_eq!(tw.gauges(S).total, 1_000, "still in TIME_WAIT");
+    let gauges = tw.gauges(S);
+    assert_eq!(gauges.total, 1_000, "still in TIME_WAIT");
+    // Live, they are the service's: one row for 443, none per client port.
+    assert!(
+        gauges.by_destination.is_empty(),
+        "{:?}",
+        gauges.by_destination
+    );
+    assert_eq!(gauges.by_service.len(), 1, "{:?}", gauges.by_service);
+    let (service, (count, rate)) = gauges.by_service[0];
+    assert_eq!((service.port, count), (443, 1_000));
+    assert!(rate > 0.0, "entry rate per service");
+    let sides: Vec<Option<bool>> = tw.live_addrs().map(|(_, side)| side).collect();
+    assert!(
+        sides.iter().all(|&s| s == Some(true)),
+        "accepting side known"
+    );
 
     // The connecting side's TIME_WAIT is a destination's.
     let client = client_flow_closing_first();
@@ -268,6 +284,19 @@ fn the_accepting_side_s_time_waits_are_not_destinations() {
     assert_eq!(s.top_destinations, vec![(client.addrs.remote, 1)]);
     assert_eq!((s.entered, s.client_side), (1_001, 1));
     assert_eq!(tw.entry_rates(S).len(), 1);
+    assert_eq!(
+        tw.gauges(S).by_destination,
+        vec![(client.addrs.remote, (1, 0.1))]
+    );
+    // Their end leaves the service's row.
+    for port in 1..=1_000u16 {
+        assert!(tw.expire(u64::from(port), 2 * S).is_some());
+    }
+    assert!(tw
+        .gauges(2 * S)
+        .by_service
+        .iter()
+        .all(|(_, (n, _))| *n == 0));
 }
 
 /// A flow sent in brief (`tcptrace metrics`) joins its TIME_WAIT as the whole flow does.

@@ -179,7 +179,7 @@ impl Consumer for TopScreen {
     fn seen(&mut self, event: Seen) -> io::Result<()> {
         match event {
             Seen::Transition(t) => self.model.transition(t),
-            Seen::FlowClosed(f) => self.model.flow_end(f),
+            Seen::FlowClosed { flow, .. } => self.model.flow_end(flow),
             Seen::Retransmit(r) => self.model.retransmit(r),
             Seen::PortFailure(p) => self.model.port_failure(p),
             Seen::Alert(a) => self.model.alert(a),
@@ -229,7 +229,8 @@ impl Consumer for TopScreen {
         }
     }
 
-    /// Restores the terminal, says the warnings held, prints the summary on stdout.
+    /// Restores the terminal, says the warnings held, prints the summary on stderr (as every
+    /// mode in columns does).
     fn finish(&mut self, end: &End) -> Result<()> {
         self.restore();
         for text in self.warnings.drain(..) {
@@ -238,7 +239,7 @@ impl Consumer for TopScreen {
         let Some(summary) = end.summary else {
             return Ok(());
         };
-        let mut printer = TextPrinter::new(BufWriter::new(io::stdout().lock()), self.clock, false);
+        let mut printer = TextPrinter::new(BufWriter::new(io::stderr().lock()), self.clock, false);
         match printer.summary(summary).and_then(|()| printer.flush()) {
             Err(e) if crate::output::consumer::is_broken_pipe(&e) => Ok(()),
             other => other.context("writing output"),

@@ -391,15 +391,21 @@ impl TopModel {
         &self,
         kind: GroupKind,
         now_ns: u64,
-        time_wait: impl Iterator<Item = &'a FlowAddrs>,
+        time_wait: impl Iterator<Item = (&'a FlowAddrs, Option<bool>)>,
     ) -> Vec<Row> {
         let now_s = seconds(now_ns);
         if kind == GroupKind::Workload {
             return self.workloads.rows(now_s);
         }
         let mut tw_counts: HashMap<Endpoint, u64> = HashMap::default();
-        for addrs in time_wait {
-            let group = self.group_of(addrs, None);
+        for (addrs, accepted) in time_wait {
+            // The side its flow said; a TIME_WAIT whose flow was not seen is the accepting
+            // side's when its local port listens.
+            let first = accepted.map(|a| match a {
+                true => TcpState::SynRecv,
+                false => TcpState::SynSent,
+            });
+            let group = self.group_of(addrs, first);
             if group.kind == kind {
                 *tw_counts.entry(group.endpoint).or_default() += 1;
             }

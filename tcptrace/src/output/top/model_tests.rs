@@ -164,7 +164,11 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
         .map(|i| addrs(&format!("10.0.0.1:{}", 41_000 + i), "10.0.0.9:443"))
         .chain([addrs("10.0.0.1:41000", "10.0.0.8:80")]) // left from before tracing
         .collect();
-    let rows = top.rows(GroupKind::Destination, 109 * S, live.iter());
+    let rows = top.rows(
+        GroupKind::Destination,
+        109 * S,
+        live.iter().map(|a| (a, None)),
+    );
     let row = rows
         .iter()
         .find(|r| r.endpoint == ep("10.0.0.9:443"))
@@ -308,13 +312,17 @@ fn port_failures_land_in_the_destination_or_the_local_service() {
     }
     top.port_failure(&failure(Call::Bind, "10.0.0.1:8080"));
     let live: Vec<FlowAddrs> = Vec::new();
-    let dests = top.rows(GroupKind::Destination, 101 * S, live.iter());
+    let dests = top.rows(
+        GroupKind::Destination,
+        101 * S,
+        live.iter().map(|a| (a, None)),
+    );
     let row = dests
         .iter()
         .find(|r| r.endpoint == ep("10.0.0.9:443"))
         .expect("the destination's row");
     assert_eq!(row.port_failures, 3);
-    let services = top.rows(GroupKind::Service, 101 * S, live.iter());
+    let services = top.rows(GroupKind::Service, 101 * S, live.iter().map(|a| (a, None)));
     assert_eq!(
         services
             .iter()
