@@ -18,6 +18,8 @@ pub mod filter_kind {
     /// Pods, Kubernetes namespaces, containers: the cgroups in `WORKLOAD_CGROUPS` (kept up to
     /// date by userspace as pods come and go) or their descendants.
     pub const WORKLOAD: u32 = 1 << 8;
+    /// `--port`: the port on either side (local or remote) is one of them.
+    pub const EITHER_PORT: u32 = 1 << 9;
     /// Filters a timewait socket cannot be judged by (it has no owner and no cgroup): its
     /// flow's verdict is carried over through the `TW_PENDING` map.
     pub const NEEDS_OWNER: u32 = PID | CGROUP | WORKLOAD;
@@ -27,6 +29,8 @@ pub mod filter_kind {
 pub mod port_bits {
     pub const LOCAL: u8 = 1 << 0;
     pub const REMOTE: u8 = 1 << 1;
+    /// `--port`: allowed on either side.
+    pub const EITHER: u8 = 1 << 2;
 }
 
 /// Filters in force, written by the loader.

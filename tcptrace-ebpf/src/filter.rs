@@ -249,6 +249,15 @@ fn judge_inline<R: Reader>(
     if active & filter_kind::WORKLOAD != 0 && (sk.is_null() || !workload_allowed::<R>(sk)) {
         return Verdict::NoMatch;
     }
+    // Either side: the remote port decides at once; the local one once it is bound.
+    if active & filter_kind::EITHER_PORT != 0 && !port_allowed(tuple.dport, port_bits::EITHER) {
+        if tuple.sport == 0 {
+            return Verdict::Pending;
+        }
+        if !port_allowed(tuple.sport, port_bits::EITHER) {
+            return Verdict::NoMatch;
+        }
+    }
     if active & filter_kind::LOCAL_PORT != 0 {
         if tuple.sport == 0 {
             return Verdict::Pending;

@@ -61,6 +61,15 @@ fn port_filters_trace_matching_ports_only_and_filtered_traffic_sends_nothing() {
     let netns = host_netns();
     let by_remote = Tracer::start(&["flows", "--no-time-wait", "-D", &port, "--netns", &netns]);
     let by_local = Tracer::start(&["flows", "--no-time-wait", "-L", &port, "--netns", &netns]);
+    // The README's way to follow a service and what it calls: a port on either side.
+    let either = Tracer::start(&[
+        "flows",
+        "--no-time-wait",
+        "--port",
+        &format!("{port},{}", other_addr.port()),
+        "--netns",
+        &netns,
+    ]);
     let clients = connect_n(&wanted, wanted_addr, 5);
     connect_n(&other, other_addr, 20);
     wait_for_closes(&[wanted_addr.port(), other_addr.port()]);
@@ -109,6 +118,18 @@ fn port_filters_trace_matching_ports_only_and_filtered_traffic_sends_nothing() {
         assert_eq!(flow["path"][0]["state"], "SYN_RECV", "{flow}");
     }
     assert_eq!(out.summary()["records_submitted"], 5);
+    // Both sides of both ports' connections: 2 × (5 + 20) flows.
+    let out = either.stop();
+    let flows_seen = flows(&out);
+    assert_eq!(flows_seen.len(), 50, "{flows_seen:#?}");
+    let (accepted, connecting) = flows_seen
+        .iter()
+        .partition::<Vec<&&Value>, _>(|f| f["path"][0]["state"] == "SYN_RECV");
+    assert_eq!((accepted.len(), connecting.len()), (25, 25));
+    assert!(out.summary()["filters"]
+        .as_str()
+        .expect("filters")
+        .contains("(either side)"));
 }
 
 #[test]

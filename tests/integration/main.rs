@@ -18,6 +18,7 @@ mod netns;
 mod overload;
 mod pods;
 mod ports;
+mod privileges;
 mod prometheus;
 mod recording;
 mod retransmit;

@@ -49,9 +49,37 @@ fn client_time_wait_lasts_about_60s_and_expires() {
     // The same under a filter (the timer's expiry is traced through its start's verdict;
     // the kernel reports a cancel just before every expiry).
     let filtered = Tracer::start_beside(&tracer, &["flows", "-D", &port]);
+    // As a person reads it: the flow as it closes, the TIME_WAIT's end on its own record.
+    let at_close = Tracer::start_beside(&tracer, &["flows", "-D", &port, "--flows-at", "close"]);
     let (client_port, server_port) = client_closes_first(&listener);
+    let is_client = |r: &Value| r["lport"] == client_port && r["rport"] == server_port;
+    at_close.wait_for_record("flow", Duration::from_secs(1), |r| {
+        is_client(r) && r["time_wait"].is_null() && r["time_wait_follows"] == true
+    });
     // The timer wheel rounds up: the expiry comes 60-62 s later.
     thread::sleep(Duration::from_millis(63_500));
+    let out = at_close.stop();
+    let flows: Vec<&Value> = out
+        .of_type("flow")
+        .into_iter()
+        .filter(|r| is_client(r))
+        .collect();
+    assert_eq!(flows.len(), 1, "printed once, at its close: {flows:?}");
+    let ends: Vec<&Value> = out
+        .of_type("time_wait")
+        .into_iter()
+        .filter(|r| is_client(r))
+        .collect();
+    assert_eq!(ends.len(), 1, "its TIME_WAIT's end: {:?}", out.records);
+    assert_eq!(ends[0]["end"], "expired", "{}", ends[0]);
+    assert_eq!(ends[0]["flow_seen"], true, "{}", ends[0]);
+    assert_eq!(ends[0]["skaddr"], flows[0]["skaddr"], "joined by socket");
+    let held = ends[0]["held_ns"].as_u64().expect("held");
+    assert!(
+        (59_500_000_000..63_000_000_000).contains(&held),
+        "{}",
+        ends[0]
+    );
     let out = tracer.stop();
     let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
     assert_eq!(

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod guest;
+mod install;
 mod oldkernels;
 mod setup;
 mod soak;
@@ -45,6 +46,15 @@ enum Task {
     /// Measure connections/s with the tracer off and on, kernel and user cost, memory per
     /// flow, aggregation throughput, against bpftrace (as root).
     Bench(bench::BenchArgs),
+    /// Build (optimised) and install tcptrace: the binary into PREFIX/bin, its man page into
+    /// PREFIX/share/man/man1, bash, zsh and fish completions under PREFIX/share.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage the files under this directory instead (a package's root).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<PathBuf>,
+    },
     /// Write shell completions (bash, zsh, fish) for tcptrace into DIR.
     Completions {
         #[arg(long, default_value = "target/completions")]
@@ -257,6 +267,11 @@ fn test(args: &[OsString]) -> Result<()> {
         "kernel programs fit the 512-byte stack of kernels before 6.13",
         "kernel programs fit the stack of kernels before 6.13",
     );
+    own(
+        install::check(&workspace_root().join("target/debug/tcptrace")),
+        "cargo xtask install (binary, man page, completions) used as installed",
+        "cargo xtask install",
+    );
     // The short soak: the debug build under 60 s of load, a burst and idle.
     let soak_args = soak::SoakArgs::short(3_000.0);
     own(
@@ -332,35 +347,31 @@ fn main() -> ExitCode {
         Task::GuestScenarios { tcptrace } => guest::run(&tcptrace),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
         Task::BenchLoad { rate, secs } => bench::load_only(rate, secs),
+        Task::Install { prefix, destdir } => build(true).and_then(|bin| {
+            let written = install::install(&bin, &prefix, destdir.as_deref())?;
+            for file in &written {
+                eprintln!("xtask: installed {}", file.display());
+            }
+            let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .any(|dir| dir == prefix.join("bin"));
+            if destdir.is_none() && !on_path {
+                eprintln!(
+                    "xtask: {} is not on PATH: add it, or run {}",
+                    prefix.join("bin").display(),
+                    written[0].display()
+                );
+            }
+            Ok(())
+        }),
         Task::Completions { out } => build(false).and_then(|bin| {
             let dir = workspace_root().join(out);
-            std::fs::create_dir_all(&dir)?;
-            for (shell, file) in [
-                ("bash", "tcptrace.bash"),
-                ("zsh", "_tcptrace"),
-                ("fish", "tcptrace.fish"),
-            ] {
-                let output = Command::new(&bin).args(["completions", shell]).output()?;
-                if !output.status.success() {
-                    bail!("tcptrace completions {shell} failed");
-                }
-                std::fs::write(dir.join(file), output.stdout)?;
-            }
+            install::completions(&bin, &dir)?;
             eprintln!("xtask: completions written to {}", dir.display());
             Ok(())
         }),
         Task::Man { out } => build(false).and_then(|bin| {
-            let dir = workspace_root().join(out);
-            std::fs::create_dir_all(&dir)?;
-            let output = Command::new(&bin).arg("man").output()?;
-            if !output.status.success() {
-                bail!("tcptrace man failed");
-            }
-            std::fs::write(dir.join("tcptrace.1"), output.stdout)?;
-            eprintln!(
-                "xtask: man page written to {}",
-                dir.join("tcptrace.1").display()
-            );
+            let page = install::man(&bin, &workspace_root().join(out))?;
+            eprintln!("xtask: man page written to {}", page.display());
             Ok(())
         }),
         Task::Bench(args) => build_with(true, &["bench"]).and_then(|bin| {

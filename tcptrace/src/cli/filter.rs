@@ -41,6 +41,15 @@ pub struct FilterArgs {
         value_delimiter = ','
     )]
     pub remote_ports: Vec<String>,
+    /// Only connections with one of these ports on either side, local or remote (a service
+    /// and its clients, or a destination): numbers or ranges (8080,5432).
+    #[arg(
+        long = "port",
+        global = true,
+        value_name = "PORTS",
+        value_delimiter = ','
+    )]
+    pub ports: Vec<String>,
     /// Only these local addresses or networks (10.0.0.0/8, 2001:db8::/32, 127.0.0.1).
     #[arg(
         long = "local-addr",
@@ -114,6 +123,7 @@ impl FilterArgs {
         self.pids.is_empty()
             && self.local_ports.is_empty()
             && self.remote_ports.is_empty()
+            && self.ports.is_empty()
             && self.local_addrs.is_empty()
             && self.remote_addrs.is_empty()
             && self.cgroups.is_empty()
@@ -156,6 +166,11 @@ impl TryFrom<FilterArgs> for FilterSpec {
                 .remote_ports
                 .iter()
                 .map(|p| parse_ports(p, "--remote-port"))
+                .collect::<Result<_>>()?,
+            ports: args
+                .ports
+                .iter()
+                .map(|p| parse_ports(p, "--port"))
                 .collect::<Result<_>>()?,
             local_addrs: args
                 .local_addrs

@@ -198,3 +198,44 @@ fn sock_diag_sockets_are_judged_by_what_they_show() {
     ));
     assert!(!by_pid.admits_diag(&addrs("127.0.0.1", 7000), own_netns(), Some(1)));
 }
+
+#[test]
+fn a_port_on_either_side_is_one_filter() {
+    let s = spec(FilterArgs {
+        ports: vec!["8080".into(), "5432".into()],
+        ..FilterArgs::default()
+    })
+    .expect("valid");
+    assert_eq!(s.active(), tcptrace_common::filter_kind::EITHER_PORT);
+    let bits: Vec<(u16, u8)> = s.port_bits();
+    assert_eq!(
+        bits,
+        vec![
+            (5432, tcptrace_common::port_bits::EITHER),
+            (8080, tcptrace_common::port_bits::EITHER)
+        ]
+    );
+    assert_eq!(
+        s.describe(),
+        "port 5432,8080 (either side)".replace("5432,8080", "8080,5432")
+    );
+    let addrs = |local: u16, remote: u16| FlowAddrs {
+        local: Endpoint::new("127.0.0.1".parse().expect("ip"), local),
+        remote: Endpoint::new("127.0.0.1".parse().expect("ip"), remote),
+    };
+    assert!(
+        s.admits_diag(&addrs(8080, 40000), own_netns(), None),
+        "a service"
+    );
+    assert!(
+        s.admits_diag(&addrs(40000, 5432), own_netns(), None),
+        "a destination"
+    );
+    assert!(!s.admits_diag(&addrs(40000, 443), own_netns(), None));
+    let err = spec(FilterArgs {
+        ports: vec!["80-70".into()],
+        ..FilterArgs::default()
+    })
+    .expect_err("a backwards range");
+    assert!(format!("{err:#}").contains("--port"), "{err:#}");
+}

@@ -23,6 +23,15 @@ fn tracing_dir() -> Result<&'static str> {
             return Ok(dir);
         }
     }
+    // Mounted, but this user cannot look inside (tracefs is root's, mode 0700).
+    if let Some(dir) = mounted_tracefs() {
+        if let Err(e) = fs::read_dir(&dir) {
+            bail!(
+                "tracefs is mounted at {dir} but cannot be read ({e}): run as root or with \
+                 CAP_DAC_READ_SEARCH"
+            );
+        }
+    }
     let (source, target) = (CString::new("tracefs")?, CString::new(TRACEFS)?);
     // SAFETY: mount(2) with valid NUL-terminated strings and no data.
     let rc = unsafe {
@@ -36,9 +45,22 @@ fn tracing_dir() -> Result<&'static str> {
     };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        bail!("tracefs is not mounted and mounting it at {TRACEFS} failed: {e}");
+        bail!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({e}): run as root or \
+             with CAP_SYS_ADMIN, or mount it first (mount -t tracefs tracefs {TRACEFS})"
+        );
     }
     Ok(TRACEFS)
+}
+
+/// Where tracefs is mounted, from /proc/self/mounts.
+fn mounted_tracefs() -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "tracefs").then(|| target.to_string())
+    })
 }
 
 /// A field of a tracepoint's format file: (name, offset, size).

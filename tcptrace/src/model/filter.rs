@@ -20,6 +20,8 @@ pub struct FilterSpec {
     pub pids: Vec<u32>,
     pub local_ports: Vec<(u16, u16)>,
     pub remote_ports: Vec<(u16, u16)>,
+    /// `--port`: either side.
+    pub ports: Vec<(u16, u16)>,
     pub local_addrs: Vec<IpNet>,
     pub remote_addrs: Vec<IpNet>,
     /// (as given, cgroup id)
@@ -64,6 +66,7 @@ impl FilterSpec {
         set(self.family.is_some(), filter_kind::FAMILY);
         set(!self.local_ports.is_empty(), filter_kind::LOCAL_PORT);
         set(!self.remote_ports.is_empty(), filter_kind::REMOTE_PORT);
+        set(!self.ports.is_empty(), filter_kind::EITHER_PORT);
         set(!self.local_addrs.is_empty(), filter_kind::LOCAL_ADDR);
         set(!self.remote_addrs.is_empty(), filter_kind::REMOTE_ADDR);
         set(!self.pids.is_empty(), filter_kind::PID);
@@ -74,7 +77,7 @@ impl FilterSpec {
     }
 
     pub fn has_ports(&self) -> bool {
-        !self.local_ports.is_empty() || !self.remote_ports.is_empty()
+        !self.local_ports.is_empty() || !self.remote_ports.is_empty() || !self.ports.is_empty()
     }
 
     /// Whether TIME_WAIT sockets are judged by their flow (pid, cgroup and workload filters).
@@ -115,6 +118,9 @@ impl FilterSpec {
                 if port_ranges_allow(&self.remote_ports, port) {
                     bits |= port_bits::REMOTE;
                 }
+                if port_ranges_allow(&self.ports, port) {
+                    bits |= port_bits::EITHER;
+                }
                 (bits != 0).then_some((port, bits))
             })
             .collect()
@@ -147,6 +153,9 @@ impl FilterSpec {
         }
         if !self.remote_ports.is_empty() {
             parts.push(format!("remote port {}", ports(&self.remote_ports)));
+        }
+        if !self.ports.is_empty() {
+            parts.push(format!("port {} (either side)", ports(&self.ports)));
         }
         if !self.local_addrs.is_empty() {
             parts.push(format!(
@@ -220,6 +229,12 @@ impl FilterSpec {
         }
         if !self.remote_ports.is_empty()
             && !port_ranges_allow(&self.remote_ports, addrs.remote.port)
+        {
+            return false;
+        }
+        if !self.ports.is_empty()
+            && !port_ranges_allow(&self.ports, addrs.local.port)
+            && !port_ranges_allow(&self.ports, addrs.remote.port)
         {
             return false;
         }

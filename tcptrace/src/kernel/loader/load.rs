@@ -357,7 +357,8 @@ fn check_privileges() -> Result<()> {
     }
     bail!(
         "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
-         (run it as root, or: setcap cap_bpf,cap_perfmon+ep $(which tcptrace))"
+         (and CAP_SYSLOG, CAP_DAC_READ_SEARCH in most modes: run it as root, or setcap \
+         cap_bpf,cap_perfmon,cap_syslog,cap_dac_read_search+ep $(which tcptrace))"
     )
 }
 
