@@ -20,6 +20,7 @@ mod pods;
 mod ports;
 mod privileges;
 mod prometheus;
+mod readme;
 mod recording;
 mod retransmit;
 mod socket_storage;

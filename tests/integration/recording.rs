@@ -184,6 +184,53 @@ fn report_renders_what_the_live_tool_printed() {
     }
     let alerts = String::from_utf8_lossy(&report(&file, &["--mode", "alerts"]).stdout).into_owned();
     assert!(alerts.contains("refused"), "{alerts}");
+
+    // Filtered after the fact, as `tcpdump -r FILE expr`: the refused connect only.
+    let refused_arg = refused.to_string();
+    let out = report(&file, &["--mode", "flows", "--json", "-D", &refused_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = json_lines(&out);
+    let only: Vec<&Value> = records.iter().filter(|r| r["type"] == "flow").collect();
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["rport"], refused, "{}", only[0]);
+    let summary = records.last().expect("a summary");
+    assert!(
+        summary["filters"]
+            .as_str()
+            .is_some_and(|f| f.contains(&format!("reported: remote port {refused}"))),
+        "{summary}"
+    );
+    // By pid: the recorded owner (this test process), which need not be alive to match.
+    let me = std::process::id().to_string();
+    let out = report(
+        &file,
+        &[
+            "--mode",
+            "flows",
+            "--json",
+            "-p",
+            &me,
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let mine = json_lines(&out)
+        .iter()
+        .filter(|r| r["type"] == "flow")
+        .count();
+    assert_eq!(mine, 25, "{}", String::from_utf8_lossy(&out.stderr));
+    // What names the traced host's objects is refused, in one line.
+    let out = report(&file, &["--netns", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("give them to `tcptrace record`") && err.lines().count() == 1,
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

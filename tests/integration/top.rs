@@ -234,7 +234,7 @@ fn top_shows_real_connections_keys_work_and_q_restores_the_terminal() {
         row_of(s, &endpoint).is_some_and(|cells| cells.get(3) == Some(&"30"))
     });
     let cells = row_of(&screen, &endpoint).expect("the row");
-    // DESTINATION CONN/s OPEN TW FCST% RTX RST KA_TO EADDR P99CONN
+    // DESTINATION CONN/s OPEN TW FCST% RTX RST KA_TO EADDR P99
     assert_eq!(cells.len(), 10, "{screen}");
     assert_eq!(
         cells[1], "3.0",

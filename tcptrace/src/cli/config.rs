@@ -185,9 +185,7 @@ impl TryFrom<Cli> for Config {
 /// refused (they applied when recording).
 pub fn report_config(cli: &Cli, mode: ModeKind, interval: Duration) -> Result<Config> {
     let c = &cli.common;
-    if !c.filter.is_empty() {
-        bail!("report renders what was recorded: give filters to `tcptrace record`");
-    }
+    let filter = c.filter.for_recording()?;
     if c.metrics.is_some() || c.idle_report.is_some() || c.duration.is_some() {
         bail!("--metrics, --idle-report and --duration apply to live tracing, not to report");
     }
@@ -195,6 +193,7 @@ pub fn report_config(cli: &Cli, mode: ModeKind, interval: Duration) -> Result<Co
         bail!("--interval must be at least 100ms");
     }
     let mut config = Config::for_report(mode, interval, c.json, !c.no_summary);
+    config.filter = filter;
     if let Some(at) = c.flows_at {
         config.flows_at = at;
     }

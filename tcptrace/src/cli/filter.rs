@@ -117,25 +117,6 @@ pub struct FilterArgs {
     pub ipv6: bool,
 }
 
-impl FilterArgs {
-    /// No filter flag was given.
-    pub fn is_empty(&self) -> bool {
-        self.pids.is_empty()
-            && self.local_ports.is_empty()
-            && self.remote_ports.is_empty()
-            && self.ports.is_empty()
-            && self.local_addrs.is_empty()
-            && self.remote_addrs.is_empty()
-            && self.cgroups.is_empty()
-            && self.netns.is_empty()
-            && self.pods.is_empty()
-            && self.namespaces.is_empty()
-            && self.containers.is_empty()
-            && !self.ipv4
-            && !self.ipv6
-    }
-}
-
 /// The pids of one `--pid` value: separated by spaces too (`-p "$(pidof nginx)"`); a blank
 /// value stays whole, to be refused.
 fn pid_words(value: &str) -> Vec<&str> {
@@ -209,6 +190,60 @@ impl TryFrom<FilterArgs> for FilterSpec {
             },
         };
         Ok(spec)
+    }
+}
+
+impl FilterArgs {
+    /// The filters `tcptrace report` applies to a recording's records, as `tcpdump -r FILE
+    /// expr` does: ports, addresses, family and pids (a recorded process need not exist
+    /// now). Those that name this host's objects are refused: a recording's cgroups,
+    /// namespaces and pods are the traced host's, at the time.
+    pub fn for_recording(&self) -> Result<FilterSpec> {
+        if !(self.cgroups.is_empty()
+            && self.netns.is_empty()
+            && self.pods.is_empty()
+            && self.namespaces.is_empty()
+            && self.containers.is_empty())
+        {
+            anyhow::bail!(
+                "report filters by port, address, family and pid; --cgroup, --netns, --pod, \
+                 --namespace and --container name the traced host's objects: give them to \
+                 `tcptrace record`"
+            );
+        }
+        let ports = |list: &[String], flag: &str| -> Result<Vec<(u16, u16)>> {
+            list.iter().map(|p| parse_ports(p, flag)).collect()
+        };
+        let nets = |list: &[String], flag: &str| -> Result<Vec<ipnet::IpNet>> {
+            list.iter().map(|a| parse_cidr(a, flag)).collect()
+        };
+        Ok(FilterSpec {
+            pids: self
+                .pids
+                .iter()
+                .flat_map(|p| pid_words(p))
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .ok()
+                        .filter(|&pid: &u32| pid > 0)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("invalid --pid '{p}': expected a process id")
+                        })
+                })
+                .collect::<Result<_>>()?,
+            local_ports: ports(&self.local_ports, "--local-port")?,
+            remote_ports: ports(&self.remote_ports, "--remote-port")?,
+            ports: ports(&self.ports, "--port")?,
+            local_addrs: nets(&self.local_addrs, "--local-addr")?,
+            remote_addrs: nets(&self.remote_addrs, "--remote-addr")?,
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(AF_INET),
+                (_, true) => Some(AF_INET6),
+                _ => None,
+            },
+            ..FilterSpec::default()
+        })
     }
 }
 

@@ -57,7 +57,8 @@ pub enum Command {
     /// A live full-screen view, refreshed every second: rates, flows open by state,
     /// TIME_WAIT, destinations or local services (connections/s, open, TIME_WAIT, exhaustion
     /// forecast, retransmits, resets, keepalive timeouts, p99 connect time) and the latest
-    /// alerts. Keys: q quit, t destinations/services, 1-9 and 0 sort, r reverse, / filter.
+    /// alerts. Keys: q quit, t cycles destinations → local services → workloads, 1-9 and 0
+    /// sort by a shown column, r reverse, / filter, ? or h what the columns mean.
     Top,
     /// Record the raw event stream (every transition, flow, retransmit, keepalive probe and
     /// TIME_WAIT) to a file at ring-buffer speed, to render later with `tcptrace report`.
@@ -152,13 +153,13 @@ pub struct CommonArgs {
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
     #[arg(long, global = true, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Most flows tracked at once in the kernel (~190 bytes each). At 90% full, the least
+    /// Most flows tracked at once in the kernel (~200 bytes each). At 90% full, the least
     /// recently active flows are evicted down to 80% (counted, live and in the summary);
     /// flows arriving faster than that are counted as untracked.
     #[arg(long, global = true, value_name = "N", default_value_t = 131_072)]
     pub max_flows: u32,
-    /// Where the kernel keeps flows: `prealloc`, a table taking all its memory at start (~190
-    /// bytes × --max-flows, 25 MB for the default: a fixed ceiling and the least kernel time
+    /// Where the kernel keeps flows: `prealloc`, a table taking all its memory at start (~200
+    /// bytes × --max-flows, 26 MB for the default: a fixed ceiling and the least kernel time
     /// per transition); `on-demand`, the same table allocating as flows appear (about 40% more
     /// kernel time per transition, for a high --max-flows that is rarely reached); `socket`,
     /// each socket's own storage (no table to fill or evict; freed with the socket;

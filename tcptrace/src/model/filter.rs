@@ -7,7 +7,8 @@ use ipnet::IpNet;
 use tcptrace_common::{filter_kind, port_bits, FilterConfig};
 
 use crate::model::{
-    tcp::{FlowAddrs, AF_INET, AF_INET6},
+    events::Event,
+    tcp::{FlowAddrs, Process, AF_INET, AF_INET6},
     workload::{short_id, Identity},
 };
 
@@ -200,6 +201,74 @@ impl FilterSpec {
             None => {}
         }
         parts.join(" and ")
+    }
+
+    /// Family, ports and addresses, judged from a 4-tuple (local side first).
+    fn admits_endpoints(&self, addrs: &FlowAddrs) -> bool {
+        let family = if addrs.local.addr.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        };
+        let ports_ok =
+            |ranges: &[(u16, u16)], port: u16| ranges.is_empty() || port_ranges_allow(ranges, port);
+        let addrs_ok = |nets: &[IpNet], addr: IpAddr| nets.is_empty() || addr_allowed(nets, addr);
+        self.family.is_none_or(|f| f == family)
+            && ports_ok(&self.local_ports, addrs.local.port)
+            && ports_ok(&self.remote_ports, addrs.remote.port)
+            && (self.ports.is_empty()
+                || port_ranges_allow(&self.ports, addrs.local.port)
+                || port_ranges_allow(&self.ports, addrs.remote.port))
+            && addrs_ok(&self.local_addrs, addrs.local.addr)
+            && addrs_ok(&self.remote_addrs, addrs.remote.addr)
+    }
+
+    /// Whether a decoded event passes the filters that what it carries can be judged by
+    /// (`tcptrace report FILE -D 5432`): family, ports, addresses, the owner's pid. A dropped
+    /// packet is judged either way round (it may be coming or going); a TIME_WAIT's cancel or
+    /// expiry carries only its timer, and follows its start (the tracker ignores the end of a
+    /// TIME_WAIT it never saw start).
+    pub fn admits_event(&self, event: &Event) -> bool {
+        let pid_ok =
+            |pid: Option<u32>| self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p));
+        let owned = |addrs: &FlowAddrs, owner: &Option<Process>| {
+            self.admits_endpoints(addrs) && pid_ok(owner.as_ref().map(|o| o.pid))
+        };
+        match event {
+            Event::Transition(t) => owned(&t.addrs, &t.owner),
+            Event::FlowEnd(f) => owned(&f.addrs, &f.lifecycle.owner),
+            Event::Retransmit(r) => owned(&r.addrs, &r.owner),
+            Event::KeepaliveProbe(p) => owned(&p.addrs, &p.owner),
+            Event::TimeWait(r) => r
+                .addrs
+                .is_none_or(|a| self.admits_endpoints(&a) && self.pids.is_empty()),
+            Event::TimeWaitFlow(f) => self.admits_endpoints(&f.addrs) && self.pids.is_empty(),
+            // A failed connect() or bind() has no local port: judged by what it asked for.
+            Event::PortFailure(p) => {
+                let asked = p.asked.is_none_or(|asked| {
+                    let family = if asked.addr.is_ipv4() {
+                        AF_INET
+                    } else {
+                        AF_INET6
+                    };
+                    self.family.is_none_or(|f| f == family)
+                        && (self.remote_ports.is_empty()
+                            || port_ranges_allow(&self.remote_ports, asked.port))
+                        && (self.ports.is_empty() || port_ranges_allow(&self.ports, asked.port))
+                        && (self.remote_addrs.is_empty()
+                            || addr_allowed(&self.remote_addrs, asked.addr))
+                });
+                asked && pid_ok(Some(p.owner.pid))
+            }
+            Event::Drop(d) => {
+                let back = FlowAddrs {
+                    local: d.addrs.remote,
+                    remote: d.addrs.local,
+                };
+                (self.admits_endpoints(&d.addrs) || self.admits_endpoints(&back))
+                    && self.pids.is_empty()
+            }
+        }
     }
 
     /// Whether a socket found by sock_diag (in tcptrace's own namespace, owner and cgroup

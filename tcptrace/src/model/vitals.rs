@@ -80,6 +80,9 @@ impl PacketDrop {
     }
 }
 
+/// Drop reasons the kernel answers (with a reset): the sender is told, nothing is lost.
+pub const ANSWERED_REASONS: [&str; 1] = ["NO_SOCKET"];
+
 /// The packets of one flow the kernel dropped, by reason (in the order first seen).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DropTally(pub Vec<(String, u32)>);
@@ -95,6 +98,16 @@ impl DropTally {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The drops that lost a packet: all but `NO_SOCKET`, a segment to a port nothing
+    /// listens on, which the kernel answers with a reset (a refused connect(), not loss).
+    pub fn lost(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(reason, _)| !ANSWERED_REASONS.contains(&reason.as_str()))
+            .map(|(_, n)| u64::from(*n))
+            .sum()
     }
 
     /// `NETFILTER_DROP:3,TCP_CLOSE:1`.

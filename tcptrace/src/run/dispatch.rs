@@ -10,7 +10,10 @@ use tcptrace_common::time_wait;
 use crate::{
     decode::{transition_time, Decoder},
     host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
-    model::{counters::KernelCounters, events::Event, facts::HostFacts, tcp::Endpoint},
+    model::{
+        counters::KernelCounters, events::Event, facts::HostFacts, filter::FilterSpec,
+        tcp::Endpoint,
+    },
     output::consumer::{Consumer, Seen, Wants},
     state::{
         aggregate::Aggregator,
@@ -89,6 +92,9 @@ pub struct Dispatcher {
     decoder: Decoder,
     wants: Wants,
     traces_time_wait: bool,
+    /// `tcptrace report FILE -D 5432`: the events a recording holds that pass these filters
+    /// (live, the kernel has filtered already).
+    pub record_filter: Option<FilterSpec>,
 }
 
 impl Dispatcher {
@@ -106,6 +112,7 @@ impl Dispatcher {
             decoder: Decoder::new(host),
             wants,
             traces_time_wait,
+            record_filter: None,
         }
     }
 
@@ -186,8 +193,9 @@ impl Dispatcher {
         record: &[u8],
     ) -> io::Result<Option<u64>> {
         self.agg.delivered();
-        // Transitions nobody looks at are only checked (a recording holds one per transition).
-        let decoded = if self.wants.transitions {
+        // Transitions nobody looks at are only checked (a recording holds one per transition),
+        // unless a filter must judge them.
+        let decoded = if self.wants.transitions || self.record_filter.is_some() {
             self.decoder.decode(record)
         } else {
             match transition_time(record) {
@@ -199,7 +207,13 @@ impl Dispatcher {
         match decoded {
             Ok(event) => {
                 let ts = event.ts_ns();
-                self.handle(consumer, event)?;
+                if self
+                    .record_filter
+                    .as_ref()
+                    .is_none_or(|f| f.admits_event(&event))
+                {
+                    self.handle(consumer, event)?;
+                }
                 Ok(Some(ts))
             }
             Err(e) => {

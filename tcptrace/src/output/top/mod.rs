@@ -118,6 +118,10 @@ impl TopScreen {
             return Ok(());
         };
         let now_ns = Clock::ktime_now();
+        // Keys sort by the columns this screen shows.
+        if let Ok(size) = terminal.size() {
+            self.view.fit_width(size.width);
+        }
         let snapshot = Snapshot {
             now_ns,
             clock: &self.clock,

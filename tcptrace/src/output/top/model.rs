@@ -22,6 +22,7 @@ use crate::{
 };
 use tcptrace_common::{stat, tcp_state};
 
+use super::rate_window;
 pub use super::rate_window::RateWindow;
 /// Alerts kept for the pane.
 const ALERTS_KEPT: usize = 200;
@@ -101,6 +102,9 @@ struct Followed {
 }
 
 pub struct TopModel {
+    /// When tracing started (kernel time): rates are over the time traced until the window
+    /// is full.
+    started_ns: u64,
     groups: HashMap<GroupKey, GroupStats>,
     workloads: WorkloadTable,
     flows: HashMap<u64, Followed>,
@@ -125,7 +129,13 @@ fn seconds(ts_ns: u64) -> u64 {
 
 impl TopModel {
     pub fn new() -> TopModel {
+        TopModel::started_at(crate::host::clock::Clock::ktime_now())
+    }
+
+    /// A model whose tracing started at `started_ns` (kernel time).
+    pub fn started_at(started_ns: u64) -> TopModel {
         TopModel {
+            started_ns,
             groups: HashMap::default(),
             workloads: WorkloadTable::default(),
             flows: HashMap::default(),
@@ -260,14 +270,19 @@ impl TopModel {
     pub fn flow_end(&mut self, f: &FinishedFlow) {
         let first = f.lifecycle.path.first().map(|s| s.state);
         let group = self.group_of(&f.addrs, first);
+        // A refused connect() is a reset received in SYN_SENT.
         let reset = matches!(
             f.cause,
-            CloseCause::ResetReceived | CloseCause::ResetSent | CloseCause::Aborted
+            CloseCause::ResetReceived
+                | CloseCause::ResetSent
+                | CloseCause::Aborted
+                | CloseCause::Refused
         );
         let keepalive = f.cause == CloseCause::KeepaliveTimeout;
         let now_s = seconds(f.ts_ns);
         let stats = self.group_mut(group);
-        stats.drops += f.drops.0.iter().map(|(_, n)| u64::from(*n)).sum::<u64>();
+        // Packets lost; a refused connect's NO_SOCKET was answered with a reset (RST shows it).
+        stats.drops += f.drops.lost();
         if let Some(srtt) = f.vitals.and_then(|v| v.srtt_ns) {
             stats.rtt.closed(now_s, srtt);
         }
@@ -370,7 +385,10 @@ impl TopModel {
             .map(|&s| (s, open[usize::from(s.raw())].max(0) as u64))
             .collect();
         (self.header.time_wait, self.header.time_wait_skipped) = time_wait;
-        self.header.busiest_forecast = self.busiest_forecast(seconds(now_ns));
+        self.header.busiest_forecast = self.busiest_forecast(
+            seconds(now_ns),
+            rate_window::window_s(self.started_ns, now_ns),
+        );
         self.header.lost = counters.lost();
         self.header.untracked = counters.stat(stat::FLOW_TABLE_FULL) + self.untracked_flows;
         // Rows with nothing left to show go.
@@ -394,8 +412,9 @@ impl TopModel {
         time_wait: impl Iterator<Item = (&'a FlowAddrs, Option<bool>)>,
     ) -> Vec<Row> {
         let now_s = seconds(now_ns);
+        let window_s = rate_window::window_s(self.started_ns, now_ns);
         if kind == GroupKind::Workload {
-            return self.workloads.rows(now_s);
+            return self.workloads.rows(now_s, window_s);
         }
         let mut tw_counts: HashMap<Endpoint, u64> = HashMap::default();
         for (addrs, accepted) in time_wait {
@@ -416,12 +435,12 @@ impl TopModel {
             .filter(|(k, _)| k.kind == kind)
             .map(|(k, g)| {
                 let forecast_pct = self
-                    .busiest_space(k, g, now_s)
+                    .busiest_space(k, g, now_s, window_s)
                     .map(|f| f.utilization * 100.0);
                 Row {
                     endpoint: k.endpoint,
                     label: None,
-                    conn_per_s: g.opened.per_second(now_s),
+                    conn_per_s: g.opened.per_second(now_s, window_s),
                     open: g.open,
                     time_wait: tw_counts.remove(&k.endpoint).unwrap_or(0),
                     forecast_pct,
@@ -442,7 +461,7 @@ impl TopModel {
             ..Row::empty(endpoint)
         }));
         if kind == GroupKind::Service {
-            self.attach_listeners(&mut rows, now_s);
+            self.attach_listeners(&mut rows, now_s, window_s);
         }
         rows
     }

@@ -22,6 +22,7 @@ impl TopModel {
         key: &GroupKey,
         g: &GroupStats,
         now_s: u64,
+        window_s: f64,
     ) -> Option<Forecast> {
         if key.kind != GroupKind::Destination {
             return None;
@@ -30,18 +31,18 @@ impl TopModel {
             .iter()
             .map(|(&(netns, local), w)| {
                 let ns = self.namespaces.get_or_unknown(netns);
-                forecast(&ns, local, key.endpoint, w.per_second(now_s))
+                forecast(&ns, local, key.endpoint, w.per_second(now_s, window_s))
             })
             .filter(|f| f.rate_per_s > 0.0)
             .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
     }
 
     /// The busiest 4-tuple space of all destinations, in words for the header.
-    pub(super) fn busiest_forecast(&self, now_s: u64) -> Option<String> {
+    pub(super) fn busiest_forecast(&self, now_s: u64, window_s: f64) -> Option<String> {
         let f = self
             .groups
             .iter()
-            .filter_map(|(k, g)| self.busiest_space(k, g, now_s))
+            .filter_map(|(k, g)| self.busiest_space(k, g, now_s, window_s))
             .max_by(|a, b| a.utilization.total_cmp(&b.utilization))?;
         Some(format!("busiest forecast {}", f.brief()))
     }

@@ -47,7 +47,7 @@ impl TopModel {
         self.listen.retain(|e, _| present.contains(e));
     }
 
-    pub(super) fn attach_listeners(&self, rows: &mut Vec<Row>, now_s: u64) {
+    pub(super) fn attach_listeners(&self, rows: &mut Vec<Row>, now_s: u64, window_s: f64) {
         let mut unmatched: Vec<&Endpoint> = self.listen.keys().collect();
         for row in rows.iter_mut() {
             let Some((endpoint, l)) = self.listen.iter().find(|(e, _)| serves(e, &row.endpoint))
@@ -55,11 +55,11 @@ impl TopModel {
                 continue;
             };
             unmatched.retain(|e| *e != endpoint);
-            row.listen = Some(l.cell(now_s));
+            row.listen = Some(l.cell(now_s, window_s));
         }
         // A listener with no traffic seen gets a row while it queues or drops.
         for endpoint in unmatched {
-            let cell = self.listen[endpoint].cell(now_s);
+            let cell = self.listen[endpoint].cell(now_s, window_s);
             if cell.queue > 0 || cell.drops_per_s > 0.0 {
                 rows.push(Row {
                     listen: Some(cell),
@@ -71,11 +71,11 @@ impl TopModel {
 }
 
 impl ListenRow {
-    fn cell(&self, now_s: u64) -> ListenCell {
+    fn cell(&self, now_s: u64, window_s: f64) -> ListenCell {
         ListenCell {
             queue: self.queue,
             backlog: self.backlog,
-            drops_per_s: self.drops.per_second(now_s),
+            drops_per_s: self.drops.per_second(now_s, window_s),
         }
     }
 }

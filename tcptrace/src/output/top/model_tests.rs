@@ -87,21 +87,34 @@ fn rate_window_counts_the_last_ten_seconds() {
             w.add(s);
         }
     }
-    assert_eq!(w.per_second(109), 5.0);
+    assert_eq!(w.per_second(109, 10.0), 5.0);
     // Two seconds later the two oldest seconds left the window.
-    assert_eq!(w.per_second(111), 4.0);
+    assert_eq!(w.per_second(111, 10.0), 4.0);
     w.add(111);
-    assert_eq!(w.per_second(111), 4.1);
-    assert_eq!(w.per_second(200), 0.0);
+    assert_eq!(w.per_second(111, 10.0), 4.1);
+    assert_eq!(w.per_second(200, 10.0), 0.0);
     assert!(w.idle(121) && !w.idle(120));
+    // Until tracing has run the whole window, the rate is over the time traced: 5 s in at
+    // 5 events a second reads 5, not 2.5.
+    let mut young = RateWindow::default();
+    for s in 0..5 {
+        for _ in 0..5 {
+            young.add(s);
+        }
+    }
+    let window = super::super::rate_window::window_s(0, 5_000_000_000);
+    assert_eq!(window, 5.0);
+    assert_eq!(young.per_second(4, window), 5.0);
+    assert_eq!(super::super::rate_window::window_s(0, 300_000_000), 1.0);
+    assert_eq!(super::super::rate_window::window_s(0, 99_000_000_000), 10.0);
     // A late record from a second still in the window counts there.
     w.add(105);
-    assert_eq!(w.per_second(111), 4.2);
+    assert_eq!(w.per_second(111, 10.0), 4.2);
 }
 
 #[test]
 fn connects_count_under_their_destination_accepts_under_their_service() {
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let db = addrs("10.0.0.1:0", "10.0.0.9:5432");
     for i in 0..20 {
         connection(&mut top, i, db, 100 * S + i * S / 2, 2_000_000);
@@ -146,7 +159,7 @@ fn connects_count_under_their_destination_accepts_under_their_service() {
 
 #[test]
 fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     // A namespace with 600 ports and no reuse: 10 new connections a second fill it.
     top.set_namespaces(&namespaces_with_ports(NETNS, (40000, 40599)));
     let dst = addrs("10.0.0.1:40000", "10.0.0.9:443");
@@ -205,7 +218,7 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
 
 #[test]
 fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let a = addrs("127.0.0.1:80", "127.0.0.1:40000");
     let mut at_seed = counters();
     at_seed.transitions[tcptrace_common::transition_slot(ts::CLOSE, ts::SYN_SENT)] = 1_000;
@@ -260,7 +273,7 @@ fn header_counts_open_flows_by_state_from_the_seed_and_transitions() {
 
 #[test]
 fn a_flow_from_before_tracing_that_closes_leaves_its_row() {
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let a = addrs("127.0.0.1:40000", "127.0.0.1:9000");
     top.seed([(ts::ESTABLISHED, a)], counters());
     closed(&mut top, 77, a, 5 * S);
@@ -294,7 +307,7 @@ fn namespaces_with_ports(inode: u32, range: (u16, u16)) -> Namespaces {
 #[test]
 fn port_failures_land_in_the_destination_or_the_local_service() {
     use crate::model::port_failure::{Call, Errno, PortFailure};
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let failure = |call, asked: &str| PortFailure {
         ts_ns: 100 * S,
         call,
@@ -348,7 +361,7 @@ fn the_workloads_table_groups_a_pods_containers() {
             }),
         )
     };
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let a = addrs("10.0.0.1:40000", "10.0.0.2:443");
     for (sk, workload) in [
         (1, in_pod("app", 11)),
@@ -375,4 +388,26 @@ fn the_workloads_table_groups_a_pods_containers() {
         .iter()
         .find(|r| r.label.as_deref() == Some("shop/cart-0"));
     assert_eq!(pod.map(|r| r.open), Some(1), "{rows:?}");
+}
+
+/// A refused connect() is a reset (RST), not a lost packet (DROP): its SYN's NO_SOCKET was
+/// answered. A firewall's drop is loss.
+#[test]
+fn refused_connects_are_resets_not_drops() {
+    let mut top = TopModel::started_at(0);
+    let dst = addrs("127.0.0.1:40000", "127.0.0.1:9");
+    for _ in 0..30 {
+        let mut f = flow_with(CloseCause::Refused, dst);
+        f.drops.add("NO_SOCKET", 1);
+        top.flow_end(&f);
+    }
+    let mut filtered = flow_with(CloseCause::SynTimeout, dst);
+    filtered.drops.add("NETFILTER_DROP", 3);
+    top.flow_end(&filtered);
+    let rows = top.rows(GroupKind::Destination, 101 * S, std::iter::empty());
+    let row = rows
+        .iter()
+        .find(|r| r.endpoint == dst.remote)
+        .expect("the row");
+    assert_eq!((row.resets, row.drops), (30, 3), "{row:?}");
 }

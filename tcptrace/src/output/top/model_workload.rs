@@ -63,13 +63,13 @@ impl WorkloadTable {
         self.groups.retain(|_, g| !g.idle(now_s));
     }
 
-    pub fn rows(&self, now_s: u64) -> Vec<Row> {
+    pub fn rows(&self, now_s: u64, window_s: f64) -> Vec<Row> {
         let nowhere = Endpoint::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
         self.groups
             .iter()
             .map(|(label, g)| Row {
                 label: Some(label.to_string()),
-                conn_per_s: g.opened.per_second(now_s),
+                conn_per_s: g.opened.per_second(now_s, window_s),
                 open: g.open,
                 retransmits: g.retransmits,
                 resets: g.resets,

@@ -3,6 +3,13 @@
 /// Seconds over which rates are measured.
 pub const RATE_WINDOW_S: u64 = 10;
 
+/// How long the rate window is at `now_ns` for a tracer that started at `started_ns`: the
+/// seconds traced so far, at least one, at most [`RATE_WINDOW_S`]. Dividing by the full window
+/// from the start would read half the true rate 5 s in.
+pub fn window_s(started_ns: u64, now_ns: u64) -> f64 {
+    (now_ns.saturating_sub(started_ns) as f64 / 1e9).clamp(1.0, RATE_WINDOW_S as f64)
+}
+
 /// Counts per second over the last [`RATE_WINDOW_S`] seconds, in one-second buckets.
 #[derive(Clone, Debug, Default)]
 pub struct RateWindow {
@@ -38,8 +45,9 @@ impl RateWindow {
         }
     }
 
-    /// Events per second over the window ending at `now_s`.
-    pub fn per_second(&self, now_s: u64) -> f64 {
+    /// Events per second over the window ending at `now_s`, `window_s` long: the full
+    /// [`RATE_WINDOW_S`], or less while tracing has not run that long (see [`window_s`]).
+    pub fn per_second(&self, now_s: u64, window_s: f64) -> f64 {
         let age = now_s.saturating_sub(self.second);
         if age >= RATE_WINDOW_S {
             return 0.0;
@@ -52,7 +60,7 @@ impl RateWindow {
                 )
             })
             .sum();
-        sum as f64 / RATE_WINDOW_S as f64
+        sum as f64 / window_s.clamp(1.0, RATE_WINDOW_S as f64)
     }
 
     pub fn idle(&self, now_s: u64) -> bool {

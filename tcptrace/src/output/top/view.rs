@@ -1,6 +1,5 @@
 //! The screen of `tcptrace top`: keys → [`ViewState`], and one frame drawn from a
 //! [`Snapshot`] (header, sortable and filterable table, alerts pane, key help).
-use std::cmp::Ordering;
 
 use ratatui::{
     crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
@@ -12,165 +11,7 @@ use ratatui::{
 };
 
 use super::model::{AlertLine, GroupKind, Header, Row};
-use crate::host::clock::{Clock, HumanDuration};
-
-/// The table's columns, in order (keys 1–9 and 0 sort by them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Column {
-    Endpoint,
-    ConnPerS,
-    Open,
-    TimeWait,
-    Forecast,
-    Retransmits,
-    Resets,
-    KeepaliveTimeouts,
-    PortFailures,
-    ConnectP99,
-    Rtt,
-    Drops,
-}
-
-impl Column {
-    pub const ALL: [Column; 12] = [
-        Column::Endpoint,
-        Column::ConnPerS,
-        Column::Open,
-        Column::TimeWait,
-        Column::Forecast,
-        Column::Retransmits,
-        Column::Resets,
-        Column::KeepaliveTimeouts,
-        Column::PortFailures,
-        Column::ConnectP99,
-        Column::Rtt,
-        Column::Drops,
-    ];
-
-    fn title(self, kind: GroupKind) -> &'static str {
-        match self {
-            Column::Endpoint => match kind {
-                GroupKind::Destination => "DESTINATION",
-                GroupKind::Service => "LOCAL SERVICE",
-                GroupKind::Workload => "POD / WORKLOAD",
-            },
-            Column::ConnPerS => "CONN/s",
-            Column::Open => "OPEN",
-            Column::TimeWait => "TW",
-            // Local services: their listener's accept queue (now/backlog) and drops.
-            Column::Forecast => match kind {
-                GroupKind::Destination | GroupKind::Workload => "FCST%",
-                GroupKind::Service => "ACCQ",
-            },
-            Column::Retransmits => "RTX",
-            Column::Resets => "RST",
-            Column::KeepaliveTimeouts => "KA_TO",
-            Column::PortFailures => match kind {
-                GroupKind::Destination | GroupKind::Workload => "EADDR",
-                GroupKind::Service => "DRP/s",
-            },
-            Column::ConnectP99 => "P99CONN",
-            Column::Rtt => "RTT50",
-            Column::Drops => "DROP",
-        }
-    }
-
-    /// Widths: the first ten fill 80 columns (71 of cells and 9 of spacing; 21: the longest
-    /// IPv4 endpoint; 8: `P99CONN▼`), RTT and drops follow on wider terminals. A workload's
-    /// label gets what the table has to spare.
-    fn width(self, kind: GroupKind) -> Constraint {
-        Constraint::Length(match self {
-            Column::Endpoint if kind == GroupKind::Workload => return Constraint::Min(21),
-            Column::Endpoint => 21,
-            Column::ConnPerS | Column::Rtt => 7,
-            Column::ConnectP99 => 8,
-            _ => 5,
-        })
-    }
-
-    /// The columns a table `width` wide shows: all that fit, in order.
-    fn shown(width: u16) -> Vec<Column> {
-        let mut used = 0u16;
-        Column::ALL
-            .into_iter()
-            .take_while(|c| {
-                let cell = match c.width(GroupKind::Destination) {
-                    Constraint::Length(n) => n,
-                    _ => 21,
-                };
-                used += cell + u16::from(used > 0);
-                used <= width.max(80)
-            })
-            .collect()
-    }
-
-    fn compare(self, a: &Row, b: &Row) -> Ordering {
-        let float = |x: f64, y: f64| x.total_cmp(&y);
-        match self {
-            Column::Endpoint => a.label.cmp(&b.label).then(a.endpoint.cmp(&b.endpoint)),
-            Column::ConnPerS => float(a.conn_per_s, b.conn_per_s),
-            Column::Open => a.open.cmp(&b.open),
-            Column::TimeWait => a.time_wait.cmp(&b.time_wait),
-            Column::Forecast => float(
-                a.forecast_pct.unwrap_or(-1.0),
-                b.forecast_pct.unwrap_or(-1.0),
-            )
-            .then(a.listen.map(|l| l.queue).cmp(&b.listen.map(|l| l.queue))),
-            Column::Retransmits => a.retransmits.cmp(&b.retransmits),
-            Column::Resets => a.resets.cmp(&b.resets),
-            Column::KeepaliveTimeouts => a.keepalive_timeouts.cmp(&b.keepalive_timeouts),
-            Column::PortFailures => a.port_failures.cmp(&b.port_failures).then(float(
-                a.listen.map_or(-1.0, |l| l.drops_per_s),
-                b.listen.map_or(-1.0, |l| l.drops_per_s),
-            )),
-            Column::ConnectP99 => a.connect_p99_ns.cmp(&b.connect_p99_ns),
-            Column::Rtt => a.rtt_p50_ns.cmp(&b.rtt_p50_ns),
-            Column::Drops => a.drops.cmp(&b.drops),
-        }
-    }
-
-    fn cell(self, row: &Row) -> String {
-        match self {
-            Column::Endpoint => match &row.label {
-                Some(label) => label.clone(),
-                None => row.endpoint.to_string(),
-            },
-            Column::ConnPerS => format!("{:.1}", row.conn_per_s),
-            Column::Open => row.open.to_string(),
-            Column::TimeWait => row.time_wait.to_string(),
-            Column::Forecast => match (row.listen, row.forecast_pct) {
-                (Some(l), _) => {
-                    let both = format!("{}/{}", l.queue, l.backlog);
-                    if both.len() <= 5 {
-                        both
-                    } else {
-                        format!(
-                            "{}%",
-                            u64::from(l.queue) * 100 / u64::from(l.backlog.max(1))
-                        )
-                    }
-                }
-                (None, Some(p)) if p.is_finite() => format!("{p:.0}"),
-                (None, Some(_)) => "inf".into(),
-                (None, None) => "-".into(),
-            },
-            Column::Retransmits => row.retransmits.to_string(),
-            Column::Resets => row.resets.to_string(),
-            Column::KeepaliveTimeouts => row.keepalive_timeouts.to_string(),
-            Column::PortFailures => match row.listen {
-                Some(l) => format!("{:.1}", l.drops_per_s),
-                None => row.port_failures.to_string(),
-            },
-            Column::ConnectP99 => row
-                .connect_p99_ns
-                .map_or("-".into(), |ns| HumanDuration(ns).to_string()),
-            Column::Rtt => row
-                .rtt_p50_ns
-                .map_or("-".into(), |ns| HumanDuration(ns).to_string()),
-            Column::Drops => row.drops.to_string(),
-        }
-    }
-}
+use crate::host::clock::Clock;
 
 /// What the person at the keyboard chose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +24,10 @@ pub struct ViewState {
     pub editing: bool,
     /// First row shown.
     pub scroll: usize,
+    /// Columns the screen shows (keys sort by these only): set as the screen is measured.
+    pub shown: usize,
+    /// The legend is open (`?`, `h`).
+    pub legend: bool,
 }
 
 impl Default for ViewState {
@@ -194,6 +39,8 @@ impl Default for ViewState {
             filter: String::new(),
             editing: false,
             scroll: 0,
+            shown: Column::shown_in(80),
+            legend: false,
         }
     }
 }
@@ -231,8 +78,17 @@ impl ViewState {
             self.scroll = 0;
             return KeyOutcome::Redraw;
         }
+        if self.legend {
+            // Any key closes the legend; q still quits.
+            self.legend = false;
+            return match key.code {
+                KeyCode::Char('q' | 'Q') => KeyOutcome::Quit,
+                _ => KeyOutcome::Redraw,
+            };
+        }
         match key.code {
             KeyCode::Char('q' | 'Q') => return KeyOutcome::Quit,
+            KeyCode::Char('?' | 'h') => self.legend = true,
             KeyCode::Char('t') | KeyCode::Tab => {
                 self.kind = self.kind.toggled();
                 self.scroll = 0;
@@ -240,9 +96,12 @@ impl ViewState {
             KeyCode::Char('/') => self.editing = true,
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Char('r') => self.descending = !self.descending,
-            // 1–9 the first nine columns, 0 the tenth.
+            // 1–9 the first nine columns, 0 the tenth: those the screen shows.
             KeyCode::Char(d @ '0'..='9') => {
                 let index = (d as usize - '0' as usize + 9) % 10;
+                if index >= self.shown {
+                    return KeyOutcome::Ignored;
+                }
                 let column = Column::ALL[index];
                 if column == self.sort {
                     self.descending = !self.descending;
@@ -252,7 +111,7 @@ impl ViewState {
                     self.descending = column != Column::Endpoint;
                 }
             }
-            KeyCode::Char('<') | KeyCode::Left => self.shift_sort(Column::ALL.len() - 1),
+            KeyCode::Char('<') | KeyCode::Left => self.shift_sort(self.shown.max(1) - 1),
             KeyCode::Char('>') | KeyCode::Right => self.shift_sort(1),
             KeyCode::Down => self.scroll = self.scroll.saturating_add(1),
             KeyCode::Up => self.scroll = self.scroll.saturating_sub(1),
@@ -265,12 +124,24 @@ impl ViewState {
     }
 
     fn shift_sort(&mut self, by: usize) {
+        let shown = self.shown.clamp(1, Column::ALL.len());
         let at = Column::ALL
             .iter()
             .position(|&c| c == self.sort)
             .unwrap_or(0);
-        self.sort = Column::ALL[(at + by) % Column::ALL.len()];
+        self.sort = Column::ALL[(at + by) % shown];
         self.descending = self.sort != Column::Endpoint;
+    }
+
+    /// The screen is `width` columns wide: keys sort by the columns it shows, and a sort by
+    /// a column it no longer shows goes back to CONN/s.
+    pub fn fit_width(&mut self, width: u16) {
+        self.shown = Column::shown_in(width);
+        let sorted_at = Column::ALL.iter().position(|&c| c == self.sort);
+        if sorted_at.is_none_or(|at| at >= self.shown) {
+            self.sort = Column::ConnPerS;
+            self.descending = true;
+        }
     }
 
     /// The rows to show: filtered by the typed text, sorted by the chosen column (ties by
@@ -332,14 +203,16 @@ fn header_lines(s: &Snapshot) -> Vec<Line<'static>> {
     if let Some(filters) = s.filters {
         third.push_str(&format!("  only {filters}"));
     }
-    // Last: on a narrow screen the basis of the forecast is what gets cut.
-    if let Some(forecast) = &h.busiest_forecast {
-        third.push_str(&format!("  {forecast}"));
-    }
+    // A line of its own, its basis last: on a narrow screen that is what gets cut.
+    let fourth = h
+        .busiest_forecast
+        .clone()
+        .unwrap_or_else(|| "busiest forecast: none yet (no TIME_WAIT entered)".into());
     vec![
         Line::from(first),
         Line::from(format!("open: {open}")),
         Line::from(third),
+        Line::from(fourth),
     ]
 }
 
@@ -353,19 +226,23 @@ fn short_state(name: &'static str) -> &'static str {
 /// Draws one frame.
 pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let [header, table, alerts, help] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Min(6),
         Constraint::Percentage(40),
         Constraint::Length(1),
     ])
     .areas(frame.area());
     frame.render_widget(Paragraph::new(header_lines(s)), header);
-    draw_table(frame, view, s, table);
-    draw_alerts(frame, s, alerts);
+    if view.legend {
+        draw_legend(frame, view, table.union(alerts));
+    } else {
+        draw_table(frame, view, s, table);
+        draw_alerts(frame, s, alerts);
+    }
     let help_text = if view.editing {
         format!("filter: {}_   (Enter keep, Esc clear)", view.filter)
     } else {
-        let mut text = "q quit  t tables  0-9 sort  r reverse  / filter".to_string();
+        let mut text = "q quit  t tables  1-9,0 sort  r reverse  / filter  ? legend".to_string();
         if !view.filter.is_empty() {
             text.push_str(&format!("  [filter: {}]", view.filter));
         }
@@ -377,9 +254,39 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     );
 }
 
+/// What each column of the table shown holds, with the key that sorts by it.
+fn draw_legend(frame: &mut Frame, view: &ViewState, area: Rect) {
+    let mut lines = vec![Line::from(Span::styled(
+        "columns (any key closes; t switches the table):",
+        Style::default().add_modifier(Modifier::BOLD),
+    ))];
+    for (i, c) in Column::ALL.iter().enumerate() {
+        let key = if i < view.shown {
+            ((i + 1) % 10).to_string()
+        } else {
+            "-".into()
+        };
+        lines.push(Line::from(format!(
+            "{key} {:<14} {}",
+            c.title(view.kind),
+            c.meaning(view.kind)
+        )));
+    }
+    lines.push(Line::from(
+        "t cycles: destinations -> local services -> workloads. Columns past the screen's \
+         width are shown on wider terminals (and sort there).",
+    ));
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(Block::default().borders(Borders::TOP).title(" legend ")),
+        area,
+    );
+}
+
 fn draw_table(frame: &mut Frame, view: &ViewState, s: &Snapshot, area: Rect) {
     let bold = Style::default().add_modifier(Modifier::BOLD);
-    let columns = Column::shown(area.width);
+    let columns: Vec<Column> = Column::ALL[..Column::shown_in(area.width)].to_vec();
     let titles = columns.iter().map(|&c| {
         let mut title = c.title(view.kind).to_string();
         if c == view.sort {
@@ -434,6 +341,10 @@ fn draw_alerts(frame: &mut Frame, s: &Snapshot, area: Rect) {
         area,
     );
 }
+
+#[path = "view_columns.rs"]
+mod columns;
+pub use columns::Column;
 
 #[cfg(test)]
 #[path = "view_tests.rs"]

@@ -27,7 +27,7 @@ fn typed(view: &mut ViewState, keys: &str) {
 /// A model fed with recorded events: a busy database destination with retransmits, a quiet
 /// web destination, a local service, a keepalive timeout and a reset.
 fn busy_model() -> TopModel {
-    let mut top = TopModel::new();
+    let mut top = TopModel::started_at(0);
     let db = recorded::addrs("10.0.0.1:0", "10.0.0.9:5432");
     for i in 0..30 {
         recorded::connection(&mut top, i, db, 100 * S + i * S / 4, 3_000_000);
@@ -119,7 +119,7 @@ fn the_screen_fits_80_by_24_with_header_table_alerts_and_keys() {
         "RST",
         "KA_TO",
         "EADDR",
-        "P99CONN",
+        "P99",
     ] {
         assert!(titles.contains(title), "{title} in {titles:?}");
     }
@@ -128,7 +128,7 @@ fn the_screen_fits_80_by_24_with_header_table_alerts_and_keys() {
     let (web_at, web) = line_with(&screen, "93.184.216.34:443");
     assert!(header_at < db_at && db_at < web_at, "{text}");
     let cells: Vec<&str> = db.split_whitespace().collect();
-    // CONN/s OPEN TW FCST% RTX RST KA_TO EADDR P99CONN
+    // CONN/s OPEN TW FCST% RTX RST KA_TO EADDR P99
     assert_eq!(
         cells[1..],
         ["3.0", "30", "0", "-", "2", "0", "1", "0", "3.0ms"],
@@ -163,7 +163,7 @@ fn keys_sort_filter_toggle_and_quit() {
     // 0: p99 connect time (the tenth column), slowest first: the web destination.
     view.handle_key(key(KeyCode::Char('0')));
     let screen = render(&top, &view, 80, 24);
-    assert!(line_with(&screen, "P99CONN▼").1.contains("DESTINATION"));
+    assert!(line_with(&screen, "P99▼").1.contains("DESTINATION"));
     assert!(line_with(&screen, "93.184.216.34").0 < line_with(&screen, "10.0.0.9:5432").0);
     view.handle_key(key(KeyCode::Char('r')));
     assert!(!view.descending);
@@ -215,7 +215,11 @@ fn a_larger_terminal_shows_more_and_a_tiny_one_does_not_panic() {
     let wide = render(&top, &view, 160, 50);
     assert!(line_with(&wide, "10.0.0.9:5432").1.contains("3.0ms"));
     // RTT and drops follow on a wide screen: the median RTT at close, the packets dropped.
-    assert!(line_with(&wide, "DESTINATION").1.contains("RTT50   DROP"));
+    let titles = line_with(&wide, "DESTINATION").1;
+    assert!(
+        titles.contains("RTT50") && titles.contains("DROP"),
+        "{titles}"
+    );
     let web = line_with(&wide, "93.184.216.34:443").1;
     assert!(
         web.contains("91ms") && web.trim_end().ends_with(" 3"),
@@ -226,4 +230,90 @@ fn a_larger_terminal_shows_more_and_a_tiny_one_does_not_panic() {
     for (w, h) in [(20, 5), (1, 1), (80, 10)] {
         render(&top, &view, w, h);
     }
+}
+
+/// Every column a key sorts by shows its arrow at 80 columns, and keys sort only by the
+/// columns the screen shows.
+#[test]
+fn every_sorted_column_shows_its_arrow_and_hidden_ones_do_not_sort() {
+    let top = busy_model();
+    let mut view = ViewState::default();
+    view.fit_width(80);
+    assert_eq!(view.shown, 10, "ten columns fit 80");
+    for (key_char, title) in [
+        ('5', "FCST%▼"),
+        ('8', "KA_TO▼"),
+        ('9', "EADDR▼"),
+        ('0', "P99▼"),
+    ] {
+        view.handle_key(key(KeyCode::Char(key_char)));
+        let screen = render(&top, &view, 80, 24);
+        assert!(
+            line_with(&screen, "DESTINATION").1.contains(title),
+            "{title}:\n{}",
+            screen.join("\n")
+        );
+    }
+    // RTT50 and DROP are not on an 80-column screen: '>' cycles through what is.
+    view.handle_key(key(KeyCode::Char('1')));
+    for _ in 0..12 {
+        view.handle_key(key(KeyCode::Char('>')));
+        assert!(
+            !matches!(view.sort, Column::Rtt | Column::Drops),
+            "{:?}",
+            view.sort
+        );
+    }
+    // On a wide screen they are, and a sort by them goes back to CONN/s when it narrows.
+    view.fit_width(160);
+    assert_eq!(view.shown, Column::ALL.len());
+    view.handle_key(key(KeyCode::Char('1')));
+    view.handle_key(key(KeyCode::Char('<')));
+    assert_eq!(view.sort, Column::Drops);
+    view.fit_width(80);
+    assert_eq!(view.sort, Column::ConnPerS);
+    // The forecast has a header line of its own.
+    let screen = render(&top, &view, 80, 24);
+    assert!(
+        screen[3].starts_with("busiest forecast"),
+        "{}",
+        screen.join("\n")
+    );
+}
+
+/// `?` (or `h`) opens a legend of every column; any key closes it.
+#[test]
+fn the_legend_says_what_each_column_means() {
+    let top = busy_model();
+    let mut view = ViewState::default();
+    assert_eq!(view.handle_key(key(KeyCode::Char('?'))), KeyOutcome::Redraw);
+    let screen = render(&top, &view, 100, 30);
+    let text = screen.join("\n");
+    for needle in [
+        "FCST%",
+        "4-tuple exhaustion forecast",
+        "KA_TO",
+        "unanswered keepalive probes",
+        "EADDR",
+        "EADDRNOTAVAIL",
+        "t cycles: destinations -> local services -> workloads",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+    view.handle_key(key(KeyCode::Char('t')));
+    assert!(!view.legend, "any key closes it");
+    assert_eq!(
+        view.kind,
+        GroupKind::Destination,
+        "the closing key does nothing else"
+    );
+    view.handle_key(key(KeyCode::Char('t')));
+    view.handle_key(key(KeyCode::Char('h')));
+    let screen = render(&top, &view, 100, 30);
+    let text = screen.join("\n");
+    assert!(
+        text.contains("ACCQ") && text.contains("accept queue"),
+        "{text}"
+    );
+    assert!(text.contains("DRP/s"), "{text}");
 }

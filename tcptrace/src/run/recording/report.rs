@@ -81,6 +81,7 @@ fn render<C: Consumer>(
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);
     let mut namespaces = recorded_namespaces(&header);
     dispatch.namespaces = namespaces.clone();
+    dispatch.record_filter = (!config.filter.is_empty()).then(|| config.filter.clone());
     let (mut now, mut settled) = (header.started_ktime_ns, header.started_ktime_ns);
     loop {
         let start = reader.offset;
@@ -129,7 +130,13 @@ fn render<C: Consumer>(
         let elapsed = now.saturating_sub(header.started_ktime_ns);
         let time_wait = config.traces_time_wait() && header.time_wait;
         let mut summary = dispatch.summary(&counters, elapsed, time_wait);
-        summary.filters = header.filters.clone();
+        // The recording's own filters, and the report's.
+        let report_filters =
+            (!config.filter.is_empty()).then(|| format!("reported: {}", config.filter.describe()));
+        summary.filters = match (header.filters.clone(), report_filters) {
+            (Some(recorded), Some(reported)) => Some(format!("{recorded}; {reported}")),
+            (recorded, reported) => recorded.or(reported),
+        };
         summary
     });
     consumer.finish(&End {
