@@ -278,8 +278,12 @@ fn every_bad_input_is_one_line_naming_the_cause() {
         (&["report", empty_btf], "is empty"),
         (&["report", not_a_recording, "--mode", "top"], "--mode"),
         (
-            &["report", not_a_recording, "-D", "80"],
-            "give filters to `tcptrace record`",
+            &["report", not_a_recording, "--pod", "web-0"],
+            "give them to `tcptrace record`",
+        ),
+        (
+            &["report", not_a_recording, "-D", "http"],
+            "--remote-port 'http'",
         ),
         (&["--btf", "/nonexistent/vmlinux"], "no such file"),
         (&["--btf", empty_btf], "BTF"),
@@ -324,4 +328,46 @@ fn hidden_kallsyms_are_named_with_the_fix() {
     std::fs::write(SYSCTL, "2").expect("set kptr_restrict");
     assert_one_line_error(&["flows"], "kernel.kptr_restrict = 2");
     assert_one_line_error(&["alerts"], "sysctl -w kernel.kptr_restrict=1");
+}
+
+/// Connections opened while the programs load and attach cannot be traced: how many there
+/// were is said (the kernel's own count), on stderr and in the summary.
+#[test]
+fn connections_opened_during_start_up_are_counted() {
+    let _load = crate::support::heavy_load();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut made = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                drop((client, server));
+                made += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            made
+        })
+    };
+    let tracer =
+        crate::support::Tracer::start_alone(&_load, &["metrics", "--metrics", "127.0.0.1:0"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let made = busy.join().expect("the client thread");
+    let out = tracer.stop();
+    let startup = &out.summary()["startup"];
+    let missed = startup["connections_opened"].as_u64().expect("a count");
+    assert!(
+        missed >= 1 && missed <= 2 * made,
+        "{missed} of {made} made: {startup}"
+    );
+    assert!(startup["ns"].as_u64() > Some(0), "{startup}");
+    assert!(
+        out.stderr
+            .contains("were opened in this network namespace during the"),
+        "{}",
+        out.stderr
+    );
 }

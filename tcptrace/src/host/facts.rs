@@ -12,6 +12,19 @@ pub fn ipv4_sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Connections this network namespace has opened so far, both ways (`/proc/net/snmp`:
+/// `Tcp:` ActiveOpens + PassiveOpens).
+pub fn tcp_opens() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let field = |name: &str| -> Option<u64> {
+        let at = names.split_whitespace().position(|n| n == name)?;
+        values.split_whitespace().nth(at)?.parse().ok()
+    };
+    Some(field("ActiveOpens")? + field("PassiveOpens")?)
+}
+
 /// The running kernel's release (`uname -r`); empty where it cannot be read.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -51,6 +51,17 @@ fn write_counts(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             s.filtered_events
         )?;
     }
+    if let Some(startup) = &s.startup {
+        let missed = match startup.connections_opened {
+            Some(n) => format!("{n} connections opened meanwhile in this namespace, not traced"),
+            None => "connections opened meanwhile unknown (/proc/net/snmp unreadable)".into(),
+        };
+        writeln!(
+            o,
+            "start-up: {} to load and attach; {missed}",
+            human_duration(startup.ns)
+        )?;
+    }
     writeln!(o, "close: {}", listed(&s.close))?;
     writeln!(o, "causes: {}", listed(&s.causes))?;
     writeln!(

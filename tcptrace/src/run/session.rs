@@ -21,7 +21,7 @@ use crate::{
         dispatch::{is_internal, Dispatcher},
         namespace_upkeep::NamespaceUpkeep,
     },
-    state::summary::Summary,
+    state::summary::{StartupGap, Summary},
 };
 
 /// Records handled per wakeup before other work (signals, timers) gets a turn.
@@ -61,23 +61,6 @@ fn release_free_memory() {
     }
 }
 
-/// Events lost since the last report, and why; the advice only where it helps (a bigger ring
-/// does nothing for events the kernel skipped while the hook was busy).
-fn lost_warning(newly: u64, total: u64, ring_full: u64, skipped: u64) -> String {
-    let mut why = Vec::new();
-    if ring_full > 0 {
-        why.push(format!(
-            "{ring_full} for a full ring buffer: raise --ring-size or lower --poll-interval"
-        ));
-    }
-    if skipped > 0 {
-        why.push(format!(
-            "{skipped} skipped by the kernel while the hook was busy on that CPU"
-        ));
-    }
-    format!("{newly} events lost ({total} in all: {})", why.join("; "))
-}
-
 /// Runs a live session until Ctrl-C, SIGTERM, SIGHUP, `--duration`, a closed pipe or the
 /// consumer's stop, on a runtime of its own.
 pub fn run<C: Consumer>(config: &Config, consumer: &mut C) -> Result<()> {
@@ -109,12 +92,21 @@ struct Session<'c> {
     reported_untracked: u64,
     /// The cgroups the workload filter names now (in the kernel's `WORKLOAD_CGROUPS`).
     workload_cgroups: Vec<u64>,
+    /// How long loading and attaching took, and the connections opened meanwhile.
+    startup: StartupGap,
 }
 
 impl<'c> Session<'c> {
     fn start<C: Consumer>(config: &'c Config, consumer: &C) -> Result<Session<'c>> {
         let wants = consumer.wants();
+        let (loading_ns, opens_before) = (Clock::ktime_now(), crate::host::facts::tcp_opens());
         let mut tracer = Tracer::load(&config.plan())?;
+        let startup = StartupGap {
+            ns: Clock::ktime_now().saturating_sub(loading_ns),
+            connections_opened: opens_before
+                .zip(crate::host::facts::tcp_opens())
+                .map(|(before, after)| after.saturating_sub(before)),
+        };
         let ring = tracer.events.take().context("ring buffer already taken")?;
         // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
         // AsyncFd that owns the ring buffer is dropped.
@@ -159,6 +151,7 @@ impl<'c> Session<'c> {
             reported_lost: 0,
             reported_untracked: 0,
             workload_cgroups: config.filter.workloads.cgroups.clone(),
+            startup,
         })
     }
 
@@ -185,7 +178,11 @@ impl<'c> Session<'c> {
             hooks: &hooks,
             filters: filters.as_deref(),
             host: self.dispatch.host(),
-        })
+        })?;
+        if let Some(missed) = startup_warning(&self.startup) {
+            consumer.warning(&missed);
+        }
+        Ok(())
     }
 
     /// The TIME_WAIT gauges, every `--interval` of the timewait mode.
@@ -467,6 +464,7 @@ impl<'c> Session<'c> {
             .summary(kernel, elapsed, self.dispatch.traces_time_wait());
         summary.flows.evicted = self.evictor.evicted;
         summary.filters = (!self.config.filter.is_empty()).then(|| self.config.filter.describe());
+        summary.startup = Some(self.startup);
         summary.listen = self
             .upkeep
             .as_ref()
@@ -475,6 +473,10 @@ impl<'c> Session<'c> {
     }
 }
 
+#[path = "session_said.rs"]
+mod said;
+use said::{lost_warning, startup_warning};
+
 #[path = "session_seed.rs"]
 mod seed;
 use seed::seed_time_wait;
@@ -482,23 +484,3 @@ use seed::seed_time_wait;
 #[path = "session_clock.rs"]
 mod clock;
 use clock::{next_input, next_tick, KernelLog, StopSignals, Timers};
-
-#[cfg(test)]
-mod tests {
-    use super::lost_warning;
-
-    #[test]
-    fn lost_events_advise_a_bigger_ring_only_when_the_ring_was_full() {
-        let skipped_only = lost_warning(3, 3, 0, 3);
-        assert_eq!(
-            skipped_only,
-            "3 events lost (3 in all: 3 skipped by the kernel while the hook was busy on that CPU)"
-        );
-        let both = lost_warning(5, 9, 4, 5);
-        assert!(
-            both.contains("4 for a full ring buffer: raise --ring-size"),
-            "{both}"
-        );
-        assert!(both.contains("; 5 skipped by the kernel"), "{both}");
-    }
-}

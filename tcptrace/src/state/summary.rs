@@ -69,6 +69,18 @@ pub struct Summary {
     pub synack_retransmits: u64,
     /// Bytes and RTT of the flows whose vitals were read at CLOSE (none: no such flow).
     pub vitals: Option<VitalsSummary>,
+    /// The start-up before the programs were attached, and what it missed (live only).
+    pub startup: Option<StartupGap>,
+}
+
+/// The start-up: from before the programs were loaded until they were attached. Connections
+/// opened meanwhile are not traced; the kernel's own counts (`/proc/net/snmp` ActiveOpens and
+/// PassiveOpens, tcptrace's network namespace) say how many there were.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StartupGap {
+    pub ns: u64,
+    /// `None` where /proc/net/snmp could not be read.
+    pub connections_opened: Option<u64>,
 }
 
 impl Summary {
