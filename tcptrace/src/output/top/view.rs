@@ -242,11 +242,12 @@ pub fn draw(frame: &mut Frame, view: &ViewState, s: &Snapshot) {
     let help_text = if view.editing {
         format!("filter: {}_   (Enter keep, Esc clear)", view.filter)
     } else {
-        let mut text = "q quit  t tables  1-9,0 sort  r reverse  / filter  ? legend".to_string();
-        if !view.filter.is_empty() {
-            text.push_str(&format!("  [filter: {}]", view.filter));
+        // The filter in force first: on a narrow screen the keys' reminder is what gets cut.
+        let keys = "q quit  t tables  1-9,0 sort  r reverse  / filter  ? legend";
+        match view.filter.is_empty() {
+            true => keys.to_string(),
+            false => format!("[filter: {}]  {keys}", view.filter),
         }
-        text
     };
     frame.render_widget(
         Paragraph::new(help_text).style(Style::default().add_modifier(Modifier::REVERSED)),
