@@ -7,9 +7,11 @@ use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets, DROP_IGNORE_W
 pub struct ProgramConfig {
     pub offsets: SockOffsets,
     pub _pad0: u32,
-    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms); 0: learnt at run time
+    /// (`learn_symbols`), or keepalive probes not traced.
     pub keepalive_timer_fn: u64,
-    /// The address of `tw_timer_handler` (from /proc/kallsyms); 0: TIME_WAIT not traced.
+    /// The address of `tw_timer_handler` (from /proc/kallsyms); 0: learnt at run time
+    /// (`learn_symbols`), or TIME_WAIT not traced.
     pub tw_timer_fn: u64,
     /// Every this many records submitted on a CPU, one wakes the reader; the others do not
     /// (the reader also polls on an interval).
@@ -26,7 +28,10 @@ pub struct ProgramConfig {
     pub emit_flow_ends: u8,
     /// The running kernel's `TCP_KEEPALIVE_TIMEOUT` reset reason, or [`crate::NO_RESET_REASON`].
     pub keepalive_reset_reason: u8,
-    pub _pad: [u8; 2],
+    /// Bits of [`crate::learn`]: the handlers whose address /proc/kallsyms hid, learnt by
+    /// the programs from the sockets themselves.
+    pub learn_symbols: u8,
+    pub _pad: u8,
     pub filter: FilterConfig,
     /// `task_struct.nsproxy` and `nsproxy.net_ns` (pointers): the calling task's network
     /// namespace, for the syscall hooks.
@@ -46,3 +51,22 @@ pub struct ProgramConfig {
 }
 const _: () =
     assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32 + 8);
+
+/// What the programs learn at run time where /proc/kallsyms hides kernel addresses (no
+/// `CAP_SYSLOG`): bits of [`ProgramConfig::learn_symbols`], and the slots of the `LEARNED`
+/// array they fill.
+pub mod learn {
+    /// `tcp_keepalive_timer`: every TCP socket's `sk_timer.function` (read by the
+    /// `learn_timers` program on the state tracepoint).
+    pub const KEEPALIVE: u8 = 1 << 0;
+    /// `tw_timer_handler`: the function of the first timer whose timewait socket is TCP's
+    /// (its `skc_prot` one of the two below) and in TIME_WAIT.
+    pub const TIME_WAIT: u8 = 1 << 1;
+    /// Slots of `LEARNED`.
+    pub const KEEPALIVE_FN: u32 = 0;
+    pub const TW_FN: u32 = 1;
+    /// `&tcp_prot` and `&tcpv6_prot`, read from sockets' `skc_prot`.
+    pub const TCP_PROT: u32 = 2;
+    pub const TCPV6_PROT: u32 = 3;
+    pub const SLOTS: u32 = 4;
+}

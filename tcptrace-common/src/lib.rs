@@ -443,7 +443,7 @@ pub use aggregate::{
     DurationHistogram, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES, NO_RESET_REASON,
     SUB_BUCKET_BITS,
 };
-pub use config::ProgramConfig;
+pub use config::{learn, ProgramConfig};
 pub use counters::{
     slot, stat, transition_of_slot, transition_slot, Counters, STAT_SLOTS, TRANSITION_SLOTS,
 };

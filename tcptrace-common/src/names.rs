@@ -27,6 +27,7 @@ pub mod map {
     pub const CALLS: &str = "CALLS";
     pub const WORKLOAD_CGROUPS: &str = "WORKLOAD_CGROUPS";
     pub const DROP_REASONS: &str = "DROP_REASONS";
+    pub const LEARNED: &str = "LEARNED";
     /// Every map userspace names.
     pub const ALL: &[&str] = &[
         EVENTS,
@@ -45,6 +46,7 @@ pub mod map {
         CALLS,
         WORKLOAD_CGROUPS,
         DROP_REASONS,
+        LEARNED,
     ];
     /// The benchmark's flow-state probe (`--features bench` only).
     pub const PROBE_HASH: &str = "PROBE_HASH";
@@ -68,6 +70,9 @@ pub mod program {
     pub const TIMER_EXPIRE_EXIT: &str = "timer_expire_exit";
     pub const TIMER_START: &str = "timer_start";
     pub const TIMER_CANCEL: &str = "timer_cancel";
+    /// A second program on `inet_sock_set_state`, attached only while the timer handlers'
+    /// addresses are learnt (when /proc/kallsyms hides them).
+    pub const LEARN_TIMERS: &str = "learn_timers";
     /// `skb:kfree_skb` (its `reason`; TCP packets only).
     pub const DROP: &str = "kfree_skb";
     /// `tcp:tcp_retransmit_synack`.
@@ -93,6 +98,7 @@ pub mod program {
         TIMER_EXPIRE_EXIT,
         TIMER_START,
         TIMER_CANCEL,
+        LEARN_TIMERS,
         DROP,
         SYNACK,
         ENTER_CONNECT,

@@ -59,7 +59,9 @@ pub struct SockOffsets {
     /// `cgroup_subsys_state.cgroup`: the way to the parent cgroup.
     pub cgroup_parent: u32,
     pub css_cgroup: u32,
-    pub _pad: u32,
+    /// `sock_common.skc_prot` (a `struct proto *`; a timewait socket's is its socket's
+    /// `sk_prot_creator`).
+    pub prot: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 124);
 

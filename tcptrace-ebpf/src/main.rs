@@ -7,6 +7,7 @@ mod filter;
 #[cfg(feature = "bench")]
 mod floor;
 mod flow_end;
+mod learn;
 mod maps;
 mod owner;
 mod reset;

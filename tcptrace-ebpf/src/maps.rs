@@ -57,7 +57,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         kernfs_id: 0,
         cgroup_parent: 0,
         css_cgroup: 0,
-        _pad: 0,
+        prot: 0,
     },
     // A marker no other constant carries: with an all-zero initializer, LLVM merged an
     // identical all-zero constant of the same size (FlowState::EMPTY, 120 bytes) into this
@@ -72,7 +72,8 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     flow_memory: 0,
     emit_flow_ends: 0,
     keepalive_reset_reason: tcptrace_common::NO_RESET_REASON,
-    _pad: [0; 2],
+    learn_symbols: 0,
+    _pad: 0,
     filter: FilterConfig {
         active: 0,
         family: 0,
@@ -126,6 +127,12 @@ macro_rules! config {
 /// per-CPU write at entry, not a hash insert per connect()).
 #[map]
 pub static CALLS: PerCpuArray<CallArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Kernel addresses learnt at run time where /proc/kallsyms hides them (slots of
+/// `tcptrace_common::learn`); userspace reads them, and detaches the learner once it has
+/// what it needs.
+#[map]
+pub static LEARNED: Array<u64> = Array::with_max_entries(tcptrace_common::learn::SLOTS, 0);
 
 /// Records for userspace; the size is set by the loader (`--ring-size`).
 #[map]

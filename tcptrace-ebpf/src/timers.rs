@@ -9,13 +9,14 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, slot, stat, tcp_state, time_wait, KeepaliveProbeEvent,
-    TimeWaitEvent, TimerEntry, Tuple, COMM_LEN,
+    event_flags, filter_kind, flow_flags, learn as learn_slot, slot, stat, tcp_state, time_wait,
+    KeepaliveProbeEvent, TimeWaitEvent, TimerEntry, Tuple, COMM_LEN,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
+    learn,
     maps::{
         emit, FlowTable, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_PENDING,
         TW_TRACED,
@@ -30,11 +31,34 @@ const CONNECT_REUSE_WINDOW_NS: u64 = 10_000_000;
 /// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
 #[inline(always)]
 fn keepalive_socket(timer: *const u8) -> Option<*const u8> {
-    let keepalive_fn = config!(keepalive_timer_fn);
+    let mut keepalive_fn = config!(keepalive_timer_fn);
+    if keepalive_fn == 0 && config!(learn_symbols) & learn_slot::KEEPALIVE != 0 {
+        keepalive_fn = learn::learned(learn_slot::KEEPALIVE_FN);
+    }
     if keepalive_fn == 0 || function(timer) != keepalive_fn {
         return None;
     }
     Some(timer.wrapping_sub(config!(offsets.sk_timer) as usize))
+}
+
+/// Whether the timer is inside a TCP timewait socket: that socket's `skc_prot` is one of the
+/// TCP protocols the state tracepoint showed (`&tcp_prot`, `&tcpv6_prot`) and its state is
+/// TIME_WAIT. Read with checked loads: for any other timer the bytes there are something
+/// else. The first match gives `tw_timer_handler`'s address, compared from then on.
+#[inline(always)]
+fn learn_time_wait(timer: *const u8) -> bool {
+    let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
+    let Ok(prot) = sock::probe_read::<u64>(tw, config!(offsets.prot)) else {
+        return false;
+    };
+    let tcp = prot != 0
+        && (prot == learn::learned(learn_slot::TCP_PROT)
+            || prot == learn::learned(learn_slot::TCPV6_PROT));
+    if !tcp || sock::probe_read::<u8>(tw, config!(offsets.state)) != Ok(tcp_state::TIME_WAIT) {
+        return false;
+    }
+    learn::remember(learn_slot::TW_FN, function(timer));
+    true
 }
 
 /// The timer's handler, if it is one tcptrace follows.
@@ -45,7 +69,13 @@ fn function(timer: *const u8) -> u64 {
 
 #[inline(always)]
 fn is_time_wait(timer: *const u8) -> bool {
-    let tw_fn = config!(tw_timer_fn);
+    let mut tw_fn = config!(tw_timer_fn);
+    if tw_fn == 0 && config!(learn_symbols) & learn_slot::TIME_WAIT != 0 {
+        tw_fn = learn::learned(learn_slot::TW_FN);
+        if tw_fn == 0 {
+            return learn_time_wait(timer);
+        }
+    }
     tw_fn != 0 && function(timer) == tw_fn
 }
 

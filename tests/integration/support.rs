@@ -165,6 +165,18 @@ impl Tracer {
         Self::start_with(&[], args)
     }
 
+    /// For a test that holds [`heavy_load`], with `env` set for the tracer.
+    pub fn start_alone_with_env(
+        _load: &RwLockWriteGuard<'static, ()>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Tracer {
+        let assignments: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut prefix = vec!["env"];
+        prefix.extend(assignments.iter().map(String::as_str));
+        Self::start_with(&prefix, args)
+    }
+
     /// Starts the tracer inside network namespace `ns` (its /proc/net is that namespace's).
     pub fn start_in(ns: &str, args: &[&str]) -> Tracer {
         let shared = LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner());

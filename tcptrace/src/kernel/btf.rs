@@ -189,6 +189,7 @@ impl KernelBtf {
             timer_function: self.sized_field("timer_list", "function", 8)?,
             tw_timer: self.field("inet_timewait_sock", "tw_timer")?.offset,
             tw_sport: self.sized_field("inet_timewait_sock", "tw_sport", 2)?,
+            prot: common("skc_prot", 8)?,
             ..self.cgroup_offsets().unwrap_or_default()
         })
     }

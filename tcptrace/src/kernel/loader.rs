@@ -12,6 +12,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 mod counters;
+mod learn;
 mod load;
 
 /// A loaded and attached tracer.
@@ -34,6 +35,8 @@ pub struct Tracer {
     pub reset_reasons: Vec<(u32, String)>,
     /// The kernel's drop reasons (enum skb_drop_reason), by value.
     pub drop_reasons: Vec<(u32, String)>,
+    /// Bits of `tcptrace_common::learn`: handlers still being learnt (the learner attached).
+    learning: u8,
 }
 
 /// Calls `f` with every entry of the flow table `table`; an entry removed while the table is

@@ -336,6 +336,7 @@ impl<'c> Session<'c> {
             }
         }
         self.dispatch.forget_quiet_failures(now);
+        self.tracer.learn_upkeep()?;
         self.follow_workloads(consumer)?;
         self.evict_if_due(consumer, &kernel, now)?;
         let untracked = kernel.stat(tcptrace_common::stat::FLOW_TABLE_FULL);

@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    names::{map, CONFIG_GLOBAL},
+    names::{map, program, CONFIG_GLOBAL},
     ListenerKey, Owner, ProgramConfig, COMM_LEN,
 };
 
@@ -53,7 +53,7 @@ impl Tracer {
                 None
             }
         };
-        let attached = attach(&mut ebpf, plan, facts.variants)?;
+        let attached = attach(&mut ebpf, plan, facts.variants, config.learn_symbols != 0)?;
         let events = RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
                 .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map::EVENTS))?,
@@ -70,6 +70,7 @@ impl Tracer {
             flow_table: plan.flow_memory.table(),
             reset_reasons: facts.reset_reasons,
             drop_reasons: facts.drop_reasons,
+            learning: config.learn_symbols,
         })
     }
 }
@@ -127,10 +128,31 @@ impl KernelFacts {
 /// the plan asks them to send.
 fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfig> {
     let btf = &facts.btf;
-    let symbol_if = |wanted: bool, name: &str| match wanted {
-        true => kernel_symbol(name),
-        false => Ok(0),
+    // A handler /proc/kallsyms hides (no CAP_SYSLOG) is learnt by the programs instead.
+    let forced = std::env::var_os(super::learn::TEST_ENV).is_some();
+    let mut learn_symbols = 0;
+    let mut symbol_if = |wanted: bool, name: &str, bit: u8| -> Result<u64> {
+        if !wanted {
+            return Ok(0);
+        }
+        match kernel_symbol(name)?.filter(|_| !forced) {
+            Some(addr) => Ok(addr),
+            None => {
+                learn_symbols |= bit;
+                Ok(0)
+            }
+        }
     };
+    let keepalive_timer_fn = symbol_if(
+        plan.keepalive_probes,
+        "tcp_keepalive_timer",
+        tcptrace_common::learn::KEEPALIVE,
+    )?;
+    let tw_timer_fn = symbol_if(
+        plan.time_wait,
+        "tw_timer_handler",
+        tcptrace_common::learn::TIME_WAIT,
+    )?;
     let (task_nsproxy, nsproxy_net_ns) = match plan.port_failures {
         true => btf
             .task_netns_offsets()
@@ -150,10 +172,11 @@ fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfi
         flow_memory: plan.flow_memory.raw(),
         emit_flow_ends: plan.flow_ends,
         keepalive_reset_reason: keepalive_reset_reason(&facts.reset_reasons),
-        _pad: [0; 2],
+        learn_symbols,
+        _pad: 0,
         _pad0: 0,
-        keepalive_timer_fn: symbol_if(plan.keepalive_probes, "tcp_keepalive_timer")?,
-        tw_timer_fn: symbol_if(plan.time_wait, "tw_timer_handler")?,
+        keepalive_timer_fn,
+        tw_timer_fn,
         filter: plan.filter.program_config(),
         task_nsproxy,
         nsproxy_net_ns,
@@ -186,7 +209,12 @@ fn load_object(plan: &KernelPlan, config: &ProgramConfig) -> Result<Ebpf> {
 
 /// Every program of the plan loaded against this kernel's BTF and attached; the syscall
 /// hooks where the plan wants them and tracefs allows.
-fn attach(ebpf: &mut Ebpf, plan: &KernelPlan, variants: KernelVariants) -> Result<Attached> {
+fn attach(
+    ebpf: &mut Ebpf,
+    plan: &KernelPlan,
+    variants: KernelVariants,
+    learn: bool,
+) -> Result<Attached> {
     let kernel_btf = aya::Btf::parse_file(&plan.btf, aya::Endianness::default())
         .with_context(|| format!("cannot parse BTF from {}", plan.btf.display()))?;
     let mut attached = Attached {
@@ -195,7 +223,9 @@ fn attach(ebpf: &mut Ebpf, plan: &KernelPlan, variants: KernelVariants) -> Resul
         programs: Vec::new(),
         hooks: Vec::new(),
     };
-    for (program, tracepoint) in plan.programs(variants) {
+    // The learner first: the timer hooks recognise timewait sockets by what it learns.
+    let learner = learn.then_some((program::LEARN_TIMERS, "inet_sock_set_state"));
+    for (program, tracepoint) in learner.into_iter().chain(plan.programs(variants)) {
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -301,8 +331,9 @@ fn time_wait_capacity() -> u32 {
         .clamp(1_024, 1 << 22)
 }
 
-/// The address of a kernel function, from /proc/kallsyms.
-fn kernel_symbol(name: &str) -> Result<u64> {
+/// The address of a kernel function, from /proc/kallsyms; `None` where it hides addresses
+/// from this process (`kernel.kptr_restrict`, no `CAP_SYSLOG`).
+fn kernel_symbol(name: &str) -> Result<Option<u64>> {
     let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     let addr = syms
         .lines()
@@ -313,24 +344,7 @@ fn kernel_symbol(name: &str) -> Result<u64> {
             (parts.next()? == name).then(|| u64::from_str_radix(addr, 16).ok())?
         })
         .ok_or_else(|| anyhow!("{name} not found in /proc/kallsyms"))?;
-    if addr == 0 {
-        let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if restrict == "2" {
-            bail!(
-                "/proc/kallsyms hides every address (kernel.kptr_restrict = 2, even from root): \
-                 set it to 1 (sysctl -w kernel.kptr_restrict=1), or use --no-time-wait and a \
-                 mode without alerts"
-            );
-        }
-        bail!(
-            "/proc/kallsyms hides addresses (kernel.kptr_restrict = {restrict}): run as root or \
-             with CAP_SYSLOG"
-        );
-    }
-    Ok(addr)
+    Ok((addr != 0).then_some(addr))
 }
 
 /// Capability bits from `include/uapi/linux/capability.h`.
@@ -357,8 +371,8 @@ fn check_privileges() -> Result<()> {
     }
     bail!(
         "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
-         (and CAP_SYSLOG, CAP_DAC_READ_SEARCH in most modes: run it as root, or setcap \
-         cap_bpf,cap_perfmon,cap_syslog,cap_dac_read_search+ep $(which tcptrace))"
+         (and CAP_DAC_READ_SEARCH where connect()/bind() failures are traced: run it as root, \
+         or setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which tcptrace))"
     )
 }
 
