@@ -231,7 +231,10 @@ fn every_bad_input_is_one_line_naming_the_cause() {
         (&["--cgroup-root", "/nonexistent"], "--cgroup-root"),
         (&["--identity-column", "sometimes"], "--identity-column"),
         (&["--metrics-max-workloads", "0"], "--metrics-max-workloads"),
-        (&["--pod", "no-such-pod-xyz"], "--pod no-such-pod-xyz"),
+        (
+            &["--pod", "No_Such_Pod"],
+            "--pod 'No_Such_Pod' is not a Kubernetes name",
+        ),
         (&["--max-flows", "0"], "--max-flows"),
         (&["--max-flows", "99999999999"], "--max-flows"),
         (&["--max-flows", "-1"], "unexpected argument"),

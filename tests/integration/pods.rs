@@ -206,13 +206,16 @@ fn pod_namespace_and_container_filters_admit_exactly_those_and_follow_a_new_pod(
     );
 }
 
+/// A name that matches nothing yet waits for its pod (a DaemonSet's argument, a trace started
+/// before the workload): said once, nothing traced, then the pod admitted within a second of
+/// its cgroup appearing. A malformed name is still a one-line error.
 #[test]
-fn names_that_match_nothing_are_one_line_errors() {
-    let node = FakeNode::new();
+fn names_that_match_nothing_wait_and_malformed_ones_are_errors() {
+    let mut node = FakeNode::new();
     for (flag, value) in [
-        ("--pod", "no-such-pod"),
-        ("--namespace", "nowhere"),
-        ("--container", "nothing"),
+        ("--pod", "Not_A_Pod"),
+        ("--namespace", "no.dots-in-namespaces"),
+        ("--container", "-leading-dash"),
     ] {
         let out = Command::new(BIN)
             .args(["flows", flag, value])
@@ -222,8 +225,41 @@ fn names_that_match_nothing_are_one_line_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(&format!("{flag} {value}")), "{stderr}");
+        assert!(stderr.contains(&format!("{flag} '{value}'")), "{stderr}");
     }
+    let mut tracer = Tracer::start(&refs(&with_node(
+        &node,
+        &["flows", "--no-time-wait", "--namespace", "acme"],
+    )));
+    tracer.wait_for_stderr(
+        "waiting for pods matching namespace acme on this node",
+        Duration::from_secs(5),
+    );
+    // Deployed after the trace began.
+    let web = node.pod(Driver::Systemd, "acme", "web-0", "app");
+    let (mut server, port) = server_in(&web.cgroup);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    tracer.wait_for_records(
+        "a flow of the new pod",
+        Duration::from_secs(10),
+        |records| {
+            if std::time::Instant::now() < deadline {
+                clients_in(&web.cgroup, port, 1);
+            }
+            records
+                .iter()
+                .any(|r| r["type"] == "flow" && r["namespace"] == "acme" && r["pod"] == "web-0")
+        },
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = tracer.stop();
+    assert_eq!(
+        out.stderr.matches("waiting for pods matching").count(),
+        1,
+        "said once: {}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -142,55 +142,54 @@ fn cgroup2_under(root: PathBuf) -> Result<PathBuf> {
     )
 }
 
+/// A Kubernetes name as the API server accepts it: lowercase letters, digits and `-` (and `.`
+/// in a pod's name, a DNS subdomain), starting and ending with a letter or digit, at most 63
+/// characters (253 for a pod).
+fn check_kubernetes_name(flag: &str, name: &str) -> Result<()> {
+    let (dots, longest) = match flag {
+        "--pod" => (true, 253),
+        _ => (false, 63),
+    };
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let edges = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty()
+        || name.len() > longest
+        || !name.chars().all(allowed)
+        || !edges(name.chars().next())
+        || !edges(name.chars().last())
+    {
+        bail!(
+            "{flag} '{name}' is not a Kubernetes name (lowercase letters, digits and '-'{}, \
+             starting and ending with a letter or digit, at most {longest} characters)",
+            if dots { " or '.'" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 impl WorkloadFilter {
-    /// Resolves the names against this host now: every name given must match a workload.
+    /// Checks the names and resolves them against this host now. A well-formed name that
+    /// matches nothing yet is not an error: the session traces nothing until a workload it
+    /// names appears (it looks every second) and says so once, at start.
     pub fn resolve(&mut self, sources: &IdentitySources) -> Result<()> {
         if self.is_empty() {
             return Ok(());
+        }
+        for pod in &self.pods {
+            check_kubernetes_name("--pod", pod)?;
+        }
+        for ns in &self.namespaces {
+            check_kubernetes_name("--namespace", ns)?;
+        }
+        for c in &self.containers {
+            check_kubernetes_name("--container", c)?;
         }
         if sources.cgroup_root.as_os_str().is_empty() {
             bail!("--pod/--namespace/--container: no cgroup v2 hierarchy is mounted (give --cgroup-root)");
         }
         let tree = IdentityResolver::new(sources.clone()).walk();
-        let missing = |flag: &str, name: &str, found: bool| -> Result<()> {
-            if found {
-                return Ok(());
-            }
-            bail!(
-                "{flag} {name}: no such {} on this node (looked in {} and the cgroups under {})",
-                &flag[2..],
-                sources.pod_logs.display(),
-                sources.cgroup_root.display()
-            )
-        };
-        for pod in &self.pods {
-            missing(
-                "--pod",
-                pod,
-                tree.iter().any(|i| i.pod.as_ref() == Some(pod)),
-            )?;
-        }
-        for ns in &self.namespaces {
-            missing(
-                "--namespace",
-                ns,
-                tree.iter().any(|i| i.namespace.as_ref() == Some(ns)),
-            )?;
-        }
-        for c in &self.containers {
-            missing(
-                "--container",
-                c,
-                tree.iter().any(|i| self.container_matches(c, i)),
-            )?;
-        }
         self.cgroups = self.select(&tree);
-        if self.cgroups.is_empty() {
-            bail!(
-                "--pod/--namespace/--container: no workload on this node matches all of {}",
-                self.describe()
-            );
-        }
         Ok(())
     }
 }

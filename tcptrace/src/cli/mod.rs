@@ -36,7 +36,10 @@ pub struct Cli {
 pub enum Command {
     /// One line per TCP state transition (the default).
     States,
-    /// One line per finished flow: every state with the time held, lifetime, close side.
+    /// One line per flow as it closes: every state with the time held, lifetime, close side,
+    /// cause, bytes and RTT. A flow that closed first holds TIME_WAIT for 60 s: its line ends
+    /// `TIME_WAIT …`, and the TIME_WAIT's end follows on a line of its own (--flows-at end:
+    /// one line, once it ends; --no-time-wait: not followed).
     Flows,
     /// One line per retransmitted segment, with the state it happened in.
     Retrans,

@@ -182,6 +182,14 @@ impl<'c> Session<'c> {
         if let Some(missed) = startup_warning(&self.startup) {
             consumer.warning(&missed);
         }
+        let workloads = &self.config.filter.workloads;
+        if !workloads.is_empty() && self.workload_cgroups.is_empty() {
+            consumer.warning(&format!(
+                "waiting for pods matching {} on this node: nothing is traced until one \
+                 appears (looked for every second)",
+                workloads.describe()
+            ));
+        }
         Ok(())
     }
 
