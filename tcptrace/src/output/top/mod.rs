@@ -183,7 +183,7 @@ impl Consumer for TopScreen {
     fn seen(&mut self, event: Seen) -> io::Result<()> {
         match event {
             Seen::Transition(t) => self.model.transition(t),
-            Seen::FlowClosed { flow, .. } => self.model.flow_end(flow),
+            Seen::FlowClosed { flow, time_wait } => self.model.flow_end(flow, time_wait),
             Seen::Retransmit(r) => self.model.retransmit(r),
             Seen::PortFailure(p) => self.model.port_failure(p),
             Seen::Alert(a) => self.model.alert(a),
@@ -199,6 +199,8 @@ impl Consumer for TopScreen {
 
     fn tick(&mut self, t: &Tick) -> Result<Flow> {
         let live = t.time_wait.live_addrs().count() as u64;
+        self.model
+            .forget_ended_time_waits(t.time_wait.live_addrs().map(|(addrs, _)| addrs));
         self.model.set_namespaces(t.namespaces);
         if let Some(watch) = t.listeners {
             self.model.set_listeners(watch, t.now_ns);

@@ -267,7 +267,19 @@ impl TopModel {
         }
     }
 
-    pub fn flow_end(&mut self, f: &FinishedFlow) {
+    /// The workloads' TIME_WAITs the tracker no longer has (`live`: those it has).
+    pub fn forget_ended_time_waits<'a>(&mut self, live: impl Iterator<Item = &'a FlowAddrs>) {
+        self.workloads.forget_ended_time_waits(live);
+    }
+
+    /// A flow closed; `time_wait`: it entered a TIME_WAIT the tracker follows.
+    pub fn flow_end(&mut self, f: &FinishedFlow, time_wait: bool) {
+        let connected = f.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynSent);
+        if time_wait && connected {
+            if let Some(label) = group_label(&f.lifecycle.workload) {
+                self.workloads.entered_time_wait(f.addrs, label);
+            }
+        }
         let first = f.lifecycle.path.first().map(|s| s.state);
         let group = self.group_of(&f.addrs, first);
         // A refused connect() is a reset received in SYN_SENT.

@@ -165,9 +165,9 @@ fn time_wait_resets_keepalive_and_retransmits_land_in_their_row() {
     let dst = addrs("10.0.0.1:40000", "10.0.0.9:443");
     connection(&mut top, 1, dst, 100 * S, 1_000);
     top.retransmit(&retransmit_of(1, dst));
-    top.flow_end(&flow_with(CloseCause::KeepaliveTimeout, dst));
-    top.flow_end(&flow_with(CloseCause::ResetReceived, dst));
-    top.flow_end(&flow_with(CloseCause::Normal, dst));
+    top.flow_end(&flow_with(CloseCause::KeepaliveTimeout, dst), false);
+    top.flow_end(&flow_with(CloseCause::ResetReceived, dst), false);
+    top.flow_end(&flow_with(CloseCause::Normal, dst), false);
     // 50 TIME_WAITs entered from one local address in the window: 5/s of 10/s capacity.
     for i in 0..50u64 {
         let a = addrs(&format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:443");
@@ -388,6 +388,33 @@ fn the_workloads_table_groups_a_pods_containers() {
         .iter()
         .find(|r| r.label.as_deref() == Some("shop/cart-0"));
     assert_eq!(pod.map(|r| r.open), Some(1), "{rows:?}");
+
+    // The pod's connections that closed first hold TIME_WAIT: its TW, as the metric counts
+    // them (the connecting side's), until the tracker no longer has them.
+    let mut live = Vec::new();
+    for port in 0..3u16 {
+        let mut f = flow_with(
+            CloseCause::Normal,
+            addrs(&format!("10.0.0.1:{}", 41_000 + port), "10.0.0.2:443"),
+        );
+        f.lifecycle.workload = in_pod("app", 11);
+        top.flow_end(&f, true);
+        live.push(f.addrs);
+    }
+    let mut accepted = flow_with(CloseCause::Normal, addrs("10.0.0.1:8080", "10.0.0.9:50000"));
+    accepted.lifecycle.path[0].state = crate::model::tcp::TcpState::SynRecv;
+    accepted.lifecycle.workload = in_pod("app", 11);
+    top.flow_end(&accepted, true);
+    live.push(accepted.addrs);
+    let tw = |top: &TopModel| {
+        top.rows(GroupKind::Workload, 104 * S, std::iter::empty())
+            .iter()
+            .find(|r| r.label.as_deref() == Some("shop/cart-0"))
+            .map(|r| r.time_wait)
+    };
+    assert_eq!(tw(&top), Some(3), "the connecting side's");
+    top.forget_ended_time_waits(live[1..].iter());
+    assert_eq!(tw(&top), Some(2), "one ended");
 }
 
 /// A refused connect() is a reset (RST), not a lost packet (DROP): its SYN's NO_SOCKET was
@@ -399,11 +426,11 @@ fn refused_connects_are_resets_not_drops() {
     for _ in 0..30 {
         let mut f = flow_with(CloseCause::Refused, dst);
         f.drops.add("NO_SOCKET", 1);
-        top.flow_end(&f);
+        top.flow_end(&f, false);
     }
     let mut filtered = flow_with(CloseCause::SynTimeout, dst);
     filtered.drops.add("NETFILTER_DROP", 3);
-    top.flow_end(&filtered);
+    top.flow_end(&filtered, false);
     let rows = top.rows(GroupKind::Destination, 101 * S, std::iter::empty());
     let row = rows
         .iter()

@@ -7,7 +7,10 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use super::{RateWindow, Row};
-use crate::{model::tcp::Endpoint, model::workload::Workload};
+use crate::{
+    model::tcp::{Endpoint, FlowAddrs},
+    model::workload::Workload,
+};
 
 /// A workload's row key: the pod for a pod's containers, else the workload's own label.
 pub fn group_label(workload: &Workload) -> Option<Arc<str>> {
@@ -49,6 +52,10 @@ impl WorkloadStats {
 #[derive(Default)]
 pub struct WorkloadTable {
     pub groups: HashMap<Arc<str>, WorkloadStats>,
+    /// The TIME_WAITs a workload's connections hold (they connected, and closed first: the
+    /// pod's ephemeral ports, as `tcptrace_workload_time_waits_total` counts them), by
+    /// 4-tuple, until the tracker no longer has them.
+    time_waits: HashMap<FlowAddrs, Arc<str>>,
 }
 
 impl WorkloadTable {
@@ -58,19 +65,40 @@ impl WorkloadTable {
         Some(self.groups.entry(label.clone()).or_default())
     }
 
-    /// Rows with nothing left to show go.
+    /// Rows with nothing left to show go (a workload holding TIME_WAITs stays).
     pub fn retain_active(&mut self, now_s: u64) {
-        self.groups.retain(|_, g| !g.idle(now_s));
+        let holding: std::collections::HashSet<&Arc<str>> = self.time_waits.values().collect();
+        self.groups
+            .retain(|label, g| !g.idle(now_s) || holding.contains(label));
+    }
+
+    /// A connection of the workload `label` closed first and entered TIME_WAIT.
+    pub fn entered_time_wait(&mut self, addrs: FlowAddrs, label: Arc<str>) {
+        self.time_waits.insert(addrs, label);
+    }
+
+    /// Forgets the TIME_WAITs that ended (`live`: the tracker's now).
+    pub fn forget_ended_time_waits<'a>(&mut self, live: impl Iterator<Item = &'a FlowAddrs>) {
+        if self.time_waits.is_empty() {
+            return;
+        }
+        let live: std::collections::HashSet<&FlowAddrs> = live.collect();
+        self.time_waits.retain(|addrs, _| live.contains(addrs));
     }
 
     pub fn rows(&self, now_s: u64, window_s: f64) -> Vec<Row> {
         let nowhere = Endpoint::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let mut time_waits: HashMap<&Arc<str>, u64> = HashMap::default();
+        for label in self.time_waits.values() {
+            *time_waits.entry(label).or_default() += 1;
+        }
         self.groups
             .iter()
             .map(|(label, g)| Row {
                 label: Some(label.to_string()),
                 conn_per_s: g.opened.per_second(now_s, window_s),
                 open: g.open,
+                time_wait: time_waits.get(label).copied().unwrap_or(0),
                 retransmits: g.retransmits,
                 resets: g.resets,
                 keepalive_timeouts: g.keepalive_timeouts,

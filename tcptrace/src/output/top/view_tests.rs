@@ -41,7 +41,7 @@ fn busy_model() -> TopModel {
     let mut ka = recorded::flow_with(CloseCause::KeepaliveTimeout, db);
     ka.ts_ns = 105 * S;
     ka.evidence.probes = 3;
-    top.flow_end(&ka);
+    top.flow_end(&ka, false);
     top.alert(&Alert::Closed(&ka));
     let mut reset = recorded::flow_with(CloseCause::ResetReceived, web);
     reset.ts_ns = 106 * S;
@@ -50,7 +50,7 @@ fn busy_model() -> TopModel {
         ..Default::default()
     });
     reset.drops.add("NETFILTER_DROP", 3);
-    top.flow_end(&reset);
+    top.flow_end(&reset, false);
     top.alert(&Alert::Closed(&reset));
     let listener = recorded::addrs("0.0.0.0:8080", "0.0.0.0:0");
     top.transition(&recorded::transition(900, 7, 10, None, listener, 100 * S));
