@@ -24,8 +24,44 @@ const HALF_OPEN_PORT: u16 = 7101;
 const SYN_TIMEOUT_PORT: u16 = 7102;
 const TIME_WAIT_PORT: u16 = 7103;
 
-/// The guest's names for its scenarios (the host requires each to say `ok`).
-pub const SCENARIOS: [&str; 4] = ["keepalive", "half-open", "syn-timeout", "time-wait-expiry"];
+/// The guest's names for its scenarios (the host requires each to say `ok`): the four
+/// failures, then the timer handlers the scenarios' tracer learnt (as a user without
+/// CAP_SYSLOG has it do) compared with the guest's /proc/kallsyms.
+pub const SCENARIOS: [&str; 5] = [
+    "keepalive",
+    "half-open",
+    "syn-timeout",
+    "time-wait-expiry",
+    "learnt-handlers",
+];
+
+/// The learnt handlers, as the scenarios' tracer said them, equal to /proc/kallsyms'.
+fn check_learnt() -> Result<()> {
+    let err = fs::read_to_string("/tmp/scenarios.err")?;
+    let said = err
+        .lines()
+        .find(|l| l.starts_with("tcptrace: test: learnt"))
+        .context("the tracer never said what it learnt")?;
+    let syms = fs::read_to_string("/proc/kallsyms")?;
+    let address = |name: &str| {
+        syms.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = parts.next()?;
+            (parts.nth(1)? == name).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+    };
+    let (keepalive, time_wait) = (
+        address("tcp_keepalive_timer").context("tcp_keepalive_timer")?,
+        address("tw_timer_handler").context("tw_timer_handler")?,
+    );
+    let expected = format!(
+        "tcptrace: test: learnt tcp_keepalive_timer {keepalive:#x} tw_timer_handler {time_wait:#x}"
+    );
+    if said != expected {
+        bail!("learnt {said:?}, /proc/kallsyms says {expected:?}");
+    }
+    Ok(())
+}
 
 fn set_int(sock: &impl AsRawFd, level: i32, name: i32, value: i32) -> Result<()> {
     // SAFETY: setsockopt on an open socket with a valid int.
@@ -140,6 +176,8 @@ fn start(tcptrace: &Path) -> Result<Child> {
     let err = fs::File::create("/tmp/scenarios.err")?;
     let mut child = Command::new(tcptrace)
         .args(["all", "--json"])
+        // The timer handlers learnt from the sockets, as without CAP_SYSLOG.
+        .env("TCPTRACE_TEST_LEARN_SYMBOLS", "1")
         .stdout(out)
         .stderr(err)
         .stdin(Stdio::null())
@@ -304,6 +342,13 @@ pub fn run(tcptrace: &Path) -> Result<()> {
                 failed += 1;
                 println!("RESULT {name} FAIL {e:#}");
             }
+        }
+    }
+    match check_learnt() {
+        Ok(()) => println!("RESULT learnt-handlers ok"),
+        Err(e) => {
+            failed += 1;
+            println!("RESULT learnt-handlers FAIL {e:#}");
         }
     }
     std::io::stdout().flush()?;

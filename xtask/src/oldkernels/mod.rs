@@ -293,7 +293,8 @@ fn check(series: &str, log: &str) -> Result<()> {
         }
     }
     eprintln!(
-        "xtask: {kernel}: every scenario passed ({} loading and filtering, {} failures: {})",
+        "xtask: {kernel}: every scenario passed ({} loading and filtering, {} under one \
+         tracer learning the timer handlers: {})",
         SCENARIOS.len(),
         guest::SCENARIOS.len(),
         guest::SCENARIOS.join(", ")
