@@ -7,6 +7,7 @@ mod cli;
 mod containers;
 mod deploy;
 mod exits;
+mod exposition;
 mod filters;
 mod forecast;
 mod idle;

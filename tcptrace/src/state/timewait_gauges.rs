@@ -2,7 +2,10 @@
 //! local address, entry rates) and its summary.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use super::{recent_entries, TimeWaitTracker, RATE_WINDOW_NS};
+use super::{
+    forget_old_entries, recent_entries, shrink_if_sparse, RateKey, TimeWaitTracker, RATE_WINDOW_NS,
+    SPARSE_FROM,
+};
 use crate::{
     model::tcp::Endpoint,
     state::{quantiles::summary_quantiles, summary::TimeWaitSummary},
@@ -63,6 +66,70 @@ impl TimeWaitTracker {
             overflows: self.overflows,
             preexisting: self.preexisting_count(),
         }
+    }
+}
+
+/// Upkeep and the per-destination views the forecast and the port-failure alerts read.
+impl TimeWaitTracker {
+    /// Forgets the entry times that left the rate window, and the pairs left with none (a
+    /// server's TIME_WAITs are keyed by each client's ephemeral port: without this the pairs
+    /// would accumulate, and every gauge would visit them all).
+    pub fn prune_entry_rates(&mut self, now_ns: u64) {
+        self.entries.retain(|_, queue| {
+            forget_old_entries(queue, now_ns);
+            !queue.is_empty()
+        });
+        self.service_entries.retain(|_, queue| {
+            forget_old_entries(queue, now_ns);
+            !queue.is_empty()
+        });
+    }
+
+    /// Gives memory back after a burst: the maps that a burst grew and that are now mostly
+    /// empty are shrunk (a hash map keeps its capacity otherwise: a server's burst of
+    /// TIME_WAITs keyed by client ports left ~90 MB behind in the soak). Returns whether any
+    /// was.
+    pub fn shrink_sparse_maps(&mut self) -> bool {
+        let mut shrunk = shrink_if_sparse(&mut self.entries);
+        shrunk |= shrink_if_sparse(&mut self.active);
+        shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
+        shrunk |= shrink_if_sparse(&mut self.live_by_destination);
+        shrunk |= shrink_if_sparse(&mut self.live_by_service);
+        shrunk |= shrink_if_sparse(&mut self.service_entries);
+        shrunk |= shrink_if_sparse(&mut self.by_destination);
+        shrunk |= shrink_if_sparse(&mut self.live_by_local);
+        shrunk |= shrink_if_sparse(&mut self.live_by_netns);
+        if self.cancels.capacity() > SPARSE_FROM && self.cancels.len() < self.cancels.capacity() / 4
+        {
+            self.cancels.shrink_to(self.cancels.len() * 2);
+            shrunk = true;
+        }
+        shrunk
+    }
+
+    /// Sockets in TIME_WAIT now toward `remote` in namespace `netns`.
+    pub fn time_waits_toward(&self, netns: u32, remote: Endpoint) -> u64 {
+        self.live_by_destination
+            .get(&(netns, remote))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The network namespaces holding TIME_WAITs now (tracked since start).
+    pub fn namespaces_in_use(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live_by_netns.keys().copied()
+    }
+
+    /// New TIME_WAITs per second for each (namespace, local addr, remote addr:port).
+    pub fn entry_rates(&self, now_ns: u64) -> Vec<(RateKey, f64)> {
+        self.entries
+            .iter()
+            .map(|(&key, queue)| {
+                let recent = recent_entries(queue, now_ns);
+                (key, recent as f64 / (RATE_WINDOW_NS as f64 / 1e9))
+            })
+            .filter(|(_, rate)| *rate > 0.0)
+            .collect()
     }
 }
 

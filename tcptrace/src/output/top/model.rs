@@ -415,68 +415,6 @@ impl TopModel {
         self.workloads.retain_active(now_s);
         self.previous = Some((counters, now_ns));
     }
-
-    /// The rows of one table; `time_wait` gives the live TIME_WAIT sockets' 4-tuples.
-    pub fn rows<'a>(
-        &self,
-        kind: GroupKind,
-        now_ns: u64,
-        time_wait: impl Iterator<Item = (&'a FlowAddrs, Option<bool>)>,
-    ) -> Vec<Row> {
-        let now_s = seconds(now_ns);
-        let window_s = rate_window::window_s(self.started_ns, now_ns);
-        if kind == GroupKind::Workload {
-            return self.workloads.rows(now_s, window_s);
-        }
-        let mut tw_counts: HashMap<Endpoint, u64> = HashMap::default();
-        for (addrs, accepted) in time_wait {
-            // The side its flow said; a TIME_WAIT whose flow was not seen is the accepting
-            // side's when its local port listens.
-            let first = accepted.map(|a| match a {
-                true => TcpState::SynRecv,
-                false => TcpState::SynSent,
-            });
-            let group = self.group_of(addrs, first);
-            if group.kind == kind {
-                *tw_counts.entry(group.endpoint).or_default() += 1;
-            }
-        }
-        let mut rows: Vec<Row> = self
-            .groups
-            .iter()
-            .filter(|(k, _)| k.kind == kind)
-            .map(|(k, g)| {
-                let forecast_pct = self
-                    .busiest_space(k, g, now_s, window_s)
-                    .map(|f| f.utilization * 100.0);
-                Row {
-                    endpoint: k.endpoint,
-                    label: None,
-                    conn_per_s: g.opened.per_second(now_s, window_s),
-                    open: g.open,
-                    time_wait: tw_counts.remove(&k.endpoint).unwrap_or(0),
-                    forecast_pct,
-                    retransmits: g.retransmits,
-                    resets: g.resets,
-                    keepalive_timeouts: g.keepalive_timeouts,
-                    port_failures: g.port_failures,
-                    connect_p99_ns: g.connect.as_ref().map(|h| h.value_at_quantile(0.99)),
-                    listen: None,
-                    rtt_p50_ns: g.rtt.p50_ns(now_s),
-                    drops: g.drops,
-                }
-            })
-            .collect();
-        // TIME_WAITs left from before tracing, with no traffic seen since.
-        rows.extend(tw_counts.into_iter().map(|(endpoint, time_wait)| Row {
-            time_wait,
-            ..Row::empty(endpoint)
-        }));
-        if kind == GroupKind::Service {
-            self.attach_listeners(&mut rows, now_s, window_s);
-        }
-        rows
-    }
 }
 
 #[path = "model_alerts.rs"]
