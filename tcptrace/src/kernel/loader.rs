@@ -57,16 +57,21 @@ fn each_flow<T: std::borrow::Borrow<MapData>>(
 }
 
 impl Tracer {
+    /// Detaches one BTF tracepoint program's link.
+    fn detach_link(&mut self, program: &str, link: BtfTracePointLinkId) -> Result<()> {
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing"))?
+            .try_into()?;
+        prog.detach(link)
+            .with_context(|| format!("detaching program {program}"))
+    }
+
     /// Detaches every program: nothing new reaches the maps after this.
     pub fn detach(&mut self) -> Result<()> {
-        for (program, link) in self.links.drain(..) {
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("program {program} missing"))?
-                .try_into()?;
-            prog.detach(link)
-                .with_context(|| format!("detaching program {program}"))?;
+        for (program, link) in std::mem::take(&mut self.links) {
+            self.detach_link(program, link)?;
         }
         let syscall_links = std::mem::take(&mut self.syscall_links);
         crate::kernel::syscalls::detach(&mut self.ebpf, syscall_links)

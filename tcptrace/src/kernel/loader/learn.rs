@@ -2,8 +2,8 @@
 //! programs learn them from the sockets themselves (`learn_timers` on the state tracepoint,
 //! then the first TCP timewait socket's timer), and the learner is detached once they are
 //! known.
-use anyhow::{anyhow, Context as _, Result};
-use aya::{maps::Array, programs::BtfTracePoint};
+use anyhow::{anyhow, Result};
+use aya::maps::Array;
 use tcptrace_common::{
     learn,
     names::{map, program},
@@ -47,13 +47,7 @@ impl Tracer {
             .position(|(p, _)| *p == program::LEARN_TIMERS)
         {
             let (name, link) = self.links.remove(at);
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            prog.detach(link)
-                .with_context(|| format!("detaching program {name}"))?;
+            self.detach_link(name, link)?;
         }
         log::info!("timer handlers learnt: keepalive {keepalive:#x}, TIME_WAIT {time_wait:#x}");
         if std::env::var_os(TEST_ENV).is_some() {
