@@ -4,7 +4,7 @@
 //! `&tcpv6_prot` — what the timer hooks then recognise a timewait socket by. Userspace
 //! detaches it once `LEARNED` holds what the plan needs.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tcptrace_common::{family, learn};
+use tcptrace_common::{family, learn, tcp_state};
 
 use crate::{config, maps::LEARNED, sock};
 
@@ -35,10 +35,15 @@ pub fn learned(slot: u32) -> u64 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn learn_timers(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    if sock::protocol(sk) != Ok(IPPROTO_TCP) {
+    let new_state: i32 = ctx.arg(2);
+    // An established socket's: a listener's or a closing one's `sk_timer` may serve other
+    // ends on some kernels.
+    if new_state != i32::from(tcp_state::ESTABLISHED) || sock::protocol(sk) != Ok(IPPROTO_TCP) {
         return 0;
     }
-    let Ok(prot) = sock::read::<u64>(sk, config!(offsets.prot)) else {
+    // Plain memory reads, the same on every kernel (a typed load of a function pointer is
+    // not treated alike by every verifier).
+    let Ok(prot) = sock::probe_read::<u64>(sk, config!(offsets.prot)) else {
         return 0;
     };
     let slot = match sock::read::<u16>(sk, config!(offsets.family)) {
@@ -48,7 +53,7 @@ pub fn learn_timers(ctx: BtfTracePointContext) -> i32 {
     };
     remember(slot, prot);
     let timer = config!(offsets.sk_timer) + config!(offsets.timer_function);
-    if let Ok(keepalive) = sock::read::<u64>(sk, timer) {
+    if let Ok(keepalive) = sock::probe_read::<u64>(sk, timer) {
         remember(learn::KEEPALIVE_FN, keepalive);
     }
     0

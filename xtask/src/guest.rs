@@ -41,7 +41,10 @@ fn check_learnt() -> Result<()> {
     let said = err
         .lines()
         .find(|l| l.starts_with("tcptrace: test: learnt"))
-        .context("the tracer never said what it learnt")?;
+        .with_context(|| {
+            let said: Vec<&str> = err.lines().filter(|l| l.contains("test:")).collect();
+            format!("the tracer never finished learning: {}", said.join(" | "))
+        })?;
     let syms = fs::read_to_string("/proc/kallsyms")?;
     let address = |name: &str| {
         syms.lines().find_map(|l| {

@@ -70,6 +70,7 @@ impl Tracer {
 
     /// Detaches every program: nothing new reaches the maps after this.
     pub fn detach(&mut self) -> Result<()> {
+        self.learn_report();
         for (program, link) in std::mem::take(&mut self.links) {
             self.detach_link(program, link)?;
         }

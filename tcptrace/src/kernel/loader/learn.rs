@@ -29,6 +29,18 @@ impl Tracer {
         ))
     }
 
+    /// At the end, in the tests: what was learnt, said even where learning did not finish.
+    pub fn learn_report(&self) {
+        if std::env::var_os(TEST_ENV).is_none() || self.learning == 0 {
+            return;
+        }
+        let (keepalive, time_wait) = self.learned_handlers().unwrap_or((0, 0));
+        eprintln!(
+            "tcptrace: test: learning unfinished: tcp_keepalive_timer {keepalive:#x} \
+             tw_timer_handler {time_wait:#x}"
+        );
+    }
+
     /// Once a second while learning: the learner goes once every handler the plan needs is
     /// known (it runs on every transition until then).
     pub fn learn_upkeep(&mut self) -> Result<()> {
