@@ -215,7 +215,7 @@ fn names_that_match_nothing_wait_and_malformed_ones_are_errors() {
     for (flag, value) in [
         ("--pod", "Not_A_Pod"),
         ("--namespace", "no.dots-in-namespaces"),
-        ("--container", "-leading-dash"),
+        ("--container", "trailing-dash-"),
     ] {
         let out = Command::new(BIN)
             .args(["flows", flag, value])
