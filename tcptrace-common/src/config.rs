@@ -7,8 +7,8 @@ use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets, DROP_IGNORE_W
 pub struct ProgramConfig {
     pub offsets: SockOffsets,
     pub _pad0: u32,
-    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms); 0: learnt at run time
-    /// (`learn_symbols`), or keepalive probes not traced.
+    /// The address of `tcp_keepalive_timer` (from /proc/kallsyms); 0: keepalive probes not
+    /// traced.
     pub keepalive_timer_fn: u64,
     /// The address of `tw_timer_handler` (from /proc/kallsyms); 0: learnt at run time
     /// (`learn_symbols`), or TIME_WAIT not traced.
@@ -56,14 +56,12 @@ const _: () =
 /// `CAP_SYSLOG`): bits of [`ProgramConfig::learn_symbols`], and the slots of the `LEARNED`
 /// array they fill.
 pub mod learn {
-    /// `tcp_keepalive_timer`: every TCP socket's `sk_timer.function` (read by the
-    /// `learn_timers` program on the state tracepoint).
-    pub const KEEPALIVE: u8 = 1 << 0;
     /// `tw_timer_handler`: the function of the first timer whose timewait socket is TCP's
-    /// (its `skc_prot` one of the two below) and in TIME_WAIT.
+    /// (its `skc_prot` one of the two below, read by the `learn_timers` program from
+    /// established sockets) and in TIME_WAIT. (`tcp_keepalive_timer` is not learnt: on some
+    /// kernels an established socket's `sk_timer` serves another handler.)
     pub const TIME_WAIT: u8 = 1 << 1;
     /// Slots of `LEARNED`.
-    pub const KEEPALIVE_FN: u32 = 0;
     pub const TW_FN: u32 = 1;
     /// `&tcp_prot` and `&tcpv6_prot`, read from sockets' `skc_prot`.
     pub const TCP_PROT: u32 = 2;

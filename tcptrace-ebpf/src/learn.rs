@@ -1,8 +1,7 @@
 //! `learn_timers`, a second program on `inet_sock_set_state`, attached only where
-//! /proc/kallsyms hides kernel addresses (no `CAP_SYSLOG`): every TCP socket's `sk_timer` is
-//! the keepalive timer (`tcp_keepalive_timer`), and its `skc_prot` is `&tcp_prot` or
-//! `&tcpv6_prot` — what the timer hooks then recognise a timewait socket by. Userspace
-//! detaches it once `LEARNED` holds what the plan needs.
+//! /proc/kallsyms hides kernel addresses (no `CAP_SYSLOG`): an established TCP socket's
+//! `skc_prot` is `&tcp_prot` or `&tcpv6_prot`, what the timer hooks then recognise a timewait
+//! socket by (and so learn `tw_timer_handler`). Userspace detaches it once that is learnt.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{family, learn, tcp_state};
 
@@ -36,13 +35,11 @@ pub fn learned(slot: u32) -> u64 {
 pub fn learn_timers(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let new_state: i32 = ctx.arg(2);
-    // An established socket's: a listener's or a closing one's `sk_timer` may serve other
-    // ends on some kernels.
+    // An established TCP socket's protocol (`&tcp_prot`, `&tcpv6_prot`).
     if new_state != i32::from(tcp_state::ESTABLISHED) || sock::protocol(sk) != Ok(IPPROTO_TCP) {
         return 0;
     }
-    // Plain memory reads, the same on every kernel (a typed load of a function pointer is
-    // not treated alike by every verifier).
+    // A plain memory read, the same on every kernel's verifier.
     let Ok(prot) = sock::probe_read::<u64>(sk, config!(offsets.prot)) else {
         return 0;
     };
@@ -52,9 +49,5 @@ pub fn learn_timers(ctx: BtfTracePointContext) -> i32 {
         _ => return 0,
     };
     remember(slot, prot);
-    let timer = config!(offsets.sk_timer) + config!(offsets.timer_function);
-    if let Ok(keepalive) = sock::probe_read::<u64>(sk, timer) {
-        remember(learn::KEEPALIVE_FN, keepalive);
-    }
     0
 }

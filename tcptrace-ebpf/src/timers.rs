@@ -31,10 +31,7 @@ const CONNECT_REUSE_WINDOW_NS: u64 = 10_000_000;
 /// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
 #[inline(always)]
 fn keepalive_socket(timer: *const u8) -> Option<*const u8> {
-    let mut keepalive_fn = config!(keepalive_timer_fn);
-    if keepalive_fn == 0 && config!(learn_symbols) & learn_slot::KEEPALIVE != 0 {
-        keepalive_fn = learn::learned(learn_slot::KEEPALIVE_FN);
-    }
+    let keepalive_fn = config!(keepalive_timer_fn);
     if keepalive_fn == 0 || function(timer) != keepalive_fn {
         return None;
     }

@@ -143,11 +143,18 @@ fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfi
             }
         }
     };
-    let keepalive_timer_fn = symbol_if(
-        plan.keepalive_probes,
-        "tcp_keepalive_timer",
-        tcptrace_common::learn::KEEPALIVE,
-    )?;
+    // Keepalive probes need the real address (not learnt: see `learn::TIME_WAIT`).
+    let keepalive_timer_fn = match plan.keepalive_probes {
+        true => kernel_symbol("tcp_keepalive_timer")?.unwrap_or_else(|| {
+            eprintln!(
+                "tcptrace: warning: keepalive probes are not traced: /proc/kallsyms hides \
+                 tcp_keepalive_timer's address (run as root or with CAP_SYSLOG; keepalive \
+                 timeouts are still caught)"
+            );
+            0
+        }),
+        false => 0,
+    };
     let tw_timer_fn = symbol_if(
         plan.time_wait,
         "tw_timer_handler",
@@ -371,8 +378,8 @@ fn check_privileges() -> Result<()> {
     }
     bail!(
         "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
-         (and CAP_DAC_READ_SEARCH where connect()/bind() failures are traced: run it as root, \
-         or setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which tcptrace))"
+         (and CAP_DAC_READ_SEARCH, CAP_SYSLOG in some modes: run it as root, or setcap \
+         cap_bpf,cap_perfmon,cap_dac_read_search,cap_syslog+ep $(which tcptrace))"
     )
 }
 
