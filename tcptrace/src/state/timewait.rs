@@ -33,22 +33,10 @@ struct Active {
     /// capacity hold none); handed on as it is when the TIME_WAIT ends.
     flow: Option<Box<FinishedFlow>>,
     cancel: Option<(u64, bool)>,
-    /// Held by the accepting side (its flow said so): counted under its local service, not
-    /// under the client's ephemeral port.
-    accepted: bool,
-    /// Its flow was seen (joined by 4-tuple): `accepted` is known.
-    joined: bool,
-}
-
-impl Active {
-    /// Whether the accepting side holds it, where its flow said (joined, or `accepted`).
-    fn flow_seen(&self) -> Option<bool> {
-        match (self.accepted, self.joined) {
-            (true, _) => Some(true),
-            (false, true) => Some(false),
-            (false, false) => None,
-        }
-    }
+    /// Whether the accepting side holds it, as its flow said when joined (`None`: flow not
+    /// seen). The accepting side's is counted under its local service, not under the
+    /// client's ephemeral port.
+    accepted: Option<bool>,
 }
 
 /// What the tracker hands back to be printed.
@@ -218,7 +206,7 @@ impl TimeWaitTracker {
     pub fn live_addrs(&self) -> impl Iterator<Item = (&FlowAddrs, Option<bool>)> {
         self.active
             .values()
-            .map(|a| (&a.addrs, a.flow_seen()))
+            .map(|a| (&a.addrs, a.accepted))
             .chain(self.preexisting.iter().map(|(addrs, _)| (addrs, None)))
     }
 
@@ -255,8 +243,7 @@ impl TimeWaitTracker {
                 start_ns: ts_ns,
                 flow: None,
                 cancel: None,
-                accepted: false,
-                joined: false,
+                accepted: None,
             },
         );
         self.awaiting_flow.insert(addrs, timer);
@@ -325,9 +312,8 @@ impl TimeWaitTracker {
             return None;
         }
         let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
-        active.joined = true;
+        active.accepted = Some(accepted);
         if accepted {
-            active.accepted = true;
             self.server_side += 1;
             self.not_a_destination(&addrs, netns, start_ns);
         } else {
@@ -412,7 +398,7 @@ impl TimeWaitTracker {
 
     fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
         let held_ns = end_ns.saturating_sub(active.start_ns);
-        match active.accepted {
+        match active.accepted == Some(true) {
             true => decrement(
                 &mut self.live_by_service,
                 (active.netns, active.addrs.local),

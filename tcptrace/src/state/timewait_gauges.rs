@@ -1,6 +1,9 @@
 //! The tracker's gauges (sockets in TIME_WAIT now by destination, by local service and by
 //! local address, entry rates) and its summary.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
 
 use super::{
     forget_old_entries, recent_entries, shrink_if_sparse, RateKey, TimeWaitTracker, RATE_WINDOW_NS,
@@ -12,41 +15,29 @@ use crate::{
 };
 
 impl TimeWaitTracker {
-    /// Sockets in TIME_WAIT now, by destination and by local address (call
-    /// [`Self::expire_preexisting`] first).
+    /// Sockets in TIME_WAIT now, by destination, by local service and by local address
+    /// (call [`Self::expire_preexisting`] first).
     pub fn gauges(&self, now_ns: u64) -> Gauges {
-        let mut by_destination: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
-        for (&(_, d), &n) in &self.live_by_destination {
-            by_destination.entry(d).or_default().0 += n;
-        }
         let by_local: BTreeMap<IpAddr, u64> =
             self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
         // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
         let total = (self.active.len() + self.preexisting.len()) as u64;
-        for ((_, _, remote), queue) in &self.entries {
-            let recent = recent_entries(queue, now_ns);
-            by_destination.entry(*remote).or_default().1 +=
-                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
-        }
-        let mut by_service: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
-        for (&(_, local), &n) in &self.live_by_service {
-            by_service.entry(local).or_default().0 += n;
-        }
-        for ((_, local), queue) in &self.service_entries {
-            let recent = recent_entries(queue, now_ns);
-            by_service.entry(*local).or_default().1 +=
-                recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
-        }
         Gauges {
             total,
-            by_service: by_service
-                .into_iter()
-                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
-                .collect(),
-            by_destination: by_destination
-                .into_iter()
-                .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
-                .collect(),
+            by_service: endpoint_rows(
+                self.live_by_service
+                    .iter()
+                    .map(|(&(_, local), &n)| (local, n)),
+                self.service_entries
+                    .iter()
+                    .map(|((_, local), q)| (*local, q)),
+                now_ns,
+            ),
+            by_destination: endpoint_rows(
+                self.live_by_destination.iter().map(|(&(_, d), &n)| (d, n)),
+                self.entries.iter().map(|((_, _, remote), q)| (*remote, q)),
+                now_ns,
+            ),
             by_local: by_local.into_iter().collect(),
         }
     }
@@ -131,6 +122,26 @@ impl TimeWaitTracker {
             .filter(|(_, rate)| *rate > 0.0)
             .collect()
     }
+}
+
+/// Endpoint → (sockets in TIME_WAIT now, new ones per second), summed over namespaces (and
+/// local addresses), the endpoints with neither left out.
+fn endpoint_rows<'a>(
+    live: impl Iterator<Item = (Endpoint, u64)>,
+    entries: impl Iterator<Item = (Endpoint, &'a VecDeque<u64>)>,
+    now_ns: u64,
+) -> Vec<(Endpoint, (u64, f64))> {
+    let mut rows: BTreeMap<Endpoint, (u64, f64)> = BTreeMap::new();
+    for (endpoint, n) in live {
+        rows.entry(endpoint).or_default().0 += n;
+    }
+    for (endpoint, queue) in entries {
+        let recent = recent_entries(queue, now_ns);
+        rows.entry(endpoint).or_default().1 += recent as f64 / (RATE_WINDOW_NS as f64 / 1e9);
+    }
+    rows.into_iter()
+        .filter(|(_, (count, rate))| *count > 0 || *rate > 0.0)
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
