@@ -203,17 +203,23 @@ impl FilterSpec {
         parts.join(" and ")
     }
 
+    /// The family filter, judged from an address.
+    fn admits_family(&self, addr: IpAddr) -> bool {
+        let family = if addr.is_ipv4() { AF_INET } else { AF_INET6 };
+        self.family.is_none_or(|f| f == family)
+    }
+
+    /// The pid filter, judged from an owner (unknown: not admitted under `-p`).
+    fn admits_pid(&self, pid: Option<u32>) -> bool {
+        self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p))
+    }
+
     /// Family, ports and addresses, judged from a 4-tuple (local side first).
     fn admits_endpoints(&self, addrs: &FlowAddrs) -> bool {
-        let family = if addrs.local.addr.is_ipv4() {
-            AF_INET
-        } else {
-            AF_INET6
-        };
         let ports_ok =
             |ranges: &[(u16, u16)], port: u16| ranges.is_empty() || port_ranges_allow(ranges, port);
         let addrs_ok = |nets: &[IpNet], addr: IpAddr| nets.is_empty() || addr_allowed(nets, addr);
-        self.family.is_none_or(|f| f == family)
+        self.admits_family(addrs.local.addr)
             && ports_ok(&self.local_ports, addrs.local.port)
             && ports_ok(&self.remote_ports, addrs.remote.port)
             && (self.ports.is_empty()
@@ -229,10 +235,8 @@ impl FilterSpec {
     /// expiry carries only its timer, and follows its start (the tracker ignores the end of a
     /// TIME_WAIT it never saw start).
     pub fn admits_event(&self, event: &Event) -> bool {
-        let pid_ok =
-            |pid: Option<u32>| self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p));
         let owned = |addrs: &FlowAddrs, owner: &Option<Process>| {
-            self.admits_endpoints(addrs) && pid_ok(owner.as_ref().map(|o| o.pid))
+            self.admits_endpoints(addrs) && self.admits_pid(owner.as_ref().map(|o| o.pid))
         };
         match event {
             Event::Transition(t) => owned(&t.addrs, &t.owner),
@@ -246,19 +250,14 @@ impl FilterSpec {
             // A failed connect() or bind() has no local port: judged by what it asked for.
             Event::PortFailure(p) => {
                 let asked = p.asked.is_none_or(|asked| {
-                    let family = if asked.addr.is_ipv4() {
-                        AF_INET
-                    } else {
-                        AF_INET6
-                    };
-                    self.family.is_none_or(|f| f == family)
+                    self.admits_family(asked.addr)
                         && (self.remote_ports.is_empty()
                             || port_ranges_allow(&self.remote_ports, asked.port))
                         && (self.ports.is_empty() || port_ranges_allow(&self.ports, asked.port))
                         && (self.remote_addrs.is_empty()
                             || addr_allowed(&self.remote_addrs, asked.addr))
                 });
-                asked && pid_ok(Some(p.owner.pid))
+                asked && self.admits_pid(Some(p.owner.pid))
             }
             Event::Drop(d) => {
                 let back = FlowAddrs {
@@ -280,40 +279,9 @@ impl FilterSpec {
         own_netns: Option<u32>,
         owner: Option<u32>,
     ) -> bool {
-        let family = if addrs.local.addr.is_ipv4() {
-            AF_INET
-        } else {
-            AF_INET6
-        };
-        if self.family.is_some_and(|f| f != family) {
-            return false;
-        }
-        if !self.netns.is_empty()
-            && !own_netns.is_some_and(|n| self.netns.iter().any(|(_, i)| *i == n))
-        {
-            return false;
-        }
-        if !self.local_ports.is_empty() && !port_ranges_allow(&self.local_ports, addrs.local.port) {
-            return false;
-        }
-        if !self.remote_ports.is_empty()
-            && !port_ranges_allow(&self.remote_ports, addrs.remote.port)
-        {
-            return false;
-        }
-        if !self.ports.is_empty()
-            && !port_ranges_allow(&self.ports, addrs.local.port)
-            && !port_ranges_allow(&self.ports, addrs.remote.port)
-        {
-            return false;
-        }
-        if !self.local_addrs.is_empty() && !addr_allowed(&self.local_addrs, addrs.local.addr) {
-            return false;
-        }
-        if !self.remote_addrs.is_empty() && !addr_allowed(&self.remote_addrs, addrs.remote.addr) {
-            return false;
-        }
-        if !self.pids.is_empty() && !owner.is_some_and(|pid| self.pids.contains(&pid)) {
+        let in_netns = self.netns.is_empty()
+            || own_netns.is_some_and(|n| self.netns.iter().any(|(_, i)| *i == n));
+        if !in_netns || !self.admits_endpoints(addrs) || !self.admits_pid(owner) {
             return false;
         }
         // The cgroup is unknown here: a cgroup or workload filter admits nothing.
