@@ -129,71 +129,63 @@ fn pid_words(value: &str) -> Vec<&str> {
 impl TryFrom<FilterArgs> for FilterSpec {
     type Error = anyhow::Error;
     fn try_from(args: FilterArgs) -> Result<FilterSpec> {
-        let spec = FilterSpec {
-            pids: limited(
-                "--pid",
-                args.pids
-                    .iter()
-                    .flat_map(|p| pid_words(p))
-                    .map(parse_pid)
-                    .collect::<Result<_>>()?,
-            )?,
-            local_ports: args
-                .local_ports
+        let mut spec = args.portable(parse_pid)?;
+        spec.pids = limited("--pid", spec.pids)?;
+        spec.cgroups = limited(
+            "--cgroup",
+            args.cgroups
                 .iter()
-                .map(|p| parse_ports(p, "--local-port"))
+                .map(|c| Ok((c.clone(), cgroup_id(c)?)))
                 .collect::<Result<_>>()?,
-            remote_ports: args
-                .remote_ports
+        )?;
+        spec.netns = limited(
+            "--netns",
+            args.netns
                 .iter()
-                .map(|p| parse_ports(p, "--remote-port"))
+                .map(|n| Ok((n.clone(), netns_inode(n)?)))
                 .collect::<Result<_>>()?,
-            ports: args
-                .ports
-                .iter()
-                .map(|p| parse_ports(p, "--port"))
-                .collect::<Result<_>>()?,
-            local_addrs: args
-                .local_addrs
-                .iter()
-                .map(|a| parse_cidr(a, "--local-addr"))
-                .collect::<Result<_>>()?,
-            remote_addrs: args
-                .remote_addrs
-                .iter()
-                .map(|a| parse_cidr(a, "--remote-addr"))
-                .collect::<Result<_>>()?,
-            cgroups: limited(
-                "--cgroup",
-                args.cgroups
-                    .iter()
-                    .map(|c| Ok((c.clone(), cgroup_id(c)?)))
-                    .collect::<Result<_>>()?,
-            )?,
-            netns: limited(
-                "--netns",
-                args.netns
-                    .iter()
-                    .map(|n| Ok((n.clone(), netns_inode(n)?)))
-                    .collect::<Result<_>>()?,
-            )?,
-            family: match (args.ipv4, args.ipv6) {
-                (true, _) => Some(AF_INET),
-                (_, true) => Some(AF_INET6),
-                _ => None,
-            },
-            workloads: WorkloadFilter {
-                pods: args.pods,
-                namespaces: args.namespaces,
-                containers: args.containers,
-                cgroups: Vec::new(),
-            },
+        )?;
+        spec.workloads = WorkloadFilter {
+            pods: args.pods,
+            namespaces: args.namespaces,
+            containers: args.containers,
+            cgroups: Vec::new(),
         };
         Ok(spec)
     }
 }
 
 impl FilterArgs {
+    /// The filters judged from what a socket or a record carries, wherever it was traced:
+    /// pids (each read by `pid`), ports, addresses and family.
+    fn portable(&self, pid: fn(&str) -> Result<u32>) -> Result<FilterSpec> {
+        let ports = |list: &[String], flag: &str| -> Result<Vec<(u16, u16)>> {
+            list.iter().map(|p| parse_ports(p, flag)).collect()
+        };
+        let nets = |list: &[String], flag: &str| -> Result<Vec<ipnet::IpNet>> {
+            list.iter().map(|a| parse_cidr(a, flag)).collect()
+        };
+        Ok(FilterSpec {
+            pids: self
+                .pids
+                .iter()
+                .flat_map(|p| pid_words(p))
+                .map(pid)
+                .collect::<Result<_>>()?,
+            local_ports: ports(&self.local_ports, "--local-port")?,
+            remote_ports: ports(&self.remote_ports, "--remote-port")?,
+            ports: ports(&self.ports, "--port")?,
+            local_addrs: nets(&self.local_addrs, "--local-addr")?,
+            remote_addrs: nets(&self.remote_addrs, "--remote-addr")?,
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(AF_INET),
+                (_, true) => Some(AF_INET6),
+                _ => None,
+            },
+            ..FilterSpec::default()
+        })
+    }
+
     /// The filters `tcptrace report` applies to a recording's records, as `tcpdump -r FILE
     /// expr` does: ports, addresses, family and pids (a recorded process need not exist
     /// now). Those that name this host's objects are refused: a recording's cgroups,
@@ -211,45 +203,13 @@ impl FilterArgs {
                  `tcptrace record`"
             );
         }
-        let ports = |list: &[String], flag: &str| -> Result<Vec<(u16, u16)>> {
-            list.iter().map(|p| parse_ports(p, flag)).collect()
-        };
-        let nets = |list: &[String], flag: &str| -> Result<Vec<ipnet::IpNet>> {
-            list.iter().map(|a| parse_cidr(a, flag)).collect()
-        };
-        Ok(FilterSpec {
-            pids: self
-                .pids
-                .iter()
-                .flat_map(|p| pid_words(p))
-                .map(|p| {
-                    p.trim()
-                        .parse()
-                        .ok()
-                        .filter(|&pid: &u32| pid > 0)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("invalid --pid '{p}': expected a process id")
-                        })
-                })
-                .collect::<Result<_>>()?,
-            local_ports: ports(&self.local_ports, "--local-port")?,
-            remote_ports: ports(&self.remote_ports, "--remote-port")?,
-            ports: ports(&self.ports, "--port")?,
-            local_addrs: nets(&self.local_addrs, "--local-addr")?,
-            remote_addrs: nets(&self.remote_addrs, "--remote-addr")?,
-            family: match (self.ipv4, self.ipv6) {
-                (true, _) => Some(AF_INET),
-                (_, true) => Some(AF_INET6),
-                _ => None,
-            },
-            ..FilterSpec::default()
-        })
+        self.portable(parse_pid_number)
     }
 }
 
 #[path = "filter_parse.rs"]
 mod parse;
-use parse::{cgroup_id, limited, netns_inode};
+use parse::{cgroup_id, limited, netns_inode, parse_pid_number};
 pub use parse::{parse_cidr, parse_pid, parse_ports};
 
 #[cfg(test)]

@@ -21,13 +21,18 @@ pub(super) fn limited<T>(flag: &str, list: Vec<T>) -> Result<Vec<T>> {
     Ok(list)
 }
 
-pub fn parse_pid(text: &str) -> Result<u32> {
-    let pid: u32 = text
-        .trim()
+/// A process id, as a number (a recorded one need not exist now).
+pub fn parse_pid_number(text: &str) -> Result<u32> {
+    text.trim()
         .parse()
         .ok()
         .filter(|&p| p > 0)
-        .ok_or_else(|| anyhow!("invalid --pid '{text}': expected a process id"))?;
+        .ok_or_else(|| anyhow!("invalid --pid '{text}': expected a process id"))
+}
+
+/// A process id of a process that exists now.
+pub fn parse_pid(text: &str) -> Result<u32> {
+    let pid = parse_pid_number(text)?;
     if !Path::new(&format!("/proc/{pid}")).exists() {
         bail!("invalid --pid '{text}': no such process");
     }
