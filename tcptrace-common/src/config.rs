@@ -60,11 +60,11 @@ pub mod learn {
     /// (its `skc_prot` one of the two below, read by the `learn_timers` program from
     /// established sockets) and in TIME_WAIT. (`tcp_keepalive_timer` is not learnt: on some
     /// kernels an established socket's `sk_timer` serves another handler.)
-    pub const TIME_WAIT: u8 = 1 << 1;
+    pub const TIME_WAIT: u8 = 1 << 0;
     /// Slots of `LEARNED`.
-    pub const TW_FN: u32 = 1;
+    pub const TW_FN: u32 = 0;
     /// `&tcp_prot` and `&tcpv6_prot`, read from sockets' `skc_prot`.
-    pub const TCP_PROT: u32 = 2;
-    pub const TCPV6_PROT: u32 = 3;
-    pub const SLOTS: u32 = 4;
+    pub const TCP_PROT: u32 = 1;
+    pub const TCPV6_PROT: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
