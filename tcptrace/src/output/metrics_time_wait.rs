@@ -62,7 +62,7 @@ impl Default for TimeWaitMetrics {
             overflows: Family::default(),
         };
         // Present from the first scrape: nothing in TIME_WAIT yet is a 0, not a missing series.
-        m.set_top(&Gauges::default());
+        m.gauges(&Gauges::default());
         m
     }
 }
@@ -104,11 +104,8 @@ impl TimeWaitMetrics {
         self.seconds.observe(held_ns as f64 / 1e9);
     }
 
+    /// The sockets in TIME_WAIT now: the busiest destinations and services, then `other`.
     pub fn gauges(&self, gauges: &Gauges) {
-        self.set_top(gauges);
-    }
-
-    fn set_top(&self, gauges: &Gauges) {
         self.sockets.clear();
         self.service_sockets.clear();
         top_then_other(&gauges.by_destination, |label, n| {
