@@ -31,19 +31,15 @@ impl<W: Write> TextPrinter<W> {
         let (local, remote, workload) = self.prepare(Kind::Flow, &t.addrs, workload)?;
         let (lw, rw) = (self.local_width, self.remote_width);
         let wl = self.workload_cell(&workload);
-        let (comm, pid) = match flow {
-            Some(f) => (
-                comm(&f.lifecycle.owner).to_string(),
-                pid(&f.lifecycle.owner).text().as_str().to_string(),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
+        // Its flow's owner; `-` for both where the flow was not seen.
+        let unseen = None;
+        let owner = flow.map_or(&unseen, |f| &f.lifecycle.owner);
         writeln!(
             self.out,
             "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}){}",
             self.clock.time_of_day(t.start_ns + t.held_ns),
-            comm,
-            pid,
+            comm(owner),
+            pid(owner).text().as_str(),
             local.as_str(),
             remote.as_str(),
             HumanDuration(t.held_ns),
