@@ -392,26 +392,25 @@ fn hidden_kallsyms_are_learnt_from_the_sockets() {
 #[test]
 fn connections_opened_during_start_up_are_counted() {
     let _load = crate::support::heavy_load();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let busy = {
         let stop = stop.clone();
-        std::thread::spawn(move || {
+        thread::spawn(move || {
             let mut made = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let client = std::net::TcpStream::connect(addr).expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                let client = TcpStream::connect(addr).expect("connect");
                 let (server, _) = listener.accept().expect("accept");
                 drop((client, server));
                 made += 1;
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                thread::sleep(Duration::from_millis(2));
             }
             made
         })
     };
-    let tracer =
-        crate::support::Tracer::start_alone(&_load, &["metrics", "--metrics", "127.0.0.1:0"]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tracer = Tracer::start_alone(&_load, &["metrics", "--metrics", "127.0.0.1:0"]);
+    stop.store(true, Ordering::Relaxed);
     let made = busy.join().expect("the client thread");
     let out = tracer.stop();
     let startup = &out.summary()["startup"];
