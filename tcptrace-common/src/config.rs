@@ -50,7 +50,7 @@ pub struct ProgramConfig {
     pub drop_records_per_s: u64,
 }
 const _: () =
-    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 24 + 32 + 8);
+    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 64 + 32 + 8);
 
 /// What the programs learn at run time where /proc/kallsyms hides kernel addresses (no
 /// `CAP_SYSLOG`): bits of [`ProgramConfig::learn_symbols`], and the slots of the `LEARNED`

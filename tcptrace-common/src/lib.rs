@@ -18,11 +18,12 @@ pub const PATH_SLOTS: usize = 8;
 /// whenever one changes, so that a recording (`tcptrace record`) is read only by a build that
 /// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64), layout 3 the
 /// `PortFailureEvent`, layout 4 the owner's cgroup id (`cgroup`) in every record that names
-/// an owner, layout 5 a flow's [`Vitals`] at the end of `FlowEndEvent` and the `DropEvent`;
-/// recordings of layouts 1 to 4 are still read (layout 1's TIME_WAITs carry namespace 0: the
+/// an owner, layout 5 a flow's [`Vitals`] at the end of `FlowEndEvent` and the `DropEvent`,
+/// layout 6 the dropped packet's conntrack entry at the end of `DropEvent`; recordings of
+/// layouts 1 to 5 are still read (layout 1's TIME_WAITs carry namespace 0: the
 /// recording host's; records before layout 4 carry cgroup 0: unknown; flows before layout 5
-/// carry no vitals).
-pub const RECORD_LAYOUT_VERSION: u32 = 5;
+/// carry no vitals; drops before layout 6 carry no conntrack entry).
+pub const RECORD_LAYOUT_VERSION: u32 = 6;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -456,8 +457,8 @@ pub use names::family;
 pub use offsets::{SkbOffsets, SockOffsets, TcpSockOffsets};
 pub use syscalls::{port_failure, CallArgs, PortFailureEvent};
 pub use vitals::{
-    drop_flags, drop_ignore_bit, DropBudget, DropCounts, DropEvent, Vitals, DROP_BUDGET_WINDOW_NS,
-    DROP_IGNORE_WORDS, DROP_REASON_SLOTS,
+    ct_status, drop_flags, drop_ignore_bit, ConntrackEntry, DropBudget, DropCounts, DropEvent,
+    Vitals, DROP_BUDGET_WINDOW_NS, DROP_IGNORE_WORDS, DROP_REASON_SLOTS,
 };
 
 #[cfg(feature = "user")]

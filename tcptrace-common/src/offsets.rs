@@ -102,5 +102,21 @@ pub struct SkbOffsets {
     /// of a packet with no socket.
     pub dev: u32,
     pub dev_net: u32,
+    /// `sk_buff._nfct` (the conntrack entry, ctinfo in its low 3 bits); 0: the kernel has no
+    /// conntrack, the entry is not read.
+    pub nfct: u32,
+    /// `nf_conn.tuplehash` (two `nf_conntrack_tuple_hash`, `hash_size` bytes apart) and
+    /// `nf_conntrack_tuple_hash.tuple`.
+    pub ct_tuplehash: u32,
+    pub ct_hash_size: u32,
+    pub ct_hash_tuple: u32,
+    /// `nf_conn.status` (unsigned long; the low 32 bits are read).
+    pub ct_status: u32,
+    /// In `nf_conntrack_tuple`: `src.u3`, `src.u.all`, `dst.u3`, `dst.u.all`.
+    pub ct_src_addr: u32,
+    pub ct_src_port: u32,
+    pub ct_dst_addr: u32,
+    pub ct_dst_port: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 64);

@@ -45,13 +45,42 @@ pub struct DropEvent {
     /// Bits of [`drop_flags`].
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// The packet's conntrack entry, valid with [`drop_flags::CONNTRACK`] (since layout 6).
+    pub conntrack: ConntrackEntry,
 }
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 72 + 88);
 
 /// Bits of [`DropEvent::flags`].
 pub mod drop_flags {
     /// The packet was IPv6.
     pub const IPV6: u8 = 1 << 0;
+    /// The packet carried a conntrack entry (`skb->_nfct`): [`super::DropEvent::conntrack`]
+    /// holds it.
+    pub const CONNTRACK: u8 = 1 << 1;
+}
+
+/// A conntrack entry as the kernel holds it (`struct nf_conn`): the original direction's
+/// tuple (as the first packet travelled, before any translation) and the reply direction's
+/// (as replies travel, after it: a source NAT shows there as the translated destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackEntry {
+    pub original: Tuple,
+    pub reply: Tuple,
+    /// `nf_conn.status` (bits of `enum ip_conntrack_status`, see [`ct_status`]), low 32 bits.
+    pub status: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConntrackEntry>() == 88);
+
+/// Bits of `enum ip_conntrack_status` (uapi: the same on every kernel).
+pub mod ct_status {
+    /// The entry is in the table (an unconfirmed one is still being set up by its first packet).
+    pub const CONFIRMED: u32 = 1 << 3;
+    /// The source is translated (SNAT, MASQUERADE).
+    pub const SRC_NAT: u32 = 1 << 4;
+    /// The destination is translated (DNAT, a Service address).
+    pub const DST_NAT: u32 = 1 << 5;
 }
 
 /// Reasons counted one by one in [`DropCounts`] (`enum skb_drop_reason` values below it;

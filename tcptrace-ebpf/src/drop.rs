@@ -5,16 +5,20 @@
 //! freed packet with a reason, about once per connection even when nothing is wrong (a closed
 //! socket's queue purge): reasons userspace marked in `drop_ignore` leave at the first
 //! compare, packets that are not IPv4/IPv6 at the second, and non-TCP at the third.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use tcptrace_common::{
-    drop_flags, drop_ignore_bit, flow_flags, slot, stat, tcp_state, DropEvent, Tuple,
-    DROP_BUDGET_WINDOW_NS, DROP_REASON_SLOTS,
+    drop_flags, drop_ignore_bit, flow_flags, slot, stat, tcp_state, ConntrackEntry, DropEvent,
+    Tuple, DROP_BUDGET_WINDOW_NS, DROP_REASON_SLOTS,
 };
 
 use crate::{
     config,
     filter::{self, Verdict},
-    maps::{emit, Stats, DROP_BUDGET, DROP_REASONS, FLOW_TABLE},
+    maps::{emit, Stats, CONNTRACK_SCRATCH, DROP_BUDGET, DROP_REASONS, FLOW_TABLE},
     sock::{self, probe_read, read},
 };
 
@@ -124,7 +128,22 @@ fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i32> {
         stats.bump(stat::DROPS_UNSENT);
         return Ok(());
     }
-    let flags = if v6 { drop_flags::IPV6 } else { 0 };
+    let mut flags = if v6 { drop_flags::IPV6 } else { 0 };
+    let Some(conntrack) = CONNTRACK_SCRATCH.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    match conntrack_entry(skb, conntrack, tuple.family) {
+        Ok(true) => flags |= drop_flags::CONNTRACK,
+        Ok(false) => {}
+        // The drop is still sent, without its entry.
+        Err(_) => {
+            stats.bump(stat::READ_ERRORS);
+        }
+    }
+    if flags & drop_flags::CONNTRACK == 0 {
+        // SAFETY: this CPU's scratch value, valid for this run.
+        unsafe { conntrack.write(ConntrackEntry::default()) };
+    }
     if let Some(mut record) = emit::<DropEvent>(stats) {
         let e = record.as_mut_ptr();
         // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
@@ -138,6 +157,7 @@ fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i32> {
             (&raw mut (*e).tcp_flags).write(tcp_flags);
             (&raw mut (*e).flags).write(flags);
             (&raw mut (*e)._pad).write([0; 2]);
+            (&raw mut (*e).conntrack).write(*conntrack);
         }
         record.submit();
     }
@@ -200,4 +220,75 @@ fn admitted(sk: *const u8, tuple: &Tuple, netns: u32) -> bool {
         ..*tuple
     };
     filter::judge::<sock::Typed>(slot::DROP, socket, &reversed, netns, owner) == Verdict::Match
+}
+
+/// The packet's conntrack entry (`skb->_nfct`, its low 3 bits the packet's direction), read
+/// into this CPU's `CONNTRACK_SCRATCH`: both directions' tuples and the status. `false`
+/// where the packet has none, or the kernel no conntrack (`skb.nfct` 0).
+#[inline(always)]
+fn conntrack_entry(skb: *const u8, entry: *mut ConntrackEntry, family: u16) -> Result<bool, i32> {
+    let nfct_at = config!(skb.nfct);
+    if nfct_at == 0 {
+        return Ok(false);
+    }
+    let ct = (read::<u64>(skb, nfct_at)? & !7) as usize as *const u8;
+    if ct.is_null() {
+        return Ok(false);
+    }
+    let hashes = ct.wrapping_add(config!(skb.ct_tuplehash) as usize);
+    let at = config!(skb.ct_hash_tuple) as usize;
+    let reply_at = config!(skb.ct_hash_size) as usize + at;
+    let status_at = config!(skb.ct_status);
+    // SAFETY: `entry` is this CPU's scratch value, valid for this run; the reads below write
+    // into its fields in place.
+    let (original, reply, status) = unsafe {
+        (
+            &raw mut (*entry).original,
+            &raw mut (*entry).reply,
+            &raw mut (*entry).status,
+        )
+    };
+    ct_tuple(hashes.wrapping_add(at), original, family)?;
+    ct_tuple(hashes.wrapping_add(reply_at), reply, family)?;
+    let value = probe_read::<u64>(ct, status_at)? as u32;
+    // SAFETY: as above.
+    unsafe { status.write(value) };
+    Ok(true)
+}
+
+/// One `nf_conntrack_tuple` into `out`: its addresses and ports (network order in the
+/// kernel, host order in the record).
+#[inline(always)]
+fn ct_tuple(tuple: *const u8, out: *mut Tuple, family: u16) -> Result<(), i32> {
+    let len = if family == sock::AF_INET6 { 16 } else { 4 };
+    let (src_addr, dst_addr) = (config!(skb.ct_src_addr), config!(skb.ct_dst_addr));
+    let sport = u16::from_be(probe_read::<u16>(tuple, config!(skb.ct_src_port))?);
+    let dport = u16::from_be(probe_read::<u16>(tuple, config!(skb.ct_dst_port))?);
+    // SAFETY: `out` points into the scratch map value (see `conntrack_entry`); the addresses
+    // are read into its fields in place.
+    unsafe {
+        (*out).family = family;
+        (*out)._pad = 0;
+        (*out).sport = sport;
+        (*out).dport = dport;
+        (*out).saddr = [0; 16];
+        (*out).daddr = [0; 16];
+        read_into(tuple, src_addr, (*out).saddr.as_mut_ptr(), len)?;
+        read_into(tuple, dst_addr, (*out).daddr.as_mut_ptr(), len)?;
+    }
+    Ok(())
+}
+
+/// `len` bytes at `base + offset` into `dst`, in place.
+#[inline(always)]
+fn read_into(base: *const u8, offset: u32, dst: *mut u8, len: u32) -> Result<(), i32> {
+    // SAFETY: bpf_probe_read_kernel checks the source address; `dst` is map memory of at
+    // least `len` bytes (an address field of a `Tuple`).
+    let rc = unsafe {
+        bpf_probe_read_kernel(dst.cast(), len, base.wrapping_add(offset as usize).cast())
+    };
+    if rc < 0 {
+        return Err(rc as i32);
+    }
+    Ok(())
 }

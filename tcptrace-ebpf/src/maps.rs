@@ -10,10 +10,10 @@ use aya_ebpf::{
     },
 };
 use tcptrace_common::{
-    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, Connecting, Counters,
-    DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner,
-    ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS,
-    DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, Connecting,
+    ConntrackEntry, Counters, DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState,
+    ListenerKey, Owner, ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS,
+    DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -104,6 +104,16 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
         protocol: 0,
         dev: 0,
         dev_net: 0,
+        nfct: 0,
+        ct_tuplehash: 0,
+        ct_hash_size: 0,
+        ct_hash_tuple: 0,
+        ct_status: 0,
+        ct_src_addr: 0,
+        ct_src_port: 0,
+        ct_dst_addr: 0,
+        ct_dst_port: 0,
+        _pad: 0,
     },
     drop_ignore: [0; 4],
     drop_records_per_s: 0,
@@ -303,6 +313,11 @@ pub static OWNER_SCRATCH: PerCpuArray<Owner> = PerCpuArray::with_max_entries(slo
 /// handled by the second one, which runs only then.
 #[map]
 pub static SET_STATE_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// A dropped packet's conntrack entry, read here (not on the stack) before its record is
+/// reserved.
+#[map]
+pub static CONNTRACK_SCRATCH: PerCpuArray<ConntrackEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// What `timer_expire_entry` saw of a keepalive timer, for `timer_expire_exit`.
 #[map]

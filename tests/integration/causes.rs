@@ -219,8 +219,13 @@ fn tcp_user_timeout_is_its_own_cause() {
     client.write_all(b"data in flight").expect("write");
     let err = client.read(&mut [0u8; 1]).expect_err("user timeout");
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
-    let out = tracer.stop();
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
+    // The flow is printed once the tracer has read its end: waited for, not assumed to have
+    // been read by the time the tracer is stopped.
+    tracer.wait_for_record("flow", Duration::from_secs(10), |r| {
+        r["lport"] == client_port && r["raddr"] == a
+    });
+    let out = tracer.stop();
     let flow = out.flow((&b, client_port), (&a, port));
     assert_eq!(flow["cause"], "user_timeout", "{flow}");
 }

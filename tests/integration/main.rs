@@ -15,6 +15,7 @@ mod kubelet;
 mod lifecycle;
 mod listen;
 mod metrics;
+mod nat;
 mod netns;
 mod overload;
 mod pods;

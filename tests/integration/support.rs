@@ -259,7 +259,8 @@ impl Tracer {
         timeout: Duration,
         check: impl Fn(&[Value]) -> bool,
     ) {
-        wait_until(what, timeout, || {
+        let deadline = Instant::now() + timeout;
+        loop {
             let records: Vec<Value> = self
                 .stdout_lines
                 .lock()
@@ -267,8 +268,24 @@ impl Tracer {
                 .iter()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
-            check(&records)
-        });
+            if check(&records) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {what}, in vain; the records so far: {records:#?}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Whether a record satisfying `check` was printed so far.
+    pub fn has_record(&self, check: impl Fn(&Value) -> bool) -> bool {
+        let lines = self.stdout_lines.lock().expect("stdout lines");
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|r| check(&r))
     }
 
     /// Waits until a record of `kind` satisfying `check` was printed.
@@ -367,8 +384,9 @@ impl Output {
         assert_eq!(
             flows.len(),
             1,
-            "one flow for {local:?} -> {remote:?}; got {flows:#?}\nall records: {:#?}",
-            self.records
+            "one flow for {local:?} -> {remote:?}; got {flows:#?}\nall records: {:#?}\nstderr:\n{}",
+            self.records,
+            self.stderr
         );
         flows[0]
     }

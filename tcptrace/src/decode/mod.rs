@@ -17,6 +17,7 @@ use crate::model::{
         TimeWaitRecord, Transition,
     },
     facts::HostFacts,
+    nat::Conntrack,
     port_failure::PortFailure,
     tcp::{comm_to_string, CloseSide, FlowAddrs, PathStep, Process, TcpState},
     vitals::{DropTally, FlowVitals, PacketDrop},
@@ -187,6 +188,14 @@ fn packet_drop(raw: &DropEvent, host: &HostFacts) -> Result<PacketDrop> {
         reason: host.drop_reason_name(raw.reason),
         netns: raw.netns,
         tcp_flags: raw.tcp_flags,
+        conntrack: match raw.flags & drop_flags::CONNTRACK {
+            0 => None,
+            _ => Some(Conntrack {
+                original: FlowAddrs::try_from(&raw.conntrack.original).map_err(|e| anyhow!(e))?,
+                reply: FlowAddrs::try_from(&raw.conntrack.reply).map_err(|e| anyhow!(e))?,
+                status: raw.conntrack.status,
+            }),
+        },
     })
 }
 
@@ -272,6 +281,7 @@ impl FinishedFlow {
             vitals: (f.close_flags & close_flags::VITALS != 0)
                 .then(|| FlowVitals::from(&raw.vitals)),
             drops: DropTally::default(),
+            translated: None,
             evidence,
             lifecycle,
         })

@@ -222,6 +222,29 @@ impl KernelBtf {
             protocol: self.sized_field("sk_buff", "protocol", 2)?,
             dev: self.sized_field("sk_buff", "dev", 8)?,
             dev_net: self.sized_field("net_device", "nd_net.net", 8)?,
+            ..self.conntrack_offsets()?
+        })
+    }
+
+    /// Where a dropped packet's conntrack entry and its tuples lie; all 0 (not read) on a
+    /// kernel without conntrack (no `struct nf_conn` in its BTF).
+    fn conntrack_offsets(&self) -> Result<SkbOffsets> {
+        if self.named_struct("nf_conn").is_err() {
+            return Ok(SkbOffsets::default());
+        }
+        let hash_size = self.named_struct("nf_conntrack_tuple_hash")?.size();
+        let tuple = |path: &str, size| self.sized_field("nf_conntrack_tuple", path, size);
+        Ok(SkbOffsets {
+            nfct: self.sized_field("sk_buff", "_nfct", 8)?,
+            ct_tuplehash: self.sized_field("nf_conn", "tuplehash", 2 * hash_size)?,
+            ct_hash_size: u32::try_from(hash_size).context("nf_conntrack_tuple_hash size")?,
+            ct_hash_tuple: self.sized_field("nf_conntrack_tuple_hash", "tuple", 40)?,
+            ct_status: self.sized_field("nf_conn", "status", 8)?,
+            ct_src_addr: tuple("src.u3", 16)?,
+            ct_src_port: tuple("src.u.all", 2)?,
+            ct_dst_addr: tuple("dst.u3", 16)?,
+            ct_dst_port: tuple("dst.u.all", 2)?,
+            ..SkbOffsets::default()
         })
     }
 

@@ -80,6 +80,10 @@ pub struct FinishedFlow {
     pub vitals: Option<FlowVitals>,
     /// Its packets the kernel dropped, by reason (joined by the dispatcher).
     pub drops: DropTally,
+    /// The flow's addresses on the other side of a NAT, local first (known from the
+    /// conntrack entry of a packet of its that was dropped): a client's translated source
+    /// and real destination; a server's real client.
+    pub translated: Option<FlowAddrs>,
 }
 
 /// A timewait socket's timer armed, cancelled or fired.

@@ -3,10 +3,12 @@
 //! It imports nothing of the tool but `text`.
 pub mod cause;
 pub mod counters;
+pub mod drop_reasons;
 pub mod events;
 pub mod facts;
 pub mod filter;
 pub mod keepalive;
+pub mod nat;
 pub mod port_failure;
 pub mod tcp;
 pub mod vitals;

@@ -2,7 +2,7 @@
 //! `decode` reads them from their records.
 use tcptrace_common::Vitals;
 
-use crate::model::tcp::FlowAddrs;
+use crate::model::{nat::Conntrack, tcp::FlowAddrs};
 
 /// What a TCP socket carried and how its path behaved, read at CLOSE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct PacketDrop {
     pub netns: u32,
     /// The TCP header's flags byte (FIN 1, SYN 2, RST 4, PSH 8, ACK 16).
     pub tcp_flags: u8,
+    /// The packet's conntrack entry, where it had one.
+    pub conntrack: Option<Conntrack>,
 }
 
 impl PacketDrop {

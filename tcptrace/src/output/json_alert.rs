@@ -46,6 +46,29 @@ pub(super) struct AlertLine<'a> {
     /// `listen_drops` and `syn_cookies` alerts only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     listen: Option<ListenFields>,
+    /// `snat_exhausted` and `time_wait_paws` alerts only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nat: Option<NatFields>,
+}
+
+/// What a `snat_exhausted` / `time_wait_paws` alert adds (under `nat`).
+#[derive(Serialize)]
+struct NatFields {
+    /// The namespace that dropped the SYN (the NAT's, or the TIME_WAIT's).
+    netns: u32,
+    /// SYNs dropped so far for the same NAT address and destination, or source address and
+    /// local port.
+    dropped_total: u64,
+    /// snat_exhausted: the tuple the NAT tried (source first); time_wait_paws: the client
+    /// behind the NAT, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dport: Option<u16>,
 }
 
 /// What a `listen_drops` / `syn_cookies` alert adds.
@@ -100,7 +123,7 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
         ),
         Alert::FinRetransmit(r) => (None, Some(r.state), None, None, None, None, None, r.skaddr),
         Alert::KeepaliveProbe(p) => (None, None, Some(p.probe), None, None, None, None, p.skaddr),
-        Alert::Exhaustion(_) | Alert::PortFailure(_) | Alert::Listen(_) => {
+        Alert::Exhaustion(_) | Alert::PortFailure(_) | Alert::Listen(_) | Alert::Nat(_) => {
             (None, None, None, None, None, None, None, 0)
         }
     };
@@ -147,6 +170,17 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
         }),
         _ => None,
     };
+    let nat = match a {
+        Alert::Nat(n) => Some(NatFields {
+            netns: n.netns,
+            dropped_total: n.count,
+            saddr: n.translated.map(|t| t.local.addr.to_string()),
+            sport: n.translated.map(|t| t.local.port),
+            daddr: n.translated.map(|t| t.remote.addr.to_string()),
+            dport: n.translated.map(|t| t.remote.port),
+        }),
+        _ => None,
+    };
     let drops = match a {
         Alert::Closed(f) if !f.drops.is_empty() => {
             Some(f.drops.0.iter().map(|(r, n)| (r.as_str(), *n)).collect())
@@ -175,5 +209,6 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
         forecast,
         port_failure,
         listen,
+        nat,
     }
 }

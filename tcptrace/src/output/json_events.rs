@@ -87,10 +87,27 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// Two endpoints as an object under `names` (address, port, address, port), or null.
+    fn endpoints(&mut self, key: &str, addrs: Option<&FlowAddrs>, names: [&str; 4]) {
+        let Some(addrs) = addrs else {
+            self.key(key).extend_from_slice(b"null");
+            return;
+        };
+        let mut object = Object::start(self.key(key));
+        object.name(names[0], ip_text(addrs.local.addr).as_str());
+        object.number(names[1], addrs.local.port);
+        object.name(names[2], ip_text(addrs.remote.addr).as_str());
+        object.number(names[3], addrs.remote.port);
+        object.end();
+    }
+
     fn end(self) {
         self.buf.push(b'}');
     }
 }
+
+/// The names of a packet's or a conntrack tuple's endpoints: source first.
+const PACKET_ENDPOINTS: [&str; 4] = ["saddr", "sport", "daddr", "dport"];
 
 /// An IP address as text (IPv4 written without `core::fmt`).
 fn ip_text(addr: IpAddr) -> StackStr<48> {
@@ -192,6 +209,11 @@ pub(super) fn flow_line(
         drops.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
     }
     drops.push(b'}');
+    line.endpoints(
+        "nat",
+        f.translated.as_ref(),
+        ["laddr", "lport", "raddr", "rport"],
+    );
     match &f.time_wait {
         Some(t) => {
             let mut time_wait = Object::start(line.key("time_wait"));
@@ -239,6 +261,18 @@ pub(super) fn drop_line(buf: &mut Vec<u8>, ts_unix_ns: u64, d: &PacketDrop) {
     line.name("tcp_flags", &d.flags_text());
     line.number("netns", d.netns);
     line.name("skaddr", hex(d.skaddr).as_str());
+    match &d.conntrack {
+        Some(ct) => {
+            let mut entry = Object::start(line.key("conntrack"));
+            entry.endpoints("original", Some(&ct.original), PACKET_ENDPOINTS);
+            entry.endpoints("reply", Some(&ct.reply), PACKET_ENDPOINTS);
+            entry.boolean("src_nat", ct.source_translated());
+            entry.boolean("dst_nat", ct.destination_translated());
+            entry.boolean("confirmed", ct.confirmed());
+            entry.end();
+        }
+        None => line.key("conntrack").extend_from_slice(b"null"),
+    }
     line.end();
 }
 

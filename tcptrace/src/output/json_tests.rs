@@ -142,6 +142,7 @@ fn per_event_lines_with_every_optional_part() {
         reason: "NETFILTER_DROP".into(),
         netns: 4026531840,
         tcp_flags: 2,
+        conntrack: None,
     };
     let mut p = JsonPrinter::new(Vec::new(), Clock::fixed(1_000));
     p.flow(&flow).expect("write");
@@ -151,7 +152,7 @@ fn per_event_lines_with_every_optional_part() {
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(
         got[0],
-        r#"{"type":"flow","ts_unix_ns":5001000,"pid":7,"comm":"a\"b\\c\u0001","family":"ipv6","laddr":"fe80::1","lport":80,"raddr":"::1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":null,"start_seen":false,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":"TCP_KEEPALIVE_TIMEOUT","probes":0,"rtx":0,"bytes_acked":300001,"bytes_received":3,"segs_in":40,"segs_out":220,"srtt_ns":91000000,"rttvar_ns":1000000,"min_rtt_ns":80000000,"total_retrans":2,"drops":{"NETFILTER_DROP":3,"TCP_CLOSE":1},"time_wait":{"start_unix_ns":5001000,"held_ns":60000000000,"end":"reused"},"time_wait_follows":false,"skaddr":"0xffff888000001000"}"#
+        r#"{"type":"flow","ts_unix_ns":5001000,"pid":7,"comm":"a\"b\\c\u0001","family":"ipv6","laddr":"fe80::1","lport":80,"raddr":"::1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":null,"start_seen":false,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":"TCP_KEEPALIVE_TIMEOUT","probes":0,"rtx":0,"bytes_acked":300001,"bytes_received":3,"segs_in":40,"segs_out":220,"srtt_ns":91000000,"rttvar_ns":1000000,"min_rtt_ns":80000000,"total_retrans":2,"drops":{"NETFILTER_DROP":3,"TCP_CLOSE":1},"nat":null,"time_wait":{"start_unix_ns":5001000,"held_ns":60000000000,"end":"reused"},"time_wait_follows":false,"skaddr":"0xffff888000001000"}"#
     );
     let parsed: Value = serde_json::from_str(got[0]).expect("the line parses");
     assert_eq!(parsed["comm"], "a\"b\\c\u{1}");
@@ -162,12 +163,12 @@ fn per_event_lines_with_every_optional_part() {
     );
     assert_eq!(
         got[2],
-        r#"{"type":"drop","ts_unix_ns":8000,"family":"ipv6","saddr":"fe80::1","sport":80,"daddr":"::1","dport":443,"reason":"NETFILTER_DROP","tcp_flags":"SYN","netns":4026531840,"skaddr":"0x0"}"#
+        r#"{"type":"drop","ts_unix_ns":8000,"family":"ipv6","saddr":"fe80::1","sport":80,"daddr":"::1","dport":443,"reason":"NETFILTER_DROP","tcp_flags":"SYN","netns":4026531840,"skaddr":"0x0","conntrack":null}"#
     );
 }
 
 const EXPECTED_LINES: [&str; 3] = [
     r#"{"type":"transition","ts_unix_ns":6000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"old":"SYN_SENT","new":"ESTABLISHED","old_held_ns":null,"untracked":false,"skaddr":"0xffff888012345678"}"#,
-    r#"{"type":"flow","ts_unix_ns":5001000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":4000000,"start_seen":true,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":null,"probes":0,"rtx":0,"bytes_acked":null,"bytes_received":null,"segs_in":null,"segs_out":null,"srtt_ns":null,"rttvar_ns":null,"min_rtt_ns":null,"total_retrans":null,"drops":{},"time_wait":null,"time_wait_follows":false,"skaddr":"0xffff888000001000"}"#,
+    r#"{"type":"flow","ts_unix_ns":5001000,"pid":4242,"comm":"curl","family":"ipv4","laddr":"127.0.0.1","lport":51234,"raddr":"127.0.0.1","rport":443,"path":[{"state":"SYN_SENT","held_ns":1000000,"rtx":0},{"state":"ESTABLISHED","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT1","held_ns":1000000,"rtx":0},{"state":"FIN_WAIT2","held_ns":1000000,"rtx":0},{"state":"CLOSE","held_ns":null,"rtx":0}],"life_ns":4000000,"start_seen":true,"truncated":false,"close":"active","cause":"normal","err":0,"reset_received":false,"reset_reason":null,"probes":0,"rtx":0,"bytes_acked":null,"bytes_received":null,"segs_in":null,"segs_out":null,"srtt_ns":null,"rttvar_ns":null,"min_rtt_ns":null,"total_retrans":null,"drops":{},"nat":null,"time_wait":null,"time_wait_follows":false,"skaddr":"0xffff888000001000"}"#,
     r#"{"type":"retransmit","ts_unix_ns":6000,"pid":null,"comm":null,"family":"ipv4","laddr":"127.0.0.1","lport":12345,"raddr":"127.0.0.1","rport":41690,"state":"FIN_WAIT1","err":0,"untracked":false,"synack":false,"skaddr":"0x1"}"#,
 ];

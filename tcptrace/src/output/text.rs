@@ -308,6 +308,9 @@ impl<W: Write> TextPrinter<W> {
         if !f.drops.is_empty() {
             write!(self.line, " drops={}", f.drops).map_err(fmt_failed)?;
         }
+        if let Some(nat) = &f.translated {
+            write!(self.line, " via {} > {}", nat.local, nat.remote).map_err(fmt_failed)?;
+        }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
     }
@@ -315,7 +318,7 @@ impl<W: Write> TextPrinter<W> {
     pub fn packet_drop(&mut self, d: &PacketDrop) -> io::Result<()> {
         let (source, destination, _) = self.prepare(Kind::Drop, &d.addrs, None)?;
         let (lw, rw) = (self.local_width, self.remote_width);
-        writeln!(
+        write!(
             self.out,
             "{:<15} {:<lw$} > {:<rw$} {:<11} {}",
             self.clock.time_of_day(d.ts_ns),
@@ -323,7 +326,18 @@ impl<W: Write> TextPrinter<W> {
             destination.as_str(),
             d.flags_text(),
             d.reason,
-        )
+        )?;
+        match d.conntrack.filter(|ct| ct.translates()) {
+            Some(ct) => writeln!(
+                self.out,
+                "  conntrack {} > {} as {} > {}",
+                ct.original.local,
+                ct.original.remote,
+                ct.translated().local,
+                ct.translated().remote
+            ),
+            None => writeln!(self.out),
+        }
     }
 
     pub fn retransmit(&mut self, r: &Retransmit) -> io::Result<()> {

@@ -19,6 +19,7 @@ use crate::{
         aggregate::Aggregator,
         alert::Alert,
         forecast::{time_wait_view, TimeWaitView},
+        nat::NatWatch,
         packets::PacketLedger,
         port_failures::{PortFailureAlert, PortFailureWatch},
         summary::Summary,
@@ -86,6 +87,8 @@ pub struct Dispatcher {
     pub identities: IdentityResolver,
     /// Drops and SYN-ACK retransmits waiting for their flow's end; bytes and RTT summed.
     pub packets: PacketLedger,
+    /// SYNs dropped at the NAT boundary, as alerts.
+    nat: NatWatch,
     ports: PortFailureWatch,
     /// Open-flow counts left this second (see [`OPEN_FLOW_COUNTS_PER_S`]).
     open_counts_left: u32,
@@ -107,6 +110,7 @@ impl Dispatcher {
             open_flows: None,
             identities: IdentityResolver::recorded(),
             packets: PacketLedger::default(),
+            nat: NatWatch::default(),
             ports: PortFailureWatch::default(),
             open_counts_left: OPEN_FLOW_COUNTS_PER_S,
             decoder: Decoder::new(host),
@@ -351,6 +355,12 @@ impl Dispatcher {
             Event::Drop(d) => {
                 self.packets.dropped(&d);
                 consumer.seen(Seen::PacketDrop(&d))?;
+                if self.wants.alerts {
+                    let behind = self.packets.original_of(&d.addrs);
+                    if let Some(alert) = self.nat.admit(&d, behind) {
+                        consumer.seen(Seen::Alert(&Alert::Nat(&alert)))?;
+                    }
+                }
             }
             Event::PortFailure(p) => {
                 consumer.seen(Seen::PortFailure(&p))?;

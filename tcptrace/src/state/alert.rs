@@ -4,6 +4,7 @@ use std::fmt;
 use crate::{
     host::clock::{human_duration, HumanDuration},
     model::cause::CloseCause,
+    model::drop_reasons,
     model::events::{FinishedFlow, KeepaliveInForce, KeepaliveProbe, Lifecycle, Retransmit},
     model::keepalive::KeepaliveSettings,
     model::port_failure::Call,
@@ -11,6 +12,7 @@ use crate::{
     model::workload::Workload,
     state::forecast::Forecast,
     state::listeners::ListenAlert,
+    state::nat::NatAlert,
     state::port_failures::PortFailureAlert,
     state::timewait::TimeWait,
     text::digits::number,
@@ -29,6 +31,8 @@ pub enum Alert<'a> {
     PortFailure(&'a PortFailureAlert),
     /// A listener dropped handshakes, or a namespace sent SYN cookies.
     Listen(&'a ListenAlert),
+    /// A SYN dropped at the NAT boundary: no free source-NAT port, or a TIME_WAIT's PAWS.
+    Nat(&'a NatAlert),
 }
 
 /// A forecast over [`crate::state::forecast::WARN_AT`], as an alert: said once when it
@@ -81,6 +85,7 @@ impl<'a> Alert<'a> {
                 Call::Bind => "bind_failure",
             },
             Alert::Listen(l) => l.kind(),
+            Alert::Nat(n) => n.kind(),
         }
     }
 
@@ -92,6 +97,7 @@ impl<'a> Alert<'a> {
             Alert::Exhaustion(w) => w.ts_ns,
             Alert::PortFailure(p) => p.failure.ts_ns,
             Alert::Listen(l) => l.ts_ns(),
+            Alert::Nat(n) => n.ts_ns,
         }
     }
 
@@ -100,7 +106,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => &f.lifecycle.owner,
             Alert::FinRetransmit(r) => &r.owner,
             Alert::KeepaliveProbe(p) => &p.owner,
-            Alert::Exhaustion(_) => &NO_OWNER,
+            Alert::Exhaustion(_) | Alert::Nat(_) => &NO_OWNER,
             Alert::PortFailure(p) => &p.owner,
             Alert::Listen(l) => l.owner(),
         }
@@ -112,7 +118,7 @@ impl<'a> Alert<'a> {
             Alert::Closed(f) => Some(&f.lifecycle.workload),
             Alert::FinRetransmit(r) => Some(&r.workload),
             Alert::KeepaliveProbe(p) => Some(&p.workload),
-            Alert::Exhaustion(_) => None,
+            Alert::Exhaustion(_) | Alert::Nat(_) => None,
             Alert::PortFailure(p) => Some(&p.failure.workload),
             Alert::Listen(l) => l.workload(),
         }
@@ -126,6 +132,7 @@ impl<'a> Alert<'a> {
             Alert::Exhaustion(w) => &w.addrs,
             Alert::PortFailure(p) => &p.addrs,
             Alert::Listen(l) => l.addrs(),
+            Alert::Nat(n) => &n.addrs,
         }
     }
 
@@ -136,7 +143,8 @@ impl<'a> Alert<'a> {
             Alert::FinRetransmit(_)
             | Alert::Exhaustion(_)
             | Alert::PortFailure(_)
-            | Alert::Listen(_) => None,
+            | Alert::Listen(_)
+            | Alert::Nat(_) => None,
         }
     }
 
@@ -195,9 +203,15 @@ impl<'a> Alert<'a> {
                 }
                 if !f.drops.is_empty() {
                     text.push_str(&format!("; dropped on this host: {}", f.drops.text()));
-                    if f.drops.0.iter().any(|(r, _)| r == "NETFILTER_DROP") {
-                        text.push_str(" (this host's firewall)");
+                    let meanings: Vec<String> = (f.drops.0.iter())
+                        .filter_map(|(r, _)| Some(format!("{r}: {}", drop_reasons::meaning(r)?)))
+                        .collect();
+                    if !meanings.is_empty() {
+                        text.push_str(&format!(" ({})", meanings.join("; ")));
                     }
+                }
+                if let Some(nat) = &f.translated {
+                    text.push_str(&format!("; across the NAT: {} > {}", nat.local, nat.remote));
                 }
                 text
             }
@@ -227,6 +241,7 @@ impl<'a> Alert<'a> {
             }
             Alert::PortFailure(p) => p.detail(),
             Alert::Listen(l) => l.detail(),
+            Alert::Nat(n) => n.detail(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod alert;
 pub mod forecast;
 pub mod idle;
 pub mod listeners;
+pub mod nat;
 pub mod packets;
 pub mod port_failures;
 pub mod quantiles;

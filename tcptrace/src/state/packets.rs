@@ -40,6 +40,26 @@ fn key_of(addrs: &FlowAddrs) -> MarkKey {
     }
 }
 
+/// A flow's addresses on the other side of a NAT (`original` and `translated`, source
+/// first), in the flow's own order: the client's flow (the original addresses) sees the
+/// translated ones, the server's (the translated ones, turned round) the original ones.
+fn other_side(
+    addrs: &FlowAddrs,
+    (original, translated): (FlowAddrs, FlowAddrs),
+) -> Option<FlowAddrs> {
+    let turned = |a: FlowAddrs| FlowAddrs {
+        local: a.remote,
+        remote: a.local,
+    };
+    if *addrs == original {
+        Some(translated)
+    } else if *addrs == turned(translated) {
+        Some(turned(original))
+    } else {
+        None
+    }
+}
+
 /// A listener's handshake, ours first.
 fn handshake_of(addrs: &FlowAddrs) -> MarkKey {
     MarkKey::Handshake(addrs.local, addrs.remote)
@@ -50,12 +70,19 @@ struct Marks {
     drops: DropTally,
     synacks: u16,
     last_ns: u64,
+    /// A NAT the flow went through, from a dropped packet's conntrack entry: its original
+    /// and translated addresses (source first).
+    nat: Option<(FlowAddrs, FlowAddrs)>,
 }
 
 /// Drops and SYN-ACK retransmits by flow, until the flow ends; and their totals.
 #[derive(Debug, Default)]
 pub struct PacketLedger {
     marks: HashMap<MarkKey, Marks>,
+    /// Connections conntrack translated, by their translated endpoints: the original ones
+    /// (whose flow a later drop of a translated packet with no entry of its own, such as a
+    /// SYN a TIME_WAIT rejected past the NAT, joins), and when last seen.
+    translations: HashMap<MarkKey, (FlowAddrs, u64)>,
     /// Every drop seen, by reason.
     by_reason: BTreeMap<String, u64>,
     /// Marks not kept: the ledger was full.
@@ -101,9 +128,55 @@ impl PacketLedger {
             0 => key_of(&d.addrs),
             sk => MarkKey::Socket(sk),
         };
-        if let Some(marks) = self.marks_of(key, d.ts_ns) {
-            marks.drops.add(&d.reason, 1);
+        // The flows it belongs to: its socket's or its addresses', and across a NAT the
+        // flow of the original addresses (the client's) and of the translated ones (the
+        // server's), from its conntrack entry or one seen before.
+        let (original, translated) = match d.conntrack.filter(|ct| ct.translates()) {
+            Some(ct) => {
+                let translated = ct.translated();
+                self.remember_translation(&translated, ct.original, d.ts_ns);
+                (Some(ct.original), Some(translated))
+            }
+            None => match self.translations.get(&key_of(&d.addrs)) {
+                Some(&(original, _)) => (Some(original), Some(d.addrs)),
+                None => (None, None),
+            },
+        };
+        let mut keys = [
+            Some(key),
+            original.as_ref().map(key_of),
+            translated.as_ref().map(key_of),
+        ];
+        for i in 1..keys.len() {
+            if keys[..i].contains(&keys[i]) {
+                keys[i] = None;
+            }
         }
+        for key in keys.into_iter().flatten() {
+            if let Some(marks) = self.marks_of(key, d.ts_ns) {
+                marks.drops.add(&d.reason, 1);
+                if let (Some(original), Some(translated)) = (original, translated) {
+                    marks.nat = Some((original, translated));
+                }
+            }
+        }
+    }
+
+    /// The original addresses of a translated connection seen before, by its translated
+    /// ones (source first).
+    pub fn original_of(&self, translated: &FlowAddrs) -> Option<FlowAddrs> {
+        self.translations.get(&key_of(translated)).map(|(o, _)| *o)
+    }
+
+    /// A translation conntrack made, kept for later drops of its translated packets
+    /// (bounded as the marks are).
+    fn remember_translation(&mut self, translated: &FlowAddrs, original: FlowAddrs, ts_ns: u64) {
+        let key = key_of(translated);
+        if self.translations.len() >= MAX_MARKED_FLOWS && !self.translations.contains_key(&key) {
+            self.overflowed += 1;
+            return;
+        }
+        self.translations.insert(key, (original, ts_ns));
     }
 
     /// A SYN-ACK sent again: kept for the child's flow.
@@ -143,6 +216,9 @@ impl PacketLedger {
                 f.drops.add(&reason, n);
             }
             synacks += marks.synacks;
+            if let Some(nat) = marks.nat {
+                f.translated = other_side(&f.addrs, nat).or(f.translated);
+            }
         }
         if let Some(first) = f.lifecycle.path.first_mut().filter(|_| synacks > 0) {
             first.retransmits = first.retransmits.saturating_add(synacks);
@@ -156,6 +232,8 @@ impl PacketLedger {
         self.marks
             .retain(|_, m| now_ns.saturating_sub(m.last_ns) < MARK_TTL_NS);
         self.unclaimed += (before - self.marks.len()) as u64;
+        self.translations
+            .retain(|_, (_, last_ns)| now_ns.saturating_sub(*last_ns) < MARK_TTL_NS);
     }
 
     /// The summary's figures; drops by reason as the kernel counted them (`kernel_drops`, by
@@ -190,4 +268,4 @@ impl PacketLedger {
 
 #[cfg(test)]
 #[path = "packets_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -26,6 +26,7 @@ fn drop_of(addrs: FlowAddrs, reason: &str, ts_ns: u64) -> PacketDrop {
         reason: reason.into(),
         netns: 1,
         tcp_flags: 2,
+        conntrack: None,
     }
 }
 
@@ -127,4 +128,90 @@ fn vitals_are_summed_and_the_ledger_is_bounded() {
         ledger.summary(&[], &HostFacts::default()).drops_overflowed,
         10
     );
+}
+
+fn endpoint(a: u8, port: u16) -> Endpoint {
+    Endpoint::new(IpAddr::V4(Ipv4Addr::new(10, 77, a, 2)), port)
+}
+
+/// A client 10.77.2.2:34762 to 10.77.9.2:8080, source-NATed to 10.77.9.1:40000.
+pub(crate) fn snat() -> crate::model::nat::Conntrack {
+    let client = endpoint(2, 34762);
+    let server = endpoint(9, 8080);
+    let nat = Endpoint::new(IpAddr::V4(Ipv4Addr::new(10, 77, 9, 1)), 40000);
+    crate::model::nat::Conntrack {
+        original: FlowAddrs {
+            local: client,
+            remote: server,
+        },
+        reply: FlowAddrs {
+            local: server,
+            remote: nat,
+        },
+        status: tcptrace_common::ct_status::SRC_NAT,
+    }
+}
+
+#[test]
+fn a_drop_past_a_nat_joins_the_clients_flow_and_the_servers_with_the_other_sides_addresses() {
+    let ct = snat();
+    let translated = ct.translated();
+    let mut ledger = PacketLedger::default();
+    // Dropped after the NAT: the packet carries the translated addresses and the entry.
+    let mut d = drop_of(translated, "NETFILTER_DROP", 1);
+    d.conntrack = Some(ct);
+    ledger.dropped(&d);
+    ledger.dropped(&d);
+    let mut client = finished(ct.original);
+    ledger.flow_ended(&mut client);
+    assert_eq!(client.drops.text(), "NETFILTER_DROP:2");
+    assert_eq!(
+        client.translated,
+        Some(translated),
+        "the client sees the NAT's side"
+    );
+    let server_side = FlowAddrs {
+        local: translated.remote,
+        remote: translated.local,
+    };
+    let mut server = finished(server_side);
+    ledger.flow_ended(&mut server);
+    assert_eq!(server.drops.text(), "NETFILTER_DROP:2");
+    assert_eq!(
+        server.translated,
+        Some(FlowAddrs {
+            local: ct.original.remote,
+            remote: ct.original.local
+        }),
+        "the server sees the real client"
+    );
+    // A later drop of the translated packet with no entry (a PAWS rejection at the
+    // server) is known to be the client's.
+    assert_eq!(ledger.original_of(&translated), Some(ct.original));
+    let mut late = drop_of(translated, "TCP_RFC7323_TW_PAWS", 2);
+    late.skaddr = 0;
+    ledger.dropped(&late);
+    let mut again = finished(ct.original);
+    ledger.flow_ended(&mut again);
+    assert_eq!(again.drops.text(), "TCP_RFC7323_TW_PAWS:1");
+}
+
+#[test]
+fn an_untranslated_entry_adds_no_second_mark() {
+    let flow = addrs(40000, 80);
+    let mut ledger = PacketLedger::default();
+    let mut d = drop_of(flow, "NETFILTER_DROP", 1);
+    d.conntrack = Some(crate::model::nat::Conntrack {
+        original: flow,
+        reply: FlowAddrs {
+            local: flow.remote,
+            remote: flow.local,
+        },
+        status: tcptrace_common::ct_status::CONFIRMED,
+    });
+    ledger.dropped(&d);
+    let mut f = finished(flow);
+    ledger.flow_ended(&mut f);
+    assert_eq!(f.drops.text(), "NETFILTER_DROP:1", "counted once");
+    assert_eq!(f.translated, None);
 }

@@ -40,14 +40,24 @@ impl Layout {
         }
     }
 
-    /// Layout 4: as this build's, with flow records that end before the vitals (layout 5's
+    /// Layout 5: as this build's, with drop records that end before the conntrack entry.
+    /// Still read: its drops are widened (no entry).
+    pub fn version_5() -> Layout {
+        Layout {
+            version: 5,
+            drop: V5_DROP as u32,
+            ..Layout::this_build()
+        }
+    }
+
+    /// Layout 4: as layout 5, with flow records that end before the vitals (layout 5's
     /// drop records did not exist). Still read: its flows are widened (no vitals).
     pub fn version_4() -> Layout {
         Layout {
             version: 4,
             flow_end: V4_FLOW_END as u32,
             drop: 0,
-            ..Layout::this_build()
+            ..Layout::version_5()
         }
     }
 
@@ -89,6 +99,7 @@ impl Layout {
     pub(super) fn readable(&self) -> bool {
         [
             Layout::this_build(),
+            Layout::version_5(),
             Layout::version_4(),
             Layout::version_3(),
             Layout::version_2(),
@@ -120,13 +131,18 @@ const _: () = assert!(
         && FLOW_END_CGROUP + 8 == std::mem::offset_of!(FlowEndEvent, keepalive)
 );
 
+/// A drop record's size before layout 6 appended the conntrack entry.
+pub(super) const V5_DROP: usize = std::mem::offset_of!(DropEvent, conntrack);
+const _: () = assert!(V5_DROP == 72);
+
 /// A layout-1 `TimeWaitEvent`'s size: the fields up to `netns`.
 pub(super) const V1_TIME_WAIT: usize = std::mem::offset_of!(TimeWaitEvent, netns);
 const _: () = assert!(V1_TIME_WAIT == 64);
 
 /// A record of an older layout widened to this build's: the fields added since are 0 (the
 /// namespace of a layout-1 TIME_WAIT, the cgroup before layout 4, a flow's vitals before
-/// layout 5, with its `close_flags::VITALS` clear). Records already of this build's size are
+/// layout 5, with its `close_flags::VITALS` clear; a drop's conntrack entry before layout 6,
+/// with `drop_flags::CONNTRACK` clear). Records already of this build's size are
 /// handed back untouched.
 pub(super) fn widen_record<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
     if kind_of(record) == Some(record_kind::FLOW_END)
@@ -171,6 +187,7 @@ fn widen_other<'a>(record: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
             size_of::<PortFailureEvent>(),
             V3_PORT_FAILURE,
         ),
+        record_kind::DROP => (V5_DROP, size_of::<DropEvent>(), V5_DROP),
         _ => return record,
     };
     if record.len() != old {

@@ -1,0 +1,150 @@
+//! The NAT boundary, from the packets the kernel dropped: SYNs a source NAT could not give a
+//! port (conntrack's entry for the translated tuple clashed with one still held) and SYNs a
+//! TIME_WAIT rejected for an old timestamp (PAWS: clients behind one NAT address reuse the
+//! 4-tuple with their own timestamp clocks). Each becomes an alert naming who and why.
+use foldhash::HashMap;
+use std::net::IpAddr;
+
+use crate::model::{
+    nat::Conntrack,
+    tcp::{Endpoint, FlowAddrs},
+    vitals::PacketDrop,
+};
+
+/// Keys counted at most; beyond, the counts start again (an alert's count is then a floor).
+const MAX_KEYS: usize = 4_096;
+
+/// TCP flags: SYN without ACK (a connection's first packet).
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// A source NAT's address and the destination, in a namespace.
+    Snat(u32, IpAddr, Endpoint),
+    /// A source address rejected by the TIME_WAITs of a local port, in a namespace.
+    Paws(u32, IpAddr, u16),
+}
+
+/// What went wrong at the NAT boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatProblem {
+    /// A SYN dropped by the source NAT: no free port toward the destination.
+    SnatExhausted,
+    /// A SYN a TIME_WAIT rejected for its old timestamp.
+    TimeWaitPaws,
+}
+
+/// One NAT alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatAlert {
+    pub problem: NatProblem,
+    pub ts_ns: u64,
+    /// SnatExhausted: the client's connection as it left (original addresses). TimeWaitPaws:
+    /// ours first: the local port, then the source as it arrived.
+    pub addrs: FlowAddrs,
+    /// The namespace that dropped the SYN (the NAT's, or the TIME_WAIT's).
+    pub netns: u32,
+    /// SnatExhausted: the tuple the NAT picked (already taken). TimeWaitPaws: the client
+    /// behind the NAT, where a translation of this tuple was seen.
+    pub translated: Option<FlowAddrs>,
+    /// SYNs dropped so far for the same NAT address and destination (SnatExhausted), or the
+    /// same source address and local port (TimeWaitPaws).
+    pub count: u64,
+}
+
+impl NatAlert {
+    pub fn kind(&self) -> &'static str {
+        match self.problem {
+            NatProblem::SnatExhausted => "snat_exhausted",
+            NatProblem::TimeWaitPaws => "time_wait_paws",
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match (self.problem, self.translated) {
+            (NatProblem::SnatExhausted, taken) => {
+                let nat = taken.map_or("?".to_string(), |t| t.local.addr.to_string());
+                let port = taken.map_or("?".to_string(), |t| t.local.port.to_string());
+                format!(
+                    "SYN from {} to {} dropped at the source NAT (netns {}): no free port on \
+                     {nat} toward {} (it tried {port}, still held by another connection's \
+                     conntrack entry; {} so far). NAT ports toward one destination stay taken \
+                     while their entries live (nf_conntrack_tcp_timeout_time_wait, 120 s after \
+                     close): widen the NAT's port range, add NAT addresses, or reuse connections",
+                    self.addrs.local, self.addrs.remote, self.netns, self.addrs.remote, self.count
+                )
+            }
+            (NatProblem::TimeWaitPaws, behind) => {
+                let client = behind.map_or(String::new(), |b| {
+                    format!(" (the client behind the NAT: {})", b.local)
+                });
+                format!(
+                    "SYN from {}{client} to local port {} rejected by its TIME_WAIT (PAWS: the \
+                     SYN's timestamp is older than the old connection's; {} so far from {}). \
+                     This host closed first and holds TIME_WAIT for the 4-tuple; clients behind \
+                     one NAT address reuse it with their own timestamp clocks: let clients \
+                     close first, keep connections open, or give the NAT more addresses",
+                    self.addrs.remote, self.addrs.local.port, self.count, self.addrs.remote.addr
+                )
+            }
+        }
+    }
+}
+
+/// Counts the NAT boundary's drops and turns each into an alert.
+#[derive(Debug, Default)]
+pub struct NatWatch {
+    counts: HashMap<Key, u64>,
+}
+
+impl NatWatch {
+    /// The alert `d` raises, if it is a NAT boundary's drop. `behind`: the original
+    /// addresses of a translated tuple seen before (for a PAWS drop, which carries no
+    /// conntrack entry of its own past the NAT).
+    pub fn admit(&mut self, d: &PacketDrop, behind: Option<FlowAddrs>) -> Option<NatAlert> {
+        if d.tcp_flags & (SYN | ACK) != SYN {
+            return None;
+        }
+        let (problem, key, addrs, translated) = match (d.reason.as_str(), d.conntrack) {
+            ("NETFILTER_DROP", Some(ct)) if snat_clash(&ct) => (
+                NatProblem::SnatExhausted,
+                Key::Snat(d.netns, ct.nat_source().addr, ct.original.remote),
+                ct.original,
+                Some(ct.translated()),
+            ),
+            ("TCP_RFC7323_TW_PAWS", _) => {
+                let ours = FlowAddrs {
+                    local: d.addrs.remote,
+                    remote: d.addrs.local,
+                };
+                let key = Key::Paws(d.netns, d.addrs.local.addr, d.addrs.remote.port);
+                (NatProblem::TimeWaitPaws, key, ours, behind)
+            }
+            _ => return None,
+        };
+        if self.counts.len() >= MAX_KEYS && !self.counts.contains_key(&key) {
+            self.counts.clear();
+        }
+        let count = self.counts.entry(key).or_default();
+        *count += 1;
+        Some(NatAlert {
+            problem,
+            ts_ns: d.ts_ns,
+            addrs,
+            netns: d.netns,
+            translated,
+            count: *count,
+        })
+    }
+}
+
+/// A SYN's entry that a source NAT translated but that never made it into the table: the
+/// translated tuple clashed with an entry still held (every port of the range taken).
+fn snat_clash(ct: &Conntrack) -> bool {
+    ct.source_translated() && !ct.confirmed()
+}
+
+#[cfg(test)]
+#[path = "nat_tests.rs"]
+mod tests;

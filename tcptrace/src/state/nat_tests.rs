@@ -1,0 +1,77 @@
+use super::*;
+use crate::state::packets::tests::snat;
+
+fn dropped(reason: &str, addrs: FlowAddrs, conntrack: Option<Conntrack>, flags: u8) -> PacketDrop {
+    PacketDrop {
+        ts_ns: 7,
+        skaddr: 0,
+        addrs,
+        reason: reason.into(),
+        netns: 42,
+        tcp_flags: flags,
+        conntrack,
+    }
+}
+
+#[test]
+fn a_syn_the_source_nat_could_not_place_is_an_snat_alert_naming_client_nat_and_destination() {
+    let ct = snat();
+    let mut watch = NatWatch::default();
+    let d = dropped("NETFILTER_DROP", ct.translated(), Some(ct), SYN);
+    let first = watch.admit(&d, None).expect("an alert");
+    assert_eq!(first.kind(), "snat_exhausted");
+    assert_eq!(first.addrs, ct.original, "the client's own connection");
+    assert_eq!(first.translated, Some(ct.translated()));
+    assert_eq!(watch.admit(&d, None).expect("again").count, 2);
+    let text = first.detail();
+    for part in [
+        "10.77.2.2:34762",
+        "10.77.9.2:8080",
+        "10.77.9.1",
+        "40000",
+        "netns 42",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    // A confirmed entry's drop (a firewall rule on an established NATed flow) is not one;
+    // nor is a packet that is not a first SYN.
+    let confirmed = Conntrack {
+        status: ct.status | tcptrace_common::ct_status::CONFIRMED,
+        ..ct
+    };
+    assert!(watch
+        .admit(
+            &dropped("NETFILTER_DROP", ct.translated(), Some(confirmed), SYN),
+            None
+        )
+        .is_none());
+    assert!(watch
+        .admit(
+            &dropped("NETFILTER_DROP", ct.translated(), Some(ct), SYN | ACK),
+            None
+        )
+        .is_none());
+}
+
+#[test]
+fn a_syn_a_time_wait_rejected_is_a_paws_alert_with_the_client_behind_the_nat_when_known() {
+    let ct = snat();
+    let arriving = ct.translated();
+    let mut watch = NatWatch::default();
+    let d = dropped("TCP_RFC7323_TW_PAWS", arriving, None, SYN);
+    let alert = watch.admit(&d, Some(ct.original)).expect("an alert");
+    assert_eq!(alert.kind(), "time_wait_paws");
+    assert_eq!(alert.addrs.local, arriving.remote, "ours first");
+    let text = alert.detail();
+    for part in [
+        "10.77.9.1:40000",
+        "local port 8080",
+        "10.77.2.2:34762",
+        "closed first",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    assert!(watch
+        .admit(&dropped("NO_SOCKET", arriving, None, SYN), None)
+        .is_none());
+}

@@ -1,0 +1,333 @@
+//! The NAT boundary on the real kernel: two clients behind a MASQUERADE router with a narrow
+//! port range, a server behind it; drops joined to the clients' own flows across the
+//! translation, SNAT port exhaustion and TIME_WAIT PAWS alerts.
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{netns::sh, support::Tracer};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces `<tag>c1`, `<tag>c2` (clients 10.232.<x>.2 and 10.232.<x+1>.2), `<tag>r` (the
+/// router, 10.232.<x+2>.1 toward the server) and `<tag>s` (the server, 10.232.<x+2>.2).
+pub struct NatLab {
+    tag: String,
+    pub clients: [Ipv4Addr; 2],
+    pub nat: Ipv4Addr,
+    pub server: Ipv4Addr,
+}
+
+impl NatLab {
+    /// The lab, the router source-NATing what leaves toward the server to ports `ports`.
+    pub fn new(ports: &str) -> NatLab {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("nt{}-{n}", pid % 100_000);
+        let x = ((pid * 11 + n * 7) % 80) as u8 * 3;
+        let net = |i: u8| Ipv4Addr::new(10, 232, x + i, 2);
+        let lab = NatLab {
+            tag: tag.clone(),
+            clients: [net(0), net(1)],
+            nat: Ipv4Addr::new(10, 232, x + 2, 1),
+            server: net(2),
+        };
+        for ns in ["c1", "c2", "r", "s"] {
+            sh(&["ip", "netns", "add", &lab.ns(ns)]);
+            sh(&["ip", "-n", &lab.ns(ns), "link", "set", "lo", "up"]);
+        }
+        for (i, end) in ["c1", "c2", "s"].into_iter().enumerate() {
+            let (outer, inner) = (format!("{tag}{end}r"), format!("{tag}r{end}"));
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &outer,
+                "netns",
+                &lab.ns(end),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner,
+                "netns",
+                &lab.ns("r"),
+            ]);
+            let (host, gateway) = (net(i as u8), Ipv4Addr::new(10, 232, x + i as u8, 1));
+            sh(&[
+                "ip",
+                "-n",
+                &lab.ns(end),
+                "addr",
+                "add",
+                &format!("{host}/24"),
+                "dev",
+                &outer,
+            ]);
+            sh(&["ip", "-n", &lab.ns(end), "link", "set", &outer, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &lab.ns(end),
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway.to_string(),
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &lab.ns("r"),
+                "addr",
+                "add",
+                &format!("{gateway}/24"),
+                "dev",
+                &inner,
+            ]);
+            sh(&["ip", "-n", &lab.ns("r"), "link", "set", &inner, "up"]);
+        }
+        lab.exec("r", &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let to_server = format!("{tag}rs");
+        lab.exec(
+            "r",
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                &to_server,
+                "-p",
+                "tcp",
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                ports,
+            ],
+        );
+        lab
+    }
+
+    pub fn ns(&self, which: &str) -> String {
+        format!("{}{which}", self.tag)
+    }
+
+    pub fn exec(&self, which: &str, args: &[&str]) {
+        let mut full = vec![
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            self.ns(which),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        sh(&full);
+    }
+
+    /// Runs `f` on a thread inside namespace `which`; sockets it creates stay there.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        which: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.ns(which));
+        thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// A listener in the server's namespace.
+    pub fn listen(&self, port: u16) -> TcpListener {
+        let server = self.server;
+        self.run_in("s", move || {
+            TcpListener::bind((server, port)).expect("bind in s")
+        })
+    }
+
+    /// A connect() from client `i` (0 or 1), with a timeout.
+    pub fn connect(&self, i: usize, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+        let to = SocketAddr::from((self.server, port));
+        self.run_in(["c1", "c2"][i], move || {
+            TcpStream::connect_timeout(&to, timeout)
+        })
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for ns in ["c1", "c2", "r", "s"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(ns)])
+                .status();
+        }
+    }
+}
+
+fn ip(addr: Ipv4Addr) -> String {
+    addr.to_string()
+}
+
+/// The router's only NAT port is held by one client's open connection: the other client's
+/// SYNs are dropped at the NAT, said as `snat_exhausted` alerts naming the client, the NAT
+/// address and the port it tried, and joined to that client's own flow (with the addresses
+/// past the NAT); the first client's flow carries none of them.
+#[test]
+fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow() {
+    let lab = NatLab::new("41000-41000");
+    let tracer = Tracer::start(&["all", "--flows-at", "close"]);
+    let listener = lab.listen(9090);
+    let mut held = (lab.connect(0, 9090, Duration::from_secs(2)))
+        .expect("the first client takes the NAT's only port");
+    let held_port = held.local_addr().expect("addr").port();
+    let (_accepted, _) = listener.accept().expect("accept");
+    let refused = lab.connect(1, 9090, Duration::from_millis(2_500));
+    assert!(
+        refused.is_err(),
+        "the second client's connect() cannot get through the NAT"
+    );
+    let (client, nat, server) = (ip(lab.clients[1]), ip(lab.nat), ip(lab.server));
+    // The second client's one connection: its port is the flow's.
+    tracer.wait_for_record("flow", Duration::from_secs(10), |r| r["laddr"] == client);
+    held.write_all(b"x")
+        .expect("the first client's connection still works");
+    drop(held);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop();
+    let port = out
+        .of_type("flow")
+        .into_iter()
+        .find(|f| f["laddr"] == client)
+        .and_then(|f| f["lport"].as_u64())
+        .expect("the second client's flow");
+    let alerts: Vec<&Value> = out
+        .of_type("alert")
+        .into_iter()
+        .filter(|a| a["kind"] == "snat_exhausted" && a["laddr"] == client)
+        .collect();
+    assert!(
+        alerts.len() >= 2,
+        "the SYN and its retransmits: {alerts:#?}"
+    );
+    for alert in &alerts {
+        assert_eq!(alert["lport"], port, "{alert}");
+        assert_eq!(
+            (&alert["raddr"], &alert["rport"]),
+            (&server.clone().into(), &9090.into())
+        );
+        assert_eq!(alert["nat"]["saddr"], nat, "{alert}");
+        assert_eq!(alert["nat"]["sport"], 41000, "the port it tried: {alert}");
+        let detail = alert["detail"].as_str().expect("detail");
+        assert!(detail.contains("no free port on"), "{detail}");
+    }
+    let flow = out.flow((&client, port as u16), (&server, 9090));
+    assert_eq!(flow["close"], "connect_failed", "{flow}");
+    let dropped = flow["drops"]["NETFILTER_DROP"].as_u64().unwrap_or(0);
+    assert!(
+        dropped >= 2,
+        "the client's drops past the NAT are its own: {flow}"
+    );
+    assert_eq!(
+        flow["nat"]["laddr"], nat,
+        "the addresses past the NAT: {flow}"
+    );
+    assert_eq!(flow["nat"]["lport"], 41000, "{flow}");
+    assert_eq!(flow["nat"]["raddr"], server, "{flow}");
+    let first = out.flow((&ip(lab.clients[0]), held_port), (&server, 9090));
+    assert_eq!(
+        first["drops"],
+        serde_json::json!({}),
+        "no other flow's drops: {first}"
+    );
+    let drops: Vec<&Value> = out
+        .of_type("drop")
+        .into_iter()
+        .filter(|d| d["conntrack"]["original"]["saddr"] == client)
+        .collect();
+    assert!(drops.len() >= 2, "drop records carry the entry: {drops:#?}");
+    for d in drops {
+        assert_eq!(
+            (&d["saddr"], &d["sport"]),
+            (&nat.clone().into(), &41000.into()),
+            "{d}"
+        );
+        assert_eq!(d["conntrack"]["original"]["sport"], port, "{d}");
+        assert_eq!(d["conntrack"]["src_nat"], true, "{d}");
+        assert_eq!(d["conntrack"]["confirmed"], false, "{d}");
+    }
+}
+
+/// A server that closes first holds TIME_WAIT per 4-tuple; two clients behind one NAT
+/// address reuse its four ports with their own timestamp clocks, and the TIME_WAITs reject
+/// the SYNs whose timestamps look old: `time_wait_paws` alerts naming the source and the
+/// local port, with the explanation.
+#[test]
+fn time_waits_rejecting_syns_from_behind_a_nat_are_paws_alerts() {
+    let lab = NatLab::new("42000-42003");
+    let tracer = Tracer::start(&["alerts"]);
+    let listener = lab.listen(8080);
+    let server_thread = thread::spawn(move || {
+        // The server closes first: it holds the TIME_WAITs.
+        for stream in listener.incoming().take(40) {
+            let Ok(mut stream) = stream else { break };
+            let _ = stream.read(&mut [0u8; 8]);
+        }
+    });
+    let mut connected = 0;
+    for round in 0..20 {
+        for client in 0..2 {
+            if let Ok(mut stream) = lab.connect(client, 8080, Duration::from_secs(3)) {
+                connected += 1;
+                let _ = stream.write_all(b"x");
+                let _ = stream.read(&mut [0u8; 8]);
+            }
+        }
+        if round >= 3 && tracer.has_record(|r| r["kind"] == "time_wait_paws") {
+            break;
+        }
+    }
+    assert!(connected > 0, "some connections got through");
+    let nat = ip(lab.nat);
+    tracer.wait_for_record("alert", Duration::from_secs(10), |r| {
+        r["kind"] == "time_wait_paws"
+    });
+    let out = tracer.stop();
+    let alerts: Vec<&Value> = out
+        .of_type("alert")
+        .into_iter()
+        .filter(|a| a["kind"] == "time_wait_paws")
+        .collect();
+    assert!(!alerts.is_empty());
+    for alert in alerts {
+        assert_eq!(alert["laddr"], ip(lab.server), "ours first: {alert}");
+        assert_eq!(alert["lport"], 8080, "{alert}");
+        assert_eq!(alert["raddr"], nat, "the NAT's address: {alert}");
+        let port = alert["rport"].as_u64().expect("rport");
+        assert!(
+            (42000..=42003).contains(&port),
+            "one of the NAT's ports: {alert}"
+        );
+        let detail = alert["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains("closed first") && detail.contains("PAWS"),
+            "{detail}"
+        );
+    }
+    drop(server_thread);
+}
