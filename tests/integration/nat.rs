@@ -119,6 +119,32 @@ impl NatLab {
         lab
     }
 
+    /// The router translates `vip:port` (a Service address) to the server's `to_port`.
+    pub fn dnat(&self, vip: Ipv4Addr, port: u16, to_port: u16) {
+        let to = format!("{}:{to_port}", self.server);
+        let (vip, port) = (vip.to_string(), port.to_string());
+        self.exec(
+            "r",
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &vip,
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
+    }
+
     pub fn ns(&self, which: &str) -> String {
         format!("{}{which}", self.tag)
     }
@@ -280,8 +306,10 @@ fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow(
 #[test]
 fn time_waits_rejecting_syns_from_behind_a_nat_are_paws_alerts() {
     let lab = NatLab::new("42000-42003");
-    let tracer = Tracer::start(&["alerts"]);
     let listener = lab.listen(8080);
+    // The router's table holds an entry before the tracer starts: it is found at start.
+    warm_up(&lab, &listener, 8080);
+    let tracer = Tracer::start(&["all", "--flows-at", "close"]);
     let server_thread = thread::spawn(move || {
         // The server closes first: it holds the TIME_WAITs.
         for stream in listener.incoming().take(40) {
@@ -314,7 +342,25 @@ fn time_waits_rejecting_syns_from_behind_a_nat_are_paws_alerts() {
         .filter(|a| a["kind"] == "time_wait_paws")
         .collect();
     assert!(!alerts.is_empty());
-    for alert in alerts {
+    // The rejected SYNs are on the clients' own flows, with the addresses past the NAT
+    // (and on the server's flow of the same 4-tuple, when a later SYN got through).
+    let clients_rejected: Vec<&Value> = out
+        .of_type("flow")
+        .into_iter()
+        .filter(|f| f["drops"]["TCP_RFC7323_TW_PAWS"].as_u64() > Some(0))
+        .filter(|f| lab.clients.iter().any(|c| f["laddr"] == ip(*c)))
+        .collect();
+    assert!(
+        !clients_rejected.is_empty(),
+        "a client's flow carries its rejected SYNs: {:#?}",
+        out.of_type("flow")
+    );
+    for flow in clients_rejected {
+        assert_eq!(flow["nat"]["laddr"], nat, "{flow}");
+        assert_eq!(flow["nat"]["raddr"], ip(lab.server), "{flow}");
+    }
+    let mut named = 0;
+    for alert in &alerts {
         assert_eq!(alert["laddr"], ip(lab.server), "ours first: {alert}");
         assert_eq!(alert["lport"], 8080, "{alert}");
         assert_eq!(alert["raddr"], nat, "the NAT's address: {alert}");
@@ -328,6 +374,130 @@ fn time_waits_rejecting_syns_from_behind_a_nat_are_paws_alerts() {
             detail.contains("closed first") && detail.contains("PAWS"),
             "{detail}"
         );
+        // The client behind the NAT, from the router's conntrack entry (looked up after
+        // the drop: where the NAT already gave the tuple to the next connection, the entry
+        // is gone and the alert cannot say).
+        let behind = &alert["nat"]["saddr"];
+        if !behind.is_null() {
+            named += 1;
+            assert!(
+                lab.clients.iter().any(|c| *behind == ip(*c)),
+                "the client behind the NAT: {alert}"
+            );
+            assert!(detail.contains("the client behind the NAT"), "{detail}");
+        }
     }
+    assert!(named > 0, "the client behind the NAT is named: {alerts:#?}");
     drop(server_thread);
+}
+
+/// One connection through the router before tracing, so that its conntrack table holds an
+/// entry when the tracer reads the namespaces at start.
+fn warm_up(lab: &NatLab, listener: &TcpListener, port: u16) {
+    let stream = lab
+        .connect(0, port, Duration::from_secs(2))
+        .expect("warm-up connect");
+    let (accepted, _) = listener.accept().expect("warm-up accept");
+    drop(stream);
+    drop(accepted);
+}
+
+/// A Service address: the router destination-NATs it to the server. The client's flow
+/// carries the backend it really reached (and the source NAT on the way).
+#[test]
+fn a_destination_nat_shows_the_backend_on_the_clients_flow() {
+    let lab = NatLab::new("43000-43100");
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    lab.dnat(vip, 80, 8080);
+    let listener = lab.listen(8080);
+    warm_up(&lab, &listener, 8080);
+    let tracer = Tracer::start(&["flows", "--flows-at", "close"]);
+    let to = SocketAddr::from((vip, 80));
+    let mut client = lab
+        .run_in("c2", move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        })
+        .expect("connect to the VIP");
+    let port = client.local_addr().expect("addr").port();
+    let (mut server, peer) = listener.accept().expect("accept");
+    client.write_all(b"hello").expect("write");
+    let _ = server.read(&mut [0u8; 8]);
+    drop(client);
+    drop(server);
+    let client_ip = ip(lab.clients[1]);
+    tracer.wait_for_record("flow", Duration::from_secs(10), |r| {
+        r["laddr"] == client_ip && r["lport"] == port
+    });
+    let out = tracer.stop();
+    let flow = out.flow((&client_ip, port), (&vip.to_string(), 80));
+    assert_eq!(flow["nat"]["raddr"], ip(lab.server), "the backend: {flow}");
+    assert_eq!(flow["nat"]["rport"], 8080, "{flow}");
+    assert_eq!(
+        flow["nat"]["laddr"],
+        ip(lab.nat),
+        "the source NAT too: {flow}"
+    );
+    assert_eq!(
+        flow["nat"]["lport"],
+        peer.port(),
+        "as the server saw it: {flow}"
+    );
+    assert_eq!(flow["drops"], serde_json::json!({}), "{flow}");
+}
+
+/// A conntrack table full (a tiny nf_conntrack_max; the limit is the host's, each
+/// namespace's table is held to it): an alert naming the namespace, its fill and the
+/// packets dropped.
+#[test]
+fn a_full_conntrack_table_is_alerted_on_with_its_drops() {
+    // Alone: the limit is the whole host's.
+    let load = crate::support::heavy_load();
+    const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let own: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .expect("nf_conntrack_count")
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(
+        own < 16,
+        "this host's own conntrack table holds {own} entries: lowering nf_conntrack_max to \
+         24 for this test would drop its connections"
+    );
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(MAX, &self.0);
+        }
+    }
+    let _restore = Restore(std::fs::read_to_string(MAX).expect("read nf_conntrack_max"));
+    let lab = NatLab::new("44000-44999");
+    let listener = lab.listen(7070);
+    warm_up(&lab, &listener, 7070);
+    let tracer = Tracer::start_alone(&load, &["alerts"]);
+    std::fs::write(MAX, "24").expect("set nf_conntrack_max");
+    let mut held = Vec::new();
+    for i in 0..30 {
+        if let Ok(stream) = lab.connect(i % 2, 7070, Duration::from_millis(300)) {
+            held.push(stream);
+            held.push(listener.accept().expect("accept").0);
+        }
+    }
+    assert!(held.len() < 60, "the table stopped new connections");
+    tracer.wait_for_record("alert", Duration::from_secs(15), |r| {
+        r["kind"] == "conntrack_full" && r["nat"]["dropped_total"].as_u64() > Some(0)
+    });
+    let out = tracer.stop();
+    let router = lab.ns("r");
+    let alert = out
+        .of_type("alert")
+        .into_iter()
+        .find(|a| a["kind"] == "conntrack_full")
+        .expect("the alert");
+    let detail = alert["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&router),
+        "names the router's namespace: {detail}"
+    );
+    assert!(detail.contains("of 24 entries"), "{detail}");
+    assert!(detail.contains("packets dropped"), "{detail}");
 }

@@ -1,6 +1,7 @@
 //! The host beside the eBPF programs: clocks, network namespaces and their port settings,
 //! /proc/net counters, sock_diag dumps, and who a cgroup is (container, pod, unit).
 pub mod clock;
+pub mod conntrack;
 pub mod facts;
 pub mod identity;
 pub mod identity_resolver;

@@ -8,6 +8,8 @@ use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::host::conntrack::ConntrackTable;
+
 /// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN).
 pub const TIME_WAIT_LEN_S: f64 = 60.0;
 
@@ -141,6 +143,9 @@ pub struct Namespace {
     pub own: bool,
     /// Its settings; `None` where it could not be entered (the kernel's defaults are assumed).
     pub settings: Option<PortSettings>,
+    /// Its conntrack table; `None` where not read (or the kernel has no conntrack).
+    #[serde(default)]
+    pub conntrack: Option<ConntrackTable>,
 }
 
 impl Namespace {
@@ -177,6 +182,7 @@ impl Namespace {
             name: None,
             own: false,
             settings: None,
+            conntrack: None,
         }
     }
 }

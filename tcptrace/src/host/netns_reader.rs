@@ -5,9 +5,12 @@
 //! found every [`DISCOVER`] (a namespace whose `tcp_max_tw_buckets` is full may hold none)
 //! and read then. No namespace is held open between reads.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,6 +19,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     host::{
+        conntrack::{self, ConntrackTable},
         netns::{inode_of, own_netns, Namespace, Namespaces, PortSettings},
         procnet::TcpExtCounters,
         sockdiag::{self, DiagSocket},
@@ -39,6 +43,11 @@ pub struct Refreshed {
     pub changed: Vec<Namespace>,
     /// Where listeners are watched: each namespace read, with its counters and listeners.
     pub samples: Vec<ListenSample>,
+    /// A ctnetlink socket of each namespace whose conntrack table came to hold entries
+    /// (for looking an entry up), and the namespaces whose socket is to be dropped (gone,
+    /// or their table empty).
+    pub conntrack_opened: Vec<(u32, OwnedFd)>,
+    pub conntrack_closed: Vec<u32>,
 }
 
 /// A namespace's listeners and TcpExt counters, as read.
@@ -54,6 +63,9 @@ struct Sample {
     settings: PortSettings,
     counters: TcpExtCounters,
     listeners: Option<Vec<DiagSocket>>,
+    conntrack: Option<ConntrackTable>,
+    /// Opened where asked for and the table holds entries.
+    ctnetlink: Option<OwnedFd>,
 }
 
 /// A namespace whose listeners queue or drop, or that sends SYN cookies, is read every
@@ -86,6 +98,10 @@ pub struct NamespaceReader {
     /// The samples of the read at start, handed over with the first refresh (the baseline
     /// of every namespace's counters).
     initial: Vec<ListenSample>,
+    /// Namespaces whose ctnetlink socket was handed out (see `Refreshed::conntrack_opened`).
+    ctnetlink: HashSet<u32>,
+    /// The sockets opened at start, handed over with the first refresh.
+    initial_sockets: Vec<(u32, OwnedFd)>,
 }
 
 impl NamespaceReader {
@@ -103,9 +119,18 @@ impl NamespaceReader {
             discovered_at: None,
             watch_listeners: listeners,
             initial: Vec::new(),
+            ctnetlink: HashSet::new(),
+            initial_sockets: Vec::new(),
         };
-        reader.initial = reader.refresh([], Instant::now()).samples;
+        let first = reader.refresh([], Instant::now());
+        (reader.initial, reader.initial_sockets) = (first.samples, first.conntrack_opened);
         reader
+    }
+
+    /// The ctnetlink sockets opened by the read at start (otherwise handed over with the
+    /// first refresh).
+    pub fn take_initial_sockets(&mut self) -> Vec<(u32, OwnedFd)> {
+        std::mem::take(&mut self.initial_sockets)
     }
 
     /// Once a second: `in_use` are the namespaces holding TIME_WAITs now.
@@ -156,6 +181,7 @@ impl NamespaceReader {
             .collect();
         let mut out = Refreshed {
             samples: std::mem::take(&mut self.initial),
+            conntrack_opened: std::mem::take(&mut self.initial_sockets),
             ..Refreshed::default()
         };
         let others: Vec<(u32, Option<PathBuf>)> = due
@@ -164,18 +190,22 @@ impl NamespaceReader {
             .map(|&i| (i, self.known.get(&i).and_then(|k| k.way_in.clone())))
             .collect();
         let listeners = self.watch_listeners;
-        let mut results = read_in_namespaces(others, listeners);
+        let sockets = &self.ctnetlink;
+        let mut results = read_in_namespaces(others, listeners, sockets);
         if let Some(own) = own.filter(|o| due.contains(o)) {
-            results.push((own, None, read_here(listeners)));
+            results.push((own, None, read_here(listeners, !sockets.contains(&own))));
         }
         for (inode, way_in, result) in results {
             self.settle(inode, way_in, result, now, &mut out);
         }
-        let namespaces = &mut self.namespaces;
+        let (namespaces, sockets) = (&mut self.namespaces, &mut self.ctnetlink);
         self.known.retain(|inode, k| {
             let keep = Some(*inode) == own || now.duration_since(k.seen) < FORGET_AFTER;
             if !keep {
                 namespaces.by_inode.remove(inode);
+                if sockets.remove(inode) {
+                    out.conntrack_closed.push(*inode);
+                }
             }
             keep
         });
@@ -198,10 +228,19 @@ impl NamespaceReader {
         if way_in.is_some() {
             k.way_in = way_in;
         }
-        let (settings, counters, listeners) = match result {
+        let (settings, counters, listeners, table) = match result {
             Ok(sample) => {
                 k.failed = None;
-                (Some(sample.settings), sample.counters, sample.listeners)
+                if let Some(socket) = sample.ctnetlink {
+                    self.ctnetlink.insert(inode);
+                    out.conntrack_opened.push((inode, socket));
+                }
+                (
+                    Some(sample.settings),
+                    sample.counters,
+                    sample.listeners,
+                    sample.conntrack,
+                )
             }
             Err(e) => {
                 let text = format!("{e:#}");
@@ -214,9 +253,20 @@ impl NamespaceReader {
                     );
                     k.failed = Some(text);
                 }
-                (None, TcpExtCounters::default(), None)
+                (None, TcpExtCounters::default(), None, None)
             }
         };
+        if table.is_some_and(|t| t.entries == 0) && self.ctnetlink.remove(&inode) {
+            out.conntrack_closed.push(inode);
+        }
+        let previous_table = self.namespaces.get(inode).and_then(|n| n.conntrack);
+        if let Some(t) = table {
+            // A filling table, or one dropping, is read every second.
+            let dropping = previous_table.is_some_and(|p| t.drop > p.drop);
+            if t.fill() >= conntrack::WATCH_FROM || dropping {
+                k.busy_until = Some(now + BUSY_FOR);
+            }
+        }
         if let (Some(before), Some(count)) = (k.counters.tw_overflow, counters.tw_overflow) {
             if count > before {
                 out.overflowed.push((inode, count - before));
@@ -249,6 +299,7 @@ impl NamespaceReader {
             own: Some(inode) == self.own,
             // A namespace read once keeps its last settings through a failed read.
             settings: settings.or_else(|| previous.and_then(|p| p.settings.clone())),
+            conntrack: table.or(previous_table),
         };
         if previous != Some(&ns) {
             out.changed.push(ns.clone());
@@ -265,8 +316,13 @@ impl Default for NamespaceReader {
 
 /// Reads the calling thread's namespace: its settings, counters and, with `listeners`, its
 /// listening sockets.
-fn read_here(listeners: bool) -> Result<Sample> {
+fn read_here(listeners: bool, want_ctnetlink: bool) -> Result<Sample> {
     let settings = PortSettings::read_here()?;
+    let conntrack = ConntrackTable::read_here();
+    let ctnetlink = match conntrack {
+        Some(t) if want_ctnetlink && t.entries > 0 => conntrack::open_here().ok(),
+        _ => None,
+    };
     let counters = fs::read_to_string("/proc/thread-self/net/netstat")
         .map(|t| TcpExtCounters::parse(&t))
         .unwrap_or_default();
@@ -278,6 +334,8 @@ fn read_here(listeners: bool) -> Result<Sample> {
         settings,
         counters,
         listeners,
+        conntrack,
+        ctnetlink,
     })
 }
 
@@ -383,7 +441,11 @@ type Read = (u32, Option<PathBuf>, Result<Sample>);
 
 /// Reads each namespace from inside it, all from one thread of their own (only that thread
 /// changes namespace; it ends after the reads).
-fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>, listeners: bool) -> Vec<Read> {
+fn read_in_namespaces(
+    namespaces: Vec<(u32, Option<PathBuf>)>,
+    listeners: bool,
+    sockets: &HashSet<u32>,
+) -> Vec<Read> {
     if namespaces.is_empty() {
         return Vec::new();
     }
@@ -399,7 +461,9 @@ fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>, listeners: bool) 
                     .map(|(inode, way)| match way {
                         Err(e) => (inode, None, Err(e)),
                         Ok((path, file)) => {
-                            let read = enter(&file, &path).and_then(|()| read_here(listeners));
+                            let want = !sockets.contains(&inode);
+                            let read =
+                                enter(&file, &path).and_then(|()| read_here(listeners, want));
                             (inode, Some(path), read)
                         }
                     })
@@ -417,30 +481,5 @@ fn read_in_namespaces(namespaces: Vec<(u32, Option<PathBuf>)>, listeners: bool) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_netns_paths_name_the_namespace() {
-        assert_eq!(
-            run_netns_name(Path::new("/run/netns/ka")).as_deref(),
-            Some("ka")
-        );
-        assert_eq!(run_netns_name(Path::new("/proc/1/ns/net")), None);
-    }
-
-    #[test]
-    fn own_namespace_is_read_at_start_and_found_among_the_hosts() {
-        let reader = NamespaceReader::new();
-        let own = reader.own.expect("tcptrace's own namespace");
-        let ns = reader.namespaces.get(own).expect("read at start");
-        let settings = ns.settings.as_ref().expect("its sysctls are readable");
-        assert!(ns.own);
-        assert!(settings.usable_ports > 0, "{settings:?}");
-        assert!(settings.port_range.0 <= settings.port_range.1);
-        assert!(
-            discover_namespaces().contains_key(&own),
-            "this process's namespace is found"
-        );
-    }
-}
+#[path = "netns_reader_tests.rs"]
+mod tests;

@@ -39,6 +39,7 @@ fn reuse_needs_timestamps_and_loopback_for_mode_2() {
 #[test]
 fn labels_name_the_namespace() {
     let mut ns = Namespace {
+        conntrack: None,
         inode: 4026532770,
         name: Some("ka".into()),
         own: false,

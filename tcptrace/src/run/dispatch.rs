@@ -9,10 +9,19 @@ use tcptrace_common::time_wait;
 
 use crate::{
     decode::{transition_time, Decoder},
-    host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
+    host::{
+        clock::Clock,
+        conntrack::{ConntrackLookup, Direction},
+        identity_resolver::IdentityResolver,
+        netns::Namespaces,
+    },
     model::{
-        counters::KernelCounters, events::Event, facts::HostFacts, filter::FilterSpec,
-        tcp::Endpoint,
+        counters::KernelCounters,
+        events::{Event, FinishedFlow},
+        facts::HostFacts,
+        filter::FilterSpec,
+        tcp::{Endpoint, FlowAddrs, TcpState},
+        vitals::PacketDrop,
     },
     output::consumer::{Consumer, Seen, Wants},
     state::{
@@ -31,6 +40,8 @@ use crate::{
 /// each, from inside the namespace), per second: a scan failing toward many destinations
 /// must not stall the drain; the alerts beyond say no count.
 const OPEN_FLOW_COUNTS_PER_S: u32 = 5;
+
+const NS_PER_S: u64 = 1_000_000_000;
 
 /// At most this many decode errors are logged one by one.
 const DECODE_ERRORS_LOGGED: u64 = 5;
@@ -87,6 +98,9 @@ pub struct Dispatcher {
     pub identities: IdentityResolver,
     /// Drops and SYN-ACK retransmits waiting for their flow's end; bytes and RTT summed.
     pub packets: PacketLedger,
+    /// conntrack entries looked up where a flow or a drop needs its NAT (see
+    /// `translate_flow`, `translate_drop`).
+    pub conntrack: ConntrackLookup,
     /// SYNs dropped at the NAT boundary, as alerts.
     nat: NatWatch,
     ports: PortFailureWatch,
@@ -110,6 +124,7 @@ impl Dispatcher {
             open_flows: None,
             identities: IdentityResolver::recorded(),
             packets: PacketLedger::default(),
+            conntrack: ConntrackLookup::default(),
             nat: NatWatch::default(),
             ports: PortFailureWatch::default(),
             open_counts_left: OPEN_FLOW_COUNTS_PER_S,
@@ -279,6 +294,46 @@ impl Dispatcher {
         consumer.flush()
     }
 
+    /// A connection this host opened, through a NAT on this host (its own namespace's, or
+    /// another's such as the node's): the addresses past it, from the entry conntrack holds
+    /// for the flow's tuple while it lives (closed entries stay 10 to 120 s).
+    fn translate_flow(&mut self, f: &mut FinishedFlow) {
+        let opened = f.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynSent);
+        if f.translated.is_some() || !opened {
+            return;
+        }
+        let found = self
+            .conntrack
+            .find(&f.addrs, Direction::Original, f.ts_ns / NS_PER_S);
+        if let Some((_, ct)) = found.filter(|(_, ct)| ct.translates()) {
+            f.translated = Some(ct.translated());
+        }
+    }
+
+    /// A SYN dropped past a NAT with no entry of its own (a TIME_WAIT's PAWS rejection at
+    /// the server): the NAT's entry, whose replies go back to its source, names the client.
+    fn translate_drop(&mut self, d: &PacketDrop) {
+        const SYN: u8 = 0x02;
+        if d.conntrack.is_some() || d.skaddr != 0 || d.tcp_flags & 0x12 != SYN {
+            return;
+        }
+        let replies = FlowAddrs {
+            local: d.addrs.remote,
+            remote: d.addrs.local,
+        };
+        // Looked up each time: a NAT gives a translated tuple to one client after another,
+        // so a translation remembered from before may be another client's.
+        let found = self
+            .conntrack
+            .find(&replies, Direction::Reply, d.ts_ns / NS_PER_S);
+        match found {
+            Some((_, ct)) if ct.translates() => {
+                (self.packets).remember_translation(&ct.translated(), ct.original, d.ts_ns)
+            }
+            _ => self.packets.forget_translation(&d.addrs),
+        }
+    }
+
     fn handle<C: Consumer>(&mut self, consumer: &mut C, mut event: Event) -> io::Result<()> {
         if let Some(workload) = event.workload_mut().filter(|w| w.known()) {
             *workload = self.identities.resolve(workload.cgroup).0;
@@ -287,6 +342,7 @@ impl Dispatcher {
             Event::Transition(t) => consumer.seen(Seen::Transition(&t))?,
             Event::FlowEnd(mut f) => {
                 self.packets.flow_ended(&mut f);
+                self.translate_flow(&mut f);
                 self.agg.finished_flow(&f);
                 let time_wait = match self.traces_time_wait {
                     true => self.tw.join_flow(&f),
@@ -353,6 +409,7 @@ impl Dispatcher {
                 }
             }
             Event::Drop(d) => {
+                self.translate_drop(&d);
                 self.packets.dropped(&d);
                 consumer.seen(Seen::PacketDrop(&d))?;
                 if self.wants.alerts {

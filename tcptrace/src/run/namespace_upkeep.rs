@@ -2,7 +2,7 @@
 //! ports, reuse and bucket limit; TIME_WAIT overflow; listeners and their queues), the
 //! TIME_WAIT tracker's upkeep and the exhaustion forecast's alerts, and the listeners' drops
 //! and SYN cookies as alerts.
-use std::{collections::HashSet, io, time::Instant};
+use std::{collections::HashSet, io, os::fd::OwnedFd, time::Instant};
 
 use crate::{
     host::{netns::Namespaces, netns_reader::NamespaceReader},
@@ -12,6 +12,7 @@ use crate::{
         alert::{Alert, ExhaustionWarning},
         forecast::{forecasts, WARN_AT},
         listeners::ListenerWatch,
+        nat::ConntrackWatch,
         timewait::{RateKey, TimeWaitTracker},
     },
 };
@@ -25,14 +26,24 @@ pub struct NamespaceUpkeep {
     warned: HashSet<RateKey>,
     /// Where listen queues are watched.
     pub listeners: Option<ListenerWatch>,
+    conntrack: ConntrackWatch,
+    /// ctnetlink sockets of namespaces whose conntrack table holds entries, opened by the
+    /// last reads, and namespaces whose socket is to be dropped: for the session to take.
+    pub conntrack_opened: Vec<(u32, OwnedFd)>,
+    pub conntrack_closed: Vec<u32>,
 }
 
 impl NamespaceUpkeep {
     pub fn new(watch_listeners: bool) -> NamespaceUpkeep {
+        let mut reader = NamespaceReader::watching(watch_listeners);
+        let conntrack_opened = reader.take_initial_sockets();
         NamespaceUpkeep {
-            reader: NamespaceReader::watching(watch_listeners),
+            reader,
             warned: HashSet::new(),
             listeners: watch_listeners.then(ListenerWatch::default),
+            conntrack: ConntrackWatch::default(),
+            conntrack_opened,
+            conntrack_closed: Vec::new(),
         }
     }
 
@@ -56,7 +67,29 @@ impl NamespaceUpkeep {
             Some(tw) => tw.namespaces_in_use().collect(),
             None => Vec::new(),
         };
-        let refreshed = self.reader.refresh(in_use, Instant::now());
+        let tables_before: Vec<(u32, crate::host::conntrack::ConntrackTable)> = (self.reader)
+            .namespaces
+            .by_inode
+            .values()
+            .filter_map(|ns| Some((ns.inode, ns.conntrack?)))
+            .collect();
+        let mut refreshed = self.reader.refresh(in_use, Instant::now());
+        self.conntrack_opened
+            .append(&mut refreshed.conntrack_opened);
+        self.conntrack_closed
+            .append(&mut refreshed.conntrack_closed);
+        for ns in &refreshed.changed {
+            let Some(now) = ns.conntrack else { continue };
+            let before = (tables_before.iter())
+                .find(|(inode, _)| *inode == ns.inode)
+                .map(|(_, t)| *t);
+            let alert = self
+                .conntrack
+                .read(ns.inode, &ns.label(), before, now, now_ns);
+            if let Some(alert) = alert.filter(|_| alerts) {
+                consumer.seen(Seen::Alert(&Alert::Nat(&alert)))?;
+            }
+        }
         if let Some(watch) = self.listeners.as_mut() {
             for sample in &refreshed.samples {
                 let label = self.reader.namespaces.label(sample.netns);

@@ -129,8 +129,11 @@ impl<'c> Session<'c> {
         dispatch.agg.count_in_kernel();
         dispatch.open_flows = Some(crate::host::netns_reader::open_flows_toward);
         let watches_listeners = config.watches_listeners() && decodes;
-        let upkeep = (traces_time_wait || watches_listeners)
+        let mut upkeep = (traces_time_wait || watches_listeners)
             .then(|| NamespaceUpkeep::new(watches_listeners));
+        for (netns, socket) in upkeep.iter_mut().flat_map(|u| u.conntrack_opened.drain(..)) {
+            dispatch.conntrack.add(netns, socket);
+        }
         if traces_time_wait {
             seed_time_wait(config, &mut dispatch.tw);
         }
@@ -339,6 +342,12 @@ impl<'c> Session<'c> {
                 },
                 release_free_memory,
             )?;
+            for (netns, socket) in upkeep.conntrack_opened.drain(..) {
+                self.dispatch.conntrack.add(netns, socket);
+            }
+            for netns in upkeep.conntrack_closed.drain(..) {
+                self.dispatch.conntrack.remove(netns);
+            }
             if self.dispatch.namespaces != *upkeep.namespaces() {
                 self.dispatch.namespaces = upkeep.namespaces().clone();
             }

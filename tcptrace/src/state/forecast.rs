@@ -192,6 +192,7 @@ mod tests {
 
     fn namespace(ports: (u16, u16), tw_reuse: u8, max_tw_buckets: Option<u64>) -> Namespace {
         Namespace {
+            conntrack: None,
             inode: 4026532770,
             name: Some("ka".into()),
             own: false,

@@ -2,13 +2,16 @@
 //! port (conntrack's entry for the translated tuple clashed with one still held) and SYNs a
 //! TIME_WAIT rejected for an old timestamp (PAWS: clients behind one NAT address reuse the
 //! 4-tuple with their own timestamp clocks). Each becomes an alert naming who and why.
-use foldhash::HashMap;
-use std::net::IpAddr;
+use foldhash::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 
-use crate::model::{
-    nat::Conntrack,
-    tcp::{Endpoint, FlowAddrs},
-    vitals::PacketDrop,
+use crate::{
+    host::conntrack::{ConntrackTable, ALERT_FROM},
+    model::{
+        nat::Conntrack,
+        tcp::{Endpoint, FlowAddrs},
+        vitals::PacketDrop,
+    },
 };
 
 /// Keys counted at most; beyond, the counts start again (an alert's count is then a floor).
@@ -33,6 +36,8 @@ pub enum NatProblem {
     SnatExhausted,
     /// A SYN a TIME_WAIT rejected for its old timestamp.
     TimeWaitPaws,
+    /// A namespace's conntrack table nearly full, or dropping packets.
+    ConntrackFull,
 }
 
 /// One NAT alert.
@@ -49,8 +54,11 @@ pub struct NatAlert {
     /// behind the NAT, where a translation of this tuple was seen.
     pub translated: Option<FlowAddrs>,
     /// SYNs dropped so far for the same NAT address and destination (SnatExhausted), or the
-    /// same source address and local port (TimeWaitPaws).
+    /// same source address and local port (TimeWaitPaws); packets conntrack dropped since the
+    /// last read (ConntrackFull).
     pub count: u64,
+    /// ConntrackFull: the table as read, and the namespace's label.
+    pub table: Option<(ConntrackTable, String)>,
 }
 
 impl NatAlert {
@@ -58,10 +66,23 @@ impl NatAlert {
         match self.problem {
             NatProblem::SnatExhausted => "snat_exhausted",
             NatProblem::TimeWaitPaws => "time_wait_paws",
+            NatProblem::ConntrackFull => "conntrack_full",
         }
     }
 
     pub fn detail(&self) -> String {
+        if let Some((t, label)) = &self.table {
+            let dropped = match self.count {
+                0 => String::new(),
+                n => format!("; {n} packets dropped since the last read (table full)"),
+            };
+            return format!(
+                "conntrack table of netns {label} {:.0}% full: {} of {} entries                  (nf_conntrack_max){dropped}; new connections through it are dropped once                  full (the kernel logs \"nf_conntrack: table full, dropping packet\"): raise                  nf_conntrack_max or shorten the timeouts of closed entries",
+                t.fill() * 100.0,
+                t.entries,
+                t.max
+            );
+        }
         match (self.problem, self.translated) {
             (NatProblem::SnatExhausted, taken) => {
                 let nat = taken.map_or("?".to_string(), |t| t.local.addr.to_string());
@@ -75,7 +96,7 @@ impl NatAlert {
                     self.addrs.local, self.addrs.remote, self.netns, self.addrs.remote, self.count
                 )
             }
-            (NatProblem::TimeWaitPaws, behind) => {
+            (NatProblem::TimeWaitPaws | NatProblem::ConntrackFull, behind) => {
                 let client = behind.map_or(String::new(), |b| {
                     format!(" (the client behind the NAT: {})", b.local)
                 });
@@ -135,6 +156,53 @@ impl NatWatch {
             netns: d.netns,
             translated,
             count: *count,
+            table: None,
+        })
+    }
+}
+
+/// Watches the namespaces' conntrack tables as the netns reader reads them.
+#[derive(Debug, Default)]
+pub struct ConntrackWatch {
+    /// Namespaces alerted on for their fill, until it falls under [`REARM_BELOW`].
+    full: HashSet<u32>,
+}
+
+/// A table alerted on for its fill is alerted on again only after it fell under this.
+const REARM_BELOW: f64 = 0.75;
+
+impl ConntrackWatch {
+    /// A namespace's table read (`before`: its last read): an alert when it crosses
+    /// [`ALERT_FROM`] full, and whenever conntrack dropped packets since the last read.
+    pub fn read(
+        &mut self,
+        netns: u32,
+        label: &str,
+        before: Option<ConntrackTable>,
+        now: ConntrackTable,
+        ts_ns: u64,
+    ) -> Option<NatAlert> {
+        let dropped = before.map_or(0, |b| now.drop.saturating_sub(b.drop));
+        let crossed = now.fill() >= ALERT_FROM && !self.full.contains(&netns);
+        if now.fill() >= ALERT_FROM {
+            self.full.insert(netns);
+        } else if now.fill() < REARM_BELOW {
+            self.full.remove(&netns);
+        }
+        (crossed || dropped > 0).then(|| {
+            let nowhere = Endpoint::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+            NatAlert {
+                problem: NatProblem::ConntrackFull,
+                ts_ns,
+                addrs: FlowAddrs {
+                    local: nowhere,
+                    remote: nowhere,
+                },
+                netns,
+                translated: None,
+                count: dropped,
+                table: Some((now, label.to_string())),
+            }
         })
     }
 }

@@ -75,3 +75,48 @@ fn a_syn_a_time_wait_rejected_is_a_paws_alert_with_the_client_behind_the_nat_whe
         .admit(&dropped("NO_SOCKET", arriving, None, SYN), None)
         .is_none());
 }
+
+#[test]
+fn a_conntrack_table_is_alerted_on_once_when_90_percent_full_and_on_every_drop() {
+    let table = |entries, drop| ConntrackTable {
+        entries,
+        max: 100,
+        drop,
+        ..ConntrackTable::default()
+    };
+    let mut watch = ConntrackWatch::default();
+    assert!(watch.read(5, "5 \"r\"", None, table(50, 0), 1).is_none());
+    let full = watch
+        .read(5, "5 \"r\"", Some(table(50, 0)), table(92, 0), 2)
+        .expect("crossing 90%");
+    assert_eq!(full.kind(), "conntrack_full");
+    assert!(
+        full.detail().contains("92% full: 92 of 100"),
+        "{}",
+        full.detail()
+    );
+    assert!(
+        watch
+            .read(5, "5 \"r\"", Some(table(92, 0)), table(95, 0), 3)
+            .is_none(),
+        "said once per crossing"
+    );
+    let dropping = watch
+        .read(5, "5 \"r\"", Some(table(95, 0)), table(100, 7), 4)
+        .expect("drops are said each time");
+    assert_eq!(dropping.count, 7);
+    assert!(
+        dropping.detail().contains("7 packets dropped"),
+        "{}",
+        dropping.detail()
+    );
+    assert!(watch
+        .read(5, "x", Some(table(100, 7)), table(10, 7), 5)
+        .is_none());
+    assert!(
+        watch
+            .read(5, "x", Some(table(10, 7)), table(91, 7), 6)
+            .is_some(),
+        "rearmed after falling under 75%"
+    );
+}

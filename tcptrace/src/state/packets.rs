@@ -168,9 +168,19 @@ impl PacketLedger {
         self.translations.get(&key_of(translated)).map(|(o, _)| *o)
     }
 
+    /// A translation no longer known to hold (its entry gone, or the NAT's table not read).
+    pub fn forget_translation(&mut self, translated: &FlowAddrs) {
+        self.translations.remove(&key_of(translated));
+    }
+
     /// A translation conntrack made, kept for later drops of its translated packets
     /// (bounded as the marks are).
-    fn remember_translation(&mut self, translated: &FlowAddrs, original: FlowAddrs, ts_ns: u64) {
+    pub fn remember_translation(
+        &mut self,
+        translated: &FlowAddrs,
+        original: FlowAddrs,
+        ts_ns: u64,
+    ) {
         let key = key_of(translated);
         if self.translations.len() >= MAX_MARKED_FLOWS && !self.translations.contains_key(&key) {
             self.overflowed += 1;

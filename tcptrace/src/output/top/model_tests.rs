@@ -289,6 +289,7 @@ const NETNS: u32 = 4026532770;
 fn namespaces_with_ports(inode: u32, range: (u16, u16)) -> Namespaces {
     let mut namespaces = Namespaces::default();
     namespaces.insert(Namespace {
+        conntrack: None,
         inode,
         name: Some("ka".into()),
         own: false,

@@ -246,6 +246,7 @@ fn layout_1_recordings_are_read_with_their_time_waits_widened() {
 #[test]
 fn namespace_frames_round_trip() {
     let ns = Namespace {
+        conntrack: None,
         inode: 4026532770,
         name: Some("ka".into()),
         own: false,

@@ -30,6 +30,7 @@ fn recorded_namespaces(header: &super::format::RecordingHeader) -> Namespaces {
     }
     if let Some(usable_ports) = header.usable_ports.filter(|_| header.layout.version == 1) {
         namespaces.insert(Namespace {
+            conntrack: None,
             inode: 0,
             name: None,
             own: true,
