@@ -271,6 +271,8 @@ fn parse_tuple(bytes: &[u8]) -> Result<FlowAddrs> {
 #[derive(Debug, Default)]
 pub struct ConntrackLookup {
     sockets: HashMap<u32, OwnedFd>,
+    /// The most namespaces looked in at once.
+    pub most_namespaces: usize,
     seq: u32,
     /// Lookups made, entries found, and lookups not made (over the budget).
     pub lookups: u64,
@@ -278,6 +280,10 @@ pub struct ConntrackLookup {
     pub skipped: u64,
     /// This second's lookups, and which second.
     window: (u64, u64),
+    /// The kernel refused a lookup (ctnetlink needs CAP_NET_ADMIN): no more are made.
+    denied: bool,
+    /// That refusal, not said yet.
+    unsaid: Option<String>,
 }
 
 /// Lookups a second at most; beyond, counted in `skipped`.
@@ -286,7 +292,11 @@ pub const LOOKUPS_PER_S: u64 = 5_000;
 impl ConntrackLookup {
     /// A namespace whose table holds entries, with its socket.
     pub fn add(&mut self, netns: u32, socket: OwnedFd) {
+        if self.denied {
+            return;
+        }
         self.sockets.insert(netns, socket);
+        self.most_namespaces = self.most_namespaces.max(self.sockets.len());
     }
 
     /// A namespace gone, or whose table is empty.
@@ -316,13 +326,37 @@ impl ConntrackLookup {
         self.lookups += 1;
         for (&netns, fd) in &self.sockets {
             self.seq = self.seq.wrapping_add(1);
-            if let Ok(Some(entry)) = ask(fd, &get_request(tuple, direction, self.seq)) {
-                self.found += 1;
-                return Some((netns, entry));
+            match ask(fd, &get_request(tuple, direction, self.seq)) {
+                Ok(Some(entry)) => {
+                    self.found += 1;
+                    return Some((netns, entry));
+                }
+                Ok(None) => {}
+                Err(e) if is_denied(&e) => {
+                    self.denied = true;
+                    self.unsaid = Some(format!(
+                        "conntrack lookups are refused ({e:#}: ctnetlink needs CAP_NET_ADMIN): \
+                         flows through a NAT show no addresses past it unless a packet of theirs \
+                         was dropped"
+                    ));
+                    self.sockets.clear();
+                    return None;
+                }
+                Err(_) => {}
             }
         }
         None
     }
+
+    /// A refusal not said yet (said once, on stderr).
+    pub fn take_unsaid(&mut self) -> Option<String> {
+        self.unsaid.take()
+    }
+}
+
+fn is_denied(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM))
 }
 
 /// One request and its response on `fd`.

@@ -83,3 +83,15 @@ fn a_request_names_the_tuple_in_network_order() {
         "the port big-endian"
     );
 }
+
+#[test]
+fn a_refused_lookup_is_told_from_a_missing_entry() {
+    let mut error = vec![0u8; 36];
+    error[..4].copy_from_slice(&36u32.to_ne_bytes());
+    error[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+    error[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+    let e = parse_response(&error).expect_err("EPERM");
+    assert!(is_denied(&e), "{e:#}");
+    error[16..20].copy_from_slice(&(-libc::EINVAL).to_ne_bytes());
+    assert!(!is_denied(&parse_response(&error).expect_err("EINVAL")));
+}

@@ -98,6 +98,7 @@ impl Consumer for MetricsExporter {
         if let Some(watch) = t.listeners {
             self.metrics.listeners(watch, t.identities);
         }
+        self.metrics.conntrack(t.namespaces);
         if t.traces_time_wait {
             self.metrics.time_wait.gauges(&t.time_wait.gauges(t.now_ns));
             self.metrics

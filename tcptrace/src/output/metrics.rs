@@ -12,9 +12,10 @@ use prometheus_client::{
 
 use crate::{
     kernel::histogram::KernelHistogram, model::cause::CloseCause, model::counters::KernelCounters,
-    model::tcp::TcpState, output::metrics_listen::ListenMetrics,
-    output::metrics_ports::PortFailureMetrics, output::metrics_time_wait::TimeWaitMetrics,
-    output::metrics_vitals::VitalsMetrics, output::metrics_workload::WorkloadMetrics,
+    model::tcp::TcpState, output::metrics_conntrack::ConntrackMetrics,
+    output::metrics_listen::ListenMetrics, output::metrics_ports::PortFailureMetrics,
+    output::metrics_time_wait::TimeWaitMetrics, output::metrics_vitals::VitalsMetrics,
+    output::metrics_workload::WorkloadMetrics,
 };
 use tcptrace_common::{close_cause, stat, DurationHistogram};
 
@@ -60,6 +61,7 @@ pub struct Metrics {
     synack_retransmits: Counter,
     drops_unsent: Counter,
     listen: ListenMetrics,
+    conntrack: ConntrackMetrics,
     /// By workload (`--metrics-pod-labels`).
     workloads: Option<WorkloadMetrics>,
     /// The kernel counters already added.
@@ -91,6 +93,7 @@ impl Metrics {
             synack_retransmits: Counter::default(),
             drops_unsent: Counter::default(),
             listen: ListenMetrics::default(),
+            conntrack: ConntrackMetrics::default(),
             workloads: workload_labels.map(WorkloadMetrics::new),
             seen: KernelCounters::default(),
         };
@@ -179,6 +182,7 @@ impl Metrics {
         m.port_failures.register(&mut registry);
         m.vitals.register(&mut registry);
         m.listen.register(&mut registry);
+        m.conntrack.register(&mut registry);
         if let Some(workloads) = &m.workloads {
             workloads.register(&mut registry);
         }
@@ -208,6 +212,11 @@ impl Metrics {
         if let Some(workloads) = self.workloads.as_mut() {
             workloads.listeners(watch, identities);
         }
+    }
+
+    /// The namespaces' conntrack tables, once a second.
+    pub fn conntrack(&mut self, namespaces: &crate::host::netns::Namespaces) {
+        self.conntrack.update(namespaces);
     }
 
     /// connect() or bind() failed for want of a port.

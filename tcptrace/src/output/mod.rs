@@ -9,6 +9,7 @@ mod json_events;
 mod json_fields;
 pub mod lines;
 pub mod metrics;
+mod metrics_conntrack;
 mod metrics_http;
 mod metrics_listen;
 mod metrics_ports;

@@ -12,6 +12,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     write_counts(o, s)?;
     write_lost(o, s)?;
     write_listeners(o, s)?;
+    write_nat(o, s)?;
     write_packets(o, s)?;
     write_port_failures(o, s)?;
     write_time_wait(o, s)?;
@@ -99,6 +100,22 @@ fn write_lost(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             o,
             "keepalive: {} sockets' owners not indexed (--max-flows full): their probes carry no owner",
             s.keepalive_unindexed
+        )?;
+    }
+    Ok(())
+}
+
+/// conntrack lookups for NATed flows and drops, where any table held entries.
+fn write_nat(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    if let Some(n) = &s.nat {
+        writeln!(
+            o,
+            "nat: {} conntrack lookups in up to {} namespaces, {} found, {} not made (over {}/s)",
+            n.lookups,
+            n.namespaces,
+            n.found,
+            n.skipped,
+            crate::host::conntrack::LOOKUPS_PER_S
         )?;
     }
     Ok(())

@@ -31,7 +31,7 @@ use crate::{
         nat::NatWatch,
         packets::PacketLedger,
         port_failures::{PortFailureAlert, PortFailureWatch},
-        summary::Summary,
+        summary::{NatLookups, Summary},
         timewait::{Finished, TimeWaitTracker},
     },
 };
@@ -268,6 +268,12 @@ impl Dispatcher {
             time_wait: time_wait.then(|| self.tw.summary()),
             drops_by_reason: packets.drops_by_reason,
             vitals: packets.vitals,
+            nat: (self.conntrack.most_namespaces > 0).then_some(NatLookups {
+                namespaces: self.conntrack.most_namespaces as u64,
+                lookups: self.conntrack.lookups,
+                found: self.conntrack.found,
+                skipped: self.conntrack.skipped,
+            }),
             ..self.agg.finish(kernel, elapsed_ns)
         }
     }

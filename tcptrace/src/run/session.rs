@@ -348,6 +348,9 @@ impl<'c> Session<'c> {
             for netns in upkeep.conntrack_closed.drain(..) {
                 self.dispatch.conntrack.remove(netns);
             }
+            if let Some(said) = self.dispatch.conntrack.take_unsaid() {
+                consumer.warning(&said);
+            }
             if self.dispatch.namespaces != *upkeep.namespaces() {
                 self.dispatch.namespaces = upkeep.namespaces().clone();
             }

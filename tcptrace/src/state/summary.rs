@@ -71,6 +71,20 @@ pub struct Summary {
     pub vitals: Option<VitalsSummary>,
     /// The start-up before the programs were attached, and what it missed (live only).
     pub startup: Option<StartupGap>,
+    /// conntrack entries looked up for NATed flows and drops, where any namespace's table
+    /// held entries.
+    pub nat: Option<NatLookups>,
+}
+
+/// What the conntrack lookups (a flow's or a drop's addresses past a NAT) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NatLookups {
+    /// Namespaces whose table was looked in (those holding entries).
+    pub namespaces: u64,
+    pub lookups: u64,
+    pub found: u64,
+    /// Not made: over the budget of lookups a second.
+    pub skipped: u64,
 }
 
 /// The start-up: from before the programs were loaded until they were attached. Connections

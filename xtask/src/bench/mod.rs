@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: connections/s with the tracer off and on, alternating in one run, for
 //! each output mode; kernel ns per event, userspace CPU per event, peak RSS, lost records;
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
+mod conntrack;
 mod loadgen;
 mod memory;
 mod modes;
@@ -52,14 +53,14 @@ pub struct BenchArgs {
     #[arg(long)]
     no_bpftrace: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, flows-no-drops,
-    /// json, metrics, metrics-no-drops, metrics-vitals, record, flows-on-demand,
+    /// flows-conntrack (a 1M-entry conntrack table looked in at each flow's end), json, metrics, metrics-no-drops, metrics-vitals, record, flows-on-demand,
     /// metrics-on-demand, flows-socket, metrics-socket (flows in socket storage), filtered,
     /// floor, storage (flow-state probes), libbpf-tools (Debian's tcpstates and tcplife,
     /// installed if missing), bpftrace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,flows-no-drops,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,flows-no-drops,flows-conntrack,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -162,7 +163,9 @@ type SummaryParser<'a> = dyn Fn(&Path) -> Result<(u64, u64, u64)> + 'a;
 /// `--- tcptrace summary: 3.0s traced, N transitions, R retransmits, L lost ---`, or from the
 /// JSON summary object.
 pub(crate) fn summary_numbers(out: &Path) -> Result<(u64, u64, u64)> {
-    let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    let mut text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    // A line mode's summary goes to stderr.
+    text.push_str(&fs::read_to_string(tracer::stderr_path(out)).unwrap_or_default());
     if let Some(line) = text
         .lines()
         .rev()
@@ -363,6 +366,10 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         if !wanted(key) {
             continue;
         }
+        let _table = match key {
+            "flows-conntrack" => Some(conntrack::FilledTable::new(1_000_000)?),
+            _ => None,
+        };
         let start = |out: &Path| bench.tcptrace(mode_args, out);
         let command = format!("tcptrace {}", mode_args.join(" "));
         let parse: &SummaryParser<'_> = &summary_numbers;

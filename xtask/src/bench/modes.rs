@@ -4,7 +4,7 @@
 /// The empty program's row: every mode's kernel time is a multiple of its.
 pub const FLOOR_ROW: &str = "empty hook (floor)";
 
-pub const MODES: [(&str, &str, &[&str]); 16] = [
+pub const MODES: [(&str, &str, &[&str]); 17] = [
     ("transitions", "transitions -> file", &[]),
     ("flows", "flows -> file", &["flows"]),
     // Without the drop hook (skb:kfree_skb): what it costs, in the same run.
@@ -17,6 +17,13 @@ pub const MODES: [(&str, &str, &[&str]); 16] = [
         "flows-no-tw",
         "flows, no TIME_WAIT",
         &["flows", "--no-time-wait"],
+    ),
+    // A conntrack table of 1,000,000 entries in a namespace of its own (a big node's): each
+    // flow that ends is looked up in it (ctnetlink, at most 5,000 a second).
+    (
+        "flows-conntrack",
+        "flows, 1M-entry conntrack table",
+        &["flows"],
     ),
     ("json", "json -> file", &["--json"]),
     (

@@ -1,7 +1,7 @@
 //! Running a tracer (tcptrace or bpftrace) beside the load and reading what it cost.
 use std::{
     fs::{self, File},
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -43,6 +43,13 @@ fn holds_bpf_programs(pid: u32) -> bool {
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+/// Where a tracer started with stdout to `out` has its stderr (after it was ready).
+pub fn stderr_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".stderr");
+    name.into()
 }
 
 impl RunningTracer {
@@ -92,8 +99,14 @@ impl RunningTracer {
                 bail!("{cmd:?} not ready within 60 s: {}", seen.join(" | "));
             }
         }
-        // Keep draining stderr so the tracer never blocks on it.
-        thread::spawn(move || for _ in rx {});
+        // Keep draining stderr so the tracer never blocks on it, into OUT.stderr (where the
+        // line modes' summary goes).
+        let mut said = File::create(stderr_path(out)).context("create the stderr file")?;
+        thread::spawn(move || {
+            for line in rx {
+                let _ = writeln!(said, "{line}");
+            }
+        });
         let startup_cpu_ns = cpu_ns(child.id())?;
         Ok(RunningTracer {
             child,

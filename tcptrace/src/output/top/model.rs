@@ -90,6 +90,8 @@ pub struct Header {
     pub time_wait_skipped: u64,
     /// The busiest 4-tuple space's forecast, with its namespace, in words.
     pub busiest_forecast: Option<String>,
+    /// The fullest conntrack table, with its namespace, in words (where one holds entries).
+    pub conntrack: Option<String>,
     pub lost: u64,
     pub untracked: u64,
 }
@@ -401,6 +403,7 @@ impl TopModel {
             seconds(now_ns),
             rate_window::window_s(self.started_ns, now_ns),
         );
+        self.header.conntrack = fullest_conntrack(&self.namespaces);
         self.header.lost = counters.lost();
         self.header.untracked = counters.stat(stat::FLOW_TABLE_FULL) + self.untracked_flows;
         // Rows with nothing left to show go.
@@ -445,3 +448,17 @@ impl Default for TopModel {
 #[cfg(test)]
 #[path = "model_tests.rs"]
 pub(crate) mod tests;
+
+/// `conntrack 92% (92/100) netns 4026532770 "r"`: the fullest table of a namespace.
+fn fullest_conntrack(namespaces: &Namespaces) -> Option<String> {
+    let (ns, t) = (namespaces.by_inode.values())
+        .filter_map(|ns| Some((ns, ns.conntrack.filter(|t| t.entries > 0)?)))
+        .max_by(|a, b| a.1.fill().total_cmp(&b.1.fill()))?;
+    Some(format!(
+        "conntrack {:.0}% ({}/{}) netns {}",
+        t.fill() * 100.0,
+        t.entries,
+        t.max,
+        ns.label()
+    ))
+}

@@ -439,3 +439,28 @@ fn refused_connects_are_resets_not_drops() {
         .expect("the row");
     assert_eq!((row.resets, row.drops), (30, 3), "{row:?}");
 }
+
+#[test]
+fn the_header_names_the_fullest_conntrack_table() {
+    use crate::host::{conntrack::ConntrackTable, netns::Namespace};
+    let mut namespaces = Namespaces::default();
+    assert_eq!(
+        super::fullest_conntrack(&namespaces),
+        None,
+        "no table, no words"
+    );
+    for (inode, entries, name) in [(1, 10, "a"), (2, 95, "r"), (3, 0, "c")] {
+        let mut ns = Namespace::unknown(inode);
+        ns.name = Some(name.into());
+        ns.conntrack = Some(ConntrackTable {
+            entries,
+            max: 100,
+            ..ConntrackTable::default()
+        });
+        namespaces.insert(ns);
+    }
+    assert_eq!(
+        super::fullest_conntrack(&namespaces).as_deref(),
+        Some("conntrack 95% (95/100) netns 2 \"r\"")
+    );
+}

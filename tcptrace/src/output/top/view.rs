@@ -200,6 +200,9 @@ fn header_lines(s: &Snapshot) -> Vec<Line<'static>> {
         "TIME_WAIT {} ({} skipped: tcp_max_tw_buckets full)",
         h.time_wait, h.time_wait_skipped
     );
+    if let Some(conntrack) = &h.conntrack {
+        third.push_str(&format!("  {conntrack}"));
+    }
     if let Some(filters) = s.filters {
         third.push_str(&format!("  only {filters}"));
     }
