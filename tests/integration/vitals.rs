@@ -243,7 +243,7 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
     let detail = alert["detail"].as_str().expect("detail");
     assert!(
         detail.contains("dropped on this host: NETFILTER_DROP:")
-            && detail.contains("this host's firewall"),
+            && detail.contains("a netfilter rule or conntrack (firewall, NAT) dropped it"),
         "{detail}"
     );
     assert!(

@@ -74,10 +74,13 @@ impl NatAlert {
         if let Some((t, label)) = &self.table {
             let dropped = match self.count {
                 0 => String::new(),
-                n => format!("; {n} packets dropped since the last read (table full)"),
+                n => format!("; {n} packets dropped since the last alert (table full)"),
             };
             return format!(
-                "conntrack table of netns {label} {:.0}% full: {} of {} entries                  (nf_conntrack_max){dropped}; new connections through it are dropped once                  full (the kernel logs \"nf_conntrack: table full, dropping packet\"): raise                  nf_conntrack_max or shorten the timeouts of closed entries",
+                "conntrack table of netns {label} {:.0}% full: {} of {} entries \
+                 (nf_conntrack_max){dropped}; new connections through it are dropped once \
+                 full (the kernel logs \"nf_conntrack: table full, dropping packet\"): raise \
+                 nf_conntrack_max or shorten the timeouts of closed entries",
                 t.fill() * 100.0,
                 t.entries,
                 t.max
@@ -166,14 +169,20 @@ impl NatWatch {
 pub struct ConntrackWatch {
     /// Namespaces alerted on for their fill, until it falls under [`REARM_BELOW`].
     full: HashSet<u32>,
+    /// Per namespace: when its drops were last alerted on, and those since (not said yet).
+    dropping: HashMap<u32, (u64, u64)>,
 }
+
+/// A namespace's table-full drops are alerted on at most this often (summed meanwhile).
+const DROPS_ALERT_EVERY_NS: u64 = 10_000_000_000;
 
 /// A table alerted on for its fill is alerted on again only after it fell under this.
 const REARM_BELOW: f64 = 0.75;
 
 impl ConntrackWatch {
     /// A namespace's table read (`before`: its last read): an alert when it crosses
-    /// [`ALERT_FROM`] full, and whenever conntrack dropped packets since the last read.
+    /// [`ALERT_FROM`] full, and when the table full made conntrack drop packets (at most one
+    /// every 10 s per namespace, with the drops since its last).
     pub fn read(
         &mut self,
         netns: u32,
@@ -182,12 +191,28 @@ impl ConntrackWatch {
         now: ConntrackTable,
         ts_ns: u64,
     ) -> Option<NatAlert> {
-        let dropped = before.map_or(0, |b| now.drop.saturating_sub(b.drop));
+        // conntrack counts a clash (an entry that could not be inserted: a NAT out of ports)
+        // both as a drop and as insert_failed; the rest of its drops are the table full.
+        let dropped = before.map_or(0, |b| {
+            let drops = now.drop.saturating_sub(b.drop);
+            drops.saturating_sub(now.insert_failed.saturating_sub(b.insert_failed))
+        });
         let crossed = now.fill() >= ALERT_FROM && !self.full.contains(&netns);
         if now.fill() >= ALERT_FROM {
             self.full.insert(netns);
         } else if now.fill() < REARM_BELOW {
             self.full.remove(&netns);
+        }
+        let (last_ns, pending) = self.dropping.entry(netns).or_insert((0, 0));
+        *pending += dropped;
+        let due = *pending > 0
+            && (*last_ns == 0 || ts_ns.saturating_sub(*last_ns) >= DROPS_ALERT_EVERY_NS);
+        let dropped = match crossed || due {
+            true => std::mem::take(pending),
+            false => 0,
+        };
+        if dropped > 0 {
+            *last_ns = ts_ns;
         }
         (crossed || dropped > 0).then(|| {
             let nowhere = Endpoint::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);

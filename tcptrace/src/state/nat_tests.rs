@@ -110,6 +110,12 @@ fn a_conntrack_table_is_alerted_on_once_when_90_percent_full_and_on_every_drop()
         "{}",
         dropping.detail()
     );
+    // A clash (a NAT out of ports) counts as a drop and as insert_failed: not the table.
+    let clash = ConntrackTable {
+        insert_failed: 3,
+        ..table(100, 10)
+    };
+    assert!(watch.read(5, "x", Some(table(100, 7)), clash, 5).is_none());
     assert!(watch
         .read(5, "x", Some(table(100, 7)), table(10, 7), 5)
         .is_none());
@@ -119,4 +125,16 @@ fn a_conntrack_table_is_alerted_on_once_when_90_percent_full_and_on_every_drop()
             .is_some(),
         "rearmed after falling under 75%"
     );
+    // Drops within 10 s of the last drop alert are summed into the next one.
+    let mut watch = ConntrackWatch::default();
+    assert!(watch
+        .read(6, "y", Some(table(50, 0)), table(50, 2), 1)
+        .is_some());
+    assert!(watch
+        .read(6, "y", Some(table(50, 2)), table(50, 5), 2)
+        .is_none());
+    let later = watch
+        .read(6, "y", Some(table(50, 5)), table(50, 6), 10_000_000_001)
+        .expect("10 s on");
+    assert_eq!(later.count, 4, "3 + 1 since the last alert");
 }

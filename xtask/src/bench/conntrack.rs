@@ -23,7 +23,10 @@ pub struct FilledTable {
 impl FilledTable {
     pub fn new(entries: u32) -> Result<FilledTable> {
         let max_before = fs::read_to_string(MAX).context("reading nf_conntrack_max")?;
-        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", NETNS])
+            .stderr(std::process::Stdio::null())
+            .status();
         let status = Command::new("ip").args(["netns", "add", NETNS]).status()?;
         if !status.success() {
             bail!("ip netns add {NETNS} failed");
