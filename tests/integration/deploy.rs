@@ -57,7 +57,7 @@ fn daemonset_is_valid_kubernetes_yaml() {
         Some(port.to_string().as_str())
     );
     let caps = strs(&c["securityContext"]["capabilities"]["add"]);
-    for needed in ["BPF", "PERFMON", "DAC_READ_SEARCH"] {
+    for needed in ["BPF", "PERFMON", "DAC_READ_SEARCH", "NET_ADMIN"] {
         assert!(caps.contains(&needed), "{needed} in {caps:?}");
     }
     // The timer handlers are learnt where /proc/kallsyms hides them.
@@ -106,7 +106,12 @@ fn systemd_unit_runs_headless_with_the_capabilities() {
         .lines()
         .find_map(|l| l.strip_prefix("AmbientCapabilities="))
         .expect("AmbientCapabilities");
-    for needed in ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"] {
+    for needed in [
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_NET_ADMIN",
+    ] {
         assert!(
             caps.split_whitespace().any(|c| c == needed),
             "{needed} in {caps}"

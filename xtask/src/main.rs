@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod guest;
+mod image;
+mod image_check;
 mod install;
 mod oldkernels;
 mod setup;
@@ -55,6 +57,9 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         destdir: Option<PathBuf>,
     },
+    /// Build an OCI image of tcptrace with podman, offline (the binary and the libraries it
+    /// loads, nothing else), tagged tcptrace:<version>; --push REGISTRY/NAME pushes it.
+    Image(image::ImageArgs),
     /// Write shell completions (bash, zsh, fish) for tcptrace into DIR.
     Completions {
         #[arg(long, default_value = "target/completions")]
@@ -272,6 +277,11 @@ fn test(args: &[OsString]) -> Result<()> {
         "cargo xtask install (binary, man page, completions) used as installed",
         "cargo xtask install",
     );
+    own(
+        image_check::check(&workspace_root().join("target/debug/tcptrace")),
+        "the image (cargo xtask image) run as deploy/daemonset.yaml says traces and serves /metrics",
+        "the image run as deploy/daemonset.yaml says",
+    );
     // The short soak: the debug build under 60 s of load, a burst and idle.
     let soak_args = soak::SoakArgs::short(3_000.0);
     own(
@@ -347,6 +357,7 @@ fn main() -> ExitCode {
         Task::GuestScenarios { tcptrace } => guest::run(&tcptrace),
         Task::BenchHold { count, ports } => bench::hold(count, &ports),
         Task::BenchLoad { rate, secs } => bench::load_only(rate, secs),
+        Task::Image(args) => image::run(&args),
         Task::Install { prefix, destdir } => build(true).and_then(|bin| {
             let written = install::install(&bin, &prefix, destdir.as_deref())?;
             for file in &written {
