@@ -21,17 +21,20 @@ pub struct ImageArgs {
     /// The local tag (default tcptrace:<version>).
     #[arg(long)]
     pub tag: Option<String>,
+    /// Then run it as deploy/daemonset.yaml says and check it traces (as `cargo xtask test`).
+    #[arg(long)]
+    pub check: bool,
 }
 
-/// The version the workspace builds (tcptrace's Cargo.toml).
+/// The version the workspace builds (the workspace's Cargo.toml, which tcptrace inherits).
 pub fn version() -> Result<String> {
-    let manifest = crate::workspace_root().join("tcptrace/Cargo.toml");
-    let text = fs::read_to_string(&manifest).context("reading tcptrace/Cargo.toml")?;
+    let manifest = crate::workspace_root().join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).context("reading Cargo.toml")?;
     text.lines()
         .find_map(|l| l.strip_prefix("version = \""))
         .and_then(|v| v.strip_suffix('"'))
         .map(str::to_string)
-        .context("no version in tcptrace/Cargo.toml")
+        .context("no version in the workspace's Cargo.toml")
 }
 
 fn podman(args: &[&str]) -> Result<String> {
@@ -142,6 +145,10 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     let size = podman(&["image", "inspect", "--format", "{{.Size}}", &tag])?;
     let mib = size.parse::<f64>().unwrap_or(0.0) / (1 << 20) as f64;
     println!("xtask: image {tag} ({mib:.1} MiB): tcptrace and the libraries it loads");
+    if args.check {
+        crate::image_check::run_as_manifest_says(&tag)?;
+        println!("xtask: {tag} run as deploy/daemonset.yaml says: traced and served /metrics");
+    }
     if let Some(name) = &args.push {
         let remote = format!("{name}:{version}");
         podman(&["tag", &tag, &remote])?;
