@@ -201,7 +201,93 @@ pub fn run_as_manifest_says(image: &str) -> Result<()> {
             said.join(" | ")
         );
     }
+    for (cap, outcome) in without_each(&spec, image)? {
+        println!("xtask: the manifest's container without {cap}: {outcome}");
+    }
     Ok(())
+}
+
+/// Capabilities the manifest adds whose absence a short run on this machine cannot show,
+/// and why.
+pub const NO_EFFECT_HERE: [(&str, &str); 3] = [
+    ("SYS_RESOURCE", "RLIMIT_MEMLOCK, for kernels before 5.11 only"),
+    (
+        "SYS_PTRACE",
+        "the idle report's owners of other users' connections (its first report comes after --idle-report)",
+    ),
+    (
+        "NET_ADMIN",
+        "conntrack lookups, only where a namespace's conntrack table holds entries",
+    ),
+];
+
+/// The manifest's container run without each capability it adds, in turn: what that does
+/// here (refused, a warning, or nothing this check can see), as (capability, outcome). BPF
+/// and PERFMON are implied by SYS_ADMIN, which the manifest also adds: where one makes no
+/// difference alone it is run without SYS_ADMIN too, and must then be refused.
+pub fn without_each(spec: &PodSpec, image: &str) -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for cap in &spec.caps {
+        let mut outcome = outcome_without(spec, image, &[cap])?;
+        let implied = ["BPF", "PERFMON"].contains(&cap.as_str())
+            && spec.caps.iter().any(|c| c == "SYS_ADMIN");
+        if outcome.is_none() && implied {
+            match outcome_without(spec, image, &[cap, "SYS_ADMIN"])? {
+                Some(refused) if refused.starts_with("refused") => {
+                    outcome = Some(format!("implied by CAP_SYS_ADMIN; without both, {refused}"))
+                }
+                other => bail!("without {cap} and SYS_ADMIN: {other:?}"),
+            }
+        }
+        let outcome = match outcome {
+            Some(said) => said,
+            None => match NO_EFFECT_HERE.iter().find(|(c, _)| c == cap) {
+                Some((_, why)) => format!("no effect in this check ({why})"),
+                None => {
+                    bail!("the manifest adds {cap}, and the container works the same without it")
+                }
+            },
+        };
+        let named = outcome.contains(&format!("CAP_{cap}")) || outcome.starts_with("no effect");
+        if !named {
+            bail!("without {cap} the container says so without naming it: {outcome}");
+        }
+        found.push((cap.clone(), outcome));
+    }
+    Ok(found)
+}
+
+/// The container run without `caps`: `Some("refused: …")` or `Some("warned: …")`, `None`
+/// when it works the same.
+fn outcome_without(spec: &PodSpec, image: &str, caps: &[&str]) -> Result<Option<String>> {
+    let fewer = PodSpec {
+        caps: (spec.caps.iter())
+            .filter(|c| !caps.contains(&c.as_str()))
+            .cloned()
+            .collect(),
+        args: spec.args.clone(),
+        mounts: spec.mounts.clone(),
+        ..*spec
+    };
+    let _ = Command::new("podman").args(["rm", "-f", NAME]).output();
+    podman(&podman_run_args(&fewer, image))?;
+    let ran = exercise(&fewer);
+    let logs = Command::new("podman").args(["logs", NAME]).output()?;
+    let _ = Command::new("podman").args(["rm", "-f", NAME]).output();
+    let logs = String::from_utf8_lossy(&logs.stderr).into_owned();
+    let said = |prefix: &str| {
+        logs.lines()
+            .find(|l| l.starts_with(prefix) && !l.contains("network namespace during the"))
+            .map(str::to_string)
+    };
+    Ok(
+        match (ran, said("tcptrace: error"), said("tcptrace: warning")) {
+            (Err(_), Some(error), _) => Some(format!("refused: {error}")),
+            (Err(e), None, _) => bail!("without {caps:?}: {e:#}; it said: {logs}"),
+            (Ok(()), _, Some(warning)) => Some(format!("warned: {warning}")),
+            (Ok(()), _, None) => None,
+        },
+    )
 }
 
 /// Waits for /metrics, makes connections, and finds them counted.
@@ -211,6 +297,15 @@ fn exercise(spec: &PodSpec) -> Result<()> {
     while scrape(port).is_err() {
         if Instant::now() > deadline {
             bail!("/metrics on :{port} did not answer within 60 s");
+        }
+        let running = podman(&[
+            "inspect".into(),
+            "--format".into(),
+            "{{.State.Running}}".into(),
+            NAME.into(),
+        ])?;
+        if running.trim() != "true" {
+            bail!("the container exited");
         }
         thread::sleep(Duration::from_millis(200));
     }
