@@ -337,3 +337,26 @@ fn top_without_a_terminal_points_to_the_line_modes() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A connection open before `top` starts, in a network namespace of its own (a pod's): the
+/// start-up seed reads every namespace, so its destination's row counts it open.
+#[test]
+fn flows_open_in_other_namespaces_before_start_are_counted() {
+    let pair = crate::netns::NetnsPair::new();
+    let crate::netns::Connected {
+        listener: _listener,
+        client: _client,
+        server: _server,
+        server_port,
+        ..
+    } = pair.connect();
+    let port = server_port.to_string();
+    let mut top = TopUnderPty::start(&["-D", &port]);
+    let endpoint = format!("{}:{server_port}", pair.addr_a);
+    let screen = top.wait_for("the other namespace's open flow", |s| {
+        row_of(s, &endpoint).is_some_and(|cells| cells.get(2) == Some(&"1"))
+    });
+    assert!(screen.contains("open: "), "{screen}");
+    top.keys("q");
+    top.finish();
+}

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod identity_resolver;
 pub mod netns;
 pub mod netns_reader;
+pub mod netns_sockets;
 pub mod procnet;
 pub mod sockdiag;
 pub mod socket_owners;

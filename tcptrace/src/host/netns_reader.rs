@@ -348,7 +348,7 @@ pub fn run_netns_name(path: &Path) -> Option<String> {
 
 /// Every namespace on the host with a way in and its /run/netns name: those named under
 /// /run/netns (`ip netns add`), and those of every process (readlink only).
-fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
+pub(crate) fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
     let mut found = HashMap::new();
     if let Ok(dir) = fs::read_dir("/run/netns") {
         for e in dir.flatten() {
@@ -384,7 +384,7 @@ fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
 }
 
 /// A way into `inode`: the one known if it still leads there, else one found anew.
-fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
+pub(crate) fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
     let candidates = known.into_iter().chain(
         std::iter::once_with(|| discover_namespaces().remove(&inode).map(|(p, _)| p)).flatten(),
     );
@@ -404,7 +404,7 @@ fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
 
 /// Moves the calling thread into the namespace `file` (opened from `path`) refers to. Only
 /// threads that end after their work inside call it.
-fn enter(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn enter(file: &File, path: &Path) -> Result<()> {
     // SAFETY: setns with an open namespace fd changes only this thread's network namespace.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let e = std::io::Error::last_os_error();

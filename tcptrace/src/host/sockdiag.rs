@@ -192,6 +192,11 @@ pub fn dump(states: StateFlags, info: bool) -> Result<Vec<DiagSocket>> {
     Ok(sockets)
 }
 
+/// ESTABLISHED sockets with their `tcp_info` (RTT, idle times).
+pub fn established_with_info() -> Result<Vec<DiagSocket>> {
+    dump(StateFlags::ESTABLISHED, true)
+}
+
 /// Listening sockets with their accept queue, backlog and drops (`ss -ltm`).
 pub fn listeners() -> Result<Vec<DiagSocket>> {
     let mut sockets = dump_family(AF_INET, StateFlags::LISTEN, ExtensionFlags::SKMEMINFO)?;

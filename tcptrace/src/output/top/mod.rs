@@ -6,13 +6,12 @@
 use std::io::{self, BufWriter, IsTerminal as _};
 
 use anyhow::{bail, Context as _, Result};
-use netlink_packet_sock_diag::inet::StateFlags;
 use ratatui::{crossterm::event::Event as TermEvent, DefaultTerminal};
 use tokio::sync::mpsc;
 
 use crate::{
     cli::Config,
-    host::{clock::Clock, sockdiag},
+    host::{clock::Clock, netns_sockets::in_every_namespace, sockdiag},
     kernel::loader::Tracer,
     output::consumer::{Begin, Consumer, End, Flow, Seen, Tick, Wants},
     output::TextPrinter,
@@ -40,40 +39,41 @@ fn terminal_events() -> mpsc::UnboundedReceiver<TermEvent> {
 }
 
 /// Open sockets and the kernel counters at that moment: flows open by state and per row start
-/// from what is there, not from zero.
+/// from what is there, not from zero — in every network namespace (a node's pods each have
+/// their own).
 fn seed(config: &Config, tracer: &Tracer, top: &mut TopModel) -> Result<()> {
     let counters = tracer.counters()?;
-    match sockdiag::open_sockets() {
-        Ok(sockets) => {
-            let netns = crate::host::netns::own_netns();
-            top.seed(
-                sockets
-                    .into_iter()
-                    .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
-                    .map(|s| (s.state, s.addrs)),
-                counters,
-            );
-        }
-        Err(e) => {
-            eprintln!("tcptrace: warning: sockets open before start not counted: {e:#}");
-            top.seed(std::iter::empty(), counters);
-        }
+    let found = in_every_namespace(sockdiag::open_sockets);
+    if !found.unread.is_empty() {
+        eprintln!(
+            "tcptrace: warning: sockets open before start not counted in {} network \
+             namespaces (the first: {} — {})",
+            found.unread.len(),
+            found.unread[0].0,
+            found.unread[0].1
+        );
     }
+    top.seed(
+        found
+            .sockets
+            .into_iter()
+            .filter(|(netns, s)| config.filter.admits_diag(&s.addrs, Some(*netns), None))
+            .map(|(_, s)| (s.state, s.addrs)),
+        counters,
+    );
     Ok(())
 }
 
-/// The open ESTABLISHED flows' RTTs, read from `tcp_info` (one sock_diag dump: at idle, a
-/// few sockets every few seconds), under the filters in force.
+/// The open ESTABLISHED flows' RTTs, read from `tcp_info` (one sock_diag dump in each network
+/// namespace, every few seconds), under the filters in force.
 fn sample_open_rtts(config: &Config, top: &mut TopModel) {
-    let Ok(sockets) = sockdiag::dump(StateFlags::ESTABLISHED, true) else {
-        return; // the closed flows' RTTs still show
-    };
-    let netns = crate::host::netns::own_netns();
+    let found = in_every_namespace(sockdiag::established_with_info);
     top.open_rtts(
-        sockets
+        found
+            .sockets
             .into_iter()
-            .filter(|s| config.filter.admits_diag(&s.addrs, netns, None))
-            .filter_map(|s| Some((s.addrs, s.rtt_us?))),
+            .filter(|(netns, s)| config.filter.admits_diag(&s.addrs, Some(*netns), None))
+            .filter_map(|(_, s)| Some((s.addrs, s.rtt_us?))),
     );
 }
 
