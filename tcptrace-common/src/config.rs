@@ -31,7 +31,9 @@ pub struct ProgramConfig {
     /// Bits of [`crate::learn`]: the handlers whose address /proc/kallsyms hid, learnt by
     /// the programs from the sockets themselves.
     pub learn_symbols: u8,
-    pub _pad: u8,
+    /// Send a `PortFailureEvent` for a connect() that found no local port (seen on the
+    /// state tracepoint: `SYN_SENT -> CLOSE` with no port yet).
+    pub emit_connect_failures: u8,
     pub filter: FilterConfig,
     /// `task_struct.nsproxy` and `nsproxy.net_ns` (pointers): the calling task's network
     /// namespace, for the syscall hooks.

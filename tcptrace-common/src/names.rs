@@ -77,14 +77,13 @@ pub mod program {
     pub const DROP: &str = "kfree_skb";
     /// `tcp:tcp_retransmit_synack`.
     pub const SYNACK: &str = "tcp_retransmit_synack";
-    /// `syscalls:sys_enter_connect` … `sys_exit_bind` (classic tracepoints: tracefs).
-    pub const ENTER_CONNECT: &str = "sys_enter_connect";
-    pub const EXIT_CONNECT: &str = "sys_exit_connect";
+    /// `syscalls:sys_enter_bind` / `sys_exit_bind` (classic tracepoints: tracefs). connect()
+    /// failures need no syscall hook: they show on the state tracepoint.
     pub const ENTER_BIND: &str = "sys_enter_bind";
     pub const EXIT_BIND: &str = "sys_exit_bind";
     /// The syscall hooks, in attach order (exits first: a call entered while the hooks are
     /// being attached is then simply not seen failing).
-    pub const SYSCALLS: &[&str] = &[EXIT_CONNECT, EXIT_BIND, ENTER_CONNECT, ENTER_BIND];
+    pub const SYSCALLS: &[&str] = &[EXIT_BIND, ENTER_BIND];
     /// Every program the tracer may attach.
     pub const ALL: &[&str] = &[
         SET_STATE,
@@ -101,8 +100,6 @@ pub mod program {
         LEARN_TIMERS,
         DROP,
         SYNACK,
-        ENTER_CONNECT,
-        EXIT_CONNECT,
         ENTER_BIND,
         EXIT_BIND,
     ];

@@ -73,7 +73,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     emit_flow_ends: 0,
     keepalive_reset_reason: tcptrace_common::NO_RESET_REASON,
     learn_symbols: 0,
-    _pad: 0,
+    emit_connect_failures: 0,
     filter: FilterConfig {
         active: 0,
         family: 0,

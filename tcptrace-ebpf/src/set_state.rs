@@ -21,6 +21,7 @@ use crate::{
     sock,
 };
 
+mod connect_failure;
 mod steps;
 use steps::{
     attribute_owner, follow_listeners, fresh_flow, index_keepalive_owner, insert_fresh,
@@ -77,6 +78,13 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
 /// One transition, handled by the program whose `slot` this is.
 #[inline(always)]
 fn handle(ctx: &BtfTracePointContext, slot: u32) {
+    let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if old == i32::from(tcp_state::SYN_SENT)
+        && new == i32::from(tcp_state::CLOSE)
+        && config!(emit_connect_failures) != 0
+    {
+        connect_failure::check(ctx, slot);
+    }
     let prejudged = if filter::active() != 0 {
         prejudge(ctx, slot)
     } else {

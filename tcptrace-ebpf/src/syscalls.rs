@@ -1,6 +1,6 @@
-//! `syscalls:sys_enter_connect` / `sys_exit_connect` and `sys_enter_bind` / `sys_exit_bind`
-//! (classic tracepoints): a connect() or bind() that fails for want of a port, EADDRNOTAVAIL
-//! or EADDRINUSE — what the exhaustion forecast predicts, seen happening. The entry hooks
+//! `syscalls:sys_enter_bind` / `sys_exit_bind` (classic tracepoints): a bind() that fails
+//! for want of a port, EADDRINUSE (or EADDRNOTAVAIL) — bind is rare, and no other hook shows
+//! it. (A connect() that finds no port shows on the state tracepoint: `set_state`.) The entry hooks
 //! remember the calling task and its sockaddr pointer in their CPU's slot; the exit hooks
 //! return after one compare unless the call failed so, and only then read the address from
 //! the caller's memory.
@@ -149,16 +149,6 @@ fn current_netns() -> u32 {
         return 0;
     };
     sock::probe_read::<u32>(net as *const u8, config!(offsets.net_inum)).unwrap_or(0)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    entered(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exited(&ctx, port_failure::CONNECT)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]

@@ -252,7 +252,7 @@ fn each_namespace_is_forecast_with_its_own_ports_and_warns_before_eaddrnotavail(
         "{last}"
     );
 
-    // The failure itself, caught at connect()'s exit: the process, the destination asked
+    // The failure itself, caught on the state tracepoint: the process, the destination asked
     // for, the errno, what surrounded it — and counted in the metric.
     let failed = alerts
         .of_type("alert")

@@ -10,12 +10,14 @@ use crate::host::{
     sockdiag::DiagSocket,
 };
 
-/// What reading every namespace gave: the sockets with their namespace, and the namespaces
-/// that could not be read (entered or dumped), with why.
+/// What reading every namespace gave: the sockets with their namespace, the namespaces that
+/// could not be read (entered or dumped), with why, and how many could not be entered for
+/// want of CAP_SYS_ADMIN (as the forecast's reads, not said: the operations guide says it).
 #[derive(Debug, Default)]
 pub struct EverySocket {
     pub sockets: Vec<(u32, DiagSocket)>,
     pub unread: Vec<(u32, String)>,
+    pub not_permitted: usize,
 }
 
 /// `dump` run inside every namespace found on the host (/run/netns and every process's).
@@ -57,10 +59,18 @@ pub fn in_every_namespace(dump: fn() -> Result<Vec<DiagSocket>>) -> EverySocket 
             Ok(sockets) => found
                 .sockets
                 .extend(sockets.into_iter().map(|s| (inode, s))),
+            Err(e) if is_not_permitted(&e) => found.not_permitted += 1,
             Err(e) => found.unread.push((inode, format!("{e:#}"))),
         }
     }
     found
+}
+
+fn is_not_permitted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM))
+    }) || format!("{e:#}").contains("Operation not permitted")
 }
 
 #[cfg(test)]

@@ -78,8 +78,9 @@ pub struct KernelPlan {
     pub all_drop_reasons: bool,
     /// Drop records a CPU sends per second at most (0: no limit).
     pub drop_records_per_s: u64,
-    /// connect()/bind() failing for want of a port is traced (the syscall hooks; attached
-    /// by the loader apart from these, as classic tracepoints).
+    /// connect()/bind() failing for want of a port is traced: connect() on the state
+    /// tracepoint, bind() by its syscall hooks (attached by the loader apart from these, as
+    /// classic tracepoints).
     pub port_failures: bool,
     pub filter: FilterSpec,
 }

@@ -1,4 +1,4 @@
-//! The syscall hooks (`syscalls:sys_enter_connect` … `sys_exit_bind`): classic tracepoints,
+//! The bind() syscall hooks (`syscalls:sys_enter_bind`, `sys_exit_bind`): classic tracepoints,
 //! found through tracefs — mounted here when it is not — and attached only once their record
 //! layouts match what the programs read (the arguments at 16 + 8 × i, the return value at 16).
 use std::{ffi::CString, fs, path::Path};
@@ -96,14 +96,9 @@ type Field = (&'static str, usize, usize);
 /// The fields each program reads, per tracepoint.
 const LAYOUTS: &[(&str, &[Field])] = &[
     (
-        program::ENTER_CONNECT,
-        &[("uservaddr", 24, 8), ("addrlen", 32, 8)],
-    ),
-    (
         program::ENTER_BIND,
         &[("umyaddr", 24, 8), ("addrlen", 32, 8)],
     ),
-    (program::EXIT_CONNECT, &[("ret", 16, 8)]),
     (program::EXIT_BIND, &[("ret", 16, 8)]),
 ];
 
@@ -124,7 +119,7 @@ fn check_layout(format: &str, tracepoint: &str, wanted: &[Field]) -> Result<()> 
     Ok(())
 }
 
-/// Loads and attaches the four syscall hooks (exits first); returns their links.
+/// Loads and attaches the bind() syscall hooks (the exit first); returns their links.
 pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, TracePointLinkId)>> {
     let dir = tracing_dir()?;
     for (tracepoint, wanted) in LAYOUTS {

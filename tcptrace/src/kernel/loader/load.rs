@@ -172,7 +172,7 @@ fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfi
         emit_flow_ends: plan.flow_ends,
         keepalive_reset_reason: keepalive_reset_reason(&facts.reset_reasons),
         learn_symbols,
-        _pad: 0,
+        emit_connect_failures: u8::from(plan.port_failures),
         _pad0: 0,
         keepalive_timer_fn,
         tw_timer_fn,
@@ -242,8 +242,9 @@ fn attach(
             attached.hooks.push(hook);
         }
     }
-    // connect()/bind() failing for want of a port: classic tracepoints (tracefs). Without
-    // them the rest traces on; the start-up line says what is missing.
+    // bind() failing for want of a port: classic tracepoints (tracefs); connect()'s failures
+    // come from the state tracepoint. Without them the rest traces on; the start-up line
+    // says what is missing.
     if plan.port_failures {
         match crate::kernel::syscalls::attach(ebpf) {
             Ok(links) => {
@@ -252,12 +253,12 @@ fn attach(
                     .extend(links.iter().map(|(name, _)| *name));
                 attached
                     .hooks
-                    .push("syscalls:sys_{enter,exit}_{connect,bind}".to_string());
+                    .push("syscalls:sys_{enter,exit}_bind".to_string());
                 attached.syscall_links = links;
             }
             Err(e) => eprintln!(
-                "tcptrace: warning: connect()/bind() failures (EADDRNOTAVAIL, EADDRINUSE) \
-                 are not traced: {e:#}"
+                "tcptrace: warning: bind() failures (EADDRINUSE) are not traced (connect()'s \
+                 are): {e:#}"
             ),
         }
     }
