@@ -181,7 +181,12 @@ pub fn run_as_manifest_says(image: &str) -> Result<()> {
         fs::create_dir_all(host).with_context(|| format!("creating {host}"))?;
     }
     let _ = Command::new("podman").args(["rm", "-f", NAME]).output();
-    podman(&podman_run_args(&spec, image))?;
+    let run = podman_run_args(&spec, image);
+    println!(
+        "xtask: as deploy/daemonset.yaml says: podman {}",
+        run.join(" ")
+    );
+    podman(&run)?;
     let result = exercise(&spec);
     let logs = Command::new("podman").args(["logs", NAME]).output();
     let _ = Command::new("podman").args(["rm", "-f", NAME]).output();
