@@ -2,10 +2,8 @@
 //! port range, a server behind it; drops joined to the clients' own flows across the
 //! translation, SNAT port exhaustion and TIME_WAIT PAWS alerts.
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -14,7 +12,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{netns::sh, support::Tracer};
+use crate::{
+    netns::{run_in_namespace, sh},
+    support::Tracer,
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -167,16 +168,7 @@ impl NatLab {
         which: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> T {
-        let path = format!("/run/netns/{}", self.ns(which));
-        thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+        run_in_namespace(&self.ns(which), f)
     }
 
     /// A listener in the server's namespace.

@@ -34,6 +34,24 @@ pub fn sh(args: &[&str]) {
     );
 }
 
+/// Runs `f` on a thread inside the named namespace (/run/netns/NAME); sockets it creates
+/// stay in that namespace.
+pub fn run_in_namespace<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let path = format!("/run/netns/{name}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
 impl NetnsPair {
     /// Namespaces `tt<pid>-<n>a` / `…b` with 10.231.<x>.1/30 and .2/30.
     pub fn new() -> NetnsPair {
@@ -74,16 +92,7 @@ impl NetnsPair {
 
     /// Runs `f` on a thread inside namespace `ns`; sockets it creates stay in that namespace.
     pub fn run_in<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{ns}");
-        thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+        run_in_namespace(ns, f)
     }
 
     /// Runs a command inside namespace `ns`.

@@ -90,16 +90,27 @@ fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
     assert_eq!(answer.len(), ANSWER);
     drop(client);
     let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
-    // Both ends' flows closed and in the metrics (published every second).
+    let destination = format!("{a}:{}", c.server_port);
+    // Both ends' flows closed and in the metrics (published every second): this test's
+    // destination's bytes, not only some two flows' RTTs (other tests' flows count too).
     let (_, scrape) =
         metrics::scrape_until(port.parse().expect("a port"), "both flows' RTT", |s| {
             metrics::value(s, "tcptrace_flow_rtt_seconds_count", &[]) >= 2.0
+                && metrics::value(
+                    s,
+                    "tcptrace_destination_bytes_total",
+                    &[("destination", &destination), ("direction", "received")],
+                ) > 0.0
+                && metrics::value(
+                    s,
+                    "tcptrace_service_bytes_total",
+                    &[("service", &destination), ("direction", "received")],
+                ) > 0.0
         });
     let out = tracer.stop();
 
     let flow = out.flow((&b, c.client_port), (&a, c.server_port));
     // The metrics say the same: bytes per destination, the RTT histogram.
-    let destination = format!("{a}:{}", c.server_port);
     let sent = metrics::value(
         &scrape,
         "tcptrace_destination_bytes_total",

@@ -37,9 +37,11 @@ pub fn version() -> Result<String> {
         .context("no version in the workspace's Cargo.toml")
 }
 
-fn podman(args: &[&str]) -> Result<String> {
+/// Runs podman with `args`; its stdout, trimmed, or an error with what it said.
+pub(crate) fn podman<S: AsRef<str>>(args: &[S]) -> Result<String> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let out = Command::new("podman")
-        .args(args)
+        .args(&args)
         .output()
         .context("cannot run podman (`cargo xtask setup` installs it)")?;
     if !out.status.success() {

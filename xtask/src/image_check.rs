@@ -15,6 +15,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::image::podman;
+
 const NAME: &str = "tcptrace-image-check";
 const TAG: &str = "tcptrace:check";
 
@@ -127,21 +129,6 @@ pub fn podman_run_args(spec: &PodSpec, image: &str) -> Vec<String> {
     args.push(image.into());
     args.extend(spec.args.iter().cloned());
     args
-}
-
-fn podman(args: &[String]) -> Result<String> {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .context("running podman")?;
-    if !out.status.success() {
-        bail!(
-            "podman {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The metrics port of `--metrics ADDR:PORT` in the arguments.
@@ -303,12 +290,7 @@ fn exercise(spec: &PodSpec) -> Result<()> {
         if Instant::now() > deadline {
             bail!("/metrics on :{port} did not answer within 60 s");
         }
-        let running = podman(&[
-            "inspect".into(),
-            "--format".into(),
-            "{{.State.Running}}".into(),
-            NAME.into(),
-        ])?;
+        let running = podman(&["inspect", "--format", "{{.State.Running}}", NAME])?;
         if running.trim() != "true" {
             bail!("the container exited");
         }
