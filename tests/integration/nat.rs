@@ -214,7 +214,7 @@ fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow(
     let mut held = (lab.connect(0, 9090, Duration::from_secs(2)))
         .expect("the first client takes the NAT's only port");
     let held_port = held.local_addr().expect("addr").port();
-    let (_accepted, _) = listener.accept().expect("accept");
+    let (accepted, _) = listener.accept().expect("accept");
     let refused = lab.connect(1, 9090, Duration::from_millis(2_500));
     assert!(
         refused.is_err(),
@@ -226,7 +226,11 @@ fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow(
     held.write_all(b"x")
         .expect("the first client's connection still works");
     drop(held);
-    thread::sleep(Duration::from_millis(300));
+    drop(accepted);
+    let first = ip(lab.clients[0]);
+    tracer.wait_for_record("flow", Duration::from_secs(10), |r| {
+        r["laddr"] == first && r["lport"] == held_port
+    });
     let out = tracer.stop();
     let port = out
         .of_type("flow")

@@ -407,8 +407,9 @@ pub(crate) fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, F
 pub(crate) fn enter(file: &File, path: &Path) -> Result<()> {
     // SAFETY: setns with an open namespace fd changes only this thread's network namespace.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("entering it through {}: {e}", path.display());
+        // The OS error kept as the source: callers tell EPERM (no CAP_SYS_ADMIN) apart.
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering it through {}", path.display()));
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ fn is_not_permitted(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM))
-    }) || format!("{e:#}").contains("Operation not permitted")
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! as the kernel's entry holds them, read with the packets it dropped.
 use tcptrace_common::ct_status;
 
-use crate::model::tcp::{Endpoint, FlowAddrs};
+use crate::model::tcp::FlowAddrs;
 
 /// A conntrack entry: the connection as its first packet travelled (`original`, before any
 /// translation: `local` its source) and as replies travel (`reply`, after it: `local` the
@@ -44,10 +44,5 @@ impl Conntrack {
             local: self.reply.remote,
             remote: self.reply.local,
         }
-    }
-
-    /// The source address and port the network past a source NAT sees.
-    pub fn nat_source(&self) -> Endpoint {
-        self.reply.remote
     }
 }

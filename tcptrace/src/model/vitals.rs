@@ -59,6 +59,13 @@ pub struct PacketDrop {
 }
 
 impl PacketDrop {
+    /// A connection's first packet: SYN without ACK.
+    pub fn is_first_syn(&self) -> bool {
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        self.tcp_flags & (SYN | ACK) == SYN
+    }
+
     /// The TCP flags as text: `SYN`, `SYN|ACK`, `ACK|FIN`, ….
     pub fn flags_text(&self) -> String {
         const NAMES: [(u8, &str); 6] = [

@@ -319,8 +319,7 @@ impl Dispatcher {
     /// A SYN dropped past a NAT with no entry of its own (a TIME_WAIT's PAWS rejection at
     /// the server): the NAT's entry, whose replies go back to its source, names the client.
     fn translate_drop(&mut self, d: &PacketDrop) {
-        const SYN: u8 = 0x02;
-        if d.conntrack.is_some() || d.skaddr != 0 || d.tcp_flags & 0x12 != SYN {
+        if d.conntrack.is_some() || d.skaddr != 0 || !d.is_first_syn() {
             return;
         }
         let replies = FlowAddrs {

@@ -17,10 +17,6 @@ use crate::{
 /// Keys counted at most; beyond, the counts start again (an alert's count is then a floor).
 const MAX_KEYS: usize = 4_096;
 
-/// TCP flags: SYN without ACK (a connection's first packet).
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     /// A source NAT's address and the destination, in a namespace.
@@ -127,13 +123,13 @@ impl NatWatch {
     /// addresses of a translated tuple seen before (for a PAWS drop, which carries no
     /// conntrack entry of its own past the NAT).
     pub fn admit(&mut self, d: &PacketDrop, behind: Option<FlowAddrs>) -> Option<NatAlert> {
-        if d.tcp_flags & (SYN | ACK) != SYN {
+        if !d.is_first_syn() {
             return None;
         }
         let (problem, key, addrs, translated) = match (d.reason.as_str(), d.conntrack) {
             ("NETFILTER_DROP", Some(ct)) if snat_clash(&ct) => (
                 NatProblem::SnatExhausted,
-                Key::Snat(d.netns, ct.nat_source().addr, ct.original.remote),
+                Key::Snat(d.netns, ct.translated().local.addr, ct.original.remote),
                 ct.original,
                 Some(ct.translated()),
             ),

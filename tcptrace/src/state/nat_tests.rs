@@ -1,4 +1,8 @@
 use super::*;
+
+/// TCP header flags the kernel sends in a drop record.
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
 use crate::state::packets::tests::snat;
 
 fn dropped(reason: &str, addrs: FlowAddrs, conntrack: Option<Conntrack>, flags: u8) -> PacketDrop {

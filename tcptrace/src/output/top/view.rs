@@ -200,11 +200,12 @@ fn header_lines(s: &Snapshot) -> Vec<Line<'static>> {
         "TIME_WAIT {} ({} skipped: tcp_max_tw_buckets full)",
         h.time_wait, h.time_wait_skipped
     );
-    if let Some(conntrack) = &h.conntrack {
-        third.push_str(&format!("  {conntrack}"));
-    }
+    // The filters first: on a narrow screen what comes last is cut.
     if let Some(filters) = s.filters {
         third.push_str(&format!("  only {filters}"));
+    }
+    if let Some(conntrack) = &h.conntrack {
+        third.push_str(&format!("  {conntrack}"));
     }
     // A line of its own, its basis last: on a narrow screen that is what gets cut.
     let fourth = h
