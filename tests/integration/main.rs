@@ -16,6 +16,7 @@ mod lifecycle;
 mod listen;
 mod metrics;
 mod nat;
+mod nat_lab;
 mod netns;
 mod overload;
 mod pods;

@@ -3,9 +3,7 @@
 //! translation, SNAT port exhaustion and TIME_WAIT PAWS alerts.
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
@@ -13,190 +11,9 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    netns::{run_in_namespace, sh},
+    nat_lab::{warm_up, NatLab},
     support::Tracer,
 };
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Namespaces `<tag>c1`, `<tag>c2` (clients 10.232.<x>.2 and 10.232.<x+1>.2), `<tag>r` (the
-/// router, 10.232.<x+2>.1 toward the server) and `<tag>s` (the server, 10.232.<x+2>.2).
-pub struct NatLab {
-    tag: String,
-    pub clients: [Ipv4Addr; 2],
-    pub nat: Ipv4Addr,
-    pub server: Ipv4Addr,
-}
-
-impl NatLab {
-    /// The lab, the router source-NATing what leaves toward the server to ports `ports`.
-    pub fn new(ports: &str) -> NatLab {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let tag = format!("nt{}-{n}", pid % 100_000);
-        let x = ((pid * 11 + n * 7) % 80) as u8 * 3;
-        let net = |i: u8| Ipv4Addr::new(10, 232, x + i, 2);
-        let lab = NatLab {
-            tag: tag.clone(),
-            clients: [net(0), net(1)],
-            nat: Ipv4Addr::new(10, 232, x + 2, 1),
-            server: net(2),
-        };
-        for ns in ["c1", "c2", "r", "s"] {
-            sh(&["ip", "netns", "add", &lab.ns(ns)]);
-            sh(&["ip", "-n", &lab.ns(ns), "link", "set", "lo", "up"]);
-        }
-        for (i, end) in ["c1", "c2", "s"].into_iter().enumerate() {
-            let (outer, inner) = (format!("{tag}{end}r"), format!("{tag}r{end}"));
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                &outer,
-                "netns",
-                &lab.ns(end),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &inner,
-                "netns",
-                &lab.ns("r"),
-            ]);
-            let (host, gateway) = (net(i as u8), Ipv4Addr::new(10, 232, x + i as u8, 1));
-            sh(&[
-                "ip",
-                "-n",
-                &lab.ns(end),
-                "addr",
-                "add",
-                &format!("{host}/24"),
-                "dev",
-                &outer,
-            ]);
-            sh(&["ip", "-n", &lab.ns(end), "link", "set", &outer, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &lab.ns(end),
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway.to_string(),
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &lab.ns("r"),
-                "addr",
-                "add",
-                &format!("{gateway}/24"),
-                "dev",
-                &inner,
-            ]);
-            sh(&["ip", "-n", &lab.ns("r"), "link", "set", &inner, "up"]);
-        }
-        lab.exec("r", &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        let to_server = format!("{tag}rs");
-        lab.exec(
-            "r",
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                &to_server,
-                "-p",
-                "tcp",
-                "-j",
-                "MASQUERADE",
-                "--to-ports",
-                ports,
-            ],
-        );
-        lab
-    }
-
-    /// The router translates `vip:port` (a Service address) to the server's `to_port`.
-    pub fn dnat(&self, vip: Ipv4Addr, port: u16, to_port: u16) {
-        let to = format!("{}:{to_port}", self.server);
-        let (vip, port) = (vip.to_string(), port.to_string());
-        self.exec(
-            "r",
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                &vip,
-                "-p",
-                "tcp",
-                "--dport",
-                &port,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        );
-    }
-
-    pub fn ns(&self, which: &str) -> String {
-        format!("{}{which}", self.tag)
-    }
-
-    pub fn exec(&self, which: &str, args: &[&str]) {
-        let mut full = vec![
-            "ip".to_string(),
-            "netns".into(),
-            "exec".into(),
-            self.ns(which),
-        ];
-        full.extend(args.iter().map(|a| a.to_string()));
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        sh(&full);
-    }
-
-    /// Runs `f` on a thread inside namespace `which`; sockets it creates stay there.
-    pub fn run_in<T: Send + 'static>(
-        &self,
-        which: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        run_in_namespace(&self.ns(which), f)
-    }
-
-    /// A listener in the server's namespace.
-    pub fn listen(&self, port: u16) -> TcpListener {
-        let server = self.server;
-        self.run_in("s", move || {
-            TcpListener::bind((server, port)).expect("bind in s")
-        })
-    }
-
-    /// A connect() from client `i` (0 or 1), with a timeout.
-    pub fn connect(&self, i: usize, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
-        let to = SocketAddr::from((self.server, port));
-        self.run_in(["c1", "c2"][i], move || {
-            TcpStream::connect_timeout(&to, timeout)
-        })
-    }
-}
-
-impl Drop for NatLab {
-    fn drop(&mut self) {
-        for ns in ["c1", "c2", "r", "s"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(ns)])
-                .status();
-        }
-    }
-}
 
 fn ip(addr: Ipv4Addr) -> String {
     addr.to_string()
@@ -215,7 +32,9 @@ fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow(
         .expect("the first client takes the NAT's only port");
     let held_port = held.local_addr().expect("addr").port();
     let (accepted, _) = listener.accept().expect("accept");
-    let refused = lab.connect(1, 9090, Duration::from_millis(2_500));
+    // SYNs at 0, 1 and 3 s: the first drop has the router's namespace read at the next tick,
+    // and its NAT rules with it.
+    let refused = lab.connect(1, 9090, Duration::from_millis(3_500));
     assert!(
         refused.is_err(),
         "the second client's connect() cannot get through the NAT"
@@ -257,7 +76,24 @@ fn a_source_nat_out_of_ports_is_alerted_and_its_drops_join_the_clients_own_flow(
         assert_eq!(alert["nat"]["sport"], 41000, "the port it tried: {alert}");
         let detail = alert["detail"].as_str().expect("detail");
         assert!(detail.contains("no free port on"), "{detail}");
+        let snat = &alert["nat"]["snat"];
+        assert!(
+            snat["sources"].as_array().is_some_and(|s| s
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s.starts_with(&client)))),
+            "the client behind the NAT: {alert}"
+        );
     }
+    // Once the router's namespace was read (hurried by the first drop), its rule's one port
+    // is known.
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["nat"]["snat"]["ports_basis"] == "rule"
+                && a["nat"]["snat"]["ports_min"] == 41000
+                && a["nat"]["snat"]["ports_max"] == 41000),
+        "the NAT rule's range: {alerts:#?}"
+    );
     let flow = out.flow((&client, port as u16), (&server, 9090));
     assert_eq!(flow["close"], "connect_failed", "{flow}");
     let dropped = flow["drops"]["NETFILTER_DROP"].as_u64().unwrap_or(0);
@@ -387,17 +223,6 @@ fn time_waits_rejecting_syns_from_behind_a_nat_are_paws_alerts() {
     drop(server_thread);
 }
 
-/// One connection through the router before tracing, so that its conntrack table holds an
-/// entry when the tracer reads the namespaces at start.
-fn warm_up(lab: &NatLab, listener: &TcpListener, port: u16) {
-    let stream = lab
-        .connect(0, port, Duration::from_secs(2))
-        .expect("warm-up connect");
-    let (accepted, _) = listener.accept().expect("warm-up accept");
-    drop(stream);
-    drop(accepted);
-}
-
 /// A Service address: the router destination-NATs it to the server. The client's flow
 /// carries the backend it really reached (and the source NAT on the way).
 #[test]
@@ -407,7 +232,9 @@ fn a_destination_nat_shows_the_backend_on_the_clients_flow() {
     lab.dnat(vip, 80, 8080);
     let listener = lab.listen(8080);
     warm_up(&lab, &listener, 8080);
-    let tracer = Tracer::start(&["flows", "--flows-at", "close"]);
+    let metrics_port = crate::metrics::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let tracer = Tracer::start(&["flows", "--flows-at", "close", "--metrics", &metrics]);
     let to = SocketAddr::from((vip, 80));
     let mut client = lab
         .run_in("c2", move || {
@@ -424,6 +251,15 @@ fn a_destination_nat_shows_the_backend_on_the_clients_flow() {
     tracer.wait_for_record("flow", Duration::from_secs(10), |r| {
         r["laddr"] == client_ip && r["lport"] == port
     });
+    // Metrics group the Service address's connections by the backend they reached.
+    let backend = format!("{}:8080", lab.server);
+    crate::metrics::scrape_until(metrics_port, "the connection under its backend", |s| {
+        crate::metrics::value(
+            s,
+            "tcptrace_nat_connections_total",
+            &[("destination", &format!("{vip}:80")), ("backend", &backend)],
+        ) >= 1.0
+    });
     let out = tracer.stop();
     let flow = out.flow((&client_ip, port), (&vip.to_string(), 80));
     assert_eq!(flow["nat"]["raddr"], ip(lab.server), "the backend: {flow}");
@@ -439,6 +275,91 @@ fn a_destination_nat_shows_the_backend_on_the_clients_flow() {
         "as the server saw it: {flow}"
     );
     assert_eq!(flow["drops"], serde_json::json!({}), "{flow}");
+}
+
+/// Connections through a source NAT with four ports, each closed: conntrack holds each
+/// one's entry 120 s after close, so a few a second hold more entries than the NAT has ports
+/// toward the destination: a `snat_forecast` alert (and the metric) says so before any SYN is
+/// dropped, with the rule's range, the timeout read from the router's namespace and the
+/// client behind the NAT.
+#[test]
+fn a_source_nats_ports_held_by_closed_connections_are_forecast_before_any_drop() {
+    let lab = NatLab::new("45000-45003");
+    let listener = lab.listen(6060);
+    warm_up(&lab, &listener, 6060);
+    let port = crate::metrics::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let tracer = Tracer::start(&["all", "--flows-at", "close", "--metrics", &metrics]);
+    // The router's namespace read with its table holding the warm-up's entry.
+    thread::sleep(Duration::from_millis(500));
+    let (client, nat, server) = (ip(lab.clients[0]), ip(lab.nat), ip(lab.server));
+    for _ in 0..3 {
+        let mut stream = (lab.connect(0, 6060, Duration::from_secs(2))).expect("connect");
+        let (mut accepted, _) = listener.accept().expect("accept");
+        stream.write_all(b"x").expect("write");
+        let _ = accepted.read(&mut [0u8; 1]);
+        drop(stream);
+        drop(accepted);
+    }
+    tracer.wait_for_record("alert", Duration::from_secs(10), |r| {
+        r["kind"] == "snat_forecast"
+    });
+    let (_, scraped) = crate::metrics::scrape_until(port, "the SNAT forecast's gauge", |s| {
+        crate::metrics::value(
+            s,
+            "tcptrace_snat_ports_held_ratio",
+            &[("nat_address", &nat)],
+        ) > 0.8
+    });
+    let held = crate::metrics::value(
+        &scraped,
+        "tcptrace_snat_entries_held",
+        &[("nat_address", &nat)],
+    );
+    assert!(held >= 3.0, "entries held: {held}");
+    let out = tracer.stop();
+    let alert = out
+        .of_type("alert")
+        .into_iter()
+        .find(|a| a["kind"] == "snat_forecast")
+        .expect("the forecast's alert");
+    assert_eq!(
+        (&alert["laddr"], &alert["raddr"]),
+        (&nat.clone().into(), &server.clone().into())
+    );
+    assert_eq!(alert["rport"], 6060, "{alert}");
+    let snat = &alert["nat"]["snat"];
+    assert_eq!(
+        (&snat["ports_min"], &snat["ports_max"], &snat["ports_basis"]),
+        (&45000.into(), &45003.into(), &"rule".into()),
+        "the MASQUERADE rule's range: {alert}"
+    );
+    assert_eq!(
+        snat["hold_s"], 120.0,
+        "read in the router's namespace: {alert}"
+    );
+    assert!(snat["utilization"].as_f64() > Some(0.8), "{alert}");
+    assert!(
+        snat["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| *s == client)),
+        "the client behind it: {alert}"
+    );
+    let detail = alert["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("4 ports (45000-45003, its source NAT rule)")
+            && detail.contains("120 s after close"),
+        "{detail}"
+    );
+    let dropped = out
+        .of_type("alert")
+        .into_iter()
+        .any(|a| a["kind"] == "snat_exhausted" && a["nat"]["saddr"] == nat);
+    assert!(
+        !dropped,
+        "forecast before any drop: {:#?}",
+        out.of_type("alert")
+    );
 }
 
 /// A conntrack table full (a tiny nf_conntrack_max; the limit is the host's, each

@@ -13,6 +13,7 @@ use netlink_packet_utils::nla::{NlaBuffer, NlasIterator};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use serde::{Deserialize, Serialize};
 
+use crate::host::nat_rules::{self, SourceNatRule};
 use crate::model::{
     nat::Conntrack,
     tcp::{Endpoint, FlowAddrs},
@@ -30,6 +31,10 @@ pub struct ConntrackTable {
     pub insert_failed: u64,
     pub drop: u64,
     pub early_drop: u64,
+    /// How long a closed connection's entry stays (`nf_conntrack_tcp_timeout_time_wait`,
+    /// seconds); 0 where not read.
+    #[serde(default)]
+    pub tcp_timeout_time_wait_s: u64,
 }
 
 impl ConntrackTable {
@@ -43,6 +48,10 @@ impl ConntrackTable {
         Some(ConntrackTable {
             entries,
             max,
+            tcp_timeout_time_wait_s: number(
+                "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+            )
+            .unwrap_or(0),
             ..ConntrackTable::parse_stat(&stat)
         })
     }
@@ -284,7 +293,17 @@ pub struct ConntrackLookup {
     denied: bool,
     /// That refusal, not said yet.
     unsaid: Option<String>,
+    /// Each namespace's source NAT rules as last read (nf_tables), and the second read.
+    nat_rules: HashMap<u32, (u64, Option<Vec<SourceNatRule>>)>,
+    /// Rule dumps made.
+    pub rule_reads: u64,
+    /// Namespaces whose rules were wanted before their socket was opened (for the reader
+    /// to read them now).
+    wanted: Vec<u32>,
 }
+
+/// A namespace's NAT rules are read again after this many seconds.
+const NAT_RULES_KEPT_S: u64 = 60;
 
 /// Lookups a second at most; beyond, counted in `skipped`.
 pub const LOOKUPS_PER_S: u64 = 5_000;
@@ -302,6 +321,35 @@ impl ConntrackLookup {
     /// A namespace gone, or whose table is empty.
     pub fn remove(&mut self, netns: u32) {
         self.sockets.remove(&netns);
+        self.nat_rules.remove(&netns);
+    }
+
+    /// The source NAT rules of `netns` (read at most once a minute; `None` where they
+    /// cannot be read: no socket there, or the dump failed).
+    pub fn source_nat_rules(&mut self, netns: u32, now_s: u64) -> Option<&[SourceNatRule]> {
+        let stale = self
+            .nat_rules
+            .get(&netns)
+            .is_none_or(|(read_s, _)| now_s.saturating_sub(*read_s) >= NAT_RULES_KEPT_S);
+        if stale {
+            let Some(fd) = self.sockets.get(&netns) else {
+                if !self.wanted.contains(&netns) && self.wanted.len() < 64 && !self.denied {
+                    self.wanted.push(netns);
+                }
+                return None;
+            };
+            self.seq = self.seq.wrapping_add(1);
+            self.rule_reads += 1;
+            let rules = match nat_rules::read(fd, self.seq) {
+                Ok(rules) => Some(rules),
+                Err(e) => {
+                    log::debug!("reading the NAT rules of netns {netns}: {e:#}");
+                    None
+                }
+            };
+            self.nat_rules.insert(netns, (now_s, rules));
+        }
+        self.nat_rules.get(&netns)?.1.as_deref()
     }
 
     /// The entry whose `direction` tuple is `tuple`, in whichever namespace holds one
@@ -348,6 +396,11 @@ impl ConntrackLookup {
         None
     }
 
+    /// Namespaces wanted since the last call.
+    pub fn take_wanted(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.wanted)
+    }
+
     /// A refusal not said yet (said once, on stderr).
     pub fn take_unsaid(&mut self) -> Option<String> {
         self.unsaid.take()
@@ -359,9 +412,8 @@ fn is_denied(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM))
 }
 
-/// One request and its response on `fd`.
-fn ask(fd: &OwnedFd, request: &[u8]) -> Result<Option<Conntrack>> {
-    let raw = fd.as_raw_fd();
+/// Sends `request` to the kernel on the netlink socket `raw`.
+pub fn send_to_kernel(raw: i32, request: &[u8]) -> std::io::Result<()> {
     // SAFETY: a send of our buffer on our socket (to the kernel: a zeroed sockaddr_nl).
     let sent = unsafe {
         let mut to: libc::sockaddr_nl = std::mem::zeroed();
@@ -375,9 +427,16 @@ fn ask(fd: &OwnedFd, request: &[u8]) -> Result<Option<Conntrack>> {
             size_of::<libc::sockaddr_nl>() as u32,
         )
     };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error()).context("ctnetlink send");
+    match sent < 0 {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
     }
+}
+
+/// One request and its response on `fd`.
+fn ask(fd: &OwnedFd, request: &[u8]) -> Result<Option<Conntrack>> {
+    let raw = fd.as_raw_fd();
+    send_to_kernel(raw, request).context("ctnetlink send")?;
     let mut buf = [0u8; 4096];
     // SAFETY: a receive into our buffer; the kernel answers a GET before sendto returns.
     let got = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };

@@ -57,6 +57,7 @@ impl HostFacts {
     /// This host's, with the reason names read from its kernel's BTF.
     pub fn this_host(reset_reasons: &[(u32, String)]) -> HostFacts {
         HostFacts::recorded(read_hz(), KEEPALIVE_SYSCTLS.map(ipv4_sysctl), reset_reasons)
+            .with_kernel_release(&kernel_release())
     }
 }
 

@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod facts;
 pub mod identity;
 pub mod identity_resolver;
+pub mod nat_rules;
 pub mod netns;
 pub mod netns_reader;
 pub mod netns_sockets;

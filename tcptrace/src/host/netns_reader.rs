@@ -133,6 +133,14 @@ impl NamespaceReader {
         std::mem::take(&mut self.initial_sockets)
     }
 
+    /// A known namespace to be read every second for a while (a NAT in it dropped a SYN:
+    /// its conntrack socket and rules are wanted now, not at the next discovery).
+    pub fn hurry(&mut self, inode: u32, now: Instant) {
+        if let Some(k) = self.known.get_mut(&inode) {
+            k.busy_until = Some(now + BUSY_FOR);
+        }
+    }
+
     /// Once a second: `in_use` are the namespaces holding TIME_WAITs now.
     pub fn refresh(&mut self, in_use: impl IntoIterator<Item = u32>, now: Instant) -> Refreshed {
         let fresh = |now| Known {

@@ -15,6 +15,8 @@ pub struct HostFacts {
     reset_reasons: HashMap<u8, String>,
     /// `enum skb_drop_reason` by value, without the `SKB_DROP_REASON_` prefix.
     drop_reasons: HashMap<u32, String>,
+    /// The kernel's release (`uname -r`); empty where unknown.
+    pub kernel_release: String,
 }
 
 /// The keepalive sysctls, in [`HostFacts::keepalive_sysctls`]' order.
@@ -42,7 +44,24 @@ impl HostFacts {
                 })
                 .collect(),
             drop_reasons: HashMap::new(),
+            kernel_release: String::new(),
         }
+    }
+
+    /// With the kernel's release.
+    pub fn with_kernel_release(mut self, release: &str) -> HostFacts {
+        self.kernel_release = release.to_string();
+        self
+    }
+
+    /// Whether a source NAT out of free ports may evict a closed connection's conntrack
+    /// entry to reuse its port (Linux 6.5, `nf_nat_used_tuple_harder`); `None` where the
+    /// release is unknown.
+    pub fn nat_evicts_closed_entries(&self) -> Option<bool> {
+        let mut numbers = self.kernel_release.split(['.', '-']);
+        let major: u32 = numbers.next()?.parse().ok()?;
+        let minor: u32 = numbers.next()?.parse().ok()?;
+        Some((major, minor) >= (6, 5))
     }
 
     /// With the kernel's drop reasons (`enum skb_drop_reason`, read from its BTF: the numbers
@@ -100,5 +119,19 @@ mod tests {
         assert_eq!(facts.drop_reason_name(12), "NETFILTER_DROP");
         assert_eq!(facts.drop_reason_name(2), "NOT_SPECIFIED");
         assert_eq!(facts.drop_reason_name(99), "99");
+    }
+
+    #[test]
+    fn the_nats_eviction_of_closed_entries_is_told_by_the_release() {
+        let on = |release: &str| {
+            HostFacts::default()
+                .with_kernel_release(release)
+                .nat_evicts_closed_entries()
+        };
+        assert_eq!(on("6.18.0-1-amd64"), Some(true));
+        assert_eq!(on("6.5.0"), Some(true));
+        assert_eq!(on("6.1.0-31-amd64"), Some(false));
+        assert_eq!(on("5.10.0"), Some(false));
+        assert_eq!(on(""), None);
     }
 }

@@ -103,6 +103,8 @@ pub struct Tick<'a> {
     pub identities: &'a IdentityResolver,
     /// The facts of this host, as the decoder uses them (the kernel's reason names).
     pub host: &'a HostFacts,
+    /// The source NATs' busiest destinations and their forecast.
+    pub snat: &'a [crate::state::snat::SnatForecast],
 }
 
 /// How the session ended, for the consumer's last word.

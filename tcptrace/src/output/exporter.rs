@@ -99,6 +99,7 @@ impl Consumer for MetricsExporter {
             self.metrics.listeners(watch, t.identities);
         }
         self.metrics.conntrack(t.namespaces);
+        self.metrics.snat(t.snat);
         if t.traces_time_wait {
             self.metrics.time_wait.gauges(&t.time_wait.gauges(t.now_ns));
             self.metrics

@@ -3,11 +3,13 @@ use serde::Serialize;
 
 use super::json_fields::{Addrs, Hex, Owner, WorkloadFields};
 use crate::{
+    host::nat_rules::PortsBasis,
     model::keepalive::KeepaliveSettings,
     model::tcp::TcpState,
     state::alert::{path_text, Alert},
     state::forecast::Forecast,
     state::listeners::ListenAlert,
+    state::snat::SnatForecast,
 };
 
 #[derive(Serialize)]
@@ -69,6 +71,65 @@ struct NatFields {
     daddr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dport: Option<u16>,
+    /// snat_forecast, and snat_exhausted where the NAT was followed: its ports toward the
+    /// destination and how many are held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snat: Option<SnatFields>,
+}
+
+/// A source NAT's ports toward one destination (under `nat.snat`).
+#[derive(Serialize)]
+struct SnatFields {
+    /// The NAT address and the destination.
+    nat_addr: String,
+    daddr: String,
+    dport: u16,
+    /// The ports its rule gives, and where that came from: `rule`, `one_of_rules`,
+    /// `kernel_default` (the rule names none), `assumed` (no nf_tables rule read).
+    ports_min: u16,
+    ports_max: u16,
+    ports_basis: &'static str,
+    /// NATed connections per second (ended, over 10 s) and their mean time open.
+    rate_per_s: f64,
+    open_s: f64,
+    /// How long a closed connection's entry stays (nf_conntrack_tcp_timeout_time_wait).
+    hold_s: f64,
+    /// Entries held toward the destination (estimate), of them open connections', and over
+    /// the ports.
+    entries_held: f64,
+    entries_held_open: f64,
+    utilization: f64,
+    /// Whether the kernel evicts closed entries to reuse their ports (Linux 6.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evicts_closed: Option<bool>,
+    /// Who is behind the NAT, newest first.
+    sources: Vec<String>,
+}
+
+impl From<&SnatForecast> for SnatFields {
+    fn from(f: &SnatForecast) -> SnatFields {
+        SnatFields {
+            nat_addr: f.nat.to_string(),
+            daddr: f.destination.addr.to_string(),
+            dport: f.destination.port,
+            ports_min: f.ports.range.0,
+            ports_max: f.ports.range.1,
+            ports_basis: match f.ports.basis {
+                PortsBasis::Rule => "rule",
+                PortsBasis::OneOfRules(_) => "one_of_rules",
+                PortsBasis::KernelDefault => "kernel_default",
+                PortsBasis::Assumed => "assumed",
+            },
+            rate_per_s: f.rate_per_s,
+            open_s: f.open_s,
+            hold_s: f.hold_s,
+            entries_held: f.held,
+            entries_held_open: f.held_open,
+            utilization: f.utilization,
+            evicts_closed: f.evicts_closed,
+            sources: f.sources.clone(),
+        }
+    }
 }
 
 /// What a `listen_drops` / `syn_cookies` alert adds.
@@ -178,6 +239,7 @@ pub(super) fn alert_line<'a>(a: &'a Alert, ts_unix_ns: u64) -> AlertLine<'a> {
             sport: n.translated.map(|t| t.local.port),
             daddr: n.translated.map(|t| t.remote.addr.to_string()),
             dport: n.translated.map(|t| t.remote.port),
+            snat: n.snat.as_ref().map(SnatFields::from),
         }),
         _ => None,
     };

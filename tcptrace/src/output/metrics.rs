@@ -62,6 +62,8 @@ pub struct Metrics {
     drops_unsent: Counter,
     listen: ListenMetrics,
     conntrack: ConntrackMetrics,
+    /// Backends behind destination NATs, source NATs' ports.
+    nat: crate::output::metrics_nat::NatMetrics,
     /// By workload (`--metrics-pod-labels`).
     workloads: Option<WorkloadMetrics>,
     /// The kernel counters already added.
@@ -94,6 +96,7 @@ impl Metrics {
             drops_unsent: Counter::default(),
             listen: ListenMetrics::default(),
             conntrack: ConntrackMetrics::default(),
+            nat: Default::default(),
             workloads: workload_labels.map(WorkloadMetrics::new),
             seen: KernelCounters::default(),
         };
@@ -183,6 +186,7 @@ impl Metrics {
         m.vitals.register(&mut registry);
         m.listen.register(&mut registry);
         m.conntrack.register(&mut registry);
+        m.nat.register(&mut registry);
         if let Some(workloads) = &m.workloads {
             workloads.register(&mut registry);
         }
@@ -219,6 +223,11 @@ impl Metrics {
         self.conntrack.update(namespaces);
     }
 
+    /// The source NATs' busiest destinations, once a second.
+    pub fn snat(&self, forecasts: &[crate::state::snat::SnatForecast]) {
+        self.nat.snat(forecasts);
+    }
+
     /// connect() or bind() failed for want of a port.
     pub fn port_failure(&mut self, p: &crate::model::port_failure::PortFailure) {
         self.port_failures.failed(p);
@@ -230,6 +239,7 @@ impl Metrics {
     /// A flow ended: its RTT and bytes, and by workload where asked for.
     pub fn flow_closed(&mut self, f: &crate::model::events::FinishedFlow) {
         self.vitals.flow_closed(f);
+        self.nat.flow_closed(f);
         if let Some(workloads) = self.workloads.as_mut() {
             workloads.flow_closed(f);
         }

@@ -12,6 +12,7 @@ pub mod metrics;
 mod metrics_conntrack;
 mod metrics_http;
 mod metrics_listen;
+mod metrics_nat;
 mod metrics_ports;
 mod metrics_time_wait;
 mod metrics_vitals;

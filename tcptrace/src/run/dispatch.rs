@@ -10,18 +10,12 @@ use tcptrace_common::time_wait;
 use crate::{
     decode::{transition_time, Decoder},
     host::{
-        clock::Clock,
-        conntrack::{ConntrackLookup, Direction},
-        identity_resolver::IdentityResolver,
+        clock::Clock, conntrack::ConntrackLookup, identity_resolver::IdentityResolver,
         netns::Namespaces,
     },
     model::{
-        counters::KernelCounters,
-        events::{Event, FinishedFlow},
-        facts::HostFacts,
-        filter::FilterSpec,
-        tcp::{Endpoint, FlowAddrs, TcpState},
-        vitals::PacketDrop,
+        counters::KernelCounters, events::Event, facts::HostFacts, filter::FilterSpec,
+        tcp::Endpoint,
     },
     output::consumer::{Consumer, Seen, Wants},
     state::{
@@ -31,6 +25,7 @@ use crate::{
         nat::NatWatch,
         packets::PacketLedger,
         port_failures::{PortFailureAlert, PortFailureWatch},
+        snat::SnatTracker,
         summary::{NatLookups, Summary},
         timewait::{Finished, TimeWaitTracker},
     },
@@ -86,6 +81,9 @@ fn panic_requested() -> bool {
 /// read: live, not in a report.
 pub type OpenFlowCounter = fn(u32, Endpoint) -> Option<u64>;
 
+#[path = "dispatch_nat.rs"]
+mod nat;
+
 /// The state events add up to, and what the consumer asked for.
 pub struct Dispatcher {
     pub agg: Aggregator,
@@ -103,6 +101,8 @@ pub struct Dispatcher {
     pub conntrack: ConntrackLookup,
     /// SYNs dropped at the NAT boundary, as alerts.
     nat: NatWatch,
+    /// Source NATs' ports per destination, from the connections they translated.
+    pub snat: SnatTracker,
     ports: PortFailureWatch,
     /// Open-flow counts left this second (see [`OPEN_FLOW_COUNTS_PER_S`]).
     open_counts_left: u32,
@@ -126,6 +126,7 @@ impl Dispatcher {
             packets: PacketLedger::default(),
             conntrack: ConntrackLookup::default(),
             nat: NatWatch::default(),
+            snat: SnatTracker::default(),
             ports: PortFailureWatch::default(),
             open_counts_left: OPEN_FLOW_COUNTS_PER_S,
             decoder: Decoder::new(host),
@@ -247,6 +248,7 @@ impl Dispatcher {
 
     /// Once a second: port-failure kinds quiet for a minute are forgotten.
     pub fn forget_quiet_failures(&mut self, now_ns: u64) {
+        self.rearm_snat_forecasts(now_ns / NS_PER_S);
         self.ports.forget_quiet(now_ns);
         self.packets.expire(now_ns);
         self.open_counts_left = OPEN_FLOW_COUNTS_PER_S;
@@ -300,45 +302,6 @@ impl Dispatcher {
         consumer.flush()
     }
 
-    /// A connection this host opened, through a NAT on this host (its own namespace's, or
-    /// another's such as the node's): the addresses past it, from the entry conntrack holds
-    /// for the flow's tuple while it lives (closed entries stay 10 to 120 s).
-    fn translate_flow(&mut self, f: &mut FinishedFlow) {
-        let opened = f.lifecycle.path.first().map(|s| s.state) == Some(TcpState::SynSent);
-        if f.translated.is_some() || !opened {
-            return;
-        }
-        let found = self
-            .conntrack
-            .find(&f.addrs, Direction::Original, f.ts_ns / NS_PER_S);
-        if let Some((_, ct)) = found.filter(|(_, ct)| ct.translates()) {
-            f.translated = Some(ct.translated());
-        }
-    }
-
-    /// A SYN dropped past a NAT with no entry of its own (a TIME_WAIT's PAWS rejection at
-    /// the server): the NAT's entry, whose replies go back to its source, names the client.
-    fn translate_drop(&mut self, d: &PacketDrop) {
-        if d.conntrack.is_some() || d.skaddr != 0 || !d.is_first_syn() {
-            return;
-        }
-        let replies = FlowAddrs {
-            local: d.addrs.remote,
-            remote: d.addrs.local,
-        };
-        // Looked up each time: a NAT gives a translated tuple to one client after another,
-        // so a translation remembered from before may be another client's.
-        let found = self
-            .conntrack
-            .find(&replies, Direction::Reply, d.ts_ns / NS_PER_S);
-        match found {
-            Some((_, ct)) if ct.translates() => {
-                (self.packets).remember_translation(&ct.translated(), ct.original, d.ts_ns)
-            }
-            _ => self.packets.forget_translation(&d.addrs),
-        }
-    }
-
     fn handle<C: Consumer>(&mut self, consumer: &mut C, mut event: Event) -> io::Result<()> {
         if let Some(workload) = event.workload_mut().filter(|w| w.known()) {
             *workload = self.identities.resolve(workload.cgroup).0;
@@ -347,7 +310,9 @@ impl Dispatcher {
             Event::Transition(t) => consumer.seen(Seen::Transition(&t))?,
             Event::FlowEnd(mut f) => {
                 self.packets.flow_ended(&mut f);
-                self.translate_flow(&mut f);
+                if let Some(alert) = self.translate_flow(&mut f) {
+                    consumer.seen(Seen::Alert(&Alert::Nat(&alert)))?;
+                }
                 self.agg.finished_flow(&f);
                 let time_wait = match self.traces_time_wait {
                     true => self.tw.join_flow(&f),
@@ -419,7 +384,8 @@ impl Dispatcher {
                 consumer.seen(Seen::PacketDrop(&d))?;
                 if self.wants.alerts {
                     let behind = self.packets.original_of(&d.addrs);
-                    if let Some(alert) = self.nat.admit(&d, behind) {
+                    if let Some(mut alert) = self.nat.admit(&d, behind) {
+                        self.follow_snat_drop(&d, &mut alert);
                         consumer.seen(Seen::Alert(&Alert::Nat(&alert)))?;
                     }
                 }

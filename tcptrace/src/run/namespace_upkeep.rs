@@ -5,7 +5,7 @@
 use std::{collections::HashSet, io, os::fd::OwnedFd, time::Instant};
 
 use crate::{
-    host::{netns::Namespaces, netns_reader::NamespaceReader},
+    host::{conntrack::ConntrackLookup, netns::Namespaces, netns_reader::NamespaceReader},
     model::{tcp::Process, workload::Workload},
     output::consumer::{Consumer, Seen},
     state::{
@@ -44,6 +44,23 @@ impl NamespaceUpkeep {
             conntrack: ConntrackWatch::default(),
             conntrack_opened,
             conntrack_closed: Vec::new(),
+        }
+    }
+
+    /// Namespaces to read at the next tick (a NAT whose rules and conntrack are wanted).
+    pub fn hurry(&mut self, inodes: Vec<u32>) {
+        for inode in inodes {
+            self.reader.hurry(inode, Instant::now());
+        }
+    }
+
+    /// The ctnetlink sockets opened and closed by the last reads, handed to the lookups.
+    pub fn hand_sockets(&mut self, lookup: &mut ConntrackLookup) {
+        for (netns, socket) in self.conntrack_opened.drain(..) {
+            lookup.add(netns, socket);
+        }
+        for netns in self.conntrack_closed.drain(..) {
+            lookup.remove(netns);
         }
     }
 

@@ -131,8 +131,8 @@ impl<'c> Session<'c> {
         let watches_listeners = config.watches_listeners() && decodes;
         let mut upkeep = (traces_time_wait || watches_listeners)
             .then(|| NamespaceUpkeep::new(watches_listeners));
-        for (netns, socket) in upkeep.iter_mut().flat_map(|u| u.conntrack_opened.drain(..)) {
-            dispatch.conntrack.add(netns, socket);
+        if let Some(upkeep) = upkeep.as_mut() {
+            upkeep.hand_sockets(&mut dispatch.conntrack);
         }
         if traces_time_wait {
             seed_time_wait(config, &mut dispatch.tw);
@@ -328,6 +328,7 @@ impl<'c> Session<'c> {
         let traces_time_wait = self.dispatch.traces_time_wait();
         if let Some(upkeep) = self.upkeep.as_mut() {
             let alerts = self.dispatch.wants().alerts;
+            upkeep.hurry(self.dispatch.conntrack.take_wanted());
             let tw = traces_time_wait.then_some(&mut self.dispatch.tw);
             let tracer = &self.tracer;
             let identities = std::cell::RefCell::new(&mut self.dispatch.identities);
@@ -342,12 +343,7 @@ impl<'c> Session<'c> {
                 },
                 release_free_memory,
             )?;
-            for (netns, socket) in upkeep.conntrack_opened.drain(..) {
-                self.dispatch.conntrack.add(netns, socket);
-            }
-            for netns in upkeep.conntrack_closed.drain(..) {
-                self.dispatch.conntrack.remove(netns);
-            }
+            upkeep.hand_sockets(&mut self.dispatch.conntrack);
             if let Some(said) = self.dispatch.conntrack.take_unsaid() {
                 consumer.warning(&said);
             }
@@ -383,11 +379,13 @@ impl<'c> Session<'c> {
                 kernel: &kernel,
             })?;
         }
+        let snat = self.dispatch.snat_forecasts(now);
         let listeners = self.upkeep.as_ref().and_then(|u| u.listeners.as_ref());
         for l in listeners.into_iter().flat_map(|w| w.listeners()) {
             self.dispatch.identities.resolve(l.cgroup);
         }
         consumer.tick(&Tick {
+            snat: &snat,
             now_ns: now,
             kernel: &kernel,
             tracer: &self.tracer,

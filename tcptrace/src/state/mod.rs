@@ -9,5 +9,6 @@ pub mod nat;
 pub mod packets;
 pub mod port_failures;
 pub mod quantiles;
+pub mod snat;
 pub mod summary;
 pub mod timewait;

@@ -12,6 +12,7 @@ use crate::{
         tcp::{Endpoint, FlowAddrs},
         vitals::PacketDrop,
     },
+    state::snat::SnatForecast,
 };
 
 /// Keys counted at most; beyond, the counts start again (an alert's count is then a floor).
@@ -34,10 +35,12 @@ pub enum NatProblem {
     TimeWaitPaws,
     /// A namespace's conntrack table nearly full, or dropping packets.
     ConntrackFull,
+    /// A source NAT's ports toward one destination over 80% held.
+    SnatForecast,
 }
 
 /// One NAT alert.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NatAlert {
     pub problem: NatProblem,
     pub ts_ns: u64,
@@ -55,6 +58,9 @@ pub struct NatAlert {
     pub count: u64,
     /// ConntrackFull: the table as read, and the namespace's label.
     pub table: Option<(ConntrackTable, String)>,
+    /// SnatForecast, and SnatExhausted where its NAT was followed: the NAT's ports toward
+    /// the destination, how many are held, and who is behind it.
+    pub snat: Option<SnatForecast>,
 }
 
 impl NatAlert {
@@ -63,10 +69,31 @@ impl NatAlert {
             NatProblem::SnatExhausted => "snat_exhausted",
             NatProblem::TimeWaitPaws => "time_wait_paws",
             NatProblem::ConntrackFull => "conntrack_full",
+            NatProblem::SnatForecast => "snat_forecast",
+        }
+    }
+
+    /// A source NAT's forecast crossing [`crate::state::snat::WARN_AT`], as an alert.
+    pub fn snat_forecast(ts_ns: u64, f: SnatForecast) -> NatAlert {
+        NatAlert {
+            problem: NatProblem::SnatForecast,
+            ts_ns,
+            addrs: FlowAddrs {
+                local: Endpoint::new(f.nat, 0),
+                remote: f.destination,
+            },
+            netns: f.netns,
+            translated: None,
+            count: 0,
+            table: None,
+            snat: Some(f),
         }
     }
 
     pub fn detail(&self) -> String {
+        if let (NatProblem::SnatForecast, Some(f)) = (self.problem, &self.snat) {
+            return f.explain();
+        }
         if let Some((t, label)) = &self.table {
             let dropped = match self.count {
                 0 => String::new(),
@@ -86,16 +113,33 @@ impl NatAlert {
             (NatProblem::SnatExhausted, taken) => {
                 let nat = taken.map_or("?".to_string(), |t| t.local.addr.to_string());
                 let port = taken.map_or("?".to_string(), |t| t.local.port.to_string());
+                let followed = self.snat.as_ref().map_or(String::new(), |f| {
+                    let behind = match f.sources.as_slice() {
+                        [] => String::new(),
+                        s => format!("; behind it: {}", s.join(", ")),
+                    };
+                    format!(
+                        " [it gives {} toward it; about {:.0} entries held, {:.0} of them open \
+                         connections'{behind}]",
+                        f.ports.describe(),
+                        f.held,
+                        f.held_open
+                    )
+                });
                 format!(
                     "SYN from {} to {} dropped at the source NAT (netns {}): no free port on \
                      {nat} toward {} (it tried {port}, still held by another connection's \
-                     conntrack entry; {} so far). NAT ports toward one destination stay taken \
-                     while their entries live (nf_conntrack_tcp_timeout_time_wait, 120 s after \
-                     close): widen the NAT's port range, add NAT addresses, or reuse connections",
+                     conntrack entry; {} so far){followed}. NAT ports toward one destination \
+                     stay taken while their entries live (open, then \
+                     nf_conntrack_tcp_timeout_time_wait, 120 s, after close): widen the NAT's \
+                     port range, add NAT addresses, or reuse connections",
                     self.addrs.local, self.addrs.remote, self.netns, self.addrs.remote, self.count
                 )
             }
-            (NatProblem::TimeWaitPaws | NatProblem::ConntrackFull, behind) => {
+            (
+                NatProblem::TimeWaitPaws | NatProblem::ConntrackFull | NatProblem::SnatForecast,
+                behind,
+            ) => {
                 let client = behind.map_or(String::new(), |b| {
                     format!(" (the client behind the NAT: {})", b.local)
                 });
@@ -156,6 +200,7 @@ impl NatWatch {
             translated,
             count: *count,
             table: None,
+            snat: None,
         })
     }
 }
@@ -223,6 +268,7 @@ impl ConntrackWatch {
                 translated: None,
                 count: dropped,
                 table: Some((now, label.to_string())),
+                snat: None,
             }
         })
     }

@@ -202,6 +202,9 @@ impl Consumer for TopScreen {
         self.model
             .forget_ended_time_waits(t.time_wait.live_addrs().map(|(addrs, _)| addrs));
         self.model.set_namespaces(t.namespaces);
+        self.model.header.busiest_snat = (t.snat.iter())
+            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
+            .map(|f| f.brief());
         if let Some(watch) = t.listeners {
             self.model.set_listeners(watch, t.now_ns);
         }

@@ -92,6 +92,8 @@ pub struct Header {
     pub busiest_forecast: Option<String>,
     /// The fullest conntrack table, with its namespace, in words (where one holds entries).
     pub conntrack: Option<String>,
+    /// The source NAT destination whose ports are the most held, in words.
+    pub busiest_snat: Option<String>,
     pub lost: u64,
     pub untracked: u64,
 }

@@ -207,6 +207,9 @@ fn header_lines(s: &Snapshot) -> Vec<Line<'static>> {
     if let Some(conntrack) = &h.conntrack {
         third.push_str(&format!("  {conntrack}"));
     }
+    if let Some(snat) = &h.busiest_snat {
+        third.push_str(&format!("  {snat}"));
+    }
     // A line of its own, its basis last: on a narrow screen that is what gets cut.
     let fourth = h
         .busiest_forecast

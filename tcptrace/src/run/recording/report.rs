@@ -75,7 +75,8 @@ fn render<C: Consumer>(
 ) -> Result<()> {
     let header = reader.header.clone();
     let host = HostFacts::recorded(header.hz, header.keepalive_sysctls, &header.reset_reasons)
-        .with_drop_reasons(&header.drop_reasons);
+        .with_drop_reasons(&header.drop_reasons)
+        .with_kernel_release(&header.kernel);
     let mut dispatch = Dispatcher::new(host, consumer.wants(), config.traces_time_wait());
     let mut counters = KernelCounters::default();
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
