@@ -144,18 +144,20 @@ impl FakeNode {
                 container_id.clone(),
             ),
         };
+        // In the kubelet's order: the pod's cgroup, its log directory and the container's,
+        // the container's cgroup (made by the runtime as it starts), the container's log link.
         for parent in parents {
             self.mkdir(self.root.join(parent));
         }
         let pod_cgroup = self.root.join(pod_dir);
         self.mkdir(pod_cgroup.clone());
-        let cgroup = pod_cgroup.join(container_dir);
-        self.mkdir(cgroup.clone());
         let log_dir = self
             .logs
             .join("pods")
             .join(format!("{namespace}_{name}_{uid}"));
         fs::create_dir_all(log_dir.join(container)).expect("pod log directory");
+        let cgroup = pod_cgroup.join(container_dir);
+        self.mkdir(cgroup.clone());
         let log_link = self
             .logs
             .join("containers")

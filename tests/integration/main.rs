@@ -20,6 +20,7 @@ mod nat_lab;
 mod netns;
 mod overload;
 mod pods;
+mod pods_churn;
 mod ports;
 mod privileges;
 mod prometheus;

@@ -2,7 +2,8 @@
 //! arguments, its host mounts, host network and PID namespaces, exactly the capabilities it
 //! adds (all others dropped), a read-only root filesystem — read from the manifest itself, so
 //! that the manifest cannot drift from what was run. It must trace real connections and serve
-//! them on /metrics, with nothing on stderr but the start-up line.
+//! them on /metrics, with nothing on stderr but the start-up line, and name a kubelet's pod and
+//! a podman container to a real Prometheus (`image_workloads`).
 use std::{
     fs,
     io::{Read, Write},
@@ -81,7 +82,12 @@ pub fn pod_spec(manifest: &str) -> Result<PodSpec> {
 
 /// `podman run` arguments for the spec.
 pub fn podman_run_args(spec: &PodSpec, image: &str) -> Vec<String> {
-    let mut args: Vec<String> = ["--runtime", "runc", "run", "-d", "--name", NAME]
+    podman_run_args_named(spec, image, NAME)
+}
+
+/// `podman run` arguments for the spec, the container named `name`.
+pub fn podman_run_args_named(spec: &PodSpec, image: &str, name: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--runtime", "runc", "run", "-d", "--name", name]
         .map(String::from)
         .to_vec();
     if spec.host_network {
@@ -174,7 +180,21 @@ pub fn run_as_manifest_says(image: &str) -> Result<()> {
         run.join(" ")
     );
     podman(&run)?;
-    let result = exercise(&spec);
+    let result = exercise(&spec).and_then(|()| {
+        let named = crate::image_workloads::check(&spec, image, metrics_port(&spec.args)?)?;
+        println!(
+            "xtask: Prometheus scraped the container's /metrics: {} connections of pod \
+             shop/cart-{} and {} of a podman container, under their names",
+            named.pod_connections,
+            std::process::id(),
+            named.container_connections
+        );
+        println!(
+            "xtask: the image as `flows --pod`: {}\nxtask: then: {}",
+            named.waiting_notice, named.pod_flow
+        );
+        Ok(())
+    });
     let logs = Command::new("podman").args(["logs", NAME]).output();
     let _ = Command::new("podman").args(["rm", "-f", NAME]).output();
     let logs = logs

@@ -14,6 +14,7 @@ mod bench;
 mod guest;
 mod image;
 mod image_check;
+mod image_workloads;
 mod install;
 mod oldkernels;
 mod setup;
@@ -279,7 +280,7 @@ fn test(args: &[OsString]) -> Result<()> {
     );
     own(
         image_check::check(&workspace_root().join("target/debug/tcptrace")),
-        "the image (cargo xtask image) run as deploy/daemonset.yaml says traces and serves /metrics",
+        "the image (cargo xtask image) run as deploy/daemonset.yaml says traces and serves /metrics, names a pod and a podman container to a real Prometheus, and waits for a pod as `flows --pod`",
         "the image run as deploy/daemonset.yaml says",
     );
     // The short soak: the debug build under 60 s of load, a burst and idle.

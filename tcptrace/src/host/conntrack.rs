@@ -13,7 +13,10 @@ use netlink_packet_utils::nla::{NlaBuffer, NlasIterator};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use serde::{Deserialize, Serialize};
 
-use crate::host::nat_rules::{self, SourceNatRule};
+use crate::host::{
+    nat_rules::{self, SourceNatRule},
+    netlink,
+};
 use crate::model::{
     nat::Conntrack,
     tcp::{Endpoint, FlowAddrs},
@@ -412,31 +415,10 @@ fn is_denied(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM))
 }
 
-/// Sends `request` to the kernel on the netlink socket `raw`.
-pub fn send_to_kernel(raw: i32, request: &[u8]) -> std::io::Result<()> {
-    // SAFETY: a send of our buffer on our socket (to the kernel: a zeroed sockaddr_nl).
-    let sent = unsafe {
-        let mut to: libc::sockaddr_nl = std::mem::zeroed();
-        to.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            raw,
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-            (&raw const to).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    match sent < 0 {
-        true => Err(std::io::Error::last_os_error()),
-        false => Ok(()),
-    }
-}
-
 /// One request and its response on `fd`.
 fn ask(fd: &OwnedFd, request: &[u8]) -> Result<Option<Conntrack>> {
     let raw = fd.as_raw_fd();
-    send_to_kernel(raw, request).context("ctnetlink send")?;
+    netlink::send_to_kernel(raw, request).context("ctnetlink send")?;
     let mut buf = [0u8; 4096];
     // SAFETY: a receive into our buffer; the kernel answers a GET before sendto returns.
     let got = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };

@@ -3,7 +3,7 @@
 //! id is first looked up directly (its kernfs file handle), so that a container living a few
 //! milliseconds between two walks is still named.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -20,10 +20,39 @@ use crate::{
 
 /// The least time between two walks of the cgroup tree.
 const MIN_RESCAN: Duration = Duration::from_secs(1);
+/// The least time between two second looks at an incomplete identity (a pod's cgroup made
+/// before its log directories or its container's log link: named once they are there).
+const MIN_RETRY: Duration = Duration::from_millis(100);
 /// How deep the walk goes (the kubelet's deepest is 4 or 5 below the root).
 const MAX_DEPTH: usize = 12;
-/// At most this many cgroups are kept (a node has hundreds to a few thousands).
+/// At most this many cgroups are kept (a node has hundreds to a few thousands live). When
+/// full, the cgroups gone longest are forgotten first (their late flows, if any, are then
+/// named by their cgroup id); `TCPTRACE_TEST_MAX_IDENTITIES` lowers it for the tests.
 const MAX_CGROUPS: usize = 200_000;
+
+fn max_cgroups() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("TCPTRACE_TEST_MAX_IDENTITIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_CGROUPS)
+    })
+}
+
+/// What the cache holds and forgot, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityCache {
+    /// Identities held now, of them of cgroups gone (kept for their late flows), and the
+    /// most held.
+    pub cached: u64,
+    pub gone: u64,
+    pub limit: u64,
+    /// Gone cgroups' identities forgotten to make room, and cgroups not cached for want of
+    /// room (every one held still live).
+    pub forgotten: u64,
+    pub not_cached: u64,
+}
 
 /// Where identities come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +100,19 @@ pub struct IdentityResolver {
     /// Ids not found by the last walk: not looked for again before the next.
     missing: HashSet<u64>,
     last_walk: Option<Instant>,
+    /// Cached ids whose cgroup a walk found gone, oldest first: forgotten first when full.
+    gone: VecDeque<u64>,
+    gone_set: HashSet<u64>,
+    forgotten: u64,
+    not_cached: u64,
+    /// The most identities held.
+    limit: usize,
+    /// When an incomplete identity was last looked at again.
+    last_retry: Option<Instant>,
+    /// Looking a cgroup up by its id was refused (no CAP_DAC_READ_SEARCH): not tried again.
+    by_id_refused: bool,
+    /// That refusal, not said yet.
+    unsaid: Option<String>,
 }
 
 impl IdentityResolver {
@@ -81,6 +123,65 @@ impl IdentityResolver {
             known: HashMap::new(),
             missing: HashSet::new(),
             last_walk: None,
+            gone: VecDeque::new(),
+            gone_set: HashSet::new(),
+            forgotten: 0,
+            not_cached: 0,
+            limit: max_cgroups(),
+            last_retry: None,
+            by_id_refused: false,
+            unsaid: None,
+        }
+    }
+
+    /// A refusal not said yet (said once, on stderr).
+    pub fn take_unsaid(&mut self) -> Option<String> {
+        self.unsaid.take()
+    }
+
+    /// What the cache holds and forgot.
+    pub fn cache(&self) -> IdentityCache {
+        IdentityCache {
+            cached: self.known.len() as u64,
+            gone: self.gone.len() as u64,
+            limit: self.limit as u64,
+            forgotten: self.forgotten,
+            not_cached: self.not_cached,
+        }
+    }
+
+    /// Room for one more identity: the cgroup gone longest is forgotten when full. Returns
+    /// whether there is room.
+    fn make_room(&mut self) -> bool {
+        if self.known.len() >= self.limit && self.gone.is_empty() && self.may_walk() {
+            // Full, with no cgroup known to be gone: a walk finds which are.
+            self.last_walk = Some(Instant::now());
+            if let Some(sources) = &self.sources {
+                let mut found = Vec::new();
+                walk_tree(&sources.cgroup_root, &mut found);
+                self.mark_gone(found.iter().map(|(id, _)| *id).collect());
+            }
+        }
+        while self.known.len() >= self.limit {
+            let Some(oldest) = self.gone.pop_front() else {
+                self.not_cached += 1;
+                return false;
+            };
+            self.gone_set.remove(&oldest);
+            if self.known.remove(&oldest).is_some() {
+                self.forgotten += 1;
+            }
+        }
+        true
+    }
+
+    /// Cached cgroups a walk did not find (`live`: those it found) are gone: kept for their
+    /// late flows, and forgotten first when the cache is full.
+    fn mark_gone(&mut self, live: HashSet<u64>) {
+        for id in self.known.keys() {
+            if !live.contains(id) && self.gone_set.insert(*id) {
+                self.gone.push_back(*id);
+            }
         }
     }
 
@@ -88,9 +189,11 @@ impl IdentityResolver {
     pub fn recorded() -> IdentityResolver {
         IdentityResolver {
             sources: None,
-            known: HashMap::new(),
-            missing: HashSet::new(),
-            last_walk: None,
+            ..IdentityResolver::new(IdentitySources {
+                cgroup_root: PathBuf::new(),
+                pod_logs: PathBuf::new(),
+                container_logs: PathBuf::new(),
+            })
         }
     }
 
@@ -106,8 +209,11 @@ impl IdentityResolver {
             return (Workload::default(), false);
         }
         if let Some(identity) = self.known.get(&cgroup) {
-            if !identity.incomplete() || !self.may_walk() {
+            if !identity.incomplete() {
                 return (Workload::resolved(cgroup, identity.clone()), false);
+            }
+            if !self.may_walk() {
+                return self.retry(cgroup);
             }
         } else if !self.missing.contains(&cgroup) {
             if let Some(identity) = self.look_up(cgroup) {
@@ -133,6 +239,24 @@ impl IdentityResolver {
         }
     }
 
+    /// An incomplete identity looked at again (its path, the log directories as they are
+    /// now), at most every [`MIN_RETRY`]: the cached one otherwise.
+    fn retry(&mut self, cgroup: u64) -> (Workload, bool) {
+        let Some(known) = self.known.get(&cgroup).cloned() else {
+            return (Workload::unresolved(cgroup), false);
+        };
+        let due = self.last_retry.is_none_or(|at| at.elapsed() >= MIN_RETRY);
+        let Some(sources) = self.sources.as_ref().filter(|_| due) else {
+            return (Workload::resolved(cgroup, known), false);
+        };
+        self.last_retry = Some(Instant::now());
+        let directory = PodDirectory::read(&sources.pod_logs, &sources.container_logs);
+        let again = Arc::new(directory.identify(cgroup, &known.path));
+        let new = again != known;
+        self.known.insert(cgroup, again.clone());
+        (Workload::resolved(cgroup, again), new)
+    }
+
     /// The workload of a cgroup id as the cache knows it now (no walk).
     pub fn cached(&self, cgroup: u64) -> Workload {
         match self.known.get(&cgroup) {
@@ -143,11 +267,24 @@ impl IdentityResolver {
 
     /// One cgroup found by its id alone, without a walk (the cache's bounds apply).
     fn look_up(&mut self, cgroup: u64) -> Option<Arc<Identity>> {
-        let sources = self.sources.as_ref()?;
-        if self.known.len() >= MAX_CGROUPS {
+        self.sources.as_ref()?;
+        if !self.make_room() {
             return None;
         }
-        let path = path_of_id(&sources.cgroup_root, cgroup)?;
+        let sources = self.sources.as_ref().filter(|_| !self.by_id_refused)?;
+        let path = match path_of_id(&sources.cgroup_root, cgroup) {
+            Ok(path) => path?,
+            Err(e) => {
+                self.by_id_refused = true;
+                self.unsaid = Some(format!(
+                    "cgroups cannot be named by their id ({e}: open_by_handle_at needs \
+                     CAP_DAC_READ_SEARCH): they are named by walking the cgroup tree, once a \
+                     second, and a container or pod that connects and goes within a second of \
+                     starting stays unnamed (cgroup:ID)"
+                ));
+                return None;
+            }
+        };
         let directory = PodDirectory::read(&sources.pod_logs, &sources.container_logs);
         let identity = Arc::new(directory.identify(cgroup, &path));
         self.known.insert(cgroup, identity.clone());
@@ -156,6 +293,15 @@ impl IdentityResolver {
 
     fn may_walk(&self) -> bool {
         self.sources.is_some() && self.last_walk.is_none_or(|at| at.elapsed() >= MIN_RESCAN)
+    }
+
+    /// Once a second (the housekeeping's tick): the tree walked unless a walk was just made
+    /// (half a second: a tick a little early must not skip a second).
+    pub fn walk_if_due(&mut self) {
+        let due = (self.last_walk).is_none_or(|at| at.elapsed() >= MIN_RESCAN / 2);
+        if self.sources.is_some() && due {
+            self.walk();
+        }
     }
 
     /// Every cgroup of the tree now, walked afresh (the filters resolve names with it).
@@ -168,13 +314,14 @@ impl IdentityResolver {
         let directory = PodDirectory::read(&sources.pod_logs, &sources.container_logs);
         let mut found = Vec::new();
         walk_tree(&sources.cgroup_root, &mut found);
+        self.mark_gone(found.iter().map(|(id, _)| *id).collect());
         let mut now = Vec::with_capacity(found.len());
         for (id, path) in found {
             let identity = match self.known.get(&id) {
                 Some(known) if known.path == path && !known.incomplete() => known.clone(),
                 _ => {
                     let identity = Arc::new(directory.identify(id, &path));
-                    if self.known.len() < MAX_CGROUPS || self.known.contains_key(&id) {
+                    if self.known.contains_key(&id) || self.make_room() {
                         self.known.insert(id, identity.clone());
                     }
                     identity
@@ -188,8 +335,9 @@ impl IdentityResolver {
 
 /// The path below `root` of the cgroup whose id is `id`, found directly: a cgroup v2 id is its
 /// kernfs node id, which `open_by_handle_at` takes as a file handle (`FILEID_KERNFS`; it needs
-/// CAP_DAC_READ_SEARCH). `None` when the cgroup is gone or the call is refused.
-fn path_of_id(root: &Path, id: u64) -> Option<String> {
+/// CAP_DAC_READ_SEARCH). `Ok(None)` when the cgroup is gone; an error when the call is
+/// refused.
+fn path_of_id(root: &Path, id: u64) -> std::io::Result<Option<String>> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     /// `struct file_handle` with its 8 bytes of handle.
     #[repr(C)]
@@ -199,7 +347,9 @@ fn path_of_id(root: &Path, id: u64) -> Option<String> {
         id: u64,
     }
     const FILEID_KERNFS: i32 = 0xfe;
-    let mount = fs::File::open(root).ok()?;
+    let Ok(mount) = fs::File::open(root) else {
+        return Ok(None);
+    };
     let mut handle = KernfsHandle {
         bytes: 8,
         kind: FILEID_KERNFS,
@@ -210,13 +360,21 @@ fn path_of_id(root: &Path, id: u64) -> Option<String> {
     // the mount's descriptor is open.
     let fd = unsafe { libc::open_by_handle_at(mount.as_raw_fd(), (&raw mut handle).cast(), flags) };
     if fd < 0 {
-        return None;
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EPERM) => Err(e),
+            _ => Ok(None),
+        };
     }
     // SAFETY: a descriptor the call just opened, ours to close.
     let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-    let full = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
-    let below = full.strip_prefix(root).ok()?;
-    Some(format!("/{}", below.display()))
+    let Ok(full) = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        return Ok(None);
+    };
+    Ok(full
+        .strip_prefix(root)
+        .ok()
+        .map(|below| format!("/{}", below.display())))
 }
 
 /// (id, path below the root) of every cgroup under `root`, the root included.
@@ -261,7 +419,56 @@ mod tests {
         let id = fs::metadata(root.join(path.trim_start_matches('/')))
             .expect("our cgroup's directory")
             .ino();
-        assert_eq!(path_of_id(&root, id).as_deref(), Some(path.as_str()));
-        assert_eq!(path_of_id(&root, u64::MAX - 1), None, "no such cgroup");
+        let found = path_of_id(&root, id).expect("not refused to root");
+        assert_eq!(found.as_deref(), Some(path.as_str()));
+        let none = path_of_id(&root, u64::MAX - 1).expect("not refused");
+        assert_eq!(none, None, "no such cgroup");
+    }
+
+    /// A full cache forgets the cgroups gone longest first, and says what it forgot; with
+    /// every one held still live, a new cgroup is counted, not cached.
+    #[test]
+    fn a_full_cache_forgets_the_cgroups_gone_longest_first() {
+        // Real cgroups: their ids (inodes) are never reused, as a plain directory's can be.
+        let root = cgroup2_mount().expect("cgroup v2 is mounted here");
+        let dir = root.join(format!("tcptrace-idcache-{}", std::process::id()));
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir).expect("a cgroup (as root)");
+        for name in ["a", "b", "c"] {
+            fs::create_dir(dir.join(name)).expect("a cgroup");
+        }
+        let ino = |name: &str| fs::metadata(dir.join(name)).expect("meta").ino();
+        let mut ids = IdentityResolver::new(IdentitySources {
+            cgroup_root: dir.clone(),
+            pod_logs: dir.join("none"),
+            container_logs: dir.join("none"),
+        });
+        ids.limit = 4;
+        ids.walk();
+        assert_eq!(ids.cache().cached, 4, "the root and a, b, c");
+        let (a, b) = (ino("a"), ino("b"));
+        fs::remove_dir(dir.join("a")).expect("rmdir a");
+        ids.walk();
+        fs::remove_dir(dir.join("b")).expect("rmdir b");
+        fs::create_dir(dir.join("d")).expect("mkdir d");
+        ids.walk();
+        let cache = ids.cache();
+        assert_eq!((cache.cached, cache.forgotten), (4, 1), "{cache:?}");
+        assert!(!ids.known.contains_key(&a), "a, gone first, is forgotten");
+        assert!(
+            ids.known.contains_key(&b),
+            "b, gone since, is kept: {cache:?}"
+        );
+        assert!(ids.known.contains_key(&ino("d")));
+        for name in ["e", "f", "g"] {
+            fs::create_dir(dir.join(name)).expect("mkdir");
+        }
+        ids.walk();
+        let cache = ids.cache();
+        assert_eq!(cache.cached, 4, "{cache:?}");
+        assert!(cache.not_cached >= 2, "every one held is live: {cache:?}");
+        for name in ["c", "d", "e", "f", "g", ""] {
+            let _ = fs::remove_dir(dir.join(name));
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod facts;
 pub mod identity;
 pub mod identity_resolver;
 pub mod nat_rules;
+pub mod netlink;
 pub mod netns;
 pub mod netns_reader;
 pub mod netns_sockets;

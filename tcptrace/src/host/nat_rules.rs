@@ -355,13 +355,13 @@ fn xt_range(info: &[u8], revision: u32) -> Option<SourceNatRule> {
 pub fn read(fd: &OwnedFd, seq: u32) -> Result<Vec<SourceNatRule>> {
     let read = dump(fd.as_raw_fd(), seq);
     if read.is_err() {
-        drain_stale(fd.as_raw_fd());
+        super::netlink::drain_stale(fd.as_raw_fd());
     }
     read
 }
 
 fn dump(raw: i32, seq: u32) -> Result<Vec<SourceNatRule>> {
-    super::conntrack::send_to_kernel(raw, &dump_request(seq)).context("nf_tables dump request")?;
+    super::netlink::send_to_kernel(raw, &dump_request(seq)).context("nf_tables dump request")?;
     let mut rules = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // A dump's batches: the first is ready when sendto returns, each receive makes the next.
@@ -377,19 +377,6 @@ fn dump(raw: i32, seq: u32) -> Result<Vec<SourceNatRule>> {
         }
     }
     bail!("nf_tables dump: no end after 10,000 batches")
-}
-
-/// Throws away what an earlier request left unread on the socket.
-fn drain_stale(raw: i32) {
-    let mut buf = [0u8; 4096];
-    for _ in 0..1_000 {
-        // SAFETY: a receive into our buffer, never blocking.
-        let got =
-            unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if got <= 0 {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub(super) fn write_summary(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     write_lost(o, s)?;
     write_listeners(o, s)?;
     write_nat(o, s)?;
+    write_identities(o, s)?;
     write_packets(o, s)?;
     write_port_failures(o, s)?;
     write_time_wait(o, s)?;
@@ -106,6 +107,19 @@ fn write_lost(o: &mut impl Write, s: &Summary) -> io::Result<()> {
 }
 
 /// conntrack lookups for NATed flows and drops, where any table held entries.
+/// The identities' cache, where it forgot or could not hold some (nothing lost silently).
+fn write_identities(o: &mut impl Write, s: &Summary) -> io::Result<()> {
+    match &s.identities {
+        Some(i) if i.forgotten > 0 || i.not_cached > 0 => writeln!(
+            o,
+            "identities: {} cached ({} of cgroups gone), {} of gone cgroups forgotten, {} not \
+             cached (at most {})",
+            i.cached, i.gone, i.forgotten, i.not_cached, i.limit
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn write_nat(o: &mut impl Write, s: &Summary) -> io::Result<()> {
     if let Some(n) = &s.nat {
         writeln!(

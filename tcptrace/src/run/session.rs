@@ -248,19 +248,8 @@ impl<'c> Session<'c> {
                     }
                     None => break Stop::Requested, // the consumer's input is gone
                 },
-                guard = self.ring.readable_mut() => {
-                    let mut guard = guard.context("waiting on the ring buffer")?;
-                    match self.dispatch.drain(guard.get_inner_mut(), consumer, DRAIN_BATCH) {
-                        Ok(true) => {}
-                        Ok(false) => guard.clear_ready(),
-                        Err(e) => break stop_for(e)?,
-                    }
-                }
-                _ = timers.poll.tick() => {
-                    if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH) {
-                        break stop_for(e)?;
-                    }
-                }
+                // The timers before the ring: a ring never empty (a drain slower than the
+                // records come) must not starve the once-a-second work.
                 _ = next_tick(&mut timers.gauges) => {
                     if let Err(e) = self.send_gauges(consumer) {
                         break stop_for(e)?;
@@ -278,6 +267,19 @@ impl<'c> Session<'c> {
                 }
                 _ = next_tick(&mut timers.idle) => {
                     if let Err(e) = self.send_idle_report(consumer) {
+                        break stop_for(e)?;
+                    }
+                }
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    match self.dispatch.drain(guard.get_inner_mut(), consumer, DRAIN_BATCH) {
+                        Ok(true) => {}
+                        Ok(false) => guard.clear_ready(),
+                        Err(e) => break stop_for(e)?,
+                    }
+                }
+                _ = timers.poll.tick() => {
+                    if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH) {
                         break stop_for(e)?;
                     }
                 }
@@ -301,27 +303,6 @@ impl<'c> Session<'c> {
     /// untracked flows and losses, then the consumer's tick.
     /// `--pod`, `--namespace`, `--container`: the cgroups they name, read again (pods come
     /// and go, a restarted pod has a new UID and cgroup).
-    fn follow_workloads<C: Consumer>(&mut self, consumer: &mut C) -> Result<()> {
-        let filter = &self.config.filter.workloads;
-        if filter.is_empty() {
-            return Ok(());
-        }
-        let now = filter.select(&self.dispatch.identities.walk());
-        if now == self.workload_cgroups {
-            return Ok(());
-        }
-        self.tracer
-            .set_workload_cgroups(&self.workload_cgroups, &now)?;
-        if now.is_empty() {
-            consumer.warning(&format!(
-                "no workload matches {} now: nothing is traced until one does",
-                filter.describe()
-            ));
-        }
-        self.workload_cgroups = now;
-        Ok(())
-    }
-
     fn housekeeping<C: Consumer>(&mut self, consumer: &mut C) -> Result<Flow> {
         let kernel = self.tracer.counters()?;
         let now = Clock::ktime_now();
@@ -484,6 +465,7 @@ impl<'c> Session<'c> {
         summary.flows.evicted = self.evictor.evicted;
         summary.filters = (!self.config.filter.is_empty()).then(|| self.config.filter.describe());
         summary.startup = Some(self.startup);
+        summary.identities = Some(self.dispatch.identities.cache()).filter(|c| c.cached > 0);
         summary.listen = self
             .upkeep
             .as_ref()
@@ -491,6 +473,9 @@ impl<'c> Session<'c> {
         Ok(summary)
     }
 }
+
+#[path = "session_workloads.rs"]
+mod workloads;
 
 #[path = "session_said.rs"]
 mod said;

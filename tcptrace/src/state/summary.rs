@@ -74,6 +74,8 @@ pub struct Summary {
     /// conntrack entries looked up for NATed flows and drops, where any namespace's table
     /// held entries.
     pub nat: Option<NatLookups>,
+    /// The workload identities' cache (live, where cgroups are named).
+    pub identities: Option<crate::host::identity_resolver::IdentityCache>,
 }
 
 /// What the conntrack lookups (a flow's or a drop's addresses past a NAT) did.

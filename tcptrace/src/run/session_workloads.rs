@@ -1,0 +1,37 @@
+//! The session's once-a-second work on workloads: the cgroup tree walked (cgroups named
+//! while they live), and the workload filters (`--pod`, `--namespace`, `--container`)
+//! following the pods as they come and go.
+use anyhow::Result;
+
+use crate::output::consumer::Consumer;
+
+use super::Session;
+
+impl Session<'_> {
+    pub(super) fn follow_workloads<C: Consumer>(&mut self, consumer: &mut C) -> Result<()> {
+        if let Some(said) = self.dispatch.identities.take_unsaid() {
+            consumer.warning(&said);
+        }
+        let filter = &self.config.filter.workloads;
+        if filter.is_empty() {
+            // Cgroups named while they live: a pod gone before its records are read keeps
+            // its name (they wait in the ring, and a busy drain lags).
+            self.dispatch.identities.walk_if_due();
+            return Ok(());
+        }
+        let now = filter.select(&self.dispatch.identities.walk());
+        if now == self.workload_cgroups {
+            return Ok(());
+        }
+        self.tracer
+            .set_workload_cgroups(&self.workload_cgroups, &now)?;
+        if now.is_empty() {
+            consumer.warning(&format!(
+                "no workload matches {} now: nothing is traced until one does",
+                filter.describe()
+            ));
+        }
+        self.workload_cgroups = now;
+        Ok(())
+    }
+}
