@@ -120,8 +120,37 @@ impl Drop for FakePod {
     }
 }
 
-/// The busybox image (Debian's busybox-static, installed by `cargo xtask setup`).
+/// A podman container (busybox) that connects once to `port` on loopback as it starts, and
+/// exits a second later; waits for it.
+pub fn container_connects(port: u16) -> Result<()> {
+    let image = busybox_image()?;
+    let script = format!("echo x | nc 127.0.0.1 {port}; sleep 1");
+    let args = [
+        &["--runtime", "runc", "run", "--rm"][..],
+        &PODMAN_RUN,
+        &[image, "sh", "-c", &script],
+    ]
+    .concat();
+    podman(&args).map(drop)
+}
+
+/// `podman run`'s options for the busybox containers: the host's network, and the limits a
+/// runtime keeps (podman's defaults raise them past what a capability-less run may).
+const PODMAN_RUN: [&str; 6] = [
+    "--network",
+    "host",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// The busybox image (Debian's busybox-static, installed by `cargo xtask setup`), built once.
 fn busybox_image() -> Result<&'static str> {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if BUILT.get().is_some() {
+        return Ok(BUSYBOX);
+    }
     let dir = std::env::temp_dir().join(format!("tcptrace-busybox-{}", std::process::id()));
     let bin = dir.join("rootfs/bin");
     fs::create_dir_all(&bin)?;
@@ -141,6 +170,7 @@ fn busybox_image() -> Result<&'static str> {
     }
     podman(&["import", path(&tar)?, BUSYBOX])?;
     let _ = fs::remove_dir_all(&dir);
+    let _ = BUILT.set(());
     Ok(BUSYBOX)
 }
 
@@ -320,22 +350,14 @@ pub fn check(spec: &PodSpec, image: &str, metrics_port: u16) -> Result<Named> {
         let pod = FakePod::new(namespace, &name, "app")?;
         thread::sleep(Duration::from_millis(1_500));
         let mut load = pod.connect(port, 10)?;
-        let container = podman(&[
-            "--runtime",
-            "runc",
-            "run",
-            "-d",
-            "--network",
-            "host",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            busybox,
-            "sh",
-            "-c",
-            &format!("for i in 1 2 3 4 5; do echo x | nc 127.0.0.1 {port}; done; sleep 2"),
-        ])?;
+        let script = format!("for i in 1 2 3 4 5; do echo x | nc 127.0.0.1 {port}; done; sleep 2");
+        let args = [
+            &["--runtime", "runc", "run", "-d"][..],
+            &PODMAN_RUN,
+            &[busybox, "sh", "-c", &script],
+        ]
+        .concat();
+        let container = podman(&args)?;
         let short = container.get(..12).unwrap_or(&container).to_string();
         let loaded = load.wait()?;
         if !loaded.success() {

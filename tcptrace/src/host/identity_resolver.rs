@@ -109,10 +109,14 @@ pub struct IdentityResolver {
     limit: usize,
     /// When an incomplete identity was last looked at again.
     last_retry: Option<Instant>,
-    /// Looking a cgroup up by its id was refused (no CAP_DAC_READ_SEARCH): not tried again.
-    by_id_refused: bool,
-    /// That refusal, not said yet.
+    /// Looking a cgroup up by its id was refused (no CAP_DAC_READ_SEARCH): not tried again;
+    /// the error, and the ids met since (a few), until one proves a container's or pod's.
+    by_id_refused: Option<String>,
+    refused_ids: Vec<u64>,
+    /// That refusal, once it mattered (a container's or pod's cgroup), not said yet; and
+    /// whether it was (said once).
     unsaid: Option<String>,
+    refusal_said: bool,
 }
 
 impl IdentityResolver {
@@ -129,8 +133,48 @@ impl IdentityResolver {
             not_cached: 0,
             limit: max_cgroups(),
             last_retry: None,
-            by_id_refused: false,
+            by_id_refused: None,
+            refused_ids: Vec::new(),
             unsaid: None,
+            refusal_said: false,
+        }
+    }
+
+    /// A cgroup that could not be looked up by its id: remembered (a few) until a walk says
+    /// whether it is a container's or a pod's.
+    fn refused(&mut self, cgroup: u64) {
+        if !self.refusal_said && self.refused_ids.len() < 64 && !self.refused_ids.contains(&cgroup)
+        {
+            self.refused_ids.push(cgroup);
+        }
+    }
+
+    /// After a walk: the refusal is said once it mattered — a container's or a pod's cgroup
+    /// (its flows before the walk showed `cgroup:ID`), or a cgroup gone before any walk
+    /// found it (never named).
+    fn judge_refusal(&mut self) {
+        let Some(error) = &self.by_id_refused else {
+            return;
+        };
+        let mattered = self
+            .refused_ids
+            .iter()
+            .find_map(|id| match self.known.get(id) {
+                Some(i) if i.container_id.is_some() || i.pod_uid.is_some() => Some(i.label()),
+                Some(_) => None,
+                None => Some(format!("cgroup:{id}, gone before the walk")),
+            });
+        if let Some(first) = mattered {
+            self.unsaid = Some(format!(
+                "cgroups cannot be named by their id ({error}: open_by_handle_at needs \
+                 CAP_DAC_READ_SEARCH): a new container's or pod's flows are named from the \
+                 next walk of the cgroup tree (once a second), show cgroup:ID before it, and \
+                 one gone before it is never named (first: {first})"
+            ));
+            self.refused_ids = Vec::new();
+            self.refusal_said = true;
+        } else {
+            self.refused_ids.clear();
         }
     }
 
@@ -271,17 +315,16 @@ impl IdentityResolver {
         if !self.make_room() {
             return None;
         }
-        let sources = self.sources.as_ref().filter(|_| !self.by_id_refused)?;
+        if self.by_id_refused.is_some() {
+            self.refused(cgroup);
+            return None;
+        }
+        let sources = self.sources.as_ref()?;
         let path = match path_of_id(&sources.cgroup_root, cgroup) {
             Ok(path) => path?,
             Err(e) => {
-                self.by_id_refused = true;
-                self.unsaid = Some(format!(
-                    "cgroups cannot be named by their id ({e}: open_by_handle_at needs \
-                     CAP_DAC_READ_SEARCH): they are named by walking the cgroup tree, once a \
-                     second, and a container or pod that connects and goes within a second of \
-                     starting stays unnamed (cgroup:ID)"
-                ));
+                self.by_id_refused = Some(e.to_string());
+                self.refused(cgroup);
                 return None;
             }
         };
@@ -328,6 +371,9 @@ impl IdentityResolver {
                 }
             };
             now.push(identity);
+        }
+        if !self.refusal_said && !self.refused_ids.is_empty() {
+            self.judge_refusal();
         }
         now
     }
@@ -403,72 +449,5 @@ fn walk_tree(root: &Path, found: &mut Vec<(u64, String)>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// This process's own cgroup, found by its id alone, is the path /proc/self/cgroup names.
-    #[test]
-    fn a_cgroup_is_found_by_its_id() {
-        let root = cgroup2_mount().expect("cgroup v2 is mounted here");
-        let own = fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-        let path = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .expect("a cgroup v2 line")
-            .to_string();
-        let id = fs::metadata(root.join(path.trim_start_matches('/')))
-            .expect("our cgroup's directory")
-            .ino();
-        let found = path_of_id(&root, id).expect("not refused to root");
-        assert_eq!(found.as_deref(), Some(path.as_str()));
-        let none = path_of_id(&root, u64::MAX - 1).expect("not refused");
-        assert_eq!(none, None, "no such cgroup");
-    }
-
-    /// A full cache forgets the cgroups gone longest first, and says what it forgot; with
-    /// every one held still live, a new cgroup is counted, not cached.
-    #[test]
-    fn a_full_cache_forgets_the_cgroups_gone_longest_first() {
-        // Real cgroups: their ids (inodes) are never reused, as a plain directory's can be.
-        let root = cgroup2_mount().expect("cgroup v2 is mounted here");
-        let dir = root.join(format!("tcptrace-idcache-{}", std::process::id()));
-        let _ = fs::remove_dir(&dir);
-        fs::create_dir(&dir).expect("a cgroup (as root)");
-        for name in ["a", "b", "c"] {
-            fs::create_dir(dir.join(name)).expect("a cgroup");
-        }
-        let ino = |name: &str| fs::metadata(dir.join(name)).expect("meta").ino();
-        let mut ids = IdentityResolver::new(IdentitySources {
-            cgroup_root: dir.clone(),
-            pod_logs: dir.join("none"),
-            container_logs: dir.join("none"),
-        });
-        ids.limit = 4;
-        ids.walk();
-        assert_eq!(ids.cache().cached, 4, "the root and a, b, c");
-        let (a, b) = (ino("a"), ino("b"));
-        fs::remove_dir(dir.join("a")).expect("rmdir a");
-        ids.walk();
-        fs::remove_dir(dir.join("b")).expect("rmdir b");
-        fs::create_dir(dir.join("d")).expect("mkdir d");
-        ids.walk();
-        let cache = ids.cache();
-        assert_eq!((cache.cached, cache.forgotten), (4, 1), "{cache:?}");
-        assert!(!ids.known.contains_key(&a), "a, gone first, is forgotten");
-        assert!(
-            ids.known.contains_key(&b),
-            "b, gone since, is kept: {cache:?}"
-        );
-        assert!(ids.known.contains_key(&ino("d")));
-        for name in ["e", "f", "g"] {
-            fs::create_dir(dir.join(name)).expect("mkdir");
-        }
-        ids.walk();
-        let cache = ids.cache();
-        assert_eq!(cache.cached, 4, "{cache:?}");
-        assert!(cache.not_cached >= 2, "every one held is live: {cache:?}");
-        for name in ["c", "d", "e", "f", "g", ""] {
-            let _ = fs::remove_dir(dir.join(name));
-        }
-    }
-}
+#[path = "identity_resolver_tests.rs"]
+mod tests;

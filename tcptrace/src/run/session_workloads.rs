@@ -9,17 +9,23 @@ use super::Session;
 
 impl Session<'_> {
     pub(super) fn follow_workloads<C: Consumer>(&mut self, consumer: &mut C) -> Result<()> {
+        let filter = &self.config.filter.workloads;
+        let walked = match filter.is_empty() {
+            // Cgroups named while they live: a pod gone before its records are read keeps
+            // its name (they wait in the ring, and a busy drain lags).
+            true => {
+                self.dispatch.identities.walk_if_due();
+                None
+            }
+            false => Some(self.dispatch.identities.walk()),
+        };
         if let Some(said) = self.dispatch.identities.take_unsaid() {
             consumer.warning(&said);
         }
-        let filter = &self.config.filter.workloads;
-        if filter.is_empty() {
-            // Cgroups named while they live: a pod gone before its records are read keeps
-            // its name (they wait in the ring, and a busy drain lags).
-            self.dispatch.identities.walk_if_due();
+        let Some(walked) = walked else {
             return Ok(());
-        }
-        let now = filter.select(&self.dispatch.identities.walk());
+        };
+        let now = filter.select(&walked);
         if now == self.workload_cgroups {
             return Ok(());
         }
