@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: connections/s with the tracer off and on, alternating in one run, for
 //! each output mode; kernel ns per event, userspace CPU per event, peak RSS, lost records;
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
+mod bulk;
 mod conntrack;
 mod loadgen;
 mod memory;
@@ -22,7 +23,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use serde::Serialize;
 
 use loadgen::LoadResult;
 pub use loadgen::{load_only, raise_nofile, run_clients, Server};
@@ -52,15 +52,19 @@ pub struct BenchArgs {
     /// Skip the bpftrace reference row.
     #[arg(long)]
     no_bpftrace: bool,
+    /// Only the bulk-transfer rows (each mode's program runs a second while long flows move
+    /// data and none opens or closes), written to target/bench/bulk.json.
+    #[arg(long)]
+    bulk_only: bool,
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, flows-no-drops,
     /// flows-conntrack (a 1M-entry conntrack table looked in at each flow's end), json, metrics, metrics-no-drops, metrics-vitals, record, flows-on-demand,
     /// metrics-on-demand, flows-socket, metrics-socket (flows in socket storage), filtered,
     /// floor, storage (flow-state probes), libbpf-tools (Debian's tcpstates and tcplife,
-    /// installed if missing), bpftrace.
+    /// installed if missing), bpftrace, bulk (long flows, no connection opened or closed).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,flows-no-drops,flows-conntrack,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace"
+        default_value = "transitions,flows,flows-no-tw,flows-no-drops,flows-conntrack,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace,bulk"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -68,70 +72,8 @@ pub struct BenchArgs {
     json: PathBuf,
 }
 
-#[derive(Serialize, Debug)]
-struct ModeRow {
-    mode: String,
-    command: String,
-    pairs: usize,
-    off_conn_per_s: Vec<f64>,
-    on_conn_per_s: Vec<f64>,
-    ratio_median: f64,
-    ratio_min: f64,
-    ratio_max: f64,
-    state_events_per_s: f64,
-    /// Records lost to a full ring buffer, and events the kernel skipped (None: not measured).
-    lost_ring: Option<u64>,
-    lost_skipped: Option<u64>,
-    user_cpu_ns_per_event: f64,
-    peak_rss_kib: u64,
-    /// Kernel time of the tracer's own programs per connection (bpf_stats, one flat-out
-    /// round of its own), its multiple of the empty hook's in the same run, and by program.
-    kernel_ns_per_connection: Option<f64>,
-    kernel_x_empty_hook: Option<f64>,
-    /// Program runs per connection (every hook of the mode), and what that many runs of the
-    /// empty program would cost as a multiple of the empty hook's time: the part of the
-    /// multiple that is the number of hooks run, before any of them does any work.
-    kernel_runs_per_connection: Option<f64>,
-    kernel_runs_x_empty_hook: Option<f64>,
-    kernel_by_program: Vec<steady::ProgramCost>,
-    /// Connections made in that round.
-    kernel_round_connections: u64,
-}
-
-#[derive(Serialize, Debug, Default)]
-struct Results {
-    machine: String,
-    kernel: String,
-    modes: Vec<ModeRow>,
-    kernel_ns_per_event: Option<f64>,
-    /// inet_sock_set_state's own cost per transition.
-    kernel_ns_per_transition: Option<f64>,
-    /// The same with the flow table allocated on demand.
-    kernel_ns_per_transition_on_demand: Option<f64>,
-    /// The same with flows in socket-local storage.
-    kernel_ns_per_transition_socket: Option<f64>,
-    kernel_programs: Vec<steady::ProgramCost>,
-    /// ns per run of an empty hook and of the flow-state probes (sk_storage, hash).
-    flow_state_probes: Vec<steady::ProgramCost>,
-    cpu_percent_at_10k: Option<f64>,
-    steady_cpu: Vec<steady::SteadyCpu>,
-    /// Each mode: the highest tried rate with nothing lost (ring or kernel-skipped).
-    lossless: Vec<steady::LosslessRate>,
-    bytes_per_tracked_flow: Option<f64>,
-    /// The default table: preallocated kernel memory per slot of --max-flows.
-    bytes_per_preallocated_flow: Option<f64>,
-    /// Flows in socket-local storage: kernel memory (slab and per-CPU) per live socket
-    /// beyond what the same sockets take untraced.
-    bytes_per_socket_flow: Option<f64>,
-    replay_events_per_s: Option<f64>,
-    replay_render_all_events_per_s: Option<f64>,
-    /// `tcptrace report` of the record row's files: records/s rendered as flows, and with
-    /// every record printed (states), one core.
-    report_flows_records_per_s: Option<f64>,
-    report_states_records_per_s: Option<f64>,
-    /// Bytes the record row wrote per record.
-    record_bytes_per_record: Option<f64>,
-}
+mod results;
+use results::{ModeRow, Results};
 
 /// Kernel time per transition: both `inet_sock_set_state` programs run for each (the second
 /// returns at once unless the first is interrupted); the kernel truncates both names to
@@ -351,6 +293,16 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         kernel: first_line(Command::new("uname").arg("-r")),
         ..Default::default()
     };
+    if args.bulk_only {
+        let rows = bulk::rows(&bench)?;
+        bulk::print(&rows);
+        let path = dir.join("bulk.json");
+        fs::write(
+            &path,
+            serde_json::to_string_pretty(&(&results.kernel, &rows))?,
+        )?;
+        return Ok(());
+    }
     // Warm up: bring TIME_WAIT to its steady state so that early rounds are not favoured.
     run_clients(
         &bench.server.ports,
@@ -488,11 +440,15 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
         &bench,
         args.live_connections,
     )?);
+    if wanted("bulk") {
+        results.bulk = bulk::rows(&bench)?;
+    }
     let (aggregate, render_all) = pipeline::replay(&bin)?;
     results.replay_events_per_s = Some(aggregate);
     results.replay_render_all_events_per_s = Some(render_all);
 
     table::print_table(&results);
+    bulk::print(&results.bulk);
     let json_path = crate::workspace_root().join(&args.json);
     if let Some(parent) = json_path.parent() {
         fs::create_dir_all(parent)?;

@@ -33,7 +33,7 @@ pub struct SteadyCpu {
 }
 
 /// `(prog_id, run_time_ns, run_cnt)` of every BPF program a process holds (its fdinfo).
-fn held_programs(pid: u32) -> Vec<(u32, u64, u64)> {
+pub(super) fn held_programs(pid: u32) -> Vec<(u32, u64, u64)> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
     };
@@ -73,15 +73,20 @@ pub fn programs_over_a_round(
     let before = held_programs(tracer.pid());
     let load = bench.load(None)?;
     let after = held_programs(tracer.pid());
-    // Names while the programs are loaded: bpftool's (whole, from the programs' BTF), else
-    // the kernel's 15 characters.
-    let mut names: HashMap<u32, String> = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
-        .collect();
-    names.extend(whole_program_names());
+    let names = program_names();
     tracer.stop()?;
     drop(stats);
+    let costs = costs_between(&before, after, &names);
+    let _ = fs::remove_file(&out);
+    Ok((costs, load.connections))
+}
+
+/// Each program's runs and ns per run between two reads of [`held_programs`], most run first.
+pub(super) fn costs_between(
+    before: &[(u32, u64, u64)],
+    after: Vec<(u32, u64, u64)>,
+    names: &HashMap<u32, String>,
+) -> Vec<ProgramCost> {
     let mut costs: Vec<ProgramCost> = after
         .into_iter()
         .filter_map(|(id, ns, runs)| {
@@ -98,8 +103,18 @@ pub fn programs_over_a_round(
         })
         .collect();
     costs.sort_by_key(|c| std::cmp::Reverse(c.runs));
-    let _ = fs::remove_file(&out);
-    Ok((costs, load.connections))
+    costs
+}
+
+/// Loaded programs' names by id, read while they are loaded: bpftool's (whole, from the
+/// programs' BTF), else the kernel's 15 characters.
+pub(super) fn program_names() -> HashMap<u32, String> {
+    let mut names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_string()))
+        .collect();
+    names.extend(whole_program_names());
+    names
 }
 
 /// Loaded programs' whole names by id, as bpftool reads them from each program's BTF (the
