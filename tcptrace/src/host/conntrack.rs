@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{
     nat_rules::{self, SourceNatRule},
-    netlink,
+    netlink::{self, attr, nested, netfilter_request, NLA_F_NESTED, NLMSG_ERROR, NLM_F_REQUEST},
 };
 use crate::model::{
     nat::Conntrack,
@@ -109,9 +109,6 @@ pub fn open_here() -> Result<OwnedFd> {
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 0x8000;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_STATUS: u16 = 3;
@@ -133,22 +130,6 @@ pub enum Direction {
     Original,
     /// As replies travel (after translation).
     Reply,
-}
-
-/// One attribute, padded to 4 bytes.
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-/// A nested attribute: `inner` writes its members.
-fn nested(buf: &mut Vec<u8>, kind: u16, inner: impl FnOnce(&mut Vec<u8>)) {
-    let mut members = Vec::new();
-    inner(&mut members);
-    attr(buf, kind | NLA_F_NESTED, &members);
 }
 
 /// The `IPCTNL_MSG_CT_GET` request for the entry whose `direction` tuple is `tuple`
@@ -182,16 +163,14 @@ pub fn get_request(tuple: &FlowAddrs, direction: Direction, seq: u32) -> Vec<u8>
         });
     });
     let family = if v4 { libc::AF_INET } else { libc::AF_INET6 } as u8;
-    let len = 16 + 4 + body.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[family, 0, 0, 0]);
-    msg.extend_from_slice(&body);
-    msg
+    netfilter_request(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST,
+        seq,
+        family,
+        &body,
+    )
 }
 
 /// The entry a response holds; `None` for "no such entry" (ENOENT); an error otherwise.
@@ -201,8 +180,7 @@ pub fn parse_response(msg: &[u8]) -> Result<Option<Conntrack>> {
     }
     let kind = u16::from_ne_bytes([msg[4], msg[5]]);
     if kind == NLMSG_ERROR {
-        let code = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
-        return match -code {
+        return match netlink::error_of(&msg[16..]) {
             0 | libc::ENOENT => Ok(None),
             errno => Err(std::io::Error::from_raw_os_error(errno)).context("ctnetlink lookup"),
         };

@@ -11,6 +11,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use netlink_packet_utils::nla::NlasIterator;
 
+use super::netlink::{
+    self, error_of, netfilter_request, NLA_F_NESTED, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+
 /// The ports a source NAT picks from when its rule names none (and the source port is not
 /// below 1024): `nf_nat_l4proto_unique_tuple`.
 pub const KERNEL_DEFAULT_PORTS: (u16, u16) = (1024, 65535);
@@ -108,11 +113,6 @@ pub fn ports_for(rules: Option<&[SourceNatRule]>, nat: IpAddr, seen: Option<u16>
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETRULE: u16 = 7;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
@@ -136,14 +136,8 @@ const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 
 /// The dump request of every rule of every family.
 pub fn dump_request(seq: u32) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(20);
-    msg.extend_from_slice(&20u32.to_ne_bytes());
-    msg.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[0, 0, 0, 0]);
-    msg
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
+    netfilter_request(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, flags, seq, 0, &[])
 }
 
 /// The source NAT rules of one batch of dump messages, added to `out`; returns whether the
@@ -169,16 +163,13 @@ pub fn parse_batch(batch: &[u8], seq: u32, out: &mut Vec<SourceNatRule>) -> Resu
         }
         match kind {
             NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let code = body
-                    .get(..4)
-                    .map_or(0, |c| i32::from_ne_bytes(c.try_into().expect("4 bytes")));
-                if code == 0 {
-                    continue;
+            NLMSG_ERROR => match error_of(body) {
+                0 => continue,
+                errno => {
+                    return Err(std::io::Error::from_raw_os_error(errno))
+                        .context("nf_tables rule dump")
                 }
-                return Err(std::io::Error::from_raw_os_error(-code))
-                    .context("nf_tables rule dump");
-            }
+            },
             _ => {
                 if let Some(rule) = parse_rule(body.get(4..).unwrap_or_default())? {
                     out.push(rule);
@@ -355,13 +346,13 @@ fn xt_range(info: &[u8], revision: u32) -> Option<SourceNatRule> {
 pub fn read(fd: &OwnedFd, seq: u32) -> Result<Vec<SourceNatRule>> {
     let read = dump(fd.as_raw_fd(), seq);
     if read.is_err() {
-        super::netlink::drain_stale(fd.as_raw_fd());
+        netlink::drain_stale(fd.as_raw_fd());
     }
     read
 }
 
 fn dump(raw: i32, seq: u32) -> Result<Vec<SourceNatRule>> {
-    super::netlink::send_to_kernel(raw, &dump_request(seq)).context("nf_tables dump request")?;
+    netlink::send_to_kernel(raw, &dump_request(seq)).context("nf_tables dump request")?;
     let mut rules = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // A dump's batches: the first is ready when sendto returns, each receive makes the next.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::host::netlink::attr;
 
 /// A dump captured on this kernel from a namespace where iptables-nft (1.8.9) added, in
 /// order: `-t nat -A POSTROUTING -o lo -p tcp -j MASQUERADE --to-ports 40000-40003`,
@@ -42,13 +43,6 @@ fn iptables_nft_targets_are_read_with_their_ports_and_addresses() {
         "another request's messages are skipped"
     );
     assert!(other.is_empty());
-}
-
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
 fn expression(name: &str, data: &[u8]) -> Vec<u8> {
