@@ -276,8 +276,6 @@ pub struct ConntrackLookup {
     unsaid: Option<String>,
     /// Each namespace's source NAT rules as last read (nf_tables), and the second read.
     nat_rules: HashMap<u32, (u64, Option<Vec<SourceNatRule>>)>,
-    /// Rule dumps made.
-    pub rule_reads: u64,
     /// Namespaces whose rules were wanted before their socket was opened (for the reader
     /// to read them now).
     wanted: Vec<u32>,
@@ -320,7 +318,6 @@ impl ConntrackLookup {
                 return None;
             };
             self.seq = self.seq.wrapping_add(1);
-            self.rule_reads += 1;
             let rules = match nat_rules::read(fd, self.seq) {
                 Ok(rules) => Some(rules),
                 Err(e) => {

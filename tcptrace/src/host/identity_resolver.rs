@@ -174,7 +174,7 @@ impl IdentityResolver {
                  next walk of the cgroup tree (once a second), show cgroup:ID before it, and \
                  one gone before it is never named (first: {first})"
             ));
-            self.refused_ids = Vec::new();
+            self.refused_ids.clear();
             self.refusal_said = true;
         } else {
             self.refused_ids.clear();
@@ -315,11 +315,12 @@ impl IdentityResolver {
     /// One cgroup found by its id alone, without a walk (the cache's bounds apply).
     fn look_up(&mut self, cgroup: u64) -> Option<Arc<Identity>> {
         self.sources.as_ref()?;
-        if !self.make_room() {
-            return None;
-        }
+        // Refused lookups make no room (they would forget a gone cgroup for nothing).
         if self.by_id_refused.is_some() {
             self.refused(cgroup);
+            return None;
+        }
+        if !self.make_room() {
             return None;
         }
         let sources = self.sources.as_ref()?;

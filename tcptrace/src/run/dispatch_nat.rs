@@ -41,9 +41,15 @@ impl Dispatcher {
         let open_s = f.life_ns().unwrap_or(0) as f64 / 1e9;
         let who = Workload::describe(&f.lifecycle.workload);
         let key = self.snat.ended(netns, &ct, now_s, open_s, who);
+        // The forecast at each NATed flow's end only where it may become an alert (metrics
+        // and `top` take theirs once a second).
+        if !self.wants.alerts {
+            return None;
+        }
         let capacity = self.snat_capacity(&key, now_s);
         let forecast = self.snat.forecast(&key, now_s, capacity);
-        (self.snat.crosses(&forecast) && self.wants.alerts)
+        self.snat
+            .crosses(&forecast)
             .then(|| NatAlert::snat_forecast(f.ts_ns, forecast))
     }
 

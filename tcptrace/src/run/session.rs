@@ -301,8 +301,6 @@ impl<'c> Session<'c> {
 
     /// Once a second: the kernel's counters, TIME_WAIT upkeep and overflow, eviction,
     /// untracked flows and losses, then the consumer's tick.
-    /// `--pod`, `--namespace`, `--container`: the cgroups they name, read again (pods come
-    /// and go, a restarted pod has a new UID and cgroup).
     fn housekeeping<C: Consumer>(&mut self, consumer: &mut C) -> Result<Flow> {
         let kernel = self.tracer.counters()?;
         let now = Clock::ktime_now();

@@ -8,6 +8,9 @@ use crate::output::consumer::Consumer;
 use super::Session;
 
 impl Session<'_> {
+    /// Once a second: the tree walked where due; `--pod`, `--namespace`, `--container`: the
+    /// cgroups they name, read again (pods come and go, a restarted pod has a new UID and
+    /// cgroup).
     pub(super) fn follow_workloads<C: Consumer>(&mut self, consumer: &mut C) -> Result<()> {
         let filter = &self.config.filter.workloads;
         let walked = match filter.is_empty() {

@@ -152,8 +152,7 @@ impl SnatTracker {
         open_s: f64,
         who: Option<String>,
     ) -> SnatKey {
-        let translated = ct.translated();
-        let key = (netns, translated.local.addr, translated.remote);
+        let key = key_of(netns, ct);
         let space = self.space(key, now_s);
         match space.seconds.back_mut() {
             Some((s, n, open)) if *s == now_s => {
@@ -169,15 +168,14 @@ impl SnatTracker {
         {
             space.seconds.pop_front();
         }
-        space.last_port = Some(translated.local.port);
+        space.last_port = Some(ct.translated().local.port);
         remember_source(&mut space.sources, ct.original.local.addr, who);
         key
     }
 
     /// A SYN the NAT dropped for want of a port: its source is remembered.
     pub fn dropped(&mut self, netns: u32, ct: &Conntrack, now_s: u64) -> SnatKey {
-        let translated = ct.translated();
-        let key = (netns, translated.local.addr, translated.remote);
+        let key = key_of(netns, ct);
         let space = self.space(key, now_s);
         remember_source(&mut space.sources, ct.original.local.addr, None);
         key
@@ -287,6 +285,13 @@ impl SnatTracker {
         busy.sort_by_key(|(_, recent)| std::cmp::Reverse(*recent));
         busy.into_iter().take(n).map(|(k, _)| k).collect()
     }
+}
+
+/// The space an entry's connection holds a port of: the NAT's namespace, the address it
+/// translated to, and the destination past it.
+fn key_of(netns: u32, ct: &Conntrack) -> SnatKey {
+    let translated = ct.translated();
+    (netns, translated.local.addr, translated.remote)
 }
 
 fn remember_source(sources: &mut Vec<(IpAddr, Option<String>)>, addr: IpAddr, who: Option<String>) {
