@@ -289,9 +289,9 @@ fn a_source_nats_ports_held_by_closed_connections_are_forecast_before_any_drop()
     warm_up(&lab, &listener, 6060);
     let port = crate::metrics::free_port();
     let metrics = format!("127.0.0.1:{port}");
+    // The router's table holds the warm-up's entry: its namespace is read (and its socket
+    // opened) as the tracer starts.
     let tracer = Tracer::start(&["all", "--flows-at", "close", "--metrics", &metrics]);
-    // The router's namespace read with its table holding the warm-up's entry.
-    thread::sleep(Duration::from_millis(500));
     let (client, nat, server) = (ip(lab.clients[0]), ip(lab.nat), ip(lab.server));
     for _ in 0..3 {
         let mut stream = (lab.connect(0, 6060, Duration::from_secs(2))).expect("connect");

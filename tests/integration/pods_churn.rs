@@ -157,7 +157,7 @@ fn two_hundred_pods_coming_and_going_never_lend_their_names() {
         connections as f64 / connecting.as_secs_f64(),
         connecting.as_secs_f64()
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The tracer reads its ring to the end before it exits.
     let out = tracer.stop();
     let summary = out.summary();
     // The kernel may miss an event now and then (a program not run: counted as missed).
