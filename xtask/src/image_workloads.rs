@@ -214,6 +214,25 @@ impl Prometheus {
         Ok(Prometheus { child, port, dir })
     }
 
+    /// The body of an HTTP/1.0 GET of `path` (no chunked encoding to undo).
+    fn get(&self, path: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string())
+    }
+
+    /// The values of `label` across `metric`'s series, for an error message.
+    fn labels(&self, metric: &str, label: &str) -> String {
+        self.get(&format!("/api/v1/label/{label}/values?match[]={metric}"))
+            .unwrap_or_else(|e| format!("({e:#})"))
+    }
+
     /// The sum an instant PromQL query returns (0 for no series).
     fn sum(&self, promql: &str) -> Result<f64> {
         let encoded: String = promql
@@ -225,17 +244,9 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let body = self.get(&format!("/api/v1/query?query={encoded}"))?;
         let json: serde_json::Value =
-            serde_json::from_str(body).with_context(|| format!("{promql}: {response}"))?;
+            serde_json::from_str(&body).with_context(|| format!("{promql}: {body}"))?;
         let result = json["data"]["result"]
             .as_array()
             .with_context(|| format!("{promql}: {body}"))?;
@@ -243,24 +254,6 @@ impl Prometheus {
             .iter()
             .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
             .sum())
-    }
-}
-
-impl Prometheus {
-    /// The values of `label` across `metric`'s series, for an error message.
-    fn labels(&self, metric: &str, label: &str) -> String {
-        let path = format!("/api/v1/label/{label}/values?match[]={metric}");
-        let answer = (|| -> Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut response = String::new();
-            s.read_to_string(&mut response)?;
-            Ok(response
-                .split_once("\r\n\r\n")
-                .map_or("", |(_, b)| b)
-                .to_string())
-        })();
-        answer.unwrap_or_else(|e| format!("({e:#})"))
     }
 }
 
