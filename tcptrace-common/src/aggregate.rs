@@ -101,6 +101,15 @@ impl CloseFacts {
         matches!(self.before, Some(tcp_state::FIN_WAIT2 | tcp_state::CLOSING))
     }
 
+    /// Whether the kernel made a timewait socket for the flow: it left FIN_WAIT2 or CLOSING
+    /// for CLOSE with no error and no reset either way (a reset in FIN_WAIT2, or a FIN_WAIT2
+    /// timeout under a negative `TCP_LINGER2`, closes it without one). `tcp_max_tw_buckets`
+    /// full is the one exception the socket cannot show (`TCPTimeWaitOverflow` counts it).
+    #[inline(always)]
+    pub fn holds_time_wait(&self) -> bool {
+        self.enters_time_wait() && self.err == 0 && !self.reset_received && !self.reset_sent
+    }
+
     /// Why the flow ended (a [`close_cause`]).
     #[inline(always)]
     pub fn cause(&self) -> u8 {

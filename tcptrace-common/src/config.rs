@@ -6,7 +6,10 @@ use crate::{FilterConfig, SkbOffsets, SockOffsets, TcpSockOffsets, DROP_IGNORE_W
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramConfig {
     pub offsets: SockOffsets,
-    pub _pad0: u32,
+    /// Send a `TimeWaitEvent` START for every flow that hands its 4-tuple to a timewait
+    /// socket, and one EXPIRE for every timewait socket whose timer runs out.
+    pub emit_time_wait: u8,
+    pub _pad0: [u8; 3],
     /// The address of `tcp_keepalive_timer` (from /proc/kallsyms); 0: keepalive probes not
     /// traced.
     pub keepalive_timer_fn: u64,

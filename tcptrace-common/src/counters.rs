@@ -80,8 +80,8 @@ pub mod slot {
     /// The second `inet_sock_set_state` program: runs only while the first is interrupted.
     pub const SET_STATE_NESTED: u32 = 1;
     pub const RETRANSMIT: u32 = 2;
-    pub const TIMER_START: u32 = 3;
-    pub const TIMER_CANCEL: u32 = 4;
+    // 3 and 4: the timer_start and timer_cancel hooks of earlier builds (TIME_WAIT now
+    // starts on the state tracepoint).
     pub const TIMER_EXPIRE: u32 = 5;
     pub const SEND_RESET: u32 = 6;
     pub const RECEIVE_RESET: u32 = 7;

@@ -20,9 +20,6 @@ pub mod filter_kind {
     pub const WORKLOAD: u32 = 1 << 8;
     /// `--port`: the port on either side (local or remote) is one of them.
     pub const EITHER_PORT: u32 = 1 << 9;
-    /// Filters a timewait socket cannot be judged by (it has no owner and no cgroup): its
-    /// flow's verdict is carried over through the `TW_PENDING` map.
-    pub const NEEDS_OWNER: u32 = PID | CGROUP | WORKLOAD;
 }
 
 /// Bits of each byte of the `PORT_FILTER` array (indexed by port, host order).
@@ -63,8 +60,8 @@ pub struct AddrKey {
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 16);
 
-/// Key of the `TW_PENDING` map: the 4-tuple and namespace of a traced flow that may leave a
-/// timewait socket behind.
+/// Key of the `TW_TRACED` map: the 4-tuple and namespace of a traced flow's timewait socket
+/// (under filters its expiry is sent only where its start was).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitKey {

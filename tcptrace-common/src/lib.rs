@@ -19,11 +19,12 @@ pub const PATH_SLOTS: usize = 8;
 /// understands it. Layout 2 added `TimeWaitEvent::netns` (72 bytes, was 64), layout 3 the
 /// `PortFailureEvent`, layout 4 the owner's cgroup id (`cgroup`) in every record that names
 /// an owner, layout 5 a flow's [`Vitals`] at the end of `FlowEndEvent` and the `DropEvent`,
-/// layout 6 the dropped packet's conntrack entry at the end of `DropEvent`; recordings of
-/// layouts 1 to 5 are still read (layout 1's TIME_WAITs carry namespace 0: the
+/// layout 6 the dropped packet's conntrack entry at the end of `DropEvent`, layout 7 (no size
+/// changed) TIME_WAIT from the state tracepoint and its expiry with the 4-tuple instead of
+/// the timer hooks' start and cancel; recordings of layouts 1 to 6 are still read (layout 1's TIME_WAITs carry namespace 0: the
 /// recording host's; records before layout 4 carry cgroup 0: unknown; flows before layout 5
 /// carry no vitals; drops before layout 6 carry no conntrack entry).
-pub const RECORD_LAYOUT_VERSION: u32 = 6;
+pub const RECORD_LAYOUT_VERSION: u32 = 7;
 
 /// Kernel TCP states (`include/net/tcp_states.h`); the same numbers on every kernel.
 pub mod tcp_state {
@@ -62,13 +63,18 @@ pub mod record_kind {
 
 /// What a [`TimeWaitEvent`] reports of a timewait socket's timer.
 pub mod time_wait {
-    /// The timer was armed: TIME_WAIT begins (or is re-armed).
+    /// A flow that closed first handed its 4-tuple to a timewait socket (sent from the state
+    /// tracepoint's `FIN_WAIT2`/`CLOSING -> CLOSE`, which runs inside `tcp_time_wait()`; its
+    /// `timer` is the full socket's address).
     pub const START: u8 = 1;
-    /// The timer was removed: with an expiry right after, the normal end; alone, an early end.
+    /// Recordings made before layout 7 only: the timer was removed (with an expiry right
+    /// after, the normal end; alone, an early end).
     pub const CANCEL: u8 = 2;
-    /// The timer fired: TIME_WAIT ran out.
+    /// The timer fired: TIME_WAIT ran out (its 4-tuple and namespace read from the timewait
+    /// socket; before layout 7, only the timer's address).
     pub const EXPIRE: u8 = 3;
-    /// Flag: the cancel happened inside a connect() of the same task (the 4-tuple was reused).
+    /// Flag (recordings before layout 7): the cancel happened inside a connect() of the same
+    /// task (the 4-tuple was reused).
     pub const IN_CONNECT: u8 = 1;
 }
 
@@ -315,36 +321,27 @@ pub struct KeepaliveProbeEvent {
 }
 const _: () = assert!(core::mem::size_of::<KeepaliveProbeEvent>() == 112);
 
-/// A timewait socket's timer (timer:timer_start / timer_cancel / timer_expire_entry for
+/// A TIME_WAIT's start (from the state tracepoint) or expiry (timer:timer_expire_entry for
 /// `tw_timer_handler`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimeWaitEvent {
     pub kind: u32,
-    /// `time_wait::START`, `CANCEL` or `EXPIRE`.
+    /// `time_wait::START` or `EXPIRE` (`CANCEL` in older recordings).
     pub what: u8,
     pub flags: u8,
     pub _pad0: [u8; 2],
     pub ts_ns: u64,
-    /// The timer's address: identifies the timewait socket while it lives.
+    /// START: the closing full socket's address; EXPIRE: the timer's address.
     pub timer: u64,
-    /// Filled on START.
+    /// The 4-tuple (on EXPIRE from layout 7 on: before, only on START).
     pub tuple: Tuple,
-    /// The inode number of the timewait socket's network namespace (filled on START; 0 in
+    /// The inode number of the timewait socket's network namespace (as the tuple; 0 in
     /// recordings of layout 1, which did not carry it).
     pub netns: u32,
     pub _pad1: u32,
 }
 const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 72);
-
-/// A connect() in progress on this CPU (set at CLOSE → SYN_SENT).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Connecting {
-    pub pid_tgid: u64,
-    pub ts_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<Connecting>() == 16);
 
 /// What `timer_expire_entry` saw, for `timer_expire_exit` on the same CPU.
 #[repr(C)]

@@ -20,7 +20,6 @@ pub mod map {
     pub const PORT_FILTER: &str = "PORT_FILTER";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const REMOTE_ADDRS: &str = "REMOTE_ADDRS";
-    pub const TW_PENDING: &str = "TW_PENDING";
     pub const TW_TRACED: &str = "TW_TRACED";
     pub const COUNTERS: &str = "COUNTERS";
     pub const DURATIONS: &str = "DURATIONS";
@@ -39,7 +38,6 @@ pub mod map {
         PORT_FILTER,
         LOCAL_ADDRS,
         REMOTE_ADDRS,
-        TW_PENDING,
         TW_TRACED,
         COUNTERS,
         DURATIONS,
@@ -68,8 +66,6 @@ pub mod program {
     pub const RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TIMER_EXPIRE_ENTRY: &str = "timer_expire_entry";
     pub const TIMER_EXPIRE_EXIT: &str = "timer_expire_exit";
-    pub const TIMER_START: &str = "timer_start";
-    pub const TIMER_CANCEL: &str = "timer_cancel";
     /// A second program on `inet_sock_set_state`, attached only while the timer handlers'
     /// addresses are learnt (when /proc/kallsyms hides them).
     pub const LEARN_TIMERS: &str = "learn_timers";
@@ -95,8 +91,6 @@ pub mod program {
         RECEIVE_RESET,
         TIMER_EXPIRE_ENTRY,
         TIMER_EXPIRE_EXIT,
-        TIMER_START,
-        TIMER_CANCEL,
         LEARN_TIMERS,
         DROP,
         SYNACK,

@@ -8,7 +8,7 @@ use tcptrace_common::{
 
 use crate::{
     config,
-    maps::{FILTER_KEY, LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, TW_PENDING, WORKLOAD_CGROUPS},
+    maps::{FILTER_KEY, LOCAL_ADDRS, PORT_FILTER, REMOTE_ADDRS, WORKLOAD_CGROUPS},
     sock::{self, Reader, AF_INET6},
 };
 
@@ -277,17 +277,4 @@ pub fn time_wait_key(tuple: &Tuple, netns: u32) -> TimeWaitKey {
         netns,
         _pad: 0,
     }
-}
-
-/// Remembers that a traced flow may leave a timewait socket (FIN_WAIT2 or CLOSING): needed
-/// where the timewait socket cannot be judged by itself (pid and cgroup filters).
-#[inline(always)]
-pub fn expect_time_wait(tuple: &Tuple, netns: u32) {
-    let _ = TW_PENDING.insert(&time_wait_key(tuple, netns), &0u8, 0);
-}
-
-/// Forgets what [`expect_time_wait`] remembered (the flow is closed).
-#[inline(always)]
-pub fn forget_time_wait(tuple: &Tuple, netns: u32) {
-    let _ = TW_PENDING.remove(&time_wait_key(tuple, netns));
 }

@@ -1,15 +1,16 @@
 //! The CLOSE half of `tp_btf/inet_sock_set_state`: a flow that reached CLOSE is counted
 //! (close cause, close side) and, where userspace wants it, sent whole (with the socket's
-//! bytes and RTT) or, for `tcptrace metrics`, in brief when a TIME_WAIT follows.
+//! bytes and RTT) or, for `tcptrace metrics`, in brief when a TIME_WAIT follows (whose start
+//! `set_state::time_wait_start` sends).
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
     close_flags, emit_flow_ends, flow_flags, side_of_path, stat, tcp_state, time_wait_flow,
-    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
+    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitEvent, TimeWaitFlowEvent,
 };
 
 use crate::{
     config,
-    maps::{emit, Stats, FLOW_TABLE, KEEPALIVE_OWNERS},
+    maps::{emit, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIME_WAIT_STARTS},
     sock,
 };
 
@@ -26,7 +27,8 @@ pub enum Ending {
 
 /// A flow reached CLOSE: what the socket carries decides its close cause (sk_err is set
 /// before the kernel moves the socket to CLOSE), counted here; the flow is sent as
-/// userspace wants it (`emit_flow_ends`), and the entry removed.
+/// userspace wants it (`emit_flow_ends`), and the entry removed. Where a TIME_WAIT follows
+/// that userspace wants, the time it closed is left in `TIME_WAIT_STARTS`.
 #[inline(never)]
 pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Result<(), i32> {
     let stats = Stats::at(slot);
@@ -56,6 +58,17 @@ pub fn finish_flow(ctx: &BtfTracePointContext, ending: Ending, slot: u32) -> Res
     // Counted here whatever is sent: metrics need no record per flow.
     let facts = CloseFacts::of(flow, config!(keepalive_reset_reason));
     stats.closed(facts.cause(), side_of_path(&flow.states, flow.len as usize));
+    // A TIME_WAIT follows: its start is sent by the caller, after this flow's record. Stored
+    // at once, not returned: nothing here branches on it, and Linux 6.1's verifier does not
+    // explore the rest of the handler once per outcome (nor does this frame grow).
+    if let Some(next) = TIME_WAIT_STARTS.get_ptr_mut(slot) {
+        let at = match config!(emit_time_wait) != 0 && facts.holds_time_wait() {
+            true => flow.entered_ns[flow.last()],
+            false => 0,
+        };
+        // SAFETY: this CPU's slot of this program.
+        unsafe { *next = at };
+    }
     match config!(emit_flow_ends) {
         emit_flow_ends::ALL => send_flow_end(sk, flow, keepalive_on, stats)?,
         // Its side and 4-tuple join the TIME_WAIT that follows (a flow that closed first).

@@ -10,10 +10,10 @@ use aya_ebpf::{
     },
 };
 use tcptrace_common::{
-    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, Connecting,
-    ConntrackEntry, Counters, DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState,
-    ListenerKey, Owner, ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS,
-    DURATION_BUCKETS, DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, ConntrackEntry,
+    Counters, DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState, ListenerKey,
+    Owner, ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS,
+    DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
@@ -62,6 +62,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     // A marker no other constant carries: with an all-zero initializer, LLVM merged an
     // identical all-zero constant of the same size (FlowState::EMPTY, 120 bytes) into this
     // static, so flows were initialised from the loader-patched configuration.
+    emit_time_wait: 0,
     _pad0: CONFIG_MARKER,
     keepalive_timer_fn: 0,
     tw_timer_fn: 0,
@@ -119,7 +120,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     drop_records_per_s: 0,
 };
 
-const CONFIG_MARKER: u32 = u32::from_le_bytes(*b"tcpT");
+const CONFIG_MARKER: [u8; 3] = *b"tcT";
 
 /// Reads one field of [`CONFIG`] (volatile, so that the loader-written value is used rather
 /// than the compiled-in default).
@@ -288,21 +289,21 @@ pub static WORKLOAD_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4_096,
 #[map]
 pub static FILTER_KEY: PerCpuArray<Key<AddrKey>> = PerCpuArray::with_max_entries(slot::COUNT, 0);
 
-/// Traced flows that may leave a timewait socket, by 4-tuple: under pid and cgroup filters a
-/// timewait socket is traced only when its flow was. Sized by the loader.
+/// Timewait sockets of traced flows while filters are in force, by 4-tuple and namespace:
+/// their expiry is sent only where their start was. Sized by the loader.
 #[map]
-pub static TW_PENDING: LruHashMap<TimeWaitKey, u8> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Timewait timers being traced while filters are in force (their cancel and expiry are sent
-/// only when their start was). Sized by the loader.
-#[map]
-pub static TW_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(262_144, 0);
+pub static TW_TRACED: LruHashMap<TimeWaitKey, u8> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Scratch space for a flow seen for the first time, before it is inserted into `FLOWS`
 /// (a `FlowState` is too large for the 512-byte stack next to everything else); one entry
 /// per program that builds flows (see `slot`).
 #[map]
 pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(slot::SCRATCH, 0);
+
+/// The close time of a flow whose TIME_WAIT start is to be sent (0: none), from the CLOSE
+/// path to the handler that sends it, per CPU and program (see `slot`).
+#[map]
+pub static TIME_WAIT_STARTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(slot::SCRATCH, 0);
 
 /// Where a listener's owner is built before it goes into `LISTENERS` (per CPU and program).
 #[map]
@@ -322,10 +323,6 @@ pub static CONNTRACK_SCRATCH: PerCpuArray<ConntrackEntry> = PerCpuArray::with_ma
 /// What `timer_expire_entry` saw of a keepalive timer, for `timer_expire_exit`.
 #[map]
 pub static TIMER_ENTRY: PerCpuArray<TimerEntry> = PerCpuArray::with_max_entries(1, 0);
-
-/// A connect() in progress on this CPU, to tell a reused TIME_WAIT from a killed one.
-#[map]
-pub static CONNECTING: PerCpuArray<Connecting> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drops by the kernel's reason, per CPU: exact, whatever was sent.
 #[map]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state,
-    FlowState, ListenerKey, TransitionEvent, Tuple, PATH_SLOTS,
+    event_flags, flow_flags, in_owner_context, slot, starts_a_socket, stat, tcp_state, FlowState,
+    ListenerKey, TransitionEvent, Tuple, PATH_SLOTS,
 };
 
 use crate::{
@@ -23,10 +23,8 @@ use crate::{
 
 mod connect_failure;
 mod steps;
-use steps::{
-    attribute_owner, follow_listeners, fresh_flow, index_keepalive_owner, insert_fresh,
-    note_connecting,
-};
+mod time_wait_start;
+use steps::{attribute_owner, follow_listeners, fresh_flow, index_keepalive_owner, insert_fresh};
 
 /// What the filters said before the transition is handled.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,7 +92,15 @@ fn handle(ctx: &BtfTracePointContext, slot: u32) {
     let full_before = stats.value(stat::FLOW_TABLE_FULL);
     let result = match try_inet_sock_set_state(ctx, prejudged, slot) {
         Ok(Ending::No) => Ok(()),
-        Ok(ending) => finish_flow(ctx, ending, slot),
+        Ok(ending) => {
+            let finished = finish_flow(ctx, ending, slot);
+            let closing =
+                |s: i32| s == i32::from(tcp_state::FIN_WAIT2) || s == i32::from(tcp_state::CLOSING);
+            if finished.is_ok() && closing(old) && config!(emit_time_wait) != 0 {
+                time_wait_start::send(ctx, slot);
+            }
+            finished
+        }
         Err(err) => Err(err),
     };
     if let Err(err) = result {
@@ -228,9 +234,6 @@ fn try_inet_sock_set_state(
     // context (pid and comm fetched only where needed), else the listener's owner for a new
     // child, else whatever the flow knows.
     let owner_context = in_owner_context(old, new);
-    if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        note_connecting(now);
-    }
     let inherited = follow_listeners(sk, old, new, owner_context, slot)?;
     if prejudged == Prejudged::Dropped {
         return Ok(Ending::No);
@@ -248,27 +251,14 @@ fn try_inet_sock_set_state(
         None => false,
     };
     let hold = prejudged == Prejudged::Hold;
-    // TIME_WAIT followed for the filters, in place: Linux 6.1's verifier rejects it as a step
-    // with flows in socket storage (`R4 !read_ok`).
-    let tw_states = |s: u8| s == tcp_state::FIN_WAIT2 || s == tcp_state::CLOSING;
-    let tw_bookkeeping = filter::active() & filter_kind::NEEDS_OWNER != 0
-        && (tw_states(new) || (ends && tw_states(old)));
-    let tuple = if emit_transitions || ends || pending || tw_bookkeeping {
+    let tuple = if emit_transitions || ends || pending {
         sock::tuple(sk)?
     } else {
         Tuple::default()
     };
-    let netns = if tw_bookkeeping { sock::netns(sk)? } else { 0 };
     if !hold {
         stats.bump(stat::STATE_EVENTS);
         stats.transition(old, new);
-    }
-    if tw_bookkeeping {
-        if tw_states(new) {
-            filter::expect_time_wait(&tuple, netns);
-        } else {
-            filter::forget_time_wait(&tuple, netns);
-        }
     }
 
     let flow: &mut FlowState = match existing {

@@ -1,15 +1,15 @@
-//! Timer hooks: `tp_btf/timer_start`, `timer_cancel`, `timer_expire_entry`, `timer_expire_exit`.
+//! Timer hooks: `tp_btf/timer_expire_entry`, `timer_expire_exit` (timers that fire, about 40
+//! a second on a busy host; never the hooks of every timer armed or cancelled).
 //!
 //! - Keepalive probes, around `tcp_keepalive_timer`: a probe went out exactly when the
 //!   socket's `icsk_probes_out` grew while the timer ran.
-//! - TIME_WAIT, through `tw_timer_handler`: armed when the timewait socket takes over, fired
-//!   when it runs out, cancelled when it ends early (reused by a connect(), or killed).
+//! - TIME_WAIT's end, through `tw_timer_handler`: the timewait socket's own 4-tuple and
+//!   namespace, read where its timer lies (its start comes from the state tracepoint).
 //!
 //! Every other timer on the host costs a load and two compares.
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tcptrace_common::{
-    event_flags, filter_kind, flow_flags, learn as learn_slot, slot, stat, tcp_state, time_wait,
+    event_flags, flow_flags, learn as learn_slot, slot, stat, tcp_state, time_wait,
     KeepaliveProbeEvent, TimeWaitEvent, TimerEntry, Tuple, COMM_LEN,
 };
 
@@ -17,16 +17,9 @@ use crate::{
     config,
     filter::{self, Verdict},
     learn,
-    maps::{
-        emit, FlowTable, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_PENDING,
-        TW_TRACED,
-    },
+    maps::{emit, FlowTable, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_TRACED},
     sock,
 };
-
-/// A timewait socket cancelled by the task that entered SYN_SENT on this CPU at most this long
-/// before was reused by its connect() (the two happen moments apart in `tcp_v4_connect`).
-const CONNECT_REUSE_WINDOW_NS: u64 = 10_000_000;
 
 /// The socket whose `sk_timer` this is, if the timer is a keepalive timer.
 #[inline(always)]
@@ -76,21 +69,19 @@ fn is_time_wait(timer: *const u8) -> bool {
     tw_fn != 0 && function(timer) == tw_fn
 }
 
+/// Sends one `TimeWaitEvent` (a start from the state tracepoint, an expiry from here).
 #[inline(always)]
-fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple, netns: u32) {
-    let stats = Stats::at(slot);
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn send_time_wait(stats: Stats, what: u8, ts_ns: u64, id: u64, tuple: Tuple, netns: u32) {
     if let Some(mut record) = emit::<TimeWaitEvent>(stats) {
         let e = record.as_mut_ptr();
         // SAFETY: `e` is the reserved slot, ours alone until submit (`emit` wrote its
         // kind); every other field is written here, in place.
         unsafe {
             (&raw mut (*e).what).write(what);
-            (&raw mut (*e).flags).write(flags);
+            (&raw mut (*e).flags).write(0);
             (&raw mut (*e)._pad0).write([0; 2]);
-            (&raw mut (*e).ts_ns).write(now);
-            (&raw mut (*e).timer).write(timer as u64);
+            (&raw mut (*e).ts_ns).write(ts_ns);
+            (&raw mut (*e).timer).write(id);
             (&raw mut (*e).tuple).write(tuple);
             (&raw mut (*e).netns).write(netns);
             (&raw mut (*e)._pad1).write(0);
@@ -99,120 +90,37 @@ fn emit_time_wait(slot: u32, what: u8, flags: u8, timer: *const u8, tuple: Tuple
     }
 }
 
-/// Under filters: whether a timewait timer that starts belongs to a traced flow (and is
-/// remembered as traced), judged by the timewait socket's own addresses or, for the filters
-/// that need the owner, by its flow's verdict (`TW_PENDING`); `netns` is its namespace, `None`
-/// where it could not be read (not traced).
+/// A timewait socket's timer ran out: its 4-tuple and namespace, sent where traced (under
+/// filters, where its start was: `TW_TRACED`, written at the flow's close).
 #[inline(always)]
-fn time_wait_traced(timer: *const u8, netns: Option<u32>, tuple: &Tuple) -> bool {
-    let key = timer as u64;
-    // SAFETY: the value is not read.
-    if unsafe { TW_TRACED.get(&key) }.is_some() {
-        return true;
-    }
-    let Some(netns) = netns else {
-        return false;
-    };
-    let traced = if filter::active() & filter_kind::NEEDS_OWNER != 0 {
-        let pending = filter::time_wait_key(tuple, netns);
-        TW_PENDING.remove(&pending).is_ok()
-    } else {
-        filter::judge::<sock::Untyped>(slot::TIMER_START, None, tuple, netns, None)
-            == Verdict::Match
-    };
-    if traced {
-        let _ = TW_TRACED.insert(&key, &0u8, 0);
-    }
-    traced
-}
-
-/// Under filters: whether a timewait timer that is cancelled was traced. It is not
-/// forgotten here: the kernel also reports a cancel for every timer that runs out, just before
-/// it expires (`detach_timer`); an expiry forgets it, and the entry of a TIME_WAIT that ends
-/// early (killed, reused) goes with the LRU or when its timer address starts another.
-#[inline(always)]
-fn time_wait_cancel_traced(timer: *const u8) -> bool {
-    // SAFETY: the value is not read.
-    filter::active() == 0 || unsafe { TW_TRACED.get(&(timer as u64)) }.is_some()
-}
-
-/// Under filters: whether a timewait timer that runs out was traced (and forgets it).
-#[inline(always)]
-fn time_wait_expiry_traced(timer: *const u8) -> bool {
-    filter::active() == 0 || TW_TRACED.remove(&(timer as u64)).is_ok()
-}
-
-#[btf_tracepoint(function = "timer_start")]
-pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
-    let timer: *const u8 = ctx.arg(0);
-    if !is_time_wait(timer) {
-        return 0;
-    }
+fn time_wait_expired(timer: *const u8) {
     let tw = timer.wrapping_sub(config!(offsets.tw_timer) as usize);
-    if let Ok(tuple) = sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)) {
-        // The namespace keys the exhaustion forecast (each has its own port range) and the
-        // namespace filter.
-        let netns = sock::netns_with::<sock::Untyped>(tw).ok();
-        if filter::active() != 0 && !time_wait_traced(timer, netns, &tuple) {
-            Stats::at(slot::TIMER_START).bump(stat::FILTERED);
-            return 0;
-        }
-        let netns = netns.unwrap_or(0);
-        emit_time_wait(slot::TIMER_START, time_wait::START, 0, timer, tuple, netns);
+    let stats = Stats::at(slot::TIMER_EXPIRE);
+    let (Ok(tuple), Ok(netns)) = (
+        sock::tuple_with::<sock::Untyped>(tw, config!(offsets.tw_sport)),
+        sock::netns_with::<sock::Untyped>(tw),
+    ) else {
+        stats.bump(stat::READ_ERRORS);
+        return;
+    };
+    if filter::active() != 0
+        && TW_TRACED
+            .remove(&filter::time_wait_key(&tuple, netns))
+            .is_err()
+    {
+        stats.bump(stat::FILTERED);
+        return;
     }
-    0
-}
-
-#[btf_tracepoint(function = "timer_cancel")]
-pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
-    let timer: *const u8 = ctx.arg(0);
-    if !is_time_wait(timer) {
-        return 0;
-    }
-    if !time_wait_cancel_traced(timer) {
-        Stats::at(slot::TIMER_CANCEL).bump(stat::FILTERED);
-        return 0;
-    }
-    // A connect() reusing the 4-tuple removes the timewait socket from inside the connecting
-    // task, moments after that socket entered SYN_SENT on this CPU.
-    let mut flags = 0;
-    if let Some(connecting) = CONNECTING.get_ptr(0) {
-        // SAFETY: this CPU's slot; only read.
-        let connecting = unsafe { &*connecting };
-        // SAFETY: plain helper calls with no arguments.
-        let (me, now) = unsafe { (bpf_get_current_pid_tgid(), bpf_ktime_get_ns()) };
-        if connecting.pid_tgid == me && now.wrapping_sub(connecting.ts_ns) < CONNECT_REUSE_WINDOW_NS
-        {
-            flags |= time_wait::IN_CONNECT;
-        }
-    }
-    emit_time_wait(
-        slot::TIMER_CANCEL,
-        time_wait::CANCEL,
-        flags,
-        timer,
-        Tuple::default(),
-        0,
-    );
-    0
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    send_time_wait(stats, time_wait::EXPIRE, now, timer as u64, tuple, netns);
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let timer: *const u8 = ctx.arg(0);
     if is_time_wait(timer) {
-        if time_wait_expiry_traced(timer) {
-            emit_time_wait(
-                slot::TIMER_EXPIRE,
-                time_wait::EXPIRE,
-                0,
-                timer,
-                Tuple::default(),
-                0,
-            );
-        } else {
-            Stats::at(slot::TIMER_EXPIRE).bump(stat::FILTERED);
-        }
+        time_wait_expired(timer);
         return 0;
     }
     let Some(sk) = keepalive_socket(timer) else {

@@ -313,12 +313,13 @@ fn every_bad_input_is_one_line_naming_the_cause() {
     eprintln!("bad inputs tried: {}", cases.len());
 }
 
-/// kernel.kptr_restrict = 2 hides /proc/kallsyms even from root: the timer hooks cannot be
-/// placed, and the error says so and what to do.
 /// Where /proc/kallsyms hides the timer handlers' addresses (no CAP_SYSLOG; or
 /// `kptr_restrict = 2`, hidden even from root), the programs learn TIME_WAIT's from the
-/// sockets: the address learnt is the real one, and TIME_WAIT is followed from the first
-/// connection; keepalive probes, which need the real address, are said not to be traced.
+/// sockets: the address learnt, at the first timewait socket's expiry, is the real one, and
+/// TIME_WAIT is followed from the first connection; keepalive probes, which need the real
+/// address, are said not to be traced. The first expiry comes in a second: in a namespace
+/// whose `tcp_fin_timeout` is 1 s, a client that closes while its server keeps the connection
+/// open leaves a timewait socket in its FIN_WAIT2 substate for that long.
 #[test]
 fn hidden_kallsyms_are_learnt_from_the_sockets() {
     // Alone: other tracers starting meanwhile would meet the hidden addresses too.
@@ -346,22 +347,24 @@ fn hidden_kallsyms_are_learnt_from_the_sockets() {
     let _restore = Restore(before);
     std::fs::write(SYSCTL, "2").expect("set kptr_restrict");
     assert_eq!(real("tw_timer_handler"), 0, "hidden even from root");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port().to_string();
+    let pair = crate::netns::NetnsPair::new();
+    pair.sysctl(&pair.a, "net.ipv4.tcp_fin_timeout", "1");
+    let listener = pair.run_in(&pair.a, || TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let addr = listener.local_addr().expect("addr");
     let mut tracer = Tracer::start_alone_with_env(
         &_load,
         &[("TCPTRACE_TEST_LEARN_SYMBOLS", "1")],
-        &["all", "--flows-at", "close", "-D", &port],
+        &["all", "--flows-at", "close", "-D", &addr.port().to_string()],
     );
-    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let client = pair.run_in(&pair.a, move || TcpStream::connect(addr).expect("connect"));
     let client_port = client.local_addr().expect("addr").port();
     let (server, _) = listener.accept().expect("accept");
     drop(client);
-    drop(server);
     tracer.wait_for_record("flow", Duration::from_secs(5), |r| {
         r["lport"] == client_port && r["time_wait_follows"] == true
     });
     tracer.wait_for_stderr("tcptrace: test: learnt", Duration::from_secs(5));
+    drop(server);
     let out = tracer.stop();
     let learnt = out
         .stderr

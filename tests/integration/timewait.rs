@@ -34,6 +34,34 @@ fn client_closes_first(listener: &TcpListener) -> (u16, u16) {
     (client_port, addr.port())
 }
 
+/// A client connects to `server_port` and closes first, then, 1.3 s later, connects again from
+/// the same local port (tcp_tw_reuse: 2, loopback, after 1 s) and closes that one after
+/// `open_s`; returns the port.
+fn reuse_after_time_wait(server_port: u16, open_s: f64) -> u16 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket,time\n\
+                 def c(p):\n  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n  \
+                 s.bind(('127.0.0.1', p)); s.connect(('127.0.0.1', {server_port})); return s\n\
+                 s=c(0); p=s.getsockname()[1]; s.close(); time.sleep(1.3)\n\
+                 s=c(p); print(p, flush=True); time.sleep({open_s}); s.close()\n"
+            ),
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the reused port")
+}
+
 fn time_wait_of(flow: &Value) -> &Value {
     let tw = &flow["time_wait"];
     assert!(tw.is_object(), "a time_wait: {flow}");
@@ -113,36 +141,13 @@ fn early_ends_are_reused_or_killed() {
     // Reused: the same 4-tuple connects again (tcp_tw_reuse, 2 = loopback, after 1 s).
     let listener = listener_without_time_waits();
     let server_port = listener.local_addr().expect("addr").port();
-    let reuse = |_: ()| {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import socket,time\n\
-                     def c():\n  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n  \
-                     s.bind(('127.0.0.1', 0 if not ports else ports[0])); s.connect(('127.0.0.1', {server_port})); return s\n\
-                     ports=[]\ns=c(); ports.append(s.getsockname()[1]); s.close(); time.sleep(1.3)\ns=c(); print(ports[0]); s.close()\n"
-                ),
-            ])
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u16>()
-            .expect("the reused port")
-    };
     let acceptor = thread::spawn(move || {
         for _ in 0..2 {
             let (mut s, _) = listener.accept().expect("accept");
             let _ = s.read(&mut [0u8; 1]);
         }
     });
-    let reused_port = reuse(());
+    let reused_port = reuse_after_time_wait(server_port, 0.0);
     acceptor.join().expect("acceptor");
 
     // Killed: the namespace holding a TIME_WAIT goes away.
@@ -286,11 +291,77 @@ fn time_waits_skipped_by_a_full_table_are_reported() {
     let out = tracer.stop();
     let s = out.summary();
     assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");
+    // Each flow's start was matched to an overflow (no sock_diag read saw its socket).
+    assert_eq!(s["time_wait"]["entered"], 0, "none was made: {s}");
     for (client_port, server_port) in ports {
         let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
-        assert!(
-            flow["time_wait"].is_null(),
-            "no TIME_WAIT was created: {flow}"
-        );
+        let tw = time_wait_of(flow);
+        assert_eq!(tw["end"], "overflow", "no TIME_WAIT was created: {flow}");
+        assert_eq!(tw["held_ns"], 0, "{flow}");
     }
+}
+
+/// Ends no hook shows, read from sock_diag: a TIME_WAIT destroyed with `ss -K` is `killed`,
+/// one whose 4-tuple a connection still open took over is `reused`, each within the reads'
+/// interval (tracing's own namespace is read every second; the verdict waits a tick).
+#[test]
+fn ends_no_hook_shows_are_read_from_the_sockets() {
+    let tracer = Tracer::start(&["flows"]);
+    let listener = listener_without_time_waits();
+    let server_port = listener.local_addr().expect("addr").port();
+    // The first two connections close as the client does; the third (the reuse) stays open.
+    let acceptor = thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            let _ = s.read(&mut [0u8; 1]);
+        }
+        listener.accept().expect("accept").0
+    });
+    // Killed: destroyed by `ss -K` a moment after it started.
+    let killed = TcpStream::connect(("127.0.0.1", server_port)).expect("connect");
+    let killed_port = killed.local_addr().expect("addr").port();
+    drop(killed);
+    thread::sleep(Duration::from_millis(300));
+    sh(&[
+        "ss",
+        "-K",
+        "state",
+        "time-wait",
+        "src",
+        &format!("127.0.0.1:{killed_port}"),
+    ]);
+    // Reused by a connection that stays open (4 s): the same local port again after 1.3 s.
+    let reused_port = reuse_after_time_wait(server_port, 4.0);
+    drop(acceptor.join().expect("acceptor"));
+    let ended = |r: &Value, port: u16, end: &str| {
+        r["type"] == "flow" && r["lport"] == port && r["time_wait"]["end"] == end
+    };
+    tracer.wait_for_records(
+        "the killed and the reused TIME_WAITs",
+        Duration::from_secs(10),
+        |r| {
+            r.iter().any(|f| ended(f, killed_port, "killed"))
+                && r.iter().any(|f| ended(f, reused_port, "reused"))
+        },
+    );
+    let out = tracer.stop();
+    let held = |port: u16, end: &str| -> u64 {
+        let flow = (out.of_type("flow").into_iter())
+            .find(|f| ended(f, port, end))
+            .unwrap_or_else(|| panic!("port {port} {end}: {:#?}", out.of_type("flow")));
+        time_wait_of(flow)["held_ns"].as_u64().expect("held")
+    };
+    // Read every second, judged at the next: within 2 s of the real end (and never before).
+    let killed_held = held(killed_port, "killed");
+    assert!(
+        (300_000_000..2_600_000_000).contains(&killed_held),
+        "{killed_held}"
+    );
+    let reused_held = held(reused_port, "reused");
+    assert!(
+        (1_300_000_000..3_600_000_000).contains(&reused_held),
+        "{reused_held}"
+    );
+    let s = out.summary();
+    assert!(s["time_wait"]["ends"]["killed"].as_u64() >= Some(1), "{s}");
 }

@@ -1,14 +1,12 @@
 //! The steps of one transition, each inlined into the handler (one frame: see
 //! `try_inet_sock_set_state`): connects and listeners noted, the flow's owner attributed, its
-//! keepalive owner indexed, a new flow stored. (The step along the path and TIME_WAIT's
-//! bookkeeping for the filters stay in the handler: Linux 6.1's verifier rejects them as
-//! steps with flows in socket storage.)
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use tcptrace_common::{event_flags, flow_flags, stat, tcp_state, Connecting, FlowState, Owner};
+//! keepalive owner indexed, a new flow stored. (The step along the path stays in the handler:
+//! Linux 6.1's verifier rejects it as a step with flows in socket storage.)
+use tcptrace_common::{event_flags, flow_flags, stat, tcp_state, FlowState, Owner};
 
 use super::listener_key;
 use crate::{
-    maps::{scratch, Stats, CONNECTING, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS},
+    maps::{scratch, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, LISTENERS},
     owner::{owner_scratch, write_current_owner},
     sock,
 };
@@ -27,20 +25,6 @@ pub(super) fn fresh_flow(
     let scratch = unsafe { &mut *scratch };
     scratch.restart(old, new, now);
     Ok(scratch)
-}
-
-/// connect(): a TIME_WAIT it reuses is cancelled by this task in a moment.
-#[inline(always)]
-pub(super) fn note_connecting(now: u64) {
-    if let Some(connecting) = CONNECTING.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe {
-            *connecting = Connecting {
-                pid_tgid: bpf_get_current_pid_tgid(),
-                ts_ns: now,
-            }
-        };
-    }
 }
 
 /// Listeners' owners, kept by port: written when a socket starts listening in its owner's

@@ -43,7 +43,7 @@ impl Config {
             true => emit_flow_ends::NONE,
         }
     }
-    /// TIME_WAIT is traced (timer hooks) where flows, gauges, alerts (the exhaustion
+    /// TIME_WAIT is traced (its start and expiry) where flows, gauges, alerts (the exhaustion
     /// forecast), `top`, metrics or a recording show it.
     pub fn traces_time_wait(&self) -> bool {
         match self.row().time_wait {

@@ -91,7 +91,6 @@ fn the_config_names_every_filter_in_force() {
         s.describe(),
         "local port 80,8000-8001 and remote addr 127.0.0.0/8 and IPv6"
     );
-    assert!(!s.needs_owner());
     assert!(spec(FilterArgs::default()).expect("valid").is_empty());
 }
 
@@ -106,7 +105,6 @@ fn pids_namespaces_and_cgroups_are_checked() {
     .expect("own pid and namespace are valid");
     assert_eq!(s.program_config().pids[0].to_string(), me);
     assert_eq!(Some(s.netns[0].1), own_netns());
-    assert!(s.needs_owner());
     for (args, needle) in [
         (
             FilterArgs {

@@ -138,7 +138,8 @@ impl Decoder {
                     in_connect: raw.flags & time_wait::IN_CONNECT != 0,
                     ts_ns: raw.ts_ns,
                     timer: raw.timer,
-                    addrs: if raw.what == time_wait::START {
+                    // On START; on EXPIRE from layout 7 (before, its tuple is zero).
+                    addrs: if raw.what == time_wait::START || raw.tuple.family != 0 {
                         Some(FlowAddrs::try_from(&raw.tuple).map_err(|e| anyhow!(e))?)
                     } else {
                         None

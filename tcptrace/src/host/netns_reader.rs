@@ -7,22 +7,19 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::{self, File},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
-    path::{Path, PathBuf},
+    os::fd::OwnedFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use crate::{
     host::{
         conntrack::{self, ConntrackTable},
-        netns::{inode_of, own_netns, Namespace, Namespaces, PortSettings},
+        netns::{own_netns, Namespace, Namespaces, PortSettings},
         procnet::TcpExtCounters,
-        sockdiag::{self, DiagSocket},
+        sockdiag::{self, DiagSocket, TimeWaitRead},
     },
     model::tcp::Endpoint,
 };
@@ -48,6 +45,10 @@ pub struct Refreshed {
     /// or their table empty).
     pub conntrack_opened: Vec<(u32, OwnedFd)>,
     pub conntrack_closed: Vec<u32>,
+    /// The timewait sockets of namespaces holding TIME_WAITs, as read; the namespaces
+    /// holding TIME_WAITs that are gone (no way into them is left).
+    pub time_wait: Vec<(u32, TimeWaitRead)>,
+    pub gone: Vec<u32>,
 }
 
 /// A namespace's listeners and TcpExt counters, as read.
@@ -66,7 +67,13 @@ struct Sample {
     conntrack: Option<ConntrackTable>,
     /// Opened where asked for and the table holds entries.
     ctnetlink: Option<OwnedFd>,
+    /// Where asked for (it holds TIME_WAITs).
+    time_wait: Option<TimeWaitRead>,
 }
+
+/// Timewait sockets are read at most this share of the time (a read of tens of thousands
+/// takes milliseconds): reads of one namespace are spaced by this many times the last's cost.
+const TIME_WAIT_READ_SPACING: u32 = 100;
 
 /// A namespace whose listeners queue or drop, or that sends SYN cookies, is read every
 /// second for this long.
@@ -85,6 +92,10 @@ struct Known {
     busy_until: Option<Instant>,
     /// The last error said about it (each said once).
     failed: Option<String>,
+    /// Whether it holds TIME_WAITs; when its timewait sockets were last read, and what that
+    /// read took.
+    holds_tw: bool,
+    tw_read: Option<(Instant, Duration)>,
 }
 
 /// Keeps the namespaces' settings read (see the module's comment).
@@ -152,13 +163,18 @@ impl NamespaceReader {
             counters: TcpExtCounters::default(),
             busy_until: None,
             failed: None,
+            holds_tw: false,
+            tw_read: None,
         };
         for k in self.known.values_mut() {
-            k.in_use = false;
+            (k.in_use, k.holds_tw) = (false, false);
         }
-        for inode in in_use.into_iter().chain(self.own) {
+        for (inode, holds_tw) in
+            (in_use.into_iter().map(|i| (i, true))).chain(self.own.map(|o| (o, false)))
+        {
             let k = self.known.entry(inode).or_insert_with(|| fresh(now));
             (k.seen, k.in_use) = (now, true);
+            k.holds_tw |= holds_tw;
         }
         let discover = self
             .discovered_at
@@ -192,16 +208,27 @@ impl NamespaceReader {
             conntrack_opened: std::mem::take(&mut self.initial_sockets),
             ..Refreshed::default()
         };
-        let others: Vec<(u32, Option<PathBuf>)> = due
-            .iter()
+        // Where it holds TIME_WAITs, its timewait sockets too (spaced by their cost).
+        let wants_tw = |k: &Known| {
+            k.holds_tw
+                && k.tw_read.is_none_or(|(at, took)| {
+                    now.duration_since(at) >= took * TIME_WAIT_READ_SPACING
+                })
+        };
+        let others: Vec<(u32, Option<PathBuf>, bool)> = (due.iter())
             .filter(|&&i| Some(i) != own)
-            .map(|&i| (i, self.known.get(&i).and_then(|k| k.way_in.clone())))
+            .filter_map(|&i| {
+                self.known
+                    .get(&i)
+                    .map(|k| (i, k.way_in.clone(), wants_tw(k)))
+            })
             .collect();
         let listeners = self.watch_listeners;
         let sockets = &self.ctnetlink;
-        let mut results = read_in_namespaces(others, listeners, sockets);
+        let mut results = read_in_namespaces(others, listeners, sockets, &mut out.gone);
         if let Some(own) = own.filter(|o| due.contains(o)) {
-            results.push((own, None, read_here(listeners, !sockets.contains(&own))));
+            let tw = self.known.get(&own).is_some_and(wants_tw);
+            results.push((own, None, read_here(listeners, !sockets.contains(&own), tw)));
         }
         for (inode, way_in, result) in results {
             self.settle(inode, way_in, result, now, &mut out);
@@ -237,8 +264,12 @@ impl NamespaceReader {
             k.way_in = way_in;
         }
         let (settings, counters, listeners, table) = match result {
-            Ok(sample) => {
+            Ok(mut sample) => {
                 k.failed = None;
+                if let Some(read) = sample.time_wait.take() {
+                    k.tw_read = Some((now, read.took));
+                    out.time_wait.push((inode, read));
+                }
                 if let Some(socket) = sample.ctnetlink {
                     self.ctnetlink.insert(inode);
                     out.conntrack_opened.push((inode, socket));
@@ -324,7 +355,7 @@ impl Default for NamespaceReader {
 
 /// Reads the calling thread's namespace: its settings, counters and, with `listeners`, its
 /// listening sockets.
-fn read_here(listeners: bool, want_ctnetlink: bool) -> Result<Sample> {
+fn read_here(listeners: bool, want_ctnetlink: bool, time_wait: bool) -> Result<Sample> {
     let settings = PortSettings::read_here()?;
     let conntrack = ConntrackTable::read_here();
     let ctnetlink = match conntrack {
@@ -338,105 +369,17 @@ fn read_here(listeners: bool, want_ctnetlink: bool) -> Result<Sample> {
         true => Some(sockdiag::listeners().context("listing its listeners (sock_diag)")?),
         false => None,
     };
+    let time_wait = match time_wait {
+        true => Some(sockdiag::time_wait_read().context("reading its timewait sockets")?),
+        false => None,
+    };
     Ok(Sample {
         settings,
         counters,
         listeners,
         conntrack,
         ctnetlink,
-    })
-}
-
-/// The name of a /run/netns/NAME path.
-pub fn run_netns_name(path: &Path) -> Option<String> {
-    (path.parent() == Some(Path::new("/run/netns")))
-        .then(|| path.file_name()?.to_str().map(str::to_string))
-        .flatten()
-}
-
-/// Every namespace on the host with a way in and its /run/netns name: those named under
-/// /run/netns (`ip netns add`), and those of every process (readlink only).
-pub(crate) fn discover_namespaces() -> HashMap<u32, (PathBuf, Option<String>)> {
-    let mut found = HashMap::new();
-    if let Ok(dir) = fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            let path = e.path();
-            if let Some(inode) = inode_of(&path) {
-                let name = e.file_name().to_str().map(str::to_string);
-                found.insert(inode, (path, name));
-            }
-        }
-    }
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let pid = e.file_name();
-            if !pid
-                .to_str()
-                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
-            {
-                continue;
-            }
-            let path = e.path().join("ns/net");
-            let Ok(link) = fs::read_link(&path) else {
-                continue;
-            };
-            let inode = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
-            if let Some(inode) = inode {
-                found.entry(inode).or_insert((path, None));
-            }
-        }
-    }
-    found
-}
-
-/// A way into `inode`: the one known if it still leads there, else one found anew.
-pub(crate) fn way_into(inode: u32, known: Option<PathBuf>) -> Result<(PathBuf, File)> {
-    let candidates = known.into_iter().chain(
-        std::iter::once_with(|| discover_namespaces().remove(&inode).map(|(p, _)| p)).flatten(),
-    );
-    for path in candidates {
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        if file
-            .metadata()
-            .is_ok_and(|m| u32::try_from(m.ino()).ok() == Some(inode))
-        {
-            return Ok((path, file));
-        }
-    }
-    bail!("no process lives in it and /run/netns does not name it")
-}
-
-/// Moves the calling thread into the namespace `file` (opened from `path`) refers to. Only
-/// threads that end after their work inside call it.
-pub(crate) fn enter(file: &File, path: &Path) -> Result<()> {
-    // SAFETY: setns with an open namespace fd changes only this thread's network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        // The OS error kept as the source: callers tell EPERM (no CAP_SYS_ADMIN) apart.
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("entering it through {}", path.display()));
-    }
-    Ok(())
-}
-
-/// Runs `f` inside namespace `inode` (on a thread of its own that enters it), or on this
-/// thread when it is tracing's own.
-pub fn in_namespace<T: Send>(inode: u32, f: impl FnOnce() -> T + Send) -> Result<T> {
-    if inode == 0 || own_netns() == Some(inode) {
-        return Ok(f());
-    }
-    let (path, file) = way_into(inode, None)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                enter(&file, &path).with_context(|| format!("network namespace {inode}"))?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|_| bail!("the thread inside network namespace {inode} panicked"))
+        time_wait,
     })
 }
 
@@ -447,32 +390,40 @@ pub fn open_flows_toward(netns: u32, dest: Endpoint) -> Option<u64> {
 }
 
 type Read = (u32, Option<PathBuf>, Result<Sample>);
+/// A namespace, the way into it, and whether its timewait sockets are wanted.
+type Entering = (u32, Result<(PathBuf, File)>, bool);
 
 /// Reads each namespace from inside it, all from one thread of their own (only that thread
 /// changes namespace; it ends after the reads).
+/// `gone` gets the namespaces asked to be read for their TIME_WAITs that no way leads into.
 fn read_in_namespaces(
-    namespaces: Vec<(u32, Option<PathBuf>)>,
+    namespaces: Vec<(u32, Option<PathBuf>, bool)>,
     listeners: bool,
     sockets: &HashSet<u32>,
+    gone: &mut Vec<u32>,
 ) -> Vec<Read> {
     if namespaces.is_empty() {
         return Vec::new();
     }
-    let entered: Vec<(u32, Result<(PathBuf, File)>)> = namespaces
+    let entered: Vec<Entering> = namespaces
         .into_iter()
-        .map(|(inode, known)| (inode, way_into(inode, known)))
+        .map(|(inode, known, tw)| (inode, way_into(inode, known), tw))
         .collect();
+    // A namespace gone with its TIME_WAITs is not read (nor warned about).
+    let (lost, entered): (Vec<_>, Vec<_>) =
+        (entered.into_iter()).partition(|(_, way, tw)| *tw && way.is_err());
+    gone.extend(lost.into_iter().map(|(inode, _, _)| inode));
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 entered
                     .into_iter()
-                    .map(|(inode, way)| match way {
+                    .map(|(inode, way, tw)| match way {
                         Err(e) => (inode, None, Err(e)),
                         Ok((path, file)) => {
                             let want = !sockets.contains(&inode);
                             let read =
-                                enter(&file, &path).and_then(|()| read_here(listeners, want));
+                                enter(&file, &path).and_then(|()| read_here(listeners, want, tw));
                             (inode, Some(path), read)
                         }
                     })
@@ -488,6 +439,11 @@ fn read_in_namespaces(
     })
     .collect()
 }
+
+#[path = "netns_ways.rs"]
+mod ways;
+pub(crate) use ways::{discover_namespaces, enter, way_into};
+pub use ways::{in_namespace, run_netns_name};
 
 #[cfg(test)]
 #[path = "netns_reader_tests.rs"]

@@ -48,16 +48,22 @@ pub struct DiagSocket {
 /// `INET_DIAG_CGROUP_ID`: the kernel puts it in every full socket's answer.
 const INET_DIAG_CGROUP_ID: u16 = 21;
 
-fn dump_family(
-    family: u8,
-    states: StateFlags,
-    extensions: ExtensionFlags,
-) -> Result<Vec<DiagSocket>> {
+/// A sock_diag socket of the calling thread's namespace.
+fn open() -> Result<Socket> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket
         .connect(&SocketAddr::new(0, 0))
         .context("connecting the sock_diag socket")?;
+    Ok(socket)
+}
+
+fn dump_family(
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+) -> Result<Vec<DiagSocket>> {
+    let socket = open()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut request = NetlinkMessage::new(
@@ -228,6 +234,85 @@ pub fn open_sockets() -> Result<Vec<DiagSocket>> {
 /// Sockets in TIME_WAIT now, with their remaining time.
 pub fn time_wait() -> Result<Vec<DiagSocket>> {
     dump(StateFlags::TIME_WAIT, false)
+}
+
+/// Which of `tuples` a socket other than a timewait one holds now, in the calling thread's
+/// namespace (a connection that took over a TIME_WAIT's 4-tuple): sock_diag's exact lookup,
+/// one request each.
+pub fn held_open(tuples: &[FlowAddrs]) -> Result<std::collections::HashSet<FlowAddrs>> {
+    let socket = open()?;
+    let mut held = std::collections::HashSet::new();
+    let mut receive = vec![0u8; 1 << 12];
+    for addrs in tuples {
+        let v4 = addrs.local.addr.is_ipv4();
+        let mut socket_id = if v4 {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        socket_id.source_port = addrs.local.port;
+        socket_id.destination_port = addrs.remote.port;
+        socket_id.source_address = addrs.local.addr;
+        socket_id.destination_address = addrs.remote.addr;
+        socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: if v4 { AF_INET } else { AF_INET6 },
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id,
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        socket
+            .send(&buf, 0)
+            .context("sending the sock_diag lookup")?;
+        let size = socket
+            .recv(&mut &mut receive[..], 0)
+            .context("reading sock_diag")?;
+        // One answer: the socket, or an error (ENOENT: none holds the 4-tuple).
+        let mut found = Vec::new();
+        if parse_batch(&receive[..size], &mut found).is_ok()
+            && found.iter().any(|s| s.state != TIME_WAIT_STATE)
+        {
+            held.insert(*addrs);
+        }
+    }
+    Ok(held)
+}
+
+/// The kernel's TCP_TIME_WAIT.
+const TIME_WAIT_STATE: u8 = 6;
+
+/// The 4-tuples of a namespace's timewait sockets, as one read saw them.
+#[derive(Debug, Default)]
+pub struct TimeWaitRead {
+    /// When the read began (kernel monotonic time): a TIME_WAIT that started before and is
+    /// missing ended before it.
+    pub read_ns: u64,
+    pub present: std::collections::HashSet<FlowAddrs>,
+    pub took: Duration,
+}
+
+/// Every timewait socket of the calling thread's namespace: TIME_WAIT, and those still in
+/// their FIN_WAIT2 substate (an orphan whose peer has not closed: sock_diag reports a
+/// timewait socket by its substate).
+pub fn time_wait_read() -> Result<TimeWaitRead> {
+    let began = std::time::Instant::now();
+    let read_ns = crate::host::clock::Clock::ktime_now();
+    let sockets = dump(StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2, false)?;
+    Ok(TimeWaitRead {
+        read_ns,
+        present: sockets.into_iter().map(|s| s.addrs).collect(),
+        took: began.elapsed(),
+    })
 }
 
 #[cfg(test)]

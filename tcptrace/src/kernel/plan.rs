@@ -115,17 +115,14 @@ impl KernelPlan {
         if self.drops && kernel.drop_reason {
             hooked.push((program::DROP, "kfree_skb"));
         }
-        // The timer hooks see every timer on the host: only where they are needed.
+        // The timers that fire (never the hooks of every timer armed or cancelled): only where
+        // they are needed. TIME_WAIT starts on the state tracepoint; this is its end.
         if self.keepalive_probes || self.time_wait {
             hooked.push((program::TIMER_EXPIRE_ENTRY, "timer_expire_entry"));
         }
         if self.keepalive_probes {
             // Keepalive probes, seen around the keepalive timer.
             hooked.push((program::TIMER_EXPIRE_EXIT, "timer_expire_exit"));
-        }
-        if self.time_wait {
-            hooked.push((program::TIMER_START, "timer_start"));
-            hooked.push((program::TIMER_CANCEL, "timer_cancel"));
         }
         hooked
     }
@@ -155,18 +152,9 @@ impl KernelPlan {
                 map::PORT_FILTER,
                 if self.filter.has_ports() { 1 << 16 } else { 1 },
             ),
-            // Twice the kernel's ceiling: an LRU map evicts before it is full, and the timers
-            // of TIME_WAITs that ended early stay until evicted (their cancel cannot tell them
-            // from an expiry, which the kernel precedes by a cancel).
+            // Twice the kernel's ceiling: an LRU map evicts before it is full, and the entries
+            // of TIME_WAITs that ended early (reused, killed) stay until evicted.
             (map::TW_TRACED, tw_sockets.saturating_mul(2)),
-            (
-                map::TW_PENDING,
-                if self.filter.needs_owner() {
-                    tw_sockets
-                } else {
-                    1
-                },
-            ),
         ]
     }
 }
@@ -210,7 +198,10 @@ mod tests {
             ]
         );
         let flows = programs(&plan(&["flows"]), NEW_KERNEL);
-        assert!(flows.contains(&program::TIMER_START) && flows.contains(&program::TIMER_CANCEL));
+        assert!(
+            flows.contains(&program::TIMER_EXPIRE_ENTRY),
+            "TIME_WAIT's end: {flows:?}"
+        );
         assert!(
             !flows.contains(&program::TIMER_EXPIRE_EXIT),
             "no probes traced"
@@ -218,11 +209,10 @@ mod tests {
         let alerts = programs(&plan(&["alerts"]), NEW_KERNEL);
         assert!(alerts.contains(&program::TIMER_EXPIRE_EXIT));
         assert!(
-            alerts.contains(&program::TIMER_START),
+            plan(&["alerts"]).time_wait,
             "alerts trace TIME_WAIT: the exhaustion forecast's alerts"
         );
-        let quiet = programs(&plan(&["alerts", "--no-time-wait"]), NEW_KERNEL);
-        assert!(!quiet.contains(&program::TIMER_START), "{quiet:?}");
+        assert!(!plan(&["alerts", "--no-time-wait"]).time_wait);
         let no_tw = programs(&plan(&["flows", "--no-time-wait"]), NEW_KERNEL);
         assert!(!no_tw.contains(&program::TIMER_EXPIRE_ENTRY));
     }
@@ -282,11 +272,6 @@ mod tests {
         let filtered = sizes(&["flows", "-L", "80", "-p", "1"]);
         assert_eq!(filtered[map::PORT_FILTER], 1 << 16);
         assert_eq!(filtered[map::TW_TRACED], 262_144);
-        assert_eq!(
-            filtered[map::TW_PENDING],
-            131_072,
-            "a pid filter needs the owner"
-        );
         for (name, _) in plan(&[]).map_sizes(1) {
             assert!(map::ALL.contains(&name), "{name} is a map of the contract");
         }

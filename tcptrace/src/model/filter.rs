@@ -81,11 +81,6 @@ impl FilterSpec {
         !self.local_ports.is_empty() || !self.remote_ports.is_empty() || !self.ports.is_empty()
     }
 
-    /// Whether TIME_WAIT sockets are judged by their flow (pid, cgroup and workload filters).
-    pub fn needs_owner(&self) -> bool {
-        self.active() & filter_kind::NEEDS_OWNER != 0
-    }
-
     /// The programs' view.
     pub fn program_config(&self) -> FilterConfig {
         let mut config = FilterConfig {

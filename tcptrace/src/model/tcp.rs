@@ -288,6 +288,9 @@ pub enum TimeWaitEnd {
     Killed,
     /// Still running when tracing stopped.
     InProgress,
+    /// None was made: the namespace's `tcp_max_tw_buckets` was full (`TCPTimeWaitOverflow`);
+    /// held 0, and not counted as a TIME_WAIT.
+    Overflow,
 }
 
 impl TimeWaitEnd {
@@ -307,6 +310,7 @@ impl TimeWaitEnd {
             TimeWaitEnd::Reused => "reused",
             TimeWaitEnd::Killed => "killed",
             TimeWaitEnd::InProgress => "in_progress",
+            TimeWaitEnd::Overflow => "overflow",
         }
     }
 }

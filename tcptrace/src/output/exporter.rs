@@ -76,8 +76,10 @@ impl Consumer for MetricsExporter {
                     Finished::Flow(f) => f.time_wait.as_ref().map(|t| (t.held_ns, t.end)),
                     Finished::Orphan(t) => Some((t.held_ns, t.end)),
                 };
-                if let Some((held_ns, _)) = held.filter(|(_, end)| *end != TimeWaitEnd::InProgress)
-                {
+                let ended = |end: &TimeWaitEnd| {
+                    !matches!(end, TimeWaitEnd::InProgress | TimeWaitEnd::Overflow)
+                };
+                if let Some((held_ns, _)) = held.filter(|(_, end)| ended(end)) {
                     self.metrics.time_wait.ended(held_ns);
                 }
             }

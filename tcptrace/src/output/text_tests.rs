@@ -192,6 +192,32 @@ fn a_flow_that_closed_first_ends_with_its_time_wait() {
     );
 }
 
+/// A flow whose TIME_WAIT the kernel did not make (`tcp_max_tw_buckets` full) says so, at
+/// its end and, printed at its close, on the line that would have held the TIME_WAIT's end.
+#[test]
+fn a_flow_whose_time_wait_overflowed_says_none_was_made() {
+    use crate::state::timewait::{TimeWait, TimeWaitEnd};
+    let mut flow = fixtures::client_flow();
+    flow.time_wait = Some(TimeWait {
+        addrs: flow.addrs,
+        start_ns: flow.ts_ns,
+        held_ns: 0,
+        end: TimeWaitEnd::Overflow,
+    });
+    let mut p = printer();
+    p.flow(&flow).expect("write");
+    p.time_wait_ended(&flow).expect("write");
+    let out = text(p);
+    assert!(
+        out.contains("FIN_WAIT2 1.0ms > CLOSE (no TIME_WAIT: tcp_max_tw_buckets full)  life"),
+        "{out}"
+    );
+    assert!(
+        out.contains("… > no TIME_WAIT (tcp_max_tw_buckets full)"),
+        "{out}"
+    );
+}
+
 #[test]
 fn time_wait_gauges_say_what_the_list_leaves_out() {
     use std::net::Ipv4Addr;

@@ -8,7 +8,7 @@ use crate::{
     model::tcp::Endpoint,
     output::columns::{comm, pid},
     state::forecast::TimeWaitView,
-    state::timewait::TimeWait,
+    state::timewait::{TimeWait, TimeWaitEnd},
 };
 
 impl<W: Write> TextPrinter<W> {
@@ -17,7 +17,8 @@ impl<W: Write> TextPrinter<W> {
         self.time_wait_line(t, None)
     }
 
-    /// The end of the TIME_WAIT of a flow printed at its close, under that flow's owner.
+    /// The end of the TIME_WAIT of a flow printed at its close, under that flow's owner (or
+    /// that it had none after all: `tcp_max_tw_buckets` was full).
     pub fn time_wait_ended(&mut self, f: &FinishedFlow) -> io::Result<()> {
         match &f.time_wait {
             Some(t) => self.time_wait_line(t, Some(f)),
@@ -36,14 +37,16 @@ impl<W: Write> TextPrinter<W> {
         let owner = flow.map_or(&unseen, |f| &f.lifecycle.owner);
         writeln!(
             self.out,
-            "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  … > TIME_WAIT {} ({}){}",
+            "{:<15} {:<16} {:>7}  {wl}{:<lw$} > {:<rw$}  … > {}{}",
             self.clock.time_of_day(t.start_ns + t.held_ns),
             comm(owner),
             pid(owner).text().as_str(),
             local.as_str(),
             remote.as_str(),
-            HumanDuration(t.held_ns),
-            t.end.name(),
+            match t.end {
+                TimeWaitEnd::Overflow => "no TIME_WAIT (tcp_max_tw_buckets full)".to_string(),
+                end => format!("TIME_WAIT {} ({})", HumanDuration(t.held_ns), end.name()),
+            },
             if flow.is_some() {
                 ""
             } else {

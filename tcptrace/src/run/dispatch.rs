@@ -27,7 +27,7 @@ use crate::{
         port_failures::{PortFailureAlert, PortFailureWatch},
         snat::SnatTracker,
         summary::{NatLookups, Summary},
-        timewait::{Finished, TimeWaitTracker},
+        timewait::{holds_time_wait, Finished, TimeWaitTracker},
     },
 };
 
@@ -314,25 +314,28 @@ impl Dispatcher {
                     consumer.seen(Seen::Alert(&Alert::Nat(&alert)))?;
                 }
                 self.agg.finished_flow(&f);
-                let time_wait = match self.traces_time_wait {
-                    true => self.tw.join_flow(&f),
-                    false => None,
-                };
+                let time_wait = self.traces_time_wait && holds_time_wait(&f);
+                if self.traces_time_wait {
+                    // A TIME_WAIT of this 4-tuple from before the flow began ended as it began.
+                    if let Some(reused) = self.tw.reused_by(&f) {
+                        consumer.seen(Seen::Finished(&reused))?;
+                    }
+                }
                 consumer.seen(Seen::FlowClosed {
                     flow: &f,
-                    time_wait: time_wait.is_some(),
+                    time_wait,
                 })?;
                 if let Some(alert) = Alert::closed(&f).filter(|_| self.wants.alerts) {
                     consumer.seen(Seen::Alert(&alert))?;
                 }
-                // A flow that closed first is handed on again when its TIME_WAIT ends.
-                match time_wait {
-                    Some(timer) => {
-                        if self.wants.flows {
-                            self.tw.hold(timer, f);
-                        }
-                    }
-                    None => consumer.seen(Seen::Finished(&Finished::Flow(f)))?,
+                // A flow that closed first is handed on again when its TIME_WAIT ends (its
+                // start follows it in the ring).
+                let handed = match time_wait {
+                    true => self.tw.closed_into(f, self.wants.flows),
+                    false => Some(f),
+                };
+                if let Some(f) = handed {
+                    consumer.seen(Seen::Finished(&Finished::Flow(f)))?;
                 }
             }
             // Sent only where flows are counted in the kernel: the side of a TIME_WAIT.
@@ -344,7 +347,7 @@ impl Dispatcher {
             Event::TimeWait(r) => match r.what {
                 time_wait::START => {
                     if let Some(addrs) = r.addrs {
-                        if self.wants.time_wait_entries && !self.tw.rearms(r.timer, &addrs, r.ts_ns)
+                        if self.wants.time_wait_entries && self.tw.is_new(r.timer, &addrs, r.ts_ns)
                         {
                             consumer.seen(Seen::TimeWaitEntered {
                                 addrs: &addrs,
@@ -352,14 +355,14 @@ impl Dispatcher {
                                 ts_ns: r.ts_ns,
                             })?;
                         }
-                        if let Some(ended) = self.tw.start(r.timer, addrs, r.netns, r.ts_ns) {
+                        for ended in self.tw.start(r.timer, addrs, r.netns, r.ts_ns) {
                             consumer.seen(Seen::Finished(&ended))?;
                         }
                     }
                 }
                 time_wait::CANCEL => self.tw.cancel(r.timer, r.ts_ns, r.in_connect),
                 _ => {
-                    if let Some(finished) = self.tw.expire(r.timer, r.ts_ns) {
+                    if let Some(finished) = self.tw.expire(r.addrs, r.netns, r.timer, r.ts_ns) {
                         consumer.seen(Seen::Finished(&finished))?;
                     }
                 }

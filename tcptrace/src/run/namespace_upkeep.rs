@@ -5,7 +5,12 @@
 use std::{collections::HashSet, io, os::fd::OwnedFd, time::Instant};
 
 use crate::{
-    host::{conntrack::ConntrackLookup, netns::Namespaces, netns_reader::NamespaceReader},
+    host::{
+        conntrack::ConntrackLookup,
+        netns::Namespaces,
+        netns_reader::{in_namespace, NamespaceReader},
+        sockdiag,
+    },
     model::{tcp::Process, workload::Workload},
     output::consumer::{Consumer, Seen},
     state::{
@@ -16,6 +21,10 @@ use crate::{
         timewait::{RateKey, TimeWaitTracker},
     },
 };
+
+/// TIME_WAITs missing from a read whose 4-tuple is looked up (is a connection holding it?)
+/// per tick at most; the others are judged killed.
+const LOOKUPS_PER_TICK: usize = 1_000;
 
 /// A space warned about is warned about again only after its forecast fell under this.
 const REARM_BELOW: f64 = WARN_AT * 0.75;
@@ -120,13 +129,30 @@ impl NamespaceUpkeep {
         let Some(tw) = tw else {
             return Ok(());
         };
+        // Last tick's reads judged now that the ring was read past them (a 4-tuple a
+        // connection holds now was reused); this tick's after.
+        let held_open = (tw.suspects_to_look_up(LOOKUPS_PER_TICK).into_iter())
+            .filter_map(|(netns, tuples)| {
+                let held = in_namespace(netns, || sockdiag::held_open(&tuples));
+                Some((netns, held.ok()?.ok()?))
+            })
+            .collect();
+        for finished in tw.apply_suspects(&held_open) {
+            consumer.seen(Seen::Finished(&finished))?;
+        }
+        for (netns, read) in &refreshed.time_wait {
+            tw.reconcile(*netns, read.read_ns, &read.present);
+        }
+        for &netns in &refreshed.gone {
+            tw.namespace_gone(netns, now_ns);
+        }
         tw.expire_preexisting(now_ns);
         tw.prune_entry_rates(now_ns);
         if tw.shrink_sparse_maps() {
             release();
         }
         for (netns, newly) in refreshed.overflowed {
-            tw.overflows += newly;
+            tw.overflowed(netns, newly);
             consumer.seen(Seen::TimeWaitOverflowed { netns, newly })?;
             let label = self.reader.namespaces.label(netns);
             let limit = self

@@ -289,6 +289,11 @@ pub fn write_path<W: fmt::Write + ?Sized>(
         }
         let closed = i == last && step.state == TcpState::Close && step.retransmits == 0;
         match end {
+            PathEnd::TimeWait(tw)
+                if closed && tw.end == crate::model::tcp::TimeWaitEnd::Overflow =>
+            {
+                return f.write_str("CLOSE (no TIME_WAIT: tcp_max_tw_buckets full)");
+            }
             PathEnd::TimeWait(tw) if closed => {
                 f.write_str("TIME_WAIT ")?;
                 HumanDuration(tw.held_ns).write_to(f)?;

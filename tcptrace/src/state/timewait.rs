@@ -1,5 +1,7 @@
-//! TIME_WAIT made visible: every timewait socket's start, end and end cause, joined to the flow
-//! that closed first; live gauges per destination and local address; the 4-tuple exhaustion
+//! TIME_WAIT made visible: every timewait socket's start (its flow's close on the state
+//! tracepoint), end (its timer's expiry; a reuse, seen as a new flow of the same 4-tuple; a
+//! kill or an overflow, inferred from sock_diag reads) and end cause, joined to the flow that
+//! closed first; live gauges per destination and local address; the 4-tuple exhaustion
 //! forecast.
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -11,12 +13,16 @@ use foldhash::HashMap;
 use hdrhistogram::Histogram;
 
 use crate::{
-    model::events::{FinishedFlow, TimeWaitFlow},
-    model::tcp::{Endpoint, FlowAddrs, TcpState},
+    model::events::FinishedFlow,
+    model::tcp::{Endpoint, FlowAddrs},
 };
 
-/// A cancel not followed by an expiry within this long ended TIME_WAIT early.
+/// Recordings before layout 7: a cancel not followed by an expiry within this long ended
+/// TIME_WAIT early.
 const SETTLE_NS: u64 = 20_000_000;
+/// A flow that closed into TIME_WAIT whose start did not follow within this long (its record
+/// was lost to a full ring) is handed on without one.
+const START_LOST_NS: u64 = 1_000_000_000;
 /// The window over which entry rates are measured.
 pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
 
@@ -32,11 +38,25 @@ struct Active {
     /// Boxed as decoded (a flow is ~460 bytes, and most entries of the map and its spare
     /// capacity hold none); handed on as it is when the TIME_WAIT ends.
     flow: Option<Box<FinishedFlow>>,
-    cancel: Option<(u64, bool)>,
     /// Whether the accepting side holds it, as its flow said when joined (`None`: flow not
     /// seen). The accepting side's is counted under its local service, not under the
     /// client's ephemeral port.
     accepted: Option<bool>,
+    /// Seen in a sock_diag read of its namespace: it exists (not a `tcp_max_tw_buckets`
+    /// overflow).
+    confirmed: bool,
+    /// Recordings before layout 7: the timer's address, and its cancel (time, whether inside
+    /// a connect()).
+    timer: u64,
+    cancel: Option<(u64, bool)>,
+}
+
+/// A flow that closed into TIME_WAIT, waiting for the start sent right after it.
+struct Closing {
+    skaddr: u64,
+    ts_ns: u64,
+    accepted: bool,
+    flow: Option<Box<FinishedFlow>>,
 }
 
 /// What the tracker hands back to be printed.
@@ -47,14 +67,29 @@ pub enum Finished {
     Orphan(TimeWait),
 }
 
+/// The TIME_WAITs of one network namespace, by 4-tuple.
+pub type TimeWaitKey = (u32, FlowAddrs);
+
 #[derive(Default)]
 pub struct TimeWaitTracker {
+    /// By an id of the tracker's own (the kernel's addresses are reused).
     active: HashMap<u64, Active>,
-    /// Cancels in the order they came (time, timer): settled from the front, so that a
-    /// settle pass costs what it settles, not the number of sockets in TIME_WAIT.
+    next_id: u64,
+    by_key: HashMap<TimeWaitKey, u64>,
+    /// The newest TIME_WAIT of each 4-tuple, whatever its namespace (flows carry none).
+    newest: HashMap<FlowAddrs, u64>,
+    /// Flows that closed into TIME_WAIT, until their start comes (right after them).
+    closing: HashMap<FlowAddrs, Closing>,
+    /// Flows whose start never came (a newer flow of the 4-tuple closed meanwhile).
+    start_lost: Vec<Finished>,
+    /// Recordings before layout 7: TIME_WAITs by timer address, and cancels in the order
+    /// they came (time, id), settled from the front.
+    keyed_by_timer: bool,
+    by_timer: HashMap<u64, u64>,
     cancels: VecDeque<(u64, u64)>,
-    /// START seen, its flow's CLOSE not yet: the flow joins by 4-tuple.
-    awaiting_flow: HashMap<FlowAddrs, u64>,
+    /// Reconciliation with sock_diag (see `timewait_reconcile.rs`).
+    suspects: Vec<reconcile::Suspect>,
+    overflow_unmatched: HashMap<u32, u64>,
     /// Entry times per (network namespace, local addr, remote endpoint), for rates: each
     /// namespace has its own ephemeral ports.
     entries: HashMap<RateKey, VecDeque<u64>>,
@@ -102,19 +137,21 @@ fn forget_old_entries(queue: &mut VecDeque<u64>, now_ns: u64) {
     }
 }
 
-/// A start this soon after a cancel of the same timer, for the same 4-tuple and not inside a
-/// connect(), is the same TIME_WAIT re-armed (mod_timer), not a new one.
-const REARM_NS: u64 = 1_000_000;
-
-fn is_rearm(
-    a: &Active,
-    addrs: &FlowAddrs,
-    cancelled_ns: u64,
-    in_connect: bool,
-    ts_ns: u64,
-) -> bool {
-    !in_connect && a.addrs == *addrs && ts_ns.saturating_sub(cancelled_ns) < REARM_NS
+/// Removes one entry time (the newest equal to `t`); the key goes with its last.
+fn remove_entry<K: std::hash::Hash + Eq>(queues: &mut HashMap<K, VecDeque<u64>>, key: K, t: u64) {
+    if let Some(queue) = queues.get_mut(&key) {
+        if let Some(at) = queue.iter().rposition(|&e| e == t) {
+            queue.remove(at);
+        }
+        if queue.is_empty() {
+            queues.remove(&key);
+        }
+    }
 }
+
+/// Recordings before layout 7: a start this soon after a cancel of the same timer, for the
+/// same 4-tuple and not inside a connect(), is the same TIME_WAIT re-armed (mod_timer).
+const REARM_NS: u64 = 1_000_000;
 
 /// Maps smaller than this are left as they are.
 const SPARSE_FROM: usize = 4096;
@@ -139,20 +176,15 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K) {
     }
 }
 
-/// Whether a finished flow is one that enters TIME_WAIT (it closed first and the FIN exchange
-/// completed).
-fn enters_time_wait(flow: &FinishedFlow) -> bool {
-    let path = &flow.lifecycle.path;
-    path.len() >= 2
-        && matches!(
-            path[path.len() - 2].state,
-            TcpState::FinWait2 | TcpState::Closing
-        )
-}
-
 impl TimeWaitTracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reading a recording made before layout 7: TIME_WAITs are the timer hooks' (a start
+    /// before its flow's close, keyed by the timer's address; a cancel before every end).
+    pub fn keyed_by_timer(&mut self) {
+        self.keyed_by_timer = true;
     }
 
     /// Counts sockets already in TIME_WAIT at start until their remaining time runs out.
@@ -191,12 +223,18 @@ impl TimeWaitTracker {
         }
     }
 
-    /// Whether a start at `timer` re-arms a TIME_WAIT already running there (a FIN
-    /// retransmitted into TIME_WAIT) rather than starting a new one.
-    pub fn rearms(&self, timer: u64, addrs: &FlowAddrs, ts_ns: u64) -> bool {
-        self.active.get(&timer).is_some_and(|a| match a.cancel {
+    /// Whether a start is a new TIME_WAIT to announce (not, in a recording before layout 7,
+    /// a running one re-armed by a FIN retransmitted into it).
+    pub fn is_new(&self, timer: u64, addrs: &FlowAddrs, ts_ns: u64) -> bool {
+        if !self.keyed_by_timer {
+            return true;
+        }
+        let running = (self.by_timer.get(&timer)).and_then(|id| self.active.get(id));
+        !running.is_some_and(|a| match a.cancel {
             None => true,
-            Some((cancelled_ns, in_connect)) => is_rearm(a, addrs, cancelled_ns, in_connect, ts_ns),
+            Some((cancelled_ns, in_connect)) => {
+                !in_connect && a.addrs == *addrs && ts_ns.saturating_sub(cancelled_ns) < REARM_NS
+            }
         })
     }
 
@@ -210,43 +248,51 @@ impl TimeWaitTracker {
             .chain(self.preexisting.iter().map(|(addrs, _)| (addrs, None)))
     }
 
-    /// A TIME_WAIT starts; returns an earlier one at the same timer address that was
-    /// cancelled and had not settled yet (its memory was reused: it ended).
-    pub fn start(
-        &mut self,
-        timer: u64,
-        addrs: FlowAddrs,
-        netns: u32,
-        ts_ns: u64,
-    ) -> Option<Finished> {
-        let mut ended = None;
-        if let Some(existing) = self.active.get_mut(&timer) {
-            let Some((cancelled_ns, in_connect)) = existing.cancel else {
-                return None; // re-armed (a FIN retransmitted into TIME_WAIT): the start stands
-            };
-            if is_rearm(existing, &addrs, cancelled_ns, in_connect, ts_ns) {
-                // mod_timer on a pending timer: the kernel reports a cancel, then the start
-                // (FIN_WAIT2 becoming TIME_WAIT, a FIN retransmitted into it). It goes on.
-                existing.cancel = None;
-                return None;
-            }
-            let end = TimeWaitEnd::early(in_connect);
-            if let Some(old) = self.active.remove(&timer) {
-                ended = Some(self.end(timer, old, cancelled_ns, end));
+    /// A TIME_WAIT starts (`sk`: the closing socket's address; before layout 7, the timer's).
+    /// Returns what it ended: an earlier TIME_WAIT of the same 4-tuple still running (it was
+    /// reused: where no flow said so first, seen at the 4-tuple's next close).
+    pub fn start(&mut self, sk: u64, addrs: FlowAddrs, netns: u32, ts_ns: u64) -> Vec<Finished> {
+        let mut ended = Vec::new();
+        if self.keyed_by_timer {
+            if let Some(&id) = self.by_timer.get(&sk) {
+                if !self.is_new(sk, &addrs, ts_ns) {
+                    if let Some(a) = self.active.get_mut(&id) {
+                        a.cancel = None; // re-armed: it goes on
+                    }
+                    return ended;
+                }
+                if let Some(old) = self.active.remove(&id) {
+                    let end_ns = old.cancel.map_or(ts_ns, |(t, _)| t);
+                    let end = TimeWaitEnd::early(old.cancel.is_some_and(|(_, c)| c));
+                    ended.push(self.end(id, old, end_ns, end));
+                }
             }
         }
+        if let Some(id) = self.by_key.get(&(netns, addrs)).copied() {
+            if let Some(old) = self.active.remove(&id) {
+                ended.push(self.end(id, old, ts_ns, TimeWaitEnd::Reused));
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
         self.active.insert(
-            timer,
+            id,
             Active {
                 addrs,
                 netns,
                 start_ns: ts_ns,
                 flow: None,
-                cancel: None,
                 accepted: None,
+                confirmed: false,
+                timer: sk,
+                cancel: None,
             },
         );
-        self.awaiting_flow.insert(addrs, timer);
+        self.by_key.insert((netns, addrs), id);
+        self.newest.insert(addrs, id);
+        if self.keyed_by_timer {
+            self.by_timer.insert(sk, id);
+        }
         let queue = self
             .entries
             .entry((netns, addrs.local.addr, addrs.remote))
@@ -261,143 +307,99 @@ impl TimeWaitTracker {
             .or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         *self.live_by_netns.entry(netns).or_default() += 1;
+        if let Some(closing) = self.closing.remove(&addrs) {
+            if closing.skaddr == sk {
+                self.join(id, closing.accepted, closing.flow);
+            } else {
+                self.closing.insert(addrs, closing);
+            }
+        }
         ended
     }
 
-    /// A flow reached CLOSE: returned at once, or held until its TIME_WAIT ends. Where flows
-    /// are not printed (`keep` false), only its side is counted: nothing is held. (The
-    /// dispatcher does the two steps apart: it prints the flow in between.)
-    #[cfg(test)]
-    pub fn flow(&mut self, flow: Box<FinishedFlow>, keep: bool) -> Option<Box<FinishedFlow>> {
-        match self.join_flow(&flow) {
-            None => Some(flow),
-            Some(timer) => {
-                if keep {
-                    self.hold(timer, flow);
-                }
-                None
-            }
-        }
-    }
-
-    /// A flow reached CLOSE: joins the TIME_WAIT it entered (its side is counted), and
-    /// returns that TIME_WAIT's timer; `None` where it entered none that is traced.
-    pub fn join_flow(&mut self, flow: &FinishedFlow) -> Option<u64> {
-        if !enters_time_wait(flow) {
-            return None;
-        }
-        self.join(&flow.addrs, flow.lifecycle.accepted())
-    }
-
-    /// Holds a joined flow until its TIME_WAIT ends (handed back then, by its end).
-    pub fn hold(&mut self, timer: u64, flow: Box<FinishedFlow>) {
-        if let Some(active) = self.active.get_mut(&timer) {
-            active.flow = Some(flow);
-        }
-    }
-
-    /// A flow entering TIME_WAIT, sent in brief (`tcptrace metrics`): its side is counted.
-    pub fn brief_flow(&mut self, flow: &TimeWaitFlow) {
-        let _ = self.join(&flow.addrs, flow.accepted);
-    }
-
-    /// Joins a flow entering TIME_WAIT to its timewait socket: `None` when there is none to
-    /// join (no timewait socket: tcp_max_tw_buckets overflow, or untraced; or that TIME_WAIT
-    /// holds a flow already — its timer address and 4-tuple came back before its end was
-    /// seen — and this one is printed now rather than replace it), else the TIME_WAIT's timer.
-    fn join(&mut self, addrs: &FlowAddrs, accepted: bool) -> Option<u64> {
-        let timer = self.awaiting_flow.remove(addrs)?;
-        let active = self.active.get_mut(&timer)?;
-        if active.flow.is_some() {
-            return None;
-        }
-        let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
-        active.accepted = Some(accepted);
-        if accepted {
-            self.server_side += 1;
-            self.not_a_destination(&addrs, netns, start_ns);
-        } else {
-            self.client_side += 1;
-        }
-        Some(timer)
-    }
-
-    /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
-    /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
-    /// out) for its local service's, where it stays until it ends.
-    fn not_a_destination(&mut self, addrs: &FlowAddrs, netns: u32, start_ns: u64) {
-        decrement(&mut self.live_by_destination, (netns, addrs.remote));
-        *self
-            .live_by_service
-            .entry((netns, addrs.local))
-            .or_default() += 1;
-        let queue = self
-            .service_entries
-            .entry((netns, addrs.local))
-            .or_default();
-        queue.push_back(start_ns);
-        forget_old_entries(queue, start_ns);
-        let key = (netns, addrs.local.addr, addrs.remote);
-        if let Some(queue) = self.entries.get_mut(&key) {
-            if let Some(at) = queue.iter().rposition(|&t| t == start_ns) {
-                queue.remove(at);
-            }
-            if queue.is_empty() {
-                self.entries.remove(&key);
-            }
-        }
-        decrement(&mut self.by_destination, addrs.remote);
-    }
-
+    /// Recordings before layout 7: the timer was removed.
     pub fn cancel(&mut self, timer: u64, ts_ns: u64, in_connect: bool) {
-        if let Some(active) = self.active.get_mut(&timer) {
+        let Some(&id) = self.by_timer.get(&timer) else {
+            return;
+        };
+        if let Some(active) = self.active.get_mut(&id) {
             active.cancel = Some((ts_ns, in_connect));
-            self.cancels.push_back((ts_ns, timer));
+            self.cancels.push_back((ts_ns, id));
         }
     }
 
-    pub fn expire(&mut self, timer: u64, ts_ns: u64) -> Option<Finished> {
-        let active = self.active.remove(&timer)?;
-        Some(self.end(timer, active, ts_ns, TimeWaitEnd::Expired))
+    /// The timer ran out: the TIME_WAIT of `addrs` in `netns` (before layout 7, of the timer
+    /// at `timer`).
+    pub fn expire(
+        &mut self,
+        addrs: Option<FlowAddrs>,
+        netns: u32,
+        timer: u64,
+        ts_ns: u64,
+    ) -> Option<Finished> {
+        let id = match addrs {
+            Some(addrs) => *self.by_key.get(&(netns, addrs))?,
+            None => *self.by_timer.get(&timer)?,
+        };
+        let active = self.active.remove(&id)?;
+        Some(self.end(id, active, ts_ns, TimeWaitEnd::Expired))
     }
 
-    /// Ends the TIME_WAITs whose cancel was not followed by an expiry.
+    /// Flows whose TIME_WAIT's start was lost are handed on without one; in recordings before
+    /// layout 7, TIME_WAITs whose cancel was not followed by an expiry ended early.
     pub fn settle(&mut self, now_ns: u64) -> Vec<Finished> {
-        let mut ended = Vec::new();
-        while let Some(&(ts, timer)) = self.cancels.front() {
+        let mut ended: Vec<Finished> = std::mem::take(&mut self.start_lost);
+        let lost: Vec<FlowAddrs> = (self.closing.iter())
+            .filter(|(_, c)| c.ts_ns + START_LOST_NS < now_ns)
+            .map(|(a, _)| *a)
+            .collect();
+        for addrs in lost {
+            if let Some(flow) = self.closing.remove(&addrs).and_then(|c| c.flow) {
+                ended.push(Finished::Flow(flow));
+            }
+        }
+        while let Some(&(ts, id)) = self.cancels.front() {
             if ts + SETTLE_NS >= now_ns {
                 break;
             }
             self.cancels.pop_front();
-            // Still cancelled at that time (not expired since, nor a new TIME_WAIT on the
-            // same timer address).
-            let current = self
-                .active
-                .get(&timer)
-                .is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
+            // Still cancelled at that time (not expired since, nor re-armed).
+            let current =
+                (self.active.get(&id)).is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
             if !current {
                 continue;
             }
-            let Some(active) = self.active.remove(&timer) else {
+            let Some(active) = self.active.remove(&id) else {
                 continue;
             };
             let end = TimeWaitEnd::early(active.cancel.is_some_and(|(_, c)| c));
-            ended.push(self.end(timer, active, ts, end));
+            ended.push(self.end(id, active, ts, end));
         }
         ended
     }
 
-    /// Everything still in TIME_WAIT when tracing stops.
+    /// Everything still in TIME_WAIT when tracing stops (after the reads' last verdicts),
+    /// and the flows whose start never came.
     pub fn drain_in_progress(&mut self, now_ns: u64) -> Vec<Finished> {
+        let mut finished = self.apply_suspects(&std::collections::HashMap::new());
+        finished.extend(self.match_overflows_at_end());
         let active: Vec<(u64, Active)> = self.active.drain().collect();
-        active
-            .into_iter()
-            .map(|(t, a)| self.end(t, a, now_ns, TimeWaitEnd::InProgress))
-            .collect()
+        finished.extend(
+            active
+                .into_iter()
+                .map(|(id, a)| self.end(id, a, now_ns, TimeWaitEnd::InProgress)),
+        );
+        let closing: Vec<Closing> = self.closing.drain().map(|(_, c)| c).collect();
+        finished.extend(
+            closing
+                .into_iter()
+                .filter_map(|c| Some(Finished::Flow(c.flow?))),
+        );
+        finished
     }
 
-    fn end(&mut self, timer: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
-        let held_ns = end_ns.saturating_sub(active.start_ns);
+    /// Removes a TIME_WAIT's entries from the indexes and the live counts.
+    fn unlink(&mut self, id: u64, active: &Active) {
         match active.accepted == Some(true) {
             true => decrement(
                 &mut self.live_by_service,
@@ -410,15 +412,27 @@ impl TimeWaitTracker {
         }
         decrement(&mut self.live_by_local, active.addrs.local.addr);
         decrement(&mut self.live_by_netns, active.netns);
+        let key = (active.netns, active.addrs);
+        if self.by_key.get(&key) == Some(&id) {
+            self.by_key.remove(&key);
+        }
+        if self.newest.get(&active.addrs) == Some(&id) {
+            self.newest.remove(&active.addrs);
+        }
+        if self.by_timer.get(&active.timer) == Some(&id) {
+            self.by_timer.remove(&active.timer);
+        }
+    }
+
+    fn end(&mut self, id: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
+        let held_ns = end_ns.saturating_sub(active.start_ns);
+        self.unlink(id, &active);
         if end != TimeWaitEnd::InProgress {
             self.held
                 .get_or_insert_with(|| Histogram::new(2).expect("valid precision"))
                 .record(held_ns.max(1))
                 .ok();
             *self.ends.entry(end).or_default() += 1;
-        }
-        if self.awaiting_flow.get(&active.addrs) == Some(&timer) {
-            self.awaiting_flow.remove(&active.addrs);
         }
         let tw = TimeWait {
             addrs: active.addrs,
@@ -435,6 +449,13 @@ impl TimeWaitTracker {
         }
     }
 }
+
+#[path = "timewait_flows.rs"]
+mod flows;
+pub use flows::holds_time_wait;
+
+#[path = "timewait_reconcile.rs"]
+mod reconcile;
 
 #[path = "timewait_gauges.rs"]
 mod gauges;

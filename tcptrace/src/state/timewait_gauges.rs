@@ -83,7 +83,10 @@ impl TimeWaitTracker {
     pub fn shrink_sparse_maps(&mut self) -> bool {
         let mut shrunk = shrink_if_sparse(&mut self.entries);
         shrunk |= shrink_if_sparse(&mut self.active);
-        shrunk |= shrink_if_sparse(&mut self.awaiting_flow);
+        shrunk |= shrink_if_sparse(&mut self.by_key);
+        shrunk |= shrink_if_sparse(&mut self.newest);
+        shrunk |= shrink_if_sparse(&mut self.closing);
+        shrunk |= shrink_if_sparse(&mut self.by_timer);
         shrunk |= shrink_if_sparse(&mut self.live_by_destination);
         shrunk |= shrink_if_sparse(&mut self.live_by_service);
         shrunk |= shrink_if_sparse(&mut self.service_entries);

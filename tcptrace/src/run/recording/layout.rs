@@ -40,13 +40,22 @@ impl Layout {
         }
     }
 
-    /// Layout 5: as this build's, with drop records that end before the conntrack entry.
+    /// Layout 6: the sizes of this build's; its TIME_WAITs are the timer hooks' (a start
+    /// and a cancel keyed by the timer's address, an expiry without the 4-tuple).
+    pub fn version_6() -> Layout {
+        Layout {
+            version: 6,
+            ..Layout::this_build()
+        }
+    }
+
+    /// Layout 5: as layout 6, with drop records that end before the conntrack entry.
     /// Still read: its drops are widened (no entry).
     pub fn version_5() -> Layout {
         Layout {
             version: 5,
             drop: V5_DROP as u32,
-            ..Layout::this_build()
+            ..Layout::version_6()
         }
     }
 
@@ -99,6 +108,7 @@ impl Layout {
     pub(super) fn readable(&self) -> bool {
         [
             Layout::this_build(),
+            Layout::version_6(),
             Layout::version_5(),
             Layout::version_4(),
             Layout::version_3(),

@@ -78,6 +78,9 @@ fn render<C: Consumer>(
         .with_drop_reasons(&header.drop_reasons)
         .with_kernel_release(&header.kernel);
     let mut dispatch = Dispatcher::new(host, consumer.wants(), config.traces_time_wait());
+    if header.layout.version < 7 {
+        dispatch.tw.keyed_by_timer();
+    }
     let mut counters = KernelCounters::default();
     let gauge_every = config.gauge_interval().map(|d| d.as_nanos() as u64);
     let mut next_gauge = gauge_every.map(|every| header.started_ktime_ns + every);

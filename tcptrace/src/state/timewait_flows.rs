@@ -1,0 +1,137 @@
+//! The flows that close into TIME_WAIT, joined to the timewait socket that took their
+//! 4-tuple (its start follows the flow in the ring: sent by the same run of the state
+//! tracepoint), and the flows that reuse a TIME_WAIT's 4-tuple.
+use super::{
+    decrement, forget_old_entries, remove_entry, Closing, Finished, TimeWaitEnd, TimeWaitTracker,
+};
+use crate::model::{
+    events::{FinishedFlow, TimeWaitFlow},
+    tcp::{FlowAddrs, TcpState},
+};
+
+/// Whether a finished flow handed its 4-tuple to a timewait socket, as the kernel judged it
+/// (`CloseFacts::holds_time_wait`): it closed first, the FIN exchange completed, and no reset
+/// or error ended it.
+pub fn holds_time_wait(flow: &FinishedFlow) -> bool {
+    let path = &flow.lifecycle.path;
+    path.len() >= 2
+        && matches!(
+            path[path.len() - 2].state,
+            TcpState::FinWait2 | TcpState::Closing
+        )
+        && flow.evidence.err == 0
+        && !flow.evidence.reset_received
+        && flow.evidence.reset_sent.is_none()
+}
+
+/// When a flow began (0: before tracing).
+fn flow_start_ns(flow: &FinishedFlow) -> u64 {
+    flow.lifecycle.start_ns.unwrap_or(0)
+}
+
+impl TimeWaitTracker {
+    /// A flow reached CLOSE: a TIME_WAIT of its 4-tuple from before the flow began ended
+    /// then (the flow reused it: exact, the flow's start). Returned to be handed on first.
+    pub fn reused_by(&mut self, flow: &FinishedFlow) -> Option<Finished> {
+        let id = *self.newest.get(&flow.addrs)?;
+        let began = flow_start_ns(flow);
+        let active = self.active.get(&id)?;
+        if active.start_ns >= began {
+            return None;
+        }
+        let active = self.active.remove(&id)?;
+        Some(self.end(id, active, began, TimeWaitEnd::Reused))
+    }
+
+    /// A flow that closed into TIME_WAIT (see [`holds_time_wait`]): held until its
+    /// TIME_WAIT ends when `keep`, else only its side is counted. Returns the flow when it
+    /// is not held.
+    pub fn closed_into(
+        &mut self,
+        flow: Box<FinishedFlow>,
+        keep: bool,
+    ) -> Option<Box<FinishedFlow>> {
+        let accepted = flow.lifecycle.accepted();
+        let (addrs, skaddr, ts_ns) = (flow.addrs, flow.skaddr, flow.ts_ns);
+        let (kept, handed) = if keep {
+            (Some(flow), None)
+        } else {
+            (None, Some(flow))
+        };
+        self.await_start(addrs, skaddr, ts_ns, accepted, kept);
+        handed
+    }
+
+    /// A flow entering TIME_WAIT, sent in brief (`tcptrace metrics`): its side is counted.
+    pub fn brief_flow(&mut self, flow: &TimeWaitFlow) {
+        self.await_start(flow.addrs, flow.skaddr, flow.ts_ns, flow.accepted, None);
+    }
+
+    fn await_start(
+        &mut self,
+        addrs: FlowAddrs,
+        skaddr: u64,
+        ts_ns: u64,
+        accepted: bool,
+        flow: Option<Box<FinishedFlow>>,
+    ) {
+        // Before layout 7 the start came first.
+        if self.keyed_by_timer {
+            let waiting = (self.newest.get(&addrs).copied())
+                .filter(|id| self.active.get(id).is_some_and(|a| a.accepted.is_none()));
+            if let Some(id) = waiting {
+                self.join(id, accepted, flow);
+                return;
+            }
+        }
+        let closing = Closing {
+            skaddr,
+            ts_ns,
+            accepted,
+            flow,
+        };
+        if let Some(flow) = self.closing.insert(addrs, closing).and_then(|c| c.flow) {
+            // Its start never came: handed on at the next settle.
+            self.start_lost.push(Finished::Flow(flow));
+        }
+    }
+
+    /// Joins a flow to its TIME_WAIT: its side is counted; the flow, where kept, is held.
+    pub(super) fn join(&mut self, id: u64, accepted: bool, flow: Option<Box<FinishedFlow>>) {
+        let Some(active) = self.active.get_mut(&id) else {
+            return;
+        };
+        let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
+        active.accepted = Some(accepted);
+        active.flow = flow;
+        if accepted {
+            self.server_side += 1;
+            self.not_a_destination(&addrs, netns, start_ns);
+        } else {
+            self.client_side += 1;
+        }
+    }
+
+    /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
+    /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
+    /// out) for its local service's, where it stays until it ends.
+    fn not_a_destination(&mut self, addrs: &FlowAddrs, netns: u32, start_ns: u64) {
+        decrement(&mut self.live_by_destination, (netns, addrs.remote));
+        *self
+            .live_by_service
+            .entry((netns, addrs.local))
+            .or_default() += 1;
+        let queue = self
+            .service_entries
+            .entry((netns, addrs.local))
+            .or_default();
+        queue.push_back(start_ns);
+        forget_old_entries(queue, start_ns);
+        remove_entry(
+            &mut self.entries,
+            (netns, addrs.local.addr, addrs.remote),
+            start_ns,
+        );
+        decrement(&mut self.by_destination, addrs.remote);
+    }
+}
