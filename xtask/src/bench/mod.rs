@@ -248,6 +248,7 @@ impl Bench<'_> {
             peak_rss_kib: rss,
             kernel_ns_per_connection: (connections > 0).then(|| kernel_ns / connections as f64),
             kernel_x_empty_hook: None,
+            kernel_x_hash_probe: None,
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: programs,

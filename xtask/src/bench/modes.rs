@@ -3,6 +3,8 @@
 
 /// The empty program's row: every mode's kernel time is a multiple of its.
 pub const FLOOR_ROW: &str = "empty hook (floor)";
+/// The row of the flow-state probe in a hash: the floor a per-socket state costs.
+pub const HASH_PROBE_ROW: &str = "state in a hash (probe)";
 
 pub const MODES: [(&str, &str, &[&str]); 17] = [
     ("transitions", "transitions -> file", &[]),
@@ -96,7 +98,7 @@ pub const MODES: [(&str, &str, &[&str]); 17] = [
     ),
     (
         "storage",
-        "state in a hash (probe)",
+        HASH_PROBE_ROW,
         &["hook-floor", "--variant", "hash"],
     ),
 ];

@@ -24,6 +24,9 @@ pub(super) struct ModeRow {
     /// round of its own), its multiple of the empty hook's in the same run, and by program.
     pub(super) kernel_ns_per_connection: Option<f64>,
     pub(super) kernel_x_empty_hook: Option<f64>,
+    /// Its multiple of the hash-state probe's in the same run (the floor a per-socket state
+    /// costs: issue 25's finding).
+    pub(super) kernel_x_hash_probe: Option<f64>,
     /// Program runs per connection (every hook of the mode), and what that many runs of the
     /// empty program would cost as a multiple of the empty hook's time: the part of the
     /// multiple that is the number of hooks run, before any of them does any work.

@@ -11,13 +11,18 @@ fn runs_per_connection(m: &ModeRow) -> Option<f64> {
 }
 
 /// Each mode's kernel time per connection, and its program runs per connection, as multiples
-/// of the empty hook's in the same run.
+/// of the empty hook's in the same run (and its time of the hash-state probe's).
 pub(super) fn relate_to_empty_hook(modes: &mut [ModeRow]) {
     let floor = modes.iter().find(|m| m.mode == super::modes::FLOOR_ROW);
     let floor_ns = floor.and_then(|m| m.kernel_ns_per_connection);
     let floor_runs = floor.and_then(runs_per_connection);
+    let probe = modes
+        .iter()
+        .find(|m| m.mode == super::modes::HASH_PROBE_ROW);
+    let probe_ns = probe.and_then(|m| m.kernel_ns_per_connection);
     for m in modes.iter_mut() {
         m.kernel_x_empty_hook = multiple(m.kernel_ns_per_connection, floor_ns);
+        m.kernel_x_hash_probe = multiple(m.kernel_ns_per_connection, probe_ns);
         m.kernel_runs_per_connection = runs_per_connection(m);
         m.kernel_runs_x_empty_hook = multiple(m.kernel_runs_per_connection, floor_runs);
     }
@@ -71,7 +76,7 @@ pub(super) fn print_table(r: &Results) {
         );
     }
     println!(
-        "kernel per connection (bpf_stats, one flat-out round of each mode; x the empty hook's in this run):"
+        "kernel per connection (bpf_stats, one flat-out round of each mode; x the empty hook's, and x the hash-state probe's, in this run):"
     );
     for m in &r.modes {
         let Some(ns) = m.kernel_ns_per_connection else {
@@ -79,11 +84,13 @@ pub(super) fn print_table(r: &Results) {
         };
         let connections = m.kernel_round_connections.max(1) as f64;
         println!(
-            "  {:<24} {:>9.0} ns/conn {:>7}{}",
+            "  {:<24} {:>9.0} ns/conn {:>7} {:>13}{}",
             m.mode,
             ns,
             m.kernel_x_empty_hook
                 .map_or("".into(), |x| format!("{x:.1}x")),
+            m.kernel_x_hash_probe
+                .map_or("".into(), |x| format!("{x:.2}x probe")),
             m.kernel_runs_per_connection
                 .zip(m.kernel_runs_x_empty_hook)
                 .map_or("".into(), |(r, x)| format!(
@@ -182,6 +189,7 @@ mod tests {
             peak_rss_kib: 0,
             kernel_ns_per_connection: Some(ns),
             kernel_x_empty_hook: None,
+            kernel_x_hash_probe: None,
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: runs
@@ -202,10 +210,17 @@ mod tests {
             row("metrics only", 6_000.0, 1_000, &[10_000, 10_000, 6_000]),
             row(crate::bench::modes::FLOOR_ROW, 600.0, 2_000, &[20_000]),
             row("no bpf_stats round", 0.0, 0, &[]),
+            row(
+                crate::bench::modes::HASH_PROBE_ROW,
+                3_000.0,
+                2_000,
+                &[20_000],
+            ),
         ];
         relate_to_empty_hook(&mut modes);
         let metrics = &modes[0];
         assert_eq!(metrics.kernel_x_empty_hook, Some(10.0), "6,000 / 600 ns");
+        assert_eq!(metrics.kernel_x_hash_probe, Some(2.0), "6,000 / 3,000 ns");
         assert_eq!(
             metrics.kernel_runs_per_connection,
             Some(26.0),
