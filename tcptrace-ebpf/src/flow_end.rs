@@ -5,7 +5,7 @@
 use aya_ebpf::programs::BtfTracePointContext;
 use tcptrace_common::{
     close_flags, emit_flow_ends, flow_flags, side_of_path, stat, tcp_state, time_wait_flow,
-    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitEvent, TimeWaitFlowEvent,
+    CloseFacts, FlowEndEvent, FlowState, Keepalive, TimeWaitFlowEvent,
 };
 
 use crate::{

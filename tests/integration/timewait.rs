@@ -293,7 +293,17 @@ fn time_waits_skipped_by_a_full_table_are_reported() {
     assert!(s["time_wait"]["overflows"].as_u64() >= Some(5), "{s}");
     // Each flow's start was matched to an overflow (no sock_diag read saw its socket).
     assert_eq!(s["time_wait"]["entered"], 0, "none was made: {s}");
-    for (client_port, server_port) in ports {
+    let skipped_toward = |port: u16| {
+        (s["time_wait"]["overflow_destinations"]
+            .as_array()
+            .expect("overflow_destinations"))
+        .iter()
+        .filter(|d| d["rport"] == port)
+        .map(|d| d["count"].as_u64().expect("count"))
+        .sum::<u64>()
+    };
+    assert_eq!(skipped_toward(ports[0].1), 5, "by destination: {s}");
+    for &(client_port, server_port) in &ports {
         let flow = out.flow(("127.0.0.1", client_port), ("127.0.0.1", server_port));
         let tw = time_wait_of(flow);
         assert_eq!(tw["end"], "overflow", "no TIME_WAIT was created: {flow}");

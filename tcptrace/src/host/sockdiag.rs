@@ -365,4 +365,52 @@ mod tests {
             .iter()
             .all(|s| s.state != tcptrace_common::tcp_state::TIME_WAIT));
     }
+
+    /// The reads TIME_WAIT's ends are inferred from: every timewait socket's 4-tuple, and
+    /// the exact lookup telling a 4-tuple a connection holds from one nothing holds. With
+    /// `TCPTRACE_TW_COUNT=N` (release build, `-- --nocapture`), N timewait sockets are made
+    /// and the read's time is printed (the cost docs/performance.md gives).
+    #[test]
+    fn time_wait_reads_find_the_timewait_sockets_and_lookups_the_open_ones() {
+        let count: usize = std::env::var("TCPTRACE_TW_COUNT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut closed = Vec::new();
+        for _ in 0..count {
+            let client = std::net::TcpStream::connect(addr).expect("connect");
+            let local = client.local_addr().expect("addr");
+            let (mut server, _) = listener.accept().expect("accept");
+            drop(client);
+            let _ = std::io::Read::read(&mut server, &mut [0u8; 1]);
+            closed.push(FlowAddrs {
+                local: Endpoint::new(local.ip(), local.port()),
+                remote: Endpoint::new(addr.ip(), addr.port()),
+            });
+        }
+        let open = std::net::TcpStream::connect(addr).expect("connect");
+        let open_local = open.local_addr().expect("addr");
+        let open_addrs = FlowAddrs {
+            local: Endpoint::new(open_local.ip(), open_local.port()),
+            remote: Endpoint::new(addr.ip(), addr.port()),
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let read = time_wait_read().expect("sock_diag dump");
+        eprintln!(
+            "read {} timewait sockets in {:?} ({count} made)",
+            read.present.len(),
+            read.took
+        );
+        let found = closed.iter().filter(|a| read.present.contains(a)).count();
+        assert_eq!(found, count, "every timewait socket made is read");
+        assert!(!read.present.contains(&open_addrs), "an open one is not");
+        let held = held_open(&[open_addrs, closed[0]]).expect("sock_diag lookups");
+        assert_eq!(
+            held,
+            std::collections::HashSet::from([open_addrs]),
+            "the open connection's 4-tuple is held; a TIME_WAIT's is not a connection"
+        );
+    }
 }

@@ -188,6 +188,13 @@ fn write_time_wait(o: &mut impl Write, s: &Summary) -> io::Result<()> {
             listed(&tw.top_destinations)
         )?;
     }
+    if !tw.overflow_destinations.is_empty() {
+        writeln!(
+            o,
+            "time_wait skipped, by destination: {}",
+            listed(&tw.overflow_destinations)
+        )?;
+    }
     Ok(())
 }
 

@@ -150,6 +150,10 @@ pub struct TimeWaitSummary {
     pub top_destinations: Vec<(Endpoint, u64)>,
     /// Skipped: `tcp_max_tw_buckets` full.
     pub overflows: u64,
+    /// Of those, the ones matched to a flow, by destination (the connecting side's remote
+    /// endpoint; the accepting side's local service): the 10 most.
+    #[serde(serialize_with = "destinations")]
+    pub overflow_destinations: Vec<(Endpoint, u64)>,
     /// Sockets already in TIME_WAIT when tracing started.
     pub preexisting: u64,
 }

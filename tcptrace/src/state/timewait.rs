@@ -90,6 +90,8 @@ pub struct TimeWaitTracker {
     /// Reconciliation with sock_diag (see `timewait_reconcile.rs`).
     suspects: Vec<reconcile::Suspect>,
     overflow_unmatched: HashMap<u32, u64>,
+    /// Overflows matched to a flow, by destination (see `TimeWaitSummary`).
+    overflow_destinations: HashMap<Endpoint, u64>,
     /// Entry times per (network namespace, local addr, remote endpoint), for rates: each
     /// namespace has its own ephemeral ports.
     entries: HashMap<RateKey, VecDeque<u64>>,

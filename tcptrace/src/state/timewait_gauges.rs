@@ -43,10 +43,13 @@ impl TimeWaitTracker {
     }
 
     pub fn summary(&self) -> TimeWaitSummary {
-        let mut top: Vec<(Endpoint, u64)> =
-            self.by_destination.iter().map(|(&k, &v)| (k, v)).collect();
-        top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        top.truncate(10);
+        let top_ten = |counts: &foldhash::HashMap<Endpoint, u64>| {
+            let mut top: Vec<(Endpoint, u64)> = counts.iter().map(|(&k, &v)| (k, v)).collect();
+            top.sort_by_key(|&(e, n)| (std::cmp::Reverse(n), e));
+            top.truncate(10);
+            top
+        };
+        let top = top_ten(&self.by_destination);
         TimeWaitSummary {
             entered: self.entered,
             client_side: self.client_side,
@@ -55,6 +58,7 @@ impl TimeWaitTracker {
             held: self.held.as_ref().map(summary_quantiles),
             top_destinations: top,
             overflows: self.overflows,
+            overflow_destinations: top_ten(&self.overflow_destinations),
             preexisting: self.preexisting_count(),
         }
     }

@@ -51,11 +51,14 @@ impl TimeWaitTracker {
     }
 
     /// The 4-tuples of the suspects still running, by namespace (at most `limit`): which a
-    /// connection holds now is looked up before [`Self::apply_suspects`].
+    /// connection holds now is looked up before [`Self::apply_suspects`]. Not those an
+    /// overflow of their namespace accounts for (never seen by a read: never made).
     pub fn suspects_to_look_up(&self, limit: usize) -> HashMap<u32, Vec<FlowAddrs>> {
         let mut wanted: HashMap<u32, Vec<FlowAddrs>> = HashMap::new();
+        let overflowing = |netns: u32| self.overflow_unmatched.get(&netns).is_some_and(|&n| n > 0);
         let running = (self.suspects.iter())
-            .filter_map(|s| self.active.get(&s.id).filter(|a| a.start_ns == s.start_ns));
+            .filter_map(|s| self.active.get(&s.id).filter(|a| a.start_ns == s.start_ns))
+            .filter(|a| a.confirmed || !overflowing(a.netns));
         for a in running.take(limit) {
             wanted.entry(a.netns).or_default().push(a.addrs);
         }
@@ -130,25 +133,20 @@ impl TimeWaitTracker {
     ) -> Option<Box<crate::model::events::FinishedFlow>> {
         self.unlink(id, &active);
         self.entered = self.entered.saturating_sub(1);
+        let destination = match active.accepted {
+            Some(true) => active.addrs.local,
+            _ => active.addrs.remote,
+        };
+        *self.overflow_destinations.entry(destination).or_default() += 1;
+        // Its entry time stays in the rates: a close into TIME_WAIT was attempted (and taking
+        // it out of a busy destination's queue costs a walk of the queue, per overflow).
         match active.accepted {
-            Some(true) => {
-                self.server_side = self.server_side.saturating_sub(1);
-                super::remove_entry(
-                    &mut self.service_entries,
-                    (active.netns, active.addrs.local),
-                    active.start_ns,
-                );
-            }
+            Some(true) => self.server_side = self.server_side.saturating_sub(1),
             accepted => {
                 if accepted.is_some() {
                     self.client_side = self.client_side.saturating_sub(1);
                 }
                 super::decrement(&mut self.by_destination, active.addrs.remote);
-                super::remove_entry(
-                    &mut self.entries,
-                    (active.netns, active.addrs.local.addr, active.addrs.remote),
-                    active.start_ns,
-                );
             }
         }
         let mut flow = active.flow?;
