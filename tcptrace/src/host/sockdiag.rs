@@ -297,7 +297,7 @@ pub struct TimeWaitRead {
     /// When the read began (kernel monotonic time): a TIME_WAIT that started before and is
     /// missing ended before it.
     pub read_ns: u64,
-    pub present: std::collections::HashSet<FlowAddrs>,
+    pub present: foldhash::HashSet<FlowAddrs>,
     pub took: Duration,
 }
 

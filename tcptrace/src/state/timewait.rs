@@ -72,12 +72,11 @@ pub type TimeWaitKey = (u32, FlowAddrs);
 
 #[derive(Default)]
 pub struct TimeWaitTracker {
-    /// By an id of the tracker's own (the kernel's addresses are reused).
-    active: HashMap<u64, Active>,
-    next_id: u64,
-    by_key: HashMap<TimeWaitKey, u64>,
-    /// The newest TIME_WAIT of each 4-tuple, whatever its namespace (flows carry none).
-    newest: HashMap<FlowAddrs, u64>,
+    /// By 4-tuple: the newest TIME_WAIT of each, whatever its namespace (flows carry none);
+    /// one map, as many entries as sockets in TIME_WAIT.
+    active: HashMap<FlowAddrs, Active>,
+    /// The same 4-tuple's TIME_WAITs in other namespaces meanwhile (rare: loopback in two).
+    elsewhere: HashMap<TimeWaitKey, Active>,
     /// Flows that closed into TIME_WAIT, until their start comes (right after them).
     closing: HashMap<FlowAddrs, Closing>,
     /// Flows whose start never came (a newer flow of the 4-tuple closed meanwhile).
@@ -85,8 +84,8 @@ pub struct TimeWaitTracker {
     /// Recordings before layout 7: TIME_WAITs by timer address, and cancels in the order
     /// they came (time, id), settled from the front.
     keyed_by_timer: bool,
-    by_timer: HashMap<u64, u64>,
-    cancels: VecDeque<(u64, u64)>,
+    by_timer: HashMap<u64, TimeWaitKey>,
+    cancels: VecDeque<(u64, TimeWaitKey)>,
     /// Reconciliation with sock_diag (see `timewait_reconcile.rs`).
     suspects: Vec<reconcile::Suspect>,
     overflow_unmatched: HashMap<u32, u64>,
@@ -231,7 +230,7 @@ impl TimeWaitTracker {
         if !self.keyed_by_timer {
             return true;
         }
-        let running = (self.by_timer.get(&timer)).and_then(|id| self.active.get(id));
+        let running = (self.by_timer.get(&timer)).and_then(|&key| self.get(key));
         !running.is_some_and(|a| match a.cancel {
             None => true,
             Some((cancelled_ns, in_connect)) => {
@@ -244,10 +243,48 @@ impl TimeWaitTracker {
     /// (call [`Self::expire_preexisting`] first), each with whether the accepting side
     /// holds it (`Some(true)`), the connecting side (`Some(false)`), or its flow was not seen.
     pub fn live_addrs(&self) -> impl Iterator<Item = (&FlowAddrs, Option<bool>)> {
-        self.active
-            .values()
+        (self.active.values())
+            .chain(self.elsewhere.values())
             .map(|a| (&a.addrs, a.accepted))
             .chain(self.preexisting.iter().map(|(addrs, _)| (addrs, None)))
+    }
+
+    /// Every TIME_WAIT followed now.
+    fn all(&self) -> impl Iterator<Item = &Active> {
+        self.active.values().chain(self.elsewhere.values())
+    }
+
+    /// The TIME_WAIT of a 4-tuple in a namespace.
+    fn get(&self, (netns, addrs): TimeWaitKey) -> Option<&Active> {
+        match self.active.get(&addrs) {
+            Some(a) if a.netns == netns => Some(a),
+            _ => self.elsewhere.get(&(netns, addrs)),
+        }
+    }
+
+    fn get_mut(&mut self, (netns, addrs): TimeWaitKey) -> Option<&mut Active> {
+        if self.active.get(&addrs).is_some_and(|a| a.netns == netns) {
+            return self.active.get_mut(&addrs);
+        }
+        self.elsewhere.get_mut(&(netns, addrs))
+    }
+
+    /// Takes a TIME_WAIT out (its counts stay: see `end`).
+    fn take(&mut self, (netns, addrs): TimeWaitKey) -> Option<Active> {
+        if let std::collections::hash_map::Entry::Occupied(e) = self.active.entry(addrs) {
+            if e.get().netns == netns {
+                return Some(e.remove());
+            }
+        }
+        self.elsewhere.remove(&(netns, addrs))
+    }
+
+    /// Puts a TIME_WAIT in (none of its 4-tuple and namespace runs): the newest of its
+    /// 4-tuple is the one flows find.
+    fn put(&mut self, a: Active) {
+        if let Some(older) = self.active.insert(a.addrs, a) {
+            self.elsewhere.insert((older.netns, older.addrs), older);
+        }
     }
 
     /// A TIME_WAIT starts (`sk`: the closing socket's address; before layout 7, the timer's).
@@ -256,44 +293,36 @@ impl TimeWaitTracker {
     pub fn start(&mut self, sk: u64, addrs: FlowAddrs, netns: u32, ts_ns: u64) -> Vec<Finished> {
         let mut ended = Vec::new();
         if self.keyed_by_timer {
-            if let Some(&id) = self.by_timer.get(&sk) {
+            if let Some(&key) = self.by_timer.get(&sk) {
                 if !self.is_new(sk, &addrs, ts_ns) {
-                    if let Some(a) = self.active.get_mut(&id) {
+                    if let Some(a) = self.get_mut(key) {
                         a.cancel = None; // re-armed: it goes on
                     }
                     return ended;
                 }
-                if let Some(old) = self.active.remove(&id) {
+                if let Some(old) = self.take(key) {
                     let end_ns = old.cancel.map_or(ts_ns, |(t, _)| t);
                     let end = TimeWaitEnd::early(old.cancel.is_some_and(|(_, c)| c));
-                    ended.push(self.end(id, old, end_ns, end));
+                    ended.push(self.end(old, end_ns, end));
                 }
             }
         }
-        if let Some(id) = self.by_key.get(&(netns, addrs)).copied() {
-            if let Some(old) = self.active.remove(&id) {
-                ended.push(self.end(id, old, ts_ns, TimeWaitEnd::Reused));
-            }
+        let key = (netns, addrs);
+        if let Some(old) = self.take(key) {
+            ended.push(self.end(old, ts_ns, TimeWaitEnd::Reused));
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.active.insert(
-            id,
-            Active {
-                addrs,
-                netns,
-                start_ns: ts_ns,
-                flow: None,
-                accepted: None,
-                confirmed: false,
-                timer: sk,
-                cancel: None,
-            },
-        );
-        self.by_key.insert((netns, addrs), id);
-        self.newest.insert(addrs, id);
+        self.put(Active {
+            addrs,
+            netns,
+            start_ns: ts_ns,
+            flow: None,
+            accepted: None,
+            confirmed: false,
+            timer: sk,
+            cancel: None,
+        });
         if self.keyed_by_timer {
-            self.by_timer.insert(sk, id);
+            self.by_timer.insert(sk, key);
         }
         let queue = self
             .entries
@@ -311,7 +340,7 @@ impl TimeWaitTracker {
         *self.live_by_netns.entry(netns).or_default() += 1;
         if let Some(closing) = self.closing.remove(&addrs) {
             if closing.skaddr == sk {
-                self.join(id, closing.accepted, closing.flow);
+                self.join(key, closing.accepted, closing.flow);
             } else {
                 self.closing.insert(addrs, closing);
             }
@@ -321,12 +350,12 @@ impl TimeWaitTracker {
 
     /// Recordings before layout 7: the timer was removed.
     pub fn cancel(&mut self, timer: u64, ts_ns: u64, in_connect: bool) {
-        let Some(&id) = self.by_timer.get(&timer) else {
+        let Some(&key) = self.by_timer.get(&timer) else {
             return;
         };
-        if let Some(active) = self.active.get_mut(&id) {
+        if let Some(active) = self.get_mut(key) {
             active.cancel = Some((ts_ns, in_connect));
-            self.cancels.push_back((ts_ns, id));
+            self.cancels.push_back((ts_ns, key));
         }
     }
 
@@ -339,12 +368,12 @@ impl TimeWaitTracker {
         timer: u64,
         ts_ns: u64,
     ) -> Option<Finished> {
-        let id = match addrs {
-            Some(addrs) => *self.by_key.get(&(netns, addrs))?,
+        let key = match addrs {
+            Some(addrs) => (netns, addrs),
             None => *self.by_timer.get(&timer)?,
         };
-        let active = self.active.remove(&id)?;
-        Some(self.end(id, active, ts_ns, TimeWaitEnd::Expired))
+        let active = self.take(key)?;
+        Some(self.end(active, ts_ns, TimeWaitEnd::Expired))
     }
 
     /// Flows whose TIME_WAIT's start was lost are handed on without one; in recordings before
@@ -360,22 +389,21 @@ impl TimeWaitTracker {
                 ended.push(Finished::Flow(flow));
             }
         }
-        while let Some(&(ts, id)) = self.cancels.front() {
+        while let Some(&(ts, key)) = self.cancels.front() {
             if ts + SETTLE_NS >= now_ns {
                 break;
             }
             self.cancels.pop_front();
             // Still cancelled at that time (not expired since, nor re-armed).
-            let current =
-                (self.active.get(&id)).is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
+            let current = (self.get(key)).is_some_and(|a| a.cancel.is_some_and(|(t, _)| t == ts));
             if !current {
                 continue;
             }
-            let Some(active) = self.active.remove(&id) else {
+            let Some(active) = self.take(key) else {
                 continue;
             };
             let end = TimeWaitEnd::early(active.cancel.is_some_and(|(_, c)| c));
-            ended.push(self.end(id, active, ts, end));
+            ended.push(self.end(active, ts, end));
         }
         ended
     }
@@ -385,11 +413,12 @@ impl TimeWaitTracker {
     pub fn drain_in_progress(&mut self, now_ns: u64) -> Vec<Finished> {
         let mut finished = self.apply_suspects(&std::collections::HashMap::new());
         finished.extend(self.match_overflows_at_end());
-        let active: Vec<(u64, Active)> = self.active.drain().collect();
+        let mut active: Vec<Active> = self.active.drain().map(|(_, a)| a).collect();
+        active.extend(self.elsewhere.drain().map(|(_, a)| a));
         finished.extend(
             active
                 .into_iter()
-                .map(|(id, a)| self.end(id, a, now_ns, TimeWaitEnd::InProgress)),
+                .map(|a| self.end(a, now_ns, TimeWaitEnd::InProgress)),
         );
         let closing: Vec<Closing> = self.closing.drain().map(|(_, c)| c).collect();
         finished.extend(
@@ -400,8 +429,8 @@ impl TimeWaitTracker {
         finished
     }
 
-    /// Removes a TIME_WAIT's entries from the indexes and the live counts.
-    fn unlink(&mut self, id: u64, active: &Active) {
+    /// Removes a TIME_WAIT (taken out) from the live counts and the timer index.
+    fn unlink(&mut self, active: &Active) {
         match active.accepted == Some(true) {
             true => decrement(
                 &mut self.live_by_service,
@@ -414,21 +443,15 @@ impl TimeWaitTracker {
         }
         decrement(&mut self.live_by_local, active.addrs.local.addr);
         decrement(&mut self.live_by_netns, active.netns);
-        let key = (active.netns, active.addrs);
-        if self.by_key.get(&key) == Some(&id) {
-            self.by_key.remove(&key);
-        }
-        if self.newest.get(&active.addrs) == Some(&id) {
-            self.newest.remove(&active.addrs);
-        }
-        if self.by_timer.get(&active.timer) == Some(&id) {
+        if self.by_timer.get(&active.timer) == Some(&(active.netns, active.addrs)) {
             self.by_timer.remove(&active.timer);
         }
     }
 
-    fn end(&mut self, id: u64, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
+    /// A TIME_WAIT taken out ends: its counts go, its flow (if held) is handed back.
+    fn end(&mut self, active: Active, end_ns: u64, end: TimeWaitEnd) -> Finished {
         let held_ns = end_ns.saturating_sub(active.start_ns);
-        self.unlink(id, &active);
+        self.unlink(&active);
         if end != TimeWaitEnd::InProgress {
             self.held
                 .get_or_insert_with(|| Histogram::new(2).expect("valid precision"))

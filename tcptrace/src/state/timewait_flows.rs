@@ -33,14 +33,13 @@ impl TimeWaitTracker {
     /// A flow reached CLOSE: a TIME_WAIT of its 4-tuple from before the flow began ended
     /// then (the flow reused it: exact, the flow's start). Returned to be handed on first.
     pub fn reused_by(&mut self, flow: &FinishedFlow) -> Option<Finished> {
-        let id = *self.newest.get(&flow.addrs)?;
         let began = flow_start_ns(flow);
-        let active = self.active.get(&id)?;
-        if active.start_ns >= began {
+        let newest = self.active.get(&flow.addrs)?;
+        if newest.start_ns >= began {
             return None;
         }
-        let active = self.active.remove(&id)?;
-        Some(self.end(id, active, began, TimeWaitEnd::Reused))
+        let active = self.active.remove(&flow.addrs)?;
+        Some(self.end(active, began, TimeWaitEnd::Reused))
     }
 
     /// A flow that closed into TIME_WAIT (see [`holds_time_wait`]): held until its
@@ -77,10 +76,11 @@ impl TimeWaitTracker {
     ) {
         // Before layout 7 the start came first.
         if self.keyed_by_timer {
-            let waiting = (self.newest.get(&addrs).copied())
-                .filter(|id| self.active.get(id).is_some_and(|a| a.accepted.is_none()));
-            if let Some(id) = waiting {
-                self.join(id, accepted, flow);
+            let waiting = (self.active.get(&addrs))
+                .filter(|a| a.accepted.is_none())
+                .map(|a| (a.netns, addrs));
+            if let Some(key) = waiting {
+                self.join(key, accepted, flow);
                 return;
             }
         }
@@ -97,8 +97,13 @@ impl TimeWaitTracker {
     }
 
     /// Joins a flow to its TIME_WAIT: its side is counted; the flow, where kept, is held.
-    pub(super) fn join(&mut self, id: u64, accepted: bool, flow: Option<Box<FinishedFlow>>) {
-        let Some(active) = self.active.get_mut(&id) else {
+    pub(super) fn join(
+        &mut self,
+        key: super::TimeWaitKey,
+        accepted: bool,
+        flow: Option<Box<FinishedFlow>>,
+    ) {
+        let Some(active) = self.get_mut(key) else {
             return;
         };
         let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);

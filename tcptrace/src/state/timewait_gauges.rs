@@ -21,7 +21,7 @@ impl TimeWaitTracker {
         let by_local: BTreeMap<IpAddr, u64> =
             self.live_by_local.iter().map(|(&l, &n)| (l, n)).collect();
         // Pre-existing sockets count until `expire_preexisting` is called past their expiry.
-        let total = (self.active.len() + self.preexisting.len()) as u64;
+        let total = (self.active.len() + self.elsewhere.len() + self.preexisting.len()) as u64;
         Gauges {
             total,
             by_service: endpoint_rows(
@@ -87,8 +87,7 @@ impl TimeWaitTracker {
     pub fn shrink_sparse_maps(&mut self) -> bool {
         let mut shrunk = shrink_if_sparse(&mut self.entries);
         shrunk |= shrink_if_sparse(&mut self.active);
-        shrunk |= shrink_if_sparse(&mut self.by_key);
-        shrunk |= shrink_if_sparse(&mut self.newest);
+        shrunk |= shrink_if_sparse(&mut self.elsewhere);
         shrunk |= shrink_if_sparse(&mut self.closing);
         shrunk |= shrink_if_sparse(&mut self.by_timer);
         shrunk |= shrink_if_sparse(&mut self.live_by_destination);

@@ -13,7 +13,7 @@ use crate::model::tcp::FlowAddrs;
 
 /// A TIME_WAIT missing from a read of its namespace (or whose namespace is gone).
 pub(super) struct Suspect {
-    id: u64,
+    key: super::TimeWaitKey,
     start_ns: u64,
     missed_ns: u64,
 }
@@ -27,8 +27,8 @@ impl TimeWaitTracker {
     }
 
     /// A read of namespace `netns` taken at `read_ns`: the 4-tuples of its timewait sockets.
-    pub fn reconcile(&mut self, netns: u32, read_ns: u64, present: &HashSet<FlowAddrs>) {
-        for (&id, a) in self.active.iter_mut() {
+    pub fn reconcile(&mut self, netns: u32, read_ns: u64, present: &foldhash::HashSet<FlowAddrs>) {
+        for a in (self.active.values_mut()).chain(self.elsewhere.values_mut()) {
             if a.netns != netns || a.start_ns >= read_ns {
                 continue;
             }
@@ -36,7 +36,7 @@ impl TimeWaitTracker {
                 a.confirmed = true;
             } else {
                 self.suspects.push(Suspect {
-                    id,
+                    key: (a.netns, a.addrs),
                     start_ns: a.start_ns,
                     missed_ns: read_ns,
                 });
@@ -47,7 +47,7 @@ impl TimeWaitTracker {
     /// Namespace `netns` is gone (no process lives in it and nothing names it): its
     /// TIME_WAITs went with it.
     pub fn namespace_gone(&mut self, netns: u32, now_ns: u64) {
-        self.reconcile(netns, now_ns, &HashSet::new());
+        self.reconcile(netns, now_ns, &foldhash::HashSet::default());
     }
 
     /// The 4-tuples of the suspects still running, by namespace (at most `limit`): which a
@@ -57,7 +57,7 @@ impl TimeWaitTracker {
         let mut wanted: HashMap<u32, Vec<FlowAddrs>> = HashMap::new();
         let overflowing = |netns: u32| self.overflow_unmatched.get(&netns).is_some_and(|&n| n > 0);
         let running = (self.suspects.iter())
-            .filter_map(|s| self.active.get(&s.id).filter(|a| a.start_ns == s.start_ns))
+            .filter_map(|s| self.get(s.key).filter(|a| a.start_ns == s.start_ns))
             .filter(|a| a.confirmed || !overflowing(a.netns));
         for a in running.take(limit) {
             wanted.entry(a.netns).or_default().push(a.addrs);
@@ -75,28 +75,25 @@ impl TimeWaitTracker {
     ) -> Vec<Finished> {
         let mut finished = Vec::new();
         for s in std::mem::take(&mut self.suspects) {
-            let Some(a) = self.active.get(&s.id) else {
-                continue;
-            };
-            if a.start_ns != s.start_ns {
+            if self.get(s.key).is_none_or(|a| a.start_ns != s.start_ns) {
                 continue;
             }
-            let unmatched = (self.overflow_unmatched.get_mut(&a.netns)).filter(|n| **n > 0);
-            let Some(active) = self.active.remove(&s.id) else {
+            let Some(active) = self.take(s.key) else {
                 continue;
             };
             let reused = (held_open.get(&active.netns)).is_some_and(|h| h.contains(&active.addrs));
+            let unmatched = (self.overflow_unmatched.get(&active.netns)).is_some_and(|&n| n > 0);
             match unmatched {
-                _ if reused => {
-                    finished.push(self.end(s.id, active, s.missed_ns, TimeWaitEnd::Reused))
-                }
-                Some(n) if !active.confirmed => {
-                    *n -= 1;
-                    if let Some(flow) = self.never_made(s.id, active) {
+                _ if reused => finished.push(self.end(active, s.missed_ns, TimeWaitEnd::Reused)),
+                true if !active.confirmed => {
+                    if let Some(n) = self.overflow_unmatched.get_mut(&active.netns) {
+                        *n -= 1;
+                    }
+                    if let Some(flow) = self.never_made(active) {
                         finished.push(Finished::Flow(flow));
                     }
                 }
-                _ => finished.push(self.end(s.id, active, s.missed_ns, TimeWaitEnd::Killed)),
+                _ => finished.push(self.end(active, s.missed_ns, TimeWaitEnd::Killed)),
             }
         }
         self.overflow_unmatched.retain(|_, n| *n > 0);
@@ -106,19 +103,19 @@ impl TimeWaitTracker {
     /// At the end, overflows no read matched yet: as many TIME_WAITs of their namespace that
     /// no read confirmed, the newest first (the last read may not have come after them).
     pub(super) fn match_overflows_at_end(&mut self) -> Vec<Finished> {
-        let mut unconfirmed: Vec<(u64, u64, u32)> = (self.active.iter())
-            .filter(|(_, a)| !a.confirmed && self.overflow_unmatched.contains_key(&a.netns))
-            .map(|(&id, a)| (a.start_ns, id, a.netns))
+        let mut unconfirmed: Vec<(u64, super::TimeWaitKey)> = (self.all())
+            .filter(|a| !a.confirmed && self.overflow_unmatched.contains_key(&a.netns))
+            .map(|a| (a.start_ns, (a.netns, a.addrs)))
             .collect();
-        unconfirmed.sort_unstable_by(|a, b| b.cmp(a));
+        unconfirmed.sort_unstable_by_key(|&(start_ns, _)| std::cmp::Reverse(start_ns));
         let mut finished = Vec::new();
-        for (_, id, netns) in unconfirmed {
-            let Some(n) = self.overflow_unmatched.get_mut(&netns).filter(|n| **n > 0) else {
+        for (_, key) in unconfirmed {
+            let Some(n) = self.overflow_unmatched.get_mut(&key.0).filter(|n| **n > 0) else {
                 continue;
             };
             *n -= 1;
-            if let Some(active) = self.active.remove(&id) {
-                finished.extend(self.never_made(id, active).map(Finished::Flow));
+            if let Some(active) = self.take(key) {
+                finished.extend(self.never_made(active).map(Finished::Flow));
             }
         }
         finished
@@ -128,10 +125,9 @@ impl TimeWaitTracker {
     /// `overflow`.
     fn never_made(
         &mut self,
-        id: u64,
         active: super::Active,
     ) -> Option<Box<crate::model::events::FinishedFlow>> {
-        self.unlink(id, &active);
+        self.unlink(&active);
         self.entered = self.entered.saturating_sub(1);
         let destination = match active.accepted {
             Some(true) => active.addrs.local,
