@@ -58,35 +58,38 @@ fn open() -> Result<Socket> {
     Ok(socket)
 }
 
+/// Sends one request (a dump with `NLM_F_DUMP`, else an exact lookup).
+fn send(socket: &Socket, request: InetRequest, flags: u16) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
+    Ok(())
+}
+
 fn dump_family(
     family: u8,
     states: StateFlags,
     extensions: ExtensionFlags,
 ) -> Result<Vec<DiagSocket>> {
     let socket = open()?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions,
-            states,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket
-        .send(&buf, 0)
-        .context("sending the sock_diag request")?;
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions,
+        states,
+        socket_id: if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        },
+    };
+    send(&socket, request, NLM_F_REQUEST | NLM_F_DUMP)?;
 
     let mut sockets = Vec::new();
     let mut receive = vec![0u8; 1 << 16];
@@ -255,25 +258,14 @@ pub fn held_open(tuples: &[FlowAddrs]) -> Result<std::collections::HashSet<FlowA
         socket_id.source_address = addrs.local.addr;
         socket_id.destination_address = addrs.remote.addr;
         socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        let mut request = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family: if v4 { AF_INET } else { AF_INET6 },
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::all(),
-                socket_id,
-            })
-            .into(),
-        );
-        request.finalize();
-        let mut buf = vec![0; request.buffer_len()];
-        request.serialize(&mut buf);
-        socket
-            .send(&buf, 0)
-            .context("sending the sock_diag lookup")?;
+        let request = InetRequest {
+            family: if v4 { AF_INET } else { AF_INET6 },
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        };
+        send(&socket, request, NLM_F_REQUEST)?;
         let size = socket
             .recv(&mut &mut receive[..], 0)
             .context("reading sock_diag")?;
