@@ -272,16 +272,15 @@ pub fn held_open(tuples: &[FlowAddrs]) -> Result<std::collections::HashSet<FlowA
         // One answer: the socket, or an error (ENOENT: none holds the 4-tuple).
         let mut found = Vec::new();
         if parse_batch(&receive[..size], &mut found).is_ok()
-            && found.iter().any(|s| s.state != TIME_WAIT_STATE)
+            && found
+                .iter()
+                .any(|s| s.state != tcptrace_common::tcp_state::TIME_WAIT)
         {
             held.insert(*addrs);
         }
     }
     Ok(held)
 }
-
-/// The kernel's TCP_TIME_WAIT.
-const TIME_WAIT_STATE: u8 = 6;
 
 /// The 4-tuples of a namespace's timewait sockets, as one read saw them.
 #[derive(Debug, Default)]
