@@ -144,6 +144,11 @@ impl NamespaceReader {
         std::mem::take(&mut self.initial_sockets)
     }
 
+    /// The way into `inode` found by the last discovery, if any.
+    pub fn way_in(&self, inode: u32) -> Option<PathBuf> {
+        self.known.get(&inode)?.way_in.clone()
+    }
+
     /// A known namespace to be read every second for a while (a NAT in it dropped a SYN:
     /// its conntrack socket and rules are wanted now, not at the next discovery).
     pub fn hurry(&mut self, inode: u32, now: Instant) {
@@ -443,7 +448,7 @@ fn read_in_namespaces(
 #[path = "netns_ways.rs"]
 mod ways;
 pub(crate) use ways::{discover_namespaces, enter, way_into};
-pub use ways::{in_namespace, run_netns_name};
+pub use ways::{in_namespace, in_namespace_via, run_netns_name};
 
 #[cfg(test)]
 #[path = "netns_reader_tests.rs"]

@@ -89,10 +89,20 @@ pub(crate) fn enter(file: &File, path: &Path) -> Result<()> {
 /// Runs `f` inside namespace `inode` (on a thread of its own that enters it), or on this
 /// thread when it is tracing's own.
 pub fn in_namespace<T: Send>(inode: u32, f: impl FnOnce() -> T + Send) -> Result<T> {
+    in_namespace_via(inode, None, f)
+}
+
+/// [`in_namespace`], through `known` (a way in found earlier) where it still leads there:
+/// every process is looked through only when it does not.
+pub fn in_namespace_via<T: Send>(
+    inode: u32,
+    known: Option<PathBuf>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T> {
     if inode == 0 || own_netns() == Some(inode) {
         return Ok(f());
     }
-    let (path, file) = way_into(inode, None)?;
+    let (path, file) = way_into(inode, known)?;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {

@@ -8,7 +8,7 @@ use crate::{
     host::{
         conntrack::ConntrackLookup,
         netns::Namespaces,
-        netns_reader::{in_namespace, NamespaceReader},
+        netns_reader::{in_namespace_via, NamespaceReader},
         sockdiag,
     },
     model::{tcp::Process, workload::Workload},
@@ -133,7 +133,8 @@ impl NamespaceUpkeep {
         // connection holds now was reused); this tick's after.
         let held_open = (tw.suspects_to_look_up(LOOKUPS_PER_TICK).into_iter())
             .filter_map(|(netns, tuples)| {
-                let held = in_namespace(netns, || sockdiag::held_open(&tuples));
+                let way_in = self.reader.way_in(netns);
+                let held = in_namespace_via(netns, way_in, || sockdiag::held_open(&tuples));
                 Some((netns, held.ok()?.ok()?))
             })
             .collect();
