@@ -112,8 +112,21 @@ impl CloseEvidence {
 /// (`tcptrace_common::CloseFacts`): a flow's cause is the same whether the kernel counted it
 /// or userspace read its record.
 pub fn classify(states: &[TcpState], ev: &CloseEvidence) -> CloseCause {
-    let facts = CloseFacts {
-        before: states.len().checked_sub(2).map(|i| states[i].raw()),
+    let before = states.len().checked_sub(2).map(|i| states[i]);
+    CloseCause::from_kernel(facts_of(before, ev).cause())
+}
+
+/// Whether a finished path, whose state before CLOSE was `before`, handed its 4-tuple to a
+/// timewait socket, with the kernel programs' own code (`CloseFacts::holds_time_wait`, which
+/// decides whether they send its start).
+pub fn holds_time_wait(before: Option<TcpState>, ev: &CloseEvidence) -> bool {
+    facts_of(before, ev).holds_time_wait()
+}
+
+/// The kernel's view of a finished path (its state before CLOSE) and its evidence.
+fn facts_of(before: Option<TcpState>, ev: &CloseEvidence) -> CloseFacts {
+    CloseFacts {
+        before: before.map(TcpState::raw),
         err: ev.err,
         reset_received: ev.reset_received,
         reset_sent: ev.reset_sent.is_some(),
@@ -122,8 +135,7 @@ pub fn classify(states: &[TcpState], ev: &CloseEvidence) -> CloseCause {
         user_timeout: ev.user_timeout,
         probes: ev.probes,
         retransmits: ev.retransmits,
-    };
-    CloseCause::from_kernel(facts.cause())
+    }
 }
 
 impl CloseCause {

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::model::{
     events::{FinishedFlow, TimeWaitFlow},
-    tcp::{FlowAddrs, TcpState},
+    tcp::FlowAddrs,
 };
 
 /// Whether a finished flow handed its 4-tuple to a timewait socket, as the kernel judged it
@@ -14,14 +14,8 @@ use crate::model::{
 /// or error ended it.
 pub fn holds_time_wait(flow: &FinishedFlow) -> bool {
     let path = &flow.lifecycle.path;
-    path.len() >= 2
-        && matches!(
-            path[path.len() - 2].state,
-            TcpState::FinWait2 | TcpState::Closing
-        )
-        && flow.evidence.err == 0
-        && !flow.evidence.reset_received
-        && flow.evidence.reset_sent.is_none()
+    let before = path.len().checked_sub(2).map(|i| path[i].state);
+    crate::model::cause::holds_time_wait(before, &flow.evidence)
 }
 
 /// When a flow began (0: before tracing).
