@@ -249,44 +249,6 @@ impl TimeWaitTracker {
             .chain(self.preexisting.iter().map(|(addrs, _)| (addrs, None)))
     }
 
-    /// Every TIME_WAIT followed now.
-    fn all(&self) -> impl Iterator<Item = &Active> {
-        self.active.values().chain(self.elsewhere.values())
-    }
-
-    /// The TIME_WAIT of a 4-tuple in a namespace.
-    fn get(&self, (netns, addrs): TimeWaitKey) -> Option<&Active> {
-        match self.active.get(&addrs) {
-            Some(a) if a.netns == netns => Some(a),
-            _ => self.elsewhere.get(&(netns, addrs)),
-        }
-    }
-
-    fn get_mut(&mut self, (netns, addrs): TimeWaitKey) -> Option<&mut Active> {
-        if self.active.get(&addrs).is_some_and(|a| a.netns == netns) {
-            return self.active.get_mut(&addrs);
-        }
-        self.elsewhere.get_mut(&(netns, addrs))
-    }
-
-    /// Takes a TIME_WAIT out (its counts stay: see `end`).
-    fn take(&mut self, (netns, addrs): TimeWaitKey) -> Option<Active> {
-        if let std::collections::hash_map::Entry::Occupied(e) = self.active.entry(addrs) {
-            if e.get().netns == netns {
-                return Some(e.remove());
-            }
-        }
-        self.elsewhere.remove(&(netns, addrs))
-    }
-
-    /// Puts a TIME_WAIT in (none of its 4-tuple and namespace runs): the newest of its
-    /// 4-tuple is the one flows find.
-    fn put(&mut self, a: Active) {
-        if let Some(older) = self.active.insert(a.addrs, a) {
-            self.elsewhere.insert((older.netns, older.addrs), older);
-        }
-    }
-
     /// A TIME_WAIT starts (`sk`: the closing socket's address; before layout 7, the timer's).
     /// Returns what it ended: an earlier TIME_WAIT of the same 4-tuple still running (it was
     /// reused: where no flow said so first, seen at the 4-tuple's next close).
@@ -308,41 +270,47 @@ impl TimeWaitTracker {
             }
         }
         let key = (netns, addrs);
-        if let Some(old) = self.take(key) {
-            ended.push(self.end(old, ts_ns, TimeWaitEnd::Reused));
-        }
-        self.put(Active {
+        // Its flow came first (sent just before it by the same run): joined at once, so that
+        // an accepting side's TIME_WAIT is counted under its service from the start, never
+        // under the client's ephemeral port.
+        let closing = match self.closing.remove(&addrs) {
+            Some(c) if c.skaddr == sk => Some(c),
+            Some(other) => {
+                self.closing.insert(addrs, other);
+                None
+            }
+            None => None,
+        };
+        let accepted = closing.as_ref().map(|c| c.accepted);
+        let replaced = self.replace(Active {
             addrs,
             netns,
             start_ns: ts_ns,
-            flow: None,
-            accepted: None,
+            flow: closing.and_then(|c| c.flow),
+            accepted,
             confirmed: false,
             timer: sk,
             cancel: None,
         });
+        if let Some(old) = replaced {
+            ended.push(self.end(old, ts_ns, TimeWaitEnd::Reused));
+        }
         if self.keyed_by_timer {
             self.by_timer.insert(sk, key);
         }
-        let queue = self
-            .entries
-            .entry((netns, addrs.local.addr, addrs.remote))
-            .or_default();
-        queue.push_back(ts_ns);
-        forget_old_entries(queue, ts_ns);
-        *self.by_destination.entry(addrs.remote).or_default() += 1;
         self.entered += 1;
-        *self
-            .live_by_destination
-            .entry((netns, addrs.remote))
-            .or_default() += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         *self.live_by_netns.entry(netns).or_default() += 1;
-        if let Some(closing) = self.closing.remove(&addrs) {
-            if closing.skaddr == sk {
-                self.join(key, closing.accepted, closing.flow);
-            } else {
-                self.closing.insert(addrs, closing);
+        match accepted {
+            Some(true) => {
+                self.server_side += 1;
+                self.count_service_entry(netns, addrs.local, ts_ns);
+            }
+            accepted => {
+                if accepted.is_some() {
+                    self.client_side += 1;
+                }
+                self.count_destination_entry(netns, &addrs, ts_ns);
             }
         }
         ended
@@ -474,6 +442,9 @@ impl TimeWaitTracker {
         }
     }
 }
+
+#[path = "timewait_index.rs"]
+mod index;
 
 #[path = "timewait_flows.rs"]
 mod flows;

@@ -1,9 +1,7 @@
 //! The flows that close into TIME_WAIT, joined to the timewait socket that took their
 //! 4-tuple (its start follows the flow in the ring: sent by the same run of the state
 //! tracepoint), and the flows that reuse a TIME_WAIT's 4-tuple.
-use super::{
-    decrement, forget_old_entries, remove_entry, Closing, Finished, TimeWaitEnd, TimeWaitTracker,
-};
+use super::{decrement, remove_entry, Closing, Finished, TimeWaitEnd, TimeWaitTracker};
 use crate::model::{
     events::{FinishedFlow, TimeWaitFlow},
     tcp::FlowAddrs,
@@ -111,21 +109,14 @@ impl TimeWaitTracker {
         }
     }
 
-    /// The accepting side's TIME_WAIT: its entry time and count leave the per-destination
-    /// maps (entry rates and forecasts are the connecting side's: its ephemeral ports run
-    /// out) for its local service's, where it stays until it ends.
+    /// The accepting side's TIME_WAIT, known as such only after it was counted under its
+    /// destination (recordings before layout 7: the start came before its flow): its entry
+    /// time and count leave the per-destination maps (entry rates and forecasts are the
+    /// connecting side's: its ephemeral ports run out) for its local service's, where it
+    /// stays until it ends.
     fn not_a_destination(&mut self, addrs: &FlowAddrs, netns: u32, start_ns: u64) {
         decrement(&mut self.live_by_destination, (netns, addrs.remote));
-        *self
-            .live_by_service
-            .entry((netns, addrs.local))
-            .or_default() += 1;
-        let queue = self
-            .service_entries
-            .entry((netns, addrs.local))
-            .or_default();
-        queue.push_back(start_ns);
-        forget_old_entries(queue, start_ns);
+        self.count_service_entry(netns, addrs.local, start_ns);
         remove_entry(
             &mut self.entries,
             (netns, addrs.local.addr, addrs.remote),

@@ -16,6 +16,8 @@ pub(super) struct Suspect {
     key: super::TimeWaitKey,
     start_ns: u64,
     missed_ns: u64,
+    /// An earlier read saw it (so no overflow accounts for it).
+    confirmed: bool,
 }
 
 impl TimeWaitTracker {
@@ -39,6 +41,7 @@ impl TimeWaitTracker {
                     key: (a.netns, a.addrs),
                     start_ns: a.start_ns,
                     missed_ns: read_ns,
+                    confirmed: a.confirmed,
                 });
             }
         }
@@ -56,9 +59,11 @@ impl TimeWaitTracker {
     pub fn suspects_to_look_up(&self, limit: usize) -> HashMap<u32, Vec<FlowAddrs>> {
         let mut wanted: HashMap<u32, Vec<FlowAddrs>> = HashMap::new();
         let overflowing = |netns: u32| self.overflow_unmatched.get(&netns).is_some_and(|&n| n > 0);
+        // Filtered before the lookup: under a full `tcp_max_tw_buckets` nearly every suspect
+        // is an unconfirmed start an overflow accounts for.
         let running = (self.suspects.iter())
-            .filter_map(|s| self.get(s.key).filter(|a| a.start_ns == s.start_ns))
-            .filter(|a| a.confirmed || !overflowing(a.netns));
+            .filter(|s| s.confirmed || !overflowing(s.key.0))
+            .filter_map(|s| self.get(s.key).filter(|a| a.start_ns == s.start_ns));
         for a in running.take(limit) {
             wanted.entry(a.netns).or_default().push(a.addrs);
         }

@@ -3,6 +3,7 @@
 //! memory per tracked flow; aggregation throughput; bpftrace as the reference row.
 mod bulk;
 mod conntrack;
+mod kernel_rounds;
 mod loadgen;
 mod memory;
 mod modes;
@@ -33,6 +34,10 @@ pub struct BenchArgs {
     /// Off/on pairs per mode (at least 5 for the table in docs/performance.md).
     #[arg(long, default_value_t = 5)]
     pairs: usize,
+    /// Pairs of bpf_stats rounds per row, the row's and the hash-state probe's alternated:
+    /// its multiple of the probe is the median pair's.
+    #[arg(long, default_value_t = 3)]
+    kernel_pairs: usize,
     /// Seconds of load per round.
     #[arg(long, default_value_t = 3.0)]
     round_secs: f64,
@@ -226,8 +231,9 @@ impl Bench<'_> {
         }
         let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let max = ratios.iter().copied().fold(0.0, f64::max);
-        let (programs, connections) = steady::programs_over_a_round(self, start)?;
-        let kernel_ns: f64 = programs.iter().map(|p| p.ns_per_run * p.runs as f64).sum();
+        let kernel = kernel_rounds::measure(self, name, start, self.args.kernel_pairs)?;
+        let (programs, connections) = (kernel.programs, kernel.connections);
+        let kernel_ns = kernel_rounds::ns_per_connection(&programs, connections);
         Ok(ModeRow {
             mode: name.into(),
             command: command.into(),
@@ -246,9 +252,10 @@ impl Bench<'_> {
                 0.0
             },
             peak_rss_kib: rss,
-            kernel_ns_per_connection: (connections > 0).then(|| kernel_ns / connections as f64),
+            kernel_ns_per_connection: (connections > 0).then_some(kernel_ns),
             kernel_x_empty_hook: None,
             kernel_x_hash_probe: None,
+            kernel_x_probe_pairs: kernel.x_probe,
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: programs,

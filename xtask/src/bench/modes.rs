@@ -5,6 +5,8 @@
 pub const FLOOR_ROW: &str = "empty hook (floor)";
 /// The row of the flow-state probe in a hash: the floor a per-socket state costs.
 pub const HASH_PROBE_ROW: &str = "state in a hash (probe)";
+/// The row of the flow-state probe in socket storage.
+pub const STORAGE_PROBE_ROW: &str = "state in sk_storage (probe)";
 
 pub const MODES: [(&str, &str, &[&str]); 17] = [
     ("transitions", "transitions -> file", &[]),
@@ -93,7 +95,7 @@ pub const MODES: [(&str, &str, &[&str]); 17] = [
     // the place a flow's state lives costs (no records, no filters).
     (
         "storage",
-        "state in sk_storage (probe)",
+        STORAGE_PROBE_ROW,
         &["hook-floor", "--variant", "sk-storage"],
     ),
     (

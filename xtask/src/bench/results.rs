@@ -27,6 +27,9 @@ pub(super) struct ModeRow {
     /// Its multiple of the hash-state probe's in the same run (the floor a per-socket state
     /// costs: issue 25's finding).
     pub(super) kernel_x_hash_probe: Option<f64>,
+    /// Each pair's multiple of the probe (its round and the probe's, seconds apart); the
+    /// median is `kernel_x_hash_probe`. Empty for the floor and the probes.
+    pub(super) kernel_x_probe_pairs: Vec<f64>,
     /// Program runs per connection (every hook of the mode), and what that many runs of the
     /// empty program would cost as a multiple of the empty hook's time: the part of the
     /// multiple that is the number of hooks run, before any of them does any work.

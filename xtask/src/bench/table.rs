@@ -11,7 +11,8 @@ fn runs_per_connection(m: &ModeRow) -> Option<f64> {
 }
 
 /// Each mode's kernel time per connection, and its program runs per connection, as multiples
-/// of the empty hook's in the same run (and its time of the hash-state probe's).
+/// of the empty hook's in the same run; its time of the hash-state probe's: the median of its
+/// pairs of rounds beside the probe, else (a row measured alone) of the probe's row.
 pub(super) fn relate_to_empty_hook(modes: &mut [ModeRow]) {
     let floor = modes.iter().find(|m| m.mode == super::modes::FLOOR_ROW);
     let floor_ns = floor.and_then(|m| m.kernel_ns_per_connection);
@@ -22,7 +23,10 @@ pub(super) fn relate_to_empty_hook(modes: &mut [ModeRow]) {
     let probe_ns = probe.and_then(|m| m.kernel_ns_per_connection);
     for m in modes.iter_mut() {
         m.kernel_x_empty_hook = multiple(m.kernel_ns_per_connection, floor_ns);
-        m.kernel_x_hash_probe = multiple(m.kernel_ns_per_connection, probe_ns);
+        m.kernel_x_hash_probe = match m.kernel_x_probe_pairs.as_slice() {
+            [] => multiple(m.kernel_ns_per_connection, probe_ns),
+            pairs => Some(pairs[super::kernel_rounds::median_index(pairs)]),
+        };
         m.kernel_runs_per_connection = runs_per_connection(m);
         m.kernel_runs_x_empty_hook = multiple(m.kernel_runs_per_connection, floor_runs);
     }
@@ -34,6 +38,16 @@ fn multiple(value: Option<f64>, floor: Option<f64>) -> Option<f64> {
         .zip(floor)
         .filter(|(_, f)| *f > 0.0)
         .map(|(v, f)| v / f)
+}
+
+/// The range of a row's multiples of the probe over its pairs of rounds: ` (1.41-1.62)`.
+fn spread(pairs: &[f64]) -> String {
+    if pairs.len() < 2 {
+        return String::new();
+    }
+    let min = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = pairs.iter().copied().fold(0.0, f64::max);
+    format!(" ({min:.2}-{max:.2})")
 }
 
 /// Programs' runs and ns per run, one a line, names padded to `width`.
@@ -76,7 +90,7 @@ pub(super) fn print_table(r: &Results) {
         );
     }
     println!(
-        "kernel per connection (bpf_stats, one flat-out round of each mode; x the empty hook's, and x the hash-state probe's, in this run):"
+        "kernel per connection (bpf_stats, flat-out rounds; x the empty hook's in this run; x the hash-state probe's: median (range) of pairs of rounds, the row's and the probe's alternated):"
     );
     for m in &r.modes {
         let Some(ns) = m.kernel_ns_per_connection else {
@@ -89,8 +103,10 @@ pub(super) fn print_table(r: &Results) {
             ns,
             m.kernel_x_empty_hook
                 .map_or("".into(), |x| format!("{x:.1}x")),
-            m.kernel_x_hash_probe
-                .map_or("".into(), |x| format!("{x:.2}x probe")),
+            m.kernel_x_hash_probe.map_or("".into(), |x| format!(
+                "{x:.2}x probe{}",
+                spread(&m.kernel_x_probe_pairs)
+            )),
             m.kernel_runs_per_connection
                 .zip(m.kernel_runs_x_empty_hook)
                 .map_or("".into(), |(r, x)| format!(
@@ -190,6 +206,7 @@ mod tests {
             kernel_ns_per_connection: Some(ns),
             kernel_x_empty_hook: None,
             kernel_x_hash_probe: None,
+            kernel_x_probe_pairs: Vec::new(),
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: runs
@@ -221,6 +238,15 @@ mod tests {
         let metrics = &modes[0];
         assert_eq!(metrics.kernel_x_empty_hook, Some(10.0), "6,000 / 600 ns");
         assert_eq!(metrics.kernel_x_hash_probe, Some(2.0), "6,000 / 3,000 ns");
+        modes[0].kernel_x_probe_pairs = vec![1.9, 1.4, 1.5];
+        relate_to_empty_hook(&mut modes);
+        assert_eq!(
+            modes[0].kernel_x_hash_probe,
+            Some(1.5),
+            "the median of its pairs beside the probe, not its round against the probe's row"
+        );
+        assert_eq!(spread(&modes[0].kernel_x_probe_pairs), " (1.40-1.90)");
+        let metrics = &modes[0];
         assert_eq!(
             metrics.kernel_runs_per_connection,
             Some(26.0),
