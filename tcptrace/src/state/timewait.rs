@@ -273,13 +273,11 @@ impl TimeWaitTracker {
         // Its flow came first (sent just before it by the same run): joined at once, so that
         // an accepting side's TIME_WAIT is counted under its service from the start, never
         // under the client's ephemeral port.
-        let closing = match self.closing.remove(&addrs) {
-            Some(c) if c.skaddr == sk => Some(c),
-            Some(other) => {
-                self.closing.insert(addrs, other);
-                None
+        let closing = match self.closing.entry(addrs) {
+            std::collections::hash_map::Entry::Occupied(e) if e.get().skaddr == sk => {
+                Some(e.remove())
             }
-            None => None,
+            _ => None,
         };
         let accepted = closing.as_ref().map(|c| c.accepted);
         let replaced = self.replace(Active {

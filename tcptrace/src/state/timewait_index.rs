@@ -52,10 +52,7 @@ impl TimeWaitTracker {
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(a);
-                match self.elsewhere.is_empty() {
-                    true => None,
-                    false => self.elsewhere.remove(&key),
-                }
+                self.elsewhere.remove(&key)
             }
         }
     }
