@@ -51,14 +51,14 @@ pub(super) fn measure(
     let mut rounds = Vec::with_capacity(pairs);
     for pair in 0..pairs {
         // Alternate which goes first, so that neither always follows the other.
-        let (row, probe_ns) = if pair % 2 == 0 {
+        let (row, probe_round) = if pair % 2 == 0 {
             let p = steady::programs_over_a_round(bench, &probe)?;
             (steady::programs_over_a_round(bench, start)?, p)
         } else {
             let r = steady::programs_over_a_round(bench, start)?;
             (r, steady::programs_over_a_round(bench, &probe)?)
         };
-        let probe_ns = ns_per_connection(&probe_ns.0, probe_ns.1);
+        let probe_ns = ns_per_connection(&probe_round.0, probe_round.1);
         let row_ns = ns_per_connection(&row.0, row.1);
         let x = if probe_ns > 0.0 {
             row_ns / probe_ns
