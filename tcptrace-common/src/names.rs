@@ -48,6 +48,9 @@ pub mod map {
     ];
     /// The benchmark's flow-state probe (`--features bench` only).
     pub const PROBE_HASH: &str = "PROBE_HASH";
+    /// The ring probes' rings (`--features bench` only): the shared one, and the odd CPUs'.
+    pub const PROBE_RING: &str = "PROBE_RING";
+    pub const PROBE_RING_ODD_CPU: &str = "PROBE_RING_ODD_CPU";
 }
 
 /// The global userspace writes at load time.
@@ -97,11 +100,14 @@ pub mod program {
         ENTER_BIND,
         EXIT_BIND,
     ];
-    /// The benchmark's programs (`--features bench` only): an empty one, and flow state in
-    /// socket storage or in a hash.
+    /// The benchmark's programs (`--features bench` only): an empty one, flow state in
+    /// socket storage or in a hash, and the hash's with a record per transition into one
+    /// ring or a ring per CPU.
     pub const BENCH: &[&str] = &[
         "inet_sock_set_state_floor",
         "inet_sock_set_state_sk_storage",
         "inet_sock_set_state_hash",
+        "inet_sock_set_state_hash_ring",
+        "inet_sock_set_state_hash_ring_per_cpu",
     ];
 }

@@ -12,6 +12,8 @@ mod maps;
 mod owner;
 mod reset;
 mod retransmit;
+#[cfg(feature = "bench")]
+mod ring_probe;
 mod set_state;
 mod sock;
 #[cfg(feature = "bench")]

@@ -69,6 +69,13 @@ pub fn inet_sock_set_state_hash(ctx: BtfTracePointContext) -> i32 {
     let new: i32 = ctx.arg(2);
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    keep_in_hash(key, new, now);
+    0
+}
+
+/// The hash probe's work for one transition of the socket at `key` (also the ring probes').
+#[inline(always)]
+pub fn keep_in_hash(key: u64, new: i32, now: u64) {
     match PROBE_HASH.get_ptr_mut(&key) {
         // SAFETY: a map value, valid for this run.
         Some(flow) => enter(unsafe { &mut *flow }, new, now),
@@ -85,5 +92,4 @@ pub fn inet_sock_set_state_hash(ctx: BtfTracePointContext) -> i32 {
     if new == i32::from(tcp_state::CLOSE) {
         let _ = PROBE_HASH.remove(&key);
     }
-    0
 }

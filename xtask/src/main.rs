@@ -386,10 +386,12 @@ fn main() -> ExitCode {
             eprintln!("xtask: man page written to {}", page.display());
             Ok(())
         }),
-        Task::Bench(args) => build_with(true, &["bench"]).and_then(|bin| {
-            require_root("cargo xtask bench")?;
-            bench::run(&args, bin)
-        }),
+        Task::Bench(args) => bench::check_rows(&args)
+            .and_then(|()| build_with(true, &["bench"]))
+            .and_then(|bin| {
+                require_root("cargo xtask bench")?;
+                bench::run(&args, bin)
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

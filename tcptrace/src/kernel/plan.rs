@@ -305,10 +305,13 @@ mod tests {
                 "benchmark program {name} only in a build with --features bench"
             );
         }
-        assert_eq!(
-            object.maps.contains_key(map::PROBE_HASH),
-            cfg!(feature = "bench")
-        );
+        for name in [map::PROBE_HASH, map::PROBE_RING, map::PROBE_RING_ODD_CPU] {
+            assert_eq!(
+                object.maps.contains_key(name),
+                cfg!(feature = "bench"),
+                "benchmark map {name} only in a build with --features bench"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(super) struct KernelRounds {
     /// Each pair's multiple of the probe, in the order measured (empty: the row is a probe
     /// or the floor, measured once).
     pub(super) x_probe: Vec<f64>,
+    /// Each round's multiple of the probe attached beside it in the same round (as many
+    /// rounds as pairs; empty as above).
+    pub(super) x_probe_same_round: Vec<f64>,
 }
 
 /// The tracer's programs' time per connection over a round.
@@ -45,6 +48,7 @@ pub(super) fn measure(
             programs,
             connections,
             x_probe: Vec::new(),
+            x_probe_same_round: Vec::new(),
         });
     }
     let probe = |out: &Path| bench.tcptrace(&["hook-floor", "--variant", "hash"], out);
@@ -73,10 +77,32 @@ pub(super) fn measure(
     }
     let x_probe: Vec<f64> = rounds.iter().map(|(x, _)| *x).collect();
     let (_, (programs, connections)) = rounds.swap_remove(median_index(&x_probe));
+    // The same multiple with both attached in one round: every transition runs both
+    // programs, so the hour's speed, the host's neighbours and the load's rate are the same
+    // for the two (each also pays for the other's cache lines).
+    let mut x_probe_same_round = Vec::with_capacity(pairs);
+    for round in 0..pairs {
+        let (row, probe, connections) = steady::programs_beside_probe(bench, start)?;
+        let (row_ns, probe_ns) = (
+            ns_per_connection(&row, connections),
+            ns_per_connection(&probe, connections),
+        );
+        let x = if probe_ns > 0.0 {
+            row_ns / probe_ns
+        } else {
+            0.0
+        };
+        eprintln!(
+            "xtask bench: {name:<22} same round {}: {row_ns:>6.0} ns/conn, probe {probe_ns:>6.0} ({x:.2}x)",
+            round + 1
+        );
+        x_probe_same_round.push(x);
+    }
     Ok(KernelRounds {
         programs,
         connections,
         x_probe,
+        x_probe_same_round,
     })
 }
 

@@ -64,12 +64,13 @@ pub struct BenchArgs {
     /// Which rows to run (comma-separated): transitions, flows, flows-no-tw, flows-no-drops,
     /// flows-conntrack (a 1M-entry conntrack table looked in at each flow's end), json, metrics, metrics-no-drops, metrics-vitals, record, flows-on-demand,
     /// metrics-on-demand, flows-socket, metrics-socket (flows in socket storage), filtered,
-    /// floor, storage (flow-state probes), libbpf-tools (Debian's tcpstates and tcplife,
+    /// floor, storage (flow-state probes), ring-probe (the hash probe and a record per
+    /// transition, into one ring or a ring per CPU), libbpf-tools (Debian's tcpstates and tcplife,
     /// installed if missing), bpftrace, bulk (long flows, no connection opened or closed).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transitions,flows,flows-no-tw,flows-no-drops,flows-conntrack,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,libbpf-tools,bpftrace,bulk"
+        default_value = "transitions,flows,flows-no-tw,flows-no-drops,flows-conntrack,json,metrics,metrics-no-drops,metrics-vitals,record,flows-on-demand,metrics-on-demand,flows-socket,metrics-socket,filtered,floor,storage,ring-probe,libbpf-tools,bpftrace,bulk"
     )]
     modes: Vec<String>,
     /// Where the JSON results go.
@@ -256,6 +257,7 @@ impl Bench<'_> {
             kernel_x_empty_hook: None,
             kernel_x_hash_probe: None,
             kernel_x_probe_pairs: kernel.x_probe,
+            kernel_x_probe_same_round: kernel.x_probe_same_round,
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: programs,
@@ -274,6 +276,11 @@ fn first_line(cmd: &mut Command) -> String {
                 .to_string()
         })
         .unwrap_or_default()
+}
+
+/// Refuses a `--modes` row this benchmark does not have (before anything is built).
+pub fn check_rows(args: &BenchArgs) -> Result<()> {
+    modes::check(&args.modes)
 }
 
 pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
@@ -337,7 +344,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             name,
             &start,
             command.trim(),
-            (key != "floor" && key != "storage").then_some(parse),
+            // The probes (`hook-floor`) print no summary.
+            (!matches!(key, "floor" | "storage" | "ring-probe")).then_some(parse),
         )?);
     }
     if wanted("record") {

@@ -1,5 +1,6 @@
 //! The tracer modes `cargo xtask bench` measures, each a row: (key for `--modes`, the row's
 //! name, tcptrace's arguments).
+use anyhow::{bail, Result};
 
 /// The empty program's row: every mode's kernel time is a multiple of its.
 pub const FLOOR_ROW: &str = "empty hook (floor)";
@@ -8,7 +9,7 @@ pub const HASH_PROBE_ROW: &str = "state in a hash (probe)";
 /// The row of the flow-state probe in socket storage.
 pub const STORAGE_PROBE_ROW: &str = "state in sk_storage (probe)";
 
-pub const MODES: [(&str, &str, &[&str]); 17] = [
+pub const MODES: [(&str, &str, &[&str]); 19] = [
     ("transitions", "transitions -> file", &[]),
     ("flows", "flows -> file", &["flows"]),
     // Without the drop hook (skb:kfree_skb): what it costs, in the same run.
@@ -103,4 +104,51 @@ pub const MODES: [(&str, &str, &[&str]); 17] = [
         HASH_PROBE_ROW,
         &["hook-floor", "--variant", "hash"],
     ),
+    // The hash probe and a 104-byte record per transition (every transition's mode, at its
+    // least): into one ring all CPUs share (the tracer's), or into its CPU's own.
+    (
+        "ring-probe",
+        "probe + a record, one ring",
+        &["hook-floor", "--variant", "hash-ring"],
+    ),
+    (
+        "ring-probe",
+        "probe + a record, ring per CPU",
+        &["hook-floor", "--variant", "hash-ring-per-cpu"],
+    ),
 ];
+
+/// The `--modes` keys of rows measured outside [`MODES`].
+const OTHER_KEYS: [&str; 4] = ["record", "libbpf-tools", "bpftrace", "bulk"];
+
+/// Refuses a `--modes` key no row has, naming the known ones.
+pub fn check(keys: &[String]) -> Result<()> {
+    let known = |key: &str| MODES.iter().any(|(k, _, _)| *k == key) || OTHER_KEYS.contains(&key);
+    if let Some(unknown) = keys.iter().find(|k| !known(k)) {
+        let mut all: Vec<&str> = MODES.iter().map(|(k, _, _)| *k).collect();
+        all.dedup();
+        all.extend(OTHER_KEYS);
+        bail!("--modes: no row {unknown:?} (rows: {})", all.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_key_is_accepted_and_a_misspelt_one_is_refused() {
+        let all: Vec<String> = MODES
+            .iter()
+            .map(|(k, _, _)| (*k).to_string())
+            .chain(OTHER_KEYS.iter().map(|k| (*k).to_string()))
+            .collect();
+        check(&all).expect("every known row accepted");
+        let err = check(&["flows".into(), "flow".into()]).expect_err("a misspelt row refused");
+        assert!(
+            err.to_string().contains("no row \"flow\"") && err.to_string().contains("ring-probe"),
+            "the error names the row and the known ones: {err}"
+        );
+    }
+}

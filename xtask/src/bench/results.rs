@@ -30,6 +30,9 @@ pub(super) struct ModeRow {
     /// Each pair's multiple of the probe (its round and the probe's, seconds apart); the
     /// median is `kernel_x_hash_probe`. Empty for the floor and the probes.
     pub(super) kernel_x_probe_pairs: Vec<f64>,
+    /// Each round's multiple of the probe attached beside the row in that same round (both
+    /// programs on every transition of the same seconds). Empty as above.
+    pub(super) kernel_x_probe_same_round: Vec<f64>,
     /// Program runs per connection (every hook of the mode), and what that many runs of the
     /// empty program would cost as a multiple of the empty hook's time: the part of the
     /// multiple that is the number of hooks run, before any of them does any work.

@@ -81,6 +81,34 @@ pub fn programs_over_a_round(
     Ok((costs, load.connections))
 }
 
+/// One flat-out round with the row's tracer and the hash-state probe attached together, both
+/// on every transition of the same seconds: (the row's programs, the probe's, connections).
+pub fn programs_beside_probe(
+    bench: &Bench,
+    start: &dyn Fn(&std::path::Path) -> Result<super::tracer::RunningTracer>,
+) -> Result<(Vec<ProgramCost>, Vec<ProgramCost>, u64)> {
+    let (out, probe_out) = (
+        bench.dir.join("bpf-stats.out"),
+        bench.dir.join("bpf-stats-probe.out"),
+    );
+    let stats = BpfStats::enable()?;
+    let probe = bench.tcptrace(&["hook-floor", "--variant", "hash"], &probe_out)?;
+    let tracer = start(&out)?;
+    let before = (held_programs(tracer.pid()), held_programs(probe.pid()));
+    let load = bench.load(None)?;
+    let after = (held_programs(tracer.pid()), held_programs(probe.pid()));
+    let names = program_names();
+    tracer.stop()?;
+    probe.stop()?;
+    drop(stats);
+    let row = costs_between(&before.0, after.0, &names);
+    let probe = costs_between(&before.1, after.1, &names);
+    for file in [out, probe_out] {
+        let _ = fs::remove_file(file);
+    }
+    Ok((row, probe, load.connections))
+}
+
 /// Each program's runs and ns per run between two reads of [`held_programs`], most run first.
 pub(super) fn costs_between(
     before: &[(u32, u64, u64)],

@@ -50,6 +50,16 @@ fn spread(pairs: &[f64]) -> String {
     format!(" ({min:.2}-{max:.2})")
 }
 
+/// The multiples of the probe attached beside the row in the same rounds: median and range,
+/// `, same round 1.52x (1.50-1.55)`.
+fn same_round(rounds: &[f64]) -> String {
+    if rounds.is_empty() {
+        return String::new();
+    }
+    let median = rounds[super::kernel_rounds::median_index(rounds)];
+    format!(", same round {median:.2}x{}", spread(rounds))
+}
+
 /// Programs' runs and ns per run, one a line, names padded to `width`.
 fn print_runs(programs: &[super::steady::ProgramCost], width: usize) {
     for p in programs {
@@ -90,7 +100,7 @@ pub(super) fn print_table(r: &Results) {
         );
     }
     println!(
-        "kernel per connection (bpf_stats, flat-out rounds; x the empty hook's in this run; x the hash-state probe's: median (range) of pairs of rounds, the row's and the probe's alternated):"
+        "kernel per connection (bpf_stats, flat-out rounds; x the empty hook's in this run; x the hash-state probe's: median (range) of pairs of rounds, the row's and the probe's alternated, then of rounds with the probe attached beside the row):"
     );
     for m in &r.modes {
         let Some(ns) = m.kernel_ns_per_connection else {
@@ -104,8 +114,9 @@ pub(super) fn print_table(r: &Results) {
             m.kernel_x_empty_hook
                 .map_or("".into(), |x| format!("{x:.1}x")),
             m.kernel_x_hash_probe.map_or("".into(), |x| format!(
-                "{x:.2}x probe{}",
-                spread(&m.kernel_x_probe_pairs)
+                "{x:.2}x probe{}{}",
+                spread(&m.kernel_x_probe_pairs),
+                same_round(&m.kernel_x_probe_same_round)
             )),
             m.kernel_runs_per_connection
                 .zip(m.kernel_runs_x_empty_hook)
@@ -207,6 +218,7 @@ mod tests {
             kernel_x_empty_hook: None,
             kernel_x_hash_probe: None,
             kernel_x_probe_pairs: Vec::new(),
+            kernel_x_probe_same_round: Vec::new(),
             kernel_runs_per_connection: None,
             kernel_runs_x_empty_hook: None,
             kernel_by_program: runs
@@ -246,6 +258,16 @@ mod tests {
             "the median of its pairs beside the probe, not its round against the probe's row"
         );
         assert_eq!(spread(&modes[0].kernel_x_probe_pairs), " (1.40-1.90)");
+        assert_eq!(
+            same_round(&[]),
+            "",
+            "a row measured alone has no same-round multiple"
+        );
+        assert_eq!(
+            same_round(&[1.62, 1.55, 1.58]),
+            ", same round 1.58x (1.55-1.62)",
+            "the median and the range"
+        );
         let metrics = &modes[0];
         assert_eq!(
             metrics.kernel_runs_per_connection,
