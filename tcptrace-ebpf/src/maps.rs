@@ -19,7 +19,7 @@ use tcptrace_common::{
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
-const BPF_RB_NO_WAKEUP: u64 = 1;
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Written by userspace before load (offsets from BTF, output switches). Read field by field

@@ -4,15 +4,13 @@
 //! into one ring shared by every CPU (the tracer's design), or into the ring of the CPU it
 //! runs on (two rings, chosen by the CPU's parity: one per CPU on a 2-CPU machine).
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::bpf_get_smp_processor_id,
     macros::{btf_tracepoint, map},
     maps::RingBuf,
     programs::BtfTracePointContext,
 };
 
-use crate::storage_probe::keep_in_hash;
-
-const BPF_RB_NO_WAKEUP: u64 = 1;
+use crate::{maps::BPF_RB_NO_WAKEUP, storage_probe::keep_in_hash};
 
 /// A record of a transition's size: its time, socket and new state, the rest zeroed.
 #[repr(C)]
@@ -52,22 +50,16 @@ fn send(ring: &RingBuf, key: u64, new: i32, now: u64) {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_hash_ring(ctx: BtfTracePointContext) -> i32 {
-    let key: u64 = ctx.arg(0);
-    let new: i32 = ctx.arg(2);
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    keep_in_hash(key, new, now);
+    let (key, new, now) = keep_in_hash(&ctx);
     send(&PROBE_RING, key, new, now);
     0
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_hash_ring_per_cpu(ctx: BtfTracePointContext) -> i32 {
-    let key: u64 = ctx.arg(0);
-    let new: i32 = ctx.arg(2);
-    // SAFETY: plain helper calls.
-    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
-    keep_in_hash(key, new, now);
+    let (key, new, now) = keep_in_hash(&ctx);
+    // SAFETY: a plain helper call.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
     if cpu & 1 == 0 {
         send(&PROBE_RING, key, new, now);
     } else {

@@ -65,17 +65,18 @@ pub fn inet_sock_set_state_sk_storage(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_hash(ctx: BtfTracePointContext) -> i32 {
+    keep_in_hash(&ctx);
+    0
+}
+
+/// The hash probe's work for one transition (also the ring probes'): returns the socket's
+/// address (the key), its new state and the time read.
+#[inline(always)]
+pub fn keep_in_hash(ctx: &BtfTracePointContext) -> (u64, i32, u64) {
     let key: u64 = ctx.arg(0);
     let new: i32 = ctx.arg(2);
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    keep_in_hash(key, new, now);
-    0
-}
-
-/// The hash probe's work for one transition of the socket at `key` (also the ring probes').
-#[inline(always)]
-pub fn keep_in_hash(key: u64, new: i32, now: u64) {
     match PROBE_HASH.get_ptr_mut(&key) {
         // SAFETY: a map value, valid for this run.
         Some(flow) => enter(unsafe { &mut *flow }, new, now),
@@ -92,4 +93,5 @@ pub fn keep_in_hash(key: u64, new: i32, now: u64) {
     if new == i32::from(tcp_state::CLOSE) {
         let _ = PROBE_HASH.remove(&key);
     }
+    (key, new, now)
 }

@@ -28,6 +28,15 @@ pub(super) fn ns_per_connection(programs: &[steady::ProgramCost], connections: u
     ns / connections.max(1) as f64
 }
 
+/// A row's time as a multiple of the probe's (0 without a probe time).
+fn multiple(row_ns: f64, probe_ns: f64) -> f64 {
+    if probe_ns > 0.0 {
+        row_ns / probe_ns
+    } else {
+        0.0
+    }
+}
+
 /// Whether a row is measured once: the floor and the probes are what the others are set
 /// against.
 fn measured_alone(name: &str) -> bool {
@@ -51,7 +60,7 @@ pub(super) fn measure(
             x_probe_same_round: Vec::new(),
         });
     }
-    let probe = |out: &Path| bench.tcptrace(&["hook-floor", "--variant", "hash"], out);
+    let probe = |out: &Path| bench.tcptrace(modes::HASH_PROBE_ARGS, out);
     let mut rounds = Vec::with_capacity(pairs);
     for pair in 0..pairs {
         // Alternate which goes first, so that neither always follows the other.
@@ -64,11 +73,7 @@ pub(super) fn measure(
         };
         let probe_ns = ns_per_connection(&probe_round.0, probe_round.1);
         let row_ns = ns_per_connection(&row.0, row.1);
-        let x = if probe_ns > 0.0 {
-            row_ns / probe_ns
-        } else {
-            0.0
-        };
+        let x = multiple(row_ns, probe_ns);
         eprintln!(
             "xtask bench: {name:<22} kernel pair {}: {row_ns:>6.0} ns/conn, probe {probe_ns:>6.0} ({x:.2}x)",
             pair + 1
@@ -87,11 +92,7 @@ pub(super) fn measure(
             ns_per_connection(&row, connections),
             ns_per_connection(&probe, connections),
         );
-        let x = if probe_ns > 0.0 {
-            row_ns / probe_ns
-        } else {
-            0.0
-        };
+        let x = multiple(row_ns, probe_ns);
         eprintln!(
             "xtask bench: {name:<22} same round {}: {row_ns:>6.0} ns/conn, probe {probe_ns:>6.0} ({x:.2}x)",
             round + 1

@@ -344,8 +344,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf) -> Result<()> {
             name,
             &start,
             command.trim(),
-            // The probes (`hook-floor`) print no summary.
-            (!matches!(key, "floor" | "storage" | "ring-probe")).then_some(parse),
+            (!modes::is_probe(mode_args)).then_some(parse),
         )?);
     }
     if wanted("record") {

@@ -6,6 +6,8 @@ use anyhow::{bail, Result};
 pub const FLOOR_ROW: &str = "empty hook (floor)";
 /// The row of the flow-state probe in a hash: the floor a per-socket state costs.
 pub const HASH_PROBE_ROW: &str = "state in a hash (probe)";
+/// tcptrace's arguments for the hash-state probe (its row, and beside every other row).
+pub const HASH_PROBE_ARGS: &[&str] = &["hook-floor", "--variant", "hash"];
 /// The row of the flow-state probe in socket storage.
 pub const STORAGE_PROBE_ROW: &str = "state in sk_storage (probe)";
 
@@ -99,11 +101,7 @@ pub const MODES: [(&str, &str, &[&str]); 19] = [
         STORAGE_PROBE_ROW,
         &["hook-floor", "--variant", "sk-storage"],
     ),
-    (
-        "storage",
-        HASH_PROBE_ROW,
-        &["hook-floor", "--variant", "hash"],
-    ),
+    ("storage", HASH_PROBE_ROW, HASH_PROBE_ARGS),
     // The hash probe and a 104-byte record per transition (every transition's mode, at its
     // least): into one ring all CPUs share (the tracer's), or into its CPU's own.
     (
@@ -123,14 +121,18 @@ const OTHER_KEYS: [&str; 4] = ["record", "libbpf-tools", "bpftrace", "bulk"];
 
 /// Refuses a `--modes` key no row has, naming the known ones.
 pub fn check(keys: &[String]) -> Result<()> {
-    let known = |key: &str| MODES.iter().any(|(k, _, _)| *k == key) || OTHER_KEYS.contains(&key);
-    if let Some(unknown) = keys.iter().find(|k| !known(k)) {
-        let mut all: Vec<&str> = MODES.iter().map(|(k, _, _)| *k).collect();
-        all.dedup();
-        all.extend(OTHER_KEYS);
-        bail!("--modes: no row {unknown:?} (rows: {})", all.join(", "));
+    let mut known: Vec<&str> = MODES.iter().map(|(k, _, _)| *k).collect();
+    known.dedup(); // a key of several rows stands beside itself
+    known.extend(OTHER_KEYS);
+    if let Some(unknown) = keys.iter().find(|k| !known.contains(&k.as_str())) {
+        bail!("--modes: no row {unknown:?} (rows: {})", known.join(", "));
     }
     Ok(())
+}
+
+/// Whether a row runs one of the benchmark's probes (`tcptrace hook-floor`: no summary).
+pub fn is_probe(args: &[&str]) -> bool {
+    args.first() == Some(&"hook-floor")
 }
 
 #[cfg(test)]
@@ -150,5 +152,13 @@ mod tests {
             err.to_string().contains("no row \"flow\"") && err.to_string().contains("ring-probe"),
             "the error names the row and the known ones: {err}"
         );
+    }
+
+    #[test]
+    fn the_probe_rows_are_told_by_their_command() {
+        for (key, name, args) in MODES {
+            let probe = matches!(key, "floor" | "storage" | "ring-probe");
+            assert_eq!(is_probe(args), probe, "{name}: a probe row is {probe}");
+        }
     }
 }

@@ -67,18 +67,8 @@ pub fn programs_over_a_round(
     bench: &Bench,
     start: &dyn Fn(&std::path::Path) -> Result<super::tracer::RunningTracer>,
 ) -> Result<(Vec<ProgramCost>, u64)> {
-    let out = bench.dir.join("bpf-stats.out");
-    let stats = BpfStats::enable()?;
-    let tracer = start(&out)?;
-    let before = held_programs(tracer.pid());
-    let load = bench.load(None)?;
-    let after = held_programs(tracer.pid());
-    let names = program_names();
-    tracer.stop()?;
-    drop(stats);
-    let costs = costs_between(&before, after, &names);
-    let _ = fs::remove_file(&out);
-    Ok((costs, load.connections))
+    let (mut costs, connections) = programs_of_tracers_in_a_round(bench, &[start])?;
+    Ok((costs.pop().unwrap_or_default(), connections))
 }
 
 /// One flat-out round with the row's tracer and the hash-state probe attached together, both
@@ -87,26 +77,47 @@ pub fn programs_beside_probe(
     bench: &Bench,
     start: &dyn Fn(&std::path::Path) -> Result<super::tracer::RunningTracer>,
 ) -> Result<(Vec<ProgramCost>, Vec<ProgramCost>, u64)> {
-    let (out, probe_out) = (
-        bench.dir.join("bpf-stats.out"),
-        bench.dir.join("bpf-stats-probe.out"),
-    );
+    let probe = |out: &std::path::Path| bench.tcptrace(super::modes::HASH_PROBE_ARGS, out);
+    let (mut costs, connections) = programs_of_tracers_in_a_round(bench, &[&probe, start])?;
+    let row = costs.pop().unwrap_or_default();
+    let probe = costs.pop().unwrap_or_default();
+    Ok((row, probe, connections))
+}
+
+/// What starts a tracer, writing its output to the path it is given.
+type StartTracer<'a> = &'a dyn Fn(&std::path::Path) -> Result<super::tracer::RunningTracer>;
+
+/// One flat-out round (bpf_stats on for it only) with every tracer `starts` starts running,
+/// started in that order: each one's programs, in the same order, and the connections made.
+fn programs_of_tracers_in_a_round(
+    bench: &Bench,
+    starts: &[StartTracer<'_>],
+) -> Result<(Vec<Vec<ProgramCost>>, u64)> {
+    let outs: Vec<_> = (0..starts.len())
+        .map(|i| bench.dir.join(format!("bpf-stats-{i}.out")))
+        .collect();
     let stats = BpfStats::enable()?;
-    let probe = bench.tcptrace(&["hook-floor", "--variant", "hash"], &probe_out)?;
-    let tracer = start(&out)?;
-    let before = (held_programs(tracer.pid()), held_programs(probe.pid()));
-    let load = bench.load(None)?;
-    let after = (held_programs(tracer.pid()), held_programs(probe.pid()));
-    let names = program_names();
-    tracer.stop()?;
-    probe.stop()?;
-    drop(stats);
-    let row = costs_between(&before.0, after.0, &names);
-    let probe = costs_between(&before.1, after.1, &names);
-    for file in [out, probe_out] {
-        let _ = fs::remove_file(file);
+    let mut tracers = Vec::with_capacity(starts.len());
+    for (start, out) in starts.iter().zip(&outs) {
+        tracers.push(start(out)?);
     }
-    Ok((row, probe, load.connections))
+    let before: Vec<_> = tracers.iter().map(|t| held_programs(t.pid())).collect();
+    let load = bench.load(None)?;
+    let after: Vec<_> = tracers.iter().map(|t| held_programs(t.pid())).collect();
+    let names = program_names();
+    for tracer in tracers {
+        tracer.stop()?;
+    }
+    drop(stats);
+    let costs = before
+        .iter()
+        .zip(after)
+        .map(|(before, after)| costs_between(before, after, &names))
+        .collect();
+    for out in outs {
+        let _ = fs::remove_file(out);
+    }
+    Ok((costs, load.connections))
 }
 
 /// Each program's runs and ns per run between two reads of [`held_programs`], most run first.
