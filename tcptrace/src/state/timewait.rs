@@ -299,17 +299,13 @@ impl TimeWaitTracker {
         self.entered += 1;
         *self.live_by_local.entry(addrs.local.addr).or_default() += 1;
         *self.live_by_netns.entry(netns).or_default() += 1;
-        match accepted {
-            Some(true) => {
-                self.server_side += 1;
-                self.count_service_entry(netns, addrs.local, ts_ns);
-            }
-            accepted => {
-                if accepted.is_some() {
-                    self.client_side += 1;
-                }
-                self.count_destination_entry(netns, &addrs, ts_ns);
-            }
+        if let Some(accepted) = accepted {
+            self.count_side(accepted);
+        }
+        if accepted == Some(true) {
+            self.count_service_entry(netns, addrs.local, ts_ns);
+        } else {
+            self.count_destination_entry(netns, &addrs, ts_ns);
         }
         ended
     }

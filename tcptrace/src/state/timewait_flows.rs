@@ -101,11 +101,9 @@ impl TimeWaitTracker {
         let (addrs, netns, start_ns) = (active.addrs, active.netns, active.start_ns);
         active.accepted = Some(accepted);
         active.flow = flow;
+        self.count_side(accepted);
         if accepted {
-            self.server_side += 1;
             self.not_a_destination(&addrs, netns, start_ns);
-        } else {
-            self.client_side += 1;
         }
     }
 

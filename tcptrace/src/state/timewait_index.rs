@@ -35,6 +35,26 @@ impl TimeWaitTracker {
         self.elsewhere.remove(&(netns, addrs))
     }
 
+    /// Takes out the TIME_WAIT of a 4-tuple in a namespace if it is the one that started at
+    /// `start_ns` (not a later one of the same 4-tuple), with one lookup.
+    pub(super) fn take_started(
+        &mut self,
+        (netns, addrs): TimeWaitKey,
+        start_ns: u64,
+    ) -> Option<Active> {
+        if let std::collections::hash_map::Entry::Occupied(e) = self.active.entry(addrs) {
+            if e.get().netns == netns {
+                return (e.get().start_ns == start_ns).then(|| e.remove());
+            }
+        }
+        match self.elsewhere.entry((netns, addrs)) {
+            std::collections::hash_map::Entry::Occupied(e) if e.get().start_ns == start_ns => {
+                Some(e.remove())
+            }
+            _ => None,
+        }
+    }
+
     /// Puts a new TIME_WAIT in, with one lookup of its 4-tuple (a start is the tracker's most
     /// frequent event, and the map holds every socket in TIME_WAIT): returns the running one
     /// of its 4-tuple and namespace it replaces. The newest of a 4-tuple is the one flows find.
@@ -71,6 +91,15 @@ impl TimeWaitTracker {
             .live_by_destination
             .entry((netns, addrs.remote))
             .or_default() += 1;
+    }
+
+    /// A TIME_WAIT whose side is known: the accepting one's or the connecting one's.
+    pub(super) fn count_side(&mut self, accepted: bool) {
+        if accepted {
+            self.server_side += 1;
+        } else {
+            self.client_side += 1;
+        }
     }
 
     /// The accepting side's TIME_WAIT, counted under its local service.

@@ -80,10 +80,7 @@ impl TimeWaitTracker {
     ) -> Vec<Finished> {
         let mut finished = Vec::new();
         for s in std::mem::take(&mut self.suspects) {
-            if self.get(s.key).is_none_or(|a| a.start_ns != s.start_ns) {
-                continue;
-            }
-            let Some(active) = self.take(s.key) else {
+            let Some(active) = self.take_started(s.key, s.start_ns) else {
                 continue;
             };
             let reused = (held_open.get(&active.netns)).is_some_and(|h| h.contains(&active.addrs));
