@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::{
     metrics::{self, free_port},
     netns::NetnsPair,
-    support::{wait_until, Tracer},
+    support::{again_while_counted_lost, wait_until, Output, Tracer},
 };
 
 const SENT: usize = 300_000;
@@ -172,6 +172,68 @@ fn a_flow_carries_the_bytes_it_sent_and_the_rtt_a_token_bucket_makes() {
 
 #[test]
 fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
+    let (out, ends) = again_while_counted_lost(syn_timeout_behind_a_firewall, |out, ends| {
+        !out.for_tuple("flow", ends.client(), ends.server())
+            .is_empty()
+    });
+    let (client_port, port) = (ends.client_port, ends.server_port);
+    let (a, b) = (ends.server_addr.as_str(), ends.client_addr.as_str());
+    let flow = out.flow((b, client_port), (a, port));
+    assert_eq!(flow["cause"], "syn_timeout", "{flow}");
+    assert!(
+        drops(flow, "NETFILTER_DROP") >= 2,
+        "the SYN and its retry: {flow}"
+    );
+    // Each drop on its own line: the SYN, from the client, as it travelled.
+    let lines: Vec<&Value> = out
+        .of_type("drop")
+        .into_iter()
+        .filter(|d| d["dport"] == port && d["saddr"] == b)
+        .collect();
+    assert!(lines.len() >= 2, "{:#?}", out.of_type("drop"));
+    for d in &lines {
+        assert_eq!(
+            (&d["reason"], &d["tcp_flags"]),
+            (&"NETFILTER_DROP".into(), &"SYN".into())
+        );
+    }
+    let alert = out
+        .for_tuple("alert", (b, client_port), (a, port))
+        .into_iter()
+        .find(|al| al["kind"] == "syn_timeout")
+        .unwrap_or_else(|| panic!("a syn_timeout alert: {:#?}", out.of_type("alert")));
+    let detail = alert["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("dropped on this host: NETFILTER_DROP:")
+            && detail.contains("a netfilter rule or conntrack (firewall, NAT) dropped it"),
+        "{detail}"
+    );
+    assert!(
+        alert["drops"]["NETFILTER_DROP"].as_u64() >= Some(2),
+        "{alert}"
+    );
+    assert!(out.summary()["drops_by_reason"]["NETFILTER_DROP"].as_u64() >= Some(2));
+}
+
+/// The two ends of the connection attempt [`syn_timeout_behind_a_firewall`] staged.
+struct AttemptEnds {
+    client_addr: String,
+    client_port: u16,
+    server_addr: String,
+    server_port: u16,
+}
+
+impl AttemptEnds {
+    fn client(&self) -> (&str, u16) {
+        (&self.client_addr, self.client_port)
+    }
+    fn server(&self) -> (&str, u16) {
+        (&self.server_addr, self.server_port)
+    }
+}
+
+/// A connect from B whose SYN and its one retry a rule in A drops, traced by `all`.
+fn syn_timeout_behind_a_firewall() -> (Output, AttemptEnds) {
     let pair = NetnsPair::new();
     let listener = pair.run_in(&pair.a, {
         let addr = pair.addr_a;
@@ -224,44 +286,13 @@ fn syns_dropped_by_this_hosts_firewall_explain_the_syn_timeout() {
         &[("reason", "NETFILTER_DROP")],
     );
     assert!(dropped >= 2.0, "{dropped}");
-    let out = tracer.stop();
-
-    let (a, b) = (pair.addr_a.to_string(), pair.addr_b.to_string());
-    let flow = out.flow((&b, client_port), (&a, port));
-    assert_eq!(flow["cause"], "syn_timeout", "{flow}");
-    assert!(
-        drops(flow, "NETFILTER_DROP") >= 2,
-        "the SYN and its retry: {flow}"
-    );
-    // Each drop on its own line: the SYN, from the client, as it travelled.
-    let lines: Vec<&Value> = out
-        .of_type("drop")
-        .into_iter()
-        .filter(|d| d["dport"] == port && d["saddr"] == b.as_str())
-        .collect();
-    assert!(lines.len() >= 2, "{:#?}", out.of_type("drop"));
-    for d in &lines {
-        assert_eq!(
-            (&d["reason"], &d["tcp_flags"]),
-            (&"NETFILTER_DROP".into(), &"SYN".into())
-        );
-    }
-    let alert = out
-        .for_tuple("alert", (&b, client_port), (&a, port))
-        .into_iter()
-        .find(|al| al["kind"] == "syn_timeout")
-        .unwrap_or_else(|| panic!("a syn_timeout alert: {:#?}", out.of_type("alert")));
-    let detail = alert["detail"].as_str().expect("detail");
-    assert!(
-        detail.contains("dropped on this host: NETFILTER_DROP:")
-            && detail.contains("a netfilter rule or conntrack (firewall, NAT) dropped it"),
-        "{detail}"
-    );
-    assert!(
-        alert["drops"]["NETFILTER_DROP"].as_u64() >= Some(2),
-        "{alert}"
-    );
-    assert!(out.summary()["drops_by_reason"]["NETFILTER_DROP"].as_u64() >= Some(2));
+    let ends = AttemptEnds {
+        client_addr: pair.addr_b.to_string(),
+        client_port,
+        server_addr: pair.addr_a.to_string(),
+        server_port: port,
+    };
+    (tracer.stop(), ends)
 }
 
 #[test]
