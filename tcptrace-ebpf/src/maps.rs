@@ -2,7 +2,10 @@
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
-    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
+    helpers::{
+        bpf_get_smp_processor_id,
+        generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
+    },
     macros::{btf_map, map},
     maps::{
         lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray,
@@ -145,9 +148,29 @@ pub static CALLS: PerCpuArray<CallArgs> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static LEARNED: Array<u64> = Array::with_max_entries(tcptrace_common::learn::SLOTS, 0);
 
-/// Records for userspace; the size is set by the loader (`--ring-size`).
+/// Records for userspace, a ring for each group of CPUs (`tcptrace_common::map::EVENT_RINGS`:
+/// CPU `n` writes into ring `n % 4`); the loader sizes the rings in use from `--ring-size` and
+/// the others to a page.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static EVENTS_0: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map]
+pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map]
+pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(4096, 0);
+#[map]
+pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// The ring of the CPU this program runs on.
+#[inline(always)]
+fn events_of_this_cpu() -> &'static RingBuf {
+    // SAFETY: a plain helper call.
+    match unsafe { bpf_get_smp_processor_id() } & 3 {
+        0 => &EVENTS_0,
+        1 => &EVENTS_1,
+        2 => &EVENTS_2,
+        _ => &EVENTS_3,
+    }
+}
 
 /// Per-socket lifecycle, keyed by the socket's kernel address; removed at CLOSE.
 /// The size is set by the loader (`--max-flows`).
@@ -469,12 +492,12 @@ impl<T: 'static> Reserved<T> {
     }
 }
 
-/// Reserves one record of type `T` in the ring and writes its kind; a full ring is counted in
+/// Reserves one record of type `T` in this CPU's ring and writes its kind; a full ring is counted in
 /// `T::LOST` on this CPU (and `None` returned).
 #[inline(always)]
 pub fn emit<T: Record + 'static>(stats: Stats) -> Option<Reserved<T>> {
     let wake = submit_flags(stats);
-    match EVENTS.reserve::<T>(0) {
+    match events_of_this_cpu().reserve::<T>(0) {
         Some(mut entry) => {
             stats.bump(stat::SUBMITTED);
             // SAFETY: the reserved slot is ours alone until submit, and every record's first

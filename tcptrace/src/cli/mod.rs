@@ -147,7 +147,8 @@ pub struct CommonArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring-buffer size: a power of two of at least 4KiB (e.g. 256KiB, 8MiB). Default: about
+    /// Ring-buffer memory, shared by the rings CPUs write into (CPU n into ring n % 4): a power
+    /// of two of at least 4KiB (e.g. 256KiB, 8MiB). Default: about
     /// a second of records at 25k connections/s — 32MiB where every transition is a record
     /// (states, all, top, record), 16MiB for flows, retrans, alerts and timewait, 8MiB for
     /// metrics.

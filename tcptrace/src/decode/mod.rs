@@ -60,6 +60,33 @@ pub(crate) fn record_bytes<T: Copy>(record: &T) -> Vec<u8> {
         .to_vec()
 }
 
+/// When a record's program ran (its `ts_ns`), read without decoding it: what orders the
+/// records of the rings. 0 for a record too short or of no known kind (decoding reports it).
+pub fn record_time(bytes: &[u8]) -> u64 {
+    use std::mem::offset_of;
+    use tcptrace_common::{
+        KeepaliveProbeEvent, PortFailureEvent, TimeWaitEvent, TimeWaitFlowEvent,
+    };
+    let Some(kind) = bytes.get(..4).and_then(|b| b.try_into().ok()) else {
+        return 0;
+    };
+    let at = match u32::from_ne_bytes(kind) {
+        record_kind::TRANSITION => offset_of!(TransitionEvent, ts_ns),
+        record_kind::FLOW_END => offset_of!(FlowEndEvent, ts_ns),
+        record_kind::RETRANSMIT => offset_of!(RetransmitEvent, ts_ns),
+        record_kind::KEEPALIVE_PROBE => offset_of!(KeepaliveProbeEvent, ts_ns),
+        record_kind::TIME_WAIT => offset_of!(TimeWaitEvent, ts_ns),
+        record_kind::TIME_WAIT_FLOW => offset_of!(TimeWaitFlowEvent, ts_ns),
+        record_kind::PORT_FAILURE => offset_of!(PortFailureEvent, ts_ns),
+        record_kind::DROP => offset_of!(DropEvent, ts_ns),
+        _ => return 0,
+    };
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
 /// For a transition record: checks it as [`decode`] would and returns only its time, for
 /// consumers that do not look at transitions (a report of a recording as flows reads every
 /// transition of the file). `None` for any other record.

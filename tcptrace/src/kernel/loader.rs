@@ -2,7 +2,7 @@
 //! kernel-side state userspace reads back (counters, open flows).
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData},
     programs::{tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint},
     Ebpf,
 };
@@ -23,8 +23,8 @@ pub struct Tracer {
     syscall_links: Vec<(&'static str, TracePointLinkId)>,
     /// Every program loaded (kept after detaching, to read their counters).
     programs: Vec<&'static str>,
-    /// The ring buffer, taken out of `ebpf` so the pipeline can own it.
-    pub events: Option<RingBuf<MapData>>,
+    /// The event rings, taken out of `ebpf` so the pipeline can own them.
+    pub events: Option<crate::kernel::rings::EventRings>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Human description of the hooks, for the start-up line.
     pub hooks: Vec<String>,

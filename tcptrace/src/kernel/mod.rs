@@ -10,4 +10,5 @@ pub mod load_error;
 pub mod loader;
 pub mod plan;
 pub mod reasons;
+pub mod rings;
 pub mod syscalls;

@@ -130,7 +130,8 @@ impl KernelPlan {
     /// Each sized map's entries. Only the flow table in use takes --max-flows entries (in
     /// socket storage, the keepalive index does), and filter maps take memory only when their
     /// filter is in force; `time_wait_capacity` is the host's TIME_WAIT ceiling.
-    pub fn map_sizes(&self, time_wait_capacity: u32) -> Vec<(&'static str, u32)> {
+    /// `cpus`: the CPUs that can write records (the rings in use).
+    pub fn map_sizes(&self, time_wait_capacity: u32, cpus: usize) -> Vec<(&'static str, u32)> {
         let sized = |memory: FlowMemory| {
             if self.flow_memory == memory {
                 self.max_flows
@@ -143,8 +144,11 @@ impl KernelPlan {
         } else {
             time_wait_capacity
         };
-        vec![
-            (map::EVENTS, self.ring_size),
+        let mut sizes: Vec<(&'static str, u32)> = map::EVENT_RINGS
+            .into_iter()
+            .zip(self.ring_sizes(cpus))
+            .collect();
+        sizes.extend([
             (map::FLOWS, sized(FlowMemory::OnDemand)),
             (map::FLOWS_PREALLOC, sized(FlowMemory::Prealloc)),
             (map::KEEPALIVE_OWNERS, sized(FlowMemory::Socket)),
@@ -155,7 +159,19 @@ impl KernelPlan {
             // Twice the kernel's ceiling: an LRU map evicts before it is full, and the entries
             // of TIME_WAITs that ended early (reused, killed) stay until evicted.
             (map::TW_TRACED, tw_sockets.saturating_mul(2)),
-        ]
+        ]);
+        sizes
+    }
+
+    /// Each event ring's size: `--ring-size` shared by the rings CPUs write into (CPU `n`
+    /// into ring `n % 4`), each a power of two of at least a page; a ring no CPU writes
+    /// into takes a page.
+    pub fn ring_sizes(&self, cpus: usize) -> [u32; 4] {
+        const PAGE: u32 = 4096;
+        let rings = map::EVENT_RINGS.len();
+        let in_use = cpus.clamp(1, rings);
+        let each = (self.ring_size / in_use.next_power_of_two() as u32).max(PAGE);
+        std::array::from_fn(|ring| if ring < in_use { each } else { PAGE })
     }
 }
 
@@ -257,7 +273,7 @@ mod tests {
     #[test]
     fn only_the_flow_store_in_use_and_filters_in_force_take_memory() {
         let sizes = |args: &[&str]| -> std::collections::HashMap<&str, u32> {
-            plan(args).map_sizes(131_072).into_iter().collect()
+            plan(args).map_sizes(131_072, 2).into_iter().collect()
         };
         let default = sizes(&[]);
         assert_eq!(default[map::FLOWS_PREALLOC], 131_072);
@@ -265,16 +281,34 @@ mod tests {
         assert_eq!(default[map::KEEPALIVE_OWNERS], 1);
         assert_eq!(default[map::PORT_FILTER], 1);
         assert_eq!(default[map::TW_TRACED], 2, "no filter: nothing to remember");
-        assert_eq!(default[map::EVENTS], 32 << 20);
+        let rings = map::EVENT_RINGS.map(|ring| default[ring]);
+        assert_eq!(
+            rings,
+            [16 << 20, 16 << 20, 4096, 4096],
+            "two CPUs share --ring-size"
+        );
         let socket = sizes(&["flows", "--flow-memory", "socket", "--max-flows", "5000"]);
         assert_eq!(socket[map::KEEPALIVE_OWNERS], 5000);
         assert_eq!(socket[map::FLOWS_PREALLOC], 1);
         let filtered = sizes(&["flows", "-L", "80", "-p", "1"]);
         assert_eq!(filtered[map::PORT_FILTER], 1 << 16);
         assert_eq!(filtered[map::TW_TRACED], 262_144);
-        for (name, _) in plan(&[]).map_sizes(1) {
+        for (name, _) in plan(&[]).map_sizes(1, 1) {
             assert!(map::ALL.contains(&name), "{name} is a map of the contract");
         }
+    }
+
+    #[test]
+    fn the_ring_size_is_shared_by_the_rings_cpus_write_into() {
+        let ring = |args: &[&str], cpus| plan(args).ring_sizes(cpus);
+        assert_eq!(ring(&[], 1), [32 << 20, 4096, 4096, 4096]);
+        assert_eq!(ring(&[], 3), [8 << 20, 8 << 20, 8 << 20, 4096]);
+        assert_eq!(ring(&[], 64), [8 << 20; 4]);
+        assert_eq!(
+            ring(&["--ring-size", "4K"], 64),
+            [4096; 4],
+            "never under a page"
+        );
     }
 
     #[test]

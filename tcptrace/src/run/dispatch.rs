@@ -3,16 +3,15 @@
 //! same way for every mode, live or replayed.
 use std::io;
 
-use aya::maps::{MapData, RingBuf};
-
 use tcptrace_common::time_wait;
 
 use crate::{
-    decode::{transition_time, Decoder},
+    decode::{record_time, transition_time, Decoder},
     host::{
         clock::Clock, conntrack::ConntrackLookup, identity_resolver::IdentityResolver,
         netns::Namespaces,
     },
+    kernel::rings::EventRings,
     model::{
         counters::KernelCounters, events::Event, facts::HostFacts, filter::FilterSpec,
         tcp::Endpoint,
@@ -151,16 +150,18 @@ impl Dispatcher {
         &self.decoder.host
     }
 
-    /// Drains up to `limit` records from the ring; returns whether more may be pending. A
-    /// panic while handling them comes back as an [`InternalError`].
+    /// Drains up to `limit` records from the rings, in time order; returns whether more may
+    /// be pending. `all`: after detaching, every record read is handed on. A panic while
+    /// handling them comes back as an [`InternalError`].
     pub fn drain<C: Consumer>(
         &mut self,
-        ring: &mut RingBuf<MapData>,
+        rings: &mut EventRings,
         consumer: &mut C,
         limit: usize,
+        all: bool,
     ) -> io::Result<bool> {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.drain_batch(ring, consumer, limit)
+            self.drain_batch(rings, consumer, limit, all)
         }));
         caught.unwrap_or_else(|payload| {
             let what = payload
@@ -174,35 +175,36 @@ impl Dispatcher {
 
     fn drain_batch<C: Consumer>(
         &mut self,
-        ring: &mut RingBuf<MapData>,
+        rings: &mut EventRings,
         consumer: &mut C,
         limit: usize,
+        all: bool,
     ) -> io::Result<bool> {
-        let mut more = true;
         let mut newest = 0;
-        for _ in 0..limit {
-            let Some(item) = ring.next() else {
-                more = false;
-                break;
-            };
+        let drained = rings.drain(limit, Clock::ktime_now(), all, record_time, |item| {
             if panic_requested() {
                 panic!("TCPTRACE_TEST_PANIC_IN_DRAIN is set");
             }
             if self.wants.raw {
-                consumer.seen(Seen::Raw(&item))?;
-            } else if let Some(ts) = self.consume(consumer, &item)? {
+                consumer.seen(Seen::Raw(item))?;
+            } else if let Some(ts) = self.consume(consumer, item)? {
                 newest = newest.max(ts);
             }
-        }
+            Ok(())
+        })?;
         // A cancelled TIME_WAIT ended early only if no expiry followed within the settle
-        // time: judged against what has been read — up to now when the ring is empty, else up
-        // to the newest record (under load, records wait in the ring for up to
-        // --poll-interval, and an expiry read in the next batch must still find its cancelled
-        // TIME_WAIT). Nothing is pending where records are handed on raw.
-        let read_up_to = if more { newest } else { Clock::ktime_now() };
+        // time: judged against what has been read — up to the time the rings were read when
+        // all was taken, else up to the newest record (under load, records wait in the rings
+        // for up to --poll-interval, and an expiry read in the next batch must still find its
+        // cancelled TIME_WAIT). Nothing is pending where records are handed on raw.
+        let read_up_to = if drained.more {
+            newest
+        } else {
+            drained.up_to_ns.min(Clock::ktime_now())
+        };
         self.settle(consumer, read_up_to)?;
         consumer.flush()?;
-        Ok(more)
+        Ok(drained.more)
     }
 
     /// One record as the kernel wrote it: decoded and handed on. Returns its kernel timestamp,

@@ -5,7 +5,6 @@
 use std::{io, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     time::{sleep_until, Instant},
@@ -14,7 +13,7 @@ use tokio::{
 use crate::{
     cli::Config,
     host::{clock::Clock, identity_resolver::IdentityResolver, netns::Namespaces},
-    kernel::{evict::FlowEvictor, loader::Tracer},
+    kernel::{evict::FlowEvictor, loader::Tracer, rings::EventRings},
     model::{counters::KernelCounters, events::Lifecycle, facts::HostFacts},
     output::consumer::{is_broken_pipe, Begin, Consumer, End, Flow, Seen, Tick},
     run::{
@@ -75,7 +74,7 @@ pub fn run<C: Consumer>(config: &Config, consumer: &mut C) -> Result<()> {
 struct Session<'c> {
     config: &'c Config,
     tracer: Tracer,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<EventRings>,
     dispatch: Dispatcher,
     started_ns: u64,
     /// Where TIME_WAIT is traced or listeners watched: the namespaces, TIME_WAIT upkeep,
@@ -107,12 +106,12 @@ impl<'c> Session<'c> {
                 .zip(crate::host::facts::tcp_opens())
                 .map(|(before, after)| after.saturating_sub(before)),
         };
-        let ring = tracer.events.take().context("ring buffer already taken")?;
-        // SAFETY: the ring buffer owns its map fd, which stays open (and the same) until the
-        // AsyncFd that owns the ring buffer is dropped.
+        let ring = tracer.events.take().context("event rings already taken")?;
+        // SAFETY: the rings own their epoll fd, which stays open (and the same) until the
+        // AsyncFd that owns them is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
-            .context("registering the ring buffer with tokio")?;
+            .context("registering the event rings with tokio")?;
         // What userspace does with the records, decided here once: a consumer of records as
         // the kernel wrote them (the recorder) leaves decoding, TIME_WAIT, listeners, gauges,
         // eviction and the summary to whoever reads its file (a recording has no way to carry
@@ -271,15 +270,15 @@ impl<'c> Session<'c> {
                     }
                 }
                 guard = self.ring.readable_mut() => {
-                    let mut guard = guard.context("waiting on the ring buffer")?;
-                    match self.dispatch.drain(guard.get_inner_mut(), consumer, DRAIN_BATCH) {
+                    let mut guard = guard.context("waiting on the event rings")?;
+                    match self.dispatch.drain(guard.get_inner_mut(), consumer, DRAIN_BATCH, false) {
                         Ok(true) => {}
                         Ok(false) => guard.clear_ready(),
                         Err(e) => break stop_for(e)?,
                     }
                 }
                 _ = timers.poll.tick() => {
-                    if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH) {
+                    if let Err(e) = self.dispatch.drain(self.ring.get_mut(), consumer, DRAIN_BATCH, false) {
                         break stop_for(e)?;
                     }
                 }
@@ -420,7 +419,7 @@ impl<'c> Session<'c> {
         let mut result = (|| -> Result<()> {
             while self
                 .dispatch
-                .drain(self.ring.get_mut(), consumer, DRAIN_BATCH)?
+                .drain(self.ring.get_mut(), consumer, DRAIN_BATCH, true)?
             {}
             self.dispatch
                 .finish_time_waits(consumer, Clock::ktime_now())?;

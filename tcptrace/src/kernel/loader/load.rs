@@ -20,6 +20,7 @@ use crate::kernel::{
     load_error::explain,
     plan::{KernelPlan, KernelVariants},
     reasons::{drop_ignore, keepalive_reset_reason},
+    rings::EventRings,
 };
 
 /// What the running kernel offers, read from its BTF before anything is loaded.
@@ -54,11 +55,16 @@ impl Tracer {
             }
         };
         let attached = attach(&mut ebpf, plan, facts.variants, config.learn_symbols != 0)?;
-        let events = RingBuf::try_from(
-            ebpf.take_map(map::EVENTS)
-                .ok_or_else(|| anyhow!("map {} missing from the eBPF object", map::EVENTS))?,
-        )
-        .with_context(|| format!("map {} is not a ring buffer", map::EVENTS))?;
+        let rings = map::EVENT_RINGS
+            .into_iter()
+            .map(|name| {
+                let taken = ebpf
+                    .take_map(name)
+                    .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+                RingBuf::try_from(taken).with_context(|| format!("map {name} is not a ring buffer"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let events = EventRings::new(rings)?;
         Ok(Tracer {
             ebpf,
             links: attached.links,
@@ -196,7 +202,7 @@ fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfi
 fn load_object(plan: &KernelPlan, config: &ProgramConfig) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_GLOBAL, config, true);
-    for (name, entries) in plan.map_sizes(time_wait_capacity()) {
+    for (name, entries) in plan.map_sizes(time_wait_capacity(), writing_cpus()?) {
         loader.map_max_entries(name, entries);
     }
     let mut ebpf = loader
@@ -325,6 +331,12 @@ fn seed_listeners(ebpf: &mut Ebpf) {
 
 /// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
 /// (`tcp_max_tw_buckets`), bounded.
+/// The CPUs the programs can run on (the kernel's possible CPUs): each writes into ring
+/// `cpu % 4`.
+fn writing_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
+}
+
 fn time_wait_capacity() -> u32 {
     crate::host::facts::ipv4_sysctl("tcp_max_tw_buckets")
         .and_then(|v| u32::try_from(v).ok())
