@@ -2,7 +2,7 @@ use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 /// Builds the kernel programs (tcptrace-ebpf) for bpfel-unknown-none with bpf-linker and puts
-/// the object in OUT_DIR, where `loader.rs` includes it; with the `bench` feature, with the
+/// the objects in OUT_DIR (a ring per CPU, and one ring for every CPU), where `loader.rs` includes it; with the `bench` feature, with the
 /// benchmark's programs. `cargo xtask setup` installs what
 /// this needs (rust-src, bpf-linker, LLVM).
 fn main() -> anyhow::Result<()> {
@@ -31,18 +31,35 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={common}");
     // The benchmark-only programs (`cargo xtask bench` builds with `--features bench`).
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_BENCH");
-    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
-        &["bench"]
-    } else {
-        &[]
-    };
-    aya_build::build_ebpf(
-        [Package {
-            name: "tcptrace-ebpf",
-            root_dir,
-            features,
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )
+    let bench = std::env::var_os("CARGO_FEATURE_BENCH").is_some();
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    let object = std::path::Path::new(&out_dir).join("tcptrace");
+    // Two objects: first the one whose programs write into one ring for every CPU (for
+    // kernels whose verifier cannot take a ring per CPU), moved aside; then the usual one.
+    for (features, name) in [
+        (
+            if bench {
+                &["bench", "one-ring"][..]
+            } else {
+                &["one-ring"][..]
+            },
+            Some("tcptrace-one-ring"),
+        ),
+        (if bench { &["bench"][..] } else { &[][..] }, None),
+    ] {
+        aya_build::build_ebpf(
+            [Package {
+                name: "tcptrace-ebpf",
+                root_dir,
+                features,
+                ..Default::default()
+            }],
+            Toolchain::default(),
+        )?;
+        if let Some(name) = name {
+            std::fs::rename(&object, object.with_file_name(name))
+                .with_context(|| format!("moving {} aside", object.display()))?;
+        }
+    }
+    Ok(())
 }

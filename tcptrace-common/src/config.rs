@@ -53,9 +53,13 @@ pub struct ProgramConfig {
     /// Drop records a CPU sends per second at most (0: no limit); the drops beyond are counted
     /// (by reason, and as `stat::DROPS_UNSENT`), not sent.
     pub drop_records_per_s: u64,
+    /// A CPU writes its records into ring `cpu & event_ring_mask` (`map::EVENT_RINGS`): 0, one
+    /// ring for all; 1, two; 3, four.
+    pub event_ring_mask: u64,
 }
-const _: () =
-    assert!(core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 64 + 32 + 8);
+const _: () = assert!(
+    core::mem::size_of::<ProgramConfig>() == 124 + 4 + 24 + 8 + 144 + 8 + 32 + 64 + 32 + 8 + 8
+);
 
 /// What the programs learn at run time where /proc/kallsyms hides kernel addresses (no
 /// `CAP_SYSLOG`): bits of [`ProgramConfig::learn_symbols`], and the slots of the `LEARNED`

@@ -17,8 +17,9 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    events::emit,
     filter::{self, Verdict},
-    maps::{emit, Stats, CONNTRACK_SCRATCH, DROP_BUDGET, DROP_REASONS, FLOW_TABLE},
+    maps::{Stats, CONNTRACK_SCRATCH, DROP_BUDGET, DROP_REASONS, FLOW_TABLE},
     sock::{self, probe_read, read},
 };
 

@@ -10,7 +10,8 @@ use tcptrace_common::{
 
 use crate::{
     config,
-    maps::{emit, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIME_WAIT_STARTS},
+    events::emit,
+    maps::{Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIME_WAIT_STARTS},
     sock,
 };
 

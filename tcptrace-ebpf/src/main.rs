@@ -3,6 +3,7 @@
 #![no_main]
 
 mod drop;
+mod events;
 mod filter;
 #[cfg(feature = "bench")]
 mod floor;

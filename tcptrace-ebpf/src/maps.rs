@@ -2,28 +2,20 @@
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
-    helpers::{
-        bpf_get_smp_processor_id,
-        generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
-    },
+    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
     macros::{btf_map, map},
-    maps::{
-        lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray,
-        RingBuf,
-    },
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use tcptrace_common::{
-    duration_bucket, flow_memory, slot, stat, tcp_state, AddrKey, CallArgs, ConntrackEntry,
-    Counters, DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState, ListenerKey,
-    Owner, ProgramConfig, Record, TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS,
-    DURATION_ENTRIES, FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
+    duration_bucket, flow_memory, slot, tcp_state, AddrKey, CallArgs, ConntrackEntry, Counters,
+    DropBudget, DropCounts, DurationHistogram, FilterConfig, FlowState, ListenerKey, Owner,
+    ProgramConfig, TimeWaitKey, TimerEntry, CLOSE_SLOTS, DURATION_BUCKETS, DURATION_ENTRIES,
+    FILTER_SLOTS, STAT_SLOTS, TRANSITION_SLOTS,
 };
 
 /// `BPF_F_NO_PREALLOC`: flow-table memory grows with the flows actually tracked.
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
-pub const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Written by userspace before load (offsets from BTF, output switches). Read field by field
 /// with [`config!`] so that the 64-byte struct is never copied onto the 512-byte stack.
@@ -121,6 +113,7 @@ pub static CONFIG: ProgramConfig = ProgramConfig {
     },
     drop_ignore: [0; 4],
     drop_records_per_s: 0,
+    event_ring_mask: 0,
 };
 
 const CONFIG_MARKER: [u8; 3] = *b"tcT";
@@ -147,30 +140,6 @@ pub static CALLS: PerCpuArray<CallArgs> = PerCpuArray::with_max_entries(1, 0);
 /// what it needs.
 #[map]
 pub static LEARNED: Array<u64> = Array::with_max_entries(tcptrace_common::learn::SLOTS, 0);
-
-/// Records for userspace, a ring for each group of CPUs (`tcptrace_common::map::EVENT_RINGS`:
-/// CPU `n` writes into ring `n % 4`); the loader sizes the rings in use from `--ring-size` and
-/// the others to a page.
-#[map]
-pub static EVENTS_0: RingBuf = RingBuf::with_byte_size(4096, 0);
-#[map]
-pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(4096, 0);
-#[map]
-pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(4096, 0);
-#[map]
-pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(4096, 0);
-
-/// The ring of the CPU this program runs on.
-#[inline(always)]
-fn events_of_this_cpu() -> &'static RingBuf {
-    // SAFETY: a plain helper call.
-    match unsafe { bpf_get_smp_processor_id() } & 3 {
-        0 => &EVENTS_0,
-        1 => &EVENTS_1,
-        2 => &EVENTS_2,
-        _ => &EVENTS_3,
-    }
-}
 
 /// Per-socket lifecycle, keyed by the socket's kernel address; removed at CLOSE.
 /// The size is set by the loader (`--max-flows`).
@@ -470,59 +439,6 @@ pub fn observe_duration(slot: u32, state: u8, ns: u64) {
                 (*h).max_ns = ns;
             }
         }
-    }
-}
-
-/// A record reserved in the ring with its kind written: the caller writes every other field
-/// in place (nothing fallible: everything is read before), then submits.
-pub struct Reserved<T: 'static> {
-    entry: RingBufEntry<T>,
-    wake: u64,
-}
-
-impl<T: 'static> Reserved<T> {
-    #[inline(always)]
-    pub fn as_mut_ptr(&mut self) -> *mut T {
-        self.entry.as_mut_ptr()
-    }
-
-    #[inline(always)]
-    pub fn submit(self) {
-        self.entry.submit(self.wake);
-    }
-}
-
-/// Reserves one record of type `T` in this CPU's ring and writes its kind; a full ring is counted in
-/// `T::LOST` on this CPU (and `None` returned).
-#[inline(always)]
-pub fn emit<T: Record + 'static>(stats: Stats) -> Option<Reserved<T>> {
-    let wake = submit_flags(stats);
-    match events_of_this_cpu().reserve::<T>(0) {
-        Some(mut entry) => {
-            stats.bump(stat::SUBMITTED);
-            // SAFETY: the reserved slot is ours alone until submit, and every record's first
-            // field is its `u32` kind (asserted in tcptrace-common).
-            unsafe { entry.as_mut_ptr().cast::<u32>().write(T::KIND) };
-            Some(Reserved { entry, wake })
-        }
-        None => {
-            stats.bump(T::LOST);
-            None
-        }
-    }
-}
-
-/// Submit flags: no wakeup except every `wakeup_every` records on this CPU (batched
-/// wakeups; userspace also polls on a bounded interval). A per-CPU count, not a
-/// `bpf_ringbuf_query` helper call per record.
-#[inline(always)]
-pub fn submit_flags(stats: Stats) -> u64 {
-    let every = config!(wakeup_every);
-    if every <= 1 || (stats.value(stat::SUBMITTED) + 1) % every == 0 {
-        stats.bump(stat::FORCED_WAKEUPS);
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
     }
 }
 

@@ -12,8 +12,9 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    events::emit,
     filter::{self, Verdict},
-    maps::{emit, scratch, Stats, FLOW_TABLE},
+    maps::{scratch, Stats, FLOW_TABLE},
     set_state::release_held_start,
     sock,
 };

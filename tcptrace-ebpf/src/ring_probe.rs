@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use crate::{maps::BPF_RB_NO_WAKEUP, storage_probe::keep_in_hash};
+use crate::{events::BPF_RB_NO_WAKEUP, storage_probe::keep_in_hash};
 
 /// A record of a transition's size: its time, socket and new state, the rest zeroed.
 #[repr(C)]

@@ -15,9 +15,10 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    events::emit,
     filter::{self, Verdict},
     flow_end::{finish_flow, Ending},
-    maps::{emit, observe_duration, FlowTable, Stats, FLOW_TABLE, LISTENERS, SET_STATE_RUNNING},
+    maps::{observe_duration, FlowTable, Stats, FLOW_TABLE, LISTENERS, SET_STATE_RUNNING},
     sock,
 };
 

@@ -12,8 +12,9 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    events::emit,
     filter::{self, Verdict},
-    maps::{emit, Stats, LISTENERS},
+    maps::{Stats, LISTENERS},
     sock::{self, read},
 };
 

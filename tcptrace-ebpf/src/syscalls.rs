@@ -19,7 +19,8 @@ use tcptrace_common::{port_failure, slot, stat, CallArgs, PortFailureEvent};
 
 use crate::{
     config,
-    maps::{emit, Stats, CALLS},
+    events::emit,
+    maps::{Stats, CALLS},
     owner::current_caller,
     sock,
 };

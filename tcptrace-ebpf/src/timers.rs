@@ -15,9 +15,10 @@ use tcptrace_common::{
 
 use crate::{
     config,
+    events::emit,
     filter::{self, Verdict},
     learn,
-    maps::{emit, FlowTable, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_TRACED},
+    maps::{FlowTable, Stats, FLOW_TABLE, KEEPALIVE_OWNERS, TIMER_ENTRY, TW_TRACED},
     sock,
 };
 

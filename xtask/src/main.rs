@@ -269,7 +269,7 @@ fn test(args: &[OsString]) -> Result<()> {
         own(result, name, name);
     }
     own(
-        stackcheck::built_object("debug").and_then(|object| stackcheck::check(&object)),
+        stackcheck::check_built("debug"),
         "kernel programs fit the 512-byte stack of kernels before 6.13",
         "kernel programs fit the stack of kernels before 6.13",
     );
@@ -347,7 +347,7 @@ fn main() -> ExitCode {
             soak::run(&args, &bin)
         }),
         Task::Stackcheck => build(false).and_then(|_| {
-            stackcheck::check(&stackcheck::built_object("debug")?)?;
+            stackcheck::check_built("debug")?;
             println!("kernel programs fit the 512-byte stack of kernels before 6.13");
             Ok(())
         }),

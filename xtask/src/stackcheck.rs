@@ -180,6 +180,13 @@ pub fn check(object: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks both objects the last build of `profile` embedded: a ring per CPU, and one ring.
+pub fn check_built(profile: &str) -> Result<()> {
+    let object = built_object(profile)?;
+    check(&object)?;
+    check(&object.with_file_name("tcptrace-one-ring"))
+}
+
 /// The eBPF object the last build of `profile` embedded.
 pub fn built_object(profile: &str) -> Result<std::path::PathBuf> {
     let build = crate::workspace_root()

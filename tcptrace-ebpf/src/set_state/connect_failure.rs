@@ -6,11 +6,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use tcptrace_common::{port_failure, stat, PortFailureEvent};
 
-use crate::{
-    maps::{emit, Stats},
-    owner::current_caller,
-    sock,
-};
+use crate::{events::emit, maps::Stats, owner::current_caller, sock};
 
 /// Sends the failure when `sk` has no local port (called for SYN_SENT -> CLOSE only). Out of
 /// line: its own stack frame, off the transition handler's.

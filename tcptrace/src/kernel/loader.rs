@@ -10,6 +10,10 @@ use tcptrace_common::{names::map, FlowState, ListenerKey, Owner};
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+/// The same programs writing into one ring for every CPU, with no code to choose one: for
+/// one CPU, and for kernels whose verifier cannot take the choice (Linux 6.1).
+pub(crate) static EBPF_OBJECT_ONE_RING: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-one-ring"));
 
 mod counters;
 mod learn;

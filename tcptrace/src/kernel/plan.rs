@@ -130,8 +130,8 @@ impl KernelPlan {
     /// Each sized map's entries. Only the flow table in use takes --max-flows entries (in
     /// socket storage, the keepalive index does), and filter maps take memory only when their
     /// filter is in force; `time_wait_capacity` is the host's TIME_WAIT ceiling.
-    /// `cpus`: the CPUs that can write records (the rings in use).
-    pub fn map_sizes(&self, time_wait_capacity: u32, cpus: usize) -> Vec<(&'static str, u32)> {
+    /// `rings`: the event rings CPUs write into (1 to 4).
+    pub fn map_sizes(&self, time_wait_capacity: u32, rings: usize) -> Vec<(&'static str, u32)> {
         let sized = |memory: FlowMemory| {
             if self.flow_memory == memory {
                 self.max_flows
@@ -146,7 +146,7 @@ impl KernelPlan {
         };
         let mut sizes: Vec<(&'static str, u32)> = map::EVENT_RINGS
             .into_iter()
-            .zip(self.ring_sizes(cpus))
+            .zip(self.ring_sizes(rings))
             .collect();
         sizes.extend([
             (map::FLOWS, sized(FlowMemory::OnDemand)),
@@ -163,13 +163,12 @@ impl KernelPlan {
         sizes
     }
 
-    /// Each event ring's size: `--ring-size` shared by the rings CPUs write into (CPU `n`
-    /// into ring `n % 4`), each a power of two of at least a page; a ring no CPU writes
-    /// into takes a page.
-    pub fn ring_sizes(&self, cpus: usize) -> [u32; 4] {
+    /// Each event ring's size: `--ring-size` shared by the `rings` CPUs write into (one per
+    /// CPU up to four), each a power of two of at least a page; a ring no CPU writes into
+    /// takes a page.
+    pub fn ring_sizes(&self, rings: usize) -> [u32; 4] {
         const PAGE: u32 = 4096;
-        let rings = map::EVENT_RINGS.len();
-        let in_use = cpus.clamp(1, rings);
+        let in_use = rings.clamp(1, map::EVENT_RINGS.len());
         let each = (self.ring_size / in_use.next_power_of_two() as u32).max(PAGE);
         std::array::from_fn(|ring| if ring < in_use { each } else { PAGE })
     }

@@ -14,10 +14,10 @@ use tcptrace_common::{
     ListenerKey, Owner, ProgramConfig, COMM_LEN,
 };
 
-use super::{Tracer, EBPF_OBJECT};
+use super::{Tracer, EBPF_OBJECT, EBPF_OBJECT_ONE_RING};
 use crate::kernel::{
     btf::KernelBtf,
-    load_error::explain,
+    load_error::{explain, running_release},
     plan::{KernelPlan, KernelVariants},
     reasons::{drop_ignore, keepalive_reset_reason},
     rings::EventRings,
@@ -41,20 +41,29 @@ struct Attached {
 
 impl Tracer {
     pub fn load(plan: &KernelPlan) -> Result<Tracer> {
-        crate::kernel::load_error::check_release(&crate::kernel::load_error::running_release())?;
+        crate::kernel::load_error::check_release(&running_release())?;
         check_privileges()?;
         raise_memlock();
         let facts = KernelFacts::read(plan)?;
-        let config = program_config(plan, &facts)?;
-        let mut ebpf = load_object(plan, &config)?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
-                log::warn!("kernel-side log unavailable: {e}");
-                None
+        let mut config = program_config(plan, &facts)?;
+        let rings = event_rings(writing_cpus()?, &running_release());
+        config.event_ring_mask = rings.next_power_of_two() as u64 - 1;
+        let loaded = match load_and_attach(plan, &facts, &config, rings) {
+            Err(e) if rings > 1 && e.is::<OverBudget>() => {
+                eprintln!(
+                    "tcptrace: note: this kernel's verifier cannot check the programs that \
+                     write into a ring per CPU within its budget: every CPU writes into one ring"
+                );
+                config.event_ring_mask = 0;
+                load_and_attach(plan, &facts, &config, 1)?
             }
+            loaded => loaded?,
         };
-        let attached = attach(&mut ebpf, plan, facts.variants, config.learn_symbols != 0)?;
+        let Loaded {
+            mut ebpf,
+            logger,
+            attached,
+        } = loaded;
         let rings = map::EVENT_RINGS
             .into_iter()
             .map(|name| {
@@ -194,19 +203,25 @@ fn program_config(plan: &KernelPlan, facts: &KernelFacts) -> Result<ProgramConfi
             .context("resolving struct sk_buff offsets from BTF")?,
         drop_ignore: drop_ignore(&facts.drop_reasons, plan.all_drop_reasons),
         drop_records_per_s: plan.drop_records_per_s,
+        // Set by the loader once it knows the rings in use.
+        event_ring_mask: 0,
     })
 }
 
 /// The eBPF object loaded with its configuration and its maps sized, the filters and the
 /// listeners' owners written.
-fn load_object(plan: &KernelPlan, config: &ProgramConfig) -> Result<Ebpf> {
+fn load_object(plan: &KernelPlan, config: &ProgramConfig, rings: usize) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_GLOBAL, config, true);
-    for (name, entries) in plan.map_sizes(time_wait_capacity(), writing_cpus()?) {
+    for (name, entries) in plan.map_sizes(time_wait_capacity(), rings) {
         loader.map_max_entries(name, entries);
     }
     let mut ebpf = loader
-        .load(EBPF_OBJECT)
+        .load(if rings > 1 {
+            EBPF_OBJECT
+        } else {
+            EBPF_OBJECT_ONE_RING
+        })
         .map_err(|e| explain(e.into(), "loading the eBPF object"))?;
     crate::kernel::filter::install(&plan.filter, &mut ebpf)?;
     seed_listeners(&mut ebpf);
@@ -237,8 +252,15 @@ fn attach(
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {program} is not a BTF tracepoint"))?;
-        prog.load(tracepoint, &kernel_btf)
-            .map_err(|e| explain(e.into(), &format!("loading program {program}")))?;
+        prog.load(tracepoint, &kernel_btf).map_err(|e| {
+            let e: anyhow::Error = e.into();
+            let over_budget = format!("{e:#}").contains("BPF program is too large");
+            let explained = explain(e, &format!("loading program {program}"));
+            match over_budget {
+                true => anyhow::Error::new(OverBudget(format!("{explained:#}"))),
+                false => explained,
+            }
+        })?;
         let link = prog
             .attach()
             .map_err(|e| explain(e.into(), &format!("attaching BTF tracepoint {tracepoint}")))?;
@@ -331,6 +353,62 @@ fn seed_listeners(ebpf: &mut Ebpf) {
 
 /// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
 /// (`tcp_max_tw_buckets`), bounded.
+/// The object loaded with `config` and `rings` event rings in use, its log reader, and every
+/// program of the plan attached.
+fn load_and_attach(
+    plan: &KernelPlan,
+    facts: &KernelFacts,
+    config: &ProgramConfig,
+    rings: usize,
+) -> Result<Loaded> {
+    let mut ebpf = load_object(plan, config, rings)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::warn!("kernel-side log unavailable: {e}");
+            None
+        }
+    };
+    let attached = attach(&mut ebpf, plan, facts.variants, config.learn_symbols != 0)?;
+    Ok(Loaded {
+        ebpf,
+        logger,
+        attached,
+    })
+}
+
+/// The object loaded, its log reader, and its programs attached.
+struct Loaded {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    attached: Attached,
+}
+
+/// The event rings to use: one per CPU up to four (CPUs contend for a shared ring); one on
+/// Linux 6.1, whose verifier runs out of its million-instruction budget on the state program
+/// choosing a ring per record (measured: `cargo xtask old-kernels`; 6.12 and 7.3 check it).
+/// With one ring the object without the choice is loaded; a kernel whose verifier runs out
+/// on the other gets it on a second try.
+fn event_rings(cpus: usize, release: &str) -> usize {
+    match crate::kernel::load_error::release_version(release) {
+        Some(version) if version < (6, 2) => 1,
+        _ => cpus.clamp(1, map::EVENT_RINGS.len()),
+    }
+}
+
+/// A program the verifier gave up on: its million-instruction budget ran out ("BPF program
+/// is too large"); the explained message inside.
+#[derive(Debug)]
+struct OverBudget(String);
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
 /// The CPUs the programs can run on (the kernel's possible CPUs): each writes into ring
 /// `cpu % 4`.
 fn writing_cpus() -> Result<usize> {
@@ -401,6 +479,23 @@ fn raise_memlock() {
         log::debug!(
             "setrlimit(RLIMIT_MEMLOCK) failed: {}",
             io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_ring_per_cpu_up_to_four_and_one_on_linux_6_1() {
+        use super::event_rings;
+        assert_eq!(event_rings(2, "6.18.44"), 2);
+        assert_eq!(event_rings(1, "6.18.44"), 1);
+        assert_eq!(event_rings(64, "7.3.4+deb13-amd64"), 4);
+        assert_eq!(event_rings(64, "6.1.0-57-amd64"), 1);
+        assert_eq!(
+            event_rings(3, "unparsable"),
+            3,
+            "tried, with one ring as the fallback"
         );
     }
 }
