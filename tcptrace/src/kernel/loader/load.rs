@@ -41,12 +41,13 @@ struct Attached {
 
 impl Tracer {
     pub fn load(plan: &KernelPlan) -> Result<Tracer> {
-        crate::kernel::load_error::check_release(&running_release())?;
+        let release = running_release();
+        crate::kernel::load_error::check_release(&release)?;
         check_privileges()?;
         raise_memlock();
         let facts = KernelFacts::read(plan)?;
         let mut config = program_config(plan, &facts)?;
-        let rings = event_rings(writing_cpus()?, &running_release());
+        let rings = event_rings(writing_cpus()?, &release);
         config.event_ring_mask = rings.next_power_of_two() as u64 - 1;
         let loaded = match load_and_attach(plan, &facts, &config, rings) {
             Err(e) if rings > 1 && e.is::<OverBudget>() => {
@@ -410,7 +411,7 @@ impl std::fmt::Display for OverBudget {
 impl std::error::Error for OverBudget {}
 
 /// The CPUs the programs can run on (the kernel's possible CPUs): each writes into ring
-/// `cpu % 4`.
+/// `cpu & event_ring_mask`.
 fn writing_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
 }
