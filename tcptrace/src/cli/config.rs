@@ -367,6 +367,11 @@ mod tests {
             (&["flows"][..], 16 << 20),
             (&["alerts"][..], 16 << 20),
             (&["metrics", "--metrics", "127.0.0.1:0"][..], 8 << 20),
+            // Every flow whole, as `flows` sends them.
+            (
+                &["metrics", "--metrics", "127.0.0.1:0", "--metrics-vitals"][..],
+                16 << 20,
+            ),
             (
                 &[
                     "metrics",

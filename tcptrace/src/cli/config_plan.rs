@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{
-    modes::{ModeRow, TimeWaitTracing},
+    modes::{ModeKind, ModeRow, TimeWaitTracing},
     Config, Mode,
 };
 use crate::kernel::plan::KernelPlan;
@@ -25,9 +25,16 @@ impl Config {
     pub fn shows_alerts(&self) -> bool {
         self.row().shows_alerts
     }
-    /// The ring buffer when `--ring-size` is not given.
+    /// The ring buffer when `--ring-size` is not given: the mode's, or `flows`' where
+    /// `metrics` sends every flow whole (`--metrics-vitals`, pod labels) as `flows` does.
     pub(super) fn default_ring_size(&self) -> u64 {
-        self.row().ring_mib << 20
+        let mib = match self.row().counts_in_kernel
+            && self.flow_ends() == tcptrace_common::emit_flow_ends::ALL
+        {
+            true => self.row().ring_mib.max(ModeKind::Flows.row().ring_mib),
+            false => self.row().ring_mib,
+        };
+        mib << 20
     }
     /// Which flows the kernel sends a record for when they close. A mode that counts in the
     /// kernel (`tcptrace metrics`) needs only the flows whose TIME_WAIT it follows (every flow

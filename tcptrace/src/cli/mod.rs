@@ -151,7 +151,7 @@ pub struct CommonArgs {
     /// of two of at least 4KiB (e.g. 256KiB, 8MiB). Default: about
     /// a second of records at 25k connections/s — 32MiB where every transition is a record
     /// (states, all, top, record), 16MiB for flows, retrans, alerts and timewait, 8MiB for
-    /// metrics.
+    /// metrics (16MiB with --metrics-vitals or --metrics-pod-labels: every flow sent whole).
     #[arg(long, global = true, value_name = "BYTES", value_parser = parse_size)]
     pub ring_size: Option<u64>,
     /// Longest time records wait in the ring buffer before they are read (1ms..10s).
