@@ -138,7 +138,7 @@ impl EventRings {
             let mut newest = 0;
             while taken < per_ring {
                 let Some(item) = ring.next() else { break };
-                let ts = time_of(&item);
+                let ts = bounded_time(time_of(&item), now_ns);
                 newest = newest.max(ts);
                 self.held.push(ts, &item);
                 taken += 1;
@@ -153,6 +153,16 @@ impl EventRings {
     }
 }
 
+/// How far past a read's start a record's time is believed: records are stamped before they
+/// are read, so only a corrupt one is later; it is handed on with the reads of a second later
+/// rather than held until exit.
+const MAX_AHEAD_NS: u64 = 1_000_000_000;
+
+/// A record's time for the merge: its own, or at most [`MAX_AHEAD_NS`] past the read's start.
+fn bounded_time(ts: u64, now_ns: u64) -> u64 {
+    ts.min(now_ns.saturating_add(MAX_AHEAD_NS))
+}
+
 impl AsRawFd for EventRings {
     fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
@@ -161,7 +171,7 @@ impl AsRawFd for EventRings {
 
 #[cfg(test)]
 mod tests {
-    use super::Held;
+    use super::{bounded_time, Held, MAX_AHEAD_NS};
 
     fn hand_on(held: &mut Held, up_to_ns: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -215,5 +225,25 @@ mod tests {
             [&b"r3"[..]],
             "r1 and r2 were handed on"
         );
+    }
+
+    #[test]
+    fn a_record_stamped_far_ahead_waits_a_second_at_most() {
+        let now = 5_000_000_000;
+        assert_eq!(
+            bounded_time(now - 1, now),
+            now - 1,
+            "an earlier record keeps its time"
+        );
+        assert_eq!(bounded_time(now + 10, now), now + 10, "within the bound");
+        assert_eq!(
+            bounded_time(u64::MAX, now),
+            now + MAX_AHEAD_NS,
+            "a corrupt time is bounded"
+        );
+        let mut held = Held::default();
+        held.push(bounded_time(u64::MAX, now), b"bad");
+        assert!(hand_on(&mut held, now).is_empty(), "not before its bound");
+        assert_eq!(hand_on(&mut held, now + MAX_AHEAD_NS), [&b"bad"[..]]);
     }
 }
