@@ -2,9 +2,9 @@ use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 /// Builds the kernel programs (tcptrace-ebpf) for bpfel-unknown-none with bpf-linker and puts
-/// the objects in OUT_DIR (a ring per CPU, and one ring for every CPU), where `loader.rs` includes it; with the `bench` feature, with the
-/// benchmark's programs. `cargo xtask setup` installs what
-/// this needs (rust-src, bpf-linker, LLVM).
+/// the two objects (a ring per CPU, and one ring for every CPU) in OUT_DIR, where `loader.rs`
+/// includes them; with the `bench` feature, with the benchmark's programs. `cargo xtask setup`
+/// installs what this needs (rust-src, bpf-linker, LLVM).
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -31,22 +31,17 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={common}");
     // The benchmark-only programs (`cargo xtask bench` builds with `--features bench`).
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_BENCH");
-    let bench = std::env::var_os("CARGO_FEATURE_BENCH").is_some();
+    let bench: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
+    let one_ring: Vec<&str> = bench.iter().copied().chain(["one-ring"]).collect();
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
     let object = std::path::Path::new(&out_dir).join("tcptrace");
     // Two objects: first the one whose programs write into one ring for every CPU (for
     // kernels whose verifier cannot take a ring per CPU), moved aside; then the usual one.
-    for (features, name) in [
-        (
-            if bench {
-                &["bench", "one-ring"][..]
-            } else {
-                &["one-ring"][..]
-            },
-            Some("tcptrace-one-ring"),
-        ),
-        (if bench { &["bench"][..] } else { &[][..] }, None),
-    ] {
+    for (features, name) in [(&one_ring[..], Some("tcptrace-one-ring")), (bench, None)] {
         aya_build::build_ebpf(
             [Package {
                 name: "tcptrace-ebpf",

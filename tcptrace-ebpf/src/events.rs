@@ -14,8 +14,8 @@ pub const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Records for userspace, a ring for each group of CPUs (`tcptrace_common::map::EVENT_RINGS`:
-/// CPU `n` writes into ring `n % 4`); the loader sizes the rings in use from `--ring-size` and
-/// the others to a page.
+/// CPU `n` writes into ring `n & event_ring_mask`); the loader sizes the rings in use from
+/// `--ring-size` and the others to a page.
 #[map]
 pub static EVENTS_0: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]

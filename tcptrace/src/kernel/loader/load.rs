@@ -17,7 +17,7 @@ use tcptrace_common::{
 use super::{Tracer, EBPF_OBJECT, EBPF_OBJECT_ONE_RING};
 use crate::kernel::{
     btf::KernelBtf,
-    load_error::{explain, running_release},
+    load_error::{check_release, explain, running_release},
     plan::{KernelPlan, KernelVariants},
     reasons::{drop_ignore, keepalive_reset_reason},
     rings::EventRings,
@@ -42,7 +42,7 @@ struct Attached {
 impl Tracer {
     pub fn load(plan: &KernelPlan) -> Result<Tracer> {
         let release = running_release();
-        crate::kernel::load_error::check_release(&release)?;
+        check_release(&release)?;
         check_privileges()?;
         raise_memlock();
         let facts = KernelFacts::read(plan)?;
@@ -352,8 +352,6 @@ fn seed_listeners(ebpf: &mut Ebpf) {
     }
 }
 
-/// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
-/// (`tcp_max_tw_buckets`), bounded.
 /// The object loaded with `config` and `rings` event rings in use, its log reader, and every
 /// program of the plan attached.
 fn load_and_attach(
@@ -416,6 +414,8 @@ fn writing_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
 }
 
+/// Timewait sockets the filters may have to remember at once: the host's TIME_WAIT ceiling
+/// (`tcp_max_tw_buckets`), bounded.
 fn time_wait_capacity() -> u32 {
     crate::host::facts::ipv4_sysctl("tcp_max_tw_buckets")
         .and_then(|v| u32::try_from(v).ok())
